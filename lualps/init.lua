@@ -1,0 +1,26 @@
+--- lualps: Learnable Parameter Similarity for Lua 5.4.
+-- `local lps = require "lualps"` gives the tensor functions of the C core
+-- (lualps.core) and, loaded on first use, the submodules listed below.
+local core = require "lualps.core"
+
+local lps = {}
+for k, v in pairs(core) do lps[k] = v end
+lps.core = core
+
+-- Submodules load on first access (`lps.nn`, `lps.modelset`, ...), so a
+-- quick REPL question does not pay for what it does not use.
+local submodules = {
+  nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
+  modelset = "lualps.modelset", similarity = "lualps.similarity",
+  util = "lualps.util",
+}
+
+return setmetatable(lps, {
+  __index = function(t, k)
+    local name = submodules[k]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})
