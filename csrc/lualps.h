@@ -147,6 +147,18 @@ int lps_reduce_shape(const lps_tensor *a, int dim, int64_t *shape);
 /* |a - b| <= atol + rtol * |b| everywhere (shapes must match; NaN never close). */
 int lps_allclose(const lps_tensor *a, const lps_tensor *b, float rtol, float atol);
 
+/* ------------------------------------------------- layers and training */
+/* (nn: linear.c, conv.c, activation.c, loss.c, optim.c, model.c, train.c, data.c) */
+
+/* ------------------------------------------------------- modelset store */
+/* (modelset.c) */
+
+/* ------------------------------------------- second-order (LPS) layers */
+/* (chainnorm.c, neuron.c, sopool.c) */
+
+/* ---------------------------------------------- baselines and metrics */
+/* (baselines.c, assign.c, metrics.c) */
+
 #ifdef __cplusplus
 }
 #endif

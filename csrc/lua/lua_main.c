@@ -160,6 +160,7 @@ int luaopen_lualps_core(lua_State *L)
     lua_newtable(L);
     lps_lua_open_generator(L);
     lps_lua_open_tensor(L);
+    /* Each binding file adds its functions to the module table here. */
     lua_pushliteral(L, LPS_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
