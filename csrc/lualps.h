@@ -95,6 +95,7 @@ lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64
 const char *lps_shape_str(const lps_tensor *t, char *buf, size_t n);
 
 lps_tensor *lps_tensor_new(int ndim, const int64_t *shape);     /* zero-filled */
+lps_tensor *lps_tensor_empty(int ndim, const int64_t *shape);   /* uninitialised */
 lps_tensor *lps_tensor_new2(int64_t rows, int64_t cols);         /* shorthand */
 lps_tensor *lps_tensor_clone(const lps_tensor *t);               /* deep copy */
 /* A new header over the same storage: `count` rows (first dim) from `start`. */

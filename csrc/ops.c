@@ -131,9 +131,18 @@ static double reduce_strided(const float *x, int64_t n, int64_t step, lps_redop 
     int64_t best = 0;
     switch (op) {
     case LPS_SUM:
-    case LPS_MEAN:
-        for (int64_t i = 0; i < n; i++) acc += x[i * step];
+    case LPS_MEAN: {
+        /* Four fixed partial sums: vectorizable, and the order (so the
+         * result) does not depend on the machine. */
+        double p[4] = {0, 0, 0, 0};
+        int64_t i = 0;
+        if (step == 1)
+            for (; i + 4 <= n; i += 4)
+                for (int k = 0; k < 4; k++) p[k] += x[i + k];
+        for (; i < n; i++) acc += x[i * step];
+        acc += (p[0] + p[1]) + (p[2] + p[3]);
         return op == LPS_MEAN ? acc / (double)n : acc;
+    }
     case LPS_NORM:
         for (int64_t i = 0; i < n; i++) acc += (double)x[i * step] * x[i * step];
         return sqrt(acc);

@@ -70,7 +70,7 @@ static lps_tensor *header(lps_storage *st, int64_t offset, int ndim, const int64
     return t;
 }
 
-lps_tensor *lps_tensor_new(int ndim, const int64_t *shape)
+static lps_tensor *tensor_alloc(int ndim, const int64_t *shape, int zero)
 {
     int64_t numel;
     if (lps_shape_check("tensor", ndim, shape, &numel)) return NULL;
@@ -84,7 +84,7 @@ lps_tensor *lps_tensor_new(int ndim, const int64_t *shape)
         free(st);
         return NULL;
     }
-    memset(st->data, 0, (size_t)numel * sizeof(float));
+    if (zero) memset(st->data, 0, (size_t)numel * sizeof(float));
     st->n = numel;
     st->refcount = 0;
     lps_tensor *t = header(st, 0, ndim, shape, numel);
@@ -95,6 +95,9 @@ lps_tensor *lps_tensor_new(int ndim, const int64_t *shape)
     return t;
 }
 
+lps_tensor *lps_tensor_new(int ndim, const int64_t *shape) { return tensor_alloc(ndim, shape, 1); }
+lps_tensor *lps_tensor_empty(int ndim, const int64_t *shape) { return tensor_alloc(ndim, shape, 0); }
+
 lps_tensor *lps_tensor_new2(int64_t rows, int64_t cols)
 {
     int64_t shape[2] = {rows, cols};
@@ -103,7 +106,7 @@ lps_tensor *lps_tensor_new2(int64_t rows, int64_t cols)
 
 lps_tensor *lps_tensor_clone(const lps_tensor *t)
 {
-    lps_tensor *c = lps_tensor_new(t->ndim, t->shape);
+    lps_tensor *c = lps_tensor_empty(t->ndim, t->shape);
     if (c && t->numel) memcpy(c->data, t->data, (size_t)t->numel * sizeof(float));
     return c;
 }

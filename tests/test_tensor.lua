@@ -164,6 +164,15 @@ function TestMath:test_matmul_errors()
   lu.assertStrContains(err, "(2x3)")
   lu.assertStrContains(err, "inner sizes differ")
   T.assert_error_contains("2-D", lps.matmul, lps.zeros(3), lps.zeros(3, 1))
+  T.assert_error_contains("output (2x2) should be (2x3)", lps.matmul, lps.zeros(2, 3),
+    lps.zeros(3, 3), false, false, lps.zeros(2, 2))
+end
+
+function TestMath:test_matmul_into()
+  local a, b = lps.tensor{{1, 2}}, lps.tensor{{3}, {4}}
+  local out = lps.full(1, 1, 99)
+  lu.assertIs(lps.matmul(a, b, false, false, out), out)
+  lu.assertEquals(out:get(1, 1), 11)
 end
 
 function TestMath:test_elementwise()

@@ -21,6 +21,8 @@ lps_tensor *lps_lua_checktensor(lua_State *L, int idx);
 lps_tensor *lps_lua_totensor(lua_State *L, int idx); /* NULL if not a live tensor */
 /* Push a new zero tensor owned by Lua; raises on bad shape or no memory. */
 lps_tensor *lps_lua_newtensor(lua_State *L, int ndim, const int64_t *shape);
+/* The same, uninitialised: for outputs an operation overwrites entirely. */
+lps_tensor *lps_lua_emptytensor(lua_State *L, int ndim, const int64_t *shape);
 /* Push t, taking ownership (t may be NULL: then raise the last error). */
 lps_tensor *lps_lua_pushtensor(lua_State *L, lps_tensor *t);
 

@@ -1,5 +1,6 @@
 /* lua_main.c - luaopen_lualps_core: generators, threads, and the module table. */
 #include <string.h>
+#include <time.h>
 
 #include "binding.h"
 
@@ -133,6 +134,16 @@ static int l_get_num_threads(lua_State *L)
     return 1;
 }
 
+/* Monotonic wall-clock seconds: os.clock() is CPU time, which sums over
+ * BLAS threads and so cannot time a parallel matmul. */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+    return 1;
+}
+
 static const luaL_Reg gen_methods[] = {
     {"seed", g_seed}, {"uniform", g_uniform}, {"normal", g_normal},
     {"random", g_random}, {"state", g_state}, {NULL, NULL}};
@@ -140,7 +151,7 @@ static const luaL_Reg gen_methods[] = {
 static const luaL_Reg functions[] = {
     {"generator", l_generator}, {"manual_seed", l_manual_seed},
     {"default_generator", l_default_generator}, {"set_num_threads", l_set_num_threads},
-    {"get_num_threads", l_get_num_threads}, {NULL, NULL}};
+    {"get_num_threads", l_get_num_threads}, {"now", l_now}, {NULL, NULL}};
 
 void lps_lua_open_generator(lua_State *L)
 {

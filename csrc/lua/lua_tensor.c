@@ -47,9 +47,18 @@ lps_tensor *lps_lua_newtensor(lua_State *L, int ndim, const int64_t *shape)
     return u->t;
 }
 
+lps_tensor *lps_lua_emptytensor(lua_State *L, int ndim, const int64_t *shape)
+{
+    tensor_ud *u = push_ud(L);
+    u->t = lps_tensor_empty(ndim, shape);
+    if (!u->t) lps_lua_raise(L);
+    return u->t;
+}
+
+/* Output of a's shape for an operation that writes every element. */
 static lps_tensor *like(lua_State *L, const lps_tensor *a)
 {
-    return lps_lua_newtensor(L, a->ndim, a->shape);
+    return lps_lua_emptytensor(L, a->ndim, a->shape);
 }
 
 /* ------------------------------------------------------------- shapes */
@@ -422,7 +431,12 @@ static int l_matmul(lua_State *L)
                           lps_shape_str(b, s2, 64));
     }
     int64_t shape[2] = {ta ? a->shape[1] : a->shape[0], tb ? b->shape[0] : b->shape[1]};
-    lps_tensor *c = lps_lua_newtensor(L, 2, shape);
+    lps_tensor *c;
+    if (!lua_isnoneornil(L, 5)) { /* matmul(a, b, ta, tb, out): reuse out */
+        c = lps_lua_checktensor(L, 5);
+        lua_settop(L, 5);
+    } else
+        c = lps_lua_newtensor(L, 2, shape);
     LPS_LCHECK(L, lps_matmul(c, a, ta, b, tb, 1.0f, 0.0f));
     return 1;
 }

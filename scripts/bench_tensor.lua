@@ -1,0 +1,87 @@
+#!/usr/bin/env lua5.4
+-- Tensor benchmark: matmul GFLOP/s through lualps next to raw cblas_sgemm from
+-- C (scripts/bench_sgemm.c) in the same run, and element-wise GB/s next to
+-- memcpy. Medians of repeats. Usage: lua5.4 scripts/bench_tensor.lua [THREADS]
+package.path = "./?.lua;./?/init.lua;" .. package.path
+local lps = require "lualps"
+
+local threads = tonumber(arg[1]) or lps.get_num_threads()
+lps.set_num_threads(threads)
+
+local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+
+-- Build the C peer.
+local peer = "build/bench_sgemm"
+assert(os.execute("mkdir -p build && cc -O2 -o " .. peer ..
+  " scripts/bench_sgemm.c -lopenblas"), "cannot build the C peer")
+
+local shapes = {{128, 128, 128}, {512, 512, 512}, {2048, 2048, 2048}, {128, 784, 256}}
+local args = {}
+for _, s in ipairs(shapes) do args[#args + 1] = table.concat(s, " ") end
+local p = assert(io.popen(peer .. " " .. threads .. " " .. table.concat(args, " ")))
+local raw, memcpy_gbs = {}, nil
+for line in p:lines() do
+  local m, k, n, g = line:match("^sgemm (%d+) (%d+) (%d+) ([%d.]+)")
+  if m then raw[m .. "x" .. k .. "x" .. n] = tonumber(g) end
+  local mc = line:match("^memcpy ([%d.]+)")
+  if mc then memcpy_gbs = tonumber(mc) end
+end
+p:close()
+
+local function time_it(f, flop)
+  local reps = flop > 1e9 and 5 or flop > 1e8 and 15 or 31
+  local inner = flop > 1e8 and 1 or math.floor(1e8 / flop) + 1
+  f()
+  local ts = {}
+  for r = 1, reps do
+    local t0 = lps.now()
+    for _ = 1, inner do f() end
+    ts[r] = (lps.now() - t0) / inner
+  end
+  return median(ts)
+end
+
+print(string.format("lualps %s, OpenBLAS threads: %d", lps.version, threads))
+print(string.format("%-16s %12s %12s %12s %8s", "matmul M K N", "raw GFLOP/s",
+  "lps GFLOP/s", "lps(out=)", "ratio"))
+local g = lps.generator(1)
+for _, s in ipairs(shapes) do
+  local m, k, n = s[1], s[2], s[3]
+  local a, b = lps.rand(m, k, g), lps.rand(k, n, g)
+  local out = lps.zeros(m, n)
+  local flop = 2 * m * k * n
+  local t_alloc = time_it(function() lps.matmul(a, b) end, flop)
+  local t_out = time_it(function() lps.matmul(a, b, false, false, out) end, flop)
+  local key = m .. "x" .. k .. "x" .. n
+  local best = flop / math.min(t_alloc, t_out) * 1e-9
+  print(string.format("%-16s %12.2f %12.2f %12.2f %7.3fx", m .. " " .. k .. " " .. n, raw[key],
+    flop / t_alloc * 1e-9, flop / t_out * 1e-9, best / raw[key]))
+  collectgarbage()
+end
+
+print()
+print(string.format("element-wise on 1M floats (memcpy peer: %.2f GB/s, read+write)", memcpy_gbs))
+print(string.format("%-22s %10s %10s", "op", "GB/s", "vs memcpy"))
+local x, y = lps.rand(1 << 20, g), lps.rand(1 << 20, g)
+local bytes3 = 3 * 4 * (1 << 20) -- two reads and a write
+local bytes2 = 2 * 4 * (1 << 20)
+local ops = {
+  {"a + b (new tensor)", function() return x + y end, bytes3},
+  {"a:add_(b)", function() x:add_(y) end, bytes3},
+  {"a * 2 (new tensor)", function() return x * 2 end, bytes2},
+  {"a:mul_(0.5)", function() x:mul_(1.0) end, bytes2},
+  {"a:relu()", function() return x:relu() end, bytes2},
+  {"a:exp()", function() return x:exp() end, bytes2},
+  {"a:sum()", function() return x:sum() end, 4 * (1 << 20)},
+}
+for _, o in ipairs(ops) do
+  local ts = {}
+  for r = 1, 31 do
+    local t0 = lps.now()
+    for _ = 1, 10 do o[2]() end
+    ts[r] = (lps.now() - t0) / 10
+    if r % 4 == 0 then collectgarbage() end
+  end
+  local gbs = o[3] / median(ts) * 1e-9
+  print(string.format("%-22s %10.2f %9.2fx", o[1], gbs, gbs / memcpy_gbs))
+end
