@@ -1,0 +1,203 @@
+--- lualps.zoo: building model sets (many small models over related tasks).
+-- Everything a model depends on (seed, optimizer, learning rate, batch size,
+-- epochs, data subset) is drawn from its own generator, seeded from the
+-- master seed and the model's position in the plan. So a model trains the
+-- same whichever shard, process or machine builds it, and a sharded build
+-- merges into the same set as a single-process build.
+local lps = require "lualps"
+
+local zoo = {}
+
+--- Check a task table ({ {id=, classes={a, b}}, ... }, classes 0-based) and
+-- return the number of tasks each class appears in.
+function zoo.check_tasks(tasks, nclasses)
+  nclasses = nclasses or 10
+  assert(type(tasks) == "table" and #tasks > 0, "zoo: the task table is empty")
+  local seen, per_class = {}, {}
+  for c = 0, nclasses - 1 do per_class[c] = 0 end
+  for i, t in ipairs(tasks) do
+    if t.id ~= i then error(("zoo: task %d has id %s, expected %d"):format(i, tostring(t.id), i), 2) end
+    local a, b = t.classes and t.classes[1], t.classes and t.classes[2]
+    for _, c in ipairs{a, b} do
+      if math.type(c) ~= "integer" or c < 0 or c >= nclasses then
+        error(("zoo: task %d has class %s, expected an integer 0..%d"):format(i, tostring(c), nclasses - 1), 2)
+      end
+    end
+    if a == b then error(("zoo: task %d pairs class %d with itself"):format(i, a), 2) end
+    local key = math.min(a, b) .. "-" .. math.max(a, b)
+    if seen[key] then error(("zoo: tasks %d and %d use the same classes"):format(seen[key], i), 2) end
+    seen[key] = i
+    per_class[a] = per_class[a] + 1
+    per_class[b] = per_class[b] + 1
+  end
+  return per_class
+end
+
+-- 64-bit FNV-1a over a string, as 16 hex digits: a fingerprint of a build's
+-- configuration, stored with every model so a resumed build can refuse a
+-- file made with another seed or task table.
+local function fnv1a(s)
+  local h = 0xcbf29ce484222325
+  for i = 1, #s do
+    h = h ~ s:byte(i)
+    h = h * 0x100000001b3 -- wraps modulo 2^64, as FNV wants
+  end
+  return string.format("%016x", h)
+end
+zoo.fnv1a = fnv1a
+
+--- Defaults of a build; every field may be overridden in zoo.plan's cfg.
+zoo.defaults = {
+  master_seed = 500,
+  per_task = 25,
+  arch = {784, 64, 64, 2},
+  epochs = {2, 5},               -- inclusive range, uniform
+  batch_sizes = {32, 64, 128},
+  fraction = 0.8,                -- of the task's training images
+  sgd = {lr = {0.01, 0.1}, momentum = 0.9},   -- lr log-uniform in the range
+  adam = {lr = {3e-4, 3e-3}},
+  min_test_accuracy = 0.75,      -- below: retrain with the next seed
+  max_attempts = 5,
+}
+
+local function with_defaults(cfg)
+  local c = {}
+  for k, v in pairs(zoo.defaults) do c[k] = v end
+  for k, v in pairs(cfg or {}) do c[k] = v end
+  return c
+end
+zoo.with_defaults = with_defaults
+
+--- A canonical text of everything that determines the set's models.
+function zoo.fingerprint(cfg)
+  cfg = with_defaults(cfg)
+  local parts = {"master_seed=" .. cfg.master_seed, "per_task=" .. cfg.per_task,
+    "arch=" .. table.concat(cfg.arch, "-"), "epochs=" .. table.concat(cfg.epochs, "-"),
+    "batch=" .. table.concat(cfg.batch_sizes, "-"), "fraction=" .. cfg.fraction,
+    ("sgd=%g-%g/%g"):format(cfg.sgd.lr[1], cfg.sgd.lr[2], cfg.sgd.momentum),
+    ("adam=%g-%g"):format(cfg.adam.lr[1], cfg.adam.lr[2]),
+    "min_acc=" .. cfg.min_test_accuracy}
+  for _, t in ipairs(cfg.tasks) do parts[#parts + 1] = t.classes[1] .. "/" .. t.classes[2] end
+  return fnv1a(table.concat(parts, ";"))
+end
+
+local function log_uniform(g, lo, hi)
+  return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * g:uniform())
+end
+
+--- The plan: one entry per model, task-major (task 1's models first), with
+-- everything its training needs. cfg.tasks is required.
+function zoo.plan(cfg)
+  cfg = with_defaults(cfg)
+  zoo.check_tasks(cfg.tasks)
+  local plan, fp = {}, zoo.fingerprint(cfg)
+  for ti, task in ipairs(cfg.tasks) do
+    for k = 1, cfg.per_task do
+      local index = #plan + 1
+      -- A generator per model, from (master seed, position): independent of
+      -- which process builds it.
+      local seed = cfg.master_seed * 1000003 + index
+      local g = lps.generator(seed)
+      local opt = (k % 2 == 1) and "sgd" or "adam" -- half and half within each task
+      local range = cfg[opt].lr
+      plan[index] = {
+        index = index,
+        id = string.format("t%02d-m%02d", ti, k),
+        task = ti,
+        classes = {task.classes[1], task.classes[2]},
+        seed = seed,
+        optimizer = opt,
+        lr = log_uniform(g, range[1], range[2]),
+        momentum = opt == "sgd" and cfg.sgd.momentum or nil,
+        batch_size = cfg.batch_sizes[g:random(#cfg.batch_sizes)],
+        epochs = g:random(cfg.epochs[1], cfg.epochs[2]),
+        fraction = cfg.fraction,
+        arch = cfg.arch,
+        fingerprint = fp,
+        master_seed = cfg.master_seed,
+      }
+    end
+  end
+  return plan
+end
+
+--- Parse "i/n" (1 <= i <= n); errors name the bad spec.
+function zoo.parse_shard(spec)
+  local i, n = tostring(spec):match("^(%d+)/(%d+)$")
+  i, n = tonumber(i), tonumber(n)
+  if not i or n < 1 or i < 1 or i > n then
+    error(("bad shard spec '%s': expected i/n with 1 <= i <= n, e.g. 1/4"):format(tostring(spec)), 0)
+  end
+  return i, n
+end
+
+--- The models of shard i of n: a contiguous block of the plan, so that
+-- concatenating shards 1..n in order gives the plan's order.
+function zoo.shard(plan, i, n)
+  local N = #plan
+  local lo, hi = (i - 1) * N // n + 1, i * N // n
+  local out = {}
+  for g = lo, hi do out[#out + 1] = plan[g] end
+  return out
+end
+
+-- Shuffle a copy of t with generator g (Fisher-Yates).
+local function shuffled(t, g)
+  local c = table.move(t, 1, #t, 1, {})
+  for i = #c, 2, -1 do
+    local j = g:random(i)
+    c[i], c[j] = c[j], c[i]
+  end
+  return c
+end
+
+--- The standard splits, fixed by the master seed:
+-- classification: per task, `train_per_task` models to train on, the rest held out;
+-- retrieval: `unseen` tasks whose models are split into `queries` queries and
+-- the rest gallery; the other tasks' models are for training.
+-- Returns lists of model ids.
+function zoo.splits(cfg, opts)
+  cfg = with_defaults(cfg)
+  opts = opts or {}
+  local per_task = cfg.per_task
+  local train_per_task = opts.train_per_task or math.floor(per_task * 0.6 + 0.5)
+  local ntasks = #cfg.tasks
+  local unseen_n = opts.unseen or math.floor(ntasks * 0.4 + 0.5)
+  local queries = opts.queries or math.max(1, per_task // 5)
+  assert(train_per_task >= 1 and train_per_task < per_task, "zoo.splits: bad train_per_task")
+  assert(unseen_n >= 1 and unseen_n < ntasks, "zoo.splits: bad number of unseen tasks")
+  local g = lps.generator(cfg.master_seed * 7919 + 17)
+  local function id(t, k) return string.format("t%02d-m%02d", t, k) end
+  local ks = {}
+  for k = 1, per_task do ks[k] = k end
+
+  local cls = {train = {}, test = {}}
+  for t = 1, ntasks do
+    local order = shuffled(ks, g)
+    for j, k in ipairs(order) do
+      table.insert(j <= train_per_task and cls.train or cls.test, id(t, k))
+    end
+  end
+
+  local task_ids = {}
+  for t = 1, ntasks do task_ids[t] = t end
+  local order = shuffled(task_ids, g)
+  local ret = {train_tasks = {}, unseen_tasks = {}, train = {}, query = {}, gallery = {}}
+  for j, t in ipairs(order) do
+    table.insert(j <= unseen_n and ret.unseen_tasks or ret.train_tasks, t)
+  end
+  table.sort(ret.unseen_tasks)
+  table.sort(ret.train_tasks)
+  for _, t in ipairs(ret.train_tasks) do
+    for k = 1, per_task do ret.train[#ret.train + 1] = id(t, k) end
+  end
+  for _, t in ipairs(ret.unseen_tasks) do
+    for j, k in ipairs(shuffled(ks, g)) do
+      table.insert(j <= queries and ret.query or ret.gallery, id(t, k))
+    end
+  end
+  return {classification = cls, retrieval = ret, master_seed = cfg.master_seed,
+          fingerprint = zoo.fingerprint(cfg)}
+end
+
+return zoo
