@@ -1,6 +1,7 @@
 /* lua_main.c - luaopen_lualps_core: generators, threads, and the module table. */
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "binding.h"
 
@@ -144,6 +145,13 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+/* isatty(fd): progress bars draw only on terminals. */
+static int l_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 2)));
+    return 1;
+}
+
 static const luaL_Reg gen_methods[] = {
     {"seed", g_seed}, {"uniform", g_uniform}, {"normal", g_normal},
     {"random", g_random}, {"state", g_state}, {NULL, NULL}};
@@ -151,7 +159,7 @@ static const luaL_Reg gen_methods[] = {
 static const luaL_Reg functions[] = {
     {"generator", l_generator}, {"manual_seed", l_manual_seed},
     {"default_generator", l_default_generator}, {"set_num_threads", l_set_num_threads},
-    {"get_num_threads", l_get_num_threads}, {"now", l_now}, {NULL, NULL}};
+    {"get_num_threads", l_get_num_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_generator(lua_State *L)
 {
