@@ -78,8 +78,48 @@ install: lib
 	mkdir -p $(INST_LIBDIR)/lualps $(INST_LUADIR)/lualps
 	cp lualps/core.so $(INST_LIBDIR)/lualps/core.so
 	cp lualps/*.lua $(INST_LUADIR)/lualps/
+	mkdir -p $(INST_BINDIR) && cp scripts/lualps $(INST_BINDIR)/lualps
 
 clean:
 	rm -rf build lualps/core.so
 
 -include $(CORE_OBJ:.o=.d) $(LUA_OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
+
+# libFuzzer harness of the safetensors reader and its JSON parser (clang,
+# ASan+UBSan). `make fuzz-safetensors FUZZ_TIME=600` runs it that many
+# seconds; the corpus grows in build/fuzz/corpus_safetensors.
+FUZZ_TIME ?= 60
+FUZZ_ST_SRC = csrc/safetensors.c csrc/json.c csrc/tensor.c csrc/error.c csrc/rng.c
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/json.h
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) \
+	  -o $@ -lopenblas -lm
+.PHONY: fuzz-safetensors
+fuzz-safetensors: build/fuzz/fuzz_safetensors
+	@mkdir -p build/fuzz/corpus_safetensors
+	build/fuzz/fuzz_safetensors -max_total_time=$(FUZZ_TIME) -dict=tests/fuzz/safetensors.dict \
+	  -print_final_stats=1 -artifact_prefix=build/fuzz/ \
+	  build/fuzz/corpus_safetensors tests/fuzz/seeds_safetensors
+
+# libFuzzer harness of the ModelSet reader (clang, ASan+UBSan, checksums
+# bypassed with -DLPS_FUZZING so the parsers behind them get fuzzed). Seeds
+# are generated from valid files. `make fuzz-smoke` runs 30 s (CI);
+# `make fuzz-modelset FUZZ_SECONDS=600` runs longer; findings land in build/fuzz/.
+FUZZ_SECONDS ?= 600
+FUZZ_MS_SRC = csrc/modelset.c $(wildcard csrc/mset_*.c) csrc/tensor.c csrc/rng.c csrc/error.c
+build/fuzz/fuzz_modelset: tests/fuzz/fuzz_modelset.c $(FUZZ_MS_SRC) csrc/lualps.h csrc/mset_format.h
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -DLPS_FUZZING \
+	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_modelset.c $(FUZZ_MS_SRC) \
+	  -o $@ -lopenblas -lzstd -lz -lm
+build/fuzz/seeds_modelset/.done: tests/fuzz/make_modelset_seeds.lua lualps/core.so lualps/modelset.lua
+	$(LUA) tests/fuzz/make_modelset_seeds.lua build/fuzz/seeds_modelset && touch $@
+.PHONY: fuzz-modelset fuzz-smoke
+fuzz-modelset: build/fuzz/fuzz_modelset build/fuzz/seeds_modelset/.done
+	@mkdir -p build/fuzz/corpus_modelset
+	build/fuzz/fuzz_modelset -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/modelset.dict \
+	  -print_final_stats=1 -artifact_prefix=build/fuzz/ -rss_limit_mb=2048 \
+	  build/fuzz/corpus_modelset build/fuzz/seeds_modelset
+fuzz-smoke: lib
+	@$(MAKE) --no-print-directory fuzz-modelset FUZZ_SECONDS=30

@@ -149,16 +149,576 @@ int lps_reduce_shape(const lps_tensor *a, int dim, int64_t *shape);
 int lps_allclose(const lps_tensor *a, const lps_tensor *b, float rtol, float atol);
 
 /* ------------------------------------------------- layers and training */
-/* (nn: linear.c, conv.c, activation.c, loss.c, optim.c, model.c, train.c, data.c) */
+/* (nn: linear.c, conv.c, pool.c, activation.c, loss.c, optim.c, model.c, train.c, data.c)
+ * Layers take and give batches: the first dimension is the sample. Parameter
+ * layouts follow PyTorch (linear weight out x in, conv weight cout x cin x k x k). */
+
+typedef enum {
+    LPS_LAYER_LINEAR, LPS_LAYER_CONV2D, LPS_LAYER_MAXPOOL2D, LPS_LAYER_RELU, LPS_LAYER_TANH,
+    LPS_LAYER_FLATTEN, LPS_LAYER_SEQUENTIAL
+} lps_layer_type;
+
+typedef struct lps_layer lps_layer;
+
+/* What each layer kind implements. Callers use lps_layer_forward/backward. */
+typedef struct lps_layer_ops {
+    lps_layer_type type;
+    const char *name; /* "linear", "conv2d", ... (the spec's type) */
+    /* Output shape for an input shape, or a failure naming the layer. */
+    lps_status (*out_shape)(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
+                            int64_t *out);
+    lps_status (*forward)(lps_layer *l, const lps_tensor *x, lps_tensor *y);
+    /* Given x, y = f(x) and gy = dL/dy: add dL/dparams to the gradients and
+     * write gx = dL/dx (skipped when gx is NULL, e.g. for the first layer). */
+    lps_status (*backward)(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                           const lps_tensor *gy, lps_tensor *gx);
+    void (*destroy)(lps_layer *l); /* frees priv */
+} lps_layer_ops;
+
+/* Fields are read-only for users. Layers are reference counted: a sequential
+ * holds a reference to each child. */
+struct lps_layer {
+    const lps_layer_ops *ops;
+    int refcount;
+    int training;                  /* train() / evaluate() mode flag */
+    int64_t cfg[5];                /* linear: in, out; conv2d: cin, cout, k, stride,
+                                      padding; maxpool2d: k, stride */
+    int nparams;                   /* 0 or 2: weight, bias */
+    lps_tensor *param[2], *grad[2];
+    int nchildren;                 /* sequential only */
+    lps_layer **children;
+    void *priv;                    /* kind-specific workspace */
+};
+
+/* Constructors initialise as PyTorch does by default: weights and biases
+ * uniform in +-1/sqrt(fan_in) (Kaiming-uniform with a = sqrt(5)), weight first. */
+lps_layer *lps_linear_new(int64_t in, int64_t out, lps_rng *init);
+lps_layer *lps_conv2d_new(int64_t cin, int64_t cout, int64_t k, int64_t stride, int64_t padding,
+                          lps_rng *init);
+lps_layer *lps_maxpool2d_new(int64_t k, int64_t stride);
+lps_layer *lps_relu_new(void);
+lps_layer *lps_tanh_new(void);
+lps_layer *lps_flatten_new(void); /* (B, ...) -> (B, rest) */
+/* Takes a new reference to each child. Activations are buffers kept between
+ * calls and grown only when a batch is larger than any before. */
+lps_layer *lps_sequential_new(lps_layer *const *children, int n);
+lps_layer *lps_layer_ref(lps_layer *l);
+void lps_layer_free(lps_layer *l); /* drops one reference */
+
+/* Output shape of l for an input shape (checks that the input fits). */
+lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
+                               int64_t *out);
+lps_status lps_layer_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y);
+/* Must follow a forward of the same x (a sequential reuses its activations). */
+lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                              const lps_tensor *gy, lps_tensor *gx);
+/* Parameters and gradients in a fixed order (depth first, weight then bias);
+ * fills up to max entries and returns the total count. */
+int lps_layer_params(const lps_layer *l, lps_tensor **params, lps_tensor **grads, int max);
+int64_t lps_layer_numel(const lps_layer *l); /* number of parameter values */
+void lps_layer_zero_grad(lps_layer *l);
+void lps_layer_set_training(lps_layer *l, int training);
+
+/* Mean cross-entropy of logits (B x C) against 0-based labels, stable for
+ * large logits. When grad is not NULL it receives dLoss/dlogits; when correct
+ * is not NULL it receives the number of rows whose first argmax is the label. */
+lps_status lps_cross_entropy(const lps_tensor *logits, const int32_t *labels, double *loss,
+                             lps_tensor *grad, int64_t *correct);
+
+/* Optimizers, with PyTorch's update rules (torch.optim.SGD, Adam, AdamW). */
+typedef enum { LPS_SGD, LPS_ADAM } lps_optim_kind;
+typedef struct lps_optim_config {
+    lps_optim_kind kind;
+    double lr, weight_decay;
+    double momentum, dampening; int nesterov;  /* sgd */
+    double beta1, beta2, eps; int decoupled;   /* adam; decoupled = AdamW */
+} lps_optim_config;
+typedef struct lps_optim lps_optim;
+lps_optim *lps_optim_new(const lps_optim_config *c); /* validates c */
+void lps_optim_free(lps_optim *o);
+const lps_optim_config *lps_optim_get_config(const lps_optim *o);
+void lps_optim_set_lr(lps_optim *o, double lr);
+/* One update of n parameters from their gradients. State (momentum, moments)
+ * is allocated on the first step; later steps must pass the same sizes. */
+lps_status lps_optim_step(lps_optim *o, lps_tensor *const *params, lps_tensor *const *grads, int n);
+void lps_optim_reset(lps_optim *o); /* forget state and step count */
+int64_t lps_optim_steps(const lps_optim *o);
+
+/* Learning-rate schedules over epochs t (fractional when stepped per batch):
+ * step: lr * gamma^floor(t / step_size); cosine: eta_min + (lr - eta_min) *
+ * (1 + cos(pi * min(t, t_max) / t_max)) / 2, as torch.optim.lr_scheduler. */
+typedef enum { LPS_SCHED_CONSTANT, LPS_SCHED_STEP, LPS_SCHED_COSINE } lps_sched_kind;
+typedef struct lps_schedule {
+    lps_sched_kind kind;
+    double step_size, gamma;  /* step */
+    double t_max, eta_min;    /* cosine */
+    int per_batch;            /* update every batch rather than every epoch */
+} lps_schedule;
+lps_status lps_schedule_check(const lps_schedule *s);
+double lps_schedule_lr(const lps_schedule *s, double base_lr, double t);
+
+/* Training: shuffled minibatches, forward, loss, backward, optimizer step. */
+typedef struct lps_progress {
+    int epoch, epochs;          /* 1-based */
+    int64_t step, steps;        /* 1-based step within the epoch */
+    int64_t samples;            /* seen so far in this epoch */
+    double loss, accuracy;      /* running means over this epoch */
+    double seconds, lr;         /* seconds since the epoch began */
+    int done;                   /* 1 on the epoch's last call */
+    double val_loss, val_accuracy; /* on the last call with validation data, else NaN */
+} lps_progress;
+/* Return 0 to go on; anything else stops training with LPS_EINVAL (set a
+ * message with lps_fail first to say why). */
+typedef int (*lps_progress_fn)(const lps_progress *p, void *ud);
+
+typedef struct lps_epoch_stats {
+    double loss, accuracy, seconds, lr;
+    double val_loss, val_accuracy; /* NaN without validation data */
+} lps_epoch_stats;
+
+typedef struct lps_train_opts {
+    int epochs;
+    int64_t batch_size;
+    int shuffle, drop_last;
+    lps_rng *rng;                  /* shuffling (needed when shuffle) */
+    lps_optim *optim;
+    const lps_schedule *schedule;  /* NULL: constant learning rate */
+    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch */
+    const int32_t *val_y;
+    int64_t eval_batch;            /* batch for validation (0: 256) */
+    lps_progress_fn progress;      /* optional */
+    void *progress_ud;
+    double progress_interval;      /* seconds between calls (0: 0.25) */
+    lps_epoch_stats *stats;        /* epochs entries, filled in (may be NULL) */
+} lps_train_opts;
+
+/* x: N samples (first dimension), y: N 0-based class labels. The optimizer's
+ * learning rate is restored when training ends. A NaN or infinite loss stops
+ * with LPS_ENUMERIC naming the epoch and step. No global state: different
+ * models (with their own optimizers) may train on different threads at once. */
+lps_status lps_train(lps_layer *model, const lps_tensor *x, const int32_t *y,
+                     const lps_train_opts *o);
+/* Mean loss and accuracy over x in batches of `batch` (0: 256). */
+lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y, int64_t batch,
+                        double *loss, double *accuracy);
+
+/* IDX files (LeCun's MNIST format, unsigned bytes), gzip-compressed, read
+ * through zlib. Images become N x (rows*cols) floats in [0, 1]; labels N
+ * floats (the stored class, 0-based). Errors name the file and the problem. */
+lps_tensor *lps_idx_read_images(const char *path);
+lps_tensor *lps_idx_read_labels(const char *path);
 
 /* ------------------------------------------------------- modelset store */
-/* (modelset.c) */
+/* (modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
+ * An append-only file of records, one per model: JSON metadata (opaque to C)
+ * and named float32 tensors, each a zstd frame, everything CRC-32 checked.
+ * Record numbers are 0-based in C; messages name them 1-based, as Lua does. */
+
+typedef struct lps_mset lps_mset; /* an open ModelSet (reader or the one writer) */
+
+typedef enum {
+    LPS_CODEC_PLAIN = 1,   /* zstd of the float32 little-endian bytes */
+    LPS_CODEC_SHUFFLE = 2, /* byte planes (Blosc-style shuffle), then zstd; lossless */
+    LPS_CODEC_BF16 = 3     /* lossy: round to bfloat16 (nearest even), 2 planes, zstd */
+} lps_codec;
+
+#define LPS_MSET_MAX_META ((uint32_t)1 << 24)  /* 16 MiB of JSON per record */
+#define LPS_MSET_MAX_TENSORS 4096              /* per record */
+#define LPS_MSET_MAX_NAME 255                  /* bytes of a tensor name */
+
+typedef struct {
+    lps_codec codec; /* default for tensors (LPS_CODEC_SHUFFLE) */
+    int level;       /* zstd level 1..19 (3) */
+    int sync;        /* fdatasync after each record (1); 0: only at flush/close */
+    int overwrite;   /* create: replace an existing file (0: refuse) */
+} lps_mset_opts;
+void lps_mset_opts_default(lps_mset_opts *o);
+
+/* Create a new set (takes the writer lock). opts may be NULL. */
+lps_status lps_mset_create(lps_mset **out, const char *path, const lps_mset_opts *opts);
+/* Open read-only (append = 0) or for appending (takes the writer lock, drops
+ * the trailing index until the next flush, truncates a torn last record).
+ * opts (may be NULL) sets codec/level/sync for appending; codec 0 = file's. */
+lps_status lps_mset_open(lps_mset **out, const char *path, int append, const lps_mset_opts *opts);
+/* Read-only over a memory image (the fuzzer's entry point); buf must outlive ms. */
+lps_status lps_mset_open_mem(lps_mset **out, const void *buf, size_t n);
+/* Writers: write the index and trailer and sync, then close. Always frees. */
+lps_status lps_mset_close(lps_mset *ms);
+/* Writers: write the index and trailer now (readers then open fast). */
+lps_status lps_mset_flush(lps_mset *ms);
+
+int64_t lps_mset_count(const lps_mset *ms);
+const char *lps_mset_path(const lps_mset *ms);
+int lps_mset_writable(const lps_mset *ms);
+lps_codec lps_mset_default_codec(const lps_mset *ms);
+/* How the index was found: 1 from the trailing index, 0 by scanning records. */
+int lps_mset_indexed(const lps_mset *ms);
+/* Bytes after the last intact record that the opener ignored (torn tail). */
+uint64_t lps_mset_tail_bytes(const lps_mset *ms);
+/* Index facts without reading the record. */
+typedef struct {
+    uint64_t offset, length, decoded_bytes;
+    uint32_t meta_len, ntensors, codecs; /* codecs: bit (codec - 1) per codec used */
+} lps_mset_info;
+lps_status lps_mset_record_info(const lps_mset *ms, int64_t i, lps_mset_info *info);
+
+typedef struct {
+    char *name;              /* NUL-terminated */
+    int ndim;
+    int64_t shape[LPS_MAX_DIMS];
+    int64_t numel;
+    lps_codec codec;
+    uint64_t offset;         /* file offset of the zstd frame */
+    uint64_t stored_bytes;   /* frame length */
+    uint32_t crc;            /* CRC-32 of the frame */
+    lps_tensor *tensor;      /* decoded (LPS_MSET_DATA), owned by the record */
+} lps_mset_tensor;
+
+typedef struct {
+    int64_t index;
+    uint64_t offset, length;
+    char *meta;              /* JSON text, NUL-terminated (LPS_MSET_META) */
+    size_t meta_len;
+    int ntensors;
+    lps_mset_tensor *tensors; /* LPS_MSET_TABLE or LPS_MSET_DATA */
+} lps_mset_record;
+
+enum { LPS_MSET_META = 1, LPS_MSET_TABLE = 2, LPS_MSET_DATA = 4 };
+/* Read record i: what = LPS_MSET_META reads only the header and the JSON;
+ * TABLE adds the tensor descriptions; DATA decodes every tensor. Every part
+ * read is checksummed; errors name the record. rec is cleared first. */
+lps_status lps_mset_read(lps_mset *ms, int64_t i, int what, lps_mset_record *rec);
+void lps_mset_record_clear(lps_mset_record *rec);
+
+typedef struct {
+    const char *name;
+    const lps_tensor *tensor;
+    lps_codec codec;         /* 0: the set's default */
+} lps_mset_input;
+/* Append one record (meta: JSON text, not parsed here). *index gets its number. */
+lps_status lps_mset_append(lps_mset *ms, const char *meta, size_t meta_len,
+                           const lps_mset_input *in, int n, int64_t *index);
+/* Copy record i of src to dst byte for byte after checking all its checksums. */
+lps_status lps_mset_copy(lps_mset *dst, lps_mset *src, int64_t i, int64_t *index);
+
+typedef struct {
+    int64_t record;          /* 0-based record, -1 when not about one record */
+    uint64_t offset;         /* file offset where the problem is */
+    char msg[240];
+} lps_mset_problem;
+typedef struct {
+    int64_t records;         /* intact records found */
+    uint64_t tail_bytes;     /* bytes past the last intact record */
+    int indexed;             /* a valid trailing index was present */
+    int nproblems;
+    lps_mset_problem *problems; /* up to 1000 kept; free with lps_mset_report_free */
+    int truncated, rewrote;  /* repair: truncated in place / rewrote the file */
+    char backup[512];        /* repair: where the damaged original was kept ("" if not) */
+} lps_mset_report;
+/* Check every byte: header, index, each record's checksums and frames. The
+ * report lists each problem with its record; status is LPS_OK unless the
+ * file could not be read at all. */
+lps_status lps_mset_verify(const char *path, lps_mset_report *rep);
+lps_status lps_mset_verify_mem(const void *buf, size_t n, lps_mset_report *rep);
+/* Keep every intact record: truncate a torn tail and rewrite the index in
+ * place; if records inside the file are damaged, write a new file with the
+ * intact ones and keep the original as path.damaged. */
+lps_status lps_mset_repair(const char *path, lps_mset_report *rep);
+void lps_mset_report_free(lps_mset_report *rep);
+/* The format's checksum, CRC-32C (Castagnoli): hardware when the CPU has
+ * SSE4.2; _portable always uses the table code (tests compare the two). */
+uint32_t lps_crc32c(const void *p, size_t n);
+uint32_t lps_crc32c_portable(const void *p, size_t n);
 
 /* ------------------------------------------- second-order (LPS) layers */
-/* (chainnorm.c, neuron.c, sopool.c) */
+/* (chainnorm.c, neuron.c, sopool.c, metric_loss.c)
+ * An MLP is given as nlayers weight matrices W[l] (h_l x h_{l-1}, PyTorch
+ * layout) and biases b[l] (h_l), ReLU between layers. Backward functions
+ * accumulate (+=) into parameter gradients and overwrite input gradients. */
+
+/* In place, for each hidden layer in order: divide every unit's incoming
+ * weights and bias by their joint L2 norm n and multiply its outgoing weights
+ * (column of W[l+1]) by n. A ReLU network computes the same function after,
+ * and a unit rescaled by a > 0 (outgoing by 1/a) normalizes to the same
+ * weights. Units with n <= eps are left alone (eps = INFINITY: only the
+ * shape and finiteness checks run). Non-finite weights fail. */
+lps_status lps_chain_normalize(int nlayers, lps_tensor *const *W, lps_tensor *const *b, float eps);
+/* out[j] = L2 norm of column j of W: unit j's outgoing importance. */
+lps_status lps_column_norms(lps_tensor *out, const lps_tensor *W);
+
+/* Shared unit encoder, one row per unit: Z = act([U | bias | imp] A^T + a)
+ * with U (h x k), bias and imp (h), A (d x (k+2)), a (d), Z (h x d). */
+typedef enum { LPS_ACT_RELU, LPS_ACT_TANH, LPS_ACT_LINEAR } lps_act;
+lps_status lps_neuron_forward(lps_tensor *Z, const lps_tensor *U, const lps_tensor *bias,
+                              const lps_tensor *imp, const lps_tensor *A, const lps_tensor *a,
+                              lps_act act);
+/* Z is the forward output. dU (h x k) may be NULL (first layer: data). */
+lps_status lps_neuron_backward(lps_tensor *dU, lps_tensor *dA, lps_tensor *da,
+                               const lps_tensor *dZ, const lps_tensor *Z, const lps_tensor *U,
+                               const lps_tensor *bias, const lps_tensor *imp,
+                               const lps_tensor *A, lps_act act);
+
+/* Pooling of unit embeddings Z (h x d, d <= 1024) with unit weights w (h, >= 0; scaled
+ * to sum 1 inside, uniform if all zero). Second order: S = sum_j w_j z_j z_j^T
+ * normalized by POWER (sign(s)(sqrt(|s| + eps) - sqrt(eps)) per entry), SQRTM
+ * (square root of S + eps I by `iters` Newton-Schulz steps after scaling by
+ * its Frobenius norm) or PLAIN (none); the output is S's upper triangle row
+ * by row, d(d+1)/2 values. MEAN: first order, sum_j w_j z_j (d values). */
+typedef enum { LPS_SOPOOL_POWER, LPS_SOPOOL_SQRTM, LPS_SOPOOL_PLAIN, LPS_SOPOOL_MEAN } lps_sopool_mode;
+typedef struct {
+    lps_sopool_mode mode;
+    float eps;   /* > 0 for POWER and SQRTM */
+    int iters;   /* SQRTM: 1..50 */
+} lps_sopool_opts;
+int64_t lps_sopool_size(int64_t d, lps_sopool_mode mode);
+/* Writes lps_sopool_size values at flat offset `off` of out (so the layers of
+ * a model concatenate in place); backward reads dout at the same offset and
+ * overwrites dZ (h x d). */
+lps_status lps_sopool_forward(lps_tensor *out, int64_t off, const lps_tensor *Z,
+                              const lps_tensor *w, const lps_sopool_opts *o);
+lps_status lps_sopool_backward(lps_tensor *dZ, const lps_tensor *dout, int64_t off,
+                               const lps_tensor *Z, const lps_tensor *w, const lps_sopool_opts *o);
+
+/* Embedding head over a batch: U = F P^T + p, Y = U / ||U|| per row, with
+ * F (B x n), P (e x n), p (e), U and Y (B x e). Backward needs the saved U;
+ * dF may be NULL. */
+lps_status lps_embed_forward(lps_tensor *Y, lps_tensor *U, const lps_tensor *F,
+                             const lps_tensor *P, const lps_tensor *p);
+lps_status lps_embed_backward(lps_tensor *dF, lps_tensor *dP, lps_tensor *dp,
+                              const lps_tensor *dY, const lps_tensor *U, const lps_tensor *F,
+                              const lps_tensor *P);
+
+/* Softmax cross-entropy (mean over the batch) of a linear classifier on
+ * embeddings Y (B x e): logits = scale (Y C^T + c), C (T x e), c (T) or NULL;
+ * with cosine, C's rows are L2-normalized first. labels are 0-based in
+ * 0..T-1. Any of correct (argmax hits), dY, dC, dc may be NULL. */
+lps_status lps_embed_xent(double *loss, int64_t *correct, lps_tensor *dY, lps_tensor *dC,
+                          lps_tensor *dc, const lps_tensor *Y, const lps_tensor *C,
+                          const lps_tensor *c, const int64_t *labels, float scale, int cosine);
+
+/* Batch-hard triplet loss (Hermans et al. 2017): for each anchor with at
+ * least one positive and one negative, max(0, margin + d(a, hardest positive)
+ * - d(a, hardest negative)), averaged over those anchors. COSINE: d = 1 - a.b;
+ * EUCLID: d = ||a - b||. valid (anchors counted), active (positive hinges)
+ * and dY may be NULL. */
+typedef enum { LPS_DIST_COSINE, LPS_DIST_EUCLID } lps_dist;
+lps_status lps_triplet_hard(double *loss, int64_t *valid, int64_t *active, lps_tensor *dY,
+                            const lps_tensor *Y, const int64_t *labels, float margin,
+                            lps_dist metric);
 
 /* ---------------------------------------------- baselines and metrics */
-/* (baselines.c, assign.c, metrics.c) */
+/* (baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */
+
+/* A borrowed view of an MLP in PyTorch layout: p holds 2*nlayers tensors
+ * W1 (h1 x d), b1 (h1), W2 (h2 x h1), b2 (h2), ..., W_L, b_L, computing
+ * y = W_L relu(... relu(W1 x + b1) ...) + b_L. Hidden layers are 1..L-1. */
+typedef struct lps_mlp_view {
+    int nlayers;                /* linear layers, >= 2 */
+    const lps_tensor *const *p; /* 2 * nlayers tensors */
+} lps_mlp_view;
+
+/* Shapes chain (W_{l+1} has h_l columns, b_l has h_l entries) and every
+ * value is finite; messages start with op. */
+lps_status lps_mlp_check(const char *op, const lps_mlp_view *m);
+int64_t lps_mlp_numel(const lps_mlp_view *m);  /* parameters in all */
+int64_t lps_mlp_hidden(const lps_mlp_view *m); /* units of all hidden layers */
+
+/* out (N x h_L) = the model applied to the rows of x (N x d). */
+lps_status lps_mlp_apply(lps_tensor *out, const lps_mlp_view *m, const lps_tensor *x);
+/* acts[l] (N x h_{l+1}), l = 0..L-2: post-ReLU activations of hidden layer l+1. */
+lps_status lps_mlp_hidden_acts(lps_tensor *const *acts, const lps_mlp_view *m,
+                               const lps_tensor *x);
+/* A permutation of hidden units is one array of lps_mlp_hidden(m) 0-based
+ * entries, layer after layer: unit i of hidden layer l of the result is unit
+ * perm[off_l + i] of m. out receives 2*nlayers new tensors (caller frees);
+ * the result computes the same function. */
+lps_status lps_mlp_permute(lps_tensor **out, const lps_mlp_view *m, const int64_t *perm);
+/* The canonical order of the `sorted` baseline: per hidden layer, units by
+ * decreasing norm of (incoming weights, bias); equal norms keep index order. */
+lps_status lps_mlp_sort_perm(int64_t *perm, const lps_mlp_view *m);
+
+/* Fixed-length feature vectors of one model (baselines raw/sorted/stats/gram). */
+typedef enum { LPS_FEAT_RAW, LPS_FEAT_SORTED, LPS_FEAT_STATS, LPS_FEAT_GRAM } lps_feat_method;
+typedef struct lps_feat_opts {
+    /* gram: average-pool the input image (d = s*s pixels) by pool x pool
+     * before the Gram; 0 or 1 = no pooling. s must be divisible by pool. */
+    int gram_pool;
+} lps_feat_opts;
+lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_mlp_view *m,
+                             const lps_feat_opts *o);
+lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps_mlp_view *m,
+                        const lps_feat_opts *o);
+/* Standardize the columns of x (n x f) in place: (x - mean) / sd. With fit,
+ * mean and sd (f entries each) are first computed from x (population sd;
+ * an sd below 1e-12 is taken as 1, so constant columns become 0). */
+lps_status lps_standardize(lps_tensor *x, lps_tensor *mean, lps_tensor *sd, int fit);
+/* out (na x nb) = cosine of the rows of a (na x f) and b (nb x f); 0 where a row is 0. */
+lps_status lps_cosine_matrix(lps_tensor *out, const lps_tensor *a, const lps_tensor *b);
+
+/* Linear assignment (shortest augmenting paths with potentials, O(n^2 m)):
+ * cost is n x m row-major, finite. assign[i] = column of row i (0-based), or
+ * -1 for rows left over when n > m. Minimizes, or maximizes if maximize. */
+lps_status lps_linear_assignment(int64_t *assign, double *total, const double *cost, int64_t n,
+                                 int64_t m, int maximize);
+
+/* Git Re-Basin weight matching (Ainsworth et al. 2022) of b to a (same
+ * architecture): alternating linear assignment over hidden layers until a
+ * sweep improves nothing. Starts from a layer-by-layer match on incoming
+ * weights and biases (input side first), and also descends from the identity
+ * when that scores higher, so the result is never below no alignment.
+ * perm (lps_mlp_hidden entries) aligns b to a via lps_mlp_permute. sim
+ * (optional) = cosine of a's and aligned b's flattened parameters; iters
+ * (optional) = sweeps. */
+typedef struct lps_match_opts {
+    int max_iter; /* sweeps; <= 0 means 100 */
+    lps_rng *rng; /* visit layers in a random order each sweep; NULL: in order */
+} lps_match_opts;
+lps_status lps_weight_matching(int64_t *perm, double *sim, int *iters, const lps_mlp_view *a,
+                               const lps_mlp_view *b, const lps_match_opts *o);
+/* out (na x nb) = weight-matching similarity of every pair. */
+lps_status lps_matching_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
+                               const lps_mlp_view *b, int64_t nb, const lps_match_opts *o);
+
+/* Linear CKA (Kornblith et al. 2019) of x (N x p) and y (N x q): columns
+ * centred, ||y'x||_F^2 / (||x'x||_F ||y'y||_F); 0 if either is constant. */
+lps_status lps_linear_cka(double *cka, const lps_tensor *x, const lps_tensor *y);
+/* out (na x nb) = mean over hidden layers of the linear CKA of the two
+ * models' hidden activations on probe (N x d). Models need the same depth. */
+lps_status lps_cka_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
+                          const lps_mlp_view *b, int64_t nb, const lps_tensor *probe);
+
+/* Retrieval from sim (nq x ng, larger = more similar) with integer labels.
+ * Each query ranks the gallery by decreasing similarity, equal similarities
+ * by increasing gallery index. cmc[j] = fraction of queries with a relevant
+ * (same-label) item among the first ks[j]; map = mean average precision.
+ * Queries without any relevant item are skipped (nvalid counts the others);
+ * exclude_diag (square sim) drops gallery item i from query i's ranking. */
+lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, const lps_tensor *sim,
+                         const int64_t *qlab, const int64_t *glab, const int64_t *ks, int nk,
+                         int exclude_diag);
+/* pred[q] = majority label of the k most similar gallery items (vote ties:
+ * larger summed similarity, then smaller label). */
+lps_status lps_knn_classify(int64_t *pred, const lps_tensor *sim, const int64_t *glab, int64_t k,
+                            int exclude_diag);
+/* pred[q] = the label whose gallery items have the largest mean similarity
+ * to q (ties: smaller label). For cosine of unit embeddings this is the dot
+ * product with each class's mean embedding. */
+lps_status lps_centroid_classify(int64_t *pred, const lps_tensor *sim, const int64_t *glab,
+                                 int exclude_diag);
+
+/* Mutual-information scores of two labelings of n items, as scikit-learn's
+ * normalized_mutual_info_score and adjusted_mutual_info_score with the
+ * default arithmetic mean (natural logs; same special cases). */
+lps_status lps_nmi(double *nmi, const int64_t *a, const int64_t *b, int64_t n);
+lps_status lps_ami(double *ami, const int64_t *a, const int64_t *b, int64_t n);
+/* Expected mutual information under the permutation model (Vinh et al. 2010). */
+lps_status lps_emi(double *emi, const int64_t *a, const int64_t *b, int64_t n);
+
+/* Rank correlations of n >= 2 pairs: Kendall tau-b (ties in either vector;
+ * O(n^2)) and Spearman rho (Pearson of average ranks). NaN result when a
+ * vector is constant. */
+lps_status lps_kendall_tau_b(double *tau, const double *x, const double *y, int64_t n);
+lps_status lps_spearman_rho(double *rho, const double *x, const double *y, int64_t n);
+
+/* k most similar rows of emb (N x e) to q (e floats) by dot product (cosine
+ * when both are unit length): idx (0-based) and score in decreasing score,
+ * equal scores by increasing index. */
+lps_status lps_topk(int64_t *idx, float *score, const lps_tensor *emb, const float *q, int64_t e,
+                    int64_t k);
+
+/* k-means (Lloyd) with k-means++ seeding drawn from r; the best of
+ * `restarts` runs by inertia (sum of squared distances to the centre). */
+typedef struct lps_kmeans_opts {
+    int restarts; /* <= 0: 10 */
+    int max_iter; /* <= 0: 300 */
+} lps_kmeans_opts;
+lps_status lps_kmeans(int64_t *assign, lps_tensor *centers, double *inertia, const lps_tensor *x,
+                      int64_t k, const lps_kmeans_opts *o, lps_rng *r);
+
+/* Symmetric eigendecomposition (Householder + implicit QL): a (n x n,
+ * row-major, symmetric) is replaced by the eigenvectors as columns, w gets
+ * the eigenvalues in increasing order. Each vector's largest entry is positive. */
+lps_status lps_symeig(double *a, double *w, int64_t n);
+/* out (n x k) = projection of the rows of x (n x d) on the top k principal
+ * axes; var (optional, k) = the variances along them. */
+lps_status lps_pca(lps_tensor *out, double *var, const lps_tensor *x, int64_t k);
+/* Classical MDS from a similarity matrix (n x n, symmetrized): squared
+ * distances s_ii + s_jj - 2 s_ij, double centring, top k eigenpairs. */
+lps_status lps_mds(lps_tensor *out, const lps_tensor *sim, int64_t k);
+
+/* ------------------------------------------------------------ safetensors */
+/* (safetensors.c, json.c) The Hugging Face format: an 8-byte little-endian
+ * header length N, N bytes of UTF-8 JSON mapping tensor names to
+ * {"dtype", "shape", "data_offsets": [begin, end]} (plus an optional
+ * "__metadata__" string-to-string map), then the data buffer. Readers check
+ * everything the reference implementation checks: header size, UTF-8, JSON,
+ * dtype, shape against byte count (with overflow checks), and offsets that
+ * tile the data buffer exactly (no gap, no overlap, nothing after). */
+
+#define LPS_ST_MAX_HEADER 100000000 /* bytes, as the reference implementation */
+#define LPS_ST_MAX_RANK 16
+
+typedef enum {
+    LPS_ST_BOOL, LPS_ST_U8, LPS_ST_I8, LPS_ST_I16, LPS_ST_U16, LPS_ST_I32, LPS_ST_U32,
+    LPS_ST_I64, LPS_ST_U64, LPS_ST_F16, LPS_ST_BF16, LPS_ST_F32, LPS_ST_F64, LPS_ST_C64,
+    LPS_ST_F8_E5M2, LPS_ST_F8_E4M3, LPS_ST_F8_E8M0, LPS_ST_F6_E2M3, LPS_ST_F6_E3M2, LPS_ST_F4,
+    LPS_ST_NDTYPES
+} lps_st_dtype;
+
+typedef struct lps_st_entry {
+    const char *name;      /* UTF-8, NUL-terminated (names holding NUL are rejected) */
+    lps_st_dtype dtype;
+    int rank;              /* 0 (a scalar) .. LPS_ST_MAX_RANK */
+    const int64_t *shape;  /* rank sizes */
+    uint64_t begin, end;   /* byte range in the data buffer */
+} lps_st_entry;
+
+typedef struct lps_safetensors {
+    size_t n;                   /* tensors, in header order */
+    lps_st_entry *entries;
+    size_t n_meta;              /* "__metadata__" pairs, in header order */
+    const char **meta_keys, **meta_values;
+    uint64_t header_len;        /* N */
+    const uint8_t *data;        /* the data buffer; NULL after lps_safetensors_load_header */
+    uint64_t data_len;
+    void *owned_;               /* private */
+} lps_safetensors;
+
+/* Parse a whole file image; borrows buf, which must outlive the result. */
+lps_safetensors *lps_safetensors_parse(const void *buf, size_t len);
+/* Read and check a file; the header length is checked against the file
+ * size before anything of that size is allocated. */
+lps_safetensors *lps_safetensors_load(const char *path);
+/* The same without reading the data buffer (data is NULL). */
+lps_safetensors *lps_safetensors_load_header(const char *path);
+void lps_safetensors_free(lps_safetensors *st);
+/* Index of the tensor called name, or -1. */
+int64_t lps_safetensors_find(const lps_safetensors *st, const char *name);
+/* Entry i as a new float32 tensor: F32, F16, BF16 exactly, F64 rounded to
+ * nearest. A scalar (rank 0) gives shape (1); ranks above 4 and other dtypes
+ * fail with the tensor's name. */
+lps_tensor *lps_safetensors_tensor(const lps_safetensors *st, size_t i);
+
+const char *lps_st_dtype_name(lps_st_dtype d);
+int lps_st_dtype_bits(lps_st_dtype d);
+/* Exact IEEE binary16 and bfloat16 to float32 (subnormals, inf, NaN). */
+float lps_f16_to_f32(uint16_t h);
+float lps_bf16_to_f32(uint16_t b);
+
+/* Serialize float32 tensors as the reference writer does: sorted by name,
+ * contiguous offsets from 0, header padded with spaces to a multiple of 8,
+ * "__metadata__" first (keys sorted) when n_meta > 0. Names and metadata must
+ * be valid UTF-8 and unique; "__metadata__" is not a tensor name. *out is
+ * malloc'ed: release it with free(). */
+lps_status lps_safetensors_encode(const char *const *names, const lps_tensor *const *tensors,
+                                  size_t n, const char *const *meta_keys,
+                                  const char *const *meta_values, size_t n_meta, uint8_t **out,
+                                  size_t *out_len);
+/* The same into a file, atomically (a temporary file renamed over path). */
+lps_status lps_safetensors_save(const char *path, const char *const *names,
+                                const lps_tensor *const *tensors, size_t n,
+                                const char *const *meta_keys, const char *const *meta_values,
+                                size_t n_meta);
 
 #ifdef __cplusplus
 }

@@ -12,8 +12,19 @@ lps.core = core
 local submodules = {
   nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
   modelset = "lualps.modelset", similarity = "lualps.similarity",
-  util = "lualps.util", zoo = "lualps.zoo",
+  util = "lualps.util", zoo = "lualps.zoo", eval = "lualps.eval",
+  safetensors = "lualps.safetensors",
 }
+
+-- Safetensors interop (lualps/safetensors.lua) at the top level.
+function lps.import_safetensors(path, opts) return lps.safetensors.import(path, opts) end
+function lps.export_safetensors(model, path, metadata)
+  return lps.safetensors.export(model, path, metadata)
+end
+
+-- The training loop lives in lualps.nn; lps.train and lps.evaluate reach it.
+function lps.train(...) return require("lualps.nn").train(...) end
+function lps.evaluate(...) return require("lualps.nn").evaluate(...) end
 
 return setmetatable(lps, {
   __index = function(t, k)

@@ -200,4 +200,202 @@ function zoo.splits(cfg, opts)
           fingerprint = zoo.fingerprint(cfg)}
 end
 
+------------------------------------------------------------------ building
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+zoo.file_exists = file_exists
+
+--- Fashion-MNIST split into the plan's tasks, loaded once per process:
+-- task_data(t) -> {x, y, xt, yt} (labels 1, 2 = the task's first, second class).
+function zoo.task_data_loader(tasks, data_dir)
+  local x, y = lps.data.fashion_mnist("train", data_dir)
+  local xt, yt = lps.data.fashion_mnist("test", data_dir)
+  local cache = {}
+  return function(t)
+    if not cache[t] then
+      local c = {tasks[t].classes[1] + 1, tasks[t].classes[2] + 1} -- dataset labels are 1-based
+      local a, b = lps.data.select_classes(x, y, c)
+      local at, bt = lps.data.select_classes(xt, yt, c)
+      cache = {[t] = {x = a, y = b, xt = at, yt = bt}} -- tasks come in order: keep one
+    end
+    return cache[t]
+  end
+end
+
+--- Train the model of plan entry m on its task's data; attempt 0 uses
+-- m.seed, attempt a uses m.seed + a * 2^32 ("the next seed").
+function zoo.train_one(m, td, attempt)
+  local seed = m.seed + (attempt or 0) * 4294967296
+  local g = lps.generator(seed)
+  local x, y = lps.data.fraction(td.x, td.y, m.fraction, g)
+  local sizes = table.move(m.arch, 1, #m.arch, 1, {generator = g})
+  local model = lps.nn.mlp(sizes)
+  local opt = m.optimizer == "sgd" and lps.optim.sgd{lr = m.lr, momentum = m.momentum}
+    or lps.optim.adam{lr = m.lr}
+  local rep = lps.nn.train(model, {x = x, y = y}, {optimizer = opt, epochs = m.epochs,
+    batch_size = m.batch_size, generator = g, progress = false})
+  local train_acc = lps.nn.evaluate(model, {x = x, y = y})
+  local test_acc, test_loss = lps.nn.evaluate(model, {x = td.xt, y = td.yt})
+  local history = {}
+  for _, e in ipairs(rep.epochs) do history[#history + 1] = {loss = e.loss, accuracy = e.accuracy} end
+  return model, {seed = seed, train_accuracy = train_acc, test_accuracy = test_acc,
+    test_loss = test_loss, history = history, n_train = x:size(1), seconds = rep.seconds}
+end
+
+-- The metadata stored with a model: the plan entry and what training gave.
+local function model_meta(m, task, res, attempts)
+  return {
+    id = m.id, index = m.index, task = m.task, task_name = task.name,
+    classes = m.classes, master_seed = m.master_seed, fingerprint = m.fingerprint,
+    seed = res.seed, base_seed = m.seed, attempts = attempts,
+    architecture = "mlp-" .. table.concat(m.arch, "-"),
+    optimizer = m.optimizer, lr = m.lr, momentum = m.momentum,
+    batch_size = m.batch_size, epochs = m.epochs, fraction = m.fraction, n_train = res.n_train,
+    train_accuracy = res.train_accuracy, test_accuracy = res.test_accuracy,
+    test_loss = res.test_loss, history = res.history,
+  }
+end
+
+--- Open `path` for appending (creating it if missing), after checking that
+-- what it holds was built from the same configuration. A torn tail left by
+-- a crash is repaired first (intact records are kept). Returns the set and
+-- the set of stored ids. Raises before anything is written when the file
+-- belongs to another configuration.
+function zoo.open_for_build(path, fingerprint, opts)
+  if not file_exists(path) then
+    return lps.modelset.create(path, {codec = opts and opts.codec}), {}
+  end
+  local ok, ms = pcall(lps.modelset.open, path, "a")
+  if not ok then
+    local okv = lps.modelset.verify(path)
+    if okv then error(ms, 0) end -- not a torn tail: something else is wrong
+    local rep = lps.modelset.repair(path)
+    io.stderr:write(("zoo: repaired %s after an interrupted build (kept %d records)\n")
+      :format(path, rep.records or rep.kept or 0))
+    ms = lps.modelset.open(path, "a")
+  end
+  local have = {}
+  for i = 1, #ms do
+    local meta = ms:meta(i)
+    if meta.fingerprint ~= fingerprint then
+      ms:close()
+      error(("%s was built with another configuration (master seed or task table): "
+        .. "fingerprint %s, expected %s; choose another --out"):format(path,
+        tostring(meta.fingerprint), fingerprint), 0)
+    end
+    have[meta.id] = i
+  end
+  return ms, have
+end
+
+--- Build the models of `plan` (all of it, or one shard's part) into `path`,
+-- resuming: models already stored are skipped and nothing stored is
+-- rewritten. opts: tasks (the task table), data_dir, progress (options for
+-- util.progress, or false), threads (BLAS threads, 1: bit-identical across
+-- shards), codec. Returns a summary table.
+function zoo.build(plan, path, opts)
+  opts = opts or {}
+  assert(opts.tasks, "zoo.build: opts.tasks (the task table) is required")
+  if #plan == 0 then error("zoo.build: nothing to build", 2) end
+  local fp = plan[1].fingerprint
+  local ms, have = zoo.open_for_build(path, fp, opts)
+  local todo = {}
+  for _, m in ipairs(plan) do if not have[m.id] then todo[#todo + 1] = m end end
+  local summary = {stored_before = #plan - #todo, built = 0, retrained = 0, below = 0}
+  if #todo == 0 then ms:close() return summary end
+  local threads = lps.get_num_threads()
+  lps.set_num_threads(opts.threads or 1)
+  local loader = zoo.task_data_loader(opts.tasks, opts.data_dir)
+  local prog = opts.progress ~= false and
+    require("lualps.util").progress(#todo, opts.progress or {label = "models", unit = "models"})
+  local cfg_min = opts.min_test_accuracy or zoo.defaults.min_test_accuracy
+  local max_attempts = opts.max_attempts or zoo.defaults.max_attempts
+  local ok, err = pcall(function()
+    for n, m in ipairs(todo) do
+      local td = loader(m.task)
+      local attempts, best, best_res = {}, nil, nil
+      for a = 0, max_attempts - 1 do
+        local model, res = zoo.train_one(m, td, a)
+        attempts[#attempts + 1] = {seed = res.seed, test_accuracy = res.test_accuracy}
+        if not best_res or res.test_accuracy > best_res.test_accuracy then best, best_res = model, res end
+        if res.test_accuracy >= cfg_min then break end
+      end
+      if #attempts > 1 then summary.retrained = summary.retrained + 1 end
+      if best_res.test_accuracy < cfg_min then summary.below = summary.below + 1 end
+      local task = opts.tasks[m.task]
+      local meta = model_meta(m, {name = task.name or table.concat(task.classes, " vs ")},
+        best_res, attempts)
+      ms:append(best, meta)
+      summary.built = summary.built + 1
+      if prog then prog:update(n, ("%s acc %.3f"):format(m.id, best_res.test_accuracy)) end
+    end
+  end)
+  lps.set_num_threads(threads)
+  ms:close()
+  if prog then summary.seconds = prog:finish() end
+  if not ok then error(err, 0) end
+  return summary
+end
+
+--- Per-task accuracy summary of a set: {task -> {n, min, median, max, mean}}.
+function zoo.accuracy_summary(ms)
+  local per = {}
+  for i = 1, #ms do
+    local m = ms:meta(i)
+    local t = per[m.task] or {accs = {}, retrained = 0}
+    per[m.task] = t
+    t.accs[#t.accs + 1] = m.test_accuracy
+    if m.attempts and #m.attempts > 1 then t.retrained = t.retrained + 1 end
+  end
+  local util = require "lualps.util"
+  for _, t in pairs(per) do
+    local s = 0
+    for _, a in ipairs(t.accs) do s = s + a end
+    table.sort(t.accs)
+    t.n, t.min, t.max = #t.accs, t.accs[1], t.accs[#t.accs]
+    t.median, t.mean = util.median(t.accs), s / #t.accs
+  end
+  return per
+end
+
+--- Append to `path` the records of the shard files (in order) whose ids it
+-- does not hold yet, byte for byte; then remove the shard files.
+function zoo.collect_shards(path, shard_paths, fingerprint)
+  local ms, have = zoo.open_for_build(path, fingerprint)
+  local added = 0
+  local ok, err = pcall(function()
+    for _, sp in ipairs(shard_paths) do
+      if file_exists(sp) then
+        local src = zoo.open_for_build(sp, fingerprint)
+        for i = 1, #src do
+          local id = src:meta(i).id
+          if not have[id] then
+            ms._f:copy_from(src._f, i)
+            have[id] = true
+            added = added + 1
+          end
+        end
+        src:close()
+      end
+    end
+  end)
+  ms:close()
+  if not ok then error(err, 0) end
+  for _, sp in ipairs(shard_paths) do os.remove(sp) end
+  return added
+end
+
+--- Run `cmd` (a shell command with {} standing for the shard number) for
+-- shards 1..n at once with GNU parallel; raises if any of them fails.
+function zoo.run_shards(cmd, n)
+  local line = ("parallel --halt now,fail=1 --line-buffer -j %d %s ::: %s"):format(n, cmd,
+    table.concat((function() local t = {} for i = 1, n do t[i] = i end return t end)(), " "))
+  local ok, how, code = os.execute(line)
+  if not ok then error(("zoo: a shard failed (%s %s): %s"):format(how, tostring(code), line), 0) end
+end
+
 return zoo

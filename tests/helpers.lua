@@ -16,8 +16,10 @@ M.scale = os.getenv("LUALPS_TEST_SCALE") or "full"
 --- A temporary file path removed by M.cleanup().
 local tmpfiles = {}
 function M.tmpname(suffix)
-  local p = os.tmpname() .. (suffix or "")
-  tmpfiles[#tmpfiles + 1] = p
+  local base = os.tmpname() -- creates an empty file: remove it at cleanup too
+  tmpfiles[#tmpfiles + 1] = base
+  local p = base .. (suffix or "")
+  if suffix then tmpfiles[#tmpfiles + 1] = p end
   return p
 end
 function M.cleanup()
@@ -56,6 +58,49 @@ function M.assert_grad_close(analytic, numeric, tol, what)
     lu.fail(string.format("%s: gradient mismatch, max abs diff %.3g (scale %.3g, tol %.3g)",
       what or "gradient", diff, scale, tol))
   end
+end
+
+--- Write a small synthetic dataset in Fashion-MNIST's files (gzip IDX) to
+-- dir: class c (0..9) lights rows 2c..2c+2 over faint noise, so every pair
+-- of classes is learnable in one epoch. Returns dir.
+function M.fake_fashion_mnist(dir, n_train, n_test)
+  local lps = require "lualps"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local g = lps.generator(99)
+  local function be32(v) return string.pack(">I4", v) end
+  local function put(name, bytes)
+    local f = assert(io.popen("gzip -c > '" .. dir .. "/" .. name .. "'", "w"))
+    f:write(bytes)
+    assert(f:close())
+  end
+  local function make(prefix, n)
+    local img, lab = {be32(0x803), be32(n), be32(28), be32(28)}, {be32(0x801), be32(n)}
+    for i = 0, n - 1 do
+      local c = i % 10
+      local px = {}
+      for r = 0, 27 do
+        for col = 0, 27 do
+          local on = r >= 2 * c and r < 2 * c + 2
+          px[#px + 1] = on and 200 + g:random(0, 55) or g:random(0, 40)
+        end
+      end
+      img[#img + 1] = string.char(table.unpack(px))
+      lab[#lab + 1] = string.char(c)
+    end
+    put(prefix .. "-images-idx3-ubyte.gz", table.concat(img))
+    put(prefix .. "-labels-idx1-ubyte.gz", table.concat(lab))
+  end
+  make("train", n_train)
+  make("t10k", n_test)
+  return dir
+end
+
+--- Run a shell command; returns ok, output (stdout and stderr), exit code.
+function M.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok, out, code
 end
 
 return M

@@ -31,5 +31,10 @@ lps_rng *lps_lua_optrng(lua_State *L, int idx);
 
 void lps_lua_open_tensor(lua_State *L);     /* adds tensor functions to the table on top */
 void lps_lua_open_generator(lua_State *L);  /* adds manual_seed, generator */
+void lps_lua_open_eval(lua_State *L);       /* adds _eval (baselines, metrics) */
+void lps_lua_open_safetensors(lua_State *L); /* adds _safetensors */
+void lps_lua_open_nn(lua_State *L);       /* adds _nn (layers, optimizers, training, IDX) */
+void lps_lua_open_modelset(lua_State *L); /* adds _modelset (the ModelSet store) */
+void lps_lua_open_lps(lua_State *L);      /* adds _lps (second-order LPS layers, losses) */
 
 #endif

@@ -180,6 +180,11 @@ int luaopen_lualps_core(lua_State *L)
     lps_lua_open_generator(L);
     lps_lua_open_tensor(L);
     /* Each binding file adds its functions to the module table here. */
+    lps_lua_open_safetensors(L);
+    lps_lua_open_eval(L);
+    lps_lua_open_nn(L);
+    lps_lua_open_modelset(L);
+    lps_lua_open_lps(L);
     lua_pushliteral(L, LPS_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

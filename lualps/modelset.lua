@@ -1,0 +1,422 @@
+--- lps.modelset: a compressed, checksummed, crash-safe archive of trained models.
+--
+-- The file format (docs/MODELSET_FORMAT.md) and its checks live in C
+-- (csrc/modelset.c); this module adds JSON metadata (lua-cjson), models
+-- (the lps.nn spec contract) and iteration.
+--
+--   local ms <close> = lps.modelset.create("runs.lpsm")        -- codec "shuffle"
+--   local i = ms:append(model, {id = "t1-s7", task = "t1", seed = 7, test_acc = 0.97})
+--   local ms = lps.modelset.open("runs.lpsm")                    -- read-only
+--   for i, meta in ipairs(ms) do ... end                         -- metadata only
+--   local model, meta = ms:get(3)                                -- ready to forward
+--
+-- Options of create(path, opts) and open(path, "a", opts), with defaults:
+--   codec = "shuffle"  lossless: byte planes, then zstd (as Blosc); "plain" is zstd
+--                      of the float32 bytes; "bf16" (lossy, relative error <= 2^-8)
+--                      only when asked for. open(path, "a") keeps the file's codec.
+--   level = 3          zstd level 1..19
+--   sync = true        fdatasync after every record (a power cut loses at most the
+--                      record being written); false syncs only at flush/close
+--   overwrite = false  create: replace an existing file instead of refusing
+--
+-- Metadata is a JSON object, written with sorted keys (same metadata, same
+-- bytes) and numbers that read back exactly; read with lua-cjson, whole
+-- numbers come back as integers (exact up to 2^53). `spec` is reserved:
+-- append(model, meta) stores model:spec() there. The model id that merge
+-- checks is meta.id.
+local core = require "lualps.core"
+local cjson = require("cjson").new()
+
+local C = core._modelset
+local M = {}
+
+M.CODECS = {"shuffle", "plain", "bf16"}
+M.ID_FIELD = "id"
+
+-- JSON numbers come back as floats; whole ones become integers again.
+local function integers(v)
+  if type(v) == "table" then
+    for k, x in pairs(v) do v[k] = integers(x) end
+  elseif math.type(v) == "float" and v == math.floor(v) and v >= -2^53 and v <= 2^53 then
+    return math.tointeger(v)
+  end
+  return v
+end
+
+local function decode_meta(json, where)
+  local ok, v = pcall(cjson.decode, json)
+  if not ok then
+    error(string.format("%s: invalid JSON metadata: %s", where, tostring(v)), 0)
+  end
+  if type(v) ~= "table" or not json:match("^%s*{") then
+    error(string.format("%s: metadata is not a JSON object", where), 0)
+  end
+  return integers(v)
+end
+
+-- JSON with sorted keys (the same metadata always gives the same bytes)
+-- and numbers that read back exactly (cjson keeps only 14 digits).
+local function encode_value(v, out, depth)
+  local t = type(v)
+  if t == "string" then
+    out[#out + 1] = cjson.encode(v)
+  elseif math.type(v) == "integer" then
+    out[#out + 1] = string.format("%d", v)
+  elseif t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then error("NaN or infinity", 0) end
+    local s = string.format("%.15g", v)
+    if tonumber(s) ~= v then s = string.format("%.17g", v) end
+    out[#out + 1] = s
+  elseif t == "boolean" then
+    out[#out + 1] = tostring(v)
+  elseif v == cjson.null then
+    out[#out + 1] = "null"
+  elseif t == "table" then
+    if depth > 64 then error("nested deeper than 64 levels", 0) end
+    local n, count, keys = #v, 0, {}
+    for k in pairs(v) do
+      count = count + 1
+      if type(k) == "string" then keys[#keys + 1] = k
+      elseif math.type(k) ~= "integer" or k < 1 or k > n then
+        error("a table mixes list entries and keys of type " .. type(k), 0)
+      end
+    end
+    if n > 0 and count == n then
+      out[#out + 1] = "["
+      for i = 1, n do
+        if i > 1 then out[#out + 1] = "," end
+        encode_value(v[i], out, depth + 1)
+      end
+      out[#out + 1] = "]"
+    else
+      if #keys ~= count then error("a table mixes list entries and string keys", 0) end
+      table.sort(keys)
+      out[#out + 1] = "{"
+      for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = "," end
+        out[#out + 1] = cjson.encode(k)
+        out[#out + 1] = ":"
+        encode_value(v[k], out, depth + 1)
+      end
+      out[#out + 1] = "}"
+    end
+  else
+    error("cannot store a " .. t, 0)
+  end
+end
+
+local function encode_meta(meta)
+  if meta == nil then return "{}" end
+  if type(meta) ~= "table" then error("modelset: metadata must be a table", 3) end
+  local ok, json = pcall(function()
+    local out = {}
+    encode_value(meta, out, 0)
+    return table.concat(out)
+  end)
+  if not ok then error("modelset: metadata cannot be stored as JSON: " .. tostring(json), 3) end
+  if json:sub(1, 1) ~= "{" then
+    error("modelset: metadata must be a JSON object (a table with string keys)", 3)
+  end
+  return json
+end
+
+local ModelSet = {}
+
+local function wrap(f)
+  return setmetatable({_f = f}, ModelSet)
+end
+
+local function file(self)
+  local f = rawget(self, "_f")
+  if not f then error("modelset: the set has been closed", 3) end
+  return f
+end
+
+ModelSet.__index = function(self, k)
+  if math.type(k) == "integer" then
+    -- ms[i] is the metadata of record i, so ipairs(ms) walks the metadata
+    if k >= 1 and k <= #file(self) then return self:meta(k) end
+    return nil
+  end
+  return ModelSet[k]
+end
+
+function ModelSet.__len(self) return #file(self) end
+
+function ModelSet.__tostring(self)
+  if not self._f then return "lualps.ModelSet (closed)" end
+  local st = file(self):state()
+  local extra = ""
+  if not st.indexed then extra = ", opened by scanning (no index)" end
+  if st.tail_bytes > 0 then extra = extra .. string.format(", %d torn tail bytes ignored", st.tail_bytes) end
+  return string.format("lualps.ModelSet %s (%d models, codec %s, %s%s)", st.path, st.count,
+    st.codec, st.mode == "a" and "append" or "read-only", extra)
+end
+
+function ModelSet.__pairs(self) return self:iter() end
+
+function ModelSet.__close(self) self:close() end
+
+--- Close the file (a writer writes its index first). Safe to call twice.
+function ModelSet:close()
+  if self._f then
+    local f = self._f
+    self._f = nil
+    f:close()
+  end
+end
+
+--- Writers: write the index now, so readers open without a scan.
+function ModelSet:flush() file(self):flush() end
+
+--- Number of records, path, default codec, mode, and how the index was found.
+function ModelSet:state() return file(self):state() end
+function ModelSet:path() return file(self):state().path end
+
+local function check_i(self, i)
+  if math.type(i) ~= "integer" then
+    error("modelset: record number must be an integer, got " .. tostring(i), 3)
+  end
+end
+
+--- The metadata of record i (a table), read without touching its tensors.
+function ModelSet:meta(i)
+  check_i(self, i)
+  local json = file(self):meta(i)
+  return decode_meta(json, string.format("%s: record %d", self:path(), i))
+end
+
+--- The raw JSON text of record i.
+function ModelSet:meta_json(i)
+  check_i(self, i)
+  return file(self):meta(i)
+end
+
+--- Index facts of record i: offset, bytes, decoded_bytes, meta_bytes, ntensors, codecs.
+function ModelSet:info(i)
+  check_i(self, i)
+  return file(self):info(i)
+end
+
+--- Descriptions of record i's tensors (name, shape, codec, offset, stored_bytes,
+-- crc) without decoding them; `offset`/`stored_bytes` locate each zstd frame.
+function ModelSet:describe(i)
+  check_i(self, i)
+  return file(self):table(i)
+end
+
+--- The tensors of record i: a map name -> tensor, and the names in stored order.
+function ModelSet:tensors(i)
+  check_i(self, i)
+  local list = file(self):tensors(i)
+  local map, names = {}, {}
+  for k, d in ipairs(list) do
+    map[d.name] = d.tensor
+    names[k] = d.name
+  end
+  return map, names
+end
+
+--- The model of record i, built with lps.nn.from_spec(meta.spec) and its
+-- stored weights loaded; also returns the metadata.
+function ModelSet:get(i)
+  local meta = self:meta(i)
+  if type(meta.spec) ~= "table" then
+    error(string.format("%s: record %d has no model spec (it was stored with append_tensors); "
+      .. "use ms:tensors(i)", self:path(), i), 2)
+  end
+  local nn = require "lualps.nn"
+  local model = nn.from_spec(meta.spec)
+  model:load_named((self:tensors(i)))
+  return model, meta
+end
+
+-- named: an array of {name=, tensor=[, codec=]} (order kept) or a map
+-- name -> tensor (stored in name order).
+local function entries(named, codec)
+  if type(named) ~= "table" then error("modelset: tensors must be a table", 3) end
+  local list = {}
+  if #named > 0 then
+    for k, e in ipairs(named) do
+      if type(e) ~= "table" then error("modelset: tensor entry " .. k .. " is not a table", 3) end
+      list[k] = {name = e.name, tensor = e.tensor, codec = e.codec or codec}
+    end
+  else
+    local names = {}
+    for name in pairs(named) do
+      if type(name) ~= "string" then error("modelset: tensor names must be strings", 3) end
+      names[#names + 1] = name
+    end
+    table.sort(names)
+    for k, name in ipairs(names) do list[k] = {name = name, tensor = named[name], codec = codec} end
+  end
+  return list
+end
+
+--- Append raw named tensors with metadata; returns the new record's number.
+-- opts.codec overrides the set's codec for this record.
+function ModelSet:append_tensors(named, meta, opts)
+  local json = encode_meta(meta)
+  return file(self):append(json, entries(named, opts and opts.codec))
+end
+
+--- Append a model (m:spec(), m:named_parameters()) with its metadata; the
+-- spec is stored as meta.spec. Returns the new record's number.
+function ModelSet:append(model, meta, opts)
+  local okm, usable = pcall(function()
+    return type(model.spec) == "function" or type(model.spec) == "cfunction" or
+      (type(model.spec) ~= "nil" and type(model.named_parameters) ~= "nil")
+  end)
+  if not okm or not usable then
+    error("modelset: append needs a model with spec() and named_parameters() "
+      .. "(use append_tensors for raw tensors)", 2)
+  end
+  meta = meta or {}
+  if meta.spec ~= nil then error("modelset: meta.spec is reserved for the model's spec", 2) end
+  local m = {}
+  for k, v in pairs(meta) do m[k] = v end
+  m.spec = model:spec()
+  local json = encode_meta(m)
+  return file(self):append(json, entries(model:named_parameters(), opts and opts.codec))
+end
+
+--- for i, meta in ms:iter() do ... end   (metadata only)
+function ModelSet:iter()
+  local i, n = 0, #self
+  return function()
+    i = i + 1
+    if i <= n then return i, self:meta(i) end
+  end
+end
+
+--- for i, model, meta in ms:models() do ... end
+function ModelSet:models()
+  local i, n = 0, #self
+  return function()
+    i = i + 1
+    if i <= n then
+      local model, meta = self:get(i)
+      return i, model, meta
+    end
+  end
+end
+
+--- Create a new set (refuses an existing file unless opts.overwrite).
+function M.create(path, opts)
+  return wrap(C.create(path, opts))
+end
+
+--- Open read-only (mode "r", the default) or for appending (mode "a").
+-- Readers see the records complete when they open; only the index is read.
+function M.open(path, mode, opts)
+  return wrap(C.open(path, mode or "r", opts))
+end
+
+--- A read-only set over a string holding a whole file image.
+function M.open_string(s)
+  return wrap(C.open_string(s))
+end
+
+local function json_problems(path_or_ms, rep)
+  -- C checks bytes; a record whose bytes are intact may still hold bad JSON.
+  local bad = {}
+  for _, p in ipairs(rep.problems) do if p.record then bad[p.record] = true end end
+  local ok, ms = pcall(function()
+    if type(path_or_ms) == "string" then return M.open(path_or_ms) end
+    return path_or_ms
+  end)
+  if not ok then return end
+  for i = 1, #ms do
+    if not bad[i] then
+      local okj, json = pcall(ms._f.meta, ms._f, i)
+      if okj then
+        local okd, err = pcall(decode_meta, json, string.format("record %d", i))
+        if not okd then
+          rep.problems[#rep.problems + 1] = {record = i, message = err}
+          rep.nproblems = rep.nproblems + 1
+          rep.ok = false
+        end
+      end
+    end
+  end
+  if type(path_or_ms) == "string" then ms:close() end
+end
+
+--- Check every byte of a set. Returns ok, problems (each {record=, offset=,
+-- message=}; record is nil for the header, index or damage between records)
+-- and the full report. Raises only when the file cannot be opened.
+function M.verify(path)
+  local rep = C.verify(path)
+  if rep.ok or rep.records > 0 then json_problems(path, rep) end
+  return rep.ok, rep.problems, rep
+end
+
+--- verify() over a string holding a whole file image.
+function M.verify_string(s)
+  local rep = C.verify_string(s)
+  return rep.ok, rep.problems, rep
+end
+
+--- Keep every intact record: a torn tail is truncated and the index
+-- rewritten in place; if records inside are damaged, a new file with the
+-- intact ones replaces it and the original is kept as path .. ".damaged".
+-- Returns the report (records kept, problems found, truncated, rewrote, backup).
+function M.repair(path)
+  return C.repair(path)
+end
+
+--- Concatenate sets into a new file `out` (records copied byte for byte
+-- after their checksums are checked). Refuses, before writing anything,
+-- when two records share meta[opts.id_field or "id"]; records without an
+-- id are not checked. opts.overwrite replaces an existing out. Returns the
+-- number of records written.
+function M.merge(out, inputs, opts)
+  opts = opts or {}
+  local idf = opts.id_field or M.ID_FIELD
+  if type(inputs) ~= "table" or #inputs == 0 then error("merge: no input sets", 2) end
+  local seen, sets = {}, {}
+  local function closeall() for _, s in ipairs(sets) do s:close() end end
+  for _, path in ipairs(inputs) do
+    if path == out then closeall() error("merge: output " .. out .. " is also an input", 2) end
+    local ok, ms = pcall(M.open, path)
+    if not ok then closeall() error(ms, 2) end
+    sets[#sets + 1] = ms
+    for i = 1, #ms do
+      local okm, meta = pcall(ms.meta, ms, i)
+      if not okm then closeall() error("merge: " .. tostring(meta), 2) end
+      local id = meta[idf]
+      if id ~= nil then
+        local key = type(id) .. ":" .. tostring(id)
+        if seen[key] then
+          closeall()
+          error(string.format("merge: duplicate model id %s: %s record %d and %s record %d",
+            tostring(id), seen[key][1], seen[key][2], path, i), 2)
+        end
+        seen[key] = {path, i}
+      end
+    end
+  end
+  local okc, dst = pcall(M.create, out, {overwrite = opts.overwrite, codec = opts.codec,
+                                         level = opts.level, sync = false})
+  if not okc then closeall() error(dst, 2) end
+  local n = 0
+  local ok, err = pcall(function()
+    for _, ms in ipairs(sets) do
+      for i = 1, #ms do
+        dst._f:copy_from(ms._f, i)
+        n = n + 1
+      end
+    end
+    dst:close() -- writes the index and syncs
+  end)
+  closeall()
+  if not ok then
+    pcall(dst.close, dst)
+    os.remove(out)
+    error(err, 2)
+  end
+  return n
+end
+
+M.ModelSet = ModelSet
+return M

@@ -1,0 +1,240 @@
+--- lualps.nn: layers (Torch nn contract), cross-entropy, and the C training loop.
+--   local m = lps.nn.mlp{784, 64, 64, 2}
+--   local y = m:forward(x)              -- x: batch x 784
+--   local gx = m:backward(x, gy)        -- accumulates parameter gradients
+--   local params, grads = m:parameters()
+--   local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{}, epochs = 3})
+local lps = require "lualps"
+local C = require("lualps.core")._nn
+
+local nn = {}
+local Module = C.Module -- the method table of every module
+
+local function is_generator(v)
+  local mt = getmetatable(v)
+  return type(v) == "userdata" and type(mt) == "table" and mt.__name == "lualps.Generator"
+end
+
+-- opts may be a generator or a table with a `generator` field.
+local function generator_of(opts)
+  if is_generator(opts) then return opts end
+  if type(opts) == "table" then return opts.generator end
+  return nil
+end
+
+--- linear(in, out[, {generator=}]): y = x W^T + b, W is out x in.
+function nn.linear(inf, outf, opts) return C.linear(inf, outf, generator_of(opts)) end
+function nn.relu() return C.relu() end
+function nn.tanh() return C.tanh() end
+--- flatten(): (B, ...) -> (B, rest).
+function nn.flatten() return C.flatten() end
+
+--- conv2d(cin, cout, k[, {stride = 1, padding = 0, generator =}]); input B x cin x H x W.
+function nn.conv2d(cin, cout, k, opts)
+  opts = opts or {}
+  return C.conv2d(cin, cout, k, opts.stride or 1, opts.padding or 0, generator_of(opts))
+end
+
+--- maxpool2d(k[, {stride = k}]).
+function nn.maxpool2d(k, opts)
+  return C.maxpool2d(k, type(opts) == "table" and opts.stride or 0)
+end
+
+--- sequential{m1, m2, ...}: modules applied in order (each may appear once).
+function nn.sequential(list) return C.sequential(list) end
+
+--- mlp{784, 64, 64, 2[, generator = g, activation = "relu"|"tanh"]}: linear
+-- layers between the sizes with the activation between them, none after the last.
+function nn.mlp(sizes)
+  if type(sizes) ~= "table" or #sizes < 2 then error("mlp: expected at least two sizes, e.g. {784, 64, 10}", 2) end
+  local act = sizes.activation or "relu"
+  if act ~= "relu" and act ~= "tanh" then error("mlp: activation must be 'relu' or 'tanh'", 2) end
+  local layers = {}
+  for i = 1, #sizes - 1 do
+    layers[#layers + 1] = C.linear(sizes[i], sizes[i + 1], sizes.generator)
+    if i < #sizes - 1 then layers[#layers + 1] = C[act]() end
+  end
+  return C.sequential(layers)
+end
+
+------------------------------------------------------------------ specs
+
+local builders = {
+  linear = function(s, g) return C.linear(s.in_features, s.out_features, g) end,
+  conv2d = function(s, g)
+    return C.conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride or 1, s.padding or 0, g)
+  end,
+  maxpool2d = function(s) return C.maxpool2d(s.kernel_size, s.stride or 0) end,
+  relu = function() return C.relu() end,
+  tanh = function() return C.tanh() end,
+  flatten = function() return C.flatten() end,
+}
+
+--- A fresh module (new weights from the generator) with the architecture of
+-- spec, as returned by m:spec().
+function nn.from_spec(spec, gen)
+  if type(spec) ~= "table" then error("from_spec: expected a spec table", 2) end
+  if spec.type == "sequential" then
+    if type(spec.layers) ~= "table" then error("from_spec: a sequential spec needs a layers list", 2) end
+    local layers = {}
+    for i, s in ipairs(spec.layers) do layers[i] = nn.from_spec(s, gen) end
+    return C.sequential(layers)
+  end
+  local b = builders[spec.type]
+  if not b then error(("from_spec: unknown layer type '%s'"):format(tostring(spec.type)), 2) end
+  local ok, m = pcall(b, spec, gen)
+  if not ok then error(("from_spec: bad %s spec: %s"):format(spec.type, m), 2) end
+  return m
+end
+
+--- Parameters named as PyTorch's state_dict for the same nn.Sequential:
+-- { {name = "0.weight", tensor = W}, {name = "0.bias", tensor = b}, ... }
+-- (0-based child positions; tensors share memory with the module).
+function Module:named_parameters()
+  local out = {}
+  local function walk(m, prefix)
+    if m:type() == "sequential" then
+      for i, c in ipairs(m:children()) do walk(c, prefix .. (i - 1) .. ".") end
+    else
+      local p = m:parameters()
+      if #p == 2 then
+        out[#out + 1] = {name = prefix .. "weight", tensor = p[1]}
+        out[#out + 1] = {name = prefix .. "bias", tensor = p[2]}
+      end
+    end
+  end
+  walk(self, "")
+  return out
+end
+
+--- name -> tensor (shares memory), like PyTorch's state_dict().
+function Module:state_dict()
+  local map = {}
+  for _, e in ipairs(self:named_parameters()) do map[e.name] = e.tensor end
+  return map
+end
+
+local function shape_str(t) return "(" .. table.concat(t:shape(), "x") .. ")" end
+
+--- Copy parameters in by name (map: name -> tensor). Every name must be
+-- present with the right shape and no other name may appear; nothing is
+-- copied unless all fit.
+function Module:load_named(map)
+  if type(map) ~= "table" then error("load_named: expected a table of name -> tensor", 2) end
+  local named, known = self:named_parameters(), {}
+  for _, e in ipairs(named) do
+    known[e.name] = true
+    local src = map[e.name]
+    if src == nil then error(("load_named: parameter '%s' is missing"):format(e.name), 2) end
+    if not lps.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
+    local a, b = src:shape(), e.tensor:shape()
+    local same = #a == #b
+    for i = 1, #a do same = same and a[i] == b[i] end
+    if not same then
+      error(("load_named: '%s' has shape %s, expected %s"):format(e.name, shape_str(src), shape_str(e.tensor)), 2)
+    end
+  end
+  for name in pairs(map) do
+    if not known[name] then error(("load_named: unexpected parameter '%s'"):format(tostring(name)), 2) end
+  end
+  for _, e in ipairs(named) do e.tensor:copy(map[e.name]) end
+  return self
+end
+
+--- An independent copy: same architecture and weights, fresh gradients.
+function Module:clone()
+  local c = nn.from_spec(self:spec(), lps.generator(0))
+  return c:load_named(self:state_dict())
+end
+
+------------------------------------------------------------------ loss
+
+local CrossEntropy = {}
+CrossEntropy.__index = CrossEntropy
+CrossEntropy.__tostring = function() return "CrossEntropyLoss()" end
+
+--- crit:forward(logits, labels) -> mean loss; labels 1-based (tensor or table).
+function CrossEntropy:forward(logits, labels)
+  self.output = C.cross_entropy(logits, labels)
+  return self.output
+end
+
+--- crit:backward(logits, labels) -> dloss/dlogits.
+function CrossEntropy:backward(logits, labels)
+  local _, g = C.cross_entropy(logits, labels, true)
+  self.grad_input = g
+  return g
+end
+
+function nn.cross_entropy() return setmetatable({}, CrossEntropy) end
+
+------------------------------------------------------------------ training
+
+local function unpack_data(d, what)
+  if type(d) ~= "table" then error(what .. ": data should be {x = tensor, y = labels}", 3) end
+  local x, y = d.x or d[1], d.y or d[2]
+  if not lps.is_tensor(x) then error(what .. ": data.x should be a tensor", 3) end
+  if y == nil then error(what .. ": data.y (labels) is missing", 3) end
+  return x, y
+end
+
+-- A one-line bar on stderr, redrawn in place.
+function nn.progress_bar()
+  local width = 24
+  return function(p)
+    local frac = p.steps > 0 and p.step / p.steps or 1
+    local fill = math.floor(frac * width + 0.5)
+    local rate = p.seconds > 0 and p.samples / p.seconds or 0
+    io.stderr:write(("\repoch %d/%d [%s%s] %3d%% loss %.4f acc %.4f %6.0f samples/s %5.1fs")
+      :format(p.epoch, p.epochs, ("="):rep(fill), (" "):rep(width - fill), math.floor(frac * 100 + 0.5),
+        p.loss, p.accuracy, rate, p.seconds))
+    if p.done then io.stderr:write("\n") end
+    io.stderr:flush()
+  end
+end
+
+local train_keys = {epochs = 1, batch_size = 1, optimizer = 1, schedule = 1, generator = 1,
+  shuffle = 1, drop_last = 1, validation = 1, progress = 1, progress_interval = 1, eval_batch = 1}
+
+--- lps.train(model, {x =, y =}, opts) runs the whole loop in C and returns a report:
+-- {epochs = {{epoch, loss, accuracy, seconds, lr[, val_loss, val_accuracy]}, ...},
+--  loss, accuracy, seconds, samples_per_second[, val_loss, val_accuracy]}.
+-- opts: optimizer (required), epochs (1), batch_size (32), schedule, generator
+-- (shuffling; default generator), shuffle (true), drop_last (false),
+-- validation ({x =, y =}, evaluated after each epoch), progress (a function
+-- called with a table {epoch, epochs, step, steps, samples, loss, accuracy,
+-- seconds, lr, done[, val_loss, val_accuracy]} at most every progress_interval
+-- (0.25) seconds and at each epoch's end (done = true, with validation results)
+-- - return false to stop; true/false forces the stderr bar
+-- on or off; by default the bar shows when stderr is a terminal), eval_batch (256).
+function nn.train(model, d, opts)
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not train_keys[k] then error(("train: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local x, y = unpack_data(d, "train")
+  if not opts.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
+  local progress = opts.progress
+  if progress == nil then progress = lps.isatty(2) end
+  if progress == true then progress = nn.progress_bar() elseif progress == false then progress = nil end
+  local o = {epochs = opts.epochs, batch_size = opts.batch_size, shuffle = opts.shuffle,
+    drop_last = opts.drop_last, generator = opts.generator, schedule = opts.schedule,
+    eval_batch = opts.eval_batch, progress_interval = opts.progress_interval}
+  if opts.validation then o.val_x, o.val_y = unpack_data(opts.validation, "train (validation)") end
+  local t0 = lps.now()
+  local epochs = C.train(model, x, y, opts.optimizer, o, progress)
+  local seconds = lps.now() - t0
+  local last = epochs[#epochs] or {}
+  local samples = x:size(1) * #epochs
+  return {epochs = epochs, loss = last.loss, accuracy = last.accuracy, seconds = seconds,
+    val_loss = last.val_loss, val_accuracy = last.val_accuracy,
+    samples_per_second = seconds > 0 and samples / seconds or nil}
+end
+
+--- lps.evaluate(model, {x =, y =}[, {batch_size = 256}]) -> accuracy, mean loss.
+function nn.evaluate(model, d, opts)
+  local x, y = unpack_data(d, "evaluate")
+  return C.evaluate(model, x, y, opts and opts.batch_size or 256)
+end
+
+return nn

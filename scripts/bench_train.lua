@@ -1,0 +1,161 @@
+#!/usr/bin/env lua5.4
+--- Training throughput, lualps against PyTorch (scripts/bench_train_torch.py),
+-- on the same Fashion-MNIST data, models, batch sizes, optimizers and thread
+-- counts. Each side trains in its own process (so peak RSS is its own), one
+-- warm-up epoch then timed epochs; medians are quoted.
+--   (a) 784-256-128-10, Adam 1e-3, batch 128
+--   (b) 784-64-64-2 on two classes (9600 images, a ModelSet500 task), SGD
+--       lr 0.05 momentum 0.9, batch 64
+--   (c) CNN conv(1,32,3,p1)-relu-pool2-conv(32,64,3,p1)-relu-pool2-linear(3136,128)
+--       -relu-linear(128,10), Adam 1e-3, batch 128
+-- usage: lua5.4 scripts/bench_train.lua [--threads 1,2] [--models abc] [--epochs 3] [--quick]
+package.path = "./?.lua;./?/init.lua;" .. package.path
+local argparse = require "argparse"
+local cjson = require "cjson"
+
+local p = argparse("bench_train", "lualps vs PyTorch training throughput")
+p:option("--threads", "thread counts", "1,2")
+p:option("--models", "which of a, b, c", "abc")
+p:option("--epochs", "timed epochs per run", "3")
+p:flag("--quick", "fewer samples (a smoke run)")
+p:option("--worker", "internal: run one lualps configuration"):hidden(true)
+p:option("--worker-threads"):hidden(true)
+p:option("--samples"):hidden(true)
+local args = p:parse()
+
+-- Samples used per model: enough for steady state, short enough to repeat.
+local SAMPLES = {a = 20000, b = 9600, c = 3000}
+if args.quick then SAMPLES = {a = 5000, b = 9600, c = 600} end
+
+local function vmhwm_mb()
+  local f = io.open("/proc/self/status")
+  if not f then return 0 / 0 end
+  for line in f:lines() do
+    local kb = line:match("^VmHWM:%s+(%d+)")
+    if kb then f:close(); return tonumber(kb) / 1024 end
+  end
+  f:close()
+  return 0 / 0
+end
+
+local function median(t)
+  local s = table.move(t, 1, #t, 1, {})
+  table.sort(s)
+  local n = #s
+  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+-- Training FLOPs per sample (multiply-adds x 2): forward, weight gradient,
+-- and input gradient for every layer but the first.
+local function linear_flops(dims)
+  local f = 0
+  for i = 1, #dims - 1 do
+    local mac = dims[i] * dims[i + 1]
+    f = f + 2 * mac * (i == 1 and 2 or 3)
+  end
+  return f
+end
+local FLOPS = {
+  a = linear_flops{784, 256, 128, 10},
+  b = linear_flops{784, 64, 64, 2},
+  c = 2 * (9 * 32 * 784 * 2 + 288 * 64 * 196 * 3) + linear_flops{3136, 128, 10} + 2 * 3136 * 128,
+}
+
+------------------------------------------------------------------ worker
+if args.worker then
+  local lps = require "lualps"
+  local nn, optim = lps.nn, lps.optim
+  local which, threads = args.worker, tonumber(args.worker_threads)
+  lps.set_num_threads(threads)
+  local x, y = lps.data.fashion_mnist("train")
+  local model, opt, bs
+  local g = lps.generator(0)
+  if which == "b" then
+    x, y = lps.data.select_classes(x, y, {1, 2})
+    x, y = x:rows(1, 9600), y:rows(1, 9600)
+    model = nn.mlp{784, 64, 64, 2, generator = g}
+    opt, bs = optim.sgd{lr = 0.05, momentum = 0.9}, 64
+  elseif which == "a" then
+    model = nn.mlp{784, 256, 128, 10, generator = g}
+    opt, bs = optim.adam{lr = 1e-3}, 128
+  else
+    x = x:reshape(x:size(1), 1, 28, 28)
+    model = nn.sequential{nn.conv2d(1, 32, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2),
+      nn.conv2d(32, 64, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2), nn.flatten(),
+      nn.linear(3136, 128, g), nn.relu(), nn.linear(128, 10, g)}
+    opt, bs = optim.adam{lr = 1e-3}, 128
+  end
+  local n = tonumber(args.samples)
+  if n and n < x:size(1) then x, y = x:rows(1, n), y:rows(1, n) end
+  local d = {x = x, y = y}
+  local o = {optimizer = opt, batch_size = bs, epochs = 1, generator = lps.generator(1), progress = false}
+  lps.train(model, d, o) -- warm-up, as on the PyTorch side
+  o.epochs = tonumber(args.epochs)
+  local r = lps.train(model, d, o)
+  local sps = {}
+  for i, e in ipairs(r.epochs) do sps[i] = x:size(1) / e.seconds end
+  -- raw sgemm peak in this process: 1024^3 products through lps.matmul
+  local A, B = lps.rand(1024, 1024), lps.rand(1024, 1024)
+  lps.matmul(A, B)
+  local peaks = {}
+  for i = 1, 5 do
+    local t0 = lps.now()
+    lps.matmul(A, B)
+    peaks[i] = 2 * 1024 ^ 3 / (lps.now() - t0) / 1e9
+  end
+  print(cjson.encode{side = "lualps", model = which, threads = threads, samples = x:size(1),
+    samples_per_second = sps, median = median(sps), loss = r.loss, accuracy = r.accuracy,
+    rss_mb = vmhwm_mb(), sgemm_gflops = median(peaks)})
+  os.exit(0)
+end
+
+------------------------------------------------------------------ driver
+local function run_json(cmd)
+  local f = assert(io.popen(cmd))
+  local out = f:read("a")
+  local ok = f:close()
+  local last
+  for line in out:gmatch("[^\n]+") do last = line end
+  if not ok or not last or not last:match("^{") then
+    error("benchmark worker failed: " .. cmd .. "\n" .. out)
+  end
+  return cjson.decode(last)
+end
+
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  local s = f and f:read("l") or "?"
+  if f then f:close() end
+  return s:match("^(%S+ %S+ %S+)") or s
+end
+
+local self = arg[0]
+local rows = {}
+print(("load average before: %s"):format(loadavg()))
+for th in args.threads:gmatch("%d+") do
+  for which in args.models:gmatch("[abc]") do
+    local n = SAMPLES[which]
+    local env = ("OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s "):format(th, th)
+    local l = run_json(("%slua5.4 %s --worker %s --worker-threads %s --samples %d --epochs %s")
+      :format(env, self, which, th, n, args.epochs))
+    local t = run_json(("%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --threads %s --samples %d --epochs %s")
+      :format(env, which, th, n, args.epochs))
+    rows[#rows + 1] = {which = which, th = tonumber(th), l = l, t = t}
+    io.stderr:write(("  done (%s) threads %s\n"):format(which, th))
+  end
+end
+
+print(("%-28s %3s %12s %12s %7s %9s %9s %8s %8s"):format("model", "thr", "lualps/s", "torch/s",
+  "ratio", "GFLOP/s", "sgemm pk", "RSS lps", "RSS pt"))
+local names = {a = "(a) 784-256-128-10 Adam/128", b = "(b) 784-64-64-2 SGD/64", c = "(c) CNN Adam/128"}
+local summary = {}
+for _, r in ipairs(rows) do
+  local gf = FLOPS[r.which] * r.l.median / 1e9
+  print(("%-28s %3d %12.0f %12.0f %6.2fx %9.1f %9.1f %7.0fM %7.0fM"):format(names[r.which], r.th,
+    r.l.median, r.t.median, r.l.median / r.t.median, gf, r.l.sgemm_gflops, r.l.rss_mb, r.t.rss_mb))
+  summary[#summary + 1] = {model = r.which, threads = r.th, lualps = r.l.median, torch = r.t.median,
+    ratio = r.l.median / r.t.median, gflops = gf, sgemm_peak = r.l.sgemm_gflops,
+    rss_lualps_mb = r.l.rss_mb, rss_torch_mb = r.t.rss_mb}
+end
+print(("load average after: %s"):format(loadavg()))
+print(cjson.encode(summary))

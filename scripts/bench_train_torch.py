@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""PyTorch side of scripts/bench_train.lua: trains one benchmark model on the
+same Fashion-MNIST data, batch size, optimizer and thread count as lualps, and
+prints one JSON line (samples/s per timed epoch, peak RSS). Run by the Lua
+script; usable alone: bench_train_torch.py --model a --threads 1."""
+import argparse, gzip, json, os, statistics, sys, time
+
+import numpy as np
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
+
+
+def idx(path, images):
+    with gzip.open(path, "rb") as f:
+        b = f.read()
+    if images:
+        n, r, c = (int.from_bytes(b[i:i + 4], "big") for i in (4, 8, 12))
+        return np.frombuffer(b, np.uint8, offset=16).reshape(n, r * c)
+    return np.frombuffer(b, np.uint8, offset=8)
+
+
+def vmhwm_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices="abc", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--dir", default=os.environ.get("LUALPS_DATA", "/usr/share/datasets/fashion-mnist"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.from_numpy(idx(a.dir + "/train-images-idx3-ubyte.gz", True).astype(np.float32) / 255.0)
+    y = torch.from_numpy(idx(a.dir + "/train-labels-idx1-ubyte.gz", False).astype(np.int64))
+    if a.model == "b":  # two classes (labels 0 and 1), 9600 images as a ModelSet500 task
+        keep = (y == 0) | (y == 1)
+        x, y = x[keep][:9600].contiguous(), y[keep][:9600].contiguous()
+        model = tnn.Sequential(tnn.Linear(784, 64), tnn.ReLU(), tnn.Linear(64, 64), tnn.ReLU(), tnn.Linear(64, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        bs = 64
+    elif a.model == "a":
+        model = tnn.Sequential(tnn.Linear(784, 256), tnn.ReLU(), tnn.Linear(256, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        bs = 128
+    else:
+        x = x.reshape(-1, 1, 28, 28)
+        model = tnn.Sequential(tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                               tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                               tnn.Flatten(), tnn.Linear(3136, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        bs = 128
+    if a.samples:
+        x, y = x[:a.samples].contiguous(), y[:a.samples].contiguous()
+    n = x.shape[0]
+    g = torch.Generator().manual_seed(1)
+
+    def epoch():
+        perm = torch.randperm(n, generator=g)
+        total, correct = 0.0, 0
+        t0 = time.perf_counter()
+        for i in range(0, n, bs):
+            j = perm[i:i + bs]
+            xb, yb = x[j], y[j]
+            opt.zero_grad()
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(j)
+            correct += (out.argmax(1) == yb).sum().item()
+        return n / (time.perf_counter() - t0), total / n, correct / n
+
+    epoch()  # warm-up: first-call costs are not steady state
+    runs = [epoch() for _ in range(a.epochs)]
+    sps = [r[0] for r in runs]
+    print(json.dumps({"side": "torch", "model": a.model, "threads": a.threads, "samples": n,
+                      "samples_per_second": sps, "median": statistics.median(sps),
+                      "loss": runs[-1][1], "accuracy": runs[-1][2], "rss_mb": vmhwm_mb(),
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+/* fuzz_safetensors.c - libFuzzer harness for the safetensors reader (and the
+ * JSON parser under it). `make fuzz-safetensors` builds it with ASan+UBSan.
+ *
+ * Beyond "no crash, no leak", every input the reader accepts must satisfy
+ * the format's invariants, and its float tensors must survive a write and a
+ * second read bit for bit. Any violation aborts, which libFuzzer reports. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "lualps.h"
+
+#define CHECK(c)                                                             \
+    do {                                                                     \
+        if (!(c)) {                                                          \
+            fprintf(stderr, "invariant failed: %s (line %d)\n", #c, __LINE__); \
+            abort();                                                         \
+        }                                                                    \
+    } while (0)
+
+static int readable(const lps_safetensors *st, size_t i)
+{
+    lps_st_dtype d = st->entries[i].dtype;
+    return (d == LPS_ST_F32 || d == LPS_ST_F16 || d == LPS_ST_BF16 || d == LPS_ST_F64) &&
+           st->entries[i].rank <= LPS_MAX_DIMS;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    lps_safetensors *st = lps_safetensors_parse(data, size);
+    if (!st) {
+        CHECK(lps_errmsg()[0] != '\0'); /* every refusal says why */
+        return 0;
+    }
+    /* The accepted file: ranges inside the buffer, sizes consistent. */
+    CHECK(8 + st->header_len + st->data_len == size);
+    uint64_t covered = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        const lps_st_entry *e = &st->entries[i];
+        CHECK(e->begin <= e->end && e->end <= st->data_len);
+        CHECK(lps_utf8_valid(e->name, strlen(e->name)));
+        CHECK(strcmp(e->name, "__metadata__") != 0);
+        CHECK(lps_safetensors_find(st, e->name) == (int64_t)i); /* names unique */
+        covered += e->end - e->begin;
+    }
+    CHECK(covered == st->data_len); /* no gap, no overlap */
+    for (size_t i = 0; i < st->n_meta; i++)
+        CHECK(lps_utf8_valid(st->meta_values[i], strlen(st->meta_values[i])));
+
+    /* Convert what lualps reads, write it back as F32 with the metadata, and
+     * read that again: the same floats and metadata must come out. */
+    lps_tensor **t = calloc(st->n + 1, sizeof *t);
+    const char **names = calloc(st->n + 1, sizeof *names);
+    size_t n = 0;
+    CHECK(t && names);
+    for (size_t i = 0; i < st->n; i++) {
+        if (!readable(st, i)) {
+            CHECK(lps_safetensors_tensor(st, i) == NULL);
+            continue;
+        }
+        lps_tensor *x = lps_safetensors_tensor(st, i);
+        if (!x) continue; /* only an element count past 2^40 may fail */
+        names[n] = st->entries[i].name;
+        t[n++] = x;
+    }
+    uint8_t *buf;
+    size_t len;
+    /* Names and metadata of an accepted file are valid UTF-8 and unique, so
+     * writing them back must succeed. */
+    CHECK(lps_safetensors_encode(names, (const lps_tensor *const *)t, n, st->meta_keys,
+                                 st->meta_values, st->n_meta, &buf, &len) == LPS_OK);
+    {
+        lps_safetensors *again = lps_safetensors_parse(buf, len);
+        CHECK(again != NULL);
+        CHECK(again->n == n && again->n_meta == st->n_meta && again->header_len % 8 == 0);
+        for (size_t k = 0; k < n; k++) {
+            int64_t j = lps_safetensors_find(again, names[k]);
+            CHECK(j >= 0 && again->entries[j].dtype == LPS_ST_F32);
+            lps_tensor *y = lps_safetensors_tensor(again, (size_t)j);
+            CHECK(y && y->numel == t[k]->numel && y->ndim == t[k]->ndim);
+            CHECK(memcmp(y->data, t[k]->data, (size_t)y->numel * sizeof(float)) == 0);
+            lps_tensor_free(y);
+        }
+        for (size_t k = 0; k < st->n_meta; k++) {
+            int found = 0;
+            for (size_t q = 0; q < again->n_meta; q++)
+                if (strcmp(again->meta_keys[q], st->meta_keys[k]) == 0) {
+                    CHECK(strcmp(again->meta_values[q], st->meta_values[k]) == 0);
+                    found = 1;
+                }
+            CHECK(found);
+        }
+        lps_safetensors_free(again);
+        free(buf);
+    }
+    for (size_t k = 0; k < n; k++) lps_tensor_free(t[k]);
+    free(t);
+    free(names);
+    lps_safetensors_free(st);
+    return 0;
+}

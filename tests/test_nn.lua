@@ -1,0 +1,378 @@
+-- Layers and loss: hand-computed outputs and finite-difference gradients
+-- with respect to inputs and parameters.
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+local nn = lps.nn
+
+-- Check m's backward against central differences of L = sum(m(x) * R) with
+-- respect to x and every parameter. tol relative to the gradient's scale.
+local function gradcheck(m, x, what, tol, eps)
+  local y = m:forward(x)
+  local R = lps.randn(y:shape(), lps.generator(99))
+  local function L() return (m:forward(x) * R):sum() end
+  m:zero_grad()
+  local gx = m:backward(x, R)
+  T.assert_grad_close(gx, T.numgrad(L, x, eps), tol, what .. " d/dinput")
+  local params, grads = m:parameters()
+  for i, p in ipairs(params) do
+    local analytic = grads[i]:clone()
+    T.assert_grad_close(analytic, T.numgrad(L, p, eps), tol, what .. " d/dparam " .. i)
+  end
+  return gx
+end
+
+-- Values spaced 0.05 apart in random order: no ties and no kinks within eps.
+local function distinct(gen, ...)
+  local t = lps.zeros(...)
+  local flat = t:reshape(-1)
+  local n = flat:numel()
+  local p = lps.data.randperm(n, gen)
+  for i = 1, n do flat[i] = (p[i] - n / 2 - 0.5) * 0.05 end
+  return t
+end
+
+TestLinear = {}
+
+function TestLinear:test_forward_hand_computed()
+  local m = nn.linear(2, 3)
+  local W, b = table.unpack((m:parameters()))
+  W:copy(lps.tensor{{1, 2}, {3, 4}, {5, 6}})
+  b:copy(lps.tensor{0.5, -1, 2})
+  lu.assertEquals(m:forward(lps.tensor{{1, -1}, {0, 2}}):totable(), {{-0.5, -2, 1}, {4.5, 7, 14}})
+  -- backward: dW = gy^T x, db = sum of gy rows, dx = gy W
+  local gx = m:backward(lps.tensor{{1, -1}, {0, 2}}, lps.tensor{{1, 0, 0}, {0, 0, 1}})
+  lu.assertEquals(gx:totable(), {{1, 2}, {5, 6}})
+  local _, g = m:parameters()
+  lu.assertEquals(g[1]:totable(), {{1, -1}, {0, 0}, {0, 2}})
+  lu.assertEquals(g[2]:totable(), {1, 0, 1})
+  -- gradients accumulate until zero_grad
+  m:backward(lps.tensor{{1, -1}, {0, 2}}, lps.tensor{{1, 0, 0}, {0, 0, 1}})
+  lu.assertEquals(g[2]:totable(), {2, 0, 2})
+  m:zero_grad()
+  lu.assertEquals(g[2]:totable(), {0, 0, 0})
+end
+
+function TestLinear:test_gradcheck()
+  local g = lps.generator(1)
+  gradcheck(nn.linear(5, 4, {generator = g}), lps.randn(3, 5, g), "linear")
+end
+
+function TestLinear:test_pytorch_init()
+  -- kaiming_uniform(a = sqrt(5)) and the bias both give U(-1/sqrt(in), 1/sqrt(in))
+  local m = nn.linear(400, 300, lps.generator(3))
+  local W, b = table.unpack((m:parameters()))
+  local bound = 1 / math.sqrt(400)
+  lu.assertEquals(W:shape(), {300, 400})
+  lu.assertTrue(W:abs():max() <= bound)
+  lu.assertTrue(W:abs():max() > 0.99 * bound)
+  lu.assertAlmostEquals(W:mean(), 0, 0.01 * bound)
+  lu.assertAlmostEquals(W:norm() ^ 2 / W:numel(), bound ^ 2 / 3, 0.02 * bound ^ 2)
+  lu.assertTrue(b:abs():max() <= bound)
+  -- the same generator seed gives the same weights
+  local m2 = nn.linear(400, 300, {generator = lps.generator(3)})
+  lu.assertTrue(lps.allclose(m2:parameters()[1], W, 0, 0))
+end
+
+function TestLinear:test_errors()
+  local m = nn.linear(3, 2)
+  T.assert_error_contains("linear(3 -> 2): input (4x5) should be (batch x 3)", m.forward, m, lps.zeros(4, 5))
+  T.assert_error_contains("flatten()", m.forward, m, lps.zeros(4, 1, 3, 1))
+  T.assert_error_contains("gradient (4x3) differs from output (4x2)", m.backward, m, lps.zeros(4, 3), lps.zeros(4, 3))
+  T.assert_error_contains("in_features must be", nn.linear, 0, 2)
+  T.assert_error_contains("Tensor expected", m.forward, m, {1, 2, 3})
+end
+
+TestActivations = {}
+
+function TestActivations:test_relu()
+  local m = nn.relu()
+  local x = lps.tensor{{-1, 0, 2}}
+  lu.assertEquals(m:forward(x):totable(), {{0, 0, 2}})
+  -- subgradient 0 at 0, as PyTorch
+  lu.assertEquals(m:backward(x, lps.tensor{{5, 6, 7}}):totable(), {{0, 0, 7}})
+  gradcheck(m, distinct(lps.generator(2), 3, 4), "relu")
+  lu.assertEquals(#m:parameters(), 0)
+end
+
+function TestActivations:test_tanh()
+  local m = nn.tanh()
+  local y = m:forward(lps.tensor{{0.5, -2}})
+  lu.assertAlmostEquals(y:get(1, 1), math.tanh(0.5), 1e-7)
+  lu.assertAlmostEquals(y:get(1, 2), math.tanh(-2), 1e-7)
+  local g = m:backward(lps.tensor{{0.5, -2}}, lps.tensor{{1, 2}})
+  lu.assertAlmostEquals(g:get(1, 1), 1 - math.tanh(0.5) ^ 2, 1e-6)
+  lu.assertAlmostEquals(g:get(1, 2), 2 * (1 - math.tanh(-2) ^ 2), 1e-6)
+  gradcheck(m, lps.randn(3, 2, 2, lps.generator(4)), "tanh")
+end
+
+function TestActivations:test_flatten()
+  local m = nn.flatten()
+  local x = lps.arange(24):reshape(2, 3, 2, 2)
+  local y = m:forward(x)
+  lu.assertEquals(y:shape(), {2, 12})
+  lu.assertEquals(y[2]:totable()[1], 12)
+  lu.assertEquals(m:backward(x, y):shape(), {2, 3, 2, 2})
+  gradcheck(m, lps.randn(2, 3, 2, lps.generator(5)), "flatten")
+  T.assert_error_contains("batch dimension", m.forward, m, lps.zeros(5))
+end
+
+TestConv = {}
+
+local function conv_with(w, b, opts)
+  local m = nn.conv2d(1, 1, 2, opts)
+  local p = m:parameters()
+  p[1]:copy(lps.tensor(w))
+  p[2]:copy(lps.tensor{b})
+  return m
+end
+
+function TestConv:test_forward_hand_computed()
+  local x = lps.arange(9):reshape(1, 1, 3, 3) + 1 -- 1..9
+  local m = conv_with({1, 1, 1, 1}, 0)
+  lu.assertEquals(m:forward(x):reshape(-1):totable(), {12, 16, 24, 28})
+  -- padding 1 and stride 2: windows at the corners of the padded 5x5
+  m = conv_with({1, 1, 1, 1}, 0.5, {stride = 2, padding = 1})
+  lu.assertEquals(m:forward(x):reshape(-1):totable(), {1.5, 5.5, 11.5, 28.5})
+  -- cross-correlation, not convolution: the kernel is not flipped
+  m = conv_with({1, 0, 0, 0}, 0)
+  lu.assertEquals(m:forward(x):reshape(-1):totable(), {1, 2, 4, 5})
+end
+
+function TestConv:test_shapes()
+  local m = nn.conv2d(3, 5, 3, {stride = 2, padding = 1})
+  lu.assertEquals(m:forward(lps.zeros(2, 3, 7, 8)):shape(), {2, 5, 4, 4})
+  lu.assertEquals(m:parameters()[1]:shape(), {5, 3, 3, 3})
+  T.assert_error_contains("should be (batch x 3 x height x width)", m.forward, m, lps.zeros(2, 4, 7, 7))
+  T.assert_error_contains("smaller than the kernel", nn.conv2d(1, 1, 5).forward, nn.conv2d(1, 1, 5), lps.zeros(1, 1, 3, 3))
+  T.assert_error_contains("stride", nn.conv2d, 1, 1, 3, {stride = 0})
+end
+
+function TestConv:test_gradcheck()
+  local g = lps.generator(6)
+  gradcheck(nn.conv2d(2, 3, 3, {generator = g}), lps.randn(2, 2, 5, 5, g), "conv2d")
+  gradcheck(nn.conv2d(2, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 2, 6, 5, g),
+    "conv2d stride 2 padding 1")
+  gradcheck(nn.conv2d(1, 2, 2, {stride = 3, padding = 2, generator = g}), lps.randn(1, 1, 5, 4, g),
+    "conv2d stride 3 padding 2")
+end
+
+function TestConv:test_batch_grouping()
+  -- Samples go through the GEMMs in groups sized from the layer (here 1 and
+  -- several per group); every sample must come out as if alone.
+  local g = lps.generator(13)
+  for _, spec in ipairs{{1, 2, 3, 9}, {16, 2, 5, 40}} do
+    local cin, cout, k, hw = table.unpack(spec)
+    local m = nn.conv2d(cin, cout, k, {padding = 1, generator = g})
+    local x = lps.randn({3, cin, hw, hw}, g)
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    m:zero_grad()
+    local gx = m:backward(x, gy)
+    local _, grads = m:parameters()
+    local gw = grads[1]:clone()
+    local sum = lps.zeros(table.unpack(gw:shape()))
+    for i = 1, 3 do
+      local xi = x:rows(i, i)
+      lu.assertTrue(lps.allclose(m:forward(xi), y:rows(i, i), 1e-5, 1e-5), "output of sample " .. i)
+      m:zero_grad()
+      lu.assertTrue(lps.allclose(m:backward(xi, gy:rows(i, i)), gx:rows(i, i), 1e-5, 1e-5), "input gradient " .. i)
+      sum:add_(grads[1])
+    end
+    lu.assertTrue(lps.allclose(sum, gw, 1e-5, 1e-4), "weight gradient")
+  end
+end
+
+TestPool = {}
+
+function TestPool:test_forward_and_ties()
+  local m = nn.maxpool2d(2)
+  local x = lps.tensor{{{{1, 3, 5, 5}, {2, 0, 1, 5}}}} -- 1x1x2x4
+  lu.assertEquals(m:forward(x):totable(), {{{{3, 5}}}})
+  -- ties: the first maximum (row-major in the window) takes the gradient,
+  -- as in PyTorch; the window's gradient is not lost or duplicated
+  local g = m:backward(x, lps.tensor{{{{7, 9}}}})
+  lu.assertEquals(g:totable(), {{{{0, 7, 9, 0}, {0, 0, 0, 0}}}})
+  local all = lps.full(1, 1, 3, 3, 2)
+  local g2 = nn.maxpool2d(2, {stride = 1}):backward(all, lps.ones(1, 1, 2, 2))
+  lu.assertEquals(g2:totable(), {{{{1, 1, 0}, {1, 1, 0}, {0, 0, 0}}}})
+end
+
+function TestPool:test_gradcheck()
+  local g = lps.generator(7)
+  gradcheck(nn.maxpool2d(2), distinct(g, 2, 3, 4, 6), "maxpool2d k2")
+  gradcheck(nn.maxpool2d(3, {stride = 2}), distinct(g, 1, 2, 7, 5), "maxpool2d k3 s2 (overlapping)")
+  gradcheck(nn.maxpool2d(2), distinct(g, 1, 2, 5, 17), "maxpool2d k2 wide")
+  lu.assertEquals(nn.maxpool2d(2):forward(lps.zeros(1, 1, 5, 5)):shape(), {1, 1, 2, 2})
+  T.assert_error_contains("height and width >= 3", nn.maxpool2d(3).forward, nn.maxpool2d(3), lps.zeros(1, 1, 2, 9))
+end
+
+-- Plain-Lua max pooling (first maximum wins) for cross-checking the fast paths.
+local function pool_ref(x, k, s, gy)
+  local b, c, h, w = table.unpack(x:shape())
+  local oh, ow = (h - k) // s + 1, (w - k) // s + 1
+  local y, gx = lps.zeros(b, c, oh, ow), lps.zeros(b, c, h, w)
+  for n = 1, b do for ch = 1, c do for i = 1, oh do for j = 1, ow do
+    local bi, bj = (i - 1) * s + 1, (j - 1) * s + 1
+    local m = x:get(n, ch, bi, bj)
+    for di = 0, k - 1 do for dj = 0, k - 1 do
+      local v = x:get(n, ch, (i - 1) * s + 1 + di, (j - 1) * s + 1 + dj)
+      if v > m or (v ~= v and m == m) then m, bi, bj = v, (i - 1) * s + 1 + di, (j - 1) * s + 1 + dj end
+    end end
+    y:set(n, ch, i, j, m)
+    gx:set(n, ch, bi, bj, gx:get(n, ch, bi, bj) + gy:get(n, ch, i, j))
+  end end end end
+  return y, gx
+end
+
+function TestPool:test_fast_path_matches_reference()
+  -- wide and odd-sized planes (the 2x2 path works 4 windows at a time),
+  -- values from a small set so ties are everywhere, and a NaN
+  local g = lps.generator(12)
+  for _, k in ipairs{2, 3} do
+    local x = (lps.rand(2, 3, 7, 19, g) * 3):add_(-0.5)
+    local flat = x:reshape(-1)
+    for i = 1, flat:numel() do flat[i] = math.floor(flat[i]) end
+    flat[40] = 0 / 0
+    local m = nn.maxpool2d(k)
+    local y = m:forward(x)
+    local gy = lps.rand(y:shape(), g)
+    local yr, gr = pool_ref(x, k, k, gy)
+    local yt, yrt = y:reshape(-1), yr:reshape(-1)
+    for i = 1, yt:numel() do
+      local a, b = yt[i], yrt[i]
+      lu.assertTrue(a == b or (a ~= a and b ~= b), "output " .. i)
+    end
+    lu.assertTrue(lps.allclose(m:backward(x, gy), gr, 0, 0), "k=" .. k .. " gradient")
+  end
+end
+
+function TestPool:test_nan_wins()
+  local x = lps.tensor{{{{1, 0 / 0}, {3, 2}}}}
+  local y = nn.maxpool2d(2):forward(x):get(1, 1, 1, 1)
+  lu.assertTrue(y ~= y)
+end
+
+TestSequential = {}
+
+function TestSequential:test_gradcheck_mlp()
+  local g = lps.generator(8)
+  local m = nn.mlp{6, 5, 4, 3, generator = g, activation = "tanh"}
+  gradcheck(m, lps.randn(4, 6, g), "mlp tanh")
+  local r = nn.mlp{6, 5, 3, generator = g}
+  gradcheck(r, lps.randn(4, 6, g), "mlp relu")
+end
+
+function TestSequential:test_gradcheck_cnn()
+  local g = lps.generator(10)
+  local m = nn.sequential{
+    nn.conv2d(2, 3, 3, {padding = 1, generator = g}), nn.tanh(), nn.maxpool2d(2),
+    nn.conv2d(3, 2, 2, {stride = 2, generator = g}), nn.flatten(), nn.linear(2, 3, g),
+  }
+  local x = distinct(g, 2, 2, 4, 4)
+  -- Finite differences are only meaningful away from pooling ties: check
+  -- that every window's winner leads the runner-up by far more than eps.
+  local a = m[2]:forward(m[1]:forward(x))
+  local gap = math.huge
+  for b = 1, 2 do for c = 1, 3 do for i = 0, 1 do for j = 0, 1 do
+    local v = {a:get(b, c, 2 * i + 1, 2 * j + 1), a:get(b, c, 2 * i + 1, 2 * j + 2),
+               a:get(b, c, 2 * i + 2, 2 * j + 1), a:get(b, c, 2 * i + 2, 2 * j + 2)}
+    table.sort(v)
+    gap = math.min(gap, v[4] - v[3])
+  end end end end
+  lu.assertTrue(gap > 0.02, "pooling windows too close to a tie for finite differences")
+  gradcheck(m, x, "cnn")
+end
+
+function TestSequential:test_contract()
+  local a, b = nn.linear(3, 4), nn.linear(4, 2)
+  local m = nn.sequential{a, nn.relu(), b}
+  lu.assertEquals(#m, 3)
+  lu.assertTrue(rawequal(m[1], a))
+  lu.assertEquals(m[2]:type(), "relu")
+  -- parameters share memory with the modules
+  local p, g = m:parameters()
+  lu.assertEquals(#p, 4)
+  lu.assertEquals(#g, 4)
+  p[3]:fill_(0.25)
+  lu.assertEquals(b:parameters()[1]:get(1, 1), 0.25)
+  -- batches of any size, and backward after a forward of another input
+  local x1, x2 = lps.randn(5, 3), lps.randn(2, 3)
+  m:forward(x1)
+  lu.assertEquals(m:backward(x2, lps.ones(2, 2)):shape(), {2, 3})
+  lu.assertEquals(m:num_parameters(), 3 * 4 + 4 + 4 * 2 + 2)
+  lu.assertTrue(m:is_training())
+  m:evaluate()
+  lu.assertFalse(a:is_training())
+  m:train()
+  lu.assertTrue(a:is_training())
+  lu.assertStrContains(tostring(m), "(2): Linear(in_features=4, out_features=2)")
+  T.assert_error_contains("appear only once", nn.sequential, {a, a})
+  T.assert_error_contains("appear only once", nn.sequential, {nn.sequential{a}, a})
+  T.assert_error_contains("expected a module", nn.sequential, {a, 3})
+  T.assert_error_contains("at least one", nn.sequential, {})
+end
+
+function TestSequential:test_shape_error_names_layer()
+  local m = nn.sequential{nn.linear(3, 5), nn.relu(), nn.linear(4, 2)}
+  T.assert_error_contains("sequential layer 3: linear(4 -> 2): input (1x5)", m.forward, m, lps.zeros(1, 3))
+end
+
+function TestSequential:test_close()
+  local a = nn.linear(2, 2)
+  local m = nn.sequential{a}
+  a:close()
+  -- the sequential keeps its own reference: it still works
+  lu.assertEquals(m:forward(lps.zeros(1, 2)):shape(), {1, 2})
+  T.assert_error_contains("closed", a.forward, a, lps.zeros(1, 2))
+  lu.assertStrContains(tostring(a), "closed")
+end
+
+TestCrossEntropy = {}
+
+function TestCrossEntropy:test_values()
+  local ce = nn.cross_entropy()
+  lu.assertAlmostEquals(ce:forward(lps.tensor{{0, 0}}, {1}), math.log(2), 1e-12)
+  -- mean over the batch: log(1 + e) and log(1 + e^-1)
+  local z = lps.tensor{{1, 2}, {1, 2}}
+  lu.assertAlmostEquals(ce:forward(z, lps.tensor{1, 2}),
+    (math.log(1 + math.exp(1)) + math.log(1 + math.exp(-1))) / 2, 1e-7)
+  -- gradient: (softmax - onehot) / batch
+  local g = ce:backward(z, {1, 2})
+  local s = 1 / (1 + math.exp(-1))
+  lu.assertAlmostEquals(g:get(1, 1), (1 - s - 1) / 2, 1e-7)
+  lu.assertAlmostEquals(g:get(2, 2), (s - 1) / 2, 1e-7)
+  lu.assertAlmostEquals(g:sum(), 0, 1e-7)
+  lu.assertEquals(tostring(ce), "CrossEntropyLoss()")
+end
+
+function TestCrossEntropy:test_large_logits()
+  local ce = nn.cross_entropy()
+  local z = lps.tensor{{1000, 0, -1000}, {-5000, 5000, 0}}
+  lu.assertAlmostEquals(ce:forward(z, {1, 2}), 0, 1e-12)
+  lu.assertAlmostEquals(ce:forward(z, {2, 1}), (1000 + 10000) / 2, 1e-9)
+  local g = ce:backward(z, {2, 1})
+  lu.assertEquals(g:totable(), {{0.5, -0.5, 0}, {-0.5, 0.5, 0}})
+  -- no NaN or infinity anywhere
+  lu.assertTrue(g:abs():max() <= 0.5)
+end
+
+function TestCrossEntropy:test_gradcheck()
+  local g = lps.generator(10)
+  local z = lps.randn(4, 5, g) * 3
+  local labels = {2, 5, 1, 3}
+  local ce = nn.cross_entropy()
+  local analytic = ce:backward(z, labels)
+  T.assert_grad_close(analytic, T.numgrad(function() return ce:forward(z, labels) end, z), 1e-2, "cross_entropy")
+end
+
+function TestCrossEntropy:test_errors()
+  local ce = nn.cross_entropy()
+  T.assert_error_contains("label 3 of sample 2 is not a class number 1..2", ce.forward, ce, lps.zeros(2, 2), {1, 3})
+  T.assert_error_contains("label 0 of sample 1", ce.forward, ce, lps.zeros(2, 2), lps.tensor{0, 1})
+  T.assert_error_contains("label 1.5", ce.forward, ce, lps.zeros(1, 2), {1.5})
+  T.assert_error_contains("2 labels for 3 samples", ce.forward, ce, lps.zeros(3, 2), {1, 1})
+  T.assert_error_contains("should be (batch x classes)", ce.forward, ce, lps.zeros(3), {1, 1, 1})
+end
+
+os.exit(lu.LuaUnit.run("-o", "tap"), true)
