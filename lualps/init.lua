@@ -12,7 +12,7 @@ lps.core = core
 local submodules = {
   nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
   modelset = "lualps.modelset", similarity = "lualps.similarity",
-  util = "lualps.util", zoo = "lualps.zoo", eval = "lualps.eval",
+  util = "lualps.util", zoo = "lualps.zoo", benchmark = "lualps.benchmark", eval = "lualps.eval",
   safetensors = "lualps.safetensors",
 }
 

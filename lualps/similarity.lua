@@ -371,7 +371,10 @@ end
 -- cross-entropy head's (nil with a triplet-only loss).
 function M.train_network(net, models, labels, opts)
   local o = with_defaults(opts, M.train_defaults, "similarity.train_network")
-  if getmetatable(net) ~= Net then error("train_network: the first argument must be a similarity network", 2) end
+  local mt = getmetatable(net)
+  if mt ~= Net and mt ~= M.Head then
+    error("train_network: the first argument must be a similarity network or feature head", 2)
+  end
   if type(models) ~= "table" or type(labels) ~= "table" or #models ~= #labels or #models < 1 then
     error("train_network: need non-empty lists of models and labels of the same length", 2)
   end
@@ -422,6 +425,321 @@ function M.train_network(net, models, labels, opts)
   end
   report.seconds = lps.now() - t0
   return report
+end
+
+------------------------------------------------------------------ feature heads
+
+-- A learned head on fixed per-model features (the baselines' "stats + head"
+-- and the Gram map): the same projection, L2 normalization, classifier and
+-- losses as LPS, over a feature vector instead of the unit sets. Trains
+-- with train_network like a network; a "model" is a 1-D feature tensor.
+local Head = {}
+Head.__index = Head
+M.Head = Head
+for _, name in ipairs{"loss", "parameters", "named_parameters", "load_named", "zero_grad", "spec"} do
+  Head[name] = Net[name]
+end
+
+--- lps.similarity.feature_head{in_dim=, embed=64, classes=0, cosine_head=true, scale=16, seed=1}
+function M.feature_head(opts)
+  opts = opts or {}
+  local o = {in_dim = opts.in_dim, embed = opts.embed or 64, classes = opts.classes or 0,
+    cosine_head = opts.cosine_head ~= false, scale = opts.scale or 16, seed = opts.seed or 1}
+  check_int(o.in_dim, 1, "in_dim")
+  check_int(o.embed, 1, "embed")
+  check_int(o.classes, 0, "classes")
+  local self = setmetatable({opts = o, names = {}, P = {}, G = {}}, Head)
+  local g = lps.generator(o.seed)
+  local function add(name, shape, std)
+    local t = std > 0 and lps.randn(shape[1], shape[2], g):mul_(std) or lps.zeros(table.unpack(shape))
+    self.names[#self.names + 1] = name
+    self.P[name], self.G[name] = t, lps.zeros(table.unpack(shape))
+  end
+  add("proj.weight", {o.embed, o.in_dim}, math.sqrt(1 / o.in_dim))
+  add("proj.bias", {o.embed}, 0)
+  if o.classes > 0 then
+    add("head.weight", {o.classes, o.embed}, math.sqrt(1 / o.embed))
+    add("head.bias", {o.classes}, 0)
+  end
+  return self
+end
+
+function Head:__tostring()
+  return ("lualps.similarity feature head (%d features -> %d, %d classes)"):format(self.opts.in_dim,
+    self.opts.embed, self.opts.classes)
+end
+
+function Head:prepare(x)
+  if not lps.is_tensor(x) or x:numel() ~= self.opts.in_dim then
+    error(("feature head: expected a feature vector of %d values"):format(self.opts.in_dim), 2)
+  end
+  return x
+end
+
+function Head:forward(rows)
+  local F = lps.zeros(#rows, self.opts.in_dim)
+  for i, x in ipairs(rows) do F[i]:copy(self:prepare(x)) end
+  local Y, U = K.embed_forward(F, self.P["proj.weight"], self.P["proj.bias"])
+  self.cache = {F = F, U = U}
+  return Y
+end
+
+function Head:backward(dY)
+  local c = self.cache
+  if not c then error("feature head: backward without a forward", 2) end
+  K.embed_backward(dY, c.U, c.F, self.P["proj.weight"], self.G["proj.weight"], self.G["proj.bias"], false)
+  self.cache = nil
+end
+
+Head.embed = Net.embed
+
+------------------------------------------------------------------ models and sets
+
+--- The weight list {W1, b1, ..., WL, bL} of a model given as such a list, as
+-- an lps.nn module (named_parameters), or as the two results of ms:tensors(i)
+-- (a map name -> tensor and the names in stored order).
+function M.weights(model, names)
+  local tm = type(model)
+  if tm ~= "table" and tm ~= "userdata" then
+    error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i)), got " .. tm, 2)
+  end
+  if tm == "table" and lps.is_tensor(model[1]) then return model end
+  if tm == "table" and type(names) == "table" then
+    local list = {}
+    for k, name in ipairs(names) do
+      list[k] = model[name]
+      if not lps.is_tensor(list[k]) then error(("similarity: tensor '%s' is missing"):format(tostring(name)), 2) end
+    end
+    return list
+  end
+  if tm == "table" and next(model) ~= nil and #model == 0 then
+    -- a map name -> tensor in PyTorch naming ("0.weight", "fc2.bias", ...):
+    -- order by layer number, weight before bias
+    local keys = {}
+    for name, t in pairs(model) do
+      local n = type(name) == "string" and tonumber(name:match("^%a*(%d+)%.")) or nil
+      local kind = type(name) == "string" and name:match("%.(%a+)$")
+      if not n or (kind ~= "weight" and kind ~= "bias") or not lps.is_tensor(t) then
+        error(("similarity: cannot order tensor '%s' (expected names like 0.weight, 0.bias)"):format(tostring(name)), 2)
+      end
+      keys[#keys + 1] = {name = name, n = n, b = kind == "bias" and 1 or 0}
+    end
+    table.sort(keys, function(x, y) if x.n ~= y.n then return x.n < y.n end return x.b < y.b end)
+    local list = {}
+    for k, e in ipairs(keys) do list[k] = model[e.name] end
+    return list
+  end
+  local okf, np = pcall(function() return model.named_parameters end)
+  if okf and np then
+    local list = {}
+    for k, nt in ipairs(model:named_parameters()) do list[k] = nt.tensor end
+    if #list > 0 then return list end
+  end
+  error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
+end
+
+-- Open a set given by path; returns it and whether we opened it.
+local function as_set(ms)
+  if type(ms) == "string" then return lps.modelset.open(ms), true end
+  return ms, false
+end
+
+-- Record numbers of a split given as record numbers or as model ids.
+local function records(ms, split)
+  if type(split) ~= "table" then error("similarity: a split is a list of model ids or record numbers", 3) end
+  local list = split.train or split
+  local byid
+  local out = {}
+  for k, v in ipairs(list) do
+    if math.type(v) == "integer" then
+      if v < 1 or v > #ms then error(("similarity: record %d out of range 1..%d"):format(v, #ms), 3) end
+      out[k] = v
+    else
+      if not byid then
+        byid = {}
+        for i = 1, #ms do byid[ms:meta(i).id] = i end
+      end
+      out[k] = byid[v] or error(("similarity: model id '%s' is not in the set"):format(tostring(v)), 3)
+    end
+  end
+  if #out == 0 then error("similarity: the split is empty", 3) end
+  return out
+end
+
+local Sim = {}
+Sim.__index = Sim
+
+local train_keys = {}
+for k in pairs(M.train_defaults) do train_keys[k] = true end
+
+--- Train LPS on the models of `split` (a list of model ids or record
+-- numbers, or {train = ...}) of the set `ms` (a set or a path), with the
+-- metadata field opts.label ("task") as the class. Options are those of
+-- lps.similarity.network and lps.similarity.train_network together
+-- (`classes` is set from the data); progress defaults to one line per epoch
+-- on a terminal. Returns a similarity object.
+function M.train(ms, split, opts)
+  opts = opts or {}
+  local set, own = as_set(ms)
+  local label_field = opts.label or "task"
+  local net_opts, tr_opts = {}, {}
+  for k, v in pairs(opts) do
+    if k == "label" then -- handled above
+    elseif train_keys[k] then tr_opts[k] = v
+    elseif M.defaults[k] ~= nil and k ~= "classes" then net_opts[k] = v
+    else error(("similarity.train: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local recs = records(set, split)
+  local models, raw_labels, classes, index = {}, {}, {}, {}
+  for k, i in ipairs(recs) do
+    local meta = set:meta(i)
+    local y = meta[label_field]
+    if y == nil then error(("similarity.train: record %d has no '%s' field"):format(i, label_field), 2) end
+    if not index[y] then classes[#classes + 1] = y; index[y] = true end
+    raw_labels[k] = y
+    models[k] = M.weights(set:tensors(i))
+  end
+  table.sort(classes, function(a, b)
+    if type(a) == type(b) then return a < b end
+    return type(a) < type(b)
+  end)
+  for c, y in ipairs(classes) do index[y] = c end
+  local labels = {}
+  for k, y in ipairs(raw_labels) do labels[k] = index[y] end
+  if own then set:close() end
+  local loss = tr_opts.loss or M.train_defaults.loss
+  net_opts.classes = loss == "triplet" and 0 or #classes
+  local net = M.network(net_opts)
+  if tr_opts.progress == nil and lps.isatty(2) then
+    local bar = require("lualps.util").progress(tr_opts.epochs or M.train_defaults.epochs,
+      {label = "lps", unit = "epochs"})
+    tr_opts.progress = function(p)
+      bar:update(p.epoch, ("loss %.4f%s"):format(p.loss, p.accuracy and (" acc %.3f"):format(p.accuracy) or ""))
+      if p.epoch == p.epochs then bar:finish() end
+    end
+  end
+  local report = M.train_network(net, models, labels, tr_opts)
+  return setmetatable({net = net, classes = classes, label = label_field, report = report,
+    n_train = #models, cache = setmetatable({}, {__mode = "k"})}, Sim)
+end
+
+--- Wrap a network (trained elsewhere) as a similarity object.
+function M.wrap(net, classes)
+  return setmetatable({net = net, classes = classes or {}, label = "task",
+    cache = setmetatable({}, {__mode = "k"})}, Sim)
+end
+
+function Sim:__tostring()
+  return ("lualps.similarity (%s; trained on %s models of %d %ss)"):format(tostring(self.net):match("%((.*)%)") or "",
+    tostring(self.n_train or "?"), #self.classes, self.label)
+end
+
+--- Embedding (1-D, unit norm) of one model.
+function Sim:embed(model)
+  local e = self.net:embed({M.weights(model)})
+  return e:reshape(e:size(2))
+end
+
+--- Embeddings (N x e) of every model of a set (a set or a path), streamed
+-- from the store in batches: memory holds one batch of models, not the set.
+-- opts: batch (64), progress (a util.progress option table, or false).
+function Sim:embed_set(ms, opts)
+  opts = opts or {}
+  local set, own = as_set(ms)
+  local n, batch = #set, opts.batch or 64
+  local out = lps.zeros(n, self.net.opts.embed)
+  local prog = opts.progress and require("lualps.util").progress(n, opts.progress)
+  for s = 1, n, batch do
+    local chunk = {}
+    for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = M.weights(set:tensors(i)) end
+    out:rows(s, s + #chunk - 1):copy(self.net:embed(chunk, batch))
+    if prog then prog:update(s + #chunk - 1) end
+  end
+  if prog then prog:finish() end
+  if own then set:close() end
+  return out
+end
+
+--- Cosine similarity of two models (embeddings have unit norm).
+function Sim:similarity(a, b)
+  local ea, eb = self:embed(a), self:embed(b)
+  return (ea * eb):sum()
+end
+
+-- Embeddings of a set, computed once per open set object.
+function Sim:set_embeddings(ms)
+  local e = self.cache[ms]
+  if not e or e:size(1) ~= #ms then
+    e = self:embed_set(ms)
+    self.cache[ms] = e
+  end
+  return e
+end
+
+--- The k models of set `ms` most similar to `query`: a model, a record
+-- number of ms (itself excluded), or an embedding. Returns a list of
+-- {index=, score=, meta=} best first. The set's embeddings are computed on
+-- the first query and cached for later ones.
+function Sim:nearest(ms, query, k)
+  k = k or 5
+  if math.type(k) ~= "integer" or k < 1 then error("nearest: k must be a positive integer", 2) end
+  local set = ms
+  if type(ms) == "string" then error("nearest: open the set first (lps.modelset.open)", 2) end
+  local E = self:set_embeddings(set)
+  local q, self_index
+  if math.type(query) == "integer" then
+    if query < 1 or query > #set then error(("nearest: record %d out of range 1..%d"):format(query, #set), 2) end
+    self_index = query
+    q = E[query]:clone()
+  elseif lps.is_tensor(query) and query:dim() == 1 then
+    q = query
+  else
+    q = self:embed(query)
+  end
+  local want = math.min(#set, k + (self_index and 1 or 0))
+  local idx, scores = lps.eval.topk(E, q, want)
+  local out = {}
+  for j = 1, #idx do
+    local i = math.tointeger(idx[j])
+    if i ~= self_index and #out < k then
+      out[#out + 1] = {index = i, score = scores[j], meta = set:meta(i)}
+    end
+  end
+  return out
+end
+
+local FORMAT = "lualps.similarity"
+
+--- Save to a small file (a one-record model set: checksummed like any set).
+function Sim:save(path, opts)
+  local named = self.net:named_parameters()
+  local out = lps.modelset.create(path, {overwrite = opts == nil or opts.overwrite ~= false})
+  local ok, err = pcall(function()
+    out:append_tensors(named, {kind = FORMAT, version = 1, spec = self.net:spec(),
+      classes = self.classes, label = self.label, n_train = self.n_train})
+  end)
+  out:close()
+  if not ok then error(err, 2) end
+end
+
+--- Load a similarity saved with sim:save(path); the file is checked like a
+-- model set (checksums, sizes) and its weights like load_named (names, shapes,
+-- finite values).
+function M.load(path)
+  local ms <close> = lps.modelset.open(path)
+  if #ms ~= 1 then error(("similarity.load: %s holds %d records, not one saved similarity"):format(path, #ms), 2) end
+  local meta = ms:meta(1)
+  if meta.kind ~= FORMAT then
+    error(("similarity.load: %s is not a saved similarity (kind %s)"):format(path, tostring(meta.kind)), 2)
+  end
+  if meta.version ~= 1 then
+    error(("similarity.load: %s has version %s; this lualps reads version 1"):format(path, tostring(meta.version)), 2)
+  end
+  local net = M.network(meta.spec)
+  net:load_named((ms:tensors(1)))
+  local sim = M.wrap(net, meta.classes)
+  sim.label, sim.n_train = meta.label, meta.n_train
+  return sim
 end
 
 return M

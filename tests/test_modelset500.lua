@@ -17,9 +17,10 @@ local function by_id(path)
   local out = {}
   for i = 1, #ms do
     local meta = ms:meta(i)
-    local named = ms:tensors(i)
+    local map, names = ms:tensors(i)
     local flat = {}
-    for _, nt in ipairs(named) do flat[#flat + 1] = {nt.name, nt.tensor:totable()} end
+    for _, name in ipairs(names) do flat[#flat + 1] = {name, map[name]:totable()} end
+    lu.assertEquals(#flat, 6) -- 3 linear layers: weight and bias each
     out[meta.id] = {meta = meta, tensors = flat}
   end
   return out, #ms
@@ -146,6 +147,47 @@ function TestTransfer:test_matrix_and_sharded_matrix_agree()
   local r2 = cjson.decode(file_bytes(dir .. "/t2.json"))
   lu.assertEquals(r2.gain, r1.gain) -- same numbers whichever process computed them
   lu.assertNotNil(io.open(dir .. "/t2.csv"))
+end
+
+TestEvaluation = {}
+
+-- The whole pipeline at a small scale: set, transfer matrix, evaluation of
+-- LPS and every baseline with ablations, outputs and plots.
+function TestEvaluation:test_pipeline_outputs()
+  local set = dir .. "/eval.lpsm"
+  local ok, out = recipe("--tasks 4 --per-task 5 --epochs 1 --quiet --data " .. data .. " --out " .. set)
+  lu.assertTrue(ok, out)
+  ok, out = T.sh("lua5.4 recipes/transfer_matrix.lua --quiet --sources 1 --seeds 1 --images 40 " ..
+    "--epochs 1 --batch 8 --data " .. data .. " --set " .. set)
+  lu.assertTrue(ok, out)
+  local res = dir .. "/results"
+  ok, out = T.sh(("lua5.4 recipes/eval_lps.lua --set %s --out %s --seeds 2 --epochs 3 --probe 50 --data %s")
+    :format(set, res, data))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "| method | top1 | rank1 |")
+  local r = require("cjson").decode(file_bytes(res .. "/lps_eval.json"))
+  for _, m in ipairs{"lps", "raw", "sorted", "stats", "stats_head", "gram", "matching", "cka"} do
+    local x = r.methods[m]
+    lu.assertNotNil(x, m)
+    for _, k in ipairs{"top1", "rank1", "rank5", "map", "cross_top1"} do
+      lu.assertTrue(x[k] >= 0 and x[k] <= 1, m .. " " .. k .. " = " .. tostring(x[k]))
+    end
+    lu.assertTrue(x.nmi >= 0 and x.nmi <= 1 + 1e-9, m .. " nmi")
+  end
+  lu.assertNotNil(r.methods.lps.top1_std)
+  for _, v in ipairs{"no_chain_norm", "first_layer_only", "first_order_pooling", "xent_only", "triplet_only"} do
+    lu.assertNotNil(r.ablations[v], v)
+  end
+  lu.assertEquals(r.protocol.seeds, 2)
+  lu.assertStrContains(file_bytes(res .. "/lps_eval.md"), "## Ablations of LPS")
+  local sim = lps.similarity.load(res .. "/lps.model")
+  local ms <close> = lps.modelset.open(set)
+  lu.assertAlmostEquals(sim:embed(ms:tensors(1)):norm(), 1, 1e-5)
+  for _, png in ipairs{"task_similarity_vs_transfer.png", "embedding_pca.png"} do
+    local bytes = file_bytes(res .. "/" .. png)
+    lu.assertNotNil(bytes, png)
+    lu.assertEquals(bytes:sub(2, 4), "PNG")
+  end
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -1,0 +1,60 @@
+#!/usr/bin/env lua5.4
+-- The main job (`make run`): build ModelSet500 and its transfer matrix unless
+-- cached under build/ (a changed recipe or task table rebuilds them), train
+-- LPS, evaluate it against the baselines, print the table and the plots.
+--   lua5.4 recipes/main.lua [--jobs 2] [--out results]
+package.path = "./?.lua;./?/init.lua;" .. package.path
+local lps = require "lualps"
+local argparse = require "argparse"
+local util, zoo = lps.util, lps.zoo
+
+local p = argparse("main.lua", "Build ModelSet500, its transfer matrix, and evaluate LPS.")
+p:option("--jobs", "Processes for the builds.", "2"):convert(math.tointeger)
+p:option("--build", "Cache directory.", "build")
+p:option("--out", "Results directory.", "results")
+p:option("--eval-args", "Extra arguments for recipes/eval_lps.lua.", "")
+local a = p:parse()
+if not a.jobs or a.jobs < 1 then io.stderr:write("main: --jobs must be a positive integer\n") os.exit(1) end
+
+local function stamp_of(files)
+  local parts = {}
+  for _, f in ipairs(files) do parts[#parts + 1] = f .. "=" .. assert(util.read_file(f), "missing " .. f) end
+  return zoo.fnv1a(table.concat(parts, "\0"))
+end
+
+local function run(cmd)
+  io.stderr:write("+ ", cmd, "\n")
+  local ok = os.execute(cmd)
+  if not ok then io.stderr:write("main: failed: ", cmd, "\n") os.exit(1) end
+end
+
+-- A cached step: rebuilt when its inputs' stamp changed or its output is missing.
+local function step(name, out, inputs, build)
+  local stamp_file = out .. ".stamp"
+  local want = stamp_of(inputs)
+  local have = util.read_file(stamp_file)
+  if zoo.file_exists(out) and have == want then
+    io.stderr:write(("main: %s is up to date (%s)\n"):format(name, out))
+    return
+  end
+  -- Built by another version of its recipe: start again. Without a stamp
+  -- the last build was interrupted, and the recipe resumes it.
+  if have then
+    io.stderr:write(("main: %s changed since %s was built; rebuilding\n"):format(name, out))
+    os.remove(out)
+    os.remove(stamp_file)
+  end
+  build()
+  util.write_file(stamp_file, want)
+end
+
+assert(os.execute("mkdir -p '" .. a.build .. "'"))
+local t0 = lps.now()
+local set = a.build .. "/modelset500.lpsm"
+step("modelset", set, {"recipes/modelset500.lua", "recipes/modelset500_tasks.lua", "lualps/zoo.lua"},
+  function() run(("lua5.4 recipes/modelset500.lua --out '%s' --jobs %d"):format(set, a.jobs)) end)
+local transfer = set .. ".transfer.json"
+step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", set .. ".stamp"},
+  function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(set, a.jobs)) end)
+run(("lua5.4 recipes/eval_lps.lua --set '%s' --out '%s' %s"):format(set, a.out, a.eval_args))
+io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))

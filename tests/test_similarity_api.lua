@@ -1,0 +1,135 @@
+-- The user-facing similarity API: train from a set, embed, compare, nearest,
+-- save and load; the feature head used by the learned baselines.
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+
+-- A small set of random MLPs (10-6-5-2) whose first layers come from one of
+-- three task-specific patterns, permuted and rescaled per model.
+local function synthetic_set(path)
+  local ms <close> = lps.modelset.create(path, {overwrite = true})
+  local g = lps.generator(5)
+  local protos = {}
+  for t = 1, 3 do protos[t] = lps.randn(6, 10, g) end
+  for t = 1, 3 do
+    for k = 1, 6 do
+      local W1 = protos[t]:clone():add_(lps.randn(6, 10, g):mul_(0.1))
+      local named = {
+        {name = "0.weight", tensor = W1}, {name = "0.bias", tensor = lps.randn(6, g):mul_(0.1)},
+        {name = "2.weight", tensor = lps.randn(5, 6, g)}, {name = "2.bias", tensor = lps.randn(5, g)},
+        {name = "4.weight", tensor = lps.randn(2, 5, g)}, {name = "4.bias", tensor = lps.randn(2, g)},
+      }
+      ms:append_tensors(named, {id = ("t%d-m%d"):format(t, k), task = t})
+    end
+  end
+end
+
+TestSimilarityAPI = {}
+
+function TestSimilarityAPI:setUp()
+  self.path = T.tmpname(".lpsm")
+  synthetic_set(self.path)
+  self.ms = lps.modelset.open(self.path)
+  local train = {}
+  for t = 1, 3 do for k = 1, 4 do train[#train + 1] = ("t%d-m%d"):format(t, k) end end
+  self.sim = lps.similarity.train(self.ms, train, {input_dim = 10, width = 8, embed = 8, epochs = 40,
+    batch_size = 12, lr = 3e-3, progress = false})
+end
+
+function TestSimilarityAPI:tearDown()
+  self.ms:close()
+  T.cleanup()
+end
+
+function TestSimilarityAPI:test_embed_and_similarity()
+  local e = self.sim:embed(lps.similarity.weights(self.ms:tensors(1)))
+  lu.assertEquals(e:shape(), {8})
+  lu.assertAlmostEquals(e:norm(), 1, 1e-5)
+  local same = self.sim:similarity(self.ms:tensors(5), self.ms:tensors(6)) -- task 1, held out
+  lu.assertTrue(same > 0.5, "models of one task are similar: " .. same)
+  local E = self.sim:embed_set(self.ms)
+  lu.assertEquals(E:shape(), {18, 8})
+  lu.assertTrue(lps.allclose(E[5], self.sim:embed(self.ms:tensors(5)), 1e-5, 1e-6))
+  lu.assertStrContains(tostring(self.sim), "trained on 12 models of 3 tasks")
+end
+
+function TestSimilarityAPI:test_nearest_finds_the_same_task()
+  -- held-out models 5 and 6 of each task: their nearest model is of the same task
+  local hits = 0
+  for t = 1, 3 do
+    for k = 5, 6 do
+      local i = (t - 1) * 6 + k
+      local r = self.sim:nearest(self.ms, i, 3)
+      lu.assertEquals(#r, 3)
+      for _, x in ipairs(r) do lu.assertNotEquals(x.index, i) end
+      lu.assertTrue(r[1].score >= r[2].score and r[2].score >= r[3].score)
+      if r[1].meta.task == t then hits = hits + 1 end
+    end
+  end
+  lu.assertTrue(hits >= 5, "nearest model of the same task for " .. hits .. " of 6")
+  T.assert_error_contains("out of range 1..18", self.sim.nearest, self.sim, self.ms, 19, 3)
+  T.assert_error_contains("k must be a positive integer", self.sim.nearest, self.sim, self.ms, 1, 0)
+end
+
+function TestSimilarityAPI:test_save_and_load_round_trip()
+  local p = T.tmpname(".lps")
+  self.sim:save(p)
+  local s2 = lps.similarity.load(p)
+  local m = self.ms:tensors(7)
+  lu.assertEquals(s2:embed(m):totable(), self.sim:embed(m):totable()) -- bit-exact
+  -- a model set that is not a saved similarity is refused
+  T.assert_error_contains("holds 18 records", lps.similarity.load, self.path)
+  -- a flipped byte is detected by the store's checksums
+  local bytes = require("lualps.util").read_file(p)
+  local pos = #bytes // 2
+  require("lualps.util").write_file(p, bytes:sub(1, pos - 1) .. string.char((bytes:byte(pos) + 1) % 256) .. bytes:sub(pos + 1))
+  local ok, err = pcall(function() return lps.similarity.load(p):embed(m) end)
+  lu.assertFalse(ok)
+  lu.assertStrContains(tostring(err):lower(), "checksum")
+end
+
+function TestSimilarityAPI:test_bad_input()
+  T.assert_error_contains("unknown option 'epoch'", lps.similarity.train, self.ms, {"t1-m1"}, {epoch = 1})
+  T.assert_error_contains("model id 'nope' is not in the set", lps.similarity.train, self.ms, {"nope"}, {})
+  T.assert_error_contains("expected a model", self.sim.embed, self.sim, 42)
+end
+
+TestFeatureHead = {}
+
+function TestFeatureHead:test_gradients()
+  local head = lps.similarity.feature_head{in_dim = 5, embed = 3, classes = 2, seed = 3}
+  local g = lps.generator(4)
+  local rows = {lps.randn(5, g), lps.randn(5, g), lps.randn(5, g)}
+  local labels = {1, 2, 1}
+  local function loss()
+    local Y = head:forward(rows)
+    local l = head:loss(Y, labels, {loss = "xent"})
+    head.cache = nil
+    return l
+  end
+  head:zero_grad()
+  local Y = head:forward(rows)
+  local _, dY = head:loss(Y, labels, {loss = "xent"})
+  head:backward(dY)
+  local params, grads = head:parameters()
+  local analytic = {}
+  for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
+  for i, p in ipairs(params) do
+    T.assert_grad_close(analytic[i], T.numgrad(loss, p, 1e-2), 2e-2, "feature head param " .. i)
+  end
+end
+
+function TestFeatureHead:test_learns_separable_features()
+  local g = lps.generator(8)
+  local rows, labels = {}, {}
+  for i = 1, 40 do
+    local y = i % 2 + 1
+    rows[i] = lps.randn(6, g):add_(lps.tensor{y == 1 and 2 or -2, 0, 0, 0, 0, 0})
+    labels[i] = y
+  end
+  local head = lps.similarity.feature_head{in_dim = 6, embed = 4, classes = 2}
+  local rep = lps.similarity.train_network(head, rows, labels, {epochs = 20, batch_size = 8, loss = "xent", lr = 1e-2})
+  lu.assertTrue(rep.epochs[20].accuracy > 0.9, "accuracy " .. rep.epochs[20].accuracy)
+end
+
+os.exit(lu.LuaUnit.run("-o", "tap"), true)
