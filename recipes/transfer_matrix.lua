@@ -3,6 +3,9 @@
 -- (S, T), fine-tune models of S on a small budget of T's images and compare
 -- T's test accuracy with training from scratch on the same budget. The gain
 -- matrix and the class-overlap matrix are written beside the set.
+-- The default budget (32 images, 10 steps) is small on purpose: with 256
+-- images and ~50 steps scratch training already reaches 0.95-0.99 on these
+-- binary tasks and the gains shrink to noise (range -0.07..0.02 measured).
 --
 --   lua5.4 recipes/transfer_matrix.lua --set build/modelset500.lpsm --jobs 2
 package.path = "./?.lua;./?/init.lua;" .. package.path
@@ -15,10 +18,10 @@ local p = argparse("transfer_matrix.lua", "Measure task-to-task transfer gains o
 p:option("--set", "The model set (with its .splits.json beside it).", "build/modelset500.lpsm")
 p:option("--out", "Output JSON (default: SET.transfer.json; a .csv of the gains beside it).")
 p:option("--sources", "Source models per task.", "3"):convert(math.tointeger)
-p:option("--seeds", "Seeds (budget draws and head initialisations) per pair.", "3"):convert(math.tointeger)
-p:option("--images", "Training images of the target task.", "256"):convert(math.tointeger)
-p:option("--epochs", "Epochs over those images.", "6"):convert(math.tointeger)
-p:option("--batch", "Batch size.", "32"):convert(math.tointeger)
+p:option("--seeds", "Seeds (budget draws and head initialisations) per pair.", "5"):convert(math.tointeger)
+p:option("--images", "Training images of the target task.", "32"):convert(math.tointeger)
+p:option("--epochs", "Epochs over those images.", "5"):convert(math.tointeger)
+p:option("--batch", "Batch size.", "16"):convert(math.tointeger)
 p:option("--lr", "Adam learning rate.", "0.001"):convert(tonumber)
 p:option("--shard", "Compute only the target tasks of shard i/n, into --out.")
 p:option("--jobs", "Processes at once (GNU parallel).", "1"):convert(math.tointeger)

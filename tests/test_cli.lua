@@ -1,0 +1,116 @@
+-- scripts/lualps: the similarity, interop and REPL sub-commands (the store's
+-- own sub-commands are covered in test_modelset.lua).
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+local cjson = require "cjson"
+
+local dir = os.tmpname(); os.remove(dir)
+assert(os.execute("mkdir -p " .. dir))
+local SET, MODEL = dir .. "/set.lpsm", dir .. "/sim.lps"
+
+-- Nine small MLPs (10-6-5-2) of three tasks, and an LPS model trained on them.
+do
+  local ms <close> = lps.modelset.create(SET)
+  local g = lps.generator(11)
+  for t = 1, 3 do
+    local proto = lps.randn(6, 10, g)
+    for k = 1, 3 do
+      local m = lps.nn.mlp{10, 6, 5, 2, generator = g}
+      local named = m:named_parameters()
+      named[1].tensor:copy(proto:clone():add_(lps.randn(6, 10, g):mul_(0.05)))
+      ms:append(m, {id = ("t%d-m%d"):format(t, k), task = t})
+    end
+  end
+end
+do
+  local ms <close> = lps.modelset.open(SET)
+  local sim = lps.similarity.train(ms, {1, 2, 4, 5, 7, 8}, {input_dim = 10, width = 8, embed = 8,
+    epochs = 30, batch_size = 6, lr = 3e-3, progress = false})
+  sim:save(MODEL)
+end
+
+local function cli(args) return T.sh("scripts/lualps " .. args) end
+
+TestCLI = {}
+
+function TestCLI:test_nearest_and_similarity()
+  local ok, out = cli(("nearest %s %s 3 -k 2 --json"):format(SET, MODEL))
+  lu.assertTrue(ok, out)
+  local r = cjson.decode(out)
+  lu.assertEquals(r.query.index, 3)
+  lu.assertEquals(#r.nearest, 2)
+  lu.assertNotEquals(r.nearest[1].index, 3)
+  lu.assertTrue(r.nearest[1].score >= r.nearest[2].score)
+  ok, out = cli(("nearest %s %s 3 -k 2"):format(SET, MODEL))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "query #3 t1-m3")
+  ok, out = cli(("similarity %s %s 1 1 --json"):format(SET, MODEL))
+  lu.assertTrue(ok, out)
+  lu.assertAlmostEquals(cjson.decode(out).similarity, 1, 1e-5)
+  -- the CLI agrees with the library
+  ok, out = cli(("similarity %s %s 1 9"):format(SET, MODEL))
+  local ms <close> = lps.modelset.open(SET)
+  local sim = lps.similarity.load(MODEL)
+  lu.assertAlmostEquals(tonumber(out), sim:similarity(ms:tensors(1), ms:tensors(9)), 1e-5)
+end
+
+function TestCLI:test_embed_outputs()
+  local ok, out = cli(("embed %s %s %s/e.json"):format(SET, MODEL, dir))
+  lu.assertTrue(ok, out)
+  local r = cjson.decode(require("lualps.util").read_file(dir .. "/e.json"))
+  lu.assertEquals(#r.embeddings, 9)
+  lu.assertEquals(r.embeddings[4].id, "t2-m1")
+  lu.assertEquals(#r.embeddings[4].embedding, 8)
+  ok, out = cli(("embed %s %s %s/e.safetensors"):format(SET, MODEL, dir))
+  lu.assertTrue(ok, out)
+  local named, meta = lps.safetensors.read(dir .. "/e.safetensors")
+  lu.assertEquals(named.embeddings:shape(), {9, 8})
+  lu.assertEquals(cjson.decode(meta.ids)[9], "t3-m3")
+  lu.assertAlmostEquals(named.embeddings[4]:get(1), r.embeddings[4].embedding[1], 1e-6)
+end
+
+function TestCLI:test_export_import_round_trip()
+  local f = dir .. "/m5.safetensors"
+  local ok, out = cli(("export %s 5 %s"):format(SET, f))
+  lu.assertTrue(ok, out)
+  local set2 = dir .. "/imported.lpsm"
+  ok, out = cli(("import %s %s --task 2"):format(set2, f))
+  lu.assertTrue(ok, out)
+  local a <close> = lps.modelset.open(SET)
+  local b <close> = lps.modelset.open(set2)
+  lu.assertEquals(#b, 1)
+  lu.assertEquals(b:meta(1).task, 2)
+  local m1, m2 = a:get(5), b:get(1)
+  local x = lps.rand(4, 10, lps.generator(1))
+  lu.assertEquals(m2:forward(x):totable(), m1:forward(x):totable())
+end
+
+function TestCLI:test_exit_codes_and_help()
+  local ok, out, code = cli("nearest")
+  lu.assertEquals(code, 2, out)
+  lu.assertStrContains(out, "Usage: lualps nearest")
+  ok, out, code = cli(("nearest %s %s 99"):format(SET, MODEL))
+  lu.assertEquals(code, 1, out)
+  lu.assertStrContains(out, "INDEX 99 is not a record number 1..9")
+  ok, out, code = cli(("nearest %s %s 1"):format(SET, SET))
+  lu.assertEquals(code, 1, out)
+  lu.assertStrContains(out, "not one saved similarity")
+  for _, sub in ipairs{"embed", "nearest", "similarity", "import", "export", "repl", "info"} do
+    ok, out = cli(sub .. " --help")
+    lu.assertTrue(ok, sub)
+    lu.assertStrContains(out, "Usage: lualps " .. sub)
+  end
+end
+
+function TestCLI:test_repl_session()
+  local ok, out = T.sh(("printf 'print(#ms)\\nprint(sim:nearest(ms, 1, 1)[1].meta.task)\\n' | scripts/lualps repl %s %s")
+    :format(SET, MODEL))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "lps, ms, sim loaded")
+  lu.assertStrContains(out, "\n9\n")
+end
+
+local code = lu.LuaUnit.run("-o", "tap")
+os.execute("rm -rf " .. dir)
+os.exit(code, true)
