@@ -98,6 +98,30 @@ function M.similarity_matrix(method, models_a, models_b, opts)
     "' (raw, sorted, stats, gram, matching, cka)", 2)
 end
 
+--- Features whose dot product is the linear CKA of two models averaged over
+-- their hidden layers, on the probe inputs (N x d): per layer the Gram
+-- matrix K = Xc Xc^T of the column-centered activations, normalized to unit
+-- Frobenius norm and scaled by 1/sqrt(layers), flattened (N^2 values per
+-- layer). For many pairs this is far cheaper than similarity_matrix("cka"),
+-- which runs the probe through both models of every pair.
+function M.cka_features(models, probe)
+  local lps = require "lualps"
+  local np = probe:size(1)
+  local F
+  for i, model in ipairs(models) do
+    local acts = core.hidden(model, probe)
+    if not F then F = lps.zeros(#models, #acts * np * np) end
+    for l, X in ipairs(acts) do
+      local Xc = X - X:mean(1)
+      local K = lps.matmul(Xc, Xc, false, true)
+      local nrm = K:norm()
+      K:mul_(nrm > 0 and 1 / (nrm * math.sqrt(#acts)) or 0)
+      F[i]:rows((l - 1) * np * np + 1, l * np * np):copy(K:reshape(np * np))
+    end
+  end
+  return F
+end
+
 --- Similarity of two models (a number).
 function M.similarity(method, a, b, opts)
   return M.similarity_matrix(method, {a}, {b}, opts):get(1, 1)

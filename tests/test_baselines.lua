@@ -403,4 +403,22 @@ function TestSimilarity:test_every_method_shapes_and_self()
     {A[1], mlp(g, {16, 5, 4, 2})})
 end
 
+TestCKAFeatures = {}
+
+function TestCKAFeatures:test_dot_products_are_cka()
+  local g = lps.generator(21)
+  local models = {}
+  for k = 1, 4 do
+    models[k] = {lps.randn(7, 12, g), lps.randn(7, g), lps.randn(5, 7, g), lps.randn(5, g),
+                 lps.randn(2, 5, g), lps.randn(2, g)}
+  end
+  local probe = lps.randn(9, 12, g)
+  local F = lps.eval.cka_features(models, probe)
+  lu.assertEquals(F:shape(), {4, 2 * 81})
+  local via = lps.matmul(F, F, false, true)
+  local direct = lps.eval.similarity_matrix("cka", models, models, {probe = probe})
+  lu.assertTrue(lps.allclose(via, direct, 1e-4, 1e-5))
+  lu.assertAlmostEquals(via:get(2, 2), 1, 1e-5)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
