@@ -18,7 +18,7 @@ LUA_OBJ   = $(LUA_SRC:csrc/lua/%.c=build/obj/lua/%.o)
 ASAN_OBJ  = $(CORE_SRC:csrc/%.c=build/asan/obj/%.o) $(LUA_SRC:csrc/lua/%.c=build/asan/obj/lua/%.o)
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: all lib setup test test-asan test-rock run bench clean install help
+.PHONY: all lib setup test test-asan run bench docs clean install help
 all: setup lib
 
 help:
@@ -60,15 +60,16 @@ test: all
 test-asan: setup build/asan/lualps/core.so
 	@LUALPS_ASAN=1 scripts/run_tests.sh
 
-# Install through LuaRocks into a scratch tree and use it from elsewhere.
-test-rock: setup
-	@scripts/test_rock.sh
-
 run: all
 	$(LUA) recipes/main.lua
 
 bench: all
 	$(LUA) scripts/bench_tensor.lua
+
+# docs/API.md from the doc comments of lualps/*.lua (tests/test_docs.lua
+# fails when it is out of date).
+docs:
+	$(LUA) scripts/gen_api.lua docs/API.md
 
 # Used by `luarocks make` (rockspec/lualps-scm-1.rockspec).
 INST_LIBDIR ?= /usr/local/lib/lua/5.4
@@ -121,5 +122,7 @@ fuzz-modelset: build/fuzz/fuzz_modelset build/fuzz/seeds_modelset/.done
 	build/fuzz/fuzz_modelset -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/modelset.dict \
 	  -print_final_stats=1 -artifact_prefix=build/fuzz/ -rss_limit_mb=2048 \
 	  build/fuzz/corpus_modelset build/fuzz/seeds_modelset
+# CI: both readers briefly.
 fuzz-smoke: lib
 	@$(MAKE) --no-print-directory fuzz-modelset FUZZ_SECONDS=30
+	@$(MAKE) --no-print-directory fuzz-safetensors FUZZ_TIME=20

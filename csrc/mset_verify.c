@@ -233,7 +233,7 @@ static lps_status rewrite(lps_mset *src, const scan_result *r, const char *tmp)
     }
     unsigned char h[MS_FILE_HDR];
     ms_make_file_header(h, src->file_codec ? src->file_codec : LPS_CODEC_SHUFFLE,
-                        src->file_level ? src->file_level : 3);
+                        src->file_level ? src->file_level : 1);
     s = ms_write(dst->fd, 0, h, sizeof h, tmp);
     dst->end = MS_FILE_HDR;
     for (int64_t i = 0; !s && i < r->n; i++) {

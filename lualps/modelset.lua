@@ -14,7 +14,8 @@
 --   codec = "shuffle"  lossless: byte planes, then zstd (as Blosc); "plain" is zstd
 --                      of the float32 bytes; "bf16" (lossy, relative error <= 2^-8)
 --                      only when asked for. open(path, "a") keeps the file's codec.
---   level = 3          zstd level 1..19
+--   level = 1          zstd level 1..19 (on byte planes of trained weights, 1 is
+--                      smaller and decodes faster than 3)
 --   sync = true        fdatasync after every record (a power cut loses at most the
 --                      record being written); false syncs only at flush/close
 --   overwrite = false  create: replace an existing file instead of refusing
@@ -179,11 +180,38 @@ local function check_i(self, i)
   end
 end
 
+-- A one-line summary of a record's metadata, for the REPL: `ms[17]`.
+local function summary(i, m)
+  local parts = {("record %d"):format(i)}
+  local function add(fmt, v) if v ~= nil then parts[#parts + 1] = fmt:format(v) end end
+  add("%s", m.id ~= nil and tostring(m.id) or nil)
+  add("task %s", m.task ~= nil and tostring(m.task) or nil)
+  add("(%s)", m.task_name)
+  local acc = m.test_accuracy or m.test_acc
+  add("test accuracy %.4f", type(acc) == "number" and acc or nil)
+  local arch = m.architecture
+  if not arch and type(m.spec) == "table" and type(m.spec.layers) == "table" then
+    local sizes = {}
+    for _, l in ipairs(m.spec.layers) do
+      if l.type == "linear" then
+        if #sizes == 0 then sizes[1] = l.in_features end
+        sizes[#sizes + 1] = l.out_features
+      end
+    end
+    if #sizes > 0 then arch = "mlp-" .. table.concat(sizes, "-") end
+  end
+  add("%s", arch)
+  if m.optimizer then add("%s", m.optimizer .. (type(m.lr) == "number" and (" lr %.3g"):format(m.lr) or "")) end
+  return table.concat(parts, "  ")
+end
+
 --- The metadata of record i (a table), read without touching its tensors.
+-- It prints as a one-line summary (id, task, accuracy, architecture).
 function ModelSet:meta(i)
   check_i(self, i)
   local json = file(self):meta(i)
-  return decode_meta(json, string.format("%s: record %d", self:path(), i))
+  local m = decode_meta(json, string.format("%s: record %d", self:path(), i))
+  return setmetatable(m, {__tostring = function(t) return summary(i, t) end})
 end
 
 --- The raw JSON text of record i.

@@ -103,6 +103,22 @@ do
   h:close()
 end
 local zstd_med = median(zstd_sizes)
+-- zstd's own decompression speed (its in-memory benchmark, level 1 and 3)
+-- on a model's raw bytes, now, on this machine: the ceiling for "read"
+local function zstd_bench(level)
+  local speeds = {}
+  for k = 1, math.min(#raw_files, 3) do
+    local h = io.popen(string.format("zstd -b%d -e%d -i1 %s 2>&1", level, level, raw_files[k]))
+    local text = h:read("a")
+    h:close()
+    local last
+    -- lines read "... <compress> MB/s, <decompress> MB/s"
+    for mbs in text:gmatch("MB/s,%s*([%d%.]+) MB/s") do last = tonumber(mbs) end
+    speeds[#speeds + 1] = last
+  end
+  return #speeds > 0 and median(speeds) or nil
+end
+local zstd_dec1, zstd_dec3 = zstd_bench(1), zstd_bench(3)
 local torch_med = #torch_sizes > 0 and median(torch_sizes) or nil
 
 -- ------------------------------------------------------------ the store
@@ -162,6 +178,10 @@ print(string.format("ModelSet store benchmark: %d trained 784-64-64-2 MLPs (lps.
   .. "%d records per set, medians of %d runs", #models, opt.epochs, opt.records, opt.repeats))
 print(string.format("raw float32 per model: %d bytes (%d values)", raw_bytes, nvalues))
 print(string.format("zstd -3 CLI on the raw bytes: %.0f bytes per model (%.3fx of raw)", zstd_med, zstd_med / raw_bytes))
+if zstd_dec1 then
+  print(string.format("zstd -b (in-memory) decompression of the raw bytes: %.0f MB/s at -1, %.0f MB/s at -3",
+    zstd_dec1, zstd_dec3 or 0))
+end
 if torch_med then
   print(string.format("torch.save (PyTorch %s): %.0f bytes per model (%.3fx of raw)", "zip", torch_med, torch_med / raw_bytes))
 else
@@ -187,4 +207,8 @@ print(string.format("goals: lossless %.3fx of zstd -3 (<= 0.93): %s; bf16 %.2fx 
   .. "read %.2f GB/s (>= 1): %s", sh.frames / zstd_med, sh.frames / zstd_med <= 0.93 and "met" or "NOT met",
   raw_bytes / bf.rec, raw_bytes / bf.rec >= 2.7 and "met" or "NOT met", sh.read / 1000,
   sh.read >= 1000 and "met" or "NOT met"))
+if zstd_dec3 then
+  print(string.format("read (shuffle) is %.2fx the speed of zstd's own decompression of the raw bytes "
+    .. "(-3) in this run", sh.read / zstd_dec3))
+end
 os.execute("rm -rf " .. tmpdir)

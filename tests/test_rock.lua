@@ -28,11 +28,12 @@ function TestRock:test_install_and_require_elsewhere()
   ]]
   local f = assert(io.open(work .. "/check.lua", "w")); f:write(script); f:close()
   local ok2, out2 = sh(string.format(
-    'cd %s && eval "$(luarocks --lua-version 5.4 --tree %s path)" && TREE=%s lua5.4 check.lua',
-    work, tree, tree))
+    'cd %s && eval "$(luarocks --lua-version 5.4 --tree %s path)" && TREE=%s lua5.4 check.lua && %s/bin/lualps --help',
+    work, tree, tree, tree))
   os.execute("rm -rf " .. tree .. " " .. work)
   lu.assertTrue(ok2, out2)
   lu.assertStrContains(out2, "rock ok")
+  lu.assertStrContains(out2, "Usage: lualps") -- the installed command
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
