@@ -57,7 +57,7 @@ test: all
 
 # The same tests against an ASan+UBSan build of the module; the stock
 # lua5.4 runs it with the sanitizer runtime preloaded.
-test-asan: setup build/asan/lualps/core.so
+test-asan: setup lib build/asan/lualps/core.so
 	@LUALPS_ASAN=1 scripts/run_tests.sh
 
 run: all

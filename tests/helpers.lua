@@ -96,7 +96,13 @@ function M.fake_fashion_mnist(dir, n_train, n_test)
 end
 
 --- Run a shell command; returns ok, output (stdout and stderr), exit code.
+-- Under the sanitizer run, children (lua5.4, GNU parallel's perl, ...) run
+-- without the preloaded ASan runtime and so use the plain build: the
+-- sanitizers check this process, not the tools it starts.
 function M.sh(cmd)
+  if os.getenv("LD_PRELOAD") then
+    cmd = "env -u LD_PRELOAD -u LUA_CPATH sh -c '" .. cmd:gsub("'", "'\\''") .. "'"
+  end
   local p = io.popen(cmd .. " 2>&1")
   local out = p:read("a")
   local ok, _, code = p:close()
