@@ -18,7 +18,7 @@ p:option("--seeds", "LPS training seeds (mean and sd over them).", "3"):convert(
 p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
 p:option("--ablation-seeds", "Seeds for each ablation.", "1"):convert(math.tointeger)
 p:option("--methods", "Comma-separated methods.", "lps,raw,sorted,stats,stats_head,gram,matching,cka")
-p:option("--pairwise-per-task", "Models per task that pairwise-only baselines (matching) compare.", "4")
+p:option("--pairwise-per-task", "Models per task that pairwise-only baselines (matching) compare.", "2")
   :convert(math.tointeger)
 p:option("--probe", "Fashion-MNIST test images CKA probes with.", "256"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
