@@ -52,6 +52,33 @@ local function check_int(v, lo, name)
   end
 end
 
+-- add(name, shape, std) creates a parameter of self (normal with sd std
+-- from the seeded generator, or zeros when std is 0) and its gradient, in
+-- the order of the calls.
+local function param_adder(self, seed)
+  local g = lps.generator(seed)
+  return function(name, shape, std)
+    local t = lps.zeros(table.unpack(shape))
+    if std > 0 then
+      local args = {table.unpack(shape)}
+      args[#args + 1] = g
+      t = lps.randn(table.unpack(args)):mul_(std)
+    end
+    self.names[#self.names + 1] = name
+    self.P[name], self.G[name] = t, lps.zeros(table.unpack(shape))
+  end
+end
+
+-- The projection of in_dim features to the embedding, and the classifier.
+local function add_embedding_layers(add, in_dim, o)
+  add("proj.weight", {o.embed, in_dim}, math.sqrt(1 / in_dim))
+  add("proj.bias", {o.embed}, 0)
+  if o.classes > 0 then
+    add("head.weight", {o.classes, o.embed}, math.sqrt(1 / o.embed))
+    add("head.bias", {o.classes}, 0)
+  end
+end
+
 local Net = {}
 Net.__index = Net
 
@@ -78,18 +105,7 @@ function M.network(opts)
   local per_layer = K.sopool_size(o.width, pool) -- also checks the mode
   local self = setmetatable({opts = o, pool = pool, per_layer = per_layer,
                              feat_dim = per_layer * o.layers, names = {}, P = {}, G = {}}, Net)
-  local g = lps.generator(o.seed)
-  local function add(name, shape, std)
-    local t = lps.zeros(table.unpack(shape))
-    if std > 0 then
-      local args = {table.unpack(shape)}
-      args[#args + 1] = g
-      t = lps.randn(table.unpack(args)):mul_(std)
-    end
-    self.names[#self.names + 1] = name
-    self.P[name] = t
-    self.G[name] = lps.zeros(table.unpack(shape))
-  end
+  local add = param_adder(self, o.seed)
   local d = o.width
   for l = 1, o.layers do
     local fan = (l == 1 and o.input_dim or d) + 2
@@ -97,12 +113,7 @@ function M.network(opts)
     add(("enc%d.weight"):format(l), {d, fan}, math.sqrt(2 / fan))
     add(("enc%d.bias"):format(l), {d}, 0)
   end
-  add("proj.weight", {o.embed, self.feat_dim}, math.sqrt(1 / self.feat_dim))
-  add("proj.bias", {o.embed}, 0)
-  if o.classes > 0 then
-    add("head.weight", {o.classes, o.embed}, math.sqrt(1 / o.embed))
-    add("head.bias", {o.classes}, 0)
-  end
+  add_embedding_layers(add, self.feat_dim, o)
   return self
 end
 
@@ -449,18 +460,7 @@ function M.feature_head(opts)
   check_int(o.embed, 1, "embed")
   check_int(o.classes, 0, "classes")
   local self = setmetatable({opts = o, names = {}, P = {}, G = {}}, Head)
-  local g = lps.generator(o.seed)
-  local function add(name, shape, std)
-    local t = std > 0 and lps.randn(shape[1], shape[2], g):mul_(std) or lps.zeros(table.unpack(shape))
-    self.names[#self.names + 1] = name
-    self.P[name], self.G[name] = t, lps.zeros(table.unpack(shape))
-  end
-  add("proj.weight", {o.embed, o.in_dim}, math.sqrt(1 / o.in_dim))
-  add("proj.bias", {o.embed}, 0)
-  if o.classes > 0 then
-    add("head.weight", {o.classes, o.embed}, math.sqrt(1 / o.embed))
-    add("head.bias", {o.classes}, 0)
-  end
+  add_embedding_layers(param_adder(self, o.seed), o.in_dim, o)
   return self
 end
 

@@ -141,13 +141,10 @@ function zoo.shard(plan, i, n)
   return out
 end
 
--- Shuffle a copy of t with generator g (Fisher-Yates).
+-- A copy of t in the order of a random permutation from generator g.
 local function shuffled(t, g)
-  local c = table.move(t, 1, #t, 1, {})
-  for i = #c, 2, -1 do
-    local j = g:random(i)
-    c[i], c[j] = c[j], c[i]
-  end
+  local c = {}
+  for k, i in ipairs(lps.data.randperm(#t, g)) do c[k] = t[i] end
   return c
 end
 
