@@ -14,15 +14,7 @@ local function mlp(g, widths)
   return m
 end
 
-local function random_perm(g, n)
-  local p = {}
-  for i = 1, n do p[i] = i end
-  for i = n, 2, -1 do
-    local j = g:random(i)
-    p[i], p[j] = p[j], p[i]
-  end
-  return p
-end
+local function random_perm(g, n) return lps.data.randperm(n, g) end
 
 local function planted(g, m)
   local perms = {}

@@ -33,15 +33,7 @@ local function clone_model(m)
   return c
 end
 
-local function randperm(n)
-  local p = {}
-  for i = 1, n do p[i] = i end
-  for i = n, 2, -1 do
-    local j = g:random(i)
-    p[i], p[j] = p[j], p[i]
-  end
-  return p
-end
+local function randperm(n) return lps.data.randperm(n, g) end
 
 -- Permute the units of hidden layer l: rows of W_l and b_l, columns of W_{l+1}.
 local function permute(m, l, perm)
