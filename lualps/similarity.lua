@@ -26,6 +26,7 @@ M.defaults = {
   pool = "power",     -- "power" | "sqrtm" (second order), "plain" (unnormalized), "mean" (first order)
   pool_eps = 1e-4,    -- power: sqrt(|s| + eps); sqrtm: ridge eps I
   pool_iters = 5,     -- sqrtm: Newton-Schulz steps
+  pool_weights = "importance", -- units' pooling weights: "importance" (outgoing norms) | "uniform"
   chain_norm = true,  -- chain normalization of every input model
   classes = 0,        -- training tasks of the cross-entropy head (0: no head)
   cosine_head = true, -- classifier rows L2-normalized (cosine softmax)
@@ -94,6 +95,10 @@ function M.network(opts)
   if o.activation ~= "relu" and o.activation ~= "tanh" and o.activation ~= "linear" then
     error(("similarity.network: activation must be 'relu', 'tanh' or 'linear', got '%s'"):format(
       tostring(o.activation)), 2)
+  end
+  if o.pool_weights ~= "importance" and o.pool_weights ~= "uniform" then
+    error(("similarity.network: pool_weights must be 'importance' or 'uniform', got '%s'"):format(
+      tostring(o.pool_weights)), 2)
   end
   if type(o.chain_norm) ~= "boolean" or type(o.cosine_head) ~= "boolean" then
     error("similarity.network: chain_norm and cosine_head must be booleans", 2)
@@ -233,6 +238,15 @@ function M.chain_normalize(model)
   return K.chain_normalize_(m)
 end
 
+-- Pooling weights of layer l's units of a prepared model (sopool scales
+-- them to sum 1): their importances, or all equal.
+function Net:pool_weights(p, l)
+  if self.opts.pool_weights == "importance" then return p.imp[l] end
+  p.uniform = p.uniform or {}
+  p.uniform[l] = p.uniform[l] or lps.ones(p.imp[l]:numel())
+  return p.uniform[l]
+end
+
 --- Embeddings (B x embed) of a list of models (raw or prepared); keeps what
 -- backward needs.
 function Net:forward(models)
@@ -250,7 +264,7 @@ function Net:forward(models)
       U[l] = l == 1 and p.U1 or lps.matmul(p.W[l], Z[l - 1])
       Z[l] = K.neuron_forward(U[l], p.bias[l], p.imp[l], P["enc" .. l .. ".weight"],
         P["enc" .. l .. ".bias"], self.opts.activation)
-      K.sopool_forward(Z[l], p.imp[l], self.pool, F, (i - 1) * fd + (l - 1) * pl + 1)
+      K.sopool_forward(Z[l], self:pool_weights(p, l), self.pool, F, (i - 1) * fd + (l - 1) * pl + 1)
     end
     items[i] = {p = p, Z = Z, U = U}
   end
@@ -269,7 +283,8 @@ function Net:backward(dY)
   for i, it in ipairs(c.items) do
     local carry
     for l = L, 1, -1 do
-      local dZ = K.sopool_backward(dF, it.Z[l], it.p.imp[l], self.pool, (i - 1) * fd + (l - 1) * pl + 1)
+      local dZ = K.sopool_backward(dF, it.Z[l], self:pool_weights(it.p, l), self.pool,
+        (i - 1) * fd + (l - 1) * pl + 1)
       if carry then dZ:add_(carry) end
       local en = "enc" .. l
       local dU = K.neuron_backward(dZ, it.Z[l], it.U[l], it.p.bias[l], it.p.imp[l],

@@ -216,6 +216,8 @@ for _, m in ipairs(methods) do
         by_q[q] = by_q[q] or {}
         table.insert(by_q[q], k)
       end
+      local prog = #need_a > 1000 and util.progress(#need_a, {label = m, unit = "pairs"})
+      local done = 0
       for q, ks in pairs(by_q) do
         local gal = {}
         for n, k in ipairs(ks) do gal[n] = S.models[S.byid[need_b[k]]] end
@@ -225,7 +227,10 @@ for _, m in ipairs(methods) do
           out:set(w[1], w[2], row:get(1, n))
           memo[w[3]] = row:get(1, n)
         end
+        done = done + #ks
+        if prog then prog:update(done) end
       end
+      if prog then prog:finish() end
       return out
     end
     local meth = {sim = sim}
