@@ -16,17 +16,18 @@ assert(os.execute("mkdir -p build && cc -O2 -o " .. peer ..
   " scripts/bench_sgemm.c -lopenblas"), "cannot build the C peer")
 
 local shapes = {{128, 128, 128}, {512, 512, 512}, {2048, 2048, 2048}, {128, 784, 256}}
-local args = {}
-for _, s in ipairs(shapes) do args[#args + 1] = table.concat(s, " ") end
-local p = assert(io.popen(peer .. " " .. threads .. " " .. table.concat(args, " ")))
-local raw, memcpy_gbs = {}, nil
-for line in p:lines() do
-  local m, k, n, g = line:match("^sgemm (%d+) (%d+) (%d+) ([%d.]+)")
-  if m then raw[m .. "x" .. k .. "x" .. n] = tonumber(g) end
-  local mc = line:match("^memcpy ([%d.]+)")
-  if mc then memcpy_gbs = tonumber(mc) end
+
+-- The C peer for one shape: median GFLOP/s of its own repeats (and memcpy GB/s).
+local function peer_run(s)
+  local p = assert(io.popen(("%s %d %d %d %d"):format(peer, threads, s[1], s[2], s[3])))
+  local g, mc
+  for line in p:lines() do
+    g = g or tonumber(line:match("^sgemm %d+ %d+ %d+ ([%d.]+)"))
+    mc = mc or tonumber(line:match("^memcpy ([%d.]+)"))
+  end
+  p:close()
+  return g, mc
 end
-p:close()
 
 local function time_it(f, flop)
   local reps = flop > 1e9 and 5 or flop > 1e8 and 15 or 31
@@ -41,23 +42,33 @@ local function time_it(f, flop)
   return median(ts)
 end
 
-print(string.format("lualps %s, OpenBLAS threads: %d", lps.version, threads))
+-- Rounds alternate the peer and lualps on each shape, so a change of load
+-- during the run hits both sides alike; medians over rounds.
+local ROUNDS = 5
+print(string.format("lualps %s, OpenBLAS threads: %d, %d alternating rounds", lps.version, threads, ROUNDS))
 print(string.format("%-16s %12s %12s %12s %8s", "matmul M K N", "raw GFLOP/s",
   "lps GFLOP/s", "lps(out=)", "ratio"))
 local g = lps.generator(1)
+local memcpy_runs = {}
 for _, s in ipairs(shapes) do
   local m, k, n = s[1], s[2], s[3]
   local a, b = lps.rand(m, k, g), lps.rand(k, n, g)
   local out = lps.zeros(m, n)
   local flop = 2 * m * k * n
-  local t_alloc = time_it(function() lps.matmul(a, b) end, flop)
-  local t_out = time_it(function() lps.matmul(a, b, false, false, out) end, flop)
-  local key = m .. "x" .. k .. "x" .. n
-  local best = flop / math.min(t_alloc, t_out) * 1e-9
-  print(string.format("%-16s %12.2f %12.2f %12.2f %7.3fx", m .. " " .. k .. " " .. n, raw[key],
-    flop / t_alloc * 1e-9, flop / t_out * 1e-9, best / raw[key]))
-  collectgarbage()
+  local raw, alloc, into = {}, {}, {}
+  for r = 1, ROUNDS do
+    local gf, mc = peer_run(s)
+    raw[r] = gf
+    memcpy_runs[#memcpy_runs + 1] = mc
+    alloc[r] = flop / time_it(function() lps.matmul(a, b) end, flop) * 1e-9
+    into[r] = flop / time_it(function() lps.matmul(a, b, false, false, out) end, flop) * 1e-9
+    collectgarbage()
+  end
+  local rr, ra, ri = median(raw), median(alloc), median(into)
+  print(string.format("%-16s %12.2f %12.2f %12.2f %7.3fx", m .. " " .. k .. " " .. n, rr, ra, ri,
+    math.max(ra, ri) / rr))
 end
+local memcpy_gbs = median(memcpy_runs)
 
 print()
 print(string.format("element-wise on 1M floats (memcpy peer: %.2f GB/s, read+write)", memcpy_gbs))
