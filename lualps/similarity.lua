@@ -713,7 +713,14 @@ function Sim:nearest(ms, query, k)
   end
   local want = math.min(#set, k + (self_index and 1 or 0))
   local idx, scores = lps.eval.topk(E, q, want)
-  local out = {}
+  local out = setmetatable({}, {__tostring = function(list)
+    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", "cosine")}
+    for r, x in ipairs(list) do
+      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f"):format(r, x.index, tostring(x.meta.id),
+        tostring(x.meta.task), x.score)
+    end
+    return table.concat(lines, "\n")
+  end})
   for j = 1, #idx do
     local i = math.tointeger(idx[j])
     if i ~= self_index and #out < k then

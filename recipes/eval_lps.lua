@@ -332,8 +332,10 @@ end
 util.write_file(a.out .. "/lps_eval.md", table.concat(md, "\n"))
 
 if lps_models.lps then
-  lps.similarity.wrap(lps_models.lps.net, (function()
-    local c = {} for t = 1, ntasks do c[t] = t end return c end)()):save(a.out .. "/lps.model")
+  local model = lps.similarity.wrap(lps_models.lps.net, (function()
+    local c = {} for t = 1, ntasks do c[t] = t end return c end)())
+  model.n_train = #cls.train
+  model:save(a.out .. "/lps.model")
 end
 
 -- Plots (gnuplot): task similarity next to transfer gain, and a 2-D PCA of

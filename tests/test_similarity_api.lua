@@ -67,6 +67,9 @@ function TestSimilarityAPI:test_nearest_finds_the_same_task()
     end
   end
   lu.assertTrue(hits >= 5, "nearest model of the same task for " .. hits .. " of 6")
+  local shown = tostring(self.sim:nearest(self.ms, 1, 2))
+  lu.assertStrContains(shown, "rank")
+  lu.assertEquals(select(2, shown:gsub("\n", "")), 2) -- a header and two rows
   T.assert_error_contains("out of range 1..18", self.sim.nearest, self.sim, self.ms, 19, 3)
   T.assert_error_contains("k must be a positive integer", self.sim.nearest, self.sim, self.ms, 1, 0)
 end
