@@ -95,6 +95,26 @@ function M.fake_fashion_mnist(dir, n_train, n_test)
   return dir
 end
 
+--- Reference forward pass of an MLP {W1, b1, ..., WL, bL} (PyTorch layout,
+-- ReLU between layers) on the rows of X, in plain tensor operations: an
+-- independent check of the C forward passes.
+function M.mlp_forward(m, X)
+  local lps = require "lualps"
+  local h = X
+  for l = 1, #m // 2 do
+    h = lps.matmul(h, m[2 * l - 1], false, true) + m[2 * l]
+    if l < #m // 2 then h = h:relu() end
+  end
+  return h
+end
+
+--- A deep copy of a list of tensors.
+function M.clone_list(m)
+  local c = {}
+  for i, t in ipairs(m) do c[i] = t:clone() end
+  return c
+end
+
 --- Run a shell command; returns ok, output (stdout and stderr), exit code.
 -- Under the sanitizer run, children (lua5.4, GNU parallel's perl, ...) run
 -- without the preloaded ASan runtime and so use the plain build: the

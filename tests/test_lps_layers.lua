@@ -19,21 +19,7 @@ local function mlp(sizes, gen, sd)
   return m
 end
 
--- Forward of an MLP on rows of X (ReLU between layers).
-local function run(m, X)
-  local h = X
-  for l = 1, #m // 2 do
-    h = lps.matmul(h, m[2 * l - 1], false, true) + m[2 * l]
-    if l < #m // 2 then h = h:relu() end
-  end
-  return h
-end
-
-local function clone_model(m)
-  local c = {}
-  for i, t in ipairs(m) do c[i] = t:clone() end
-  return c
-end
+local run, clone_model = T.mlp_forward, T.clone_list
 
 -- sum(out * R) for a fixed random R: a scalar whose gradient is R through
 -- the layer, so every output takes part in the check.
