@@ -52,7 +52,7 @@ end
 local sizes = small and {{40, 12, 9, 2}, {40, 7, 11, 2}} or {{784, 64, 64, 2}, {784, 40, 23, 2}}
 
 local function check_invariance(opts)
-  local net = sim.network(opts)
+  local net = sim.network(opts) -- options not given: the defaults
   local X = lps.randn(16, opts.input_dim, g)
   for _, sz in ipairs(sizes) do
     local m = mlp(sz)
@@ -85,12 +85,22 @@ end
 
 TestInvariance = {}
 
+function TestInvariance:test_defaults()
+  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8}
+end
+
 function TestInvariance:test_power_pooling()
-  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, pool = "power"}
+  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, pool = "power", layers = 2}
 end
 
 function TestInvariance:test_sqrtm_pooling()
-  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, pool = "sqrtm", activation = "tanh"}
+  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, pool = "sqrtm", activation = "tanh",
+                   layers = 2}
+end
+
+function TestInvariance:test_layer_norm_and_uniform_weights()
+  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, layer_norm = true,
+                   pool_weights = "uniform", layers = 2}
 end
 
 function TestInvariance:test_mean_pooling_first_layer_only()
@@ -99,9 +109,9 @@ function TestInvariance:test_mean_pooling_first_layer_only()
 end
 
 function TestInvariance:test_without_chain_norm_only_permutations()
-  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, chain_norm = false}
+  check_invariance{input_dim = sizes[1][1], width = 16, embed = 8, chain_norm = false, layers = 2}
   -- rescaling now changes the embedding: chain normalization is what removes it
-  local net = sim.network{input_dim = sizes[1][1], width = 16, embed = 8, chain_norm = false}
+  local net = sim.network{input_dim = sizes[1][1], width = 16, embed = 8, chain_norm = false, layers = 2}
   local m = mlp(sizes[1])
   local a = {}
   for j = 1, sizes[1][2] do a[j] = math.exp(g:normal()) end
@@ -111,7 +121,7 @@ end
 
 function TestInvariance:test_rescaling_needs_chain_norm_for_the_features_only()
   -- with chain normalization the prepared features themselves are identical
-  local net = sim.network{input_dim = sizes[1][1], width = 8, embed = 4}
+  local net = sim.network{input_dim = sizes[1][1], width = 8, embed = 4, layers = 2}
   local m = mlp(sizes[1])
   local a = {}
   for j = 1, sizes[1][2] do a[j] = 2 ^ g:random(-3, 3) end -- powers of two: exact
@@ -124,7 +134,7 @@ end
 function TestInvariance:test_deeper_models()
   -- layers = 2 on a 4-layer model: layer 3 is chain-normalized too (its
   -- rescaling must not move layer 2's importances), layer 4 does not enter
-  local net = sim.network{input_dim = 20, width = 8, embed = 4}
+  local net = sim.network{input_dim = 20, width = 8, embed = 4, layers = 2}
   local m = mlp({20, 9, 7, 5, 2})
   local ref = net:embed({m})[1]
   local a = {}

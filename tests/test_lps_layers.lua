@@ -306,7 +306,7 @@ end
 TestNetwork = {}
 
 local function small_net(opts)
-  local o = {input_dim = 10, width = 4, embed = 3, classes = 3, seed = 3}
+  local o = {input_dim = 10, width = 4, embed = 3, classes = 3, seed = 3, layers = 2}
   for k, v in pairs(opts or {}) do o[k] = v end
   return sim.network(o)
 end
@@ -347,6 +347,31 @@ function TestNetwork:test_gradients_of_the_whole_network()
     {mlp({10, 6, 5, 4, 2}, g), mlp({10, 3, 4, 5, 2}, g), mlp({10, 4, 4, 4, 2}, g),
      mlp({10, 5, 3, 3, 2}, g)}, {1, 2, 1, 2}, {loss = "triplet", margin = 3,
     metric = "euclidean"}, "3 layers/triplet")
+  check_network(small_net{layer_norm = true}, models, labels, {loss = "both", margin = 1},
+    "both/layer norm")
+  check_network(small_net{layer_norm = true, pool_weights = "uniform", pool = "sqrtm"}, models,
+    labels, {loss = "xent"}, "xent/layer norm/uniform/sqrtm")
+end
+
+function TestNetwork:test_layer_norm_and_uniform_weights()
+  local m = mlp({10, 6, 5, 2}, g)
+  -- layer_norm: each layer's pooled block of the features has norm 1
+  local net = small_net{layer_norm = true}
+  net:forward({m, mlp({10, 4, 7, 2}, g)})
+  local V = net.cache.F:reshape(4, net.per_layer)
+  for r = 1, 4 do lu.assertAlmostEquals(V[r]:norm(), 1, 1e-5) end
+  -- uniform weights: equal to importances that happen to be all equal
+  local a, b = small_net{pool_weights = "uniform"}, small_net()
+  local p = b:prepare(m)
+  p.imp[1]:fill_(0.7)
+  p.imp[2]:fill_(0.7)
+  local q = a:prepare(m)
+  q.imp[1]:fill_(0.7) -- importance is also an encoder input: the same in both
+  q.imp[2]:fill_(0.7)
+  lu.assertTrue(lps.allclose(a:forward({q}), b:forward({p}), 1e-6, 1e-7))
+  lu.assertFalse(lps.allclose(a:forward({m}), b:forward({m}), 1e-4, 1e-4))
+  T.assert_error_contains("pool_weights must be", sim.network, {pool_weights = "size"})
+  T.assert_error_contains("layer_norm must be booleans", sim.network, {layer_norm = 1})
 end
 
 function TestNetwork:test_api()
@@ -391,7 +416,7 @@ function TestNetwork:test_api()
     other:load_named(t)
   end)
   T.assert_error_contains("has shape (4x12), expected (4x13)", function()
-    sim.network{input_dim = 11, width = 4, embed = 3, classes = 3}:load_named(named)
+    sim.network{input_dim = 11, width = 4, embed = 3, classes = 3, layers = 2}:load_named(named)
   end)
   local p = small_net{chain_norm = false}:prepare(models[1])
   T.assert_error_contains("prepared by a network with other options", function() net:forward({p}) end)

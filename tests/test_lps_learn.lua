@@ -71,10 +71,12 @@ function TestLearn:test_synthetic_tasks_are_learned()
       test[#test + 1], test_labels[#test_labels + 1] = all[i], all_labels[i]
     end
   end
-  local net = sim.network{input_dim = D0, width = 16, embed = 16, classes = NT, seed = 1}
+  -- two layers, all units: these models have only 7 to 11 units
+  local net = sim.network{input_dim = D0, width = 16, embed = 16, classes = NT, seed = 1, layers = 2,
+    layer_norm = false}
   local before = nn_accuracy(net:embed(test), test_labels)
   local epochs = {}
-  local report = sim.train_network(net, train, train_labels, {epochs = 40, lr = 1e-2,
+  local report = sim.train_network(net, train, train_labels, {epochs = 40, lr = 1e-2, unit_keep = 1,
     progress = function(info) epochs[#epochs + 1] = info.epoch end})
   local after = nn_accuracy(net:embed(test), test_labels)
   print(("# nearest-neighbour task accuracy on %d held-out models: %.3f before, %.3f after training (chance 0.25)")
@@ -124,6 +126,35 @@ function TestLearn:test_schedule_progress_and_stop()
   rep = sim.train_network(net, ms, labels, {epochs = 1, loss = "triplet"})
   lu.assertNil(rep.epochs[1].accuracy)
   lu.assertTrue(rep.epochs[1].loss >= 0)
+end
+
+function TestLearn:test_unit_subsets()
+  -- training on random subsets of the first-layer units still learns the
+  -- synthetic tasks, is deterministic, and checks its option
+  local all, all_labels = zoo(1, 44) -- the split of test_synthetic_tasks_are_learned
+  local train, train_labels, test, test_labels = {}, {}, {}, {}
+  for i = 1, #all do
+    local dst, dl = i <= 24 * NT and train or test, i <= 24 * NT and train_labels or test_labels
+    dst[#dst + 1], dl[#dl + 1] = all[i], all_labels[i]
+  end
+  local function trained(keep)
+    local net = sim.network{input_dim = D0, width = 16, embed = 16, classes = NT, seed = 1, layers = 2,
+      layer_norm = true}
+    sim.train_network(net, train, train_labels, {epochs = 40, lr = 1e-2, unit_keep = keep})
+    return net
+  end
+  local net = trained(0.5)
+  local acc = nn_accuracy(net:embed(test), test_labels)
+  print(("# with unit_keep = 0.5 and layer_norm: nearest-neighbour accuracy %.3f on %d held-out models"):format(acc, #test))
+  lu.assertTrue(acc > 0.55, "after training on unit subsets: " .. acc) -- chance 0.25
+  lu.assertTrue(lps.allclose(trained(0.5):embed(test), net:embed(test), 0, 0))
+  -- the subsets change the training
+  lu.assertFalse(lps.allclose(trained(1):embed(test), net:embed(test), 1e-3, 1e-3))
+  for _, bad in ipairs{0, 1.5, "half"} do
+    local ok, err = pcall(sim.train_network, net, train, train_labels, {epochs = 1, unit_keep = bad})
+    lu.assertFalse(ok)
+    lu.assertStrContains(err, "unit_keep must be a number in (0, 1]")
+  end
 end
 
 function TestLearn:test_same_seed_same_weights()

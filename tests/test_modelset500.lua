@@ -175,7 +175,8 @@ function TestEvaluation:test_pipeline_outputs()
     lu.assertTrue(x.nmi >= 0 and x.nmi <= 1 + 1e-9, m .. " nmi")
   end
   lu.assertNotNil(r.methods.lps.top1_std)
-  for _, v in ipairs{"no_chain_norm", "first_layer_only", "first_order_pooling", "xent_only", "triplet_only"} do
+  for _, v in ipairs{"no_chain_norm", "with_second_layer", "first_order_pooling", "no_layer_norm", "all_units",
+    "xent_only", "triplet_only"} do
     lu.assertNotNil(r.ablations[v], v)
   end
   lu.assertEquals(r.protocol.seeds, 2)
