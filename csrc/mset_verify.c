@@ -190,21 +190,32 @@ static lps_status verify_with(lps_mset *ms, lps_mset_report *rep)
     return s;
 }
 
+/* A reader over the whole of an open file; on failure fd is closed, NULL is
+ * returned and *s says why (the message is set). */
+static lps_mset *fd_reader(int fd, const char *path, lps_status *s)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        *s = lps_fail(LPS_EIO, "%s: stat failed: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    lps_mset *ms = reader(fd, NULL, (uint64_t)st.st_size, path);
+    if (!ms) {
+        *s = LPS_ENOMEM;
+        close(fd);
+    }
+    return ms;
+}
+
 lps_status lps_mset_verify(const char *path, lps_mset_report *rep)
 {
     memset(rep, 0, sizeof *rep);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return lps_fail(LPS_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        close(fd);
-        return lps_fail(LPS_EIO, "%s: stat failed: %s", path, strerror(errno));
-    }
-    lps_mset *ms = reader(fd, NULL, (uint64_t)st.st_size, path);
-    if (!ms) {
-        close(fd);
-        return LPS_ENOMEM;
-    }
+    lps_status fs;
+    lps_mset *ms = fd_reader(fd, path, &fs);
+    if (!ms) return fs;
     lps_status s = verify_with(ms, rep);
     ms_free(ms);
     return s;
@@ -274,16 +285,9 @@ lps_status lps_mset_repair(const char *path, lps_mset_report *rep)
         return lps_fail(LPS_EIO, "%s: cannot repair: %s", path,
                         e == EWOULDBLOCK ? "a writer holds the lock" : strerror(e));
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        close(fd);
-        return lps_fail(LPS_EIO, "%s: stat failed: %s", path, strerror(errno));
-    }
-    lps_mset *ms = reader(fd, NULL, (uint64_t)st.st_size, path);
-    if (!ms) {
-        close(fd);
-        return LPS_ENOMEM;
-    }
+    lps_status fs;
+    lps_mset *ms = fd_reader(fd, path, &fs);
+    if (!ms) return fs;
     scan_result r;
     lps_status s = check_all(ms, rep, &r);
     if (s) goto out;
