@@ -115,19 +115,22 @@ end
 
 -- Every protocol for one method. lps-like methods are trained twice: on the
 -- classification training models, and on the retrieval training tasks.
+-- The SGD half of the training models (the cross-setting's training side).
+local sgd_train = B.filter(S, cls.train, "optimizer", "sgd")
+
 local function evaluate(m_cls, m_ret)
   local r = {}
   r.top1 = B.classification(S, m_cls.cls_method or m_cls, cls.train, m_cls.cls_test or cls.test)
   local rr = B.retrieval(S, m_ret, ret.query, ret.gallery)
   for k, v in pairs(rr) do r[k] = v end
   r.nmi, r.ami = B.clustering(S, m_ret, m_ret.unseen or unseen, 1)
-  local rel = B.task_relations(B.task_similarity(S, m_cls, m_cls.rel_ids or cls.test, ntasks), transfer)
+  local tsim = B.task_similarity(S, m_cls, m_cls.rel_ids or cls.test, ntasks)
+  local rel = B.task_relations(tsim, transfer)
   for k, v in pairs(rel) do r[k] = v end
   -- cross-setting: SGD-trained gallery, Adam-trained queries
-  local sgd_train = B.filter(S, cls.train, "optimizer", "sgd")
   local adam_test = B.filter(S, m_cls.cls_test or cls.test, "optimizer", "adam")
   r.cross_top1 = B.classification(S, m_cls.cross or m_cls, sgd_train, adam_test)
-  return r
+  return r, tsim
 end
 
 local results, timings, task_sims = {}, {}, {}
@@ -135,7 +138,6 @@ local lps_models = {}
 
 local function run_lps(name, opts, seeds)
   local runs = {}
-  local sgd_train = B.filter(S, cls.train, "optimizer", "sgd")
   for seed = 1, seeds do
     local t0 = lps.now()
     local net_c, Ec, secs = train_lps(cls.train, seed, opts)
@@ -144,10 +146,11 @@ local function run_lps(name, opts, seeds)
     local _, Ex = train_lps(sgd_train, seed, opts)
     local mc, mr = embedding_method(Ec), embedding_method(Er)
     mc.cross = embedding_method(Ex)
-    runs[seed] = evaluate(mc, mr)
+    local tsim
+    runs[seed], tsim = evaluate(mc, mr)
     runs[seed].train_seconds = secs
     if seed == 1 then
-      task_sims[name] = B.task_similarity(S, mc, cls.test, ntasks)
+      task_sims[name] = tsim
       lps_models[name] = {net = net_c, E = Ec}
     end
     log("%s seed %d: top1 %.3f rank1 %.3f mAP %.3f NMI %.3f tau(transfer) %.3f  (%.1fs)", name, seed,
@@ -172,19 +175,18 @@ for _, m in ipairs(methods) do
     local norms = (F * F):sum(2):sqrt()
     for i = 1, S.n do F[i]:div_(math.max(norms[i], 1e-12)) end
     local meth = embedding_method(F)
-    results[m] = evaluate(meth, meth)
-    task_sims[m] = B.task_similarity(S, meth, cls.test, ntasks)
+    results[m], task_sims[m] = evaluate(meth, meth)
   elseif m == "stats_head" or m == "gram" then
     local F = eval.feature_matrix(m == "gram" and "gram" or "stats", S.models)
     if m == "stats_head" then eval.standardize(F) end
     local runs = {}
-    local sgd_train = B.filter(S, cls.train, "optimizer", "sgd")
     for seed = 1, a.seeds do
       local mc = embedding_method(train_head(F, cls.train, seed))
       local mr = embedding_method(train_head(F, ret.train, seed))
       mc.cross = embedding_method(train_head(F, sgd_train, seed))
-      runs[seed] = evaluate(mc, mr)
-      if seed == 1 then task_sims[m] = B.task_similarity(S, mc, cls.test, ntasks) end
+      local tsim
+      runs[seed], tsim = evaluate(mc, mr)
+      if seed == 1 then task_sims[m] = tsim end
     end
     results[m] = B.mean_std(runs)
   elseif m == "cka" then
@@ -194,8 +196,7 @@ for _, m in ipairs(methods) do
     local probe = xt:rows(1, math.min(a.probe, xt:size(1))):clone()
     local F = eval.cka_features(S.models, probe)
     local meth = embedding_method(F)
-    results[m] = evaluate(meth, meth)
-    task_sims[m] = B.task_similarity(S, meth, cls.test, ntasks)
+    results[m], task_sims[m] = evaluate(meth, meth)
   elseif m == "matching" then
     local opts = {}
     -- Pairwise only: memoize computed pairs so protocols share them.
@@ -256,8 +257,7 @@ for _, m in ipairs(methods) do
       meth.rel_ids = per_task_subset(cls.test, k)
       meth.unseen = per_task_subset(unseen, k + 1)
     end
-    results[m] = evaluate(meth, meth)
-    task_sims[m] = B.task_similarity(S, meth, meth.rel_ids or cls.test, ntasks)
+    results[m], task_sims[m] = evaluate(meth, meth)
   else
     fail("unknown method " .. m)
   end

@@ -46,7 +46,7 @@ if a.shard then
   if a.jobs > 1 then fail("--shard and --jobs do not go together") end
 end
 local dir = a.out:match("^(.*)/[^/]*$")
-if dir and not zoo.file_exists(dir) and not os.rename(dir, dir) then
+if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
   fail(("the output directory %s does not exist"):format(dir))
 end
 local data_dir = a.data or os.getenv("LUALPS_DATA") or lps.data.default_dir
