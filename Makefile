@@ -8,14 +8,19 @@ LUA       ?= lua5.4
 LUA_INCDIR ?= /usr/include/lua5.4
 # Always on: C11, all warnings as errors, no FMA contraction (bit-identical
 # results across machines of one architecture), position-independent code.
-LPS_CFLAGS = -std=c11 -Wall -Wextra -Werror -ffp-contract=off -fPIC -D_POSIX_C_SOURCE=200809L
+# Includes name their folder ("core/internal.h"), so -Icsrc only.
+LPS_CFLAGS = -std=c11 -Wall -Wextra -Werror -ffp-contract=off -fPIC -D_POSIX_C_SOURCE=200809L -Icsrc
 LIBS      = -lopenblas -lzstd -lz -lm -lpthread
 
-CORE_SRC  = $(wildcard csrc/*.c)
+# One folder per subsystem, bottom to top (tests/test_layout.lua checks that
+# no folder includes or calls into a folder above it): core; nn, store, io;
+# lps, eval; lua (the binding, the only code that sees Lua headers).
+SUBSYSTEMS = core nn store io lps eval
+CORE_SRC  = $(foreach d,$(SUBSYSTEMS),$(wildcard csrc/$(d)/*.c))
 LUA_SRC   = $(wildcard csrc/lua/*.c)
 CORE_OBJ  = $(CORE_SRC:csrc/%.c=build/obj/%.o)
-LUA_OBJ   = $(LUA_SRC:csrc/lua/%.c=build/obj/lua/%.o)
-ASAN_OBJ  = $(CORE_SRC:csrc/%.c=build/asan/obj/%.o) $(LUA_SRC:csrc/lua/%.c=build/asan/obj/lua/%.o)
+LUA_OBJ   = $(LUA_SRC:csrc/%.c=build/obj/%.o)
+ASAN_OBJ  = $(CORE_SRC:csrc/%.c=build/asan/obj/%.o) $(LUA_SRC:csrc/%.c=build/asan/obj/%.o)
 SAN       = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
 .PHONY: all lib setup test test-asan run bench docs clean install help
@@ -29,13 +34,13 @@ setup:
 
 lib: lualps/core.so build/liblualps.a
 
-build/obj/%.o: csrc/%.c
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LPS_CFLAGS) -MMD -MP -c $< -o $@
-
 build/obj/lua/%.o: csrc/lua/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LPS_CFLAGS) -I$(LUA_INCDIR) -MMD -MP -c $< -o $@
+
+build/obj/%.o: csrc/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LPS_CFLAGS) -MMD -MP -c $< -o $@
 
 # The C core alone, for plain C programs (no Lua needed).
 build/liblualps.a: $(CORE_OBJ)
@@ -90,8 +95,8 @@ clean:
 # ASan+UBSan). `make fuzz-safetensors FUZZ_TIME=600` runs it that many
 # seconds; the corpus grows in build/fuzz/corpus_safetensors.
 FUZZ_TIME ?= 60
-FUZZ_ST_SRC = csrc/safetensors.c csrc/json.c csrc/tensor.c csrc/error.c csrc/rng.c
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/json.h
+FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c csrc/core/tensor.c csrc/core/error.c csrc/core/rng.c
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) \
@@ -108,8 +113,8 @@ fuzz-safetensors: build/fuzz/fuzz_safetensors
 # are generated from valid files. `make fuzz-smoke` runs 30 s (CI);
 # `make fuzz-modelset FUZZ_SECONDS=600` runs longer; findings land in build/fuzz/.
 FUZZ_SECONDS ?= 600
-FUZZ_MS_SRC = csrc/modelset.c $(wildcard csrc/mset_*.c) csrc/tensor.c csrc/rng.c csrc/error.c
-build/fuzz/fuzz_modelset: tests/fuzz/fuzz_modelset.c $(FUZZ_MS_SRC) csrc/lualps.h csrc/mset_format.h
+FUZZ_MS_SRC = $(wildcard csrc/store/*.c) csrc/core/tensor.c csrc/core/rng.c csrc/core/error.c
+build/fuzz/fuzz_modelset: tests/fuzz/fuzz_modelset.c $(FUZZ_MS_SRC) csrc/lualps.h csrc/store/mset_format.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -DLPS_FUZZING \
 	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_modelset.c $(FUZZ_MS_SRC) \

@@ -149,7 +149,7 @@ int lps_reduce_shape(const lps_tensor *a, int dim, int64_t *shape);
 int lps_allclose(const lps_tensor *a, const lps_tensor *b, float rtol, float atol);
 
 /* ------------------------------------------------- layers and training */
-/* (nn: linear.c, conv.c, pool.c, activation.c, loss.c, optim.c, model.c, train.c, data.c)
+/* (csrc/nn/: linear.c, conv.c, pool.c, activation.c, loss.c, optim.c, model.c, train.c, data.c)
  * Layers take and give batches: the first dimension is the sample. Parameter
  * layouts follow PyTorch (linear weight out x in, conv weight cout x cin x k x k). */
 
@@ -309,7 +309,7 @@ lps_tensor *lps_idx_read_images(const char *path);
 lps_tensor *lps_idx_read_labels(const char *path);
 
 /* ------------------------------------------------------- modelset store */
-/* (modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
+/* (csrc/store/: modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
  * An append-only file of records, one per model: JSON metadata (opaque to C)
  * and named float32 tensors, each a zstd frame, everything CRC-32 checked.
  * Record numbers are 0-based in C; messages name them 1-based, as Lua does. */
@@ -431,7 +431,7 @@ uint32_t lps_crc32c(const void *p, size_t n);
 uint32_t lps_crc32c_portable(const void *p, size_t n);
 
 /* ------------------------------------------- second-order (LPS) layers */
-/* (chainnorm.c, neuron.c, sopool.c, metric_loss.c)
+/* (csrc/lps/: chainnorm.c, neuron.c, sopool.c, metric_loss.c)
  * An MLP is given as nlayers weight matrices W[l] (h_l x h_{l-1}, PyTorch
  * layout) and biases b[l] (h_l), ReLU between layers. Backward functions
  * accumulate (+=) into parameter gradients and overwrite input gradients. */
@@ -507,7 +507,7 @@ lps_status lps_triplet_hard(double *loss, int64_t *valid, int64_t *active, lps_t
                             lps_dist metric);
 
 /* ---------------------------------------------- baselines and metrics */
-/* (baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */
+/* (csrc/eval/: baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */
 
 /* A borrowed view of an MLP in PyTorch layout: p holds 2*nlayers tensors
  * W1 (h1 x d), b1 (h1), W2 (h2 x h1), b2 (h2), ..., W_L, b_L, computing
@@ -647,7 +647,7 @@ lps_status lps_pca(lps_tensor *out, double *var, const lps_tensor *x, int64_t k)
 lps_status lps_mds(lps_tensor *out, const lps_tensor *sim, int64_t k);
 
 /* ------------------------------------------------------------ safetensors */
-/* (safetensors.c, json.c) The Hugging Face format: an 8-byte little-endian
+/* (csrc/io/: safetensors.c, json.c) The Hugging Face format: an 8-byte little-endian
  * header length N, N bytes of UTF-8 JSON mapping tensor names to
  * {"dtype", "shape", "data_offsets": [begin, end]} (plus an optional
  * "__metadata__" string-to-string map), then the data buffer. Readers check

@@ -1,7 +1,7 @@
 --- lps.modelset: a compressed, checksummed, crash-safe archive of trained models.
 --
 -- The file format (docs/MODELSET_FORMAT.md) and its checks live in C
--- (csrc/modelset.c); this module adds JSON metadata (lua-cjson), models
+-- (csrc/store/modelset.c); this module adds JSON metadata (lua-cjson), models
 -- (the lps.nn spec contract) and iteration.
 --
 --   local ms <close> = lps.modelset.create("runs.lpsm")        -- codec "shuffle"

@@ -9,7 +9,7 @@
 -- through the previous layer's unit embeddings (so the previous order does
 -- not matter), then per layer second-order pooling weighted by importance,
 -- concatenation, a learned projection and L2 normalization. All heavy work
--- is in C (lualps.core._lps, csrc/chainnorm.c, neuron.c, sopool.c,
+-- is in C (lualps.core._lps, csrc/lps/: chainnorm.c, neuron.c, sopool.c,
 -- metric_loss.c); this file wires the layers.
 local lps = require "lualps"
 local K = require("lualps.core")._lps

@@ -6,7 +6,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "../lualps.h"
+#include "lualps.h"
 
 #define LPS_TENSOR_MT "lualps.Tensor"
 #define LPS_GENERATOR_MT "lualps.Generator"

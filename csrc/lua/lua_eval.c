@@ -5,7 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 /* Scratch memory owned by a userdata pushed on the stack, so a Lua error
  * anywhere after it cannot leak it. */

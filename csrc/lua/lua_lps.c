@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 /* Labels from a table or tensor of 1-based integers, as 0-based int64s in a
  * scratch userdata left on the stack. */

@@ -3,7 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 /* The module's default generator lives in the registry under this key. */
 static const char DEFAULT_RNG_KEY = 0;

@@ -3,7 +3,7 @@
  * (JSON, models, iteration). Indices are 1-based here. */
 #include <string.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 #define MSET_MT "lualps.ModelSetFile"
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn_binding.h"
+#include "lua/nn_binding.h"
 
 typedef struct { lps_layer *l; } module_ud;
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 /* A parsed file as a userdata, so an error while building the result tables
  * still frees it (through __gc / __close). */

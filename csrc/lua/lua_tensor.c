@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "binding.h"
+#include "lua/binding.h"
 
 typedef struct { lps_tensor *t; } tensor_ud;
 

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "nn_binding.h"
+#include "lua/nn_binding.h"
 
 typedef struct {
     lps_optim *o;

@@ -2,7 +2,7 @@
 #ifndef LPS_NN_BINDING_H
 #define LPS_NN_BINDING_H
 
-#include "binding.h"
+#include "lua/binding.h"
 
 #define LPS_MODULE_MT "lualps.Module"
 #define LPS_OPTIM_MT "lualps.Optimizer"

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
+#include "io/json.h"
 #include "lualps.h"
 
 #define CHECK(c)                                                             \

@@ -1,0 +1,246 @@
+/* tensor.c - tensor headers, reference-counted storage, creation and copies. */
+#include "core/internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lps_storage {
+    float *data;
+    int64_t n;
+    int refcount;
+};
+
+float *lps_alloc_floats(int64_t n, const char *op)
+{
+    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
+    bytes = (bytes + 63) & ~(size_t)63; /* aligned_alloc needs a multiple */
+    float *p = aligned_alloc(64, bytes);
+    if (!p)
+        lps_fail(LPS_ENOMEM, "%s: cannot allocate %lld floats", op, (long long)n);
+    return p;
+}
+
+void lps_free_floats(float *p) { free(p); }
+
+lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64_t *numel)
+{
+    if (ndim < 1 || ndim > LPS_MAX_DIMS)
+        return lps_fail(LPS_ESHAPE, "%s: tensors have 1 to %d dimensions, got %d", op,
+                        LPS_MAX_DIMS, ndim);
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return lps_fail(LPS_ESHAPE, "%s: size %lld of dimension %d is negative", op,
+                            (long long)shape[i], i + 1);
+        if (shape[i] > 0 && n > LPS_MAX_NUMEL / shape[i])
+            return lps_fail(LPS_ENOMEM, "%s: element count overflows (limit 2^40) at dimension %d",
+                            op, i + 1);
+        n *= shape[i];
+    }
+    if (numel) *numel = n;
+    return LPS_OK;
+}
+
+const char *lps_shape_str(const lps_tensor *t, char *buf, size_t n)
+{
+    size_t off = 0;
+    off += (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < t->ndim && off < n; i++)
+        off += (size_t)snprintf(buf + off, n - off, i ? "x%lld" : "%lld", (long long)t->shape[i]);
+    if (off < n) snprintf(buf + off, n - off, ")");
+    return buf;
+}
+
+static lps_tensor *header(lps_storage *st, int64_t offset, int ndim, const int64_t *shape,
+                          int64_t numel)
+{
+    lps_tensor *t = malloc(sizeof *t);
+    if (!t) {
+        lps_fail(LPS_ENOMEM, "tensor: cannot allocate a header");
+        return NULL;
+    }
+    t->storage = st;
+    t->data = st->data + offset;
+    t->ndim = ndim;
+    for (int i = 0; i < LPS_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    t->numel = numel;
+    st->refcount++;
+    return t;
+}
+
+static lps_tensor *tensor_alloc(int ndim, const int64_t *shape, int zero)
+{
+    int64_t numel;
+    if (lps_shape_check("tensor", ndim, shape, &numel)) return NULL;
+    lps_storage *st = malloc(sizeof *st);
+    if (!st) {
+        lps_fail(LPS_ENOMEM, "tensor: cannot allocate storage");
+        return NULL;
+    }
+    st->data = lps_alloc_floats(numel, "tensor");
+    if (!st->data) {
+        free(st);
+        return NULL;
+    }
+    if (zero) memset(st->data, 0, (size_t)numel * sizeof(float));
+    st->n = numel;
+    st->refcount = 0;
+    lps_tensor *t = header(st, 0, ndim, shape, numel);
+    if (!t) {
+        lps_free_floats(st->data);
+        free(st);
+    }
+    return t;
+}
+
+lps_tensor *lps_tensor_new(int ndim, const int64_t *shape) { return tensor_alloc(ndim, shape, 1); }
+lps_tensor *lps_tensor_empty(int ndim, const int64_t *shape) { return tensor_alloc(ndim, shape, 0); }
+
+lps_tensor *lps_tensor_new2(int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    return lps_tensor_new(2, shape);
+}
+
+lps_tensor *lps_tensor_clone(const lps_tensor *t)
+{
+    lps_tensor *c = lps_tensor_empty(t->ndim, t->shape);
+    if (c && t->numel) memcpy(c->data, t->data, (size_t)t->numel * sizeof(float));
+    return c;
+}
+
+lps_tensor *lps_tensor_rows(const lps_tensor *t, int64_t start, int64_t count)
+{
+    int64_t rows = t->shape[0];
+    if (start < 0 || count < 0 || start > rows || count > rows - start) {
+        lps_fail(LPS_ERANGE, "rows: rows %lld..%lld out of range for %lld rows",
+                 (long long)start + 1, (long long)(start + count), (long long)rows);
+        return NULL;
+    }
+    int64_t shape[LPS_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[0] = count;
+    int64_t rowsize = rows ? t->numel / rows : 0;
+    if (rows == 0) { /* numel is 0; row size from the other dims */
+        rowsize = 1;
+        for (int i = 1; i < t->ndim; i++) rowsize *= t->shape[i];
+    }
+    return header(t->storage, (t->data - t->storage->data) + start * rowsize, t->ndim, shape,
+                  count * rowsize);
+}
+
+lps_tensor *lps_tensor_reshape(const lps_tensor *t, int ndim, const int64_t *shape)
+{
+    int64_t numel;
+    if (lps_shape_check("reshape", ndim, shape, &numel)) return NULL;
+    if (numel != t->numel) {
+        lps_fail(LPS_ESHAPE, "reshape: cannot view %s (%lld elements) with %lld elements", SH(t),
+                 (long long)t->numel, (long long)numel);
+        return NULL;
+    }
+    return header(t->storage, t->data - t->storage->data, ndim, shape, numel);
+}
+
+void lps_tensor_free(lps_tensor *t)
+{
+    if (!t) return;
+    lps_storage *st = t->storage;
+    if (--st->refcount == 0) {
+        lps_free_floats(st->data);
+        free(st);
+    }
+    free(t);
+}
+
+int lps_tensor_refcount(const lps_tensor *t) { return t->storage->refcount; }
+
+int lps_same_shape(const lps_tensor *a, const lps_tensor *b)
+{
+    if (a->ndim != b->ndim) return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+
+lps_status lps_fill(lps_tensor *t, float v)
+{
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = v;
+    return LPS_OK;
+}
+
+lps_status lps_copy(lps_tensor *dst, const lps_tensor *src)
+{
+    if (dst->numel != src->numel)
+        return lps_fail(LPS_ESHAPE, "copy: destination %s and source %s differ in size", SH(dst),
+                        SH(src));
+    if (dst->numel) memmove(dst->data, src->data, (size_t)src->numel * sizeof(float));
+    return LPS_OK;
+}
+
+lps_status lps_arange(lps_tensor *t)
+{
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = (float)i;
+    return LPS_OK;
+}
+
+lps_status lps_rand(lps_tensor *t, lps_rng *r, float lo, float hi)
+{
+    if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
+        return lps_fail(LPS_EINVAL, "rand: need finite lo <= hi, got %g and %g", lo, hi);
+    for (int64_t i = 0; i < t->numel; i++)
+        t->data[i] = (float)(lo + (hi - lo) * lps_rng_uniform(r));
+    return LPS_OK;
+}
+
+lps_status lps_randn(lps_tensor *t, lps_rng *r, float mean, float sd)
+{
+    if (!isfinite(mean) || !isfinite(sd) || sd < 0)
+        return lps_fail(LPS_EINVAL, "randn: need finite mean and sd >= 0, got %g and %g", mean, sd);
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = (float)(mean + sd * lps_rng_normal(r));
+    return LPS_OK;
+}
+
+lps_status lps_transpose(lps_tensor *out, const lps_tensor *t)
+{
+    if (t->ndim != 2 || out->ndim != 2 || out->shape[0] != t->shape[1] ||
+        out->shape[1] != t->shape[0])
+        return lps_fail(LPS_ESHAPE, "t: needs a 2-D tensor and a transposed output, got %s and %s",
+                        SH(t), SH(out));
+    int64_t m = t->shape[0], n = t->shape[1];
+    const int64_t B = 32; /* blocked so both sides stay in cache */
+    for (int64_t i0 = 0; i0 < m; i0 += B)
+        for (int64_t j0 = 0; j0 < n; j0 += B)
+            for (int64_t i = i0; i < m && i < i0 + B; i++)
+                for (int64_t j = j0; j < n && j < j0 + B; j++)
+                    out->data[j * m + i] = t->data[i * n + j];
+    return LPS_OK;
+}
+
+lps_status lps_index_rows(lps_tensor *out, const lps_tensor *a, const int64_t *idx, int64_t n)
+{
+    int64_t rows = a->shape[0], rowsize = 1;
+    for (int i = 1; i < a->ndim; i++) rowsize *= a->shape[i];
+    if (out->shape[0] != n || out->numel != n * rowsize)
+        return lps_fail(LPS_ESHAPE, "index_rows: output %s does not hold %lld rows of %s", SH(out),
+                        (long long)n, SH(a));
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= rows)
+            return lps_fail(LPS_ERANGE, "index_rows: index %lld (position %lld) out of range 1..%lld",
+                            (long long)idx[i] + 1, (long long)i + 1, (long long)rows);
+    for (int64_t i = 0; i < n; i++)
+        memcpy(out->data + i * rowsize, a->data + idx[i] * rowsize, (size_t)rowsize * sizeof(float));
+    return LPS_OK;
+}
+
+int lps_allclose(const lps_tensor *a, const lps_tensor *b, float rtol, float atol)
+{
+    if (!lps_same_shape(a, b)) return 0;
+    for (int64_t i = 0; i < a->numel; i++) {
+        float x = a->data[i], y = b->data[i];
+        if (x == y) continue; /* equal infinities */
+        if (!(fabsf(x - y) <= atol + rtol * fabsf(y))) return 0;
+    }
+    return 1;
+}

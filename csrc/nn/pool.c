@@ -1,0 +1,200 @@
+/* pool.c - 2-D max pooling without padding. Ties and NaN follow PyTorch: the
+ * first maximum of a window wins, a NaN anywhere wins. The backward pass
+ * recomputes each window's winner from x, so no index buffer is kept. */
+#include "nn/nn_internal.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+static lps_status pool_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
+                                 int64_t *out)
+{
+    int64_t k = l->cfg[0], s = l->cfg[1];
+    if (ndim != 4 || in[2] < k || in[3] < k) {
+        lps_tensor t = {.ndim = ndim};
+        for (int i = 0; i < ndim; i++) t.shape[i] = in[i];
+        return lps_fail(LPS_ESHAPE, "maxpool2d(k=%lld): input %s should be (batch x channels x "
+                        "height x width) with height and width >= %lld", (long long)k, SH(&t),
+                        (long long)k);
+    }
+    *ondim = 4;
+    out[0] = in[0];
+    out[1] = in[1];
+    out[2] = (in[2] - k) / s + 1;
+    out[3] = (in[3] - k) / s + 1;
+    return LPS_OK;
+}
+
+/* Does candidate v replace the current maximum m? Greater, or the first NaN. */
+static inline int takes(float v, float m) { return (v > m) | (isnan(v) & !isnan(m)); }
+
+/* Flat offset (within one plane) of the winning element of window (oh, ow). */
+static inline int64_t argmax_window(const float *x, int64_t w, int64_t k, int64_t s, int64_t oh,
+                                    int64_t ow)
+{
+    int64_t best = oh * s * w + ow * s;
+    float m = x[best];
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < k; j++) {
+            int64_t at = (oh * s + i) * w + ow * s + j;
+            if (takes(x[at], m)) {
+                best = at;
+                m = x[at];
+            }
+        }
+    return best;
+}
+
+#ifdef __SSE2__
+/* Four 2x2 windows at once: a, b (top row), c, d (bottom row) hold the four
+ * windows' candidates in order; wins[k] masks where candidate k wins. */
+static inline __m128 takes4(__m128 v, __m128 m)
+{
+    __m128 vnan = _mm_cmpunord_ps(v, v), mnan = _mm_cmpunord_ps(m, m);
+    return _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_andnot_ps(mnan, vnan));
+}
+
+static inline __m128 sel(__m128 mask, __m128 a, __m128 b)
+{
+    return _mm_or_ps(_mm_and_ps(mask, a), _mm_andnot_ps(mask, b));
+}
+
+static inline __m128 win4(const float *r0, const float *r1, __m128 wins[4])
+{
+    __m128 t0 = _mm_loadu_ps(r0), t1 = _mm_loadu_ps(r0 + 4);
+    __m128 u0 = _mm_loadu_ps(r1), u1 = _mm_loadu_ps(r1 + 4);
+    __m128 c[4] = {_mm_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                   _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
+                   _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                   _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1))};
+    __m128 m = c[0];
+    __m128 who[4];
+    for (int k = 1; k < 4; k++) {
+        who[k] = takes4(c[k], m);
+        m = sel(who[k], c[k], m);
+    }
+    /* candidate k wins if it took over and nobody later did */
+    if (wins) {
+        __m128 later = _mm_setzero_ps();
+        for (int k = 3; k >= 1; k--) {
+            wins[k] = _mm_andnot_ps(later, who[k]);
+            later = _mm_or_ps(later, who[k]);
+        }
+        wins[0] = _mm_andnot_ps(later, _mm_castsi128_ps(_mm_set1_epi32(-1)));
+    }
+    return m;
+}
+#endif
+
+/* One plane of 2x2 stride-2 pooling: y, or (gy given) the gradient into gx. */
+static void pool2_plane(const float *xp, int64_t w, int64_t oh_n, int64_t ow_n, float *yp,
+                        const float *gp, float *gxp)
+{
+    for (int64_t oh = 0; oh < oh_n; oh++) {
+        const float *r0 = xp + 2 * oh * w, *r1 = r0 + w;
+        float *g0 = gxp ? gxp + 2 * oh * w : NULL, *g1 = g0 ? g0 + w : NULL;
+        int64_t ow = 0;
+#ifdef __SSE2__
+        /* The last group of 4 may overlap the one before: windows do not
+         * overlap, so recomputing one stores the same values again. */
+        for (; ow < ow_n && ow_n >= 4; ow += 4) {
+            if (ow + 4 > ow_n) ow = ow_n - 4;
+            if (!gp) {
+                _mm_storeu_ps(yp + oh * ow_n + ow, win4(r0 + 2 * ow, r1 + 2 * ow, NULL));
+                continue;
+            }
+            __m128 wins[4];
+            win4(r0 + 2 * ow, r1 + 2 * ow, wins);
+            __m128 g = _mm_loadu_ps(gp + oh * ow_n + ow);
+            __m128 ga = _mm_and_ps(wins[0], g), gb = _mm_and_ps(wins[1], g);
+            __m128 gc = _mm_and_ps(wins[2], g), gd = _mm_and_ps(wins[3], g);
+            _mm_storeu_ps(g0 + 2 * ow, _mm_unpacklo_ps(ga, gb));
+            _mm_storeu_ps(g0 + 2 * ow + 4, _mm_unpackhi_ps(ga, gb));
+            _mm_storeu_ps(g1 + 2 * ow, _mm_unpacklo_ps(gc, gd));
+            _mm_storeu_ps(g1 + 2 * ow + 4, _mm_unpackhi_ps(gc, gd));
+        }
+#endif
+        for (; ow < ow_n; ow++) {
+            const float c[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
+            int best = 0;
+            for (int k = 1; k < 4; k++)
+                if (takes(c[k], c[best])) best = k;
+            if (!gp) {
+                yp[oh * ow_n + ow] = c[best];
+                continue;
+            }
+            float g = gp[oh * ow_n + ow];
+            g0[2 * ow] = best == 0 ? g : 0.0f;
+            g0[2 * ow + 1] = best == 1 ? g : 0.0f;
+            g1[2 * ow] = best == 2 ? g : 0.0f;
+            g1[2 * ow + 1] = best == 3 ? g : 0.0f;
+        }
+    }
+}
+
+static lps_status pool_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    int64_t k = l->cfg[0], s = l->cfg[1];
+    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
+    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
+    for (int64_t p = 0; p < planes; p++) {
+        const float *xp = x->data + p * h * w;
+        float *yp = y->data + p * oh_n * ow_n;
+        if (k == 2 && s == 2) {
+            pool2_plane(xp, w, oh_n, ow_n, yp, NULL, NULL);
+            continue;
+        }
+        for (int64_t oh = 0; oh < oh_n; oh++)
+            for (int64_t ow = 0; ow < ow_n; ow++)
+                yp[oh * ow_n + ow] = xp[argmax_window(xp, w, k, s, oh, ow)];
+    }
+    return LPS_OK;
+}
+
+static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                const lps_tensor *gy, lps_tensor *gx)
+{
+    if (!gx) return LPS_OK;
+    int64_t k = l->cfg[0], s = l->cfg[1];
+    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
+    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
+    int fast = k == 2 && s == 2;
+    for (int64_t p = 0; p < planes; p++) {
+        const float *xp = x->data + p * h * w, *gp = gy->data + p * oh_n * ow_n;
+        float *gxp = gx->data + p * h * w;
+        if (fast) {
+            /* Windows tile the plane: only a leftover odd row/column needs zeros. */
+            pool2_plane(xp, w, oh_n, ow_n, NULL, gp, gxp);
+            if (w > 2 * ow_n)
+                for (int64_t r = 0; r < 2 * oh_n; r++) gxp[r * w + w - 1] = 0.0f;
+            if (h > 2 * oh_n) memset(gxp + (h - 1) * w, 0, (size_t)w * sizeof(float));
+            continue;
+        }
+        memset(gxp, 0, (size_t)(h * w) * sizeof(float));
+        for (int64_t oh = 0; oh < oh_n; oh++)
+            for (int64_t ow = 0; ow < ow_n; ow++)
+                gxp[argmax_window(xp, w, k, s, oh, ow)] += gp[oh * ow_n + ow];
+    }
+    return LPS_OK;
+}
+
+static const lps_layer_ops pool_ops = {LPS_LAYER_MAXPOOL2D, "maxpool2d", pool_out_shape,
+                                       pool_forward, pool_backward, NULL};
+
+lps_layer *lps_maxpool2d_new(int64_t k, int64_t stride)
+{
+    if (stride == 0) stride = k;
+    if (k < 1 || stride < 1 || k > 1024 || stride > 1024) {
+        lps_fail(LPS_EINVAL, "maxpool2d: kernel and stride must be 1..1024, got k=%lld, stride=%lld",
+                 (long long)k, (long long)stride);
+        return NULL;
+    }
+    lps_layer *l = lps_layer_alloc(&pool_ops);
+    if (!l) return NULL;
+    l->cfg[0] = k;
+    l->cfg[1] = stride;
+    return l;
+}
