@@ -54,7 +54,7 @@ local set = a.build .. "/modelset500.lpsm"
 step("modelset", set, {"recipes/modelset500.lua", "recipes/modelset500_tasks.lua", "lualps/zoo.lua"},
   function() run(("lua5.4 recipes/modelset500.lua --out '%s' --jobs %d"):format(set, a.jobs)) end)
 local transfer = set .. ".transfer.json"
-step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", set .. ".stamp"},
+step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", "lualps/transfer.lua", set .. ".stamp"},
   function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(set, a.jobs)) end)
 run(("lua5.4 recipes/eval_lps.lua --set '%s' --out '%s' %s"):format(set, a.out, a.eval_args))
 io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))

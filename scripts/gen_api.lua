@@ -15,8 +15,10 @@ local modules = {
   {"lualps/eval.lua", "lps.eval", "Baselines and evaluation metrics."},
   {"lualps/benchmark.lua", "lps.benchmark", "Evaluation protocols on a model set."},
   {"lualps/zoo.lua", "lps.zoo", "Building model sets: plans, shards, splits, resumable builds."},
+  {"lualps/transfer.lua", "lps.transfer", "The transfer ground truth: fine-tuning gains between tasks."},
   {"lualps/safetensors.lua", "lps.safetensors", "Reading and writing .safetensors files."},
   {"lualps/util.lua", "lps.util", "Progress display and small helpers."},
+  {"lualps/plot.lua", "lps.plot", "PNG figures through gnuplot."},
 }
 
 local function doc_entries(path)

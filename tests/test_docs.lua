@@ -47,4 +47,37 @@ function TestDocs:test_readme_recipe_runs()
   lu.assertTrue(tonumber(score) >= -1 and tonumber(score) <= 1 + 1e-6)
 end
 
+-- The README's evaluation of a new similarity, at most 10 lines, run on a
+-- small set built by the recipes (synthetic images).
+function TestDocs:test_readme_evaluation_runs()
+  local f = assert(io.open("README.md"))
+  local readme = f:read("a")
+  f:close()
+  local code = readme:match("## Evaluating a new similarity in ten lines.-```lua\n(.-)```")
+  lu.assertNotNil(code, "the README's evaluation example")
+  local n = select(2, code:gsub("\n", ""))
+  lu.assertTrue(n <= 10, "the example has " .. n .. " lines")
+  lu.assertStrContains(code, "build/modelset500.lpsm")
+  local dir = os.tmpname(); os.remove(dir)
+  local data = T.fake_fashion_mnist(dir .. "/data", 400, 200)
+  local set = dir .. "/set.lpsm"
+  local ok, out = T.sh(("lua5.4 recipes/modelset500.lua --tasks 4 --per-task 5 --epochs 1 --quiet --data %s --out %s")
+    :format(data, set))
+  lu.assertTrue(ok, out)
+  ok, out = T.sh(("lua5.4 recipes/transfer_matrix.lua --quiet --sources 1 --seeds 1 --images 40 --epochs 1 "
+    .. "--batch 8 --data %s --set %s"):format(data, set))
+  lu.assertTrue(ok, out)
+  local g = assert(io.open(dir .. "/eval.lua", "w"))
+  g:write('package.path = "./?.lua;./?/init.lua;" .. package.path\n', (code:gsub("build/modelset500%.lpsm", set)))
+  g:close()
+  ok, out = T.sh("lua5.4 " .. dir .. "/eval.lua")
+  os.execute("rm -rf " .. dir)
+  lu.assertTrue(ok, out)
+  local top1, map, tau = out:match("top%-1 ([%d%.]+)  unseen%-task mAP ([%d%.]+)  tau%(transfer%) (%S+)")
+  lu.assertNotNil(top1, out)
+  for _, v in ipairs{top1, map} do lu.assertTrue(tonumber(v) >= 0 and tonumber(v) <= 1, out) end
+  -- NaN when the tiny synthetic transfer matrix is constant
+  lu.assertTrue(tau == "nan" or tau == "-nan" or math.abs(tonumber(tau)) <= 1, out)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

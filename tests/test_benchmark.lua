@@ -1,0 +1,133 @@
+-- lps.benchmark.evaluate on a hand-made set whose answers are known: four
+-- tasks over four classes (a ring: {1,2}, {2,3}, {3,4}, {4,1}), four models
+-- per task whose first weight row is the task's class indicator.
+local lu = require "luaunit"
+local lps = require "lualps"
+local cjson = require "cjson"
+local T = require "tests.helpers"
+local B = lps.benchmark
+
+local TASKS = {{1, 2}, {2, 3}, {3, 4}, {4, 1}}
+local path = T.tmpname(".lpsm")
+
+local function build()
+  local ms <close> = lps.modelset.create(path, {overwrite = true})
+  local ids = {}
+  for t, cl in ipairs(TASKS) do
+    for k = 1, 4 do
+      local W1 = lps.zeros(2, 4)
+      for _, c in ipairs(cl) do W1:set(1, c, 1) end
+      W1:set(2, k, 0.01 * t) -- a little per-model variation
+      local id = ("t%d-m%d"):format(t, k)
+      ms:append_tensors({{name = "0.weight", tensor = W1}, {name = "0.bias", tensor = lps.zeros(2)},
+        {name = "2.weight", tensor = lps.ones(2, 2)}, {name = "2.bias", tensor = lps.zeros(2)}},
+        {id = id, task = t, optimizer = k % 2 == 1 and "sgd" or "adam"})
+      ids[#ids + 1] = id
+    end
+  end
+  local function pick(tasks, ks)
+    local out = {}
+    for _, t in ipairs(tasks) do for _, k in ipairs(ks) do out[#out + 1] = ("t%d-m%d"):format(t, k) end end
+    return out
+  end
+  local splits = {
+    tasks = {{id = 1}, {id = 2}, {id = 3}, {id = 4}},
+    classification = {train = pick({1, 2, 3, 4}, {1, 2}), test = pick({1, 2, 3, 4}, {3, 4})},
+    retrieval = {train_tasks = {1, 2}, unseen_tasks = {3, 4}, train = pick({1, 2}, {1, 2, 3, 4}),
+                 query = pick({3, 4}, {1}), gallery = pick({3, 4}, {2, 3, 4})},
+  }
+  lps.util.write_file(path .. ".splits.json", cjson.encode(splits))
+  -- gain ranks the pairs against class overlap: sharing a class is worse here
+  local overlap, gain = {}, {}
+  for s = 1, 4 do
+    overlap[s], gain[s] = {}, {}
+    for t = 1, 4 do
+      local n = 0
+      for _, a in ipairs(TASKS[s]) do for _, b in ipairs(TASKS[t]) do if a == b then n = n + 1 end end end
+      overlap[s][t], gain[s][t] = n, -n
+    end
+  end
+  lps.util.write_file(path .. ".transfer.json", cjson.encode{overlap = overlap, gain = gain})
+end
+build()
+
+-- the class indicator: cosine 1 within a task, 0.5 between tasks sharing a class, 0 otherwise
+local oracle = {name = "oracle", embed = function(_, models)
+  local E = lps.zeros(#models, 4)
+  for i, w in ipairs(models) do E[i]:copy(w[1][1]) end
+  return E
+end}
+
+TestBenchmark = {}
+
+function TestBenchmark:tearDown() os.remove(path .. ".tmp") end
+
+function TestBenchmark:test_oracle_scores_known_answers()
+  local r, d = B.evaluate(path, oracle, {log = function() end})
+  lu.assertEquals(r.top1, 1)
+  lu.assertEquals(r.rank1, 1)
+  lu.assertEquals(r.map, 1)
+  lu.assertAlmostEquals(r.nmi, 1, 1e-12)
+  lu.assertAlmostEquals(r.cross_top1, 1, 1e-12)
+  -- pairs sharing a class have similarity 0.5, the others 0: tau with overlap 1, with -overlap -1
+  lu.assertAlmostEquals(r.tau_overlap, 1, 1e-12)
+  lu.assertAlmostEquals(r.tau_transfer, -1, 1e-12)
+  lu.assertAlmostEquals(d.task_similarity[1][2], 0.5, 1e-6)
+  lu.assertAlmostEquals(d.task_similarity[1][3], 0, 1e-6)
+  lu.assertAlmostEquals(d.task_similarity[1][1], 1, 1e-6)
+  lu.assertEquals(d.embeddings:shape(), {16, 4})
+end
+
+function TestBenchmark:test_fit_sees_each_split_and_seeds_average()
+  local calls = {}
+  local method = {name = "seeded", fit = function(_, models, labels, ctx)
+    calls[#calls + 1] = {split = ctx.split, n = #models, seed = ctx.seed, first = labels[1], ids = ctx.ids}
+    -- seed 1: the oracle; seed 2: every model alike (1-NN then picks the first training model)
+    if ctx.seed == 1 then return oracle end
+    return {embed = function(_, ms) return lps.ones(#ms, 3) end, seconds = 2}
+  end}
+  local r = B.evaluate(path, method, {seeds = 2, log = function() end})
+  lu.assertEquals(#calls, 6)
+  lu.assertEquals({calls[1].split, calls[2].split, calls[3].split}, {"classification", "retrieval", "cross"})
+  lu.assertEquals({calls[1].n, calls[2].n, calls[3].n}, {8, 8, 4})
+  lu.assertEquals(calls[2].ids[1], "t1-m1")
+  lu.assertEquals(calls[4].seed, 2)
+  -- top1: 1 (oracle) and 2/8 (all predicted task 1): mean 0.625, sd sqrt(2) * 0.375
+  lu.assertAlmostEquals(r.top1, 0.625, 1e-12)
+  lu.assertAlmostEquals(r.top1_std, math.sqrt(2) * 0.375, 1e-12)
+  lu.assertEquals(r.train_seconds, 2) -- the oracle reports none: the mean of those that do
+end
+
+function TestBenchmark:test_pairwise_methods_compare_k_per_task()
+  local widths = {}
+  local method = {name = "pairs", pairwise_per_task = 1, similarity = function(_, a, b)
+    widths[#widths + 1] = #b
+    return oracle:embed(a):matmul(oracle:embed(b):t())
+  end}
+  local r = B.evaluate(path, method, {log = function() end})
+  lu.assertEquals(r.top1, 1)
+  -- classification gallery: one training model per task (4), not all 8
+  lu.assertEquals(widths[1], 4)
+  lu.assertEquals(r.map, 1)
+end
+
+function TestBenchmark:test_bad_methods_are_refused()
+  T.assert_error_contains("a method needs embed", B.evaluate, path, {name = "x"})
+  T.assert_error_contains("unknown option 'sed'", B.evaluate, path, oracle, {sed = 1})
+  local wrong = {name = "short", embed = function() return lps.zeros(3, 2) end}
+  T.assert_error_contains("embed gave 3 rows for 16 models", B.evaluate, path, wrong)
+end
+
+function TestBenchmark:test_baseline_methods_run()
+  for _, m in ipairs{B.methods.features("raw"), B.methods.features("sorted"), B.methods.matching{per_task = 1}} do
+    local r = B.evaluate(path, m, {log = function() end})
+    lu.assertTrue(r.top1 >= 0 and r.top1 <= 1, m.name)
+  end
+  -- raw weights see the class indicator: every held-out model finds its task
+  lu.assertEquals(B.evaluate(path, B.methods.features("raw"), {log = function() end}).top1, 1)
+end
+
+local code = lu.LuaUnit.run("-o", "tap")
+T.cleanup()
+os.remove(path .. ".splits.json"); os.remove(path .. ".transfer.json")
+os.exit(code, true)
