@@ -582,8 +582,18 @@ lps_status lps_matching_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t n
 /* Linear CKA (Kornblith et al. 2019) of x (N x p) and y (N x q): columns
  * centred, ||y'x||_F^2 / (||x'x||_F ||y'y||_F); 0 if either is constant. */
 lps_status lps_linear_cka(double *cka, const lps_tensor *x, const lps_tensor *y);
-/* out (na x nb) = mean over hidden layers of the linear CKA of the two
- * models' hidden activations on probe (N x d). Models need the same depth. */
+/* Linear CKA of two models given their layers' activations on the same N
+ * inputs (xa: la matrices N x p_l, shallow to deep; xb: lb matrices N x q_m),
+ * paired by relative depth: layer l (1-based) of L covers ((l-1)/L, l/L] of
+ * the depth, and the result is the mean over depth of the CKA of the two
+ * layers covering it: sum over (l, m) of overlap(l, m) * CKA(xa_l, xb_m).
+ * Same depth: the mean over layers of CKA(xa_l, xb_l). 2 vs 3 layers: weights
+ * 1/3 (1,1), 1/6 (1,2), 1/6 (2,2), 1/3 (2,3). Activations of any layer kind
+ * (e.g. flattened conv maps) fit. */
+lps_status lps_cka_layers(double *cka, const lps_tensor *const *xa, int la,
+                          const lps_tensor *const *xb, int lb);
+/* out (na x nb) = lps_cka_layers of every pair's post-ReLU hidden
+ * activations on probe (N x d); the models may differ in depth and widths. */
 lps_status lps_cka_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
                           const lps_mlp_view *b, int64_t nb, const lps_tensor *probe);
 

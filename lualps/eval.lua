@@ -23,8 +23,15 @@
 --             solver; started from a layer-by-layer match on incoming weights,
 --             and from the identity too when that scores higher), then cosine
 --             of the aligned parameters (no data)
---   cka       linear CKA of the hidden activations on opts.probe (N x d),
---             averaged over the hidden layers (needs data)
+--   cka       linear CKA of the post-ReLU hidden activations on opts.probe
+--             (N x d), averaged over relative depth (needs data). Hidden
+--             layer l of a model with L of them covers ((l-1)/L, l/L] of the
+--             depth; two models' CKA is the mean over depth of the CKA of the
+--             layers covering it: sum over (l, m) of overlap * CKA(l, m). Same
+--             depth: the mean over layers of CKA(layer l, layer l); 2 vs 3
+--             hidden layers: 1/3 (1,1) + 1/6 (1,2) + 1/6 (2,2) + 1/3 (2,3).
+--             cka_features gives the same values as dot products: one slot
+--             per piece of the depth cut at every k/L of the depths present
 --
 -- Indices and cluster ids are 1-based; labels are any integers.
 local core = require("lualps.core")._eval
@@ -52,6 +59,14 @@ M.hidden = core.hidden               -- (model, x) -> {post-ReLU acts per hidden
 M.permute = core.permute             -- (model, perms) -> new model, same function
 M.sort_perm = core.sort_perm         -- (model) -> perms of the `sorted` order
 M.linear_cka = core.linear_cka       -- (X (N x p), Y (N x q)) -> number
+
+--- Linear CKA of two models given their layers' activations on the same N
+-- inputs (acts_a, acts_b: lists of N x p matrices, shallow to deep; any
+-- layer kind, e.g. flattened conv maps), paired by relative depth: layer l
+-- of L covers ((l-1)/L, l/L] of the depth, and the result is the mean over
+-- depth of linear_cka of the two covering layers. Same depth: the mean over
+-- l of linear_cka(acts_a[l], acts_b[l]).
+function M.cka_layers(acts_a, acts_b) return core.cka_layers(acts_a, acts_b) end
 M.symeig = core.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
 --- Linear assignment: cost (n x m tensor) -> assignment (1-based column of
@@ -67,7 +82,7 @@ function M.weight_matching(a, b, opts) return core.weight_matching(a, b, opts) e
 
 --- Similarity of two sets of models (queries x gallery tensor) by a baseline.
 -- opts: pool (gram), mean/sd (stats), max_iter/generator (matching),
--- probe (cka, required).
+-- probe (cka, required; models of any depths, paired as in cka_layers).
 function M.similarity_matrix(method, models_a, models_b, opts)
   opts = opts or {}
   if feature_methods[method] then
@@ -98,28 +113,109 @@ function M.similarity_matrix(method, models_a, models_b, opts)
     "' (raw, sorted, stats, gram, matching, cka)", 2)
 end
 
---- Features whose dot product is the linear CKA of two models averaged over
--- their hidden layers, on the probe inputs (N x d): per layer the Gram
--- matrix K = Xc Xc^T of the column-centered activations, normalized to unit
--- Frobenius norm and scaled by 1/sqrt(layers), flattened (N^2 values per
--- layer). For many pairs this is far cheaper than similarity_matrix("cka"),
--- which runs the probe through both models of every pair.
-function M.cka_features(models, probe)
+-- Relative-depth slots: the union of the breakpoints k/L (k = 0..L) of every
+-- depth L, as exact fractions {num, den}, in increasing order. Consecutive
+-- breakpoints bound a slot that lies within one layer of every such depth.
+local function depth_slots(depths)
+  local pts = {}
+  for _, L in ipairs(depths) do
+    for k = 0, L do pts[#pts + 1] = {k, L} end
+  end
+  table.sort(pts, function(x, y) return x[1] * y[2] < y[1] * x[2] end)
+  local slots = {}
+  for i = 2, #pts do
+    local a, b = pts[i - 1], pts[i]
+    local num, den = b[1] * a[2] - a[1] * b[2], a[2] * b[2]
+    if num > 0 then
+      -- inv = 1 / length, exact for one depth (L*L / L = L): today's 1/sqrt(L) scaling
+      slots[#slots + 1] = {start = a, inv = den / num}
+    end
+  end
+  return slots
+end
+
+--- Features whose dot products are the linear CKA of models given by their
+-- layers' activations: acts[i] is model i's list of N x p_l matrices (same N
+-- for all, shallow to deep; any layer kind, e.g. flattened conv maps). Models
+-- of different depths are paired by relative depth as in cka_layers: the depth
+-- is cut into slots at every k/L of every depth L present (or opts.depths,
+-- to lay out features comparable across calls), and a model's slot holds its
+-- covering layer's centred Gram matrix K = Xc Xc^T, normalized to unit
+-- Frobenius norm and scaled by sqrt(slot length), flattened (N^2 values per
+-- slot). One depth L: L slots, layer l in slot l, scaled by 1/sqrt(L).
+function M.cka_layer_features(acts, opts)
   local lps = require "lualps"
-  local np = probe:size(1)
-  local F
-  for i, model in ipairs(models) do
-    local acts = core.hidden(model, probe)
-    if not F then F = lps.zeros(#models, #acts * np * np) end
-    for l, X in ipairs(acts) do
-      local Xc = X - X:mean(1)
-      local K = lps.matmul(Xc, Xc, false, true)
-      local nrm = K:norm()
-      K:mul_(nrm > 0 and 1 / (nrm * math.sqrt(#acts)) or 0)
-      F[i]:rows((l - 1) * np * np + 1, l * np * np):copy(K:reshape(np * np))
+  opts = opts or {}
+  if type(acts) ~= "table" or #acts < 1 then
+    error("cka_layer_features: needs a non-empty list of models' activation lists", 2)
+  end
+  local np
+  local seen, depths = {}, {}
+  for i, list in ipairs(acts) do
+    if type(list) ~= "table" or #list < 1 then
+      error(("cka_layer_features: model %d must be a non-empty list of N x p tensors"):format(i), 2)
+    end
+    for l, X in ipairs(list) do
+      if not lps.is_tensor(X) or X:dim() ~= 2 then
+        error(("cka_layer_features: model %d layer %d must be a 2-D N x p tensor"):format(i, l), 2)
+      end
+      np = np or X:size(1)
+      if X:size(1) ~= np or np < 2 then
+        error(("cka_layer_features: model %d layer %d has %d rows; every layer needs the same N >= 2 (%d)")
+          :format(i, l, X:size(1), np), 2)
+      end
+    end
+    if not seen[#list] then seen[#list] = true; depths[#depths + 1] = #list end
+  end
+  if opts.depths then
+    for _, L in ipairs(depths) do
+      local ok = false
+      for _, D in ipairs(opts.depths) do ok = ok or D == L end
+      if not ok then
+        error(("cka_layer_features: a model has %d layers, not among opts.depths"):format(L), 2)
+      end
+    end
+    depths = opts.depths
+  end
+  local slots = depth_slots(depths)
+  local n2 = np * np
+  local F = lps.zeros(#acts, #slots * n2)
+  for i, list in ipairs(acts) do
+    local L = #list
+    local K, nrm, cur = nil, nil, 0
+    for s, slot in ipairs(slots) do
+      local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
+      if l ~= cur then
+        local Xc = list[l] - list[l]:mean(1)
+        K = lps.matmul(Xc, Xc, false, true)
+        nrm, cur = K:norm(), l
+        if nrm ~= nrm or nrm == math.huge then
+          error(("cka_layer_features: model %d layer %d has non-finite activations"):format(i, l), 2)
+        end
+      end
+      F[i]:rows((s - 1) * n2 + 1, s * n2):copy(K:reshape(n2))
+        :mul_(nrm > 0 and 1 / (nrm * math.sqrt(slot.inv)) or 0)
     end
   end
   return F
+end
+
+--- Features whose dot product is the linear CKA of two models (cka_layers
+-- pairing of their hidden layers by relative depth), on the probe inputs
+-- (N x d): cka_layer_features of their post-ReLU hidden activations. For
+-- many pairs this is far cheaper than similarity_matrix("cka"), which runs
+-- the probe through both models of every pair. opts.depths as there.
+function M.cka_features(models, probe, opts)
+  if type(models) ~= "table" or #models < 1 then
+    error("cka_features: needs a non-empty list of models", 2)
+  end
+  local lps = require "lualps"
+  if not lps.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
+    error("cka_features: the probe must be an N x d tensor with N >= 2", 2)
+  end
+  local acts = {}
+  for i, model in ipairs(models) do acts[i] = core.hidden(model, probe) end
+  return M.cka_layer_features(acts, opts)
 end
 
 --- Similarity of two models (a number).

@@ -178,21 +178,6 @@ local function unpack_data(d, what)
   return x, y
 end
 
--- A one-line bar on stderr, redrawn in place.
-function nn.progress_bar()
-  local width = 24
-  return function(p)
-    local frac = p.steps > 0 and p.step / p.steps or 1
-    local fill = math.floor(frac * width + 0.5)
-    local rate = p.seconds > 0 and p.samples / p.seconds or 0
-    io.stderr:write(("\repoch %d/%d [%s%s] %3d%% loss %.4f acc %.4f %6.0f samples/s %5.1fs")
-      :format(p.epoch, p.epochs, ("="):rep(fill), (" "):rep(width - fill), math.floor(frac * 100 + 0.5),
-        p.loss, p.accuracy, rate, p.seconds))
-    if p.done then io.stderr:write("\n") end
-    io.stderr:flush()
-  end
-end
-
 local train_keys = {epochs = 1, batch_size = 1, optimizer = 1, schedule = 1, generator = 1,
   shuffle = 1, drop_last = 1, validation = 1, progress = 1, progress_interval = 1, eval_batch = 1}
 
@@ -205,8 +190,10 @@ local train_keys = {epochs = 1, batch_size = 1, optimizer = 1, schedule = 1, gen
 -- called with a table {epoch, epochs, step, steps, samples, loss, accuracy,
 -- seconds, lr, done[, val_loss, val_accuracy]} at most every progress_interval
 -- (0.25) seconds and at each epoch's end (done = true, with validation results)
--- - return false to stop; true/false forces the stderr bar
--- on or off; by default the bar shows when stderr is a terminal), eval_batch (256).
+-- - return false to stop; true/false forces the lps.util.epoch_progress bar
+-- on or off, a table turns it on with those util.progress options, e.g.
+-- {stream = f, tty = false}; by default the bar shows when stderr is a
+-- terminal), eval_batch (256).
 function nn.train(model, d, opts)
   opts = opts or {}
   for k in pairs(opts) do
@@ -214,9 +201,14 @@ function nn.train(model, d, opts)
   end
   local x, y = unpack_data(d, "train")
   if not opts.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
-  local progress = opts.progress
+  local progress, display = opts.progress, nil
   if progress == nil then progress = lps.isatty(2) end
-  if progress == true then progress = nn.progress_bar() elseif progress == false then progress = nil end
+  if progress == true or type(progress) == "table" then
+    progress, display = require("lualps.util").epoch_progress(progress ~= true and progress or nil)
+  elseif progress == false then
+    progress = nil
+  end
+  local _ <close> = display -- ends the bar's line however training ends
   local o = {epochs = opts.epochs, batch_size = opts.batch_size, shuffle = opts.shuffle,
     drop_last = opts.drop_last, generator = opts.generator, schedule = opts.schedule,
     eval_batch = opts.eval_batch, progress_interval = opts.progress_interval}

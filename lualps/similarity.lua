@@ -376,7 +376,9 @@ M.train_defaults = {
                         -- Similarity networks only (feature heads ignore it)
   optimizer = false,    -- an object with :step(params, grads); default lps.optim.adam{lr, weight_decay}
   progress = false,     -- function(info) after every epoch (epoch, epochs, loss, accuracy,
-                        -- seconds); returning false stops training
+                        -- seconds); returning false stops training. true: the
+                        -- lps.util.epoch_progress bar; a table: the bar with those
+                        -- util.progress options
 }
 
 -- A prepared model restricted to a random subset of `keep` of its first-layer
@@ -474,6 +476,13 @@ function M.train_network(net, models, labels, opts)
     error(("train_network: unit_keep must be a number in (0, 1], got %s"):format(tostring(o.unit_keep)), 2)
   end
   local keep = mt == Net and o.unit_keep or 1 -- a feature head has no units
+  local progress, display = o.progress, nil
+  if progress == true or type(progress) == "table" then
+    local popts = {label = "lps"}
+    if progress ~= true then for k, v in pairs(progress) do popts[k] = v end end
+    progress, display = require("lualps.util").epoch_progress(popts)
+  end
+  local _ <close> = display -- ends the bar's line however training ends
   for epoch = 1, o.epochs do
     if o.schedule == "cosine" then opt:lr(o.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / o.epochs))) end
     local sum, correct, n = 0, 0, 0
@@ -496,7 +505,7 @@ function M.train_network(net, models, labels, opts)
     end
     local rec = {loss = sum / n, accuracy = o.loss ~= "triplet" and correct / n or nil}
     report.epochs[epoch] = rec
-    if o.progress and o.progress{epoch = epoch, epochs = o.epochs, loss = rec.loss,
+    if progress and progress{epoch = epoch, epochs = o.epochs, loss = rec.loss,
                                  accuracy = rec.accuracy, seconds = lps.now() - t0} == false then
       break
     end
@@ -643,8 +652,8 @@ for k in pairs(M.train_defaults) do train_keys[k] = true end
 -- numbers, or {train = ...}) of the set `ms` (a set or a path), with the
 -- metadata field opts.label ("task") as the class. Options are those of
 -- lps.similarity.network and lps.similarity.train_network together
--- (`classes` is set from the data); progress defaults to one line per epoch
--- on a terminal. Returns a similarity object.
+-- (`classes` is set from the data); progress defaults to the epoch bar
+-- (lps.util.epoch_progress) on a terminal. Returns a similarity object.
 function M.train(ms, split, opts)
   opts = opts or {}
   local set, own = as_set(ms)
@@ -677,14 +686,7 @@ function M.train(ms, split, opts)
   local loss = tr_opts.loss or M.train_defaults.loss
   net_opts.classes = loss == "triplet" and 0 or #classes
   local net = M.network(net_opts)
-  if tr_opts.progress == nil and lps.isatty(2) then
-    local bar = require("lualps.util").progress(tr_opts.epochs or M.train_defaults.epochs,
-      {label = "lps", unit = "epochs"})
-    tr_opts.progress = function(p)
-      bar:update(p.epoch, ("loss %.4f%s"):format(p.loss, p.accuracy and (" acc %.3f"):format(p.accuracy) or ""))
-      if p.epoch == p.epochs then bar:finish() end
-    end
-  end
+  if tr_opts.progress == nil then tr_opts.progress = lps.isatty(2) end
   local report = M.train_network(net, models, labels, tr_opts)
   return setmetatable({net = net, classes = classes, label = label_field, report = report,
     n_train = #models, cache = setmetatable({}, {__mode = "k"})}, Sim)

@@ -15,20 +15,24 @@ util.fmt_time = fmt_time
 local Progress = {}
 Progress.__index = Progress
 
---- A progress display for `total` units of work.
--- opts: label (""), unit ("items"), stream (io.stderr), tty (auto: whether
--- stderr is a terminal), interval (seconds between redraws on a terminal,
--- 0.25), every (without a terminal: one line per this many units, default
--- total/10), quiet (false: print nothing).
+--- The progress display for `total` units of work (builds, evaluations,
+-- training epochs). opts: label (""), unit ("items"), stream (io.stderr),
+-- tty (auto: whether stderr is a terminal), interval (seconds between
+-- redraws on a terminal, 0.25), every (without a terminal: one line per this
+-- many units, default total/10), quiet (false: print nothing), clock (a
+-- function giving seconds; lps.now).
 -- On a terminal it redraws one line (bar, done/total, rate, ETA); otherwise
--- it prints a plain line every `every` units, so logs stay short.
+-- it prints a plain line every `every` units, so logs stay short. `done` may
+-- be fractional (part of an epoch): the bar and ETA follow it, the count
+-- shows whole units.
 function util.progress(total, opts)
   opts = opts or {}
   local self = setmetatable({
     total = total, done = 0, label = opts.label or "", unit = opts.unit or "items",
     stream = opts.stream or io.stderr, interval = opts.interval or 0.25,
-    quiet = opts.quiet or false, t0 = core.now(), last_draw = -math.huge,
+    quiet = opts.quiet or false, clock = opts.clock or core.now, last_draw = -math.huge,
   }, Progress)
+  self.t0 = self.clock()
   if opts.tty == nil then self.tty = core.isatty(2) else self.tty = opts.tty end
   self.every = opts.every or math.max(1, total // 10)
   self.next_line = self.every
@@ -36,16 +40,20 @@ function util.progress(total, opts)
 end
 
 function Progress:rate()
-  local dt = core.now() - self.t0
+  local dt = self.clock() - self.t0
   return dt > 0 and self.done / dt or 0
 end
 
 function Progress:line(extra)
   local rate = self:rate()
   local eta = rate > 0 and (self.total - self.done) / rate or math.huge
-  return string.format("%s%d/%d %s, %.1f %s/s, elapsed %s, ETA %s%s",
-    self.label ~= "" and (self.label .. ": ") or "", self.done, self.total, self.unit, rate,
-    self.unit, fmt_time(core.now() - self.t0), fmt_time(eta), extra and ("  " .. extra) or "")
+  -- slow units (epochs, big models) read better as time per unit
+  local speed = (rate > 0 and rate < 1)
+    and ("%s per %s"):format(fmt_time(1 / rate), (self.unit:gsub("s$", "")))
+    or ("%.1f %s/s"):format(rate, self.unit)
+  return string.format("%s%d/%d %s, %s, elapsed %s, ETA %s%s",
+    self.label ~= "" and (self.label .. ": ") or "", math.floor(self.done), self.total, self.unit,
+    speed, fmt_time(self.clock() - self.t0), fmt_time(eta), extra and ("  " .. extra) or "")
 end
 
 --- Record that `done` units are complete (absolute count); `extra` is a short
@@ -53,15 +61,16 @@ end
 function Progress:update(done, extra)
   self.done = done
   if self.quiet then return end
-  local now = core.now()
+  local now = self.clock()
   if self.tty then
     if now - self.last_draw < self.interval and done < self.total then return end
     self.last_draw = now
-    local width, frac = 24, self.total > 0 and done / self.total or 1
+    local width, frac = 24, self.total > 0 and math.min(1, done / self.total) or 1
     local fill = math.floor(frac * width + 0.5)
     self.stream:write(string.format("\r[%s%s] %3d%% %s\027[K", string.rep("#", fill),
       string.rep(".", width - fill), math.floor(frac * 100), self:line(extra)))
     self.stream:flush()
+    self.drawn = true
   elseif done >= self.next_line or done >= self.total then
     while self.next_line <= done do self.next_line = self.next_line + self.every end
     self.stream:write(self:line(extra), "\n")
@@ -72,8 +81,48 @@ end
 --- Finish: on a terminal end the redrawn line; return the elapsed seconds.
 function Progress:finish(extra)
   if self.done < self.total then self:update(self.total, extra) end
-  if self.tty and not self.quiet then self.stream:write("\n") end
-  return core.now() - self.t0
+  return self:stop()
+end
+
+--- End the display where it is (work stopped early): on a terminal end the
+-- redrawn line; return the elapsed seconds.
+function Progress:stop()
+  if self.tty and self.drawn and not self.quiet then self.stream:write("\n"); self.stream:flush() end
+  self.drawn = false
+  return self.clock() - self.t0
+end
+
+--- A progress callback for training loops (lps.train, similarity.train): a
+-- util.progress bar over the epochs (opts as there; label "train", unit
+-- "epochs") with the loss and accuracy, and the validation accuracy and
+-- samples/s when given, as its text. It takes the tables those loops pass
+-- ({epoch, epochs[, step, steps, samples, seconds, done], loss, accuracy
+-- [, val_accuracy]}); calls within an epoch fill the bar part-way. Returns
+-- the callback and a handle to close (`local h <close> = ...`) that ends
+-- the line if training stops early.
+function util.epoch_progress(opts)
+  local o = {label = "train", unit = "epochs"}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local bar, t0 = nil, (o.clock or core.now)()
+  local function callback(p)
+    if not bar then
+      bar = util.progress(p.epochs, o)
+      bar.t0 = t0 -- timed from the start of training, not from its first report
+    end
+    local frac = 1
+    if p.steps and p.steps > 0 and not p.done then frac = p.step / p.steps end
+    local extra = {("loss %.4f"):format(p.loss)}
+    if p.accuracy then extra[#extra + 1] = ("acc %.4f"):format(p.accuracy) end
+    if p.val_accuracy then extra[#extra + 1] = ("val acc %.4f"):format(p.val_accuracy) end
+    if p.samples and p.seconds and p.seconds > 0 then
+      extra[#extra + 1] = ("%.0f samples/s"):format(p.samples / p.seconds)
+    end
+    local done = p.epoch - 1 + frac
+    bar:update(done, table.concat(extra, "  "))
+    if done >= p.epochs then bar:finish() end
+  end
+  local handle = setmetatable({}, {__close = function() if bar then bar:stop() end end})
+  return callback, handle
 end
 
 --- Median of a list of numbers (copied before sorting).

@@ -50,7 +50,9 @@ io.stderr:write(("%d parameters, %d training images, %d epochs\n"):format(model:
   xtr:size(1), epochs))
 
 -- The bar on a terminal; a line per finished epoch on stdout.
-local bar = lps.isatty(2) and nn.progress_bar() or nil
+local bar, bar_handle
+if lps.isatty(2) then bar, bar_handle = lps.util.epoch_progress() end
+local _ <close> = bar_handle
 local function progress(pr)
   if bar then bar(pr) end
   if pr.done and not args.quiet then

@@ -367,11 +367,94 @@ function TestCKA:test_models()
   T.assert_error_contains("cka needs opts.probe", E.similarity_matrix, "cka", {a}, {b})
   T.assert_error_contains("hidden_acts: input (40x9) should be N x 10", E.similarity_matrix,
     "cka", {a}, {b}, {probe = lps.zeros(40, 9)})
-  T.assert_error_contains("cka: models have 3 and 2 layers", E.similarity_matrix, "cka", {a},
-    {mlp(g, {10, 4, 2})}, {probe = probe})
+  T.assert_error_contains("cka: the probe batch must be N x d with N >= 2, got (1x10)",
+    E.similarity_matrix, "cka", {a}, {b}, {probe = lps.zeros(1, 10)})
+  T.assert_error_contains("cka: b2 (5) does not match W2 (6x8)", E.similarity_matrix, "cka", {a},
+    {{a[1], a[2], a[3], lps.zeros(5), a[5], a[6]}}, {probe = probe})
   T.assert_error_contains("cka: needs N x p and N x q", E.linear_cka, lps.zeros(3, 1), lps.zeros(4, 1))
   T.assert_error_contains("cka: non-finite value in the first matrix at row 2", E.linear_cka,
     lps.tensor{{1}, {0 / 0}}, lps.tensor{{1}, {2}})
+end
+
+-- a with an identity layer (n x n, zero bias) inserted after hidden layer
+-- `after`: ReLU(I h) = h for h >= 0, so its hidden activations repeat one.
+local function with_identity(a, after)
+  local n = a[2 * after - 1]:size(1)
+  local I = lps.zeros(n, n)
+  for i = 1, n do I:set(i, i, 1) end
+  local m = {}
+  for k = 1, 2 * after do m[k] = a[k] end
+  m[#m + 1], m[#m + 2] = I, lps.zeros(n)
+  for k = 2 * after + 1, #a do m[#m + 1] = a[k] end
+  return m
+end
+
+function TestCKA:test_different_depths_by_relative_depth()
+  local g = lps.generator(52)
+  local probe = lps.randn(30, 10, g)
+  local a = mlp(g, {10, 8, 6, 3})        -- 2 hidden layers
+  local d3 = mlp(g, {10, 7, 5, 4, 3})    -- 3
+  local d1 = mlp(g, {10, 9, 3})          -- 1
+  local ha, h3, h1 = E.hidden(a, probe), E.hidden(d3, probe), E.hidden(d1, probe)
+  local c = E.linear_cka
+  -- layer l of L covers ((l-1)/L, l/L]: 2 vs 3 overlap 1/3, 1/6, 1/6, 1/3
+  local want_a3 = c(ha[1], h3[1]) / 3 + c(ha[1], h3[2]) / 6 + c(ha[2], h3[2]) / 6 + c(ha[2], h3[3]) / 3
+  local want_a1 = (c(ha[1], h1[1]) + c(ha[2], h1[1])) / 2
+  local models = {a, d3, d1}
+  local S = E.similarity_matrix("cka", models, models, {probe = probe})
+  lu.assertAlmostEquals(S:get(1, 2), want_a3, 1e-6)
+  lu.assertAlmostEquals(S:get(2, 1), want_a3, 1e-6)
+  lu.assertAlmostEquals(S:get(1, 3), want_a1, 1e-6)
+  lu.assertAlmostEquals(E.cka_layers(ha, h3), want_a3, 1e-6)
+  for i = 1, 3 do lu.assertAlmostEquals(S:get(i, i), 1, 1e-5) end
+  -- the feature path gives the same values as dot products; a slot per
+  -- piece of the depth cut at 0, 1/3, 1/2, 2/3, 1 (4 slots of N^2)
+  local F = E.cka_features(models, probe)
+  lu.assertEquals(F:shape(), {3, 4 * 30 * 30})
+  lu.assertTrue(lps.allclose(lps.matmul(F, F, false, true), S, 1e-4, 1e-5))
+  -- features laid out for given depths compare across calls
+  local fa = E.cka_features({a}, probe, {depths = {1, 2, 3}})
+  local f3 = E.cka_features({d3}, probe, {depths = {1, 2, 3}})
+  lu.assertAlmostEquals(lps.matmul(fa, f3, false, true):get(1, 1), want_a3, 1e-5)
+  T.assert_error_contains("a model has 3 layers, not among opts.depths", E.cka_features, {d3},
+    probe, {depths = {2}})
+end
+
+function TestCKA:test_identity_layer_by_hand()
+  -- b repeats a's first (or last) hidden layer: its layers are h1 h1 h2 (or
+  -- h1 h2 h2) against a's h1 h2, so the overlaps give 1/3 + 1/6 + 1/3 of
+  -- CKA 1 and 1/6 of CKA(h1, h2): 5/6 + c/6
+  local g = lps.generator(53)
+  local probe = lps.randn(25, 10, g)
+  local a = mlp(g, {10, 8, 6, 3})
+  local h = E.hidden(a, probe)
+  local want = 5 / 6 + E.linear_cka(h[1], h[2]) / 6
+  lu.assertTrue(want < 0.99)
+  for _, after in ipairs{1, 2} do
+    local b = with_identity(a, after)
+    lu.assertTrue(lps.allclose(E.forward(b, probe), E.forward(a, probe), 1e-5, 1e-5))
+    lu.assertAlmostEquals(E.similarity("cka", a, b, {probe = probe}), want, 1e-5)
+    local F = E.cka_features({a, b}, probe)
+    lu.assertAlmostEquals(lps.matmul(F, F, false, true):get(1, 2), want, 1e-5)
+  end
+end
+
+function TestCKA:test_layer_list_errors()
+  local x, y = lps.randn(6, 3), lps.randn(6, 2)
+  T.assert_error_contains("cka_layers: the second model must hold 1 to 100000 tensors, got 0",
+    E.cka_layers, {x}, {})
+  T.assert_error_contains("cka_layers: layer 2 of the second model is (5x2); every layer must be 6 x p",
+    E.cka_layers, {x}, {y, lps.randn(5, 2)})
+  T.assert_error_contains("cka_layers: the first model entry 1 is a number", E.cka_layers, {1}, {y})
+  T.assert_error_contains("cka_layers: layer 1 of the second model has a non-finite value at row 2",
+    E.cka_layers, {x}, {lps.tensor{{1}, {0 / 0}, {1}, {2}, {3}, {4}}})
+  T.assert_error_contains("model 2 layer 1 has 5 rows; every layer needs the same N >= 2 (6)",
+    E.cka_layer_features, {{x}, {lps.randn(5, 2)}})
+  T.assert_error_contains("model 1 layer 1 has non-finite activations", E.cka_layer_features,
+    {{lps.tensor{{1}, {1 / 0}}}})
+  T.assert_error_contains("cka_features: the probe must be an N x d tensor with N >= 2",
+    E.cka_features, {mlp(lps.generator(1), {3, 2, 2})}, lps.zeros(1, 3))
+  T.assert_error_contains("cka_features: needs a non-empty list of models", E.cka_features, {}, x)
 end
 
 TestSimilarity = {}
@@ -411,6 +494,16 @@ function TestCKAFeatures:test_dot_products_are_cka()
   local direct = lps.eval.similarity_matrix("cka", models, models, {probe = probe})
   lu.assertTrue(lps.allclose(via, direct, 1e-4, 1e-5))
   lu.assertAlmostEquals(via:get(2, 2), 1, 1e-5)
+  -- one depth L: layer l in slot l as K / (||K|| sqrt L), exactly as before
+  -- depths could differ (the ModelSet500 table keeps its values)
+  for i, m in ipairs(models) do
+    for l, X in ipairs(E.hidden(m, probe)) do
+      local Xc = X - X:mean(1)
+      local K = lps.matmul(Xc, Xc, false, true)
+      K:mul_(1 / (K:norm() * math.sqrt(2)))
+      lu.assertEquals(F[i]:rows((l - 1) * 81 + 1, l * 81):totable(), K:reshape(81):totable())
+    end
+  end
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -55,6 +55,50 @@ function TestCLI:test_nearest_and_similarity()
   lu.assertAlmostEquals(tonumber(out), sim:similarity(ms:tensors(1), ms:tensors(9)), 1e-5)
 end
 
+function TestCLI:test_query_by_file()
+  -- record 4 as a file: not in the set, so nothing is left out and the record
+  -- itself comes first with cosine 1; the rest is record 4's own list
+  local f = dir .. "/q4.safetensors"
+  local ok, out = cli(("export %s 4 %s"):format(SET, f))
+  lu.assertTrue(ok, out)
+  ok, out = cli(("nearest %s %s 4 -k 3 --json"):format(SET, MODEL))
+  lu.assertTrue(ok, out)
+  local by_record = cjson.decode(out)
+  ok, out = cli(("nearest %s %s %s -k 4 --json"):format(SET, MODEL, f))
+  lu.assertTrue(ok, out)
+  local by_file = cjson.decode(out)
+  lu.assertEquals(by_file.query, {file = f, id = "t2-m1", task = 2})
+  lu.assertEquals(#by_file.nearest, 4)
+  lu.assertEquals(by_file.nearest[1].index, 4)
+  lu.assertAlmostEquals(by_file.nearest[1].score, 1, 1e-5)
+  for r = 1, 3 do
+    local x, y = by_file.nearest[r + 1], by_record.nearest[r]
+    lu.assertEquals({x.index, x.id, x.task}, {y.index, y.id, y.task})
+    lu.assertAlmostEquals(x.score, y.score, 1e-5)
+  end
+  ok, out = cli(("nearest %s %s %s -k 2"):format(SET, MODEL, f))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, ("query %s t2-m1 (task 2)\n"):format(f))
+  lu.assertStrContains(out, "   1      4  t2-m1")
+  -- similarity: either side a file
+  ok, out = cli(("similarity %s %s %s 9 --json"):format(SET, MODEL, f))
+  lu.assertTrue(ok, out)
+  local r = cjson.decode(out)
+  lu.assertEquals({r.i, r.j}, {f, 9})
+  ok, out = cli(("similarity %s %s 4 9"):format(SET, MODEL))
+  lu.assertAlmostEquals(r.similarity, tonumber(out), 1e-5)
+  ok, out = cli(("similarity %s %s 4 %s"):format(SET, MODEL, f))
+  lu.assertAlmostEquals(tonumber(out), 1, 1e-5)
+  local code
+  ok, out, code = cli(("nearest %s %s %s/missing.safetensors"):format(SET, MODEL, dir))
+  lu.assertEquals(code, 1, out)
+  lu.assertStrContains(out, "INDEX " .. dir .. "/missing.safetensors is neither a record number 1..9 "
+    .. "nor a readable .safetensors file")
+  ok, out, code = cli(("similarity %s %s 1 %s"):format(SET, MODEL, SET))
+  lu.assertEquals(code, 1, out)
+  lu.assertStrContains(out, "lualps similarity: safetensors")
+end
+
 function TestCLI:test_embed_outputs()
   local ok, out = cli(("embed %s %s %s/e.json"):format(SET, MODEL, dir))
   lu.assertTrue(ok, out)

@@ -122,6 +122,17 @@ function TestLearn:test_schedule_progress_and_stop()
   lu.assertAlmostEquals(seen[1], 0.01, 1e-9)
   lu.assertAlmostEquals(seen[2], 0.005 * (1 + math.cos(math.pi / 4)), 1e-9)
   lu.assertAlmostEquals(seen[3], 0.005, 1e-9)
+  -- progress as util.progress options: the epoch bar, one line per epoch
+  -- without a terminal
+  local out = {}
+  local stream = {write = function(_, ...) for _, x in ipairs{...} do out[#out + 1] = x end end,
+    flush = function() end}
+  rep = sim.train_network(net, ms, labels, {epochs = 2, progress = {stream = stream, tty = false}})
+  local text = table.concat(out)
+  lu.assertEquals(select(2, text:gsub("\n", "")), 2)
+  lu.assertStrContains(text, ("lps: 1/2 epochs, "))
+  lu.assertStrContains(text, ("  loss %.4f  acc %.4f\nlps: 2/2 epochs, "):format(rep.epochs[1].loss,
+    rep.epochs[1].accuracy))
   -- a triplet-only run reports no accuracy
   rep = sim.train_network(net, ms, labels, {epochs = 1, loss = "triplet"})
   lu.assertNil(rep.epochs[1].accuracy)

@@ -861,4 +861,20 @@ function TestCLI:test_subcommands_and_exit_codes()
   lu.assertStrContains(text, "cannot open")
 end
 
+function TestCLI:test_info_tasks_in_numeric_order()
+  local a = T.tmpname(".lpsm")
+  local ms = MS.create(a, {overwrite = true})
+  -- numbers by value before the other labels, which sort as strings ("9" too)
+  for _, t in ipairs{10, 2, "b", 1, "9", 11, "a", 2.5} do
+    ms:append_tensors({w = lps.ones(2)}, {id = tostring(t) .. type(t), task = t})
+  end
+  ms:append_tensors({w = lps.ones(2)}, {id = "none"})
+  ms:close()
+  local code, text = run("info " .. a)
+  lu.assertEquals(code, 0, text)
+  local order = {}
+  for t in text:match("tasks +9\n(.*)$"):gmatch("    (%S+) +1\n") do order[#order + 1] = t end
+  lu.assertEquals(order, {"1", "2", "2.5", "10", "11", "(none)", "9", "a", "b"})
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

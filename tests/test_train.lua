@@ -129,6 +129,42 @@ function TestTrain:test_progress_callback()
   T.assert_error_contains("closed", lps.evaluate, m2, {x = xtr, y = ytr})
 end
 
+local function sink()
+  local s = {buf = {}}
+  function s:write(...) for _, x in ipairs{...} do self.buf[#self.buf + 1] = x end end
+  function s:flush() end
+  function s:text() return table.concat(self.buf) end
+  return s
+end
+
+function TestTrain:test_progress_display()
+  -- progress = util.progress options: the epoch bar on that stream; without
+  -- a terminal one line per epoch with the epoch's loss and accuracy
+  local m = nn.mlp{784, 4, 2, generator = lps.generator(1)}
+  local out = sink()
+  local r = lps.train(m, {x = xtr:rows(1, 64), y = ytr:rows(1, 64)}, {optimizer = optim.sgd{lr = 0.05},
+    epochs = 3, batch_size = 8, progress = {stream = out, tty = false}})
+  local lines = {}
+  for l in out:text():gmatch("[^\n]+") do lines[#lines + 1] = l end
+  lu.assertEquals(#lines, 3)
+  for e = 1, 3 do
+    lu.assertStrContains(lines[e], ("train: %d/3 epochs"):format(e))
+    lu.assertStrContains(lines[e], ("loss %.4f  acc %.4f  "):format(r.epochs[e].loss, r.epochs[e].accuracy))
+    lu.assertStrContains(lines[e], " samples/s")
+  end
+  -- on a terminal the bar's line is ended even when training fails
+  out = sink()
+  local x = xtr:rows(1, 20):clone()
+  x:set(15, 1, 0 / 0)
+  T.assert_error_contains("loss is NaN at epoch 1, step 2", lps.train, m, {x = x, y = ytr:rows(1, 20)},
+    {optimizer = optim.sgd{lr = 0.05}, epochs = 3, batch_size = 10, shuffle = false,
+     progress_interval = 1e-9, progress = {stream = out, tty = true, interval = 0, label = "fit"}})
+  lu.assertStrContains(out:text(), "\r[")
+  lu.assertStrContains(out:text(), "  16% fit: 0/3 epochs") -- after step 1 of 2 (1/6)
+  lu.assertEquals(out:text():sub(-1), "\n")
+  lu.assertNotStrContains(out:text(), "fit: 1/3")
+end
+
 function TestTrain:test_errors()
   local m = nn.mlp{784, 4, 2}
   local o = optim.sgd{}

@@ -419,6 +419,39 @@ static int l_linear_cka(lua_State *L)
     return 1;
 }
 
+/* An array of tensors at idx (one model's layer activations) -> pointers. */
+static const lps_tensor **check_tensor_list(lua_State *L, int idx, int *n, const char *what)
+{
+    if (!lua_istable(L, idx))
+        luaL_error(L, "cka_layers: %s must be an array of activation tensors, got a %s", what,
+                   luaL_typename(L, idx));
+    lua_Integer len = luaL_len(L, idx);
+    if (len < 1 || len > 100000)
+        luaL_error(L, "cka_layers: %s must hold 1 to 100000 tensors, got %d", what, (int)len);
+    const lps_tensor **t = scratch(L, (size_t)len * sizeof *t);
+    for (lua_Integer i = 0; i < len; i++) {
+        lua_geti(L, idx, i + 1);
+        t[i] = lps_lua_totensor(L, -1);
+        if (!t[i])
+            luaL_error(L, "cka_layers: %s entry %d is a %s, expected a tensor", what, (int)i + 1,
+                       luaL_typename(L, -1));
+        lua_pop(L, 1); /* the table keeps it alive */
+    }
+    *n = (int)len;
+    return t;
+}
+
+static int l_cka_layers(lua_State *L)
+{
+    int la, lb;
+    const lps_tensor **xa = check_tensor_list(L, 1, &la, "the first model");
+    const lps_tensor **xb = check_tensor_list(L, 2, &lb, "the second model");
+    double c;
+    LPS_LCHECK(L, lps_cka_layers(&c, xa, la, xb, lb));
+    lua_pushnumber(L, c);
+    return 1;
+}
+
 static int l_cka_matrix(lua_State *L)
 {
     int64_t na, nb;
@@ -644,7 +677,7 @@ static const luaL_Reg functions[] = {
     {"forward", l_forward}, {"hidden", l_hidden}, {"permute", l_permute},
     {"sort_perm", l_sort_perm}, {"weight_matching", l_weight_matching},
     {"matching_matrix", l_matching_matrix}, {"linear_cka", l_linear_cka},
-    {"cka_matrix", l_cka_matrix}, {"assign", l_assign}, {"retrieval", l_retrieval},
+    {"cka_matrix", l_cka_matrix}, {"cka_layers", l_cka_layers}, {"assign", l_assign}, {"retrieval", l_retrieval},
     {"knn_classify", l_knn_classify}, {"centroid_classify", l_centroid_classify},
     {"nmi", l_nmi}, {"ami", l_ami}, {"emi", l_emi}, {"kendall_tau", l_kendall},
     {"spearman", l_spearman}, {"topk", l_topk}, {"kmeans", l_kmeans}, {"symeig", l_symeig},
