@@ -308,6 +308,25 @@ lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y,
 lps_tensor *lps_idx_read_images(const char *path);
 lps_tensor *lps_idx_read_labels(const char *path);
 
+/* Image domains: transforms of square grayscale images in [0, 1], applied
+ * when data is loaded. x and out are N x (s*s) (or N x 1 x s x s), same
+ * shape; out must not alias x.
+ *   IDENTITY  a copy
+ *   INVERT    1 - x
+ *   ROT90     rotated 90 degrees clockwise: out[r][c] = x[s-1-c][r]
+ *   BLUR      3x3 binomial kernel [1 2 1]^T [1 2 1] / 16, zeros outside
+ *   DOWNUP    2x2 mean pooling, then each mean copied back to its 2x2 block
+ *             (s even): the image at half resolution */
+typedef enum {
+    LPS_DOMAIN_IDENTITY, LPS_DOMAIN_INVERT, LPS_DOMAIN_ROT90, LPS_DOMAIN_BLUR, LPS_DOMAIN_DOWNUP,
+    LPS_NDOMAINS
+} lps_domain;
+lps_status lps_image_domain(lps_tensor *out, const lps_tensor *x, lps_domain d);
+/* "identity", "invert", "rot90", "blur", "downup"; NULL for another value. */
+const char *lps_domain_name(lps_domain d);
+/* The domain called name, or -1. */
+int lps_domain_from_name(const char *name);
+
 /* ------------------------------------------------------- modelset store */
 /* (csrc/store/: modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
  * An append-only file of records, one per model: JSON metadata (opaque to C)

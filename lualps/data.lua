@@ -34,6 +34,25 @@ function data.fashion_mnist(split, dir)
   return x, y:add_(1)
 end
 
+--- The image domains of lps.data.domain, in order.
+data.domains = {"identity", "invert", "rot90", "blur", "downup"}
+
+--- Images x (N x 784, or N x 1 x 28 x 28; any square side) seen in another
+-- domain, as a new tensor: "identity" (a copy), "invert" (1 - x), "rot90"
+-- (rotated 90 degrees clockwise), "blur" (3x3 binomial filter, zeros
+-- outside), "downup" (2x2 means, then back to full size: half resolution).
+function data.domain(x, name)
+  if not lps.is_tensor(x) then error("domain: expected a tensor of images", 2) end
+  local known = false
+  for _, d in ipairs(data.domains) do known = known or d == name end
+  if not known then
+    error(("domain: unknown domain '%s' (%s)"):format(tostring(name), table.concat(data.domains, ", ")), 2)
+  end
+  local ok, out = pcall(C.image_domain, x, name)
+  if not ok then error(out, 2) end
+  return out
+end
+
 local function check_xy(x, y, what)
   if not lps.is_tensor(x) or not lps.is_tensor(y) then error(what .. ": expected tensors x and y", 3) end
   if x:size(1) ~= y:numel() then

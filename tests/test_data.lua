@@ -108,6 +108,49 @@ function TestHelpers:test_split()
   T.assert_error_contains("6 samples but 5 labels", data.split, x, lps.zeros(5), 1)
 end
 
+TestDomains = {}
+
+-- A 4x4 image with pixel values 1..16, row by row.
+local function ramp() return lps.arange(16):add_(1):reshape(1, 16) end
+
+function TestDomains:test_hand_checked_outputs()
+  local x = ramp()
+  local function flat(d) return lps.data.domain(x, d):reshape(16):totable() end
+  lu.assertEquals(flat("identity"), x:reshape(16):totable())
+  lu.assertEquals(flat("invert"), {0, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15})
+  -- clockwise: the first column, read bottom up, becomes the first row
+  lu.assertEquals(flat("rot90"), {13, 9, 5, 1, 14, 10, 6, 2, 15, 11, 7, 3, 16, 12, 8, 4})
+  lu.assertEquals(flat("downup"), {3.5, 3.5, 5.5, 5.5, 3.5, 3.5, 5.5, 5.5, 11.5, 11.5, 13.5, 13.5,
+    11.5, 11.5, 13.5, 13.5})
+  -- blur corner: rows (2*1 + 2)/4 = 1 and (2*5 + 6)/4 = 4, then (2*1 + 4)/4 = 1.5
+  local b = flat("blur")
+  lu.assertEquals(b[1], 1.5)
+  lu.assertEquals(b[6], 6) -- inner pixel of a linear ramp keeps its value
+  -- a single bright pixel spreads as the 3x3 binomial kernel / 16
+  local dot = lps.zeros(1, 25)
+  dot:set(1, 13, 16)
+  local k = lps.data.domain(dot, "blur"):reshape(5, 5)
+  lu.assertEquals(k:rows(2, 4):totable(), {{0, 1, 2, 1, 0}, {0, 2, 4, 2, 0}, {0, 1, 2, 1, 0}})
+  lu.assertEquals(k:sum(), 16)
+end
+
+function TestDomains:test_rotations_compose()
+  local x = lps.rand(3, 1, 28, 28, lps.generator(5))
+  local r = x
+  for _ = 1, 4 do r = lps.data.domain(r, "rot90") end
+  lu.assertEquals(r:totable(), x:totable()) -- four quarter turns: the same images
+  lu.assertEquals(lps.data.domain(x, "rot90"):shape(), {3, 1, 28, 28})
+  local inv = lps.data.domain(lps.data.domain(x, "invert"), "invert")
+  lu.assertTrue(lps.allclose(inv, x, 0, 1e-6))
+end
+
+function TestDomains:test_bad_input()
+  T.assert_error_contains("unknown domain 'sepia'", lps.data.domain, ramp(), "sepia")
+  T.assert_error_contains("square images", lps.data.domain, lps.zeros(2, 5), "rot90")
+  T.assert_error_contains("even side", lps.data.domain, lps.zeros(1, 9), "downup")
+  T.assert_error_contains("expected a tensor", lps.data.domain, {1, 2}, "blur")
+end
+
 TestBadFiles = {}
 
 local function be32(n) return string.pack(">I4", n) end

@@ -1,4 +1,4 @@
-/* lua_data.c - IDX file readers for lualps/data.lua. */
+/* lua_data.c - IDX file readers and image domains for lualps/data.lua. */
 #include "lua/nn_binding.h"
 
 /* idx_images(path) -> N x (rows*cols) tensor in [0, 1] */
@@ -15,7 +15,22 @@ static int l_idx_labels(lua_State *L)
     return 1;
 }
 
+/* image_domain(x, name) -> a new tensor of x's shape in that domain */
+static int l_image_domain(lua_State *L)
+{
+    lps_tensor *x = lps_lua_checktensor(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    int d = lps_domain_from_name(name);
+    if (d < 0)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "unknown domain '%s' (identity, invert, "
+                                                   "rot90, blur, downup)", name));
+    lps_tensor *out = lps_lua_emptytensor(L, x->ndim, x->shape);
+    LPS_LCHECK(L, lps_image_domain(out, x, (lps_domain)d));
+    return 1;
+}
+
 static const luaL_Reg functions[] = {
-    {"idx_images", l_idx_images}, {"idx_labels", l_idx_labels}, {NULL, NULL}};
+    {"idx_images", l_idx_images}, {"idx_labels", l_idx_labels}, {"image_domain", l_image_domain},
+    {NULL, NULL}};
 
 void lps_lua_open_data(lua_State *L) { luaL_setfuncs(L, functions, 0); }
