@@ -207,54 +207,85 @@ end
 zoo.file_exists = file_exists
 
 --- Fashion-MNIST split into the plan's tasks, loaded once per process:
--- task_data(t) -> {x, y, xt, yt} (labels 1, 2 = the task's first, second class).
-function zoo.task_data_loader(tasks, data_dir)
+-- task_data(t) -> {x, y, xt, yt} (labels 1..k = the task's classes in
+-- order), the images in the task's `domain` (lps.data.domain) when it has
+-- one. opts.max_test keeps the first that many test images of a task.
+function zoo.task_data_loader(tasks, data_dir, opts)
+  local max_test = opts and opts.max_test
   local x, y = lps.data.fashion_mnist("train", data_dir)
   local xt, yt = lps.data.fashion_mnist("test", data_dir)
   local cache = {}
   return function(t)
     if not cache[t] then
-      local c = {tasks[t].classes[1] + 1, tasks[t].classes[2] + 1} -- dataset labels are 1-based
+      local c = {}
+      for k, cl in ipairs(tasks[t].classes) do c[k] = cl + 1 end -- dataset labels are 1-based
       local a, b = lps.data.select_classes(x, y, c)
       local at, bt = lps.data.select_classes(xt, yt, c)
+      if max_test and at:size(1) > max_test then at, bt = at:rows(1, max_test), bt:rows(1, max_test) end
+      local d = tasks[t].domain
+      if d and d ~= "identity" then a, at = lps.data.domain(a, d), lps.data.domain(at, d) end
       cache = {[t] = {x = a, y = b, xt = at, yt = bt}} -- tasks come in order: keep one
     end
     return cache[t]
   end
 end
 
+-- The optimizer of a plan entry (sgd with momentum, adam, adamw).
+local function optimizer_of(m)
+  if m.optimizer == "sgd" then
+    return lps.optim.sgd{lr = m.lr, momentum = m.momentum, weight_decay = m.weight_decay}
+  elseif m.optimizer == "adamw" then
+    return lps.optim.adamw{lr = m.lr, weight_decay = m.weight_decay}
+  end
+  return lps.optim.adam{lr = m.lr, weight_decay = m.weight_decay}
+end
+
 --- Train the model of plan entry m on its task's data; attempt 0 uses
--- m.seed, attempt a uses m.seed + a * 2^32 ("the next seed").
+-- m.seed, attempt a uses m.seed + a * 2^32 ("the next seed"). The model is
+-- m.spec (lps.nn.from_spec, inputs reshaped to m.input_shape) or an MLP of
+-- sizes m.arch.
 function zoo.train_one(m, td, attempt)
   local seed = m.seed + (attempt or 0) * 4294967296
   local g = lps.generator(seed)
   local x, y = lps.data.fraction(td.x, td.y, m.fraction, g)
-  local sizes = table.move(m.arch, 1, #m.arch, 1, {generator = g})
-  local model = lps.nn.mlp(sizes)
-  local opt = m.optimizer == "sgd" and lps.optim.sgd{lr = m.lr, momentum = m.momentum}
-    or lps.optim.adam{lr = m.lr}
-  local rep = lps.nn.train(model, {x = x, y = y}, {optimizer = opt, epochs = m.epochs,
+  local xt = td.xt
+  local model
+  if m.spec then
+    model = lps.nn.from_spec(m.spec, g)
+    if m.input_shape then
+      x = x:reshape(x:size(1), table.unpack(m.input_shape))
+      xt = xt:reshape(xt:size(1), table.unpack(m.input_shape))
+    end
+  else
+    model = lps.nn.mlp(table.move(m.arch, 1, #m.arch, 1, {generator = g}))
+  end
+  local rep = lps.nn.train(model, {x = x, y = y}, {optimizer = optimizer_of(m), epochs = m.epochs,
     batch_size = m.batch_size, generator = g, progress = false})
   local train_acc = lps.nn.evaluate(model, {x = x, y = y})
-  local test_acc, test_loss = lps.nn.evaluate(model, {x = td.xt, y = td.yt})
+  local test_acc, test_loss = lps.nn.evaluate(model, {x = xt, y = td.yt})
   local history = {}
   for _, e in ipairs(rep.epochs) do history[#history + 1] = {loss = e.loss, accuracy = e.accuracy} end
   return model, {seed = seed, train_accuracy = train_acc, test_accuracy = test_acc,
     test_loss = test_loss, history = history, n_train = x:size(1), seconds = rep.seconds}
 end
 
+-- Plan fields stored as they are when a plan has them (ModelSet-Hetero's).
+local extra_fields = {"family", "domain", "subset", "widths", "heldout_arch", "weight_decay", "min_test_accuracy"}
+
 -- The metadata stored with a model: the plan entry and what training gave.
 local function model_meta(m, task, res, attempts)
-  return {
+  local meta = {
     id = m.id, index = m.index, task = m.task, task_name = task.name,
     classes = m.classes, master_seed = m.master_seed, fingerprint = m.fingerprint,
     seed = res.seed, base_seed = m.seed, attempts = attempts,
-    architecture = "mlp-" .. table.concat(m.arch, "-"),
+    architecture = m.architecture or ("mlp-" .. table.concat(m.arch, "-")),
     optimizer = m.optimizer, lr = m.lr, momentum = m.momentum,
     batch_size = m.batch_size, epochs = m.epochs, fraction = m.fraction, n_train = res.n_train,
     train_accuracy = res.train_accuracy, test_accuracy = res.test_accuracy,
     test_loss = res.test_loss, history = res.history,
   }
+  for _, k in ipairs(extra_fields) do meta[k] = m[k] end
+  return meta
 end
 
 --- Open `path` for appending (creating it if missing), after checking that
@@ -293,7 +324,9 @@ end
 -- resuming: models already stored are skipped and nothing stored is
 -- rewritten. opts: tasks (the task table), data_dir, progress (options for
 -- util.progress, or false), threads (BLAS threads, 1: bit-identical across
--- shards), codec. Returns a summary table.
+-- shards), codec, max_test (test images per task), min_test_accuracy and
+-- max_attempts (retraining; a plan entry's own min_test_accuracy wins).
+-- Returns a summary table.
 function zoo.build(plan, path, opts)
   opts = opts or {}
   assert(opts.tasks, "zoo.build: opts.tasks (the task table) is required")
@@ -306,7 +339,7 @@ function zoo.build(plan, path, opts)
   if #todo == 0 then ms:close() return summary end
   local threads = lps.get_num_threads()
   lps.set_num_threads(opts.threads or 1)
-  local loader = zoo.task_data_loader(opts.tasks, opts.data_dir)
+  local loader = zoo.task_data_loader(opts.tasks, opts.data_dir, {max_test = opts.max_test})
   local prog = opts.progress ~= false and
     require("lualps.util").progress(#todo, opts.progress or {label = "models", unit = "models"})
   local cfg_min = opts.min_test_accuracy or zoo.defaults.min_test_accuracy
@@ -315,14 +348,15 @@ function zoo.build(plan, path, opts)
     for n, m in ipairs(todo) do
       local td = loader(m.task)
       local attempts, best, best_res = {}, nil, nil
+      local floor = m.min_test_accuracy or cfg_min
       for a = 0, max_attempts - 1 do
         local model, res = zoo.train_one(m, td, a)
         attempts[#attempts + 1] = {seed = res.seed, test_accuracy = res.test_accuracy}
         if not best_res or res.test_accuracy > best_res.test_accuracy then best, best_res = model, res end
-        if res.test_accuracy >= cfg_min then break end
+        if res.test_accuracy >= floor then break end
       end
       if #attempts > 1 then summary.retrained = summary.retrained + 1 end
-      if best_res.test_accuracy < cfg_min then summary.below = summary.below + 1 end
+      if best_res.test_accuracy < floor then summary.below = summary.below + 1 end
       local task = opts.tasks[m.task]
       local meta = model_meta(m, {name = task.name or table.concat(task.classes, " vs ")},
         best_res, attempts)

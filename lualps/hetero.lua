@@ -1,0 +1,343 @@
+--- lualps.hetero: the plan and splits of ModelSet-Hetero, a model set of
+-- MLPs and CNNs over multi-class tasks in several image domains. As for
+-- ModelSet500 (lps.zoo), everything a model depends on (family,
+-- architecture, optimizer, learning rate, batch size, epochs, data subset)
+-- is drawn from a generator seeded by (master seed, position), so shards,
+-- resumes and merges give the same set bit for bit. lps.zoo.build trains
+-- the plan; lps.hetero.splits gives its five evaluation splits.
+local lps = require "lualps"
+local zoo = require "lualps.zoo"
+
+local H = {}
+
+--- Defaults of a plan; every field may be overridden in H.plan's cfg.
+H.defaults = {
+  master_seed = 1907,
+  per_task = 26,                 -- models per task: odd positions MLPs, even CNNs
+  fraction = {0.05, 0.25},       -- of the task's training images, uniform
+  epochs = {1, 3},               -- inclusive range, uniform
+  batch_sizes = {32, 64, 128},
+  sgd = {lr = {0.01, 0.1}, momentum = 0.9}, -- lr log-uniform in the range
+  adam = {lr = {3e-4, 3e-3}},
+  adamw = {lr = {3e-4, 3e-3}, weight_decay = {1e-3, 1e-1}}, -- weight decay log-uniform
+  heldout_arch_rate = 0.15,      -- models given a held-out width or channel count
+  cnn_max_macs = 600000,         -- forward multiply-adds per image; larger draws are redrawn
+  cnn_max_samples = 8000,        -- training images x epochs of a CNN (build time)
+  images_per_class = 6000,       -- Fashion-MNIST training images per class
+  floor = 0.45,                  -- min test accuracy: chance + floor * (1 - chance)
+  -- The transfer pool: the first `pool` models of each task have these
+  -- architectures (half MLPs, half CNNs), so one from-scratch model per
+  -- family is the baseline of every source (lps.transfer).
+  pool = 4,
+  reference_mlp = {128, 64},
+  reference_cnn = { {out = 8, kernel = 5, down = "stride"}, {out = 16, kernel = 3, down = "stride"} },
+}
+
+local function with_defaults(cfg)
+  local c = {}
+  for k, v in pairs(H.defaults) do c[k] = v end
+  for k, v in pairs(cfg or {}) do c[k] = v end
+  return c
+end
+
+local function log_uniform(g, r)
+  return math.exp(math.log(r[1]) + (math.log(r[2]) - math.log(r[1])) * g:uniform())
+end
+
+local function pick(g, list) return list[g:random(#list)] end
+
+local function minus(list, drop)
+  local skip, out = {}, {}
+  for _, v in ipairs(drop) do skip[v] = true end
+  for _, v in ipairs(list) do if not skip[v] then out[#out + 1] = v end end
+  return out
+end
+
+--- The task list of a task table (recipes/modelset_hetero_tasks.lua): every
+-- subset in every domain, subset-major. Task: {id, classes, domain, subset, name}.
+function H.tasks(TABLE)
+  local tasks = {}
+  for s, classes in ipairs(TABLE.subsets) do
+    for _, d in ipairs(TABLE.domains) do
+      local names = {}
+      for k, c in ipairs(classes) do names[k] = TABLE.class_names[c] end
+      tasks[#tasks + 1] = {id = #tasks + 1, classes = classes, domain = d, subset = s,
+                           name = table.concat(names, "/") .. " (" .. d .. ")"}
+    end
+  end
+  return tasks
+end
+
+-- An MLP spec of hidden widths for k classes.
+local function mlp_spec(widths, k)
+  local layers, prev = {}, 784
+  for _, w in ipairs(widths) do
+    layers[#layers + 1] = {type = "linear", in_features = prev, out_features = w}
+    layers[#layers + 1] = {type = "relu"}
+    prev = w
+  end
+  layers[#layers + 1] = {type = "linear", in_features = prev, out_features = k}
+  return {type = "sequential", layers = layers}, "mlp-784-" .. table.concat(widths, "-") .. "-" .. k
+end
+
+-- A CNN spec of conv layers {out, kernel, down = "stride" | "pool"} on 28x28
+-- images for k classes, its forward multiply-adds per image and its name.
+local function cnn_spec(convs, k)
+  local layers, cin, h, macs, parts = {}, 1, 28, 0, {}
+  for _, c in ipairs(convs) do
+    local pad = c.kernel // 2
+    local stride = c.down == "stride" and 2 or 1
+    local ho = (h + 2 * pad - c.kernel) // stride + 1
+    layers[#layers + 1] = {type = "conv2d", in_channels = cin, out_channels = c.out, kernel_size = c.kernel,
+                           stride = stride, padding = pad}
+    layers[#layers + 1] = {type = "relu"}
+    macs = macs + ho * ho * c.out * cin * c.kernel * c.kernel
+    if c.down == "pool" then
+      layers[#layers + 1] = {type = "maxpool2d", kernel_size = 2, stride = 2}
+      ho = ho // 2
+    end
+    parts[#parts + 1] = ("c%dk%d%s"):format(c.out, c.kernel, c.down == "stride" and "s2" or "p2")
+    cin, h = c.out, ho
+  end
+  layers[#layers + 1] = {type = "flatten"}
+  layers[#layers + 1] = {type = "linear", in_features = cin * h * h, out_features = k}
+  macs = macs + cin * h * h * k
+  return {type = "sequential", layers = layers}, macs, "cnn-" .. table.concat(parts, "-") .. "-" .. k
+end
+
+-- Hidden widths (or channels) from `seen`; with `held` one of them, at a
+-- random layer, from `heldout`.
+local function draw_sizes(g, n, seen, heldout, held)
+  local sizes = {}
+  for l = 1, n do sizes[l] = pick(g, seen) end
+  if held then sizes[g:random(n)] = pick(g, heldout) end
+  return sizes
+end
+
+-- Draw a CNN's conv layers within the cost cap (redrawn with the same generator).
+local function draw_cnn(g, c, TABLE, held, k)
+  local seen = minus(TABLE.cnn_channels, TABLE.heldout_channels)
+  for _ = 1, 1000 do
+    local n = g:random(2, 3)
+    local chans = draw_sizes(g, n, seen, TABLE.heldout_channels, held)
+    local convs = {}
+    for l = 1, n do convs[l] = {out = chans[l], kernel = pick(g, {3, 5}), down = pick(g, {"stride", "pool"})} end
+    local spec, macs, name = cnn_spec(convs, k)
+    if macs <= c.cnn_max_macs then return spec, macs, name, chans end
+  end
+  error("hetero: no CNN within cnn_max_macs = " .. c.cnn_max_macs, 0)
+end
+
+--- A canonical fingerprint of everything that determines the set's models.
+function H.fingerprint(cfg, TABLE)
+  local c = with_defaults(cfg)
+  local keys = {}
+  for k in pairs(H.defaults) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  local function ser(v)
+    if type(v) ~= "table" then return tostring(v) end
+    local out, ks = {}, {}
+    for k in pairs(v) do ks[#ks + 1] = k end
+    table.sort(ks, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(ks) do out[#out + 1] = tostring(k) .. ":" .. ser(v[k]) end
+    return "{" .. table.concat(out, ",") .. "}"
+  end
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. ser(c[k]) end
+  parts[#parts + 1] = "table=" .. ser(TABLE)
+  return zoo.fnv1a(table.concat(parts, ";"))
+end
+
+--- The plan over the task table: one entry per model, task-major, with
+-- everything its training needs (spec, input_shape, optimizer, ...) for
+-- lps.zoo.build. cfg.tasks (optional) restricts to the first N tasks.
+function H.plan(TABLE, cfg)
+  local c = with_defaults(cfg)
+  local tasks = H.tasks(TABLE)
+  local ntasks = math.min(#tasks, c.tasks or #tasks)
+  local fp = H.fingerprint(cfg, TABLE)
+  local seen_w = minus(TABLE.mlp_widths, TABLE.heldout_widths)
+  local opts = {"sgd", "adam", "adamw"}
+  local plan = {}
+  for ti = 1, ntasks do
+    local task = tasks[ti]
+    local k = #task.classes
+    for pos = 1, c.per_task do
+      local index = #plan + 1
+      local seed = c.master_seed * 1000003 + index
+      local g = lps.generator(seed)
+      local family = pos % 2 == 1 and "mlp" or "cnn"
+      local in_pool = pos <= c.pool
+      local held = not in_pool and g:uniform() < c.heldout_arch_rate
+      local spec, name, widths, macs
+      if family == "mlp" then
+        widths = in_pool and c.reference_mlp or draw_sizes(g, g:random(1, 3), seen_w, TABLE.heldout_widths, held)
+        spec, name = mlp_spec(widths, k)
+      elseif in_pool then
+        spec, macs, name = cnn_spec(c.reference_cnn, k)
+        widths = {}
+        for l, cv in ipairs(c.reference_cnn) do widths[l] = cv.out end
+      else
+        spec, macs, name, widths = draw_cnn(g, c, TABLE, held, k)
+      end
+      local opt = opts[((pos - 1) // 2) % 3 + 1]
+      local range = c[opt].lr
+      local n_task = c.images_per_class * k
+      local fraction = c.fraction[1] + (c.fraction[2] - c.fraction[1]) * g:uniform()
+      local epochs = g:random(c.epochs[1], c.epochs[2])
+      if family == "cnn" then -- keep CNN training within its share of the build time
+        local n = math.floor(fraction * n_task + 0.5)
+        if n * epochs > c.cnn_max_samples then epochs = math.max(1, c.cnn_max_samples // n) end
+        if n > c.cnn_max_samples then fraction = c.cnn_max_samples / n_task end
+      end
+      plan[index] = {
+        index = index, id = ("t%02d-m%02d"):format(ti, pos), task = ti, classes = task.classes,
+        domain = task.domain, subset = task.subset, family = family, spec = spec,
+        input_shape = family == "cnn" and {1, 28, 28} or nil, architecture = name, widths = widths,
+        heldout_arch = held, macs = macs, seed = seed, optimizer = opt, lr = log_uniform(g, range),
+        momentum = opt == "sgd" and c.sgd.momentum or nil,
+        weight_decay = opt == "adamw" and log_uniform(g, c.adamw.weight_decay) or nil,
+        batch_size = pick(g, c.batch_sizes), epochs = epochs, fraction = fraction,
+        min_test_accuracy = 1 / k + c.floor * (1 - 1 / k), in_pool = in_pool,
+        fingerprint = fp, master_seed = c.master_seed,
+      }
+    end
+  end
+  return plan, tasks
+end
+
+-- A copy of t in the order of a random permutation from generator g.
+local function shuffled(t, g)
+  local out = {}
+  for k, i in ipairs(lps.data.randperm(#t, g)) do out[k] = t[i] end
+  return out
+end
+
+--- The five evaluation splits (lists of model ids), fixed by the master seed:
+-- classification (a): per task and family, 60% of the models train, the
+--   rest are held out;
+-- retrieval (b): `unseen` tasks (30%) whose models are queries (20% per
+--   family) and gallery; the other tasks' models train;
+-- novel (c): every task with a held-out class is a test task (queries and
+--   gallery as in b); the other tasks' models train;
+-- heldout_arch (d): training models of (a) without a held-out width or
+--   channel count train; the models with one are queries against the
+--   held-out models of (a) without one;
+-- cross_family (e): for the unseen tasks of (b), CNN queries against an
+--   MLP gallery, trained as (b).
+function H.splits(TABLE, plan, tasks, cfg)
+  local c = with_defaults(cfg)
+  local g = lps.generator(c.master_seed * 7919 + 17)
+  local by_task = {}
+  for _, m in ipairs(plan) do
+    by_task[m.task] = by_task[m.task] or {mlp = {}, cnn = {}}
+    table.insert(by_task[m.task][m.family], m)
+  end
+  local ntasks = #by_task
+  local cls = {train = {}, test = {}}
+  for t = 1, ntasks do
+    for _, fam in ipairs{"mlp", "cnn"} do
+      local list = shuffled(by_task[t][fam], g)
+      local ntrain = math.floor(#list * 0.6 + 0.5)
+      for j, m in ipairs(list) do table.insert(j <= ntrain and cls.train or cls.test, m.id) end
+    end
+  end
+  -- queries (20% of each family, at least one) and gallery of test tasks
+  local function query_gallery(test_tasks, out)
+    for _, t in ipairs(test_tasks) do
+      for _, fam in ipairs{"mlp", "cnn"} do
+        local list = shuffled(by_task[t][fam], g)
+        local nq = math.max(1, math.floor(#list * 0.2 + 0.5))
+        for j, m in ipairs(list) do table.insert(j <= nq and out.query or out.gallery, m.id) end
+      end
+    end
+  end
+  local function split_tasks(is_test)
+    local s = {train_tasks = {}, unseen_tasks = {}, train = {}, query = {}, gallery = {}}
+    for t = 1, ntasks do
+      table.insert(is_test[t] and s.unseen_tasks or s.train_tasks, t)
+      if not is_test[t] then
+        for _, fam in ipairs{"mlp", "cnn"} do
+          for _, m in ipairs(by_task[t][fam]) do s.train[#s.train + 1] = m.id end
+        end
+      end
+    end
+    query_gallery(s.unseen_tasks, s)
+    return s
+  end
+  local order, unseen = shuffled((function() local t = {} for i = 1, ntasks do t[i] = i end return t end)(), g), {}
+  for j = 1, math.max(1, math.floor(ntasks * 0.3 + 0.5)) do unseen[order[j]] = true end
+  local ret = split_tasks(unseen)
+  local heldout_class = {}
+  for _, cl in ipairs(TABLE.heldout_classes) do heldout_class[cl] = true end
+  local novel_tasks = {}
+  for t = 1, ntasks do
+    for _, cl in ipairs(tasks[t].classes) do novel_tasks[t] = novel_tasks[t] or heldout_class[cl] end
+  end
+  local novel = split_tasks(novel_tasks)
+  novel.heldout_classes = TABLE.heldout_classes
+  local held = {}
+  for _, m in ipairs(plan) do held[m.id] = m.heldout_arch end
+  local arch = {train = {}, query = {}, gallery = {}, heldout_widths = TABLE.heldout_widths,
+                heldout_channels = TABLE.heldout_channels}
+  for _, id in ipairs(cls.train) do if not held[id] then arch.train[#arch.train + 1] = id end end
+  for _, id in ipairs(cls.test) do if not held[id] then arch.gallery[#arch.gallery + 1] = id end end
+  for _, m in ipairs(plan) do if m.heldout_arch then arch.query[#arch.query + 1] = m.id end end
+  local family = {}
+  for _, m in ipairs(plan) do family[m.id] = m.family end
+  local cross = {train = ret.train, unseen_tasks = ret.unseen_tasks, query = {}, gallery = {}}
+  for _, id in ipairs(ret.query) do table.insert(family[id] == "cnn" and cross.query or cross.gallery, id) end
+  for _, id in ipairs(ret.gallery) do table.insert(family[id] == "cnn" and cross.query or cross.gallery, id) end
+  local task_list = {}
+  for t = 1, ntasks do task_list[t] = tasks[t] end
+  return {classification = cls, retrieval = ret, novel = novel, heldout_arch = arch, cross_family = cross,
+          tasks = task_list, master_seed = c.master_seed, fingerprint = plan[1].fingerprint}
+end
+
+--- Problems of splits against the models' metadata (meta_by_id: id ->
+-- {task, classes, family, heldout_arch}); an empty list when clean: no
+-- model in two roles, no training model of a test task, no held-out class
+-- in (c)'s training models, no held-out architecture in (d)'s.
+function H.check_splits(splits, meta_by_id)
+  local problems = {}
+  local function bad(fmt, ...) problems[#problems + 1] = fmt:format(...) end
+  local function set_of(list) local s = {} for _, v in ipairs(list) do s[v] = true end return s end
+  local function disjoint(name, a, b, an, bn)
+    local sa = set_of(a)
+    for _, id in ipairs(b) do if sa[id] then bad("%s: %s is in both %s and %s", name, id, an, bn) end end
+  end
+  disjoint("classification", splits.classification.train, splits.classification.test, "train", "test")
+  for _, name in ipairs{"retrieval", "novel", "cross_family"} do
+    local s = splits[name]
+    local test_task = set_of(s.unseen_tasks)
+    for _, id in ipairs(s.train) do
+      if test_task[meta_by_id[id].task] then bad("%s: training model %s is of test task %d", name, id, meta_by_id[id].task) end
+    end
+    disjoint(name, s.query, s.gallery, "query", "gallery")
+    for _, id in ipairs(s.query) do
+      if not test_task[meta_by_id[id].task] then bad("%s: query %s is not of a test task", name, id) end
+    end
+  end
+  local held = set_of(splits.novel.heldout_classes)
+  for _, id in ipairs(splits.novel.train) do
+    for _, cl in ipairs(meta_by_id[id].classes) do
+      if held[cl] then bad("novel: training model %s has held-out class %d", id, cl) end
+    end
+  end
+  for _, id in ipairs(splits.heldout_arch.train) do
+    if meta_by_id[id].heldout_arch then bad("heldout_arch: training model %s has a held-out architecture", id) end
+  end
+  for _, id in ipairs(splits.heldout_arch.gallery) do
+    if meta_by_id[id].heldout_arch then bad("heldout_arch: gallery model %s has a held-out architecture", id) end
+  end
+  disjoint("heldout_arch", splits.heldout_arch.train, splits.heldout_arch.gallery, "train", "gallery")
+  for _, id in ipairs(splits.cross_family.query) do
+    if meta_by_id[id].family ~= "cnn" then bad("cross_family: query %s is not a CNN", id) end
+  end
+  for _, id in ipairs(splits.cross_family.gallery) do
+    if meta_by_id[id].family ~= "mlp" then bad("cross_family: gallery model %s is not an MLP", id) end
+  end
+  return problems
+end
+
+return H
