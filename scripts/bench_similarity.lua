@@ -4,7 +4,8 @@
 -- store), streaming a large set with bounded memory (peak RSS of a 500- and
 -- a 5,000-model set), nearest-neighbour queries over 500 and 100,000
 -- embeddings (next to a Lua loop), and every method over the same pairs
--- (the retrieval protocol's 40 queries x 160 gallery models).
+-- (the retrieval protocol's 40 queries x 160 gallery models). Everything runs
+-- on one thread, the child processes too; the Lua-loop peer has one by nature.
 --   lua5.4 scripts/bench_similarity.lua [--set build/modelset500.lpsm] [--epochs 30]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
@@ -61,6 +62,7 @@ sim:save(model_file)
 local function rss_of(set)
   local cmd = ([[lua5.4 -e 'package.path="./?.lua;./?/init.lua;"..package.path
     local lps = require "lualps"
+    lps.set_num_threads(1)
     local sim = lps.similarity.load("%s")
     local t0 = lps.now()
     local E = sim:embed_set("%s")

@@ -2,8 +2,9 @@
 """torch.save size of models given as raw little-endian float32 files.
 
 Usage: bench_store_torch.py SHAPES RAW...   SHAPES: "name:d0xd1,name:d0,..."
-Prints one line per RAW file: its torch.save (zip, PyTorch's default) size in bytes.
-Used by bench_store.lua as the PyTorch peer."""
+Prints one line per RAW file: its torch.save size in bytes in the zip format
+(PyTorch's default) and in the legacy one, so bench_store.lua, which uses this
+as the PyTorch peer, can keep the smaller."""
 import io
 import sys
 
@@ -25,9 +26,12 @@ def main():
                 n *= d
             state[name] = flat[pos:pos + n].clone().reshape(dims)
             pos += n
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        print(len(buf.getvalue()))
+        sizes = []
+        for zip_format in (True, False):
+            buf = io.BytesIO()
+            torch.save(state, buf, _use_new_zipfile_serialization=zip_format)
+            sizes.append(len(buf.getvalue()))
+        print(*sizes)
 
 
 if __name__ == "__main__":

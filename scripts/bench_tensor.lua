@@ -1,9 +1,12 @@
 #!/usr/bin/env lua5.4
 -- Tensor benchmark: matmul GFLOP/s through lualps next to raw cblas_sgemm from
 -- C (scripts/bench_sgemm.c) in the same run, and element-wise GB/s next to
--- memcpy. Medians of repeats. Usage: lua5.4 scripts/bench_tensor.lua [THREADS]
+-- memcpy. Medians of repeats. lualps runs at THREADS OpenBLAS threads; the
+-- raw sgemm peer at its best of 1..THREADS for each shape (printed).
+-- Usage: lua5.4 scripts/bench_tensor.lua [THREADS]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
+local peers = require "scripts.peer_threads"
 
 local threads = tonumber(arg[1]) or lps.get_num_threads()
 lps.set_num_threads(threads)
@@ -17,9 +20,10 @@ assert(os.execute("mkdir -p build && cc -O2 -o " .. peer ..
 
 local shapes = {{128, 128, 128}, {512, 512, 512}, {2048, 2048, 2048}, {128, 784, 256}}
 
--- The C peer for one shape: median GFLOP/s of its own repeats (and memcpy GB/s).
-local function peer_run(s)
-  local p = assert(io.popen(("%s %d %d %d %d"):format(peer, threads, s[1], s[2], s[3])))
+-- The C peer for one shape at t threads: median GFLOP/s of its own repeats
+-- (and memcpy GB/s).
+local function peer_run(s, t)
+  local p = assert(io.popen(("%s%s %d %d %d %d"):format(peers.env{blas = t}, peer, t, s[1], s[2], s[3])))
   local g, mc
   for line in p:lines() do
     g = g or tonumber(line:match("^sgemm %d+ %d+ %d+ ([%d.]+)"))
@@ -46,27 +50,32 @@ end
 -- during the run hits both sides alike; medians over rounds.
 local ROUNDS = 5
 print(string.format("lualps %s, OpenBLAS threads: %d, %d alternating rounds", lps.version, threads, ROUNDS))
-print(string.format("%-16s %12s %12s %12s %8s", "matmul M K N", "raw GFLOP/s",
+print(string.format("%-16s %12s %-9s %12s %12s %8s", "matmul M K N", "raw GFLOP/s", "raw at",
   "lps GFLOP/s", "lps(out=)", "ratio"))
 local g = lps.generator(1)
 local memcpy_runs = {}
+local settings = peers.splits(threads, {"blas"})
 for _, s in ipairs(shapes) do
   local m, k, n = s[1], s[2], s[3]
   local a, b = lps.rand(m, k, g), lps.rand(k, n, g)
   local out = lps.zeros(m, n)
   local flop = 2 * m * k * n
   local raw, alloc, into = {}, {}, {}
+  for _, st in ipairs(settings) do raw[st] = {} end
   for r = 1, ROUNDS do
-    local gf, mc = peer_run(s)
-    raw[r] = gf
-    memcpy_runs[#memcpy_runs + 1] = mc
+    for _, st in ipairs(settings) do
+      local gf, mc = peer_run(s, st.blas)
+      raw[st][r] = gf
+      memcpy_runs[#memcpy_runs + 1] = mc
+    end
     alloc[r] = flop / time_it(function() lps.matmul(a, b) end, flop) * 1e-9
     into[r] = flop / time_it(function() lps.matmul(a, b, false, false, out) end, flop) * 1e-9
     collectgarbage()
   end
-  local rr, ra, ri = median(raw), median(alloc), median(into)
-  print(string.format("%-16s %12.2f %12.2f %12.2f %7.3fx", m .. " " .. k .. " " .. n, rr, ra, ri,
-    math.max(ra, ri) / rr))
+  local best, rr = peers.best(settings, function(st) return median(raw[st]) end)
+  local ra, ri = median(alloc), median(into)
+  print(string.format("%-16s %12.2f %-9s %12.2f %12.2f %7.3fx", m .. " " .. k .. " " .. n, rr, best.label,
+    ra, ri, math.max(ra, ri) / rr))
 end
 local memcpy_gbs = median(memcpy_runs)
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env lua5.4
 --- Training throughput, lualps against PyTorch (scripts/bench_train_torch.py),
 -- on the same Fashion-MNIST data, models, batch sizes, optimizers and thread
--- counts. Each side trains in its own process (so peak RSS is its own), one
--- warm-up epoch then timed epochs; medians are quoted.
+-- budgets. Each side trains in its own process (so peak RSS is its own), one
+-- warm-up epoch then timed epochs; medians are quoted. lualps spends a budget
+-- of T threads on OpenBLAS (its only pool; OpenMP is pinned to 1). PyTorch
+-- runs at its best split of T over its intra-op (OpenMP) and OpenBLAS pools,
+-- every split tried (scripts/peer_threads.lua); its setting is printed.
 --   (a) 784-256-128-10, Adam 1e-3, batch 128
 --   (b) 784-64-64-2 on two classes (9600 images, a ModelSet500 task), SGD
 --       lr 0.05 momentum 0.9, batch 64
@@ -12,9 +15,10 @@
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local argparse = require "argparse"
 local cjson = require "cjson"
+local peers = require "scripts.peer_threads"
 
 local p = argparse("bench_train", "lualps vs PyTorch training throughput")
-p:option("--threads", "thread counts", "1,2")
+p:option("--threads", "thread budgets", "1,2")
 p:option("--models", "which of a, b, c", "abc")
 p:option("--epochs", "timed epochs per run", "3")
 p:flag("--quick", "fewer samples (a smoke run)")
@@ -135,27 +139,31 @@ print(("load average before: %s"):format(loadavg()))
 for th in args.threads:gmatch("%d+") do
   for which in args.models:gmatch("[abc]") do
     local n = SAMPLES[which]
-    local env = ("OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s "):format(th, th)
     local l = run_json(("%slua5.4 %s --worker %s --worker-threads %s --samples %d --epochs %s")
-      :format(env, self, which, th, n, args.epochs))
-    local t = run_json(("%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --threads %s --samples %d --epochs %s")
-      :format(env, which, th, n, args.epochs))
-    rows[#rows + 1] = {which = which, th = tonumber(th), l = l, t = t}
-    io.stderr:write(("  done (%s) threads %s\n"):format(which, th))
+      :format(peers.env{blas = tonumber(th)}, self, which, th, n, args.epochs))
+    local best, _, t, all = peers.best(peers.splits(tonumber(th), {"intra", "blas"}), function(s)
+      local r = run_json(("%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --intra %d --blas %d "
+        .. "--samples %d --epochs %s"):format(peers.env(s), which, s.intra, s.blas, n, args.epochs))
+      io.stderr:write(("  (%s) budget %s, torch %s: %.0f samples/s\n"):format(which, th, s.label, r.median))
+      return r.median, r
+    end)
+    rows[#rows + 1] = {which = which, th = tonumber(th), l = l, t = t, setting = best.label, tried = all}
   end
 end
 
-print(("%-28s %3s %12s %12s %7s %9s %9s %8s %8s"):format("model", "thr", "lualps/s", "torch/s",
-  "ratio", "GFLOP/s", "sgemm pk", "RSS lps", "RSS pt"))
+print(("%-28s %3s %12s %12s %-17s %7s %9s %9s %8s %8s"):format("model", "thr", "lualps/s", "torch/s",
+  "torch setting", "ratio", "GFLOP/s", "sgemm pk", "RSS lps", "RSS pt"))
 local names = {a = "(a) 784-256-128-10 Adam/128", b = "(b) 784-64-64-2 SGD/64", c = "(c) CNN Adam/128"}
 local summary = {}
 for _, r in ipairs(rows) do
   local gf = FLOPS[r.which] * r.l.median / 1e9
-  print(("%-28s %3d %12.0f %12.0f %6.2fx %9.1f %9.1f %7.0fM %7.0fM"):format(names[r.which], r.th,
-    r.l.median, r.t.median, r.l.median / r.t.median, gf, r.l.sgemm_gflops, r.l.rss_mb, r.t.rss_mb))
+  print(("%-28s %3d %12.0f %12.0f %-17s %6.2fx %9.1f %9.1f %7.0fM %7.0fM"):format(names[r.which], r.th,
+    r.l.median, r.t.median, r.setting, r.l.median / r.t.median, gf, r.l.sgemm_gflops, r.l.rss_mb, r.t.rss_mb))
   summary[#summary + 1] = {model = r.which, threads = r.th, lualps = r.l.median, torch = r.t.median,
-    ratio = r.l.median / r.t.median, gflops = gf, sgemm_peak = r.l.sgemm_gflops,
-    rss_lualps_mb = r.l.rss_mb, rss_torch_mb = r.t.rss_mb}
+    torch_setting = r.setting, torch_tried = r.tried, ratio = r.l.median / r.t.median, gflops = gf,
+    sgemm_peak = r.l.sgemm_gflops, rss_lualps_mb = r.l.rss_mb, rss_torch_mb = r.t.rss_mb}
 end
+print("thr: thread budget; lualps uses it as OpenBLAS threads; torch/s is PyTorch's best split of it")
+print("(torch setting: intra-op OpenMP x OpenBLAS threads); ratio = lualps / torch best")
 print(("load average after: %s"):format(loadavg()))
 print(cjson.encode(summary))

@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """PyTorch side of scripts/bench_train.lua: trains one benchmark model on the
-same Fashion-MNIST data, batch size, optimizer and thread count as lualps, and
-prints one JSON line (samples/s per timed epoch, peak RSS). Run by the Lua
-script; usable alone: bench_train_torch.py --model a --threads 1."""
-import argparse, gzip, json, os, statistics, sys, time
+same Fashion-MNIST data, batch size and optimizer as lualps, at one thread
+split, and prints one JSON line (samples/s per timed epoch, peak RSS, the
+threads in effect). Debian's torch runs its own ops and oneDNN convolutions on
+OpenMP (--intra) and its matrix products in OpenBLAS's pthreads (--blas); it
+has no MKL. Run by the Lua script, which tries every split; usable alone:
+bench_train_torch.py --model a --intra 1 --blas 1."""
+import argparse, ctypes, gzip, json, os, statistics, sys, time
 
 import numpy as np
 import torch
@@ -31,12 +34,16 @@ def vmhwm_mb():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices="abc", required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--intra", type=int, default=1, help="torch intra-op (OpenMP) threads")
+    ap.add_argument("--blas", type=int, default=1, help="OpenBLAS threads")
     ap.add_argument("--samples", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--dir", default=os.environ.get("LUALPS_DATA", "/usr/share/datasets/fashion-mnist"))
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.intra)
+    torch.set_num_interop_threads(1)  # eager training never forks inter-op work
+    openblas = ctypes.CDLL("libopenblas.so.0")  # the library torch's libblas.so.3 resolves to
+    openblas.openblas_set_num_threads(a.blas)
     torch.manual_seed(0)
     x = torch.from_numpy(idx(a.dir + "/train-images-idx3-ubyte.gz", True).astype(np.float32) / 255.0)
     y = torch.from_numpy(idx(a.dir + "/train-labels-idx1-ubyte.gz", False).astype(np.int64))
@@ -81,7 +88,8 @@ def main():
     epoch()  # warm-up: first-call costs are not steady state
     runs = [epoch() for _ in range(a.epochs)]
     sps = [r[0] for r in runs]
-    print(json.dumps({"side": "torch", "model": a.model, "threads": a.threads, "samples": n,
+    print(json.dumps({"side": "torch", "model": a.model, "intra": torch.get_num_threads(),
+                      "blas": openblas.openblas_get_num_threads(), "samples": n,
                       "samples_per_second": sps, "median": statistics.median(sps),
                       "loss": runs[-1][1], "accuracy": runs[-1][2], "rss_mb": vmhwm_mb(),
                       "torch": torch.__version__}))
