@@ -91,12 +91,13 @@ clean:
 
 -include $(CORE_OBJ:.o=.d) $(LUA_OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
 
-# libFuzzer harness of the safetensors reader and its JSON parser (clang,
-# ASan+UBSan). `make fuzz-safetensors FUZZ_TIME=600` runs it that many
-# seconds; the corpus grows in build/fuzz/corpus_safetensors.
+# libFuzzer harness of the safetensors reader, its JSON parser and the
+# "lualps.arch" parser (clang, ASan+UBSan). `make fuzz-safetensors
+# FUZZ_TIME=600` runs it that many seconds; the corpus grows in
+# build/fuzz/corpus_safetensors.
 FUZZ_TIME ?= 60
-FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c csrc/core/tensor.c csrc/core/error.c csrc/core/rng.c
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h
+FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c csrc/io/arch.c csrc/core/tensor.c csrc/core/error.c csrc/core/rng.c
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/io/arch.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) \

@@ -18,8 +18,8 @@ local submodules = {
 
 -- Safetensors interop (lualps/safetensors.lua) at the top level.
 function lps.import_safetensors(path, opts) return lps.safetensors.import(path, opts) end
-function lps.export_safetensors(model, path, metadata)
-  return lps.safetensors.export(model, path, metadata)
+function lps.export_safetensors(model, path, metadata, opts)
+  return lps.safetensors.export(model, path, metadata, opts)
 end
 
 -- The training loop lives in lualps.nn; lps.train and lps.evaluate reach it.

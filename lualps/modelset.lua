@@ -191,14 +191,20 @@ local function summary(i, m)
   add("test accuracy %.4f", type(acc) == "number" and acc or nil)
   local arch = m.architecture
   if not arch and type(m.spec) == "table" and type(m.spec.layers) == "table" then
-    local sizes = {}
+    local sizes, convs = {}, {}
     for _, l in ipairs(m.spec.layers) do
       if l.type == "linear" then
         if #sizes == 0 then sizes[1] = l.in_features end
         sizes[#sizes + 1] = l.out_features
+      elseif l.type == "conv2d" then
+        convs[#convs + 1] = "conv" .. tostring(l.out_channels)
       end
     end
-    if #sizes > 0 then arch = "mlp-" .. table.concat(sizes, "-") end
+    if #convs > 0 then
+      arch = "cnn-" .. table.concat(convs, "-") .. (#sizes > 0 and "-" .. table.concat(sizes, "-") or "")
+    elseif #sizes > 0 then
+      arch = "mlp-" .. table.concat(sizes, "-")
+    end
   end
   add("%s", arch)
   if m.optimizer then add("%s", m.optimizer .. (type(m.lr) == "number" and (" lr %.3g"):format(m.lr) or "")) end

@@ -87,6 +87,70 @@ function nn.from_spec(spec, gen)
   return m
 end
 
+------------------------------------------------------------------ arch lists
+
+-- The arch list ("lualps.arch" of safetensors files) is PyTorch-shaped:
+-- one flat table per child of an nn.Sequential, sizes named in/out/kernel.
+local to_arch = {
+  linear = function(s) return {type = "linear", ["in"] = s.in_features, out = s.out_features} end,
+  conv2d = function(s)
+    return {type = "conv2d", ["in"] = s.in_channels, out = s.out_channels, kernel = s.kernel_size,
+      stride = s.stride, padding = s.padding}
+  end,
+  maxpool2d = function(s) return {type = "maxpool2d", kernel = s.kernel_size, stride = s.stride} end,
+  relu = function() return {type = "relu"} end,
+  tanh = function() return {type = "tanh"} end,
+  flatten = function() return {type = "flatten"} end,
+}
+
+--- The architecture as an arch list, the form it travels in through
+-- safetensors files (metadata "lualps.arch"; see
+-- lps.safetensors.check_arch): one table per layer of the Sequential (a
+-- single layer gives a list of one), e.g. `{{type = "conv2d", ["in"] = 1,
+-- out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"}, ...}`.
+-- opts.input (default none) is the input shape without the batch, e.g.
+-- {1, 28, 28}: it becomes a first entry {type = "input", shape = ...} and
+-- every layer's shape is checked against it. Returns the list and its JSON
+-- text. Nested Sequentials have no arch list (an error).
+function Module:arch(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("arch: opts must be a table", 2) end
+  local spec = self:spec()
+  local specs = spec.type == "sequential" and spec.layers or {spec}
+  local list = {}
+  if opts and opts.input ~= nil then list[1] = {type = "input", shape = opts.input} end
+  for i, s in ipairs(specs) do
+    local f = to_arch[s.type]
+    if not f then
+      error(("arch: layer %d is a %s, which has no arch entry (the list is flat: build the model "
+        .. "as one lps.nn.sequential of conv2d, maxpool2d, relu, tanh, flatten, linear)")
+        :format(i, s.type == "sequential" and "nested Sequential" or tostring(s.type)), 2)
+    end
+    list[#list + 1] = f(s)
+  end
+  local ok, checked, json = pcall(require("lualps.safetensors").check_arch, list)
+  if not ok then error((tostring(checked):gsub("^.-:%d+: ", "")), 2) end
+  return checked, json
+end
+
+--- A fresh Sequential (new weights from the generator, or opts.generator)
+-- with the architecture of an arch list (a Lua list or its JSON text, see
+-- lps.safetensors.check_arch); the inverse of m:arch().
+function nn.from_arch(arch, gen)
+  local ok, list = pcall(require("lualps.safetensors").check_arch, arch)
+  if not ok then error("from_arch: " .. tostring(list):gsub("^.-:%d+: ", ""):gsub("^arch: ", ""), 2) end
+  gen = generator_of(gen)
+  local layers = {}
+  for _, e in ipairs(list) do
+    local m
+    if e.type == "linear" then m = C.linear(e["in"], e.out, gen)
+    elseif e.type == "conv2d" then m = C.conv2d(e["in"], e.out, e.kernel, e.stride, e.padding, gen)
+    elseif e.type == "maxpool2d" then m = C.maxpool2d(e.kernel, e.stride)
+    elseif e.type ~= "input" then m = C[e.type]() end
+    layers[#layers + 1] = m
+  end
+  return C.sequential(layers)
+end
+
 --- Parameters named as PyTorch's state_dict for the same nn.Sequential:
 -- { {name = "0.weight", tensor = W}, {name = "0.bias", tensor = b}, ... }
 -- (0-based child positions; tensors share memory with the module).

@@ -1,10 +1,12 @@
 --- lualps.safetensors: read and write the Hugging Face safetensors format,
--- and move MLPs between lualps and PyTorch through it.
+-- and move models (PyTorch nn.Sequential MLPs and CNNs) between lualps and
+-- PyTorch through it. The architecture travels as a JSON list in the
+-- metadata key "lualps.arch" (see check_arch).
 --
 --   local tensors, metadata, names = lps.safetensors.read("model.safetensors")
 --   lps.safetensors.write("out.safetensors", {w = w, b = b}, {author = "me"})
---   local model, metadata = lps.import_safetensors("mlp.safetensors")
---   lps.export_safetensors(model, "mlp.safetensors")
+--   local model, metadata = lps.import_safetensors("cnn.safetensors")
+--   lps.export_safetensors(model, "cnn.safetensors", nil, {input = {1, 28, 28}})
 --
 -- F32, F16, BF16 (exactly) and F64 (rounded) tensors read as float32; files
 -- are written as F32, in the reference writer's layout (sorted names,
@@ -133,6 +135,46 @@ function M.encode(named, metadata)
   return s
 end
 
+-- ------------------------------------------------------------- architectures
+
+-- The metadata key of the architecture list; export always writes it.
+M.ARCH_KEY = "lualps.arch"
+-- Files exported before lualps.arch carried lualps' own spec here; import
+-- still reads them.
+M.SPEC_KEY = "lualps.spec"
+
+local function strip_pos(msg) return (tostring(msg):gsub("^.-:%d+: ", "")) end
+
+--- Check an architecture list and fill its defaults. arch is a Lua list of
+-- layer tables or its JSON text (the "lualps.arch" metadata):
+-- `{type = "conv2d", ["in"] = C, out = C2, kernel = K[, stride = 1, padding = 0]}`,
+-- `{type = "maxpool2d", kernel = K[, stride = K]}`, `{type = "linear", ["in"] = N, out = M}`,
+-- `{type = "relu"}`, `{type = "tanh"}`, `{type = "flatten"}`, and optionally first
+-- `{type = "input", shape = {C, H, W}}` (or `{N}`), the input without the batch.
+-- The input entry is not a layer: layer i is child i-1 of the PyTorch
+-- nn.Sequential, whose parameters are "<i-1>.weight" and "<i-1>.bias".
+-- Shapes must chain: with an input entry every size is checked here;
+-- without one, what the layers alone tell (channels from conv2d to conv2d,
+-- features from linear to linear, a flattened size that is a multiple of
+-- the channels), and spatial sizes at the first forward, whose error names
+-- the layer. Returns the list (defaults filled), its canonical JSON text (fixed
+-- key order), and the shape after each entry without the batch (-1 where
+-- only the input shape would tell, {} when not even the rank is known).
+-- Errors start with "arch:" and name the layer, the field and the sizes.
+function M.check_arch(arch)
+  local json = arch
+  if type(arch) == "table" then
+    if #arch == 0 then error("arch: the list has no layers", 2) end
+    local ok, j = pcall(require("cjson").encode, arch)
+    if not ok then error("arch: not a list of plain tables: " .. strip_pos(j), 2) end
+    json = j
+  elseif type(arch) ~= "string" then
+    error("arch: expected a list of layer tables or its JSON text, got " .. type(arch), 2)
+  end
+  local list, canon, shapes = call(2, C.arch_parse, json)
+  return list, canon, shapes
+end
+
 -- ------------------------------------------------------------- models
 
 -- "fc10" after "fc2": compare digit runs as numbers.
@@ -200,76 +242,199 @@ function M.mlp_layers(tensors, names, level)
   return layers
 end
 
--- Key of the metadata entry where export keeps the model's architecture.
-M.SPEC_KEY = "lualps.spec"
-
 -- A throwaway generator: building a model to load weights into must not
 -- consume draws from the user's default stream.
 local function scratch_gen() return require("lualps").generator(0) end
 
-local function mlp_from_layers(layers, activation, level)
-  local lps = require "lualps"
-  local sizes = {layers[1].weight:size(2), activation = activation or "relu",
-    generator = scratch_gen()}
-  for _, l in ipairs(layers) do sizes[#sizes + 1] = l.weight:size(1) end
-  local ok, model = pcall(lps.nn.mlp, sizes)
-  if not ok then error("safetensors: " .. tostring(model), level + 1) end
-  -- The model's own parameters, grouped into layers the same way.
-  local own, ownnames = {}, {}
-  for _, p in ipairs(model:named_parameters()) do
-    own[p.name] = p.tensor
-    ownnames[#ownnames + 1] = p.name
+local function shape_of(t) return "(" .. table.concat(t, "x") .. ")" end
+
+local function layer_desc(i, e)
+  if e.type == "conv2d" then
+    return ("layer %d (conv2d %d->%d, kernel %d)"):format(i, e["in"], e.out, e.kernel)
+  elseif e.type == "linear" then
+    return ("layer %d (linear %d->%d)"):format(i, e["in"], e.out)
   end
-  local target = M.mlp_layers(own, ownnames, level + 1)
+  return ("layer %d (%s)"):format(i, e.type)
+end
+
+-- The parameters of each layer of a checked arch list, from tensors named
+-- "<i-1>.weight" / "<i-1>.bias": params[i] = {weight =, bias =} (a missing
+-- bias is nil). Errors name the layer, the tensor and both shapes.
+local function match_arch(list, tensors, names)
+  local layers, want, order = {}, {}, {}
+  for _, e in ipairs(list) do
+    if e.type ~= "input" then layers[#layers + 1] = e end
+  end
+  for i, e in ipairs(layers) do
+    local w = e.type == "conv2d" and {e.out, e["in"], e.kernel, e.kernel} or
+      e.type == "linear" and {e.out, e["in"]} or nil
+    if w then
+      want[(i - 1) .. ".weight"] = {layer = i, shape = w}
+      want[(i - 1) .. ".bias"] = {layer = i, shape = {e.out}}
+      order[#order + 1] = (i - 1) .. ".weight"
+      order[#order + 1] = (i - 1) .. ".bias"
+    end
+  end
+  for _, name in ipairs(names) do
+    if not want[name] then
+      local c, kind = name:match("^(%d+)%.(%a+)$")
+      local i = c and tostring(tonumber(c)) == c and (kind == "weight" or kind == "bias")
+        and tonumber(c) + 1
+      if i and layers[i] then
+        error(("tensor '%s' belongs to %s, which has no parameters"):format(name,
+          layer_desc(i, layers[i])), 0)
+      elseif i then
+        error(("tensor '%s' would belong to layer %d but the arch has %d layers (layer i is "
+          .. "child i-1 of the nn.Sequential)"):format(name, i, #layers), 0)
+      end
+      error(("tensor '%s' is not a parameter of the arch's layers, which are named %s (layer i "
+        .. "is child i-1 of the nn.Sequential)"):format(name,
+        #order > 0 and table.concat(order, ", ") or "nothing: no layer has parameters"), 0)
+    end
+  end
+  local params = {}
+  for i, e in ipairs(layers) do
+    local wname, bname = (i - 1) .. ".weight", (i - 1) .. ".bias"
+    if want[wname] then
+      local w, b = tensors[wname], tensors[bname]
+      if not w then error(("%s: tensor '%s' is missing"):format(layer_desc(i, e), wname), 0) end
+      for _, x in ipairs{{wname, w}, {bname, b}} do
+        local t = x[2]
+        if t and shape_of(t:shape()) ~= shape_of(want[x[1]].shape) then
+          error(("%s: tensor '%s' has shape %s, expected %s"):format(layer_desc(i, e), x[1],
+            shape_of(t:shape()), shape_of(want[x[1]].shape)), 0)
+        end
+      end
+      params[i] = {weight = w, bias = b}
+    end
+  end
+  return params
+end
+
+-- A Sequential of a checked arch list with params[i] loaded into layer i;
+-- a missing bias (PyTorch's bias=False) loads as zeros.
+local function build(list, params)
+  local lps = require "lualps"
+  local model = lps.nn.from_arch(list, scratch_gen())
   local map = {}
-  for i, l in ipairs(layers) do
-    local t = target[i]
-    map[t.prefix .. ".weight"] = l.weight
-    map[t.prefix .. ".bias"] = l.bias or lps.zeros(l.weight:size(1))
+  for i, p in pairs(params) do
+    map[(i - 1) .. ".weight"] = p.weight
+    map[(i - 1) .. ".bias"] = p.bias or lps.zeros(p.weight:size(1))
   end
   model:load_named(map)
   return model
 end
 
---- A model ready to forward, and the file's metadata.
--- Files written by export carry the architecture (metadata "lualps.spec")
--- and load exactly. Other files are read as an MLP in PyTorch's naming and
--- layout ("0.weight", "0.bias", "2.weight", ... or "fc1.weight", ...):
--- linear layers in name order, opts.activation ("relu", or "tanh") between
--- them and none after the last; a missing bias (bias=False) loads as zeros.
-function M.import(path, opts)
-  opts = opts or {}
+-- The arch list of an MLP state dict (see mlp_layers) and its parameters.
+local function infer_mlp(tensors, names, activation)
+  for _, name in ipairs(names) do
+    local t = tensors[name]
+    if name:match("%.weight$") and t:dim() == 4 then
+      error(("4-D weight '%s' %s (a convolution) but no '%s' metadata; strides, padding and "
+        .. "pooling cannot be inferred: pass opts.arch or write the key (see "
+        .. "scripts/torch_interop.py)"):format(name, shape_of(t:shape()), M.ARCH_KEY), 0)
+    end
+  end
+  local ok, layers = pcall(M.mlp_layers, tensors, names)
+  if not ok then error((strip_pos(layers):gsub("^safetensors: ", "")), 0) end
+  local list, params = {}, {}
+  for k, l in ipairs(layers) do
+    if k > 1 then list[#list + 1] = {type = activation or "relu"} end
+    list[#list + 1] = {type = "linear", ["in"] = l.weight:size(2), out = l.weight:size(1)}
+    params[#list] = {weight = l.weight, bias = l.bias}
+  end
+  return list, params
+end
+
+local import_opts = {arch = true, activation = true}
+
+local function import_model(tensors, metadata, names, opts)
   local lps = require "lualps"
-  local tensors, metadata, names = read_at(2, path)
+  local arch, where = opts.arch, "opts.arch"
+  if arch == nil and metadata[M.ARCH_KEY] then
+    arch, where = metadata[M.ARCH_KEY], "'" .. M.ARCH_KEY .. "'"
+  end
+  if arch ~= nil then
+    if opts.activation then
+      error(("opts.activation is for files without an architecture, but %s gives one")
+        :format(where), 0)
+    end
+    local ok, list = pcall(M.check_arch, arch)
+    if not ok then error(where .. ": " .. strip_pos(list):gsub("^arch: ", ""), 0) end
+    return build(list, match_arch(list, tensors, names))
+  end
   local spec_json = metadata[M.SPEC_KEY]
   if spec_json and not opts.activation then
     local ok, spec = pcall(require("cjson").decode, spec_json)
     if not ok or type(spec) ~= "table" then
-      error(string.format("safetensors: %s: metadata %s is not a JSON spec", path, M.SPEC_KEY), 2)
+      error(("metadata %s is not a JSON spec"):format(M.SPEC_KEY), 0)
     end
-    local ok2, model = pcall(lps.nn.from_spec, spec, scratch_gen())
-    if ok2 then ok2, model = pcall(model.load_named, model, tensors) end
-    if not ok2 then
-      error(string.format("safetensors: %s: %s", path, tostring(model):gsub("^.-:%d+: ", "")), 2)
-    end
-    return model, metadata
+    local model = lps.nn.from_spec(spec, scratch_gen())
+    model:load_named(tensors)
+    return model
   end
-  local ok, layers = pcall(M.mlp_layers, tensors, names)
-  if not ok then error(string.format("%s (in %s)", tostring(layers):gsub("^.-:%d+: ", ""), path), 2) end
-  return mlp_from_layers(layers, opts.activation, 2), metadata
+  if opts.activation ~= nil and opts.activation ~= "relu" and opts.activation ~= "tanh" then
+    error(("opts.activation must be 'relu' or 'tanh', got %s"):format(tostring(opts.activation)), 0)
+  end
+  return build(infer_mlp(tensors, names, opts.activation))
+end
+
+--- A model ready to forward (an lps.nn Sequential), and the file's metadata.
+-- The architecture comes from opts.arch (an arch list or its JSON text, see
+-- lps.safetensors.check_arch), else from the file's "lualps.arch" metadata
+-- (written by export, and by scripts/torch_interop.py for PyTorch models);
+-- tensors must then be named "<i-1>.weight"/"<i-1>.bias" for layer i, as in a
+-- PyTorch nn.Sequential, with the shapes the arch implies. Without an arch, the
+-- file must be an MLP, which the shapes describe: linear layers in name order
+-- ("0.weight", "2.weight", ... or "fc1.weight", "fc2.weight", ...; digit runs
+-- compare as numbers) and opts.activation ("relu", default, or "tanh")
+-- between them. Convolutions cannot be inferred (their strides, padding and
+-- pooling are not in the weights): a file with 4-D weights needs an arch. A
+-- missing bias (bias=False) loads as zeros.
+function M.import(path, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("import: opts must be a table, got " .. type(opts), 2) end
+  for k in pairs(opts) do
+    if not import_opts[k] then
+      error(("import: unknown option '%s' (arch, activation)"):format(tostring(k)), 2)
+    end
+  end
+  local tensors, metadata, names = read_at(2, path)
+  local ok, model = pcall(import_model, tensors, metadata, names, opts)
+  if not ok then error(("import: %s: %s"):format(path, strip_pos(model)), 2) end
+  return model, metadata
 end
 
 --- Write a model's parameters with PyTorch's naming and layout, so that the
--- matching torch.nn.Sequential(...).load_state_dict() takes them, plus its
--- architecture (metadata "lualps.spec", JSON) for import. metadata
--- (optional, string values) is added to {format = "pt"}.
-function M.export(model, path, metadata)
+-- matching torch.nn.Sequential(...).load_state_dict() takes them, and its
+-- architecture list as metadata "lualps.arch" (JSON, see m:arch(); a single
+-- layer is written as a Sequential of one: "0.weight", "0.bias").
+-- metadata (optional, string values) is added to {format = "pt"}.
+-- opts.input (default none): the input shape without the batch, e.g.
+-- {1, 28, 28}, written as the arch's first entry so that import checks every
+-- shape (export checks it too).
+function M.export(model, path, metadata, opts)
   if type(model) ~= "userdata" or type(model.named_parameters) ~= "function" then
     error("safetensors: export expects a model (lps.nn module), got " .. type(model), 2)
   end
-  local meta = {format = "pt", [M.SPEC_KEY] = require("cjson").encode(model:spec())}
-  for k, v in pairs(check_metadata(metadata, 2) or {}) do meta[k] = v end
-  write_at(2, path, model:named_parameters(), meta)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("export: opts must be a table, got " .. type(opts), 2)
+  end
+  local ok, list, json = pcall(model.arch, model, {input = opts and opts.input})
+  if not ok then error("export: " .. strip_pos(list), 2) end
+  local meta = {format = "pt", [M.ARCH_KEY] = json}
+  for k, v in pairs(check_metadata(metadata, 2) or {}) do
+    if k == M.ARCH_KEY then
+      error(("export: metadata '%s' is written by export from the model (opts.input adds "
+        .. "the input shape)"):format(k), 2)
+    end
+    meta[k] = v
+  end
+  local named = model:named_parameters()
+  if model:type() ~= "sequential" then
+    for _, e in ipairs(named) do e.name = "0." .. e.name end
+  end
+  write_at(2, path, named, meta)
 end
 
 return M

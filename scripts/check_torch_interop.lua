@@ -1,11 +1,14 @@
 --- Safetensors interop with PyTorch, both directions.
 --   lua5.4 scripts/check_torch_interop.lua [--keep DIR]
--- 1. lualps builds an MLP, exports it (lualps_mlp.safetensors) with inputs
---    and its outputs (lualps_io.safetensors).
--- 2. One python3 run of scripts/torch_interop.py loads that into
---    torch.nn.Sequential and compares outputs, then trains MLPs with PyTorch
---    and writes them (Sequential and fc1/fc2 naming), their inputs/outputs,
---    and F16/BF16/F64 payloads.
+-- 1. lualps builds an MLP and a CNN (strided and padded convolutions,
+--    pooling with stride != kernel, tanh), exports them
+--    (lualps_mlp/lualps_cnn.safetensors, architecture in "lualps.arch") with
+--    inputs and outputs (lualps_io.safetensors).
+-- 2. One python3 run of scripts/torch_interop.py rebuilds each
+--    torch.nn.Sequential from "lualps.arch" and compares outputs, then trains
+--    MLPs and a CNN with PyTorch and writes them (Sequential and fc1/fc2
+--    naming; the CNN with its "lualps.arch"), their inputs/outputs, and
+--    F16/BF16/F64 payloads.
 -- 3. lualps imports the PyTorch models, runs forward on the same inputs and
 --    compares with PyTorch's outputs; F16/BF16 must read bit-exactly.
 -- Prints the maximum differences; exit status 1 if any exceeds 1e-5.
@@ -72,7 +75,15 @@ function M.run(opts)
   local x = lps.rand(64, 784, g)
   local y = model:forward(x):clone()
   lps.export_safetensors(model, path("lualps_mlp.safetensors"), {source = "check_torch_interop.lua"})
-  lps.safetensors.write(path("lualps_io.safetensors"), {x = x, y = y})
+  local nn = lps.nn
+  -- 28 -conv3,stride2,pad1-> 14 -pool2-> 7 -conv3-> 5 -pool2,stride1-> 4: 6*4*4 = 96
+  local cnn = nn.sequential{nn.conv2d(1, 4, 3, {stride = 2, padding = 1, generator = g}), nn.relu(),
+    nn.maxpool2d(2), nn.conv2d(4, 6, 3, {generator = g}), nn.tanh(), nn.maxpool2d(2, {stride = 1}),
+    nn.flatten(), nn.linear(96, 10, {generator = g})}
+  local x_img = lps.rand(16, 1, 28, 28, g)
+  local y_cnn = cnn:forward(x_img):clone()
+  lps.export_safetensors(cnn, path("lualps_cnn.safetensors"), nil, {input = {1, 28, 28}})
+  lps.safetensors.write(path("lualps_io.safetensors"), {x = x, y = y, x_img = x_img, y_cnn = y_cnn})
 
   -- 2. PyTorch: reverse check, then train and export.
   local script = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "torch_interop.py"
@@ -83,8 +94,9 @@ function M.run(opts)
   local ok = p:close()
   for line in out:gmatch("[^\n]+") do log("python: " .. line) end
   r.reverse = tonumber(out:match("reverse_max_abs_diff=(%S+)"))
+  r.reverse_cnn = tonumber(out:match("reverse_cnn_max_abs_diff=(%S+)"))
   r.data = out:match("torch_data=([^\n]+)")
-  if not r.reverse or not out:match("torch_train_accuracy") then
+  if not r.reverse or not r.reverse_cnn or not out:match("torch_train_accuracy") then
     error("check_torch_interop: torch_interop.py failed:\n" .. out)
   end
   r.python_ok = ok and true or false
@@ -97,6 +109,9 @@ function M.run(opts)
   local fc = lps.import_safetensors(path("torch_fc.safetensors"))
   r.fc = max_abs_diff(fc:forward(io_t.x), io_t.y_fc)
   r.seq_spec, r.fc_spec = seq:spec(), fc:spec()
+  local tcnn, cmeta = lps.import_safetensors(path("torch_cnn.safetensors"))
+  r.cnn = max_abs_diff(tcnn:forward(io_t.x_img), io_t.y_cnn)
+  r.cnn_arch, r.cnn_meta = tcnn:arch(), cmeta
 
   local h = lps.safetensors.read(path("torch_half.safetensors"))
   local hdr = lps.safetensors.header(path("torch_half.safetensors"))
@@ -119,9 +134,12 @@ local function main(args)
   print(string.format("lualps -> torch  (784-20-12-10, exported by lualps):  max |diff| = %.3g", r.reverse))
   print(string.format("torch -> lualps  (Sequential 0./2./4. naming):        max |diff| = %.3g", r.seq))
   print(string.format("torch -> lualps  (fc1/fc2/fc3 naming, fc3 no bias):   max |diff| = %.3g", r.fc))
+  print(string.format("lualps -> torch  (CNN conv/pool/tanh, lualps.arch):   max |diff| = %.3g", r.reverse_cnn))
+  print(string.format("torch -> lualps  (CNN conv/pool/tanh, lualps.arch):   max |diff| = %.3g", r.cnn))
   print(string.format("F16 payloads bit-exact: %s; BF16: %s; F64 rounded exactly: %s",
     r.half_exact, r.bf16_exact, r.f64_exact))
   local good = r.python_ok and r.reverse <= M.TOL and r.seq <= M.TOL and r.fc <= M.TOL and
+    r.reverse_cnn <= M.TOL and r.cnn <= M.TOL and
     r.half_exact and r.bf16_exact and r.f64_exact
   print(good and "interop: OK (tolerance 1e-5)" or "interop: FAILED")
   return good and 0 or 1

@@ -3,20 +3,43 @@
 
     torch_interop.py DIR
 
-1. If DIR/lualps_mlp.safetensors exists (written by lualps' export), build the
-   matching torch.nn.Sequential(Linear, ReLU, ..., Linear), load_state_dict it
-   (strict), run it on x from DIR/lualps_io.safetensors and compare with the
-   lualps output y there. Prints "reverse_max_abs_diff=<v>".
-2. Train a small MLP on Fashion-MNIST (random data if the Debian dataset is
-   absent) and write, for lualps to check:
+A checkpoint holds weights, not strides, padding or pooling, so lualps moves
+the architecture in the safetensors metadata under "lualps.arch": a JSON list
+with one entry per child of the nn.Sequential, optionally preceded by the
+input shape (no batch):
+
+    [{"type":"input","shape":[1,28,28]},
+     {"type":"conv2d","in":1,"out":8,"kernel":5,"stride":2,"padding":2},
+     {"type":"relu"},{"type":"maxpool2d","kernel":2,"stride":2},
+     {"type":"flatten"},{"type":"linear","in":392,"out":4}]
+
+From your own code (copy arch_of, sequential_from_arch, save and load):
+
+    arch = json.dumps(arch_of(model, (1, 28, 28)), separators=(",", ":"))
+    save("cnn.safetensors", model.state_dict(), {"format": "pt", "lualps.arch": arch})
+    state, meta = load("cnn.safetensors")          # e.g. written by lualps
+    model = sequential_from_arch(json.loads(meta["lualps.arch"]))
+    model.load_state_dict(state)
+
+What this script does:
+1. For each of DIR/lualps_mlp.safetensors and DIR/lualps_cnn.safetensors that
+   exists (written by lualps' export), rebuild the nn.Sequential from its
+   "lualps.arch", load_state_dict it (strict), run it on the inputs in
+   DIR/lualps_io.safetensors and compare with the lualps outputs there.
+   Prints "reverse_max_abs_diff=<v>" and "reverse_cnn_max_abs_diff=<v>".
+2. Train a small MLP and a small CNN on Fashion-MNIST (random data if the
+   Debian dataset is absent) and write, for lualps to check:
      torch_seq.safetensors   nn.Sequential naming: 0.weight, 0.bias, 2.weight, ...
+                             (no lualps.arch: lualps infers an MLP from shapes)
      torch_fc.safetensors    fc1/fc2/fc3 naming, the last layer without bias
-     torch_io.safetensors    x and both models' outputs y_seq, y_fc (float32)
+     torch_cnn.safetensors   Conv2d/ReLU/MaxPool2d/Tanh/Flatten/Linear, with
+                             lualps.arch including the input shape
+     torch_io.safetensors    x, x_img and the models' outputs y_seq, y_fc, y_cnn
      torch_half.safetensors  F16 and BF16 payloads (tensor.half()/.bfloat16()
                              raw bytes) with their exact float32 values, and F64
 
 Safetensors files are written and read here by hand (struct + json): Debian has
-no python3-safetensors. Exit status 1 if the reverse check exceeds --tol.
+no python3-safetensors. Exit status 1 if a reverse check exceeds --tol.
 """
 import argparse
 import gzip
@@ -89,32 +112,73 @@ def load(path):
     return out, meta
 
 
-def sequential_from_state(state):
-    """nn.Sequential(Linear, ReLU, ..., Linear) shaped after '<i>.weight' entries."""
-    idx = sorted(int(k.split(".")[0]) for k in state if k.endswith(".weight"))
-    layers = []
-    for j, i in enumerate(idx):
-        w = state["%d.weight" % i]
-        while len(layers) < i:  # ReLU fills the gaps between linear layers
-            layers.append(torch.nn.ReLU())
-        layers.append(torch.nn.Linear(w.shape[1], w.shape[0]))
-    model = torch.nn.Sequential(*layers)
-    model.load_state_dict(state, strict=True)
-    return model
+def arch_of(model, input_shape=None):
+    """The "lualps.arch" list of an nn.Sequential of Conv2d, ReLU, Tanh,
+    MaxPool2d, Flatten and Linear; input_shape (no batch) is optional."""
+    nn = torch.nn
+    arch = [{"type": "input", "shape": list(input_shape)}] if input_shape else []
+
+    def one(v, what):  # lualps layers are square: one size for both axes
+        v = (v, v) if isinstance(v, int) else tuple(v)
+        if v[0] != v[1]:
+            raise ValueError("%s %s: lualps needs the same value for both axes" % (what, v))
+        return v[0]
+
+    for i, m in enumerate(model):
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1 or one(m.dilation, "dilation") != 1 or m.padding_mode != "zeros":
+                raise ValueError("layer %d: lualps' conv2d has no groups, dilation, padding modes" % i)
+            arch.append({"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
+                         "kernel": one(m.kernel_size, "kernel_size"),
+                         "stride": one(m.stride, "stride"), "padding": one(m.padding, "padding")})
+        elif isinstance(m, nn.MaxPool2d):
+            if one(m.padding, "padding") != 0 or one(m.dilation, "dilation") != 1 or m.ceil_mode:
+                raise ValueError("layer %d: lualps' maxpool2d has no padding, dilation, ceil_mode" % i)
+            arch.append({"type": "maxpool2d", "kernel": one(m.kernel_size, "kernel_size"),
+                         "stride": one(m.stride, "stride")})
+        elif isinstance(m, nn.Linear):
+            arch.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            arch.append({"type": "flatten"})
+        elif isinstance(m, (nn.ReLU, nn.Tanh)):
+            arch.append({"type": type(m).__name__.lower()})
+        else:
+            raise ValueError("layer %d: lualps has no %r" % (i, m))
+    return arch
 
 
-def reverse_check(d, tol):
-    state, meta = load(os.path.join(d, "lualps_mlp.safetensors"))
+def sequential_from_arch(arch):
+    """The nn.Sequential an arch list describes (child i-1 = layer i; the
+    input entry, if any, is not a layer). Defaults as lualps fills them."""
+    nn, layers = torch.nn, []
+    for e in arch:
+        t = e["type"]
+        if t == "conv2d":
+            layers.append(nn.Conv2d(e["in"], e["out"], e["kernel"], stride=e.get("stride", 1),
+                                    padding=e.get("padding", 0)))
+        elif t == "maxpool2d":
+            layers.append(nn.MaxPool2d(e["kernel"], stride=e.get("stride", e["kernel"])))
+        elif t == "linear":
+            layers.append(nn.Linear(e["in"], e["out"]))
+        elif t in ("relu", "tanh", "flatten"):
+            layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "flatten": nn.Flatten}[t]())
+        elif t != "input":
+            raise ValueError("unknown layer type %r" % t)
+    return nn.Sequential(*layers)
+
+
+def reverse_check(d, name, x_key, y_key, tol):
+    state, meta = load(os.path.join(d, name))
     io, _ = load(os.path.join(d, "lualps_io.safetensors"))
     assert meta.get("format") == "pt", meta
-    model = sequential_from_state(state).eval()
+    arch = json.loads(meta["lualps.arch"])
+    model = sequential_from_arch(arch).eval()
+    model.load_state_dict(state, strict=True)
     with torch.no_grad():
-        y = model(io["x"])
-    diff = (y - io["y"]).abs().max().item()
-    print("reverse_arch=%s" % "-".join([str(model[0].in_features)] +
-                                       [str(m.out_features) for m in model if isinstance(m, torch.nn.Linear)]))
-    print("reverse_max_abs_diff=%.9g" % diff)
-    return diff <= tol
+        y = model(io[x_key])
+    diff = (y - io[y_key]).abs().max().item()
+    print("reverse_arch(%s)=%s" % (name, " ".join(e["type"] for e in arch)))
+    return diff, diff <= tol
 
 
 def read_idx(path, n):
@@ -169,15 +233,29 @@ def export(d):
     seq = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
                               torch.nn.ReLU(), torch.nn.Linear(16, 10))
     fc = FC()
+    nn = torch.nn
+    # 28 -conv5,pad2-> 28 -pool2-> 14 -conv3,stride2-> 6 -pool3,stride1-> 4: 12*4*4 = 192
+    cnn = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 12, 3, stride=2), nn.Tanh(), nn.MaxPool2d(3, stride=1),
+                        nn.Flatten(), nn.Linear(192, 10))
+
+    def img(t):
+        return t.reshape(-1, 1, 28, 28)
+
     acc_seq, acc_fc = train(seq, x_train, y_train), train(fc, x_train, y_train)
+    acc_cnn = train(cnn, img(x_train), y_train, epochs=1)
     seq.eval()
     fc.eval()
+    cnn.eval()
     with torch.no_grad():
-        y_seq, y_fc = seq(x), fc(x)
+        y_seq, y_fc, y_cnn = seq(x), fc(x), cnn(img(x))
     meta = {"format": "pt", "source": "scripts/torch_interop.py", "data": source}
     save(os.path.join(d, "torch_seq.safetensors"), seq.state_dict(), meta)
     save(os.path.join(d, "torch_fc.safetensors"), fc.state_dict(), meta)
-    save(os.path.join(d, "torch_io.safetensors"), {"x": x, "y_seq": y_seq, "y_fc": y_fc})
+    arch = json.dumps(arch_of(cnn, (1, 28, 28)), separators=(",", ":"))
+    save(os.path.join(d, "torch_cnn.safetensors"), cnn.state_dict(), dict(meta, **{"lualps.arch": arch}))
+    save(os.path.join(d, "torch_io.safetensors"), {"x": x, "x_img": img(x).contiguous(),
+                                                   "y_seq": y_seq, "y_fc": y_fc, "y_cnn": y_cnn})
     special = torch.tensor([1.0, -2.0, 65504.0, 2.0 ** -24, 2.0 ** -14, 1.0 / 3.0, float("inf"),
                             float("-inf"), float("nan"), -0.0, 1e-3, 3.14159265])
     w = seq[0].weight.detach()
@@ -191,7 +269,7 @@ def export(d):
     half["x_f64_as_f32"] = (x[:4].double() / 3.0).float()
     save(os.path.join(d, "torch_half.safetensors"), half)
     print("torch_data=%s" % source)
-    print("torch_train_accuracy_seq=%.4f fc=%.4f" % (acc_seq, acc_fc))
+    print("torch_train_accuracy_seq=%.4f fc=%.4f cnn=%.4f" % (acc_seq, acc_fc, acc_cnn))
 
 
 def main():
@@ -201,8 +279,12 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     ok = True
-    if os.path.exists(os.path.join(a.dir, "lualps_mlp.safetensors")):
-        ok = reverse_check(a.dir, a.tol)
+    for name, x_key, y_key, tag in (("lualps_mlp.safetensors", "x", "y", "reverse"),
+                                    ("lualps_cnn.safetensors", "x_img", "y_cnn", "reverse_cnn")):
+        if os.path.exists(os.path.join(a.dir, name)):
+            diff, good = reverse_check(a.dir, name, x_key, y_key, a.tol)
+            print("%s_max_abs_diff=%.9g" % (tag, diff))
+            ok = ok and good
     export(a.dir)
     return 0 if ok else 1
 

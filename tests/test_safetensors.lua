@@ -407,8 +407,9 @@ end
 
 TestTorchInterop = {}
 
--- PyTorch trains and exports MLPs, lualps imports them and must reproduce
--- PyTorch's outputs to 1e-5, and the reverse (scripts/check_torch_interop.lua).
+-- PyTorch trains and exports MLPs and a CNN, lualps imports them and must
+-- reproduce PyTorch's outputs to 1e-5, and the reverse
+-- (scripts/check_torch_interop.lua).
 function TestTorchInterop:test_pytorch_round_trip()
   local check = dofile("scripts/check_torch_interop.lua")
   local py = check.find_python()
@@ -418,6 +419,14 @@ function TestTorchInterop:test_pytorch_round_trip()
   lu.assertTrue(r.reverse <= 1e-5, "lualps -> torch max diff " .. r.reverse)
   lu.assertTrue(r.seq <= 1e-5, "torch Sequential -> lualps max diff " .. r.seq)
   lu.assertTrue(r.fc <= 1e-5, "torch fc1/fc2/fc3 -> lualps max diff " .. r.fc)
+  -- CNNs both ways, the architecture in "lualps.arch"
+  lu.assertTrue(r.reverse_cnn <= 1e-5, "lualps CNN -> torch max diff " .. r.reverse_cnn)
+  lu.assertTrue(r.cnn <= 1e-5, "torch CNN -> lualps max diff " .. r.cnn)
+  lu.assertEquals(r.cnn_arch, {{type = "conv2d", ["in"] = 1, out = 6, kernel = 5, stride = 1, padding = 2},
+    {type = "relu"}, {type = "maxpool2d", kernel = 2, stride = 2},
+    {type = "conv2d", ["in"] = 6, out = 12, kernel = 3, stride = 2, padding = 0}, {type = "tanh"},
+    {type = "maxpool2d", kernel = 3, stride = 1}, {type = "flatten"}, {type = "linear", ["in"] = 192, out = 10}})
+  lu.assertStrContains(r.cnn_meta["lualps.arch"], '{"type":"input","shape":[1,28,28]}')
   lu.assertEquals(r.seq_meta.format, "pt")
   lu.assertEquals(#r.seq_spec.layers, 5)
   lu.assertEquals(r.fc_spec.layers[1].out_features, 24)

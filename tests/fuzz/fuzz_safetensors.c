@@ -1,14 +1,20 @@
 /* fuzz_safetensors.c - libFuzzer harness for the safetensors reader (and the
- * JSON parser under it). `make fuzz-safetensors` builds it with ASan+UBSan.
+ * JSON parser under it) and the architecture parser (csrc/io/arch.c), which
+ * reads the "lualps.arch" metadata of each accepted file, and any input that
+ * is not a safetensors file but starts with '['. `make fuzz-safetensors`
+ * builds it with ASan+UBSan.
  *
  * Beyond "no crash, no leak", every input the reader accepts must satisfy
  * the format's invariants, and its float tensors must survive a write and a
- * second read bit for bit. Any violation aborts, which libFuzzer reports. */
+ * second read bit for bit; every arch accepted must have its fields in range
+ * and its canonical JSON must parse back to the same arch. Any violation
+ * aborts, which libFuzzer reports. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/arch.h"
 #include "io/json.h"
 #include "lualps.h"
 
@@ -27,6 +33,49 @@ static int readable(const lps_safetensors *st, size_t i)
            st->entries[i].rank <= LPS_MAX_DIMS;
 }
 
+static int same_entry(const lps_arch_entry *a, const lps_arch_entry *b)
+{
+    return a->type == b->type && a->in == b->in && a->out == b->out && a->kernel == b->kernel &&
+           a->stride == b->stride && a->padding == b->padding && a->rank == b->rank &&
+           memcmp(a->shape, b->shape, sizeof a->shape) == 0;
+}
+
+static void check_arch(const char *text, size_t len)
+{
+    lps_arch *a;
+    if (lps_arch_parse(&a, text, len)) {
+        CHECK(strncmp(lps_errmsg(), "arch: ", 6) == 0); /* every refusal says why */
+        return;
+    }
+    CHECK(a->n >= 1 && a->n <= LPS_ARCH_MAX_LAYERS + 1 && a->n > (size_t)a->has_input);
+    for (size_t i = 0; i < a->n; i++) {
+        const lps_arch_entry *e = &a->entries[i];
+        CHECK((e->type == LPS_ARCH_INPUT) == (i == 0 && a->has_input));
+        CHECK(e->rank == 0 || e->rank == 1 || e->rank == 3);
+        for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1 || e->shape[d] == LPS_ARCH_UNKNOWN);
+        if (a->has_input) /* a known input shape makes every size known */
+            for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1);
+        if (e->type == LPS_ARCH_CONV2D)
+            CHECK(e->in >= 1 && e->out >= 1 && e->kernel >= 1 && e->stride >= 1 && e->padding >= 0 &&
+                  e->rank == 3 && e->shape[0] == e->out);
+        if (e->type == LPS_ARCH_MAXPOOL2D) CHECK(e->kernel >= 1 && e->stride >= 1 && e->rank == 3);
+        if (e->type == LPS_ARCH_LINEAR)
+            CHECK(e->in >= 1 && e->out >= 1 && e->rank == 1 && e->shape[0] == e->out);
+    }
+    char *json, *json2;
+    size_t jl, jl2;
+    CHECK(lps_arch_to_json(a, &json, &jl) == LPS_OK && strlen(json) == jl);
+    lps_arch *b;
+    CHECK(lps_arch_parse(&b, json, jl) == LPS_OK);
+    CHECK(b->n == a->n && b->has_input == a->has_input);
+    for (size_t i = 0; i < a->n; i++) CHECK(same_entry(&a->entries[i], &b->entries[i]));
+    CHECK(lps_arch_to_json(b, &json2, &jl2) == LPS_OK && jl2 == jl && memcmp(json, json2, jl) == 0);
+    free(json);
+    free(json2);
+    lps_arch_free(b);
+    lps_arch_free(a);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -34,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lps_safetensors *st = lps_safetensors_parse(data, size);
     if (!st) {
         CHECK(lps_errmsg()[0] != '\0'); /* every refusal says why */
+        if (size > 0 && data[0] == '[') check_arch((const char *)data, size);
         return 0;
     }
     /* The accepted file: ranges inside the buffer, sizes consistent. */
@@ -48,8 +98,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         covered += e->end - e->begin;
     }
     CHECK(covered == st->data_len); /* no gap, no overlap */
-    for (size_t i = 0; i < st->n_meta; i++)
+    for (size_t i = 0; i < st->n_meta; i++) {
         CHECK(lps_utf8_valid(st->meta_values[i], strlen(st->meta_values[i])));
+        if (strcmp(st->meta_keys[i], "lualps.arch") == 0)
+            check_arch(st->meta_values[i], strlen(st->meta_values[i]));
+    }
 
     /* Convert what lualps reads, write it back as F32 with the metadata, and
      * read that again: the same floats and metadata must come out. */
