@@ -13,7 +13,7 @@ local H = {}
 --- Defaults of a plan; every field may be overridden in H.plan's cfg.
 H.defaults = {
   master_seed = 1907,
-  per_task = 26,                 -- models per task: odd positions MLPs, even CNNs
+  per_task = 30,                 -- models per task: odd positions MLPs, even CNNs
   fraction = {0.05, 0.25},       -- of the task's training images, uniform
   epochs = {1, 3},               -- inclusive range, uniform
   batch_sizes = {32, 64, 128},
@@ -24,11 +24,13 @@ H.defaults = {
   cnn_max_macs = 600000,         -- forward multiply-adds per image; larger draws are redrawn
   cnn_max_samples = 8000,        -- training images x epochs of a CNN (build time)
   images_per_class = 6000,       -- Fashion-MNIST training images per class
-  floor = 0.45,                  -- min test accuracy: chance + floor * (1 - chance)
+  floor = 0.35,                  -- min test accuracy: chance + floor * (1 - chance)
   -- The transfer pool: the first `pool` models of each task have these
   -- architectures (half MLPs, half CNNs), so one from-scratch model per
-  -- family is the baseline of every source (lps.transfer).
-  pool = 4,
+  -- family is the baseline of every source (lps.transfer_pool), and train
+  -- on the most data for the most epochs (the experts of the zoo: their
+  -- features vary less from model to model).
+  pool = 8,
   reference_mlp = {128, 64},
   reference_cnn = { {out = 8, kernel = 5, down = "stride"}, {out = 16, kernel = 3, down = "stride"} },
 }
@@ -185,6 +187,7 @@ function H.plan(TABLE, cfg)
       local n_task = c.images_per_class * k
       local fraction = c.fraction[1] + (c.fraction[2] - c.fraction[1]) * g:uniform()
       local epochs = g:random(c.epochs[1], c.epochs[2])
+      if in_pool then fraction, epochs = c.fraction[2], c.epochs[2] end
       if family == "cnn" then -- keep CNN training within its share of the build time
         local n = math.floor(fraction * n_task + 0.5)
         if n * epochs > c.cnn_max_samples then epochs = math.max(1, c.cnn_max_samples // n) end
@@ -292,6 +295,40 @@ function H.splits(TABLE, plan, tasks, cfg)
   for t = 1, ntasks do task_list[t] = tasks[t] end
   return {classification = cls, retrieval = ret, novel = novel, heldout_arch = arch, cross_family = cross,
           tasks = task_list, master_seed = c.master_seed, fingerprint = plan[1].fingerprint}
+end
+
+--- The composition of a built set: models per family, per domain and per
+-- task (min, max), architectures, and test accuracy ranges per family and
+-- per number of classes.
+function H.composition(ms)
+  local util = require "lualps.util"
+  local c = {family = {}, domain = {}, optimizer = {}, per_task = {}, accuracy = {}, heldout_arch = 0, retrained = 0}
+  local acc, archs, tasks = {}, {}, {}
+  for i = 1, #ms do
+    local m = ms:meta(i)
+    for _, k in ipairs{"family", "domain", "optimizer"} do
+      local v = tostring(m[k])
+      c[k][v] = (c[k][v] or 0) + 1
+    end
+    tasks[m.task] = (tasks[m.task] or 0) + 1
+    archs[m.architecture or "?"] = true
+    if m.heldout_arch then c.heldout_arch = c.heldout_arch + 1 end
+    if m.attempts and #m.attempts > 1 then c.retrained = c.retrained + 1 end
+    for _, key in ipairs{m.family or "?", ("%d classes"):format(#m.classes)} do
+      acc[key] = acc[key] or {}
+      table.insert(acc[key], m.test_accuracy)
+    end
+  end
+  local lo, hi = math.huge, 0
+  for _, n in pairs(tasks) do lo, hi = math.min(lo, n), math.max(hi, n) end
+  c.per_task = {tasks = #tasks, min = lo, max = hi}
+  c.architectures = 0
+  for _ in pairs(archs) do c.architectures = c.architectures + 1 end
+  for key, v in pairs(acc) do
+    table.sort(v)
+    c.accuracy[key] = {n = #v, min = v[1], median = util.median(v), max = v[#v]}
+  end
+  return c
 end
 
 --- Problems of splits against the models' metadata (meta_by_id: id ->

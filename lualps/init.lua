@@ -13,7 +13,8 @@ local submodules = {
   nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
   modelset = "lualps.modelset", similarity = "lualps.similarity",
   util = "lualps.util", zoo = "lualps.zoo", benchmark = "lualps.benchmark", eval = "lualps.eval",
-  safetensors = "lualps.safetensors", plot = "lualps.plot", transfer = "lualps.transfer",
+  safetensors = "lualps.safetensors", plot = "lualps.plot", transfer = "lualps.transfer", transfer_pool = "lualps.transfer_pool",
+  hetero = "lualps.hetero",
 }
 
 -- Safetensors interop (lualps/safetensors.lua) at the top level.

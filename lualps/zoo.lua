@@ -270,7 +270,8 @@ function zoo.train_one(m, td, attempt)
 end
 
 -- Plan fields stored as they are when a plan has them (ModelSet-Hetero's).
-local extra_fields = {"family", "domain", "subset", "widths", "heldout_arch", "weight_decay", "min_test_accuracy"}
+local extra_fields = {"family", "domain", "subset", "widths", "heldout_arch", "weight_decay", "min_test_accuracy",
+  "in_pool", "macs", "input_shape"}
 
 -- The metadata stored with a model: the plan entry and what training gave.
 local function model_meta(m, task, res, attempts)
@@ -370,6 +371,101 @@ function zoo.build(plan, path, opts)
   if prog then summary.seconds = prog:finish() end
   if not ok then error(err, 0) end
   return summary
+end
+
+--- Check a build recipe's common arguments a (out, jobs, shard, data)
+-- before anything is trained; returns the data directory or raises with a
+-- message for the user.
+function zoo.check_recipe_args(a)
+  if not a.jobs or a.jobs < 1 then error("--jobs must be an integer >= 1", 0) end
+  if a.shard then
+    zoo.parse_shard(a.shard)
+    if a.jobs > 1 then error("--shard and --jobs do not go together", 0) end
+  end
+  local dir = a.out:match("^(.*)/[^/]*$")
+  if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
+    error(("the output directory %s does not exist"):format(dir), 0)
+  end
+  local data_dir = a.data or os.getenv("LUALPS_DATA") or lps.data.default_dir
+  for _, f in ipairs{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} do
+    if not file_exists(data_dir .. "/" .. f) then
+      error(("no Fashion-MNIST in %s (missing %s); install dataset-fashion-mnist or pass --data")
+        :format(data_dir, f), 0)
+    end
+  end
+  return data_dir
+end
+
+--- Print the per-task accuracy table of a built set (task, name, models,
+-- min/median/max test accuracy, retrained) and return the lowest accuracy
+-- and the number of retrained models.
+function zoo.print_accuracy(ms, tasks)
+  local per = zoo.accuracy_summary(ms)
+  local w = 24
+  for _, t in ipairs(tasks) do w = math.max(w, #t.name) end
+  local head = "%-4s %-" .. w .. "s %4s %7s %7s %7s %9s"
+  local row = "%-4d %-" .. w .. "s %4d %7.4f %7.4f %7.4f %9d"
+  print(head:format("task", "classes", "n", "min", "median", "max", "retrained"))
+  local all_min, n_retrained = 1, 0
+  for t = 1, #tasks do
+    local s = per[t]
+    if s then
+      print(row:format(t, tasks[t].name, s.n, s.min, s.median, s.max, s.retrained))
+      all_min = math.min(all_min, s.min)
+      n_retrained = n_retrained + s.retrained
+    end
+  end
+  return all_min, n_retrained
+end
+
+-- A shell word (single-quoted).
+local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+--- The build step of a recipe (recipes/modelset500.lua, modelset_hetero.lua)
+-- from its parsed arguments a (out, jobs, shard, quiet): refuse an existing
+-- file of another configuration before training; with a.jobs > 1 run this
+-- recipe again as that many shard processes (GNU parallel: the same
+-- command line with --shard i/n and --out OUT.shard-i-of-n) and merge them;
+-- otherwise build the shard a.shard, or everything, here, and exit after a
+-- shard. opts: those of zoo.build (tasks, data_dir, max_test, ...).
+-- Returns the seconds taken.
+function zoo.build_recipe(a, plan, opts)
+  local fp = plan[1].fingerprint
+  if file_exists(a.out) then -- another configuration is refused before training
+    local ms = zoo.open_for_build(a.out, fp)
+    ms:close()
+  end
+  local t0 = lps.now()
+  local label = a.shard and ("shard " .. a.shard) or "modelset"
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.progress = not a.quiet and {label = label, unit = "models"} or false
+  if a.jobs > 1 then
+    -- one BLAS thread per process: two of two threads would oversubscribe two cores
+    local words, skip = {"lua5.4", quote(arg[0])}, false
+    for _, w in ipairs(arg) do
+      if skip then skip = false
+      elseif w == "--jobs" or w == "--out" then skip = true
+      elseif not (w:match("^%-%-jobs=") or w:match("^%-%-out=")) then words[#words + 1] = quote(w) end
+    end
+    local cmd = ("%s --shard {}/%d --out %s"):format(table.concat(words, " "), a.jobs,
+      quote(a.out .. ".shard-{}-of-" .. a.jobs))
+    local shard_paths = {}
+    for i = 1, a.jobs do shard_paths[i] = ("%s.shard-%d-of-%d"):format(a.out, i, a.jobs) end
+    if not a.quiet then io.stderr:write(("modelset: %d models in %d shards (%s)\n"):format(#plan, a.jobs, a.out)) end
+    zoo.run_shards(cmd, a.jobs)
+    zoo.collect_shards(a.out, shard_paths, fp)
+  else
+    local part = plan
+    if a.shard then part = zoo.shard(plan, zoo.parse_shard(a.shard)) end
+    local s = zoo.build(part, a.out, o)
+    if a.shard then os.exit(0) end
+    if s.stored_before > 0 and not a.quiet then
+      io.stderr:write(("modelset: %d models were already stored, built %d\n"):format(s.stored_before, s.built))
+    end
+  end
+  return lps.now() - t0
 end
 
 --- Per-task accuracy summary of a set: {task -> {n, min, median, max, mean}}.

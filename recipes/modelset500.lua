@@ -33,30 +33,12 @@ if not a.tasks or a.tasks < 1 or a.tasks > #TABLE.tasks then
   fail(("--tasks must be 1..%d"):format(#TABLE.tasks))
 end
 if not a.per_task or a.per_task < 2 then fail("--per-task must be an integer >= 2") end
-if not a.jobs or a.jobs < 1 then fail("--jobs must be an integer >= 1") end
 local e1, e2 = a.epochs:match("^(%d+)%-(%d+)$")
 if not e1 then e1 = a.epochs:match("^(%d+)$"); e2 = e1 end
 e1, e2 = tonumber(e1), tonumber(e2)
 if not e1 or e1 < 1 or e2 < e1 then fail("--epochs must be N or A-B with 1 <= A <= B, got " .. a.epochs) end
-local shard_i, shard_n
-if a.shard then
-  local ok, i, n = pcall(zoo.parse_shard, a.shard)
-  if not ok then fail(i) end
-  shard_i, shard_n = i, n
-  if a.jobs > 1 then fail("--shard and --jobs do not go together") end
-end
-local dir = a.out:match("^(.*)/[^/]*$")
-if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
-  fail(("the output directory %s does not exist"):format(dir))
-end
-local data_dir = a.data or os.getenv("LUALPS_DATA") or lps.data.default_dir
-for _, f in ipairs{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                   "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} do
-  if not zoo.file_exists(data_dir .. "/" .. f) then
-    fail(("no Fashion-MNIST in %s (missing %s); install dataset-fashion-mnist or pass --data")
-      :format(data_dir, f))
-  end
-end
+local ok, data_dir = pcall(zoo.check_recipe_args, a)
+if not ok then fail(data_dir) end
 
 local tasks = {}
 for i = 1, a.tasks do
@@ -66,41 +48,9 @@ for i = 1, a.tasks do
 end
 local cfg = {tasks = tasks, master_seed = a.seed, per_task = a.per_task, epochs = {e1, e2}}
 local plan = zoo.plan(cfg)
-local fp = plan[1].fingerprint
-
--- An existing file of another configuration is refused before training.
-if zoo.file_exists(a.out) then
-  local ok, err = pcall(function() local ms = zoo.open_for_build(a.out, fp) ms:close() end)
-  if not ok then fail(err) end
-end
-
-local t0 = lps.now()
-local progress = not a.quiet and {label = a.shard and ("shard " .. a.shard) or "modelset",
-  unit = "models"} or false
-if a.jobs > 1 then
-  -- Shards of the plan in parallel processes (one BLAS thread each: two
-  -- threads in each of two processes would oversubscribe the cores).
-  local shard_paths, args = {}, {}
-  for i = 1, a.jobs do shard_paths[i] = ("%s.shard-%d-of-%d"):format(a.out, i, a.jobs) end
-  args = {"--seed", a.seed, "--tasks", a.tasks, "--per-task", a.per_task, "--epochs", a.epochs,
-          "--data", "'" .. data_dir .. "'"}
-  if a.quiet then args[#args + 1] = "--quiet" end
-  local cmd = ("%s %s %s --shard {}/%d --out '%s.shard-{}-of-%d'"):format(
-    "lua5.4", arg[0], table.concat(args, " "), a.jobs, a.out, a.jobs)
-  if not a.quiet then
-    io.stderr:write(("modelset: %d models in %d shards (%s)\n"):format(#plan, a.jobs, a.out))
-  end
-  zoo.run_shards(cmd, a.jobs)
-  zoo.collect_shards(a.out, shard_paths, fp)
-else
-  local part = shard_i and zoo.shard(plan, shard_i, shard_n) or plan
-  local s = zoo.build(part, a.out, {tasks = tasks, data_dir = data_dir, progress = progress})
-  if a.shard then os.exit(0) end
-  if s.stored_before > 0 and not a.quiet then
-    io.stderr:write(("modelset: %d models were already stored, built %d\n"):format(s.stored_before, s.built))
-  end
-end
-local seconds = lps.now() - t0
+local seconds
+ok, seconds = pcall(zoo.build_recipe, a, plan, {tasks = tasks, data_dir = data_dir})
+if not ok then fail(seconds) end
 
 -- The standard splits, fixed by the master seed.
 local splits = zoo.splits(cfg)
@@ -110,17 +60,7 @@ util.write_file(splits_path, cjson.encode(splits))
 
 -- Report: per-task accuracy.
 local ms <close> = lps.modelset.open(a.out)
-local per = zoo.accuracy_summary(ms)
-print(("%-4s %-24s %4s %7s %7s %7s %9s"):format("task", "classes", "n", "min", "median", "max", "retrained"))
-local all_min, n_retrained = 1, 0
-for t = 1, #tasks do
-  local s = per[t]
-  if s then
-    print(("%-4d %-24s %4d %7.4f %7.4f %7.4f %9d"):format(t, tasks[t].name, s.n, s.min, s.median, s.max, s.retrained))
-    all_min = math.min(all_min, s.min)
-    n_retrained = n_retrained + s.retrained
-  end
-end
+local all_min, n_retrained = zoo.print_accuracy(ms, tasks)
 print(cjson.encode{set = a.out, models = #ms, expected = #plan, seconds = seconds, jobs = a.jobs,
-  min_test_accuracy = all_min, retrained = n_retrained, splits = splits_path, fingerprint = fp})
+  min_test_accuracy = all_min, retrained = n_retrained, splits = splits_path, fingerprint = plan[1].fingerprint})
 if #ms ~= #plan then os.exit(1) end

@@ -1,29 +1,34 @@
 #!/usr/bin/env lua5.4
--- Transfer ground truth for a model set (lps.transfer): for every ordered
--- pair of tasks (S, T), fine-tune models of S on a small budget of T's images
--- and compare T's test accuracy with training from scratch on the same
--- budget. The gain matrix and the class-overlap matrix go beside the set.
--- The default budget (32 images, 10 steps) is small on purpose: with 256
--- images and ~50 steps scratch training already reaches 0.95-0.99 on these
--- binary tasks and the gains shrink to noise (range -0.07..0.02 measured).
+-- Transfer ground truth for a model set: for every ordered pair of tasks
+-- (S, T), fine-tune models of S on a small budget of T's images and compare
+-- T's test accuracy with training from scratch on the same budget. Written
+-- beside the set (SET.transfer.json and a .csv of the gains).
+--  - ModelSet500 (lps.transfer): the first --sources models of each task,
+--    --seeds budget draws. The budget (32 images, 10 steps) is small on
+--    purpose: with 256 images scratch training already reaches 0.95-0.99 on
+--    these binary tasks and the gains shrink to noise.
+--  - Sets with a pool of reference models per task, as ModelSet-Hetero
+--    (lps.transfer_pool): two disjoint halves of the pool, each with its own
+--    budget draws, and the split-half reliability of the matrix.
 --
 --   lua5.4 recipes/transfer_matrix.lua --set build/modelset500.lpsm --jobs 2
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
 local cjson = require "cjson"
-local zoo, util, transfer = lps.zoo, lps.util, lps.transfer
-local D = transfer.defaults
+local zoo, util, transfer, TP = lps.zoo, lps.util, lps.transfer, lps.transfer_pool
 
 local p = argparse("transfer_matrix.lua", "Measure task-to-task transfer gains on a model set.")
 p:option("--set", "The model set (with its .splits.json beside it).", "build/modelset500.lpsm")
 p:option("--out", "Output JSON (default: SET.transfer.json; a .csv of the gains beside it).")
-p:option("--sources", "Source models per task.", tostring(D.sources)):convert(math.tointeger)
-p:option("--seeds", "Seeds (budget draws and head initialisations) per pair.", tostring(D.seeds)):convert(math.tointeger)
-p:option("--images", "Training images of the target task.", tostring(D.images)):convert(math.tointeger)
-p:option("--epochs", "Epochs over those images.", tostring(D.epochs)):convert(math.tointeger)
-p:option("--batch", "Batch size.", tostring(D.batch)):convert(math.tointeger)
-p:option("--lr", "Adam learning rate.", "0.001"):convert(tonumber)
+p:option("--sources", "Source models per task (ModelSet500; default 3).")
+p:option("--seeds", "Budget draws and head initialisations per pair (ModelSet500; default 5).")
+p:option("--repeats", "Budget draws per half (pool protocol; default 1).")
+p:option("--images", "Training images of the target task (default 32; pool protocol 128).")
+p:option("--epochs", "Epochs over those images (default 5).")
+p:option("--batch", "Batch size (default 16).")
+p:option("--test-images", "Target test images per accuracy (pool protocol; default 1000).")
+p:option("--lr", "Adam learning rate (default 0.001).")
 p:option("--shard", "Compute only the target tasks of shard i/n, into --out.")
 p:option("--jobs", "Processes at once (GNU parallel).", "1"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
@@ -31,67 +36,84 @@ p:flag("--quiet", "No progress lines.")
 local a = p:parse()
 
 local function fail(msg) io.stderr:write("transfer_matrix: ", msg, "\n") os.exit(1) end
-for _, k in ipairs{"sources", "seeds", "images", "epochs", "batch", "jobs"} do
-  if not a[k] or a[k] < 1 then fail(("--%s must be a positive integer"):format(k)) end
-end
-if not a.lr or a.lr <= 0 then fail("--lr must be a positive number") end
 if not zoo.file_exists(a.set) then fail("no model set at " .. a.set) end
 local splits_text = util.read_file(a.set .. ".splits.json")
-if not splits_text then fail("no " .. a.set .. ".splits.json beside the set (built by recipes/modelset500.lua)") end
+if not splits_text then fail("no " .. a.set .. ".splits.json beside the set (built by its recipe)") end
 local tasks = cjson.decode(splits_text).tasks
-local out = a.out or (a.set .. ".transfer.json")
-local shard_i, shard_n = 1, 1
-if a.shard then
-  local ok, i, n = pcall(zoo.parse_shard, a.shard)
-  if not ok then fail(i) end
-  shard_i, shard_n = i, n
+local ms <close> = lps.modelset.open(a.set)
+local pool = next(TP.pool_of(ms)) ~= nil
+local opts, names = {}, pool and {"repeats", "images", "epochs", "batch", "test_images", "lr"}
+  or {"sources", "seeds", "images", "epochs", "batch", "lr"}
+for _, k in ipairs(names) do
+  if a[k] then
+    opts[k] = tonumber(a[k])
+    if not opts[k] or opts[k] <= 0 or (k ~= "lr" and math.type(opts[k]) ~= "integer") then
+      fail(("--%s must be a positive %s"):format(k:gsub("_", "-"), k == "lr" and "number" or "integer"))
+    end
+  end
 end
-local opts = {sources = a.sources, seeds = a.seeds, images = a.images, epochs = a.epochs, batch = a.batch, lr = a.lr}
-
+if not a.jobs or a.jobs < 1 then fail("--jobs must be a positive integer") end
+local out = a.out or (a.set .. ".transfer.json")
 local NT = #tasks
+
 if a.jobs > 1 and not a.shard then
-  local parts = {}
-  for i = 1, a.jobs do parts[i] = ("%s.shard-%d-of-%d"):format(out, i, a.jobs) end
-  local args = {"--set", "'" .. a.set .. "'", "--sources", a.sources, "--seeds", a.seeds,
-    "--images", a.images, "--epochs", a.epochs, "--batch", a.batch, "--lr", a.lr}
+  -- this recipe again, one process per share of the target tasks
+  local args = {"--set", "'" .. a.set .. "'"}
+  for k, v in pairs(opts) do args[#args + 1] = ("--%s %s"):format(k:gsub("_", "-"), v) end
   if a.data then args[#args + 1] = "--data '" .. a.data .. "'" end
   if a.quiet then args[#args + 1] = "--quiet" end
   local t0 = lps.now()
   zoo.run_shards(("lua5.4 %s %s --shard {}/%d --out '%s.shard-{}-of-%d'"):format(
     arg[0], table.concat(args, " "), a.jobs, out, a.jobs), a.jobs)
-  -- Each shard owns whole target columns.
-  local decoded = {}
-  for k, path in ipairs(parts) do decoded[k] = cjson.decode(assert(util.read_file(path))) end
-  local result = transfer.merge(decoded)
-  for _, path in ipairs(parts) do os.remove(path) end
-  result.seconds = lps.now() - t0
-  result.protocol.jobs = a.jobs
-  util.write_file(out, cjson.encode(result))
+  local parts = {}
+  for i = 1, a.jobs do
+    local path = ("%s.shard-%d-of-%d"):format(out, i, a.jobs)
+    parts[i] = cjson.decode(assert(util.read_file(path)))
+    os.remove(path)
+  end
+  local r = pool and TP.result(ms, tasks, TP.merge(parts), opts) or transfer.merge(parts)
+  r.seconds, r.set, r.protocol.jobs = lps.now() - t0, a.set, a.jobs
+  util.write_file(out, cjson.encode(r))
 else
   -- One process: the target tasks of this shard.
-  local ms <close> = lps.modelset.open(a.set)
+  local shard_i, shard_n = 1, 1
+  if a.shard then
+    local ok, i, n = pcall(zoo.parse_shard, a.shard)
+    if not ok then fail(i) end
+    shard_i, shard_n = i, n
+  end
   lps.set_num_threads(1)
   local targets = {}
   for t = (shard_i - 1) * NT // shard_n + 1, shard_i * NT // shard_n do targets[#targets + 1] = t end
-  local bar = not a.quiet and util.progress(#targets * a.seeds * (1 + NT * a.sources),
-    {label = "transfer" .. (a.shard and (" " .. a.shard) or ""), unit = "runs"})
-  if bar then opts.progress = function(done, _, text) bar:update(done, text) end end
+  local bar -- made at the first report, when the amount of work is known
+  if not a.quiet then
+    opts.progress = function(done, total, text)
+      bar = bar or util.progress(total, {label = "transfer" .. (a.shard and (" " .. a.shard) or ""), unit = "runs"})
+      bar:update(done, text)
+    end
+  end
   local t0 = lps.now()
-  local ok, r = pcall(transfer.columns, ms, NT, targets, zoo.task_data_loader(tasks, a.data), opts)
+  local data = zoo.task_data_loader(tasks, a.data)
+  local ok, r = pcall(pool and TP.columns or transfer.columns, ms, pool and tasks or NT, targets, data, opts)
   if not ok then fail(r) end
   if bar then bar:finish() end
-  r.tasks, r.overlap, r.protocol, r.set, r.seconds = tasks, transfer.overlap(tasks), transfer.protocol(opts),
-    a.set, lps.now() - t0
-  r.layout = "gain[s][t]: source task s (row), target task t (column)"
+  opts.progress = nil
+  if pool and not a.shard then r = TP.result(ms, tasks, r, opts)
+  elseif not pool then
+    r.tasks, r.overlap, r.protocol = tasks, transfer.overlap(tasks), transfer.protocol(opts)
+    r.layout = "gain[s][t]: source task s (row), target task t (column)"
+  end
+  r.set, r.seconds = a.set, lps.now() - t0
   util.write_file(out, cjson.encode(r))
   if a.shard then os.exit(0) end
 end
 
--- Report: the range of the gains and a CSV beside the JSON.
+-- Report: what the gains are and a CSV beside the JSON.
 local r = cjson.decode(util.read_file(out))
 local s, csv = transfer.summary(r)
 util.write_file(out:gsub("%.json$", "") .. ".csv", csv)
+if pool then print(TP.report(r)) end
 print(("gain range [%.4f, %.4f]; mean gain: same task %.4f, sharing a class %.4f, disjoint %.4f")
   :format(s.gain_min, s.gain_max, s.gain_same, s.gain_shared, s.gain_disjoint))
-s.out, s.seconds = out, r.seconds
+s.out, s.seconds, s.reliability = out, r.seconds, r.reliability
 print(cjson.encode(s))

@@ -1,0 +1,325 @@
+--- lualps.transfer_pool: the transfer ground truth of a set of many
+-- architectures (ModelSet-Hetero), measured twice to know its reliability.
+local lps = require "lualps"
+local transfer = require "lualps.transfer"
+
+local M = {}
+
+-- For sets of many architectures: every task has a pool of source models
+-- (records with in_pool, the first of each task: half MLPs, half CNNs of
+-- one reference architecture per family), split into two halves of
+-- disjoint models. Half h fine-tunes its models with its own budget draws
+-- and seeds, and compares with a from-scratch model of the same reference
+-- architecture on the same budget, so the two halves are independent
+-- measurements of the same gains and their agreement is the matrix's
+-- reliability.
+
+--- Options of the pool protocol and their defaults.
+M.defaults = {
+  images = 128,       -- training images of the target task per budget draw
+  epochs = 5,         -- epochs over them (the scratch model; "full" fine-tuning)
+  batch = 16,
+  lr = 1e-3,          -- Adam
+  finetune = "head",  -- "head": the new head on the source's frozen features; "full": every layer
+  head_epochs = 30,   -- "head": epochs and Adam learning rate of the head
+  head_lr = 1e-2,
+  repeats = 2,        -- budget draws per half (fine-tunes averaged)
+  test_images = 1000, -- target test images that measure accuracy
+}
+
+local function options(o)
+  local out = {}
+  for k, v in pairs(M.defaults) do out[k] = v end
+  for k, v in pairs(o or {}) do
+    if M.defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3) end
+    out[k] = v
+  end
+  return out
+end
+
+--- The pool of a set: pool[t] = list of {i =, id =, family =, half =} in id
+-- order (half 1: the first half of the task's pool models).
+function M.pool_of(ms)
+  local pool = {}
+  for i = 1, #ms do
+    local m = ms:meta(i)
+    if m.in_pool then
+      pool[m.task] = pool[m.task] or {}
+      table.insert(pool[m.task], {i = i, id = m.id, family = m.family, spec = m.spec})
+    end
+  end
+  for _, list in pairs(pool) do
+    table.sort(list, function(a, b) return a.id < b.id end)
+    for k, e in ipairs(list) do e.half = k <= #list // 2 and 1 or 2 end
+  end
+  return pool
+end
+
+-- A deep copy of a sequential spec whose last linear layer gives k outputs.
+local function with_classes(spec, k)
+  local copy = {type = spec.type, layers = {}}
+  for n, l in ipairs(spec.layers) do
+    local c = {}
+    for key, v in pairs(l) do c[key] = v end
+    copy.layers[n] = c
+  end
+  copy.layers[#copy.layers].out_features = k
+  return copy
+end
+
+local function inputs_for(spec, x)
+  if spec.layers[1].type == "conv2d" then return x:reshape(x:size(1), 1, 28, 28) end
+  return x
+end
+
+--- The from-scratch model of one family on target t's budget draw
+-- (half h, repeat r): trained, with its test accuracy and its initial last
+-- layer (the head a fine-tuned source gets). It is also the model-selection
+-- query: a probe of the task trained on its few images. `spec` is the
+-- family's reference architecture, `td` the target's data.
+function M.probe(spec, t, k, h, r, td, opts)
+  local o = options(opts)
+  local g = lps.generator(1000003 * t + 1009 * h + r)
+  local bx, by = lps.data.fraction(td.x, td.y, math.min(1, o.images / td.x:size(1)), g)
+  local s = with_classes(spec, k)
+  local model = lps.nn.from_spec(s, g)
+  local named = model:named_parameters()
+  local head = {weight = named[#named - 1].tensor:clone(), bias = named[#named].tensor:clone()}
+  local budget = {x = inputs_for(s, bx), y = by, seed = 7777 * t + 31 * h + r}
+  lps.nn.train(model, budget, {optimizer = lps.optim.adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
+    generator = lps.generator(budget.seed), progress = false})
+  local xt, yt = td.xt, td.yt
+  if xt:size(1) > o.test_images then xt, yt = xt:rows(1, o.test_images), yt:rows(1, o.test_images) end
+  local acc = lps.nn.evaluate(model, {x = inputs_for(s, xt), y = yt})
+  return model, acc, head, budget, {x = inputs_for(s, xt), y = yt}
+end
+
+-- Outputs of every layer of model but the last (a sequential) for x.
+local function body(model, x)
+  local kids = model:children()
+  for n = 1, #kids - 1 do x = kids[n]:forward(x) end
+  return x
+end
+
+-- Target test accuracy of source model `src` (pool entry e) fine-tuned on
+-- the budget b with the new head `head` (the scratch model's initial last
+-- layer): the head alone on the source's frozen features, or every layer.
+local function finetuned(src, e, k, head, b, test, features, o)
+  local adam = lps.optim.adam
+  if o.finetune == "head" then
+    features[e.i] = features[e.i] or body(src, test.x)
+    local fx = body(src, b.x)
+    local lin = lps.nn.linear(fx:size(2), k, lps.generator(0))
+    local p = lin:named_parameters()
+    p[1].tensor:copy(head.weight)
+    p[2].tensor:copy(head.bias)
+    lps.nn.train(lin, {x = fx, y = b.y}, {optimizer = adam{lr = o.head_lr}, epochs = o.head_epochs,
+      batch_size = o.batch, generator = lps.generator(b.seed), progress = false})
+    return (lps.nn.evaluate(lin, {x = features[e.i], y = test.y}))
+  end
+  local srcp = src:state_dict()
+  local m = lps.nn.from_spec(with_classes(e.spec, k), lps.generator(0))
+  local dst = m:named_parameters()
+  for n = 1, #dst - 2 do dst[n].tensor:copy(srcp[dst[n].name]) end
+  dst[#dst - 1].tensor:copy(head.weight)
+  dst[#dst].tensor:copy(head.bias)
+  lps.nn.train(m, b, {optimizer = adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
+    generator = lps.generator(b.seed), progress = false})
+  return (lps.nn.evaluate(m, test))
+end
+
+--- Columns `targets` of the pool transfer matrix of set ms (tasks: the
+-- splits' task list; data(t) as lps.zoo.task_data_loader). opts: M.defaults
+-- plus progress (function(done, total, text)). Returns {scratch = {[t] =
+-- {mlp = {half 1, half 2}, cnn = {...}}}, finetune = {[id] = {[t] = acc}}}
+-- (accuracies averaged over the repeats).
+function M.columns(ms, tasks, targets, data, opts)
+  local progress = opts and opts.progress
+  local o = {}
+  for k, v in pairs(opts or {}) do if k ~= "progress" then o[k] = v end end
+  o = options(o)
+  local pool = M.pool_of(ms)
+  local ref, models = {}, {}
+  for t = 1, #tasks do
+    if not pool[t] or #pool[t] < 2 then error(("transfer: task %d has no pool models (in_pool)"):format(t), 2) end
+    for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.spec end
+  end
+  local out = {scratch = {}, finetune = {}}
+  local total, done = #targets * 2 * o.repeats * (#tasks * #pool[1] // 2 + 2), 0
+  for _, t in ipairs(targets) do
+    local td, k = data(t), #tasks[t].classes
+    local features = {} -- test features of each source on this target, shared by the halves
+    local sc = {mlp = {}, cnn = {}}
+    for h = 1, 2 do
+      for _, fam in ipairs{"mlp", "cnn"} do sc[fam][h] = 0 end
+      for r = 1, o.repeats do
+        local heads, budgets, tests = {}, {}, {}
+        for _, fam in ipairs{"mlp", "cnn"} do
+          local _, acc, head, budget, test = M.probe(ref[fam], t, k, h, r, td, o)
+          sc[fam][h] = sc[fam][h] + acc / o.repeats
+          heads[fam], budgets[fam], tests[fam] = head, budget, test
+          done = done + 1
+        end
+        for s = 1, #tasks do
+          for _, e in ipairs(pool[s]) do
+            if e.half == h then
+              models[e.i] = models[e.i] or ms:get(e.i) -- decoded once per process
+              local acc = finetuned(models[e.i], e, k, heads[e.family], budgets[e.family], tests[e.family], features, o)
+              out.finetune[e.id] = out.finetune[e.id] or {}
+              out.finetune[e.id][t] = (out.finetune[e.id][t] or 0) + acc / o.repeats
+              done = done + 1
+            end
+          end
+        end
+        if progress then progress(done, total, ("target %d half %d"):format(t, h)) end
+      end
+    end
+    out.scratch[t] = sc
+  end
+  return out
+end
+
+--- Gains of pool columns (merged over targets): gain_half[h][s][t] = mean
+-- over half h's models of source task s of (fine-tuned minus the same
+-- family's scratch accuracy of half h) on target t; gain = their mean.
+function M.gains(r, tasks, pool_ids)
+  local ntasks = #tasks
+  local gain, halves = {}, {{}, {}}
+  for s = 1, ntasks do
+    gain[s], halves[1][s], halves[2][s] = {}, {}, {}
+    for t = 1, ntasks do
+      for h = 1, 2 do
+        local sum, n = 0, 0
+        for _, e in ipairs(pool_ids[s]) do
+          if e.half == h then
+            sum, n = sum + r.finetune[e.id][t] - r.scratch[t][e.family][h], n + 1
+          end
+        end
+        halves[h][s][t] = sum / n
+      end
+      gain[s][t] = (halves[1][s][t] + halves[2][s][t]) / 2
+    end
+  end
+  return gain, halves
+end
+
+-- Off-diagonal entries of square matrices, row by row.
+local function offdiag(...)
+  local Ms, out = {...}, {}
+  for k = 1, #Ms do out[k] = {} end
+  for s = 1, #Ms[1] do
+    for t = 1, #Ms[1] do
+      if s ~= t then for k, Mk in ipairs(Ms) do table.insert(out[k], Mk[s][t]) end end
+    end
+  end
+  return table.unpack(out)
+end
+
+--- Reliability of a pool matrix and what explains it: the split-half
+-- Spearman correlation of the off-diagonal gains (all pairs), the same per
+-- target (sources ranked within each target column, averaged: free of how
+-- warm or cold whole targets are), and Kendall tau of the gains with class
+-- overlap (shared classes), domain match (0/1) and both (overlap + match).
+function M.reliability(halves, gain, tasks)
+  local eval = require "lualps.eval"
+  local n = #tasks
+  local overlap, domain, both = transfer.overlap(tasks), {}, {}
+  for s = 1, n do
+    domain[s], both[s] = {}, {}
+    for t = 1, n do
+      domain[s][t] = tasks[s].domain == tasks[t].domain and 1 or 0
+      both[s][t] = overlap[s][t] / #tasks[t].classes + domain[s][t]
+    end
+  end
+  local a, b, g, ov, dm, bo = offdiag(halves[1], halves[2], gain, overlap, domain, both)
+  local per, cnt = 0, 0
+  for t = 1, n do
+    local x, y = {}, {}
+    for s = 1, n do if s ~= t then x[#x + 1], y[#y + 1] = halves[1][s][t], halves[2][s][t] end end
+    local rho = eval.spearman(x, y)
+    if rho == rho then per, cnt = per + rho, cnt + 1 end
+  end
+  return {split_half_spearman = eval.spearman(a, b), per_target_split_half_spearman = cnt > 0 and per / cnt or 0 / 0,
+          tau_overlap = eval.kendall_tau(g, ov), tau_domain = eval.kendall_tau(g, dm),
+          tau_overlap_and_domain = eval.kendall_tau(g, bo), pairs = #a},
+    {overlap = overlap, domain_match = domain}
+end
+
+--- Merge pool columns of disjoint target sets.
+function M.merge(parts)
+  local null = require("cjson").null -- JSON fills a shard's other targets with null
+  local out = {scratch = {}, finetune = {}}
+  for _, part in ipairs(parts) do
+    for t, v in pairs(part.scratch) do if v ~= null then out.scratch[tonumber(t)] = v end end
+    for id, row in pairs(part.finetune) do
+      out.finetune[id] = out.finetune[id] or {}
+      for t, v in pairs(row) do if v ~= null then out.finetune[id][tonumber(t)] = v end end
+    end
+  end
+  return out
+end
+
+--- The whole pool result written beside a set: gains (mean and per half),
+-- per-model fine-tuned accuracies (finetune[id] = list over targets),
+-- scratch accuracies, overlap and domain-match matrices, reliability and
+-- the protocol.
+function M.result(ms, tasks, cols, opts)
+  local o = options(opts)
+  local pool = M.pool_of(ms)
+  local gain, halves = M.gains(cols, tasks, pool)
+  local rel, mats = M.reliability(halves, gain, tasks)
+  local finetune, scratch, ids = {}, {}, {}
+  for id, row in pairs(cols.finetune) do
+    finetune[id] = {}
+    for t = 1, #tasks do finetune[id][t] = row[t] end
+  end
+  for t = 1, #tasks do scratch[t] = cols.scratch[t] end
+  for t = 1, #tasks do
+    ids[t] = {}
+    for k, e in ipairs(pool[t]) do ids[t][k] = {id = e.id, family = e.family, half = e.half} end
+  end
+  local per_half = 0
+  for _, e in ipairs(pool[1]) do if e.half == 1 then per_half = per_half + 1 end end
+  return {tasks = tasks, gain = gain, gain_halves = halves, finetune = finetune, scratch = scratch,
+    overlap = mats.overlap, domain_match = mats.domain_match, reliability = rel, pool = ids,
+    layout = "gain[s][t]: source task s (row), target task t (column); finetune[id][t]: pool model id fine-tuned on t",
+    protocol = {kind = "pool", budget_images = o.images, epochs = o.epochs, batch_size = o.batch, optimizer = "adam",
+      lr = o.lr, repeats = o.repeats, test_images = o.test_images, models_per_half = per_half,
+      halves = "two disjoint halves of each task's pool (one MLP and one CNN each), each with its own budget draws and seeds",
+      head = "the source's last linear layer replaced by the scratch model's initial one (target's classes)",
+      gain = "fine-tuned test accuracy on T minus the from-scratch accuracy of the same reference architecture, same budget",
+      reliability = "Spearman correlation of the two halves' off-diagonal gains; per target: sources ranked within each target, averaged"}}
+end
+
+--- A few lines on a pool result: reliability, what explains the gains,
+-- and mean gains by relation.
+function M.report(r)
+  local rel, lines = r.reliability, {}
+  lines[1] = ("split-half reliability (Spearman, %d off-diagonal pairs): %.3f; per target: %.3f")
+    :format(rel.pairs, rel.split_half_spearman, rel.per_target_split_half_spearman)
+  lines[2] = ("Kendall tau of the gains with class overlap %.3f, domain match %.3f, both %.3f")
+    :format(rel.tau_overlap, rel.tau_domain, rel.tau_overlap_and_domain)
+  local buckets = {}
+  local function add(name, v) buckets[name] = buckets[name] or {0, 0}; buckets[name][1] = buckets[name][1] + v
+    buckets[name][2] = buckets[name][2] + 1 end
+  for s = 1, #r.gain do
+    for t = 1, #r.gain do
+      local v = r.gain[s][t]
+      if s == t then add("same task", v)
+      else
+        local cls = r.overlap[s][t] == #r.tasks[t].classes and #r.tasks[s].classes == #r.tasks[t].classes
+          and "same classes" or (r.overlap[s][t] > 0 and "shared classes" or "disjoint classes")
+        add(cls .. (r.domain_match[s][t] == 1 and ", same domain" or ", other domain"), v)
+      end
+    end
+  end
+  local names = {}
+  for k in pairs(buckets) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    lines[#lines + 1] = ("  mean gain %-36s %+.4f (%d pairs)"):format(k, buckets[k][1] / buckets[k][2], buckets[k][2])
+  end
+  return table.concat(lines, "\n")
+end
+
+return M
