@@ -28,6 +28,9 @@ p:option("--images", "Training images of the target task (default 32; pool proto
 p:option("--epochs", "Epochs over those images (default 5).")
 p:option("--batch", "Batch size (default 16).")
 p:option("--test-images", "Target test images per accuracy (pool protocol; default 1000).")
+p:option("--finetune", "Pool protocol: 'head' (the new head on frozen features; default) or 'full'.")
+p:option("--head-epochs", "Pool protocol, head fine-tuning: epochs (default 30).")
+p:option("--head-lr", "Pool protocol, head fine-tuning: Adam learning rate (default 0.01).")
 p:option("--lr", "Adam learning rate (default 0.001).")
 p:option("--shard", "Compute only the target tasks of shard i/n, into --out.")
 p:option("--jobs", "Processes at once (GNU parallel).", "1"):convert(math.tointeger)
@@ -42,15 +45,21 @@ if not splits_text then fail("no " .. a.set .. ".splits.json beside the set (bui
 local tasks = cjson.decode(splits_text).tasks
 local ms <close> = lps.modelset.open(a.set)
 local pool = next(TP.pool_of(ms)) ~= nil
-local opts, names = {}, pool and {"repeats", "images", "epochs", "batch", "test_images", "lr"}
+local opts, names = {}, pool and {"repeats", "images", "epochs", "batch", "test_images", "lr", "head_epochs", "head_lr"}
   or {"sources", "seeds", "images", "epochs", "batch", "lr"}
 for _, k in ipairs(names) do
   if a[k] then
+    local real = k == "lr" or k == "head_lr"
     opts[k] = tonumber(a[k])
-    if not opts[k] or opts[k] <= 0 or (k ~= "lr" and math.type(opts[k]) ~= "integer") then
-      fail(("--%s must be a positive %s"):format(k:gsub("_", "-"), k == "lr" and "number" or "integer"))
+    if not opts[k] or opts[k] <= 0 or (not real and math.type(opts[k]) ~= "integer") then
+      fail(("--%s must be a positive %s"):format(k:gsub("_", "-"), real and "number" or "integer"))
     end
   end
+end
+if a.finetune then
+  if not pool then fail("--finetune applies to sets with a transfer pool") end
+  if a.finetune ~= "head" and a.finetune ~= "full" then fail("--finetune must be 'head' or 'full'") end
+  opts.finetune = a.finetune
 end
 if not a.jobs or a.jobs < 1 then fail("--jobs must be a positive integer") end
 local out = a.out or (a.set .. ".transfer.json")
@@ -98,7 +107,9 @@ else
   if not ok then fail(r) end
   if bar then bar:finish() end
   opts.progress = nil
-  if pool and not a.shard then r = TP.result(ms, tasks, r, opts)
+  -- through JSON as shards' columns go (14 digits), so one process and
+  -- many give the same numbers
+  if pool and not a.shard then r = TP.result(ms, tasks, TP.merge{cjson.decode(cjson.encode(r))}, opts)
   elseif not pool then
     r.tasks, r.overlap, r.protocol = tasks, transfer.overlap(tasks), transfer.protocol(opts)
     r.layout = "gain[s][t]: source task s (row), target task t (column)"

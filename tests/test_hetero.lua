@@ -188,6 +188,59 @@ function TestHeteroBuild:test_bad_options_refused_without_touching_the_set()
   lu.assertNil(io.open(dir .. "/x.lpsm"))
 end
 
+TestHeteroTransfer = {}
+
+-- The pool protocol on the small set: shards agree with one process, gains
+-- are fine-tuned minus scratch per half, reliability is a correlation, and
+-- the relation matrices are the hand-counted ones.
+function TestHeteroTransfer:test_pool_matrix()
+  local set = single_build()
+  local base = ("lua5.4 recipes/transfer_matrix.lua --quiet --images 30 --head-epochs 3 --test-images 60 --data %s --set %s")
+    :format(data, set)
+  local ok, out = T.sh(base .. " --out " .. dir .. "/p1.json")
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "split-half reliability")
+  ok, out = T.sh(base .. " --jobs 2 --out " .. dir .. "/p2.json")
+  lu.assertTrue(ok, out)
+  local r1 = cjson.decode(file_bytes(dir .. "/p1.json"))
+  local r2 = cjson.decode(file_bytes(dir .. "/p2.json"))
+  lu.assertEquals(r2.gain, r1.gain)
+  lu.assertEquals(r2.finetune, r1.finetune)
+  lu.assertEquals(r1.protocol.kind, "pool")
+  -- tasks: {0,1} identity, {0,1} invert, {5,7} identity, {5,7} invert, {3,8,9} identity, {3,8,9} invert
+  lu.assertEquals(r1.overlap[1], {2, 2, 0, 0, 0, 0})
+  lu.assertEquals(r1.overlap[5], {0, 0, 0, 0, 3, 3})
+  lu.assertEquals(r1.domain_match[1], {1, 0, 1, 0, 1, 0})
+  -- gain_half[h][s][t] = mean over half h's pool models of s of (fine-tuned - same family's scratch)
+  local s, t = 3, 5
+  for h = 1, 2 do
+    local sum, n = 0, 0
+    for _, e in ipairs(r1.pool[s]) do
+      if e.half == h then sum, n = sum + r1.finetune[e.id][t] - r1.scratch[t][e.family][h], n + 1 end
+    end
+    lu.assertEquals(n, 2) -- one MLP and one CNN per half (pool 4)
+    lu.assertAlmostEquals(r1.gain_halves[h][s][t], sum / n, 1e-12)
+  end
+  lu.assertAlmostEquals(r1.gain[s][t], (r1.gain_halves[1][s][t] + r1.gain_halves[2][s][t]) / 2, 1e-12)
+  local rel = r1.reliability
+  lu.assertTrue(math.abs(rel.split_half_spearman) <= 1, tostring(rel.split_half_spearman))
+  lu.assertEquals(rel.pairs, 30)
+  for id, row in pairs(r1.finetune) do
+    for _, acc in ipairs(row) do lu.assertTrue(acc >= 0 and acc <= 1, id) end
+  end
+end
+
+function TestHeteroTransfer:test_pool_halves()
+  -- each half of a task's pool: one MLP and one CNN, disjoint models
+  local ms <close> = lps.modelset.open(single_build())
+  local pool = lps.transfer_pool.pool_of(ms)
+  lu.assertEquals(#pool[1], 4)
+  lu.assertEquals({pool[1][1].half, pool[1][2].half, pool[1][3].half, pool[1][4].half}, {1, 1, 2, 2})
+  local fams = {}
+  for _, e in ipairs(pool[1]) do fams[e.family] = (fams[e.family] or 0) + 1 end
+  lu.assertEquals(fams, {mlp = 2, cnn = 2})
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 os.execute("rm -rf '" .. dir .. "'")
 os.exit(code, true)

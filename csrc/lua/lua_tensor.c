@@ -22,6 +22,16 @@ lps_tensor *lps_lua_checktensor(lua_State *L, int idx)
     return u->t;
 }
 
+/* Tell the collector about tensor data it does not see: the userdata is a
+ * few bytes, the floats live in C, and a loop making large tensors would
+ * otherwise grow far ahead of the collector (GBs before a cycle). Views
+ * share storage (refcount > 1) and allocate nothing. */
+static void account(lua_State *L, const lps_tensor *t)
+{
+    int64_t kb = t->numel * (int64_t)sizeof(float) / 1024;
+    if (kb >= 16 && lps_tensor_refcount(t) == 1) lua_gc(L, LUA_GCSTEP, kb > INT32_MAX ? INT32_MAX : (int)kb);
+}
+
 static tensor_ud *push_ud(lua_State *L)
 {
     tensor_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -36,6 +46,7 @@ lps_tensor *lps_lua_pushtensor(lua_State *L, lps_tensor *t)
     tensor_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = t;
     luaL_setmetatable(L, LPS_TENSOR_MT);
+    account(L, t);
     return t;
 }
 
@@ -44,6 +55,7 @@ lps_tensor *lps_lua_newtensor(lua_State *L, int ndim, const int64_t *shape)
     tensor_ud *u = push_ud(L); /* owned by Lua before the data exists */
     u->t = lps_tensor_new(ndim, shape);
     if (!u->t) lps_lua_raise(L);
+    account(L, u->t);
     return u->t;
 }
 
@@ -52,6 +64,7 @@ lps_tensor *lps_lua_emptytensor(lua_State *L, int ndim, const int64_t *shape)
     tensor_ud *u = push_ud(L);
     u->t = lps_tensor_empty(ndim, shape);
     if (!u->t) lps_lua_raise(L);
+    account(L, u->t);
     return u->t;
 }
 
