@@ -465,6 +465,41 @@ lps_status lps_chain_normalize(int nlayers, lps_tensor *const *W, lps_tensor *co
 /* out[j] = L2 norm of column j of W: unit j's outgoing importance. */
 lps_status lps_column_norms(lps_tensor *out, const lps_tensor *W);
 
+/* Any ReLU network of conv2d and linear layers (max-pooling after a conv
+ * and one flatten before the first linear layer are allowed between them:
+ * both commute with a positive per-channel scale). Layer l has weight W[l]
+ * (conv: cout x cin x k x k; linear: out x in) and bias b[l]; hw[l] is the
+ * number of inputs per channel of the previous layer (a linear layer after
+ * a flatten: the spatial positions h*w of the last conv output; else 1). A
+ * hidden unit is a neuron or a conv output channel; its outgoing weights are
+ * the next layer's input slice of it (conv: W[l+1][:, j]; linear: the hw
+ * columns j*hw .. (j+1)*hw-1). */
+typedef struct lps_net_view {
+    int nlayers;
+    lps_tensor *const *W, *const *b;
+    const int64_t *hw;
+} lps_net_view;
+/* Shapes chain, values finite; messages start with op. */
+lps_status lps_net_check(const char *op, const lps_net_view *v);
+/* Chain normalization of every hidden unit as lps_chain_normalize (which it
+ * equals on an MLP): incoming weights and bias divided by their joint norm,
+ * outgoing weights multiplied by it. In place; the function is unchanged. */
+lps_status lps_chain_normalize_net(const lps_net_view *v, float eps);
+/* out (h_l entries): norm of each unit's outgoing weights, layer l < nlayers-1. */
+lps_status lps_net_importance(lps_tensor *out, const lps_net_view *v, int l);
+/* out (h_l x h_{l-1}), layer l >= 1: how unit j of layer l mixes unit i of
+ * layer l-1, one number per pair: the sum of W[l]'s slice from i to j (a
+ * conv kernel's sum over its k x k positions, its response to a constant
+ * map; a linear layer after a flatten: the sum over the hw columns of i;
+ * otherwise W[l][j][i] itself). Embedding units through it, U_l = out Z_{l-1},
+ * makes layer l blind to the order of layer l-1's units. */
+lps_status lps_net_mixing(lps_tensor *out, const lps_net_view *v, int l);
+/* out (cout x cin*s*s): each conv kernel (cout x cin x k x k, k <= s, k and
+ * s odd) centred in an s x s window of zeros and flattened: kernels of
+ * every size as one feature length (a 3x3 kernel is the 5x5 kernel with a
+ * zero border, the same filter). */
+lps_status lps_conv_unit_features(lps_tensor *out, const lps_tensor *W, int64_t s);
+
 /* Shared unit encoder, one row per unit: Z = act([U | bias | imp] A^T + a)
  * with U (h x k), bias and imp (h), A (d x (k+2)), a (d), Z (h x d). */
 typedef enum { LPS_ACT_RELU, LPS_ACT_TANH, LPS_ACT_LINEAR } lps_act;
@@ -524,6 +559,14 @@ typedef enum { LPS_DIST_COSINE, LPS_DIST_EUCLID } lps_dist;
 lps_status lps_triplet_hard(double *loss, int64_t *valid, int64_t *active, lps_tensor *dY,
                             const lps_tensor *Y, const int64_t *labels, float margin,
                             lps_dist metric);
+
+/* Relation regression: pull the cosine of every pair of embeddings Y (B x e,
+ * unit rows) of different items towards a target given by their labels:
+ * loss = mean over pairs i < j of (y_i . y_j - T[labels i][labels j])^2,
+ * with T (n x n, symmetric) indexed by the 0-based labels. NaN targets
+ * leave their pairs out (counted in npairs only when used). dY may be NULL. */
+lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, const lps_tensor *Y,
+                               const int64_t *labels, const lps_tensor *T);
 
 /* ---------------------------------------------- baselines and metrics */
 /* (csrc/eval/: baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */

@@ -85,8 +85,14 @@ end
 local Net = {}
 Net.__index = Net
 
+local Arch = require "lualps.archnet"
+local helpers = {param_adder = param_adder, add_embedding_layers = add_embedding_layers, check_int = check_int}
+
 --- A new, randomly initialized network. See M.defaults for the options.
+-- With `families` ({"mlp", "cnn"}) it reads MLPs and CNNs of any depth into
+-- one space (lualps.archnet; its options: lps.similarity.arch_defaults).
 function M.network(opts)
+  if type(opts) == "table" and opts.families ~= nil then return Arch.new(opts, helpers) end
   local o = with_defaults(opts, M.defaults, "similarity.network")
   check_int(o.input_dim, 1, "input_dim")
   check_int(o.layers, 1, "layers")
@@ -336,6 +342,9 @@ M.loss_defaults = {
   triplet_weight = 1,   -- weight of the triplet term in "both"
   margin = 0.2,         -- triplet margin
   metric = "cosine",    -- triplet distance: "cosine" or "euclidean"
+  relations = false,    -- a (classes x classes) tensor of target cosines between the models of
+                        -- two tasks: adds relation_weight * mean (cosine - target)^2 over pairs
+  relation_weight = 1,
 }
 
 --- Loss of embeddings Y for 1-based labels; accumulates the head's
@@ -358,6 +367,12 @@ function Net:loss(Y, labels, opts)
     stats.triplet, stats.valid, stats.active = l, valid, active
   end
   if not dY then error(("similarity.loss: unknown loss '%s'"):format(tostring(o.loss)), 2) end
+  if o.relations then
+    local l, d = K.pair_regression(Y, labels, o.relations)
+    total = total + o.relation_weight * l
+    dY:add_(d, o.relation_weight)
+    stats.relation = l
+  end
   return total, dY, stats
 end
 
@@ -369,6 +384,7 @@ M.train_defaults = {
   lr = 1e-3,
   weight_decay = 0,
   loss = "both", triplet_weight = 1, margin = 0.2, metric = "cosine", -- see M.loss_defaults
+  relations = false, relation_weight = 1, -- see M.loss_defaults
   seed = 1,             -- batch order
   schedule = "constant", -- or "cosine": lr annealed to 0 over the epochs (needs opt:lr)
   unit_keep = 0.125,    -- fraction of its first-layer units a model keeps at each step (a random
@@ -445,7 +461,7 @@ end
 function M.train_network(net, models, labels, opts)
   local o = with_defaults(opts, M.train_defaults, "similarity.train_network")
   local mt = getmetatable(net)
-  if mt ~= Net and mt ~= M.Head then
+  if mt ~= Net and mt ~= M.Head and mt ~= Arch then
     error("train_network: the first argument must be a similarity network or feature head", 2)
   end
   if type(models) ~= "table" or type(labels) ~= "table" or #models ~= #labels or #models < 1 then
@@ -465,7 +481,8 @@ function M.train_network(net, models, labels, opts)
     opt = lps.optim.adam{lr = o.lr, weight_decay = o.weight_decay}
   end
   local params, grads = net:parameters()
-  local loss_opts = {loss = o.loss, triplet_weight = o.triplet_weight, margin = o.margin, metric = o.metric}
+  local loss_opts = {loss = o.loss, triplet_weight = o.triplet_weight, margin = o.margin, metric = o.metric,
+    relations = o.relations, relation_weight = o.relation_weight}
   local g = lps.generator(o.seed)
   local report = {epochs = {}}
   local per_task = o.loss == "xent" and 1 or o.per_task
@@ -475,7 +492,7 @@ function M.train_network(net, models, labels, opts)
   if type(o.unit_keep) ~= "number" or not (o.unit_keep > 0 and o.unit_keep <= 1) then
     error(("train_network: unit_keep must be a number in (0, 1], got %s"):format(tostring(o.unit_keep)), 2)
   end
-  local keep = mt == Net and o.unit_keep or 1 -- a feature head has no units
+  local keep = mt ~= M.Head and o.unit_keep or 1 -- a feature head has no units
   local progress, display = o.progress, nil
   if progress == true or type(progress) == "table" then
     local popts = {label = "lps"}
@@ -490,7 +507,7 @@ function M.train_network(net, models, labels, opts)
       local ms, ys = {}, {}
       for k, i in ipairs(idx) do
         ms[k], ys[k] = prepared[i], labels[i]
-        if keep < 1 then ms[k] = keep_units(ms[k], keep, g) end
+        if keep < 1 then ms[k] = net:keep_units(ms[k], keep, g) end
       end
       net:zero_grad()
       local Y = net:forward(ms)
@@ -512,6 +529,12 @@ function M.train_network(net, models, labels, opts)
   end
   report.seconds = lps.now() - t0
   return report
+end
+
+Net.keep_units = function(_, p, keep, g) return keep_units(p, keep, g) end
+M.arch_defaults = Arch.defaults
+for _, name in ipairs{"loss", "parameters", "named_parameters", "load_named", "zero_grad", "spec", "embed"} do
+  Arch[name] = Net[name]
 end
 
 ------------------------------------------------------------------ feature heads

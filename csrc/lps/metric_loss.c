@@ -244,3 +244,53 @@ lps_status lps_triplet_hard(double *loss, int64_t *valid, int64_t *active, lps_t
         return lps_fail(LPS_ENUMERIC, "%s: the loss is not finite (non-finite embeddings?)", op);
     return LPS_OK;
 }
+
+lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, const lps_tensor *Y,
+                               const int64_t *labels, const lps_tensor *T)
+{
+    const char *op = "pair_regression";
+    if (Y->ndim != 2 || Y->shape[0] < 2)
+        return lps_fail(LPS_ESHAPE, "%s: need at least two embeddings (B x e), got %s", op, SH(Y));
+    if (T->ndim != 2 || T->shape[0] != T->shape[1])
+        return lps_fail(LPS_ESHAPE, "%s: targets must be a square (n x n) matrix, got %s", op, SH(T));
+    if (dY && !lps_same_shape(dY, Y))
+        return lps_fail(LPS_ESHAPE, "%s: gradient %s should match %s", op, SH(dY), SH(Y));
+    int64_t B = Y->shape[0], e = Y->shape[1], n = T->shape[0];
+    for (int64_t b = 0; b < B; b++)
+        if (labels[b] < 0 || labels[b] >= n)
+            return lps_fail(LPS_ERANGE, "%s: label %lld of item %lld out of range 1..%lld", op,
+                            (long long)labels[b] + 1, (long long)b + 1, (long long)n);
+    int64_t shc[2] = {B, B};
+    lps_tensor *C = lps_tensor_empty(2, shc);
+    if (!C) return LPS_ENOMEM;
+    lps_status s = lps_matmul(C, Y, 0, Y, 1, 1.0f, 0.0f);
+    if (s) { lps_tensor_free(C); return s; }
+    /* residuals, pairs counted once (i < j); C becomes 2 r_ij / P on both sides */
+    double sum = 0;
+    int64_t P = 0;
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t j = i + 1; j < B; j++) {
+            float t = T->data[labels[i] * n + labels[j]];
+            if (isfinite(t)) {
+                double r = (double)C->data[i * B + j] - t;
+                sum += r * r;
+                P++;
+            }
+        }
+    *loss = P > 0 ? sum / (double)P : 0.0;
+    if (npairs) *npairs = P;
+    if (dY) {
+        for (int64_t i = 0; i < B; i++)
+            for (int64_t j = 0; j < B; j++) {
+                float t = T->data[labels[i] * n + labels[j]];
+                float g = 0.0f;
+                if (i != j && isfinite(t) && P > 0) g = (float)(2.0 * ((double)C->data[i * B + j] - t) / (double)P);
+                C->data[i * B + j] = g;
+            }
+        /* symmetric C: row i of C Y is sum_j 2 r_ij / P y_j */
+        s = lps_matmul(dY, C, 0, Y, 0, 1.0f, 0.0f);
+    }
+    (void)e;
+    lps_tensor_free(C);
+    return s;
+}

@@ -70,6 +70,109 @@ static int l_chain_normalize(lua_State *L)
     return 1;
 }
 
+/* chain_normalize_net_(model, hw [, eps]) in place, model = {W1, b1, ...}
+ * of conv and linear layers (lps_net_view); returns the model. */
+static int l_chain_normalize_net(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    float eps = (float)luaL_optnumber(L, 3, 0.0);
+    lua_Integer n = luaL_len(L, 1);
+    if (n < 2 || n % 2 || n > 2000 || luaL_len(L, 2) != n / 2)
+        return luaL_error(L, "chain_normalize_net: a model {W1, b1, ..., Wn, bn} and n hw entries, got %d and %d",
+                          (int)n, (int)luaL_len(L, 2));
+    int nl = (int)(n / 2);
+    lps_tensor **W = lua_newuserdatauv(L, sizeof(lps_tensor *) * 2 * (size_t)nl, 0), **b = W + nl;
+    int64_t *hw = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)nl, 0);
+    for (int i = 0; i < (int)n; i++) {
+        lua_geti(L, 1, i + 1);
+        lps_tensor *t = lps_lua_totensor(L, -1);
+        if (!t) return luaL_error(L, "chain_normalize_net: entry %d is a %s, expected a tensor", i + 1, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        if (i % 2) b[i / 2] = t; else W[i / 2] = t;
+    }
+    for (int l = 0; l < nl; l++) {
+        lua_geti(L, 2, l + 1);
+        hw[l] = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lps_net_view v = {nl, W, b, hw};
+    LPS_LCHECK(L, lps_chain_normalize_net(&v, eps));
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* net_prepare(model, hw, chain_norm, s) for any ReLU network of conv and
+ * linear layers, model = {W1, b1, ..., Wn, bn} (left as it is), hw = {hw1,
+ * ..., hwn} (lps_net_view): returns {first = first-layer unit features (h1 x
+ * fan-in; conv kernels centred in s x s), W1 = the first weight (normalized),
+ * bias = {b1, ..., bn}, imp = {imp1, ..., imp(n-1)}, mix = {[2] = M2, ...,
+ * [n] = Mn}}, after chain normalization when chain_norm (else only checked). */
+static int l_net_prepare(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int norm = lua_toboolean(L, 3);
+    lua_Integer s = luaL_checkinteger(L, 4);
+    lua_Integer n = luaL_len(L, 1);
+    if (n < 2 || n % 2 || n > 2000)
+        return luaL_error(L, "net_prepare: a model is a list {W1, b1, ..., Wn, bn}, got %d entries", (int)n);
+    int nl = (int)(n / 2);
+    if (luaL_len(L, 2) != nl)
+        return luaL_error(L, "net_prepare: %d layers but %d hw entries", nl, (int)luaL_len(L, 2));
+    lps_tensor **W = lua_newuserdatauv(L, sizeof(lps_tensor *) * 2 * (size_t)nl, 0), **b = W + nl; /* 5 */
+    int64_t *hw = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)nl, 0);                          /* 6 */
+    lua_createtable(L, (int)n, 0); /* 7: the copies, kept alive by this table */
+    for (int i = 0; i < (int)n; i++) {
+        lua_geti(L, 1, i + 1);
+        lps_tensor *t = lps_lua_totensor(L, -1);
+        if (!t)
+            return luaL_error(L, "net_prepare: entry %d of the model is a %s, expected a tensor", i + 1,
+                              luaL_typename(L, -1));
+        lua_pop(L, 1);
+        lps_tensor *c = lps_lua_pushtensor(L, lps_tensor_clone(t));
+        lua_seti(L, 7, i + 1);
+        if (i % 2) b[i / 2] = c; else W[i / 2] = c;
+    }
+    for (int l = 0; l < nl; l++) {
+        lua_geti(L, 2, l + 1);
+        int ok;
+        lua_Integer v = lua_tointegerx(L, -1, &ok);
+        if (!ok || v < 1) return luaL_error(L, "net_prepare: hw entry %d must be a positive integer", l + 1);
+        hw[l] = v;
+        lua_pop(L, 1);
+    }
+    lps_net_view view = {nl, W, b, hw};
+    LPS_LCHECK(L, lps_chain_normalize_net(&view, norm ? 0.0f : INFINITY));
+    lua_createtable(L, 0, 5); /* 8: the result */
+    if (W[0]->ndim == 4) {
+        int64_t sh[2] = {W[0]->shape[0], W[0]->shape[1] * s * s};
+        LPS_LCHECK(L, lps_conv_unit_features(lps_lua_newtensor(L, 2, sh), W[0], s));
+    } else {
+        lua_geti(L, 7, 1);
+    }
+    lua_setfield(L, 8, "first");
+    lua_geti(L, 7, 1);
+    lua_setfield(L, 8, "W1");
+    lua_createtable(L, nl, 0);
+    for (int l = 0; l < nl; l++) { lua_geti(L, 7, 2 * l + 2); lua_seti(L, -2, l + 1); }
+    lua_setfield(L, 8, "bias");
+    lua_createtable(L, nl, 0);
+    for (int l = 0; l + 1 < nl; l++) {
+        LPS_LCHECK(L, lps_net_importance(new1(L, W[l]->shape[0]), &view, l));
+        lua_seti(L, -2, l + 1);
+    }
+    lua_setfield(L, 8, "imp");
+    lua_createtable(L, nl, 0);
+    for (int l = 1; l < nl; l++) {
+        int64_t hp = W[l - 1]->shape[0];
+        LPS_LCHECK(L, lps_net_mixing(new2(L, W[l]->shape[0], hp), &view, l));
+        lua_seti(L, -2, l + 1);
+    }
+    lua_setfield(L, 8, "mix");
+    return 1;
+}
+
 static int l_column_norms(lua_State *L)
 {
     lps_tensor *W = lps_lua_checktensor(L, 1);
@@ -211,6 +314,22 @@ static int l_embed_backward(lua_State *L)
     return 1;
 }
 
+/* pair_regression(Y, labels, T) -> loss, dY, pairs (labels 1-based rows of T) */
+static int l_pair_regression(lua_State *L)
+{
+    lps_tensor *Y = lps_lua_checktensor(L, 1), *T = lps_lua_checktensor(L, 3);
+    if (Y->ndim != 2) return luaL_error(L, "pair_regression: embeddings must be 2-D");
+    int64_t *lab = check_labels(L, 2, Y->shape[0]);
+    lps_tensor *dY = new2(L, Y->shape[0], Y->shape[1]);
+    double loss;
+    int64_t pairs;
+    LPS_LCHECK(L, lps_pair_regression(&loss, &pairs, dY, Y, lab, T));
+    lua_pushnumber(L, loss);
+    lua_insert(L, -2);
+    lua_pushinteger(L, pairs);
+    return 3;
+}
+
 /* xent(Y, labels, C, c|nil, {scale=, cosine=} [, dC, dc]) -> loss, dY, correct */
 static int l_xent(lua_State *L)
 {
@@ -271,11 +390,13 @@ static int l_triplet(lua_State *L)
 }
 
 static const luaL_Reg functions[] = {
-    {"chain_normalize_", l_chain_normalize}, {"column_norms", l_column_norms},
+    {"chain_normalize_", l_chain_normalize}, {"column_norms", l_column_norms}, {"net_prepare", l_net_prepare},
+    {"chain_normalize_net_", l_chain_normalize_net},
     {"neuron_forward", l_neuron_forward}, {"neuron_backward", l_neuron_backward},
     {"sopool_size", l_sopool_size}, {"sopool_forward", l_sopool_forward},
     {"sopool_backward", l_sopool_backward}, {"embed_forward", l_embed_forward},
     {"embed_backward", l_embed_backward}, {"xent", l_xent}, {"triplet", l_triplet},
+    {"pair_regression", l_pair_regression},
     {NULL, NULL}};
 
 void lps_lua_open_lps(lua_State *L)

@@ -1,0 +1,260 @@
+--- lualps.archnet: the second-order network of LPS for any ReLU network of
+-- conv2d and linear layers: MLPs and CNNs, of any depth, in one embedding
+-- space. Made through lps.similarity.network{families = {...}, ...}.
+--
+-- Per model: chain normalization of every hidden unit (a neuron or a conv
+-- channel: max-pooling and flatten commute with positive per-channel
+-- scale, so the function is unchanged). Units of the first layer are
+-- encoded from their incoming weights (an MLP's whole-image template, a
+-- CNN's kernel centred in a kernel x kernel window), bias and outgoing
+-- importance, by a family-specific encoder. Every later layer, the head's
+-- classes included, sees the previous layer through its unit embeddings:
+-- U_l = M_l Z_(l-1), M_l the unit-to-unit mixing (lps_net_mixing: a
+-- weight, or a kernel's sum over positions), so no layer's order matters.
+-- Slots ("first", "last" hidden layer, "head") are pooled (second order,
+-- weighted by importance), layer-normalized, concatenated and projected
+-- to the L2-normalized embedding. Encoders are per family; pooling,
+-- projection and classifier are shared, so both families share one space.
+local lps = require "lualps"
+local K = require("lualps.core")._lps
+
+local A = {}
+A.__index = A
+
+--- Options of an any-architecture network (lps.similarity.network with
+-- `families`) and their defaults.
+A.defaults = {
+  families = {"mlp", "cnn"}, -- unit encoders to create
+  slots = {"first", "last", "head"}, -- pooled unit sets: first / last hidden layer, head's classes
+  input_dim = 784,    -- an MLP's inputs
+  kernel = 5,         -- first-layer conv kernels are centred in kernel x kernel (odd)
+  width = 64,         -- unit embedding width d
+  embed = 64,         -- embedding size e
+  activation = "relu",
+  pool = "power", pool_eps = 1e-4, pool_iters = 5,
+  layer_norm = true,  -- L2-normalize each slot's pooled features
+  chain_norm = true,
+  classes = 0, cosine_head = true, scale = 16,
+  seed = 1,
+}
+
+local SLOT = {first = true, last = true, head = true}
+
+--- A new network; `helpers` are lps.similarity's (param_adder, add_embedding_layers, check_int).
+function A.new(opts, H)
+  local o = {}
+  for k, v in pairs(A.defaults) do o[k] = v end
+  for k, v in pairs(opts) do
+    if A.defaults[k] == nil then error(("similarity.network: unknown option '%s'"):format(tostring(k)), 3) end
+    o[k] = v
+  end
+  for _, k in ipairs{"input_dim", "kernel", "width", "embed"} do H.check_int(o[k], 1, k) end
+  H.check_int(o.classes, 0, "classes")
+  H.check_int(o.seed, 0, "seed")
+  if o.kernel % 2 == 0 then error("similarity.network: kernel must be odd", 3) end
+  if type(o.families) ~= "table" or #o.families < 1 then error("similarity.network: families must be a non-empty list", 3) end
+  for _, f in ipairs(o.families) do
+    if f ~= "mlp" and f ~= "cnn" then error(("similarity.network: unknown family '%s' (mlp, cnn)"):format(tostring(f)), 3) end
+  end
+  if type(o.slots) ~= "table" or #o.slots < 1 then error("similarity.network: slots must be a non-empty list", 3) end
+  for _, s in ipairs(o.slots) do
+    if not SLOT[s] then error(("similarity.network: unknown slot '%s' (first, last, head)"):format(tostring(s)), 3) end
+  end
+  local pool = {mode = o.pool, eps = o.pool_eps, iters = o.pool_iters}
+  local per_slot = K.sopool_size(o.width, pool)
+  local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
+                             names = {}, P = {}, G = {},
+                             prep_key = ("%s/%d/%d"):format(tostring(o.chain_norm), o.kernel, o.input_dim)}, A)
+  local add, d = H.param_adder(self, o.seed), o.width
+  for _, f in ipairs(o.families) do
+    local fan = (f == "mlp" and o.input_dim or o.kernel * o.kernel) + 2
+    add(("enc_first.%s.weight"):format(f), {d, fan}, math.sqrt(2 / fan))
+    add(("enc_first.%s.bias"):format(f), {d}, 0)
+    add(("enc_deep.%s.weight"):format(f), {d, d + 2}, math.sqrt(2 / (d + 2)))
+    add(("enc_deep.%s.bias"):format(f), {d}, 0)
+    add(("enc_head.%s.weight"):format(f), {d, d + 2}, math.sqrt(2 / (d + 2)))
+    add(("enc_head.%s.bias"):format(f), {d}, 0)
+  end
+  H.add_embedding_layers(add, self.feat_dim, o)
+  return self
+end
+
+function A:__tostring()
+  local n = 0
+  for _, name in ipairs(self.names) do n = n + self.P[name]:numel() end
+  local o = self.opts
+  return ("lualps.similarity network (families %s, slots %s, width %d, embedding %d, %s pooling, "
+    .. "chain norm %s, %d classes, %d parameters)"):format(table.concat(o.families, "+"),
+    table.concat(o.slots, "+"), o.width, o.embed, o.pool, o.chain_norm and "on" or "off", o.classes, n)
+end
+
+-- Inputs per channel (hw) of each layer of a weight list: a linear layer
+-- after conv layers reads h*w positions of every channel.
+local function positions(w)
+  local hw, prev_conv = {}, nil
+  for l = 1, #w // 2 do
+    local W = w[2 * l - 1]
+    if W:dim() == 4 then hw[l], prev_conv = 1, W:size(1)
+    elseif prev_conv then
+      if W:size(2) % prev_conv ~= 0 then
+        error(("similarity: linear weight %d (%s) does not read whole channels of the %d before it")
+          :format(l, table.concat(W:shape(), "x"), prev_conv), 4)
+      end
+      hw[l], prev_conv = W:size(2) // prev_conv, nil
+    else hw[l] = 1 end
+  end
+  return hw
+end
+
+--- Data-only preprocessing of one model (a list {W1, b1, ...} of an MLP or
+-- a CNN; its `family` field, else 4-D first weights, tells which): chain
+-- normalization, unit features, importances, mixing matrices.
+function A:prepare(model)
+  local o = self.opts
+  if type(model) ~= "table" then error("similarity: a model is a list {W1, b1, W2, b2, ...}", 2) end
+  if model.lps_prepared then
+    if model.arch_prepared ~= self.prep_key then error("similarity: this model was prepared by a network with other options", 2) end
+    return model
+  end
+  if #model < 4 or #model % 2 ~= 0 then
+    error(("similarity: a model needs at least a hidden layer and a head ({W1, b1, W2, b2, ...}), got %d entries"):format(#model), 2)
+  end
+  for i = 1, #model do
+    if not lps.is_tensor(model[i]) then
+      error(("similarity: entry %d of the model is a %s, expected a tensor"):format(i, type(model[i])), 2)
+    end
+  end
+  local family = model.family or (model[1]:dim() == 4 and "cnn" or "mlp")
+  local known = false
+  for _, f in ipairs(o.families) do known = known or f == family end
+  if not known then
+    error(("similarity: this network reads %s, not a %s"):format(table.concat(o.families, " and "), family), 2)
+  end
+  local W1 = model[1]
+  if family == "mlp" and (W1:dim() ~= 2 or W1:size(2) ~= o.input_dim) then
+    error(("similarity: an MLP's first weight should be (h x %d), got (%s)"):format(o.input_dim,
+      table.concat(W1:shape(), "x")), 2)
+  end
+  if family == "cnn" and (W1:dim() ~= 4 or W1:size(2) ~= 1 or W1:size(3) > o.kernel) then
+    error(("similarity: a CNN's first weight should be (c x 1 x k x k), k <= %d, got (%s)"):format(o.kernel,
+      table.concat(W1:shape(), "x")), 2)
+  end
+  local ok, r = pcall(K.net_prepare, model, positions(model), o.chain_norm, o.kernel)
+  if not ok then error(r, 2) end
+  local n = #model // 2
+  local fan = r.first:size(2)
+  local p = {lps_prepared = true, arch_prepared = self.prep_key, family = family, n = n,
+             U1 = r.first:mul(math.sqrt(fan + 1)), bias = {}, imp = r.imp, mix = r.mix}
+  for l = 1, n do
+    local s = l == 1 and math.sqrt(fan + 1) or math.sqrt(r.mix[l]:size(2) + 1)
+    p.bias[l] = r.bias[l]:mul(s)
+  end
+  p.imp[n] = lps.ones(r.bias[n]:numel()) -- the head's classes weigh alike
+  return p
+end
+
+-- The encoder of layer l of a prepared model.
+local function encoder(p, l)
+  local kind = l == 1 and "enc_first" or (l == p.n and "enc_head" or "enc_deep")
+  return kind .. "." .. p.family
+end
+
+-- The layer each slot pools.
+local function slot_layer(p, slot)
+  if slot == "first" then return 1 elseif slot == "last" then return math.max(1, p.n - 1) end
+  return p.n
+end
+
+--- Embeddings (B x embed) of a list of models (raw or prepared); keeps what
+-- backward needs.
+function A:forward(models)
+  if type(models) ~= "table" or #models < 1 then error("similarity: forward needs a non-empty list of models", 2) end
+  local o, P = self.opts, self.P
+  local B, fd, pl, S = #models, self.feat_dim, self.per_layer, #o.slots
+  local F = lps.zeros(B, fd)
+  local items = {}
+  local need_head = false
+  for _, s in ipairs(o.slots) do need_head = need_head or s == "head" end
+  for i = 1, B do
+    local p = self:prepare(models[i])
+    local top = need_head and p.n or p.n - 1
+    local Z, U = {}, {}
+    for l = 1, top do
+      U[l] = l == 1 and p.U1 or lps.matmul(p.mix[l], Z[l - 1])
+      local e = encoder(p, l)
+      Z[l] = K.neuron_forward(U[l], p.bias[l], p.imp[l], P[e .. ".weight"], P[e .. ".bias"], o.activation)
+    end
+    for k, s in ipairs(o.slots) do
+      local l = slot_layer(p, s)
+      K.sopool_forward(Z[l], p.imp[l], self.pool, F, (i - 1) * fd + (k - 1) * pl + 1)
+    end
+    items[i] = {p = p, Z = Z, U = U, top = top}
+  end
+  local norms
+  if o.layer_norm then
+    norms = {}
+    local V = F:reshape(B * S, pl)
+    for r = 1, B * S do
+      norms[r] = math.max(V[r]:norm(), 1e-12)
+      V[r]:div_(norms[r])
+    end
+  end
+  local Y, Upre = K.embed_forward(F, P["proj.weight"], P["proj.bias"])
+  self.cache = {F = F, U = Upre, items = items, norms = norms}
+  return Y
+end
+
+--- Accumulate parameter gradients for dL/dY of the last forward.
+function A:backward(dY)
+  local c = self.cache
+  if not c then error("similarity: backward without a forward", 2) end
+  local o, P, G = self.opts, self.P, self.G
+  local fd, pl, S = self.feat_dim, self.per_layer, #o.slots
+  local dF = K.embed_backward(dY, c.U, c.F, P["proj.weight"], G["proj.weight"], G["proj.bias"], true)
+  if c.norms then
+    local n = #c.items * S
+    local V, dV = c.F:reshape(n, pl), dF:reshape(n, pl)
+    for r = 1, n do
+      local f, g = V[r], dV[r]
+      g:sub_(f * (f * g):sum()):div_(c.norms[r])
+    end
+  end
+  for i, it in ipairs(c.items) do
+    local p = it.p
+    local dZ = {}
+    for k, s in ipairs(o.slots) do
+      local l = slot_layer(p, s)
+      local d = K.sopool_backward(dF, it.Z[l], p.imp[l], self.pool, (i - 1) * fd + (k - 1) * pl + 1)
+      if dZ[l] then dZ[l]:add_(d) else dZ[l] = d end
+    end
+    for l = it.top, 1, -1 do
+      if dZ[l] then
+        local e = encoder(p, l)
+        local dU = K.neuron_backward(dZ[l], it.Z[l], it.U[l], p.bias[l], p.imp[l], P[e .. ".weight"],
+          G[e .. ".weight"], G[e .. ".bias"], l > 1, o.activation)
+        if l > 1 then
+          local carry = lps.matmul(p.mix[l], dU, true, false)
+          if dZ[l - 1] then dZ[l - 1]:add_(carry) else dZ[l - 1] = carry end
+        end
+      end
+    end
+  end
+  self.cache = nil
+end
+
+--- A prepared model restricted to a random subset of `keep` of its
+-- first-layer units (rows of U1, bias and importance, columns of M2).
+function A:keep_units(p, keep, g)
+  local h = p.U1:size(1)
+  local idx = {table.unpack(lps.data.randperm(h, g), 1, math.max(1, math.floor(h * keep + 0.5)))}
+  table.sort(idx)
+  local q = {}
+  for k, v in pairs(p) do q[k] = v end
+  q.U1, q.bias, q.imp, q.mix = p.U1:index_rows(idx), {table.unpack(p.bias)}, {table.unpack(p.imp)}, {}
+  q.bias[1], q.imp[1] = p.bias[1]:index_rows(idx), p.imp[1]:index_rows(idx)
+  for l, m in pairs(p.mix) do q.mix[l] = m end
+  q.mix[2] = p.mix[2]:t():index_rows(idx):t()
+  return q
+end
+
+return A
