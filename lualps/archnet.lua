@@ -15,6 +15,15 @@
 -- weighted by importance), layer-normalized, concatenated and projected
 -- to the L2-normalized embedding. Encoders are per family; pooling,
 -- projection and classifier are shared, so both families share one space.
+--
+-- The "templates" slot reads what the weights compute rather than how they
+-- are laid out: for each output class c, the gradient of its logit (minus
+-- the mean logit) with respect to the input, averaged over `noise` fixed
+-- uniform-noise images (no data: the images are drawn from a seed), average
+-- pooled template_pool x template_pool. Every architecture gives its
+-- classes as templates in the same pixel space, so one shared encoder
+-- reads MLPs and CNNs alike; a function of the network, it is exactly
+-- invariant to permutations and rescalings (up to rounding).
 local lps = require "lualps"
 local K = require("lualps.core")._lps
 
@@ -33,12 +42,15 @@ A.defaults = {
   activation = "relu",
   pool = "power", pool_eps = 1e-4, pool_iters = 5,
   layer_norm = true,  -- L2-normalize each slot's pooled features
+  noise = 8,          -- "templates": noise images the input gradients are averaged over
+  template_pool = 2,  -- "templates": average pooling of the 28x28 templates (2: 14x14)
+  input_shape = {1, 28, 28}, -- a CNN's input (the templates' images)
   chain_norm = true,
   classes = 0, cosine_head = true, scale = 16,
   seed = 1,
 }
 
-local SLOT = {first = true, last = true, head = true}
+local SLOT = {first = true, last = true, head = true, templates = true}
 
 --- A new network; `helpers` are lps.similarity's (param_adder, add_embedding_layers, check_int).
 function A.new(opts, H)
@@ -58,7 +70,7 @@ function A.new(opts, H)
   end
   if type(o.slots) ~= "table" or #o.slots < 1 then error("similarity.network: slots must be a non-empty list", 3) end
   for _, s in ipairs(o.slots) do
-    if not SLOT[s] then error(("similarity.network: unknown slot '%s' (first, last, head)"):format(tostring(s)), 3) end
+    if not SLOT[s] then error(("similarity.network: unknown slot '%s' (first, last, head, templates)"):format(tostring(s)), 3) end
   end
   local pool = {mode = o.pool, eps = o.pool_eps, iters = o.pool_iters}
   local per_slot = K.sopool_size(o.width, pool)
@@ -75,8 +87,95 @@ function A.new(opts, H)
     add(("enc_head.%s.weight"):format(f), {d, d + 2}, math.sqrt(2 / (d + 2)))
     add(("enc_head.%s.bias"):format(f), {d}, 0)
   end
+  if self:has_slot("templates") then
+    H.check_int(o.noise, 1, "noise")
+    H.check_int(o.template_pool, 1, "template_pool")
+    local side = o.input_shape[#o.input_shape]
+    if side % o.template_pool ~= 0 or side * side ~= o.input_dim then
+      error("similarity.network: templates need square inputs (input_dim = side^2) divisible by template_pool", 3)
+    end
+    self.tdim = (side // o.template_pool) ^ 2
+    add("enc_tmpl.weight", {d, self.tdim + 2}, math.sqrt(2 / (self.tdim + 2)))
+    add("enc_tmpl.bias", {d}, 0)
+  end
   H.add_embedding_layers(add, self.feat_dim, o)
   return self
+end
+
+function A:has_slot(name)
+  for _, s in ipairs(self.opts.slots) do if s == name then return true end end
+  return false
+end
+
+-- The pooling matrix (side^2 x (side/q)^2) averaging q x q blocks.
+local function pool_matrix(side, q)
+  local n = side // q
+  local M = lps.zeros(side * side, n * n)
+  for r = 0, side - 1 do
+    for c = 0, side - 1 do M:set(r * side + c + 1, (r // q) * n + c // q + 1, 1 / (q * q)) end
+  end
+  return M
+end
+
+-- A module computing the model's function: the model itself, or one built
+-- from its spec (or, without one, an MLP of its shapes) and its weights.
+local function module_of(model)
+  if model.module then return model.module end
+  local spec = model.spec
+  if not spec then
+    local layers = {}
+    for l = 1, #model // 2 do
+      local W = model[2 * l - 1]
+      layers[#layers + 1] = {type = "linear", in_features = W:size(2), out_features = W:size(1)}
+      if l < #model // 2 then layers[#layers + 1] = {type = "relu"} end
+    end
+    spec = {type = "sequential", layers = layers}
+  end
+  local m = lps.nn.from_spec(spec, lps.generator(0))
+  local named = m:named_parameters()
+  if #named ~= #model then
+    error(("similarity: the model's spec has %d parameter tensors, the model %d"):format(#named, #model), 4)
+  end
+  for i, e in ipairs(named) do
+    if e.tensor:numel() ~= model[i]:numel() then
+      error(("similarity: tensor %d (%s) does not fit its spec's %s"):format(i, table.concat(model[i]:shape(), "x"),
+        table.concat(e.tensor:shape(), "x")), 4)
+    end
+    e.tensor:copy(model[i])
+  end
+  return m
+end
+
+--- The class templates of a model: k x tdim rows (input gradients of each
+-- class's logit minus the mean logit, averaged over the noise images,
+-- pooled, L2-normalized), their norms and the mean centred logits.
+function A:templates(model, family)
+  local o = self.opts
+  local m = module_of(model)
+  self.noise_x = self.noise_x or lps.rand(o.noise, o.input_dim, lps.generator(1907))
+  self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
+  local P = o.noise
+  local x1 = family == "cnn" and self.noise_x:reshape(P, table.unpack(o.input_shape)) or self.noise_x
+  local logits = m:forward(x1)
+  local k = logits:size(2)
+  -- one backward for every class: the noise batch repeated k times
+  local xs = lps.zeros(k * P, o.input_dim)
+  local gy = lps.zeros(k * P, k)
+  for c = 1, k do
+    xs:rows((c - 1) * P + 1, c * P):copy(self.noise_x)
+    for r = (c - 1) * P + 1, c * P do gy:set(r, c, 1) end
+  end
+  gy:sub_(1 / k) -- d(logit_c - mean logit)
+  if family == "cnn" then xs = xs:reshape(k * P, table.unpack(o.input_shape)) end
+  local gx = m:backward(xs, gy):reshape(k, P, o.input_dim):mean(2)
+  local T = lps.matmul(gx, self.pool_m)
+  local norms = (T * T):sum(2):sqrt()
+  local nmax = math.max(norms:max(), 1e-12)
+  for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
+  local mean_logit = logits:mean(1)
+  mean_logit:sub_(mean_logit:mean())
+  -- features: the template, its norm relative to the model's largest, the centred logit
+  return T, norms:div_(nmax), mean_logit
 end
 
 function A:__tostring()
@@ -150,6 +249,10 @@ function A:prepare(model)
     p.bias[l] = r.bias[l]:mul(s)
   end
   p.imp[n] = lps.ones(r.bias[n]:numel()) -- the head's classes weigh alike
+  if self:has_slot("templates") then
+    p.T, p.tnorm, p.tlogit = self:templates(model, family)
+    p.tw = lps.ones(p.T:size(1))
+  end
   return p
 end
 
@@ -178,17 +281,27 @@ function A:forward(models)
   for i = 1, B do
     local p = self:prepare(models[i])
     local top = need_head and p.n or p.n - 1
+    local layered = false
+    for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
+    if not layered then top = 0 end
     local Z, U = {}, {}
     for l = 1, top do
       U[l] = l == 1 and p.U1 or lps.matmul(p.mix[l], Z[l - 1])
       local e = encoder(p, l)
       Z[l] = K.neuron_forward(U[l], p.bias[l], p.imp[l], P[e .. ".weight"], P[e .. ".bias"], o.activation)
     end
+    local ZT
     for k, s in ipairs(o.slots) do
-      local l = slot_layer(p, s)
-      K.sopool_forward(Z[l], p.imp[l], self.pool, F, (i - 1) * fd + (k - 1) * pl + 1)
+      local pos = (i - 1) * fd + (k - 1) * pl + 1
+      if s == "templates" then
+        ZT = K.neuron_forward(p.T, p.tlogit, p.tnorm, P["enc_tmpl.weight"], P["enc_tmpl.bias"], o.activation)
+        K.sopool_forward(ZT, p.tw, self.pool, F, pos)
+      else
+        local l = slot_layer(p, s)
+        K.sopool_forward(Z[l], p.imp[l], self.pool, F, pos)
+      end
     end
-    items[i] = {p = p, Z = Z, U = U, top = top}
+    items[i] = {p = p, Z = Z, U = U, top = top, ZT = ZT}
   end
   local norms
   if o.layer_norm then
@@ -223,9 +336,16 @@ function A:backward(dY)
     local p = it.p
     local dZ = {}
     for k, s in ipairs(o.slots) do
-      local l = slot_layer(p, s)
-      local d = K.sopool_backward(dF, it.Z[l], p.imp[l], self.pool, (i - 1) * fd + (k - 1) * pl + 1)
-      if dZ[l] then dZ[l]:add_(d) else dZ[l] = d end
+      local pos = (i - 1) * fd + (k - 1) * pl + 1
+      if s == "templates" then
+        local dZT = K.sopool_backward(dF, it.ZT, p.tw, self.pool, pos)
+        K.neuron_backward(dZT, it.ZT, p.T, p.tlogit, p.tnorm, P["enc_tmpl.weight"], G["enc_tmpl.weight"],
+          G["enc_tmpl.bias"], false, o.activation)
+      else
+        local l = slot_layer(p, s)
+        local d = K.sopool_backward(dF, it.Z[l], p.imp[l], self.pool, pos)
+        if dZ[l] then dZ[l]:add_(d) else dZ[l] = d end
+      end
     end
     for l = it.top, 1, -1 do
       if dZ[l] then

@@ -28,6 +28,10 @@ local util = require "lualps.util"
 
 local B = {}
 
+--- The methods of the evaluation tables (lualps/benchmark_methods.lua):
+-- lps, features, feature_head, cka, matching.
+B.methods = require "lualps.benchmark_methods"
+
 --- Load every model of a set (weights as lists, metadata), its splits
 -- (path .. ".splits.json") and, when present, its transfer matrix
 -- (path .. ".transfer.json"). Returns S = {path, n, models, meta, byid,
@@ -38,7 +42,9 @@ function B.load(path)
   for i = 1, #ms do
     local meta = ms:meta(i)
     S.meta[i], S.byid[meta.id] = meta, i
-    S.models[i] = lps.similarity.weights(ms:tensors(i))
+    local w = lps.similarity.weights(ms:tensors(i))
+    w.family, w.spec = meta.family, meta.spec -- what a method may need to read a CNN
+    S.models[i] = w
   end
   local text, err = util.read_file(path .. ".splits.json")
   if not text then error("benchmark: no splits beside the set: " .. tostring(err), 2) end
@@ -103,10 +109,26 @@ local function view(S, m)
       for k, id in ipairs(ids) do idx[k] = S.byid[id] end
       return E:index_rows(idx)
     end
-    return {sim = function(x, y) return lps.matmul(rows(x), rows(y), false, true) end, features = rows,
-            E = E, fitted = m}
+    local s = E:sum()
+    local has_nan = s ~= s -- rows of models the method cannot read are NaN
+    local function sim(x, y)
+      local out = lps.matmul(rows(x), rows(y), false, true)
+      if has_nan then
+        local flat = out:reshape(-1)
+        for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+      end
+      return out
+    end
+    return {sim = sim, features = rows, E = E, fitted = m}
   elseif m.similarity then
-    return {sim = function(x, y) return m:similarity(B.gather(S, x), (B.gather(S, y))) end, fitted = m}
+    -- NaN: the pair is not comparable (e.g. raw weights of two architectures); it ranks last
+    local function sim(x, y)
+      local out = m:similarity(B.gather(S, x), (B.gather(S, y)))
+      local flat = out:reshape(-1)
+      for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+      return out
+    end
+    return {sim = sim, fitted = m}
   end
   error(("benchmark: method %s has neither embed nor similarity"):format(tostring(m.name)), 0)
 end
@@ -221,22 +243,17 @@ end
 
 ------------------------------------------------------------------ evaluate
 
--- Task labels 1..C of a list of raw task labels (tasks in increasing order).
-function B.class_labels(y)
-  local tasks, map = {}, {}
-  for _, t in ipairs(y) do if not map[t] then map[t] = true; tasks[#tasks + 1] = t end end
-  table.sort(tasks)
-  for c, t in ipairs(tasks) do map[t] = c end
-  local labels = {}
-  for k, t in ipairs(y) do labels[k] = map[t] end
-  return labels, #tasks
-end
+--- Task labels 1..C of a list of raw task labels (tasks in increasing
+-- order), the number of tasks and the tasks in that order.
+B.class_labels = B.methods.class_labels
 
 --- Options of lps.benchmark.evaluate and their defaults.
 B.defaults = {
   seeds = 1,          -- fit seeds (methods with fit); metrics are means with *_std over them
   cross = {field = "optimizer", train = "sgd", test = "adam"}, -- cross-setting: fit on one value of a
                       -- metadata field, classify models of another (skipped if the set has none)
+  nuisance = {"optimizer", "family", "width"}, -- sets with families: unseen-task retrieval by these labels
+  data = nil,         -- Fashion-MNIST directory for the model-selection probes
   log = nil,          -- function(fmt, ...) for progress lines; default: timestamped lines on stderr
 }
 
@@ -249,22 +266,123 @@ end
 local function fitted(S, method, ids, seed, split)
   if not method.fit then return method end
   local models, y = B.gather(S, ids)
-  return method:fit(models, y, {seed = seed, split = split, ids = ids})
+  return method:fit(models, y, {seed = seed, split = split, ids = ids, tasks = S.splits.tasks,
+                                transfer = S.transfer})
+end
+
+local function concat(a, b)
+  local out = {table.unpack(a)}
+  for _, v in ipairs(b) do out[#out + 1] = v end
+  return out
+end
+
+-- Retrieval of queries in a gallery with labels from a metadata field.
+local function retrieval_by(S, v, query, gallery, label)
+  local function labs(ids)
+    local out, codes = {}, S.codes or {}
+    S.codes = codes
+    for k, id in ipairs(ids) do
+      local x = label(S.meta[S.byid[id]])
+      codes[x] = codes[x] or (function() local n = 0 for _ in pairs(codes) do n = n + 1 end return n + 1 end)()
+      out[k] = codes[x]
+    end
+    return out
+  end
+  return eval.retrieval(v.sim(query, gallery), labs(query), labs(gallery))
+end
+
+local nuisance_label = {
+  optimizer = function(m) return "opt:" .. tostring(m.optimizer) end,
+  family = function(m) return "fam:" .. tostring(m.family) end,
+  width = function(m) return "w:" .. tostring(m.widths and m.widths[1] or m.architecture) end,
+}
+
+--- Kendall tau between the test accuracy of the held-out models of (a) and
+-- its prediction from their embeddings by ridge regression (lambda 1e-3 *
+-- trace / e) fitted on the training models of (a): what the embedding
+-- knows of a model's quality (Unterthiner et al. 2020).
+function B.accuracy_prediction(S, v, train, test)
+  if not v.features then return nil end
+  local function ys(ids) local y = {} for k, id in ipairs(ids) do y[k] = S.meta[S.byid[id]].test_accuracy end return y end
+  local X, Xt, y = v.features(train), v.features(test), ys(train)
+  local s = X:sum() + Xt:sum()
+  if s ~= s then return nil end
+  local e = X:size(2)
+  local mean, ymean = X:mean(1), 0
+  for _, a in ipairs(y) do ymean = ymean + a / #y end
+  X, Xt = X - mean, Xt - mean
+  local G = lps.matmul(X, X, true, false)
+  local tr = 0
+  for i = 1, e do tr = tr + G:get(i, i) end
+  for i = 1, e do G:set(i, i, G:get(i, i) + 1e-3 * tr / e + 1e-9) end
+  local yc = lps.tensor(y):reshape(#y, 1) - ymean
+  local b = lps.matmul(X, yc, true, false) -- e x 1
+  local vals, vecs = eval.symeig(G)
+  local c = lps.matmul(vecs, b, true, false)
+  for i = 1, e do c:set(i, 1, c:get(i, 1) / vals[i]) end
+  local w = lps.matmul(vecs, c)
+  local pred = lps.matmul(Xt, w):reshape(-1):totable()
+  return eval.kendall_tau(pred, ys(test))
+end
+
+--- Task relations over the unseen tasks of (b) only: the mean similarity
+-- of two tasks' models against the transfer gain (symmetrized; Kendall tau
+-- and Spearman rho over unordered pairs), per target (each unseen target
+-- ranks the other unseen sources by similarity against gain[s][t]: the mean
+-- Kendall tau), against shared classes and against domain match.
+function B.unseen_relations(S, v, ids)
+  local tsim = B.task_similarity(S, v, ids, #S.splits.tasks)
+  local tasks, gain = S.splits.retrieval.unseen_tasks, S.transfer.gain
+  local a, g, ov, dm = {}, {}, {}, {}
+  local info = S.splits.tasks
+  local function shared(s, t)
+    local n = 0
+    for _, x in ipairs(info[s].classes) do for _, y in ipairs(info[t].classes) do if x == y then n = n + 1 end end end
+    return n
+  end
+  for i, s in ipairs(tasks) do
+    for j = i + 1, #tasks do
+      local t = tasks[j]
+      a[#a + 1] = (tsim[s][t] + tsim[t][s]) / 2
+      g[#g + 1] = (gain[s][t] + gain[t][s]) / 2
+      ov[#ov + 1] = shared(s, t)
+      dm[#dm + 1] = info[s].domain == info[t].domain and 1 or 0
+    end
+  end
+  local per, n = 0, 0
+  for _, t in ipairs(tasks) do
+    local x, y = {}, {}
+    for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], y[#y + 1] = tsim[s][t], gain[s][t] end end
+    local tau = eval.kendall_tau(x, y)
+    if tau == tau then per, n = per + tau, n + 1 end
+  end
+  return {tau_transfer = eval.kendall_tau(a, g), rho_transfer = eval.spearman(a, g),
+          tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = eval.kendall_tau(a, ov),
+          tau_domain = eval.kendall_tau(a, dm)}, tsim
 end
 
 --- Run every protocol the set defines for `method` (see the module's
 -- header). `set` is a path or what lps.benchmark.load returned; opts as
--- lps.benchmark.defaults. Returns the metrics (top1, rank1, rank5, rank10,
--- map, nmi, ami, tau_overlap, rho_overlap, tau_transfer, rho_transfer,
--- cross_top1, train_seconds when the fit reports `seconds`; with several
--- seeds, means and *_std) and the details of the first seed: {task_similarity
--- = task x task matrix, fitted = the method fitted on the classification
--- training models, embeddings = their n x e embeddings of every model or nil,
--- runs = the per-seed metrics}.
+-- lps.benchmark.defaults. Returns the metrics and the details of the first
+-- seed ({task_similarity, fitted (on the classification training models),
+-- embeddings (of every model, or nil), runs (per-seed metrics)}).
+-- Metrics, as the set allows: top1 (a: held-out models of training tasks);
+-- rank1, rank5, rank10, map, nmi, ami (b: unseen tasks); novel_rank1,
+-- novel_map (c); heldout_arch_rank1, heldout_arch_map (d);
+-- cross_family_rank1, cross_family_map (e); tau_overlap, rho_overlap,
+-- tau_transfer, rho_transfer (relations: all tasks, or on sets whose
+-- splits say relations = "unseen", unseen tasks only, with
+-- tau_transfer_per_target and tau_domain); cross_top1 (cross-setting);
+-- nuisance_map_<label>; accuracy_tau; selection_accuracy,
+-- selection_regret, random_regret, oracle_accuracy (model selection, sets
+-- with a pool transfer matrix); train_seconds. With several seeds, means
+-- and *_std.
 function B.evaluate(set, method, opts)
   opts = opts or {}
   for k in pairs(opts) do
-    if B.defaults[k] == nil and k ~= "log" then error(("benchmark.evaluate: unknown option '%s'"):format(tostring(k)), 2) end
+    if B.defaults[k] == nil and k ~= "log" and k ~= "data" then
+      error(("benchmark.evaluate: unknown option '%s'"):format(tostring(k)), 2)
+    end
   end
   if type(method) ~= "table" or not (method.embed or method.similarity or method.fit) then
     error("benchmark.evaluate: a method needs embed(self, models) or similarity(self, a, b) (and may have fit)", 2)
@@ -273,12 +391,11 @@ function B.evaluate(set, method, opts)
   local log = opts.log or stderr_log
   local seeds = method.fit and (opts.seeds or B.defaults.seeds) or 1
   local cross = opts.cross or B.defaults.cross
-  local cls, ret = S.splits.classification, S.splits.retrieval
-  local ntasks = #S.splits.tasks
+  local sp = S.splits
+  local cls, ret = sp.classification, sp.retrieval
+  local ntasks = #sp.tasks
   local k = method.pairwise_per_task
-  local unseen = {}
-  for _, id in ipairs(ret.query) do unseen[#unseen + 1] = id end
-  for _, id in ipairs(ret.gallery) do unseen[#unseen + 1] = id end
+  local unseen = concat(ret.query, ret.gallery)
   local cross_train = cross and B.filter(S, cls.train, cross.field, cross.train) or {}
   local cross_test = cross and B.filter(S, cls.test, cross.field, cross.test) or {}
   local runs, details = {}, {}
@@ -286,22 +403,59 @@ function B.evaluate(set, method, opts)
     local t0 = lps.now()
     -- an unfitted method is the same for every split: one view serves all
     local vc = view(S, fitted(S, method, cls.train, seed, "classification"))
-    local vr = method.fit and view(S, fitted(S, method, ret.train, seed, "retrieval")) or vc
-    local vx = #cross_train > 0 and #cross_test > 0 and
-      (method.fit and view(S, fitted(S, method, cross_train, seed, "cross")) or vc)
+    local function fit_view(train, split) return method.fit and view(S, fitted(S, method, train, seed, split)) or vc end
+    local vr = fit_view(ret.train, "retrieval")
     local r = {}
     local gallery = k and subsampled(S, vc, k) or vc
     r.top1 = B.classification(S, gallery, cls.train, cls.test)
     for key, v in pairs(B.retrieval(S, vr, ret.query, ret.gallery)) do r[key] = v end
     r.nmi, r.ami = B.clustering(S, vr, k and B.per_task(S, unseen, k + 1) or unseen, 1)
-    local tsim = B.task_similarity(S, vc, k and B.per_task(S, cls.test, k) or cls.test, ntasks)
-    if S.transfer then
-      for key, v in pairs(B.task_relations(tsim, S.transfer)) do r[key] = v end
+    local tsim
+    if sp.relations == "unseen" then
+      if S.transfer then
+        local rel
+        rel, tsim = B.unseen_relations(S, vr, k and B.per_task(S, unseen, k) or unseen)
+        for key, v in pairs(rel) do r[key] = v end
+      end
+    else
+      tsim = B.task_similarity(S, vc, k and B.per_task(S, cls.test, k) or cls.test, ntasks)
+      if S.transfer then
+        for key, v in pairs(B.task_relations(tsim, S.transfer)) do r[key] = v end
+      end
     end
-    if vx then r.cross_top1 = B.classification(S, k and subsampled(S, vx, k) or vx, cross_train, cross_test) end
+    if #cross_train > 0 and #cross_test > 0 then
+      local vx = fit_view(cross_train, "cross")
+      r.cross_top1 = B.classification(S, k and subsampled(S, vx, k) or vx, cross_train, cross_test)
+    end
+    if sp.novel then
+      local m = B.retrieval(S, fit_view(sp.novel.train, "novel"), sp.novel.query, sp.novel.gallery)
+      r.novel_rank1, r.novel_map = m.rank1, m.map
+    end
+    if sp.heldout_arch and #sp.heldout_arch.query > 0 then
+      local va = fit_view(sp.heldout_arch.train, "heldout_arch")
+      local m = B.retrieval(S, va, sp.heldout_arch.query, sp.heldout_arch.gallery)
+      r.heldout_arch_rank1, r.heldout_arch_map = m.rank1, m.map
+    end
+    if sp.cross_family then -- trained as (b)
+      local m = B.retrieval(S, vr, sp.cross_family.query, sp.cross_family.gallery)
+      local sim = vr.sim(sp.cross_family.query, sp.cross_family.gallery)
+      local comparable = sim:max() > -math.huge
+      r.cross_family_rank1 = comparable and m.rank1 or nil
+      r.cross_family_map = comparable and m.map or nil
+    end
+    if sp.cross_family and opts.nuisance ~= false then
+      for _, name in ipairs(opts.nuisance or B.defaults.nuisance) do
+        r["nuisance_map_" .. name] = retrieval_by(S, vr, ret.query, ret.gallery, nuisance_label[name]).map
+      end
+      r.accuracy_tau = B.accuracy_prediction(S, vc, cls.train, cls.test)
+    end
+    if S.transfer and S.transfer.protocol and S.transfer.protocol.kind == "pool" and not k then
+      local sel = require("lualps.selection").evaluate(S, vr, opts)
+      for key, v in pairs(sel) do r[key] = v end
+    end
     r.train_seconds = vc.fitted.seconds
     runs[seed] = r
-    if seed == 1 then details = {task_similarity = tsim, fitted = vc.fitted, embeddings = vc.E} end
+    if seed == 1 then details = {task_similarity = tsim, fitted = vc.fitted, embeddings = vc.E, fitted_unseen = vr.fitted} end
     if method.fit then
       log("%s seed %d: top1 %.3f rank1 %.3f mAP %.3f NMI %.3f tau(transfer) %.3f  (%.1fs)", tostring(method.name),
         seed, r.top1, r.rank1, r.map, r.nmi, r.tau_transfer or 0 / 0, lps.now() - t0)
@@ -329,129 +483,6 @@ function B.describe(S, opts)
     pairwise = ("pairwise-only methods (matching): each held-out model compared with %d training models per task; relations over %d held-out models per task; clustering over %d unseen models per task")
       :format(k, k, k + 1),
   }
-end
-
------------------------------------------------------------------- the methods of the paper's comparison
-
-B.methods = {}
-
--- Row-normalized features of a list of models; standardized first with
--- mean/sd when given.
-local function normalized_features(kind, models, mean, sd)
-  local F = eval.feature_matrix(kind, models)
-  if mean then eval.standardize(F, mean, sd) end
-  local norms = (F * F):sum(2):sqrt()
-  for i = 1, F:size(1) do F[i]:div_(math.max(norms[i], 1e-12)) end
-  return F
-end
-
--- mean and sd of the features of `models` (nil when models is nil).
-local function feature_stats(kind, models)
-  if not models then return nil end
-  local _, mean, sd = eval.standardize(eval.feature_matrix(kind, models))
-  return mean, sd
-end
-
---- Unlearned feature baselines: kind "raw", "sorted", "stats" or "gram"
--- (lps.eval.features), compared by cosine. opts.standardize: a list of
--- models whose per-feature mean and sd standardize the features first
--- (stats: the training models).
-function B.methods.features(kind, opts)
-  opts = opts or {}
-  local mean, sd = feature_stats(kind, opts.standardize)
-  return {name = kind, metric = "dot",
-          embed = function(_, models) return normalized_features(kind, models, mean, sd) end}
-end
-
---- A learned head (projection, L2 normalization, classifier and the losses
--- of LPS) on fixed features, kind "stats" or "gram". opts: standardize (a
--- list of models fixing the mean and sd of the features), epochs (30).
-function B.methods.feature_head(kind, opts)
-  opts = opts or {}
-  local mean, sd = feature_stats(kind, opts.standardize)
-  local cache = setmetatable({}, {__mode = "k"}) -- model -> its feature row (fits share them)
-  local function features(models)
-    local missing = {}
-    for _, m in ipairs(models) do if not cache[m] then missing[#missing + 1] = m end end
-    if #missing > 0 then
-      local F = eval.feature_matrix(kind, missing)
-      if mean then eval.standardize(F, mean, sd) end
-      for i, m in ipairs(missing) do cache[m] = F[i] end
-    end
-    local rows = {}
-    for i, m in ipairs(models) do rows[i] = cache[m] end
-    return rows
-  end
-  return {name = kind .. "_head", fit = function(_, models, y, ctx)
-    local labels, C = B.class_labels(y)
-    local rows = features(models)
-    local head = lps.similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
-    local rep = lps.similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
-    return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
-            embed = function(_, ms) return head:embed(features(ms)) end}
-  end}
-end
-
---- LPS (lps.similarity): fit trains a network on the split's models with
--- cross-entropy over their tasks (and the triplet term by default). opts:
--- any option of lps.similarity.network and lps.similarity.train_network
--- (epochs 30 here); `name`.
-function B.methods.lps(opts)
-  opts = opts or {}
-  return {name = opts.name or "lps", fit = function(self, models, y, ctx)
-    local labels, C = B.class_labels(y)
-    local net_opts = {seed = ctx.seed, classes = C}
-    local tr = {epochs = 30, seed = ctx.seed}
-    for key, v in pairs(opts) do
-      if key == "name" then -- not an option of the network
-      elseif lps.similarity.defaults[key] ~= nil then net_opts[key] = v else tr[key] = v end
-    end
-    if tr.loss == "triplet" then net_opts.classes = 0 end
-    local net = lps.similarity.network(net_opts)
-    local rep = lps.similarity.train_network(net, models, labels, tr)
-    return {name = self.name, metric = "dot", net = net, seconds = rep.seconds,
-            embed = function(_, ms) return net:embed(ms) end}
-  end}
-end
-
---- Linear CKA of hidden activations on probe inputs (N x d): features whose
--- dot products are the layer-averaged CKA (lps.eval.cka_features).
-function B.methods.cka(probe)
-  return {name = "cka", metric = "dot", embed = function(_, models) return eval.cka_features(models, probe) end}
-end
-
---- Git Re-Basin weight matching (pairwise only: opts.per_task models per
--- task are compared, default 2), computed pairs remembered across protocols.
-function B.methods.matching(opts)
-  opts = opts or {}
-  local memo = setmetatable({}, {__mode = "k"})
-  return {name = "matching", pairwise_per_task = opts.per_task or 2, similarity = function(_, a, b)
-    local out = lps.zeros(#a, #b)
-    local todo, n = {}, 0
-    for i, x in ipairs(a) do
-      memo[x] = memo[x] or setmetatable({}, {__mode = "k"})
-      for j, y in ipairs(b) do
-        local v = memo[x][y] or (memo[y] and memo[y][x])
-        if v then out:set(i, j, v) else todo[i] = todo[i] or {}; table.insert(todo[i], j); n = n + 1 end
-      end
-    end
-    local prog = n > 1000 and util.progress(n, {label = "matching", unit = "pairs"})
-    local done = 0
-    for i, js in pairs(todo) do
-      local gal = {}
-      for c, j in ipairs(js) do gal[c] = b[j] end
-      local row = eval.similarity_matrix("matching", {a[i]}, gal, {})
-      for c, j in ipairs(js) do
-        local v = row:get(1, c)
-        out:set(i, j, v)
-        memo[a[i]][b[j]] = v
-      end
-      done = done + #js
-      if prog then prog:update(done) end
-    end
-    if prog then prog:finish() end
-    return out
-  end}
 end
 
 ------------------------------------------------------------------ reports

@@ -294,7 +294,7 @@ function H.splits(TABLE, plan, tasks, cfg)
   local task_list = {}
   for t = 1, ntasks do task_list[t] = tasks[t] end
   return {classification = cls, retrieval = ret, novel = novel, heldout_arch = arch, cross_family = cross,
-          tasks = task_list, master_seed = c.master_seed, fingerprint = plan[1].fingerprint}
+          tasks = task_list, relations = "unseen", master_seed = c.master_seed, fingerprint = plan[1].fingerprint}
 end
 
 --- The composition of a built set: models per family, per domain and per

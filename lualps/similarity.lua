@@ -632,7 +632,11 @@ function M.weights(model, names)
   if okf and np then
     local list = {}
     for k, nt in ipairs(model:named_parameters()) do list[k] = nt.tensor end
-    if #list > 0 then return list end
+    if #list > 0 then
+      list.spec = model:spec() -- strides, padding and pooling: what a CNN's function needs
+      list.family = list[1]:dim() == 4 and "cnn" or "mlp"
+      return list
+    end
   end
   error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
 end

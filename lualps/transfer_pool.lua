@@ -94,11 +94,24 @@ function M.probe(spec, t, k, h, r, td, opts)
   return model, acc, head, budget, {x = inputs_for(s, xt), y = yt}
 end
 
--- Outputs of every layer of model but the last (a sequential) for x.
+-- Outputs of every layer of model but the last (a sequential) for x, in
+-- chunks of 256 samples: the layers' grow-only workspaces stay small, and
+-- many cached source models fit in memory.
 local function body(model, x)
   local kids = model:children()
-  for n = 1, #kids - 1 do x = kids[n]:forward(x) end
-  return x
+  local n, out = x:size(1), nil
+  for s = 1, n, 256 do
+    local h = x:rows(s, math.min(n, s + 255))
+    for k = 1, #kids - 1 do
+      local nh = kids[k]:forward(h)
+      if k > 1 then h:close() end -- activations are C memory: free them now
+      h = nh
+    end
+    out = out or lps.zeros(n, h:size(2))
+    out:rows(s, s + h:size(1) - 1):copy(h)
+    h:close()
+  end
+  return out
 end
 
 -- Target test accuracy of source model `src` (pool entry e) fine-tuned on
@@ -139,7 +152,7 @@ function M.columns(ms, tasks, targets, data, opts)
   for k, v in pairs(opts or {}) do if k ~= "progress" then o[k] = v end end
   o = options(o)
   local pool = M.pool_of(ms)
-  local ref, models = {}, {}
+  local ref = {}
   for t = 1, #tasks do
     if not pool[t] or #pool[t] < 2 then error(("transfer: task %d has no pool models (in_pool)"):format(t), 2) end
     for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.spec end
@@ -148,9 +161,9 @@ function M.columns(ms, tasks, targets, data, opts)
   local total, done = #targets * 2 * o.repeats * (#tasks * #pool[1] // 2 + 2), 0
   for _, t in ipairs(targets) do
     local td, k = data(t), #tasks[t].classes
-    local features = {} -- test features of each source on this target, shared by the halves
     local sc = {mlp = {}, cnn = {}}
     for h = 1, 2 do
+      local features = {} -- test features of the half's sources, shared by its repeats
       for _, fam in ipairs{"mlp", "cnn"} do sc[fam][h] = 0 end
       for r = 1, o.repeats do
         local heads, budgets, tests = {}, {}, {}
@@ -163,8 +176,12 @@ function M.columns(ms, tasks, targets, data, opts)
         for s = 1, #tasks do
           for _, e in ipairs(pool[s]) do
             if e.half == h then
-              models[e.i] = models[e.i] or ms:get(e.i) -- decoded once per process
-              local acc = finetuned(models[e.i], e, k, heads[e.family], budgets[e.family], tests[e.family], features, o)
+              -- decoded for each use and closed after it: a module's layer
+              -- workspaces are C memory the collector does not see
+              local src = ms:get(e.i)
+              local acc = finetuned(src, e, k, heads[e.family], budgets[e.family], tests[e.family], features, o)
+              for _, kid in ipairs(src:children()) do kid:close() end
+              src:close()
               out.finetune[e.id] = out.finetune[e.id] or {}
               out.finetune[e.id][t] = (out.finetune[e.id][t] or 0) + acc / o.repeats
               done = done + 1
@@ -173,6 +190,9 @@ function M.columns(ms, tasks, targets, data, opts)
         end
         if progress then progress(done, total, ("target %d half %d"):format(t, h)) end
       end
+      -- the features are C memory the collector hardly sees: free them now
+      for _, f in pairs(features) do f:close() end
+      collectgarbage("collect")
     end
     out.scratch[t] = sc
   end

@@ -14,6 +14,8 @@ local modules = {
   {"lualps/similarity.lua", "lps.similarity", "The LPS second-order network and the similarity API."},
   {"lualps/eval.lua", "lps.eval", "Baselines and evaluation metrics."},
   {"lualps/benchmark.lua", "lps.benchmark", "Evaluation protocols on a model set."},
+  {"lualps/benchmark_methods.lua", "lps.benchmark.methods", "The methods of the evaluation tables."},
+  {"lualps/archnet.lua", "lps.similarity (any architecture)", "The second-order network for MLPs and CNNs."},
   {"lualps/zoo.lua", "lps.zoo", "Building model sets: plans, shards, splits, resumable builds."},
   {"lualps/transfer.lua", "lps.transfer", "The transfer ground truth: fine-tuning gains between tasks."},
   {"lualps/transfer_pool.lua", "lps.transfer_pool", "The transfer ground truth of sets of many architectures, with its reliability."},

@@ -1,0 +1,225 @@
+--- lualps.benchmark_methods: the methods of the evaluation tables, as
+-- lps.benchmark.methods: LPS, the unlearned feature baselines, learned heads
+-- on fixed features, CKA and weight matching. Each is a method in the sense
+-- of lps.benchmark (embed or similarity, optional fit).
+local lps = require "lualps"
+local eval = require "lualps.eval"
+local util = require "lualps.util"
+
+local M = {}
+
+-- Task labels 1..C of a list of raw task labels (tasks in increasing order).
+local function class_labels(y)
+  local tasks, map = {}, {}
+  for _, t in ipairs(y) do if not map[t] then map[t] = true; tasks[#tasks + 1] = t end end
+  table.sort(tasks)
+  for c, t in ipairs(tasks) do map[t] = c end
+  local labels = {}
+  for k, t in ipairs(y) do labels[k] = map[t] end
+  return labels, #tasks, tasks
+end
+M.class_labels = class_labels
+
+
+-- Row-normalized features of a list of models; standardized first with
+-- mean/sd when given.
+local function normalized_features(kind, models, mean, sd)
+  local F = eval.feature_matrix(kind, models)
+  if mean then eval.standardize(F, mean, sd) end
+  local norms = (F * F):sum(2):sqrt()
+  for i = 1, F:size(1) do F[i]:div_(math.max(norms[i], 1e-12)) end
+  return F
+end
+
+-- mean and sd of the features of `models` (nil when models is nil).
+local function feature_stats(kind, models)
+  if not models then return nil end
+  local _, mean, sd = eval.standardize(eval.feature_matrix(kind, models))
+  return mean, sd
+end
+
+--- Unlearned feature baselines: kind "raw", "sorted", "stats" or "gram"
+-- (lps.eval.features), compared by cosine. opts.standardize: a list of
+-- models whose per-feature mean and sd standardize the features first
+-- (stats: the training models).
+function M.features(kind, opts)
+  opts = opts or {}
+  local mean, sd = feature_stats(kind, opts.standardize)
+  return {name = kind, metric = "dot",
+          embed = function(_, models) return normalized_features(kind, models, mean, sd) end}
+end
+
+--- A learned head (projection, L2 normalization, classifier and the losses
+-- of LPS) on fixed features, kind "stats" or "gram". opts: standardize (a
+-- list of models fixing the mean and sd of the features), epochs (30).
+function M.feature_head(kind, opts)
+  opts = opts or {}
+  local mean, sd = feature_stats(kind, opts.standardize)
+  local cache = setmetatable({}, {__mode = "k"}) -- model -> its feature row (fits share them)
+  local function features(models)
+    local missing = {}
+    for _, m in ipairs(models) do if not cache[m] then missing[#missing + 1] = m end end
+    if #missing > 0 then
+      local F = eval.feature_matrix(kind, missing)
+      if mean then eval.standardize(F, mean, sd) end
+      for i, m in ipairs(missing) do cache[m] = F[i] end
+    end
+    local rows = {}
+    for i, m in ipairs(models) do rows[i] = cache[m] end
+    return rows
+  end
+  return {name = kind .. "_head", fit = function(_, models, y, ctx)
+    local labels, C = class_labels(y)
+    local rows = features(models)
+    local head = lps.similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
+    local rep = lps.similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
+    return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
+            embed = function(_, ms) return head:embed(features(ms)) end}
+  end}
+end
+
+--- Targets of the relation objective between the training tasks (labels
+-- 1..C = tasks[k] of the fit): "graded" = (shared classes / classes of the
+-- larger task + domain match) / 2, 1 for a task with itself; "transfer" =
+-- the transfer matrix's symmetrized gain ranked among the training pairs,
+-- mapped to [-1, 1] (the diagonal 1). Tasks: the splits' task list.
+function M.relation_targets(kind, tasks_of, info, transfer)
+  local C = #tasks_of
+  local T = lps.zeros(C, C)
+  if kind == "graded" then
+    for a = 1, C do
+      for b = 1, C do
+        local s, t = info[tasks_of[a]], info[tasks_of[b]]
+        local shared = 0
+        for _, x in ipairs(s.classes) do for _, y in ipairs(t.classes) do if x == y then shared = shared + 1 end end end
+        local v = (shared / math.max(#s.classes, #t.classes) + ((s.domain or "") == (t.domain or "") and 1 or 0)) / 2
+        T:set(a, b, a == b and 1 or v)
+      end
+    end
+  elseif kind == "transfer" then
+    local pairs_ = {}
+    for a = 1, C do
+      for b = a + 1, C do
+        local s, t = tasks_of[a], tasks_of[b]
+        pairs_[#pairs_ + 1] = {a, b, (transfer.gain[s][t] + transfer.gain[t][s]) / 2}
+      end
+    end
+    table.sort(pairs_, function(x, y) return x[3] < y[3] end)
+    for r, pr in ipairs(pairs_) do
+      local v = #pairs_ > 1 and 2 * (r - 1) / (#pairs_ - 1) - 1 or 0
+      T:set(pr[1], pr[2], v)
+      T:set(pr[2], pr[1], v)
+    end
+    for a = 1, C do T:set(a, a, 1) end
+  else
+    error(("lps method: relations must be 'graded', 'transfer' or false, got '%s'"):format(tostring(kind)), 3)
+  end
+  return T
+end
+
+--- LPS (lps.similarity): fit trains a network on the split's models with
+-- cross-entropy over their tasks (and the triplet term by default). opts:
+-- any option of lps.similarity.network (with `families`: any architecture)
+-- and lps.similarity.train_network (epochs 30 here), and
+--   name;
+--   relations = "graded" | "transfer" | false: the relation objective's
+--     targets (M.relation_targets; needs the splits' task list, and for
+--     "transfer" the set's transfer matrix);
+--   train_families: fit on models of these families only (default all the
+--     network reads);
+--   shuffle_labels: fit on task labels permuted at random (a control).
+-- Models of a family the network does not read embed as NaN (not comparable).
+function M.lps(opts)
+  opts = opts or {}
+  local own = {name = true, relations = true, train_families = true, shuffle_labels = true}
+  return {name = opts.name or "lps", fit = function(self, models, y, ctx)
+    local keep = opts.train_families or opts.families
+    if keep then -- only the families the network trains on
+      local ok = {}
+      for _, f in ipairs(keep) do ok[f] = true end
+      local m2, y2 = {}, {}
+      for k, m in ipairs(models) do
+        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1] = m, y[k] end
+      end
+      models, y = m2, y2
+    end
+    local labels, C, tasks_of = class_labels(y)
+    if opts.shuffle_labels then
+      labels = {table.unpack(labels)}
+      local g = lps.generator(104729 + ctx.seed)
+      for k = #labels, 2, -1 do
+        local j = g:random(k)
+        labels[k], labels[j] = labels[j], labels[k]
+      end
+    end
+    local net_opts = {seed = ctx.seed, classes = C}
+    local tr = {epochs = 30, seed = ctx.seed}
+    local defaults = opts.families and lps.similarity.arch_defaults or lps.similarity.defaults
+    for key, v in pairs(opts) do
+      if own[key] then -- not an option of the network or its training
+      elseif defaults[key] ~= nil then net_opts[key] = v else tr[key] = v end
+    end
+    if tr.loss == "triplet" then net_opts.classes = 0 end
+    if opts.relations then tr.relations = M.relation_targets(opts.relations, tasks_of, ctx.tasks, ctx.transfer) end
+    local net = lps.similarity.network(net_opts)
+    local rep = lps.similarity.train_network(net, models, labels, tr)
+    local reads = {}
+    for _, f in ipairs(net.opts.families or {"mlp"}) do reads[f] = true end
+    local function embed(_, ms)
+      if not opts.families then return net:embed(ms) end
+      local idx, sub = {}, {}
+      for k, m in ipairs(ms) do
+        if reads[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then idx[#idx + 1], sub[#sub + 1] = k, m end
+      end
+      local E = lps.full(#ms, net.opts.embed, 0 / 0)
+      if #sub > 0 then
+        local Es = net:embed(sub)
+        for r, k in ipairs(idx) do E[k]:copy(Es[r]) end
+      end
+      return E
+    end
+    return {name = self.name, metric = "dot", net = net, seconds = rep.seconds, embed = embed, classes = tasks_of}
+  end}
+end
+
+--- Linear CKA of hidden activations on probe inputs (N x d): features whose
+-- dot products are the layer-averaged CKA (lps.eval.cka_features).
+function M.cka(probe)
+  return {name = "cka", metric = "dot", embed = function(_, models) return eval.cka_features(models, probe) end}
+end
+
+--- Git Re-Basin weight matching (pairwise only: opts.per_task models per
+-- task are compared, default 2), computed pairs remembered across protocols.
+function M.matching(opts)
+  opts = opts or {}
+  local memo = setmetatable({}, {__mode = "k"})
+  return {name = "matching", pairwise_per_task = opts.per_task or 2, similarity = function(_, a, b)
+    local out = lps.zeros(#a, #b)
+    local todo, n = {}, 0
+    for i, x in ipairs(a) do
+      memo[x] = memo[x] or setmetatable({}, {__mode = "k"})
+      for j, y in ipairs(b) do
+        local v = memo[x][y] or (memo[y] and memo[y][x])
+        if v then out:set(i, j, v) else todo[i] = todo[i] or {}; table.insert(todo[i], j); n = n + 1 end
+      end
+    end
+    local prog = n > 1000 and util.progress(n, {label = "matching", unit = "pairs"})
+    local done = 0
+    for i, js in pairs(todo) do
+      local gal = {}
+      for c, j in ipairs(js) do gal[c] = b[j] end
+      local row = eval.similarity_matrix("matching", {a[i]}, gal, {})
+      for c, j in ipairs(js) do
+        local v = row:get(1, c)
+        out:set(i, j, v)
+        memo[a[i]][b[j]] = v
+      end
+      done = done + #js
+      if prog then prog:update(done) end
+    end
+    if prog then prog:finish() end
+    return out
+  end}
+end
+
+return M
