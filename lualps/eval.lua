@@ -210,6 +210,44 @@ local function depth_slots(depths)
   return slots
 end
 
+-- The slots of the depths present, or of opts.depths (which must hold them).
+local function layout_slots(depths, opts, op, level)
+  if opts.depths then
+    for _, L in ipairs(depths) do
+      local ok = false
+      for _, D in ipairs(opts.depths) do ok = ok or D == L end
+      if not ok then
+        error(("%s: a model has %d layers, not among opts.depths"):format(op, L), level)
+      end
+    end
+    depths = opts.depths
+  end
+  return depth_slots(depths)
+end
+
+-- Row i of F: in each slot the covering layer's centred Gram matrix
+-- K = Xc Xc^T, normalized to unit Frobenius norm, times sqrt(slot length).
+local function fill_cka_row(F, i, list, slots, op, level)
+  local lps = require "lualps"
+  local L = #list
+  local n = list[1]:size(1)
+  local n2 = n * n
+  local K, nrm, cur = nil, nil, 0
+  for s, slot in ipairs(slots) do
+    local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
+    if l ~= cur then
+      local Xc = list[l] - list[l]:mean(1)
+      K = lps.matmul(Xc, Xc, false, true)
+      nrm, cur = K:norm(), l
+      if nrm ~= nrm or nrm == math.huge then
+        error(("%s: model %d layer %d has non-finite activations"):format(op, i, l), level)
+      end
+    end
+    F[i]:rows((s - 1) * n2 + 1, s * n2):copy(K:reshape(n2))
+      :mul_(nrm > 0 and 1 / (nrm * math.sqrt(slot.inv)) or 0)
+  end
+end
+
 --- Features whose dot products are the linear CKA of models given by their
 -- layers' activations: acts[i] is model i's list of N x p_l matrices (same N
 -- for all, shallow to deep; any layer kind, e.g. flattened conv maps). Models
@@ -243,43 +281,16 @@ function M.cka_layer_features(acts, opts)
     end
     if not seen[#list] then seen[#list] = true; depths[#depths + 1] = #list end
   end
-  if opts.depths then
-    for _, L in ipairs(depths) do
-      local ok = false
-      for _, D in ipairs(opts.depths) do ok = ok or D == L end
-      if not ok then
-        error(("cka_layer_features: a model has %d layers, not among opts.depths"):format(L), 2)
-      end
-    end
-    depths = opts.depths
-  end
-  local slots = depth_slots(depths)
-  local n2 = np * np
-  local F = lps.zeros(#acts, #slots * n2)
-  for i, list in ipairs(acts) do
-    local L = #list
-    local K, nrm, cur = nil, nil, 0
-    for s, slot in ipairs(slots) do
-      local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
-      if l ~= cur then
-        local Xc = list[l] - list[l]:mean(1)
-        K = lps.matmul(Xc, Xc, false, true)
-        nrm, cur = K:norm(), l
-        if nrm ~= nrm or nrm == math.huge then
-          error(("cka_layer_features: model %d layer %d has non-finite activations"):format(i, l), 2)
-        end
-      end
-      F[i]:rows((s - 1) * n2 + 1, s * n2):copy(K:reshape(n2))
-        :mul_(nrm > 0 and 1 / (nrm * math.sqrt(slot.inv)) or 0)
-    end
-  end
+  local slots = layout_slots(depths, opts, "cka_layer_features", 3)
+  local F = lps.zeros(#acts, #slots * np * np)
+  for i, list in ipairs(acts) do fill_cka_row(F, i, list, slots, "cka_layer_features", 3) end
   return F
 end
 
 --- Features whose dot product is the linear CKA of two models (cka_layers
 -- pairing of their hidden layers by relative depth), on the probe inputs
 -- (N x d): cka_layer_features of their hidden activations (M.hidden; MLPs
--- and CNNs alike, so an MLP and a CNN compare). For
+-- and CNNs alike, so an MLP and a CNN compare), one model at a time. For
 -- many pairs this is far cheaper than similarity_matrix("cka"), which runs
 -- the probe through both models of every pair. opts.depths as there.
 function M.cka_features(models, probe, opts)
@@ -290,9 +301,23 @@ function M.cka_features(models, probe, opts)
   if not lps.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
     error("cka_features: the probe must be an N x d tensor with N >= 2", 2)
   end
-  local acts = {}
-  for i, model in ipairs(models) do acts[i] = core.hidden(model, probe) end
-  return M.cka_layer_features(acts, opts)
+  opts = opts or {}
+  local seen, depths = {}, {}
+  for i, model in ipairs(models) do
+    if type(model) ~= "table" or #model < 4 or #model % 2 ~= 0 then
+      error(("cka_features: model %d must be an array of tensors {W1, b1, W2, b2, ...}"):format(i), 2)
+    end
+    local L = #model // 2 - 1
+    if not seen[L] then seen[L] = true; depths[#depths + 1] = L end
+  end
+  local slots = layout_slots(depths, opts, "cka_features", 3)
+  local n = probe:size(1)
+  local F = lps.zeros(#models, #slots * n * n)
+  -- activations of one model at a time: a CNN's maps are large
+  for i, model in ipairs(models) do
+    fill_cka_row(F, i, core.hidden(model, probe), slots, "cka_features", 3)
+  end
+  return F
 end
 
 --- Similarity of two models (a number).

@@ -218,6 +218,29 @@ function TestFeatures:test_stats_by_hand()
   lu.assertTrue(max_abs_diff(E.features("stats", a), E.features("stats", E.permute(a, planted(g, a)))) < 1e-6)
 end
 
+function TestFeatures:test_stats_quantiles_equal_a_full_sort()
+  -- the order statistics are selected, not sorted: compare with a sort, on
+  -- sizes around the selection's cut-offs and with many ties
+  local g = lps.generator(35)
+  local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+  for _, n in ipairs{1, 2, 3, 5, 15, 16, 17, 40, 1001, 5000} do
+    for _, ties in ipairs{false, true} do
+      local rows = {}
+      for i = 1, n do rows[i] = {ties and g:random(-3, 3) or g:uniform() - 0.5} end
+      local w = lps.tensor(rows)
+      local f = E.features("stats", {w, lps.zeros(n), lps.zeros(1, n), lps.zeros(1)}):totable()
+      local v = w:reshape(n):totable()
+      table.sort(v)
+      for j, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
+        local pos = q * (n - 1)
+        local lo = math.floor(pos)
+        local want = lo >= n - 1 and v[n] or v[lo + 1] + (pos - lo) * (v[lo + 2] - v[lo + 1])
+        lu.assertEquals(f[2 + j], f32(want), ("n=%d ties=%s q=%g"):format(n, tostring(ties), q))
+      end
+    end
+  end
+end
+
 function TestFeatures:test_stats_standardized_cosine()
   local g = lps.generator(33)
   local ms = {mlp(g, {6, 4, 2}), mlp(g, {6, 4, 2}), mlp(g, {6, 4, 2})}

@@ -16,9 +16,10 @@ local function mlp(g, widths)
 end
 
 -- A CNN on side x side one-channel images: convs = {{out, k, stride, pool}},
--- padding k // 2, then flatten and a linear head. Returns the model list
--- (with .spec and .family) and the lps.nn module holding the same weights.
-local function cnn(g, side, convs, classes)
+-- padding k // 2, then flatten, hidden linear layers of widths fc (none by
+-- default) and a linear head. Returns the model list (with .spec and
+-- .family) and the lps.nn module holding the same weights.
+local function cnn(g, side, convs, classes, fc)
   local layers, cin, s = {}, 1, side
   for _, c in ipairs(convs) do
     local out, k, stride, pool = c[1], c[2], c[3] or 1, c[4]
@@ -33,7 +34,13 @@ local function cnn(g, side, convs, classes)
     cin = out
   end
   layers[#layers + 1] = {type = "flatten"}
-  layers[#layers + 1] = {type = "linear", in_features = cin * s * s, out_features = classes}
+  local nin = cin * s * s
+  for _, w in ipairs(fc or {}) do
+    layers[#layers + 1] = {type = "linear", in_features = nin, out_features = w}
+    layers[#layers + 1] = {type = "relu"}
+    nin = w
+  end
+  layers[#layers + 1] = {type = "linear", in_features = nin, out_features = classes}
   local spec = {type = "sequential", layers = layers}
   local net = lps.nn.from_spec(spec, g)
   local m = {}
@@ -44,6 +51,7 @@ end
 
 local function cnn2(g) return (cnn(g, 8, {{4, 3, 2}, {5, 3, 1, 2}}, 3)) end       -- 4x4, then 2x2 maps
 local function cnn3(g) return (cnn(g, 8, {{3, 5, 1, 2}, {4, 3, 2}, {6, 3}}, 3)) end -- 4x4, 2x2, 2x2
+local function cnn_fc(g) return (cnn(g, 8, {{4, 3, 2}, {5, 3, 1, 2}}, 3, {7})) end -- a hidden linear layer
 
 local function with_spec(m, spec)
   local c = {}
@@ -66,8 +74,8 @@ TestCNNModel = {}
 function TestCNNModel:test_forward_matches_nn_module()
   local g = lps.generator(101)
   local x = lps.rand(5, 64, g)
-  for _, convs in ipairs{{{4, 3, 2}, {5, 3, 1, 2}}, {{3, 5, 1, 2}, {4, 3, 2}, {6, 3}}} do
-    local m, net = cnn(g, 8, convs, 3)
+  for k, convs in ipairs{{{4, 3, 2}, {5, 3, 1, 2}}, {{3, 5, 1, 2}, {4, 3, 2}, {6, 3}}, {{4, 3, 2}, {5, 3, 1, 2}}} do
+    local m, net = cnn(g, 8, convs, 3, k == 3 and {7} or nil)
     local want = net:forward(x:reshape(5, 1, 8, 8))
     lu.assertTrue(max_abs_diff(E.forward(m, x), want) < 1e-6)
     -- hidden layers: post-ReLU, post-pooling maps flattened channel-major
@@ -99,7 +107,7 @@ end
 function TestCNNModel:test_permuted_channels_same_function()
   local g = lps.generator(102)
   local x = lps.rand(6, 64, g)
-  for _, make in ipairs{cnn2, cnn3} do
+  for _, make in ipairs{cnn2, cnn3, cnn_fc} do
     local m = make(g)
     local perms = planted(g, m)
     local p = with_spec(E.permute(m, perms), m.spec)
@@ -161,21 +169,23 @@ TestCNNFeatures = {}
 
 function TestCNNFeatures:test_sorted_channels_by_norm()
   local g = lps.generator(111)
-  local m = cnn3(g)
-  local perms = E.sort_perm(m)
-  for l = 1, 2 do
-    local W, b = m[2 * l - 1], m[2 * l]
-    local norms = {}
-    for i = 1, W:size(1) do norms[i] = (W[i] * W[i]):sum() + b:get(i) ^ 2 end
-    for i = 2, #perms[l] do lu.assertTrue(norms[perms[l][i - 1]] >= norms[perms[l][i]]) end
+  for _, make in ipairs{cnn3, cnn_fc} do
+    local m = make(g)
+    local perms = E.sort_perm(m)
+    for l = 1, 2 do
+      local W, b = m[2 * l - 1], m[2 * l]
+      local norms = {}
+      for i = 1, W:size(1) do norms[i] = (W[i] * W[i]):sum() + b:get(i) ^ 2 end
+      for i = 2, #perms[l] do lu.assertTrue(norms[perms[l][i - 1]] >= norms[perms[l][i]]) end
+    end
+    -- sorted = raw of the permuted model; invariant to planted permutations
+    local raw_p = E.features("raw", with_spec(E.permute(m, perms), m.spec))
+    lu.assertEquals(E.features("sorted", m):totable(), raw_p:totable())
+    local b = with_spec(E.permute(m, planted(g, m)), m.spec)
+    lu.assertTrue(max_abs_diff(E.features("sorted", m), E.features("sorted", b)) == 0)
+    lu.assertAlmostEquals(E.similarity("sorted", m, b), 1, 1e-6)
+    lu.assertTrue(E.similarity("raw", m, b) < 0.99)
   end
-  -- sorted = raw of the permuted model; invariant to planted permutations
-  local raw_p = E.features("raw", with_spec(E.permute(m, perms), m.spec))
-  lu.assertEquals(E.features("sorted", m):totable(), raw_p:totable())
-  local b = with_spec(E.permute(m, planted(g, m)), m.spec)
-  lu.assertTrue(max_abs_diff(E.features("sorted", m), E.features("sorted", b)) == 0)
-  lu.assertAlmostEquals(E.similarity("sorted", m, b), 1, 1e-6)
-  lu.assertTrue(E.similarity("raw", m, b) < 0.99)
 end
 
 function TestCNNFeatures:test_stats_fixed_length_slots()
@@ -254,7 +264,7 @@ TestCNNMatching = {}
 
 function TestCNNMatching:test_planted_channels_recovered()
   local g = lps.generator(121)
-  for _, make in ipairs{cnn2, cnn3} do
+  for _, make in ipairs{cnn2, cnn3, cnn_fc} do
     local a = make(g)
     local perms = planted(g, a)
     local b = with_spec(E.permute(a, perms), a.spec)

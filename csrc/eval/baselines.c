@@ -8,35 +8,104 @@
 
 /* ------------------------------------------------------------ features */
 
-static int cmp_double(const void *pa, const void *pb)
+static int cmp_float(const void *pa, const void *pb)
 {
-    double a = *(const double *)pa, b = *(const double *)pb;
+    float a = *(const float *)pa, b = *(const float *)pb;
     return (a > b) - (a < b);
 }
 
-/* Linear interpolation between order statistics (NumPy's default). */
-static double quantile(const double *s, int64_t n, double q)
+/* Rearrange s[lo, hi) so that each rank in ranks (increasing, within
+ * [lo, hi)) holds the value a full sort puts there: multiple quickselect
+ * with branch-free partitions (< p, == p, > p), a full sort past a depth
+ * limit. The quantiles need a few order statistics, not a sorted copy of a
+ * large W1; the values (finite floats) are exactly those of a sort. */
+static void select_ranks(float *s, int64_t lo, int64_t hi, const int64_t *ranks, int nr, int depth)
+{
+    while (nr > 0 && hi - lo > 1) {
+        if (depth-- <= 0 || hi - lo < 16) {
+            qsort(s + lo, (size_t)(hi - lo), sizeof *s, cmp_float);
+            return;
+        }
+        float a = s[lo], b = s[lo + (hi - lo) / 2], c = s[hi - 1];
+        float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int64_t lt = lo, gt;
+        for (int64_t i = lo; i < hi; i++) {
+            float v = s[i];
+            s[i] = s[lt];
+            s[lt] = v;
+            lt += v < p;
+        }
+        gt = lt;
+        for (int64_t i = lt; i < hi; i++) {
+            float v = s[i];
+            s[i] = s[gt];
+            s[gt] = v;
+            gt += !(v > p);
+        }
+        int nl = 0, nm;
+        while (nl < nr && ranks[nl] < lt) nl++;
+        for (nm = nl; nm < nr && ranks[nm] < gt; nm++) {}
+        select_ranks(s, lo, lt, ranks, nl, depth);
+        ranks += nm;
+        nr -= nm;
+        lo = gt;
+    }
+}
+
+/* Linear interpolation between order statistics (NumPy's default); lo and
+ * lo + 1 of qpos must be in place. */
+static void qpos(double q, int64_t n, int64_t *lo, double *f)
 {
     double pos = q * (double)(n - 1);
-    int64_t lo = (int64_t)floor(pos);
+    *lo = (int64_t)floor(pos);
+    *f = pos - (double)*lo;
+}
+
+static double quantile(const float *s, int64_t n, double q)
+{
+    int64_t lo;
+    double f;
+    qpos(q, n, &lo, &f);
     if (lo >= n - 1) return s[n - 1];
-    double f = pos - (double)lo;
-    return s[lo] + f * (s[lo + 1] - s[lo]);
+    return (double)s[lo] + f * ((double)s[lo + 1] - (double)s[lo]);
+}
+
+static int cmp_i64(const void *pa, const void *pb)
+{
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    return (a > b) - (a < b);
 }
 
 #define NSTATS 7
 static lps_status tensor_stats(float *out, const lps_tensor *t)
 {
     int64_t n = t->numel;
-    double *s = malloc((size_t)n * sizeof *s);
+    const float *x = t->data;
+    float *s = malloc((size_t)n * sizeof *s);
     if (!s) return lps_fail(LPS_ENOMEM, "stats: out of memory");
     double mean = 0.0, var = 0.0;
-    for (int64_t i = 0; i < n; i++) mean += (s[i] = t->data[i]);
+    for (int64_t i = 0; i < n; i++) mean += (double)x[i];
     mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (s[i] - mean) * (s[i] - mean);
+    for (int64_t i = 0; i < n; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
     var /= (double)n;
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    memcpy(s, x, (size_t)n * sizeof *s);
     static const double qs[5] = {0.0, 0.25, 0.5, 0.75, 1.0};
+    int64_t ranks[10];
+    int nr = 0;
+    for (int j = 0; j < 5; j++) {
+        int64_t lo;
+        double f;
+        qpos(qs[j], n, &lo, &f);
+        ranks[nr++] = lo < n - 1 ? lo : n - 1;
+        if (lo + 1 < n) ranks[nr++] = lo + 1;
+    }
+    qsort(ranks, (size_t)nr, sizeof *ranks, cmp_i64);
+    int nu = 0;
+    for (int j = 0; j < nr; j++)
+        if (!nu || ranks[j] != ranks[nu - 1]) ranks[nu++] = ranks[j];
+    int depth = 8;
+    for (int64_t m = n; m > 1; m >>= 1) depth += 2;
+    select_ranks(s, 0, n, ranks, nu, depth);
     out[0] = (float)mean;
     out[1] = (float)var;
     for (int j = 0; j < 5; j++) out[2 + j] = (float)quantile(s, n, qs[j]);

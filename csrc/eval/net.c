@@ -220,18 +220,18 @@ static lps_layer *conv_layer(const lps_net_view *m, int l)
     return c;
 }
 
-/* y = pool(relu(conv_l(x))) as a new 4-D tensor. */
+/* y = pool(relu(conv_l(x))) as a new 4-D tensor, with lps.nn's layers.
+ * Max-pooling and ReLU commute (both monotone), so the ReLU runs on the
+ * pooled maps, a quarter of the values. */
 static lps_status conv_stage(lps_tensor **y, const lps_net_view *m, int l, const lps_tensor *x)
 {
-    lps_layer *c = conv_layer(m, l), *p = NULL;
+    lps_layer *c = conv_layer(m, l), *p = NULL, *r = lps_relu_new();
     lps_tensor *a = NULL, *z = NULL;
     int64_t shape[4], pshape[4];
     int nd;
-    lps_status st = c ? lps_layer_out_shape(c, 4, x->shape, &nd, shape) : LPS_ENOMEM;
+    lps_status st = c && r ? lps_layer_out_shape(c, 4, x->shape, &nd, shape) : LPS_ENOMEM;
     if (!st && !(a = lps_tensor_empty(4, shape))) st = LPS_ENOMEM;
     if (!st) st = lps_layer_forward(c, x, a);
-    if (!st)
-        for (int64_t i = 0; i < a->numel; i++) a->data[i] = a->data[i] > 0.0f ? a->data[i] : 0.0f;
     if (!st && m->geom[l].pool_k) {
         p = lps_maxpool2d_new(m->geom[l].pool_k, m->geom[l].pool_s);
         st = p ? lps_layer_out_shape(p, 4, shape, &nd, pshape) : LPS_ENOMEM;
@@ -240,8 +240,10 @@ static lps_status conv_stage(lps_tensor **y, const lps_net_view *m, int l, const
         lps_tensor_free(a);
         a = z;
     }
+    if (!st) st = lps_layer_forward(r, a, a); /* element-wise: in place */
     lps_layer_free(c);
     lps_layer_free(p);
+    lps_layer_free(r);
     if (st) {
         lps_tensor_free(a);
         return st;
