@@ -571,44 +571,76 @@ lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, co
 /* ---------------------------------------------- baselines and metrics */
 /* (csrc/eval/: baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */
 
-/* A borrowed view of an MLP in PyTorch layout: p holds 2*nlayers tensors
- * W1 (h1 x d), b1 (h1), W2 (h2 x h1), b2 (h2), ..., W_L, b_L, computing
- * y = W_L relu(... relu(W1 x + b1) ...) + b_L. Hidden layers are 1..L-1. */
-typedef struct lps_mlp_view {
-    int nlayers;                /* linear layers, >= 2 */
+/* A borrowed view of a feed-forward ReLU net in PyTorch layout: p holds
+ * 2*nlayers tensors W1, b1, ..., W_L, b_L. geom NULL: an MLP, W_l (h_l x
+ * h_{l-1}), y = W_L relu(... relu(W1 x + b1) ...) + b_L. Otherwise a CNN, one
+ * geom entry per weight layer: conv2d layers first (W cout x cin x k x k,
+ * square kernels), each followed by ReLU and optionally max-pooling, then a
+ * flatten (channel-major, as PyTorch) and linear layers with ReLU between;
+ * the last layer (the head) is linear. Inputs are rows of d = cin*s*s
+ * values, square s x s images. Hidden layers are 1..L-1; their units are
+ * the rows of W_l (conv: output channels). */
+typedef struct lps_net_layer {
+    int conv;            /* 1: conv2d, 0: linear */
+    int stride, padding; /* conv2d */
+    int pool_k, pool_s;  /* conv2d: max-pooling after the ReLU; pool_k 0: none */
+} lps_net_layer;
+typedef struct lps_net_view {
+    int nlayers;                /* weight layers, >= 2 */
     const lps_tensor *const *p; /* 2 * nlayers tensors */
-} lps_mlp_view;
+    const lps_net_layer *geom;  /* nlayers entries, or NULL for an MLP */
+} lps_net_view;
 
-/* Shapes chain (W_{l+1} has h_l columns, b_l has h_l entries) and every
- * value is finite; messages start with op. */
-lps_status lps_mlp_check(const char *op, const lps_mlp_view *m);
-int64_t lps_mlp_numel(const lps_mlp_view *m);  /* parameters in all */
-int64_t lps_mlp_hidden(const lps_mlp_view *m); /* units of all hidden layers */
+/* Shapes chain (each layer takes the units of the one before; the first
+ * linear layer after convolutions takes whole blocks of columns per channel)
+ * and every value is finite; messages start with op. */
+lps_status lps_net_check(const char *op, const lps_net_view *m);
+int64_t lps_net_numel(const lps_net_view *m); /* parameters in all */
+int64_t lps_net_units(const lps_net_view *m); /* units (channels) of all hidden layers */
+/* Same architecture: layer kinds and geometry, every tensor's shape. */
+int lps_net_same_arch(const lps_net_view *a, const lps_net_view *b);
+/* sizes[l] (l = 0..L-2) = values of hidden layer l+1's activations per input
+ * row of d values (conv: channels x height x width after ReLU and pooling). */
+lps_status lps_net_hidden_sizes(int64_t *sizes, const lps_net_view *m, int64_t d);
 
 /* out (N x h_L) = the model applied to the rows of x (N x d). */
-lps_status lps_mlp_apply(lps_tensor *out, const lps_mlp_view *m, const lps_tensor *x);
-/* acts[l] (N x h_{l+1}), l = 0..L-2: post-ReLU activations of hidden layer l+1. */
-lps_status lps_mlp_hidden_acts(lps_tensor *const *acts, const lps_mlp_view *m,
+lps_status lps_net_apply(lps_tensor *out, const lps_net_view *m, const lps_tensor *x);
+/* acts[l] (N x sizes[l]), l = 0..L-2: post-ReLU activations of hidden layer
+ * l+1 (conv: post-ReLU, post-pooling maps flattened channel-major). */
+lps_status lps_net_hidden_acts(lps_tensor *const *acts, const lps_net_view *m,
                                const lps_tensor *x);
-/* A permutation of hidden units is one array of lps_mlp_hidden(m) 0-based
+/* A permutation of hidden units is one array of lps_net_units(m) 0-based
  * entries, layer after layer: unit i of hidden layer l of the result is unit
- * perm[off_l + i] of m. out receives 2*nlayers new tensors (caller frees);
- * the result computes the same function. */
-lps_status lps_mlp_permute(lps_tensor **out, const lps_mlp_view *m, const int64_t *perm);
+ * perm[off_l + i] of m (conv: channel i; the next layer's input channels, or
+ * the next linear layer's block of columns of that channel, follow). out
+ * receives 2*nlayers new tensors (caller frees); the result computes the
+ * same function. */
+lps_status lps_net_permute(lps_tensor **out, const lps_net_view *m, const int64_t *perm);
 /* The canonical order of the `sorted` baseline: per hidden layer, units by
  * decreasing norm of (incoming weights, bias); equal norms keep index order. */
-lps_status lps_mlp_sort_perm(int64_t *perm, const lps_mlp_view *m);
+lps_status lps_net_sort_perm(int64_t *perm, const lps_net_view *m);
 
-/* Fixed-length feature vectors of one model (baselines raw/sorted/stats/gram). */
+/* Fixed-length feature vectors of one model (baselines raw/sorted/stats/gram).
+ * raw: the flattened parameters W1, b1, ... (row-major); sorted: the same
+ * after lps_net_sort_perm; stats: 7 statistics (mean, population variance,
+ * quantiles 0, .25, .5, .75, 1) of each tensor of three slots, 42 for any
+ * architecture: the first layer (W, b), the last hidden layer (W, b) and the
+ * head (W, b); with one hidden layer the first two slots hold the same layer.
+ * gram: MLP: the Gram matrix of the unit-normalized rows of W1 over the
+ * (pooled) input pixels; CNN: over the taps of the first conv layer's
+ * kernels, each output channel's cin x k x k kernel centred in cin x 5 x 5
+ * zeros (odd k <= 5) and normalized to unit norm: (25 cin)^2. Either as the
+ * upper triangle with the diagonal, off-diagonal entries times sqrt 2. */
 typedef enum { LPS_FEAT_RAW, LPS_FEAT_SORTED, LPS_FEAT_STATS, LPS_FEAT_GRAM } lps_feat_method;
 typedef struct lps_feat_opts {
-    /* gram: average-pool the input image (d = s*s pixels) by pool x pool
-     * before the Gram; 0 or 1 = no pooling. s must be divisible by pool. */
+    /* gram of an MLP: average-pool the input image (d = s*s pixels) by
+     * pool x pool before the Gram; 0 or 1 = no pooling. s must be divisible
+     * by pool. (CNNs ignore it.) */
     int gram_pool;
 } lps_feat_opts;
-lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_mlp_view *m,
+lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_net_view *m,
                              const lps_feat_opts *o);
-lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps_mlp_view *m,
+lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps_net_view *m,
                         const lps_feat_opts *o);
 /* Standardize the columns of x (n x f) in place: (x - mean) / sd. With fit,
  * mean and sd (f entries each) are first computed from x (population sd;
@@ -628,18 +660,21 @@ lps_status lps_linear_assignment(int64_t *assign, double *total, const double *c
  * sweep improves nothing. Starts from a layer-by-layer match on incoming
  * weights and biases (input side first), and also descends from the identity
  * when that scores higher, so the result is never below no alignment.
- * perm (lps_mlp_hidden entries) aligns b to a via lps_mlp_permute. sim
- * (optional) = cosine of a's and aligned b's flattened parameters; iters
- * (optional) = sweeps. */
+ * CNNs: the units of a conv layer are its output channels, whose
+ * permutation also acts on the next layer's input channels or the next
+ * linear layer's column blocks. perm (lps_net_units entries) aligns b to a
+ * via lps_net_permute. sim (optional) = cosine of a's and aligned b's
+ * flattened parameters; iters (optional) = sweeps. */
 typedef struct lps_match_opts {
     int max_iter; /* sweeps; <= 0 means 100 */
     lps_rng *rng; /* visit layers in a random order each sweep; NULL: in order */
 } lps_match_opts;
-lps_status lps_weight_matching(int64_t *perm, double *sim, int *iters, const lps_mlp_view *a,
-                               const lps_mlp_view *b, const lps_match_opts *o);
-/* out (na x nb) = weight-matching similarity of every pair. */
-lps_status lps_matching_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
-                               const lps_mlp_view *b, int64_t nb, const lps_match_opts *o);
+lps_status lps_weight_matching(int64_t *perm, double *sim, int *iters, const lps_net_view *a,
+                               const lps_net_view *b, const lps_match_opts *o);
+/* out (na x nb) = weight-matching similarity of every pair; NaN for a pair
+ * of different architectures (no permutation relates them). */
+lps_status lps_matching_matrix(lps_tensor *out, const lps_net_view *a, int64_t na,
+                               const lps_net_view *b, int64_t nb, const lps_match_opts *o);
 
 /* Linear CKA (Kornblith et al. 2019) of x (N x p) and y (N x q): columns
  * centred, ||y'x||_F^2 / (||x'x||_F ||y'y||_F); 0 if either is constant. */
@@ -651,13 +686,15 @@ lps_status lps_linear_cka(double *cka, const lps_tensor *x, const lps_tensor *y)
  * layers covering it: sum over (l, m) of overlap(l, m) * CKA(xa_l, xb_m).
  * Same depth: the mean over layers of CKA(xa_l, xb_l). 2 vs 3 layers: weights
  * 1/3 (1,1), 1/6 (1,2), 1/6 (2,2), 1/3 (2,3). Activations of any layer kind
- * (e.g. flattened conv maps) fit. */
+ * (e.g. flattened conv maps) fit; layers wider than N are compared through
+ * their N x N Gram matrices (the same value, less work). */
 lps_status lps_cka_layers(double *cka, const lps_tensor *const *xa, int la,
                           const lps_tensor *const *xb, int lb);
-/* out (na x nb) = lps_cka_layers of every pair's post-ReLU hidden
- * activations on probe (N x d); the models may differ in depth and widths. */
-lps_status lps_cka_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
-                          const lps_mlp_view *b, int64_t nb, const lps_tensor *probe);
+/* out (na x nb) = lps_cka_layers of every pair's hidden activations
+ * (lps_net_hidden_acts) on probe (N x d); the models may differ in depth,
+ * widths and family (an MLP against a CNN). */
+lps_status lps_cka_matrix(lps_tensor *out, const lps_net_view *a, int64_t na,
+                          const lps_net_view *b, int64_t nb, const lps_tensor *probe);
 
 /* Retrieval from sim (nq x ng, larger = more similar) with integer labels.
  * Each query ranks the gallery by decreasing similarity, equal similarities

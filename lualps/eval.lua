@@ -1,37 +1,69 @@
 --- lualps.eval: the baselines LPS is compared with, and the evaluation metrics.
 --
--- A model is an MLP as a Lua array of tensors in PyTorch layout,
--- {W1 (h1 x d), b1 (h1), W2 (h2 x h1), b2, ..., WL, bL}, any depth >= 2.
--- Every baseline gives, through `similarity_matrix`, a queries x gallery
--- matrix (larger = more similar), so the evaluation treats them alike:
+-- A model is a Lua array of tensors in PyTorch layout, {W1, b1, W2, b2, ...,
+-- WL, bL}, L >= 2 weight layers, ReLU between them. Without a `.spec` field
+-- it is an MLP (W_l is h_l x h_{l-1}). A CNN also carries `.spec`, its lps.nn
+-- sequential spec (and may carry `.family`, "mlp" or "cnn", checked against
+-- the spec): conv2d layers (W cout x cin x k x k) each followed by ReLU and
+-- optionally max-pooling, one flatten (channel-major, as PyTorch), then
+-- linear layers with ReLU between; the last layer (the head) is linear.
+-- A CNN's inputs are rows of cin*s*s values (square images: N x 784 for
+-- Fashion-MNIST is N x 1 x 28 x 28). The hidden layers are 1..L-1; a conv
+-- layer's units are its output channels.
 --
---   raw       cosine of the flattened parameters (W1, b1, W2, b2, ... row-major)
+-- Every baseline gives, through `similarity_matrix`, a queries x gallery
+-- matrix (larger = more similar), so the evaluation treats them alike. NaN
+-- marks a pair the baseline cannot compare (callers exclude such pairs):
+--
+--   raw       cosine of the flattened parameters (W1, b1, W2, b2, ... row-major).
+--             Same architecture only (layer shapes, strides, padding and
+--             pooling): NaN between different architectures
 --   sorted    units of each hidden layer sorted by decreasing norm of (incoming
---             weights, bias), next layer's columns following; then as raw
---   stats     per tensor (W1, b1, W2, ...): mean, variance (population),
---             quantiles 0, .25, .5, .75, 1 (linear interpolation); 14 per layer.
---             Cosine after standardizing each feature (fit on the union of the
---             two sets, or opts.mean / opts.sd, e.g. from training models)
---   gram      Gram matrix W1n' W1n of the row-normalized first layer, the
---             input pixels average-pooled pool x pool first (opts.pool,
---             default 2: 28x28 -> 14x14 -> 196 x 196). Features are the upper
---             triangle with the diagonal, off-diagonal entries times sqrt 2,
---             so their dot product is the Frobenius product of the Grams
---             (pool 2: 19,306 features; pool 1: 307,720; pool 4: 1,225)
+--             weights, bias), next layer's columns following; then as raw.
+--             CNNs: channels by the norm of (kernel, bias); the next conv's
+--             input channels or the next linear layer's block of h*w columns
+--             of the channel follow. Same architecture only (NaN otherwise)
+--   stats     any architecture (Unterthiner et al. 2020): per tensor, mean,
+--             variance (population), quantiles 0, .25, .5, .75, 1 (linear
+--             interpolation), of three slots: the first layer (W, b), the
+--             last hidden layer (W, b), the head (W, b); 42 features for
+--             every model. One hidden layer fills both first slots with it;
+--             two hidden layers give exactly W1, b1, W2, b2, W3, b3 (as
+--             before the slots: ModelSet500's features are unchanged); deeper
+--             models skip their middle layers. Cosine after standardizing
+--             each feature (fit on the union of the two sets, or opts.mean /
+--             opts.sd, e.g. from training models)
+--   gram      first layer. MLP: Gram matrix W1n' W1n of the row-normalized
+--             first layer, the input pixels average-pooled pool x pool first
+--             (opts.pool, default 2: 28x28 -> 14x14 -> 196 x 196). CNN: each
+--             output channel's kernel (cin x k x k, odd k <= 5) centred in
+--             cin x 5 x 5 zeros and scaled to unit norm, rows of K (cout x
+--             25 cin); G = K' K (25 cin x 25 cin; 325 features for cin 1),
+--             invariant to the order of the channels; opts.pool is ignored.
+--             Features are the upper triangle with the diagonal, off-diagonal
+--             entries times sqrt 2, so their dot product is the Frobenius
+--             product of the Grams (MLP pool 2: 19,306 features; pool 1:
+--             307,720; pool 4: 1,225). MLP and CNN Grams live in different
+--             spaces: NaN between the families
 --   matching  Git Re-Basin weight matching of each gallery model to the query
 --             model (alternating linear assignment over hidden layers, own
 --             solver; started from a layer-by-layer match on incoming weights,
 --             and from the identity too when that scores higher), then cosine
---             of the aligned parameters (no data)
---   cka       linear CKA of the post-ReLU hidden activations on opts.probe
---             (N x d), averaged over relative depth (needs data). Hidden
---             layer l of a model with L of them covers ((l-1)/L, l/L] of the
---             depth; two models' CKA is the mean over depth of the CKA of the
---             layers covering it: sum over (l, m) of overlap * CKA(l, m). Same
---             depth: the mean over layers of CKA(layer l, layer l); 2 vs 3
---             hidden layers: 1/3 (1,1) + 1/6 (1,2) + 1/6 (2,2) + 1/3 (2,3).
---             cka_features gives the same values as dot products: one slot
---             per piece of the depth cut at every k/L of the depths present
+--             of the aligned parameters (no data). CNNs: over conv channels,
+--             a layer's permutation acting on the next conv's input channels
+--             or the next linear layer's column blocks. Same architecture
+--             only (NaN otherwise)
+--   cka       linear CKA of the hidden activations on opts.probe (N x d):
+--             post-ReLU, and for conv layers post-pooling maps flattened per
+--             image (any architecture, an MLP against a CNN too; needs
+--             data). Hidden layer l of a model with L of them covers
+--             ((l-1)/L, l/L] of the depth; two models' CKA is the mean over
+--             depth of the CKA of the layers covering it: sum over (l, m) of
+--             overlap * CKA(l, m). Same depth: the mean over layers of
+--             CKA(layer l, layer l); 2 vs 3 hidden layers: 1/3 (1,1) + 1/6
+--             (1,2) + 1/6 (2,2) + 1/3 (2,3). cka_features gives the same
+--             values as dot products: one slot per piece of the depth cut at
+--             every k/L of the depths present
 --
 -- Indices and cluster ids are 1-based; labels are any integers.
 local core = require("lualps.core")._eval
@@ -41,13 +73,15 @@ local M = {}
 M.methods = {"raw", "sorted", "stats", "gram", "matching", "cka"}
 local feature_methods = {raw = true, sorted = true, stats = true, gram = true}
 
---- Fixed-length feature vector (1-D tensor) of one model; method is one of
--- raw, sorted, stats, gram. opts.pool applies to gram.
+--- Fixed-length feature vector (1-D tensor) of one model (MLP or CNN);
+-- method is one of raw, sorted, stats, gram. opts.pool applies to an MLP's gram.
 function M.features(method, model, opts)
   return core.features(method, model, opts)
 end
 
---- Features of many models as an (n x f) tensor.
+--- Features of many models as an (n x f) tensor. raw and sorted need one
+-- architecture, gram one family (an error otherwise; similarity_matrix
+-- compares mixed sets); stats takes any models.
 function M.feature_matrix(method, models, opts)
   return core.feature_matrix(method, models, opts)
 end
@@ -55,8 +89,8 @@ end
 M.standardize = core.standardize     -- (x [, mean, sd]) -> x, mean, sd
 M.cosine_matrix = core.cosine_matrix -- (A (na x f), B (nb x f)) -> na x nb
 M.forward = core.forward             -- (model, x (N x d)) -> N x out
-M.hidden = core.hidden               -- (model, x) -> {post-ReLU acts per hidden layer}
-M.permute = core.permute             -- (model, perms) -> new model, same function
+M.hidden = core.hidden               -- (model, x) -> {post-ReLU (conv: and pooled, flattened) acts per hidden layer}
+M.permute = core.permute             -- (model, perms) -> new model, same function (perms: units / conv channels)
 M.sort_perm = core.sort_perm         -- (model) -> perms of the `sorted` order
 M.linear_cka = core.linear_cka       -- (X (N x p), Y (N x q)) -> number
 
@@ -65,7 +99,8 @@ M.linear_cka = core.linear_cka       -- (X (N x p), Y (N x q)) -> number
 -- layer kind, e.g. flattened conv maps), paired by relative depth: layer l
 -- of L covers ((l-1)/L, l/L] of the depth, and the result is the mean over
 -- depth of linear_cka of the two covering layers. Same depth: the mean over
--- l of linear_cka(acts_a[l], acts_b[l]).
+-- l of linear_cka(acts_a[l], acts_b[l]). Layers wider than N go through
+-- their N x N Gram matrices (the same value, less work).
 function M.cka_layers(acts_a, acts_b) return core.cka_layers(acts_a, acts_b) end
 M.symeig = core.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
@@ -74,35 +109,76 @@ M.symeig = core.symeig               -- (A) -> eigenvalues (increasing), vectors
 -- maximize is true.
 function M.assign(cost, maximize) return core.assign(cost, maximize) end
 
---- Git Re-Basin weight matching of model b to model a: perms (one array per
--- hidden layer; M.permute(b, perms) is b aligned to a), the cosine of a and
--- aligned b, and the sweeps used. opts.max_iter (100), opts.generator (visit
--- layers in random order; default in order).
+--- Git Re-Basin weight matching of model b to model a (one architecture;
+-- CNNs over conv channels): perms (one array per hidden layer;
+-- M.permute(b, perms) is b aligned to a), the cosine of a and aligned b,
+-- and the sweeps used. opts.max_iter (100), opts.generator (visit layers in
+-- random order; default in order).
 function M.weight_matching(a, b, opts) return core.weight_matching(a, b, opts) end
+
+-- Group indices by key: key -> list of indices, and the keys in first-seen order.
+local function groups(keys)
+  local g, order = {}, {}
+  for i, k in ipairs(keys) do
+    if not g[k] then g[k] = {}; order[#order + 1] = k end
+    table.insert(g[k], i)
+  end
+  return g, order
+end
+
+-- Cosine of raw, sorted or gram features where comparable (equal keys:
+-- same architecture, or same gram space), NaN elsewhere.
+local function feature_cosine(method, models_a, models_b, opts)
+  local ka = core.feature_keys(method, models_a, opts)
+  local kb = core.feature_keys(method, models_b, opts)
+  local one = true
+  for _, k in ipairs(ka) do one = one and k == ka[1] end
+  for _, k in ipairs(kb) do one = one and k == ka[1] end
+  if one then
+    return core.cosine_matrix(core.feature_matrix(method, models_a, opts),
+      core.feature_matrix(method, models_b, opts))
+  end
+  local out = require("lualps").full(#models_a, #models_b, math.abs(0 / 0)) -- a NaN without sign
+  local ga, order = groups(ka)
+  local gb = groups(kb)
+  for _, k in ipairs(order) do
+    if gb[k] then
+      local sa, sb = {}, {}
+      for c, i in ipairs(ga[k]) do sa[c] = models_a[i] end
+      for c, j in ipairs(gb[k]) do sb[c] = models_b[j] end
+      core.place(out, core.cosine_matrix(core.feature_matrix(method, sa, opts),
+        core.feature_matrix(method, sb, opts)), ga[k], gb[k])
+    end
+  end
+  return out
+end
 
 --- Similarity of two sets of models (queries x gallery tensor) by a baseline.
 -- opts: pool (gram), mean/sd (stats), max_iter/generator (matching),
--- probe (cka, required; models of any depths, paired as in cka_layers).
+-- probe (cka, required; models of any depths and families, paired as in
+-- cka_layers). Sets may mix architectures and families (MLPs and CNNs):
+-- raw, sorted and matching give NaN between different architectures, gram
+-- between an MLP and a CNN (see the header); stats and cka compare all.
 function M.similarity_matrix(method, models_a, models_b, opts)
   opts = opts or {}
-  if feature_methods[method] then
+  if method == "stats" then
     local fa = core.feature_matrix(method, models_a, opts)
     local fb = core.feature_matrix(method, models_b, opts)
-    if method == "stats" then
-      local mean, sd = opts.mean, opts.sd
-      if not mean then
-        -- standardize on both sets together: stack rows of fa and fb
-        local na, nb, f = fa:size(1), fb:size(1), fa:size(2)
-        local all = require("lualps").zeros(na + nb, f)
-        all:rows(1, na):copy(fa)
-        all:rows(na + 1, na + nb):copy(fb)
-        local _
-        _, mean, sd = core.standardize(all)
-      end
-      core.standardize(fa, mean, sd)
-      core.standardize(fb, mean, sd)
+    local mean, sd = opts.mean, opts.sd
+    if not mean then
+      -- standardize on both sets together: stack rows of fa and fb
+      local na, nb, f = fa:size(1), fb:size(1), fa:size(2)
+      local all = require("lualps").zeros(na + nb, f)
+      all:rows(1, na):copy(fa)
+      all:rows(na + 1, na + nb):copy(fb)
+      local _
+      _, mean, sd = core.standardize(all)
     end
+    core.standardize(fa, mean, sd)
+    core.standardize(fb, mean, sd)
     return core.cosine_matrix(fa, fb)
+  elseif feature_methods[method] then
+    return feature_cosine(method, models_a, models_b, opts)
   elseif method == "matching" then
     return core.matching_matrix(models_a, models_b, opts)
   elseif method == "cka" then
@@ -132,6 +208,44 @@ local function depth_slots(depths)
     end
   end
   return slots
+end
+
+-- The slots of the depths present, or of opts.depths (which must hold them).
+local function layout_slots(depths, opts, op, level)
+  if opts.depths then
+    for _, L in ipairs(depths) do
+      local ok = false
+      for _, D in ipairs(opts.depths) do ok = ok or D == L end
+      if not ok then
+        error(("%s: a model has %d layers, not among opts.depths"):format(op, L), level)
+      end
+    end
+    depths = opts.depths
+  end
+  return depth_slots(depths)
+end
+
+-- Row i of F: in each slot the covering layer's centred Gram matrix
+-- K = Xc Xc^T, normalized to unit Frobenius norm, times sqrt(slot length).
+local function fill_cka_row(F, i, list, slots, op, level)
+  local lps = require "lualps"
+  local L = #list
+  local n = list[1]:size(1)
+  local n2 = n * n
+  local K, nrm, cur = nil, nil, 0
+  for s, slot in ipairs(slots) do
+    local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
+    if l ~= cur then
+      local Xc = list[l] - list[l]:mean(1)
+      K = lps.matmul(Xc, Xc, false, true)
+      nrm, cur = K:norm(), l
+      if nrm ~= nrm or nrm == math.huge then
+        error(("%s: model %d layer %d has non-finite activations"):format(op, i, l), level)
+      end
+    end
+    F[i]:rows((s - 1) * n2 + 1, s * n2):copy(K:reshape(n2))
+      :mul_(nrm > 0 and 1 / (nrm * math.sqrt(slot.inv)) or 0)
+  end
 end
 
 --- Features whose dot products are the linear CKA of models given by their
@@ -167,42 +281,16 @@ function M.cka_layer_features(acts, opts)
     end
     if not seen[#list] then seen[#list] = true; depths[#depths + 1] = #list end
   end
-  if opts.depths then
-    for _, L in ipairs(depths) do
-      local ok = false
-      for _, D in ipairs(opts.depths) do ok = ok or D == L end
-      if not ok then
-        error(("cka_layer_features: a model has %d layers, not among opts.depths"):format(L), 2)
-      end
-    end
-    depths = opts.depths
-  end
-  local slots = depth_slots(depths)
-  local n2 = np * np
-  local F = lps.zeros(#acts, #slots * n2)
-  for i, list in ipairs(acts) do
-    local L = #list
-    local K, nrm, cur = nil, nil, 0
-    for s, slot in ipairs(slots) do
-      local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
-      if l ~= cur then
-        local Xc = list[l] - list[l]:mean(1)
-        K = lps.matmul(Xc, Xc, false, true)
-        nrm, cur = K:norm(), l
-        if nrm ~= nrm or nrm == math.huge then
-          error(("cka_layer_features: model %d layer %d has non-finite activations"):format(i, l), 2)
-        end
-      end
-      F[i]:rows((s - 1) * n2 + 1, s * n2):copy(K:reshape(n2))
-        :mul_(nrm > 0 and 1 / (nrm * math.sqrt(slot.inv)) or 0)
-    end
-  end
+  local slots = layout_slots(depths, opts, "cka_layer_features", 3)
+  local F = lps.zeros(#acts, #slots * np * np)
+  for i, list in ipairs(acts) do fill_cka_row(F, i, list, slots, "cka_layer_features", 3) end
   return F
 end
 
 --- Features whose dot product is the linear CKA of two models (cka_layers
 -- pairing of their hidden layers by relative depth), on the probe inputs
--- (N x d): cka_layer_features of their post-ReLU hidden activations. For
+-- (N x d): cka_layer_features of their hidden activations (M.hidden; MLPs
+-- and CNNs alike, so an MLP and a CNN compare), one model at a time. For
 -- many pairs this is far cheaper than similarity_matrix("cka"), which runs
 -- the probe through both models of every pair. opts.depths as there.
 function M.cka_features(models, probe, opts)
@@ -213,9 +301,23 @@ function M.cka_features(models, probe, opts)
   if not lps.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
     error("cka_features: the probe must be an N x d tensor with N >= 2", 2)
   end
-  local acts = {}
-  for i, model in ipairs(models) do acts[i] = core.hidden(model, probe) end
-  return M.cka_layer_features(acts, opts)
+  opts = opts or {}
+  local seen, depths = {}, {}
+  for i, model in ipairs(models) do
+    if type(model) ~= "table" or #model < 4 or #model % 2 ~= 0 then
+      error(("cka_features: model %d must be an array of tensors {W1, b1, W2, b2, ...}"):format(i), 2)
+    end
+    local L = #model // 2 - 1
+    if not seen[L] then seen[L] = true; depths[#depths + 1] = L end
+  end
+  local slots = layout_slots(depths, opts, "cka_features", 3)
+  local n = probe:size(1)
+  local F = lps.zeros(#models, #slots * n * n)
+  -- activations of one model at a time: a CNN's maps are large
+  for i, model in ipairs(models) do
+    fill_cka_row(F, i, core.hidden(model, probe), slots, "cka_features", 3)
+  end
+  return F
 end
 
 --- Similarity of two models (a number).

@@ -205,15 +205,40 @@ function TestFeatures:test_stats_by_hand()
   -- b1 = {1, 3}: 2, 1, 1, 1.5, 2, 2.5, 3; W2 = {-1, 1}: 0, 1, -1, -.5, 0, .5, 1
   -- b2 = {5}: 5, 0, 5, 5, 5, 5, 5
   local m = {lps.tensor{{1, 2}, {3, 4}}, lps.tensor{1, 3}, lps.tensor{{-1, 1}}, lps.tensor{5}}
+  -- slots: first layer, last hidden layer (here the same), head
   local f = E.features("stats", m):totable()
   local want = {2.5, 1.25, 1, 1.75, 2.5, 3.25, 4, 2, 1, 1, 1.5, 2, 2.5, 3,
+                2.5, 1.25, 1, 1.75, 2.5, 3.25, 4, 2, 1, 1, 1.5, 2, 2.5, 3,
                 0, 1, -1, -0.5, 0, 0.5, 1, 5, 0, 5, 5, 5, 5, 5}
-  lu.assertEquals(#f, 28)
+  lu.assertEquals(#f, 42)
   for i = 1, #want do lu.assertAlmostEquals(f[i], want[i], 1e-6, "stat " .. i) end
   -- invariant to unit permutations
   local g = lps.generator(32)
   local a = mlp(g, {8, 5, 4, 3})
   lu.assertTrue(max_abs_diff(E.features("stats", a), E.features("stats", E.permute(a, planted(g, a)))) < 1e-6)
+end
+
+function TestFeatures:test_stats_quantiles_equal_a_full_sort()
+  -- the order statistics are selected, not sorted: compare with a sort, on
+  -- sizes around the selection's cut-offs and with many ties
+  local g = lps.generator(35)
+  local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+  for _, n in ipairs{1, 2, 3, 5, 15, 16, 17, 40, 1001, 5000} do
+    for _, ties in ipairs{false, true} do
+      local rows = {}
+      for i = 1, n do rows[i] = {ties and g:random(-3, 3) or g:uniform() - 0.5} end
+      local w = lps.tensor(rows)
+      local f = E.features("stats", {w, lps.zeros(n), lps.zeros(1, n), lps.zeros(1)}):totable()
+      local v = w:reshape(n):totable()
+      table.sort(v)
+      for j, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
+        local pos = q * (n - 1)
+        local lo = math.floor(pos)
+        local want = lo >= n - 1 and v[n] or v[lo + 1] + (pos - lo) * (v[lo + 2] - v[lo + 1])
+        lu.assertEquals(f[2 + j], f32(want), ("n=%d ties=%s q=%g"):format(n, tostring(ties), q))
+      end
+    end
+  end
 end
 
 function TestFeatures:test_stats_standardized_cosine()
@@ -369,7 +394,7 @@ function TestCKA:test_models()
     "cka", {a}, {b}, {probe = lps.zeros(40, 9)})
   T.assert_error_contains("cka: the probe batch must be N x d with N >= 2, got (1x10)",
     E.similarity_matrix, "cka", {a}, {b}, {probe = lps.zeros(1, 10)})
-  T.assert_error_contains("cka: b2 (5) does not match W2 (6x8)", E.similarity_matrix, "cka", {a},
+  T.assert_error_contains("cka: model 1 of the second set: b2 (5) does not match W2 (6x8)", E.similarity_matrix, "cka", {a},
     {{a[1], a[2], a[3], lps.zeros(5), a[5], a[6]}}, {probe = probe})
   T.assert_error_contains("cka: needs N x p and N x q", E.linear_cka, lps.zeros(3, 1), lps.zeros(4, 1))
   T.assert_error_contains("cka: non-finite value in the first matrix at row 2", E.linear_cka,

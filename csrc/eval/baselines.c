@@ -1,274 +1,111 @@
-/* baselines.c - MLP views (check, forward, unit permutations) and the
- * feature baselines raw / sorted / stats / gram, with cosine matrices. */
-#include "core/internal.h"
+/* baselines.c - the feature baselines raw / sorted / stats / gram of MLPs
+ * and CNNs, standardization and cosine matrices. */
+#include "eval/eval_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define W(m, l) ((m)->p[2 * (l)])
-#define B(m, l) ((m)->p[2 * (l) + 1])
-
-lps_status lps_mlp_check(const char *op, const lps_mlp_view *m)
-{
-    if (m->nlayers < 2)
-        return lps_fail(LPS_EINVAL, "%s: a model needs at least 2 linear layers (W1, b1, W2, b2), got %d",
-                        op, m->nlayers);
-    for (int l = 0; l < m->nlayers; l++) {
-        const lps_tensor *w = W(m, l), *b = B(m, l);
-        if (!w || !b) return lps_fail(LPS_EINVAL, "%s: layer %d is missing a tensor", op, l + 1);
-        if (w->ndim != 2 || w->shape[0] < 1 || w->shape[1] < 1)
-            return lps_fail(LPS_ESHAPE, "%s: W%d must be a non-empty 2-D (out x in) tensor, got %s",
-                            op, l + 1, SH(w));
-        if (b->ndim != 1 || b->shape[0] != w->shape[0])
-            return lps_fail(LPS_ESHAPE, "%s: b%d %s does not match W%d %s", op, l + 1, SH(b), l + 1,
-                            SH(w));
-        if (l > 0 && w->shape[1] != W(m, l - 1)->shape[0])
-            return lps_fail(LPS_ESHAPE, "%s: W%d %s does not take the %lld outputs of W%d %s", op,
-                            l + 1, SH(w), (long long)W(m, l - 1)->shape[0], l, SH(W(m, l - 1)));
-        for (int k = 0; k < 2; k++) {
-            const lps_tensor *t = k ? b : w;
-            for (int64_t i = 0; i < t->numel; i++)
-                if (!isfinite(t->data[i]))
-                    return lps_fail(LPS_ENUMERIC, "%s: %s%d has a non-finite value at flat index %lld",
-                                    op, k ? "b" : "W", l + 1, (long long)i + 1);
-        }
-    }
-    return LPS_OK;
-}
-
-int64_t lps_mlp_numel(const lps_mlp_view *m)
-{
-    int64_t n = 0;
-    for (int i = 0; i < 2 * m->nlayers; i++) n += m->p[i]->numel;
-    return n;
-}
-
-int64_t lps_mlp_hidden(const lps_mlp_view *m)
-{
-    int64_t n = 0;
-    for (int l = 0; l + 1 < m->nlayers; l++) n += W(m, l)->shape[0];
-    return n;
-}
-
-/* out = x W^T + b, then ReLU if relu. */
-static lps_status linear(lps_tensor *out, const lps_tensor *x, const lps_mlp_view *m, int l, int relu)
-{
-    lps_status st = lps_matmul(out, x, 0, W(m, l), 1, 1.0f, 0.0f);
-    if (st) return st;
-    const float *b = B(m, l)->data;
-    int64_t h = out->shape[1];
-    for (int64_t r = 0; r < out->shape[0]; r++) {
-        float *o = out->data + r * h;
-        for (int64_t j = 0; j < h; j++) {
-            float v = o[j] + b[j];
-            o[j] = relu && !(v > 0.0f) ? 0.0f : v;
-        }
-    }
-    return LPS_OK;
-}
-
-static lps_status check_input(const char *op, const lps_mlp_view *m, const lps_tensor *x)
-{
-    lps_status st = lps_mlp_check(op, m);
-    if (st) return st;
-    if (x->ndim != 2 || x->shape[1] != W(m, 0)->shape[1])
-        return lps_fail(LPS_ESHAPE, "%s: input %s should be N x %lld for W1 %s", op, SH(x),
-                        (long long)W(m, 0)->shape[1], SH(W(m, 0)));
-    for (int64_t i = 0; i < x->numel; i++)
-        if (!isfinite(x->data[i]))
-            return lps_fail(LPS_ENUMERIC, "%s: input has a non-finite value at flat index %lld", op,
-                            (long long)i + 1);
-    return LPS_OK;
-}
-
-lps_status lps_mlp_hidden_acts(lps_tensor *const *acts, const lps_mlp_view *m, const lps_tensor *x)
-{
-    lps_status st = check_input("hidden_acts", m, x);
-    if (st) return st;
-    for (int l = 0; l + 1 < m->nlayers; l++)
-        if (acts[l]->ndim != 2 || acts[l]->shape[0] != x->shape[0] ||
-            acts[l]->shape[1] != W(m, l)->shape[0])
-            return lps_fail(LPS_ESHAPE, "hidden_acts: output %d %s should be (%lldx%lld)", l + 1,
-                            SH(acts[l]), (long long)x->shape[0], (long long)W(m, l)->shape[0]);
-    for (int l = 0; l + 1 < m->nlayers; l++)
-        if ((st = linear(acts[l], l ? acts[l - 1] : x, m, l, 1))) return st;
-    return LPS_OK;
-}
-
-lps_status lps_mlp_apply(lps_tensor *out, const lps_mlp_view *m, const lps_tensor *x)
-{
-    lps_status st = check_input("forward", m, x);
-    if (st) return st;
-    int L = m->nlayers;
-    if (out->ndim != 2 || out->shape[0] != x->shape[0] || out->shape[1] != W(m, L - 1)->shape[0])
-        return lps_fail(LPS_ESHAPE, "forward: output %s should be (%lldx%lld)", SH(out),
-                        (long long)x->shape[0], (long long)W(m, L - 1)->shape[0]);
-    lps_tensor *acts[2] = {NULL, NULL}; /* ping-pong between two buffers */
-    const lps_tensor *in = x;
-    for (int l = 0; l + 1 < L && st == LPS_OK; l++) {
-        lps_tensor *a = lps_tensor_new2(x->shape[0], W(m, l)->shape[0]);
-        if (!a) {
-            st = LPS_ENOMEM;
-            break;
-        }
-        lps_tensor_free(acts[l % 2]);
-        acts[l % 2] = a;
-        st = linear(a, in, m, l, 1);
-        in = a;
-    }
-    if (st == LPS_OK) st = linear(out, in, m, L - 1, 0);
-    lps_tensor_free(acts[0]);
-    lps_tensor_free(acts[1]);
-    return st;
-}
-
-/* perm[off + i] for hidden layer l, identity for the input and the output. */
-static int64_t unit(const int64_t *perm, const int64_t *off, int L, int layer, int64_t i)
-{
-    return (perm && layer >= 0 && layer < L - 1) ? perm[off[layer] + i] : i;
-}
-
-static lps_status check_perm(const char *op, const lps_mlp_view *m, const int64_t *perm, int64_t *off)
-{
-    int64_t o = 0, maxh = 1;
-    for (int l = 0; l + 1 < m->nlayers; l++) {
-        off[l] = o;
-        int64_t h = W(m, l)->shape[0];
-        if (h > maxh) maxh = h;
-        o += h;
-    }
-    if (!perm) return LPS_OK;
-    char *seen = calloc((size_t)maxh, 1);
-    if (!seen) return lps_fail(LPS_ENOMEM, "%s: out of memory", op);
-    lps_status st = LPS_OK;
-    for (int l = 0; l + 1 < m->nlayers && !st; l++) {
-        int64_t h = W(m, l)->shape[0];
-        memset(seen, 0, (size_t)maxh);
-        for (int64_t i = 0; i < h; i++) {
-            int64_t v = perm[off[l] + i];
-            if (v < 0 || v >= h || seen[v]) {
-                st = lps_fail(LPS_EINVAL, "%s: hidden layer %d: entry %lld (%lld) is not a permutation of 1..%lld",
-                              op, l + 1, (long long)i + 1, (long long)v + 1, (long long)h);
-                break;
-            }
-            seen[v] = 1;
-        }
-    }
-    free(seen);
-    return st;
-}
-
-/* Write layer l of m, permuted, into w (rows x cols) and b. */
-static void permuted_layer(float *w, float *b, const lps_mlp_view *m, int l, const int64_t *perm,
-                           const int64_t *off)
-{
-    const lps_tensor *W0 = W(m, l);
-    int64_t rows = W0->shape[0], cols = W0->shape[1];
-    for (int64_t i = 0; i < rows; i++) {
-        int64_t r = unit(perm, off, m->nlayers, l, i);
-        const float *src = W0->data + r * cols;
-        float *dst = w + i * cols;
-        if (l == 0 || !perm)
-            memcpy(dst, src, (size_t)cols * sizeof(float));
-        else
-            for (int64_t k = 0; k < cols; k++) dst[k] = src[perm[off[l - 1] + k]];
-        b[i] = B(m, l)->data[r];
-    }
-}
-
-lps_status lps_mlp_permute(lps_tensor **out, const lps_mlp_view *m, const int64_t *perm)
-{
-    lps_status st = lps_mlp_check("permute", m);
-    if (st) return st;
-    int64_t *off = malloc((size_t)m->nlayers * sizeof *off);
-    if (!off) return lps_fail(LPS_ENOMEM, "permute: out of memory");
-    if ((st = check_perm("permute", m, perm, off))) goto done;
-    for (int i = 0; i < 2 * m->nlayers; i++) out[i] = NULL;
-    for (int l = 0; l < m->nlayers; l++) {
-        out[2 * l] = lps_tensor_clone(W(m, l));
-        out[2 * l + 1] = lps_tensor_clone(B(m, l));
-        if (!out[2 * l] || !out[2 * l + 1]) {
-            for (int i = 0; i <= 2 * l + 1; i++) {
-                lps_tensor_free(out[i]);
-                out[i] = NULL;
-            }
-            st = LPS_ENOMEM;
-            goto done;
-        }
-        permuted_layer(out[2 * l]->data, out[2 * l + 1]->data, m, l, perm, off);
-    }
-done:
-    free(off);
-    return st;
-}
-
-typedef struct { double key; int64_t idx; } keyed;
-
-static int by_key_desc(const void *pa, const void *pb)
-{
-    const keyed *a = pa, *b = pb;
-    if (a->key != b->key) return a->key > b->key ? -1 : 1;
-    return (a->idx > b->idx) - (a->idx < b->idx);
-}
-
-lps_status lps_mlp_sort_perm(int64_t *perm, const lps_mlp_view *m)
-{
-    lps_status st = lps_mlp_check("sorted", m);
-    if (st) return st;
-    int64_t off = 0;
-    for (int l = 0; l + 1 < m->nlayers; l++) {
-        const lps_tensor *w = W(m, l);
-        int64_t h = w->shape[0], cols = w->shape[1];
-        keyed *k = malloc((size_t)h * sizeof *k);
-        if (!k) return lps_fail(LPS_ENOMEM, "sorted: out of memory");
-        /* A row's norm does not depend on the order of its columns, so the
-         * previous layer's reordering need not be applied first. */
-        for (int64_t i = 0; i < h; i++) {
-            double s = (double)B(m, l)->data[i] * B(m, l)->data[i];
-            for (int64_t c = 0; c < cols; c++) s += (double)w->data[i * cols + c] * w->data[i * cols + c];
-            k[i].key = s;
-            k[i].idx = i;
-        }
-        qsort(k, (size_t)h, sizeof *k, by_key_desc);
-        for (int64_t i = 0; i < h; i++) perm[off + i] = k[i].idx;
-        free(k);
-        off += h;
-    }
-    return LPS_OK;
-}
-
 /* ------------------------------------------------------------ features */
 
-static int cmp_double(const void *pa, const void *pb)
+static int cmp_float(const void *pa, const void *pb)
 {
-    double a = *(const double *)pa, b = *(const double *)pb;
+    float a = *(const float *)pa, b = *(const float *)pb;
     return (a > b) - (a < b);
 }
 
-/* Linear interpolation between order statistics (NumPy's default). */
-static double quantile(const double *s, int64_t n, double q)
+/* Rearrange s[lo, hi) so that each rank in ranks (increasing, within
+ * [lo, hi)) holds the value a full sort puts there: multiple quickselect
+ * with branch-free partitions (< p, == p, > p), a full sort past a depth
+ * limit. The quantiles need a few order statistics, not a sorted copy of a
+ * large W1; the values (finite floats) are exactly those of a sort. */
+static void select_ranks(float *s, int64_t lo, int64_t hi, const int64_t *ranks, int nr, int depth)
+{
+    while (nr > 0 && hi - lo > 1) {
+        if (depth-- <= 0 || hi - lo < 16) {
+            qsort(s + lo, (size_t)(hi - lo), sizeof *s, cmp_float);
+            return;
+        }
+        float a = s[lo], b = s[lo + (hi - lo) / 2], c = s[hi - 1];
+        float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int64_t lt = lo, gt;
+        for (int64_t i = lo; i < hi; i++) {
+            float v = s[i];
+            s[i] = s[lt];
+            s[lt] = v;
+            lt += v < p;
+        }
+        gt = lt;
+        for (int64_t i = lt; i < hi; i++) {
+            float v = s[i];
+            s[i] = s[gt];
+            s[gt] = v;
+            gt += !(v > p);
+        }
+        int nl = 0, nm;
+        while (nl < nr && ranks[nl] < lt) nl++;
+        for (nm = nl; nm < nr && ranks[nm] < gt; nm++) {}
+        select_ranks(s, lo, lt, ranks, nl, depth);
+        ranks += nm;
+        nr -= nm;
+        lo = gt;
+    }
+}
+
+/* Linear interpolation between order statistics (NumPy's default); lo and
+ * lo + 1 of qpos must be in place. */
+static void qpos(double q, int64_t n, int64_t *lo, double *f)
 {
     double pos = q * (double)(n - 1);
-    int64_t lo = (int64_t)floor(pos);
+    *lo = (int64_t)floor(pos);
+    *f = pos - (double)*lo;
+}
+
+static double quantile(const float *s, int64_t n, double q)
+{
+    int64_t lo;
+    double f;
+    qpos(q, n, &lo, &f);
     if (lo >= n - 1) return s[n - 1];
-    double f = pos - (double)lo;
-    return s[lo] + f * (s[lo + 1] - s[lo]);
+    return (double)s[lo] + f * ((double)s[lo + 1] - (double)s[lo]);
+}
+
+static int cmp_i64(const void *pa, const void *pb)
+{
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    return (a > b) - (a < b);
 }
 
 #define NSTATS 7
 static lps_status tensor_stats(float *out, const lps_tensor *t)
 {
     int64_t n = t->numel;
-    double *s = malloc((size_t)n * sizeof *s);
+    const float *x = t->data;
+    float *s = malloc((size_t)n * sizeof *s);
     if (!s) return lps_fail(LPS_ENOMEM, "stats: out of memory");
     double mean = 0.0, var = 0.0;
-    for (int64_t i = 0; i < n; i++) mean += (s[i] = t->data[i]);
+    for (int64_t i = 0; i < n; i++) mean += (double)x[i];
     mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (s[i] - mean) * (s[i] - mean);
+    for (int64_t i = 0; i < n; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
     var /= (double)n;
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    memcpy(s, x, (size_t)n * sizeof *s);
     static const double qs[5] = {0.0, 0.25, 0.5, 0.75, 1.0};
+    int64_t ranks[10];
+    int nr = 0;
+    for (int j = 0; j < 5; j++) {
+        int64_t lo;
+        double f;
+        qpos(qs[j], n, &lo, &f);
+        ranks[nr++] = lo < n - 1 ? lo : n - 1;
+        if (lo + 1 < n) ranks[nr++] = lo + 1;
+    }
+    qsort(ranks, (size_t)nr, sizeof *ranks, cmp_i64);
+    int nu = 0;
+    for (int j = 0; j < nr; j++)
+        if (!nu || ranks[j] != ranks[nu - 1]) ranks[nu++] = ranks[j];
+    int depth = 8;
+    for (int64_t m = n; m > 1; m >>= 1) depth += 2;
+    select_ranks(s, 0, n, ranks, nu, depth);
     out[0] = (float)mean;
     out[1] = (float)var;
     for (int j = 0; j < 5; j++) out[2 + j] = (float)quantile(s, n, qs[j]);
@@ -277,7 +114,7 @@ static lps_status tensor_stats(float *out, const lps_tensor *t)
 }
 
 /* Pooled side and pooled input size for the gram features. */
-static lps_status gram_dims(const lps_mlp_view *m, const lps_feat_opts *o, int64_t *side, int64_t *dp)
+static lps_status gram_dims(const lps_net_view *m, const lps_feat_opts *o, int64_t *side, int64_t *dp)
 {
     int64_t d = W(m, 0)->shape[1];
     int pool = o && o->gram_pool > 1 ? o->gram_pool : 1;
@@ -295,7 +132,25 @@ static lps_status gram_dims(const lps_mlp_view *m, const lps_feat_opts *o, int64
     return LPS_OK;
 }
 
-static lps_status gram_features(float *out, const lps_mlp_view *m, const lps_feat_opts *o)
+/* out = upper triangle (with the diagonal) of wp^T wp (dp x dp), off-diagonal
+ * entries times sqrt 2, so that dot products are Frobenius products. */
+static lps_status gram_upper(float *out, const lps_tensor *wp, int64_t dp)
+{
+    lps_tensor *g = lps_tensor_new2(dp, dp);
+    if (!g) return LPS_ENOMEM;
+    lps_status st = lps_matmul(g, wp, 1, wp, 0, 1.0f, 0.0f);
+    if (st == LPS_OK) {
+        /* Upper triangle; off-diagonal entries count twice in <Ga, Gb>_F. */
+        const float r2 = 1.41421356237309515f;
+        int64_t k = 0;
+        for (int64_t i = 0; i < dp; i++)
+            for (int64_t j = i; j < dp; j++) out[k++] = g->data[i * dp + j] * (i == j ? 1.0f : r2);
+    }
+    lps_tensor_free(g);
+    return st;
+}
+
+static lps_status gram_features(float *out, const lps_net_view *m, const lps_feat_opts *o)
 {
     int64_t side, dp;
     lps_status st = gram_dims(m, o, &side, &dp);
@@ -303,12 +158,8 @@ static lps_status gram_features(float *out, const lps_mlp_view *m, const lps_fea
     const lps_tensor *w = W(m, 0);
     int64_t h = w->shape[0], d = w->shape[1];
     int pool = side ? o->gram_pool : 1;
-    lps_tensor *wp = lps_tensor_new2(h, dp), *g = lps_tensor_new2(dp, dp);
-    if (!wp || !g) {
-        lps_tensor_free(wp);
-        lps_tensor_free(g);
-        return LPS_ENOMEM;
-    }
+    lps_tensor *wp = lps_tensor_new2(h, dp);
+    if (!wp) return LPS_ENOMEM;
     /* Unit-norm rows remove each unit's scale; block-averaging the input
      * pixels of W1 block-averages its Gram matrix. */
     for (int64_t i = 0; i < h; i++) {
@@ -323,17 +174,61 @@ static lps_status gram_features(float *out, const lps_mlp_view *m, const lps_fea
             dst[pc] += (float)(r[c] * scale);
         }
     }
-    st = lps_matmul(g, wp, 1, wp, 0, 1.0f, 0.0f);
-    if (st == LPS_OK) {
-        /* Upper triangle; off-diagonal entries count twice in <Ga, Gb>_F. */
-        const float r2 = 1.41421356237309515f;
-        int64_t k = 0;
-        for (int64_t i = 0; i < dp; i++)
-            for (int64_t j = i; j < dp; j++) out[k++] = g->data[i * dp + j] * (i == j ? 1.0f : r2);
-    }
+    st = gram_upper(out, wp, dp);
     lps_tensor_free(wp);
-    lps_tensor_free(g);
     return st;
+}
+
+/* CNN kernels are compared on a common 5x5 grid of taps. */
+#define GRAM_TAPS 5
+
+static lps_status cnn_gram_dims(const lps_net_view *m, int64_t *dp)
+{
+    const lps_tensor *w = W(m, 0);
+    int64_t k = w->shape[2];
+    if (k > GRAM_TAPS || k % 2 == 0)
+        return lps_fail(LPS_EINVAL, "gram: the first conv2d's %lldx%lld kernels (W1 %s) do not centre in %dx%d; gram takes odd kernel sizes up to %d",
+                        (long long)k, (long long)k, SH(w), GRAM_TAPS, GRAM_TAPS, GRAM_TAPS);
+    *dp = w->shape[1] * GRAM_TAPS * GRAM_TAPS;
+    return LPS_OK;
+}
+
+/* Each output channel's kernel centred in zeros on the 5x5 grid and scaled
+ * to unit norm; the Gram over the channels forgets their order. */
+static lps_status cnn_gram_features(float *out, const lps_net_view *m)
+{
+    int64_t dp;
+    lps_status st = cnn_gram_dims(m, &dp);
+    if (st) return st;
+    const lps_tensor *w = W(m, 0);
+    int64_t h = w->shape[0], cin = w->shape[1], k = w->shape[2], kk = cin * k * k;
+    int64_t at = (GRAM_TAPS - k) / 2, t2 = GRAM_TAPS * GRAM_TAPS;
+    lps_tensor *wp = lps_tensor_new2(h, dp);
+    if (!wp) return LPS_ENOMEM;
+    for (int64_t i = 0; i < h; i++) {
+        const float *r = w->data + i * kk;
+        double nrm = 0.0;
+        for (int64_t c = 0; c < kk; c++) nrm += (double)r[c] * r[c];
+        double scale = nrm > 0.0 ? 1.0 / sqrt(nrm) : 0.0;
+        float *dst = wp->data + i * dp;
+        for (int64_t c = 0; c < cin; c++)
+            for (int64_t a = 0; a < k; a++)
+                for (int64_t b = 0; b < k; b++)
+                    dst[c * t2 + (a + at) * GRAM_TAPS + b + at] = (float)(r[(c * k + a) * k + b] * scale);
+    }
+    st = gram_upper(out, wp, dp);
+    lps_tensor_free(wp);
+    return st;
+}
+
+/* The stats slots (layer indices): the first layer, the last hidden layer,
+ * the head. One hidden layer fills the first two with the same layer. */
+#define NSLOTS 3
+static void stats_slots(int *slot, const lps_net_view *m)
+{
+    slot[0] = 0;
+    slot[1] = m->nlayers - 2;
+    slot[2] = m->nlayers - 1;
 }
 
 static const char *feat_name(lps_feat_method method)
@@ -342,18 +237,18 @@ static const char *feat_name(lps_feat_method method)
     return (unsigned)method < 4 ? names[method] : "features";
 }
 
-lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_mlp_view *m,
+lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_net_view *m,
                              const lps_feat_opts *o)
 {
-    lps_status st = lps_mlp_check(feat_name(method), m);
+    lps_status st = lps_net_check(feat_name(method), m);
     if (st) return st;
     switch (method) {
     case LPS_FEAT_RAW:
-    case LPS_FEAT_SORTED: *n = lps_mlp_numel(m); return LPS_OK;
-    case LPS_FEAT_STATS: *n = (int64_t)NSTATS * 2 * m->nlayers; return LPS_OK;
+    case LPS_FEAT_SORTED: *n = lps_net_numel(m); return LPS_OK;
+    case LPS_FEAT_STATS: *n = (int64_t)NSTATS * 2 * NSLOTS; return LPS_OK;
     case LPS_FEAT_GRAM: {
         int64_t side, dp;
-        if ((st = gram_dims(m, o, &side, &dp))) return st;
+        if ((st = net_is_cnn(m) ? cnn_gram_dims(m, &dp) : gram_dims(m, o, &side, &dp))) return st;
         *n = dp * (dp + 1) / 2;
         return LPS_OK;
     }
@@ -361,7 +256,7 @@ lps_status lps_features_size(int64_t *n, lps_feat_method method, const lps_mlp_v
     return lps_fail(LPS_EINVAL, "features: unknown method %d", (int)method);
 }
 
-lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps_mlp_view *m,
+lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps_net_view *m,
                         const lps_feat_opts *o)
 {
     int64_t need;
@@ -371,22 +266,24 @@ lps_status lps_features(float *out, int64_t n, lps_feat_method method, const lps
         return lps_fail(LPS_ESHAPE, "%s: output has %lld entries, the model gives %lld",
                         feat_name(method), (long long)n, (long long)need);
     if (method == LPS_FEAT_STATS) {
-        for (int i = 0; i < 2 * m->nlayers; i++)
-            if ((st = tensor_stats(out + NSTATS * i, m->p[i]))) return st;
+        int slot[NSLOTS];
+        stats_slots(slot, m);
+        for (int i = 0; i < 2 * NSLOTS; i++)
+            if ((st = tensor_stats(out + NSTATS * i, m->p[2 * slot[i / 2] + i % 2]))) return st;
         return LPS_OK;
     }
-    if (method == LPS_FEAT_GRAM) return gram_features(out, m, o);
+    if (method == LPS_FEAT_GRAM) return net_is_cnn(m) ? cnn_gram_features(out, m) : gram_features(out, m, o);
     int64_t *perm = NULL, *off = malloc((size_t)m->nlayers * sizeof *off);
     if (!off) return lps_fail(LPS_ENOMEM, "%s: out of memory", feat_name(method));
     if (method == LPS_FEAT_SORTED) {
-        perm = malloc((size_t)(lps_mlp_hidden(m)) * sizeof *perm);
+        perm = malloc((size_t)(lps_net_units(m)) * sizeof *perm);
         if (!perm) st = lps_fail(LPS_ENOMEM, "sorted: out of memory");
-        else st = lps_mlp_sort_perm(perm, m);
+        else st = lps_net_sort_perm(perm, m);
     }
-    if (st == LPS_OK) st = check_perm(feat_name(method), m, perm, off);
+    if (st == LPS_OK) st = lps_net_perm_offsets(feat_name(method), m, perm, off);
     for (int l = 0; l < m->nlayers && st == LPS_OK; l++) {
         int64_t nw = W(m, l)->numel;
-        permuted_layer(out, out + nw, m, l, perm, off);
+        lps_net_permuted_layer(out, out + nw, m, l, perm, off);
         out += nw + B(m, l)->numel;
     }
     free(perm);

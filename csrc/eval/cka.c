@@ -1,12 +1,18 @@
 /* cka.c - linear CKA (Kornblith et al. 2019) of hidden activations on a
- * probe batch: the `cka` baseline, which needs data where the others do not. */
-#include "core/internal.h"
+ * probe batch: the `cka` baseline, which needs data where the others do not.
+ * A layer's centred activations X (N x p) are compared either directly,
+ * ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F), or through their N x N Gram matrices
+ * K = X X', <Kx, Ky>_F / (||Kx||_F ||Ky||_F): the same value, cheaper for
+ * wide layers (flattened conv maps, p > N). */
+#include "eval/eval_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-/* Centre the columns of x (N x p) in place; return ||x'x||_F. */
-static lps_status centre(lps_tensor *x, double *selfnorm)
+/* Centre the columns of x (N x p) in place. */
+static void centre_cols(lps_tensor *x)
 {
     int64_t n = x->shape[0], p = x->shape[1];
     for (int64_t j = 0; j < p; j++) {
@@ -15,6 +21,13 @@ static lps_status centre(lps_tensor *x, double *selfnorm)
         float mu = (float)(s / (double)n);
         for (int64_t i = 0; i < n; i++) x->data[i * p + j] -= mu;
     }
+}
+
+/* Centre the columns of x (N x p) in place; return ||x'x||_F. */
+static lps_status centre(lps_tensor *x, double *selfnorm)
+{
+    int64_t p = x->shape[1];
+    centre_cols(x);
     lps_tensor *g = lps_tensor_new2(p, p);
     if (!g) return LPS_ENOMEM;
     lps_status st = lps_matmul(g, x, 1, x, 0, 1.0f, 0.0f);
@@ -93,8 +106,68 @@ static int64_t overlap(int64_t s, int la, int l, int lb, int m)
 }
 
 /* Depth-paired CKA of two models' centred activations and their norms. */
-static lps_status paired(double *cka, lps_tensor *const *xa, const double *na, int la,
-                         lps_tensor *const *xb, const double *nb, int lb)
+/* One layer ready for comparison: its centred activations x with
+ * ||x'x||_F, or its Gram matrix k = x x' with ||k||_F, or both. */
+typedef struct {
+    lps_tensor *x, *k;
+    double xnorm, knorm;
+} layer_rep;
+
+static void rep_free(layer_rep *r)
+{
+    lps_tensor_free(r->x);
+    lps_tensor_free(r->k);
+    r->x = r->k = NULL;
+}
+
+/* r->k = x x' from r->x, unless already there. */
+static lps_status rep_gram(layer_rep *r)
+{
+    if (r->k) return LPS_OK;
+    int64_t n = r->x->shape[0];
+    if (!(r->k = lps_tensor_new2(n, n))) return LPS_ENOMEM;
+    lps_status st = lps_matmul(r->k, r->x, 0, r->x, 1, 1.0f, 0.0f);
+    double ss = 0.0;
+    for (int64_t i = 0; i < r->k->numel; i++) ss += (double)r->k->data[i] * r->k->data[i];
+    r->knorm = sqrt(ss);
+    return st;
+}
+
+/* Takes x (N x p activations): centred in place and kept, or with gram
+ * replaced by its Gram matrix (x is freed). */
+static lps_status rep_init(layer_rep *r, lps_tensor *x, int gram)
+{
+    r->x = x;
+    r->k = NULL;
+    r->xnorm = r->knorm = 0.0;
+    if (!gram) return centre(x, &r->xnorm);
+    centre_cols(x);
+    lps_status st = rep_gram(r);
+    lps_tensor_free(r->x);
+    r->x = NULL;
+    return st;
+}
+
+/* CKA of two layers (0 when a side is constant). Through the Gram matrices
+ * unless both sides have their activations. */
+static lps_status rep_cka(double *cka, layer_rep *x, layer_rep *y)
+{
+    if (x->x && y->x) return cross(cka, x->x, x->xnorm, y->x, y->xnorm);
+    lps_status st = rep_gram(x);
+    if (!st) st = rep_gram(y);
+    if (st) return st;
+    if (!(x->knorm > 0.0) || !(y->knorm > 0.0)) {
+        *cka = 0.0;
+        return LPS_OK;
+    }
+    double dot = 0.0;
+    for (int64_t i = 0; i < x->k->numel; i++) dot += (double)x->k->data[i] * y->k->data[i];
+    *cka = dot / (x->knorm * y->knorm);
+    return LPS_OK;
+}
+
+/* Depth-paired CKA of two models' prepared layers. */
+static lps_status paired(double *cka, layer_rep *xa, int la, layer_rep *xb, int lb)
 {
     int64_t s = (int64_t)la / gcd64(la, lb) * lb;
     double sum = 0.0, c = 0.0;
@@ -103,7 +176,7 @@ static lps_status paired(double *cka, lps_tensor *const *xa, const double *na, i
         for (int m = 0; m < lb && !st; m++) {
             int64_t w = overlap(s, la, l, lb, m);
             if (!w) continue;
-            st = cross(&c, xa[l], na[l], xb[m], nb[m]);
+            st = rep_cka(&c, &xa[l], &xb[m]);
             sum += (double)w * c;
         }
     *cka = sum / (double)s;
@@ -140,54 +213,63 @@ lps_status lps_cka_layers(double *cka, const lps_tensor *const *xa, int la,
     if (!st) st = check_layers(xb, lb, rows, "second");
     if (st) return st;
     int n = la + lb;
-    lps_tensor **c = calloc((size_t)n, sizeof *c);
-    double *nrm = calloc((size_t)n, sizeof *nrm);
-    if (!c || !nrm) st = lps_fail(LPS_ENOMEM, "cka_layers: out of memory");
+    layer_rep *r = calloc((size_t)n, sizeof *r);
+    if (!r) return lps_fail(LPS_ENOMEM, "cka_layers: out of memory");
     for (int k = 0; k < n && !st; k++) {
-        c[k] = lps_tensor_clone(k < la ? xa[k] : xb[k - la]);
-        st = c[k] ? centre(c[k], &nrm[k]) : LPS_ENOMEM;
+        const lps_tensor *x = k < la ? xa[k] : xb[k - la];
+        lps_tensor *c = lps_tensor_clone(x);
+        /* wide layers (e.g. flattened conv maps) through N x N Grams */
+        st = c ? rep_init(&r[k], c, x->shape[1] > rows) : LPS_ENOMEM;
     }
-    if (!st) st = paired(cka, c, nrm, la, c + la, nrm + la, lb);
-    for (int k = 0; c && k < n; k++) lps_tensor_free(c[k]);
-    free(c);
-    free(nrm);
+    if (!st) st = paired(cka, r, la, r + la, lb);
+    for (int k = 0; k < n; k++) rep_free(&r[k]);
+    free(r);
     return st;
 }
 
-/* Centred hidden activations of one model: nh tensors and their norms. */
+/* Prepared hidden layers of one model. */
 typedef struct {
-    lps_tensor **act;
-    double *norm;
+    layer_rep *rep;
     int nh;
 } prepared;
 
 static void prepared_free(prepared *p)
 {
-    if (p->act)
-        for (int l = 0; l < p->nh; l++) lps_tensor_free(p->act[l]);
-    free(p->act);
-    free(p->norm);
+    for (int l = 0; p->rep && l < p->nh; l++) rep_free(&p->rep[l]);
+    free(p->rep);
 }
 
-static lps_status prepare(prepared *p, const lps_mlp_view *m, const lps_tensor *probe)
+/* Hidden activations of m on probe, centred; conv layers wider than the
+ * probe batch kept as Grams (MLP layers as activations, as always). */
+static lps_status prepare(prepared *p, const lps_net_view *m, const lps_tensor *probe, const char *op)
 {
-    lps_status st = lps_mlp_check("cka", m);
+    lps_status st = lps_net_check(op, m);
     if (st) return st;
     int nh = m->nlayers - 1;
-    p->act = calloc((size_t)nh, sizeof *p->act);
-    p->norm = calloc((size_t)nh, sizeof *p->norm);
-    if (!p->act || !p->norm) return lps_fail(LPS_ENOMEM, "cka: out of memory");
+    int64_t n = probe->shape[0];
+    lps_tensor **acts = calloc((size_t)nh, sizeof *acts);
+    int64_t *sizes = malloc((size_t)nh * sizeof *sizes);
+    p->rep = calloc((size_t)nh, sizeof *p->rep);
     p->nh = nh;
-    for (int l = 0; l < nh; l++)
-        if (!(p->act[l] = lps_tensor_new2(probe->shape[0], m->p[2 * l]->shape[0])))
-            return LPS_ENOMEM;
-    st = lps_mlp_hidden_acts(p->act, m, probe);
-    for (int l = 0; l < nh && !st; l++) st = centre(p->act[l], &p->norm[l]);
+    if (!acts || !sizes || !p->rep) st = lps_fail(LPS_ENOMEM, "cka: out of memory");
+    for (int l = 0; l < nh && !st; l++) sizes[l] = W(m, l)->shape[0];
+    if (!st && net_is_cnn(m)) st = lps_net_hidden_sizes(sizes, m, probe->shape[1]);
+    for (int l = 0; l < nh && !st; l++)
+        if (!(acts[l] = lps_tensor_new2(n, sizes[l]))) st = LPS_ENOMEM;
+    if (!st) st = lps_net_hidden_acts(acts, m, probe);
+    for (int l = 0; l < nh && !st; l++) {
+        int gram = net_is_cnn(m) && m->geom[l].conv && sizes[l] > n;
+        st = rep_init(&p->rep[l], acts[l], gram);
+        acts[l] = NULL; /* owned by the rep */
+    }
+    for (int l = 0; acts && l < nh; l++) lps_tensor_free(acts[l]);
+    free(acts);
+    free(sizes);
     return st;
 }
 
-lps_status lps_cka_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
-                          const lps_mlp_view *b, int64_t nb, const lps_tensor *probe)
+lps_status lps_cka_matrix(lps_tensor *out, const lps_net_view *a, int64_t na,
+                          const lps_net_view *b, int64_t nb, const lps_tensor *probe)
 {
     if (na < 0 || nb < 0 || na > INT32_MAX || nb > INT32_MAX)
         return lps_fail(LPS_EINVAL, "cka: model counts %lld and %lld out of range", (long long)na,
@@ -202,13 +284,21 @@ lps_status lps_cka_matrix(lps_tensor *out, const lps_mlp_view *a, int64_t na,
     prepared *pa = calloc((size_t)(na + nb), sizeof *pa);
     if (!pa) return lps_fail(LPS_ENOMEM, "cka: out of memory");
     lps_status st = LPS_OK;
-    for (int64_t i = 0; i < na + nb && !st; i++)
-        st = prepare(&pa[i], i < na ? &a[i] : &b[i - na], probe);
+    char op[64];
+    for (int64_t i = 0; i < na + nb && !st; i++) {
+        snprintf(op, sizeof op, "cka: model %lld of the %s set", (long long)(i < na ? i : i - na) + 1,
+                 i < na ? "first" : "second");
+        st = prepare(&pa[i], i < na ? &a[i] : &b[i - na], probe, op);
+        if (st && st != LPS_ENOMEM) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", lps_errmsg());
+            if (strncmp(msg, op, strlen(op)) != 0) st = lps_fail(st, "%s: %s", op, msg);
+        }
+    }
     for (int64_t i = 0; i < na && !st; i++)
         for (int64_t j = 0; j < nb && !st; j++) {
-            const prepared *x = &pa[i], *y = &pa[na + j];
             double c = 0.0;
-            st = paired(&c, x->act, x->norm, x->nh, y->act, y->norm, y->nh);
+            st = paired(&c, pa[i].rep, pa[i].nh, pa[na + j].rep, pa[na + j].nh);
             out->data[i * nb + j] = (float)c;
         }
     for (int64_t i = 0; i < na + nb; i++) prepared_free(&pa[i]);

@@ -16,6 +16,9 @@ static void *scratch(lua_State *L, size_t bytes)
 
 /* ---------------------------------------------------------------- models */
 
+/* A model is an array {W1, b1, W2, b2, ...}; a CNN also carries .spec (the
+ * lps.nn sequential spec) giving its strides, padding and pooling. */
+
 static int model_len(lua_State *L, int idx, const char *op, const char *what)
 {
     if (!lua_istable(L, idx))
@@ -28,9 +31,127 @@ static int model_len(lua_State *L, int idx, const char *op, const char *what)
     return (int)n;
 }
 
-/* Fill m from the model table at idx; ptrs has room for its tensors. */
-static void fill_model(lua_State *L, int idx, lps_mlp_view *m, const lps_tensor **ptrs, int n,
-                       const char *op, const char *what)
+/* Integer field key of the table at the top (def when absent). */
+static int spec_int(lua_State *L, const char *key, int def, const char *op, const char *what, int i)
+{
+    lua_getfield(L, -1, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return def;
+    }
+    int ok;
+    lua_Integer v = lua_tointegerx(L, -1, &ok);
+    if (!ok || v < 0 || v > 1 << 20)
+        luaL_error(L, "%s: %s's spec layer %d has a bad %s (%s)", op, what, i, key, luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 1);
+    return (int)v;
+}
+
+/* A spec size that disagrees with the tensor it describes. */
+static void spec_size(lua_State *L, const lps_tensor *w, int dim, const char *key, int l,
+                      const char *op, const char *what, int i)
+{
+    int v = spec_int(L, key, -1, op, what, i);
+    if (v >= 0 && dim < w->ndim && w->shape[dim] != v)
+        luaL_error(L, "%s: %s's spec layer %d has %s = %d, but W%d is %s", op, what, i, key, v, l + 1,
+                   lps_shape_str(w, (char[64]){0}, 64));
+}
+
+/* Fill geom (nw entries) from the .spec of the model table at idx; returns
+ * geom for a CNN, NULL for an MLP (no .spec, or one without conv2d). */
+static const lps_net_layer *model_geom(lua_State *L, int idx, lps_net_layer *geom, int nw,
+                                       const lps_tensor **ptrs, const char *op, const char *what)
+{
+    lua_getfield(L, idx, "family");
+    const char *family = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (family && strcmp(family, "mlp") && strcmp(family, "cnn"))
+        luaL_error(L, "%s: %s's .family must be \"mlp\" or \"cnn\", got \"%s\"", op, what, family);
+    int want_cnn = family && !strcmp(family, "cnn"), has_family = family != NULL;
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "spec");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        if (want_cnn || ptrs[0]->ndim == 4)
+            luaL_error(L, "%s: %s is a CNN (W1 %s) without its .spec; the baselines need the lps.nn sequential spec",
+                       op, what, lps_shape_str(ptrs[0], (char[64]){0}, 64));
+        return NULL;
+    }
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s: %s's .spec must be an lps.nn sequential spec, got a %s", op, what,
+                   luaL_typename(L, -1));
+    lua_getfield(L, -1, "layers");
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s: %s's .spec has no layers list (a sequential spec)", op, what);
+    memset(geom, 0, (size_t)nw * sizeof *geom);
+    int nl = (int)luaL_len(L, -1), w = -1, relu = 0, flat = 0, nconv = 0;
+    for (int i = 1; i <= nl; i++) {
+        lua_geti(L, -1, i);
+        if (!lua_istable(L, -1)) luaL_error(L, "%s: %s's spec layer %d is not a table", op, what, i);
+        lua_getfield(L, -1, "type");
+        const char *t = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+        int is_lin = !strcmp(t, "linear"), is_conv = !strcmp(t, "conv2d");
+        int is_relu = !strcmp(t, "relu"), is_pool = !strcmp(t, "maxpool2d"), is_flat = !strcmp(t, "flatten");
+        lua_pop(L, 1);
+        if (is_lin || is_conv) {
+            if (w >= 0 && !relu)
+                luaL_error(L, "%s: %s's spec layer %d (%s) follows a layer without ReLU; the baselines take ReLU nets",
+                           op, what, i, is_lin ? "linear" : "conv2d");
+            if (is_conv && (flat || (w >= 0 && !geom[w].conv)))
+                luaL_error(L, "%s: %s's spec layer %d is a conv2d after a flatten or linear layer", op, what, i);
+            if (is_lin && nconv && !flat)
+                luaL_error(L, "%s: %s's spec layer %d is linear after conv2d layers without a flatten", op, what, i);
+            if (++w >= nw)
+                luaL_error(L, "%s: %s's spec has more conv2d/linear layers than its %d weight/bias pairs",
+                           op, what, nw);
+            relu = 0;
+            const lps_tensor *wt = ptrs[2 * w];
+            geom[w].conv = is_conv;
+            if (is_conv) {
+                nconv++;
+                geom[w].stride = spec_int(L, "stride", 1, op, what, i);
+                geom[w].padding = spec_int(L, "padding", 0, op, what, i);
+                spec_size(L, wt, 0, "out_channels", w, op, what, i);
+                spec_size(L, wt, 1, "in_channels", w, op, what, i);
+                spec_size(L, wt, 2, "kernel_size", w, op, what, i);
+            } else {
+                spec_size(L, wt, 0, "out_features", w, op, what, i);
+                spec_size(L, wt, 1, "in_features", w, op, what, i);
+            }
+        } else if (is_relu) {
+            if (w < 0 || relu)
+                luaL_error(L, "%s: %s's spec layer %d: a ReLU must follow a conv2d or linear layer, once", op, what, i);
+            relu = 1;
+        } else if (is_pool) {
+            if (w < 0 || !geom[w].conv || geom[w].pool_k)
+                luaL_error(L, "%s: %s's spec layer %d: max-pooling must follow a conv2d layer, once", op, what, i);
+            geom[w].pool_k = spec_int(L, "kernel_size", 0, op, what, i);
+            geom[w].pool_s = spec_int(L, "stride", 0, op, what, i);
+            if (geom[w].pool_k < 1) luaL_error(L, "%s: %s's spec layer %d has no kernel_size", op, what, i);
+            if (geom[w].pool_s < 1) geom[w].pool_s = geom[w].pool_k; /* as lps.nn: stride defaults to the kernel */
+        } else if (is_flat) {
+            if (flat || (w >= 0 && !geom[w].conv))
+                luaL_error(L, "%s: %s's spec layer %d: one flatten, before the linear layers", op, what, i);
+            flat = 1;
+        } else {
+            luaL_error(L, "%s: %s's spec layer %d is %s; the baselines take conv2d and linear layers with ReLU, max-pooling and flatten",
+                       op, what, i, t);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    if (w + 1 != nw)
+        luaL_error(L, "%s: %s's spec has %d conv2d/linear layers for %d weight/bias pairs", op, what, w + 1, nw);
+    if (relu) luaL_error(L, "%s: %s's spec ends in a ReLU; the head must be linear", op, what);
+    if (has_family && want_cnn != (nconv > 0))
+        luaL_error(L, "%s: %s's .family is \"%s\" but its spec has %d conv2d layers", op, what,
+                   want_cnn ? "cnn" : "mlp", nconv);
+    return nconv ? geom : NULL;
+}
+
+/* Fill m from the model table at idx; ptrs has room for its n tensors and
+ * geom for its n/2 layers. */
+static void fill_model(lua_State *L, int idx, lps_net_view *m, const lps_tensor **ptrs,
+                       lps_net_layer *geom, int n, const char *op, const char *what)
 {
     idx = lua_absindex(L, idx);
     for (int i = 0; i < n; i++) {
@@ -44,44 +165,65 @@ static void fill_model(lua_State *L, int idx, lps_mlp_view *m, const lps_tensor 
     }
     m->nlayers = n / 2;
     m->p = ptrs;
+    m->geom = model_geom(L, idx, geom, n / 2, ptrs, op, what);
 }
 
-/* One model at idx; the view's pointer array lives in a userdata pushed on the stack. */
-static lps_mlp_view check_model(lua_State *L, int idx, const char *op)
+/* One model at idx; the view's arrays live in a userdata pushed on the stack. */
+static lps_net_view check_model(lua_State *L, int idx, const char *op)
 {
     idx = lua_absindex(L, idx);
     int n = model_len(L, idx, op, "a model");
-    const lps_tensor **ptrs = scratch(L, (size_t)n * sizeof *ptrs);
-    lps_mlp_view m;
-    fill_model(L, idx, &m, ptrs, n, op, "the model");
+    const lps_tensor **ptrs = scratch(L, (size_t)n * sizeof *ptrs + (size_t)(n / 2) * sizeof(lps_net_layer));
+    lps_net_view m;
+    fill_model(L, idx, &m, ptrs, (lps_net_layer *)(ptrs + n), n, op, "the model");
     return m;
 }
 
-/* An array of models at idx -> views (in a userdata pushed on the stack). */
-static lps_mlp_view *check_models(lua_State *L, int idx, int64_t *count, const char *op)
+/* An array of models at idx -> views (in a userdata pushed on the stack),
+ * each checked (errors name the model). */
+static lps_net_view *check_models_of(lua_State *L, int idx, int64_t *count, const char *op,
+                                     const char *set)
 {
     idx = lua_absindex(L, idx);
     luaL_checktype(L, idx, LUA_TTABLE);
     int64_t nm = (int64_t)luaL_len(L, idx), total = 0;
     for (int64_t i = 0; i < nm; i++) {
         lua_geti(L, idx, i + 1);
-        total += model_len(L, -1, op, "each model");
+        char what[48];
+        snprintf(what, sizeof what, "model %lld", (long long)i + 1);
+        total += model_len(L, -1, op, what);
         lua_pop(L, 1);
     }
-    size_t bytes = (size_t)nm * sizeof(lps_mlp_view) + (size_t)total * sizeof(lps_tensor *);
-    lps_mlp_view *v = scratch(L, bytes);
+    size_t bytes = (size_t)nm * sizeof(lps_net_view) + (size_t)total * sizeof(lps_tensor *) +
+                   (size_t)(total / 2) * sizeof(lps_net_layer);
+    lps_net_view *v = scratch(L, bytes);
     const lps_tensor **ptrs = (const lps_tensor **)(v + nm);
-    char what[48];
+    lps_net_layer *geom = (lps_net_layer *)(ptrs + total);
+    char what[48], opm[96];
     for (int64_t i = 0; i < nm; i++) {
         lua_geti(L, idx, i + 1);
         int n = (int)luaL_len(L, -1);
         snprintf(what, sizeof what, "model %lld", (long long)i + 1);
-        fill_model(L, -1, &v[i], ptrs, n, op, what);
+        fill_model(L, -1, &v[i], ptrs, geom, n, op, what);
+        snprintf(opm, sizeof opm, "%s: model %lld%s", op, (long long)i + 1, set);
+        LPS_LCHECK(L, lps_net_check(opm, &v[i]));
         ptrs += n;
+        geom += n / 2;
         lua_pop(L, 1);
     }
     *count = nm;
     return v;
+}
+
+static lps_net_view *check_models(lua_State *L, int idx, int64_t *count, const char *op)
+{
+    return check_models_of(L, idx, count, op, "");
+}
+
+/* The two sets of a similarity matrix; errors say which set. */
+static lps_net_view *check_set(lua_State *L, int idx, int64_t *count, const char *op)
+{
+    return check_models_of(L, idx, count, op, idx == 1 ? " of the first set" : " of the second set");
 }
 
 static void push_model(lua_State *L, lps_tensor **t, int n)
@@ -95,7 +237,7 @@ static void push_model(lua_State *L, lps_tensor **t, int n)
 }
 
 /* Flat 0-based permutation from a table of per-hidden-layer 1-based arrays. */
-static int64_t *check_perm(lua_State *L, int idx, const lps_mlp_view *m, const char *op)
+static int64_t *check_perm(lua_State *L, int idx, const lps_net_view *m, const char *op)
 {
     idx = lua_absindex(L, idx);
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -103,9 +245,9 @@ static int64_t *check_perm(lua_State *L, int idx, const lps_mlp_view *m, const c
     if (luaL_len(L, idx) != nh)
         luaL_error(L, "%s: expected %d permutations (one per hidden layer), got %d", op, nh,
                    (int)luaL_len(L, idx));
-    int64_t *perm = scratch(L, (size_t)lps_mlp_hidden(m) * sizeof *perm), off = 0;
+    int64_t *perm = scratch(L, (size_t)lps_net_units(m) * sizeof *perm), off = 0;
     for (int l = 0; l < nh; l++) {
-        int64_t h = m->p[2 * l]->ndim == 2 ? m->p[2 * l]->shape[0] : 0;
+        int64_t h = m->p[2 * l]->shape[0]; /* the model is checked */
         lua_geti(L, idx, l + 1);
         if (!lua_istable(L, -1) || luaL_len(L, -1) != h)
             luaL_error(L, "%s: permutation %d must be an array of %d indices", op, l + 1, (int)h);
@@ -126,7 +268,7 @@ static int64_t *check_perm(lua_State *L, int idx, const lps_mlp_view *m, const c
     return perm;
 }
 
-static void push_perm(lua_State *L, const int64_t *perm, const lps_mlp_view *m)
+static void push_perm(lua_State *L, const int64_t *perm, const lps_net_view *m)
 {
     int nh = m->nlayers - 1;
     int64_t off = 0;
@@ -258,7 +400,7 @@ static lps_feat_opts feat_opts(lua_State *L, int idx)
 static int l_features(lua_State *L)
 {
     lps_feat_method method = check_method(L, 1);
-    lps_mlp_view m = check_model(L, 2, "features");
+    lps_net_view m = check_model(L, 2, "features");
     lps_feat_opts o = feat_opts(L, 3);
     int64_t n;
     LPS_LCHECK(L, lps_features_size(&n, method, &m, &o));
@@ -272,7 +414,7 @@ static int l_feature_matrix(lua_State *L)
 {
     lps_feat_method method = check_method(L, 1);
     int64_t nm;
-    lps_mlp_view *v = check_models(L, 2, &nm, "feature_matrix");
+    lps_net_view *v = check_models(L, 2, &nm, "feature_matrix");
     lps_feat_opts o = feat_opts(L, 3);
     if (nm == 0) return luaL_error(L, "feature_matrix: no models");
     int64_t f, fi;
@@ -281,12 +423,89 @@ static int l_feature_matrix(lua_State *L)
     lps_tensor *t = lps_lua_newtensor(L, 2, shape);
     for (int64_t i = 0; i < nm; i++) {
         LPS_LCHECK(L, lps_features_size(&fi, method, &v[i], &o));
+        if (method == LPS_FEAT_GRAM && (v[0].geom != NULL) != (v[i].geom != NULL))
+            return luaL_error(L, "feature_matrix: model %d and model 1 are of different families (MLP, CNN); their gram features live in different spaces (similarity_matrix gives NaN across families)",
+                              (int)i + 1);
         if (fi != f)
             return luaL_error(L, "feature_matrix: model %d gives %d features, model 1 gives %d",
                               (int)i + 1, (int)fi, (int)f);
+        if ((method == LPS_FEAT_RAW || method == LPS_FEAT_SORTED) && !lps_net_same_arch(&v[0], &v[i]))
+            return luaL_error(L, "feature_matrix: model %d and model 1 differ in architecture; %s features compare one architecture (similarity_matrix gives NaN across architectures)",
+                              (int)i + 1, method == LPS_FEAT_RAW ? "raw" : "sorted");
         LPS_LCHECK(L, lps_features(t->data + i * f, f, method, &v[i], &o));
     }
     return 1;
+}
+
+/* The key of one model's architecture, e.g. "l128x784-l2x128" or
+ * "c8x1k5s2p2-c16x8k3s1p1m2/2-l2x784" (m: max-pooling kernel/stride). */
+static void push_arch_key(lua_State *L, const lps_net_view *m)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int l = 0; l < m->nlayers; l++) {
+        const lps_tensor *w = m->p[2 * l];
+        char part[160];
+        if (m->geom && m->geom[l].conv) {
+            const lps_net_layer *g = &m->geom[l];
+            int k = snprintf(part, sizeof part, "%sc%lldx%lldk%llds%dp%d", l ? "-" : "",
+                             (long long)w->shape[0], (long long)w->shape[1], (long long)w->shape[2],
+                             g->stride, g->padding);
+            if (g->pool_k) snprintf(part + k, sizeof part - (size_t)k, "m%d/%d", g->pool_k, g->pool_s);
+        } else {
+            snprintf(part, sizeof part, "%sl%lldx%lld", l ? "-" : "", (long long)w->shape[0],
+                     (long long)w->shape[1]);
+        }
+        luaL_addstring(&b, part);
+    }
+    luaL_pushresult(&b);
+}
+
+/* feature_keys(method, models, opts) -> {key of each model}: two models'
+ * features are comparable (same space) iff their keys are equal. raw,
+ * sorted: the architecture; gram: family and length; stats: one key. */
+static int l_feature_keys(lua_State *L)
+{
+    lps_feat_method method = check_method(L, 1);
+    int64_t nm;
+    lps_net_view *v = check_models(L, 2, &nm, "feature_keys");
+    lps_feat_opts o = feat_opts(L, 3);
+    lua_createtable(L, (int)nm, 0);
+    for (int64_t i = 0; i < nm; i++) {
+        if (method == LPS_FEAT_RAW || method == LPS_FEAT_SORTED) {
+            push_arch_key(L, &v[i]);
+        } else if (method == LPS_FEAT_GRAM) {
+            int64_t f;
+            LPS_LCHECK(L, lps_features_size(&f, method, &v[i], &o));
+            lua_pushfstring(L, "%s:%I", v[i].geom ? "cnn" : "mlp", (LUAI_UACINT)f);
+        } else {
+            lua_pushliteral(L, "stats");
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+/* place(out, block, rows, cols): out[rows[i], cols[j]] = block[i, j] (1-based). */
+static int l_place(lua_State *L)
+{
+    lps_tensor *out = lps_lua_checktensor(L, 1), *blk = lps_lua_checktensor(L, 2);
+    int64_t nr, nc;
+    int64_t *rows = check_labels(L, 3, &nr, "place", "rows");
+    int64_t *cols = check_labels(L, 4, &nc, "place", "columns");
+    if (out->ndim != 2 || blk->ndim != 2 || blk->shape[0] != nr || blk->shape[1] != nc)
+        return luaL_error(L, "place: needs a 2-D output and a %d x %d block (rows x columns), got %d-D and %d-D",
+                          (int)nr, (int)nc, out->ndim, blk->ndim);
+    for (int64_t i = 0; i < nr; i++)
+        if (rows[i] < 1 || rows[i] > out->shape[0])
+            return luaL_error(L, "place: row %d (%d) out of range 1..%d", (int)i + 1, (int)rows[i], (int)out->shape[0]);
+    for (int64_t j = 0; j < nc; j++)
+        if (cols[j] < 1 || cols[j] > out->shape[1])
+            return luaL_error(L, "place: column %d (%d) out of range 1..%d", (int)j + 1, (int)cols[j], (int)out->shape[1]);
+    for (int64_t i = 0; i < nr; i++)
+        for (int64_t j = 0; j < nc; j++)
+            out->data[(rows[i] - 1) * out->shape[1] + cols[j] - 1] = blk->data[i * nc + j];
+    return 0;
 }
 
 /* standardize(x [, mean, sd]) -> x (in place), mean, sd; fits when mean is nil. */
@@ -325,52 +544,56 @@ static int l_cosine_matrix(lua_State *L)
 
 static int l_forward(lua_State *L)
 {
-    lps_mlp_view m = check_model(L, 1, "forward");
+    lps_net_view m = check_model(L, 1, "forward");
     lps_tensor *x = lps_lua_checktensor(L, 2);
-    LPS_LCHECK(L, lps_mlp_check("forward", &m));
+    LPS_LCHECK(L, lps_net_check("forward", &m));
     const lps_tensor *wl = m.p[2 * m.nlayers - 2];
     int64_t shape[2] = {x->ndim == 2 ? x->shape[0] : 0, wl->shape[0]};
     lps_tensor *out = lps_lua_newtensor(L, 2, shape);
-    LPS_LCHECK(L, lps_mlp_apply(out, &m, x));
+    LPS_LCHECK(L, lps_net_apply(out, &m, x));
     return 1;
 }
 
-/* hidden(model, x) -> {acts of hidden layer 1, ...} */
+/* hidden(model, x) -> {acts of hidden layer 1, ...} (conv maps flattened) */
 static int l_hidden(lua_State *L)
 {
-    lps_mlp_view m = check_model(L, 1, "hidden");
+    lps_net_view m = check_model(L, 1, "hidden");
     lps_tensor *x = lps_lua_checktensor(L, 2);
-    LPS_LCHECK(L, lps_mlp_check("hidden", &m));
+    LPS_LCHECK(L, lps_net_check("hidden", &m));
     int nh = m.nlayers - 1;
     lps_tensor **acts = scratch(L, (size_t)nh * sizeof *acts);
+    int64_t *sizes = scratch(L, (size_t)nh * sizeof *sizes);
+    for (int l = 0; l < nh; l++) sizes[l] = m.p[2 * l]->shape[0];
+    /* an MLP's input is checked by hidden_acts, with its message */
+    if (m.geom && x->ndim == 2) LPS_LCHECK(L, lps_net_hidden_sizes(sizes, &m, x->shape[1]));
     lua_createtable(L, nh, 0);
     for (int l = 0; l < nh; l++) {
-        int64_t shape[2] = {x->ndim == 2 ? x->shape[0] : 0, m.p[2 * l]->shape[0]};
+        int64_t shape[2] = {x->ndim == 2 ? x->shape[0] : 0, sizes[l]};
         acts[l] = lps_lua_newtensor(L, 2, shape);
         lua_rawseti(L, -2, l + 1);
     }
-    LPS_LCHECK(L, lps_mlp_hidden_acts(acts, &m, x));
+    LPS_LCHECK(L, lps_net_hidden_acts(acts, &m, x));
     return 1;
 }
 
 static int l_permute(lua_State *L)
 {
-    lps_mlp_view m = check_model(L, 1, "permute");
-    LPS_LCHECK(L, lps_mlp_check("permute", &m));
+    lps_net_view m = check_model(L, 1, "permute");
+    LPS_LCHECK(L, lps_net_check("permute", &m));
     int64_t *perm = check_perm(L, 2, &m, "permute");
     int n = 2 * m.nlayers;
     lps_tensor **out = scratch(L, (size_t)n * sizeof *out);
-    LPS_LCHECK(L, lps_mlp_permute(out, &m, perm));
+    LPS_LCHECK(L, lps_net_permute(out, &m, perm));
     push_model(L, out, n); /* takes ownership before anything can raise */
     return 1;
 }
 
 static int l_sort_perm(lua_State *L)
 {
-    lps_mlp_view m = check_model(L, 1, "sort_perm");
-    LPS_LCHECK(L, lps_mlp_check("sort_perm", &m));
-    int64_t *perm = scratch(L, (size_t)lps_mlp_hidden(&m) * sizeof *perm);
-    LPS_LCHECK(L, lps_mlp_sort_perm(perm, &m));
+    lps_net_view m = check_model(L, 1, "sort_perm");
+    LPS_LCHECK(L, lps_net_check("sort_perm", &m));
+    int64_t *perm = scratch(L, (size_t)lps_net_units(&m) * sizeof *perm);
+    LPS_LCHECK(L, lps_net_sort_perm(perm, &m));
     push_perm(L, perm, &m);
     return 1;
 }
@@ -387,10 +610,10 @@ static lps_match_opts match_opts(lua_State *L, int idx)
 /* weight_matching(a, b, opts) -> perms (aligning b to a), similarity, sweeps */
 static int l_weight_matching(lua_State *L)
 {
-    lps_mlp_view a = check_model(L, 1, "matching"), b = check_model(L, 2, "matching");
+    lps_net_view a = check_model(L, 1, "matching"), b = check_model(L, 2, "matching");
     lps_match_opts o = match_opts(L, 3);
-    LPS_LCHECK(L, lps_mlp_check("matching", &a));
-    int64_t *perm = scratch(L, (size_t)lps_mlp_hidden(&a) * sizeof *perm);
+    LPS_LCHECK(L, lps_net_check("matching", &a));
+    int64_t *perm = scratch(L, (size_t)lps_net_units(&a) * sizeof *perm);
     double sim;
     int iters;
     LPS_LCHECK(L, lps_weight_matching(perm, &sim, &iters, &a, &b, &o));
@@ -403,7 +626,7 @@ static int l_weight_matching(lua_State *L)
 static int l_matching_matrix(lua_State *L)
 {
     int64_t na, nb;
-    lps_mlp_view *a = check_models(L, 1, &na, "matching"), *b = check_models(L, 2, &nb, "matching");
+    lps_net_view *a = check_set(L, 1, &na, "matching"), *b = check_set(L, 2, &nb, "matching");
     lps_match_opts o = match_opts(L, 3);
     int64_t shape[2] = {na, nb};
     lps_tensor *out = lps_lua_newtensor(L, 2, shape);
@@ -455,7 +678,7 @@ static int l_cka_layers(lua_State *L)
 static int l_cka_matrix(lua_State *L)
 {
     int64_t na, nb;
-    lps_mlp_view *a = check_models(L, 1, &na, "cka"), *b = check_models(L, 2, &nb, "cka");
+    lps_net_view *a = check_set(L, 1, &na, "cka"), *b = check_set(L, 2, &nb, "cka");
     lps_tensor *probe = lps_lua_checktensor(L, 3);
     int64_t shape[2] = {na, nb};
     lps_tensor *out = lps_lua_newtensor(L, 2, shape);
@@ -673,6 +896,7 @@ static int l_mds(lua_State *L)
 
 static const luaL_Reg functions[] = {
     {"features", l_features}, {"feature_matrix", l_feature_matrix},
+    {"feature_keys", l_feature_keys}, {"place", l_place},
     {"standardize", l_standardize}, {"cosine_matrix", l_cosine_matrix},
     {"forward", l_forward}, {"hidden", l_hidden}, {"permute", l_permute},
     {"sort_perm", l_sort_perm}, {"weight_matching", l_weight_matching},
