@@ -474,26 +474,26 @@ lps_status lps_column_norms(lps_tensor *out, const lps_tensor *W);
  * hidden unit is a neuron or a conv output channel; its outgoing weights are
  * the next layer's input slice of it (conv: W[l+1][:, j]; linear: the hw
  * columns j*hw .. (j+1)*hw-1). */
-typedef struct lps_net_view {
+typedef struct lps_units_view {
     int nlayers;
     lps_tensor *const *W, *const *b;
     const int64_t *hw;
-} lps_net_view;
+} lps_units_view;
 /* Shapes chain, values finite; messages start with op. */
-lps_status lps_net_check(const char *op, const lps_net_view *v);
+lps_status lps_units_check(const char *op, const lps_units_view *v);
 /* Chain normalization of every hidden unit as lps_chain_normalize (which it
  * equals on an MLP): incoming weights and bias divided by their joint norm,
  * outgoing weights multiplied by it. In place; the function is unchanged. */
-lps_status lps_chain_normalize_net(const lps_net_view *v, float eps);
+lps_status lps_chain_normalize_units(const lps_units_view *v, float eps);
 /* out (h_l entries): norm of each unit's outgoing weights, layer l < nlayers-1. */
-lps_status lps_net_importance(lps_tensor *out, const lps_net_view *v, int l);
+lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l);
 /* out (h_l x h_{l-1}), layer l >= 1: how unit j of layer l mixes unit i of
  * layer l-1, one number per pair: the sum of W[l]'s slice from i to j (a
  * conv kernel's sum over its k x k positions, its response to a constant
  * map; a linear layer after a flatten: the sum over the hw columns of i;
  * otherwise W[l][j][i] itself). Embedding units through it, U_l = out Z_{l-1},
  * makes layer l blind to the order of layer l-1's units. */
-lps_status lps_net_mixing(lps_tensor *out, const lps_net_view *v, int l);
+lps_status lps_units_mixing(lps_tensor *out, const lps_units_view *v, int l);
 /* out (cout x cin*s*s): each conv kernel (cout x cin x k x k, k <= s, k and
  * s odd) centred in an s x s window of zeros and flattened: kernels of
  * every size as one feature length (a 3x3 kernel is the 5x5 kernel with a

@@ -9,7 +9,7 @@
 -- CNN's kernel centred in a kernel x kernel window), bias and outgoing
 -- importance, by a family-specific encoder. Every later layer, the head's
 -- classes included, sees the previous layer through its unit embeddings:
--- U_l = M_l Z_(l-1), M_l the unit-to-unit mixing (lps_net_mixing: a
+-- U_l = M_l Z_(l-1), M_l the unit-to-unit mixing (lps_units_mixing: a
 -- weight, or a kernel's sum over positions), so no layer's order matters.
 -- Slots ("first", "last" hidden layer, "head") are pooled (second order,
 -- weighted by importance), layer-normalized, concatenated and projected

@@ -1,5 +1,5 @@
 -- The second-order network for any architecture (lualps/archnet.lua,
--- csrc/lps/netview.c): its preprocessing against hand-computed values,
+-- csrc/lps/units.c): its preprocessing against hand-computed values,
 -- finite-difference gradients of every parameter, and invariance to the
 -- symmetries of CNNs and MLPs of several depths (channel permutations and
 -- positive rescaling of ReLU units leave function and embedding unchanged).

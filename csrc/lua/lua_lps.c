@@ -71,7 +71,7 @@ static int l_chain_normalize(lua_State *L)
 }
 
 /* chain_normalize_net_(model, hw [, eps]) in place, model = {W1, b1, ...}
- * of conv and linear layers (lps_net_view); returns the model. */
+ * of conv and linear layers (lps_units_view); returns the model. */
 static int l_chain_normalize_net(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -96,15 +96,15 @@ static int l_chain_normalize_net(lua_State *L)
         hw[l] = lua_tointeger(L, -1);
         lua_pop(L, 1);
     }
-    lps_net_view v = {nl, W, b, hw};
-    LPS_LCHECK(L, lps_chain_normalize_net(&v, eps));
+    lps_units_view v = {nl, W, b, hw};
+    LPS_LCHECK(L, lps_chain_normalize_units(&v, eps));
     lua_settop(L, 1);
     return 1;
 }
 
 /* net_prepare(model, hw, chain_norm, s) for any ReLU network of conv and
  * linear layers, model = {W1, b1, ..., Wn, bn} (left as it is), hw = {hw1,
- * ..., hwn} (lps_net_view): returns {first = first-layer unit features (h1 x
+ * ..., hwn} (lps_units_view): returns {first = first-layer unit features (h1 x
  * fan-in; conv kernels centred in s x s), W1 = the first weight (normalized),
  * bias = {b1, ..., bn}, imp = {imp1, ..., imp(n-1)}, mix = {[2] = M2, ...,
  * [n] = Mn}}, after chain normalization when chain_norm (else only checked). */
@@ -142,8 +142,8 @@ static int l_net_prepare(lua_State *L)
         hw[l] = v;
         lua_pop(L, 1);
     }
-    lps_net_view view = {nl, W, b, hw};
-    LPS_LCHECK(L, lps_chain_normalize_net(&view, norm ? 0.0f : INFINITY));
+    lps_units_view view = {nl, W, b, hw};
+    LPS_LCHECK(L, lps_chain_normalize_units(&view, norm ? 0.0f : INFINITY));
     lua_createtable(L, 0, 5); /* 8: the result */
     if (W[0]->ndim == 4) {
         int64_t sh[2] = {W[0]->shape[0], W[0]->shape[1] * s * s};
@@ -159,14 +159,14 @@ static int l_net_prepare(lua_State *L)
     lua_setfield(L, 8, "bias");
     lua_createtable(L, nl, 0);
     for (int l = 0; l + 1 < nl; l++) {
-        LPS_LCHECK(L, lps_net_importance(new1(L, W[l]->shape[0]), &view, l));
+        LPS_LCHECK(L, lps_units_importance(new1(L, W[l]->shape[0]), &view, l));
         lua_seti(L, -2, l + 1);
     }
     lua_setfield(L, 8, "imp");
     lua_createtable(L, nl, 0);
     for (int l = 1; l < nl; l++) {
         int64_t hp = W[l - 1]->shape[0];
-        LPS_LCHECK(L, lps_net_mixing(new2(L, W[l]->shape[0], hp), &view, l));
+        LPS_LCHECK(L, lps_units_mixing(new2(L, W[l]->shape[0], hp), &view, l));
         lua_seti(L, -2, l + 1);
     }
     lua_setfield(L, 8, "mix");

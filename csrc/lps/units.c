@@ -1,4 +1,4 @@
-/* netview.c - conv and linear networks seen as layers of units: chain
+/* units.c - conv and linear networks seen as layers of units: chain
  * normalization, unit importance, the mixing matrices that carry unit
  * embeddings from layer to layer, and first-layer kernel features. */
 #include "core/internal.h"
@@ -15,7 +15,7 @@ static int64_t in_units(const lps_tensor *w, int64_t hw) { return is_conv(w) ? w
 /* Weights from one input unit to one output unit: k*k or hw. */
 static int64_t slice(const lps_tensor *w, int64_t hw) { return is_conv(w) ? w->shape[2] * w->shape[3] : hw; }
 
-lps_status lps_net_check(const char *op, const lps_net_view *v)
+lps_status lps_units_check(const char *op, const lps_units_view *v)
 {
     if (v->nlayers < 1) return lps_fail(LPS_EINVAL, "%s: need at least 1 layer, got %d", op, v->nlayers);
     int seen_linear = 0;
@@ -53,7 +53,7 @@ lps_status lps_net_check(const char *op, const lps_net_view *v)
 }
 
 /* Multiply the outgoing weights of unit j of layer l by f. */
-static void scale_outgoing(const lps_net_view *v, int l, int64_t j, float f)
+static void scale_outgoing(const lps_units_view *v, int l, int64_t j, float f)
 {
     const lps_tensor *nx = v->W[l + 1];
     int64_t hw = v->hw ? v->hw[l + 1] : 1;
@@ -64,9 +64,9 @@ static void scale_outgoing(const lps_net_view *v, int l, int64_t j, float f)
     }
 }
 
-lps_status lps_chain_normalize_net(const lps_net_view *v, float eps)
+lps_status lps_chain_normalize_units(const lps_units_view *v, float eps)
 {
-    lps_status st = lps_net_check("chain_normalize", v);
+    lps_status st = lps_units_check("chain_normalize", v);
     if (st) return st;
     if (!(eps >= 0)) return lps_fail(LPS_EINVAL, "chain_normalize: eps must be >= 0, got %g", eps);
     /* Layer by layer: the outgoing multiplication changes the next layer's
@@ -89,16 +89,16 @@ lps_status lps_chain_normalize_net(const lps_net_view *v, float eps)
     return LPS_OK;
 }
 
-lps_status lps_net_importance(lps_tensor *out, const lps_net_view *v, int l)
+lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l)
 {
-    lps_status st = lps_net_check("net_importance", v);
+    lps_status st = lps_units_check("units_importance", v);
     if (st) return st;
     if (l < 0 || l + 1 >= v->nlayers)
-        return lps_fail(LPS_ERANGE, "net_importance: layer %d has no outgoing weights (1..%d)", l + 1,
+        return lps_fail(LPS_ERANGE, "units_importance: layer %d has no outgoing weights (1..%d)", l + 1,
                         v->nlayers - 1);
     int64_t h = units(v->W[l]);
     if (out->numel != h)
-        return lps_fail(LPS_ESHAPE, "net_importance: out %s should have %lld entries", SH(out), (long long)h);
+        return lps_fail(LPS_ESHAPE, "units_importance: out %s should have %lld entries", SH(out), (long long)h);
     const lps_tensor *nx = v->W[l + 1];
     int64_t hw = v->hw ? v->hw[l + 1] : 1, s = slice(nx, hw), row = fan_in(nx);
     for (int64_t j = 0; j < h; j++) {
@@ -112,16 +112,16 @@ lps_status lps_net_importance(lps_tensor *out, const lps_net_view *v, int l)
     return LPS_OK;
 }
 
-lps_status lps_net_mixing(lps_tensor *out, const lps_net_view *v, int l)
+lps_status lps_units_mixing(lps_tensor *out, const lps_units_view *v, int l)
 {
-    lps_status st = lps_net_check("net_mixing", v);
+    lps_status st = lps_units_check("units_mixing", v);
     if (st) return st;
     if (l < 1 || l >= v->nlayers)
-        return lps_fail(LPS_ERANGE, "net_mixing: layer %d has no previous layer (2..%d)", l + 1, v->nlayers);
+        return lps_fail(LPS_ERANGE, "units_mixing: layer %d has no previous layer (2..%d)", l + 1, v->nlayers);
     const lps_tensor *w = v->W[l];
     int64_t hw = v->hw ? v->hw[l] : 1, s = slice(w, hw), h = units(w), hp = in_units(w, hw);
     if (out->ndim != 2 || out->shape[0] != h || out->shape[1] != hp)
-        return lps_fail(LPS_ESHAPE, "net_mixing: out %s should be (%lldx%lld)", SH(out), (long long)h,
+        return lps_fail(LPS_ESHAPE, "units_mixing: out %s should be (%lldx%lld)", SH(out), (long long)h,
                         (long long)hp);
     for (int64_t j = 0; j < h; j++)
         for (int64_t i = 0; i < hp; i++) {
