@@ -43,8 +43,17 @@ A.defaults = {
   pool = "power", pool_eps = 1e-4, pool_iters = 5,
   layer_norm = true,  -- L2-normalize each slot's pooled features
   noise = 8,          -- "templates": noise images the input gradients are averaged over
+  noise_ranges = { {0, 1} }, -- "templates": one template segment per range of uniform noise
   template_pool = 2,  -- "templates": average pooling of the 28x28 templates (2: 14x14)
   input_shape = {1, 28, 28}, -- a CNN's input (the templates' images)
+  -- Unit supervision: a model's output unit c is its task's class c, seen in
+  -- its domain. With unit_classes > 0, training also classifies every class
+  -- template's unit embedding into its class (ids 0..unit_classes-1 from the
+  -- model's `classes`) and its domain (index in `domains` of the model's
+  -- `domain`), weight unit_weight: tasks are sets of (class, domain) units.
+  unit_classes = 0,
+  domains = {},
+  unit_weight = 1,
   chain_norm = true,
   classes = 0, cosine_head = true, scale = 16,
   seed = 1,
@@ -76,7 +85,10 @@ function A.new(opts, H)
   local per_slot = K.sopool_size(o.width, pool)
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
                              names = {}, P = {}, G = {},
-                             prep_key = ("%s/%d/%d"):format(tostring(o.chain_norm), o.kernel, o.input_dim)}, A)
+                             prep_key = ("%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.chain_norm), o.kernel, o.input_dim,
+                               o.noise, o.template_pool, table.concat(o.slots, "+"), (function()
+                                 local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
+                                 return table.concat(r, ",") end)())}, A)
   local add, d = H.param_adder(self, o.seed), o.width
   for _, f in ipairs(o.families) do
     local fan = (f == "mlp" and o.input_dim or o.kernel * o.kernel) + 2
@@ -94,9 +106,19 @@ function A.new(opts, H)
     if side % o.template_pool ~= 0 or side * side ~= o.input_dim then
       error("similarity.network: templates need square inputs (input_dim = side^2) divisible by template_pool", 3)
     end
-    self.tdim = (side // o.template_pool) ^ 2
+    self.seg = (side // o.template_pool) ^ 2
+    self.tdim = self.seg * #o.noise_ranges
     add("enc_tmpl.weight", {d, self.tdim + 2}, math.sqrt(2 / (self.tdim + 2)))
     add("enc_tmpl.bias", {d}, 0)
+    H.check_int(o.unit_classes, 0, "unit_classes")
+    if o.unit_classes > 0 then
+      add("units.class.weight", {o.unit_classes, d}, math.sqrt(1 / d))
+      add("units.class.bias", {o.unit_classes}, 0)
+      if #o.domains > 0 then
+        add("units.domain.weight", {#o.domains, d}, math.sqrt(1 / d))
+        add("units.domain.bias", {#o.domains}, 0)
+      end
+    end
   end
   H.add_embedding_layers(add, self.feat_dim, o)
   return self
@@ -152,30 +174,42 @@ end
 function A:templates(model, family)
   local o = self.opts
   local m = module_of(model)
-  self.noise_x = self.noise_x or lps.rand(o.noise, o.input_dim, lps.generator(1907))
   self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
-  local P = o.noise
-  local x1 = family == "cnn" and self.noise_x:reshape(P, table.unpack(o.input_shape)) or self.noise_x
-  local logits = m:forward(x1)
-  local k = logits:size(2)
-  -- one backward for every class: the noise batch repeated k times
-  local xs = lps.zeros(k * P, o.input_dim)
-  local gy = lps.zeros(k * P, k)
-  for c = 1, k do
-    xs:rows((c - 1) * P + 1, c * P):copy(self.noise_x)
-    for r = (c - 1) * P + 1, c * P do gy:set(r, c, 1) end
+  if not self.noise_x then
+    self.noise_x = {}
+    for r, range in ipairs(o.noise_ranges) do
+      self.noise_x[r] = lps.rand(o.noise, o.input_dim, lps.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1])
+    end
   end
-  gy:sub_(1 / k) -- d(logit_c - mean logit)
-  if family == "cnn" then xs = xs:reshape(k * P, table.unpack(o.input_shape)) end
-  local gx = m:backward(xs, gy):reshape(k, P, o.input_dim):mean(2)
-  local T = lps.matmul(gx, self.pool_m)
+  local P, shape = o.noise, o.input_shape
+  local k, logit_sum
+  local T
+  for r, noise in ipairs(self.noise_x) do
+    local logits = m:forward(family == "cnn" and noise:reshape(P, table.unpack(shape)) or noise)
+    k = logits:size(2)
+    local ml = logits:mean(1)
+    logit_sum = logit_sum and logit_sum:add_(ml) or ml
+    -- one backward for every class: the noise batch repeated k times
+    local xs = lps.zeros(k * P, o.input_dim)
+    local gy = lps.zeros(k * P, k)
+    for c = 1, k do
+      xs:rows((c - 1) * P + 1, c * P):copy(noise)
+      for q = (c - 1) * P + 1, c * P do gy:set(q, c, 1) end
+    end
+    gy:sub_(1 / k) -- d(logit_c - mean logit)
+    if family == "cnn" then xs = xs:reshape(k * P, table.unpack(shape)) end
+    local gx = m:backward(xs, gy):reshape(k, P, o.input_dim):mean(2)
+    local seg = lps.matmul(gx, self.pool_m)
+    T = T or lps.zeros(k, self.tdim)
+    for c = 1, k do T[c]:rows((r - 1) * self.seg + 1, r * self.seg):copy(seg[c]) end
+  end
   local norms = (T * T):sum(2):sqrt()
   local nmax = math.max(norms:max(), 1e-12)
   for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
-  local mean_logit = logits:mean(1)
-  mean_logit:sub_(mean_logit:mean())
+  logit_sum:div_(#self.noise_x)
+  logit_sum:sub_(logit_sum:mean())
   -- features: the template, its norm relative to the model's largest, the centred logit
-  return T, norms:div_(nmax), mean_logit
+  return T, norms:div_(nmax), logit_sum
 end
 
 function A:__tostring()
@@ -208,6 +242,11 @@ end
 --- Data-only preprocessing of one model (a list {W1, b1, ...} of an MLP or
 -- a CNN; its `family` field, else 4-D first weights, tells which): chain
 -- normalization, unit features, importances, mixing matrices.
+-- Prepared models by preparation options, weakly keyed by the model's
+-- weight list: preparation reads only the weights (never the encoders), so
+-- every network with the same options shares it, across fits.
+local prepared = setmetatable({}, {__mode = "k"})
+
 function A:prepare(model)
   local o = self.opts
   if type(model) ~= "table" then error("similarity: a model is a list {W1, b1, W2, b2, ...}", 2) end
@@ -215,6 +254,16 @@ function A:prepare(model)
     if model.arch_prepared ~= self.prep_key then error("similarity: this model was prepared by a network with other options", 2) end
     return model
   end
+  local hit = prepared[model] and prepared[model][self.prep_key]
+  if hit then return hit end
+  local p = self:prepare_new(model)
+  prepared[model] = prepared[model] or {}
+  prepared[model][self.prep_key] = p
+  return p
+end
+
+function A:prepare_new(model)
+  local o = self.opts
   if #model < 4 or #model % 2 ~= 0 then
     error(("similarity: a model needs at least a hidden layer and a head ({W1, b1, W2, b2, ...}), got %d entries"):format(#model), 2)
   end
@@ -252,8 +301,55 @@ function A:prepare(model)
   if self:has_slot("templates") then
     p.T, p.tnorm, p.tlogit = self:templates(model, family)
     p.tw = lps.ones(p.T:size(1))
+    -- unit labels, when the model says its classes and domain
+    if o.unit_classes > 0 and type(model.classes) == "table" and #model.classes == p.T:size(1) then
+      p.unit_cls = {}
+      for c, id in ipairs(model.classes) do
+        if math.type(id) == "integer" and id >= 0 and id < o.unit_classes then p.unit_cls[c] = id + 1 end
+      end
+      if #p.unit_cls ~= #model.classes then p.unit_cls = nil end
+      for k, dname in ipairs(o.domains) do if dname == model.domain then p.unit_dom = k end end
+    end
   end
   return p
+end
+
+-- The unit-supervision loss over the template embeddings of a batch (a
+-- list of {p =, ZT =}): mean cross-entropy of every labelled unit's class
+-- and domain, times unit_weight; accumulates the classifiers' gradients and
+-- returns the loss and each item's dZT (or nil).
+function A:unit_loss(list)
+  local o, P, G = self.opts, self.P, self.G
+  local rows, cls, dom, owner = {}, {}, {}, {}
+  for n, it in ipairs(list) do
+    if it.p.unit_cls then
+      for c = 1, it.ZT:size(1) do
+        rows[#rows + 1], cls[#rows + 1], dom[#rows + 1], owner[#rows + 1] = it.ZT[c], it.p.unit_cls[c], it.p.unit_dom, n
+      end
+    end
+  end
+  if #rows == 0 then return 0, {} end
+  local Z = lps.zeros(#rows, rows[1]:numel())
+  for r, z in ipairs(rows) do Z[r]:copy(z) end
+  local total, dZ = 0, lps.zeros(#rows, Z:size(2))
+  local function head(name, labels)
+    local W, b = P["units." .. name .. ".weight"], P["units." .. name .. ".bias"]
+    local gW, gb = lps.zeros(table.unpack(W:shape())), lps.zeros(b:numel())
+    local l, d = K.xent(Z, labels, W, b, {scale = 1}, gW, gb)
+    G["units." .. name .. ".weight"]:add_(gW, o.unit_weight)
+    G["units." .. name .. ".bias"]:add_(gb, o.unit_weight)
+    dZ:add_(d, o.unit_weight)
+    total = total + o.unit_weight * l
+  end
+  head("class", cls)
+  if P["units.domain.weight"] and #dom == #rows then head("domain", dom) end
+  local out = {}
+  local r0 = {}
+  for r, n in ipairs(owner) do
+    if not r0[n] then r0[n] = r end
+  end
+  for n, r in pairs(r0) do out[n] = dZ:rows(r, r + list[n].ZT:size(1) - 1) end
+  return total, out
 end
 
 -- The encoder of layer l of a prepared model.
@@ -276,6 +372,7 @@ function A:forward(models)
   local B, fd, pl, S = #models, self.feat_dim, self.per_layer, #o.slots
   local F = lps.zeros(B, fd)
   local items = {}
+  local units = {}
   local need_head = false
   for _, s in ipairs(o.slots) do need_head = need_head or s == "head" end
   for i = 1, B do
@@ -296,6 +393,7 @@ function A:forward(models)
       if s == "templates" then
         ZT = K.neuron_forward(p.T, p.tlogit, p.tnorm, P["enc_tmpl.weight"], P["enc_tmpl.bias"], o.activation)
         K.sopool_forward(ZT, p.tw, self.pool, F, pos)
+        if self.training_units then units[#units + 1] = {p = p, ZT = ZT, i = i} end
       else
         local l = slot_layer(p, s)
         K.sopool_forward(Z[l], p.imp[l], self.pool, F, pos)
@@ -313,7 +411,14 @@ function A:forward(models)
     end
   end
   local Y, Upre = K.embed_forward(F, P["proj.weight"], P["proj.bias"])
-  self.cache = {F = F, U = Upre, items = items, norms = norms}
+  local daux = {}
+  self.aux_loss = nil
+  if #units > 0 and o.unit_classes > 0 then
+    local l, d = self:unit_loss(units)
+    for n, g in pairs(d) do daux[units[n].i] = g end
+    self.aux_loss = l
+  end
+  self.cache = {F = F, U = Upre, items = items, norms = norms, daux = daux}
   return Y
 end
 
@@ -339,6 +444,7 @@ function A:backward(dY)
       local pos = (i - 1) * fd + (k - 1) * pl + 1
       if s == "templates" then
         local dZT = K.sopool_backward(dF, it.ZT, p.tw, self.pool, pos)
+        if c.daux[i] then dZT:add_(c.daux[i]) end
         K.neuron_backward(dZT, it.ZT, p.T, p.tlogit, p.tnorm, P["enc_tmpl.weight"], G["enc_tmpl.weight"],
           G["enc_tmpl.bias"], false, o.activation)
       else

@@ -12,7 +12,9 @@
 --     {seed =, split = "classification" | "retrieval" | "cross", ids =};
 --   pairwise_per_task = k: comparing a pair is costly, so galleries, task
 --     relations and clustering use only k (k + 1 for clustering) models per task.
--- A model is a list of tensors {W1, b1, W2, b2, ...} (PyTorch layout).
+-- A model is a list of tensors {W1, b1, W2, b2, ...} (PyTorch layout), with
+-- `family` and `spec` where the set has them; the models fit trains on also
+-- carry their task's `classes` and `domain`.
 --
 --   local m = {name = "mean |W1|", embed = function(_, models)
 --     local E = lps.zeros(#models, 784)
@@ -34,17 +36,22 @@ B.methods = require "lualps.benchmark_methods"
 
 --- Load every model of a set (weights as lists, metadata), its splits
 -- (path .. ".splits.json") and, when present, its transfer matrix
--- (path .. ".transfer.json"). Returns S = {path, n, models, meta, byid,
--- splits, transfer}.
+-- (path .. ".transfer.json"). Returns S = {path, n, models, labelled, meta,
+-- byid, splits, transfer}: models[i] its tensors (with family and spec),
+-- labelled[i] the same with its task's classes and domain (what fit sees).
 function B.load(path)
   local ms <close> = lps.modelset.open(path)
-  local S = {path = path, n = #ms, models = {}, meta = {}, byid = {}}
+  local S = {path = path, n = #ms, models = {}, labelled = {}, meta = {}, byid = {}}
   for i = 1, #ms do
     local meta = ms:meta(i)
     S.meta[i], S.byid[meta.id] = meta, i
     local w = lps.similarity.weights(ms:tensors(i))
     w.family, w.spec = meta.family, meta.spec -- what a method may need to read a CNN
     S.models[i] = w
+    -- the same model with what its task is (classes, domain): given to fit only
+    local lw = {family = w.family, spec = w.spec, classes = meta.classes, domain = meta.domain}
+    for k, t in ipairs(w) do lw[k] = t end
+    S.labelled[i] = lw
   end
   local text, err = util.read_file(path .. ".splits.json")
   if not text then error("benchmark: no splits beside the set: " .. tostring(err), 2) end
@@ -173,12 +180,20 @@ function B.clustering(S, method, ids, seed)
   local k, seen = 0, {}
   for _, t in ipairs(y) do if not seen[t] then seen[t] = true; k = k + 1 end end
   local X
-  if method.features then
-    X = method.features(ids)
+  local F = method.features and method.features(ids)
+  local total = F and F:sum()
+  if F and total == total then -- features of every model (no NaN row)
+    X = F
     local norms = (X * X):sum(2):sqrt()
     for i = 1, X:size(1) do X[i]:div_(math.max(norms[i], 1e-12)) end
   else
-    X = eval.mds(method.sim(ids, ids), math.min(16, #ids - 1))
+    -- pairs a method cannot compare (-inf) count as its least similar
+    local sim = method.sim(ids, ids)
+    local flat, lo = sim:reshape(-1), math.huge
+    for i = 1, flat:numel() do if flat[i] > -math.huge then lo = math.min(lo, flat[i]) end end
+    if lo == math.huge then lo = 0 end
+    for i = 1, flat:numel() do if flat[i] == -math.huge then flat[i] = lo end end
+    X = eval.mds(sim, math.min(16, #ids - 1))
   end
   local assign = eval.kmeans(X, k, {generator = lps.generator(seed or 1), restarts = 10})
   local pred = {}
@@ -194,15 +209,25 @@ function B.task_similarity(S, method, ids, ntasks)
   for s = 1, ntasks do sum[s], cnt[s] = {}, {} for t = 1, ntasks do sum[s][t], cnt[s][t] = 0, 0 end end
   for i = 1, #ids do
     for j = 1, #ids do
-      if i ~= j then
+      local v = sim:get(i, j)
+      if i ~= j and v > -math.huge and v == v then -- pairs a method cannot compare do not count
         local s, t = y[i], y[j]
-        sum[s][t] = sum[s][t] + sim:get(i, j)
+        sum[s][t] = sum[s][t] + v
         cnt[s][t] = cnt[s][t] + 1
       end
     end
   end
   for s = 1, ntasks do for t = 1, ntasks do sum[s][t] = cnt[s][t] > 0 and sum[s][t] / cnt[s][t] or 0 / 0 end end
   return sum
+end
+
+-- Kendall tau-b (or Spearman rho with rho = true) of a against b over the
+-- pairs where a is finite; NaN with fewer than 3 such pairs.
+local function corr(a, b, rho)
+  local x, y = {}, {}
+  for i = 1, #a do if a[i] == a[i] and math.abs(a[i]) < math.huge then x[#x + 1], y[#y + 1] = a[i], b[i] end end
+  if #x < 3 then return 0 / 0 end
+  return rho and eval.spearman(x, y) or eval.kendall_tau(x, y)
 end
 
 --- Kendall tau-b and Spearman rho between the task similarity matrix and
@@ -218,8 +243,8 @@ function B.task_relations(tsim, transfer)
       gain[#gain + 1] = (transfer.gain[s][t] + transfer.gain[t][s]) / 2
     end
   end
-  return {tau_overlap = eval.kendall_tau(a, overlap), rho_overlap = eval.spearman(a, overlap),
-          tau_transfer = eval.kendall_tau(a, gain), rho_transfer = eval.spearman(a, gain)}
+  return {tau_overlap = corr(a, overlap), rho_overlap = corr(a, overlap, true),
+          tau_transfer = corr(a, gain), rho_transfer = corr(a, gain, true)}
 end
 
 --- Mean and (sample) standard deviation of the values of each key over a
@@ -265,7 +290,11 @@ end
 -- Fit (or take as is) the method on ids.
 local function fitted(S, method, ids, seed, split)
   if not method.fit then return method end
-  local models, y = B.gather(S, ids)
+  local models, y = {}, {}
+  for k, id in ipairs(ids) do
+    local i = S.byid[id]
+    models[k], y[k] = (S.labelled or S.models)[i], S.meta[i].task
+  end
   return method:fit(models, y, {seed = seed, split = split, ids = ids, tasks = S.splits.tasks,
                                 transfer = S.transfer})
 end
@@ -300,30 +329,35 @@ local nuisance_label = {
 --- Kendall tau between the test accuracy of the held-out models of (a) and
 -- its prediction from their embeddings by ridge regression (lambda 1e-3 *
 -- trace / e) fitted on the training models of (a): what the embedding
--- knows of a model's quality (Unterthiner et al. 2020).
+-- knows of a model's quality (Unterthiner et al. 2020). Solved in the
+-- smaller of the feature space and the sample space (the same solution).
 function B.accuracy_prediction(S, v, train, test)
   if not v.features then return nil end
   local function ys(ids) local y = {} for k, id in ipairs(ids) do y[k] = S.meta[S.byid[id]].test_accuracy end return y end
   local X, Xt, y = v.features(train), v.features(test), ys(train)
   local s = X:sum() + Xt:sum()
   if s ~= s then return nil end
-  local e = X:size(2)
+  local n, e = X:size(1), X:size(2)
   local mean, ymean = X:mean(1), 0
   for _, a in ipairs(y) do ymean = ymean + a / #y end
   X, Xt = X - mean, Xt - mean
-  local G = lps.matmul(X, X, true, false)
+  local yc = lps.tensor(y):reshape(n, 1) - ymean
+  local primal = e <= n
+  local G = primal and lps.matmul(X, X, true, false) or lps.matmul(X, X, false, true)
+  local m = G:size(1)
   local tr = 0
-  for i = 1, e do tr = tr + G:get(i, i) end
-  for i = 1, e do G:set(i, i, G:get(i, i) + 1e-3 * tr / e + 1e-9) end
-  local yc = lps.tensor(y):reshape(#y, 1) - ymean
-  local b = lps.matmul(X, yc, true, false) -- e x 1
+  for i = 1, m do tr = tr + G:get(i, i) end
+  for i = 1, m do G:set(i, i, G:get(i, i) + 1e-3 * tr / e + 1e-9) end
+  local rhs = primal and lps.matmul(X, yc, true, false) or yc
   local vals, vecs = eval.symeig(G)
-  local c = lps.matmul(vecs, b, true, false)
-  for i = 1, e do c:set(i, 1, c:get(i, 1) / vals[i]) end
-  local w = lps.matmul(vecs, c)
+  local c = lps.matmul(vecs, rhs, true, false)
+  for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
+  local sol = lps.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
+  local w = primal and sol or lps.matmul(X, sol, true, false)
   local pred = lps.matmul(Xt, w):reshape(-1):totable()
   return eval.kendall_tau(pred, ys(test))
 end
+
 
 --- Task relations over the unseen tasks of (b) only: the mean similarity
 -- of two tasks' models against the transfer gain (symmetrized; Kendall tau
@@ -353,12 +387,12 @@ function B.unseen_relations(S, v, ids)
   for _, t in ipairs(tasks) do
     local x, y = {}, {}
     for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], y[#y + 1] = tsim[s][t], gain[s][t] end end
-    local tau = eval.kendall_tau(x, y)
+    local tau = corr(x, y)
     if tau == tau then per, n = per + tau, n + 1 end
   end
-  return {tau_transfer = eval.kendall_tau(a, g), rho_transfer = eval.spearman(a, g),
-          tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = eval.kendall_tau(a, ov),
-          tau_domain = eval.kendall_tau(a, dm)}, tsim
+  return {tau_transfer = corr(a, g), rho_transfer = corr(a, g, true),
+          tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = corr(a, ov),
+          tau_domain = corr(a, dm)}, tsim
 end
 
 --- Run every protocol the set defines for `method` (see the module's
@@ -520,10 +554,17 @@ end
 -- and OUT/NAME.md (a title line, `intro`, the methods table and, if any,
 -- the ablations table led by `lead`). Returns the markdown text.
 -- r = {methods =, ablations =, protocol =, order =, ablation_order =,
--- metrics =, title =, intro =, lead =, extra =}
+-- metrics =, title =, intro =, lead =, extra =, required = keys written as
+-- null where a method has no value, sections = more markdown after the tables}
 function B.write_report(out, name, r)
   local json = {methods = {}, ablations = {}, protocol = r.protocol}
-  for key, v in pairs(r.methods) do json.methods[key] = finite(v) end
+  for key, v in pairs(r.methods) do
+    json.methods[key] = finite(v)
+    -- keys every method has, null where it cannot measure them
+    for _, req in ipairs(r.required or {}) do
+      if json.methods[key][req] == nil then json.methods[key][req] = cjson.null end
+    end
+  end
   for key, v in pairs(r.ablations or {}) do json.ablations[key] = finite(v) end
   for key, v in pairs(r.extra or {}) do json[key] = v end
   util.write_file(out .. "/" .. name .. ".json", cjson.encode(json))
@@ -536,9 +577,37 @@ function B.write_report(out, name, r)
     for _, key in ipairs(r.ablation_order) do order[#order + 1] = key end
     md[#md + 1] = B.markdown(both, order, r.metrics)
   end
+  for _, sec in ipairs(r.sections or {}) do md[#md + 1] = sec end
   local text = table.concat(md, "\n")
   util.write_file(out .. "/" .. name .. ".md", text)
   return text
+end
+
+--- The figures of an evaluation: OUT/task_similarity_vs_transfer.png
+-- (the method's mean similarity between the models of two tasks next to
+-- the transfer gain, over the tasks the relations were measured on) and
+-- OUT/embedding_pca.png (PCA of every model's embedding, coloured by task,
+-- marked by family). d: the details lps.benchmark.evaluate returned;
+-- prefix names the files (default none). Returns true or false and why.
+function B.figures(out, S, d, prefix)
+  local plot = require "lualps.plot"
+  prefix = prefix or ""
+  local tasks = S.splits.relations == "unseen" and S.splits.retrieval.unseen_tasks or nil
+  if not tasks then tasks = {} for t = 1, #S.splits.tasks do tasks[t] = t end end
+  local function sub(M)
+    local o = {}
+    for i, s in ipairs(tasks) do o[i] = {} for j, t in ipairs(tasks) do o[i][j] = M[s][t] end end
+    return o
+  end
+  local ok, err = plot.heatmaps(out .. "/" .. prefix .. "task_similarity_vs_transfer.png", {
+    {title = "Mean similarity of two tasks' models (" .. #tasks .. " tasks)", matrix = sub(d.task_similarity)},
+    {title = "Transfer gain (row = source, column = target)", matrix = sub(S.transfer.gain)}})
+  if not ok or not d.embeddings then return ok, err end
+  local task, fam, names = {}, {}, {"MLP", "CNN"}
+  for i = 1, S.n do task[i], fam[i] = S.meta[i].task, S.meta[i].family == "cnn" and 2 or 1 end
+  return plot.scatter(out .. "/" .. prefix .. "embedding_pca.png", eval.pca(d.embeddings, 2), task,
+    S.meta[1].family and fam or nil, {marker_names = S.meta[1].family and names or nil,
+    title = ("Embeddings of all %d models (PCA), coloured by task"):format(S.n)})
 end
 
 return B

@@ -42,8 +42,15 @@ end
 -- (lps.eval.features), compared by cosine. opts.standardize: a list of
 -- models whose per-feature mean and sd standardize the features first
 -- (stats: the training models).
+-- With opts.pairwise (sets of many architectures) the cosines come from
+-- lps.eval.similarity_matrix, NaN (not comparable) between models whose
+-- features do not share a space: raw and sorted across architectures, gram
+-- across families.
 function M.features(kind, opts)
   opts = opts or {}
+  if opts.pairwise then
+    return {name = kind, similarity = function(_, a, b) return eval.similarity_matrix(kind, a, b) end}
+  end
   local mean, sd = feature_stats(kind, opts.standardize)
   return {name = kind, metric = "dot",
           embed = function(_, models) return normalized_features(kind, models, mean, sd) end}
@@ -184,8 +191,22 @@ end
 
 --- Linear CKA of hidden activations on probe inputs (N x d): features whose
 -- dot products are the layer-averaged CKA (lps.eval.cka_features).
+-- The depths of the first models it embeds (the set) fix the layout of the
+-- features, so later models (a probe model) land in the same space.
 function M.cka(probe)
-  return {name = "cka", metric = "dot", embed = function(_, models) return eval.cka_features(models, probe) end}
+  local depths
+  return {name = "cka", metric = "dot", embed = function(_, models)
+    if not depths then
+      local seen = {}
+      depths = {}
+      for _, m in ipairs(models) do
+        local L = #m // 2 - 1
+        if not seen[L] then seen[L] = true; depths[#depths + 1] = L end
+      end
+      return eval.cka_features(models, probe)
+    end
+    return eval.cka_features(models, probe, {depths = depths})
+  end}
 end
 
 --- Git Re-Basin weight matching (pairwise only: opts.per_task models per

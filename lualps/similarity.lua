@@ -367,7 +367,7 @@ function Net:loss(Y, labels, opts)
     stats.triplet, stats.valid, stats.active = l, valid, active
   end
   if not dY then error(("similarity.loss: unknown loss '%s'"):format(tostring(o.loss)), 2) end
-  if o.relations then
+  if o.relations and Y:size(1) >= 2 then -- a batch of one has no pair
     local l, d = K.pair_regression(Y, labels, o.relations)
     total = total + o.relation_weight * l
     dY:add_(d, o.relation_weight)
@@ -510,8 +510,11 @@ function M.train_network(net, models, labels, opts)
         if keep < 1 then ms[k] = net:keep_units(ms[k], keep, g) end
       end
       net:zero_grad()
+      net.training_units = true -- auxiliary unit losses (archnet), only while training
       local Y = net:forward(ms)
+      net.training_units = nil
       local loss, dY, st = net:loss(Y, ys, loss_opts)
+      if net.aux_loss then loss = loss + net.aux_loss end
       if loss ~= loss or loss == math.huge then
         error(("train_network: the loss is not finite at epoch %d"):format(epoch), 2)
       end
@@ -635,6 +638,7 @@ function M.weights(model, names)
     if #list > 0 then
       list.spec = model:spec() -- strides, padding and pooling: what a CNN's function needs
       list.family = list[1]:dim() == 4 and "cnn" or "mlp"
+      list.module = model
       return list
     end
   end
@@ -840,8 +844,10 @@ function M.load(path)
   end
   local spec = meta.spec
   -- options added later: a file saved without them was trained without them
-  if spec.pool_weights == nil then spec.pool_weights = "importance" end
-  if spec.layer_norm == nil then spec.layer_norm = false end
+  if spec.families == nil then
+    if spec.pool_weights == nil then spec.pool_weights = "importance" end
+    if spec.layer_norm == nil then spec.layer_norm = false end
+  end
   local net = M.network(spec)
   net:load_named((ms:tensors(1)))
   local sim = M.wrap(net, meta.classes)

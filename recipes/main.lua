@@ -1,18 +1,21 @@
 #!/usr/bin/env lua5.4
--- The main job (`make run`): build ModelSet500 and its transfer matrix unless
--- cached under build/ (a changed recipe or task table rebuilds them), train
--- LPS, evaluate it against the baselines, print the table and the plots.
+-- The main job (`make run`): build ModelSet500 and ModelSet-Hetero and their
+-- transfer matrices unless cached under build/ (a changed recipe or task
+-- table rebuilds them), train LPS, evaluate it against the baselines on
+-- both, print both tables and write the plots.
 --   lua5.4 recipes/main.lua [--jobs 2] [--out results]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
 local util, zoo = lps.util, lps.zoo
 
-local p = argparse("main.lua", "Build ModelSet500, its transfer matrix, and evaluate LPS.")
+local p = argparse("main.lua", "Build ModelSet500 and ModelSet-Hetero, their transfer matrices, and evaluate LPS.")
 p:option("--jobs", "Processes for the builds.", "2"):convert(math.tointeger)
 p:option("--build", "Cache directory.", "build")
 p:option("--out", "Results directory.", "results")
 p:option("--eval-args", "Extra arguments for recipes/eval_lps.lua.", "")
+p:option("--hetero-args", "Extra arguments for recipes/eval_hetero.lua.", "")
+p:flag("--only500", "ModelSet500 only.")
 local a = p:parse()
 if not a.jobs or a.jobs < 1 then io.stderr:write("main: --jobs must be a positive integer\n") os.exit(1) end
 
@@ -57,4 +60,16 @@ local transfer = set .. ".transfer.json"
 step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", "lualps/transfer.lua", set .. ".stamp"},
   function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(set, a.jobs)) end)
 run(("lua5.4 recipes/eval_lps.lua --set '%s' --out '%s' %s"):format(set, a.out, a.eval_args))
+if a.only500 then
+  io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))
+  os.exit(0)
+end
+
+-- ModelSet-Hetero: MLPs and CNNs, multi-class tasks in four image domains.
+local het = a.build .. "/modelset_hetero.lpsm"
+step("modelset-hetero", het, {"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua", "lualps/hetero.lua",
+  "lualps/zoo.lua"}, function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
+step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/transfer_pool.lua",
+  het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)
+run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' %s"):format(het, a.out, a.hetero_args))
 io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))

@@ -1,17 +1,20 @@
 #!/usr/bin/env lua5.4
 -- Put the headline table of an evaluation (results/lps_eval.md, written by
--- recipes/eval_lps.lua) into README.md between its results markers, so the
--- README shows measured numbers, never typed ones.
---   lua5.4 scripts/update_readme.lua [results/lps_eval.md] [README.md]
-local src, readme = arg[1] or "results/lps_eval.md", arg[2] or "README.md"
+-- recipes/eval_lps.lua, or results/lps_hetero_eval.md by eval_hetero.lua)
+-- into README.md between its markers, so the README shows measured numbers,
+-- never typed ones.
+--   lua5.4 scripts/update_readme.lua [results/lps_eval.md] [README.md] [TAG]
+-- TAG names the block: <!-- TAG:begin --> ... <!-- TAG:end --> ("results").
+local src, readme, tag = arg[1] or "results/lps_eval.md", arg[2] or "README.md", arg[3] or "results"
 local function read(p) local f = assert(io.open(p)) local s = f:read("a") f:close() return s end
 local md, text = read(src), read(readme)
 local table_md = md:match("(| method |.-\n)\n") or md:match("(| method |.*)$")
 assert(table_md, src .. " has no results table")
-local note = md:match("\n(%d+ models, [^\n]+)\n") or ""
-local block = "<!-- results:begin -->\n" .. note .. "\n\n" .. table_md .. "<!-- results:end -->"
-local new, n = text:gsub("<!%-%- results:begin %-%->.-<!%-%- results:end %-%->", function() return block end)
-assert(n == 1, readme .. " needs one <!-- results:begin --> ... <!-- results:end --> block")
+local note = md:match("\n(%d+ models[^\n]+)\n") or ""
+local block = ("<!-- %s:begin -->\n"):format(tag) .. note .. "\n\n" .. table_md .. ("<!-- %s:end -->"):format(tag)
+local pat = ("<!%%-%%- %s:begin %%-%%->.-<!%%-%%- %s:end %%-%%->"):format(tag:gsub("%-", "%%-"), tag:gsub("%-", "%%-"))
+local new, n = text:gsub(pat, function() return block end)
+assert(n == 1, ("%s needs one <!-- %s:begin --> ... <!-- %s:end --> block"):format(readme, tag, tag))
 local f = assert(io.open(readme, "w"))
 f:write(new)
 f:close()

@@ -1,0 +1,133 @@
+#!/usr/bin/env lua5.4
+-- Evaluate LPS for every architecture against the baselines on
+-- ModelSet-Hetero (lps.benchmark runs the protocols: held-out models,
+-- unseen tasks, novel classes, held-out architectures, cross-family, task
+-- relations on unseen tasks, model selection), with the controls (shuffled
+-- labels, chance, nuisance labels, accuracy prediction) and the ablations.
+-- Writes OUT/lps_hetero_eval.json and .md, OUT/lps_hetero.model and plots.
+--
+--   lua5.4 recipes/eval_hetero.lua --set build/modelset_hetero.lpsm --out results
+package.path = "./?.lua;./?/init.lua;" .. package.path
+local lps = require "lualps"
+local argparse = require "argparse"
+local B, eval, util = lps.benchmark, lps.eval, lps.util
+
+local p = argparse("eval_hetero.lua", "Evaluate LPS and the baselines on ModelSet-Hetero.")
+p:option("--set", "The model set (splits and pool transfer matrix beside it).", "build/modelset_hetero.lpsm")
+p:option("--out", "Output directory.", "results")
+p:option("--seeds", "Training seeds of learned methods (mean and sd over them).", "3"):convert(math.tointeger)
+p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
+p:option("--methods", "Comma-separated methods.", "lps,raw,sorted,stats,gram,matching,cka")
+p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert(math.tointeger)
+p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
+p:flag("--no-ablations", "Skip the ablations and controls.")
+p:flag("--no-plots", "Skip the gnuplot figures.")
+local a = p:parse()
+local function fail(msg) io.stderr:write("eval_hetero: ", msg, "\n") os.exit(1) end
+for _, k in ipairs{"seeds", "epochs", "probe"} do if not a[k] or a[k] < 1 then fail("--" .. k .. " must be a positive integer") end end
+if not lps.zoo.file_exists(a.set) then fail("no model set at " .. a.set .. " (build it with recipes/modelset_hetero.lua)") end
+local ok, S = pcall(B.load, a.set)
+if not ok then fail(S) end
+if not (S.transfer and S.transfer.protocol.kind == "pool") then fail("no pool transfer matrix beside the set (run recipes/transfer_matrix.lua)") end
+assert(os.execute("mkdir -p '" .. a.out .. "'"))
+local t_start = lps.now()
+local log = function(fmt, ...) io.stderr:write(os.date("%H:%M:%S "), fmt:format(...), "\n") end
+local eopts = {seeds = a.seeds, data = a.data}
+
+-- LPS's defaults for sets of MLPs and CNNs, from the ablations below.
+local LPS = {families = {"mlp", "cnn"}, slots = {"templates"}, relations = "transfer", epochs = a.epochs,
+  noise_ranges = { {0, 0.2}, {0.8, 1} }}
+local function lps_with(changes, name)
+  local o = {name = name}
+  for k, v in pairs(LPS) do o[k] = v end
+  for k, v in pairs(changes or {}) do o[k] = v end
+  return B.methods.lps(o)
+end
+local make = {
+  lps = function() return lps_with({}, "lps") end,
+  raw = function() return B.methods.features("raw", {pairwise = true}) end,
+  sorted = function() return B.methods.features("sorted", {pairwise = true}) end,
+  stats = function() return B.methods.features("stats", {standardize = B.gather(S, S.splits.classification.train)}) end,
+  gram = function() return B.methods.features("gram", {pairwise = true}) end,
+  matching = function() return B.methods.matching{per_task = 2} end,
+  cka = function()
+    local xt = lps.data.fashion_mnist("test", a.data)
+    return B.methods.cka(xt:rows(1, math.min(a.probe, xt:size(1))):clone())
+  end,
+}
+local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
+  "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
+local function show(name, r)
+  local parts = {}
+  for _, m in ipairs(metrics) do parts[#parts + 1] = ("%s %.3f"):format(m, r[m] or 0 / 0) end
+  log("%-20s %s", name, table.concat(parts, " "))
+end
+local results, details, timings = {}, {}, {}
+for m in a.methods:gmatch("[^,]+") do
+  if not make[m] then fail("unknown method " .. m) end
+  local t0 = lps.now()
+  results[m], details[m] = B.evaluate(S, make[m](), eopts)
+  results[m].unseen_map, timings[m] = results[m].map, lps.now() - t0
+  show(m, results[m])
+end
+
+-- Ablations (one seed each) and controls.
+local ablations, abl_order, controls = {}, {}, {reliability = S.transfer.reliability}
+if not a.no_ablations then
+  for _, v in ipairs{
+    {"no_conv_encoder", {families = {"mlp"}}}, {"first_order_pooling", {pool = "mean"}},
+    {"no_relation_objective", {relations = false}}, {"no_chain_norm", {chain_norm = false}},
+    {"trained_on_mlps", {train_families = {"mlp"}}}, {"weight_units_only", {slots = {"first", "last", "head"}}},
+    {"templates_and_units", {slots = {"templates", "first", "last", "head"}}},
+  } do
+    local t0 = lps.now()
+    ablations[v[1]] = B.evaluate(S, lps_with(v[2], v[1]), {seeds = 1, data = a.data})
+    ablations[v[1]].unseen_map, timings["ablation_" .. v[1]] = ablations[v[1]].map, lps.now() - t0
+    abl_order[#abl_order + 1] = v[1]
+    show(v[1], ablations[v[1]])
+  end
+  local shuffled = B.evaluate(S, lps_with({shuffle_labels = true}, "shuffled_labels"), {seeds = 1, data = a.data})
+  local random = {name = "random", fit = function(_, _, _, ctx) -- embeddings drawn at random: chance
+    return {embed = function(_, ms) return lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)) end}
+  end}
+  local chance = B.evaluate(S, random, {seeds = 5, data = a.data})
+  controls.shuffled_labels_map, controls.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
+  controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
+end
+controls.random_regret = results.lps and results.lps.random_regret
+for _, k in ipairs{"optimizer", "family", "width"} do
+  controls["nuisance_map_" .. k] = results.lps and results.lps["nuisance_map_" .. k]
+end
+controls.stats_accuracy_tau = results.stats and results.stats.accuracy_tau
+
+local protocol = B.describe(S)
+for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.seeds, lps_options = LPS,
+  transfer = S.transfer.protocol, seconds = timings, total_seconds = lps.now() - t_start,
+  cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
+local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
+for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "nuisance_map_optimizer",
+  "nuisance_map_family", "nuisance_map_width", "stats_accuracy_tau"} do
+  ctl[#ctl + 1] = ("| %s | %s |"):format(k, controls[k] and ("%.3f"):format(controls[k]) or "–")
+end
+ctl[#ctl + 1] = ("| transfer reliability (split-half Spearman; per target) | %.3f; %.3f |"):format(
+  controls.reliability.split_half_spearman, controls.reliability.per_target_split_half_spearman)
+local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablations = ablations, protocol = protocol,
+  order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka"}, ablation_order = abl_order, metrics = metrics,
+  lead = "lps", title = "LPS on " .. a.set, extra = {controls = controls}, sections = {table.concat(ctl, "\n")},
+  required = {"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
+    "selection_accuracy", "selection_regret"},
+  intro = ("%d models (MLPs and CNNs), %d tasks; means ± sd over %d seeds of the learned methods. "
+    .. "Generated by recipes/eval_hetero.lua."):format(S.n, #S.splits.tasks, a.seeds)})
+
+if details.lps then
+  local model = lps.similarity.wrap(details.lps.fitted.net, details.lps.fitted.classes)
+  model.n_train = #S.splits.classification.train
+  model:save(a.out .. "/lps_hetero.model")
+  if not a.no_plots then
+    local okp, err = B.figures(a.out, S, details.lps, "hetero_")
+    if not okp then log("%s", err) end
+  end
+end
+io.write(md, "\n")
+print(("Results: %s/lps_hetero_eval.json, %s/lps_hetero_eval.md; model: %s/lps_hetero.model"):format(a.out, a.out, a.out))
+print(("Evaluation took %s."):format(util.fmt_time(lps.now() - t_start)))
