@@ -183,6 +183,92 @@ function TestConv:test_batch_grouping()
   end
 end
 
+-- Plain-Lua convolution (doubles): y, and for gy the gradients gx, gw, gb.
+local function conv_ref(x, w, b, s, p, gy)
+  local X, W, Bv = x:totable(), w:totable(), b:totable()
+  local n, cin, h, wd = table.unpack(x:shape())
+  local cout, k = w:shape()[1], w:shape()[3]
+  local oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+  local G = gy and gy:totable()
+  local y, gx, gw, gb = {}, {}, {}, {}
+  for co = 1, cout do
+    gb[co] = 0
+    gw[co] = {}
+    for ci = 1, cin do
+      gw[co][ci] = {}
+      for i = 1, k do gw[co][ci][i] = {} for j = 1, k do gw[co][ci][i][j] = 0 end end
+    end
+  end
+  for bi = 1, n do
+    y[bi], gx[bi] = {}, {}
+    for ci = 1, cin do
+      gx[bi][ci] = {}
+      for i = 1, h do gx[bi][ci][i] = {} for j = 1, wd do gx[bi][ci][i][j] = 0 end end
+    end
+    for co = 1, cout do
+      y[bi][co] = {}
+      for oi = 1, oh do
+        y[bi][co][oi] = {}
+        for oj = 1, ow do
+          local acc, g = Bv[co], G and G[bi][co][oi][oj]
+          if g then gb[co] = gb[co] + g end
+          for ci = 1, cin do for ki = 1, k do for kj = 1, k do
+            local ii, jj = (oi - 1) * s - p + ki, (oj - 1) * s - p + kj
+            if ii >= 1 and ii <= h and jj >= 1 and jj <= wd then
+              local xv, wv = X[bi][ci][ii][jj], W[co][ci][ki][kj]
+              acc = acc + xv * wv
+              if g then
+                gx[bi][ci][ii][jj] = gx[bi][ci][ii][jj] + g * wv
+                gw[co][ci][ki][kj] = gw[co][ci][ki][kj] + g * xv
+              end
+            end
+          end end end
+          y[bi][co][oi][oj] = acc
+        end
+      end
+    end
+  end
+  return lps.tensor(y), lps.tensor(gx), lps.tensor(gw), lps.tensor(gb)
+end
+
+local function assert_close(a, b, what)
+  local scale = math.max(1, b:abs():max())
+  local diff = (a - b):abs():max()
+  lu.assertTrue(diff <= 2e-5 * scale, ("%s: max abs diff %.3g (scale %.3g)"):format(what, diff, scale))
+end
+
+function TestConv:test_paths_match_reference()
+  -- Every kernel path (Winograd for 3x3 stride 1, direct for few input
+  -- channels, im2col otherwise) against the plain definition: odd and even
+  -- sizes, planes narrower and wider than one SIMD group of tiles, padding
+  -- 0 to 3, strides 1 to 3, kernels 1 to 5.
+  local g = lps.generator(21)
+  local cases = {
+    -- cin, cout, k, stride, padding, h, w
+    {3, 4, 3, 1, 1, 7, 9}, {2, 3, 3, 1, 0, 6, 5}, {2, 3, 3, 1, 2, 5, 6}, {5, 6, 3, 1, 1, 13, 17},
+    {4, 3, 3, 1, 3, 4, 4}, {6, 5, 3, 1, 1, 16, 15}, {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28},
+    {1, 3, 5, 1, 2, 11, 10}, {1, 4, 5, 2, 2, 12, 13}, {2, 3, 3, 2, 1, 9, 10}, {3, 2, 5, 1, 2, 8, 7},
+    {2, 3, 5, 2, 2, 9, 10}, {3, 4, 3, 2, 1, 9, 8}, {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12},
+    {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14}, {16, 8, 3, 1, 1, 14, 14}, {3, 5, 3, 1, 0, 10, 12},
+    {3, 2, 3, 1, 0, 4, 6},
+  }
+  for _, c in ipairs(cases) do
+    local cin, cout, k, s, p, h, w = table.unpack(c)
+    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d) on %dx%d"):format(cin, cout, k, s, p, h, w)
+    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+    local x = lps.randn({3, cin, h, w}, g)
+    local params, grads = m:parameters()
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    local yr, gxr, gwr, gbr = conv_ref(x, params[1], params[2], s, p, gy)
+    assert_close(y, yr, what .. " output")
+    m:zero_grad()
+    assert_close(m:backward(x, gy), gxr, what .. " input gradient")
+    assert_close(grads[1], gwr, what .. " weight gradient")
+    assert_close(grads[2], gbr, what .. " bias gradient")
+  end
+end
+
 TestPool = {}
 
 function TestPool:test_forward_and_ties()

@@ -1,21 +1,11 @@
 /* conv.c - 2-D convolution (cross-correlation, as PyTorch) by im2col + sgemm
  * over groups of samples, so each GEMM is large enough to run (and thread) well. */
-#include "nn/nn_internal.h"
+#include "nn/conv_internal.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    lps_scratch col, gcol, tmp;
-} convpriv;
-
-#define CIN cfg[0]
-#define COUT cfg[1]
-#define KS cfg[2]
-#define STRIDE cfg[3]
-#define PAD cfg[4]
 
 static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                                  int64_t *out)
@@ -136,15 +126,18 @@ static lps_status conv_setup(lps_layer *l, const lps_tensor *x, const lps_tensor
     j->cout = l->COUT;
     j->group = group_size(l, j->b, j->np);
     int64_t cols = j->group * j->np;
-    j->col = lps_scratch_get(&p->col, j->kk * cols, op);
-    j->tmp = lps_scratch_get(&p->tmp, j->cout * cols, op);
-    j->gcol = need_gcol ? lps_scratch_get(&p->gcol, j->kk * cols, op) : NULL;
+    j->col = lps_scratch_get(&p->s[0], j->kk * cols, op);
+    j->tmp = lps_scratch_get(&p->s[1], j->cout * cols, op);
+    j->gcol = need_gcol ? lps_scratch_get(&p->s[2], j->kk * cols, op) : NULL;
     if (!j->col || !j->tmp || (need_gcol && !j->gcol)) return LPS_ENOMEM;
     return LPS_OK;
 }
 
 static lps_status conv_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
+    convdims d = {x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3]};
+    if (lps_direct_applies(l)) return lps_direct_forward(l, &d, x->data, y->data);
+    if (lps_wino_applies(l)) return lps_wino_forward(l, &d, x->data, y->data);
     convjob j;
     if (conv_setup(l, x, y, 0, &j, "conv2d")) return LPS_ENOMEM;
     const float *wt = l->param[0]->data, *bias = l->param[1]->data;
@@ -171,6 +164,11 @@ static lps_status conv_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 static lps_status conv_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                                 const lps_tensor *gy, lps_tensor *gx)
 {
+    convdims d = {x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3]};
+    if (lps_direct_applies(l))
+        return lps_direct_backward(l, &d, x->data, gy->data, gx ? gx->data : NULL);
+    if (lps_wino_applies(l))
+        return lps_wino_backward(l, &d, x->data, gy->data, gx ? gx->data : NULL);
     convjob j;
     if (conv_setup(l, x, y, gx != NULL, &j, "conv2d backward")) return LPS_ENOMEM;
     const float *wt = l->param[0]->data;
@@ -203,9 +201,7 @@ static void conv_destroy(lps_layer *l)
 {
     convpriv *p = l->priv;
     if (!p) return;
-    lps_scratch_free(&p->col);
-    lps_scratch_free(&p->gcol);
-    lps_scratch_free(&p->tmp);
+    for (int i = 0; i < CONV_NSCRATCH; i++) lps_scratch_free(&p->s[i]);
     free(p);
 }
 

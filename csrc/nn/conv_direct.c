@@ -1,0 +1,315 @@
+/* conv_direct.c - convolution computed directly, for layers with few input
+ * values per output (cin k k small, such as a first layer on grey images),
+ * where im2col + GEMM would spend its time copying. One sample at a time:
+ * the padded input is split into `stride` column phases, so the inputs of
+ * 8 neighbouring outputs are 8 contiguous floats for every kernel tap.
+ * Kernels are written on 8-float vectors and built twice, for AVX2 and for
+ * the baseline; every lane does the same multiplies and adds in the same
+ * order either way, so both give the same bits. */
+#include "nn/conv_internal.h"
+
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+/* for unaligned loads and stores of 8 floats */
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+#define LD8(p) (*(const v8u *)(p))
+#define ST8(p, v) (*(v8u *)(p) = (v))
+#define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
+/* sum of the lanes in a fixed order */
+#define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
+
+enum { S_X, S_OFF, S_G, S_GX };
+
+int lps_direct_applies(const lps_layer *l) { return l->CIN * l->KS * l->KS <= 27; }
+
+/* The phase-split padded input of one sample: cin x s planes of hp x wc. */
+typedef struct {
+    int64_t cin, cout, k, s, pad, hp, wc, plane, taps;
+    int64_t owp; /* output rows padded with zeros to whole vectors */
+} dgeo;
+
+static void geometry(const lps_layer *l, const convdims *d, dgeo *g)
+{
+    g->cin = l->CIN;
+    g->cout = l->COUT;
+    g->k = l->KS;
+    g->s = l->STRIDE;
+    g->pad = l->PAD;
+    g->owp = (d->ow + 7) / 8 * 8;
+    /* rows: one more output row than needed (pairs of rows) */
+    g->hp = (d->oh + 1) * g->s + g->k;
+    g->wc = g->owp + (g->k - 1) / g->s + 8;
+    g->plane = g->hp * g->wc;
+    g->taps = g->cin * g->k * g->k;
+}
+
+/* xs[ci][phase][r][c] = padded x[ci][r][c s + phase] (0 outside the input). */
+static void split_input(const float *x, const convdims *d, const dgeo *g, float *xs)
+{
+    memset(xs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
+    for (int64_t ci = 0; ci < g->cin; ci++)
+        for (int64_t ph = 0; ph < g->s; ph++) {
+            float *dst = xs + (ci * g->s + ph) * g->plane;
+            for (int64_t ih = 0; ih < d->h; ih++) {
+                const float *src = x + (ci * d->h + ih) * d->w;
+                float *row = dst + (ih + g->pad) * g->wc;
+                if (g->s == 1) {
+                    memcpy(row + g->pad, src, (size_t)d->w * sizeof(float));
+                    continue;
+                }
+                for (int64_t c = 0; c < g->wc; c++) {
+                    int64_t iw = c * g->s + ph - g->pad;
+                    if (iw >= d->w) break;
+                    if (iw >= 0) row[c] = src[iw];
+                }
+            }
+        }
+}
+
+/* Offset of each tap (ci, ki, kj) from its output's first input. */
+static void tap_offsets(const dgeo *g, int64_t *off)
+{
+    for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
+        for (int64_t ki = 0; ki < g->k; ki++)
+            for (int64_t kj = 0; kj < g->k; kj++, t++)
+                off[t] = (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
+}
+
+static lps_status buffers(lps_layer *l, const dgeo *g, float **xs, int64_t **off, const char *op)
+{
+    convpriv *p = l->priv;
+    *xs = lps_scratch_get(&p->s[S_X], g->cin * g->s * g->plane, op);
+    /* the int64 offsets live in a float scratch, 2 floats each */
+    *off = (int64_t *)(void *)lps_scratch_get(&p->s[S_OFF], 2 * g->taps, op);
+    return *xs && *off ? LPS_OK : LPS_ENOMEM;
+}
+
+/* y for 4 output channels co..co+3 (fewer at the end) of one sample: two
+ * output rows x 8 columns x 4 channels per step, 8 vector sums. */
+KERNEL static void forward_block(const float *xs, const dgeo *g, const convdims *d,
+                                 const int64_t *off, const float *w, const float *bias,
+                                 int64_t co, float *yn)
+{
+    int64_t nco = g->cout - co < 4 ? g->cout - co : 4, taps = g->taps;
+    const float *w0 = w + co * taps, *w1 = nco > 1 ? w0 + taps : w0;
+    const float *w2 = nco > 2 ? w0 + 2 * taps : w0, *w3 = nco > 3 ? w0 + 3 * taps : w0;
+    int64_t rs = g->s * g->wc; /* from one output row's inputs to the next */
+    /* the last pair of rows and group of 8 columns overlap the ones before
+     * when the plane is not a multiple (rewriting the same values) */
+    for (int64_t q = 0; q < d->oh; q += 2)
+        for (int64_t c = 0; c < d->ow; c += 8) {
+            int64_t oh = q + 2 <= d->oh || d->oh < 2 ? q : d->oh - 2;
+            int64_t ow = c + 8 <= d->ow || d->ow < 8 ? c : d->ow - 8;
+            const float *base = xs + oh * rs + ow;
+            float b0 = bias[co], b1 = bias[co + (nco > 1)], b2 = bias[co + (nco > 2 ? 2 : 0)];
+            float b3 = bias[co + (nco > 3 ? 3 : 0)];
+            v8 a00 = BC8(b0), a01 = a00, a10 = BC8(b1), a11 = a10;
+            v8 a20 = BC8(b2), a21 = a20, a30 = BC8(b3), a31 = a30;
+            for (int64_t t = 0; t < taps; t++) {
+                const float *p = base + off[t];
+                float f0 = w0[t], f1 = w1[t], f2 = w2[t], f3 = w3[t];
+                v8 x0 = LD8(p), x1 = LD8(p + rs), wv = BC8(f0);
+                a00 += wv * x0;
+                a01 += wv * x1;
+                wv = BC8(f1);
+                a10 += wv * x0;
+                a11 += wv * x1;
+                wv = BC8(f2);
+                a20 += wv * x0;
+                a21 += wv * x1;
+                wv = BC8(f3);
+                a30 += wv * x0;
+                a31 += wv * x1;
+            }
+            int64_t cols = d->ow - ow < 8 ? d->ow - ow : 8;
+            if (nco == 4 && cols == 8 && oh + 1 < d->oh) {
+                float *y0 = yn + (co * d->oh + oh) * d->ow + ow;
+                int64_t cs = d->oh * d->ow;
+                ST8(y0, a00);
+                ST8(y0 + d->ow, a01);
+                ST8(y0 + cs, a10);
+                ST8(y0 + cs + d->ow, a11);
+                ST8(y0 + 2 * cs, a20);
+                ST8(y0 + 2 * cs + d->ow, a21);
+                ST8(y0 + 3 * cs, a30);
+                ST8(y0 + 3 * cs + d->ow, a31);
+                continue;
+            }
+            v8 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+            for (int j = 0; j < nco; j++)
+                for (int r = 0; r < 2 && oh + r < d->oh; r++) {
+                    float *dst = yn + ((co + j) * d->oh + oh + r) * d->ow + ow;
+                    if (cols == 8) {
+                        ST8(dst, acc[j][r]);
+                    } else {
+                        float tmp[8];
+                        ST8(tmp, acc[j][r]);
+                        memcpy(dst, tmp, (size_t)cols * sizeof(float));
+                    }
+                }
+        }
+}
+
+lps_status lps_direct_forward(lps_layer *l, const convdims *d, const float *x, float *y)
+{
+    dgeo g;
+    geometry(l, d, &g);
+    float *xs;
+    int64_t *off;
+    if (buffers(l, &g, &xs, &off, "conv2d")) return LPS_ENOMEM;
+    tap_offsets(&g, off);
+    int64_t in_size = g.cin * d->h * d->w, out_size = g.cout * d->oh * d->ow;
+    for (int64_t n = 0; n < d->b; n++) {
+        split_input(x + n * in_size, d, &g, xs);
+        for (int64_t co = 0; co < g.cout; co += 4)
+            forward_block(xs, &g, d, off, l->param[0]->data, l->param[1]->data, co,
+                          y + n * out_size);
+    }
+    return LPS_OK;
+}
+
+/* dW[co][tap] += sum over outputs of gy * the tap's input, 9 taps at a time
+ * (taps past the last repeat tap 0 and are dropped), and db[co] += sum of
+ * gy, in vector partial sums. gy rows are gs floats apart (planes gps),
+ * ow_n >= 8 wide:
+ * when ow is not a multiple of 8 the last group of 8 overlaps the one
+ * before and its repeated lanes are masked to zero. */
+KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int64_t gps, int64_t ow_n,
+                               const dgeo *g, const convdims *d, const int64_t *off, float *gw,
+                               float *gb)
+{
+    int64_t taps = g->taps, rs = g->s * g->wc, last = ow_n - 8, seen = ow_n / 8 * 8;
+    v8i tail;
+    for (int i = 0; i < 8; i++) tail[i] = last + i >= seen || last == seen ? -1 : 0;
+    for (int64_t co = 0; co < g->cout; co++) {
+        const float *gc = gy + co * gps;
+        v8 gsum = {0};
+        for (int64_t oh = 0; oh < d->oh; oh++)
+            for (int64_t c = 0; c < ow_n; c += 8) {
+                int64_t ow = c + 8 <= ow_n ? c : last;
+                v8 gv = LD8(gc + oh * gs + ow);
+                gsum += c == ow ? gv : (v8)((v8i)gv & tail);
+            }
+        gb[co] += HSUM8(gsum);
+        for (int64_t t0 = 0; t0 < taps; t0 += 9) {
+            int64_t nt = taps - t0 < 9 ? taps - t0 : 9;
+            const int64_t *ot = off + t0;
+            int64_t o0 = ot[0], o1 = nt > 1 ? ot[1] : o0, o2 = nt > 2 ? ot[2] : o0;
+            int64_t o3 = nt > 3 ? ot[3] : o0, o4 = nt > 4 ? ot[4] : o0, o5 = nt > 5 ? ot[5] : o0;
+            int64_t o6 = nt > 6 ? ot[6] : o0, o7 = nt > 7 ? ot[7] : o0, o8 = nt > 8 ? ot[8] : o0;
+            v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+            v8 a8 = {0};
+            for (int64_t oh = 0; oh < d->oh; oh++) {
+                const float *gr = gc + oh * gs, *base = xs + oh * rs;
+                for (int64_t c = 0; c < ow_n; c += 8) {
+                    int64_t ow = c + 8 <= ow_n ? c : last;
+                    v8 gv = LD8(gr + ow);
+                    if (c != ow) gv = (v8)((v8i)gv & tail);
+                    const float *b = base + ow;
+                    a0 += gv * LD8(b + o0);
+                    a1 += gv * LD8(b + o1);
+                    a2 += gv * LD8(b + o2);
+                    a3 += gv * LD8(b + o3);
+                    if (nt <= 4) continue;
+                    a4 += gv * LD8(b + o4);
+                    a5 += gv * LD8(b + o5);
+                    a6 += gv * LD8(b + o6);
+                    a7 += gv * LD8(b + o7);
+                    a8 += gv * LD8(b + o8);
+                }
+            }
+            v8 acc[9] = {a0, a1, a2, a3, a4, a5, a6, a7, a8};
+            for (int64_t t = 0; t < nt; t++) gw[co * taps + t0 + t] += HSUM8(acc[t]);
+        }
+    }
+}
+
+/* The input gradient in the split layout: each tap's inputs get the sum
+ * over output channels of w * gy, two output rows x 16 columns at a time. */
+KERNEL static void input_grad(const float *gp, const dgeo *g, const convdims *d, const int64_t *off,
+                              const float *w, float *gxs)
+{
+    int64_t taps = g->taps, rs = g->s * g->wc, cs = (d->oh + 1) * g->owp;
+    memset(gxs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
+    for (int64_t t = 0; t < taps; t++)
+        for (int64_t oh = 0; oh < d->oh; oh += 2) {
+            /* the odd row past the end reads a zero row of gp */
+            float *dst = gxs + oh * rs + off[t];
+            for (int64_t ow = 0; ow < d->ow; ow += 16) {
+                const float *gr = gp + oh * g->owp + ow;
+                v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
+                for (int64_t co = 0; co < g->cout; co++, gr += cs) {
+                    float f = w[co * taps + t];
+                    v8 wv = BC8(f);
+                    a00 += wv * LD8(gr);
+                    a01 += wv * LD8(gr + 8);
+                    a10 += wv * LD8(gr + g->owp);
+                    a11 += wv * LD8(gr + g->owp + 8);
+                }
+                ST8(dst + ow, LD8(dst + ow) + a00);
+                ST8(dst + ow + 8, LD8(dst + ow + 8) + a01);
+                ST8(dst + rs + ow, LD8(dst + rs + ow) + a10);
+                ST8(dst + rs + ow + 8, LD8(dst + rs + ow + 8) + a11);
+            }
+        }
+}
+
+lps_status lps_direct_backward(lps_layer *l, const convdims *d, const float *x, const float *gy,
+                               float *gx)
+{
+    dgeo g;
+    geometry(l, d, &g);
+    float *xs;
+    int64_t *off;
+    if (buffers(l, &g, &xs, &off, "conv2d backward")) return LPS_ENOMEM;
+    convpriv *p = l->priv;
+    /* gy rows padded with zeros: 16 more columns and one more row */
+    int64_t owq = g.owp + 16, gsize = g.cout * (d->oh + 1) * owq;
+    g.owp = owq;
+    float *gp = lps_scratch_get(&p->s[S_G], gsize, "conv2d backward");
+    float *gxs = gx ? lps_scratch_get(&p->s[S_GX], g.cin * g.s * g.plane, "conv2d backward") : NULL;
+    if (!gp || (gx && !gxs)) return LPS_ENOMEM;
+    tap_offsets(&g, off);
+    memset(gp, 0, (size_t)gsize * sizeof(float));
+    int64_t in_size = g.cin * d->h * d->w, out_plane = d->oh * d->ow;
+    for (int64_t n = 0; n < d->b; n++) {
+        const float *gn = gy + n * g.cout * out_plane;
+        for (int64_t co = 0; co < g.cout && (gx || d->ow < 8); co++)
+            for (int64_t oh = 0; oh < d->oh; oh++)
+                memcpy(gp + co * (d->oh + 1) * owq + oh * owq, gn + co * out_plane + oh * d->ow,
+                       (size_t)d->ow * sizeof(float));
+        split_input(x + n * in_size, d, &g, xs);
+        if (d->ow >= 8)
+            weight_grad(xs, gn, d->ow, out_plane, d->ow, &g, d, off, l->grad[0]->data,
+                        l->grad[1]->data);
+        else /* rows narrower than a vector: from the zero-padded copy */
+            weight_grad(xs, gp, owq, (d->oh + 1) * owq, 8, &g, d, off, l->grad[0]->data,
+                        l->grad[1]->data);
+        if (!gx) continue;
+        input_grad(gp, &g, d, off, l->param[0]->data, gxs);
+        float *gxn = gx + n * in_size;
+        for (int64_t ci = 0; ci < g.cin; ci++)
+            for (int64_t ih = 0; ih < d->h; ih++) {
+                float *dst = gxn + (ci * d->h + ih) * d->w;
+                const float *src = gxs + ci * g.s * g.plane + (ih + g.pad) * g.wc;
+                if (g.s == 1) {
+                    memcpy(dst, src + g.pad, (size_t)d->w * sizeof(float));
+                    continue;
+                }
+                for (int64_t iw = 0; iw < d->w; iw++) {
+                    int64_t c = iw + g.pad;
+                    dst[iw] = src[(c % g.s) * g.plane + c / g.s];
+                }
+            }
+    }
+    return LPS_OK;
+}
