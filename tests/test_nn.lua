@@ -269,6 +269,35 @@ function TestConv:test_paths_match_reference()
   end
 end
 
+function TestConv:test_threads_agree_and_repeat()
+  -- Large enough batches are split over threads by samples, each thread
+  -- adding its own share of the weight gradients, summed in thread order:
+  -- close to one thread's result, and the same bits run after run.
+  local threads = lps.get_num_threads()
+  local g = lps.generator(31)
+  for _, c in ipairs{{1, 16, 5, 1, 2, 28}, {8, 16, 3, 1, 1, 14}, {8, 16, 5, 2, 2, 14}} do
+    local cin, cout, k, s, p, hw = table.unpack(c)
+    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d)"):format(cin, cout, k, s, p)
+    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+    local x = lps.randn({32, cin, hw, hw}, g)
+    local gy = lps.randn(m:forward(x):shape(), g)
+    local function run(nt)
+      lps.set_num_threads(nt)
+      m:zero_grad()
+      local y = m:forward(x)
+      local gx = m:backward(x, gy)
+      local _, grads = m:parameters()
+      return {y, gx, grads[1]:clone(), grads[2]:clone()}
+    end
+    local one, two, again = run(1), run(2), run(2)
+    for i, name in ipairs{"output", "input gradient", "weight gradient", "bias gradient"} do
+      lu.assertTrue(lps.allclose(two[i], one[i], 1e-4, 1e-4), what .. " " .. name .. ": 2 threads vs 1")
+      lu.assertTrue(lps.allclose(two[i], again[i], 0, 0), what .. " " .. name .. ": 2 threads twice")
+    end
+  end
+  lps.set_num_threads(threads)
+end
+
 TestPool = {}
 
 function TestPool:test_forward_and_ties()

@@ -1,5 +1,7 @@
-/* conv.c - 2-D convolution (cross-correlation, as PyTorch) by im2col + sgemm
- * over groups of samples, so each GEMM is large enough to run (and thread) well. */
+/* conv.c - 2-D convolution (cross-correlation, as PyTorch): the layer, the
+ * choice of kernel (direct for few inputs per output, Winograd for 3x3 at
+ * stride 1, else im2col + GEMM sample by sample, here) and the split of a
+ * batch over threads. */
 #include "nn/conv_internal.h"
 
 #include <cblas.h>
@@ -97,111 +99,165 @@ static void col2im(const lps_layer *l, const float *col, int64_t ld, int64_t h, 
             }
 }
 
-/* Samples per GEMM: enough columns for BLAS to run well (and to split over
- * threads), while the column buffer stays near 4 MB. */
-static int64_t group_size(const lps_layer *l, int64_t batch, int64_t np)
+/* ------------------------------------------------ im2col + GEMM, per sample */
+
+enum { S_COL };
+
+/* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
+static int plain_1x1(const lps_layer *l) { return l->KS == 1 && l->STRIDE == 1 && l->PAD == 0; }
+
+static lps_status gemm_prep(const convjob *j, int backward)
 {
-    int64_t kk = l->CIN * l->KS * l->KS;
-    int64_t g = ((int64_t)1 << 20) / (kk * np > 0 ? kk * np : 1);
-    if (g < 1) g = 1;
-    return g < batch ? g : batch;
+    (void)backward;
+    const lps_layer *l = j->l;
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow;
+    for (int t = 0; t < j->nt && !plain_1x1(l); t++)
+        if (!lps_scratch_get(&conv_slots(j, t)[S_COL], kk * np, "conv2d")) return LPS_ENOMEM;
+    return LPS_OK;
+}
+
+static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
+{
+    const lps_layer *l = j->l;
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
+    const float *wt = l->param[0]->data, *bias = l->param[1]->data;
+    float *col = conv_slots(j, t)[S_COL].p;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xn = j->x + n * l->CIN * j->h * j->w;
+        float *yn = j->y + n * cout * np;
+        if (plain_1x1(l))
+            col = (float *)xn; /* only read */
+        else
+            im2col(l, xn, j->h, j->w, j->oh, j->ow, col, np);
+        /* y_n (cout x P) = W (cout x K) col (K x P), then + bias */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
+                    wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
+        for (int64_t c = 0; c < cout; c++) {
+            float *row = yn + c * np, bc = bias[c];
+            for (int64_t i = 0; i < np; i++) row[i] += bc;
+        }
+    }
+}
+
+static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
+{
+    const lps_layer *l = j->l;
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
+    int64_t in_size = l->CIN * j->h * j->w;
+    const float *wt = l->param[0]->data;
+    float *gw = conv_gw(j, t), *gb = conv_gb(j, t), *col = conv_slots(j, t)[S_COL].p;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np;
+        for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
+        const float *cn = plain_1x1(l) ? xn : col;
+        if (!plain_1x1(l)) im2col(l, xn, j->h, j->w, j->oh, j->ow, col, np);
+        /* dW (cout x K) += gy_n (cout x P) col^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
+                    (int)np, cn, (int)np, 1.0f, gw, (int)kk);
+        if (!j->gx) continue;
+        /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
+        float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
+                    (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
+        if (!plain_1x1(l)) col2im(l, col, np, j->h, j->w, j->oh, j->ow, gxn);
+    }
+}
+
+static const convkernel conv_gemm = {gemm_prep, gemm_fwd, gemm_bwd, NULL};
+
+/* -------------------------------------------------------------- dispatch */
+
+lps_scratch *conv_slots(const convjob *j, int t) { return ((convpriv *)j->l->priv)->s[t]; }
+
+float *conv_gw(const convjob *j, int t)
+{
+    return j->nt == 1 ? j->l->grad[0]->data : conv_slots(j, t)[CONV_PART].p;
+}
+
+float *conv_gb(const convjob *j, int t)
+{
+    return j->nt == 1 ? j->l->grad[1]->data : conv_slots(j, t)[CONV_PART].p + j->l->grad[0]->numel;
+}
+
+static const convkernel *kernel_of(const lps_layer *l)
+{
+    if (lps_direct_applies(l)) return &lps_conv_direct;
+    if (lps_wino_applies(l)) return &lps_conv_wino;
+    return &conv_gemm;
 }
 
 typedef struct {
-    int64_t b, h, w, oh, ow, np, kk, cout, group;
-    float *col, *gcol, *tmp;
-} convjob;
+    convjob *j;
+    const convkernel *k;
+    int backward;
+} convtask;
 
-static lps_status conv_setup(lps_layer *l, const lps_tensor *x, const lps_tensor *y, int need_gcol,
-                             convjob *j, const char *op)
+static void run_part(void *ctx, int t, int nt)
 {
-    convpriv *p = l->priv;
-    j->b = x->shape[0];
-    j->h = x->shape[2];
-    j->w = x->shape[3];
-    j->oh = y->shape[2];
-    j->ow = y->shape[3];
-    j->np = j->oh * j->ow;
-    j->kk = l->CIN * l->KS * l->KS;
-    j->cout = l->COUT;
-    j->group = group_size(l, j->b, j->np);
-    int64_t cols = j->group * j->np;
-    j->col = lps_scratch_get(&p->s[0], j->kk * cols, op);
-    j->tmp = lps_scratch_get(&p->s[1], j->cout * cols, op);
-    j->gcol = need_gcol ? lps_scratch_get(&p->s[2], j->kk * cols, op) : NULL;
-    if (!j->col || !j->tmp || (need_gcol && !j->gcol)) return LPS_ENOMEM;
+    convtask *c = ctx;
+    int64_t n0, n1;
+    lps_par_range(c->j->b, t, nt, &n0, &n1);
+    if (n1 > n0) (c->backward ? c->k->bwd : c->k->fwd)(c->j, t, n0, n1);
+}
+
+/* Threads for a call: one unless there is enough work to be worth waking
+ * others for (about a millisecond), and at least a sample each. */
+static int threads_for(const lps_layer *l, int64_t b, int64_t np)
+{
+    int nt = lps_par_threads();
+    double macs = (double)b * (double)np * (double)(l->COUT * l->CIN * l->KS * l->KS);
+    if (macs < 4e6) return 1;
+    return b < nt ? (int)b : nt;
+}
+
+static lps_status conv_run(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                           const lps_tensor *gy, lps_tensor *gx, int backward)
+{
+    convjob j = {l, x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3], x->data,
+                 gy ? gy->data : NULL, backward ? NULL : y->data, gx ? gx->data : NULL, 1};
+    if (j.b == 0) return LPS_OK;
+    j.nt = threads_for(l, j.b, j.oh * j.ow);
+    const convkernel *k = kernel_of(l);
+    int64_t part = l->grad[0]->numel + l->grad[1]->numel;
+    for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
+        float *p = lps_scratch_get(&conv_slots(&j, t)[CONV_PART], part, "conv2d backward");
+        if (!p) return LPS_ENOMEM;
+        memset(p, 0, (size_t)part * sizeof(float));
+    }
+    lps_status s = k->prep(&j, backward);
+    if (s) return s;
+    convtask c = {&j, k, backward};
+    lps_par_run(j.nt, run_part, &c);
+    if (backward && k->finish) k->finish(&j);
+    /* the threads' shares of the gradients, added in thread order */
+    for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
+        const float *p = conv_slots(&j, t)[CONV_PART].p;
+        float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
+        int64_t nw = l->grad[0]->numel;
+        for (int64_t i = 0; i < nw; i++) gw[i] += p[i];
+        for (int64_t i = 0; i < l->grad[1]->numel; i++) gb[i] += p[nw + i];
+    }
     return LPS_OK;
 }
 
 static lps_status conv_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    convdims d = {x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3]};
-    if (lps_direct_applies(l)) return lps_direct_forward(l, &d, x->data, y->data);
-    if (lps_wino_applies(l)) return lps_wino_forward(l, &d, x->data, y->data);
-    convjob j;
-    if (conv_setup(l, x, y, 0, &j, "conv2d")) return LPS_ENOMEM;
-    const float *wt = l->param[0]->data, *bias = l->param[1]->data;
-    int64_t in_size = l->CIN * j.h * j.w, out_size = j.cout * j.np;
-    for (int64_t n0 = 0; n0 < j.b; n0 += j.group) {
-        int64_t g = j.b - n0 < j.group ? j.b - n0 : j.group, ld = g * j.np;
-        for (int64_t s = 0; s < g; s++)
-            im2col(l, x->data + (n0 + s) * in_size, j.h, j.w, j.oh, j.ow, j.col + s * j.np, ld);
-        /* tmp (cout x g*P) = W (cout x K) col (K x g*P) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j.cout, (int)ld, (int)j.kk,
-                    1.0f, wt, (int)j.kk, j.col, (int)ld, 0.0f, j.tmp, (int)ld);
-        for (int64_t s = 0; s < g; s++) {
-            float *ys = y->data + (n0 + s) * out_size;
-            for (int64_t c = 0; c < j.cout; c++) {
-                const float *src = j.tmp + c * ld + s * j.np;
-                float *dst = ys + c * j.np, bc = bias[c];
-                for (int64_t i = 0; i < j.np; i++) dst[i] = src[i] + bc;
-            }
-        }
-    }
-    return LPS_OK;
+    return conv_run(l, x, y, NULL, NULL, 0);
 }
 
 static lps_status conv_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                                 const lps_tensor *gy, lps_tensor *gx)
 {
-    convdims d = {x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3]};
-    if (lps_direct_applies(l))
-        return lps_direct_backward(l, &d, x->data, gy->data, gx ? gx->data : NULL);
-    if (lps_wino_applies(l))
-        return lps_wino_backward(l, &d, x->data, gy->data, gx ? gx->data : NULL);
-    convjob j;
-    if (conv_setup(l, x, y, gx != NULL, &j, "conv2d backward")) return LPS_ENOMEM;
-    const float *wt = l->param[0]->data;
-    float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
-    int64_t in_size = l->CIN * j.h * j.w, out_size = j.cout * j.np;
-    for (int64_t n0 = 0; n0 < j.b; n0 += j.group) {
-        int64_t g = j.b - n0 < j.group ? j.b - n0 : j.group, ld = g * j.np;
-        /* tmp (cout x g*P): the group's output gradients side by side */
-        for (int64_t s = 0; s < g; s++)
-            for (int64_t c = 0; c < j.cout; c++)
-                memcpy(j.tmp + c * ld + s * j.np, gy->data + (n0 + s) * out_size + c * j.np,
-                       (size_t)j.np * sizeof(float));
-        for (int64_t c = 0; c < j.cout; c++) gb[c] += lps_sum_floats(j.tmp + c * ld, ld);
-        for (int64_t s = 0; s < g; s++)
-            im2col(l, x->data + (n0 + s) * in_size, j.h, j.w, j.oh, j.ow, j.col + s * j.np, ld);
-        /* dW (cout x K) += tmp (cout x g*P) col^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j.cout, (int)j.kk, (int)ld, 1.0f,
-                    j.tmp, (int)ld, j.col, (int)ld, 1.0f, gw, (int)j.kk);
-        if (!gx) continue;
-        /* dcol (K x g*P) = W^T tmp, folded back onto each sample's input */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)j.kk, (int)ld, (int)j.cout, 1.0f,
-                    wt, (int)j.kk, j.tmp, (int)ld, 0.0f, j.gcol, (int)ld);
-        for (int64_t s = 0; s < g; s++)
-            col2im(l, j.gcol + s * j.np, ld, j.h, j.w, j.oh, j.ow, gx->data + (n0 + s) * in_size);
-    }
-    return LPS_OK;
+    return conv_run(l, x, y, gy, gx, 1);
 }
 
 static void conv_destroy(lps_layer *l)
 {
     convpriv *p = l->priv;
     if (!p) return;
-    for (int i = 0; i < CONV_NSCRATCH; i++) lps_scratch_free(&p->s[i]);
+    for (int t = 0; t < LPS_PAR_MAX; t++)
+        for (int i = 0; i < CONV_NSLOTS; i++) lps_scratch_free(&p->s[t][i]);
+    lps_scratch_free(&p->shared);
     free(p);
 }
 

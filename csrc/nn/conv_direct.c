@@ -27,7 +27,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* sum of the lanes in a fixed order */
 #define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
 
-enum { S_X, S_OFF, S_G, S_GX };
+enum { S_X, S_G, S_GX };
 
 int lps_direct_applies(const lps_layer *l) { return l->CIN * l->KS * l->KS <= 27; }
 
@@ -37,7 +37,7 @@ typedef struct {
     int64_t owp; /* output rows padded with zeros to whole vectors */
 } dgeo;
 
-static void geometry(const lps_layer *l, const convdims *d, dgeo *g)
+static void geometry(const lps_layer *l, const convjob *d, dgeo *g)
 {
     g->cin = l->CIN;
     g->cout = l->COUT;
@@ -53,7 +53,7 @@ static void geometry(const lps_layer *l, const convdims *d, dgeo *g)
 }
 
 /* xs[ci][phase][r][c] = padded x[ci][r][c s + phase] (0 outside the input). */
-static void split_input(const float *x, const convdims *d, const dgeo *g, float *xs)
+static void split_input(const float *x, const convjob *d, const dgeo *g, float *xs)
 {
     memset(xs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
     for (int64_t ci = 0; ci < g->cin; ci++)
@@ -84,18 +84,9 @@ static void tap_offsets(const dgeo *g, int64_t *off)
                 off[t] = (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
 }
 
-static lps_status buffers(lps_layer *l, const dgeo *g, float **xs, int64_t **off, const char *op)
-{
-    convpriv *p = l->priv;
-    *xs = lps_scratch_get(&p->s[S_X], g->cin * g->s * g->plane, op);
-    /* the int64 offsets live in a float scratch, 2 floats each */
-    *off = (int64_t *)(void *)lps_scratch_get(&p->s[S_OFF], 2 * g->taps, op);
-    return *xs && *off ? LPS_OK : LPS_ENOMEM;
-}
-
 /* y for 4 output channels co..co+3 (fewer at the end) of one sample: two
  * output rows x 8 columns x 4 channels per step, 8 vector sums. */
-KERNEL static void forward_block(const float *xs, const dgeo *g, const convdims *d,
+KERNEL static void forward_block(const float *xs, const dgeo *g, const convjob *d,
                                  const int64_t *off, const float *w, const float *bias,
                                  int64_t co, float *yn)
 {
@@ -159,22 +150,53 @@ KERNEL static void forward_block(const float *xs, const dgeo *g, const convdims 
         }
 }
 
-lps_status lps_direct_forward(lps_layer *l, const convdims *d, const float *x, float *y)
+/* gy rows padded with zeros to whole vectors plus 16 columns, and one more
+ * row: the layout input_grad reads (and weight_grad when rows are short). */
+static int64_t gp_row(const dgeo *g) { return g->owp + 16; }
+
+/* Shared: the tap offsets. Per thread: the split input; for backward the
+ * padded gy (zeroed here: only its valid part is ever written) and the split
+ * input gradient. */
+static lps_status direct_prep(const convjob *j, int backward)
 {
     dgeo g;
-    geometry(l, d, &g);
-    float *xs;
-    int64_t *off;
-    if (buffers(l, &g, &xs, &off, "conv2d")) return LPS_ENOMEM;
-    tap_offsets(&g, off);
-    int64_t in_size = g.cin * d->h * d->w, out_size = g.cout * d->oh * d->ow;
-    for (int64_t n = 0; n < d->b; n++) {
-        split_input(x + n * in_size, d, &g, xs);
-        for (int64_t co = 0; co < g.cout; co += 4)
-            forward_block(xs, &g, d, off, l->param[0]->data, l->param[1]->data, co,
-                          y + n * out_size);
+    geometry(j->l, j, &g);
+    const char *op = backward ? "conv2d backward" : "conv2d";
+    /* the int64 offsets live in a float scratch, 2 floats each */
+    float *off = lps_scratch_get(&((convpriv *)j->l->priv)->shared, 2 * g.taps, op);
+    if (!off) return LPS_ENOMEM;
+    tap_offsets(&g, (int64_t *)(void *)off);
+    int64_t gsize = g.cout * (j->oh + 1) * gp_row(&g);
+    for (int t = 0; t < j->nt; t++) {
+        lps_scratch *s = conv_slots(j, t);
+        if (!lps_scratch_get(&s[S_X], g.cin * g.s * g.plane, op)) return LPS_ENOMEM;
+        if (!backward) continue;
+        float *gp = lps_scratch_get(&s[S_G], gsize, op);
+        if (!gp || (j->gx && !lps_scratch_get(&s[S_GX], g.cin * g.s * g.plane, op)))
+            return LPS_ENOMEM;
+        memset(gp, 0, (size_t)gsize * sizeof(float));
     }
     return LPS_OK;
+}
+
+static const int64_t *offsets(const convjob *j)
+{
+    return (const int64_t *)(const void *)((convpriv *)j->l->priv)->shared.p;
+}
+
+static void direct_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
+{
+    const lps_layer *l = j->l;
+    dgeo g;
+    geometry(l, j, &g);
+    float *xs = conv_slots(j, t)[S_X].p;
+    int64_t in_size = g.cin * j->h * j->w, out_size = g.cout * j->oh * j->ow;
+    for (int64_t n = n0; n < n1; n++) {
+        split_input(j->x + n * in_size, j, &g, xs);
+        for (int64_t co = 0; co < g.cout; co += 4)
+            forward_block(xs, &g, j, offsets(j), l->param[0]->data, l->param[1]->data, co,
+                          j->y + n * out_size);
+    }
 }
 
 /* dW[co][tap] += sum over outputs of gy * the tap's input, 9 taps at a time
@@ -184,7 +206,7 @@ lps_status lps_direct_forward(lps_layer *l, const convdims *d, const float *x, f
  * when ow is not a multiple of 8 the last group of 8 overlaps the one
  * before and its repeated lanes are masked to zero. */
 KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int64_t gps, int64_t ow_n,
-                               const dgeo *g, const convdims *d, const int64_t *off, float *gw,
+                               const dgeo *g, const convjob *d, const int64_t *off, float *gw,
                                float *gb)
 {
     int64_t taps = g->taps, rs = g->s * g->wc, last = ow_n - 8, seen = ow_n / 8 * 8;
@@ -235,7 +257,7 @@ KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int
 
 /* The input gradient in the split layout: each tap's inputs get the sum
  * over output channels of w * gy, two output rows x 16 columns at a time. */
-KERNEL static void input_grad(const float *gp, const dgeo *g, const convdims *d, const int64_t *off,
+KERNEL static void input_grad(const float *gp, const dgeo *g, const convjob *d, const int64_t *off,
                               const float *w, float *gxs)
 {
     int64_t taps = g->taps, rs = g->s * g->wc, cs = (d->oh + 1) * g->owp;
@@ -263,53 +285,46 @@ KERNEL static void input_grad(const float *gp, const dgeo *g, const convdims *d,
         }
 }
 
-lps_status lps_direct_backward(lps_layer *l, const convdims *d, const float *x, const float *gy,
-                               float *gx)
+static void direct_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
+    const lps_layer *l = j->l;
     dgeo g;
-    geometry(l, d, &g);
-    float *xs;
-    int64_t *off;
-    if (buffers(l, &g, &xs, &off, "conv2d backward")) return LPS_ENOMEM;
-    convpriv *p = l->priv;
-    /* gy rows padded with zeros: 16 more columns and one more row */
-    int64_t owq = g.owp + 16, gsize = g.cout * (d->oh + 1) * owq;
+    geometry(l, j, &g);
+    lps_scratch *sc = conv_slots(j, t);
+    float *xs = sc[S_X].p, *gp = sc[S_G].p, *gxs = sc[S_GX].p;
+    float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
+    const int64_t *off = offsets(j);
+    int64_t owq = gp_row(&g);
     g.owp = owq;
-    float *gp = lps_scratch_get(&p->s[S_G], gsize, "conv2d backward");
-    float *gxs = gx ? lps_scratch_get(&p->s[S_GX], g.cin * g.s * g.plane, "conv2d backward") : NULL;
-    if (!gp || (gx && !gxs)) return LPS_ENOMEM;
-    tap_offsets(&g, off);
-    memset(gp, 0, (size_t)gsize * sizeof(float));
-    int64_t in_size = g.cin * d->h * d->w, out_plane = d->oh * d->ow;
-    for (int64_t n = 0; n < d->b; n++) {
-        const float *gn = gy + n * g.cout * out_plane;
-        for (int64_t co = 0; co < g.cout && (gx || d->ow < 8); co++)
-            for (int64_t oh = 0; oh < d->oh; oh++)
-                memcpy(gp + co * (d->oh + 1) * owq + oh * owq, gn + co * out_plane + oh * d->ow,
-                       (size_t)d->ow * sizeof(float));
-        split_input(x + n * in_size, d, &g, xs);
-        if (d->ow >= 8)
-            weight_grad(xs, gn, d->ow, out_plane, d->ow, &g, d, off, l->grad[0]->data,
-                        l->grad[1]->data);
+    int64_t in_size = g.cin * j->h * j->w, out_plane = j->oh * j->ow;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *gn = j->gy + n * g.cout * out_plane;
+        for (int64_t co = 0; co < g.cout && (j->gx || j->ow < 8); co++)
+            for (int64_t oh = 0; oh < j->oh; oh++)
+                memcpy(gp + co * (j->oh + 1) * owq + oh * owq, gn + co * out_plane + oh * j->ow,
+                       (size_t)j->ow * sizeof(float));
+        split_input(j->x + n * in_size, j, &g, xs);
+        if (j->ow >= 8)
+            weight_grad(xs, gn, j->ow, out_plane, j->ow, &g, j, off, gw, gb);
         else /* rows narrower than a vector: from the zero-padded copy */
-            weight_grad(xs, gp, owq, (d->oh + 1) * owq, 8, &g, d, off, l->grad[0]->data,
-                        l->grad[1]->data);
-        if (!gx) continue;
-        input_grad(gp, &g, d, off, l->param[0]->data, gxs);
-        float *gxn = gx + n * in_size;
+            weight_grad(xs, gp, owq, (j->oh + 1) * owq, 8, &g, j, off, gw, gb);
+        if (!j->gx) continue;
+        input_grad(gp, &g, j, off, l->param[0]->data, gxs);
+        float *gxn = j->gx + n * in_size;
         for (int64_t ci = 0; ci < g.cin; ci++)
-            for (int64_t ih = 0; ih < d->h; ih++) {
-                float *dst = gxn + (ci * d->h + ih) * d->w;
+            for (int64_t ih = 0; ih < j->h; ih++) {
+                float *dst = gxn + (ci * j->h + ih) * j->w;
                 const float *src = gxs + ci * g.s * g.plane + (ih + g.pad) * g.wc;
                 if (g.s == 1) {
-                    memcpy(dst, src + g.pad, (size_t)d->w * sizeof(float));
+                    memcpy(dst, src + g.pad, (size_t)j->w * sizeof(float));
                     continue;
                 }
-                for (int64_t iw = 0; iw < d->w; iw++) {
+                for (int64_t iw = 0; iw < j->w; iw++) {
                     int64_t c = iw + g.pad;
                     dst[iw] = src[(c % g.s) * g.plane + c / g.s];
                 }
             }
     }
-    return LPS_OK;
 }
+
+const convkernel lps_conv_direct = {direct_prep, direct_fwd, direct_bwd, NULL};

@@ -14,8 +14,6 @@
 #include <emmintrin.h>
 #endif
 
-enum { S_U, S_V, S_M, S_DU, S_ROWS };
-
 int lps_wino_applies(const lps_layer *l) { return l->KS == 3 && l->STRIDE == 1; }
 
 /* Geometry of one call: tiles per sample (th x tw) and per group. */
@@ -23,7 +21,7 @@ typedef struct {
     int64_t c1, c2, th, tw, tp, group, wq;
 } wgeo;
 
-static void geometry(const lps_layer *l, const convdims *d, wgeo *g)
+static void geometry(const lps_layer *l, const convjob *d, wgeo *g)
 {
     g->c1 = l->CIN;
     g->c2 = l->COUT;
@@ -93,7 +91,7 @@ static inline int64_t quad_start(int64_t tx, int64_t tw) { return tx + 4 <= tw ?
 
 /* One input plane into V: v points at V[0][c][first tile of the sample],
  * xs apart per xi. rows: the scratch of buffers(). */
-static void input_transform(const float *xp, const convdims *d, int64_t pad, const wgeo *g,
+static void input_transform(const float *xp, const convjob *d, int64_t pad, const wgeo *g,
                             float *v, int64_t xs, float *rows)
 {
     int64_t wq = g->wq, tw = g->tw, n = d->w;
@@ -167,7 +165,7 @@ static void input_transform(const float *xp, const convdims *d, int64_t pad, con
 
 /* One output plane from M: m points at M[0][co][first tile], xs apart;
  * y = A^T M A + bias, rows (m0 + m1 + m2, m1 - m2 - m3), then columns. */
-static void output_transform(const float *m, int64_t xs, const wgeo *g, const convdims *d,
+static void output_transform(const float *m, int64_t xs, const wgeo *g, const convjob *d,
                              float bias, float *yp)
 {
     int64_t tw = g->tw;
@@ -231,7 +229,7 @@ static void output_transform(const float *m, int64_t xs, const wgeo *g, const co
 /* One output-gradient plane into dM = A dy A^T (outside the output: 0):
  * rows (g0, g0 + g1, g0 - g1, -g1) of each 2x2 tile, then its columns.
  * rows: the scratch of buffers(). */
-static void grad_transform(const float *gp, const convdims *d, const wgeo *g, float *m,
+static void grad_transform(const float *gp, const convjob *d, const wgeo *g, float *m,
                            int64_t xs, float *rows)
 {
     int64_t tw = g->tw, wp = 2 * tw, odd = wp > d->ow;
@@ -295,7 +293,7 @@ static void grad_transform(const float *gp, const convdims *d, const wgeo *g, fl
  * -X3), where the first two rows also get the last two of the tile row
  * above (carried in k0, k1): each dx row is then written once, no zeroing.
  * rows: the scratch of buffers(). */
-static void input_grad(const float *v, int64_t xs, const wgeo *g, const convdims *d, int64_t pad,
+static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob *d, int64_t pad,
                        float *gxp, float *rows)
 {
     int64_t wq = g->wq, tw = g->tw, n = d->w;
@@ -372,35 +370,48 @@ static void input_grad(const float *v, int64_t xs, const wgeo *g, const convdims
     }
 }
 
-/* rows: 6 rows of wq floats for the transforms, then a row of zeros. */
-static lps_status buffers(lps_layer *l, const wgeo *g, int need_du, float **u, float **v,
-                          float **m, float **du, float **rows, const char *op)
+enum { S_V, S_M, S_DU, S_ROWS };
+
+/* Shared U (the transformed filters); per thread V, M, rows (6 rows of wq
+ * floats for the transforms, then a row of zeros) and for backward dU. */
+static lps_status wino_prep(const convjob *j, int backward)
 {
+    lps_layer *l = j->l;
     convpriv *p = l->priv;
-    int64_t tmax = g->group * g->tp;
-    *u = lps_scratch_get(&p->s[S_U], 16 * g->c1 * g->c2, op);
-    *v = lps_scratch_get(&p->s[S_V], 16 * g->c1 * tmax, op);
-    *m = lps_scratch_get(&p->s[S_M], 16 * g->c2 * tmax, op);
-    *du = need_du ? lps_scratch_get(&p->s[S_DU], 16 * g->c1 * g->c2, op) : NULL;
-    *rows = lps_scratch_get(&p->s[S_ROWS], 7 * g->wq, op);
-    if (*rows) memset(*rows + 6 * g->wq, 0, (size_t)g->wq * sizeof(float)); /* a zero row */
-    return *u && *v && *m && (*du || !need_du) && *rows ? LPS_OK : LPS_ENOMEM;
+    wgeo g;
+    geometry(l, j, &g);
+    const char *op = backward ? "conv2d backward" : "conv2d";
+    int64_t tmax = g.group * g.tp, nu = 16 * g.c1 * g.c2;
+    float *u = lps_scratch_get(&p->shared, nu, op);
+    if (!u) return LPS_ENOMEM;
+    if (!backward || j->gx) filter_transform(l->param[0]->data, g.c2, g.c1, u);
+    for (int t = 0; t < j->nt; t++) {
+        lps_scratch *s = conv_slots(j, t);
+        float *rows = lps_scratch_get(&s[S_ROWS], 7 * g.wq, op);
+        float *du = backward ? lps_scratch_get(&s[S_DU], nu, op) : NULL;
+        if (!lps_scratch_get(&s[S_V], 16 * g.c1 * tmax, op) ||
+            !lps_scratch_get(&s[S_M], 16 * g.c2 * tmax, op) || !rows || (backward && !du))
+            return LPS_ENOMEM;
+        memset(rows + 6 * g.wq, 0, (size_t)g.wq * sizeof(float));
+        if (du) memset(du, 0, (size_t)nu * sizeof(float));
+    }
+    return LPS_OK;
 }
 
-lps_status lps_wino_forward(lps_layer *l, const convdims *d, const float *x, float *y)
+static void wino_fwd(const convjob *j, int th, int64_t b0, int64_t b1)
 {
+    const lps_layer *l = j->l;
     wgeo g;
-    geometry(l, d, &g);
-    float *u, *v, *m, *du, *rows;
-    if (buffers(l, &g, 0, &u, &v, &m, &du, &rows, "conv2d")) return LPS_ENOMEM;
-    filter_transform(l->param[0]->data, g.c2, g.c1, u);
-    const float *bias = l->param[1]->data;
-    int64_t in_plane = d->h * d->w, out_plane = d->oh * d->ow;
-    for (int64_t n0 = 0; n0 < d->b; n0 += g.group) {
-        int64_t gs = d->b - n0 < g.group ? d->b - n0 : g.group, t = gs * g.tp;
+    geometry(l, j, &g);
+    lps_scratch *sc = conv_slots(j, th);
+    const float *u = ((convpriv *)l->priv)->shared.p, *bias = l->param[1]->data;
+    float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p;
+    int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
+    for (int64_t n0 = b0; n0 < b1; n0 += g.group) {
+        int64_t gs = b1 - n0 < g.group ? b1 - n0 : g.group, t = gs * g.tp;
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)
-                input_transform(x + ((n0 + s) * g.c1 + c) * in_plane, d, l->PAD, &g,
+                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, l->PAD, &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
         for (int k = 0; k < 16; k++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.c2, (int)t, (int)g.c1,
@@ -408,50 +419,60 @@ lps_status lps_wino_forward(lps_layer *l, const convdims *d, const float *x, flo
                         m + k * g.c2 * t, (int)t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c2; c++)
-                output_transform(m + c * t + s * g.tp, g.c2 * t, &g, d, bias[c],
-                                 y + ((n0 + s) * g.c2 + c) * out_plane);
+                output_transform(m + c * t + s * g.tp, g.c2 * t, &g, j, bias[c],
+                                 j->y + ((n0 + s) * g.c2 + c) * out_plane);
     }
-    return LPS_OK;
 }
 
-lps_status lps_wino_backward(lps_layer *l, const convdims *d, const float *x, const float *gy,
-                             float *gx)
+static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
 {
+    const lps_layer *l = j->l;
     wgeo g;
-    geometry(l, d, &g);
-    float *u, *v, *m, *du, *rows;
-    if (buffers(l, &g, 1, &u, &v, &m, &du, &rows, "conv2d backward")) return LPS_ENOMEM;
-    if (gx) filter_transform(l->param[0]->data, g.c2, g.c1, u);
-    memset(du, 0, (size_t)(16 * g.c1 * g.c2) * sizeof(float));
-    int64_t in_plane = d->h * d->w, out_plane = d->oh * d->ow;
-    float *gb = l->grad[1]->data;
-    for (int64_t n = 0; n < d->b; n++)
+    geometry(l, j, &g);
+    lps_scratch *sc = conv_slots(j, th);
+    const float *u = ((convpriv *)l->priv)->shared.p;
+    float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p, *du = sc[S_DU].p;
+    int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
+    float *gb = conv_gb(j, th);
+    for (int64_t n = b0; n < b1; n++)
         for (int64_t c = 0; c < g.c2; c++)
-            gb[c] += lps_sum_floats(gy + (n * g.c2 + c) * out_plane, out_plane);
-    for (int64_t n0 = 0; n0 < d->b; n0 += g.group) {
-        int64_t gs = d->b - n0 < g.group ? d->b - n0 : g.group, t = gs * g.tp;
+            gb[c] += lps_sum_floats(j->gy + (n * g.c2 + c) * out_plane, out_plane);
+    for (int64_t n0 = b0; n0 < b1; n0 += g.group) {
+        int64_t gs = b1 - n0 < g.group ? b1 - n0 : g.group, t = gs * g.tp;
         for (int64_t s = 0; s < gs; s++) {
             for (int64_t c = 0; c < g.c1; c++)
-                input_transform(x + ((n0 + s) * g.c1 + c) * in_plane, d, l->PAD, &g,
+                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, l->PAD, &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
             for (int64_t c = 0; c < g.c2; c++)
-                grad_transform(gy + ((n0 + s) * g.c2 + c) * out_plane, d, &g,
+                grad_transform(j->gy + ((n0 + s) * g.c2 + c) * out_plane, j, &g,
                                m + c * t + s * g.tp, g.c2 * t, rows);
         }
         for (int k = 0; k < 16; k++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.c2, (int)g.c1, (int)t,
                         1.0f, m + k * g.c2 * t, (int)t, v + k * g.c1 * t, (int)t, 1.0f,
                         du + k * g.c2 * g.c1, (int)g.c1);
-        if (!gx) continue;
+        if (!j->gx) continue;
         for (int k = 0; k < 16; k++)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.c1, (int)t, (int)g.c2,
                         1.0f, u + k * g.c2 * g.c1, (int)g.c1, m + k * g.c2 * t, (int)t, 0.0f,
                         v + k * g.c1 * t, (int)t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)
-                input_grad(v + c * t + s * g.tp, g.c1 * t, &g, d, l->PAD,
-                           gx + ((n0 + s) * g.c1 + c) * in_plane, rows);
+                input_grad(v + c * t + s * g.tp, g.c1 * t, &g, j, l->PAD,
+                           j->gx + ((n0 + s) * g.c1 + c) * in_plane, rows);
     }
-    filter_grad(du, g.c2, g.c1, l->grad[0]->data);
-    return LPS_OK;
 }
+
+/* dW from the threads' dU, added in thread order. */
+static void wino_finish(const convjob *j)
+{
+    int64_t nu = 16 * j->l->CIN * j->l->COUT;
+    float *du = conv_slots(j, 0)[S_DU].p;
+    for (int t = 1; t < j->nt; t++) {
+        const float *o = conv_slots(j, t)[S_DU].p;
+        for (int64_t i = 0; i < nu; i++) du[i] += o[i];
+    }
+    filter_grad(du, j->l->COUT, j->l->CIN, conv_gw(j, 0));
+}
+
+const convkernel lps_conv_wino = {wino_prep, wino_fwd, wino_bwd, wino_finish};
