@@ -399,6 +399,47 @@ function TestSequential:test_gradcheck_cnn()
   gradcheck(m, x, "cnn")
 end
 
+function TestSequential:test_relu_pool_pair_matches_layers()
+  -- A sequential runs relu + max-pooling as one step (pool, then relu on the
+  -- pooled values); it must give what the layers give one by one, ties,
+  -- all-negative windows and a NaN included.
+  local g = lps.generator(17)
+  for _, k in ipairs{2, 3, -2} do -- -2: k = 2 with a NaN in the input
+    local nan = k < 0
+    k = math.abs(k)
+    local conv, relu, pool = nn.conv2d(2, 3, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(k, {stride = 2})
+    local m = nn.sequential{conv, relu, pool, nn.flatten()}
+    local x = (lps.rand(2, 2, 7, 9, g) * 5):add_(-2.5)
+    local flat = x:reshape(-1)
+    for i = 1, flat:numel() do flat[i] = math.floor(flat[i]) end
+    if nan then flat[30] = 0 / 0 end
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    m:zero_grad()
+    local gx = m:backward(x, gy)
+    local _, grads = m:parameters()
+    local gw, gb = grads[1]:clone(), grads[2]:clone()
+    -- one by one
+    local a = conv:forward(x)
+    local r = relu:forward(a)
+    local q = pool:forward(r)
+    -- equal, or NaN in both
+    local function same(u, v, what)
+      local uf, vf = u:reshape(-1), v:reshape(-1)
+      lu.assertEquals(uf:numel(), vf:numel(), what)
+      for i = 1, uf:numel() do
+        lu.assertTrue(uf[i] == vf[i] or (uf[i] ~= uf[i] and vf[i] ~= vf[i]), ("k=%d %s %d"):format(k, what, i))
+      end
+    end
+    same(y, q, "output")
+    m:zero_grad()
+    local gx1 = conv:backward(x, relu:backward(a, pool:backward(r, gy:reshape(table.unpack(q:shape())))))
+    same(gx, gx1, "input gradient")
+    same(gw, grads[1], "weight gradient")
+    same(gb, grads[2], "bias gradient")
+  end
+end
+
 function TestSequential:test_contract()
   local a, b = nn.linear(3, 4), nn.linear(4, 2)
   local m = nn.sequential{a, nn.relu(), b}
