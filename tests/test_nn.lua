@@ -362,6 +362,25 @@ function TestPool:test_fast_path_matches_reference()
   end
 end
 
+function TestPool:test_threads_give_the_same_values()
+  -- large inputs are split over threads by planes (relu by ranges): every
+  -- value is computed alone, so any thread count gives the same bits
+  local threads = lps.get_num_threads()
+  local g = lps.generator(19)
+  local x = lps.randn(4, 16, 66, 64, g)
+  for _, m in ipairs{nn.maxpool2d(2), nn.maxpool2d(3, {stride = 2}), nn.relu()} do
+    local gy = lps.randn(m:forward(x):shape(), g)
+    local res = {}
+    for _, nt in ipairs{1, 2} do
+      lps.set_num_threads(nt)
+      res[nt] = {m:forward(x), m:backward(x, gy)}
+    end
+    lu.assertTrue(lps.allclose(res[1][1], res[2][1], 0, 0), m:type() .. " output")
+    lu.assertTrue(lps.allclose(res[1][2], res[2][2], 0, 0), m:type() .. " gradient")
+  end
+  lps.set_num_threads(threads)
+end
+
 function TestPool:test_nan_wins()
   local x = lps.tensor{{{{1, 0 / 0}, {3, 2}}}}
   local y = nn.maxpool2d(2):forward(x):get(1, 1, 1, 1)

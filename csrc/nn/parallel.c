@@ -52,6 +52,10 @@ int lps_par_threads(void)
 void lps_par_run(int nt, lps_task_fn fn, void *ctx)
 {
     if (nt > LPS_PAR_MAX) nt = LPS_PAR_MAX;
+    if (nt <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
     pthread_mutex_lock(&pool.lock);
     while (pool.started < nt - 1) {
         if (pthread_create(&pool.tid[pool.started], NULL, worker, (void *)(intptr_t)(pool.started + 1)))

@@ -135,37 +135,34 @@ static void pool2_plane(const float *xp, int64_t w, int64_t oh_n, int64_t ow_n, 
     }
 }
 
-static lps_status pool_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+/* One call, split over threads by planes when large. */
+typedef struct {
+    int64_t k, s, planes, h, w, oh_n, ow_n;
+    const float *x, *gy;
+    float *y, *gx;
+} pooljob;
+
+static void pool_part(void *ctx, int t, int nt)
 {
-    int64_t k = l->cfg[0], s = l->cfg[1];
-    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
-    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xp = x->data + p * h * w;
-        float *yp = y->data + p * oh_n * ow_n;
-        if (k == 2 && s == 2) {
-            pool2_plane(xp, w, oh_n, ow_n, yp, NULL, NULL);
+    const pooljob *j = ctx;
+    int64_t k = j->k, s = j->s, h = j->h, w = j->w, oh_n = j->oh_n, ow_n = j->ow_n, p0, p1;
+    lps_par_range(j->planes, t, nt, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) {
+        const float *xp = j->x + p * h * w;
+        if (!j->gy) { /* forward */
+            float *yp = j->y + p * oh_n * ow_n;
+            if (k == 2 && s == 2) {
+                pool2_plane(xp, w, oh_n, ow_n, yp, NULL, NULL);
+                continue;
+            }
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++)
+                    yp[oh * ow_n + ow] = xp[argmax_window(xp, w, k, s, oh, ow)];
             continue;
         }
-        for (int64_t oh = 0; oh < oh_n; oh++)
-            for (int64_t ow = 0; ow < ow_n; ow++)
-                yp[oh * ow_n + ow] = xp[argmax_window(xp, w, k, s, oh, ow)];
-    }
-    return LPS_OK;
-}
-
-static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
-                                const lps_tensor *gy, lps_tensor *gx)
-{
-    if (!gx) return LPS_OK;
-    int64_t k = l->cfg[0], s = l->cfg[1];
-    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
-    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
-    int fast = k == 2 && s == 2;
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xp = x->data + p * h * w, *gp = gy->data + p * oh_n * ow_n;
-        float *gxp = gx->data + p * h * w;
-        if (fast) {
+        const float *gp = j->gy + p * oh_n * ow_n;
+        float *gxp = j->gx + p * h * w;
+        if (k == 2 && s == 2) {
             /* Windows tile the plane: only a leftover odd row/column needs zeros. */
             pool2_plane(xp, w, oh_n, ow_n, NULL, gp, gxp);
             if (w > 2 * ow_n)
@@ -178,6 +175,29 @@ static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_ten
             for (int64_t ow = 0; ow < ow_n; ow++)
                 gxp[argmax_window(xp, w, k, s, oh, ow)] += gp[oh * ow_n + ow];
     }
+}
+
+static void pool_run(const lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                     const lps_tensor *gy, lps_tensor *gx)
+{
+    pooljob j = {l->cfg[0], l->cfg[1], x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+                 y->shape[2], y->shape[3], x->data, gy ? gy->data : NULL, y->data,
+                 gx ? gx->data : NULL};
+    /* threads only for a large batch: waking one costs some microseconds */
+    int nt = x->numel >= (1 << 18) ? lps_par_threads() : 1;
+    lps_par_run(nt, pool_part, &j);
+}
+
+static lps_status pool_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    pool_run(l, x, y, NULL, NULL);
+    return LPS_OK;
+}
+
+static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                const lps_tensor *gy, lps_tensor *gx)
+{
+    if (gx) pool_run(l, x, y, gy, gx);
     return LPS_OK;
 }
 
