@@ -35,84 +35,67 @@ static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in
     return LPS_OK;
 }
 
-/* Output columns ow whose input column ow*s - pad + kj lies in [0, w). */
-static void valid_range(int64_t ow_n, int64_t s, int64_t pad, int64_t kj, int64_t w, int64_t *lo,
-                        int64_t *hi)
-{
-    int64_t a = pad - kj; /* need ow*s >= a */
-    *lo = a <= 0 ? 0 : (a + s - 1) / s;
-    int64_t b = w - 1 + pad - kj; /* need ow*s <= b */
-    *hi = b < 0 ? 0 : b / s + 1;
-    if (*hi > ow_n) *hi = ow_n;
-    if (*lo > *hi) *lo = *hi;
-}
-
-/* col (K x P, rows ld apart): row (c, ki, kj), column (oh, ow) holds
- * x[c, oh*s - pad + ki, ow*s - pad + kj] (0 in the padding). */
-static void im2col(const lps_layer *l, const float *x, int64_t h, int64_t w, int64_t oh_n,
-                   int64_t ow_n, float *col, int64_t ld)
-{
-    int64_t k = l->KS, s = l->STRIDE, pad = l->PAD;
-    for (int64_t c = 0; c < l->CIN; c++)
-        for (int64_t ki = 0; ki < k; ki++)
-            for (int64_t kj = 0; kj < k; kj++) {
-                float *row = col + ((c * k + ki) * k + kj) * ld;
-                int64_t lo, hi;
-                valid_range(ow_n, s, pad, kj, w, &lo, &hi);
-                for (int64_t oh = 0; oh < oh_n; oh++) {
-                    float *dst = row + oh * ow_n;
-                    int64_t ih = oh * s - pad + ki;
-                    if (ih < 0 || ih >= h) {
-                        memset(dst, 0, (size_t)ow_n * sizeof(float));
-                        continue;
-                    }
-                    int64_t base = (c * h + ih) * w - pad + kj; /* + ow*s is in range */
-                    for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
-                    if (s == 1 && hi > lo)
-                        memcpy(dst + lo, x + base + lo, (size_t)(hi - lo) * sizeof(float));
-                    else
-                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = x[base + ow * s];
-                    for (int64_t ow = hi; ow < ow_n; ow++) dst[ow] = 0.0f;
-                }
-            }
-}
-
-/* The adjoint of im2col: gx (zeroed first) accumulates the columns. */
-static void col2im(const lps_layer *l, const float *col, int64_t ld, int64_t h, int64_t w,
-                   int64_t oh_n, int64_t ow_n, float *gx)
-{
-    int64_t k = l->KS, s = l->STRIDE, pad = l->PAD;
-    memset(gx, 0, (size_t)(l->CIN * h * w) * sizeof(float));
-    for (int64_t c = 0; c < l->CIN; c++)
-        for (int64_t ki = 0; ki < k; ki++)
-            for (int64_t kj = 0; kj < k; kj++) {
-                const float *row = col + ((c * k + ki) * k + kj) * ld;
-                int64_t lo, hi;
-                valid_range(ow_n, s, pad, kj, w, &lo, &hi);
-                for (int64_t oh = 0; oh < oh_n; oh++) {
-                    int64_t ih = oh * s - pad + ki;
-                    if (ih < 0 || ih >= h) continue;
-                    const float *src = row + oh * ow_n;
-                    int64_t base = (c * h + ih) * w - pad + kj;
-                    for (int64_t ow = lo; ow < hi; ow++) gx[base + ow * s] += src[ow];
-                }
-            }
-}
-
 /* ------------------------------------------------ im2col + GEMM, per sample */
 
-enum { S_COL };
+enum { S_COL, S_X, S_GX };
 
 /* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
 static int plain_1x1(const lps_layer *l) { return l->KS == 1 && l->STRIDE == 1 && l->PAD == 0; }
 
+/* col (K x P): row (ci, ki, kj) holds, output by output, the input at that
+ * tap, copied from the split layout 8 floats at a time; a copy that runs
+ * past an output row spills into the next one's first floats before those
+ * are written (col has 8 floats of slack). */
+KERNEL static void im2col(const float *xs, const convsplit *g, const convjob *j, float *col)
+{
+    int64_t np = j->oh * j->ow, rs = g->s * g->wc;
+    for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
+        for (int64_t ki = 0; ki < g->k; ki++)
+            for (int64_t kj = 0; kj < g->k; kj++, t++) {
+                const float *src = xs + (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
+                float *dst = col + t * np;
+                for (int64_t oh = 0; oh < j->oh; oh++)
+                    for (int64_t c = 0; c < j->ow; c += 8) ST8(dst + oh * j->ow + c, LD8(src + oh * rs + c));
+            }
+}
+
+/* The adjoint: gxs (the split layout, zeroed here) accumulates the columns;
+ * lanes past an output row are masked to zero. */
+KERNEL static void col2im(const float *col, const convsplit *g, const convjob *j, float *gxs)
+{
+    int64_t np = j->oh * j->ow, rs = g->s * g->wc, last = j->ow / 8 * 8;
+    v8i tail;
+    for (int i = 0; i < 8; i++) tail[i] = last + i < j->ow ? -1 : 0;
+    memset(gxs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
+    for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
+        for (int64_t ki = 0; ki < g->k; ki++)
+            for (int64_t kj = 0; kj < g->k; kj++, t++) {
+                float *dst = gxs + (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
+                const float *src = col + t * np;
+                for (int64_t oh = 0; oh < j->oh; oh++) {
+                    float *d = dst + oh * rs;
+                    const float *sr = src + oh * j->ow;
+                    int64_t c = 0;
+                    for (; c < last; c += 8) ST8(d + c, LD8(d + c) + LD8(sr + c));
+                    if (c < j->ow) ST8(d + c, LD8(d + c) + (v8)((v8i)LD8(sr + c) & tail));
+                }
+            }
+}
+
 static lps_status gemm_prep(const convjob *j, int backward)
 {
-    (void)backward;
     const lps_layer *l = j->l;
-    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow;
-    for (int t = 0; t < j->nt && !plain_1x1(l); t++)
-        if (!lps_scratch_get(&conv_slots(j, t)[S_COL], kk * np, "conv2d")) return LPS_ENOMEM;
+    if (plain_1x1(l)) return LPS_OK;
+    convsplit g;
+    conv_split_geometry(j, &g);
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
+    for (int t = 0; t < j->nt; t++) {
+        lps_scratch *s = conv_slots(j, t);
+        if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") ||
+            !lps_scratch_get(&s[S_X], xsize, "conv2d") ||
+            (backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
+            return LPS_ENOMEM;
+    }
     return LPS_OK;
 }
 
@@ -121,14 +104,17 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
     const lps_layer *l = j->l;
     int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
     const float *wt = l->param[0]->data, *bias = l->param[1]->data;
-    float *col = conv_slots(j, t)[S_COL].p;
+    lps_scratch *sc = conv_slots(j, t);
+    convsplit g;
+    conv_split_geometry(j, &g);
     for (int64_t n = n0; n < n1; n++) {
-        const float *xn = j->x + n * l->CIN * j->h * j->w;
+        const float *xn = j->x + n * l->CIN * j->h * j->w, *col = xn;
         float *yn = j->y + n * cout * np;
-        if (plain_1x1(l))
-            col = (float *)xn; /* only read */
-        else
-            im2col(l, xn, j->h, j->w, j->oh, j->ow, col, np);
+        if (!plain_1x1(l)) {
+            conv_split_input(xn, j, &g, sc[S_X].p);
+            im2col(sc[S_X].p, &g, j, sc[S_COL].p);
+            col = sc[S_COL].p;
+        }
         /* y_n (cout x P) = W (cout x K) col (K x P), then + bias */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
                     wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
@@ -145,12 +131,19 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
     int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
     int64_t in_size = l->CIN * j->h * j->w;
     const float *wt = l->param[0]->data;
-    float *gw = conv_gw(j, t), *gb = conv_gb(j, t), *col = conv_slots(j, t)[S_COL].p;
+    float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
+    lps_scratch *sc = conv_slots(j, t);
+    float *col = sc[S_COL].p;
+    convsplit g;
+    conv_split_geometry(j, &g);
     for (int64_t n = n0; n < n1; n++) {
-        const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np;
+        const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
         for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
-        const float *cn = plain_1x1(l) ? xn : col;
-        if (!plain_1x1(l)) im2col(l, xn, j->h, j->w, j->oh, j->ow, col, np);
+        if (!plain_1x1(l)) {
+            conv_split_input(xn, j, &g, sc[S_X].p);
+            im2col(sc[S_X].p, &g, j, col);
+            cn = col;
+        }
         /* dW (cout x K) += gy_n (cout x P) col^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
                     (int)np, cn, (int)np, 1.0f, gw, (int)kk);
@@ -159,7 +152,9 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
         float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
                     (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
-        if (!plain_1x1(l)) col2im(l, col, np, j->h, j->w, j->oh, j->ow, gxn);
+        if (plain_1x1(l)) continue;
+        col2im(col, &g, j, sc[S_GX].p);
+        conv_unsplit(sc[S_GX].p, j, &g, gxn);
     }
 }
 

@@ -2,81 +2,18 @@
  * values per output (cin k k small, such as a first layer on grey images),
  * where im2col + GEMM would spend its time copying. One sample at a time:
  * the padded input is split into `stride` column phases, so the inputs of
- * 8 neighbouring outputs are 8 contiguous floats for every kernel tap.
- * Kernels are written on 8-float vectors and built twice, for AVX2 and for
- * the baseline; every lane does the same multiplies and adds in the same
- * order either way, so both give the same bits. */
+ * 8 neighbouring outputs are 8 contiguous floats for every kernel tap
+ * (conv_split.c). */
 #include "nn/conv_internal.h"
 
 #include <string.h>
-
-typedef float v8 __attribute__((vector_size(32)));
-/* for unaligned loads and stores of 8 floats */
-typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KERNEL __attribute__((target_clones("avx2", "default")))
-#else
-#define KERNEL
-#endif
-
-#define LD8(p) (*(const v8u *)(p))
-#define ST8(p, v) (*(v8u *)(p) = (v))
-#define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
-/* sum of the lanes in a fixed order */
-#define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
 
 enum { S_X, S_G, S_GX };
 
 int lps_direct_applies(const lps_layer *l) { return l->CIN * l->KS * l->KS <= 27; }
 
-/* The phase-split padded input of one sample: cin x s planes of hp x wc. */
-typedef struct {
-    int64_t cin, cout, k, s, pad, hp, wc, plane, taps;
-    int64_t owp; /* output rows padded with zeros to whole vectors */
-} dgeo;
-
-static void geometry(const lps_layer *l, const convjob *d, dgeo *g)
-{
-    g->cin = l->CIN;
-    g->cout = l->COUT;
-    g->k = l->KS;
-    g->s = l->STRIDE;
-    g->pad = l->PAD;
-    g->owp = (d->ow + 7) / 8 * 8;
-    /* rows: one more output row than needed (pairs of rows) */
-    g->hp = (d->oh + 1) * g->s + g->k;
-    g->wc = g->owp + (g->k - 1) / g->s + 8;
-    g->plane = g->hp * g->wc;
-    g->taps = g->cin * g->k * g->k;
-}
-
-/* xs[ci][phase][r][c] = padded x[ci][r][c s + phase] (0 outside the input). */
-static void split_input(const float *x, const convjob *d, const dgeo *g, float *xs)
-{
-    memset(xs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
-    for (int64_t ci = 0; ci < g->cin; ci++)
-        for (int64_t ph = 0; ph < g->s; ph++) {
-            float *dst = xs + (ci * g->s + ph) * g->plane;
-            for (int64_t ih = 0; ih < d->h; ih++) {
-                const float *src = x + (ci * d->h + ih) * d->w;
-                float *row = dst + (ih + g->pad) * g->wc;
-                if (g->s == 1) {
-                    memcpy(row + g->pad, src, (size_t)d->w * sizeof(float));
-                    continue;
-                }
-                for (int64_t c = 0; c < g->wc; c++) {
-                    int64_t iw = c * g->s + ph - g->pad;
-                    if (iw >= d->w) break;
-                    if (iw >= 0) row[c] = src[iw];
-                }
-            }
-        }
-}
-
 /* Offset of each tap (ci, ki, kj) from its output's first input. */
-static void tap_offsets(const dgeo *g, int64_t *off)
+static void tap_offsets(const convsplit *g, int64_t *off)
 {
     for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
         for (int64_t ki = 0; ki < g->k; ki++)
@@ -86,7 +23,7 @@ static void tap_offsets(const dgeo *g, int64_t *off)
 
 /* y for 4 output channels co..co+3 (fewer at the end) of one sample: two
  * output rows x 8 columns x 4 channels per step, 8 vector sums. */
-KERNEL static void forward_block(const float *xs, const dgeo *g, const convjob *d,
+KERNEL static void forward_block(const float *xs, const convsplit *g, const convjob *d,
                                  const int64_t *off, const float *w, const float *bias,
                                  int64_t co, float *yn)
 {
@@ -152,15 +89,15 @@ KERNEL static void forward_block(const float *xs, const dgeo *g, const convjob *
 
 /* gy rows padded with zeros to whole vectors plus 16 columns, and one more
  * row: the layout input_grad reads (and weight_grad when rows are short). */
-static int64_t gp_row(const dgeo *g) { return g->owp + 16; }
+static int64_t gp_row(const convsplit *g) { return g->owp + 16; }
 
 /* Shared: the tap offsets. Per thread: the split input; for backward the
  * padded gy (zeroed here: only its valid part is ever written) and the split
  * input gradient. */
 static lps_status direct_prep(const convjob *j, int backward)
 {
-    dgeo g;
-    geometry(j->l, j, &g);
+    convsplit g;
+    conv_split_geometry(j, &g);
     const char *op = backward ? "conv2d backward" : "conv2d";
     /* the int64 offsets live in a float scratch, 2 floats each */
     float *off = lps_scratch_get(&((convpriv *)j->l->priv)->shared, 2 * g.taps, op);
@@ -187,12 +124,12 @@ static const int64_t *offsets(const convjob *j)
 static void direct_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
     const lps_layer *l = j->l;
-    dgeo g;
-    geometry(l, j, &g);
+    convsplit g;
+    conv_split_geometry(j, &g);
     float *xs = conv_slots(j, t)[S_X].p;
     int64_t in_size = g.cin * j->h * j->w, out_size = g.cout * j->oh * j->ow;
     for (int64_t n = n0; n < n1; n++) {
-        split_input(j->x + n * in_size, j, &g, xs);
+        conv_split_input(j->x + n * in_size, j, &g, xs);
         for (int64_t co = 0; co < g.cout; co += 4)
             forward_block(xs, &g, j, offsets(j), l->param[0]->data, l->param[1]->data, co,
                           j->y + n * out_size);
@@ -206,7 +143,7 @@ static void direct_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
  * when ow is not a multiple of 8 the last group of 8 overlaps the one
  * before and its repeated lanes are masked to zero. */
 KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int64_t gps, int64_t ow_n,
-                               const dgeo *g, const convjob *d, const int64_t *off, float *gw,
+                               const convsplit *g, const convjob *d, const int64_t *off, float *gw,
                                float *gb)
 {
     int64_t taps = g->taps, rs = g->s * g->wc, last = ow_n - 8, seen = ow_n / 8 * 8;
@@ -257,7 +194,7 @@ KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int
 
 /* The input gradient in the split layout: each tap's inputs get the sum
  * over output channels of w * gy, two output rows x 16 columns at a time. */
-KERNEL static void input_grad(const float *gp, const dgeo *g, const convjob *d, const int64_t *off,
+KERNEL static void input_grad(const float *gp, const convsplit *g, const convjob *d, const int64_t *off,
                               const float *w, float *gxs)
 {
     int64_t taps = g->taps, rs = g->s * g->wc, cs = (d->oh + 1) * g->owp;
@@ -288,8 +225,8 @@ KERNEL static void input_grad(const float *gp, const dgeo *g, const convjob *d, 
 static void direct_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
     const lps_layer *l = j->l;
-    dgeo g;
-    geometry(l, j, &g);
+    convsplit g;
+    conv_split_geometry(j, &g);
     lps_scratch *sc = conv_slots(j, t);
     float *xs = sc[S_X].p, *gp = sc[S_G].p, *gxs = sc[S_GX].p;
     float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
@@ -303,27 +240,14 @@ static void direct_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
             for (int64_t oh = 0; oh < j->oh; oh++)
                 memcpy(gp + co * (j->oh + 1) * owq + oh * owq, gn + co * out_plane + oh * j->ow,
                        (size_t)j->ow * sizeof(float));
-        split_input(j->x + n * in_size, j, &g, xs);
+        conv_split_input(j->x + n * in_size, j, &g, xs);
         if (j->ow >= 8)
             weight_grad(xs, gn, j->ow, out_plane, j->ow, &g, j, off, gw, gb);
         else /* rows narrower than a vector: from the zero-padded copy */
             weight_grad(xs, gp, owq, (j->oh + 1) * owq, 8, &g, j, off, gw, gb);
         if (!j->gx) continue;
         input_grad(gp, &g, j, off, l->param[0]->data, gxs);
-        float *gxn = j->gx + n * in_size;
-        for (int64_t ci = 0; ci < g.cin; ci++)
-            for (int64_t ih = 0; ih < j->h; ih++) {
-                float *dst = gxn + (ci * j->h + ih) * j->w;
-                const float *src = gxs + ci * g.s * g.plane + (ih + g.pad) * g.wc;
-                if (g.s == 1) {
-                    memcpy(dst, src + g.pad, (size_t)j->w * sizeof(float));
-                    continue;
-                }
-                for (int64_t iw = 0; iw < j->w; iw++) {
-                    int64_t c = iw + g.pad;
-                    dst[iw] = src[(c % g.s) * g.plane + c / g.s];
-                }
-            }
+        conv_unsplit(gxs, j, &g, j->gx + n * in_size);
     }
 }
 
