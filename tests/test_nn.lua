@@ -310,6 +310,11 @@ function TestPool:test_forward_and_ties()
   -- as in PyTorch; the window's gradient is not lost or duplicated
   local g = m:backward(x, lps.tensor{{{{7, 9}}}})
   lu.assertEquals(g:totable(), {{{{0, 7, 9, 0}, {0, 0, 0, 0}}}})
+  -- zeros of both signs tie too: the first one is the maximum, sign and all
+  -- (a row of 4 windows, as the vector path takes them, and one alone)
+  local z = m:forward(lps.tensor{{{{-0.0, 0.0, 0.0, -0.0, 1, 2, 3, 4}, {0.0, 0.0, -0.0, -0.0, 0, 0, 0, 0}}}})
+  lu.assertEquals({1 / z:get(1, 1, 1, 1), 1 / z:get(1, 1, 1, 2)}, {-math.huge, math.huge})
+  lu.assertEquals(1 / m:forward(lps.tensor{{{{-0.0, 0.0}, {0.0, 0.0}}}}):get(1, 1, 1, 1), -math.huge)
   local all = lps.full(1, 1, 3, 3, 2)
   local g2 = nn.maxpool2d(2, {stride = 1}):backward(all, lps.ones(1, 1, 2, 2))
   lu.assertEquals(g2:totable(), {{{{1, 1, 0}, {1, 1, 0}, {0, 0, 0}}}})

@@ -70,6 +70,22 @@ static inline __m128 win4(const float *r0, const float *r1, __m128 wins[4])
                    _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
                    _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
                    _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1))};
+    __m128 unord = _mm_or_ps(_mm_cmpunord_ps(c[0], c[1]), _mm_cmpunord_ps(c[2], c[3]));
+    if (!_mm_movemask_ps(unord)) {
+        /* no NaN (the usual case): max keeps its second operand on ties, so
+         * each max puts the earlier candidate second; the first candidate
+         * equal to the maximum wins */
+        __m128 m = _mm_max_ps(_mm_max_ps(c[3], c[2]), _mm_max_ps(c[1], c[0]));
+        if (wins) {
+            __m128 e0 = _mm_cmpeq_ps(c[0], m), e1 = _mm_cmpeq_ps(c[1], m);
+            __m128 e2 = _mm_cmpeq_ps(c[2], m), e01 = _mm_or_ps(e0, e1);
+            wins[0] = e0;
+            wins[1] = _mm_andnot_ps(e0, e1);
+            wins[2] = _mm_andnot_ps(e01, e2);
+            wins[3] = _mm_andnot_ps(_mm_or_ps(e01, e2), _mm_castsi128_ps(_mm_set1_epi32(-1)));
+        }
+        return m;
+    }
     __m128 m = c[0];
     __m128 who[4];
     for (int k = 1; k < 4; k++) {
