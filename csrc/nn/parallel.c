@@ -8,7 +8,15 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RELAX() _mm_pause() /* spin politely: the other core's thread may need it */
+#else
+#define RELAX() ((void)0)
+#endif
+
+/* Spins of a worker waiting for the next job before it sleeps (about 20 us). */
+enum { SPINS = 2000 };
 
 static struct {
     pthread_mutex_t lock;
@@ -30,7 +38,10 @@ static void *worker(void *arg)
         unsigned g;
         /* spin a little (a layer's next job often follows at once), then sleep */
         int spins = 0;
-        while ((g = atomic_load(&pool.generation)) == seen && spins < 20000) spins++;
+        while ((g = atomic_load(&pool.generation)) == seen && spins < SPINS) {
+            RELAX();
+            spins++;
+        }
         if (g == seen) {
             pthread_mutex_lock(&pool.lock);
             while ((g = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
@@ -81,8 +92,7 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(ctx, 0, nt);
-    while (atomic_load(&pool.pending) > 0) {
-    }
+    while (atomic_load(&pool.pending) > 0) RELAX();
     lps_set_num_threads(blas);
 }
 
