@@ -3,6 +3,9 @@
 #include "nn/conv_internal.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 void conv_split_geometry(const convjob *j, convsplit *g)
 {
@@ -30,10 +33,62 @@ static void phase_cols(const convjob *j, const convsplit *g, int64_t ph, int64_t
     if (*c0 > *c1) *c0 = *c1;
 }
 
+
+/* Stride 2, one input row: even columns to one phase and odd ones to the
+ * other (which phase, and from which column, follows the padding's parity). */
+static void split_row2(const float *src, int64_t w, float *ev, float *od)
+{
+    int64_t i = 0;
+#ifdef __SSE2__
+    for (; 2 * i + 8 <= w; i += 4) {
+        __m128 a = _mm_loadu_ps(src + 2 * i), b = _mm_loadu_ps(src + 2 * i + 4);
+        _mm_storeu_ps(ev + i, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm_storeu_ps(od + i, _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+#endif
+    for (; 2 * i < w; i++) {
+        ev[i] = src[2 * i];
+        if (2 * i + 1 < w) od[i] = src[2 * i + 1];
+    }
+}
+
+static void unsplit_row2(const float *ev, const float *od, int64_t w, float *dst)
+{
+    int64_t i = 0;
+#ifdef __SSE2__
+    for (; 2 * i + 8 <= w; i += 4) {
+        __m128 a = _mm_loadu_ps(ev + i), b = _mm_loadu_ps(od + i);
+        _mm_storeu_ps(dst + 2 * i, _mm_unpacklo_ps(a, b));
+        _mm_storeu_ps(dst + 2 * i + 4, _mm_unpackhi_ps(a, b));
+    }
+#endif
+    for (; 2 * i < w; i++) {
+        dst[2 * i] = ev[i];
+        if (2 * i + 1 < w) dst[2 * i + 1] = od[i];
+    }
+}
+
+/* Where input row ih's even and odd columns go in the stride-2 layout. */
+static void row2(const convsplit *g, int64_t ci, int64_t ih, int64_t *ev, int64_t *od)
+{
+    int64_t r = (ih + g->pad) * g->wc, pe = g->pad & 1;
+    *ev = (ci * 2 + pe) * g->plane + r + (g->pad >> 1);
+    *od = (ci * 2 + (1 - pe)) * g->plane + r + ((g->pad + 1) >> 1);
+}
+
 void conv_split_input(const float *x, const convjob *j, const convsplit *g, float *xs)
 {
     memset(xs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
     int64_t rows = j->h + g->pad < g->hp ? j->h : g->hp - g->pad;
+    if (g->s == 2) {
+        for (int64_t ci = 0; ci < g->cin; ci++)
+            for (int64_t ih = 0; ih < rows; ih++) {
+                int64_t ev, od;
+                row2(g, ci, ih, &ev, &od);
+                split_row2(x + (ci * j->h + ih) * j->w, j->w, xs + ev, xs + od);
+            }
+        return;
+    }
     for (int64_t ci = 0; ci < g->cin; ci++)
         for (int64_t ph = 0; ph < g->s; ph++) {
             float *dst = xs + (ci * g->s + ph) * g->plane + g->pad * g->wc;
@@ -52,6 +107,15 @@ void conv_split_input(const float *x, const convjob *j, const convsplit *g, floa
 
 void conv_unsplit(const float *xs, const convjob *j, const convsplit *g, float *x)
 {
+    if (g->s == 2) {
+        for (int64_t ci = 0; ci < g->cin; ci++)
+            for (int64_t ih = 0; ih < j->h; ih++) {
+                int64_t ev, od;
+                row2(g, ci, ih, &ev, &od);
+                unsplit_row2(xs + ev, xs + od, j->w, x + (ci * j->h + ih) * j->w);
+            }
+        return;
+    }
     for (int64_t ci = 0; ci < g->cin; ci++)
         for (int64_t ph = 0; ph < g->s; ph++) {
             int64_t c0, c1;
