@@ -155,6 +155,17 @@ function TestConv:test_gradcheck()
     "conv2d stride 2 padding 1")
   gradcheck(nn.conv2d(1, 2, 2, {stride = 3, padding = 2, generator = g}), lps.randn(1, 1, 5, 4, g),
     "conv2d stride 3 padding 2")
+  -- each kernel path (conv.c's kernel_of): Winograd with padding 0, 1, 2 and
+  -- odd sizes; direct at stride 2; im2col for 5x5 at strides 1 and 2
+  for p = 0, 2 do
+    gradcheck(nn.conv2d(4, 2, 3, {padding = p, generator = g}), lps.randn(2, 4, 5, 7, g),
+      "conv2d Winograd padding " .. p)
+  end
+  gradcheck(nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 1, 7, 8, g),
+    "conv2d direct stride 2")
+  gradcheck(nn.conv2d(2, 2, 5, {padding = 2, generator = g}), lps.randn(1, 2, 6, 7, g), "conv2d 5x5")
+  gradcheck(nn.conv2d(2, 2, 5, {stride = 2, padding = 2, generator = g}), lps.randn(1, 2, 7, 8, g),
+    "conv2d 5x5 stride 2")
 end
 
 function TestConv:test_batch_grouping()
@@ -238,19 +249,23 @@ local function assert_close(a, b, what)
 end
 
 function TestConv:test_paths_match_reference()
-  -- Every kernel path (Winograd for 3x3 stride 1, direct for few input
-  -- channels, im2col otherwise) against the plain definition: odd and even
-  -- sizes, planes narrower and wider than one SIMD group of tiles, padding
-  -- 0 to 3, strides 1 to 3, kernels 1 to 5.
+  -- Every kernel path (see conv.c's kernel_of) against the plain definition:
+  -- odd and even sizes, planes narrower and wider than one SIMD group,
+  -- padding 0 to 3, strides 1 to 3, kernels 1 to 5.
   local g = lps.generator(21)
   local cases = {
     -- cin, cout, k, stride, padding, h, w
-    {3, 4, 3, 1, 1, 7, 9}, {2, 3, 3, 1, 0, 6, 5}, {2, 3, 3, 1, 2, 5, 6}, {5, 6, 3, 1, 1, 13, 17},
-    {4, 3, 3, 1, 3, 4, 4}, {6, 5, 3, 1, 1, 16, 15}, {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28},
-    {1, 3, 5, 1, 2, 11, 10}, {1, 4, 5, 2, 2, 12, 13}, {2, 3, 3, 2, 1, 9, 10}, {3, 2, 5, 1, 2, 8, 7},
-    {2, 3, 5, 2, 2, 9, 10}, {3, 4, 3, 2, 1, 9, 8}, {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12},
-    {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14}, {16, 8, 3, 1, 1, 14, 14}, {3, 5, 3, 1, 0, 10, 12},
-    {3, 2, 3, 1, 0, 4, 6}, {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16},
+    -- Winograd (3x3, stride 1, 4 or more input channels)
+    {4, 3, 3, 1, 0, 6, 5}, {4, 3, 3, 1, 2, 5, 6}, {5, 6, 3, 1, 1, 13, 17}, {4, 3, 3, 1, 3, 4, 4},
+    {6, 5, 3, 1, 1, 16, 15}, {16, 8, 3, 1, 1, 14, 14}, {4, 5, 3, 1, 0, 10, 12}, {4, 2, 3, 1, 0, 4, 6},
+    -- direct (at most 9 inputs per output)
+    {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28}, {1, 3, 3, 2, 1, 11, 12}, {1, 2, 3, 2, 0, 9, 9},
+    {2, 2, 2, 1, 0, 5, 5}, {1, 3, 3, 3, 2, 10, 11},
+    -- im2col + GEMM
+    {3, 4, 3, 1, 1, 7, 9}, {2, 3, 3, 1, 0, 6, 5}, {1, 3, 5, 1, 2, 11, 10}, {1, 4, 5, 2, 2, 12, 13},
+    {2, 3, 3, 2, 1, 9, 10}, {3, 2, 5, 1, 2, 8, 7}, {2, 3, 5, 2, 2, 9, 10}, {3, 4, 3, 2, 1, 9, 8},
+    {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12}, {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14},
+    {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16}, {3, 2, 1, 2, 1, 7, 6},
   }
   for _, c in ipairs(cases) do
     local cin, cout, k, s, p, h, w = table.unpack(c)
@@ -275,7 +290,8 @@ function TestConv:test_threads_agree_and_repeat()
   -- close to one thread's result, and the same bits run after run.
   local threads = lps.get_num_threads()
   local g = lps.generator(31)
-  for _, c in ipairs{{1, 16, 5, 1, 2, 28}, {8, 16, 3, 1, 1, 14}, {8, 16, 5, 2, 2, 14}} do
+  -- direct, Winograd, im2col + GEMM
+  for _, c in ipairs{{1, 32, 3, 1, 1, 28}, {8, 16, 3, 1, 1, 14}, {8, 16, 5, 2, 2, 14}} do
     local cin, cout, k, s, p, hw = table.unpack(c)
     local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d)"):format(cin, cout, k, s, p)
     local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
@@ -325,6 +341,7 @@ function TestPool:test_gradcheck()
   gradcheck(nn.maxpool2d(2), distinct(g, 2, 3, 4, 6), "maxpool2d k2")
   gradcheck(nn.maxpool2d(3, {stride = 2}), distinct(g, 1, 2, 7, 5), "maxpool2d k3 s2 (overlapping)")
   gradcheck(nn.maxpool2d(2), distinct(g, 1, 2, 5, 17), "maxpool2d k2 wide")
+  gradcheck(nn.maxpool2d(2), distinct(g, 2, 1, 7, 9), "maxpool2d k2 odd sizes")
   lu.assertEquals(nn.maxpool2d(2):forward(lps.zeros(1, 1, 5, 5)):shape(), {1, 1, 2, 2})
   T.assert_error_contains("height and width >= 3", nn.maxpool2d(3).forward, nn.maxpool2d(3), lps.zeros(1, 1, 2, 9))
 end

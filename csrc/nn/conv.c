@@ -174,10 +174,15 @@ float *conv_gb(const convjob *j, int t)
     return j->nt == 1 ? j->l->grad[1]->data : conv_slots(j, t)[CONV_PART].p + j->l->grad[0]->numel;
 }
 
+/* The kernel for a layer, from timings of each on 28x28 and 14x14 planes
+ * (scripts/bench_conv.lua's layers): direct for at most 9 inputs per output
+ * (a 3x3 first layer on grey images; more, and im2col + GEMM wins);
+ * Winograd for 3x3 at stride 1 from 4 input channels (with fewer its GEMMs
+ * are too thin); im2col + GEMM for the rest. */
 static const convkernel *kernel_of(const lps_layer *l)
 {
-    if (lps_direct_applies(l)) return &lps_conv_direct;
-    if (lps_wino_applies(l)) return &lps_conv_wino;
+    if (l->KS > 1 && l->CIN * l->KS * l->KS <= 9) return &lps_conv_direct;
+    if (l->KS == 3 && l->STRIDE == 1 && l->CIN >= 4) return &lps_conv_wino;
     return &conv_gemm;
 }
 

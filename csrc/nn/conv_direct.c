@@ -10,7 +10,6 @@
 
 enum { S_X, S_G, S_GX };
 
-int lps_direct_applies(const lps_layer *l) { return l->CIN * l->KS * l->KS <= 27; }
 
 /* Offset of each tap (ci, ki, kj) from its output's first input. */
 static void tap_offsets(const convsplit *g, int64_t *off)

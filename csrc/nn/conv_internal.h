@@ -80,9 +80,7 @@ void conv_unsplit(const float *xs, const convjob *j, const convsplit *g, float *
 
 /* Direct, for few input values per output (cin k k small). */
 extern const convkernel lps_conv_direct;
-int lps_direct_applies(const lps_layer *l);
 /* Winograd F(2x2, 3x3): 3x3 kernels at stride 1, any padding. */
 extern const convkernel lps_conv_wino;
-int lps_wino_applies(const lps_layer *l);
 
 #endif

@@ -14,7 +14,6 @@
 #include <emmintrin.h>
 #endif
 
-int lps_wino_applies(const lps_layer *l) { return l->KS == 3 && l->STRIDE == 1; }
 
 /* Geometry of one call: tiles per sample (th x tw) and per group. */
 typedef struct {
