@@ -20,7 +20,7 @@ enum { SPINS = 2000 };
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t wake;
+    pthread_cond_t wake, done;
     pthread_t tid[LPS_PAR_MAX];
     int started;              /* workers running (threads 1..started) */
     atomic_uint generation;   /* bumped for each job */
@@ -28,7 +28,8 @@ static struct {
     lps_task_fn fn;
     void *ctx;
     int nt;
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
 
 static void *worker(void *arg)
 {
@@ -49,7 +50,11 @@ static void *worker(void *arg)
         }
         seen = g;
         if (t < pool.nt) pool.fn(pool.ctx, t, pool.nt);
-        atomic_fetch_sub(&pool.pending, 1);
+        if (atomic_fetch_sub(&pool.pending, 1) == 1) { /* the last one wakes the caller */
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
     }
     return NULL;
 }
@@ -92,7 +97,14 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(ctx, 0, nt);
-    while (atomic_load(&pool.pending) > 0) RELAX();
+    /* wait for the others: spin a little, then sleep (a worker may have lost
+     * its core to another process, and spinning would keep it from it) */
+    for (int spins = 0; atomic_load(&pool.pending) > 0 && spins < SPINS; spins++) RELAX();
+    if (atomic_load(&pool.pending) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        while (atomic_load(&pool.pending) > 0) pthread_cond_wait(&pool.done, &pool.lock);
+        pthread_mutex_unlock(&pool.lock);
+    }
     lps_set_num_threads(blas);
 }
 
