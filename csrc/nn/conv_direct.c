@@ -1,15 +1,14 @@
 /* conv_direct.c - convolution computed directly, for layers with few input
- * values per output (cin k k small, such as a first layer on grey images),
- * where im2col + GEMM would spend its time copying. One sample at a time:
- * the padded input is split into `stride` column phases, so the inputs of
- * 8 neighbouring outputs are 8 contiguous floats for every kernel tap
+ * values per output (a 3x3 first layer on grey images; conv.c chooses),
+ * where a GEMM would be too thin. One sample at a time, from the padded
+ * input split into `stride` column phases, where the inputs of 8
+ * neighbouring outputs are 8 contiguous floats for every kernel tap
  * (conv_split.c). */
 #include "nn/conv_internal.h"
 
 #include <string.h>
 
 enum { S_X, S_G, S_GX };
-
 
 /* Offset of each tap (ci, ki, kj) from its output's first input. */
 static void tap_offsets(const convsplit *g, int64_t *off)

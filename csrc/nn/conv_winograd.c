@@ -14,7 +14,6 @@
 #include <emmintrin.h>
 #endif
 
-
 /* Geometry of one call: tiles per sample (th x tw) and per group. */
 typedef struct {
     int64_t c1, c2, th, tw, tp, group, wq;
@@ -89,7 +88,7 @@ static void filter_grad(const float *du, int64_t c2, int64_t c1, float *dw)
 static inline int64_t quad_start(int64_t tx, int64_t tw) { return tx + 4 <= tw ? tx : tw - 4; }
 
 /* One input plane into V: v points at V[0][c][first tile of the sample],
- * xs apart per xi. rows: the scratch of buffers(). */
+ * xs apart per xi. rows: the scratch of wino_prep. */
 static void input_transform(const float *xp, const convjob *d, int64_t pad, const wgeo *g,
                             float *v, int64_t xs, float *rows)
 {
@@ -227,7 +226,7 @@ static void output_transform(const float *m, int64_t xs, const wgeo *g, const co
 
 /* One output-gradient plane into dM = A dy A^T (outside the output: 0):
  * rows (g0, g0 + g1, g0 - g1, -g1) of each 2x2 tile, then its columns.
- * rows: the scratch of buffers(). */
+ * rows: the scratch of wino_prep. */
 static void grad_transform(const float *gp, const convjob *d, const wgeo *g, float *m,
                            int64_t xs, float *rows)
 {
@@ -291,7 +290,7 @@ static void grad_transform(const float *gp, const convjob *d, const wgeo *g, flo
  * the fourth of k-1. Then B X on the rows, (X0, X1 - X2 + X3, X1 + X2 - X0,
  * -X3), where the first two rows also get the last two of the tile row
  * above (carried in k0, k1): each dx row is then written once, no zeroing.
- * rows: the scratch of buffers(). */
+ * rows: the scratch of wino_prep. */
 static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob *d, int64_t pad,
                        float *gxp, float *rows)
 {
