@@ -15,10 +15,12 @@
 #define RELAX() ((void)0)
 #endif
 
-/* Spins of a worker waiting for the next job before it sleeps (about 20 us). */
+/* Pauses spun waiting for the next job (a worker) or for the others to finish
+ * (the caller) before sleeping: some tens of microseconds. */
 enum { SPINS = 2000 };
 
 static struct {
+    pthread_mutex_t run;      /* one job at a time (callers on several threads wait) */
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
     pthread_t tid[LPS_PAR_MAX];
@@ -28,8 +30,8 @@ static struct {
     lps_task_fn fn;
     void *ctx;
     int nt;
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
-          .done = PTHREAD_COND_INITIALIZER};
+} pool = {.run = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
 static void *worker(void *arg)
 {
@@ -72,6 +74,7 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
         fn(ctx, 0, 1);
         return;
     }
+    pthread_mutex_lock(&pool.run);
     pthread_mutex_lock(&pool.lock);
     while (pool.started < nt - 1) {
         if (pthread_create(&pool.tid[pool.started], NULL, worker, (void *)(intptr_t)(pool.started + 1)))
@@ -83,6 +86,7 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
     pthread_mutex_unlock(&pool.lock);
     if (nt > have) nt = have; /* could not start more threads: fewer parts */
     if (nt <= 1) {
+        pthread_mutex_unlock(&pool.run);
         fn(ctx, 0, 1);
         return;
     }
@@ -106,6 +110,7 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
         pthread_mutex_unlock(&pool.lock);
     }
     lps_set_num_threads(blas);
+    pthread_mutex_unlock(&pool.run);
 }
 
 void lps_par_range(int64_t n, int t, int nt, int64_t *lo, int64_t *hi)
