@@ -155,6 +155,17 @@ function TestConv:test_gradcheck()
     "conv2d stride 2 padding 1")
   gradcheck(nn.conv2d(1, 2, 2, {stride = 3, padding = 2, generator = g}), lps.randn(1, 1, 5, 4, g),
     "conv2d stride 3 padding 2")
+  -- each kernel path (conv.c's kernel_of): Winograd with padding 0, 1, 2 and
+  -- odd sizes; direct at stride 2; im2col for 5x5 at strides 1 and 2
+  for p = 0, 2 do
+    gradcheck(nn.conv2d(4, 2, 3, {padding = p, generator = g}), lps.randn(2, 4, 5, 7, g),
+      "conv2d Winograd padding " .. p)
+  end
+  gradcheck(nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 1, 7, 8, g),
+    "conv2d direct stride 2")
+  gradcheck(nn.conv2d(2, 2, 5, {padding = 2, generator = g}), lps.randn(1, 2, 6, 7, g), "conv2d 5x5")
+  gradcheck(nn.conv2d(2, 2, 5, {stride = 2, padding = 2, generator = g}), lps.randn(1, 2, 7, 8, g),
+    "conv2d 5x5 stride 2")
 end
 
 function TestConv:test_batch_grouping()
@@ -183,6 +194,128 @@ function TestConv:test_batch_grouping()
   end
 end
 
+-- Plain-Lua convolution (doubles): y, and for gy the gradients gx, gw, gb.
+local function conv_ref(x, w, b, s, p, gy)
+  local X, W, Bv = x:totable(), w:totable(), b:totable()
+  local n, cin, h, wd = table.unpack(x:shape())
+  local cout, k = w:shape()[1], w:shape()[3]
+  local oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+  local G = gy and gy:totable()
+  local y, gx, gw, gb = {}, {}, {}, {}
+  for co = 1, cout do
+    gb[co] = 0
+    gw[co] = {}
+    for ci = 1, cin do
+      gw[co][ci] = {}
+      for i = 1, k do gw[co][ci][i] = {} for j = 1, k do gw[co][ci][i][j] = 0 end end
+    end
+  end
+  for bi = 1, n do
+    y[bi], gx[bi] = {}, {}
+    for ci = 1, cin do
+      gx[bi][ci] = {}
+      for i = 1, h do gx[bi][ci][i] = {} for j = 1, wd do gx[bi][ci][i][j] = 0 end end
+    end
+    for co = 1, cout do
+      y[bi][co] = {}
+      for oi = 1, oh do
+        y[bi][co][oi] = {}
+        for oj = 1, ow do
+          local acc, g = Bv[co], G and G[bi][co][oi][oj]
+          if g then gb[co] = gb[co] + g end
+          for ci = 1, cin do for ki = 1, k do for kj = 1, k do
+            local ii, jj = (oi - 1) * s - p + ki, (oj - 1) * s - p + kj
+            if ii >= 1 and ii <= h and jj >= 1 and jj <= wd then
+              local xv, wv = X[bi][ci][ii][jj], W[co][ci][ki][kj]
+              acc = acc + xv * wv
+              if g then
+                gx[bi][ci][ii][jj] = gx[bi][ci][ii][jj] + g * wv
+                gw[co][ci][ki][kj] = gw[co][ci][ki][kj] + g * xv
+              end
+            end
+          end end end
+          y[bi][co][oi][oj] = acc
+        end
+      end
+    end
+  end
+  return lps.tensor(y), lps.tensor(gx), lps.tensor(gw), lps.tensor(gb)
+end
+
+local function assert_close(a, b, what)
+  local scale = math.max(1, b:abs():max())
+  local diff = (a - b):abs():max()
+  lu.assertTrue(diff <= 2e-5 * scale, ("%s: max abs diff %.3g (scale %.3g)"):format(what, diff, scale))
+end
+
+function TestConv:test_paths_match_reference()
+  -- Every kernel path (see conv.c's kernel_of) against the plain definition:
+  -- odd and even sizes, planes narrower and wider than one SIMD group,
+  -- padding 0 to 3, strides 1 to 3, kernels 1 to 5.
+  local g = lps.generator(21)
+  local cases = {
+    -- cin, cout, k, stride, padding, h, w
+    -- Winograd (3x3, stride 1, 4 or more input channels)
+    {4, 3, 3, 1, 0, 6, 5}, {4, 3, 3, 1, 2, 5, 6}, {5, 6, 3, 1, 1, 13, 17}, {4, 3, 3, 1, 3, 4, 4},
+    {6, 5, 3, 1, 1, 16, 15}, {16, 8, 3, 1, 1, 14, 14}, {4, 5, 3, 1, 0, 10, 12}, {4, 2, 3, 1, 0, 4, 6},
+    -- direct (at most 9 inputs per output)
+    {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28}, {1, 3, 3, 2, 1, 11, 12}, {1, 2, 3, 2, 0, 9, 9},
+    {2, 2, 2, 1, 0, 5, 5}, {1, 3, 3, 3, 2, 10, 11},
+    -- im2col + GEMM
+    {3, 4, 3, 1, 1, 7, 9}, {2, 3, 3, 1, 0, 6, 5}, {1, 3, 5, 1, 2, 11, 10}, {1, 4, 5, 2, 2, 12, 13},
+    {2, 3, 3, 2, 1, 9, 10}, {3, 2, 5, 1, 2, 8, 7}, {2, 3, 5, 2, 2, 9, 10}, {3, 4, 3, 2, 1, 9, 8},
+    {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12}, {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14},
+    {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16}, {3, 2, 1, 2, 1, 7, 6},
+  }
+  for _, c in ipairs(cases) do
+    local cin, cout, k, s, p, h, w = table.unpack(c)
+    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d) on %dx%d"):format(cin, cout, k, s, p, h, w)
+    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+    local x = lps.randn({3, cin, h, w}, g)
+    local params, grads = m:parameters()
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    local yr, gxr, gwr, gbr = conv_ref(x, params[1], params[2], s, p, gy)
+    assert_close(y, yr, what .. " output")
+    m:zero_grad()
+    assert_close(m:backward(x, gy), gxr, what .. " input gradient")
+    assert_close(grads[1], gwr, what .. " weight gradient")
+    assert_close(grads[2], gbr, what .. " bias gradient")
+  end
+end
+
+function TestConv:test_threads_agree_and_repeat()
+  -- Large enough batches are split over threads by samples, each thread
+  -- adding its own share of the weight gradients, summed in thread order:
+  -- close to one thread's result, and the same bits run after run.
+  local threads = lps.get_num_threads()
+  local g = lps.generator(31)
+  -- direct, Winograd, im2col + GEMM
+  for _, c in ipairs{{1, 32, 3, 1, 1, 28}, {8, 16, 3, 1, 1, 14}, {8, 16, 5, 2, 2, 14}} do
+    local cin, cout, k, s, p, hw = table.unpack(c)
+    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d)"):format(cin, cout, k, s, p)
+    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+    local x = lps.randn({32, cin, hw, hw}, g)
+    local gy = lps.randn(m:forward(x):shape(), g)
+    local function run(nt)
+      lps.set_num_threads(nt)
+      m:zero_grad()
+      local y = m:forward(x)
+      local gx = m:backward(x, gy)
+      local _, grads = m:parameters()
+      return {y, gx, grads[1]:clone(), grads[2]:clone()}
+    end
+    local one, two, again = run(1), run(2), run(2)
+    for i, name in ipairs{"output", "input gradient", "weight gradient", "bias gradient"} do
+      -- sums in another order: float rounding, relative to the largest value
+      local scale = math.max(1, one[i]:abs():max())
+      lu.assertTrue((two[i] - one[i]):abs():max() <= 1e-5 * scale, what .. " " .. name .. ": 2 threads vs 1")
+      lu.assertTrue(lps.allclose(two[i], again[i], 0, 0), what .. " " .. name .. ": 2 threads twice")
+    end
+  end
+  lps.set_num_threads(threads)
+end
+
 TestPool = {}
 
 function TestPool:test_forward_and_ties()
@@ -193,6 +326,11 @@ function TestPool:test_forward_and_ties()
   -- as in PyTorch; the window's gradient is not lost or duplicated
   local g = m:backward(x, lps.tensor{{{{7, 9}}}})
   lu.assertEquals(g:totable(), {{{{0, 7, 9, 0}, {0, 0, 0, 0}}}})
+  -- zeros of both signs tie too: the first one is the maximum, sign and all
+  -- (a row of 4 windows, as the vector path takes them, and one alone)
+  local z = m:forward(lps.tensor{{{{-0.0, 0.0, 0.0, -0.0, 1, 2, 3, 4}, {0.0, 0.0, -0.0, -0.0, 0, 0, 0, 0}}}})
+  lu.assertEquals({1 / z:get(1, 1, 1, 1), 1 / z:get(1, 1, 1, 2)}, {-math.huge, math.huge})
+  lu.assertEquals(1 / m:forward(lps.tensor{{{{-0.0, 0.0}, {0.0, 0.0}}}}):get(1, 1, 1, 1), -math.huge)
   local all = lps.full(1, 1, 3, 3, 2)
   local g2 = nn.maxpool2d(2, {stride = 1}):backward(all, lps.ones(1, 1, 2, 2))
   lu.assertEquals(g2:totable(), {{{{1, 1, 0}, {1, 1, 0}, {0, 0, 0}}}})
@@ -203,6 +341,7 @@ function TestPool:test_gradcheck()
   gradcheck(nn.maxpool2d(2), distinct(g, 2, 3, 4, 6), "maxpool2d k2")
   gradcheck(nn.maxpool2d(3, {stride = 2}), distinct(g, 1, 2, 7, 5), "maxpool2d k3 s2 (overlapping)")
   gradcheck(nn.maxpool2d(2), distinct(g, 1, 2, 5, 17), "maxpool2d k2 wide")
+  gradcheck(nn.maxpool2d(2), distinct(g, 2, 1, 7, 9), "maxpool2d k2 odd sizes")
   lu.assertEquals(nn.maxpool2d(2):forward(lps.zeros(1, 1, 5, 5)):shape(), {1, 1, 2, 2})
   T.assert_error_contains("height and width >= 3", nn.maxpool2d(3).forward, nn.maxpool2d(3), lps.zeros(1, 1, 2, 9))
 end
@@ -247,6 +386,25 @@ function TestPool:test_fast_path_matches_reference()
   end
 end
 
+function TestPool:test_threads_give_the_same_values()
+  -- large inputs are split over threads by planes (relu by ranges): every
+  -- value is computed alone, so any thread count gives the same bits
+  local threads = lps.get_num_threads()
+  local g = lps.generator(19)
+  local x = lps.randn(4, 16, 66, 64, g)
+  for _, m in ipairs{nn.maxpool2d(2), nn.maxpool2d(3, {stride = 2}), nn.relu()} do
+    local gy = lps.randn(m:forward(x):shape(), g)
+    local res = {}
+    for _, nt in ipairs{1, 2} do
+      lps.set_num_threads(nt)
+      res[nt] = {m:forward(x), m:backward(x, gy)}
+    end
+    lu.assertTrue(lps.allclose(res[1][1], res[2][1], 0, 0), m:type() .. " output")
+    lu.assertTrue(lps.allclose(res[1][2], res[2][2], 0, 0), m:type() .. " gradient")
+  end
+  lps.set_num_threads(threads)
+end
+
 function TestPool:test_nan_wins()
   local x = lps.tensor{{{{1, 0 / 0}, {3, 2}}}}
   local y = nn.maxpool2d(2):forward(x):get(1, 1, 1, 1)
@@ -282,6 +440,47 @@ function TestSequential:test_gradcheck_cnn()
   end end end end
   lu.assertTrue(gap > 0.02, "pooling windows too close to a tie for finite differences")
   gradcheck(m, x, "cnn")
+end
+
+function TestSequential:test_relu_pool_pair_matches_layers()
+  -- A sequential runs relu + max-pooling as one step (pool, then relu on the
+  -- pooled values); it must give what the layers give one by one, ties,
+  -- all-negative windows and a NaN included.
+  local g = lps.generator(17)
+  for _, k in ipairs{2, 3, -2} do -- -2: k = 2 with a NaN in the input
+    local nan = k < 0
+    k = math.abs(k)
+    local conv, relu, pool = nn.conv2d(2, 3, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(k, {stride = 2})
+    local m = nn.sequential{conv, relu, pool, nn.flatten()}
+    local x = (lps.rand(2, 2, 7, 9, g) * 5):add_(-2.5)
+    local flat = x:reshape(-1)
+    for i = 1, flat:numel() do flat[i] = math.floor(flat[i]) end
+    if nan then flat[30] = 0 / 0 end
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    m:zero_grad()
+    local gx = m:backward(x, gy)
+    local _, grads = m:parameters()
+    local gw, gb = grads[1]:clone(), grads[2]:clone()
+    -- one by one
+    local a = conv:forward(x)
+    local r = relu:forward(a)
+    local q = pool:forward(r)
+    -- equal, or NaN in both
+    local function same(u, v, what)
+      local uf, vf = u:reshape(-1), v:reshape(-1)
+      lu.assertEquals(uf:numel(), vf:numel(), what)
+      for i = 1, uf:numel() do
+        lu.assertTrue(uf[i] == vf[i] or (uf[i] ~= uf[i] and vf[i] ~= vf[i]), ("k=%d %s %d"):format(k, what, i))
+      end
+    end
+    same(y, q, "output")
+    m:zero_grad()
+    local gx1 = conv:backward(x, relu:backward(a, pool:backward(r, gy:reshape(table.unpack(q:shape())))))
+    same(gx, gx1, "input gradient")
+    same(gw, grads[1], "weight gradient")
+    same(gb, grads[2], "bias gradient")
+  end
 end
 
 function TestSequential:test_contract()

@@ -75,6 +75,32 @@ function TestTrain:test_same_seed_bit_identical()
   lu.assertFalse(lps.allclose(a[1], c[1], 0, 0))
 end
 
+function TestTrain:test_cnn_same_seed_bit_identical()
+  -- every conv kernel (direct, Winograd, im2col), pooling and the batch split
+  -- over threads: the same seed and thread count give the same weights
+  local function cnn_run(seed, threads)
+    lps.set_num_threads(threads)
+    local g = lps.generator(seed)
+    local m = nn.sequential{nn.conv2d(1, 8, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2),
+      nn.conv2d(8, 16, 3, {padding = 1, generator = g}), nn.relu(),
+      nn.conv2d(16, 16, 5, {stride = 2, padding = 2, generator = g}), nn.relu(), nn.maxpool2d(2),
+      nn.flatten(), nn.linear(16 * 3 * 3, 2, g)}
+    local n = small and 128 or 256
+    lps.train(m, {x = xtr:rows(1, n):reshape(n, 1, 28, 28), y = ytr:rows(1, n)},
+      {optimizer = optim.adam{lr = 1e-2}, epochs = 1, batch_size = 64, generator = lps.generator(seed + 1),
+       progress = false})
+    return weights(m)
+  end
+  local threads = lps.get_num_threads()
+  for _, nt in ipairs{1, 2} do
+    local a, b = cnn_run(5, nt), cnn_run(5, nt)
+    for i = 1, #a do lu.assertTrue(lps.allclose(a[i], b[i], 0, 0), nt .. " threads: parameter " .. i .. " differs") end
+  end
+  lps.set_num_threads(threads)
+  local a, c = cnn_run(5, 1), cnn_run(6, 1)
+  lu.assertFalse(lps.allclose(a[1], c[1], 0, 0))
+end
+
 function TestTrain:test_nan_loss_names_epoch_and_step()
   local x = xtr:rows(1, 100):clone()
   local y = ytr:rows(1, 100):clone()

@@ -18,18 +18,42 @@ static lps_status same_shape(const lps_layer *l, int ndim, const int64_t *in, in
 
 /* Branch-free (signs of activations are random, so branches mispredict) and
  * NaN-preserving like PyTorch: max(0, x) in SSE returns x when x is NaN, the
- * same as the scalar x < 0 ? 0 : x. */
+ * same as the scalar x < 0 ? 0 : x. Backward: the subgradient at 0 is 0, as
+ * in PyTorch. Large tensors are split over threads. */
+typedef struct {
+    const float *a, *g;
+    float *o;
+    int64_t n;
+} relujob;
+
+static void relu_part(void *ctx, int t, int nt)
+{
+    const relujob *j = ctx;
+    int64_t i, end;
+    lps_par_range(j->n, t, nt, &i, &end);
+    const float *a = j->a, *g = j->g;
+    float *o = j->o;
+#ifdef __SSE2__
+    __m128 zero = _mm_setzero_ps();
+    if (!g)
+        for (; i + 4 <= end; i += 4) _mm_storeu_ps(o + i, _mm_max_ps(zero, _mm_loadu_ps(a + i)));
+    else
+        for (; i + 4 <= end; i += 4)
+            _mm_storeu_ps(o + i, _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(a + i), zero), _mm_loadu_ps(g + i)));
+#endif
+    for (; i < end; i++) o[i] = g ? (a[i] > 0.0f ? g[i] : 0.0f) : (a[i] < 0.0f ? 0.0f : a[i]);
+}
+
+static void relu_run(const float *a, const float *g, float *o, int64_t n)
+{
+    relujob j = {a, g, o, n};
+    lps_par_run(n >= (1 << 18) ? lps_par_threads() : 1, relu_part, &j);
+}
+
 static lps_status relu_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
     (void)l;
-    const float *a = x->data;
-    float *o = y->data;
-    int64_t i = 0, n = x->numel;
-#ifdef __SSE2__
-    __m128 zero = _mm_setzero_ps();
-    for (; i + 4 <= n; i += 4) _mm_storeu_ps(o + i, _mm_max_ps(zero, _mm_loadu_ps(a + i)));
-#endif
-    for (; i < n; i++) o[i] = a[i] < 0.0f ? 0.0f : a[i];
+    relu_run(x->data, NULL, y->data, x->numel);
     return LPS_OK;
 }
 
@@ -38,17 +62,7 @@ static lps_status relu_backward(lps_layer *l, const lps_tensor *x, const lps_ten
 {
     (void)l;
     (void)y;
-    if (!gx) return LPS_OK;
-    const float *a = x->data, *g = gy->data;
-    float *o = gx->data;
-    int64_t i = 0, n = x->numel;
-    /* The subgradient at 0 is 0, as in PyTorch. */
-#ifdef __SSE2__
-    __m128 zero = _mm_setzero_ps();
-    for (; i + 4 <= n; i += 4)
-        _mm_storeu_ps(o + i, _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(a + i), zero), _mm_loadu_ps(g + i)));
-#endif
-    for (; i < n; i++) o[i] = a[i] > 0.0f ? g[i] : 0.0f;
+    if (gx) relu_run(x->data, gy->data, gx->data, x->numel);
     return LPS_OK;
 }
 

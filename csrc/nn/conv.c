@@ -1,21 +1,13 @@
-/* conv.c - 2-D convolution (cross-correlation, as PyTorch) by im2col + sgemm
- * over groups of samples, so each GEMM is large enough to run (and thread) well. */
-#include "nn/nn_internal.h"
+/* conv.c - 2-D convolution (cross-correlation, as PyTorch): the layer, the
+ * choice of kernel (direct for few inputs per output, Winograd for 3x3 at
+ * stride 1, else im2col + GEMM sample by sample, here) and the split of a
+ * batch over threads. */
+#include "nn/conv_internal.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    lps_scratch col, gcol, tmp;
-} convpriv;
-
-#define CIN cfg[0]
-#define COUT cfg[1]
-#define KS cfg[2]
-#define STRIDE cfg[3]
-#define PAD cfg[4]
 
 static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                                  int64_t *out)
@@ -43,169 +35,229 @@ static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in
     return LPS_OK;
 }
 
-/* Output columns ow whose input column ow*s - pad + kj lies in [0, w). */
-static void valid_range(int64_t ow_n, int64_t s, int64_t pad, int64_t kj, int64_t w, int64_t *lo,
-                        int64_t *hi)
+/* ------------------------------------------------ im2col + GEMM, per sample */
+
+enum { S_COL, S_X, S_GX };
+
+/* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
+static int plain_1x1(const lps_layer *l) { return l->KS == 1 && l->STRIDE == 1 && l->PAD == 0; }
+
+/* col (K x P): row (ci, ki, kj) holds, output by output, the input at that
+ * tap, copied from the split layout 8 floats at a time; a copy that runs
+ * past an output row spills into the next one's first floats before those
+ * are written (col has 8 floats of slack). */
+KERNEL static void im2col(const float *xs, const convsplit *g, const convjob *j, float *col)
 {
-    int64_t a = pad - kj; /* need ow*s >= a */
-    *lo = a <= 0 ? 0 : (a + s - 1) / s;
-    int64_t b = w - 1 + pad - kj; /* need ow*s <= b */
-    *hi = b < 0 ? 0 : b / s + 1;
-    if (*hi > ow_n) *hi = ow_n;
-    if (*lo > *hi) *lo = *hi;
+    int64_t np = j->oh * j->ow, rs = g->s * g->wc;
+    for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
+        for (int64_t ki = 0; ki < g->k; ki++)
+            for (int64_t kj = 0; kj < g->k; kj++, t++) {
+                const float *src = xs + (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
+                float *dst = col + t * np;
+                for (int64_t oh = 0; oh < j->oh; oh++)
+                    for (int64_t c = 0; c < j->ow; c += 8) ST8(dst + oh * j->ow + c, LD8(src + oh * rs + c));
+            }
 }
 
-/* col (K x P, rows ld apart): row (c, ki, kj), column (oh, ow) holds
- * x[c, oh*s - pad + ki, ow*s - pad + kj] (0 in the padding). */
-static void im2col(const lps_layer *l, const float *x, int64_t h, int64_t w, int64_t oh_n,
-                   int64_t ow_n, float *col, int64_t ld)
+/* The adjoint: gxs (the split layout, zeroed here) accumulates the columns;
+ * lanes past an output row are masked to zero. */
+KERNEL static void col2im(const float *col, const convsplit *g, const convjob *j, float *gxs)
 {
-    int64_t k = l->KS, s = l->STRIDE, pad = l->PAD;
-    for (int64_t c = 0; c < l->CIN; c++)
-        for (int64_t ki = 0; ki < k; ki++)
-            for (int64_t kj = 0; kj < k; kj++) {
-                float *row = col + ((c * k + ki) * k + kj) * ld;
-                int64_t lo, hi;
-                valid_range(ow_n, s, pad, kj, w, &lo, &hi);
-                for (int64_t oh = 0; oh < oh_n; oh++) {
-                    float *dst = row + oh * ow_n;
-                    int64_t ih = oh * s - pad + ki;
-                    if (ih < 0 || ih >= h) {
-                        memset(dst, 0, (size_t)ow_n * sizeof(float));
-                        continue;
-                    }
-                    int64_t base = (c * h + ih) * w - pad + kj; /* + ow*s is in range */
-                    for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
-                    if (s == 1 && hi > lo)
-                        memcpy(dst + lo, x + base + lo, (size_t)(hi - lo) * sizeof(float));
-                    else
-                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = x[base + ow * s];
-                    for (int64_t ow = hi; ow < ow_n; ow++) dst[ow] = 0.0f;
+    int64_t np = j->oh * j->ow, rs = g->s * g->wc, last = j->ow / 8 * 8;
+    v8i tail;
+    for (int i = 0; i < 8; i++) tail[i] = last + i < j->ow ? -1 : 0;
+    memset(gxs, 0, (size_t)(g->cin * g->s * g->plane) * sizeof(float));
+    for (int64_t ci = 0, t = 0; ci < g->cin; ci++)
+        for (int64_t ki = 0; ki < g->k; ki++)
+            for (int64_t kj = 0; kj < g->k; kj++, t++) {
+                float *dst = gxs + (ci * g->s + kj % g->s) * g->plane + ki * g->wc + kj / g->s;
+                const float *src = col + t * np;
+                for (int64_t oh = 0; oh < j->oh; oh++) {
+                    float *d = dst + oh * rs;
+                    const float *sr = src + oh * j->ow;
+                    int64_t c = 0;
+                    for (; c < last; c += 8) ST8(d + c, LD8(d + c) + LD8(sr + c));
+                    if (c < j->ow) ST8(d + c, LD8(d + c) + (v8)((v8i)LD8(sr + c) & tail));
                 }
             }
 }
 
-/* The adjoint of im2col: gx (zeroed first) accumulates the columns. */
-static void col2im(const lps_layer *l, const float *col, int64_t ld, int64_t h, int64_t w,
-                   int64_t oh_n, int64_t ow_n, float *gx)
+static lps_status gemm_prep(const convjob *j, int backward)
 {
-    int64_t k = l->KS, s = l->STRIDE, pad = l->PAD;
-    memset(gx, 0, (size_t)(l->CIN * h * w) * sizeof(float));
-    for (int64_t c = 0; c < l->CIN; c++)
-        for (int64_t ki = 0; ki < k; ki++)
-            for (int64_t kj = 0; kj < k; kj++) {
-                const float *row = col + ((c * k + ki) * k + kj) * ld;
-                int64_t lo, hi;
-                valid_range(ow_n, s, pad, kj, w, &lo, &hi);
-                for (int64_t oh = 0; oh < oh_n; oh++) {
-                    int64_t ih = oh * s - pad + ki;
-                    if (ih < 0 || ih >= h) continue;
-                    const float *src = row + oh * ow_n;
-                    int64_t base = (c * h + ih) * w - pad + kj;
-                    for (int64_t ow = lo; ow < hi; ow++) gx[base + ow * s] += src[ow];
-                }
-            }
+    const lps_layer *l = j->l;
+    if (plain_1x1(l)) return LPS_OK;
+    convsplit g;
+    conv_split_geometry(j, &g);
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
+    for (int t = 0; t < j->nt; t++) {
+        lps_scratch *s = conv_slots(j, t);
+        if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") ||
+            !lps_scratch_get(&s[S_X], xsize, "conv2d") ||
+            (backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
+            return LPS_ENOMEM;
+    }
+    return LPS_OK;
 }
 
-/* Samples per GEMM: enough columns for BLAS to run well (and to split over
- * threads), while the column buffer stays near 4 MB. */
-static int64_t group_size(const lps_layer *l, int64_t batch, int64_t np)
+static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
-    int64_t kk = l->CIN * l->KS * l->KS;
-    int64_t g = ((int64_t)1 << 20) / (kk * np > 0 ? kk * np : 1);
-    if (g < 1) g = 1;
-    return g < batch ? g : batch;
+    const lps_layer *l = j->l;
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
+    const float *wt = l->param[0]->data, *bias = l->param[1]->data;
+    lps_scratch *sc = conv_slots(j, t);
+    convsplit g;
+    conv_split_geometry(j, &g);
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xn = j->x + n * l->CIN * j->h * j->w, *col = xn;
+        float *yn = j->y + n * cout * np;
+        if (!plain_1x1(l)) {
+            conv_split_input(xn, j, &g, sc[S_X].p);
+            im2col(sc[S_X].p, &g, j, sc[S_COL].p);
+            col = sc[S_COL].p;
+        }
+        /* y_n (cout x P) = W (cout x K) col (K x P), then + bias */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
+                    wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
+        for (int64_t c = 0; c < cout; c++) {
+            float *row = yn + c * np, bc = bias[c];
+            for (int64_t i = 0; i < np; i++) row[i] += bc;
+        }
+    }
+}
+
+static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
+{
+    const lps_layer *l = j->l;
+    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
+    int64_t in_size = l->CIN * j->h * j->w;
+    const float *wt = l->param[0]->data;
+    float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
+    lps_scratch *sc = conv_slots(j, t);
+    float *col = sc[S_COL].p;
+    convsplit g;
+    conv_split_geometry(j, &g);
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
+        for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
+        if (!plain_1x1(l)) {
+            conv_split_input(xn, j, &g, sc[S_X].p);
+            im2col(sc[S_X].p, &g, j, col);
+            cn = col;
+        }
+        /* dW (cout x K) += gy_n (cout x P) col^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
+                    (int)np, cn, (int)np, 1.0f, gw, (int)kk);
+        if (!j->gx) continue;
+        /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
+        float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
+                    (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
+        if (plain_1x1(l)) continue;
+        col2im(col, &g, j, sc[S_GX].p);
+        conv_unsplit(sc[S_GX].p, j, &g, gxn);
+    }
+}
+
+static const convkernel conv_gemm = {gemm_prep, gemm_fwd, gemm_bwd, NULL};
+
+/* -------------------------------------------------------------- dispatch */
+
+lps_scratch *conv_slots(const convjob *j, int t) { return ((convpriv *)j->l->priv)->s[t]; }
+
+float *conv_gw(const convjob *j, int t)
+{
+    return j->nt == 1 ? j->l->grad[0]->data : conv_slots(j, t)[CONV_PART].p;
+}
+
+float *conv_gb(const convjob *j, int t)
+{
+    return j->nt == 1 ? j->l->grad[1]->data : conv_slots(j, t)[CONV_PART].p + j->l->grad[0]->numel;
+}
+
+/* The kernel for a layer, from timings of each on 28x28 and 14x14 planes
+ * (scripts/bench_conv.lua's layers): direct for at most 9 inputs per output
+ * (a 3x3 first layer on grey images; more, and im2col + GEMM wins);
+ * Winograd for 3x3 at stride 1 from 4 input channels (with fewer its GEMMs
+ * are too thin); im2col + GEMM for the rest. */
+static const convkernel *kernel_of(const lps_layer *l)
+{
+    if (l->KS > 1 && l->CIN * l->KS * l->KS <= 9) return &lps_conv_direct;
+    if (l->KS == 3 && l->STRIDE == 1 && l->CIN >= 4) return &lps_conv_wino;
+    return &conv_gemm;
 }
 
 typedef struct {
-    int64_t b, h, w, oh, ow, np, kk, cout, group;
-    float *col, *gcol, *tmp;
-} convjob;
+    convjob *j;
+    const convkernel *k;
+    int backward;
+} convtask;
 
-static lps_status conv_setup(lps_layer *l, const lps_tensor *x, const lps_tensor *y, int need_gcol,
-                             convjob *j, const char *op)
+static void run_part(void *ctx, int t, int nt)
 {
-    convpriv *p = l->priv;
-    j->b = x->shape[0];
-    j->h = x->shape[2];
-    j->w = x->shape[3];
-    j->oh = y->shape[2];
-    j->ow = y->shape[3];
-    j->np = j->oh * j->ow;
-    j->kk = l->CIN * l->KS * l->KS;
-    j->cout = l->COUT;
-    j->group = group_size(l, j->b, j->np);
-    int64_t cols = j->group * j->np;
-    j->col = lps_scratch_get(&p->col, j->kk * cols, op);
-    j->tmp = lps_scratch_get(&p->tmp, j->cout * cols, op);
-    j->gcol = need_gcol ? lps_scratch_get(&p->gcol, j->kk * cols, op) : NULL;
-    if (!j->col || !j->tmp || (need_gcol && !j->gcol)) return LPS_ENOMEM;
+    convtask *c = ctx;
+    int64_t n0, n1;
+    lps_par_range(c->j->b, t, nt, &n0, &n1);
+    if (n1 > n0) (c->backward ? c->k->bwd : c->k->fwd)(c->j, t, n0, n1);
+}
+
+/* Threads for a call: one unless there is enough work to be worth waking
+ * others for (about a millisecond), and at least a sample each. */
+static int threads_for(const lps_layer *l, int64_t b, int64_t np)
+{
+    int nt = lps_par_threads();
+    double macs = (double)b * (double)np * (double)(l->COUT * l->CIN * l->KS * l->KS);
+    if (macs < 4e6) return 1;
+    return b < nt ? (int)b : nt;
+}
+
+static lps_status conv_run(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                           const lps_tensor *gy, lps_tensor *gx, int backward)
+{
+    convjob j = {l, x->shape[0], x->shape[2], x->shape[3], y->shape[2], y->shape[3], x->data,
+                 gy ? gy->data : NULL, backward ? NULL : y->data, gx ? gx->data : NULL, 1};
+    if (j.b == 0) return LPS_OK;
+    j.nt = threads_for(l, j.b, j.oh * j.ow);
+    const convkernel *k = kernel_of(l);
+    int64_t part = l->grad[0]->numel + l->grad[1]->numel;
+    for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
+        float *p = lps_scratch_get(&conv_slots(&j, t)[CONV_PART], part, "conv2d backward");
+        if (!p) return LPS_ENOMEM;
+        memset(p, 0, (size_t)part * sizeof(float));
+    }
+    lps_status s = k->prep(&j, backward);
+    if (s) return s;
+    convtask c = {&j, k, backward};
+    lps_par_run(j.nt, run_part, &c);
+    if (backward && k->finish) k->finish(&j);
+    /* the threads' shares of the gradients, added in thread order */
+    for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
+        const float *p = conv_slots(&j, t)[CONV_PART].p;
+        float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
+        int64_t nw = l->grad[0]->numel;
+        for (int64_t i = 0; i < nw; i++) gw[i] += p[i];
+        for (int64_t i = 0; i < l->grad[1]->numel; i++) gb[i] += p[nw + i];
+    }
     return LPS_OK;
 }
 
 static lps_status conv_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    convjob j;
-    if (conv_setup(l, x, y, 0, &j, "conv2d")) return LPS_ENOMEM;
-    const float *wt = l->param[0]->data, *bias = l->param[1]->data;
-    int64_t in_size = l->CIN * j.h * j.w, out_size = j.cout * j.np;
-    for (int64_t n0 = 0; n0 < j.b; n0 += j.group) {
-        int64_t g = j.b - n0 < j.group ? j.b - n0 : j.group, ld = g * j.np;
-        for (int64_t s = 0; s < g; s++)
-            im2col(l, x->data + (n0 + s) * in_size, j.h, j.w, j.oh, j.ow, j.col + s * j.np, ld);
-        /* tmp (cout x g*P) = W (cout x K) col (K x g*P) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j.cout, (int)ld, (int)j.kk,
-                    1.0f, wt, (int)j.kk, j.col, (int)ld, 0.0f, j.tmp, (int)ld);
-        for (int64_t s = 0; s < g; s++) {
-            float *ys = y->data + (n0 + s) * out_size;
-            for (int64_t c = 0; c < j.cout; c++) {
-                const float *src = j.tmp + c * ld + s * j.np;
-                float *dst = ys + c * j.np, bc = bias[c];
-                for (int64_t i = 0; i < j.np; i++) dst[i] = src[i] + bc;
-            }
-        }
-    }
-    return LPS_OK;
+    return conv_run(l, x, y, NULL, NULL, 0);
 }
 
 static lps_status conv_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                                 const lps_tensor *gy, lps_tensor *gx)
 {
-    convjob j;
-    if (conv_setup(l, x, y, gx != NULL, &j, "conv2d backward")) return LPS_ENOMEM;
-    const float *wt = l->param[0]->data;
-    float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
-    int64_t in_size = l->CIN * j.h * j.w, out_size = j.cout * j.np;
-    for (int64_t n0 = 0; n0 < j.b; n0 += j.group) {
-        int64_t g = j.b - n0 < j.group ? j.b - n0 : j.group, ld = g * j.np;
-        /* tmp (cout x g*P): the group's output gradients side by side */
-        for (int64_t s = 0; s < g; s++)
-            for (int64_t c = 0; c < j.cout; c++)
-                memcpy(j.tmp + c * ld + s * j.np, gy->data + (n0 + s) * out_size + c * j.np,
-                       (size_t)j.np * sizeof(float));
-        for (int64_t c = 0; c < j.cout; c++) gb[c] += lps_sum_floats(j.tmp + c * ld, ld);
-        for (int64_t s = 0; s < g; s++)
-            im2col(l, x->data + (n0 + s) * in_size, j.h, j.w, j.oh, j.ow, j.col + s * j.np, ld);
-        /* dW (cout x K) += tmp (cout x g*P) col^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j.cout, (int)j.kk, (int)ld, 1.0f,
-                    j.tmp, (int)ld, j.col, (int)ld, 1.0f, gw, (int)j.kk);
-        if (!gx) continue;
-        /* dcol (K x g*P) = W^T tmp, folded back onto each sample's input */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)j.kk, (int)ld, (int)j.cout, 1.0f,
-                    wt, (int)j.kk, j.tmp, (int)ld, 0.0f, j.gcol, (int)ld);
-        for (int64_t s = 0; s < g; s++)
-            col2im(l, j.gcol + s * j.np, ld, j.h, j.w, j.oh, j.ow, gx->data + (n0 + s) * in_size);
-    }
-    return LPS_OK;
+    return conv_run(l, x, y, gy, gx, 1);
 }
 
 static void conv_destroy(lps_layer *l)
 {
     convpriv *p = l->priv;
     if (!p) return;
-    lps_scratch_free(&p->col);
-    lps_scratch_free(&p->gcol);
-    lps_scratch_free(&p->tmp);
+    for (int t = 0; t < LPS_PAR_MAX; t++)
+        for (int i = 0; i < CONV_NSLOTS; i++) lps_scratch_free(&p->s[t][i]);
+    lps_scratch_free(&p->shared);
     free(p);
 }
 

@@ -218,6 +218,13 @@ static lps_status seq_shapes(const lps_layer *l, int ndim, const int64_t *in, in
     return LPS_OK;
 }
 
+/* A relu directly followed by a max-pooling runs as one step (seq_forward). */
+static int relu_pool(const lps_layer *l, int i)
+{
+    return i + 1 < l->nchildren && l->children[i]->ops->type == LPS_LAYER_RELU &&
+           l->children[i + 1]->ops->type == LPS_LAYER_MAXPOOL2D;
+}
+
 static lps_status seq_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                                 int64_t *out)
 {
@@ -234,6 +241,17 @@ static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
     if (s) return s;
     for (int i = 0; i < l->nchildren; i++) {
         const lps_tensor *in = i ? &p->act[i - 1].view : x;
+        if (relu_pool(l, i)) {
+            /* relu then max-pooling is max-pooling then relu, on a quarter of
+             * the values: the relu's own output is never built */
+            lps_layer *relu = l->children[i], *pool = l->children[i + 1];
+            lps_tensor *out = i + 2 < l->nchildren ? &p->act[i + 1].view : y;
+            s = pool->ops->forward(pool, in, out);
+            if (!s) s = relu->ops->forward(relu, out, out);
+            if (s) return s;
+            i++;
+            continue;
+        }
         lps_tensor *out = i + 1 < l->nchildren ? &p->act[i].view : y;
         s = l->children[i]->ops->forward(l->children[i], in, out);
         if (s) return s;
@@ -252,6 +270,27 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
                         SH(x));
     int n = l->nchildren;
     for (int i = n - 1; i >= 0; i--) {
+        if (i > 0 && relu_pool(l, i - 1)) {
+            /* the pair's backward: relu's mask from the pooled output (positive
+             * exactly where the pooled input is), then the pooling's backward
+             * on the relu's input; windows whose maximum is not positive get
+             * no gradient either way. The relu's output gradient buffer holds
+             * the masked pooled gradient. */
+            int r = i - 1;
+            lps_layer *relu = l->children[r], *pool = l->children[i];
+            const lps_tensor *in = r ? &p->act[r - 1].view : x;
+            const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
+            const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
+            lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
+            lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
+            if (gin) {
+                lps_status s = relu->ops->backward(relu, out, out, gout, &masked);
+                if (!s) s = pool->ops->backward(pool, in, out, &masked, gin);
+                if (s) return s;
+            }
+            i = r;
+            continue;
+        }
         const lps_tensor *in = i ? &p->act[i - 1].view : x;
         const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
         const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;

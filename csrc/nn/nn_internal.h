@@ -33,4 +33,14 @@ typedef struct { float *p; int64_t n; } lps_scratch;
 float *lps_scratch_get(lps_scratch *s, int64_t n, const char *op);
 void lps_scratch_free(lps_scratch *s);
 
+/* Threads for the layers' own loops (nn/parallel.c): at most LPS_PAR_MAX,
+ * as many as BLAS is set to use. lps_par_run calls fn(ctx, t, nt) for
+ * t = 0..nt-1, t = 0 on the calling thread, BLAS set to one thread meanwhile;
+ * lps_par_range gives part t of n items. */
+#define LPS_PAR_MAX 8
+typedef void (*lps_task_fn)(void *ctx, int t, int nt);
+int lps_par_threads(void);
+void lps_par_run(int nt, lps_task_fn fn, void *ctx);
+void lps_par_range(int64_t n, int t, int nt, int64_t *lo, int64_t *hi);
+
 #endif

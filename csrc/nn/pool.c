@@ -70,6 +70,22 @@ static inline __m128 win4(const float *r0, const float *r1, __m128 wins[4])
                    _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
                    _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
                    _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1))};
+    __m128 unord = _mm_or_ps(_mm_cmpunord_ps(c[0], c[1]), _mm_cmpunord_ps(c[2], c[3]));
+    if (!_mm_movemask_ps(unord)) {
+        /* no NaN (the usual case): max keeps its second operand on ties, so
+         * each max puts the earlier candidate second; the first candidate
+         * equal to the maximum wins */
+        __m128 m = _mm_max_ps(_mm_max_ps(c[3], c[2]), _mm_max_ps(c[1], c[0]));
+        if (wins) {
+            __m128 e0 = _mm_cmpeq_ps(c[0], m), e1 = _mm_cmpeq_ps(c[1], m);
+            __m128 e2 = _mm_cmpeq_ps(c[2], m), e01 = _mm_or_ps(e0, e1);
+            wins[0] = e0;
+            wins[1] = _mm_andnot_ps(e0, e1);
+            wins[2] = _mm_andnot_ps(e01, e2);
+            wins[3] = _mm_andnot_ps(_mm_or_ps(e01, e2), _mm_castsi128_ps(_mm_set1_epi32(-1)));
+        }
+        return m;
+    }
     __m128 m = c[0];
     __m128 who[4];
     for (int k = 1; k < 4; k++) {
@@ -135,37 +151,34 @@ static void pool2_plane(const float *xp, int64_t w, int64_t oh_n, int64_t ow_n, 
     }
 }
 
-static lps_status pool_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+/* One call, split over threads by planes when large. */
+typedef struct {
+    int64_t k, s, planes, h, w, oh_n, ow_n;
+    const float *x, *gy;
+    float *y, *gx;
+} pooljob;
+
+static void pool_part(void *ctx, int t, int nt)
 {
-    int64_t k = l->cfg[0], s = l->cfg[1];
-    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
-    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xp = x->data + p * h * w;
-        float *yp = y->data + p * oh_n * ow_n;
-        if (k == 2 && s == 2) {
-            pool2_plane(xp, w, oh_n, ow_n, yp, NULL, NULL);
+    const pooljob *j = ctx;
+    int64_t k = j->k, s = j->s, h = j->h, w = j->w, oh_n = j->oh_n, ow_n = j->ow_n, p0, p1;
+    lps_par_range(j->planes, t, nt, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) {
+        const float *xp = j->x + p * h * w;
+        if (!j->gy) { /* forward */
+            float *yp = j->y + p * oh_n * ow_n;
+            if (k == 2 && s == 2) {
+                pool2_plane(xp, w, oh_n, ow_n, yp, NULL, NULL);
+                continue;
+            }
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++)
+                    yp[oh * ow_n + ow] = xp[argmax_window(xp, w, k, s, oh, ow)];
             continue;
         }
-        for (int64_t oh = 0; oh < oh_n; oh++)
-            for (int64_t ow = 0; ow < ow_n; ow++)
-                yp[oh * ow_n + ow] = xp[argmax_window(xp, w, k, s, oh, ow)];
-    }
-    return LPS_OK;
-}
-
-static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
-                                const lps_tensor *gy, lps_tensor *gx)
-{
-    if (!gx) return LPS_OK;
-    int64_t k = l->cfg[0], s = l->cfg[1];
-    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
-    int64_t oh_n = y->shape[2], ow_n = y->shape[3];
-    int fast = k == 2 && s == 2;
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xp = x->data + p * h * w, *gp = gy->data + p * oh_n * ow_n;
-        float *gxp = gx->data + p * h * w;
-        if (fast) {
+        const float *gp = j->gy + p * oh_n * ow_n;
+        float *gxp = j->gx + p * h * w;
+        if (k == 2 && s == 2) {
             /* Windows tile the plane: only a leftover odd row/column needs zeros. */
             pool2_plane(xp, w, oh_n, ow_n, NULL, gp, gxp);
             if (w > 2 * ow_n)
@@ -178,6 +191,29 @@ static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_ten
             for (int64_t ow = 0; ow < ow_n; ow++)
                 gxp[argmax_window(xp, w, k, s, oh, ow)] += gp[oh * ow_n + ow];
     }
+}
+
+static void pool_run(const lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                     const lps_tensor *gy, lps_tensor *gx)
+{
+    pooljob j = {l->cfg[0], l->cfg[1], x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+                 y->shape[2], y->shape[3], x->data, gy ? gy->data : NULL, y->data,
+                 gx ? gx->data : NULL};
+    /* threads only for a large batch: waking one costs some microseconds */
+    int nt = x->numel >= (1 << 18) ? lps_par_threads() : 1;
+    lps_par_run(nt, pool_part, &j);
+}
+
+static lps_status pool_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    pool_run(l, x, y, NULL, NULL);
+    return LPS_OK;
+}
+
+static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                const lps_tensor *gy, lps_tensor *gx)
+{
+    if (gx) pool_run(l, x, y, gy, gx);
     return LPS_OK;
 }
 

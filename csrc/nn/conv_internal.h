@@ -1,0 +1,86 @@
+/* conv_internal.h - what conv.c shares with its kernel files (not public API). */
+#ifndef LPS_CONV_INTERNAL_H
+#define LPS_CONV_INTERNAL_H
+
+#include "nn/nn_internal.h"
+
+/* Layer config: cin, cout, kernel, stride, padding (l->cfg). */
+#define CIN cfg[0]
+#define COUT cfg[1]
+#define KS cfg[2]
+#define STRIDE cfg[3]
+#define PAD cfg[4]
+
+/* Scratch of each thread: slot CONV_PART holds its share of the weight and
+ * bias gradients when a backward pass runs on several threads; the kernels
+ * use the others as they like. shared: scratch all threads read. */
+enum { CONV_NSLOTS = 6, CONV_PART = 5 };
+typedef struct {
+    lps_scratch s[LPS_PAR_MAX][CONV_NSLOTS];
+    lps_scratch shared;
+} convpriv;
+
+/* One forward or backward call, split over nt threads by samples. */
+typedef struct {
+    lps_layer *l;
+    int64_t b, h, w, oh, ow; /* batch, input and output planes */
+    const float *x, *gy;
+    float *y, *gx;
+    int nt;
+} convjob;
+
+/* A kernel family: prep runs first on the calling thread (it allocates every
+ * thread's scratch and fails there, if anywhere); fwd and bwd then run on
+ * samples [n0, n1) on thread t, bwd adding the weight gradients to
+ * conv_gw / conv_gb; finish (may be NULL) runs last, on the calling thread. */
+typedef struct {
+    lps_status (*prep)(const convjob *j, int backward);
+    void (*fwd)(const convjob *j, int t, int64_t n0, int64_t n1);
+    void (*bwd)(const convjob *j, int t, int64_t n0, int64_t n1);
+    void (*finish)(const convjob *j);
+} convkernel;
+
+/* Thread t's scratch slots, and where its weight gradients go. */
+lps_scratch *conv_slots(const convjob *j, int t);
+float *conv_gw(const convjob *j, int t);
+float *conv_gb(const convjob *j, int t);
+
+/* Vectors of 8 floats (GCC/Clang vector extensions): kernels written on
+ * them and marked KERNEL are built twice, for AVX2 and for the baseline
+ * (two SSE halves); each lane does the same operations either way, so both
+ * builds give the same bits. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned access */
+typedef int32_t v8i __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+#define LD8(p) (*(const v8u *)(p))
+#define ST8(p, v) (*(v8u *)(p) = (v))
+#define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
+/* sum of the lanes in a fixed order */
+#define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
+
+/* One sample's input, zero-padded and split into `stride` column phases
+ * (conv_split.c): xs[ci][phase][r][c] = padded x[ci][r][c s + phase]. Then
+ * the inputs of 8 neighbouring outputs at any kernel tap are 8 contiguous
+ * floats: output (oh, ow) at tap (ki, kj) reads row oh s + ki of phase
+ * kj % s at column ow + kj / s. Rows and columns have slack for an extra
+ * output row and a vector past the end. */
+typedef struct {
+    int64_t cin, cout, k, s, pad, hp, wc, plane, taps;
+    int64_t owp; /* output row length rounded up to 8 */
+} convsplit;
+void conv_split_geometry(const convjob *j, convsplit *g);
+void conv_split_input(const float *x, const convjob *j, const convsplit *g, float *xs);
+/* The plane of input gradients from the split layout (the inverse). */
+void conv_unsplit(const float *xs, const convjob *j, const convsplit *g, float *x);
+
+/* Direct, for few input values per output (cin k k small). */
+extern const convkernel lps_conv_direct;
+/* Winograd F(2x2, 3x3): 3x3 kernels at stride 1, any padding. */
+extern const convkernel lps_conv_wino;
+
+#endif
