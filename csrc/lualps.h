@@ -181,6 +181,7 @@ struct lps_layer {
     const lps_layer_ops *ops;
     int refcount;
     int training;                  /* train() / evaluate() mode flag */
+    int frozen;                    /* backward computes input gradients only */
     int64_t cfg[5];                /* linear: in, out; conv2d: cin, cout, k, stride,
                                       padding; maxpool2d: k, stride */
     int nparams;                   /* 0 or 2: weight, bias */
@@ -218,6 +219,11 @@ int lps_layer_params(const lps_layer *l, lps_tensor **params, lps_tensor **grads
 int64_t lps_layer_numel(const lps_layer *l); /* number of parameter values */
 void lps_layer_zero_grad(lps_layer *l);
 void lps_layer_set_training(lps_layer *l, int training);
+/* Frozen layers (and their children) compute only input gradients in
+ * backward and leave their parameter gradients as they are: for gradients
+ * with respect to the input (saliency, class templates) at about half the
+ * cost. */
+void lps_layer_set_frozen(lps_layer *l, int frozen);
 
 /* Mean cross-entropy of logits (B x C) against 0-based labels, stable for
  * large logits. When grad is not NULL it receives dLoss/dlogits; when correct

@@ -83,8 +83,10 @@ function A.new(opts, H)
   end
   local pool = {mode = o.pool, eps = o.pool_eps, iters = o.pool_iters}
   local per_slot = K.sopool_size(o.width, pool)
+  local layered = false
+  for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
-                             names = {}, P = {}, G = {},
+                             names = {}, P = {}, G = {}, layered = layered,
                              prep_key = ("%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.chain_norm), o.kernel, o.input_dim,
                                o.noise, o.template_pool, table.concat(o.slots, "+"), (function()
                                  local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
@@ -142,8 +144,12 @@ end
 -- A module computing the model's function: the model itself, or one built
 -- from its spec (or, without one, an MLP of its shapes) and its weights.
 local function module_of(model)
-  if model.module then return model.module end
+  if model.module then return model.module, false end
   local spec = model.spec
+  if not spec and model[1]:dim() == 4 then
+    error("similarity: a CNN's function needs its spec (strides, padding, pooling): give the lps.nn module, "
+      .. "or a weight list with a `spec` field", 4)
+  end
   if not spec then
     local layers = {}
     for l = 1, #model // 2 do
@@ -165,7 +171,7 @@ local function module_of(model)
     end
     e.tensor:copy(model[i])
   end
-  return m
+  return m, true
 end
 
 --- The class templates of a model: k x tdim rows (input gradients of each
@@ -173,43 +179,44 @@ end
 -- pooled, L2-normalized), their norms and the mean centred logits.
 function A:templates(model, family)
   local o = self.opts
-  local m = module_of(model)
+  local m, own = module_of(model)
+  m:freeze() -- input gradients only
   self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
-  if not self.noise_x then
-    self.noise_x = {}
+  local R, P, d = #o.noise_ranges, o.noise, o.input_dim
+  if not self.noise_x then -- the R ranges' noise images, one batch
+    self.noise_x = lps.zeros(R * P, d)
     for r, range in ipairs(o.noise_ranges) do
-      self.noise_x[r] = lps.rand(o.noise, o.input_dim, lps.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1])
+      self.noise_x:rows((r - 1) * P + 1, r * P):copy(
+        lps.rand(P, d, lps.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
     end
   end
-  local P, shape = o.noise, o.input_shape
-  local k, logit_sum
-  local T
-  for r, noise in ipairs(self.noise_x) do
-    local logits = m:forward(family == "cnn" and noise:reshape(P, table.unpack(shape)) or noise)
-    k = logits:size(2)
-    local ml = logits:mean(1)
-    logit_sum = logit_sum and logit_sum:add_(ml) or ml
-    -- one backward for every class: the noise batch repeated k times
-    local xs = lps.zeros(k * P, o.input_dim)
-    local gy = lps.zeros(k * P, k)
-    for c = 1, k do
-      xs:rows((c - 1) * P + 1, c * P):copy(noise)
-      for q = (c - 1) * P + 1, c * P do gy:set(q, c, 1) end
-    end
-    gy:sub_(1 / k) -- d(logit_c - mean logit)
-    if family == "cnn" then xs = xs:reshape(k * P, table.unpack(shape)) end
-    local gx = m:backward(xs, gy):reshape(k, P, o.input_dim):mean(2)
-    local seg = lps.matmul(gx, self.pool_m)
-    T = T or lps.zeros(k, self.tdim)
-    for c = 1, k do T[c]:rows((r - 1) * self.seg + 1, r * self.seg):copy(seg[c]) end
+  local shape = o.input_shape
+  local x = self.noise_x
+  local logits = m:forward(family == "cnn" and x:reshape(R * P, table.unpack(shape)) or x)
+  local k = logits:size(2)
+  -- one backward for every class: the noise batch repeated k times
+  local xs = lps.zeros(k * R * P, d)
+  local gy = lps.full(k * R * P, k, -1 / k) -- d(logit_c - mean logit)
+  for c = 1, k do
+    xs:rows((c - 1) * R * P + 1, c * R * P):copy(x)
+    for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
   end
+  if family == "cnn" then xs = xs:reshape(k * R * P, table.unpack(shape)) end
+  local gx = m:backward(xs, gy):reshape(k * R, P, d):mean(2) -- (class, range) rows
+  if own then -- its layers' workspaces are C memory: free them now
+    for _, kid in ipairs(m:children()) do kid:close() end
+    m:close()
+  else
+    m:freeze(false)
+  end
+  local T = lps.matmul(gx, self.pool_m):reshape(k, R * self.seg)
   local norms = (T * T):sum(2):sqrt()
   local nmax = math.max(norms:max(), 1e-12)
   for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
-  logit_sum:div_(#self.noise_x)
-  logit_sum:sub_(logit_sum:mean())
+  local mean_logit = logits:mean(1)
+  mean_logit:sub_(mean_logit:mean())
   -- features: the template, its norm relative to the model's largest, the centred logit
-  return T, norms:div_(nmax), logit_sum
+  return T, norms:div_(nmax), mean_logit
 end
 
 function A:__tostring()
@@ -287,17 +294,19 @@ function A:prepare_new(model)
     error(("similarity: a CNN's first weight should be (c x 1 x k x k), k <= %d, got (%s)"):format(o.kernel,
       table.concat(W1:shape(), "x")), 2)
   end
-  local ok, r = pcall(K.net_prepare, model, positions(model), o.chain_norm, o.kernel)
-  if not ok then error(r, 2) end
   local n = #model // 2
-  local fan = r.first:size(2)
-  local p = {lps_prepared = true, arch_prepared = self.prep_key, family = family, n = n,
-             U1 = r.first:mul(math.sqrt(fan + 1)), bias = {}, imp = r.imp, mix = r.mix}
-  for l = 1, n do
-    local s = l == 1 and math.sqrt(fan + 1) or math.sqrt(r.mix[l]:size(2) + 1)
-    p.bias[l] = r.bias[l]:mul(s)
+  local p = {lps_prepared = true, arch_prepared = self.prep_key, family = family, n = n}
+  if self.layered then -- the weight-unit slots: chain normalization, unit features, mixing
+    local ok, r = pcall(K.net_prepare, model, positions(model), o.chain_norm, o.kernel)
+    if not ok then error(r, 2) end
+    local fan = r.first:size(2)
+    p.U1, p.bias, p.imp, p.mix = r.first:mul(math.sqrt(fan + 1)), {}, r.imp, r.mix
+    for l = 1, n do
+      local s = l == 1 and math.sqrt(fan + 1) or math.sqrt(r.mix[l]:size(2) + 1)
+      p.bias[l] = r.bias[l]:mul(s)
+    end
+    p.imp[n] = lps.ones(r.bias[n]:numel()) -- the head's classes weigh alike
   end
-  p.imp[n] = lps.ones(r.bias[n]:numel()) -- the head's classes weigh alike
   if self:has_slot("templates") then
     p.T, p.tnorm, p.tlogit = self:templates(model, family)
     p.tw = lps.ones(p.T:size(1))
@@ -377,10 +386,7 @@ function A:forward(models)
   for _, s in ipairs(o.slots) do need_head = need_head or s == "head" end
   for i = 1, B do
     local p = self:prepare(models[i])
-    local top = need_head and p.n or p.n - 1
-    local layered = false
-    for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
-    if not layered then top = 0 end
+    local top = self.layered and (need_head and p.n or p.n - 1) or 0
     local Z, U = {}, {}
     for l = 1, top do
       U[l] = l == 1 and p.U1 or lps.matmul(p.mix[l], Z[l - 1])
@@ -471,6 +477,7 @@ end
 --- A prepared model restricted to a random subset of `keep` of its
 -- first-layer units (rows of U1, bias and importance, columns of M2).
 function A:keep_units(p, keep, g)
+  if not p.U1 then return p end -- the templates slot alone has no weight units
   local h = p.U1:size(1)
   local idx = {table.unpack(lps.data.randperm(h, g), 1, math.max(1, math.floor(h * keep + 0.5)))}
   table.sort(idx)

@@ -645,6 +645,16 @@ function M.weights(model, names)
   error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
 end
 
+--- Record i of an open set as a model for the network: its weight list,
+-- with the `spec` and `family` of its metadata (what reading a CNN's
+-- function needs).
+function M.record(set, i)
+  local w = M.weights(set:tensors(i))
+  local meta = set:meta(i)
+  w.spec, w.family = meta.spec, meta.family
+  return w
+end
+
 -- Open a set given by path; returns it and whether we opened it.
 local function as_set(ms)
   if type(ms) == "string" then return lps.modelset.open(ms), true end
@@ -704,7 +714,7 @@ function M.train(ms, split, opts)
     if y == nil then error(("similarity.train: record %d has no '%s' field"):format(i, label_field), 2) end
     if not index[y] then classes[#classes + 1] = y; index[y] = true end
     raw_labels[k] = y
-    models[k] = M.weights(set:tensors(i))
+    models[k] = M.record(set, i)
   end
   table.sort(classes, function(a, b)
     if type(a) == type(b) then return a < b end
@@ -751,7 +761,7 @@ function Sim:embed_set(ms, opts)
   local prog = opts.progress and require("lualps.util").progress(n, opts.progress)
   for s = 1, n, batch do
     local chunk = {}
-    for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = M.weights(set:tensors(i)) end
+    for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = M.record(set, i) end
     out:rows(s, s + #chunk - 1):copy(self.net:embed(chunk, batch))
     if prog then prog:update(s + #chunk - 1) end
   end

@@ -93,6 +93,7 @@ if not a.no_ablations then
   local chance = B.evaluate(S, random, {seeds = 5, data = a.data})
   controls.shuffled_labels_map, controls.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
   controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
+  for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
 end
 controls.random_regret = results.lps and results.lps.random_regret
 for _, k in ipairs{"optimizer", "family", "width"} do
@@ -105,9 +106,13 @@ for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.
   transfer = S.transfer.protocol, seconds = timings, total_seconds = lps.now() - t_start,
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
 local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
-for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "nuisance_map_optimizer",
-  "nuisance_map_family", "nuisance_map_width", "stats_accuracy_tau"} do
-  ctl[#ctl + 1] = ("| %s | %s |"):format(k, controls[k] and ("%.3f"):format(controls[k]) or "–")
+local function f3(v) return v and ("%.3f"):format(v) or "–" end
+for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "stats_accuracy_tau"} do
+  ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
+end
+for _, k in ipairs{"optimizer", "family", "width"} do
+  ctl[#ctl + 1] = ("| nuisance_map_%s (chance) | %s (%s) |"):format(k, f3(controls["nuisance_map_" .. k]),
+    f3(controls["chance_nuisance_map_" .. k]))
 end
 ctl[#ctl + 1] = ("| transfer reliability (split-half Spearman; per target) | %.3f; %.3f |"):format(
   controls.reliability.split_half_spearman, controls.reliability.per_target_split_half_spearman)

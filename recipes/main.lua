@@ -19,6 +19,15 @@ p:flag("--only500", "ModelSet500 only.")
 local a = p:parse()
 if not a.jobs or a.jobs < 1 then io.stderr:write("main: --jobs must be a positive integer\n") os.exit(1) end
 
+-- The training code: a change to it changes the models, so the sets rebuild.
+local function training_sources()
+  local out = {}
+  local p = assert(io.popen("ls csrc/nn/*.c csrc/nn/*.h csrc/core/*.c 2>/dev/null"))
+  for f in p:lines() do out[#out + 1] = f end
+  p:close()
+  return out
+end
+
 local function stamp_of(files)
   local parts = {}
   for _, f in ipairs(files) do parts[#parts + 1] = f .. "=" .. assert(util.read_file(f), "missing " .. f) end
@@ -54,7 +63,11 @@ end
 assert(os.execute("mkdir -p '" .. a.build .. "'"))
 local t0 = lps.now()
 local set = a.build .. "/modelset500.lpsm"
-step("modelset", set, {"recipes/modelset500.lua", "recipes/modelset500_tasks.lua", "lualps/zoo.lua"},
+local function with_training(list)
+  for _, f in ipairs(training_sources()) do list[#list + 1] = f end
+  return list
+end
+step("modelset", set, with_training{"recipes/modelset500.lua", "recipes/modelset500_tasks.lua", "lualps/zoo.lua"},
   function() run(("lua5.4 recipes/modelset500.lua --out '%s' --jobs %d"):format(set, a.jobs)) end)
 local transfer = set .. ".transfer.json"
 step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", "lualps/transfer.lua", set .. ".stamp"},
@@ -67,8 +80,8 @@ end
 
 -- ModelSet-Hetero: MLPs and CNNs, multi-class tasks in four image domains.
 local het = a.build .. "/modelset_hetero.lpsm"
-step("modelset-hetero", het, {"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua", "lualps/hetero.lua",
-  "lualps/zoo.lua"}, function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
+step("modelset-hetero", het, with_training{"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua",
+  "lualps/hetero.lua", "lualps/zoo.lua"}, function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
 step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/transfer_pool.lua",
   het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)
 run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' %s"):format(het, a.out, a.hetero_args))

@@ -574,4 +574,29 @@ function TestCrossEntropy:test_errors()
   T.assert_error_contains("should be (batch x classes)", ce.forward, ce, lps.zeros(3), {1, 1, 1})
 end
 
+TestFrozen = {}
+
+-- A frozen module's backward gives the same input gradient and leaves the
+-- parameter gradients alone, for every conv kernel (direct: 3x3 on one
+-- channel; Winograd: 3x3 stride 1 on 4+; im2col + GEMM: the rest) and linear.
+function TestFrozen:test_input_gradient_only()
+  local g = lps.generator(31)
+  local m = nn.sequential{nn.conv2d(1, 4, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2),
+    nn.conv2d(4, 6, 3, {padding = 1, generator = g}), nn.relu(),
+    nn.conv2d(6, 5, 5, {stride = 2, padding = 2, generator = g}), nn.relu(), nn.flatten(),
+    nn.linear(5 * 4 * 4, 3, g)}
+  local x, gy = lps.randn(6, 1, 14, 14, g), lps.randn(6, 3, g)
+  m:zero_grad()
+  local gx = m:backward(x, gy)
+  local _, grads = m:parameters()
+  local want = {}
+  for i, t in ipairs(grads) do want[i] = t:clone() end
+  m:freeze()
+  lu.assertEquals(m:backward(x, gy):totable(), gx:totable())
+  for i, t in ipairs(grads) do lu.assertEquals(t:totable(), want[i]:totable(), "gradient " .. i) end
+  m:freeze(false)
+  m:backward(x, gy) -- unfrozen again: the gradients add up once more
+  for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(t, want[i] * 2, 1e-5, 1e-6), "gradient " .. i) end
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -159,6 +159,14 @@ static int m_train(lua_State *L)
     return 1;
 }
 
+/* freeze([flag=true]): backward computes input gradients only */
+static int m_freeze(lua_State *L)
+{
+    lps_layer_set_frozen(lps_lua_checkmodule(L, 1), lua_isnoneornil(L, 2) || lua_toboolean(L, 2));
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int m_evaluate(lua_State *L)
 {
     lps_layer_set_training(lps_lua_checkmodule(L, 1), 0);
@@ -402,6 +410,7 @@ static int l_cross_entropy(lua_State *L)
 static const luaL_Reg methods[] = {
     {"forward", m_forward}, {"backward", m_backward}, {"parameters", m_parameters},
     {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate},
+    {"freeze", m_freeze},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
     {"children", m_children}, {"spec", m_spec}, {"close", m_gc}, {NULL, NULL}};
 

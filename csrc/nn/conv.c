@@ -138,15 +138,17 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
     conv_split_geometry(j, &g);
     for (int64_t n = n0; n < n1; n++) {
         const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
-        for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
-        if (!plain_1x1(l)) {
-            conv_split_input(xn, j, &g, sc[S_X].p);
-            im2col(sc[S_X].p, &g, j, col);
-            cn = col;
+        if (!l->frozen) {
+            for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
+            if (!plain_1x1(l)) {
+                conv_split_input(xn, j, &g, sc[S_X].p);
+                im2col(sc[S_X].p, &g, j, col);
+                cn = col;
+            }
+            /* dW (cout x K) += gy_n (cout x P) col^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
+                        (int)np, cn, (int)np, 1.0f, gw, (int)kk);
         }
-        /* dW (cout x K) += gy_n (cout x P) col^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
-                    (int)np, cn, (int)np, 1.0f, gw, (int)kk);
         if (!j->gx) continue;
         /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
         float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
@@ -230,7 +232,7 @@ static lps_status conv_run(lps_layer *l, const lps_tensor *x, const lps_tensor *
     lps_par_run(j.nt, run_part, &c);
     if (backward && k->finish) k->finish(&j);
     /* the threads' shares of the gradients, added in thread order */
-    for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
+    for (int t = 0; t < j.nt && backward && j.nt > 1 && !l->frozen; t++) {
         const float *p = conv_slots(&j, t)[CONV_PART].p;
         float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
         int64_t nw = l->grad[0]->numel;

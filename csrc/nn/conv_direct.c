@@ -238,11 +238,13 @@ static void direct_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
             for (int64_t oh = 0; oh < j->oh; oh++)
                 memcpy(gp + co * (j->oh + 1) * owq + oh * owq, gn + co * out_plane + oh * j->ow,
                        (size_t)j->ow * sizeof(float));
-        conv_split_input(j->x + n * in_size, j, &g, xs);
-        if (j->ow >= 8)
-            weight_grad(xs, gn, j->ow, out_plane, j->ow, &g, j, off, gw, gb);
-        else /* rows narrower than a vector: from the zero-padded copy */
-            weight_grad(xs, gp, owq, (j->oh + 1) * owq, 8, &g, j, off, gw, gb);
+        if (!l->frozen) {
+            conv_split_input(j->x + n * in_size, j, &g, xs);
+            if (j->ow >= 8)
+                weight_grad(xs, gn, j->ow, out_plane, j->ow, &g, j, off, gw, gb);
+            else /* rows narrower than a vector: from the zero-padded copy */
+                weight_grad(xs, gp, owq, (j->oh + 1) * owq, 8, &g, j, off, gw, gb);
+        }
         if (!j->gx) continue;
         input_grad(gp, &g, j, off, l->param[0]->data, gxs);
         conv_unsplit(gxs, j, &g, j->gx + n * in_size);

@@ -458,13 +458,13 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
     float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p, *du = sc[S_DU].p, *vt = sc[S_VT].p;
     int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
     float *gb = conv_gb(j, th);
-    for (int64_t n = b0; n < b1; n++)
+    for (int64_t n = b0; n < b1 && !l->frozen; n++)
         for (int64_t c = 0; c < g.c2; c++)
             gb[c] += lps_sum_floats(j->gy + (n * g.c2 + c) * out_plane, out_plane);
     for (int64_t n0 = b0; n0 < b1; n0 += g.group) {
         int64_t gs = b1 - n0 < g.group ? b1 - n0 : g.group, t = gs * g.tp;
         for (int64_t s = 0; s < gs; s++) {
-            for (int64_t c = 0; c < g.c1; c++)
+            for (int64_t c = 0; c < g.c1 && !l->frozen; c++)
                 input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, l->PAD, &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
             for (int64_t c = 0; c < g.c2; c++)
@@ -473,7 +473,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
         }
         /* dU[xi] (c2 x c1) += dM[xi] (c2 x T) V[xi]^T, from V transposed:
          * BLAS runs this product a third faster without the transpose flag */
-        for (int k = 0; k < 16; k++) {
+        for (int k = 0; k < 16 && !l->frozen; k++) {
             transpose(v + k * g.c1 * t, g.c1, t, vt);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.c2, (int)g.c1, (int)t,
                         1.0f, m + k * g.c2 * t, (int)t, vt, (int)g.c1, 1.0f,
@@ -494,6 +494,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
 /* dW from the threads' dU, added in thread order. */
 static void wino_finish(const convjob *j)
 {
+    if (j->l->frozen) return;
     int64_t nu = 16 * j->l->CIN * j->l->COUT;
     float *du = conv_slots(j, 0)[S_DU].p;
     for (int t = 1; t < j->nt; t++) {

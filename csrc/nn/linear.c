@@ -41,11 +41,11 @@ static lps_status lin_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         return LPS_OK;
     }
     /* dW += gy^T x; db += column sums of gy; dx = gy W */
-    if (in)
+    if (in && !l->frozen)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, b, 1.0f, gy->data, out,
                     x->data, in, 1.0f, l->grad[0]->data, in);
     float *gb = l->grad[1]->data;
-    for (int r = 0; r < b; r++) {
+    for (int r = 0; r < b && !l->frozen; r++) {
         const float *g = gy->data + (int64_t)r * out;
         for (int j = 0; j < out; j++) gb[j] += g[j];
     }

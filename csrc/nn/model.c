@@ -156,6 +156,12 @@ void lps_layer_zero_grad(lps_layer *l)
     for (int i = 0; i < l->nchildren; i++) lps_layer_zero_grad(l->children[i]);
 }
 
+void lps_layer_set_frozen(lps_layer *l, int frozen)
+{
+    l->frozen = frozen != 0;
+    for (int i = 0; i < l->nchildren; i++) lps_layer_set_frozen(l->children[i], frozen);
+}
+
 void lps_layer_set_training(lps_layer *l, int training)
 {
     l->training = training != 0;
