@@ -241,6 +241,62 @@ function TestHeteroTransfer:test_pool_halves()
   lu.assertEquals(fams, {mlp = 2, cnn = 2})
 end
 
+TestHeteroEval = {}
+
+-- The whole ModelSet-Hetero evaluation at a small scale: every method, the
+-- controls and ablations, the saved LPS model reading MLPs and CNNs.
+function TestHeteroEval:test_pipeline_outputs()
+  local set = single_build()
+  if not io.open(set .. ".transfer.json") then
+    local ok, out = T.sh(("lua5.4 recipes/transfer_matrix.lua --quiet --images 30 --head-epochs 3 --test-images 60 "
+      .. "--data %s --set %s"):format(data, set))
+    lu.assertTrue(ok, out)
+  end
+  local res = dir .. "/results"
+  local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 2 --epochs 3 --probe 20 --data %s")
+    :format(set, res, data))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "| method | top1 | map | novel_map |")
+  local r = cjson.decode(file_bytes(res .. "/lps_hetero_eval.json"))
+  for _, m in ipairs{"lps", "raw", "sorted", "stats", "gram", "matching", "cka"} do
+    local x = r.methods[m]
+    lu.assertNotNil(x, m)
+    for _, k in ipairs{"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
+                       "selection_accuracy", "selection_regret"} do
+      lu.assertNotNil(x[k], m .. " " .. k) -- a number, or null where the method cannot say
+    end
+    lu.assertTrue(x.top1 >= 0 and x.top1 <= 1, m)
+  end
+  lu.assertEquals(r.methods.raw.cross_family_rank1, cjson.null) -- raw weights cannot compare families
+  lu.assertTrue(type(r.methods.lps.cross_family_rank1) == "number")
+  lu.assertNotNil(r.methods.lps.map_std)
+  for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "reliability"} do
+    lu.assertNotNil(r.controls[k], k)
+  end
+  for _, v in ipairs{"no_conv_encoder", "first_order_pooling", "no_relation_objective", "no_chain_norm",
+                     "trained_on_mlps", "weight_units_only", "templates_and_units"} do
+    lu.assertNotNil(r.ablations[v], v)
+  end
+  lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Controls")
+  -- the saved model reads both families, from the store and through safetensors
+  local sim = lps.similarity.load(res .. "/lps_hetero.model")
+  local ms <close> = lps.modelset.open(set)
+  local ic, im
+  for i = 1, #ms do
+    if ms:meta(i).family == "cnn" then ic = ic or i else im = im or i end
+  end
+  local st = dir .. "/cnn.safetensors"
+  lps.export_safetensors(ms:get(ic), st)
+  local e1, e2 = sim:embed(ms:get(ic)), sim:embed((lps.import_safetensors(st)))
+  lu.assertAlmostEquals(e1:norm(), 1, 1e-5)
+  lu.assertTrue(lps.allclose(e1, e2, 1e-5, 1e-6))
+  lu.assertAlmostEquals(sim:embed(ms:get(im)):norm(), 1, 1e-5)
+  lu.assertEquals(sim:nearest(ms, ic, 3)[1].index ~= ic, true)
+  for _, png in ipairs{"hetero_task_similarity_vs_transfer.png", "hetero_embedding_pca.png"} do
+    lu.assertEquals(file_bytes(res .. "/" .. png):sub(2, 4), "PNG", png)
+  end
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 os.execute("rm -rf '" .. dir .. "'")
 os.exit(code, true)
