@@ -86,7 +86,7 @@ function A.new(opts, H)
   local layered = false
   for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
-                             names = {}, P = {}, G = {}, layered = layered,
+                             names = {}, P = {}, G = {}, layered = layered, H = H,
                              prep_key = ("%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.chain_norm), o.kernel, o.input_dim,
                                o.noise, o.template_pool, table.concat(o.slots, "+"), (function()
                                  local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
@@ -407,15 +407,7 @@ function A:forward(models)
     end
     items[i] = {p = p, Z = Z, U = U, top = top, ZT = ZT}
   end
-  local norms
-  if o.layer_norm then
-    norms = {}
-    local V = F:reshape(B * S, pl)
-    for r = 1, B * S do
-      norms[r] = math.max(V[r]:norm(), 1e-12)
-      V[r]:div_(norms[r])
-    end
-  end
+  local norms = o.layer_norm and self.H.block_norm(F, B * S, pl) or nil
   local Y, Upre = K.embed_forward(F, P["proj.weight"], P["proj.bias"])
   local daux = {}
   self.aux_loss = nil
@@ -435,14 +427,7 @@ function A:backward(dY)
   local o, P, G = self.opts, self.P, self.G
   local fd, pl, S = self.feat_dim, self.per_layer, #o.slots
   local dF = K.embed_backward(dY, c.U, c.F, P["proj.weight"], G["proj.weight"], G["proj.bias"], true)
-  if c.norms then
-    local n = #c.items * S
-    local V, dV = c.F:reshape(n, pl), dF:reshape(n, pl)
-    for r = 1, n do
-      local f, g = V[r], dV[r]
-      g:sub_(f * (f * g):sum()):div_(c.norms[r])
-    end
-  end
+  if c.norms then self.H.block_norm_backward(c.F, dF, c.norms, #c.items * S, pl) end
   for i, it in ipairs(c.items) do
     local p = it.p
     local dZ = {}

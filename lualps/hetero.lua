@@ -209,12 +209,7 @@ function H.plan(TABLE, cfg)
   return plan, tasks
 end
 
--- A copy of t in the order of a random permutation from generator g.
-local function shuffled(t, g)
-  local out = {}
-  for k, i in ipairs(lps.data.randperm(#t, g)) do out[k] = t[i] end
-  return out
-end
+local shuffled = zoo.shuffled
 
 --- The five evaluation splits (lists of model ids), fixed by the master seed:
 -- classification (a): per task and family, 60% of the models train, the

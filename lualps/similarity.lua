@@ -85,8 +85,30 @@ end
 local Net = {}
 Net.__index = Net
 
+-- L2-normalize the n rows of width w of F (B x n*w) in place; returns the
+-- norms. As in bilinear pooling: power normalization, then L2 per block, so
+-- every pooled set enters the projection at the same scale.
+local function block_norm(F, n, w)
+  local norms, V = {}, F:reshape(n, w) -- shares F's memory
+  for r = 1, n do
+    norms[r] = math.max(V[r]:norm(), 1e-12)
+    V[r]:div_(norms[r])
+  end
+  return norms
+end
+
+-- Backward of block_norm: f = v / |v|  =>  dv = (df - f (f . df)) / |v|, in dF.
+local function block_norm_backward(F, dF, norms, n, w)
+  local V, dV = F:reshape(n, w), dF:reshape(n, w)
+  for r = 1, n do
+    local f, g = V[r], dV[r]
+    g:sub_(f * (f * g):sum()):div_(norms[r])
+  end
+end
+
 local Arch = require "lualps.archnet"
-local helpers = {param_adder = param_adder, add_embedding_layers = add_embedding_layers, check_int = check_int}
+local helpers = {param_adder = param_adder, add_embedding_layers = add_embedding_layers, check_int = check_int,
+                 block_norm = block_norm, block_norm_backward = block_norm_backward}
 
 --- A new, randomly initialized network. See M.defaults for the options.
 -- With `families` ({"mlp", "cnn"}) it reads MLPs and CNNs of any depth into
@@ -276,17 +298,7 @@ function Net:forward(models)
     end
     items[i] = {p = p, Z = Z, U = U}
   end
-  local norms
-  if self.opts.layer_norm then
-    -- as in bilinear pooling: power normalization, then L2 per layer, so
-    -- every layer enters the projection at the same scale
-    norms = {}
-    local V = F:reshape(B * L, pl) -- rows are (model, layer) blocks; shares F's memory
-    for r = 1, B * L do
-      norms[r] = math.max(V[r]:norm(), 1e-12)
-      V[r]:div_(norms[r])
-    end
-  end
+  local norms = self.opts.layer_norm and block_norm(F, B * L, pl) or nil -- (model, layer) blocks
   local Y, Upre = K.embed_forward(F, P["proj.weight"], P["proj.bias"])
   self.cache = {F = F, U = Upre, items = items, norms = norms}
   return Y
@@ -299,14 +311,7 @@ function Net:backward(dY)
   local L, P, G = self.opts.layers, self.P, self.G
   local fd, pl = self.feat_dim, self.per_layer
   local dF = K.embed_backward(dY, c.U, c.F, P["proj.weight"], G["proj.weight"], G["proj.bias"], true)
-  if c.norms then -- f = v / |v|  =>  dv = (df - f (f . df)) / |v|
-    local n = #c.items * L
-    local V, dV = c.F:reshape(n, pl), dF:reshape(n, pl)
-    for r = 1, n do
-      local f, g = V[r], dV[r]
-      g:sub_(f * (f * g):sum()):div_(c.norms[r])
-    end
-  end
+  if c.norms then block_norm_backward(c.F, dF, c.norms, #c.items * L, pl) end
   for i, it in ipairs(c.items) do
     local carry
     for l = L, 1, -1 do

@@ -20,15 +20,20 @@ M.defaults = {
   arch = {784, 64, 64, 2}, -- the scratch model (and the sources' architecture)
 }
 
-local function options(o)
-  local out = {}
-  for k, v in pairs(M.defaults) do out[k] = v end
-  for k, v in pairs(o or {}) do
-    if M.defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3) end
-    out[k] = v
+--- opts over `defaults` (M.defaults when nil); unknown keys are errors. A
+-- `progress` function is taken out and returned second.
+function M.options(opts, defaults)
+  defaults = defaults or M.defaults
+  local out, progress = {}, nil
+  for k, v in pairs(defaults) do out[k] = v end
+  for k, v in pairs(opts or {}) do
+    if k == "progress" then progress = v
+    elseif defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3)
+    else out[k] = v end
   end
-  return out
+  return out, progress
 end
+local options = M.options
 
 --- The protocol as recorded beside the matrix.
 function M.protocol(o)
@@ -79,10 +84,7 @@ end
 -- function(done, total, text)). Returns {gain, finetune_accuracy,
 -- scratch_accuracy} with cjson.null outside the targets.
 function M.columns(ms, ntasks, targets, data, opts)
-  local progress = opts and opts.progress
-  local o = {}
-  for k, v in pairs(opts or {}) do if k ~= "progress" then o[k] = v end end
-  o = options(o)
+  local o, progress = options(opts)
   local by_task = M.models_by_task(ms)
   for t = 1, ntasks do
     local n = by_task[t] and #by_task[t] or 0

@@ -27,15 +27,7 @@ M.defaults = {
   test_images = 1000, -- target test images that measure accuracy
 }
 
-local function options(o)
-  local out = {}
-  for k, v in pairs(M.defaults) do out[k] = v end
-  for k, v in pairs(o or {}) do
-    if M.defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3) end
-    out[k] = v
-  end
-  return out
-end
+local function options(o) return transfer.options(o, M.defaults) end
 
 --- The pool of a set: pool[t] = list of {i =, id =, family =, half =} in id
 -- order (half 1: the first half of the task's pool models).
@@ -147,10 +139,7 @@ end
 -- {mlp = {half 1, half 2}, cnn = {...}}}, finetune = {[id] = {[t] = acc}}}
 -- (accuracies averaged over the repeats).
 function M.columns(ms, tasks, targets, data, opts)
-  local progress = opts and opts.progress
-  local o = {}
-  for k, v in pairs(opts or {}) do if k ~= "progress" then o[k] = v end end
-  o = options(o)
+  local o, progress = options(opts)
   local pool = M.pool_of(ms)
   local ref = {}
   for t = 1, #tasks do

@@ -141,12 +141,13 @@ function zoo.shard(plan, i, n)
   return out
 end
 
--- A copy of t in the order of a random permutation from generator g.
-local function shuffled(t, g)
+--- A copy of the list t in the order of a random permutation from generator g.
+function zoo.shuffled(t, g)
   local c = {}
   for k, i in ipairs(lps.data.randperm(#t, g)) do c[k] = t[i] end
   return c
 end
+local shuffled = zoo.shuffled
 
 --- The standard splits, fixed by the master seed:
 -- classification: per task, `train_per_task` models to train on, the rest held out;
