@@ -34,7 +34,8 @@ A.__index = A
 -- `families`) and their defaults.
 A.defaults = {
   families = {"mlp", "cnn"}, -- unit encoders to create
-  slots = {"first", "last", "head"}, -- pooled unit sets: first / last hidden layer, head's classes
+  slots = {"templates"}, -- pooled unit sets: "templates" (the classes' input-gradient templates),
+                      -- "first" / "last" hidden layer, "head" (the head's classes as weight units)
   input_dim = 784,    -- an MLP's inputs
   kernel = 5,         -- first-layer conv kernels are centred in kernel x kernel (odd)
   width = 64,         -- unit embedding width d
@@ -42,8 +43,9 @@ A.defaults = {
   activation = "relu",
   pool = "power", pool_eps = 1e-4, pool_iters = 5,
   layer_norm = true,  -- L2-normalize each slot's pooled features
-  noise = 8,          -- "templates": noise images the input gradients are averaged over
-  noise_ranges = { {0, 1} }, -- "templates": one template segment per range of uniform noise
+  noise = 6,          -- "templates": noise images per range the input gradients are averaged over
+  noise_ranges = { {0, 0.2}, {0.8, 1} }, -- "templates": a segment per range of uniform noise (dark
+                      -- and bright images: how a model sees either background tells its domain)
   template_pool = 2,  -- "templates": average pooling of the 28x28 templates (2: 14x14)
   input_shape = {1, 28, 28}, -- a CNN's input (the templates' images)
   -- Unit supervision: a model's output unit c is its task's class c, seen in
@@ -190,19 +192,16 @@ function A:templates(model, family)
         lps.rand(P, d, lps.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
     end
   end
-  local shape = o.input_shape
   local x = self.noise_x
-  local logits = m:forward(family == "cnn" and x:reshape(R * P, table.unpack(shape)) or x)
-  local k = logits:size(2)
-  -- one backward for every class: the noise batch repeated k times
-  local xs = lps.zeros(k * R * P, d)
-  local gy = lps.full(k * R * P, k, -1 / k) -- d(logit_c - mean logit)
+  if family == "cnn" then x = x:reshape(R * P, table.unpack(o.input_shape)) end
+  local k = model[#model]:numel() -- the head's bias: one entry per class
+  -- one forward, then a backward per class: d(logit_c - mean logit)
+  local gy = lps.full(k * R * P, k, -1 / k)
   for c = 1, k do
-    xs:rows((c - 1) * R * P + 1, c * R * P):copy(x)
     for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
   end
-  if family == "cnn" then xs = xs:reshape(k * R * P, table.unpack(shape)) end
-  local gx = m:backward(xs, gy):reshape(k * R, P, d):mean(2) -- (class, range) rows
+  local logits, grads = m:input_gradients(x, gy)
+  local gx = grads:reshape(k * R, P, d):mean(2) -- (class, range) rows
   if own then -- its layers' workspaces are C memory: free them now
     for _, kid in ipairs(m:children()) do kid:close() end
     m:close()

@@ -35,8 +35,7 @@ local log = function(fmt, ...) io.stderr:write(os.date("%H:%M:%S "), fmt:format(
 local eopts = {seeds = a.seeds, data = a.data}
 
 -- LPS's defaults for sets of MLPs and CNNs, from the ablations below.
-local LPS = {families = {"mlp", "cnn"}, slots = {"templates"}, relations = "transfer", epochs = a.epochs,
-  noise_ranges = { {0, 0.2}, {0.8, 1} }}
+local LPS = {families = {"mlp", "cnn"}, relations = "transfer", epochs = a.epochs} -- archnet's defaults otherwise
 local function lps_with(changes, name)
   local o = {name = name}
   for k, v in pairs(LPS) do o[k] = v end

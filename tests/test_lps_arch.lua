@@ -84,7 +84,7 @@ TestArchGradients = {}
 -- an MLP and two CNNs, every slot, cross-entropy + triplet + relations.
 function TestArchGradients:test_finite_differences()
   local net = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 12, width = 4, embed = 3,
-    classes = 2, seed = 3, pool_eps = 1e-2}
+    classes = 2, seed = 3, pool_eps = 1e-2, slots = {"first", "last", "head"}}
   local mlp = {}
   for _, sz in ipairs{{12, 5}, {5, 4}, {4, 2}} do
     mlp[#mlp + 1] = lps.randn(sz[2], sz[1], g):mul_(0.5)
@@ -115,6 +115,40 @@ function TestArchGradients:test_finite_differences()
   end
 end
 
+-- The templates slot (and its unit supervision) against central differences:
+-- an MLP and a CNN on 28x28 inputs, small encoder.
+function TestArchGradients:test_templates_finite_differences()
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, width = 3, embed = 2, classes = 2, seed = 4,
+    pool_eps = 1e-2, noise = 2, template_pool = 7, unit_classes = 10, domains = {"identity", "invert"}}
+  local mlp = weights(nn.mlp{784, 6, 3, generator = g})
+  local cnn = weights(cnn2())
+  mlp.classes, mlp.domain = {0, 3, 5}, "invert"
+  cnn.classes, cnn.domain = {1, 2}, "identity"
+  cnn.spec = cnn2():spec()
+  local models, labels = {mlp, cnn}, {1, 2}
+  local function f()
+    net.training_units = true
+    local Y = net:forward(models)
+    net.training_units = nil
+    local l = net:loss(Y, labels, {loss = "xent"}) + net.aux_loss
+    net.cache = nil
+    return l
+  end
+  net:zero_grad()
+  net.training_units = true
+  local Y = net:forward(models)
+  net.training_units = nil
+  local _, dY = net:loss(Y, labels, {loss = "xent"})
+  net:backward(dY)
+  local params, grads = net:parameters()
+  local _, names = net:named_parameters()
+  local analytic = {}
+  for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
+  for i, p in ipairs(params) do
+    T.assert_grad_close(analytic[i], T.numgrad(f, p, 1e-2), 2e-2, names[i])
+  end
+end
+
 function TestArchGradients:test_pair_regression_by_hand_and_differences()
   local Y = lps.tensor{{1, 0}, {0, 1}, {0.6, 0.8}}
   local T2 = lps.tensor{{1, 0.5}, {0.5, 0}}
@@ -136,7 +170,7 @@ TestArchInvariance = {}
 
 -- Copies of a weight list.
 local function copy(w)
-  local c = {}
+  local c = {spec = w.spec}
   for i, t in ipairs(w) do c[i] = t:clone() end
   return c
 end
@@ -187,12 +221,16 @@ local function run_as(m, w, x)
 end
 
 function TestArchInvariance:test_cnn_and_mlp_symmetries()
-  local net = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 784, width = 16, embed = 8, seed = 5}
+  -- weight units and function templates alike
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 784, width = 16, embed = 8, seed = 5,
+    slots = {"templates", "first", "last", "head"}}
   local x = lps.rand(4, 1, 28, 28, g)
   local cases = {}
   for _, make in ipairs{cnn3, cnn2} do
     local m = make()
-    cases[#cases + 1] = {m = m, w = weights(m), x = x}
+    local w = weights(m)
+    w.spec = m:spec()
+    cases[#cases + 1] = {m = m, w = w, x = x}
   end
   local mlp = nn.mlp{784, 12, 9, 7, 3, generator = g}
   cases[#cases + 1] = {m = mlp, w = weights(mlp), x = x:reshape(4, 784)}

@@ -122,6 +122,40 @@ static int m_backward(lua_State *L)
     return 1;
 }
 
+/* input_gradients(x, gy) -> y, gx: one forward of x (N samples), then one
+ * backward per block of N rows of gy (k*N x out): gx (k*N x x's sizes) holds
+ * each block's gradient with respect to x. The vector-Jacobian products of
+ * several output directions at the cost of one forward, as k backward calls
+ * would pay k forwards. */
+static int m_input_gradients(lua_State *L)
+{
+    lps_layer *l = lps_lua_checkmodule(L, 1);
+    lps_tensor *x = lps_lua_checktensor(L, 2), *gy = lps_lua_checktensor(L, 3);
+    int nd;
+    int64_t shape[LPS_MAX_DIMS];
+    out_shape(L, l, x, &nd, shape);
+    int64_t n = x->shape[0];
+    int fits = gy->ndim == nd && n >= 1 && gy->shape[0] >= n && gy->shape[0] % n == 0;
+    for (int i = 1; fits && i < nd; i++) fits = gy->shape[i] == shape[i];
+    if (!fits)
+        return luaL_error(L, "input_gradients: gy must stack blocks of %d rows shaped like the output "
+                          "(%d x ...), got %d rows", (int)n, (int)shape[0], (int)gy->shape[0]);
+    lps_tensor *y = lps_lua_newtensor(L, nd, shape);
+    LPS_LCHECK(L, lps_layer_forward(l, x, y));
+    int64_t k = gy->shape[0] / n, gsh[LPS_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) gsh[i] = x->shape[i];
+    gsh[0] = k * n;
+    lps_tensor *gx = lps_lua_newtensor(L, x->ndim, gsh);
+    for (int64_t c = 0; c < k; c++) {
+        lps_tensor *gyc = lps_tensor_rows(gy, c * n, n), *gxc = lps_tensor_rows(gx, c * n, n);
+        lps_status st = gyc && gxc ? lps_layer_backward(l, x, y, gyc, gxc) : LPS_ENOMEM;
+        lps_tensor_free(gyc);
+        lps_tensor_free(gxc);
+        LPS_LCHECK(L, st);
+    }
+    return 2;
+}
+
 static void push_view(lua_State *L, const lps_tensor *t)
 {
     lps_lua_pushtensor(L, lps_tensor_reshape(t, t->ndim, t->shape));
@@ -410,7 +444,7 @@ static int l_cross_entropy(lua_State *L)
 static const luaL_Reg methods[] = {
     {"forward", m_forward}, {"backward", m_backward}, {"parameters", m_parameters},
     {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate},
-    {"freeze", m_freeze},
+    {"freeze", m_freeze}, {"input_gradients", m_input_gradients},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
     {"children", m_children}, {"spec", m_spec}, {"close", m_gc}, {NULL, NULL}};
 
