@@ -599,4 +599,23 @@ function TestFrozen:test_input_gradient_only()
   for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(t, want[i] * 2, 1e-5, 1e-6), "gradient " .. i) end
 end
 
+-- input_gradients: one forward, then the input gradient of each stacked
+-- block of output gradients, the same as one backward per block.
+function TestFrozen:test_input_gradients_match_backward()
+  local g = lps.generator(32)
+  local m = nn.sequential{nn.conv2d(1, 3, 5, {stride = 2, padding = 2, generator = g}), nn.relu(),
+    nn.conv2d(3, 4, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2), nn.flatten(),
+    nn.linear(4 * 7 * 7, 3, g)}
+  local x = lps.randn(5, 1, 28, 28, g)
+  local gy = lps.randn(15, 3, g) -- three blocks of five rows
+  local y, gx = m:input_gradients(x, gy)
+  lu.assertTrue(lps.allclose(y, m:forward(x)))
+  lu.assertEquals(gx:shape(), {15, 1, 28, 28})
+  for b = 1, 3 do
+    local want = m:backward(x, gy:rows(5 * b - 4, 5 * b))
+    lu.assertTrue(lps.allclose(gx:rows(5 * b - 4, 5 * b), want, 1e-6, 1e-7), "block " .. b)
+  end
+  T.assert_error_contains("blocks of 5 rows", m.input_gradients, m, x, lps.zeros(7, 3))
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
