@@ -67,7 +67,7 @@ function P.scatter(png, xy, color, marker, opts)
   for _, m in ipairs(list) do
     local title = opts.marker_names and opts.marker_names[m]
     plots[#plots + 1] = ("\"%s.dat\" using 1:2:($4 == %d ? $3 : 1/0) with points pt %d ps 0.8 palette %s")
-      :format(base, m, m, shapes[(m - 1) % #shapes + 1], title and ("title \"" .. title .. "\"") or "notitle")
+      :format(base, m, shapes[(m - 1) % #shapes + 1], title and ("title \"" .. title .. "\"") or "notitle")
   end
   local script = table.concat({'set terminal pngcairo size 900,800 font ",10"', ("set output \"%s\""):format(png),
     ("set xlabel \"%s\"; set ylabel \"%s\""):format(opts.xlabel or "PC 1", opts.ylabel or "PC 2"),

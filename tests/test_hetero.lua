@@ -257,6 +257,7 @@ function TestHeteroEval:test_pipeline_outputs()
     :format(set, res, data))
   lu.assertTrue(ok, out)
   lu.assertStrContains(out, "| method | top1 | map | novel_map |")
+  lu.assertNotStrContains(out, "gnuplot failed")
   local r = cjson.decode(file_bytes(res .. "/lps_hetero_eval.json"))
   for _, m in ipairs{"lps", "raw", "sorted", "stats", "gram", "matching", "cka"} do
     local x = r.methods[m]
