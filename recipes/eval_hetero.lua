@@ -86,6 +86,8 @@ if not a.no_ablations then
     show(v[1], ablations[v[1]])
   end
   local shuffled = B.evaluate(S, lps_with({shuffle_labels = true}, "shuffled_labels"), {seeds = 1, data = a.data})
+  local untrained = B.evaluate(S, lps_with({epochs = 0}, "untrained"), {seeds = 1, data = a.data})
+  controls.untrained_map, controls.untrained_cross_family_rank1 = untrained.map, untrained.cross_family_rank1
   local random = {name = "random", fit = function(_, _, _, ctx) -- embeddings drawn at random: chance
     return {embed = function(_, ms) return lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)) end}
   end}
@@ -94,7 +96,7 @@ if not a.no_ablations then
   controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
   for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
 end
-controls.random_regret = results.lps and results.lps.random_regret
+for _, r in pairs(results) do controls.random_regret = controls.random_regret or r.random_regret end -- the same for all
 for _, k in ipairs{"optimizer", "family", "width"} do
   controls["nuisance_map_" .. k] = results.lps and results.lps["nuisance_map_" .. k]
 end
@@ -106,7 +108,7 @@ for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
 local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
 local function f3(v) return v and ("%.3f"):format(v) or "–" end
-for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "stats_accuracy_tau"} do
+for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "random_regret", "stats_accuracy_tau"} do
   ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
 end
 for _, k in ipairs{"optimizer", "family", "width"} do
