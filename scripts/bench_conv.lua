@@ -13,6 +13,8 @@
 -- clock on a shared machine).
 --   usage: lua5.4 scripts/bench_conv.lua [--threads 1,2] [--models c,s1,...] [--samples 2048] [--epochs 3]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median, run_json, loadavg = BC.median, BC.run_json, BC.loadavg
 local argparse = require "argparse"
 local cjson = require "cjson"
 
@@ -35,12 +37,6 @@ p:option("--epochs", "timed epochs", "3")
 p:option("--worker", "internal: run the lualps side"):hidden(true)
 local args = p:parse()
 
-local function median(t)
-  local s = table.move(t, 1, #t, 1, {})
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
 
 local selected = {}
 for _, m in ipairs(MODELS) do selected[#selected + 1] = m end
@@ -97,22 +93,7 @@ if args.worker then
 end
 
 ------------------------------------------------------------------ driver
-local function run_json(cmd)
-  local f = assert(io.popen(cmd))
-  local text = f:read("a")
-  local ok = f:close()
-  local last
-  for line in text:gmatch("[^\n]+") do last = line end
-  if not ok or not last or not last:match("^{") then error("benchmark worker failed: " .. cmd .. "\n" .. text) end
-  return cjson.decode(last)
-end
 
-local function loadavg()
-  local f = io.open("/proc/loadavg")
-  local s = f and f:read("l") or "?"
-  if f then f:close() end
-  return s:match("^(%S+ %S+ %S+)") or s
-end
 
 local names = {}
 for _, m in ipairs(selected) do names[#names + 1] = m[1] end

@@ -18,6 +18,8 @@
 -- Medians of repeats. Threads: lualps spends the budget on OpenBLAS.
 -- usage: lua5.4 scripts/bench_hetero.lua [--set build/modelset_hetero.lpsm] [--threads 1,2] [--quick]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median, loadavg = BC.median, BC.loadavg
 local argparse = require "argparse"
 local cjson = require "cjson"
 local lps = require "lualps"
@@ -36,13 +38,6 @@ for _, k in ipairs{"epochs", "repeats", "peer_models"} do if not (a[k] and a[k] 
 local N_TRAIN, N_FAMILY = math.huge, math.huge
 if a.quick then N_TRAIN, N_FAMILY, a.epochs, a.repeats, a.peer_models = 96, 128, 3, 1, 32 end
 
-local function median(t)
-  local s = table.move(t, 1, #t, 1, {})
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
-local function loadavg() return (util.read_file("/proc/loadavg") or "?"):match("^(%S+ %S+ %S+)") end
 
 local ms <close> = lps.modelset.open(a.set)
 local splits = cjson.decode(assert(util.read_file(a.set .. ".splits.json")))

@@ -6,6 +6,8 @@
 -- threads (printed: a slower floor would flatter the ratio). Medians of repeats.
 --   lua5.4 scripts/bench_lps.lua [--epochs 30] [--threads 1,2] [--quick]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median = BC.median
 local lps = require "lualps"
 local sim = lps.similarity
 local util = lps.util
@@ -24,11 +26,6 @@ do
   end
 end
 
-local function median(v)
-  table.sort(v)
-  local n = #v
-  return n % 2 == 1 and v[(n + 1) // 2] or (v[n // 2] + v[n // 2 + 1]) / 2
-end
 
 local function time(f, reps)
   local t = {}

@@ -7,6 +7,8 @@
 -- nature). Median milliseconds per query.
 -- Usage: lua5.4 scripts/bench_query.lua [THREADS]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median = BC.median
 local lps = require "lualps"
 local peers = require "scripts.peer_threads"
 local E = lps.eval
@@ -15,7 +17,6 @@ local threads = tonumber(arg[1]) or 1
 lps.set_num_threads(threads)
 local E_DIM, K = 64, 10
 
-local function median(t) table.sort(t); return t[(#t + 1) // 2] end
 
 local function unit_rows(n, g)
   local x = lps.randn(n, E_DIM, g)

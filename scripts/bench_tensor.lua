@@ -5,13 +5,14 @@
 -- raw sgemm peer at its best of 1..THREADS for each shape (printed).
 -- Usage: lua5.4 scripts/bench_tensor.lua [THREADS]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median = BC.median
 local lps = require "lualps"
 local peers = require "scripts.peer_threads"
 
 local threads = tonumber(arg[1]) or lps.get_num_threads()
 lps.set_num_threads(threads)
 
-local function median(t) table.sort(t); return t[(#t + 1) // 2] end
 
 -- Build the C peer.
 local peer = "build/bench_sgemm"

@@ -13,6 +13,8 @@
 --       -relu-linear(128,10), Adam 1e-3, batch 128
 -- usage: lua5.4 scripts/bench_train.lua [--threads 1,2] [--models abc] [--epochs 3] [--quick]
 package.path = "./?.lua;./?/init.lua;" .. package.path
+local BC = require "scripts.bench_common"
+local median, run_json, loadavg, vmhwm_mb = BC.median, BC.run_json, BC.loadavg, BC.vmhwm_mb
 local argparse = require "argparse"
 local cjson = require "cjson"
 local peers = require "scripts.peer_threads"
@@ -31,23 +33,7 @@ local args = p:parse()
 local SAMPLES = {a = 20000, b = 9600, c = 3000}
 if args.quick then SAMPLES = {a = 5000, b = 9600, c = 600} end
 
-local function vmhwm_mb()
-  local f = io.open("/proc/self/status")
-  if not f then return 0 / 0 end
-  for line in f:lines() do
-    local kb = line:match("^VmHWM:%s+(%d+)")
-    if kb then f:close(); return tonumber(kb) / 1024 end
-  end
-  f:close()
-  return 0 / 0
-end
 
-local function median(t)
-  local s = table.move(t, 1, #t, 1, {})
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
 
 -- Training FLOPs per sample (multiply-adds x 2): forward, weight gradient,
 -- and input gradient for every layer but the first.
@@ -114,24 +100,7 @@ if args.worker then
 end
 
 ------------------------------------------------------------------ driver
-local function run_json(cmd)
-  local f = assert(io.popen(cmd))
-  local out = f:read("a")
-  local ok = f:close()
-  local last
-  for line in out:gmatch("[^\n]+") do last = line end
-  if not ok or not last or not last:match("^{") then
-    error("benchmark worker failed: " .. cmd .. "\n" .. out)
-  end
-  return cjson.decode(last)
-end
 
-local function loadavg()
-  local f = io.open("/proc/loadavg")
-  local s = f and f:read("l") or "?"
-  if f then f:close() end
-  return s:match("^(%S+ %S+ %S+)") or s
-end
 
 local self = arg[0]
 local rows = {}

@@ -129,4 +129,20 @@ function M.sh(cmd)
   return ok, out, code
 end
 
+--- Every record of a set by model id: {meta =, tensors = { {name, values}, ... }}
+-- (values as nested tables, for exact comparisons), and the record count.
+function M.records(path)
+  local lps = require "lualps"
+  local ms <close> = lps.modelset.open(path)
+  local out = {}
+  for i = 1, #ms do
+    local meta = ms:meta(i)
+    local map, names = ms:tensors(i)
+    local flat = {}
+    for _, name in ipairs(names) do flat[#flat + 1] = {name, map[name]:totable()} end
+    out[meta.id] = {meta = meta, tensors = flat}
+  end
+  return out, #ms
+end
+
 return M

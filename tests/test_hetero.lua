@@ -26,18 +26,7 @@ local function single_build()
   return single
 end
 
-local function records(path)
-  local ms <close> = lps.modelset.open(path)
-  local out = {}
-  for i = 1, #ms do
-    local m = ms:meta(i)
-    local map, names = ms:tensors(i)
-    local flat = {}
-    for _, n in ipairs(names) do flat[#flat + 1] = {n, map[n]:totable()} end
-    out[m.id] = {meta = m, tensors = flat}
-  end
-  return out, #ms
-end
+local records = T.records
 
 TestHeteroPlan = {}
 

@@ -13,17 +13,9 @@ local function recipe(args)
 end
 
 local function by_id(path)
-  local ms <close> = lps.modelset.open(path)
-  local out = {}
-  for i = 1, #ms do
-    local meta = ms:meta(i)
-    local map, names = ms:tensors(i)
-    local flat = {}
-    for _, name in ipairs(names) do flat[#flat + 1] = {name, map[name]:totable()} end
-    lu.assertEquals(#flat, 6) -- 3 linear layers: weight and bias each
-    out[meta.id] = {meta = meta, tensors = flat}
-  end
-  return out, #ms
+  local out, n = T.records(path)
+  for _, r in pairs(out) do lu.assertEquals(#r.tensors, 6) end -- 3 linear layers: weight and bias each
+  return out, n
 end
 
 local function file_bytes(p) return require("lualps.util").read_file(p) end

@@ -1,0 +1,50 @@
+--- scripts/bench_common.lua: what the benchmark scripts share: medians,
+-- the machine's load, peak memory, and the JSON line a worker process
+-- prints last.
+local cjson = require "cjson"
+
+local C = {}
+
+--- Median of a list of numbers (the mean of the middle two for an even count).
+function C.median(t)
+  local s = table.move(t, 1, #t, 1, {})
+  table.sort(s)
+  local n = #s
+  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+--- The 1, 5 and 15 minute load averages, as /proc/loadavg says them.
+function C.loadavg()
+  local f = io.open("/proc/loadavg")
+  local s = f and f:read("l") or "?"
+  if f then f:close() end
+  return s:match("^(%S+ %S+ %S+)") or s
+end
+
+--- Peak resident set size of this process in MB (NaN where unknown).
+function C.vmhwm_mb()
+  local f = io.open("/proc/self/status")
+  if not f then return 0 / 0 end
+  for line in f:lines() do
+    local kb = line:match("^VmHWM:%s+(%d+)")
+    if kb then f:close(); return tonumber(kb) / 1024 end
+  end
+  f:close()
+  return 0 / 0
+end
+
+--- Run a worker command and decode the JSON object on its last line;
+-- raises with the command and its output when it fails.
+function C.run_json(cmd)
+  local f = assert(io.popen(cmd))
+  local out = f:read("a")
+  local ok = f:close()
+  local last
+  for line in out:gmatch("[^\n]+") do last = line end
+  if not ok or not last or not last:match("^{") then
+    error("benchmark worker failed: " .. cmd .. "\n" .. out)
+  end
+  return cjson.decode(last)
+end
+
+return C
