@@ -282,6 +282,14 @@ function TestHeteroEval:test_pipeline_outputs()
   lu.assertTrue(lps.allclose(e1, e2, 1e-5, 1e-6))
   lu.assertAlmostEquals(sim:embed(ms:get(im)):norm(), 1, 1e-5)
   lu.assertEquals(sim:nearest(ms, ic, 3)[1].index ~= ic, true)
+  -- the command line: a CNN checkpoint as the query, its own record first
+  local okc, outc = T.sh(("scripts/lualps nearest %s %s %s -k 2"):format(set, res .. "/lps_hetero.model", st))
+  lu.assertTrue(okc, outc)
+  lu.assertStrContains(outc, ms:meta(ic).id)
+  lu.assertNotNil(outc:match("\n%s+1%s+" .. ic .. "%s+%S+%s+%S+%s+1%.0000"), outc)
+  okc, outc = T.sh(("scripts/lualps similarity %s %s %d %s"):format(set, res .. "/lps_hetero.model", ic, st))
+  lu.assertTrue(okc, outc)
+  lu.assertAlmostEquals(tonumber(outc), 1, 1e-5)
   for _, png in ipairs{"hetero_task_similarity_vs_transfer.png", "hetero_embedding_pca.png"} do
     lu.assertEquals(file_bytes(res .. "/" .. png):sub(2, 4), "PNG", png)
   end
