@@ -194,7 +194,8 @@ function A:templates(model, family)
   end
   local x = self.noise_x
   if family == "cnn" then x = x:reshape(R * P, table.unpack(o.input_shape)) end
-  local head = model[#model] or m:parameters()[#m:parameters()] -- the head's bias: one entry per class
+  local head = model[#model] -- the head's bias: one entry per class
+  if not head then local ps = m:parameters(); head = ps[#ps] end
   local k = head:numel()
   -- one forward, then a backward per class: d(logit_c - mean logit)
   local gy = lps.full(k * R * P, k, -1 / k)

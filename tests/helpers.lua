@@ -145,4 +145,16 @@ function M.records(path)
   return out, #ms
 end
 
+--- A random MLP weight list {W1, b1, ...} of the given widths (standard
+-- normal entries) from generator g.
+function M.random_mlp(g, widths)
+  local lps = require "lualps"
+  local m = {}
+  for l = 2, #widths do
+    m[#m + 1] = lps.randn(widths[l], widths[l - 1], g)
+    m[#m + 1] = lps.randn(widths[l], g)
+  end
+  return m
+end
+
 return M

@@ -5,14 +5,7 @@ local lps = require "lualps"
 local T = require "tests.helpers"
 local E = lps.eval
 
-local function mlp(g, widths)
-  local m = {}
-  for l = 2, #widths do
-    m[#m + 1] = lps.randn(widths[l], widths[l - 1], g)
-    m[#m + 1] = lps.randn(widths[l], g)
-  end
-  return m
-end
+local mlp = T.random_mlp
 
 local function random_perm(g, n) return lps.data.randperm(n, g) end
 

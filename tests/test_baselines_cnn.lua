@@ -6,14 +6,7 @@ local lps = require "lualps"
 local T = require "tests.helpers"
 local E = lps.eval
 
-local function mlp(g, widths)
-  local m = {}
-  for l = 2, #widths do
-    m[#m + 1] = lps.randn(widths[l], widths[l - 1], g)
-    m[#m + 1] = lps.randn(widths[l], g)
-  end
-  return m
-end
+local mlp = T.random_mlp
 
 -- A CNN on side x side one-channel images: convs = {{out, k, stride, pool}},
 -- padding k // 2, then flatten, hidden linear layers of widths fc (none by
