@@ -46,6 +46,8 @@ A.defaults = {
   noise = 6,          -- "templates": noise images per range the input gradients are averaged over
   noise_ranges = { {0, 0.2}, {0.8, 1} }, -- "templates": a segment per range of uniform noise (dark
                       -- and bright images: how a model sees either background tells its domain)
+  template_extras = true, -- "templates": each template also carries its model's class count (one-hot)
+                      -- and its centred logit on each noise range
   template_pool = 2,  -- "templates": average pooling of the 28x28 templates (2: 14x14)
   input_shape = {1, 28, 28}, -- a CNN's input (the templates' images)
   -- Unit supervision: a model's output unit c is its task's class c, seen in
@@ -89,7 +91,7 @@ function A.new(opts, H)
   for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
                              names = {}, P = {}, G = {}, layered = layered, H = H,
-                             prep_key = ("%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.chain_norm), o.kernel, o.input_dim,
+                             prep_key = ("%s/%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.template_extras), tostring(o.chain_norm), o.kernel, o.input_dim,
                                o.noise, o.template_pool, table.concat(o.slots, "+"), (function()
                                  local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
                                  return table.concat(r, ",") end)())}, A)
@@ -111,7 +113,7 @@ function A.new(opts, H)
       error("similarity.network: templates need square inputs (input_dim = side^2) divisible by template_pool", 3)
     end
     self.seg = (side // o.template_pool) ^ 2
-    self.tdim = self.seg * #o.noise_ranges
+    self.tdim = self.seg * #o.noise_ranges + (o.template_extras and 8 + #o.noise_ranges or 0)
     add("enc_tmpl.weight", {d, self.tdim + 2}, math.sqrt(2 / (self.tdim + 2)))
     add("enc_tmpl.bias", {d}, 0)
     H.check_int(o.unit_classes, 0, "unit_classes")
@@ -216,6 +218,21 @@ function A:templates(model, family)
   for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
   local mean_logit = logits:mean(1)
   mean_logit:sub_(mean_logit:mean())
+  if o.template_extras then -- columns after the template: one-hot class count, centred logit per range
+    local w = R * self.seg
+    self.extra_pad = self.extra_pad or (function()
+      local E = lps.zeros(w, w + 8 + R)
+      for j = 1, w do E:set(j, j, 1) end
+      return E
+    end)()
+    T = lps.matmul(T, self.extra_pad)
+    for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
+    for r = 1, R do
+      local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
+      lr:sub_(lr:mean())
+      for c = 1, k do T:set(c, w + 8 + r, lr[c]) end
+    end
+  end
   -- features: the template, its norm relative to the model's largest, the centred logit
   return T, norms:div_(nmax), mean_logit
 end

@@ -859,6 +859,7 @@ function M.load(path)
   end
   local spec = meta.spec
   -- options added later: a file saved without them was trained without them
+  if spec.families ~= nil and spec.template_extras == nil then spec.template_extras = false end
   if spec.families == nil then
     if spec.pool_weights == nil then spec.pool_weights = "importance" end
     if spec.layer_norm == nil then spec.layer_norm = false end
