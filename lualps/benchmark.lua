@@ -31,7 +31,7 @@ local util = require "lualps.util"
 local B = {}
 
 --- The methods of the evaluation tables (lualps/benchmark_methods.lua):
--- lps, features, feature_head, cka, matching.
+-- lps, features, feature_head, cka, matching, template_matching.
 B.methods = require "lualps.benchmark_methods"
 
 --- Load every model of a set (weights as lists, metadata), its splits

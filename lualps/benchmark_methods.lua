@@ -1,7 +1,7 @@
 --- lualps.benchmark_methods: the methods of the evaluation tables, as
 -- lps.benchmark.methods: LPS, the unlearned feature baselines, learned heads
--- on fixed features, CKA and weight matching. Each is a method in the sense
--- of lps.benchmark (embed or similarity, optional fit).
+-- on fixed features, CKA, weight matching and template matching. Each is a
+-- method in the sense of lps.benchmark (embed or similarity, optional fit).
 local lps = require "lualps"
 local eval = require "lualps.eval"
 local util = require "lualps.util"
@@ -239,6 +239,170 @@ function M.matching(opts)
       if prog then prog:update(done) end
     end
     if prog then prog:finish() end
+    return out
+  end}
+end
+
+
+-- Popcounts of 0 .. 2^DP_MAX - 1, for the assignment over column subsets.
+local DP_MAX = 10
+local POP = {[0] = 0}
+for m = 1, (1 << DP_MAX) - 1 do POP[m] = POP[m >> 1] + (m & 1) end
+local dp = {}
+
+-- The largest sum of w[r][c] over one-to-one assignments of the kr rows to
+-- the kc >= kr columns: exact dynamic programming over the subsets of used
+-- columns (kc <= DP_MAX: at most 2^kc * kc steps, no permutations), else
+-- the linear assignment of lps.eval.assign.
+local function assign_total(w, kr, kc)
+  if kc > DP_MAX then
+    local C = lps.zeros(kr, kc)
+    for r = 1, kr do for c = 1, kc do C:set(r, c, w[r][c]) end end
+    local _, total = eval.assign(C, true)
+    return total
+  end
+  local full, ninf = (1 << kc) - 1, -math.huge
+  dp[0] = 0
+  for m = 1, full do dp[m] = ninf end
+  local best = ninf
+  for m = 0, full do
+    local p, v = POP[m], dp[m]
+    if p < kr then
+      if v > ninf then
+        local row = w[p + 1] -- row p + 1 goes next: masks of p columns hold rows 1..p
+        for c = 1, kc do
+          local bit = 1 << (c - 1)
+          if m & bit == 0 then
+            local x = v + row[c]
+            if x > dp[m | bit] then dp[m | bit] = x end
+          end
+        end
+      end
+    elseif p == kr and v > best then best = v end
+  end
+  return best
+end
+
+-- The ka x kb block of a nested table G at rows r0 + 1.., columns c0 + 1..,
+-- as w (the shorter side as rows, transposed when ka > kb): the score.
+local wbuf = {}
+local function block_score(G, r0, c0, ka, kb)
+  local kr, kc = ka, kb
+  if ka <= kb then
+    for r = 1, ka do
+      local src, dst = G[r0 + r], wbuf[r] or {}
+      wbuf[r] = dst
+      for c = 1, kb do dst[c] = src[c0 + c] end
+    end
+  else
+    kr, kc = kb, ka
+    for r = 1, kb do
+      local dst = wbuf[r] or {}
+      wbuf[r] = dst
+      for c = 1, ka do dst[c] = G[r0 + c][c0 + r] end
+    end
+  end
+  return assign_total(wbuf, kr, kc) / math.max(ka, kb)
+end
+
+--- The template-matching score of a ka x kb table of cosines (a tensor or a
+-- nested Lua table): the largest sum of cosines over one-to-one
+-- assignments of the rows to the columns, divided by max(ka, kb); NaN if
+-- any cosine is NaN. Exact for any size.
+function M.assignment_score(C)
+  local G = lps.is_tensor(C) and C:totable() or C
+  if type(G) ~= "table" or type(G[1]) ~= "table" or #G[1] < 1 then
+    error("assignment_score: needs a non-empty ka x kb table or 2-D tensor of cosines", 2)
+  end
+  local ka, kb = #G, #G[1]
+  for r = 1, ka do
+    if type(G[r]) ~= "table" or #G[r] ~= kb then
+      error(("assignment_score: row %d has %s entries, row 1 has %d"):format(r, type(G[r]) == "table" and #G[r] or "no", kb), 2)
+    end
+    for c = 1, kb do
+      local x = G[r][c]
+      if type(x) ~= "number" then error(("assignment_score: entry (%d, %d) is a %s"):format(r, c, type(x)), 2) end
+      if x ~= x then return 0 / 0 end
+    end
+  end
+  return block_score(G, 0, 0, ka, kb)
+end
+
+--- Template matching, an unlearned and data-free comparison of what two
+-- models compute, for any architecture (pairwise). Each model's class
+-- templates (lualps.archnet's templates: for each output class, the input
+-- gradient of its logit minus the mean logit averaged over fixed noise
+-- images, average-pooled, unit rows) are computed once; two models score
+-- the best one-to-one assignment of a's templates to b's maximizing the
+-- sum of cosines, divided by max(ka, kb) (assignment_score): 1 for the
+-- same function up to the order of its classes. opts:
+--   pool = 4            template pooling (28x28 -> 7x7 per noise range)
+--   noise = 8           noise images per range
+--   noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}  uniform noise ranges
+--   per_task = nil      compare galleries with only this many models per
+--                       task (lps.benchmark's pairwise_per_task; nil: all)
+--   name = "template_matching"
+-- Models with NaN templates are not comparable (NaN).
+function M.template_matching(opts)
+  opts = opts or {}
+  local known = {pool = true, noise = true, noise_ranges = true, per_task = true, name = true}
+  for k in pairs(opts) do
+    if not known[k] then error(("template_matching: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool or 4,
+    template_extras = false, noise = opts.noise or 8,
+    noise_ranges = opts.noise_ranges or {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}}
+  local memo = setmetatable({}, {__mode = "k"}) -- model -> its templates, or false (NaN)
+  local function templates(m)
+    local T = memo[m]
+    if T == nil then
+      T = net:templates(m, m.family or (m[1]:dim() == 4 and "cnn" or "mlp"))
+      local s = T:sum()
+      if s ~= s then T = false end
+      memo[m] = T
+    end
+    return T
+  end
+  -- the templates of a list of models stacked (rows), and each one's offset and class count
+  local function stack(models)
+    local Ts, off, k, rows = {}, {}, {}, 0
+    for i, m in ipairs(models) do
+      Ts[i] = templates(m)
+      off[i], k[i] = rows, Ts[i] and Ts[i]:size(1) or 0
+      rows = rows + k[i]
+    end
+    local width
+    for _, T in ipairs(Ts) do if T then width = T:size(2) break end end
+    local X = width and lps.zeros(rows, width)
+    for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
+    return X, off, k, rows
+  end
+  return {name = opts.name or "template_matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+    local out = lps.full(#a, #b, 0 / 0)
+    local Xb, offb, kb, nb = stack(b)
+    if not Xb then return out end
+    -- a block of a's models at a time: one matmul, read back as a table of up to about 2^20 cosines
+    local i0 = 1
+    while i0 <= #a do
+      local blk, rows = {}, 0
+      repeat
+        local m = a[i0 + #blk]
+        local T = templates(m)
+        blk[#blk + 1], rows = m, rows + (T and T:size(1) or 0)
+      until i0 + #blk > #a or (rows + 8) * nb > 1 << 20
+      local Xa, offa, ka = stack(blk)
+      if Xa then
+        local G = lps.matmul(Xa, Xb, false, true):totable()
+        for i = 1, #blk do
+          if ka[i] > 0 then
+            for j = 1, #b do
+              if kb[j] > 0 then out:set(i0 + i - 1, j, block_score(G, offa[i], offb[j], ka[i], kb[j])) end
+            end
+          end
+        end
+      end
+      i0 = i0 + #blk
+    end
     return out
   end}
 end

@@ -17,7 +17,7 @@ p:option("--set", "The model set (splits and pool transfer matrix beside it).", 
 p:option("--out", "Output directory.", "results")
 p:option("--seeds", "Training seeds of learned methods (mean and sd over them).", "3"):convert(math.tointeger)
 p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
-p:option("--methods", "Comma-separated methods.", "lps,raw,sorted,stats,gram,matching,cka")
+p:option("--methods", "Comma-separated methods.", "lps,raw,sorted,stats,gram,matching,cka,template_matching")
 p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
 p:flag("--no-ablations", "Skip the ablations and controls.")
@@ -53,6 +53,7 @@ local make = {
     local xt = lps.data.fashion_mnist("test", a.data)
     return B.methods.cka(xt:rows(1, math.min(a.probe, xt:size(1))):clone())
   end,
+  template_matching = function() return B.methods.template_matching() end,
 }
 local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
   "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
@@ -118,7 +119,7 @@ end
 ctl[#ctl + 1] = ("| transfer reliability (split-half Spearman; per target) | %.3f; %.3f |"):format(
   controls.reliability.split_half_spearman, controls.reliability.per_target_split_half_spearman)
 local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablations = ablations, protocol = protocol,
-  order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka"}, ablation_order = abl_order, metrics = metrics,
+  order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching"}, ablation_order = abl_order, metrics = metrics,
   lead = "lps", title = "LPS on " .. a.set, extra = {controls = controls}, sections = {table.concat(ctl, "\n")},
   required = {"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
     "selection_accuracy", "selection_regret"},
