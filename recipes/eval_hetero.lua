@@ -79,6 +79,7 @@ if not a.no_ablations then
     {"no_relation_objective", {relations = false}}, {"no_chain_norm", {chain_norm = false}},
     {"trained_on_mlps", {train_families = {"mlp"}}}, {"weight_units_only", {slots = {"first", "last", "head"}}},
     {"templates_and_units", {slots = {"templates", "first", "last", "head"}}},
+    {"no_template_extras", {template_extras = false}},
   } do
     local t0 = lps.now()
     ablations[v[1]] = B.evaluate(S, lps_with(v[2], v[1]), {seeds = 1, data = a.data})

@@ -149,6 +149,27 @@ function TestArchGradients:test_templates_finite_differences()
   end
 end
 
+-- template_extras by hand: a linear model with zero weights has constant
+-- logits b on every noise image, so each template is zero and carries the
+-- one-hot of its 3 classes and the centred logits (-2, -1, 3) per range.
+function TestArchGradients:test_template_extras_by_hand()
+  local net = lps.similarity.network{families = {"mlp"}, noise = 2, template_pool = 7,
+    noise_ranges = {{0, 0.2}, {0.8, 1}}}
+  local model = {lps.zeros(3, 784), lps.tensor{1, 2, 6}}
+  local Tm = net:templates(model, "mlp")
+  local w = 2 * 16 -- two ranges of 4x4 pooled templates
+  lu.assertEquals(Tm:shape(), {3, w + 8 + 2})
+  local centred = {-2, -1, 3}
+  for c = 1, 3 do
+    for j = 1, w do lu.assertEquals(Tm:get(c, j), 0) end
+    for j = 1, 8 do lu.assertEquals(Tm:get(c, w + j), j == 3 and 1 or 0) end
+    for r = 1, 2 do lu.assertAlmostEquals(Tm:get(c, w + 8 + r), centred[c], 1e-6) end
+  end
+  -- without extras: the templates alone
+  local plain = lps.similarity.network{families = {"mlp"}, noise = 2, template_pool = 7, template_extras = false}
+  lu.assertEquals(plain:templates(model, "mlp"):shape(), {3, w})
+end
+
 function TestArchGradients:test_pair_regression_by_hand_and_differences()
   local Y = lps.tensor{{1, 0}, {0, 1}, {0.6, 0.8}}
   local T2 = lps.tensor{{1, 0.5}, {0.5, 0}}
