@@ -76,8 +76,11 @@ local ablations, abl_order, controls = {}, {}, {reliability = S.transfer.reliabi
 if not a.no_ablations then
   for _, v in ipairs{
     {"no_conv_encoder", {families = {"mlp"}}}, {"first_order_pooling", {pool = "mean"}},
-    {"no_relation_objective", {relations = false}}, {"no_chain_norm", {chain_norm = false}},
+    {"no_relation_objective", {relations = false}},
     {"trained_on_mlps", {train_families = {"mlp"}}}, {"weight_units_only", {slots = {"first", "last", "head"}}},
+    -- beside weight_units_only: the templates are a function of the network,
+    -- so chain normalization changes only the weight-unit slots
+    {"no_chain_norm", {slots = {"first", "last", "head"}, chain_norm = false}},
     {"templates_and_units", {slots = {"templates", "first", "last", "head"}}},
     {"no_template_extras", {template_extras = false}},
   } do
@@ -94,6 +97,17 @@ if not a.no_ablations then
     return {embed = function(_, ms) return lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)) end}
   end}
   local chance = B.evaluate(S, random, {seeds = 5, data = a.data})
+  -- what the class count alone gives (a model's head says it, LPS's inputs carry it):
+  -- models of the same count first, at random among them
+  local by_count = {name = "class_count", fit = function(_, _, _, ctx)
+    return {embed = function(_, ms)
+      local E = lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)):mul_(1e-3)
+      for i, m in ipairs(ms) do E:set(i, math.min(m[#m]:numel(), 64), 1) end
+      return E
+    end}
+  end}
+  local counted = B.evaluate(S, by_count, {seeds = 5, data = a.data})
+  controls.class_count_map, controls.class_count_novel_map = counted.map, counted.novel_map
   controls.shuffled_labels_map, controls.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
   controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
   for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
@@ -110,7 +124,8 @@ for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
 local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
 local function f3(v) return v and ("%.3f"):format(v) or "–" end
-for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "random_regret", "stats_accuracy_tau"} do
+for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
+                   "stats_accuracy_tau"} do
   ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
 end
 for _, k in ipairs{"optimizer", "family", "width"} do
