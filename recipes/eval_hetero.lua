@@ -74,6 +74,11 @@ end
 -- Ablations (one seed each) and controls.
 local ablations, abl_order, controls = {}, {}, {reliability = S.transfer.reliability}
 if not a.no_ablations then
+  local n_classes, domains, seen = 0, {}, {} -- the set's class ids and domains, for unit supervision
+  for _, t in ipairs(S.splits.tasks) do
+    for _, c in ipairs(t.classes) do n_classes = math.max(n_classes, math.tointeger(c) + 1) end
+    if not seen[t.domain] then seen[t.domain], domains[#domains + 1] = true, t.domain end
+  end
   for _, v in ipairs{
     {"no_conv_encoder", {families = {"mlp"}}}, {"first_order_pooling", {pool = "mean"}},
     {"no_relation_objective", {relations = false}},
@@ -83,6 +88,7 @@ if not a.no_ablations then
     {"no_chain_norm", {slots = {"first", "last", "head"}, chain_norm = false}},
     {"templates_and_units", {slots = {"templates", "first", "last", "head"}}},
     {"no_template_extras", {template_extras = false}},
+    {"unit_supervision", {unit_classes = n_classes, domains = domains}}, -- an addition, not a removal
   } do
     local t0 = lps.now()
     ablations[v[1]] = B.evaluate(S, lps_with(v[2], v[1]), {seeds = 1, data = a.data})

@@ -265,7 +265,7 @@ function TestHeteroEval:test_pipeline_outputs()
   end
   for _, v in ipairs{"no_conv_encoder", "first_order_pooling", "no_relation_objective", "no_chain_norm",
                      "trained_on_mlps", "weight_units_only", "templates_and_units",
-                     "no_template_extras"} do
+                     "no_template_extras", "unit_supervision"} do
     lu.assertNotNil(r.ablations[v], v)
   end
   lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Controls")
