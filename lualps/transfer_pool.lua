@@ -328,6 +328,32 @@ function M.report(r)
   for _, k in ipairs(names) do
     lines[#lines + 1] = ("  mean gain %-36s %+.4f (%d pairs)"):format(k, buckets[k][1] / buckets[k][2], buckets[k][2])
   end
+  -- same classes, by domain: which domains the gains can tell apart at all
+  local doms, at = {}, {}
+  for _, t in ipairs(r.tasks) do if t.domain and not at[t.domain] then doms[#doms + 1], at[t.domain] = t.domain, #doms + 1 end end
+  if #doms > 1 then
+    local sum, cnt = {}, {}
+    for s = 1, #r.gain do
+      for t = 1, #r.gain do
+        if r.overlap[s][t] == #r.tasks[t].classes and #r.tasks[s].classes == #r.tasks[t].classes then
+          local key = at[r.tasks[s].domain] * 100 + at[r.tasks[t].domain]
+          sum[key], cnt[key] = (sum[key] or 0) + r.gain[s][t], (cnt[key] or 0) + 1
+        end
+      end
+    end
+    lines[#lines + 1] = "  mean gain, same classes, source domain (row) to target domain (column):"
+    local head = {("  %-10s"):format("")}
+    for _, d in ipairs(doms) do head[#head + 1] = ("%9s"):format(d) end
+    lines[#lines + 1] = table.concat(head)
+    for i, d in ipairs(doms) do
+      local row = {("  %-10s"):format(d)}
+      for j = 1, #doms do
+        local key = i * 100 + j
+        row[#row + 1] = cnt[key] and ("%+9.4f"):format(sum[key] / cnt[key]) or ("%9s"):format("–")
+      end
+      lines[#lines + 1] = table.concat(row)
+    end
+  end
   return table.concat(lines, "\n")
 end
 

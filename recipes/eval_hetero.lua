@@ -114,6 +114,29 @@ if not a.no_ablations then
   end}
   local counted = B.evaluate(S, by_count, {seeds = 5, data = a.data})
   controls.class_count_map, controls.class_count_novel_map = counted.map, counted.novel_map
+  -- The best a method can do that cannot tell identity from blur (the pool's
+  -- transfer gains barely can either): the true task, those two domains merged.
+  local row_of = {}
+  for i = 1, S.n do row_of[S.models[i]], row_of[S.labelled[i]] = i, i end
+  local key_of, n_keys = {}, 0
+  local blind = {name = "blur_blind_oracle", fit = function(_, _, _, ctx)
+    return {embed = function(_, ms)
+      local E = lps.randn(#ms, 256, lps.generator(7919 + ctx.seed)):mul_(1e-3)
+      for i, m in ipairs(ms) do -- (model selection's probes are not of the set: they stay random)
+        local meta = row_of[m] and S.meta[row_of[m]]
+        if meta then
+          local key = table.concat(meta.classes, ",") .. (meta.domain == "blur" and "identity" or meta.domain)
+          if not key_of[key] then n_keys = n_keys + 1; key_of[key] = n_keys end
+          E:set(i, key_of[key], 1)
+        end
+      end
+      return E
+    end}
+  end}
+  local ceiling = B.evaluate(S, blind, {seeds = 3, data = a.data})
+  for _, k in ipairs{"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1"} do
+    controls["blur_blind_" .. k] = ceiling[k]
+  end
   controls.shuffled_labels_map, controls.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
   controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
   for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
@@ -131,7 +154,8 @@ for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.
 local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
 local function f3(v) return v and ("%.3f"):format(v) or "–" end
 for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
-                   "stats_accuracy_tau"} do
+                   "stats_accuracy_tau", "blur_blind_top1", "blur_blind_map", "blur_blind_novel_map",
+                   "blur_blind_heldout_arch_rank1", "blur_blind_cross_family_rank1"} do
   ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
 end
 for _, k in ipairs{"optimizer", "family", "width"} do

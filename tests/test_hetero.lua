@@ -219,6 +219,24 @@ function TestHeteroTransfer:test_pool_matrix()
   end
 end
 
+-- The report's mean gains by relation and, for same-class pairs, by domain,
+-- on a hand-made result: tasks 1, 2 share classes (identity, blur), task 3 not.
+function TestHeteroTransfer:test_report_by_relation_and_domain()
+  local r = {tasks = {{classes = {0, 1}, domain = "identity"}, {classes = {0, 1}, domain = "blur"},
+                      {classes = {2, 3}, domain = "identity"}},
+    gain = {{0.1, 0.08, -0.02}, {0.06, 0.12, -0.04}, {-0.01, -0.03, 0.2}},
+    overlap = {{2, 2, 0}, {2, 2, 0}, {0, 0, 2}}, domain_match = {{1, 0, 1}, {0, 1, 0}, {1, 0, 1}},
+    reliability = {pairs = 6, split_half_spearman = 0.5, per_target_split_half_spearman = 0.4,
+                   tau_overlap = 0.3, tau_domain = 0.2, tau_overlap_and_domain = 0.25}}
+  local text = lps.transfer_pool.report(r)
+  lu.assertStrContains(text, "same task                            +0.1400 (3 pairs)")
+  lu.assertStrContains(text, "same classes, other domain           +0.0700 (2 pairs)")
+  lu.assertStrContains(text, "disjoint classes, same domain        -0.0150 (2 pairs)")
+  -- identity row: itself (0.1 on task 1, 0.2 on task 3: 0.15), to blur 0.08; blur row: 0.06, 0.12
+  lu.assertStrContains(text, "  identity    +0.1500  +0.0800")
+  lu.assertStrContains(text, "  blur        +0.0600  +0.1200")
+end
+
 function TestHeteroTransfer:test_pool_halves()
   -- each half of a task's pool: one MLP and one CNN, disjoint models
   local ms <close> = lps.modelset.open(single_build())
