@@ -64,14 +64,17 @@ end
 --- Model-selection metrics of view v (a fitted method as lps.benchmark
 -- sees it, trained without the unseen tasks): means over unseen targets
 -- and both probe families of selection_accuracy (the chosen model's
--- accuracy), selection_regret, random_regret, oracle_accuracy, and
+-- accuracy), selection_regret, random_regret, oracle_accuracy,
+-- task_oracle_regret (with the set's gain matrix: a model at random of the
+-- source task whose measured gain on the target is highest), and
 -- selection_regret_mlp / _cnn per probe family. A method that compares no
 -- candidate with a probe picks at random (its expected regret).
 function M.evaluate(S, v, opts)
   local probes = M.probes(S, opts and opts.data)
   local ft = S.transfer.finetune
+  local gain = S.transfer.gain
   local sum = {selection_accuracy = 0, selection_regret = 0, random_regret = 0, oracle_accuracy = 0,
-               selection_regret_mlp = 0, selection_regret_cnn = 0}
+               selection_regret_mlp = 0, selection_regret_cnn = 0, task_oracle_regret = gain and 0 or nil}
   local n, nf = 0, {mlp = 0, cnn = 0}
   for _, t in ipairs(S.splits.retrieval.unseen_tasks) do
     local ids, acc = {}, {}
@@ -81,6 +84,17 @@ function M.evaluate(S, v, opts)
     end
     local best, mean = -math.huge, 0
     for _, a in ipairs(acc) do best, mean = math.max(best, a), mean + a / #acc end
+    -- the task oracle: a pool model at random of the source with the highest measured gain on t
+    local oracle_mean
+    if gain then
+      local src, top, sum_a, cnt = nil, -math.huge, {}, {}
+      for k, id in ipairs(ids) do
+        local s = S.meta[S.byid[id]].task
+        if gain[s][t] > top or (gain[s][t] == top and s < src) then src, top = s, gain[s][t] end
+        sum_a[s], cnt[s] = (sum_a[s] or 0) + acc[k], (cnt[s] or 0) + 1
+      end
+      oracle_mean = src and sum_a[src] / cnt[src]
+    end
     for _, fam in ipairs{"mlp", "cnn"} do
       local sc = scores(S, v, probes[t][fam], ids)
       local pick, top = nil, -math.huge
@@ -89,6 +103,7 @@ function M.evaluate(S, v, opts)
       sum.selection_accuracy = sum.selection_accuracy + chosen
       sum.selection_regret = sum.selection_regret + best - chosen
       sum.random_regret = sum.random_regret + best - mean
+      if oracle_mean then sum.task_oracle_regret = sum.task_oracle_regret + best - oracle_mean end
       sum.oracle_accuracy = sum.oracle_accuracy + best
       sum["selection_regret_" .. fam] = sum["selection_regret_" .. fam] + best - chosen
       n, nf[fam] = n + 1, nf[fam] + 1

@@ -141,7 +141,10 @@ if not a.no_ablations then
   controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
   for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
 end
-for _, r in pairs(results) do controls.random_regret = controls.random_regret or r.random_regret end -- the same for all
+for _, r in pairs(results) do -- the same for all methods
+  controls.random_regret = controls.random_regret or r.random_regret
+  controls.task_oracle_regret = controls.task_oracle_regret or r.task_oracle_regret
+end
 for _, k in ipairs{"optimizer", "family", "width"} do
   controls["nuisance_map_" .. k] = results.lps and results.lps["nuisance_map_" .. k]
 end
@@ -154,7 +157,7 @@ for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.
 local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
 local function f3(v) return v and ("%.3f"):format(v) or "–" end
 for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
-                   "stats_accuracy_tau", "blur_blind_top1", "blur_blind_map", "blur_blind_novel_map",
+                   "task_oracle_regret", "stats_accuracy_tau", "blur_blind_top1", "blur_blind_map", "blur_blind_novel_map",
                    "blur_blind_heldout_arch_rank1", "blur_blind_cross_family_rank1"} do
   ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
 end

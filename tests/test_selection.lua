@@ -63,4 +63,15 @@ function TestSelection:test_candidates_exclude_the_targets_own_task()
   lu.assertAlmostEquals(r.selection_accuracy, (0.90 + 0.60) / 2, 1e-12)
 end
 
+function TestSelection:test_task_oracle_regret()
+  -- target 1: source 3 gains most (p1 0.70, p2 0.90: mean 0.80, best 0.90 -> 0.10);
+  -- target 2: source 4 (p3 0.95, p4 0.85: mean 0.90, best 0.95 -> 0.05)
+  S.transfer.gain = {{}, {}, {0.1, -0.1}, {0.0, 0.2}}
+  local r = sel.evaluate(S, method{{p1 = 1, p2 = 0, p3 = 0, p4 = 0}, {p1 = 1, p2 = 0, p3 = 0, p4 = 0}})
+  S.transfer.gain = nil
+  lu.assertAlmostEquals(r.task_oracle_regret, (0.10 + 0.05) / 2, 1e-12)
+  lu.assertNil(sel.evaluate(S, method{{p1 = 1, p2 = 0, p3 = 0, p4 = 0}, {p1 = 1, p2 = 0, p3 = 0, p4 = 0}})
+    .task_oracle_regret) -- no gains, no oracle
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
