@@ -46,8 +46,8 @@ A.defaults = {
   noise = 6,          -- "templates": noise images per range the input gradients are averaged over
   noise_ranges = { {0, 0.2}, {0.8, 1} }, -- "templates": a segment per range of uniform noise (dark
                       -- and bright images: how a model sees either background tells its domain)
-  template_extras = true, -- "templates": each template also carries its model's class count (one-hot)
-                      -- and its centred logit on each noise range
+  template_extras = true, -- "templates": each template also carries its model's class count (one-hot
+                      -- over 8 slots; 8 or more classes share the last) and its centred logit per noise range
   template_pool = 2,  -- "templates": average pooling of the 28x28 templates (2: 14x14)
   input_shape = {1, 28, 28}, -- a CNN's input (the templates' images)
   -- Unit supervision: a model's output unit c is its task's class c, seen in
@@ -91,8 +91,9 @@ function A.new(opts, H)
   for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
                              names = {}, P = {}, G = {}, layered = layered, H = H,
-                             prep_key = ("%s/%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.template_extras), tostring(o.chain_norm), o.kernel, o.input_dim,
-                               o.noise, o.template_pool, table.concat(o.slots, "+"), (function()
+                             prep_key = ("%s/%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.template_extras),
+                               tostring(o.chain_norm), o.kernel, o.input_dim, o.noise, o.template_pool,
+                               table.concat(o.slots, "+"), (function()
                                  local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
                                  return table.concat(r, ",") end)())}, A)
   local add, d = H.param_adder(self, o.seed), o.width
