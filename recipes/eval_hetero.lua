@@ -99,40 +99,38 @@ if not a.no_ablations then
   local shuffled = B.evaluate(S, lps_with({shuffle_labels = true}, "shuffled_labels"), {seeds = 1, data = a.data})
   local untrained = B.evaluate(S, lps_with({epochs = 0}, "untrained"), {seeds = 1, data = a.data})
   controls.untrained_map, controls.untrained_cross_family_rank1 = untrained.map, untrained.cross_family_rank1
-  local random = {name = "random", fit = function(_, _, _, ctx) -- embeddings drawn at random: chance
-    return {embed = function(_, ms) return lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)) end}
-  end}
-  local chance = B.evaluate(S, random, {seeds = 5, data = a.data})
-  -- what the class count alone gives (a model's head says it, LPS's inputs carry it):
-  -- models of the same count first, at random among them
-  local by_count = {name = "class_count", fit = function(_, _, _, ctx)
-    return {embed = function(_, ms)
-      local E = lps.randn(#ms, 64, lps.generator(7919 + ctx.seed)):mul_(1e-3)
-      for i, m in ipairs(ms) do E:set(i, math.min(m[#m]:numel(), 64), 1) end
-      return E
+  -- Controls that read no weights: embeddings drawn at random (times `scale`),
+  -- with a 1 in column slot(m) where slot names one: models of one slot
+  -- first, at random among them.
+  local function drawn(name, dim, scale, slot)
+    return {name = name, fit = function(_, _, _, ctx)
+      return {embed = function(_, ms)
+        local E = lps.randn(#ms, dim, lps.generator(7919 + ctx.seed)):mul_(scale)
+        for i, m in ipairs(ms) do
+          local c = slot and slot(m)
+          if c then E:set(i, c, 1) end
+        end
+        return E
+      end}
     end}
-  end}
-  local counted = B.evaluate(S, by_count, {seeds = 5, data = a.data})
+  end
+  local chance = B.evaluate(S, drawn("random", 64, 1), {seeds = 5, data = a.data})
+  -- what the class count alone gives (a model's head says it, LPS's inputs carry it)
+  local counted = B.evaluate(S, drawn("class_count", 64, 1e-3, function(m) return math.min(m[#m]:numel(), 64) end),
+    {seeds = 5, data = a.data})
   controls.class_count_map, controls.class_count_novel_map = counted.map, counted.novel_map
   -- The best a method can do that cannot tell identity from blur (the pool's
   -- transfer gains barely can either): the true task, those two domains merged.
-  local row_of = {}
+  -- Model selection's probes are not of the set: they stay random.
+  local row_of, key_of, n_keys = {}, {}, 0
   for i = 1, S.n do row_of[S.models[i]], row_of[S.labelled[i]] = i, i end
-  local key_of, n_keys = {}, 0
-  local blind = {name = "blur_blind_oracle", fit = function(_, _, _, ctx)
-    return {embed = function(_, ms)
-      local E = lps.randn(#ms, 256, lps.generator(7919 + ctx.seed)):mul_(1e-3)
-      for i, m in ipairs(ms) do -- (model selection's probes are not of the set: they stay random)
-        local meta = row_of[m] and S.meta[row_of[m]]
-        if meta then
-          local key = table.concat(meta.classes, ",") .. (meta.domain == "blur" and "identity" or meta.domain)
-          if not key_of[key] then n_keys = n_keys + 1; key_of[key] = n_keys end
-          E:set(i, key_of[key], 1)
-        end
-      end
-      return E
-    end}
-  end}
+  local blind = drawn("blur_blind_oracle", 256, 1e-3, function(m)
+    local meta = row_of[m] and S.meta[row_of[m]]
+    if not meta then return nil end
+    local key = table.concat(meta.classes, ",") .. (meta.domain == "blur" and "identity" or meta.domain)
+    if not key_of[key] then n_keys = n_keys + 1; key_of[key] = n_keys end
+    return key_of[key]
+  end)
   local ceiling = B.evaluate(S, blind, {seeds = 3, data = a.data})
   for _, k in ipairs{"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1"} do
     controls["blur_blind_" .. k] = ceiling[k]
