@@ -330,14 +330,20 @@ function M.report(r)
   end
   -- same classes, by domain: which domains the gains can tell apart at all
   local doms, at = {}, {}
-  for _, t in ipairs(r.tasks) do if t.domain and not at[t.domain] then doms[#doms + 1], at[t.domain] = t.domain, #doms + 1 end end
+  for _, t in ipairs(r.tasks) do
+    if t.domain and not at[t.domain] then
+      doms[#doms + 1] = t.domain
+      at[t.domain] = #doms
+    end
+  end
   if #doms > 1 then
     local sum, cnt = {}, {}
+    for i = 1, #doms do sum[i], cnt[i] = {}, {} end
     for s = 1, #r.gain do
       for t = 1, #r.gain do
         if r.overlap[s][t] == #r.tasks[t].classes and #r.tasks[s].classes == #r.tasks[t].classes then
-          local key = at[r.tasks[s].domain] * 100 + at[r.tasks[t].domain]
-          sum[key], cnt[key] = (sum[key] or 0) + r.gain[s][t], (cnt[key] or 0) + 1
+          local i, j = at[r.tasks[s].domain], at[r.tasks[t].domain]
+          sum[i][j], cnt[i][j] = (sum[i][j] or 0) + r.gain[s][t], (cnt[i][j] or 0) + 1
         end
       end
     end
@@ -348,8 +354,7 @@ function M.report(r)
     for i, d in ipairs(doms) do
       local row = {("  %-10s"):format(d)}
       for j = 1, #doms do
-        local key = i * 100 + j
-        row[#row + 1] = cnt[key] and ("%+9.4f"):format(sum[key] / cnt[key]) or ("%9s"):format("–")
+        row[#row + 1] = cnt[i][j] and ("%+9.4f"):format(sum[i][j] / cnt[i][j]) or ("%9s"):format("–")
       end
       lines[#lines + 1] = table.concat(row)
     end
