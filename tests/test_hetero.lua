@@ -62,11 +62,16 @@ function TestHeteroPlan:test_full_plan_composition()
   lu.assertNotEquals(H.plan(TABLE, {master_seed = 2})[500].lr, plan[500].lr)
 end
 
-function TestHeteroPlan:test_full_splits_are_clean()
+-- The full plan's splits, its metadata by id and its tasks.
+local function planned_splits()
   local plan, tasks = H.plan(TABLE)
-  local s = H.splits(TABLE, plan, tasks)
   local meta = {}
   for _, m in ipairs(plan) do meta[m.id] = m end
+  return H.splits(TABLE, plan, tasks), meta, tasks
+end
+
+function TestHeteroPlan:test_full_splits_are_clean()
+  local s, meta, tasks = planned_splits()
   lu.assertEquals(H.check_splits(s, meta), {})
   lu.assertEquals(#s.retrieval.unseen_tasks, 12)
   lu.assertEquals(#s.novel.unseen_tasks, 12) -- subsets 8, 9, 10 in four domains
@@ -80,10 +85,7 @@ function TestHeteroPlan:test_full_splits_are_clean()
 end
 
 function TestHeteroPlan:test_split_checker_finds_planted_leaks()
-  local plan, tasks = H.plan(TABLE)
-  local s = H.splits(TABLE, plan, tasks)
-  local meta = {}
-  for _, m in ipairs(plan) do meta[m.id] = m end
+  local s, meta = planned_splits()
   local function leak(f) local c = cjson.decode(cjson.encode(s)); f(c); return H.check_splits(c, meta) end
   local p = leak(function(c) table.insert(c.retrieval.train, c.retrieval.query[1]) end)
   lu.assertStrContains(p[1], "retrieval: training model")
