@@ -157,4 +157,13 @@ function M.random_mlp(g, widths)
   return m
 end
 
+--- A file-like sink for progress displays: write, flush, and text() of all written.
+function M.sink()
+  local s = {buf = {}}
+  function s:write(...) for _, x in ipairs{...} do self.buf[#self.buf + 1] = x end end
+  function s:flush() end
+  function s:text() return table.concat(self.buf) end
+  return s
+end
+
 return M

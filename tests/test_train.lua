@@ -155,13 +155,7 @@ function TestTrain:test_progress_callback()
   T.assert_error_contains("closed", lps.evaluate, m2, {x = xtr, y = ytr})
 end
 
-local function sink()
-  local s = {buf = {}}
-  function s:write(...) for _, x in ipairs{...} do self.buf[#self.buf + 1] = x end end
-  function s:flush() end
-  function s:text() return table.concat(self.buf) end
-  return s
-end
+local sink = T.sink
 
 function TestTrain:test_progress_display()
   -- progress = util.progress options: the epoch bar on that stream; without

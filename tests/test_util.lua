@@ -4,13 +4,7 @@ local lps = require "lualps"
 local T = require "tests.helpers"
 local util = lps.util
 
-local function sink()
-  local s = {buf = {}}
-  function s:write(...) for _, x in ipairs{...} do self.buf[#self.buf + 1] = x end end
-  function s:flush() end
-  function s:text() return table.concat(self.buf) end
-  return s
-end
+local sink = T.sink
 
 TestProgress = {}
 
