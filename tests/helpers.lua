@@ -166,4 +166,25 @@ function M.sink()
   return s
 end
 
+--- Finite differences against the gradients of every parameter of a
+-- network (parameters, named_parameters, zero_grad). backward() runs one
+-- forward and backward; f() returns the loss. opts: eps (1e-2), tol
+-- (2e-2), what (a prefix of the failure label), check(p) (which parameters;
+-- default all).
+function M.check_parameter_gradients(net, backward, f, opts)
+  opts = opts or {}
+  net:zero_grad()
+  backward()
+  local params, grads = net:parameters()
+  local _, names = net:named_parameters()
+  local analytic = {} -- before f's losses add to the gradients too
+  for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
+  for i, p in ipairs(params) do
+    if not opts.check or opts.check(p) then
+      M.assert_grad_close(analytic[i], M.numgrad(f, p, opts.eps or 1e-2), opts.tol or 2e-2,
+        (opts.what or "") .. names[i])
+    end
+  end
+end
+
 return M

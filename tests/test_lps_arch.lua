@@ -100,19 +100,10 @@ function TestArchGradients:test_finite_differences()
     net.cache = nil
     return l
   end
-  net:zero_grad()
-  local Y = net:forward(models)
-  local _, dY = net:loss(Y, labels, opts)
-  net:backward(dY)
-  local params, grads = net:parameters()
-  local _, names = net:named_parameters()
-  local analytic = {} -- before f's losses add to the classifier's gradients
-  for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
-  for i, p in ipairs(params) do
-    if p:numel() <= 400 or T.scale ~= "small" then
-      T.assert_grad_close(analytic[i], T.numgrad(f, p, 1e-2), 2e-2, names[i])
-    end
-  end
+  T.check_parameter_gradients(net, function()
+    local _, dY = net:loss(net:forward(models), labels, opts)
+    net:backward(dY)
+  end, f, {check = function(p) return p:numel() <= 400 or T.scale ~= "small" end})
 end
 
 -- The templates slot (and its unit supervision) against central differences:
@@ -134,19 +125,13 @@ function TestArchGradients:test_templates_finite_differences()
     net.cache = nil
     return l
   end
-  net:zero_grad()
-  net.training_units = true
-  local Y = net:forward(models)
-  net.training_units = nil
-  local _, dY = net:loss(Y, labels, {loss = "xent"})
-  net:backward(dY)
-  local params, grads = net:parameters()
-  local _, names = net:named_parameters()
-  local analytic = {}
-  for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
-  for i, p in ipairs(params) do
-    T.assert_grad_close(analytic[i], T.numgrad(f, p, 1e-2), 2e-2, names[i])
-  end
+  T.check_parameter_gradients(net, function()
+    net.training_units = true
+    local Y = net:forward(models)
+    net.training_units = nil
+    local _, dY = net:loss(Y, labels, {loss = "xent"})
+    net:backward(dY)
+  end, f)
 end
 
 -- template_extras by hand: a linear model with zero weights has constant

@@ -321,17 +321,10 @@ local function check_network(net, models, labels, loss_opts, what)
     local Y = net:forward(models)
     return (net:loss(Y, labels, loss_opts))
   end
-  net:zero_grad()
-  local Y = net:forward(models)
-  local _, dY = net:loss(Y, labels, loss_opts)
-  net:backward(dY)
-  local params, grads = net:parameters()
-  local names = select(2, net:named_parameters())
-  local saved = {} -- before the numerical loop, whose losses accumulate too
-  for j, q in ipairs(grads) do saved[j] = q:clone() end
-  for i, p in ipairs(params) do
-    T.assert_grad_close(saved[i], T.numgrad(f, p), 2e-2, what .. " " .. names[i])
-  end
+  T.check_parameter_gradients(net, function()
+    local _, dY = net:loss(net:forward(models), labels, loss_opts)
+    net:backward(dY)
+  end, f, {eps = 1e-3, what = what .. " "})
 end
 
 function TestNetwork:test_gradients_of_the_whole_network()
