@@ -58,6 +58,9 @@ const char *lps_status_name(lps_status s);
 /* BLAS threads used by matrix products (OpenBLAS). */
 void lps_set_num_threads(int n);
 int lps_get_num_threads(void);
+/* End the library's own worker threads (they start again on next use). The
+ * Lua module calls it when its state closes. */
+void lps_threads_release(void);
 
 /* ------------------------------------------------------------------ random */
 

@@ -129,6 +129,14 @@ static int l_set_num_threads(lua_State *L)
     return 0;
 }
 
+/* release_threads(): end the worker threads now (they start again on next use). */
+static int l_release_threads(lua_State *L)
+{
+    (void)L;
+    lps_threads_release();
+    return 0;
+}
+
 static int l_get_num_threads(lua_State *L)
 {
     lua_pushinteger(L, lps_get_num_threads());
@@ -159,7 +167,7 @@ static const luaL_Reg gen_methods[] = {
 static const luaL_Reg functions[] = {
     {"generator", l_generator}, {"manual_seed", l_manual_seed},
     {"default_generator", l_default_generator}, {"set_num_threads", l_set_num_threads},
-    {"get_num_threads", l_get_num_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
+    {"get_num_threads", l_get_num_threads}, {"release_threads", l_release_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_generator(lua_State *L)
 {
@@ -176,6 +184,13 @@ void lps_lua_open_generator(lua_State *L)
 
 int luaopen_lualps_core(lua_State *L)
 {
+    /* a registry sentinel: when the state closes, the worker threads end */
+    lua_newuserdatauv(L, 0, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_release_threads);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     lps_lua_open_generator(L);
     lps_lua_open_tensor(L);

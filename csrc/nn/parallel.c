@@ -2,8 +2,8 @@
  * (convolution kernels, pooling, activations): the batch is split into fixed
  * contiguous parts, one per thread, so results depend only on the thread
  * count. While a job runs, BLAS is switched to one thread: each worker calls
- * it on its own part. Workers are created on first use and kept; they spin
- * briefly for the next job before sleeping. */
+ * it on its own part. Workers are created on first use and kept until
+ * lps_threads_release; they spin briefly for the next job before sleeping. */
 #include "nn/nn_internal.h"
 
 #include <pthread.h>
@@ -25,7 +25,9 @@ static struct {
     pthread_cond_t wake, done;
     pthread_t tid[LPS_PAR_MAX];
     int started;              /* workers running (threads 1..started) */
+    unsigned born[LPS_PAR_MAX]; /* the generation each worker was started at */
     atomic_uint generation;   /* bumped for each job */
+    atomic_int stop;          /* the next generation tells the workers to exit */
     atomic_int pending;       /* workers still busy with the job */
     lps_task_fn fn;
     void *ctx;
@@ -36,7 +38,7 @@ static struct {
 static void *worker(void *arg)
 {
     int t = (int)(intptr_t)arg;
-    unsigned seen = 0;
+    unsigned seen = pool.born[t]; /* jobs from before its start are not its own */
     for (;;) {
         unsigned g;
         /* spin a little (a layer's next job often follows at once), then sleep */
@@ -51,6 +53,13 @@ static void *worker(void *arg)
             pthread_mutex_unlock(&pool.lock);
         }
         seen = g;
+        if (atomic_load(&pool.stop)) {
+            pthread_mutex_lock(&pool.lock);
+            pool.started--;
+            pthread_cond_broadcast(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+            return NULL;
+        }
         if (t < pool.nt) pool.fn(pool.ctx, t, pool.nt);
         if (atomic_fetch_sub(&pool.pending, 1) == 1) { /* the last one wakes the caller */
             pthread_mutex_lock(&pool.lock);
@@ -77,6 +86,7 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
     pthread_mutex_lock(&pool.run);
     pthread_mutex_lock(&pool.lock);
     while (pool.started < nt - 1) {
+        pool.born[pool.started + 1] = atomic_load(&pool.generation);
         if (pthread_create(&pool.tid[pool.started], NULL, worker, (void *)(intptr_t)(pool.started + 1)))
             break;
         pthread_detach(pool.tid[pool.started]);
@@ -110,6 +120,23 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
         pthread_mutex_unlock(&pool.lock);
     }
     lps_set_num_threads(blas);
+    pthread_mutex_unlock(&pool.run);
+}
+
+/* Workers end here rather than at process exit, where a thread asleep in a
+ * futex wait meets the exit-time checkers (LeakSanitizer stops every thread). */
+void lps_threads_release(void)
+{
+    pthread_mutex_lock(&pool.run);
+    pthread_mutex_lock(&pool.lock);
+    if (pool.started > 0) {
+        atomic_store(&pool.stop, 1);
+        atomic_fetch_add(&pool.generation, 1);
+        pthread_cond_broadcast(&pool.wake);
+        while (pool.started > 0) pthread_cond_wait(&pool.done, &pool.lock);
+        atomic_store(&pool.stop, 0);
+    }
+    pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool.run);
 }
 
