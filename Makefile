@@ -96,7 +96,7 @@ clean:
 # FUZZ_TIME=600` runs it that many seconds; the corpus grows in
 # build/fuzz/corpus_safetensors.
 FUZZ_TIME ?= 60
-FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c csrc/io/arch.c csrc/core/tensor.c csrc/core/error.c csrc/core/rng.c
+FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c $(wildcard csrc/nn/*.c) $(wildcard csrc/core/*.c)
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/io/arch.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

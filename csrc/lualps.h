@@ -152,57 +152,122 @@ int lps_reduce_shape(const lps_tensor *a, int dim, int64_t *shape);
 int lps_allclose(const lps_tensor *a, const lps_tensor *b, float rtol, float atol);
 
 /* ------------------------------------------------- layers and training */
-/* (csrc/nn/: linear.c, conv.c, pool.c, activation.c, loss.c, optim.c, model.c, train.c, data.c)
- * Layers take and give batches: the first dimension is the sample. Parameter
- * layouts follow PyTorch (linear weight out x in, conv weight cout x cin x k x k). */
+/* (csrc/nn/: one file per layer type, registry.c, arch.c, model.c; loss.c,
+ * optim.c, train.c) Layers take and give batches: the first dimension is
+ * the sample. Parameter layouts follow PyTorch (linear weight out x in,
+ * conv weight cout x cin x k x k).
+ *
+ * A model's structure has one description, its architecture (the
+ * "lualps.arch" JSON list of safetensors files, lps_arch below): a list of
+ * entries, one per child of a PyTorch nn.Sequential, each a layer type
+ * (registry.c) and the values of that type's fields, e.g.
+ *   [{"type":"conv2d","in":1,"out":8,"kernel":5,"stride":2,"padding":2},
+ *    {"type":"relu"},{"type":"flatten"},{"type":"linear","in":1568,"out":4}]
+ * Layers are built from it (lps_layer_from_arch) and give it back
+ * (lps_layer_arch); everything else (the weight-space baselines, LPS's
+ * units, the binding) reads the structure from it. */
 
-typedef enum {
-    LPS_LAYER_LINEAR, LPS_LAYER_CONV2D, LPS_LAYER_MAXPOOL2D, LPS_LAYER_RELU, LPS_LAYER_TANH,
-    LPS_LAYER_FLATTEN, LPS_LAYER_SEQUENTIAL
-} lps_layer_type;
-
+typedef struct lps_layer_type lps_layer_type; /* a kind of layer (csrc/nn/<type>.c) */
 typedef struct lps_layer lps_layer;
+typedef struct lps_arch lps_arch;
 
-/* What each layer kind implements. Callers use lps_layer_forward/backward. */
-typedef struct lps_layer_ops {
-    lps_layer_type type;
-    const char *name; /* "linear", "conv2d", ... (the spec's type) */
-    /* Output shape for an input shape, or a failure naming the layer. */
-    lps_status (*out_shape)(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
-                            int64_t *out);
-    lps_status (*forward)(lps_layer *l, const lps_tensor *x, lps_tensor *y);
-    /* Given x, y = f(x) and gy = dL/dy: add dL/dparams to the gradients and
-     * write gx = dL/dx (skipped when gx is NULL, e.g. for the first layer). */
-    lps_status (*backward)(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
-                           const lps_tensor *gy, lps_tensor *gx);
-    void (*destroy)(lps_layer *l); /* frees priv */
-} lps_layer_ops;
+/* The fields of a layer type, in the order of its entries' values. */
+typedef enum { LPS_FIELD_INT, LPS_FIELD_REAL, LPS_FIELD_BOOL } lps_field_kind;
+#define LPS_REQUIRED (-1e300)   /* def of a field without a default */
+#define LPS_DEF_FIRST (-2e300)  /* def: the value of the entry's first field */
+typedef struct lps_field {
+    const char *key;      /* the arch key ("in", "kernel", "eps", ...) */
+    lps_field_kind kind;
+    double lo, hi;        /* inclusive range of INT and REAL values */
+    double def;           /* default, LPS_REQUIRED or LPS_DEF_FIRST */
+} lps_field;
+#define LPS_ARCH_FIELDS 6
 
-/* Fields are read-only for users. Layers are reference counted: a sequential
- * holds a reference to each child. */
+/* The registry: every layer type, in a fixed order. */
+const lps_layer_type *lps_layer_type_find(const char *name); /* NULL if unknown */
+const lps_layer_type *lps_layer_type_at(int i);              /* NULL past the last */
+const char *lps_layer_type_name(const lps_layer_type *t);
+const lps_field *lps_layer_type_fields(const lps_layer_type *t); /* ends at key NULL */
+/* Entries of this type hold two nested lists (residual: body, shortcut). */
+int lps_layer_type_branches(const lps_layer_type *t);
+
+/* One entry: a type and its field values (integers and booleans are exact
+ * in the double; booleans are 0 or 1). */
+#define LPS_ARCH_UNKNOWN (-1) /* a size only the input shape would tell */
+typedef struct lps_arch_entry {
+    const lps_layer_type *type;
+    double v[LPS_ARCH_FIELDS];
+    lps_arch *body, *shortcut;  /* branches (owned by the arch); NULL otherwise */
+    /* Shape after this entry without the batch (rank 0..3; sizes may be
+     * LPS_ARCH_UNKNOWN); rank 0 when not even the rank is known. */
+    int rank;
+    int64_t shape[3];
+} lps_arch_entry;
+
+struct lps_arch {
+    size_t n;                   /* entries */
+    lps_arch_entry *entries;
+    int in_rank;                /* the optional input entry {"type":"input","shape":[...]}: */
+    int64_t in_shape[3];        /* its shape without the batch; in_rank 0 when absent */
+};
+
+#define LPS_ARCH_MAX_LAYERS 4096 /* entries of one list, branches included */
+#define LPS_ARCH_MAX_DEPTH 16    /* nesting of branches */
+
+/* Parse and check text[0..len): every field (kind, range, required, unknown
+ * keys), defaults filled, and shapes chained (fully when an input entry gives
+ * the input shape, otherwise as far as the layers tell). Errors are
+ * LPS_EFORMAT/LPS_ESHAPE "arch: ..." naming the layer, the field and sizes. */
+lps_status lps_arch_parse(lps_arch **out, const char *text, size_t len);
+/* The canonical JSON text (fixed key order, defaults written), malloc'd and
+ * NUL-terminated; parsing it gives the same arch. */
+lps_status lps_arch_to_json(const lps_arch *a, char **text, size_t *len);
+void lps_arch_free(lps_arch *a);
+/* Chain the shapes again from an input shape (rank 1..3, no batch), filling
+ * every entry's shape; messages as lps_arch_parse's. */
+lps_status lps_arch_check_input(lps_arch *a, int rank, const int64_t *shape);
+/* Fields of one entry by key, for building entries in C: init fills the
+ * defaults (required fields NaN), set checks the kind and range. */
+lps_status lps_arch_entry_init(lps_arch_entry *e, const char *type);
+lps_status lps_arch_entry_set(lps_arch_entry *e, const char *key, double v);
+double lps_arch_entry_get(const lps_arch_entry *e, const char *key); /* NaN if no such key */
+
+/* The weight layers (linear, conv2d) of a chain for the weight-space
+ * methods (lps_net_view): idx[k] (up to max) = the entry of the k-th, *n
+ * their count; fails naming the first entry that is not a weight layer or
+ * a channel-wise one between two of them (messages start with op). */
+lps_status lps_arch_weight_layers(const lps_arch *a, int *idx, int max, int *n, const char *op);
+
+/* Layers are reference counted: a container holds a reference to each child.
+ * Fields are read-only for users. */
+#define LPS_LAYER_TENSORS 4
 struct lps_layer {
-    const lps_layer_ops *ops;
+    const lps_layer_type *type;
     int refcount;
     int training;                  /* train() / evaluate() mode flag */
     int frozen;                    /* backward computes input gradients only */
-    int64_t cfg[5];                /* linear: in, out; conv2d: cin, cout, k, stride,
-                                      padding; maxpool2d: k, stride */
-    int nparams;                   /* 0 or 2: weight, bias */
-    lps_tensor *param[2], *grad[2];
-    int nchildren;                 /* sequential only */
+    lps_arch_entry cfg;            /* its arch entry (branches are its children) */
+    int nparams;                   /* learnable tensors, PyTorch's order and names */
+    lps_tensor *param[LPS_LAYER_TENSORS], *grad[LPS_LAYER_TENSORS];
+    const char *param_name[LPS_LAYER_TENSORS];
+    int nbuffers;                  /* state that is not learned (running statistics) */
+    lps_tensor *buffer[LPS_LAYER_TENSORS];
+    const char *buffer_name[LPS_LAYER_TENSORS];
+    int nchildren;                 /* containers only */
     lps_layer **children;
+    const char *const *child_names; /* NULL: "0", "1", ... (a Sequential) */
     void *priv;                    /* kind-specific workspace */
 };
 
-/* Constructors initialise as PyTorch does by default: weights and biases
- * uniform in +-1/sqrt(fan_in) (Kaiming-uniform with a = sqrt(5)), weight first. */
-lps_layer *lps_linear_new(int64_t in, int64_t out, lps_rng *init);
-lps_layer *lps_conv2d_new(int64_t cin, int64_t cout, int64_t k, int64_t stride, int64_t padding,
-                          lps_rng *init);
-lps_layer *lps_maxpool2d_new(int64_t k, int64_t stride);
-lps_layer *lps_relu_new(void);
-lps_layer *lps_tanh_new(void);
-lps_layer *lps_flatten_new(void); /* (B, ...) -> (B, rest) */
+/* A new layer of one entry (branches, if any, built too), initialized as
+ * PyTorch does by default (weights and biases uniform in +-1/sqrt(fan_in),
+ * weight first), drawing from init. */
+lps_layer *lps_layer_new(const lps_arch_entry *e, lps_rng *init);
+/* A Sequential of every entry of a (the input entry builds nothing). */
+lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init);
+/* The architecture of l (a Sequential gives its children's entries, any
+ * other layer a list of one); containers other than at the top fail. */
+lps_status lps_layer_arch(const lps_layer *l, lps_arch **out);
 /* Takes a new reference to each child. Activations are buffers kept between
  * calls and grown only when a batch is larger than any before. */
 lps_layer *lps_sequential_new(lps_layer *const *children, int n);
@@ -216,9 +281,13 @@ lps_status lps_layer_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y);
 /* Must follow a forward of the same x (a sequential reuses its activations). */
 lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx);
-/* Parameters and gradients in a fixed order (depth first, weight then bias);
+/* Parameters and gradients in a fixed order (depth first, PyTorch's order);
  * fills up to max entries and returns the total count. */
 int lps_layer_params(const lps_layer *l, lps_tensor **params, lps_tensor **grads, int max);
+/* Every parameter and buffer under its PyTorch state_dict name ("3.weight",
+ * "2.body.0.running_mean"), in state_dict order; fn gets is_buffer. */
+typedef void (*lps_named_fn)(void *ud, const char *name, lps_tensor *t, int is_buffer);
+void lps_layer_named(const lps_layer *l, lps_named_fn fn, void *ud);
 int64_t lps_layer_numel(const lps_layer *l); /* number of parameter values */
 void lps_layer_zero_grad(lps_layer *l);
 void lps_layer_set_training(lps_layer *l, int training);
@@ -227,6 +296,9 @@ void lps_layer_set_training(lps_layer *l, int training);
  * with respect to the input (saliency, class templates) at about half the
  * cost. */
 void lps_layer_set_frozen(lps_layer *l, int frozen);
+/* PyTorch's printing of the module ("Sequential(\n  (0): Linear(...)\n)"),
+ * malloc'd; NULL on failure. */
+char *lps_layer_repr(const lps_layer *l);
 
 /* Mean cross-entropy of logits (B x C) against 0-based labels, stable for
  * large logits. When grad is not NULL it receives dLoss/dlogits; when correct
@@ -474,35 +546,33 @@ lps_status lps_chain_normalize(int nlayers, lps_tensor *const *W, lps_tensor *co
 /* out[j] = L2 norm of column j of W: unit j's outgoing importance. */
 lps_status lps_column_norms(lps_tensor *out, const lps_tensor *W);
 
-/* Any ReLU network of conv2d and linear layers (max-pooling after a conv
- * and one flatten before the first linear layer are allowed between them:
- * both commute with a positive per-channel scale). Layer l has weight W[l]
- * (conv: cout x cin x k x k; linear: out x in) and bias b[l]; hw[l] is the
- * number of inputs per channel of the previous layer (a linear layer after
- * a flatten: the spatial positions h*w of the last conv output; else 1). A
- * hidden unit is a neuron or a conv output channel; its outgoing weights are
- * the next layer's input slice of it (conv: W[l+1][:, j]; linear: the hw
- * columns j*hw .. (j+1)*hw-1). */
-typedef struct lps_units_view {
-    int nlayers;
-    lps_tensor *const *W, *const *b;
-    const int64_t *hw;
-} lps_units_view;
+/* Any network of conv2d and linear layers W[l] (conv: cout x cin x k x k;
+ * linear: out x in) with biases b[l], conv layers first, and between them
+ * only layers that act on each channel alike and commute with a positive
+ * scale of a channel (ReLU, max-pooling, the flatten before the first
+ * linear layer; see lps_net_view). The tensors tell the rest: a linear
+ * layer after a conv layer reads in / cout_prev positions (h*w) of each
+ * channel. A hidden unit is a neuron or a conv output channel; its outgoing
+ * weights are the next layer's input slice of it (conv: W[l+1][:, j];
+ * linear: the h*w columns of channel j). */
 /* Shapes chain, values finite; messages start with op. */
-lps_status lps_units_check(const char *op, const lps_units_view *v);
+lps_status lps_units_check(const char *op, int nlayers, lps_tensor *const *W, lps_tensor *const *b);
 /* Chain normalization of every hidden unit as lps_chain_normalize (which it
  * equals on an MLP): incoming weights and bias divided by their joint norm,
  * outgoing weights multiplied by it. In place; the function is unchanged. */
-lps_status lps_chain_normalize_units(const lps_units_view *v, float eps);
+lps_status lps_chain_normalize_units(int nlayers, lps_tensor *const *W, lps_tensor *const *b,
+                                     float eps);
 /* out (h_l entries): norm of each unit's outgoing weights, layer l < nlayers-1. */
-lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l);
+lps_status lps_units_importance(lps_tensor *out, int nlayers, lps_tensor *const *W,
+                                lps_tensor *const *b, int l);
 /* out (h_l x h_{l-1}), layer l >= 1: how unit j of layer l mixes unit i of
  * layer l-1, one number per pair: the sum of W[l]'s slice from i to j (a
  * conv kernel's sum over its k x k positions, its response to a constant
- * map; a linear layer after a flatten: the sum over the hw columns of i;
+ * map; a linear layer after conv layers: the sum over the h*w columns of i;
  * otherwise W[l][j][i] itself). Embedding units through it, U_l = out Z_{l-1},
  * makes layer l blind to the order of layer l-1's units. */
-lps_status lps_units_mixing(lps_tensor *out, const lps_units_view *v, int l);
+lps_status lps_units_mixing(lps_tensor *out, int nlayers, lps_tensor *const *W,
+                            lps_tensor *const *b, int l);
 /* out (cout x cin*s*s): each conv kernel (cout x cin x k x k, k <= s, k and
  * s odd) centred in an s x s window of zeros and flattened: kernels of
  * every size as one feature length (a 3x3 kernel is the 5x5 kernel with a
@@ -580,24 +650,23 @@ lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, co
 /* ---------------------------------------------- baselines and metrics */
 /* (csrc/eval/: baselines.c, matching.c, cka.c, assign.c, metrics.c, cluster.c, project.c) */
 
-/* A borrowed view of a feed-forward ReLU net in PyTorch layout: p holds
- * 2*nlayers tensors W1, b1, ..., W_L, b_L. geom NULL: an MLP, W_l (h_l x
- * h_{l-1}), y = W_L relu(... relu(W1 x + b1) ...) + b_L. Otherwise a CNN, one
- * geom entry per weight layer: conv2d layers first (W cout x cin x k x k,
- * square kernels), each followed by ReLU and optionally max-pooling, then a
- * flatten (channel-major, as PyTorch) and linear layers with ReLU between;
- * the last layer (the head) is linear. Inputs are rows of d = cin*s*s
- * values, square s x s images. Hidden layers are 1..L-1; their units are
- * the rows of W_l (conv: output channels). */
-typedef struct lps_net_layer {
-    int conv;            /* 1: conv2d, 0: linear */
-    int stride, padding; /* conv2d */
-    int pool_k, pool_s;  /* conv2d: max-pooling after the ReLU; pool_k 0: none */
-} lps_net_layer;
+/* A borrowed view of a feed-forward network for the weight-space methods:
+ * p holds 2*nlayers tensors W1, b1, ..., W_L, b_L, the weight layers'
+ * (linear, conv2d) in order. arch NULL: an MLP, W_l (h_l x h_{l-1}),
+ * y = W_L relu(... relu(W1 x + b1) ...) + b_L. Otherwise the model's
+ * architecture, whose weight layers are those of p and whose other entries
+ * sit between them and act on every channel alike and commute with a
+ * positive scale of a channel (relu, max-pooling, flatten: the layer types
+ * flagged channel-wise): the structure the weight-space methods are defined
+ * on. conv2d layers come first (W cout x cin x k x k), the head is linear;
+ * inputs are rows of d = cin*s*s values, square s x s images. Hidden layers
+ * are 1..L-1; their units are the rows of W_l (conv: output channels). A
+ * model with other layers (batch norm, residual blocks, tanh) has no weight
+ * view: read it through its function (templates) instead. */
 typedef struct lps_net_view {
     int nlayers;                /* weight layers, >= 2 */
     const lps_tensor *const *p; /* 2 * nlayers tensors */
-    const lps_net_layer *geom;  /* nlayers entries, or NULL for an MLP */
+    const lps_arch *arch;       /* NULL for an MLP */
 } lps_net_view;
 
 /* Shapes chain (each layer takes the units of the one before; the first

@@ -247,24 +247,6 @@ function A:__tostring()
     table.concat(o.slots, "+"), o.width, o.embed, o.pool, o.chain_norm and "on" or "off", o.classes, n)
 end
 
--- Inputs per channel (hw) of each layer of a weight list: a linear layer
--- after conv layers reads h*w positions of every channel.
-local function positions(w)
-  local hw, prev_conv = {}, nil
-  for l = 1, #w // 2 do
-    local W = w[2 * l - 1]
-    if W:dim() == 4 then hw[l], prev_conv = 1, W:size(1)
-    elseif prev_conv then
-      if W:size(2) % prev_conv ~= 0 then
-        error(("similarity: linear weight %d (%s) does not read whole channels of the %d before it")
-          :format(l, table.concat(W:shape(), "x"), prev_conv), 4)
-      end
-      hw[l], prev_conv = W:size(2) // prev_conv, nil
-    else hw[l] = 1 end
-  end
-  return hw
-end
-
 --- Data-only preprocessing of one model (a list {W1, b1, ...} of an MLP or
 -- a CNN; its `family` field, else 4-D first weights, tells which): chain
 -- normalization, unit features, importances, mixing matrices.
@@ -316,7 +298,7 @@ function A:prepare_new(model)
   local n = #model // 2
   local p = {lps_prepared = true, arch_prepared = self.prep_key, family = family, n = n}
   if self.layered then -- the weight-unit slots: chain normalization, unit features, mixing
-    local ok, r = pcall(K.net_prepare, model, positions(model), o.chain_norm, o.kernel)
+    local ok, r = pcall(K.net_prepare, model, o.chain_norm, o.kernel)
     if not ok then error(r, 2) end
     local fan = r.first:size(2)
     p.U1, p.bias, p.imp, p.mix = r.first:mul(math.sqrt(fan + 1)), {}, r.imp, r.mix

@@ -66,7 +66,29 @@
 --             every k/L of the depths present
 --
 -- Indices and cluster ids are 1-based; labels are any integers.
-local core = require("lualps.core")._eval
+local raw_core = require("lualps.core")._eval
+
+-- Models of sets stored before the arch was the one description carry a
+-- legacy `spec`: give such a model (or each of a list of them) its arch,
+-- kept on the model table, before the C core reads it.
+local function with_arch(v)
+  if type(v) ~= "table" then return end
+  if v.spec ~= nil and v.arch == nil and type(v.spec) == "table" then
+    v.arch = require("lualps.nn").arch_of_spec(v.spec)
+  elseif #v > 0 and type(v[1]) == "table" then
+    for _, m in ipairs(v) do with_arch(m) end
+  end
+end
+local core = setmetatable({}, {__index = function(t, k)
+  local f = raw_core[k]
+  if type(f) ~= "function" then return f end
+  local g = function(...)
+    for i = 1, select("#", ...) do with_arch((select(i, ...))) end
+    return f(...)
+  end
+  rawset(t, k, g)
+  return g
+end})
 
 local M = {}
 

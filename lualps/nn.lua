@@ -23,21 +23,22 @@ local function generator_of(opts)
 end
 
 --- linear(in, out[, {generator=}]): y = x W^T + b, W is out x in.
-function nn.linear(inf, outf, opts) return C.linear(inf, outf, generator_of(opts)) end
-function nn.relu() return C.relu() end
-function nn.tanh() return C.tanh() end
+function nn.linear(inf, outf, opts) return C.layer("linear", {["in"] = inf, out = outf}, generator_of(opts)) end
+function nn.relu() return C.layer("relu") end
+function nn.tanh() return C.layer("tanh") end
 --- flatten(): (B, ...) -> (B, rest).
-function nn.flatten() return C.flatten() end
+function nn.flatten() return C.layer("flatten") end
 
 --- conv2d(cin, cout, k[, {stride = 1, padding = 0, generator =}]); input B x cin x H x W.
 function nn.conv2d(cin, cout, k, opts)
   opts = opts or {}
-  return C.conv2d(cin, cout, k, opts.stride or 1, opts.padding or 0, generator_of(opts))
+  return C.layer("conv2d", {["in"] = cin, out = cout, kernel = k, stride = opts.stride, padding = opts.padding},
+    generator_of(opts))
 end
 
 --- maxpool2d(k[, {stride = k}]).
 function nn.maxpool2d(k, opts)
-  return C.maxpool2d(k, type(opts) == "table" and opts.stride or 0)
+  return C.layer("maxpool2d", {kernel = k, stride = type(opts) == "table" and opts.stride or nil})
 end
 
 --- sequential{m1, m2, ...}: modules applied in order (each may appear once).
@@ -51,141 +52,123 @@ function nn.mlp(sizes)
   if act ~= "relu" and act ~= "tanh" then error("mlp: activation must be 'relu' or 'tanh'", 2) end
   local layers = {}
   for i = 1, #sizes - 1 do
-    layers[#layers + 1] = C.linear(sizes[i], sizes[i + 1], sizes.generator)
-    if i < #sizes - 1 then layers[#layers + 1] = C[act]() end
+    layers[#layers + 1] = nn.linear(sizes[i], sizes[i + 1], sizes.generator)
+    if i < #sizes - 1 then layers[#layers + 1] = C.layer(act) end
   end
   return C.sequential(layers)
 end
 
------------------------------------------------------------------- specs
+------------------------------------------------------------------ specs (legacy)
 
-local builders = {
-  linear = function(s, g) return C.linear(s.in_features, s.out_features, g) end,
-  conv2d = function(s, g)
-    return C.conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride or 1, s.padding or 0, g)
-  end,
-  maxpool2d = function(s) return C.maxpool2d(s.kernel_size, s.stride or 0) end,
-  relu = function() return C.relu() end,
-  tanh = function() return C.tanh() end,
-  flatten = function() return C.flatten() end,
-}
+-- The spec tables of sets built before the arch was the one description:
+-- {type = "sequential", layers = {{type = "linear", in_features =, out_features =}, ...}}.
+local spec_keys = {linear = {in_features = "in", out_features = "out"},
+  conv2d = {in_channels = "in", out_channels = "out", kernel_size = "kernel", stride = "stride", padding = "padding"},
+  maxpool2d = {kernel_size = "kernel", stride = "stride"}}
+
+--- The arch list of a legacy spec.
+function nn.arch_of_spec(spec)
+  if type(spec) ~= "table" then error("from_spec: expected a spec table", 2) end
+  if spec.type == "sequential" and type(spec.layers) ~= "table" then
+    error("from_spec: a sequential spec needs a layers list", 2)
+  end
+  local specs = spec.type == "sequential" and spec.layers or {spec}
+  local list = {}
+  for i, s in ipairs(specs) do
+    if type(s) ~= "table" then error(("from_spec: layer %d is not a table"):format(i), 2) end
+    local e = {type = s.type}
+    for k, v in pairs(s) do
+      if k ~= "type" then
+        local key = spec_keys[s.type] and spec_keys[s.type][k]
+        if not key then error(("from_spec: bad %s spec: unknown key '%s'"):format(tostring(s.type), tostring(k)), 2) end
+        e[key] = v
+      end
+    end
+    list[i] = e
+  end
+  return list
+end
 
 --- A fresh module (new weights from the generator) with the architecture of
--- spec, as returned by m:spec().
+-- a legacy spec.
 function nn.from_spec(spec, gen)
-  if type(spec) ~= "table" then error("from_spec: expected a spec table", 2) end
-  if spec.type == "sequential" then
-    if type(spec.layers) ~= "table" then error("from_spec: a sequential spec needs a layers list", 2) end
-    local layers = {}
-    for i, s in ipairs(spec.layers) do layers[i] = nn.from_spec(s, gen) end
-    return C.sequential(layers)
-  end
-  local b = builders[spec.type]
-  if not b then error(("from_spec: unknown layer type '%s'"):format(tostring(spec.type)), 2) end
-  local ok, m = pcall(b, spec, gen)
-  if not ok then error(("from_spec: bad %s spec: %s"):format(spec.type, m), 2) end
+  local list = nn.arch_of_spec(spec)
+  local ok, m = pcall(C.from_arch, list, generator_of(gen))
+  if not ok then error(tostring(m):gsub("^from_arch: ", "from_spec: "), 2) end
   return m
 end
 
 ------------------------------------------------------------------ arch lists
 
--- The arch list ("lualps.arch" of safetensors files) is PyTorch-shaped:
--- one flat table per child of an nn.Sequential, sizes named in/out/kernel.
-local to_arch = {
-  linear = function(s) return {type = "linear", ["in"] = s.in_features, out = s.out_features} end,
-  conv2d = function(s)
-    return {type = "conv2d", ["in"] = s.in_channels, out = s.out_channels, kernel = s.kernel_size,
-      stride = s.stride, padding = s.padding}
-  end,
-  maxpool2d = function(s) return {type = "maxpool2d", kernel = s.kernel_size, stride = s.stride} end,
-  relu = function() return {type = "relu"} end,
-  tanh = function() return {type = "tanh"} end,
-  flatten = function() return {type = "flatten"} end,
-}
+local to_spec = {}
+for t, keys in pairs(spec_keys) do
+  to_spec[t] = {}
+  for k, v in pairs(keys) do to_spec[t][v] = k end
+end
+
+--- The legacy spec of a module (sets built before the arch was the one description store it).
+function Module:spec()
+  local list = self:arch_list()
+  local layers = {}
+  for i, e in ipairs(list) do
+    local s = {type = e.type}
+    for k, v in pairs(e) do if k ~= "type" then s[to_spec[e.type] and to_spec[e.type][k] or k] = v end end
+    layers[i] = s
+  end
+  if self:type() ~= "sequential" then return layers[1] end
+  return {type = "sequential", layers = layers}
+end
+
+local C_arch = Module.arch
+Module.arch_list = function(m) return (C_arch(m)) end
 
 --- The architecture as an arch list, the form it travels in through
--- safetensors files (metadata "lualps.arch"; see
--- lps.safetensors.check_arch): one table per layer of the Sequential (a
--- single layer gives a list of one), e.g. `{{type = "conv2d", ["in"] = 1,
--- out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"}, ...}`.
--- opts.input (default none) is the input shape without the batch, e.g.
+-- safetensors files (metadata "lualps.arch"): one table per layer of the
+-- Sequential (a single layer gives a list of one), e.g. `{{type = "conv2d",
+-- ["in"] = 1, out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+-- ...}`. opts.input (default none) is the input shape without the batch, e.g.
 -- {1, 28, 28}: it becomes a first entry {type = "input", shape = ...} and
 -- every layer's shape is checked against it. Returns the list and its JSON
 -- text. Nested Sequentials have no arch list (an error).
 function Module:arch(opts)
   if opts ~= nil and type(opts) ~= "table" then error("arch: opts must be a table", 2) end
-  local spec = self:spec()
-  local specs = spec.type == "sequential" and spec.layers or {spec}
-  local list = {}
-  if opts and opts.input ~= nil then list[1] = {type = "input", shape = opts.input} end
-  for i, s in ipairs(specs) do
-    local f = to_arch[s.type]
-    if not f then
-      error(("arch: layer %d is a %s, which has no arch entry (the list is flat: build the model "
-        .. "as one lps.nn.sequential of conv2d, maxpool2d, relu, tanh, flatten, linear)")
-        :format(i, s.type == "sequential" and "nested Sequential" or tostring(s.type)), 2)
-    end
-    list[#list + 1] = f(s)
+  local ok, list, json = pcall(C_arch, self)
+  if not ok then error((tostring(list):gsub("^.-:%d+: ", "")), 2) end
+  if opts and opts.input ~= nil then
+    table.insert(list, 1, {type = "input", shape = opts.input})
+    local ok2, checked, j = pcall(C.arch_parse, list)
+    if not ok2 then error((tostring(checked):gsub("^.-:%d+: ", "")), 2) end
+    list, json = checked, j
   end
-  local ok, checked, json = pcall(require("lualps.safetensors").check_arch, list)
-  if not ok then error((tostring(checked):gsub("^.-:%d+: ", "")), 2) end
-  return checked, json
+  return list, json
 end
 
 --- A fresh Sequential (new weights from the generator, or opts.generator)
--- with the architecture of an arch list (a Lua list or its JSON text, see
--- lps.safetensors.check_arch); the inverse of m:arch().
+-- with the architecture of an arch list (a Lua list or its JSON text); the
+-- inverse of m:arch().
 function nn.from_arch(arch, gen)
-  local ok, list = pcall(require("lualps.safetensors").check_arch, arch)
-  if not ok then error("from_arch: " .. tostring(list):gsub("^.-:%d+: ", ""):gsub("^arch: ", ""), 2) end
-  gen = generator_of(gen)
-  local layers = {}
-  for _, e in ipairs(list) do
-    local m
-    if e.type == "linear" then m = C.linear(e["in"], e.out, gen)
-    elseif e.type == "conv2d" then m = C.conv2d(e["in"], e.out, e.kernel, e.stride, e.padding, gen)
-    elseif e.type == "maxpool2d" then m = C.maxpool2d(e.kernel, e.stride)
-    elseif e.type ~= "input" then m = C[e.type]() end
-    layers[#layers + 1] = m
-  end
-  return C.sequential(layers)
+  local ok, m = pcall(C.from_arch, arch, generator_of(gen))
+  if not ok then error((tostring(m):gsub("^.-:%d+: ", ""):gsub("^from_arch: arch: ", "from_arch: ")), 2) end
+  return m
 end
 
---- Parameters named as PyTorch's state_dict for the same nn.Sequential:
--- { {name = "0.weight", tensor = W}, {name = "0.bias", tensor = b}, ... }
--- (0-based child positions; tensors share memory with the module).
-function Module:named_parameters()
-  local out = {}
-  local function walk(m, prefix)
-    if m:type() == "sequential" then
-      for i, c in ipairs(m:children()) do walk(c, prefix .. (i - 1) .. ".") end
-    else
-      local p = m:parameters()
-      if #p == 2 then
-        out[#out + 1] = {name = prefix .. "weight", tensor = p[1]}
-        out[#out + 1] = {name = prefix .. "bias", tensor = p[2]}
-      end
-    end
-  end
-  walk(self, "")
-  return out
-end
-
---- name -> tensor (shares memory), like PyTorch's state_dict().
+--- name -> tensor (shares memory), parameters and buffers, like PyTorch's state_dict().
 function Module:state_dict()
   local map = {}
   for _, e in ipairs(self:named_parameters()) do map[e.name] = e.tensor end
+  for _, e in ipairs(self:named_buffers()) do map[e.name] = e.tensor end
   return map
 end
 
 local function shape_str(t) return "(" .. table.concat(t:shape(), "x") .. ")" end
 
---- Copy parameters in by name (map: name -> tensor). Every name must be
--- present with the right shape and no other name may appear; nothing is
--- copied unless all fit.
+--- Copy parameters (and buffers) in by name (map: name -> tensor). Every
+-- name must be present with the right shape and no other name may appear;
+-- nothing is copied unless all fit.
 function Module:load_named(map)
   if type(map) ~= "table" then error("load_named: expected a table of name -> tensor", 2) end
   local named, known = self:named_parameters(), {}
+  for _, e in ipairs(self:named_buffers()) do named[#named + 1] = e end
   for _, e in ipairs(named) do
     known[e.name] = true
     local src = map[e.name]
@@ -207,7 +190,8 @@ end
 
 --- An independent copy: same architecture and weights, fresh gradients.
 function Module:clone()
-  local c = nn.from_spec(self:spec(), lps.generator(0))
+  local c = C.from_arch((C_arch(self)), lps.generator(0))
+  if self:type() ~= "sequential" then c = c[1] end
   return c:load_named(self:state_dict())
 end
 

@@ -171,7 +171,7 @@ function M.check_arch(arch)
   elseif type(arch) ~= "string" then
     error("arch: expected a list of layer tables or its JSON text, got " .. type(arch), 2)
   end
-  local list, canon, shapes = call(2, C.arch_parse, json)
+  local list, canon, shapes = call(2, require("lualps.core")._nn.arch_parse, json)
   return list, canon, shapes
 end
 

@@ -134,27 +134,23 @@ function TestCNNModel:test_bad_models()
   local g = lps.generator(103)
   local m = cnn2(g)
   local plain = {m[1], m[2], m[3], m[4], m[5], m[6]}
-  T.assert_error_contains("is a CNN (W1 (4x1x3x3)) without its .spec", E.features, "raw", plain)
+  T.assert_error_contains("is a CNN (W1 (4x1x3x3)) without its .arch", E.features, "raw", plain)
   local bad = with_spec(m, {type = "sequential", layers = {
     {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 3}, {type = "tanh"}}})
-  T.assert_error_contains("spec layer 2 is tanh; the baselines take conv2d and linear layers", E.features, "raw", bad)
+  T.assert_error_contains("layer 2 (tanh) is not read by the weight-space methods", E.features, "raw", bad)
   local spec = {type = "sequential", layers = {}}
   for i, l in ipairs(m.spec.layers) do spec.layers[i] = l end
   spec.layers[1] = {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 5, stride = 2, padding = 1}
-  T.assert_error_contains("spec layer 1 has kernel_size = 5, but W1 is (4x1x3x3)", E.features, "raw",
-    with_spec(m, spec))
+  T.assert_error_contains("W1 (4x1x3x3) does not fit layer 1 (conv2d) of the architecture, which takes (4x1x5x5)",
+    E.features, "raw", with_spec(m, spec))
   local nan = with_spec(m, m.spec)
   nan[3] = m[3]:clone()
   nan[3]:reshape(nan[3]:numel())[7] = 0 / 0
   T.assert_error_contains("feature_matrix: model 2: W2 has a non-finite value at flat index 7",
     E.feature_matrix, "stats", {m, nan})
-  local fam = with_spec(m, m.spec)
-  fam.family = "mlp"
-  T.assert_error_contains("model 1's .family is \"mlp\" but its spec has 2 conv2d layers",
-    E.feature_matrix, "stats", {fam})
   T.assert_error_contains("hidden_acts: inputs of 50 values are not 1 square channels",
     E.forward, m, lps.zeros(2, 50))
-  T.assert_error_contains("W3 (3x20) does not take the 5x3x3 maps of conv2d layer 2 on 12x12 inputs",
+  T.assert_error_contains("hidden_acts: on 12x12 inputs: linear(20 -> 3): \"in\" is 20 but its input (1x45) gives 45",
     E.forward, m, lps.zeros(2, 144))
 end
 

@@ -34,7 +34,7 @@ TestNetView = {}
 
 function TestNetView:test_kernel_features_centre_small_kernels()
   local W = lps.arange(2 * 9):reshape(2, 1, 3, 3)
-  local U = K.net_prepare({W, lps.zeros(2), lps.ones(1, 2), lps.zeros(1)}, {1, 1}, false, 5).first
+  local U = K.net_prepare({W, lps.zeros(2), lps.ones(1, 2), lps.zeros(1)}, false, 5).first
   lu.assertEquals(U:shape(), {2, 25})
   local row = U[1]:totable()
   -- a 3x3 kernel 0..8 inside a 5x5 window of zeros
@@ -46,7 +46,7 @@ function TestNetView:test_mixing_and_importance_by_hand()
   local W1 = lps.ones(2, 1, 3, 3)
   local W2 = lps.tensor{1, 2, 3, 4, -1, -1, 0, 0}:reshape(1, 2, 2, 2)
   local W3 = lps.tensor{{1, 2, 2, 4}, {0, 0, 3, 4}}
-  local p = K.net_prepare({W1, lps.zeros(2), W2, lps.zeros(1), W3, lps.zeros(2)}, {1, 1, 4}, false, 3)
+  local p = K.net_prepare({W1, lps.zeros(2), W2, lps.zeros(1), W3, lps.zeros(2)}, false, 3)
   lu.assertEquals(p.mix[2]:totable(), {{10, -2}})
   lu.assertEquals(p.mix[3]:totable(), {{9}, {7}})
   -- importance of conv-1 channels: norms of their input slices in W2: sqrt(30), sqrt(2)
@@ -62,10 +62,7 @@ function TestNetView:test_chain_norm_keeps_a_cnns_function()
     local x = lps.rand(3, 1, 28, 28, g)
     local before = m:forward(x)
     local w = weights(m) -- shares the module's memory: normalized in place
-    local hw = {}
-    for l = 1, #w // 2 do hw[l] = 1 end
-    hw[#w // 2] = w[#w - 1]:size(2) // w[#w - 3]:size(1)
-    K.chain_normalize_net_(w, hw)
+    K.chain_normalize_net_(w) -- the shapes tell the positions of the linear layer after the convs
     lu.assertTrue(lps.allclose(m:forward(x), before, 1e-4, 1e-5), "the function is unchanged")
     -- every hidden unit's (incoming weights, bias) has norm 1
     for l = 1, #w // 2 - 1 do

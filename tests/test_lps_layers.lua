@@ -253,7 +253,7 @@ function TestLosses:test_xent_known_answer()
   lu.assertEquals(c2, 0)
   T.assert_error_contains("out of range 1..2", K.xent, Y, {3}, C)
   T.assert_error_contains("1 labels for 2", K.xent, lps.zeros(2, 2), {1}, C)
-  T.assert_error_contains("not an integer", K.xent, Y, {1.5}, C)
+  T.assert_error_contains("labels entry 1 is 1.5, not a class number", K.xent, Y, {1.5}, C)
 end
 
 function TestLosses:test_xent_gradients()

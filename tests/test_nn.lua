@@ -76,10 +76,10 @@ end
 
 function TestLinear:test_errors()
   local m = nn.linear(3, 2)
-  T.assert_error_contains("linear(3 -> 2): input (4x5) should be (batch x 3)", m.forward, m, lps.zeros(4, 5))
-  T.assert_error_contains("flatten()", m.forward, m, lps.zeros(4, 1, 3, 1))
+  T.assert_error_contains('linear(3 -> 2): "in" is 3 but its input (4x5) gives 5 features', m.forward, m, lps.zeros(4, 5))
+  T.assert_error_contains("put a flatten before it", m.forward, m, lps.zeros(4, 1, 3, 1))
   T.assert_error_contains("gradient (4x3) differs from output (4x2)", m.backward, m, lps.zeros(4, 3), lps.zeros(4, 3))
-  T.assert_error_contains("in_features must be", nn.linear, 0, 2)
+  T.assert_error_contains('linear: "in" is 0, expected 1..', nn.linear, 0, 2)
   T.assert_error_contains("Tensor expected", m.forward, m, {1, 2, 3})
 end
 
@@ -143,8 +143,8 @@ function TestConv:test_shapes()
   local m = nn.conv2d(3, 5, 3, {stride = 2, padding = 1})
   lu.assertEquals(m:forward(lps.zeros(2, 3, 7, 8)):shape(), {2, 5, 4, 4})
   lu.assertEquals(m:parameters()[1]:shape(), {5, 3, 3, 3})
-  T.assert_error_contains("should be (batch x 3 x height x width)", m.forward, m, lps.zeros(2, 4, 7, 7))
-  T.assert_error_contains("smaller than the kernel", nn.conv2d(1, 1, 5).forward, nn.conv2d(1, 1, 5), lps.zeros(1, 1, 3, 3))
+  T.assert_error_contains('"in" is 3 but its input (2x4x7x7) gives 4 channels', m.forward, m, lps.zeros(2, 4, 7, 7))
+  T.assert_error_contains("kernel 5 is larger than its input", nn.conv2d(1, 1, 5).forward, nn.conv2d(1, 1, 5), lps.zeros(1, 1, 3, 3))
   T.assert_error_contains("stride", nn.conv2d, 1, 1, 3, {stride = 0})
 end
 
@@ -343,7 +343,7 @@ function TestPool:test_gradcheck()
   gradcheck(nn.maxpool2d(2), distinct(g, 1, 2, 5, 17), "maxpool2d k2 wide")
   gradcheck(nn.maxpool2d(2), distinct(g, 2, 1, 7, 9), "maxpool2d k2 odd sizes")
   lu.assertEquals(nn.maxpool2d(2):forward(lps.zeros(1, 1, 5, 5)):shape(), {1, 1, 2, 2})
-  T.assert_error_contains("height and width >= 3", nn.maxpool2d(3).forward, nn.maxpool2d(3), lps.zeros(1, 1, 2, 9))
+  T.assert_error_contains("kernel 3 is larger than its input: its input (1x1x2x9)", nn.maxpool2d(3).forward, nn.maxpool2d(3), lps.zeros(1, 1, 2, 9))
 end
 
 -- Plain-Lua max pooling (first maximum wins) for cross-checking the fast paths.
@@ -514,7 +514,7 @@ end
 
 function TestSequential:test_shape_error_names_layer()
   local m = nn.sequential{nn.linear(3, 5), nn.relu(), nn.linear(4, 2)}
-  T.assert_error_contains("sequential layer 3: linear(4 -> 2): input (1x5)", m.forward, m, lps.zeros(1, 3))
+  T.assert_error_contains('sequential layer 3: linear(4 -> 2): "in" is 4 but its input (1x5)', m.forward, m, lps.zeros(1, 3))
 end
 
 function TestSequential:test_close()
@@ -567,9 +567,9 @@ end
 
 function TestCrossEntropy:test_errors()
   local ce = nn.cross_entropy()
-  T.assert_error_contains("label 3 of sample 2 is not a class number 1..2", ce.forward, ce, lps.zeros(2, 2), {1, 3})
-  T.assert_error_contains("label 0 of sample 1", ce.forward, ce, lps.zeros(2, 2), lps.tensor{0, 1})
-  T.assert_error_contains("label 1.5", ce.forward, ce, lps.zeros(1, 2), {1.5})
+  T.assert_error_contains("labels entry 2 is 3, not a class number 1..2", ce.forward, ce, lps.zeros(2, 2), {1, 3})
+  T.assert_error_contains("labels entry 1 is 0, not a class number 1..2", ce.forward, ce, lps.zeros(2, 2), lps.tensor{0, 1})
+  T.assert_error_contains("labels entry 1 is 1.5", ce.forward, ce, lps.zeros(1, 2), {1.5})
   T.assert_error_contains("2 labels for 3 samples", ce.forward, ce, lps.zeros(3, 2), {1, 1})
   T.assert_error_contains("should be (batch x classes)", ce.forward, ce, lps.zeros(3), {1, 1, 1})
 end

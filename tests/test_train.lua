@@ -193,9 +193,9 @@ function TestTrain:test_errors()
   local o = optim.sgd{}
   T.assert_error_contains("opts.optimizer is required", lps.train, m, {x = xtr, y = ytr}, {})
   T.assert_error_contains("unknown option 'epoch'", lps.train, m, {x = xtr, y = ytr}, {optimizer = o, epoch = 2})
-  T.assert_error_contains("label 3 of sample 1 is not a class number 1..2", lps.train, m,
+  T.assert_error_contains("train: labels entry 1 is 3, not a class number 1..2", lps.train, m,
     {x = xtr:rows(1, 2), y = {3, 1}}, {optimizer = o})
-  T.assert_error_contains("linear(784 -> 4): input (2x10)", lps.train, m,
+  T.assert_error_contains('linear(784 -> 4): "in" is 784 but its input (2x10) gives 10 features', lps.train, m,
     {x = lps.zeros(2, 10), y = {1, 1}}, {optimizer = o})
   T.assert_error_contains("batch_size must be >= 1", lps.train, m, {x = xtr, y = ytr}, {optimizer = o, batch_size = 0})
   T.assert_error_contains("data.y (labels) is missing", lps.train, m, {x = xtr}, {optimizer = o})
@@ -278,8 +278,8 @@ function TestSpec:test_load_named_errors()
   T.assert_error_contains("'0.bias' is a string", m.load_named, m, with("0.bias", "x"))
   -- nothing was copied by the failed calls
   lu.assertTrue(lps.allclose(m:parameters()[1], before, 0, 0))
-  T.assert_error_contains("unknown layer type 'dropout'", nn.from_spec, {type = "dropout"})
-  T.assert_error_contains("bad linear spec", nn.from_spec, {type = "linear", in_features = 3})
+  T.assert_error_contains('unknown type "softmax2d"', nn.from_spec, {type = "softmax2d"})
+  T.assert_error_contains('from_spec: arch: layer 1 (linear): "out" is missing', nn.from_spec, {type = "linear", in_features = 3})
   T.assert_error_contains("needs a layers list", nn.from_spec, {type = "sequential"})
 end
 

@@ -258,7 +258,7 @@ static lps_status prepare(prepared *p, const lps_net_view *m, const lps_tensor *
         if (!(acts[l] = lps_tensor_new2(n, sizes[l]))) st = LPS_ENOMEM;
     if (!st) st = lps_net_hidden_acts(acts, m, probe);
     for (int l = 0; l < nh && !st; l++) {
-        int gram = net_is_cnn(m) && m->geom[l].conv && sizes[l] > n;
+        int gram = net_is_cnn(m) && W(m, l)->ndim == 4 && sizes[l] > n;
         st = rep_init(&p->rep[l], acts[l], gram);
         acts[l] = NULL; /* owned by the rep */
     }

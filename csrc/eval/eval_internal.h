@@ -7,10 +7,10 @@
 #define W(m, l) ((m)->p[2 * (l)])
 #define B(m, l) ((m)->p[2 * (l) + 1])
 
-/* A CNN: conv2d layers first (an MLP may carry a geometry of linear layers). */
+/* A CNN: conv2d layers first (an MLP may carry its architecture too). */
 static inline int net_is_cnn(const lps_net_view *m)
 {
-    return m->geom && m->geom[0].conv;
+    return m->arch && m->nlayers > 0 && m->p[0] && m->p[0]->ndim == 4;
 }
 
 /* Columns of W_l seen as a (units x cols) matrix (conv: cin * k * k). */

@@ -3,6 +3,7 @@
 #include "eval/eval_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,8 +27,6 @@ static lps_status mlp_check(const char *op, const lps_net_view *m)
     for (int l = 0; l < m->nlayers; l++) {
         const lps_tensor *w = W(m, l), *b = B(m, l);
         if (!w || !b) return lps_fail(LPS_EINVAL, "%s: layer %d is missing a tensor", op, l + 1);
-        if (m->geom && (m->geom[l].conv || m->geom[l].pool_k))
-            return lps_fail(LPS_EINVAL, "%s: layer %d is a conv2d or pools after a linear layer", op, l + 1);
         if (w->ndim != 2 || w->shape[0] < 1 || w->shape[1] < 1)
             return lps_fail(LPS_ESHAPE, "%s: W%d must be a non-empty 2-D (out x in) tensor, got %s",
                             op, l + 1, SH(w));
@@ -43,6 +42,44 @@ static lps_status mlp_check(const char *op, const lps_net_view *m)
     return LPS_OK;
 }
 
+/* The module of m's architecture with m's weights (the caller frees it);
+ * checks that the architecture is a chain of m's weight layers and that
+ * every tensor has the shape its entry gives. idx (optional, nlayers
+ * entries) receives each weight layer's position among the children. */
+static lps_status net_module(const char *op, const lps_net_view *m, lps_layer **out, int *idx)
+{
+    *out = NULL;
+    int n, *pos = malloc(sizeof *pos * (size_t)m->nlayers);
+    if (!pos) return lps_fail(LPS_ENOMEM, "%s: out of memory", op);
+    lps_status st = lps_arch_weight_layers(m->arch, pos, m->nlayers, &n, op);
+    if (!st && n != m->nlayers)
+        st = lps_fail(LPS_EINVAL, "%s: the architecture has %d weight layers (linear, conv2d) for %d "
+                      "weight/bias pairs", op, n, m->nlayers);
+    lps_rng r; /* the constructor's random weights are overwritten */
+    lps_rng_seed(&r, 0);
+    lps_layer *mod = st ? NULL : lps_layer_from_arch(m->arch, &r);
+    if (!st && !mod) st = LPS_EINVAL;
+    for (int l = 0; !st && l < m->nlayers; l++) {
+        const lps_layer *c = mod->children[pos[l]];
+        for (int k = 0; k < 2 && !st; k++) {
+            const lps_tensor *t = k ? B(m, l) : W(m, l), *want = k < c->nparams ? c->param[k] : NULL;
+            if (!t) st = lps_fail(LPS_EINVAL, "%s: layer %d is missing a tensor", op, l + 1);
+            else if (!want || !lps_same_shape(t, want))
+                st = lps_fail(LPS_ESHAPE, "%s: %s%d %s does not fit layer %d (%s) of the architecture%s%s",
+                              op, k ? "b" : "W", l + 1, SH(t), pos[l] + 1, lps_layer_type_name(c->type),
+                              want ? ", which takes " : " (it has none)", want ? SH(want) : "");
+            else
+                st = lps_copy(c->param[k], t);
+        }
+    }
+    if (!st) lps_layer_set_training(mod, 0);
+    if (st) lps_layer_free(mod);
+    else *out = mod;
+    if (idx && !st) memcpy(idx, pos, sizeof *pos * (size_t)m->nlayers);
+    free(pos);
+    return st;
+}
+
 /* Conv layers [0, nconv), then linear layers; the head is linear. */
 static lps_status cnn_check(const char *op, const lps_net_view *m)
 {
@@ -51,21 +88,17 @@ static lps_status cnn_check(const char *op, const lps_net_view *m)
         return lps_fail(LPS_EINVAL, "%s: a CNN needs at least a conv2d layer and a linear head, got %d layers",
                         op, L);
     for (int l = 0; l < L; l++)
-        if (m->geom[l].conv && l != nconv++)
+        if (W(m, l) && W(m, l)->ndim == 4 && l != nconv++)
             return lps_fail(LPS_EINVAL, "%s: layer %d is a conv2d after a linear layer", op, l + 1);
     if (nconv == L) return lps_fail(LPS_EINVAL, "%s: the last layer (the head) must be linear", op);
     for (int l = 0; l < L; l++) {
         const lps_tensor *w = W(m, l), *b = B(m, l), *prev = l ? W(m, l - 1) : NULL;
-        const lps_net_layer *g = &m->geom[l];
         if (!w || !b) return lps_fail(LPS_EINVAL, "%s: layer %d is missing a tensor", op, l + 1);
-        if (g->conv) {
+        if (l < nconv) {
             if (w->ndim != 4 || w->shape[0] < 1 || w->shape[1] < 1 || w->shape[2] < 1 ||
                 w->shape[2] != w->shape[3])
                 return lps_fail(LPS_ESHAPE, "%s: W%d of a conv2d must be a 4-D (out x in x k x k) tensor, got %s",
                                 op, l + 1, SH(w));
-            if (g->stride < 1 || g->padding < 0 || g->pool_k < 0 || (g->pool_k && g->pool_s < 1))
-                return lps_fail(LPS_EINVAL, "%s: conv2d layer %d has stride %d, padding %d, pooling %d (stride %d)",
-                                op, l + 1, g->stride, g->padding, g->pool_k, g->pool_s);
             if (prev && w->shape[1] != prev->shape[0])
                 return lps_fail(LPS_ESHAPE, "%s: W%d %s does not take the %lld channels of W%d %s", op,
                                 l + 1, SH(w), (long long)prev->shape[0], l, SH(prev));
@@ -73,7 +106,6 @@ static lps_status cnn_check(const char *op, const lps_net_view *m)
             if (w->ndim != 2 || w->shape[0] < 1 || w->shape[1] < 1)
                 return lps_fail(LPS_ESHAPE, "%s: W%d must be a non-empty 2-D (out x in) tensor, got %s",
                                 op, l + 1, SH(w));
-            if (g->pool_k) return lps_fail(LPS_EINVAL, "%s: linear layer %d cannot pool", op, l + 1);
             if (l == nconv && w->shape[1] % prev->shape[0])
                 return lps_fail(LPS_ESHAPE, "%s: W%d %s does not take whole maps of the %lld channels of W%d %s",
                                 op, l + 1, SH(w), (long long)prev->shape[0], l, SH(prev));
@@ -94,7 +126,12 @@ lps_status lps_net_check(const char *op, const lps_net_view *m)
 {
     if (m->nlayers < 1 || !m->p)
         return lps_fail(LPS_EINVAL, "%s: a model needs at least 2 layers, got %d", op, m->nlayers);
-    return net_is_cnn(m) ? cnn_check(op, m) : mlp_check(op, m);
+    lps_status st = net_is_cnn(m) ? cnn_check(op, m) : mlp_check(op, m);
+    if (st || !m->arch) return st;
+    lps_layer *mod;
+    st = net_module(op, m, &mod, NULL);
+    lps_layer_free(mod);
+    return st;
 }
 
 int64_t lps_net_numel(const lps_net_view *m)
@@ -111,30 +148,60 @@ int64_t lps_net_units(const lps_net_view *m)
     return n;
 }
 
-int lps_net_same_arch(const lps_net_view *a, const lps_net_view *b)
+/* Same entries (types and fields) in the same order. */
+static int same_entries(const lps_arch *a, const lps_arch *b)
 {
-    if (a->nlayers != b->nlayers || net_is_cnn(a) != net_is_cnn(b)) return 0;
-    for (int l = 0; l < a->nlayers; l++) {
-        if (!lps_same_shape(W(a, l), W(b, l)) || !lps_same_shape(B(a, l), B(b, l))) return 0;
-        if (net_is_cnn(a)) {
-            const lps_net_layer *x = &a->geom[l], *y = &b->geom[l];
-            if (x->conv != y->conv || x->stride != y->stride || x->padding != y->padding ||
-                x->pool_k != y->pool_k || (x->pool_k && x->pool_s != y->pool_s))
-                return 0;
-        }
+    if (!a || !b) return !a && !b;
+    if (a->n != b->n) return 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const lps_arch_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->type != y->type || memcmp(x->v, y->v, sizeof x->v) != 0) return 0;
     }
     return 1;
 }
 
-/* Side of conv layer l's output maps (after pooling) for side s; 0 if too small. */
-static int64_t conv_side(const lps_net_view *m, int l, int64_t s)
+int lps_net_same_arch(const lps_net_view *a, const lps_net_view *b)
 {
-    const lps_net_layer *g = &m->geom[l];
-    int64_t k = W(m, l)->shape[2], padded = s + 2 * (int64_t)g->padding;
-    if (padded < k) return 0;
-    int64_t o = (padded - k) / g->stride + 1;
-    if (g->pool_k) o = o < g->pool_k ? 0 : (o - g->pool_k) / g->pool_s + 1;
-    return o;
+    if (a->nlayers != b->nlayers || net_is_cnn(a) != net_is_cnn(b)) return 0;
+    for (int l = 0; l < a->nlayers; l++)
+        if (!lps_same_shape(W(a, l), W(b, l)) || !lps_same_shape(B(a, l), B(b, l))) return 0;
+    return !net_is_cnn(a) || same_entries(a->arch, b->arch);
+}
+
+/* The children [first, last) of mod applied to x (a new tensor in *y);
+ * x is kept. */
+static lps_status run_children(lps_layer *mod, int first, int last, const lps_tensor *x, lps_tensor **y)
+{
+    lps_tensor *cur = NULL;
+    lps_status st = LPS_OK;
+    for (int i = first; i < last && !st; i++) {
+        const lps_tensor *in = cur ? cur : x;
+        int nd;
+        int64_t shape[LPS_MAX_DIMS];
+        lps_tensor *out = NULL;
+        st = lps_layer_out_shape(mod->children[i], in->ndim, in->shape, &nd, shape);
+        if (!st && !(out = lps_tensor_empty(nd, shape))) st = LPS_ENOMEM;
+        if (!st) st = lps_layer_forward(mod->children[i], in, out);
+        lps_tensor_free(cur);
+        cur = out;
+    }
+    if (st) {
+        lps_tensor_free(cur);
+        return st;
+    }
+    *y = cur;
+    return LPS_OK;
+}
+
+/* The rows of x (N x cin*s*s) as N square images. */
+static lps_status images(const lps_net_view *m, const lps_tensor *x, lps_tensor *img, const char *op)
+{
+    int64_t cin = W(m, 0)->shape[1], d = x->shape[1], s = (int64_t)llround(sqrt((double)d / (double)cin));
+    if (d % cin || s * s * cin != d)
+        return lps_fail(LPS_ESHAPE, "%s: inputs of %lld values are not %lld square channels (W1 %s)", op,
+                        (long long)d, (long long)cin, SH(W(m, 0)));
+    *img = (lps_tensor){x->storage, x->data, 4, {x->shape[0], cin, s, s}, x->numel};
+    return LPS_OK;
 }
 
 lps_status lps_net_hidden_sizes(int64_t *sizes, const lps_net_view *m, int64_t d)
@@ -146,30 +213,55 @@ lps_status lps_net_hidden_sizes(int64_t *sizes, const lps_net_view *m, int64_t d
         for (int l = 0; l + 1 < m->nlayers; l++) sizes[l] = W(m, l)->shape[0];
         return LPS_OK;
     }
-    int64_t cin = W(m, 0)->shape[1], s = (int64_t)llround(sqrt((double)d / (double)cin));
-    if (d % cin || s * s * cin != d)
-        return lps_fail(LPS_ESHAPE, "hidden_acts: inputs of %lld values are not %lld square channels (W1 %s)",
-                        (long long)d, (long long)cin, SH(W(m, 0)));
-    int64_t s0 = s;
-    for (int l = 0; l + 1 < m->nlayers; l++) {
-        const lps_tensor *w = W(m, l);
-        if (m->geom[l].conv) {
-            int64_t o = conv_side(m, l, s);
-            if (o < 1)
-                return lps_fail(LPS_ESHAPE, "hidden_acts: conv2d layer %d (W%d %s) gets %lldx%lld maps, too small for its kernel or pooling",
-                                l + 1, l + 1, SH(w), (long long)s, (long long)s);
-            s = o;
-            sizes[l] = w->shape[0] * s * s;
-        } else {
-            sizes[l] = w->shape[0];
-        }
-        const lps_tensor *next = W(m, l + 1);
-        if (m->geom[l].conv && !m->geom[l + 1].conv && next->shape[1] != sizes[l])
-            return lps_fail(LPS_ESHAPE, "hidden_acts: W%d %s does not take the %lldx%lldx%lld maps of conv2d layer %d on %lldx%lld inputs",
-                            l + 2, SH(next), (long long)w->shape[0], (long long)s, (long long)s,
-                            l + 1, (long long)s0, (long long)s0);
+    lps_layer *mod;
+    int *idx = malloc(sizeof *idx * (size_t)m->nlayers);
+    lps_status st = idx ? net_module("hidden_acts", m, &mod, idx) : LPS_ENOMEM;
+    if (st) {
+        free(idx);
+        return st;
     }
-    return LPS_OK;
+    lps_tensor one = {0};
+    one.ndim = 2;
+    one.shape[0] = 1;
+    one.shape[1] = d;
+    lps_tensor img;
+    st = images(m, &one, &img, "hidden_acts");
+    int nd = 4;
+    int64_t shape[LPS_MAX_DIMS];
+    memcpy(shape, img.shape, sizeof shape);
+    /* hidden layer l is what enters weight layer l + 1 */
+    for (int l = 0, i = 0; !st && l + 1 < m->nlayers; l++) {
+        for (; !st && i < idx[l + 1]; i++) {
+            int nnd;
+            int64_t next[LPS_MAX_DIMS];
+            st = lps_layer_out_shape(mod->children[i], nd, shape, &nnd, next);
+            if (st) {
+                char msg[600];
+                snprintf(msg, sizeof msg, "%s", lps_errmsg());
+                st = lps_fail(st, "hidden_acts: %lldx%lld inputs: layer %d: %s", (long long)img.shape[2],
+                              (long long)img.shape[3], i + 1, msg);
+            }
+            nd = nnd;
+            memcpy(shape, next, sizeof shape);
+        }
+        int64_t n = 1;
+        for (int k = 1; k < nd; k++) n *= shape[k];
+        sizes[l] = n;
+    }
+    if (!st) { /* the head must take the last hidden layer */
+        int nnd;
+        int64_t next[LPS_MAX_DIMS];
+        st = lps_layer_out_shape(mod->children[idx[m->nlayers - 1]], nd, shape, &nnd, next);
+        if (st) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", lps_errmsg());
+            st = lps_fail(st, "hidden_acts: on %lldx%lld inputs: %s", (long long)img.shape[2],
+                          (long long)img.shape[3], msg);
+        }
+    }
+    lps_layer_free(mod);
+    free(idx);
+    return st;
 }
 
 /* out = x W^T + b, then ReLU if relu. */
@@ -205,73 +297,38 @@ static lps_status check_input(const char *op, const lps_net_view *m, const lps_t
     return LPS_OK;
 }
 
-/* A layer of lps.nn with conv layer l's weights. */
-static lps_layer *conv_layer(const lps_net_view *m, int l)
-{
-    const lps_tensor *w = W(m, l);
-    lps_rng r; /* the constructor's random weights are overwritten */
-    lps_rng_seed(&r, 0);
-    lps_layer *c = lps_conv2d_new(w->shape[1], w->shape[0], w->shape[2], m->geom[l].stride,
-                                  m->geom[l].padding, &r);
-    if (c && (lps_copy(c->param[0], w) || lps_copy(c->param[1], B(m, l)))) {
-        lps_layer_free(c);
-        c = NULL;
-    }
-    return c;
-}
-
-/* y = pool(relu(conv_l(x))) as a new 4-D tensor, with lps.nn's layers.
- * Max-pooling and ReLU commute (both monotone), so the ReLU runs on the
- * pooled maps, a quarter of the values. */
-static lps_status conv_stage(lps_tensor **y, const lps_net_view *m, int l, const lps_tensor *x)
-{
-    lps_layer *c = conv_layer(m, l), *p = NULL, *r = lps_relu_new();
-    lps_tensor *a = NULL, *z = NULL;
-    int64_t shape[4], pshape[4];
-    int nd;
-    lps_status st = c && r ? lps_layer_out_shape(c, 4, x->shape, &nd, shape) : LPS_ENOMEM;
-    if (!st && !(a = lps_tensor_empty(4, shape))) st = LPS_ENOMEM;
-    if (!st) st = lps_layer_forward(c, x, a);
-    if (!st && m->geom[l].pool_k) {
-        p = lps_maxpool2d_new(m->geom[l].pool_k, m->geom[l].pool_s);
-        st = p ? lps_layer_out_shape(p, 4, shape, &nd, pshape) : LPS_ENOMEM;
-        if (!st && !(z = lps_tensor_empty(4, pshape))) st = LPS_ENOMEM;
-        if (!st) st = lps_layer_forward(p, a, z);
-        lps_tensor_free(a);
-        a = z;
-    }
-    if (!st) st = lps_layer_forward(r, a, a); /* element-wise: in place */
-    lps_layer_free(c);
-    lps_layer_free(p);
-    lps_layer_free(r);
-    if (st) {
-        lps_tensor_free(a);
-        return st;
-    }
-    *y = a;
-    return LPS_OK;
-}
-
-/* CNN hidden activations into acts (sizes already checked). */
+/* CNN hidden activations into acts (sizes already checked): conv stages
+ * through the module, linear layers as the MLP path computes them. */
 static lps_status cnn_hidden(lps_tensor *const *acts, const lps_net_view *m, const lps_tensor *x)
 {
-    int64_t n = x->shape[0], cin = W(m, 0)->shape[1];
-    int64_t s = (int64_t)llround(sqrt((double)(x->shape[1] / cin)));
-    lps_tensor img = {x->storage, x->data, 4, {n, cin, s, s}, x->numel};
+    lps_layer *mod;
+    int *idx = malloc(sizeof *idx * (size_t)m->nlayers);
+    lps_status st = idx ? net_module("hidden_acts", m, &mod, idx) : LPS_ENOMEM;
+    if (st) {
+        free(idx);
+        return st;
+    }
+    lps_tensor img;
+    st = images(m, x, &img, "hidden_acts");
     lps_tensor *cur = NULL;
-    lps_status st = LPS_OK;
     for (int l = 0; l + 1 < m->nlayers && !st; l++) {
-        if (m->geom[l].conv) {
-            lps_tensor *y = NULL;
-            st = conv_stage(&y, m, l, cur ? cur : &img);
-            lps_tensor_free(cur);
-            cur = y;
-            if (!st) memcpy(acts[l]->data, y->data, (size_t)y->numel * sizeof(float));
+        const lps_tensor *in = cur ? cur : &img;
+        lps_tensor *y = NULL;
+        if (W(m, l)->ndim == 4) {
+            st = run_children(mod, idx[l], idx[l + 1], in, &y);
         } else {
-            st = linear(acts[l], acts[l - 1], m, l, 1);
+            lps_tensor *z = lps_tensor_new2(x->shape[0], W(m, l)->shape[0]);
+            st = z ? linear(z, in, m, l, 0) : LPS_ENOMEM;
+            if (!st) st = run_children(mod, idx[l] + 1, idx[l + 1], z, &y);
+            lps_tensor_free(z);
         }
+        lps_tensor_free(cur);
+        cur = y;
+        if (!st) memcpy(acts[l]->data, y->data, (size_t)y->numel * sizeof(float));
     }
     lps_tensor_free(cur);
+    lps_layer_free(mod);
+    free(idx);
     return st;
 }
 

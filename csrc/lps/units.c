@@ -15,13 +15,27 @@ static int64_t in_units(const lps_tensor *w, int64_t hw) { return is_conv(w) ? w
 /* Weights from one input unit to one output unit: k*k or hw. */
 static int64_t slice(const lps_tensor *w, int64_t hw) { return is_conv(w) ? w->shape[2] * w->shape[3] : hw; }
 
-lps_status lps_units_check(const char *op, const lps_units_view *v)
+/* A view of the tensors (the structure is in their shapes). */
+typedef struct {
+    int nlayers;
+    lps_tensor *const *W, *const *b;
+} view;
+
+/* Inputs of layer l per unit of layer l-1: h*w positions for the first
+ * linear layer after conv layers (0 when they do not divide), else 1. */
+static int64_t positions(const view *v, int l)
+{
+    const lps_tensor *w = v->W[l], *p = l > 0 ? v->W[l - 1] : NULL;
+    if (is_conv(w) || !p || !is_conv(p) || w->ndim != 2) return 1;
+    return w->shape[1] % units(p) == 0 ? w->shape[1] / units(p) : 0;
+}
+
+static lps_status check(const char *op, const view *v)
 {
     if (v->nlayers < 1) return lps_fail(LPS_EINVAL, "%s: need at least 1 layer, got %d", op, v->nlayers);
     int seen_linear = 0;
     for (int l = 0; l < v->nlayers; l++) {
         const lps_tensor *w = v->W[l], *b = v->b[l];
-        int64_t hw = v->hw ? v->hw[l] : 1;
         if (!w || !b) return lps_fail(LPS_EINVAL, "%s: layer %d is missing", op, l + 1);
         if (w->ndim != 2 && w->ndim != 4)
             return lps_fail(LPS_ESHAPE, "%s: weight %d must be 2-D (linear) or 4-D (conv), got %s", op,
@@ -34,9 +48,11 @@ lps_status lps_units_check(const char *op, const lps_units_view *v)
         if (b->numel != units(w))
             return lps_fail(LPS_ESHAPE, "%s: bias %d %s does not match weight %d %s", op, l + 1, SH(b),
                             l + 1, SH(w));
-        if (hw < 1 || (hw > 1 && (is_conv(w) || l == 0 || w->shape[1] % hw)))
-            return lps_fail(LPS_ESHAPE, "%s: layer %d: %lld positions per input channel do not fit "
-                            "weight %s", op, l + 1, (long long)hw, SH(w));
+        if (l > 0 && !v->W[l - 1]) return lps_fail(LPS_EINVAL, "%s: layer %d is missing", op, l);
+        int64_t hw = positions(v, l);
+        if (hw < 1)
+            return lps_fail(LPS_ESHAPE, "%s: weight %d %s does not read whole maps of the %lld channels "
+                            "of layer %d", op, l + 1, SH(w), (long long)units(v->W[l - 1]), l);
         if (l > 0 && in_units(w, hw) != units(v->W[l - 1]))
             return lps_fail(LPS_ESHAPE, "%s: weight %d %s does not take the %lld units of layer %d%s", op,
                             l + 1, SH(w), (long long)units(v->W[l - 1]), l,
@@ -53,10 +69,10 @@ lps_status lps_units_check(const char *op, const lps_units_view *v)
 }
 
 /* Multiply the outgoing weights of unit j of layer l by f. */
-static void scale_outgoing(const lps_units_view *v, int l, int64_t j, float f)
+static void scale_outgoing(const view *v, int l, int64_t j, float f)
 {
     const lps_tensor *nx = v->W[l + 1];
-    int64_t hw = v->hw ? v->hw[l + 1] : 1;
+    int64_t hw = positions(v, l + 1);
     int64_t s = slice(nx, hw), rows = units(nx), row = fan_in(nx);
     for (int64_t r = 0; r < rows; r++) {
         float *p = nx->data + r * row + j * s;
@@ -64,9 +80,17 @@ static void scale_outgoing(const lps_units_view *v, int l, int64_t j, float f)
     }
 }
 
-lps_status lps_chain_normalize_units(const lps_units_view *v, float eps)
+lps_status lps_units_check(const char *op, int nlayers, lps_tensor *const *W, lps_tensor *const *b)
 {
-    lps_status st = lps_units_check("chain_normalize", v);
+    view v = {nlayers, W, b};
+    return check(op, &v);
+}
+
+lps_status lps_chain_normalize_units(int nlayers, lps_tensor *const *W, lps_tensor *const *b,
+                                     float eps)
+{
+    view vv = {nlayers, W, b}, *v = &vv;
+    lps_status st = check("chain_normalize", v);
     if (st) return st;
     if (!(eps >= 0)) return lps_fail(LPS_EINVAL, "chain_normalize: eps must be >= 0, got %g", eps);
     /* Layer by layer: the outgoing multiplication changes the next layer's
@@ -89,9 +113,11 @@ lps_status lps_chain_normalize_units(const lps_units_view *v, float eps)
     return LPS_OK;
 }
 
-lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l)
+lps_status lps_units_importance(lps_tensor *out, int nlayers, lps_tensor *const *W,
+                                lps_tensor *const *b, int l)
 {
-    lps_status st = lps_units_check("units_importance", v);
+    view vv = {nlayers, W, b}, *v = &vv;
+    lps_status st = check("units_importance", v);
     if (st) return st;
     if (l < 0 || l + 1 >= v->nlayers)
         return lps_fail(LPS_ERANGE, "units_importance: layer %d has no outgoing weights (1..%d)", l + 1,
@@ -100,7 +126,7 @@ lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l)
     if (out->numel != h)
         return lps_fail(LPS_ESHAPE, "units_importance: out %s should have %lld entries", SH(out), (long long)h);
     const lps_tensor *nx = v->W[l + 1];
-    int64_t hw = v->hw ? v->hw[l + 1] : 1, s = slice(nx, hw), row = fan_in(nx);
+    int64_t hw = positions(v, l + 1), s = slice(nx, hw), row = fan_in(nx);
     for (int64_t j = 0; j < h; j++) {
         double ss = 0;
         for (int64_t r = 0; r < units(nx); r++) {
@@ -112,14 +138,16 @@ lps_status lps_units_importance(lps_tensor *out, const lps_units_view *v, int l)
     return LPS_OK;
 }
 
-lps_status lps_units_mixing(lps_tensor *out, const lps_units_view *v, int l)
+lps_status lps_units_mixing(lps_tensor *out, int nlayers, lps_tensor *const *W,
+                            lps_tensor *const *b, int l)
 {
-    lps_status st = lps_units_check("units_mixing", v);
+    view vv = {nlayers, W, b}, *v = &vv;
+    lps_status st = check("units_mixing", v);
     if (st) return st;
     if (l < 1 || l >= v->nlayers)
         return lps_fail(LPS_ERANGE, "units_mixing: layer %d has no previous layer (2..%d)", l + 1, v->nlayers);
     const lps_tensor *w = v->W[l];
-    int64_t hw = v->hw ? v->hw[l] : 1, s = slice(w, hw), h = units(w), hp = in_units(w, hw);
+    int64_t hw = positions(v, l), s = slice(w, hw), h = units(w), hp = in_units(w, hw);
     if (out->ndim != 2 || out->shape[0] != h || out->shape[1] != hp)
         return lps_fail(LPS_ESHAPE, "units_mixing: out %s should be (%lldx%lld)", SH(out), (long long)h,
                         (long long)hp);

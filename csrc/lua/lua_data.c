@@ -1,5 +1,5 @@
 /* lua_data.c - IDX file readers and image domains for lualps/data.lua. */
-#include "lua/nn_binding.h"
+#include "lua/binding.h"
 
 /* idx_images(path) -> N x (rows*cols) tensor in [0, 1] */
 static int l_idx_images(lua_State *L)

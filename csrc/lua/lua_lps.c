@@ -5,36 +5,10 @@
 
 #include "lua/binding.h"
 
-/* Labels from a table or tensor of 1-based integers, as 0-based int64s in a
- * scratch userdata left on the stack. */
+/* Labels: 1-based rows of the classifier or the relation targets. */
 static int64_t *check_labels(lua_State *L, int idx, int64_t n)
 {
-    lps_tensor *t = lps_lua_totensor(L, idx);
-    int64_t have;
-    if (t)
-        have = t->numel;
-    else {
-        luaL_checktype(L, idx, LUA_TTABLE);
-        have = (int64_t)luaL_len(L, idx);
-    }
-    if (have != n)
-        luaL_error(L, "labels: %d labels for %d embeddings", (int)have, (int)n);
-    int64_t *lab = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof(int64_t), 0);
-    for (int64_t i = 0; i < n; i++) {
-        double v;
-        int ok = 1;
-        if (t)
-            v = t->data[i];
-        else {
-            lua_geti(L, idx, i + 1);
-            v = (double)lua_tointegerx(L, -1, &ok);
-            lua_pop(L, 1);
-        }
-        if (!ok || v != floor(v) || fabs(v) > 1e15)
-            luaL_error(L, "labels: entry %d is not an integer", (int)i + 1);
-        lab[i] = (int64_t)v - 1;
-    }
-    return lab;
+    return lps_lua_checklabels(L, idx, n, 0, "lps", "labels", NULL);
 }
 
 static lps_tensor *new2(lua_State *L, int64_t r, int64_t c)
@@ -70,106 +44,88 @@ static int l_chain_normalize(lua_State *L)
     return 1;
 }
 
-/* chain_normalize_net_(model, hw [, eps]) in place, model = {W1, b1, ...}
- * of conv and linear layers (lps_units_view); returns the model. */
+/* The tensors of a model table {W1, b1, ..., Wn, bn} at idx: W then b,
+ * each nl long, in a scratch userdata pushed on the stack. */
+static lps_tensor **model_tensors(lua_State *L, int idx, int *nl, const char *op)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, idx);
+    if (n < 2 || n % 2 || n > 2000)
+        luaL_error(L, "%s: a model is a list {W1, b1, ..., Wn, bn}, got %d entries", op, (int)n);
+    *nl = (int)(n / 2);
+    lps_tensor **W = lps_lua_scratch(L, sizeof(lps_tensor *) * (size_t)n);
+    for (int i = 0; i < (int)n; i++) {
+        lua_geti(L, idx, i + 1);
+        lps_tensor *t = lps_lua_totensor(L, -1);
+        if (!t) luaL_error(L, "%s: entry %d of the model is a %s, expected a tensor", op, i + 1, luaL_typename(L, -1));
+        lua_pop(L, 1); /* still referenced by the model table */
+        W[(i % 2) * *nl + i / 2] = t;
+    }
+    return W;
+}
+
+/* chain_normalize_net_(model [, eps]) in place, model = {W1, b1, ...} of
+ * conv and linear layers (the shapes tell the structure); returns the model. */
 static int l_chain_normalize_net(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    float eps = (float)luaL_optnumber(L, 3, 0.0);
-    lua_Integer n = luaL_len(L, 1);
-    if (n < 2 || n % 2 || n > 2000 || luaL_len(L, 2) != n / 2)
-        return luaL_error(L, "chain_normalize_net: a model {W1, b1, ..., Wn, bn} and n hw entries, got %d and %d",
-                          (int)n, (int)luaL_len(L, 2));
-    int nl = (int)(n / 2);
-    lps_tensor **W = lua_newuserdatauv(L, sizeof(lps_tensor *) * 2 * (size_t)nl, 0), **b = W + nl;
-    int64_t *hw = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)nl, 0);
-    for (int i = 0; i < (int)n; i++) {
-        lua_geti(L, 1, i + 1);
-        lps_tensor *t = lps_lua_totensor(L, -1);
-        if (!t) return luaL_error(L, "chain_normalize_net: entry %d is a %s, expected a tensor", i + 1, luaL_typename(L, -1));
-        lua_pop(L, 1);
-        if (i % 2) b[i / 2] = t; else W[i / 2] = t;
-    }
-    for (int l = 0; l < nl; l++) {
-        lua_geti(L, 2, l + 1);
-        hw[l] = lua_tointeger(L, -1);
-        lua_pop(L, 1);
-    }
-    lps_units_view v = {nl, W, b, hw};
-    LPS_LCHECK(L, lps_chain_normalize_units(&v, eps));
+    float eps = (float)luaL_optnumber(L, 2, 0.0);
+    int nl;
+    lps_tensor **W = model_tensors(L, 1, &nl, "chain_normalize_net");
+    LPS_LCHECK(L, lps_chain_normalize_units(nl, W, W + nl, eps));
     lua_settop(L, 1);
     return 1;
 }
 
-/* net_prepare(model, hw, chain_norm, s) for any ReLU network of conv and
- * linear layers, model = {W1, b1, ..., Wn, bn} (left as it is), hw = {hw1,
- * ..., hwn} (lps_units_view): returns {first = first-layer unit features (h1 x
- * fan-in; conv kernels centred in s x s), W1 = the first weight (normalized),
- * bias = {b1, ..., bn}, imp = {imp1, ..., imp(n-1)}, mix = {[2] = M2, ...,
- * [n] = Mn}}, after chain normalization when chain_norm (else only checked). */
+/* net_prepare(model, chain_norm, s) for a network of conv and linear layers
+ * (lps_units_check), model = {W1, b1, ..., Wn, bn} (left as it is): returns
+ * {first = first-layer unit features (h1 x fan-in; conv kernels centred in
+ * s x s), W1 = the first weight (normalized), bias = {b1, ..., bn}, imp =
+ * {imp1, ..., imp(n-1)}, mix = {[2] = M2, ..., [n] = Mn}}, after chain
+ * normalization when chain_norm (else only checked). */
 static int l_net_prepare(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    int norm = lua_toboolean(L, 3);
-    lua_Integer s = luaL_checkinteger(L, 4);
-    lua_Integer n = luaL_len(L, 1);
-    if (n < 2 || n % 2 || n > 2000)
-        return luaL_error(L, "net_prepare: a model is a list {W1, b1, ..., Wn, bn}, got %d entries", (int)n);
-    int nl = (int)(n / 2);
-    if (luaL_len(L, 2) != nl)
-        return luaL_error(L, "net_prepare: %d layers but %d hw entries", nl, (int)luaL_len(L, 2));
-    lps_tensor **W = lua_newuserdatauv(L, sizeof(lps_tensor *) * 2 * (size_t)nl, 0), **b = W + nl; /* 5 */
-    int64_t *hw = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)nl, 0);                          /* 6 */
-    lua_createtable(L, (int)n, 0); /* 7: the copies, kept alive by this table */
-    for (int i = 0; i < (int)n; i++) {
+    int norm = lua_toboolean(L, 2);
+    lua_Integer s = luaL_checkinteger(L, 3);
+    lua_settop(L, 3);
+    int nl;
+    model_tensors(L, 1, &nl, "net_prepare");              /* 4: checks the entries */
+    lps_tensor **W = lps_lua_scratch(L, sizeof(lps_tensor *) * 2 * (size_t)nl), **b = W + nl; /* 5 */
+    lua_createtable(L, 2 * nl, 0);                           /* 6: the copies, kept alive here */
+    for (int i = 0; i < 2 * nl; i++) {
         lua_geti(L, 1, i + 1);
         lps_tensor *t = lps_lua_totensor(L, -1);
-        if (!t)
-            return luaL_error(L, "net_prepare: entry %d of the model is a %s, expected a tensor", i + 1,
-                              luaL_typename(L, -1));
         lua_pop(L, 1);
         lps_tensor *c = lps_lua_pushtensor(L, lps_tensor_clone(t));
-        lua_seti(L, 7, i + 1);
+        lua_seti(L, 6, i + 1);
         if (i % 2) b[i / 2] = c; else W[i / 2] = c;
     }
-    for (int l = 0; l < nl; l++) {
-        lua_geti(L, 2, l + 1);
-        int ok;
-        lua_Integer v = lua_tointegerx(L, -1, &ok);
-        if (!ok || v < 1) return luaL_error(L, "net_prepare: hw entry %d must be a positive integer", l + 1);
-        hw[l] = v;
-        lua_pop(L, 1);
-    }
-    lps_units_view view = {nl, W, b, hw};
-    LPS_LCHECK(L, lps_chain_normalize_units(&view, norm ? 0.0f : INFINITY));
-    lua_createtable(L, 0, 5); /* 8: the result */
+    LPS_LCHECK(L, lps_chain_normalize_units(nl, W, b, norm ? 0.0f : INFINITY));
+    lua_createtable(L, 0, 5); /* 7: the result */
     if (W[0]->ndim == 4) {
         int64_t sh[2] = {W[0]->shape[0], W[0]->shape[1] * s * s};
         LPS_LCHECK(L, lps_conv_unit_features(lps_lua_newtensor(L, 2, sh), W[0], s));
     } else {
-        lua_geti(L, 7, 1);
+        lua_geti(L, 6, 1);
     }
-    lua_setfield(L, 8, "first");
-    lua_geti(L, 7, 1);
-    lua_setfield(L, 8, "W1");
+    lua_setfield(L, 7, "first");
+    lua_geti(L, 6, 1);
+    lua_setfield(L, 7, "W1");
     lua_createtable(L, nl, 0);
-    for (int l = 0; l < nl; l++) { lua_geti(L, 7, 2 * l + 2); lua_seti(L, -2, l + 1); }
-    lua_setfield(L, 8, "bias");
+    for (int l = 0; l < nl; l++) { lua_geti(L, 6, 2 * l + 2); lua_seti(L, -2, l + 1); }
+    lua_setfield(L, 7, "bias");
     lua_createtable(L, nl, 0);
     for (int l = 0; l + 1 < nl; l++) {
-        LPS_LCHECK(L, lps_units_importance(new1(L, W[l]->shape[0]), &view, l));
+        LPS_LCHECK(L, lps_units_importance(new1(L, W[l]->shape[0]), nl, W, b, l));
         lua_seti(L, -2, l + 1);
     }
-    lua_setfield(L, 8, "imp");
+    lua_setfield(L, 7, "imp");
     lua_createtable(L, nl, 0);
     for (int l = 1; l < nl; l++) {
         int64_t hp = W[l - 1]->shape[0];
-        LPS_LCHECK(L, lps_units_mixing(new2(L, W[l]->shape[0], hp), &view, l));
+        LPS_LCHECK(L, lps_units_mixing(new2(L, W[l]->shape[0], hp), nl, W, b, l));
         lua_seti(L, -2, l + 1);
     }
-    lua_setfield(L, 8, "mix");
+    lua_setfield(L, 7, "mix");
     return 1;
 }
 
@@ -401,6 +357,5 @@ static const luaL_Reg functions[] = {
 
 void lps_lua_open_lps(lua_State *L)
 {
-    luaL_newlib(L, functions);
-    lua_setfield(L, -2, "_lps");
+    luaL_setfuncs(L, functions, 0);
 }

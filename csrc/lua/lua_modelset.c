@@ -398,6 +398,5 @@ void lps_lua_open_modelset(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     /* private: lualps/modelset.lua is the public face */
-    luaL_newlib(L, functions);
-    lua_setfield(L, -2, "_modelset");
+    luaL_setfuncs(L, functions, 0);
 }

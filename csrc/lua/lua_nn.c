@@ -1,10 +1,11 @@
-/* lua_nn.c - lualps.Module userdata (layers and sequential) and the
- * cross-entropy function; registered as lualps.core._nn. */
+/* lua_nn.c - lualps.Module userdata (any layer of the registry, and
+ * containers) and the cross-entropy function; in lualps.core._nn. Layers
+ * are built from their arch entries: nothing here names a layer type. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "lua/nn_binding.h"
+#include "lua/binding.h"
 
 typedef struct { lps_layer *l; } module_ud;
 
@@ -15,54 +16,82 @@ lps_layer *lps_lua_checkmodule(lua_State *L, int idx)
     return u->l;
 }
 
-/* Push a module owning l (one reference); children: table at idx or 0. */
+/* Push a module owning l (one reference). Its children become modules too
+ * (each with a reference of its own), kept as the userdata's list, unless
+ * `children` (a stack index, 0 for none) gives that list. */
 static lps_layer *push_module(lua_State *L, lps_layer *l, int children)
 {
     if (!l) lps_lua_raise(L);
+    children = children ? lua_absindex(L, children) : 0;
     module_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
     u->l = l;
     luaL_setmetatable(L, LPS_MODULE_MT);
     if (children) {
         lua_pushvalue(L, children);
-        lua_setiuservalue(L, -2, 1);
+    } else if (l->nchildren) {
+        lua_createtable(L, l->nchildren, 0);
+        for (int i = 0; i < l->nchildren; i++) {
+            push_module(L, lps_layer_ref(l->children[i]), 0);
+            lua_rawseti(L, -2, i + 1);
+        }
+    } else {
+        return l;
     }
+    lua_setiuservalue(L, -2, 1);
     return l;
 }
 
-static int64_t checksize(lua_State *L, int idx, const char *what)
+/* layer(type, fields[, generator]): one layer of the registry from its
+ * arch fields ({in = 784, out = 10}); a residual's body and shortcut are
+ * arch lists. */
+static int l_layer(lua_State *L)
 {
-    lua_Integer v = luaL_checkinteger(L, idx);
-    if (v < 1 || v > (1 << 30)) return luaL_error(L, "%s must be 1..2^30, got %d", what, (int)v);
-    return v;
-}
-
-static int l_linear(lua_State *L)
-{
-    int64_t in = checksize(L, 1, "linear: in_features"), out = checksize(L, 2, "linear: out_features");
-    push_module(L, lps_linear_new(in, out, lps_lua_optrng(L, 3)), 0);
+    const char *type = luaL_checkstring(L, 1);
+    lps_rng *g = lps_lua_optgenerator(L, 2);
+    if (!g) g = lps_lua_optrng(L, 3);
+    lua_settop(L, 3); /* the generator stays referenced */
+    lps_arch_entry e;
+    if (lps_arch_entry_init(&e, type)) return lps_lua_raise(L);
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_newtable(L); /* keeps the branches' arch boxes alive */
+        int anchor = lua_gettop(L), nanchor = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return luaL_error(L, "%s: option keys must be strings, got a %s", type, luaL_typename(L, -2));
+            const char *k = lua_tostring(L, -2);
+            int br = lps_layer_type_branches(e.type) ? !strcmp(k, "body") ? 0 : !strcmp(k, "shortcut") ? 1 : -1 : -1;
+            if (br >= 0) {
+                lps_arch *a = NULL;
+                if (lua_type(L, -1) == LUA_TTABLE && luaL_len(L, -1) == 0) {
+                    a = lps_lua_scratch(L, sizeof *a); /* an empty list: the identity */
+                    memset(a, 0, sizeof *a);
+                } else {
+                    a = lps_lua_checkarch(L, -1, type);
+                }
+                lua_rawseti(L, anchor, ++nanchor);
+                if (br) e.shortcut = a;
+                else e.body = a;
+                lua_pop(L, 1);
+                continue;
+            }
+            if (!strcmp(k, "generator") || !strcmp(k, "type")) {
+                lua_pop(L, 1);
+                continue;
+            }
+            double v;
+            if (lua_type(L, -1) == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
+            else if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tonumber(L, -1);
+            else return luaL_error(L, "%s: option %s must be a number or a boolean, got a %s", type, k,
+                                   luaL_typename(L, -1));
+            if (lps_arch_entry_set(&e, k, v)) return lps_lua_raise(L);
+            lua_pop(L, 1);
+        }
+    }
+    push_module(L, lps_layer_new(&e, g), 0);
     return 1;
 }
-
-static int l_conv2d(lua_State *L)
-{
-    int64_t cin = checksize(L, 1, "conv2d: in_channels"), cout = checksize(L, 2, "conv2d: out_channels");
-    int64_t k = checksize(L, 3, "conv2d: kernel_size");
-    lua_Integer stride = luaL_optinteger(L, 4, 1), pad = luaL_optinteger(L, 5, 0);
-    push_module(L, lps_conv2d_new(cin, cout, k, stride, pad, lps_lua_optrng(L, 6)), 0);
-    return 1;
-}
-
-static int l_maxpool2d(lua_State *L)
-{
-    lua_Integer k = luaL_checkinteger(L, 1), s = luaL_optinteger(L, 2, 0);
-    if (s < 0) return luaL_error(L, "maxpool2d: stride must be >= 1, got %d", (int)s);
-    push_module(L, lps_maxpool2d_new(k, s), 0);
-    return 1;
-}
-
-static int l_relu(lua_State *L) { return push_module(L, lps_relu_new(), 0), 1; }
-static int l_tanh(lua_State *L) { return push_module(L, lps_tanh_new(), 0), 1; }
-static int l_flatten(lua_State *L) { return push_module(L, lps_flatten_new(), 0), 1; }
 
 /* sequential{m1, m2, ...}: the modules are shared, not copied. */
 static int l_sequential(lua_State *L)
@@ -70,8 +99,8 @@ static int l_sequential(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     int n = (int)luaL_len(L, 1);
     if (n < 1) return luaL_error(L, "sequential: needs at least one module");
-    if (n > 4096) return luaL_error(L, "sequential: at most 4096 modules, got %d", n);
-    lps_layer **kids = lua_newuserdatauv(L, sizeof *kids * (size_t)n, 0); /* GC-owned scratch */
+    if (n > LPS_ARCH_MAX_LAYERS) return luaL_error(L, "sequential: at most %d modules, got %d", LPS_ARCH_MAX_LAYERS, n);
+    lps_layer **kids = lps_lua_scratch(L, sizeof *kids * (size_t)n);
     lua_createtable(L, n, 0);
     int tbl = lua_gettop(L);
     for (int i = 0; i < n; i++) {
@@ -84,6 +113,17 @@ static int l_sequential(lua_State *L)
         lua_rawseti(L, tbl, i + 1);
     }
     push_module(L, lps_sequential_new(kids, n), tbl);
+    return 1;
+}
+
+/* from_arch(arch[, generator]): a Sequential with new weights. */
+static int l_from_arch(lua_State *L)
+{
+    lps_arch *a = lps_lua_checkarch(L, 1, "from_arch");
+    lps_rng *g = lps_lua_optrng(L, 2);
+    lps_layer *m = lps_layer_from_arch(a, g);
+    if (!m) return luaL_error(L, "from_arch: %s", lps_errmsg());
+    push_module(L, m, 0);
     return 1;
 }
 
@@ -216,7 +256,7 @@ static int m_is_training(lua_State *L)
 
 static int m_type(lua_State *L)
 {
-    lua_pushstring(L, lps_lua_checkmodule(L, 1)->ops->name);
+    lua_pushstring(L, lps_layer_type_name(lps_lua_checkmodule(L, 1)->type));
     return 1;
 }
 
@@ -242,87 +282,53 @@ static int m_children(lua_State *L)
     return 1;
 }
 
-static void setint(lua_State *L, const char *k, int64_t v)
+/* arch() -> the architecture as a list of entry tables, and its JSON text. */
+static int m_arch(lua_State *L)
 {
-    lua_pushinteger(L, (lua_Integer)v);
-    lua_setfield(L, -2, k);
+    lps_arch **box = lps_lua_newarchbox(L); /* frees the arch however this ends */
+    if (lps_layer_arch(lps_lua_checkmodule(L, 1), box)) return lps_lua_raise(L);
+    char *json;
+    size_t jl;
+    if (lps_arch_to_json(*box, &json, &jl)) return lps_lua_raise(L);
+    lua_pushlstring(L, json, jl);
+    free(json);
+    lps_lua_pusharch(L, *box);
+    lua_insert(L, -2);
+    return 2;
 }
 
-static void push_spec(lua_State *L, const lps_layer *l)
+typedef struct {
+    lua_State *L;
+    int buffers; /* which to list: 0 parameters, 1 buffers */
+    int n;
+} named_ctx;
+
+static void named_one(void *ud, const char *name, lps_tensor *t, int is_buffer)
 {
+    named_ctx *c = ud;
+    if (is_buffer != c->buffers) return;
+    lua_State *L = c->L;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "name");
+    lps_lua_pushtensor(L, lps_tensor_reshape(t, t->ndim, t->shape));
+    lua_setfield(L, -2, "tensor");
+    lua_rawseti(L, -2, ++c->n);
+}
+
+/* named_parameters() / named_buffers() -> {{name = "0.weight", tensor = view}, ...}
+ * in PyTorch's state_dict order; the tensors share memory with the module. */
+static int named(lua_State *L, int buffers)
+{
+    lps_layer *l = lps_lua_checkmodule(L, 1);
     lua_newtable(L);
-    lua_pushstring(L, l->ops->name);
-    lua_setfield(L, -2, "type");
-    switch (l->ops->type) {
-    case LPS_LAYER_LINEAR:
-        setint(L, "in_features", l->cfg[0]);
-        setint(L, "out_features", l->cfg[1]);
-        break;
-    case LPS_LAYER_CONV2D:
-        setint(L, "in_channels", l->cfg[0]);
-        setint(L, "out_channels", l->cfg[1]);
-        setint(L, "kernel_size", l->cfg[2]);
-        setint(L, "stride", l->cfg[3]);
-        setint(L, "padding", l->cfg[4]);
-        break;
-    case LPS_LAYER_MAXPOOL2D:
-        setint(L, "kernel_size", l->cfg[0]);
-        setint(L, "stride", l->cfg[1]);
-        break;
-    case LPS_LAYER_SEQUENTIAL:
-        lua_createtable(L, l->nchildren, 0);
-        for (int i = 0; i < l->nchildren; i++) {
-            push_spec(L, l->children[i]);
-            lua_rawseti(L, -2, i + 1);
-        }
-        lua_setfield(L, -2, "layers");
-        break;
-    default: break;
-    }
-}
-
-/* spec() -> a plain table describing the architecture (JSON-able). */
-static int m_spec(lua_State *L)
-{
-    push_spec(L, lps_lua_checkmodule(L, 1));
+    named_ctx c = {L, buffers, 0};
+    lps_layer_named(l, named_one, &c);
     return 1;
 }
 
-static void add_repr(luaL_Buffer *b, lua_State *L, const lps_layer *l, int indent)
-{
-    char s[256];
-    const int64_t *c = l->cfg;
-    switch (l->ops->type) {
-    case LPS_LAYER_LINEAR:
-        snprintf(s, sizeof s, "Linear(in_features=%lld, out_features=%lld)", (long long)c[0],
-                 (long long)c[1]);
-        break;
-    case LPS_LAYER_CONV2D:
-        snprintf(s, sizeof s, "Conv2d(%lld, %lld, kernel_size=%lld, stride=%lld, padding=%lld)",
-                 (long long)c[0], (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4]);
-        break;
-    case LPS_LAYER_MAXPOOL2D:
-        snprintf(s, sizeof s, "MaxPool2d(kernel_size=%lld, stride=%lld)", (long long)c[0],
-                 (long long)c[1]);
-        break;
-    case LPS_LAYER_RELU: snprintf(s, sizeof s, "ReLU()"); break;
-    case LPS_LAYER_TANH: snprintf(s, sizeof s, "Tanh()"); break;
-    case LPS_LAYER_FLATTEN: snprintf(s, sizeof s, "Flatten()"); break;
-    case LPS_LAYER_SEQUENTIAL:
-        luaL_addstring(b, "Sequential(\n");
-        for (int i = 0; i < l->nchildren; i++) {
-            for (int k = 0; k < indent + 2; k++) luaL_addchar(b, ' ');
-            lua_pushfstring(L, "(%d): ", i);
-            luaL_addvalue(b);
-            add_repr(b, L, l->children[i], indent + 2);
-            luaL_addchar(b, '\n');
-        }
-        for (int k = 0; k < indent; k++) luaL_addchar(b, ' ');
-        luaL_addchar(b, ')');
-        return;
-    }
-    luaL_addstring(b, s);
-}
+static int m_named_parameters(lua_State *L) { return named(L, 0); }
+static int m_named_buffers(lua_State *L) { return named(L, 1); }
 
 static int m_tostring(lua_State *L)
 {
@@ -331,10 +337,10 @@ static int m_tostring(lua_State *L)
         lua_pushliteral(L, "lualps.Module (closed)");
         return 1;
     }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    add_repr(&b, L, u->l, 0);
-    luaL_pushresult(&b);
+    char *s = lps_layer_repr(u->l);
+    if (!s) return lps_lua_raise(L);
+    lua_pushstring(L, s);
+    free(s);
     return 1;
 }
 
@@ -371,57 +377,6 @@ static int m_gc(lua_State *L)
     return 0;
 }
 
-/* ------------------------------------------------------------- labels */
-
-int32_t *lps_lua_checklabels(lua_State *L, int idx, int64_t n, int64_t classes, const char *op)
-{
-    idx = lua_absindex(L, idx);
-    lps_tensor *t = lps_lua_totensor(L, idx);
-    int64_t have;
-    if (t)
-        have = t->numel;
-    else if (lua_istable(L, idx))
-        have = (int64_t)luaL_len(L, idx);
-    else {
-        luaL_error(L, "%s: labels should be a tensor or a table of class numbers, got a %s", op,
-                   luaL_typename(L, idx));
-        return NULL;
-    }
-    if (have != n)
-        luaL_error(L, "%s: %d labels for %d samples", op, (int)have, (int)n);
-    int32_t *y = lua_newuserdatauv(L, sizeof *y * (size_t)(n ? n : 1), 0);
-    for (int64_t i = 0; i < n; i++) {
-        double v;
-        if (t)
-            v = t->data[i];
-        else {
-            lua_geti(L, idx, i + 1);
-            v = lua_tonumber(L, -1);
-            if (!lua_isnumber(L, -1)) v = -1;
-            lua_pop(L, 1);
-        }
-        if (!(v >= 1 && v <= (double)classes) || v != (double)(int64_t)v) {
-            char num[32];
-            snprintf(num, sizeof num, "%g", v);
-            luaL_error(L, "%s: label %s of sample %d is not a class number 1..%d", op, num,
-                       (int)i + 1, (int)classes);
-        }
-        y[i] = (int32_t)v - 1;
-    }
-    return y;
-}
-
-int64_t lps_lua_model_classes(lua_State *L, lps_layer *m, const lps_tensor *x, const char *op)
-{
-    int nd;
-    int64_t shape[LPS_MAX_DIMS];
-    LPS_LCHECK(L, lps_layer_out_shape(m, x->ndim, x->shape, &nd, shape));
-    if (nd != 2)
-        luaL_error(L, "%s: the model's output should be (batch x classes), got %d dimensions", op,
-                   nd);
-    return shape[1];
-}
-
 /* cross_entropy(logits, labels[, want_grad]) -> mean loss[, dloss/dlogits] */
 static int l_cross_entropy(lua_State *L)
 {
@@ -431,7 +386,7 @@ static int l_cross_entropy(lua_State *L)
         return luaL_error(L, "cross_entropy: logits %s should be (batch x classes)",
                           lps_shape_str(z, b, sizeof b));
     }
-    int32_t *y = lps_lua_checklabels(L, 2, z->shape[0], z->shape[1], "cross_entropy");
+    int32_t *y = lps_lua_checklabels32(L, 2, z->shape[0], z->shape[1], "cross_entropy");
     int want = lua_toboolean(L, 3);
     lps_tensor *g = want ? lps_lua_newtensor(L, 2, z->shape) : NULL;
     double loss;
@@ -446,15 +401,15 @@ static const luaL_Reg methods[] = {
     {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate},
     {"freeze", m_freeze}, {"input_gradients", m_input_gradients},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
-    {"children", m_children}, {"spec", m_spec}, {"close", m_gc}, {NULL, NULL}};
+    {"children", m_children}, {"arch", m_arch}, {"named_parameters", m_named_parameters},
+    {"named_buffers", m_named_buffers}, {"close", m_gc}, {NULL, NULL}};
 
 static const luaL_Reg metamethods[] = {
     {"__index", m_index}, {"__len", m_len}, {"__tostring", m_tostring},
     {"__gc", m_gc}, {"__close", m_gc}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
-    {"linear", l_linear}, {"conv2d", l_conv2d}, {"maxpool2d", l_maxpool2d}, {"relu", l_relu},
-    {"tanh", l_tanh}, {"flatten", l_flatten}, {"sequential", l_sequential},
+    {"layer", l_layer}, {"sequential", l_sequential}, {"from_arch", l_from_arch},
     {"cross_entropy", l_cross_entropy}, {NULL, NULL}};
 
 void lps_lua_open_nn(lua_State *L)
@@ -464,13 +419,10 @@ void lps_lua_open_nn(lua_State *L)
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "methods");
     lua_pop(L, 1);
-    luaL_newlib(L, functions);
+    luaL_setfuncs(L, functions, 0);
     /* The method table, so lualps/nn.lua can add methods written in Lua. */
     luaL_getmetatable(L, LPS_MODULE_MT);
     lua_getfield(L, -1, "methods");
     lua_setfield(L, -3, "Module");
     lua_pop(L, 1);
-    lps_lua_open_train(L);
-    lps_lua_open_data(L);
-    lua_setfield(L, -2, "_nn");
 }

@@ -4,14 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/arch.h"
 #include "lua/binding.h"
 
 /* A parsed file as a userdata, so an error while building the result tables
  * still frees it (through __gc / __close). */
 #define ST_MT "lualps.safetensors.reader"
 #define BUF_MT "lualps.safetensors.buffer"
-#define ARCH_MT "lualps.safetensors.arch"
 
 /* Errors carry no position: lualps/safetensors.lua re-raises them at the
  * caller's line. */
@@ -228,95 +226,10 @@ static int l_encode(lua_State *L)
     return 1;
 }
 
-/* ------------------------------------------------------------ arch */
-
-typedef struct {
-    lps_arch *arch;
-    char *json;
-} arch_box;
-
-static int arch_gc(lua_State *L)
-{
-    arch_box *b = luaL_checkudata(L, 1, ARCH_MT);
-    lps_arch_free(b->arch);
-    free(b->json);
-    b->arch = NULL;
-    b->json = NULL;
-    return 0;
-}
-
-static void setint(lua_State *L, const char *k, int64_t v)
-{
-    lua_pushinteger(L, (lua_Integer)v);
-    lua_setfield(L, -2, k);
-}
-
-static void push_sizes(lua_State *L, int rank, const int64_t *d)
-{
-    lua_createtable(L, rank, 0);
-    for (int i = 0; i < rank; i++) {
-        lua_pushinteger(L, (lua_Integer)d[i]);
-        lua_rawseti(L, -2, i + 1);
-    }
-}
-
-/* arch_parse(json) -> entries (the list with defaults filled), canonical
- * JSON, shapes (shapes[k]: sizes after entry k without the batch, -1 where
- * the input shape is needed, {} when not even the rank is known). */
-static int l_arch_parse(lua_State *L)
-{
-    size_t n;
-    const char *text = luaL_checklstring(L, 1, &n);
-    arch_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-    b->arch = NULL;
-    b->json = NULL;
-    luaL_setmetatable(L, ARCH_MT);
-    size_t jl;
-    if (lps_arch_parse(&b->arch, text, n) || lps_arch_to_json(b->arch, &b->json, &jl))
-        return raise_last(L);
-    const lps_arch *a = b->arch;
-    lua_createtable(L, (int)a->n, 0);
-    lua_createtable(L, (int)a->n, 0);
-    for (size_t i = 0; i < a->n; i++) {
-        const lps_arch_entry *e = &a->entries[i];
-        lua_createtable(L, 0, 6);
-        lua_pushstring(L, lps_arch_type_name(e->type));
-        lua_setfield(L, -2, "type");
-        switch (e->type) {
-        case LPS_ARCH_INPUT:
-            push_sizes(L, e->rank, e->shape);
-            lua_setfield(L, -2, "shape");
-            break;
-        case LPS_ARCH_CONV2D:
-            setint(L, "in", e->in);
-            setint(L, "out", e->out);
-            setint(L, "kernel", e->kernel);
-            setint(L, "stride", e->stride);
-            setint(L, "padding", e->padding);
-            break;
-        case LPS_ARCH_MAXPOOL2D:
-            setint(L, "kernel", e->kernel);
-            setint(L, "stride", e->stride);
-            break;
-        case LPS_ARCH_LINEAR:
-            setint(L, "in", e->in);
-            setint(L, "out", e->out);
-            break;
-        default: break;
-        }
-        lua_rawseti(L, -3, (lua_Integer)i + 1);
-        push_sizes(L, e->rank, e->shape);
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_pushlstring(L, b->json, jl);
-    lua_insert(L, -2); /* entries, json, shapes */
-    return 3;
-}
-
 static const luaL_Reg functions[] = {
     {"read", l_read}, {"decode", l_decode}, {"header", l_header},
     {"decode_header", l_decode_header}, {"write", l_write}, {"encode", l_encode},
-    {"arch_parse", l_arch_parse}, {NULL, NULL}};
+    {NULL, NULL}};
 
 void lps_lua_open_safetensors(lua_State *L)
 {
@@ -330,10 +243,5 @@ void lps_lua_open_safetensors(lua_State *L)
     lua_pushcfunction(L, buf_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    luaL_newmetatable(L, ARCH_MT);
-    lua_pushcfunction(L, arch_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-    luaL_newlib(L, functions);
-    lua_setfield(L, -2, "_safetensors");
+    luaL_setfuncs(L, functions, 0);
 }

@@ -7,7 +7,6 @@
 
 typedef struct { lps_tensor *t; } tensor_ud;
 
-int lps_lua_raise(lua_State *L) { return luaL_error(L, "%s", lps_errmsg()); }
 
 lps_tensor *lps_lua_totensor(lua_State *L, int idx)
 {

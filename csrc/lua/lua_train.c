@@ -2,12 +2,24 @@
 #include <math.h>
 #include <string.h>
 
-#include "lua/nn_binding.h"
+#include "lua/binding.h"
 
 typedef struct {
     lps_optim *o;
     int busy; /* in use by train: close() must wait */
 } optim_ud;
+
+/* Number of classes the model outputs for inputs shaped like x (raises). */
+static int64_t model_classes(lua_State *L, lps_layer *m, const lps_tensor *x, const char *op)
+{
+    int nd;
+    int64_t shape[LPS_MAX_DIMS];
+    LPS_LCHECK(L, lps_layer_out_shape(m, x->ndim, x->shape, &nd, shape));
+    if (nd != 2)
+        luaL_error(L, "%s: the model's output should be (batch x classes), got %d dimensions", op,
+                   nd);
+    return shape[1];
+}
 
 static lps_optim *checkoptim(lua_State *L, int idx)
 {
@@ -264,8 +276,8 @@ static int l_train(lua_State *L)
     lps_tensor *x = lps_lua_checktensor(L, 2);
     lps_optim *opt = checkoptim(L, 4);
     luaL_checktype(L, 5, LUA_TTABLE);
-    int64_t classes = lps_lua_model_classes(L, m, x, "train");
-    int32_t *y = lps_lua_checklabels(L, 3, x->shape[0], classes, "train");
+    int64_t classes = model_classes(L, m, x, "train");
+    int32_t *y = lps_lua_checklabels32(L, 3, x->shape[0], classes, "train");
     lps_train_opts o;
     memset(&o, 0, sizeof o);
     lua_Integer epochs = (lua_Integer)optnum(L, 5, "epochs", 1);
@@ -289,9 +301,9 @@ static int l_train(lua_State *L)
     lua_getfield(L, 5, "val_x");
     if (!lua_isnil(L, -1)) {
         o.val_x = lps_lua_checktensor(L, lua_gettop(L));
-        lps_lua_model_classes(L, m, o.val_x, "train (validation)");
+        model_classes(L, m, o.val_x, "train (validation)");
         lua_getfield(L, 5, "val_y");
-        o.val_y = lps_lua_checklabels(L, -1, o.val_x->shape[0], classes, "train (validation)");
+        o.val_y = lps_lua_checklabels32(L, -1, o.val_x->shape[0], classes, "train (validation)");
     }
     o.eval_batch = (int64_t)optnum(L, 5, "eval_batch", 256);
     o.progress_interval = optnum(L, 5, "progress_interval", 0.25);
@@ -332,8 +344,8 @@ static int l_evaluate(lua_State *L)
 {
     lps_layer *m = lps_lua_checkmodule(L, 1);
     lps_tensor *x = lps_lua_checktensor(L, 2);
-    int64_t classes = lps_lua_model_classes(L, m, x, "evaluate");
-    int32_t *y = lps_lua_checklabels(L, 3, x->shape[0], classes, "evaluate");
+    int64_t classes = model_classes(L, m, x, "evaluate");
+    int32_t *y = lps_lua_checklabels32(L, 3, x->shape[0], classes, "evaluate");
     lua_Integer batch = luaL_optinteger(L, 4, 256);
     luaL_argcheck(L, batch >= 1, 4, "batch must be >= 1");
     double loss, acc;

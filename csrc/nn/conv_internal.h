@@ -4,12 +4,12 @@
 
 #include "nn/nn_internal.h"
 
-/* Layer config: cin, cout, kernel, stride, padding (l->cfg). */
-#define CIN cfg[0]
-#define COUT cfg[1]
-#define KS cfg[2]
-#define STRIDE cfg[3]
-#define PAD cfg[4]
+/* The layer's fields (conv2d.c): in, out, kernel, stride, padding, bias. */
+#define CIN(l) FI(&(l)->cfg, 0)
+#define COUT(l) FI(&(l)->cfg, 1)
+#define KS(l) FI(&(l)->cfg, 2)
+#define STRIDE(l) FI(&(l)->cfg, 3)
+#define PAD(l) FI(&(l)->cfg, 4)
 
 /* Scratch of each thread: slot CONV_PART holds its share of the weight and
  * bias gradients when a backward pass runs on several threads; the kernels

@@ -10,11 +10,11 @@
 void conv_split_geometry(const convjob *j, convsplit *g)
 {
     const lps_layer *l = j->l;
-    g->cin = l->CIN;
-    g->cout = l->COUT;
-    g->k = l->KS;
-    g->s = l->STRIDE;
-    g->pad = l->PAD;
+    g->cin = CIN(l);
+    g->cout = COUT(l);
+    g->k = KS(l);
+    g->s = STRIDE(l);
+    g->pad = PAD(l);
     g->owp = (j->ow + 7) / 8 * 8;
     /* rows: one more output row than needed (pairs of rows) */
     g->hp = (j->oh + 1) * g->s + g->k;

@@ -21,8 +21,8 @@ typedef struct {
 
 static void geometry(const lps_layer *l, const convjob *d, wgeo *g)
 {
-    g->c1 = l->CIN;
-    g->c2 = l->COUT;
+    g->c1 = CIN(l);
+    g->c2 = COUT(l);
     g->th = (d->oh + 1) / 2;
     g->tw = (d->ow + 1) / 2;
     g->tp = g->th * g->tw;
@@ -435,7 +435,7 @@ static void wino_fwd(const convjob *j, int th, int64_t b0, int64_t b1)
         int64_t gs = b1 - n0 < g.group ? b1 - n0 : g.group, t = gs * g.tp;
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)
-                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, l->PAD, &g,
+                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, PAD(l), &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
         for (int k = 0; k < 16; k++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.c2, (int)t, (int)g.c1,
@@ -465,7 +465,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
         int64_t gs = b1 - n0 < g.group ? b1 - n0 : g.group, t = gs * g.tp;
         for (int64_t s = 0; s < gs; s++) {
             for (int64_t c = 0; c < g.c1 && !l->frozen; c++)
-                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, l->PAD, &g,
+                input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, PAD(l), &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
             for (int64_t c = 0; c < g.c2; c++)
                 grad_transform(j->gy + ((n0 + s) * g.c2 + c) * out_plane, j, &g,
@@ -486,7 +486,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
                         v + k * g.c1 * t, (int)t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)
-                input_grad(v + c * t + s * g.tp, g.c1 * t, &g, j, l->PAD,
+                input_grad(v + c * t + s * g.tp, g.c1 * t, &g, j, PAD(l),
                            j->gx + ((n0 + s) * g.c1 + c) * in_plane, rows);
     }
 }
@@ -495,13 +495,13 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
 static void wino_finish(const convjob *j)
 {
     if (j->l->frozen) return;
-    int64_t nu = 16 * j->l->CIN * j->l->COUT;
+    int64_t nu = 16 * CIN(j->l) * COUT(j->l);
     float *du = conv_slots(j, 0)[S_DU].p;
     for (int t = 1; t < j->nt; t++) {
         const float *o = conv_slots(j, t)[S_DU].p;
         for (int64_t i = 0; i < nu; i++) du[i] += o[i];
     }
-    filter_grad(du, j->l->COUT, j->l->CIN, conv_gw(j, 0));
+    filter_grad(du, COUT(j->l), CIN(j->l), conv_gw(j, 0));
 }
 
 const convkernel lps_conv_wino = {wino_prep, wino_fwd, wino_bwd, wino_finish};

@@ -3,27 +3,37 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
-static lps_status lin_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
-                                int64_t *out)
+static lps_status lin_flow(const lps_arch_entry *e, lps_flow *f)
 {
-    if (ndim != 2 || in[1] != l->cfg[0] || in[0] > INT32_MAX) {
-        lps_tensor t = {.ndim = ndim};
-        for (int i = 0; i < ndim; i++) t.shape[i] = in[i];
-        return lps_fail(LPS_ESHAPE, "linear(%lld -> %lld): input %s should be (batch x %lld)%s",
-                        (long long)l->cfg[0], (long long)l->cfg[1], SH(&t), (long long)l->cfg[0],
-                        ndim > 2 ? "; put a flatten() before it" : "");
+    int64_t in = FI(e, 0), out = FI(e, 1);
+    if (f->rank > 1)
+        return lps_flow_fail(f, LPS_ESHAPE, "needs flat features but %s gives %s: put a flatten "
+                             "before it", f->from, FSH(f->rank, f->d));
+    if (f->rank == 1 && f->d[0] != LPS_ARCH_UNKNOWN && f->d[0] != in) {
+        if (f->flat)
+            return lps_flow_fail(f, LPS_ESHAPE, "\"in\" is %lld but %s gives %lld features: %s "
+                                 "flattened", (long long)in, f->from, (long long)f->d[0],
+                                 FSH(3, f->pre));
+        return lps_flow_fail(f, LPS_ESHAPE, "\"in\" is %lld but %s gives %lld features",
+                             (long long)in, f->from, (long long)f->d[0]);
     }
-    *ondim = 2;
-    out[0] = in[0];
-    out[1] = l->cfg[1];
+    if (f->rank == 1 && f->d[0] == LPS_ARCH_UNKNOWN && in % f->mult != 0)
+        return lps_flow_fail(f, LPS_ESHAPE, "\"in\" is %lld, not a multiple of the %lld channels "
+                             "flattened before it (channels x height x width)", (long long)in,
+                             (long long)f->mult);
+    f->rank = 1;
+    f->d[0] = out;
+    f->flat = 0;
+    f->mult = 1;
     return LPS_OK;
 }
 
 static lps_status lin_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    int b = (int)x->shape[0], in = (int)l->cfg[0], out = (int)l->cfg[1];
+    int b = (int)x->shape[0], in = (int)FI(&l->cfg, 0), out = (int)FI(&l->cfg, 1);
     const float *bias = l->param[1]->data;
     for (int r = 0; r < b; r++) memcpy(y->data + (int64_t)r * out, bias, (size_t)out * sizeof(float));
     if (b && in)
@@ -36,7 +46,7 @@ static lps_status lin_backward(lps_layer *l, const lps_tensor *x, const lps_tens
                                const lps_tensor *gy, lps_tensor *gx)
 {
     (void)y;
-    int b = (int)x->shape[0], in = (int)l->cfg[0], out = (int)l->cfg[1];
+    int b = (int)x->shape[0], in = (int)FI(&l->cfg, 0), out = (int)FI(&l->cfg, 1);
     if (b == 0) {
         return LPS_OK;
     }
@@ -59,24 +69,26 @@ static lps_status lin_backward(lps_layer *l, const lps_tensor *x, const lps_tens
     return LPS_OK;
 }
 
-static const lps_layer_ops lin_ops = {LPS_LAYER_LINEAR, "linear", lin_out_shape, lin_forward,
-                                      lin_backward, NULL};
-
-lps_layer *lps_linear_new(int64_t in, int64_t out, lps_rng *init)
+static lps_status lin_create(lps_layer *l, lps_rng *init)
 {
-    if (in < 1 || out < 1 || in > INT32_MAX / 2 || out > INT32_MAX / 2) {
-        lps_fail(LPS_EINVAL, "linear: sizes must be positive, got %lld -> %lld", (long long)in,
-                 (long long)out);
-        return NULL;
-    }
-    lps_layer *l = lps_layer_alloc(&lin_ops);
-    if (!l) return NULL;
-    l->cfg[0] = in;
-    l->cfg[1] = out;
-    int64_t wshape[2] = {out, in};
-    if (lps_layer_add_params(l, 2, wshape, out, 1.0 / sqrt((double)in), init)) {
-        lps_layer_free(l);
-        return NULL;
-    }
-    return l;
+    int64_t in = FI(&l->cfg, 0), out = FI(&l->cfg, 1), wshape[2] = {out, in};
+    double bound = 1.0 / sqrt((double)in);
+    if (lps_layer_add_param(l, "weight", 2, wshape, bound, init) ||
+        lps_layer_add_param(l, "bias", 1, &out, bound, init))
+        return LPS_ENOMEM;
+    return LPS_OK;
 }
+
+static void lin_repr(const lps_arch_entry *e, char *buf, size_t n)
+{
+    snprintf(buf, n, "Linear(in_features=%lld, out_features=%lld)", (long long)FI(e, 0),
+             (long long)FI(e, 1));
+}
+
+static const lps_field lin_fields[] = {{"in", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED},
+                                       {"out", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED},
+                                       {NULL, 0, 0, 0, 0}};
+
+const lps_layer_type lps_linear_type = {
+    .name = "linear", .fields = lin_fields, .flags = LPS_LT_WEIGHTED, .flow = lin_flow,
+    .create = lin_create, .forward = lin_forward, .backward = lin_backward, .repr = lin_repr};

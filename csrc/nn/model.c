@@ -1,36 +1,56 @@
 /* model.c - what all layers share (references, checked forward/backward,
- * parameter lists) and the sequential container with its reused buffers. */
+ * parameters and buffers with their PyTorch names, printing, building from
+ * an architecture and back) and the Sequential container with its reused
+ * buffers. Nothing here names a layer type. */
 #include "nn/nn_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-lps_layer *lps_layer_alloc(const lps_layer_ops *ops)
+lps_layer *lps_layer_alloc(const lps_layer_type *t, const lps_arch_entry *e)
 {
     lps_layer *l = calloc(1, sizeof *l);
     if (!l) {
-        lps_fail(LPS_ENOMEM, "%s: cannot allocate a layer", ops->name);
+        lps_fail(LPS_ENOMEM, "%s: cannot allocate a layer", t->name);
         return NULL;
     }
-    l->ops = ops;
+    l->type = t;
     l->refcount = 1;
     l->training = 1;
+    if (e) l->cfg = *e;
+    l->cfg.type = t;
     return l;
 }
 
-lps_status lps_layer_add_params(lps_layer *l, int wdim, const int64_t *wshape, int64_t nbias,
-                                double bound, lps_rng *r)
+lps_status lps_layer_add_param(lps_layer *l, const char *name, int ndim, const int64_t *shape,
+                               double bound, lps_rng *r)
 {
-    l->param[0] = lps_tensor_new(wdim, wshape);
-    l->grad[0] = lps_tensor_new(wdim, wshape);
-    l->param[1] = lps_tensor_new(1, &nbias);
-    l->grad[1] = lps_tensor_new(1, &nbias);
-    l->nparams = 2;
-    for (int i = 0; i < 2; i++)
-        if (!l->param[i] || !l->grad[i]) return LPS_ENOMEM;
-    lps_rand(l->param[0], r, (float)-bound, (float)bound);
-    lps_rand(l->param[1], r, (float)-bound, (float)bound);
+    if (l->nparams == LPS_LAYER_TENSORS)
+        return lps_fail(LPS_EINVAL, "%s: more than %d parameters", l->type->name, LPS_LAYER_TENSORS);
+    lps_tensor *p = lps_tensor_new(ndim, shape), *g = lps_tensor_new(ndim, shape);
+    if (!p || !g) {
+        lps_tensor_free(p);
+        lps_tensor_free(g);
+        return LPS_ENOMEM;
+    }
+    if (r) lps_rand(p, r, (float)-bound, (float)bound);
+    l->param[l->nparams] = p;
+    l->grad[l->nparams] = g;
+    l->param_name[l->nparams++] = name;
+    return LPS_OK;
+}
+
+lps_status lps_layer_add_buffer(lps_layer *l, const char *name, int64_t n, float v)
+{
+    if (l->nbuffers == LPS_LAYER_TENSORS)
+        return lps_fail(LPS_EINVAL, "%s: more than %d buffers", l->type->name, LPS_LAYER_TENSORS);
+    lps_tensor *b = lps_tensor_new(1, &n);
+    if (!b) return LPS_ENOMEM;
+    lps_fill(b, v);
+    l->buffer[l->nbuffers] = b;
+    l->buffer_name[l->nbuffers++] = name;
     return LPS_OK;
 }
 
@@ -71,14 +91,151 @@ lps_layer *lps_layer_ref(lps_layer *l)
 void lps_layer_free(lps_layer *l)
 {
     if (!l || --l->refcount > 0) return;
-    if (l->ops->destroy) l->ops->destroy(l);
+    if (l->type->destroy) l->type->destroy(l);
     for (int i = 0; i < l->nparams; i++) {
         lps_tensor_free(l->param[i]);
         lps_tensor_free(l->grad[i]);
     }
+    for (int i = 0; i < l->nbuffers; i++) lps_tensor_free(l->buffer[i]);
     for (int i = 0; i < l->nchildren; i++) lps_layer_free(l->children[i]);
     free(l->children);
     free(l);
+}
+
+/* ------------------------------------------------------ building */
+
+/* A short name of one layer for shape messages: "conv2d(1 -> 8)". */
+static void layer_who(const lps_layer *l, char *buf, size_t n)
+{
+    const lps_field *f = l->type->fields;
+    if (f && f[0].key && f[1].key && !strcmp(f[0].key, "in") && !strcmp(f[1].key, "out"))
+        snprintf(buf, n, "%s(%lld -> %lld)", l->type->name, (long long)FI(&l->cfg, 0),
+                 (long long)FI(&l->cfg, 1));
+    else
+        snprintf(buf, n, "%s", l->type->name);
+}
+
+lps_layer *lps_layer_new(const lps_arch_entry *entry, lps_rng *init)
+{
+    if (!entry || !entry->type) {
+        lps_fail(LPS_EINVAL, "layer: no layer type");
+        return NULL;
+    }
+    lps_arch_entry ec = *entry, *e = &ec;
+    lps_arch_entry_finish(e);
+    const lps_layer_type *t = e->type;
+    for (int i = 0; t->fields && t->fields[i].key; i++)
+        if (isnan(e->v[i])) {
+            lps_fail(LPS_EINVAL, "%s: \"%s\" is missing", t->name, t->fields[i].key);
+            return NULL;
+        }
+    if (t->branches && !e->body) {
+        lps_fail(LPS_EINVAL, "%s: \"body\" is missing", t->name);
+        return NULL;
+    }
+    /* the fields alone must be consistent (no input yet) */
+    lps_flow f = {0};
+    f.mult = 1;
+    lps_fmt(f.who, sizeof f.who, "%s", t->name);
+    lps_fmt(f.from, sizeof f.from, "its input");
+    if (t->flow(e, &f)) return NULL;
+    lps_layer *l = lps_layer_alloc(t, e);
+    if (!l) return NULL;
+    lps_status s = t->create ? t->create(l, init) : LPS_OK;
+    l->cfg.body = l->cfg.shortcut = NULL; /* the branches are its children now */
+    if (s) {
+        if (s == LPS_ENOMEM) lps_fail(LPS_ENOMEM, "%s: cannot allocate its parameters", t->name);
+        lps_layer_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init)
+{
+    int n = a ? (int)a->n : 0;
+    lps_layer **kids = calloc((size_t)(n ? n : 1), sizeof *kids);
+    if (!kids) {
+        lps_fail(LPS_ENOMEM, "from_arch: cannot allocate %d layers", n);
+        return NULL;
+    }
+    lps_layer *seq = NULL;
+    int i = 0;
+    for (; i < n; i++) {
+        kids[i] = lps_layer_new(&a->entries[i], init);
+        if (!kids[i]) {
+            char msg[600];
+            lps_fmt(msg, sizeof msg, "%s", lps_errmsg());
+            lps_fail(LPS_EINVAL, "layer %d: %s", i + 1, msg);
+            break;
+        }
+    }
+    if (i == n) seq = lps_sequential_of(kids, n);
+    for (int k = 0; k < i; k++) lps_layer_free(kids[k]);
+    free(kids);
+    return seq;
+}
+
+static lps_status arch_of(const lps_layer *l, lps_arch **out, const char *who);
+
+/* The entries of a Sequential's children. */
+static lps_status arch_of_children(const lps_layer *l, lps_arch *a, const char *who)
+{
+    a->entries = calloc((size_t)(l->nchildren ? l->nchildren : 1), sizeof *a->entries);
+    if (!a->entries) return lps_fail(LPS_ENOMEM, "arch: out of memory");
+    for (int i = 0; i < l->nchildren; i++) {
+        const lps_layer *c = l->children[i];
+        if (!c->type->flow)
+            return lps_fail(LPS_EINVAL, "arch: %slayer %d is a nested Sequential, which has no arch "
+                            "entry (the list is flat: build the model as one sequential, with "
+                            "residual blocks for branches)", who, i + 1);
+        lps_arch_entry *e = &a->entries[a->n++];
+        *e = c->cfg;
+        if (c->type->branches) {
+            char sub[256];
+            lps_fmt(sub, sizeof sub, "%slayer %d (%s) ", who, i + 1, c->type->name);
+            for (int b = 0; b < c->nchildren && b < 2; b++) {
+                lps_status s = arch_of(c->children[b], b ? &e->shortcut : &e->body, sub);
+                if (s) return s;
+            }
+            if (!e->shortcut && !(e->shortcut = calloc(1, sizeof *e->shortcut)))
+                return lps_fail(LPS_ENOMEM, "arch: out of memory");
+        }
+    }
+    return LPS_OK;
+}
+
+static lps_status arch_of(const lps_layer *l, lps_arch **out, const char *who)
+{
+    lps_arch *a = calloc(1, sizeof *a);
+    if (!a) return lps_fail(LPS_ENOMEM, "arch: out of memory");
+    lps_status s;
+    if (l->type->flow) { /* a leaf: a list of one */
+        lps_layer tmp = {.type = l->type, .nchildren = 1, .children = (lps_layer **)&l};
+        s = arch_of_children(&tmp, a, who);
+    } else {
+        s = arch_of_children(l, a, who);
+    }
+    if (s) {
+        lps_arch_free(a);
+        return s;
+    }
+    *out = a;
+    return LPS_OK;
+}
+
+lps_status lps_layer_arch(const lps_layer *l, lps_arch **out)
+{
+    *out = NULL;
+    lps_arch *a;
+    lps_status s = arch_of(l, &a, "");
+    if (s) return s;
+    if ((s = lps_arch_reflow(a))) {
+        lps_arch_free(a);
+        return s;
+    }
+    *out = a;
+    return LPS_OK;
 }
 
 /* ------------------------------------------------------ checked calls */
@@ -87,8 +244,36 @@ lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, 
                                int64_t *out)
 {
     if (ndim < 1 || ndim > LPS_MAX_DIMS)
-        return lps_fail(LPS_ESHAPE, "%s: input has %d dimensions", l->ops->name, ndim);
-    return l->ops->out_shape(l, ndim, in, ondim, out);
+        return lps_fail(LPS_ESHAPE, "%s: input has %d dimensions", l->type->name, ndim);
+    if (l->type->out_shape) return l->type->out_shape(l, ndim, in, ondim, out);
+    if (in[0] > INT32_MAX)
+        return lps_fail(LPS_ESHAPE, "%s: a batch of %lld samples is more than BLAS takes", l->type->name,
+                        (long long)in[0]);
+    if (ndim == 1) { /* a batch of scalars: only element-wise layers take it */
+        if (l->type->flow != lps_flow_same)
+            return lps_fail(LPS_ESHAPE, "%s: input (%lld) needs a batch dimension and at least one more",
+                            l->type->name, (long long)in[0]);
+        *ondim = 1;
+        out[0] = in[0];
+        return LPS_OK;
+    }
+    lps_flow f = {0};
+    f.rank = ndim - 1;
+    for (int i = 1; i < ndim; i++) f.d[i - 1] = in[i];
+    f.mult = 1;
+    f.instance = 1;
+    layer_who(l, f.who, sizeof f.who);
+    lps_tensor t = {.ndim = ndim};
+    for (int i = 0; i < ndim; i++) t.shape[i] = in[i];
+    lps_fmt(f.from, sizeof f.from, "its input %s", SH(&t));
+    lps_status s = l->type->flow(&l->cfg, &f);
+    if (s) return s;
+    if (f.rank < 1)
+        return lps_fail(LPS_ESHAPE, "%s: gives no output for input %s", f.who, SH(&t));
+    *ondim = f.rank + 1;
+    out[0] = in[0];
+    for (int i = 0; i < f.rank; i++) out[i + 1] = f.d[i];
+    return LPS_OK;
 }
 
 static lps_status check_out(const lps_layer *l, const lps_tensor *x, const lps_tensor *y,
@@ -100,7 +285,7 @@ static lps_status check_out(const lps_layer *l, const lps_tensor *x, const lps_t
     if (s) return s;
     lps_tensor want = lps_view_as(y, nd, shape);
     if (!lps_same_shape(&want, y))
-        return lps_fail(LPS_ESHAPE, "%s: %s %s should be %s for input %s", l->ops->name, what,
+        return lps_fail(LPS_ESHAPE, "%s: %s %s should be %s for input %s", l->type->name, what,
                         SH(y), SH(&want), SH(x));
     return LPS_OK;
 }
@@ -108,7 +293,7 @@ static lps_status check_out(const lps_layer *l, const lps_tensor *x, const lps_t
 lps_status lps_layer_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
     lps_status s = check_out(l, x, y, "output");
-    return s ? s : l->ops->forward(l, x, y);
+    return s ? s : l->type->forward(l, x, y);
 }
 
 lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
@@ -118,12 +303,14 @@ lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tenso
     if (s) return s;
     if (!lps_same_shape(gy, y))
         return lps_fail(LPS_ESHAPE, "%s backward: output gradient %s differs from output %s",
-                        l->ops->name, SH(gy), SH(y));
+                        l->type->name, SH(gy), SH(y));
     if (gx && !lps_same_shape(gx, x))
         return lps_fail(LPS_ESHAPE, "%s backward: input gradient %s differs from input %s",
-                        l->ops->name, SH(gx), SH(x));
-    return l->ops->backward(l, x, y, gy, gx);
+                        l->type->name, SH(gx), SH(x));
+    return l->type->backward(l, x, y, gy, gx);
 }
+
+/* ------------------------------------------------------ tensors */
 
 static int collect(const lps_layer *l, lps_tensor **p, lps_tensor **g, int max, int k)
 {
@@ -139,6 +326,27 @@ static int collect(const lps_layer *l, lps_tensor **p, lps_tensor **g, int max, 
 int lps_layer_params(const lps_layer *l, lps_tensor **params, lps_tensor **grads, int max)
 {
     return collect(l, params, grads, max, 0);
+}
+
+static void named(const lps_layer *l, char *prefix, size_t len, lps_named_fn fn, void *ud)
+{
+    for (int b = 0; b < 2; b++) /* parameters, then buffers, as PyTorch's state_dict */
+        for (int i = 0; i < (b ? l->nbuffers : l->nparams); i++) {
+            snprintf(prefix + len, 512 - len, "%s", b ? l->buffer_name[i] : l->param_name[i]);
+            fn(ud, prefix, b ? l->buffer[i] : l->param[i], b);
+        }
+    for (int i = 0; i < l->nchildren; i++) {
+        int k = l->child_names ? snprintf(prefix + len, 512 - len, "%s.", l->child_names[i])
+                               : snprintf(prefix + len, 512 - len, "%d.", i);
+        if (k > 0 && len + (size_t)k < 500) named(l->children[i], prefix, len + (size_t)k, fn, ud);
+    }
+    prefix[len] = '\0';
+}
+
+void lps_layer_named(const lps_layer *l, lps_named_fn fn, void *ud)
+{
+    char prefix[512] = "";
+    named(l, prefix, 0, fn, ud);
 }
 
 int64_t lps_layer_numel(const lps_layer *l)
@@ -166,6 +374,68 @@ void lps_layer_set_training(lps_layer *l, int training)
 {
     l->training = training != 0;
     for (int i = 0; i < l->nchildren; i++) lps_layer_set_training(l->children[i], training);
+}
+
+/* ------------------------------------------------------ printing */
+
+typedef struct {
+    char *b;
+    size_t n, cap;
+    int oom;
+} text;
+
+static void add(text *t, const char *s)
+{
+    size_t k = strlen(s);
+    if (t->oom) return;
+    if (t->n + k + 1 > t->cap) {
+        size_t cap = (t->cap + k + 1) * 2;
+        char *nb = realloc(t->b, cap);
+        if (!nb) {
+            t->oom = 1;
+            return;
+        }
+        t->b = nb;
+        t->cap = cap;
+    }
+    memcpy(t->b + t->n, s, k + 1);
+    t->n += k;
+}
+
+static void repr(text *t, const lps_layer *l, int indent)
+{
+    char s[256];
+    l->type->repr(&l->cfg, s, sizeof s);
+    add(t, s);
+    if (l->type->flow && !l->nchildren) return;
+    if (!l->nchildren) { /* an empty container: PyTorch prints "Sequential()" */
+        add(t, "()");
+        return;
+    }
+    add(t, "(\n");
+    for (int i = 0; i < l->nchildren; i++) {
+        for (int k = 0; k < indent + 2; k++) add(t, " ");
+        if (l->child_names) snprintf(s, sizeof s, "(%s): ", l->child_names[i]);
+        else snprintf(s, sizeof s, "(%d): ", i);
+        add(t, s);
+        repr(t, l->children[i], indent + 2);
+        add(t, "\n");
+    }
+    for (int k = 0; k < indent; k++) add(t, " ");
+    add(t, ")");
+}
+
+char *lps_layer_repr(const lps_layer *l)
+{
+    text t = {NULL, 0, 0, 0};
+    add(&t, "");
+    repr(&t, l, 0);
+    if (t.oom) {
+        free(t.b);
+        lps_fail(LPS_ENOMEM, "repr: out of memory");
+        return NULL;
+    }
+    return t.b;
 }
 
 /* ------------------------------------------------------------ sequential */
@@ -209,7 +479,7 @@ static lps_status seq_shapes(const lps_layer *l, int ndim, const int64_t *in, in
         lps_status s = lps_layer_out_shape(l->children[i], nd, cur, &nnd, next);
         if (s) {
             char msg[1024];
-            snprintf(msg, sizeof msg, "%s", lps_errmsg());
+            lps_fmt(msg, sizeof msg, "%s", lps_errmsg());
             return lps_fail(s, "sequential layer %d: %s", i + 1, msg);
         }
         if (sizing && i + 1 < l->nchildren) {
@@ -224,11 +494,13 @@ static lps_status seq_shapes(const lps_layer *l, int ndim, const int64_t *in, in
     return LPS_OK;
 }
 
-/* A relu directly followed by a max-pooling runs as one step (seq_forward). */
-static int relu_pool(const lps_layer *l, int i)
+/* A sign-gated element-wise layer directly followed by a window maximum runs
+ * after it (seq_forward): max-pooling then ReLU is ReLU then max-pooling, on
+ * a fraction of the values. */
+static int fused(const lps_layer *l, int i)
 {
-    return i + 1 < l->nchildren && l->children[i]->ops->type == LPS_LAYER_RELU &&
-           l->children[i + 1]->ops->type == LPS_LAYER_MAXPOOL2D;
+    return i + 1 < l->nchildren && (l->children[i]->type->flags & LPS_LT_SIGN_GATE) &&
+           (l->children[i + 1]->type->flags & LPS_LT_WINDOW_MAX);
 }
 
 static lps_status seq_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
@@ -245,21 +517,22 @@ static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
     p->in_ndim = 0;
     lps_status s = seq_shapes(l, x->ndim, x->shape, &nd, shape, p);
     if (s) return s;
+    if (l->nchildren == 0) { /* identity */
+        if (x->numel && y->data != x->data) memcpy(y->data, x->data, (size_t)x->numel * sizeof(float));
+    }
     for (int i = 0; i < l->nchildren; i++) {
         const lps_tensor *in = i ? &p->act[i - 1].view : x;
-        if (relu_pool(l, i)) {
-            /* relu then max-pooling is max-pooling then relu, on a quarter of
-             * the values: the relu's own output is never built */
-            lps_layer *relu = l->children[i], *pool = l->children[i + 1];
+        if (fused(l, i)) {
+            lps_layer *gate = l->children[i], *pool = l->children[i + 1];
             lps_tensor *out = i + 2 < l->nchildren ? &p->act[i + 1].view : y;
-            s = pool->ops->forward(pool, in, out);
-            if (!s) s = relu->ops->forward(relu, out, out);
+            s = pool->type->forward(pool, in, out);
+            if (!s) s = gate->type->forward(gate, out, out);
             if (s) return s;
             i++;
             continue;
         }
         lps_tensor *out = i + 1 < l->nchildren ? &p->act[i].view : y;
-        s = l->children[i]->ops->forward(l->children[i], in, out);
+        s = l->children[i]->type->forward(l->children[i], in, out);
         if (s) return s;
     }
     p->in_ndim = x->ndim;
@@ -275,23 +548,25 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         return lps_fail(LPS_EINVAL, "sequential backward: input %s was not the last forward's input",
                         SH(x));
     int n = l->nchildren;
+    if (n == 0 && gx && x->numel && gx->data != gy->data)
+        memcpy(gx->data, gy->data, (size_t)x->numel * sizeof(float));
     for (int i = n - 1; i >= 0; i--) {
-        if (i > 0 && relu_pool(l, i - 1)) {
-            /* the pair's backward: relu's mask from the pooled output (positive
-             * exactly where the pooled input is), then the pooling's backward
-             * on the relu's input; windows whose maximum is not positive get
-             * no gradient either way. The relu's output gradient buffer holds
-             * the masked pooled gradient. */
+        if (i > 0 && fused(l, i - 1)) {
+            /* the pair's backward: the gate's mask from the pooled output
+             * (positive exactly where the pooled input is), then the pooling's
+             * backward on the gate's input; windows whose maximum is not
+             * positive get no gradient either way. The gate's output gradient
+             * buffer holds the masked pooled gradient. */
             int r = i - 1;
-            lps_layer *relu = l->children[r], *pool = l->children[i];
+            lps_layer *gate = l->children[r], *pool = l->children[i];
             const lps_tensor *in = r ? &p->act[r - 1].view : x;
             const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
             const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
             lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
             lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
             if (gin) {
-                lps_status s = relu->ops->backward(relu, out, out, gout, &masked);
-                if (!s) s = pool->ops->backward(pool, in, out, &masked, gin);
+                lps_status s = gate->type->backward(gate, out, out, gout, &masked);
+                if (!s) s = pool->type->backward(pool, in, out, &masked, gin);
                 if (s) return s;
             }
             i = r;
@@ -301,7 +576,7 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
         const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
         lps_tensor *gin = i ? &p->grad[i - 1].view : gx;
-        lps_status s = l->children[i]->ops->backward(l->children[i], in, out, gout, gin);
+        lps_status s = l->children[i]->type->backward(l->children[i], in, out, gout, gin);
         if (s) return s;
     }
     return LPS_OK;
@@ -320,6 +595,12 @@ static void seq_destroy(lps_layer *l)
     free(p);
 }
 
+static void seq_repr(const lps_arch_entry *e, char *buf, size_t n)
+{
+    (void)e;
+    snprintf(buf, n, "Sequential");
+}
+
 static int contains(const lps_layer *tree, const lps_layer *l)
 {
     if (tree == l) return 1;
@@ -328,31 +609,29 @@ static int contains(const lps_layer *tree, const lps_layer *l)
     return 0;
 }
 
-static const lps_layer_ops seq_ops = {LPS_LAYER_SEQUENTIAL, "sequential", seq_out_shape, seq_forward,
-                                      seq_backward, seq_destroy};
+/* Not in the registry: a list of entries is a Sequential, no entry is one. */
+static const lps_layer_type seq_type = {
+    .name = "sequential", .forward = seq_forward, .backward = seq_backward,
+    .destroy = seq_destroy, .repr = seq_repr, .out_shape = seq_out_shape};
 
-lps_layer *lps_sequential_new(lps_layer *const *children, int n)
+lps_layer *lps_sequential_of(lps_layer *const *children, int n)
 {
-    if (n < 1) {
-        lps_fail(LPS_EINVAL, "sequential: needs at least one layer");
-        return NULL;
-    }
     /* A layer used twice would count its parameters twice and share buffers. */
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
             if (contains(children[j], children[i]) || contains(children[i], children[j])) {
                 lps_fail(LPS_EINVAL, "sequential: layer %d (%s) is also used by layer %d; "
-                         "a layer may appear only once", i + 1, children[i]->ops->name, j + 1);
+                         "a layer may appear only once", i + 1, children[i]->type->name, j + 1);
                 return NULL;
             }
-    lps_layer *l = lps_layer_alloc(&seq_ops);
+    lps_layer *l = lps_layer_alloc(&seq_type, NULL);
     if (!l) return NULL;
-    l->children = calloc((size_t)n, sizeof *l->children);
+    l->children = calloc((size_t)(n ? n : 1), sizeof *l->children);
     seqpriv *p = calloc(1, sizeof *p);
     l->priv = p;
     if (p) {
-        p->act = calloc((size_t)n, sizeof *p->act);
-        p->grad = calloc((size_t)n, sizeof *p->grad);
+        p->act = calloc((size_t)(n ? n : 1), sizeof *p->act);
+        p->grad = calloc((size_t)(n ? n : 1), sizeof *p->grad);
     }
     if (!l->children || !p || !p->act || !p->grad) {
         lps_layer_free(l);
@@ -363,3 +642,14 @@ lps_layer *lps_sequential_new(lps_layer *const *children, int n)
     l->nchildren = n;
     return l;
 }
+
+lps_layer *lps_sequential_new(lps_layer *const *children, int n)
+{
+    if (n < 1) {
+        lps_fail(LPS_EINVAL, "sequential: needs at least one layer");
+        return NULL;
+    }
+    return lps_sequential_of(children, n);
+}
+
+int lps_layer_is_sequential(const lps_layer *l) { return l->type == &seq_type; }

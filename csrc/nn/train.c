@@ -97,7 +97,7 @@ static lps_status eval_with(lps_layer *model, batchbuf *b, const lps_tensor *x, 
         batch_views(b, m, &bx, &lg, &glg);
         /* Contiguous rows: a header over the data, no copy. */
         bx.data = x->data + at * b->rowsize;
-        lps_status s = model->ops->forward(model, &bx, &lg);
+        lps_status s = model->type->forward(model, &bx, &lg);
         if (s) return s;
         double l;
         int64_t c;
@@ -158,7 +158,7 @@ static lps_status train_epochs(lps_layer *model, const lps_tensor *x, const int3
                        (size_t)b->rowsize * sizeof(float));
                 b->y[r] = y[src];
             }
-            lps_status s = model->ops->forward(model, &bx, &lg);
+            lps_status s = model->type->forward(model, &bx, &lg);
             double loss;
             int64_t c;
             if (!s) s = lps_cross_entropy(&lg, b->y, &loss, &glg, &c);
@@ -169,7 +169,7 @@ static lps_status train_epochs(lps_layer *model, const lps_tensor *x, const int3
                                 isnan(loss) ? "NaN" : "infinite", e + 1, (long long)k + 1,
                                 (long long)steps);
             lps_layer_zero_grad(model);
-            s = model->ops->backward(model, &bx, &lg, &glg, NULL);
+            s = model->type->backward(model, &bx, &lg, &glg, NULL);
             if (!s) s = lps_optim_step(o->optim, st->params, st->grads, st->n);
             if (s) return s;
             total += loss * (double)m;

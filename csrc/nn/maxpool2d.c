@@ -1,30 +1,32 @@
-/* pool.c - 2-D max pooling without padding. Ties and NaN follow PyTorch: the
+/* maxpool2d.c - 2-D max pooling without padding. Ties and NaN follow PyTorch: the
  * first maximum of a window wins, a NaN anywhere wins. The backward pass
  * recomputes each window's winner from x, so no index buffer is kept. */
 #include "nn/nn_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
 
-static lps_status pool_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
-                                 int64_t *out)
+static lps_status pool_flow(const lps_arch_entry *e, lps_flow *f)
 {
-    int64_t k = l->cfg[0], s = l->cfg[1];
-    if (ndim != 4 || in[2] < k || in[3] < k) {
-        lps_tensor t = {.ndim = ndim};
-        for (int i = 0; i < ndim; i++) t.shape[i] = in[i];
-        return lps_fail(LPS_ESHAPE, "maxpool2d(k=%lld): input %s should be (batch x channels x "
-                        "height x width) with height and width >= %lld", (long long)k, SH(&t),
-                        (long long)k);
+    int64_t k = FI(e, 0), s = FI(e, 1);
+    if (f->rank == 0) {
+        f->rank = 3;
+        f->d[0] = f->d[1] = f->d[2] = LPS_ARCH_UNKNOWN;
+        return LPS_OK;
     }
-    *ondim = 4;
-    out[0] = in[0];
-    out[1] = in[1];
-    out[2] = (in[2] - k) / s + 1;
-    out[3] = (in[3] - k) / s + 1;
+    if (f->rank != 3)
+        return lps_flow_fail(f, LPS_ESHAPE, "needs (channels x height x width) but %s gives %s%s",
+                             f->from, FSH(f->rank, f->d), f->rank == 1 ? " features" : "");
+    for (int i = 1; i < 3; i++)
+        if (f->d[i] != LPS_ARCH_UNKNOWN && f->d[i] < k)
+            return lps_flow_fail(f, LPS_ESHAPE, "kernel %lld is larger than its input: %s gives %s",
+                                 (long long)k, f->from, FSH(3, f->d));
+    for (int i = 1; i < 3; i++)
+        if (f->d[i] != LPS_ARCH_UNKNOWN) f->d[i] = (f->d[i] - k) / s + 1;
     return LPS_OK;
 }
 
@@ -196,7 +198,7 @@ static void pool_part(void *ctx, int t, int nt)
 static void pool_run(const lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                      const lps_tensor *gy, lps_tensor *gx)
 {
-    pooljob j = {l->cfg[0], l->cfg[1], x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+    pooljob j = {FI(&l->cfg, 0), FI(&l->cfg, 1), x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
                  y->shape[2], y->shape[3], x->data, gy ? gy->data : NULL, y->data,
                  gx ? gx->data : NULL};
     /* threads only for a large batch: waking one costs some microseconds */
@@ -217,20 +219,17 @@ static lps_status pool_backward(lps_layer *l, const lps_tensor *x, const lps_ten
     return LPS_OK;
 }
 
-static const lps_layer_ops pool_ops = {LPS_LAYER_MAXPOOL2D, "maxpool2d", pool_out_shape,
-                                       pool_forward, pool_backward, NULL};
-
-lps_layer *lps_maxpool2d_new(int64_t k, int64_t stride)
+static void pool_repr(const lps_arch_entry *e, char *buf, size_t n)
 {
-    if (stride == 0) stride = k;
-    if (k < 1 || stride < 1 || k > 1024 || stride > 1024) {
-        lps_fail(LPS_EINVAL, "maxpool2d: kernel and stride must be 1..1024, got k=%lld, stride=%lld",
-                 (long long)k, (long long)stride);
-        return NULL;
-    }
-    lps_layer *l = lps_layer_alloc(&pool_ops);
-    if (!l) return NULL;
-    l->cfg[0] = k;
-    l->cfg[1] = stride;
-    return l;
+    snprintf(buf, n, "MaxPool2d(kernel_size=%lld, stride=%lld)", (long long)FI(e, 0), (long long)FI(e, 1));
 }
+
+static const lps_field pool_fields[] = {{"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED},
+                                        {"stride", LPS_FIELD_INT, 1, 1024, LPS_DEF_FIRST},
+                                        {NULL, 0, 0, 0, 0}};
+
+/* A window maximum commutes with ReLU (both monotone) and with a positive
+ * scale of its channel. */
+const lps_layer_type lps_maxpool2d_type = {
+    .name = "maxpool2d", .fields = pool_fields, .flags = LPS_LT_CHANNELWISE | LPS_LT_WINDOW_MAX,
+    .flow = pool_flow, .forward = pool_forward, .backward = pool_backward, .repr = pool_repr};

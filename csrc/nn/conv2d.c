@@ -1,4 +1,4 @@
-/* conv.c - 2-D convolution (cross-correlation, as PyTorch): the layer, the
+/* conv2d.c - 2-D convolution (cross-correlation, as PyTorch): the layer, the
  * choice of kernel (direct for few inputs per output, Winograd for 3x3 at
  * stride 1, else im2col + GEMM sample by sample, here) and the split of a
  * batch over threads. */
@@ -9,29 +9,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
-                                 int64_t *out)
+static lps_status conv_flow(const lps_arch_entry *e, lps_flow *f)
 {
-    lps_tensor t = {.ndim = ndim};
-    for (int i = 0; i < ndim; i++) t.shape[i] = i < ndim ? in[i] : 1;
-    if (ndim != 4 || in[1] != l->CIN)
-        return lps_fail(LPS_ESHAPE, "conv2d(%lld -> %lld, k=%lld): input %s should be "
-                        "(batch x %lld x height x width)", (long long)l->CIN, (long long)l->COUT,
-                        (long long)l->KS, SH(&t), (long long)l->CIN);
-    int64_t h = in[2] + 2 * l->PAD, w = in[3] + 2 * l->PAD;
-    if (h < l->KS || w < l->KS)
-        return lps_fail(LPS_ESHAPE, "conv2d: input %s with padding %lld is smaller than the "
-                        "kernel %lldx%lld", SH(&t), (long long)l->PAD, (long long)l->KS,
-                        (long long)l->KS);
-    int64_t oh = (h - l->KS) / l->STRIDE + 1, ow = (w - l->KS) / l->STRIDE + 1;
-    if (in[0] > INT32_MAX || oh * ow > INT32_MAX / 4 || l->CIN * l->KS * l->KS > INT32_MAX / 4 ||
-        oh * ow * l->CIN * l->KS * l->KS > LPS_MAX_NUMEL)
-        return lps_fail(LPS_ESHAPE, "conv2d: input %s is too large for BLAS", SH(&t));
-    *ondim = 4;
-    out[0] = in[0];
-    out[1] = l->COUT;
-    out[2] = oh;
-    out[3] = ow;
+    int64_t cin = FI(e, 0), cout = FI(e, 1), k = FI(e, 2), s = FI(e, 3), pad = FI(e, 4);
+    if (f->rank == 0) { /* unknown input: channels out, sizes unknown */
+        f->rank = 3;
+        f->d[0] = cout;
+        f->d[1] = f->d[2] = LPS_ARCH_UNKNOWN;
+        return LPS_OK;
+    }
+    if (f->rank != 3)
+        return lps_flow_fail(f, LPS_ESHAPE, "needs (channels x height x width) but %s gives %s%s",
+                             f->from, FSH(f->rank, f->d), f->rank == 1 ? " features" : "");
+    if (f->d[0] != LPS_ARCH_UNKNOWN && f->d[0] != cin)
+        return lps_flow_fail(f, LPS_ESHAPE, "\"in\" is %lld but %s gives %lld channels %s",
+                             (long long)cin, f->from, (long long)f->d[0], FSH(3, f->d));
+    for (int i = 1; i < 3; i++)
+        if (f->d[i] != LPS_ARCH_UNKNOWN && f->d[i] + 2 * pad < k)
+            return lps_flow_fail(f, LPS_ESHAPE, "kernel %lld is larger than its input%s: %s gives %s",
+                                 (long long)k, pad ? " plus padding" : "", f->from, FSH(3, f->d));
+    int64_t oh = f->d[1] == LPS_ARCH_UNKNOWN ? LPS_ARCH_UNKNOWN : (f->d[1] + 2 * pad - k) / s + 1;
+    int64_t ow = f->d[2] == LPS_ARCH_UNKNOWN ? LPS_ARCH_UNKNOWN : (f->d[2] + 2 * pad - k) / s + 1;
+    if (f->instance && oh != LPS_ARCH_UNKNOWN && ow != LPS_ARCH_UNKNOWN &&
+        (oh * ow > INT32_MAX / 4 || cin * k * k > INT32_MAX / 4 || oh * ow * cin * k * k > LPS_MAX_NUMEL))
+        return lps_flow_fail(f, LPS_ESHAPE, "input %s from %s is too large for BLAS", FSH(3, f->d), f->from);
+    f->d[0] = cout;
+    f->d[1] = oh;
+    f->d[2] = ow;
     return LPS_OK;
 }
 
@@ -40,7 +44,7 @@ static lps_status conv_out_shape(const lps_layer *l, int ndim, const int64_t *in
 enum { S_COL, S_X, S_GX };
 
 /* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
-static int plain_1x1(const lps_layer *l) { return l->KS == 1 && l->STRIDE == 1 && l->PAD == 0; }
+static int plain_1x1(const lps_layer *l) { return KS(l) == 1 && STRIDE(l) == 1 && PAD(l) == 0; }
 
 /* col (K x P): row (ci, ki, kj) holds, output by output, the input at that
  * tap, copied from the split layout 8 floats at a time; a copy that runs
@@ -88,7 +92,7 @@ static lps_status gemm_prep(const convjob *j, int backward)
     if (plain_1x1(l)) return LPS_OK;
     convsplit g;
     conv_split_geometry(j, &g);
-    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
+    int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
     for (int t = 0; t < j->nt; t++) {
         lps_scratch *s = conv_slots(j, t);
         if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") ||
@@ -102,13 +106,13 @@ static lps_status gemm_prep(const convjob *j, int backward)
 static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
     const lps_layer *l = j->l;
-    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
+    int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, cout = COUT(l);
     const float *wt = l->param[0]->data, *bias = l->param[1]->data;
     lps_scratch *sc = conv_slots(j, t);
     convsplit g;
     conv_split_geometry(j, &g);
     for (int64_t n = n0; n < n1; n++) {
-        const float *xn = j->x + n * l->CIN * j->h * j->w, *col = xn;
+        const float *xn = j->x + n * CIN(l) * j->h * j->w, *col = xn;
         float *yn = j->y + n * cout * np;
         if (!plain_1x1(l)) {
             conv_split_input(xn, j, &g, sc[S_X].p);
@@ -128,8 +132,8 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
 static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
     const lps_layer *l = j->l;
-    int64_t kk = l->CIN * l->KS * l->KS, np = j->oh * j->ow, cout = l->COUT;
-    int64_t in_size = l->CIN * j->h * j->w;
+    int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, cout = COUT(l);
+    int64_t in_size = CIN(l) * j->h * j->w;
     const float *wt = l->param[0]->data;
     float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
     lps_scratch *sc = conv_slots(j, t);
@@ -183,8 +187,8 @@ float *conv_gb(const convjob *j, int t)
  * are too thin); im2col + GEMM for the rest. */
 static const convkernel *kernel_of(const lps_layer *l)
 {
-    if (l->KS > 1 && l->CIN * l->KS * l->KS <= 9) return &lps_conv_direct;
-    if (l->KS == 3 && l->STRIDE == 1 && l->CIN >= 4) return &lps_conv_wino;
+    if (KS(l) > 1 && CIN(l) * KS(l) * KS(l) <= 9) return &lps_conv_direct;
+    if (KS(l) == 3 && STRIDE(l) == 1 && CIN(l) >= 4) return &lps_conv_wino;
     return &conv_gemm;
 }
 
@@ -207,7 +211,7 @@ static void run_part(void *ctx, int t, int nt)
 static int threads_for(const lps_layer *l, int64_t b, int64_t np)
 {
     int nt = lps_par_threads();
-    double macs = (double)b * (double)np * (double)(l->COUT * l->CIN * l->KS * l->KS);
+    double macs = (double)b * (double)np * (double)(COUT(l) * CIN(l) * KS(l) * KS(l));
     if (macs < 4e6) return 1;
     return b < nt ? (int)b : nt;
 }
@@ -263,32 +267,32 @@ static void conv_destroy(lps_layer *l)
     free(p);
 }
 
-static const lps_layer_ops conv_ops = {LPS_LAYER_CONV2D, "conv2d", conv_out_shape, conv_forward,
-                                       conv_backward, conv_destroy};
-
-lps_layer *lps_conv2d_new(int64_t cin, int64_t cout, int64_t k, int64_t stride, int64_t padding,
-                          lps_rng *init)
+static lps_status conv_create(lps_layer *l, lps_rng *init)
 {
-    const int64_t lim = 1 << 20;
-    if (cin < 1 || cout < 1 || k < 1 || stride < 1 || padding < 0 || cin > lim || cout > lim ||
-        k > 1024 || stride > 1024 || padding > 1024) {
-        lps_fail(LPS_EINVAL, "conv2d: need positive channels, kernel and stride and padding >= 0, "
-                 "got %lld -> %lld, k=%lld, stride=%lld, padding=%lld", (long long)cin,
-                 (long long)cout, (long long)k, (long long)stride, (long long)padding);
-        return NULL;
-    }
-    lps_layer *l = lps_layer_alloc(&conv_ops);
-    if (!l) return NULL;
-    int64_t cfg[5] = {cin, cout, k, stride, padding};
-    memcpy(l->cfg, cfg, sizeof cfg);
+    int64_t cin = CIN(l), cout = COUT(l), k = KS(l);
     l->priv = calloc(1, sizeof(convpriv));
     int64_t wshape[4] = {cout, cin, k, k};
-    if (!l->priv ||
-        lps_layer_add_params(l, 4, wshape, cout, 1.0 / sqrt((double)(cin * k * k)), init)) {
-        lps_layer_free(l);
-        lps_fail(LPS_ENOMEM, "conv2d: cannot allocate %lld -> %lld, k=%lld", (long long)cin,
-                 (long long)cout, (long long)k);
-        return NULL;
-    }
-    return l;
+    double bound = 1.0 / sqrt((double)(cin * k * k));
+    if (!l->priv || lps_layer_add_param(l, "weight", 4, wshape, bound, init) ||
+        lps_layer_add_param(l, "bias", 1, &cout, bound, init))
+        return lps_fail(LPS_ENOMEM, "conv2d: cannot allocate %lld -> %lld, k=%lld", (long long)cin,
+                        (long long)cout, (long long)k);
+    return LPS_OK;
 }
+
+static void conv_repr(const lps_arch_entry *e, char *buf, size_t n)
+{
+    snprintf(buf, n, "Conv2d(%lld, %lld, kernel_size=%lld, stride=%lld, padding=%lld)",
+             (long long)FI(e, 0), (long long)FI(e, 1), (long long)FI(e, 2), (long long)FI(e, 3),
+             (long long)FI(e, 4));
+}
+
+static const lps_field conv_fields[] = {
+    {"in", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED},   {"out", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED},
+    {"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED}, {"stride", LPS_FIELD_INT, 1, 1024, 1},
+    {"padding", LPS_FIELD_INT, 0, 1024, 0},           {NULL, 0, 0, 0, 0}};
+
+const lps_layer_type lps_conv2d_type = {
+    .name = "conv2d", .fields = conv_fields, .flags = LPS_LT_WEIGHTED, .flow = conv_flow,
+    .create = conv_create, .forward = conv_forward, .backward = conv_backward,
+    .destroy = conv_destroy, .repr = conv_repr};

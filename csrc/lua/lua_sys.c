@@ -1,0 +1,60 @@
+/* lua_sys.c - threads, the wall clock and terminals. */
+#include <time.h>
+#include <unistd.h>
+
+#include "lua/binding.h"
+
+static int l_set_num_threads(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 1 && n <= 1024, 1, "thread count must be 1..1024");
+    lps_set_num_threads((int)n);
+    return 0;
+}
+
+/* release_threads(): end the worker threads now (they start again on next use). */
+static int l_release_threads(lua_State *L)
+{
+    (void)L;
+    lps_threads_release();
+    return 0;
+}
+
+static int l_get_num_threads(lua_State *L)
+{
+    lua_pushinteger(L, lps_get_num_threads());
+    return 1;
+}
+
+/* Monotonic wall-clock seconds: os.clock() is CPU time, which sums over
+ * BLAS threads and so cannot time a parallel matmul. */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+    return 1;
+}
+
+/* isatty(fd): progress bars draw only on terminals. */
+static int l_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 2)));
+    return 1;
+}
+
+static const luaL_Reg functions[] = {
+    {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
+    {"release_threads", l_release_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
+
+void lps_lua_open_sys(lua_State *L)
+{
+    /* a registry sentinel: when the state closes, the worker threads end */
+    lua_newuserdatauv(L, 0, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_release_threads);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_setfuncs(L, functions, 0);
+}
