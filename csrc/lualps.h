@@ -245,6 +245,7 @@ struct lps_layer {
     const lps_layer_type *type;
     int refcount;
     int training;                  /* train() / evaluate() mode flag */
+    int replay;                    /* inside lps_layer_replay: no side effects */
     int frozen;                    /* backward computes input gradients only */
     lps_arch_entry cfg;            /* its arch entry (branches are its children) */
     int nparams;                   /* learnable tensors, PyTorch's order and names */
@@ -278,6 +279,11 @@ void lps_layer_free(lps_layer *l); /* drops one reference */
 lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                                int64_t *out);
 lps_status lps_layer_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y);
+/* A forward pass that recomputes what backward needs without side effects:
+ * layers with state (batch norm's running statistics, dropout's mask) leave
+ * it as the last forward left it (dropout replays its last mask when the
+ * shape is the same). For a backward after a forward on the same x. */
+lps_status lps_layer_replay(lps_layer *l, const lps_tensor *x, lps_tensor *y);
 /* Must follow a forward of the same x (a sequential reuses its activations). */
 lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx);

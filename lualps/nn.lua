@@ -58,6 +58,43 @@ function nn.mlp(sizes)
   return C.sequential(layers)
 end
 
+--- Every layer type of the registry (csrc/nn/registry.c) is a constructor,
+-- lps.nn.<type>(...): its fields' values in their declared order, then
+-- optionally a table of the others by name (and `generator`), e.g.
+-- lps.nn.batchnorm2d(16, {eps = 1e-3}); lps.nn.layer(type, fields) takes
+-- them all by name. lps.nn.layer_types() lists the types and fields.
+function nn.layer(type_name, fields, gen)
+  return C.layer(type_name, fields, generator_of(gen) or generator_of(fields))
+end
+
+function nn.layer_types() return C.layer_types() end
+
+for _, t in ipairs(C.layer_types()) do
+  if nn[t.name] == nil then
+    nn[t.name] = function(...)
+      local args, fields = table.pack(...), {}
+      local k = 0
+      for i = 1, args.n do
+        local v = args[i]
+        if type(v) == "table" and getmetatable(v) == nil then
+          for key, val in pairs(v) do fields[key] = val end
+        elseif type(v) == "number" or type(v) == "boolean" then
+          k = k + 1
+          local f = t.fields[k]
+          if not f then error(("%s: takes %d values, got %d"):format(t.name, #t.fields, k), 2) end
+          fields[f.key] = v
+        elseif is_generator(v) then
+          fields.generator = v
+        else
+          error(("%s: argument %d is a %s; expected its fields' values or a table of them"):format(
+            t.name, i, type(v)), 2)
+        end
+      end
+      return C.layer(t.name, fields, fields.generator)
+    end
+  end
+end
+
 ------------------------------------------------------------------ specs (legacy)
 
 -- The spec tables of sets built before the arch was the one description:

@@ -147,7 +147,8 @@ static int m_forward(lua_State *L)
 }
 
 /* backward recomputes the forward pass for x first, so it is right even when
- * forward last ran on another input. */
+ * forward last ran on another input; the recomputation is a replay (no
+ * running statistics updated, the last random draws reused). */
 static int m_backward(lua_State *L)
 {
     lps_layer *l = lps_lua_checkmodule(L, 1);
@@ -156,7 +157,7 @@ static int m_backward(lua_State *L)
     int64_t shape[LPS_MAX_DIMS];
     out_shape(L, l, x, &nd, shape);
     lps_tensor *y = lps_lua_newtensor(L, nd, shape);
-    LPS_LCHECK(L, lps_layer_forward(l, x, y));
+    LPS_LCHECK(L, lps_layer_replay(l, x, y));
     lps_tensor *gx = lps_lua_newtensor(L, x->ndim, x->shape);
     LPS_LCHECK(L, lps_layer_backward(l, x, y, gy, gx));
     return 1;
@@ -398,7 +399,7 @@ static int l_cross_entropy(lua_State *L)
 
 static const luaL_Reg methods[] = {
     {"forward", m_forward}, {"backward", m_backward}, {"parameters", m_parameters},
-    {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate},
+    {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate}, {"eval", m_evaluate},
     {"freeze", m_freeze}, {"input_gradients", m_input_gradients},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
     {"children", m_children}, {"arch", m_arch}, {"named_parameters", m_named_parameters},

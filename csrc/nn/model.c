@@ -296,6 +296,20 @@ lps_status lps_layer_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
     return s ? s : l->type->forward(l, x, y);
 }
 
+static void set_replay(lps_layer *l, int on)
+{
+    l->replay = on;
+    for (int i = 0; i < l->nchildren; i++) set_replay(l->children[i], on);
+}
+
+lps_status lps_layer_replay(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    set_replay(l, 1);
+    lps_status s = lps_layer_forward(l, x, y);
+    set_replay(l, 0);
+    return s;
+}
+
 lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx)
 {
