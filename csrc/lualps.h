@@ -180,6 +180,8 @@ typedef struct lps_field {
     lps_field_kind kind;
     double lo, hi;        /* inclusive range of INT and REAL values */
     double def;           /* default, LPS_REQUIRED or LPS_DEF_FIRST */
+    int quiet;            /* not written (JSON, Lua lists) when it has its default:
+                             a field added later leaves older texts as they were */
 } lps_field;
 #define LPS_ARCH_FIELDS 6
 

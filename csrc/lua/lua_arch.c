@@ -212,6 +212,7 @@ static void push_list(lua_State *L, const lps_arch *a, int top)
         lua_pushstring(L, lps_layer_type_name(e->type));
         lua_setfield(L, -2, "type");
         for (int k = 0; f && f[k].key; k++) {
+            if (f[k].quiet && e->v[k] == f[k].def) continue;
             if (f[k].kind == LPS_FIELD_BOOL) lua_pushboolean(L, e->v[k] != 0);
             else if (f[k].kind == LPS_FIELD_INT) lua_pushinteger(L, (lua_Integer)e->v[k]);
             else lua_pushnumber(L, e->v[k]);

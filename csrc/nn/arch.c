@@ -228,7 +228,7 @@ static lps_status parse_shape(const src *s, const lps_json_node *v, lps_arch *a)
     int i = 0;
     for (uint32_t c = v->first; c; c = s->doc->nodes[c].next, i++) {
         lps_field f = {names[a->in_rank == 3][i], LPS_FIELD_INT, 1,
-                       a->in_rank == 1 ? (double)(INT32_MAX / 2) : (double)(1 << 20), 0};
+                       a->in_rank == 1 ? (double)(INT32_MAX / 2) : (double)(1 << 20), 0, 0};
         double d;
         lps_status st = get_value(s, &s->doc->nodes[c], "input", &f, &d);
         if (st) return st;
@@ -490,6 +490,7 @@ static void put_entry(sbuf *s, const lps_arch_entry *e)
     put(s, "{\"type\":\"%s\"", e->type->name);
     for (int i = 0; i < nfields(e->type); i++) {
         const lps_field *f = &e->type->fields[i];
+        if (f->quiet && e->v[i] == f->def) continue;
         put(s, ",\"%s\":", f->key);
         if (f->kind == LPS_FIELD_BOOL) put(s, "%s", e->v[i] != 0 ? "true" : "false");
         else if (f->kind == LPS_FIELD_INT) put(s, "%" PRId64, FI(e, i));

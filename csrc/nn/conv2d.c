@@ -288,9 +288,9 @@ static void conv_repr(const lps_arch_entry *e, char *buf, size_t n)
 }
 
 static const lps_field conv_fields[] = {
-    {"in", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED},   {"out", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED},
-    {"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED}, {"stride", LPS_FIELD_INT, 1, 1024, 1},
-    {"padding", LPS_FIELD_INT, 0, 1024, 0},           {NULL, 0, 0, 0, 0}};
+    {"in", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED, 0},   {"out", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED, 0},
+    {"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED, 0}, {"stride", LPS_FIELD_INT, 1, 1024, 1, 0},
+    {"padding", LPS_FIELD_INT, 0, 1024, 0, 0},           {NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_conv2d_type = {
     .name = "conv2d", .fields = conv_fields, .flags = LPS_LT_WEIGHTED, .flow = conv_flow,

@@ -58,7 +58,7 @@ static void flat_repr(const lps_arch_entry *e, char *buf, size_t n)
     snprintf(buf, n, "Flatten()");
 }
 
-static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0}};
+static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0, 0}};
 
 /* Channel c becomes a block of columns: a positive scale of c scales its block. */
 const lps_layer_type lps_flatten_type = {

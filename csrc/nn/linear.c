@@ -85,9 +85,9 @@ static void lin_repr(const lps_arch_entry *e, char *buf, size_t n)
              (long long)FI(e, 1));
 }
 
-static const lps_field lin_fields[] = {{"in", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED},
-                                       {"out", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED},
-                                       {NULL, 0, 0, 0, 0}};
+static const lps_field lin_fields[] = {{"in", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED, 0},
+                                       {"out", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED, 0},
+                                       {NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_linear_type = {
     .name = "linear", .fields = lin_fields, .flags = LPS_LT_WEIGHTED, .flow = lin_flow,

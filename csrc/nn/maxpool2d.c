@@ -224,9 +224,9 @@ static void pool_repr(const lps_arch_entry *e, char *buf, size_t n)
     snprintf(buf, n, "MaxPool2d(kernel_size=%lld, stride=%lld)", (long long)FI(e, 0), (long long)FI(e, 1));
 }
 
-static const lps_field pool_fields[] = {{"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED},
-                                        {"stride", LPS_FIELD_INT, 1, 1024, LPS_DEF_FIRST},
-                                        {NULL, 0, 0, 0, 0}};
+static const lps_field pool_fields[] = {{"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED, 0},
+                                        {"stride", LPS_FIELD_INT, 1, 1024, LPS_DEF_FIRST, 0},
+                                        {NULL, 0, 0, 0, 0, 0}};
 
 /* A window maximum commutes with ReLU (both monotone) and with a positive
  * scale of its channel. */

@@ -63,7 +63,7 @@ static void relu_repr(const lps_arch_entry *e, char *buf, size_t n)
     snprintf(buf, n, "ReLU()");
 }
 
-static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0}};
+static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0, 0}};
 
 /* Positive-homogeneous (relu(a x) = a relu(x) for a > 0): chain
  * normalization and the weight-space methods see through it. */

@@ -27,7 +27,7 @@ static void tanh_repr(const lps_arch_entry *e, char *buf, size_t n)
     snprintf(buf, n, "Tanh()");
 }
 
-static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0}};
+static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_tanh_type = {
     .name = "tanh", .fields = no_fields, .flow = lps_flow_same, .forward = tanh_forward,
