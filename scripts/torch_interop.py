@@ -112,59 +112,93 @@ def load(path):
     return out, meta
 
 
-def arch_of(model, input_shape=None):
-    """The "lualps.arch" list of an nn.Sequential of Conv2d, ReLU, Tanh,
-    MaxPool2d, Flatten and Linear; input_shape (no batch) is optional."""
-    nn = torch.nn
-    arch = [{"type": "input", "shape": list(input_shape)}] if input_shape else []
+def _one(v, what):  # lualps layers are square: one size for both axes
+    v = (v, v) if isinstance(v, int) else tuple(v)
+    if v[0] != v[1]:
+        raise ValueError("%s %s: lualps needs the same value for both axes" % (what, v))
+    return v[0]
 
-    def one(v, what):  # lualps layers are square: one size for both axes
-        v = (v, v) if isinstance(v, int) else tuple(v)
-        if v[0] != v[1]:
-            raise ValueError("%s %s: lualps needs the same value for both axes" % (what, v))
-        return v[0]
 
-    for i, m in enumerate(model):
-        if isinstance(m, nn.Conv2d):
-            if m.groups != 1 or one(m.dilation, "dilation") != 1 or m.padding_mode != "zeros":
-                raise ValueError("layer %d: lualps' conv2d has no groups, dilation, padding modes" % i)
-            arch.append({"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
-                         "kernel": one(m.kernel_size, "kernel_size"),
-                         "stride": one(m.stride, "stride"), "padding": one(m.padding, "padding")})
-        elif isinstance(m, nn.MaxPool2d):
-            if one(m.padding, "padding") != 0 or one(m.dilation, "dilation") != 1 or m.ceil_mode:
-                raise ValueError("layer %d: lualps' maxpool2d has no padding, dilation, ceil_mode" % i)
-            arch.append({"type": "maxpool2d", "kernel": one(m.kernel_size, "kernel_size"),
-                         "stride": one(m.stride, "stride")})
-        elif isinstance(m, nn.Linear):
-            arch.append({"type": "linear", "in": m.in_features, "out": m.out_features})
-        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            arch.append({"type": "flatten"})
-        elif isinstance(m, (nn.ReLU, nn.Tanh)):
-            arch.append({"type": type(m).__name__.lower()})
-        else:
+def _conv_entry(m):
+    if m.groups != 1 or _one(m.dilation, "dilation") != 1 or m.padding_mode != "zeros":
+        raise ValueError("lualps' conv2d has no groups, dilation, padding modes")
+    return {"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
+            "kernel": _one(m.kernel_size, "kernel_size"), "stride": _one(m.stride, "stride"),
+            "padding": _one(m.padding, "padding")}
+
+
+def _maxpool_entry(m):
+    if _one(m.padding, "padding") != 0 or _one(m.dilation, "dilation") != 1 or m.ceil_mode:
+        raise ValueError("lualps' maxpool2d has no padding, dilation, ceil_mode")
+    return {"type": "maxpool2d", "kernel": _one(m.kernel_size, "kernel_size"),
+            "stride": _one(m.stride, "stride")}
+
+
+def _flatten_entry(m):
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise ValueError("lualps' flatten keeps the batch and flattens the rest")
+    return {"type": "flatten"}
+
+
+# One entry per layer type, both ways (csrc/nn/registry.c lists lualps' side):
+# TO_ARCH[class](module) -> arch entry; FROM_ARCH[type](entry) -> module.
+TO_ARCH = {
+    torch.nn.Conv2d: _conv_entry,
+    torch.nn.MaxPool2d: _maxpool_entry,
+    torch.nn.Linear: lambda m: {"type": "linear", "in": m.in_features, "out": m.out_features},
+    torch.nn.Flatten: _flatten_entry,
+    torch.nn.ReLU: lambda m: {"type": "relu"},
+    torch.nn.Tanh: lambda m: {"type": "tanh"},
+}
+FROM_ARCH = {
+    "conv2d": lambda e: torch.nn.Conv2d(e["in"], e["out"], e["kernel"], stride=e.get("stride", 1),
+                                        padding=e.get("padding", 0)),
+    "maxpool2d": lambda e: torch.nn.MaxPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
+    "linear": lambda e: torch.nn.Linear(e["in"], e["out"]),
+    "flatten": lambda e: torch.nn.Flatten(),
+    "relu": lambda e: torch.nn.ReLU(),
+    "tanh": lambda e: torch.nn.Tanh(),
+}
+
+
+def arch_list(modules):
+    """The arch entries of a sequence of modules (an nn.Sequential's children)."""
+    out = []
+    for i, m in enumerate(modules):
+        f = TO_ARCH.get(type(m))
+        if f is None:
             raise ValueError("layer %d: lualps has no %r" % (i, m))
-    return arch
+        try:
+            out.append(f(m))
+        except ValueError as err:
+            raise ValueError("layer %d: %s" % (i, err)) from None
+    return out
+
+
+def arch_of(model, input_shape=None):
+    """The "lualps.arch" list of an nn.Sequential of the layers in TO_ARCH;
+    input_shape (no batch) is optional."""
+    arch = [{"type": "input", "shape": list(input_shape)}] if input_shape else []
+    return arch + arch_list(model)
+
+
+def modules_of(arch):
+    """The modules an arch list describes (the input entry, if any, is not a layer)."""
+    out = []
+    for e in arch:
+        t = e["type"]
+        if t == "input":
+            continue
+        if t not in FROM_ARCH:
+            raise ValueError("unknown layer type %r" % t)
+        out.append(FROM_ARCH[t](e))
+    return out
 
 
 def sequential_from_arch(arch):
     """The nn.Sequential an arch list describes (child i-1 = layer i; the
     input entry, if any, is not a layer). Defaults as lualps fills them."""
-    nn, layers = torch.nn, []
-    for e in arch:
-        t = e["type"]
-        if t == "conv2d":
-            layers.append(nn.Conv2d(e["in"], e["out"], e["kernel"], stride=e.get("stride", 1),
-                                    padding=e.get("padding", 0)))
-        elif t == "maxpool2d":
-            layers.append(nn.MaxPool2d(e["kernel"], stride=e.get("stride", e["kernel"])))
-        elif t == "linear":
-            layers.append(nn.Linear(e["in"], e["out"]))
-        elif t in ("relu", "tanh", "flatten"):
-            layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "flatten": nn.Flatten}[t]())
-        elif t != "input":
-            raise ValueError("unknown layer type %r" % t)
-    return nn.Sequential(*layers)
+    return torch.nn.Sequential(*modules_of(arch))
 
 
 def reverse_check(d, name, x_key, y_key, tol):
