@@ -176,7 +176,11 @@ function M.check_parameter_gradients(net, backward, f, opts)
   net:zero_grad()
   backward()
   local params, grads = net:parameters()
-  local _, names = net:named_parameters()
+  local named, names = net:named_parameters()
+  if not names then -- an lps.nn module: one list of {name =, tensor =}
+    names = {}
+    for i, e in ipairs(named) do names[i] = e.name end
+  end
   local analytic = {} -- before f's losses add to the gradients too
   for i, gr in ipairs(grads) do analytic[i] = gr:clone() end
   for i, p in ipairs(params) do
