@@ -2,6 +2,7 @@
 """PyTorch side of the safetensors interop check (driven by check_torch_interop.lua).
 
     torch_interop.py DIR
+    torch_interop.py --check-arch MODEL IO [--check-arch MODEL IO ...]
 
 A checkpoint holds weights, not strides, padding or pooling, so lualps moves
 the architecture in the safetensors metadata under "lualps.arch": a JSON list
@@ -37,6 +38,10 @@ What this script does:
      torch_io.safetensors    x, x_img and the models' outputs y_seq, y_fc, y_cnn
      torch_half.safetensors  F16 and BF16 payloads (tensor.half()/.bfloat16()
                              raw bytes) with their exact float32 values, and F64
+
+With --check-arch MODEL IO (repeatable), only step 1 for those files: MODEL
+written by lualps (weights and "lualps.arch"), IO holding an input "x" and
+lualps' output "y" (eval mode); prints "check_arch_max_abs_diff(MODEL)=<v>".
 
 Safetensors files are written and read here by hand (struct + json): Debian has
 no python3-safetensors. Exit status 1 if a reverse check exceeds --tol.
@@ -119,12 +124,20 @@ def _one(v, what):  # lualps layers are square: one size for both axes
     return v[0]
 
 
+def _bias(m, entry):  # "bias" is written only when false, as lualps writes it
+    if m.bias is None:
+        entry["bias"] = False
+    return entry
+
+
 def _conv_entry(m):
     if m.groups != 1 or _one(m.dilation, "dilation") != 1 or m.padding_mode != "zeros":
         raise ValueError("lualps' conv2d has no groups, dilation, padding modes")
-    return {"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
-            "kernel": _one(m.kernel_size, "kernel_size"), "stride": _one(m.stride, "stride"),
-            "padding": _one(m.padding, "padding")}
+    if isinstance(m.padding, str):
+        raise ValueError("padding %r: lualps' conv2d takes a number" % m.padding)
+    return _bias(m, {"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
+                     "kernel": _one(m.kernel_size, "kernel_size"), "stride": _one(m.stride, "stride"),
+                     "padding": _one(m.padding, "padding")})
 
 
 def _maxpool_entry(m):
@@ -132,6 +145,25 @@ def _maxpool_entry(m):
         raise ValueError("lualps' maxpool2d has no padding, dilation, ceil_mode")
     return {"type": "maxpool2d", "kernel": _one(m.kernel_size, "kernel_size"),
             "stride": _one(m.stride, "stride")}
+
+
+def _avgpool_entry(m):
+    if _one(m.padding, "padding") != 0 or m.ceil_mode or m.divisor_override is not None:
+        raise ValueError("lualps' avgpool2d has no padding, ceil_mode, divisor_override")
+    return {"type": "avgpool2d", "kernel": _one(m.kernel_size, "kernel_size"),
+            "stride": _one(m.stride, "stride")}
+
+
+def _adaptive_entry(m):
+    if m.output_size is None or (not isinstance(m.output_size, int) and None in m.output_size):
+        raise ValueError("lualps' adaptive_avgpool2d needs an output size for both axes")
+    return {"type": "adaptive_avgpool2d", "output": _one(m.output_size, "output_size")}
+
+
+def _gelu_entry(m):
+    if m.approximate != "none":
+        raise ValueError("lualps' gelu is the exact one (approximate='none')")
+    return {"type": "gelu"}
 
 
 def _flatten_entry(m):
@@ -145,19 +177,31 @@ def _flatten_entry(m):
 TO_ARCH = {
     torch.nn.Conv2d: _conv_entry,
     torch.nn.MaxPool2d: _maxpool_entry,
-    torch.nn.Linear: lambda m: {"type": "linear", "in": m.in_features, "out": m.out_features},
+    torch.nn.Linear: lambda m: _bias(m, {"type": "linear", "in": m.in_features, "out": m.out_features}),
     torch.nn.Flatten: _flatten_entry,
     torch.nn.ReLU: lambda m: {"type": "relu"},
     torch.nn.Tanh: lambda m: {"type": "tanh"},
+    torch.nn.AvgPool2d: _avgpool_entry,
+    torch.nn.AdaptiveAvgPool2d: _adaptive_entry,
+    torch.nn.GELU: _gelu_entry,
+    torch.nn.Sigmoid: lambda m: {"type": "sigmoid"},
+    torch.nn.SiLU: lambda m: {"type": "silu"},
+    torch.nn.LeakyReLU: lambda m: {"type": "leaky_relu", "slope": m.negative_slope},
 }
 FROM_ARCH = {
     "conv2d": lambda e: torch.nn.Conv2d(e["in"], e["out"], e["kernel"], stride=e.get("stride", 1),
-                                        padding=e.get("padding", 0)),
+                                        padding=e.get("padding", 0), bias=e.get("bias", True)),
     "maxpool2d": lambda e: torch.nn.MaxPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
-    "linear": lambda e: torch.nn.Linear(e["in"], e["out"]),
+    "linear": lambda e: torch.nn.Linear(e["in"], e["out"], bias=e.get("bias", True)),
     "flatten": lambda e: torch.nn.Flatten(),
     "relu": lambda e: torch.nn.ReLU(),
     "tanh": lambda e: torch.nn.Tanh(),
+    "avgpool2d": lambda e: torch.nn.AvgPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
+    "adaptive_avgpool2d": lambda e: torch.nn.AdaptiveAvgPool2d(e["output"]),
+    "gelu": lambda e: torch.nn.GELU(),
+    "sigmoid": lambda e: torch.nn.Sigmoid(),
+    "silu": lambda e: torch.nn.SiLU(),
+    "leaky_relu": lambda e: torch.nn.LeakyReLU(e.get("slope", 0.01)),
 }
 
 
@@ -201,18 +245,29 @@ def sequential_from_arch(arch):
     return torch.nn.Sequential(*modules_of(arch))
 
 
-def reverse_check(d, name, x_key, y_key, tol):
-    state, meta = load(os.path.join(d, name))
-    io, _ = load(os.path.join(d, "lualps_io.safetensors"))
-    assert meta.get("format") == "pt", meta
+def check_file(path, io_path, x_key, y_key, tol):
+    """Rebuild the model of a lualps safetensors file from its "lualps.arch",
+    load every tensor (strict), run it in eval mode on io[x_key] and compare
+    with io[y_key]; the module's arch_list must give the (canonical) arch
+    back. Returns (max |diff|, both within tol and the same arch)."""
+    state, meta = load(path)
+    io, _ = load(io_path)
     arch = json.loads(meta["lualps.arch"])
     model = sequential_from_arch(arch).eval()
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         y = model(io[x_key])
     diff = (y - io[y_key]).abs().max().item()
-    print("reverse_arch(%s)=%s" % (name, " ".join(e["type"] for e in arch)))
-    return diff, diff <= tol
+    same = arch_list(model) == [e for e in arch if e["type"] != "input"]
+    print("reverse_arch(%s)=%s%s" % (os.path.basename(path), " ".join(e["type"] for e in arch),
+                                     "" if same else " (arch_of gives another arch)"))
+    return diff, diff <= tol and same
+
+
+def reverse_check(d, name, x_key, y_key, tol):
+    _, meta = load(os.path.join(d, name))
+    assert meta.get("format") == "pt", meta
+    return check_file(os.path.join(d, name), os.path.join(d, "lualps_io.safetensors"), x_key, y_key, tol)
 
 
 def read_idx(path, n):
@@ -308,10 +363,21 @@ def export(d):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("dir")
+    ap.add_argument("dir", nargs="?")
     ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--check-arch", nargs=2, action="append", metavar=("MODEL", "IO"),
+                    help="only check lualps model files (repeatable) against IO's x and y")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.check_arch:
+        ok = True
+        for model, io in a.check_arch:
+            diff, good = check_file(model, io, "x", "y", a.tol)
+            print("check_arch_max_abs_diff(%s)=%.9g" % (os.path.basename(model), diff))
+            ok = ok and good
+        return 0 if ok else 1
+    if not a.dir:
+        ap.error("DIR is required without --check-arch")
     ok = True
     for name, x_key, y_key, tag in (("lualps_mlp.safetensors", "x", "y", "reverse"),
                                     ("lualps_cnn.safetensors", "x_img", "y_cnn", "reverse_cnn")):
