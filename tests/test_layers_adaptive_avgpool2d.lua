@@ -204,4 +204,4 @@ function TestAdaptiveAvgPool2d:test_weight_space_methods_see_through_it()
   lu.assertTrue(lps.allclose(lps.eval.features("sorted", m), lps.eval.features("sorted", p), 1e-5, 1e-6))
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)

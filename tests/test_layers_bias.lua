@@ -216,4 +216,4 @@ function TestConvGeometry:test_gradcheck()
   end
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -62,4 +62,4 @@ function TestGelu:test_arch_and_errors()
   T.assert_error_contains("layer 2 (gelu) is not read by the weight-space methods", lps.eval.features, "sorted", w)
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)

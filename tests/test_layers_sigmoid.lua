@@ -55,4 +55,4 @@ function TestSigmoid:test_arch_and_errors()
   T.assert_error_contains("layer 2 (sigmoid) is not read by the weight-space methods", lps.eval.features, "raw", w)
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)

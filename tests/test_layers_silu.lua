@@ -52,4 +52,4 @@ function TestSilu:test_arch_and_errors()
   T.assert_error_contains("silu: argument 1 is a string", nn.silu, "x")
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -174,4 +174,4 @@ function TestAllLayers:test_training_repeats_bit_for_bit()
   lps.set_num_threads(threads)
 end
 
-os.exit(lu.LuaUnit.run())
+os.exit(lu.LuaUnit.run("-o", "tap"), true)
