@@ -44,7 +44,8 @@ function TestAvgPool2d:test_forward_hand_computed()
     for c = 1, 2 do
       for i = 1, 2 do
         for j = 1, 3 do
-          local s = x[b][c][2 * i - 1][2 * j - 1] + x[b][c][2 * i - 1][2 * j] + x[b][c][2 * i][2 * j - 1] + x[b][c][2 * i][2 * j]
+          local p = x[b][c]
+          local s = p[2 * i - 1][2 * j - 1] + p[2 * i - 1][2 * j] + p[2 * i][2 * j - 1] + p[2 * i][2 * j]
           lu.assertAlmostEquals(y2[b][c][i][j], s / 4, 1e-6)
         end
       end
@@ -55,7 +56,8 @@ end
 function TestAvgPool2d:test_backward_hand_computed()
   -- each input gets the output gradient over the window size, once per window covering it
   local gx = nn.avgpool2d(2):backward(counting(4, 4), lps.tensor{{{{1, 2}, {3, 4}}}})
-  lu.assertEquals(gx:totable(), {{{{0.25, 0.25, 0.5, 0.5}, {0.25, 0.25, 0.5, 0.5}, {0.75, 0.75, 1, 1}, {0.75, 0.75, 1, 1}}}})
+  lu.assertEquals(gx:totable(),
+    {{{{0.25, 0.25, 0.5, 0.5}, {0.25, 0.25, 0.5, 0.5}, {0.75, 0.75, 1, 1}, {0.75, 0.75, 1, 1}}}})
   local m = nn.avgpool2d(3, {stride = 1})
   m:forward(counting(4, 4))
   gx = m:backward(counting(4, 4), lps.ones(1, 1, 2, 2))
@@ -89,20 +91,8 @@ end
 
 function TestAvgPool2d:test_threads_give_the_same_bits()
   -- planes are split over threads: each is computed the same way either way
-  local threads = lps.get_num_threads()
   local x = lps.randn(64, 16, 16, 16, lps.generator(3)) -- 2^18 values: the threaded size
-  local m = nn.avgpool2d(3, {stride = 2})
-  local gy = lps.randn(m:forward(x):shape(), lps.generator(4))
-  local function run(nt)
-    lps.set_num_threads(nt)
-    local y = m:forward(x):clone()
-    return y, m:backward(x, gy):clone()
-  end
-  local y1, g1 = run(1)
-  local y2, g2 = run(2)
-  lps.set_num_threads(threads)
-  lu.assertTrue(lps.allclose(y1, y2, 0, 0))
-  lu.assertTrue(lps.allclose(g1, g2, 0, 0))
+  T.assert_threads_same_bits(nn.avgpool2d(3, {stride = 2}), x, lps.randn(64, 16, 7, 7, lps.generator(4)))
 end
 
 function TestAvgPool2d:test_arch_round_trip()
@@ -156,16 +146,8 @@ function TestAvgPool2d:test_weight_space_methods_see_through_it()
   -- a positive scale of a conv channel passes through the mean of its windows:
   -- the weight-space baselines accept the layer between two weight layers
   local g = lps.generator(6)
-  local net = nn.sequential{nn.conv2d(1, 3, 3, {padding = 1, generator = g}), nn.relu(), nn.avgpool2d(2),
-    nn.flatten(), nn.linear(3 * 4 * 4, 2, g)}
-  local m = lps.similarity.weights(net)
-  m.arch = net:arch()
-  local perms = {{3, 1, 2}}
-  local p = lps.eval.permute(m, perms)
-  p.arch = m.arch
-  local x = lps.rand(4, 64, g)
-  lu.assertTrue((lps.eval.forward(m, x) - lps.eval.forward(p, x)):abs():max() < 1e-5)
-  lu.assertTrue(lps.allclose(lps.eval.features("sorted", m), lps.eval.features("sorted", p), 1e-5, 1e-6))
+  T.assert_weight_space_reads(nn.sequential{nn.conv2d(1, 3, 3, {padding = 1, generator = g}), nn.relu(),
+    nn.avgpool2d(2), nn.flatten(), nn.linear(3 * 4 * 4, 2, g)}, {{3, 1, 2}}, lps.rand(4, 64, g))
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

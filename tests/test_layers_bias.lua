@@ -11,15 +11,7 @@ local T = require "tests.helpers"
 local nn = lps.nn
 local st = lps.safetensors
 
-local function conv(cin, cout, k, opts)
-  local f = {["in"] = cin, out = cout, kernel = k}
-  for key, v in pairs(opts or {}) do f[key] = v end
-  return nn.layer("conv2d", f)
-end
-
-local function linear(nin, nout, bias, g)
-  return nn.layer("linear", {["in"] = nin, out = nout, bias = bias, generator = g})
-end
+local conv, linear = T.conv2d, T.linear
 
 local function names_of(m)
   local names = {}
@@ -41,7 +33,7 @@ TestNoBias = {}
 function TestNoBias:test_parameters_and_names()
   local g = lps.generator(1)
   local m = nn.sequential{conv(1, 2, 3, {bias = false, generator = g}), nn.relu(), nn.flatten(),
-    linear(8, 3, false, g), nn.relu(), linear(3, 2, true, g)}
+    linear(8, 3, {bias = false, generator = g}), nn.relu(), linear(3, 2, {bias = true, generator = g})}
   lu.assertEquals(names_of(m), {"0.weight", "3.weight", "5.weight", "5.bias"})
   local sd = m:state_dict()
   lu.assertNil(sd["0.bias"])
@@ -88,7 +80,7 @@ function TestNoBias:test_same_as_a_zero_bias_on_every_path()
     end
   end
   lps.set_num_threads(threads)
-  local a, b = linear(5, 4, false, g), linear(5, 4, true, g)
+  local a, b = linear(5, 4, {bias = false, generator = g}), linear(5, 4, {bias = true, generator = g})
   b:parameters()[1]:copy(a:parameters()[1])
   b:parameters()[2]:zero_()
   local x, gy = lps.randn(7, 5, g), lps.randn(7, 4, g)
@@ -98,7 +90,7 @@ function TestNoBias:test_same_as_a_zero_bias_on_every_path()
 end
 
 function TestNoBias:test_forward_hand_computed()
-  local m = linear(2, 3, false)
+  local m = linear(2, 3, {bias = false})
   m:parameters()[1]:copy(lps.tensor{{1, 2}, {3, 4}, {5, 6}})
   lu.assertEquals(m:forward(lps.tensor{{1, -1}, {2, 0.5}}):totable(), {{-1, -1, -1}, {3, 8, 13}})
   local c = conv(1, 1, 2, {bias = false})
@@ -113,14 +105,15 @@ function TestNoBias:test_gradcheck()
     gradcheck(conv(cin, cout, k, {stride = s, padding = p, bias = false, generator = g}),
       lps.randn(2, cin, hw, hw, g), ("conv2d(%d, %d, k=%d) bias=false"):format(cin, cout, k))
   end
-  gradcheck(nn.sequential{linear(4, 5, false, g), nn.tanh(), linear(5, 3, false, g)}, lps.randn(3, 4, g),
+  gradcheck(nn.sequential{linear(4, 5, {bias = false, generator = g}), nn.tanh(),
+    linear(5, 3, {bias = false, generator = g})}, lps.randn(3, 4, g),
     "linear bias=false")
 end
 
 function TestNoBias:test_arch_and_printing()
   local g = lps.generator(4)
   local m = nn.sequential{conv(1, 2, 3, {bias = false, generator = g}), conv(2, 2, 3, {padding = 1, generator = g}),
-    nn.flatten(), linear(2, 2, false, g), linear(2, 2, true, g)}
+    nn.flatten(), linear(2, 2, {bias = false, generator = g}), linear(2, 2, {bias = true, generator = g})}
   local list, json = m:arch()
   -- false is written; true, the default, is not (older texts stay as they were)
   lu.assertEquals(list[1], {type = "conv2d", ["in"] = 1, out = 2, kernel = 3, stride = 1, padding = 0, bias = false})

@@ -13,15 +13,13 @@ local nn = lps.nn
 
 local TOL = 1e-5
 
+-- T.conv2d and T.linear drawing from g
 local function conv(cin, cout, k, g, opts)
-  local f = {["in"] = cin, out = cout, kernel = k, generator = g}
-  for key, v in pairs(opts or {}) do f[key] = v end
-  return nn.layer("conv2d", f)
+  local o = {generator = g}
+  for key, v in pairs(opts or {}) do o[key] = v end
+  return T.conv2d(cin, cout, k, o)
 end
-
-local function linear(nin, nout, g, bias)
-  return nn.layer("linear", {["in"] = nin, out = nout, bias = bias, generator = g})
-end
+local function linear(nin, nout, g, bias) return T.linear(nin, nout, {generator = g, bias = bias}) end
 
 -- conv2d bias=false -> leaky_relu -> avgpool2d -> conv2d -> gelu ->
 -- adaptive_avgpool2d(1) -> flatten -> linear -> silu -> linear bias=false -> sigmoid
@@ -60,7 +58,8 @@ local MODELS = {
   no_bias = {function(g)
     -- every convolution path without a bias: direct, Winograd, im2col + GEMM, 1x1
     return nn.sequential{conv(1, 4, 3, g, {padding = 1, bias = false}), nn.relu(),
-      conv(4, 4, 3, g, {padding = 1, bias = false}), nn.relu(), conv(4, 3, 5, g, {stride = 2, padding = 2, bias = false}),
+      conv(4, 4, 3, g, {padding = 1, bias = false}), nn.relu(),
+      conv(4, 3, 5, g, {stride = 2, padding = 2, bias = false}),
       conv(3, 2, 1, g, {bias = false}), nn.flatten(), linear(2 * 5 * 5, 4, g, false), nn.relu(), linear(4, 2, g)}
   end, {1, 10, 10}},
   conv_geometry = {function(g)
