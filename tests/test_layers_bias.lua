@@ -151,6 +151,15 @@ function TestNoBias:test_errors()
     {["in"] = 2, out = 2, bias = 2})
   T.assert_error_contains("linear: option bias must be a number or a boolean, got a string", nn.layer, "linear",
     {["in"] = 2, out = 2, bias = "no"})
+  -- the weight-space methods read a weight and a bias per weight layer: they say which layer has none
+  local g = lps.generator(6)
+  local net = nn.sequential{conv(1, 2, 3, {bias = false, generator = g}), nn.relu(), nn.flatten(),
+    linear(8, 3, {bias = false, generator = g}), nn.relu(), linear(3, 2, {generator = g})}
+  local w = {}
+  for i, e in ipairs(net:named_parameters()) do w[i] = e.tensor end
+  w.arch = net:arch()
+  T.assert_error_contains("sorted: layer 1 (conv2d) has no bias: the weight-space methods read a weight and a bias "
+    .. "per weight layer", lps.eval.features, "sorted", w)
 end
 
 TestConvGeometry = {}

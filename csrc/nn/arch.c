@@ -571,19 +571,35 @@ lps_status lps_arch_to_json(const lps_arch *a, char **text, size_t *len)
 
 /* ------------------------------------------------------------ weight chains */
 
+/* The registry's types with a flag, "conv2d, linear", into buf. */
+static const char *types_with(unsigned flag, char *buf, size_t n)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0; lps_layer_type_at(i) && o < n; i++)
+        if (lps_layer_type_at(i)->flags & flag)
+            o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", lps_layer_type_at(i)->name);
+    return buf;
+}
+
 lps_status lps_arch_weight_layers(const lps_arch *a, int *idx, int max, int *n, const char *op)
 {
+    char weighted[200], channelwise[400];
     *n = 0;
     for (size_t i = 0; a && i < a->n; i++) {
         const lps_layer_type *t = a->entries[i].type;
-        if (t->flags & LPS_LT_WEIGHTED) {
+        if ((t->flags & LPS_LT_WEIGHTED) && lps_arch_entry_get(&a->entries[i], "bias") == 0) {
+            return lps_fail(LPS_EINVAL, "%s: layer %zu (%s) has no bias: the weight-space methods read a "
+                            "weight and a bias per weight layer", op, i + 1, t->name);
+        } else if (t->flags & LPS_LT_WEIGHTED) {
             if (*n < max) idx[*n] = (int)i;
             (*n)++;
         } else if (!(t->flags & LPS_LT_CHANNELWISE) || *n == 0 || i + 1 == a->n) {
             return lps_fail(LPS_EINVAL, "%s: layer %zu (%s) is not read by the weight-space methods: they "
-                            "take weight layers (linear, conv2d) with layers that act on every channel "
-                            "alike and commute with a positive scale (relu, max-pooling, flatten) "
-                            "between them%s", op, i + 1, t->name,
+                            "take weight layers (%s) with layers that act on every channel alike and "
+                            "commute with a positive scale (%s) between them%s", op, i + 1, t->name,
+                            types_with(LPS_LT_WEIGHTED, weighted, sizeof weighted),
+                            types_with(LPS_LT_CHANNELWISE, channelwise, sizeof channelwise),
                             *n == 0 ? ", starting with a weight layer"
                                     : i + 1 == a->n ? " and ending with one" : "");
         }
