@@ -4,6 +4,7 @@
 --   1  nn     layers, losses, optimizers, training loop, image data
 --   1  store  the ModelSet container and its codecs
 --   1  io     safetensors and JSON
+--   1  data   image sources rendered in C (letters through FreeType)
 --   2  lps    the second-order (LPS) layers
 --   2  eval   baselines, metrics, clustering, projections
 --   3  lua    the Lua binding
@@ -13,7 +14,7 @@
 local lu = require "luaunit"
 local T = require "tests.helpers"
 
-local LAYER = {core = 0, nn = 1, store = 1, io = 1, lps = 2, eval = 2, lua = 3}
+local LAYER = {core = 0, nn = 1, data = 1, store = 1, io = 1, lps = 2, eval = 2, lua = 3}
 
 local function lines_of(cmd)
   -- under test-asan the sanitizer preload must not reach find and nm
