@@ -416,6 +416,67 @@ const char *lps_domain_name(lps_domain d);
 /* The domain called name, or -1. */
 int lps_domain_from_name(const char *name);
 
+/* ----------------------------------------------------------- glyphs */
+/* (csrc/data/: glyphs.c, glyph_render.c) Rendered Latin letters, a second
+ * image source beside Fashion-MNIST: 52 classes, 0..25 = 'A'..'Z' and
+ * 26..51 = 'a'..'z' (no digits), rasterized with FreeType from fixed font
+ * files of Debian packages into 28x28 floats in [0, 1], bright on black.
+ * A glyph is scaled so its face's capital 'H' is `size` pixels tall (shrunk
+ * further if its larger side would pass LPS_GLYPH_MAX_EXTENT), rotated about
+ * the centre of its bounding box, emboldened or thinned, and centred on the
+ * frame plus a shift. Unhinted, so the pixels are a function of the outline. */
+#define LPS_GLYPH_CLASSES 52
+#define LPS_GLYPH_SIDE 28
+#define LPS_GLYPH_MAX_EXTENT 26.0
+
+typedef struct lps_glyph_face {
+    const char *name;    /* "DejaVu Sans" */
+    const char *style;   /* "sans", "serif", "mono", with "bold", "italic"... */
+    const char *path;    /* the font file, an absolute Debian path */
+    const char *package; /* the Debian package that installs it */
+} lps_glyph_face;
+int lps_glyph_nfaces(void);
+const lps_glyph_face *lps_glyph_face_info(int i); /* 0-based; NULL out of range */
+int lps_glyph_letter(int cls);                    /* 'A'..'Z', 'a'..'z'; 0 out of range */
+
+/* What one image looks like; lps_glyph_draw makes a random one. */
+typedef struct lps_glyph_params {
+    int face;       /* 0..lps_glyph_nfaces()-1 */
+    double size;    /* capital height in pixels, (0, 64] */
+    double angle;   /* degrees counter-clockwise, [-180, 180] */
+    double dx, dy;  /* shift of the glyph's centre from the frame's, pixels right and down, |.| <= 14 */
+    double stroke;  /* pixels every stroke grows by (FT_Outline_Embolden), [-2, 4]; < 0 thins */
+    double ink;     /* intensity of full coverage, [0, 1] */
+    double noise;   /* sd of a multiplicative Gaussian noise on inked pixels, [0, 1] */
+} lps_glyph_params;
+
+/* The random draw of lps_glyphs_render, from r: face uniform; size U[16, 23];
+ * angle U[-15, 15]; dx, dy U[-2, 2]; stroke U[-0.4, 1.0]; ink U[0.75, 1];
+ * noise 0.05. */
+void lps_glyph_draw(lps_rng *r, lps_glyph_params *p);
+
+/* Every face loaded once, with its 52 outlines: open with lps_glyphs_open,
+ * release with lps_glyphs_free (the caller owns it). root is prepended to
+ * the font paths (NULL or "" for none: tests point it elsewhere); a missing
+ * or unreadable file fails with LPS_EIO naming the file and its package.
+ * Rendering only reads the handle, but FreeType's library object is not
+ * documented as thread-safe: one handle per thread. */
+typedef struct lps_glyphs lps_glyphs;
+lps_status lps_glyphs_open(lps_glyphs **out, const char *root);
+void lps_glyphs_free(lps_glyphs *g);
+
+/* One image of class cls (0-based) into out (28*28 floats, row-major, top
+ * row first). noise draws from r, which may be NULL when p->noise == 0. */
+lps_status lps_glyph_render(const lps_glyphs *g, int cls, const lps_glyph_params *p, lps_rng *r,
+                            float *out);
+/* out: N x 784 (or N x 1 x 28 x 28); image i shows classes[i] (0-based).
+ * The k-th image of a class in the list draws its parameters
+ * (lps_glyph_draw) and noise from a generator seeded from (seed, class, k)
+ * alone: a list of fewer classes gives the same images of those classes,
+ * and no thread count changes a bit (rendering is serial). */
+lps_status lps_glyphs_render(const lps_glyphs *g, lps_tensor *out, const int32_t *classes,
+                             uint64_t seed);
+
 /* ------------------------------------------------------- modelset store */
 /* (csrc/store/: modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
  * An append-only file of records, one per model: JSON metadata (opaque to C)

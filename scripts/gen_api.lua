@@ -9,7 +9,7 @@ local modules = {
   {"lualps/init.lua", "lps", "The module table: tensor functions from the C core, submodules loaded on first use."},
   {"lualps/nn.lua", "lps.nn", "Layers, models and the training loop."},
   {"lualps/optim.lua", "lps.optim", "Optimizers and learning-rate schedules."},
-  {"lualps/data.lua", "lps.data", "Fashion-MNIST and data helpers."},
+  {"lualps/data.lua", "lps.data", "Fashion-MNIST, rendered letters and data helpers."},
   {"lualps/modelset.lua", "lps.modelset", "The ModelSet store (format: docs/MODELSET_FORMAT.md)."},
   {"lualps/similarity.lua", "lps.similarity", "The LPS second-order network and the similarity API."},
   {"lualps/eval.lua", "lps.eval", "Baselines and evaluation metrics."},
