@@ -36,5 +36,6 @@ void lps_lua_open_safetensors(lua_State *L); /* adds _safetensors */
 void lps_lua_open_nn(lua_State *L);       /* adds _nn (layers, optimizers, training, IDX) */
 void lps_lua_open_modelset(lua_State *L); /* adds _modelset (the ModelSet store) */
 void lps_lua_open_lps(lua_State *L);      /* adds _lps (second-order LPS layers, losses) */
+void lps_lua_open_transferability(lua_State *L); /* adds _estimators (LogME, LEEP, k-NN, ridge probe) */
 
 #endif

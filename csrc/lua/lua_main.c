@@ -200,6 +200,7 @@ int luaopen_lualps_core(lua_State *L)
     lps_lua_open_nn(L);
     lps_lua_open_modelset(L);
     lps_lua_open_lps(L);
+    lps_lua_open_transferability(L);
     lua_pushliteral(L, LPS_VERSION);
     lua_setfield(L, -2, "version");
     return 1;
