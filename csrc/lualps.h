@@ -902,6 +902,67 @@ lps_status lps_pca(lps_tensor *out, double *var, const lps_tensor *x, int64_t k)
  * distances s_ii + s_jj - 2 s_ij, double centring, top k eigenpairs. */
 lps_status lps_mds(lps_tensor *out, const lps_tensor *sim, int64_t k);
 
+/* ------------------------------------------ transferability estimators */
+/* (csrc/eval/transferability.c) How well a candidate model suits a target
+ * task, from its outputs on n target samples: features f (n x D, e.g. its
+ * penultimate layer) or source-class probabilities theta (n x Z, its
+ * softmax). y: n labels in 0..classes-1, at least two distinct. Inputs are
+ * borrowed; results go to the caller's variables and arrays. Errors (the
+ * message starts with the estimator's name): LPS_ESHAPE for a tensor that is
+ * not 2-D, LPS_EINVAL for n < 2, classes < 2 or a single label present,
+ * LPS_ERANGE for a label out of range, LPS_ENUMERIC for a non-finite value.
+ * Computed in double; deterministic for one BLAS thread count. */
+
+/* LogME (You et al. 2021), as the reference LogME.py (_fit_fixed_point):
+ * per class c, the log evidence of the Bayesian linear model y_c ~ N(f w,
+ * 1/beta), w ~ N(0, 1/alpha) (D weights) for the one-hot column y_c, alpha
+ * and beta by at most 11 fixed-point steps (stop when alpha/beta moves by
+ * <= 0.1%) over the min(n, D) singular values of f (from f'f when n > D,
+ * else from f f'), divided by n. score = the mean over classes; evidence,
+ * alpha, beta (classes entries each, or NULL) per class. All-zero features
+ * score -inf. Two departures, both explained in transferability.c: the
+ * reference drops singular values <= 1e-10 of f'f, so whether it counts
+ * a null direction of a rank-deficient f depends on whether LAPACK's
+ * rounding leaves it at 0 or above the cut (here all are counted, each
+ * with log(alpha) in the log determinant, as the exact evidence does);
+ * and when n < D its log determinant sums only n terms, leaving out the
+ * D - n null directions of the prior, so its evidence exceeds the true one
+ * by (D - n) log(alpha) / (2n). exact = 0 gives the reference's value,
+ * exact = 1 the true one. */
+lps_status lps_logme(double *score, double *evidence, double *alpha, double *beta,
+                     const lps_tensor *f, const int64_t *y, int64_t classes, int exact);
+/* LEEP (Nguyen et al. 2020): theta's rows are probabilities (>= 0, summing
+ * to 1 within 1e-3). P(y, z) = sum over samples of class y of theta_iz / n,
+ * P(y | z) = P(y, z) / sum_y P(y, z) (0 for a source class without mass),
+ * score = mean_i log sum_z P(y_i | z) theta_iz (<= 0). */
+lps_status lps_leep(double *score, const lps_tensor *theta, const int64_t *y, int64_t classes);
+/* Leave-one-out accuracy of k-NN (1 <= k <= n-1) by cosine similarity of
+ * f's rows (zero rows have cosine 0 to all): each sample's label predicted
+ * from its k most similar others (lps_knn_classify's votes and ties). */
+lps_status lps_knn_loo(double *acc, const lps_tensor *f, const int64_t *y, int64_t classes, int64_t k);
+/* Ridge probe: one-hot targets on the centred features with an unpenalized
+ * intercept, lambda = rho * trace(Fc'Fc) / D (rho relative to the mean
+ * eigenvalue, so scaling f changes nothing), scored by its exact
+ * leave-one-out predictions, from the hat matrix H = 11'/n + Fc (Fc'Fc +
+ * lambda I)^-1 Fc': yhat_-i = (yhat_i - H_ii y_i) / (1 - H_ii). rho in
+ * 1e-6..1e6, or 0: the one of 10^-3, 10^-2.5, ..., 10^3 (LPS_RIDGE_GRID
+ * values) with the smallest LOO squared error (ties: the larger). accuracy
+ * = share of samples whose LOO prediction's largest entry (ties: smaller
+ * class) is their label. loo (n x classes doubles, or NULL) gets the LOO
+ * predictions. */
+#define LPS_RIDGE_GRID 13
+typedef struct lps_ridge_result {
+    double accuracy;   /* leave-one-out accuracy */
+    double mse;        /* mean over samples of the squared LOO residual, summed over classes */
+    double rho, lambda; /* the relative and absolute ridge used */
+    int64_t rank;      /* spectral components kept (sigma > 1e-12 * the largest) */
+    double grid_press[LPS_RIDGE_GRID]; /* rho = 0: mse at each grid value */
+} lps_ridge_result;
+lps_status lps_ridge_loo(lps_ridge_result *r, double *loo, const lps_tensor *f, const int64_t *y,
+                         int64_t classes, double rho);
+/* out (n x Z) = softmax of each row of logits (same shape), through double. */
+lps_status lps_softmax_rows(lps_tensor *out, const lps_tensor *logits);
+
 /* ------------------------------------------------------------ safetensors */
 /* (csrc/io/: safetensors.c, json.c) The Hugging Face format: an 8-byte little-endian
  * header length N, N bytes of UTF-8 JSON mapping tensor names to

@@ -20,6 +20,7 @@ local modules = {
   {"lualps/transfer.lua", "lps.transfer", "The transfer ground truth: fine-tuning gains between tasks."},
   {"lualps/transfer_pool.lua", "lps.transfer_pool", "The transfer ground truth of sets of many architectures, with its reliability."},
   {"lualps/hetero.lua", "lps.hetero", "ModelSet-Hetero: plan, splits and composition."},
+  {"lualps/estimators.lua", "lps.estimators", "Data-based transferability estimators: LogME, LEEP, k-NN, a ridge probe."},
   {"lualps/safetensors.lua", "lps.safetensors", "Reading and writing .safetensors files."},
   {"lualps/util.lua", "lps.util", "Progress display and small helpers."},
   {"lualps/plot.lua", "lps.plot", "PNG figures through gnuplot."},

@@ -92,5 +92,6 @@ void lps_lua_open_net(lua_State *L);
 void lps_lua_open_metrics(lua_State *L);
 void lps_lua_open_project(lua_State *L);
 void lps_lua_open_glyphs(lua_State *L);
+void lps_lua_open_transferability(lua_State *L);
 
 #endif

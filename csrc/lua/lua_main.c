@@ -15,6 +15,7 @@ static const struct {
     {"_modelset", lps_lua_open_modelset}, {"_lps", lps_lua_open_lps},
     {"_eval", lps_lua_open_net},      {"_eval", lps_lua_open_metrics},
     {"_eval", lps_lua_open_project},   {"_glyphs", lps_lua_open_glyphs},
+    {"_estimators", lps_lua_open_transferability},
 };
 
 int luaopen_lualps_core(lua_State *L)
