@@ -58,6 +58,13 @@ const char *lps_status_name(lps_status s);
 /* BLAS threads used by matrix products (OpenBLAS). */
 void lps_set_num_threads(int n);
 int lps_get_num_threads(void);
+/* What produced a figure: OpenBLAS picks its sgemm kernel per processor
+ * (a Haswell and a SkylakeX machine sum in different orders), so results
+ * are bit-identical for a seed and thread count on one kernel, not across
+ * kernels. The kernel's name ("Haswell", "SkylakeX"; OPENBLAS_CORETYPE=NAME
+ * in the environment forces one) and OpenBLAS's build configuration. */
+const char *lps_blas_kernel(void);
+const char *lps_blas_config(void);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);
