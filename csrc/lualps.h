@@ -405,20 +405,39 @@ lps_tensor *lps_idx_read_images(const char *path);
 lps_tensor *lps_idx_read_labels(const char *path);
 
 /* Image domains: transforms of square grayscale images in [0, 1], applied
- * when data is loaded. x and out are N x (s*s) (or N x 1 x s x s), same
- * shape; out must not alias x.
+ * when data is loaded, each one fixed function of the image (the random
+ * ones draw from LPS_DOMAIN_SEED). x and out are N x (s*s) (or
+ * N x 1 x s x s), same shape; out may alias x only for the pointwise ones
+ * (IDENTITY, INVERT, TEXTURE). "Bilinear" samples x between its four
+ * nearest pixels, zeros outside.
  *   IDENTITY  a copy
  *   INVERT    1 - x
  *   ROT90     rotated 90 degrees clockwise: out[r][c] = x[s-1-c][r]
  *   BLUR      3x3 binomial kernel [1 2 1]^T [1 2 1] / 16, zeros outside
  *   DOWNUP    2x2 mean pooling, then each mean copied back to its 2x2 block
- *             (s even): the image at half resolution */
+ *             (s even): the image at half resolution
+ *   ZOOMOUT   shrunk to 60% about the centre m = (s-1)/2, zeros around:
+ *             out[r][c] = x at (m + (r-m) 5/3, m + (c-m) 5/3), bilinear
+ *   SHIFT     moved k = floor(s/5) pixels down and right (5 at 28x28), zero
+ *             fill: out[r][c] = x[r-k][c-k]
+ *   VFLIP     upside down: out[r][c] = x[s-1-r][c]
+ *   EDGES     Sobel gradient magnitude / 4, capped at 1 (a unit step: 1),
+ *             zeros outside
+ *   TEXTURE   a fixed noise texture T (s*s uniforms in [0, 0.6), row by
+ *             row) wherever the image is dark: out = x + (1 - x) T
+ *   ELASTIC   out[r][c] = x at (r, c) + d(r, c), bilinear; d interpolates
+ *             bilinearly a 5x5 grid of control displacements over the image
+ *             (at r, c = 0, (s-1)/4, ..., s-1), each (dr, dc) uniform in
+ *             [-s/7, s/7], drawn row by row, dr first */
+#define LPS_DOMAIN_SEED 1907u
 typedef enum {
     LPS_DOMAIN_IDENTITY, LPS_DOMAIN_INVERT, LPS_DOMAIN_ROT90, LPS_DOMAIN_BLUR, LPS_DOMAIN_DOWNUP,
-    LPS_NDOMAINS
+    LPS_DOMAIN_ZOOMOUT, LPS_DOMAIN_SHIFT, LPS_DOMAIN_VFLIP, LPS_DOMAIN_EDGES, LPS_DOMAIN_TEXTURE,
+    LPS_DOMAIN_ELASTIC, LPS_NDOMAINS
 } lps_domain;
 lps_status lps_image_domain(lps_tensor *out, const lps_tensor *x, lps_domain d);
-/* "identity", "invert", "rot90", "blur", "downup"; NULL for another value. */
+/* Its name ("identity", "invert", "rot90", "blur", "downup", "zoomout",
+ * "shift", "vflip", "edges", "texture", "elastic"); NULL for another value. */
 const char *lps_domain_name(lps_domain d);
 /* The domain called name, or -1. */
 int lps_domain_from_name(const char *name);

@@ -35,13 +35,19 @@ function data.fashion_mnist(split, dir)
   return x, y:add_(1)
 end
 
---- The image domains of lps.data.domain, in order.
-data.domains = {"identity", "invert", "rot90", "blur", "downup"}
+--- The image domains of lps.data.domain, in order (csrc/lualps.h
+-- documents each).
+data.domains = C.domain_names()
 
 --- Images x (N x 784, or N x 1 x 28 x 28; any square side) seen in another
 -- domain, as a new tensor: "identity" (a copy), "invert" (1 - x), "rot90"
 -- (rotated 90 degrees clockwise), "blur" (3x3 binomial filter, zeros
--- outside), "downup" (2x2 means, then back to full size: half resolution).
+-- outside), "downup" (2x2 means, then back to full size: half resolution),
+-- "zoomout" (shrunk to 60% about the centre), "shift" (moved side/5 pixels
+-- down and right), "vflip" (upside down), "edges" (Sobel magnitude / 4,
+-- capped at 1), "texture" (a fixed noise texture where the image is dark),
+-- "elastic" (a fixed smooth displacement field). Zeros fill what comes from
+-- outside the image.
 function data.domain(x, name)
   if not lps.is_tensor(x) then error("domain: expected a tensor of images", 2) end
   local known = false
