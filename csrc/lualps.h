@@ -266,6 +266,12 @@ struct lps_layer {
  * PyTorch does by default (weights and biases uniform in +-1/sqrt(fan_in),
  * weight first), drawing from init. */
 lps_layer *lps_layer_new(const lps_arch_entry *e, lps_rng *init);
+/* A layer of a type with branches (residual) whose body and shortcut are
+ * existing modules, shared (each takes a reference; a leaf becomes a
+ * Sequential of one); a NULL branch is built from e's list (a shortcut
+ * without one: the identity). */
+lps_layer *lps_layer_new_branches(const lps_arch_entry *e, lps_layer *body, lps_layer *shortcut,
+                                  lps_rng *init);
 /* A Sequential of every entry of a (the input entry builds nothing). */
 lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init);
 /* The architecture of l (a Sequential gives its children's entries, any
