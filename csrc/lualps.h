@@ -378,7 +378,7 @@ typedef struct lps_train_opts {
     lps_rng *rng;                  /* shuffling (needed when shuffle) */
     lps_optim *optim;
     const lps_schedule *schedule;  /* NULL: constant learning rate */
-    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch */
+    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch (eval mode) */
     const int32_t *val_y;
     int64_t eval_batch;            /* batch for validation (0: 256) */
     lps_progress_fn progress;      /* optional */
@@ -393,7 +393,8 @@ typedef struct lps_train_opts {
  * models (with their own optimizers) may train on different threads at once. */
 lps_status lps_train(lps_layer *model, const lps_tensor *x, const int32_t *y,
                      const lps_train_opts *o);
-/* Mean loss and accuracy over x in batches of `batch` (0: 256). */
+/* Mean loss and accuracy over x in batches of `batch` (0: 256), in eval mode
+ * (each layer's mode restored after). */
 lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y, int64_t batch,
                         double *loss, double *accuracy);
 

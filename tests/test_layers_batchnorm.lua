@@ -276,6 +276,29 @@ function TestBatchNormTrain:test_train_deterministic()
   lu.assertTrue(state["1.running_mean"]:abs():max() > 0, "the running mean moved")
 end
 
+-- lps.evaluate and validation run in eval mode: the running statistics
+-- normalize and stay, and each layer's mode comes back.
+function TestBatchNormTrain:test_evaluate_in_eval_mode()
+  local g = lps.generator(11)
+  local m = randomize(nn.sequential{nn.linear(4, 3, g), nn.batchnorm1d(3), nn.linear(3, 2, g)}, g)
+  m[3]:eval()
+  local x, y = lps.randn(10, 4, g), {1, 2, 1, 2, 1, 2, 1, 2, 1, 2}
+  local before = m:state_dict()["1.running_mean"]:clone()
+  local acc, loss = lps.evaluate(m, {x = x, y = y})
+  lu.assertTrue(lps.allclose(m:state_dict()["1.running_mean"], before, 0, 0), "running statistics unchanged")
+  lu.assertTrue(m[1]:is_training() and m[2]:is_training() and not m[3]:is_training(), "modes restored")
+  m:eval()
+  local acc2, loss2 = lps.evaluate(m, {x = x, y = y})
+  lu.assertEquals(acc, acc2)
+  lu.assertEquals(loss, loss2)
+  lu.assertAlmostEquals(loss, nn.cross_entropy():forward(m:forward(x), y), 1e-6)
+  m:train()
+  local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.sgd{lr = 0}, batch_size = 5,
+    shuffle = false, validation = {x = x, y = y}, progress = false})
+  m:eval()
+  lu.assertAlmostEquals(report.val_loss, nn.cross_entropy():forward(m:forward(x), y), 1e-6)
+end
+
 TestBatchNormTorch = {}
 
 -- The same modules in PyTorch: eval-mode outputs, one train-mode forward's
