@@ -273,6 +273,12 @@ struct lps_layer {
  * PyTorch does by default (weights and biases uniform in +-1/sqrt(fan_in),
  * weight first), drawing from init. */
 lps_layer *lps_layer_new(const lps_arch_entry *e, lps_rng *init);
+/* A layer of a type with branches (residual) whose body and shortcut are
+ * existing modules, shared (each takes a reference; a leaf becomes a
+ * Sequential of one); a NULL branch is built from e's list (a shortcut
+ * without one: the identity). */
+lps_layer *lps_layer_new_branches(const lps_arch_entry *e, lps_layer *body, lps_layer *shortcut,
+                                  lps_rng *init);
 /* A Sequential of every entry of a (the input entry builds nothing). */
 lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init);
 /* The architecture of l (a Sequential gives its children's entries, any
@@ -379,7 +385,7 @@ typedef struct lps_train_opts {
     lps_rng *rng;                  /* shuffling (needed when shuffle) */
     lps_optim *optim;
     const lps_schedule *schedule;  /* NULL: constant learning rate */
-    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch */
+    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch (eval mode) */
     const int32_t *val_y;
     int64_t eval_batch;            /* batch for validation (0: 256) */
     lps_progress_fn progress;      /* optional */
@@ -394,7 +400,8 @@ typedef struct lps_train_opts {
  * models (with their own optimizers) may train on different threads at once. */
 lps_status lps_train(lps_layer *model, const lps_tensor *x, const int32_t *y,
                      const lps_train_opts *o);
-/* Mean loss and accuracy over x in batches of `batch` (0: 256). */
+/* Mean loss and accuracy over x in batches of `batch` (0: 256), in eval mode
+ * (each layer's mode restored after). */
 lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y, int64_t batch,
                         double *loss, double *accuracy);
 
