@@ -100,11 +100,11 @@ clean:
 # build/fuzz/corpus_safetensors.
 FUZZ_TIME ?= 60
 FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c $(wildcard csrc/nn/*.c) $(wildcard csrc/core/*.c)
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/io/arch.h
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/nn/nn_internal.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) \
-	  -o $@ -lopenblas -lm
+	  -o $@ -lopenblas -lz -lpthread -lm
 .PHONY: fuzz-safetensors
 fuzz-safetensors: build/fuzz/fuzz_safetensors
 	@mkdir -p build/fuzz/corpus_safetensors
