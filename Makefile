@@ -9,13 +9,16 @@ LUA_INCDIR ?= /usr/include/lua5.4
 # Always on: C11, all warnings as errors, no FMA contraction (bit-identical
 # results across machines of one architecture), position-independent code.
 # Includes name their folder ("core/internal.h"), so -Icsrc only.
-LPS_CFLAGS = -std=c11 -Wall -Wextra -Werror -ffp-contract=off -fPIC -D_POSIX_C_SOURCE=200809L -Icsrc
-LIBS      = -lopenblas -lzstd -lz -lm -lpthread
+# FreeType (csrc/data/) from pkg-config, or Debian's fixed path before
+# setup has installed pkg-config.
+FT_CFLAGS := $(shell pkg-config --cflags freetype2 2>/dev/null || echo -I/usr/include/freetype2)
+LPS_CFLAGS = -std=c11 -Wall -Wextra -Werror -ffp-contract=off -fPIC -D_POSIX_C_SOURCE=200809L -Icsrc $(FT_CFLAGS)
+LIBS      = -lopenblas -lzstd -lz -lfreetype -lm -lpthread
 
 # One folder per subsystem, bottom to top (tests/test_layout.lua checks that
-# no folder includes or calls into a folder above it): core; nn, store, io;
-# lps, eval; lua (the binding, the only code that sees Lua headers).
-SUBSYSTEMS = core nn store io lps eval
+# no folder includes or calls into a folder above it): core; nn, data, store,
+# io; lps, eval; lua (the binding, the only code that sees Lua headers).
+SUBSYSTEMS = core nn data store io lps eval
 CORE_SRC  = $(foreach d,$(SUBSYSTEMS),$(wildcard csrc/$(d)/*.c))
 LUA_SRC   = $(wildcard csrc/lua/*.c)
 CORE_OBJ  = $(CORE_SRC:csrc/%.c=build/obj/%.o)
@@ -97,11 +100,11 @@ clean:
 # build/fuzz/corpus_safetensors.
 FUZZ_TIME ?= 60
 FUZZ_ST_SRC = csrc/io/safetensors.c csrc/io/json.c $(wildcard csrc/nn/*.c) $(wildcard csrc/core/*.c)
-build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/io/arch.h
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) csrc/lualps.h csrc/io/json.h csrc/nn/nn_internal.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -std=c11 -D_POSIX_C_SOURCE=200809L -Icsrc tests/fuzz/fuzz_safetensors.c $(FUZZ_ST_SRC) \
-	  -o $@ -lopenblas -lm
+	  -o $@ -lopenblas -lz -lpthread -lm
 .PHONY: fuzz-safetensors
 fuzz-safetensors: build/fuzz/fuzz_safetensors
 	@mkdir -p build/fuzz/corpus_safetensors

@@ -58,6 +58,13 @@ const char *lps_status_name(lps_status s);
 /* BLAS threads used by matrix products (OpenBLAS). */
 void lps_set_num_threads(int n);
 int lps_get_num_threads(void);
+/* What produced a figure: OpenBLAS picks its sgemm kernel per processor
+ * (a Haswell and a SkylakeX machine sum in different orders), so results
+ * are bit-identical for a seed and thread count on one kernel, not across
+ * kernels. The kernel's name ("Haswell", "SkylakeX"; OPENBLAS_CORETYPE=NAME
+ * in the environment forces one) and OpenBLAS's build configuration. */
+const char *lps_blas_kernel(void);
+const char *lps_blas_config(void);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);
@@ -266,6 +273,12 @@ struct lps_layer {
  * PyTorch does by default (weights and biases uniform in +-1/sqrt(fan_in),
  * weight first), drawing from init. */
 lps_layer *lps_layer_new(const lps_arch_entry *e, lps_rng *init);
+/* A layer of a type with branches (residual) whose body and shortcut are
+ * existing modules, shared (each takes a reference; a leaf becomes a
+ * Sequential of one); a NULL branch is built from e's list (a shortcut
+ * without one: the identity). */
+lps_layer *lps_layer_new_branches(const lps_arch_entry *e, lps_layer *body, lps_layer *shortcut,
+                                  lps_rng *init);
 /* A Sequential of every entry of a (the input entry builds nothing). */
 lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init);
 /* The architecture of l (a Sequential gives its children's entries, any
@@ -372,7 +385,7 @@ typedef struct lps_train_opts {
     lps_rng *rng;                  /* shuffling (needed when shuffle) */
     lps_optim *optim;
     const lps_schedule *schedule;  /* NULL: constant learning rate */
-    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch */
+    const lps_tensor *val_x;       /* optional validation set, evaluated per epoch (eval mode) */
     const int32_t *val_y;
     int64_t eval_batch;            /* batch for validation (0: 256) */
     lps_progress_fn progress;      /* optional */
@@ -387,7 +400,8 @@ typedef struct lps_train_opts {
  * models (with their own optimizers) may train on different threads at once. */
 lps_status lps_train(lps_layer *model, const lps_tensor *x, const int32_t *y,
                      const lps_train_opts *o);
-/* Mean loss and accuracy over x in batches of `batch` (0: 256). */
+/* Mean loss and accuracy over x in batches of `batch` (0: 256), in eval mode
+ * (each layer's mode restored after). */
 lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y, int64_t batch,
                         double *loss, double *accuracy);
 
@@ -398,23 +412,103 @@ lps_tensor *lps_idx_read_images(const char *path);
 lps_tensor *lps_idx_read_labels(const char *path);
 
 /* Image domains: transforms of square grayscale images in [0, 1], applied
- * when data is loaded. x and out are N x (s*s) (or N x 1 x s x s), same
- * shape; out must not alias x.
+ * when data is loaded, each one fixed function of the image (the random
+ * ones draw from LPS_DOMAIN_SEED). x and out are N x (s*s) (or
+ * N x 1 x s x s), same shape; out may alias x only for the pointwise ones
+ * (IDENTITY, INVERT, TEXTURE). "Bilinear" samples x between its four
+ * nearest pixels, zeros outside.
  *   IDENTITY  a copy
  *   INVERT    1 - x
  *   ROT90     rotated 90 degrees clockwise: out[r][c] = x[s-1-c][r]
  *   BLUR      3x3 binomial kernel [1 2 1]^T [1 2 1] / 16, zeros outside
  *   DOWNUP    2x2 mean pooling, then each mean copied back to its 2x2 block
- *             (s even): the image at half resolution */
+ *             (s even): the image at half resolution
+ *   ZOOMOUT   shrunk to 60% about the centre m = (s-1)/2, zeros around:
+ *             out[r][c] = x at (m + (r-m) 5/3, m + (c-m) 5/3), bilinear
+ *   SHIFT     moved k = floor(s/5) pixels down and right (5 at 28x28), zero
+ *             fill: out[r][c] = x[r-k][c-k]
+ *   VFLIP     upside down: out[r][c] = x[s-1-r][c]
+ *   EDGES     Sobel gradient magnitude / 4, capped at 1 (a unit step: 1),
+ *             zeros outside
+ *   TEXTURE   a fixed noise texture T (s*s uniforms in [0, 0.6), row by
+ *             row) wherever the image is dark: out = x + (1 - x) T
+ *   ELASTIC   out[r][c] = x at (r, c) + d(r, c), bilinear; d interpolates
+ *             bilinearly a 5x5 grid of control displacements over the image
+ *             (at r, c = 0, (s-1)/4, ..., s-1), each (dr, dc) uniform in
+ *             [-s/7, s/7], drawn row by row, dr first */
+#define LPS_DOMAIN_SEED 1907u
 typedef enum {
     LPS_DOMAIN_IDENTITY, LPS_DOMAIN_INVERT, LPS_DOMAIN_ROT90, LPS_DOMAIN_BLUR, LPS_DOMAIN_DOWNUP,
-    LPS_NDOMAINS
+    LPS_DOMAIN_ZOOMOUT, LPS_DOMAIN_SHIFT, LPS_DOMAIN_VFLIP, LPS_DOMAIN_EDGES, LPS_DOMAIN_TEXTURE,
+    LPS_DOMAIN_ELASTIC, LPS_NDOMAINS
 } lps_domain;
 lps_status lps_image_domain(lps_tensor *out, const lps_tensor *x, lps_domain d);
-/* "identity", "invert", "rot90", "blur", "downup"; NULL for another value. */
+/* Its name ("identity", "invert", "rot90", "blur", "downup", "zoomout",
+ * "shift", "vflip", "edges", "texture", "elastic"); NULL for another value. */
 const char *lps_domain_name(lps_domain d);
 /* The domain called name, or -1. */
 int lps_domain_from_name(const char *name);
+
+/* ----------------------------------------------------------- glyphs */
+/* (csrc/data/: glyphs.c, glyph_render.c) Rendered Latin letters, a second
+ * image source beside Fashion-MNIST: 52 classes, 0..25 = 'A'..'Z' and
+ * 26..51 = 'a'..'z' (no digits), rasterized with FreeType from fixed font
+ * files of Debian packages into 28x28 floats in [0, 1], bright on black.
+ * A glyph is scaled so its face's capital 'H' is `size` pixels tall (shrunk
+ * further if its larger side would pass LPS_GLYPH_MAX_EXTENT), rotated about
+ * the centre of its bounding box, emboldened or thinned, and centred on the
+ * frame plus a shift. Unhinted, so the pixels are a function of the outline. */
+#define LPS_GLYPH_CLASSES 52
+#define LPS_GLYPH_SIDE 28
+#define LPS_GLYPH_MAX_EXTENT 26.0
+
+typedef struct lps_glyph_face {
+    const char *name;    /* "DejaVu Sans" */
+    const char *style;   /* "sans", "serif", "mono", with "bold", "italic"... */
+    const char *path;    /* the font file, an absolute Debian path */
+    const char *package; /* the Debian package that installs it */
+} lps_glyph_face;
+int lps_glyph_nfaces(void);
+const lps_glyph_face *lps_glyph_face_info(int i); /* 0-based; NULL out of range */
+int lps_glyph_letter(int cls);                    /* 'A'..'Z', 'a'..'z'; 0 out of range */
+
+/* What one image looks like; lps_glyph_draw makes a random one. */
+typedef struct lps_glyph_params {
+    int face;       /* 0..lps_glyph_nfaces()-1 */
+    double size;    /* capital height in pixels, (0, 64] */
+    double angle;   /* degrees counter-clockwise, [-180, 180] */
+    double dx, dy;  /* shift of the glyph's centre from the frame's, pixels right and down, |.| <= 14 */
+    double stroke;  /* pixels every stroke grows by (FT_Outline_Embolden), [-2, 4]; < 0 thins */
+    double ink;     /* intensity of full coverage, [0, 1] */
+    double noise;   /* sd of a multiplicative Gaussian noise on inked pixels, [0, 1] */
+} lps_glyph_params;
+
+/* The random draw of lps_glyphs_render, from r: face uniform; size U[16, 23];
+ * angle U[-15, 15]; dx, dy U[-2, 2]; stroke U[-0.4, 1.0]; ink U[0.75, 1];
+ * noise 0.05. */
+void lps_glyph_draw(lps_rng *r, lps_glyph_params *p);
+
+/* Every face loaded once, with its 52 outlines: open with lps_glyphs_open,
+ * release with lps_glyphs_free (the caller owns it). root is prepended to
+ * the font paths (NULL or "" for none: tests point it elsewhere); a missing
+ * or unreadable file fails with LPS_EIO naming the file and its package.
+ * Rendering only reads the handle, but FreeType's library object is not
+ * documented as thread-safe: one handle per thread. */
+typedef struct lps_glyphs lps_glyphs;
+lps_status lps_glyphs_open(lps_glyphs **out, const char *root);
+void lps_glyphs_free(lps_glyphs *g);
+
+/* One image of class cls (0-based) into out (28*28 floats, row-major, top
+ * row first). noise draws from r, which may be NULL when p->noise == 0. */
+lps_status lps_glyph_render(const lps_glyphs *g, int cls, const lps_glyph_params *p, lps_rng *r,
+                            float *out);
+/* out: N x 784 (or N x 1 x 28 x 28); image i shows classes[i] (0-based).
+ * The k-th image of a class in the list draws its parameters
+ * (lps_glyph_draw) and noise from a generator seeded from (seed, class, k)
+ * alone: a list of fewer classes gives the same images of those classes,
+ * and no thread count changes a bit (rendering is serial). */
+lps_status lps_glyphs_render(const lps_glyphs *g, lps_tensor *out, const int32_t *classes,
+                             uint64_t seed);
 
 /* ------------------------------------------------------- modelset store */
 /* (csrc/store/: modelset.c, mset_*.c; the file format: docs/MODELSET_FORMAT.md)
@@ -665,7 +759,7 @@ lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, co
  * architecture, whose weight layers are those of p and whose other entries
  * sit between them and act on every channel alike and commute with a
  * positive scale of a channel (relu, leaky_relu, max and average pooling,
- * flatten: the layer types flagged channel-wise): the structure the
+ * flatten, dropout: the layer types flagged channel-wise): the structure the
  * weight-space methods are defined on. conv2d layers come first (W cout x
  * cin x k x k), the head is linear; inputs are rows of d = cin*s*s values,
  * square s x s images. Hidden layers are 1..L-1; their units are the rows of
@@ -842,6 +936,67 @@ lps_status lps_pca(lps_tensor *out, double *var, const lps_tensor *x, int64_t k)
 /* Classical MDS from a similarity matrix (n x n, symmetrized): squared
  * distances s_ii + s_jj - 2 s_ij, double centring, top k eigenpairs. */
 lps_status lps_mds(lps_tensor *out, const lps_tensor *sim, int64_t k);
+
+/* ------------------------------------------ transferability estimators */
+/* (csrc/eval/transferability.c) How well a candidate model suits a target
+ * task, from its outputs on n target samples: features f (n x D, e.g. its
+ * penultimate layer) or source-class probabilities theta (n x Z, its
+ * softmax). y: n labels in 0..classes-1, at least two distinct. Inputs are
+ * borrowed; results go to the caller's variables and arrays. Errors (the
+ * message starts with the estimator's name): LPS_ESHAPE for a tensor that is
+ * not 2-D, LPS_EINVAL for n < 2, classes < 2 or a single label present,
+ * LPS_ERANGE for a label out of range, LPS_ENUMERIC for a non-finite value.
+ * Computed in double; deterministic for one BLAS thread count. */
+
+/* LogME (You et al. 2021), as the reference LogME.py (_fit_fixed_point):
+ * per class c, the log evidence of the Bayesian linear model y_c ~ N(f w,
+ * 1/beta), w ~ N(0, 1/alpha) (D weights) for the one-hot column y_c, alpha
+ * and beta by at most 11 fixed-point steps (stop when alpha/beta moves by
+ * <= 0.1%) over the min(n, D) singular values of f (from f'f when n > D,
+ * else from f f'), divided by n. score = the mean over classes; evidence,
+ * alpha, beta (classes entries each, or NULL) per class. All-zero features
+ * score -inf. Two departures, both explained in transferability.c: the
+ * reference drops singular values <= 1e-10 of f'f, so whether it counts
+ * a null direction of a rank-deficient f depends on whether LAPACK's
+ * rounding leaves it at 0 or above the cut (here all are counted, each
+ * with log(alpha) in the log determinant, as the exact evidence does);
+ * and when n < D its log determinant sums only n terms, leaving out the
+ * D - n null directions of the prior, so its evidence exceeds the true one
+ * by (D - n) log(alpha) / (2n). exact = 0 gives the reference's value,
+ * exact = 1 the true one. */
+lps_status lps_logme(double *score, double *evidence, double *alpha, double *beta,
+                     const lps_tensor *f, const int64_t *y, int64_t classes, int exact);
+/* LEEP (Nguyen et al. 2020): theta's rows are probabilities (>= 0, summing
+ * to 1 within 1e-3). P(y, z) = sum over samples of class y of theta_iz / n,
+ * P(y | z) = P(y, z) / sum_y P(y, z) (0 for a source class without mass),
+ * score = mean_i log sum_z P(y_i | z) theta_iz (<= 0). */
+lps_status lps_leep(double *score, const lps_tensor *theta, const int64_t *y, int64_t classes);
+/* Leave-one-out accuracy of k-NN (1 <= k <= n-1) by cosine similarity of
+ * f's rows (zero rows have cosine 0 to all): each sample's label predicted
+ * from its k most similar others (lps_knn_classify's votes and ties). */
+lps_status lps_knn_loo(double *acc, const lps_tensor *f, const int64_t *y, int64_t classes, int64_t k);
+/* Ridge probe: one-hot targets on the centred features with an unpenalized
+ * intercept, lambda = rho * trace(Fc'Fc) / D (rho relative to the mean
+ * eigenvalue, so scaling f changes nothing), scored by its exact
+ * leave-one-out predictions, from the hat matrix H = 11'/n + Fc (Fc'Fc +
+ * lambda I)^-1 Fc': yhat_-i = (yhat_i - H_ii y_i) / (1 - H_ii). rho in
+ * 1e-6..1e6, or 0: the one of 10^-3, 10^-2.5, ..., 10^3 (LPS_RIDGE_GRID
+ * values) with the smallest LOO squared error (ties: the larger). accuracy
+ * = share of samples whose LOO prediction's largest entry (ties: smaller
+ * class) is their label. loo (n x classes doubles, or NULL) gets the LOO
+ * predictions. */
+#define LPS_RIDGE_GRID 13
+typedef struct lps_ridge_result {
+    double accuracy;   /* leave-one-out accuracy */
+    double mse;        /* mean over samples of the squared LOO residual, summed over classes */
+    double rho, lambda; /* the relative and absolute ridge used */
+    int64_t rank;      /* spectral components kept (sigma > 1e-12 * the largest) */
+    double grid_press[LPS_RIDGE_GRID]; /* rho = 0: mse at each grid value */
+} lps_ridge_result;
+lps_status lps_ridge_loo(lps_ridge_result *r, double *loo, const lps_tensor *f, const int64_t *y,
+                         int64_t classes, double rho);
+/* out (n x Z) = softmax of each row of logits (same shape), through double. */
+lps_status lps_softmax_rows(lps_tensor *out, const lps_tensor *logits);
 
 /* ------------------------------------------------------------ safetensors */
 /* (csrc/io/: safetensors.c, json.c) The Hugging Face format: an 8-byte little-endian

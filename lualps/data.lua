@@ -1,7 +1,8 @@
---- lualps.data: Fashion-MNIST from Debian's dataset-fashion-mnist package, and
--- helpers to pick classes, subsample and split.
+--- lualps.data: Fashion-MNIST from Debian's dataset-fashion-mnist package,
+-- rendered letters (glyphs), and helpers to pick classes, subsample and split.
 local lps = require "lualps"
 local C = require("lualps.core")._nn
+local G = require("lualps.core")._glyphs
 
 local data = {}
 
@@ -34,13 +35,19 @@ function data.fashion_mnist(split, dir)
   return x, y:add_(1)
 end
 
---- The image domains of lps.data.domain, in order.
-data.domains = {"identity", "invert", "rot90", "blur", "downup"}
+--- The image domains of lps.data.domain, in order (csrc/lualps.h
+-- documents each).
+data.domains = C.domain_names()
 
 --- Images x (N x 784, or N x 1 x 28 x 28; any square side) seen in another
 -- domain, as a new tensor: "identity" (a copy), "invert" (1 - x), "rot90"
 -- (rotated 90 degrees clockwise), "blur" (3x3 binomial filter, zeros
--- outside), "downup" (2x2 means, then back to full size: half resolution).
+-- outside), "downup" (2x2 means, then back to full size: half resolution),
+-- "zoomout" (shrunk to 60% about the centre), "shift" (moved side/5 pixels
+-- down and right), "vflip" (upside down), "edges" (Sobel magnitude / 4,
+-- capped at 1), "texture" (a fixed noise texture where the image is dark),
+-- "elastic" (a fixed smooth displacement field). Zeros fill what comes from
+-- outside the image.
 function data.domain(x, name)
   if not lps.is_tensor(x) then error("domain: expected a tensor of images", 2) end
   local known = false
@@ -51,6 +58,146 @@ function data.domain(x, name)
   local ok, out = pcall(C.image_domain, x, name)
   if not ok then error(out, 2) end
   return out
+end
+
+--- The 52 classes of lps.data.glyphs, by 1-based label: "A".."Z" (1..26),
+-- then "a".."z" (27..52). No digits.
+data.glyph_classes = {}
+for i = 1, 26 do
+  data.glyph_classes[i] = string.char(64 + i)
+  data.glyph_classes[26 + i] = string.char(96 + i)
+end
+local glyph_label = {}
+for i, c in ipairs(data.glyph_classes) do glyph_label[c] = i end
+
+--- The font faces of the letters, in order (a face number is an index
+-- here): {name, style, path, package} with the font file's fixed Debian path
+-- and the package that installs it.
+data.glyph_faces = {}
+for i, f in ipairs(G.faces) do
+  data.glyph_faces[i] = {name = f.name, style = f.style, path = f.path, package = f.package}
+end
+
+--- Default sizes of lps.data.glyphs per split (images per class) and seed.
+data.glyph_defaults = {train = 1000, test = 200, seed = 1}
+
+local handle -- every face loaded once per process (lualps.Glyphs)
+local function fonts()
+  if not handle then handle = G.open() end
+  return handle
+end
+
+local function glyph_class(c, what)
+  local i = type(c) == "number" and math.tointeger(c)
+  local k = glyph_label[c] or (i and i >= 1 and i <= 52 and i) or nil
+  if not k then error(("%s: unknown letter %s (a letter A-Z, a-z or a class 1..52)"):format(what, tostring(c)), 3) end
+  return k
+end
+
+local cache = {}
+local TEST_SALT = 0x5445535400000000 -- the test split's seed: seed xor "TEST"
+
+--- Rendered Latin letters (FreeType, data.glyph_faces), shaped like
+-- fashion_mnist: x (N x 784 floats in [0, 1], bright on black), y (N labels
+-- 1..52 as floats, data.glyph_classes). Each image draws a face, a capital
+-- height of 16 to 23 pixels, a rotation of -15 to 15 degrees, a shift of -2
+-- to 2 pixels each way, strokes 0.4 pixels thinner to 1 pixel bolder, an ink
+-- level of 0.75 to 1 and 5% multiplicative pixel noise (csrc/lualps.h,
+-- lps_glyph_draw). opts: per_class (images per class, 1..10000; default
+-- data.glyph_defaults: 1000 "train", 200 "test"), seed (integer, default 1;
+-- "test" draws from another seed than "train", so the splits are disjoint
+-- draws), classes (letters or labels to render, in this order, default all
+-- 52; y keeps the labels 1..52). Images are class-cyclic (A, B, ..., z, A,
+-- ...); the k-th image of a class depends only on (split, seed, class, k),
+-- so a classes subset gives the same images as the full set. Bit-identical
+-- for a seed on any thread count. Results are cached per process
+-- (data.glyphs_clear_cache frees them); each call returns copies.
+function data.glyphs(split, opts)
+  split = split or "train"
+  if split ~= "train" and split ~= "test" then
+    error(("glyphs: split must be 'train' or 'test', got '%s'"):format(tostring(split)), 2)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("glyphs: opts must be a table", 2) end
+  for k in pairs(opts) do
+    if k ~= "per_class" and k ~= "seed" and k ~= "classes" then
+      error(("glyphs: unknown option '%s' (per_class, seed, classes)"):format(tostring(k)), 2)
+    end
+  end
+  local n = opts.per_class or data.glyph_defaults[split]
+  if math.type(n) ~= "integer" or n < 1 or n > 10000 then
+    error(("glyphs: per_class must be an integer 1..10000, got %s"):format(tostring(n)), 2)
+  end
+  local seed = opts.seed or data.glyph_defaults.seed
+  if math.type(seed) ~= "integer" then
+    error(("glyphs: seed must be an integer, got %s (%s)"):format(tostring(seed), type(seed)), 2)
+  end
+  local classes = {}
+  if opts.classes ~= nil then
+    if type(opts.classes) ~= "table" or #opts.classes == 0 then
+      error("glyphs: classes must be a non-empty list of letters or labels", 2)
+    end
+    local seen = {}
+    for _, c in ipairs(opts.classes) do
+      local k = glyph_class(c, "glyphs: classes")
+      if seen[k] then error(("glyphs: classes lists '%s' twice"):format(data.glyph_classes[k]), 2) end
+      seen[k] = true
+      classes[#classes + 1] = k
+    end
+  else
+    for i = 1, 52 do classes[i] = i end
+  end
+  local key = ("%s/%d/%d/%s"):format(split, n, seed, table.concat(classes, ","))
+  local hit = cache[key]
+  if not hit then
+    local y = lps.zeros(n * #classes)
+    for k = 0, n - 1 do
+      for j, c in ipairs(classes) do y[k * #classes + j] = c end
+    end
+    local x = fonts():render(y, split == "test" and (seed ~ TEST_SALT) or seed)
+    hit = {x, y}
+    cache[key] = hit
+  end
+  return hit[1]:clone(), hit[2]:clone()
+end
+
+--- Free the images lps.data.glyphs keeps for later calls.
+function data.glyphs_clear_cache() cache = {} end
+
+local glyph_fixed = {face = 1, size = 20, angle = 0, dx = 0, dy = 0, stroke = 0, ink = 1, noise = 0}
+
+--- A random draw of data.glyph's parameters, as lps.data.glyphs draws them
+-- (ranges above), from the generator (default: the module's):
+-- data.glyph("g", data.glyph_params(gen)) is one random letter image.
+function data.glyph_params(gen)
+  if gen ~= nil and not (type(gen) == "userdata" and tostring(gen):match("^lualps.Generator")) then
+    error("glyph_params: expected a generator (lps.generator(seed))", 2)
+  end
+  return G.draw(gen)
+end
+
+--- One letter (a string "A".."z" or a label 1..52) rendered with fixed
+-- parameters, as 784 floats (28 x 28, top row first). opts and defaults:
+-- face (1, an index of data.glyph_faces), size (20: capital height in
+-- pixels), angle (0: degrees counter-clockwise), dx, dy (0: shift right and
+-- down in pixels), stroke (0: pixels added to every stroke's width; negative
+-- thins), ink (1: intensity of full coverage), noise (0: sd of the
+-- multiplicative pixel noise), generator (the noise's; default the module's).
+function data.glyph(letter, opts)
+  local cls = glyph_class(letter, "glyph")
+  local p = {}
+  for k, v in pairs(glyph_fixed) do p[k] = v end
+  for k, v in pairs(opts or {}) do
+    if glyph_fixed[k] == nil and k ~= "generator" then
+      error(("glyph: unknown option '%s'"):format(tostring(k)), 2)
+    end
+    p[k] = v
+  end
+  local gen = p.generator
+  p.generator = nil
+  local ok, x = pcall(fonts().render_one, fonts(), cls, p, gen)
+  if not ok then error(x, 2) end
+  return x
 end
 
 local function check_xy(x, y, what)

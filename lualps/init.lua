@@ -14,7 +14,7 @@ local submodules = {
   modelset = "lualps.modelset", similarity = "lualps.similarity",
   util = "lualps.util", zoo = "lualps.zoo", benchmark = "lualps.benchmark", eval = "lualps.eval",
   safetensors = "lualps.safetensors", plot = "lualps.plot", transfer = "lualps.transfer", transfer_pool = "lualps.transfer_pool",
-  hetero = "lualps.hetero",
+  hetero = "lualps.hetero", estimators = "lualps.estimators",
 }
 
 -- Safetensors interop (lualps/safetensors.lua) at the top level.

@@ -268,6 +268,40 @@ function M.merge(parts)
   return out
 end
 
+--- The domain table of a gain matrix: domain_gain[a][b] = the mean gain
+-- over ordered pairs (s, t) of tasks of the same class set, s in domain a
+-- and t in domain b (s = t included: staying in b); pairs[a][b] their
+-- number; domains in order of first appearance. Tasks without a domain are
+-- left out.
+function M.domain_gain(gain, tasks)
+  local function key(classes)
+    local c = table.move(classes, 1, #classes, 1, {})
+    table.sort(c)
+    return table.concat(c, ",")
+  end
+  local sum, count, domains = {}, {}, {}
+  for _, ts in ipairs(tasks) do
+    if ts.domain and not sum[ts.domain] then
+      sum[ts.domain], count[ts.domain] = {}, {}
+      domains[#domains + 1] = ts.domain
+    end
+  end
+  for s, ts in ipairs(tasks) do
+    for t, tt in ipairs(tasks) do
+      local a, b = ts.domain, tt.domain
+      if a and b and key(ts.classes) == key(tt.classes) then
+        sum[a][b], count[a][b] = (sum[a][b] or 0) + gain[s][t], (count[a][b] or 0) + 1
+      end
+    end
+  end
+  local mean = {}
+  for a, row in pairs(sum) do
+    mean[a] = {}
+    for b, v in pairs(row) do mean[a][b] = v / count[a][b] end
+  end
+  return mean, count, domains
+end
+
 --- The whole pool result written beside a set: gains (mean and per half),
 -- per-model fine-tuned accuracies (finetune[id] = list over targets),
 -- scratch accuracies, overlap and domain-match matrices, reliability and
@@ -289,7 +323,9 @@ function M.result(ms, tasks, cols, opts)
   end
   local per_half = 0
   for _, e in ipairs(pool[1]) do if e.half == 1 then per_half = per_half + 1 end end
+  local domain_gain, domain_pairs = M.domain_gain(gain, tasks)
   return {tasks = tasks, gain = gain, gain_halves = halves, finetune = finetune, scratch = scratch,
+    domain_gain = domain_gain, domain_pairs = domain_pairs,
     overlap = mats.overlap, domain_match = mats.domain_match, reliability = rel, pool = ids,
     layout = "gain[s][t]: source task s (row), target task t (column); finetune[id][t]: pool model id fine-tuned on t",
     protocol = {kind = "pool", budget_images = o.images, epochs = o.epochs, batch_size = o.batch, optimizer = "adam",
@@ -329,32 +365,16 @@ function M.report(r)
     lines[#lines + 1] = ("  mean gain %-36s %+.4f (%d pairs)"):format(k, buckets[k][1] / buckets[k][2], buckets[k][2])
   end
   -- same classes, by domain: which domains the gains can tell apart at all
-  local doms, at = {}, {}
-  for _, t in ipairs(r.tasks) do
-    if t.domain and not at[t.domain] then
-      doms[#doms + 1] = t.domain
-      at[t.domain] = #doms
-    end
-  end
+  local dg, dp, doms = M.domain_gain(r.gain, r.tasks)
   if #doms > 1 then
-    local sum, cnt = {}, {}
-    for i = 1, #doms do sum[i], cnt[i] = {}, {} end
-    for s = 1, #r.gain do
-      for t = 1, #r.gain do
-        if r.overlap[s][t] == #r.tasks[t].classes and #r.tasks[s].classes == #r.tasks[t].classes then
-          local i, j = at[r.tasks[s].domain], at[r.tasks[t].domain]
-          sum[i][j], cnt[i][j] = (sum[i][j] or 0) + r.gain[s][t], (cnt[i][j] or 0) + 1
-        end
-      end
-    end
-    lines[#lines + 1] = "  mean gain, same classes, source domain (row) to target domain (column):"
+    lines[#lines + 1] = "  domain_gain: mean gain, same classes, source domain (row) to target domain (column) [pairs]:"
     local head = {("  %-10s"):format("")}
-    for _, d in ipairs(doms) do head[#head + 1] = ("%9s"):format(d) end
+    for _, d in ipairs(doms) do head[#head + 1] = ("%14s"):format(d) end
     lines[#lines + 1] = table.concat(head)
-    for i, d in ipairs(doms) do
-      local row = {("  %-10s"):format(d)}
-      for j = 1, #doms do
-        row[#row + 1] = cnt[i][j] and ("%+9.4f"):format(sum[i][j] / cnt[i][j]) or ("%9s"):format("–")
+    for _, a in ipairs(doms) do
+      local row = {("  %-10s"):format(a)}
+      for _, b in ipairs(doms) do
+        row[#row + 1] = dg[a][b] and ("%+9.4f [%2d]"):format(dg[a][b], dp[a][b]) or ("%14s"):format("–")
       end
       lines[#lines + 1] = table.concat(row)
     end

@@ -18,7 +18,7 @@ network of Learnable Parameter Similarity (arXiv 1907.11943).]],
 dependencies = {
    "lua >= 5.4, < 5.5",
 }
--- OpenBLAS, zstd and zlib come from Debian (scripts/setup.sh); lua-cjson and
+-- OpenBLAS, zstd, zlib, FreeType and the fonts come from Debian (scripts/setup.sh); lua-cjson and
 -- lua-argparse too, so no rock dependencies are fetched.
 build = {
    type = "make",

@@ -13,6 +13,19 @@ function C.median(t)
   return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
 end
 
+--- Median wall-clock milliseconds of f() over reps calls, after one warm-up call.
+function C.time_ms(reps, f)
+  local now = require("lualps").now
+  f()
+  local ts = {}
+  for r = 1, reps do
+    local t0 = now()
+    f()
+    ts[r] = (now() - t0) * 1000
+  end
+  return C.median(ts)
+end
+
 --- The 1, 5 and 15 minute load averages, as /proc/loadavg says them.
 function C.loadavg()
   local f = io.open("/proc/loadavg")

@@ -25,16 +25,7 @@ local function unit_rows(n, g)
   return x
 end
 
-local function time_ms(reps, f)
-  f()
-  local ts = {}
-  for r = 1, reps do
-    local t0 = lps.now()
-    f()
-    ts[r] = (lps.now() - t0) * 1000
-  end
-  return median(ts)
-end
+local time_ms = BC.time_ms
 
 -- Peer 1: everything in Lua over a flat array copy of the embeddings.
 local function lua_topk(flat, n, q, k)

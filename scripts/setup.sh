@@ -4,7 +4,8 @@
 set -eu
 PACKAGES="build-essential lua5.4 liblua5.4-dev libopenblas-dev libzstd-dev zlib1g-dev zstd
 lua-unit luarocks dataset-fashion-mnist lua-argparse lua-cjson gnuplot-nox parallel
-perl gzip clang libclang-rt-14-dev python3-torch"
+perl gzip clang libclang-rt-14-dev python3-torch python3-numpy
+libfreetype-dev pkg-config fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35"
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)

@@ -2,7 +2,6 @@
 """PyTorch side of the safetensors interop check (driven by check_torch_interop.lua).
 
     torch_interop.py DIR
-    torch_interop.py --check-arch MODEL IO [--check-arch MODEL IO ...]
 
 A checkpoint holds weights, not strides, padding or pooling, so lualps moves
 the architecture in the safetensors metadata under "lualps.arch": a JSON list
@@ -39,9 +38,19 @@ What this script does:
      torch_half.safetensors  F16 and BF16 payloads (tensor.half()/.bfloat16()
                              raw bytes) with their exact float32 values, and F64
 
-With --check-arch MODEL IO (repeatable), only step 1 for those files: MODEL
-written by lualps (weights and "lualps.arch"), IO holding an input "x" and
-lualps' output "y" (eval mode); prints "check_arch_max_abs_diff(MODEL)=<v>".
+    torch_interop.py --check-arch FILE...
+
+checks modules lualps wrote (tests/helpers.lua torch_check): each FILE holds
+an arch ("lualps.arch"), every parameter and buffer under its state_dict
+name, an input x and lualps' results: eval.y (eval mode), train.y and
+train.<buffer> (one train-mode forward: batch norm by its batch statistics,
+running statistics moved; dropout left in eval mode, its masks being
+lualps' own draws), and fit.<name> (every parameter and buffer after plain
+SGD on fit.x, fit.y as "lualps.fit" says: lr, batch_size, steps, in order).
+The module is rebuilt from the arch (and its arch rebuilt from the module),
+loaded with strict=True (num_batches_tracked, which lualps does not keep,
+from the module itself) and run the same way. Prints one line per file with
+eval=, train=, running=, fit= (max abs differences; -1 where not asked).
 
 Safetensors files are written and read here by hand (struct + json): Debian has
 no python3-safetensors. Exit status 1 if a reverse check exceeds --tol.
@@ -172,6 +181,26 @@ def _flatten_entry(m):
     return {"type": "flatten"}
 
 
+def _bn_entry(m):
+    if not m.affine or not m.track_running_stats or m.momentum is None:
+        raise ValueError("lualps' batch norm has affine=True, track_running_stats=True, a momentum")
+    kind = "batchnorm2d" if isinstance(m, torch.nn.BatchNorm2d) else "batchnorm1d"
+    return {"type": kind, "features": m.num_features, "eps": m.eps, "momentum": m.momentum}
+
+
+class Residual(torch.nn.Module):
+    """lualps' residual block: body(x) + shortcut(x), each an nn.Sequential
+    (an empty shortcut is the identity)."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
 # One entry per layer type, both ways (csrc/nn/registry.c lists lualps' side):
 # TO_ARCH[class](module) -> arch entry; FROM_ARCH[type](entry) -> module.
 TO_ARCH = {
@@ -181,6 +210,11 @@ TO_ARCH = {
     torch.nn.Flatten: _flatten_entry,
     torch.nn.ReLU: lambda m: {"type": "relu"},
     torch.nn.Tanh: lambda m: {"type": "tanh"},
+    torch.nn.BatchNorm1d: _bn_entry,
+    torch.nn.BatchNorm2d: _bn_entry,
+    torch.nn.Dropout: lambda m: {"type": "dropout", "p": float(m.p)},
+    Residual: lambda m: {"type": "residual", "body": arch_list(m.body),
+                         "shortcut": arch_list(m.shortcut)},
     torch.nn.AvgPool2d: _avgpool_entry,
     torch.nn.AdaptiveAvgPool2d: _adaptive_entry,
     torch.nn.GELU: _gelu_entry,
@@ -196,6 +230,13 @@ FROM_ARCH = {
     "flatten": lambda e: torch.nn.Flatten(),
     "relu": lambda e: torch.nn.ReLU(),
     "tanh": lambda e: torch.nn.Tanh(),
+    "batchnorm1d": lambda e: torch.nn.BatchNorm1d(e["features"], eps=e.get("eps", 1e-5),
+                                                  momentum=e.get("momentum", 0.1)),
+    "batchnorm2d": lambda e: torch.nn.BatchNorm2d(e["features"], eps=e.get("eps", 1e-5),
+                                                  momentum=e.get("momentum", 0.1)),
+    "dropout": lambda e: torch.nn.Dropout(float(e.get("p", 0.5))),
+    "residual": lambda e: Residual(sequential_from_arch(e["body"]),
+                                   sequential_from_arch(e.get("shortcut", []))),
     "avgpool2d": lambda e: torch.nn.AvgPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
     "adaptive_avgpool2d": lambda e: torch.nn.AdaptiveAvgPool2d(e["output"]),
     "gelu": lambda e: torch.nn.GELU(),
@@ -245,29 +286,68 @@ def sequential_from_arch(arch):
     return torch.nn.Sequential(*modules_of(arch))
 
 
-def check_file(path, io_path, x_key, y_key, tol):
-    """Rebuild the model of a lualps safetensors file from its "lualps.arch",
-    load every tensor (strict), run it in eval mode on io[x_key] and compare
-    with io[y_key]; the module's arch_list must give the (canonical) arch
-    back. Returns (max |diff|, both within tol and the same arch)."""
-    state, meta = load(path)
-    io, _ = load(io_path)
+def reverse_check(d, name, x_key, y_key, tol):
+    state, meta = load(os.path.join(d, name))
+    io, _ = load(os.path.join(d, "lualps_io.safetensors"))
+    assert meta.get("format") == "pt", meta
     arch = json.loads(meta["lualps.arch"])
     model = sequential_from_arch(arch).eval()
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         y = model(io[x_key])
     diff = (y - io[y_key]).abs().max().item()
-    same = arch_list(model) == [e for e in arch if e["type"] != "input"]
-    print("reverse_arch(%s)=%s%s" % (os.path.basename(path), " ".join(e["type"] for e in arch),
-                                     "" if same else " (arch_of gives another arch)"))
-    return diff, diff <= tol and same
+    print("reverse_arch(%s)=%s" % (name, " ".join(e["type"] for e in arch)))
+    return diff, diff <= tol
 
 
-def reverse_check(d, name, x_key, y_key, tol):
-    _, meta = load(os.path.join(d, name))
-    assert meta.get("format") == "pt", meta
-    return check_file(os.path.join(d, name), os.path.join(d, "lualps_io.safetensors"), x_key, y_key, tol)
+def _max_diff(pairs):
+    return max([(a - b).abs().max().item() if a.numel() else 0.0 for a, b in pairs] or [0.0])
+
+
+def _train_mode(model):
+    """Train mode with every dropout in eval mode (lualps draws its own masks)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+
+
+def check_arch(path):
+    """The differences between lualps' results in path and PyTorch's."""
+    t, meta = load(path)
+    arch = json.loads(meta["lualps.arch"])
+    model = sequential_from_arch(arch)
+    layers = [e for e in arch if e["type"] != "input"]
+    if arch_of(model) != layers:
+        raise ValueError("%s: arch_of(module) %s differs from the arch %s" % (path, arch_of(model), layers))
+    prefixes = ("eval.", "train.", "fit.")
+    state = {k: v for k, v in t.items() if k != "x" and not k.startswith(prefixes)}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            state[k] = v
+    model.load_state_dict(state, strict=True)
+    buffers = [k for k, _ in model.named_buffers() if not k.endswith("num_batches_tracked")]
+    r = {"eval": -1.0, "train": -1.0, "running": -1.0, "fit": -1.0}
+    with torch.no_grad():
+        model.eval()
+        r["eval"] = _max_diff([(model(t["x"]), t["eval.y"])])
+        if "train.y" in t:
+            _train_mode(model)
+            r["train"] = _max_diff([(model(t["x"]), t["train.y"])])
+            r["running"] = _max_diff([(dict(model.named_buffers())[k], t["train." + k]) for k in buffers])
+    if "lualps.fit" in meta:
+        fit = json.loads(meta["lualps.fit"])
+        model.load_state_dict(state, strict=True)
+        _train_mode(model)
+        opt = torch.optim.SGD(model.parameters(), lr=fit["lr"])
+        x, y, bs = t["fit.x"], t["fit.y"].long(), fit["batch_size"]
+        for k in range(fit["steps"]):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[k * bs:(k + 1) * bs]), y[k * bs:(k + 1) * bs]).backward()
+            opt.step()
+        now = dict(model.state_dict())
+        r["fit"] = _max_diff([(now[k].detach(), t["fit." + k]) for k in state if "fit." + k in t])
+    return r
 
 
 def read_idx(path, n):
@@ -365,19 +445,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", nargs="?")
     ap.add_argument("--tol", type=float, default=1e-5)
-    ap.add_argument("--check-arch", nargs=2, action="append", metavar=("MODEL", "IO"),
-                    help="only check lualps model files (repeatable) against IO's x and y")
+    ap.add_argument("--check-arch", nargs="+", metavar="FILE")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.check_arch:
         ok = True
-        for model, io in a.check_arch:
-            diff, good = check_file(model, io, "x", "y", a.tol)
-            print("check_arch_max_abs_diff(%s)=%.9g" % (os.path.basename(model), diff))
-            ok = ok and good
+        for path in a.check_arch:
+            r = check_arch(path)
+            print("check_arch %s %s" % (path, " ".join("%s=%.9g" % kv for kv in r.items())))
+            ok = ok and max(r.values()) <= a.tol
         return 0 if ok else 1
     if not a.dir:
-        ap.error("DIR is required without --check-arch")
+        ap.error("DIR or --check-arch FILE is required")
     ok = True
     for name, x_key, y_key, tag in (("lualps_mlp.safetensors", "x", "y", "reverse"),
                                     ("lualps_cnn.safetensors", "x_img", "y_cnn", "reverse_cnn")):

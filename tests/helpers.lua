@@ -167,17 +167,17 @@ function M.sink()
 end
 
 --- Finite differences against the gradients of every parameter of a
--- network (parameters, named_parameters, zero_grad). backward() runs one
--- forward and backward; f() returns the loss. opts: eps (1e-2), tol
--- (2e-2), what (a prefix of the failure label), check(p) (which parameters;
--- default all).
+-- network (parameters, named_parameters, zero_grad: an lps.nn module or an
+-- LPS network). backward() runs one forward and backward; f() returns the
+-- loss. opts: eps (1e-2), tol (2e-2), what (a prefix of the failure label),
+-- check(p) (which parameters; default all).
 function M.check_parameter_gradients(net, backward, f, opts)
   opts = opts or {}
   net:zero_grad()
   backward()
   local params, grads = net:parameters()
   local named, names = net:named_parameters()
-  if not names then -- an lps.nn module: one list of {name =, tensor =}
+  if not names then -- an lps.nn module: a list of {name =, tensor =}
     names = {}
     for i, e in ipairs(named) do names[i] = e.name end
   end
@@ -236,6 +236,159 @@ function M.assert_weight_space_reads(net, perms, x)
   lu.assertTrue(lps.allclose(lps.eval.features("sorted", m), lps.eval.features("sorted", p), 1e-5, 1e-6),
     "sorted features of the permuted model")
   return m
+end
+
+--- Random parameters (normal, sd 0.5) and running statistics (means in
+-- [-0.5, 0.5), variances in [0.5, 1.5)) of an lps.nn module, from g; returns m.
+function M.randomize_state(m, g)
+  local lps = require "lualps"
+  for _, e in ipairs(m:named_parameters()) do e.tensor:copy(lps.randn(e.tensor:shape(), g) * 0.5) end
+  for _, e in ipairs(m:named_buffers()) do
+    local r = lps.rand(e.tensor:shape(), g)
+    e.tensor:copy(e.name:match("running_var$") and r + 0.5 or r - 0.5)
+  end
+  return m
+end
+
+--- The names of a list of {name =, tensor =} (m:named_parameters()).
+function M.names(list)
+  local out = {}
+  for i, e in ipairs(list) do out[i] = e.name end
+  return out
+end
+
+--- An lps.nn module's arch rebuilds it: its JSON text and its list read back
+-- as themselves, the rebuilt module prints the same and, with m's state
+-- (randomized from g first) loaded, gives the same eval-mode outputs on x,
+-- as does m:clone(). Leaves m in eval mode; returns the rebuilt module.
+function M.assert_arch_rebuilds(m, x, g)
+  local lps = require "lualps"
+  local list, json = m:arch()
+  local m2 = lps.nn.from_arch(json)
+  lu.assertEquals(select(2, m2:arch()), json)
+  lu.assertEquals((lps.nn.from_arch(list):arch()), list)
+  lu.assertEquals(tostring(m2), tostring(m))
+  M.randomize_state(m, g)
+  m2:load_named(m:state_dict())
+  m:eval()
+  m2:eval()
+  lu.assertTrue(lps.allclose(m2:forward(x), m:forward(x), 0, 0), "the rebuilt module's outputs")
+  lu.assertTrue(lps.allclose(m:clone():eval():forward(x), m:forward(x), 0, 0), "the clone's outputs")
+  return m2
+end
+
+--- Train the model of an arch built from a seed twice (opts: x, y,
+-- optimizer (a function giving a new one), epochs, batch_size) and assert
+-- every parameter and buffer comes out bit-identical; returns the state.
+function M.assert_train_repeatable(arch, opts)
+  local lps = require "lualps"
+  local function run()
+    local m = lps.nn.from_arch(arch, lps.generator(9))
+    lps.train(m, {x = opts.x, y = opts.y}, {optimizer = opts.optimizer(), epochs = opts.epochs,
+      batch_size = opts.batch_size, generator = lps.generator(10), progress = false})
+    return m:state_dict()
+  end
+  local a, b = run(), run()
+  for k, v in pairs(a) do lu.assertTrue(lps.allclose(v, b[k], 0, 0), k) end
+  return a
+end
+
+-- Every module under m (m included), depth first.
+local function modules(m, out)
+  out = out or {}
+  out[#out + 1] = m
+  for _, c in ipairs(m:children()) do modules(c, out) end
+  return out
+end
+
+-- Train mode with every dropout in eval mode (PyTorch's masks are its own).
+local function train_mode(m)
+  m:train()
+  for _, c in ipairs(modules(m)) do if c:type() == "dropout" then c:eval() end end
+end
+
+local function snapshot(m, prefix, into)
+  for _, list in ipairs{m:named_parameters(), m:named_buffers()} do
+    for _, e in ipairs(list) do into[prefix .. e.name] = e.tensor:clone() end
+  end
+  return into
+end
+
+--- Compare modules with PyTorch through scripts/torch_interop.py
+-- --check-arch (one python3 run for all cases). cases: a list of {model =,
+-- x =, train = (also one train-mode forward: outputs and running
+-- statistics), fit = {x =, y = (1-based labels), lr =, batch_size =, steps
+-- =} (plain SGD in order, then every parameter and buffer)}. Models are
+-- left as they were. Returns a list of {eval =, train =, running =, fit =}
+-- (max abs differences, -1 where not asked), or nil and the reason when
+-- /usr/bin/python3 or its torch is missing.
+function M.torch_check(cases)
+  local lps = require "lualps"
+  local py = "/usr/bin/python3"
+  local f = io.open(py, "rb")
+  if not f then return nil, "no " .. py end
+  f:close()
+  local files = {}
+  for i, c in ipairs(cases) do
+    local m, was = c.model, c.model:is_training()
+    local start = snapshot(m, "", {})
+    local named = snapshot(m, "", {x = c.x})
+    m:eval()
+    named["eval.y"] = m:forward(c.x):clone()
+    if c.train then
+      train_mode(m)
+      named["train.y"] = m:forward(c.x):clone()
+      for _, e in ipairs(m:named_buffers()) do named["train." .. e.name] = e.tensor:clone() end
+      m:load_named(start)
+    end
+    local meta = {["lualps.arch"] = select(2, m:arch())}
+    if c.fit then
+      local n = c.fit.batch_size * c.fit.steps
+      local x, y = c.fit.x:rows(1, n), lps.tensor(c.fit.y):rows(1, n)
+      train_mode(m)
+      lps.train(m, {x = x, y = y}, {optimizer = lps.optim.sgd{lr = c.fit.lr}, epochs = 1,
+        batch_size = c.fit.batch_size, shuffle = false, progress = false})
+      snapshot(m, "fit.", named)
+      named["fit.x"], named["fit.y"] = x, y - 1
+      meta["lualps.fit"] = ('{"lr":%.17g,"batch_size":%d,"steps":%d}'):format(c.fit.lr,
+        c.fit.batch_size, c.fit.steps)
+      m:load_named(start)
+    end
+    m:train(was)
+    files[i] = M.tmpname(".safetensors")
+    lps.safetensors.write(files[i], named, meta)
+  end
+  local ok, out = M.sh(py .. " scripts/torch_interop.py --check-arch " .. table.concat(files, " "))
+  if out:find("No module named 'torch'", 1, true) then return nil, "no torch for " .. py end
+  local results = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:match("^check_arch ") then
+      local r = {}
+      for k, v in line:gmatch("(%w+)=(%S+)") do r[k] = tonumber(v) end
+      results[#results + 1] = r
+    end
+  end
+  if #results ~= #cases then error("torch_interop.py --check-arch failed (" .. tostring(ok) .. "):\n" .. out) end
+  return results
+end
+
+--- M.torch_check, printing the differences (a TAP comment per case, named
+-- by case.name) and asserting each asked one is at most tol (1e-5);
+-- skips the test without PyTorch.
+function M.assert_torch_agrees(cases, tol)
+  local r, why = M.torch_check(cases)
+  if not r then lu.skip(why) end
+  for i, c in ipairs(r) do
+    local parts = {}
+    for _, k in ipairs{"eval", "train", "running", "fit"} do
+      if c[k] >= 0 then
+        parts[#parts + 1] = ("%s %.2g"):format(k, c[k])
+        lu.assertTrue(c[k] <= (tol or 1e-5), ("%s: %s max |diff| %g"):format(cases[i].name, k, c[k]))
+      end
+    end
+    print(("# PyTorch max |diff|, %s: %s"):format(cases[i].name, table.concat(parts, ", ")))
+  end
+  return r
 end
 
 return M

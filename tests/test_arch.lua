@@ -73,7 +73,8 @@ function TestArchParse:test_errors()
     {'[{"kernel":2}]', "entry 1 has no \"type\""},
     {'[{"type":"relu","type":"relu"}]', "entry 1 has \"type\" twice"},
     {'[{"type":2}]', "entry 1: \"type\" is a number, expected a string"},
-    {'[{"type":"Conv2d"}]', "unknown type \"Conv2d\" (known: input, conv2d, maxpool2d, relu, tanh, flatten, linear"},
+    {'[{"type":"Conv2d"}]', "unknown type \"Conv2d\" (known: input, conv2d, maxpool2d, relu, tanh, flatten, linear, " ..
+      "batchnorm1d, batchnorm2d, dropout, residual"},
     {'[{"type":"relu"},{"type":"input","shape":[3]}]', "entry 2: an input entry may only come first"},
     {'[{"type":"input","shape":[3]}]', "an input entry but no layers"},
     {'[{"type":"input"},{"type":"relu"}]', "input: \"shape\" is missing"},

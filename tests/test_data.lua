@@ -144,11 +144,166 @@ function TestDomains:test_rotations_compose()
   lu.assertTrue(lps.allclose(inv, x, 0, 1e-6))
 end
 
+-- The image of side s whose pixel (r, c) (0-based) is f(r, c), as 1 x s*s.
+local function image(s, f)
+  local x = lps.zeros(1, s * s)
+  for r = 0, s - 1 do for c = 0, s - 1 do x:set(1, r * s + c + 1, f(r, c)) end end
+  return x
+end
+
+local function pixel(x, s, r, c) return x:get(1, r * s + c + 1) end
+
+function TestDomains:test_names_come_from_the_c_table()
+  lu.assertEquals(data.domains, {"identity", "invert", "rot90", "blur", "downup", "zoomout", "shift", "vflip",
+    "edges", "texture", "elastic"})
+end
+
+function TestDomains:test_zoomout_hand_checked()
+  -- 4x4: centre 1.5, output row r samples row 1.5 + (r - 1.5) * 5/3 = -1, 2/3, 7/3, 4: the border
+  -- rows and columns fall outside; inside, bilinear sampling of the ramp 4r + c + 1 is exact
+  local out = lps.data.domain(ramp(), "zoomout"):reshape(4, 4):totable()
+  local want = {{0, 0, 0, 0}, {0, 13 / 3, 6, 0}, {0, 11, 38 / 3, 0}, {0, 0, 0, 0}}
+  for r = 1, 4 do for c = 1, 4 do lu.assertAlmostEquals(out[r][c], want[r][c], 1e-5) end end
+  -- a lone pixel at (1, 1) reaches only output (1, 1), with weight (2/3)^2
+  local dot = image(4, function(r, c) return (r == 1 and c == 1) and 1 or 0 end)
+  local z = lps.data.domain(dot, "zoomout")
+  lu.assertAlmostEquals(pixel(z, 4, 1, 1), 4 / 9, 1e-6)
+  lu.assertAlmostEquals(z:sum(), 4 / 9, 1e-6)
+  -- 28x28 ones: rows 6..21 sample inside (1), rows 0..4 and 23..27 outside (0)
+  local o = lps.data.domain(lps.ones(1, 784), "zoomout")
+  for _, r in ipairs{0, 4, 23, 27} do lu.assertEquals(pixel(o, 28, r, 14), 0) end
+  for _, r in ipairs{6, 13, 21} do lu.assertAlmostEquals(pixel(o, 28, r, 14), 1, 1e-6) end
+  lu.assertTrue(o:max() <= 1 + 1e-6 and o:min() >= 0)
+end
+
+function TestDomains:test_shift_and_vflip_hand_checked()
+  -- side 10: k = 2 pixels down and right, zeros where nothing comes in
+  local x = image(10, function(r, c) return 10 * r + c + 1 end)
+  local out = lps.data.domain(x, "shift")
+  lu.assertEquals(pixel(out, 10, 2, 2), 1)
+  lu.assertEquals(pixel(out, 10, 2, 9), 8)
+  lu.assertEquals(pixel(out, 10, 9, 9), 78)
+  lu.assertEquals(pixel(out, 10, 1, 5), 0)
+  lu.assertEquals(pixel(out, 10, 5, 1), 0)
+  lu.assertEquals(out:sum(), 64 * 1 + 8 * (0 + 1 + 2 + 3 + 4 + 5 + 6 + 7) + 8 * 10 * (0 + 1 + 2 + 3 + 4 + 5 + 6 + 7))
+  -- 28x28: five pixels
+  local one = image(28, function(r, c) return (r == 0 and c == 0) and 1 or 0 end)
+  lu.assertEquals(pixel(lps.data.domain(one, "shift"), 28, 5, 5), 1)
+  -- upside down: rows in reverse order; twice: the image
+  lu.assertEquals(lps.data.domain(ramp(), "vflip"):reshape(16):totable(),
+    {13, 14, 15, 16, 9, 10, 11, 12, 5, 6, 7, 8, 1, 2, 3, 4})
+  local y = lps.rand(2, 1, 28, 28, lps.generator(3))
+  lu.assertEquals(lps.data.domain(lps.data.domain(y, "vflip"), "vflip"):totable(), y:totable())
+end
+
+function TestDomains:test_edges_hand_checked()
+  -- a step (columns 0, 1 dark, 2, 3 bright), zeros outside: Sobel gx = 4 on both sides of
+  -- the step and at the right border; top row: (gx, gy) = (3, 1) beside the step (sqrt(10)/4),
+  -- (3, 3) and (-3, 3) on the bright side, capped at 1
+  local step = image(4, function(_, c) return c >= 2 and 1 or 0 end)
+  local out = lps.data.domain(step, "edges"):reshape(4, 4):totable()
+  local e = math.sqrt(10) / 4
+  local want = {{0, e, 1, 1}, {0, 1, 1, 1}, {0, 1, 1, 1}, {0, e, 1, 1}}
+  for r = 1, 4 do for c = 1, 4 do lu.assertAlmostEquals(out[r][c], want[r][c], 1e-6) end end
+  -- a gentle ramp 0.1 c: gx = 4 * 0.2 inside, magnitude 0.2 (not capped); flat: 0
+  local g = lps.data.domain(image(5, function(_, c) return 0.1 * c end), "edges")
+  lu.assertAlmostEquals(pixel(g, 5, 2, 2), 0.2, 1e-6)
+  lu.assertEquals(pixel(lps.data.domain(lps.full({1, 25}, 0.5), "edges"), 5, 2, 2), 0)
+end
+
+-- The fixed texture: s*s uniforms from a generator seeded LPS_DOMAIN_SEED, times 0.6.
+local function texture(s)
+  local g, t = lps.generator(1907), {}
+  for j = 1, s * s do t[j] = 0.6 * g:uniform() end
+  return t
+end
+
+function TestDomains:test_texture_where_dark()
+  local t = texture(28)
+  local bg = lps.data.domain(lps.zeros(1, 784), "texture") -- a dark image: the texture itself
+  for _, j in ipairs{1, 2, 400, 784} do lu.assertAlmostEquals(bg:get(1, j), t[j], 1e-6) end
+  lu.assertTrue(bg:min() >= 0 and bg:max() < 0.6)
+  lu.assertEquals(lps.data.domain(lps.ones(1, 784), "texture"):min(), 1) -- bright: no texture
+  local x = lps.rand(3, 784, lps.generator(9))
+  local out = lps.data.domain(x, "texture")
+  for _, i in ipairs{1, 3} do
+    for _, j in ipairs{5, 300, 700} do
+      local v = x:get(i, j)
+      lu.assertAlmostEquals(out:get(i, j), v + (1 - v) * t[j], 1e-6)
+    end
+  end
+end
+
+-- The elastic warp by the rule of csrc/lualps.h, in Lua: a 5x5 grid of
+-- control displacements, interpolated bilinearly, then bilinear sampling.
+local function elastic_reference(x, s)
+  local g, amp, ctl = lps.generator(1907), s / 7, {}
+  for k = 1, 50 do ctl[k] = amp * (2 * g:uniform() - 1) end
+  local function at(i, j, k) return ctl[2 * (i * 5 + j) + k] end
+  local function px(r, c) return (r >= 0 and r < s and c >= 0 and c < s) and x[r * s + c + 1] or 0 end
+  local out = {}
+  for r = 0, s - 1 do
+    for c = 0, s - 1 do
+      local u, v = r * 4 / (s - 1), c * 4 / (s - 1)
+      local i, j = math.min(math.floor(u), 3), math.min(math.floor(v), 3)
+      local fu, fv = u - i, v - j
+      local d = {}
+      for k = 1, 2 do
+        local top = (1 - fv) * at(i, j, k) + fv * at(i, j + 1, k)
+        local bot = (1 - fv) * at(i + 1, j, k) + fv * at(i + 1, j + 1, k)
+        d[k] = (1 - fu) * top + fu * bot
+      end
+      local fr, fc = r + d[1], c + d[2]
+      local r0, c0 = math.floor(fr), math.floor(fc)
+      local a, b = fr - r0, fc - c0
+      out[r * s + c + 1] = (1 - a) * ((1 - b) * px(r0, c0) + b * px(r0, c0 + 1))
+        + a * ((1 - b) * px(r0 + 1, c0) + b * px(r0 + 1, c0 + 1))
+    end
+  end
+  return out
+end
+
+function TestDomains:test_elastic_against_a_reference()
+  for _, s in ipairs{9, 28} do
+    local x = lps.rand(1, s * s, lps.generator(s))
+    local want = elastic_reference(x:reshape(s * s):totable(), s)
+    local got = lps.data.domain(x, "elastic"):reshape(s * s):totable()
+    for j = 1, s * s do lu.assertAlmostEquals(got[j], want[j], 1e-5) end
+  end
+  -- a ramp in rows shows the field: inside, no pixel moves more than s/7 = 4
+  local x = image(28, function(r) return r end)
+  local out = lps.data.domain(x, "elastic")
+  local moved = 0
+  for r = 5, 22 do
+    for c = 5, 22 do
+      local d = math.abs(pixel(out, 28, r, c) - r)
+      lu.assertTrue(d <= 4 + 1e-4, ("pixel %d,%d moved %g rows"):format(r, c, d))
+      moved = math.max(moved, d)
+    end
+  end
+  lu.assertTrue(moved > 1, "the field moves pixels")
+end
+
+function TestDomains:test_new_domains_keep_shape_and_range()
+  local x = lps.rand(2, 1, 28, 28, lps.generator(4))
+  for _, d in ipairs{"zoomout", "shift", "vflip", "edges", "texture", "elastic"} do
+    local out = lps.data.domain(x, d)
+    lu.assertEquals(out:shape(), {2, 1, 28, 28}, d)
+    lu.assertTrue(out:min() >= 0 and out:max() <= 1 + 1e-6, d)
+    lu.assertEquals(lps.data.domain(x, d):totable(), out:totable(), d) -- one fixed transform
+  end
+end
+
 function TestDomains:test_bad_input()
   T.assert_error_contains("unknown domain 'sepia'", lps.data.domain, ramp(), "sepia")
   T.assert_error_contains("square images", lps.data.domain, lps.zeros(2, 5), "rot90")
   T.assert_error_contains("even side", lps.data.domain, lps.zeros(1, 9), "downup")
   T.assert_error_contains("expected a tensor", lps.data.domain, {1, 2}, "blur")
+  for _, d in ipairs{"zoomout", "shift", "vflip", "edges", "texture", "elastic"} do
+    T.assert_error_contains("square images", lps.data.domain, lps.zeros(2, 6), d)
+    T.assert_error_contains("square images", lps.data.domain, lps.zeros(2, 1, 4, 5), d)
+    T.assert_error_contains("square images", lps.data.domain, lps.zeros(3, 1), d)
+  end
 end
 
 TestBadFiles = {}

@@ -202,6 +202,11 @@ function TestHeteroTransfer:test_pool_matrix()
   lu.assertEquals(r1.overlap[1], {2, 2, 0, 0, 0, 0})
   lu.assertEquals(r1.overlap[5], {0, 0, 0, 0, 3, 3})
   lu.assertEquals(r1.domain_match[1], {1, 0, 1, 0, 1, 0})
+  -- the domain table: three class sets, one pair of tasks each per cell
+  local g = r1.gain
+  lu.assertEquals(r1.domain_pairs.identity.invert, 3)
+  lu.assertAlmostEquals(r1.domain_gain.identity.invert, (g[1][2] + g[3][4] + g[5][6]) / 3, 1e-12)
+  lu.assertAlmostEquals(r1.domain_gain.invert.invert, (g[2][2] + g[4][4] + g[6][6]) / 3, 1e-12)
   -- gain_half[h][s][t] = mean over half h's pool models of s of (fine-tuned - same family's scratch)
   local s, t = 3, 5
   for h = 1, 2 do
@@ -234,9 +239,27 @@ function TestHeteroTransfer:test_report_by_relation_and_domain()
   lu.assertStrContains(text, "same task                            +0.1400 (3 pairs)")
   lu.assertStrContains(text, "same classes, other domain           +0.0700 (2 pairs)")
   lu.assertStrContains(text, "disjoint classes, same domain        -0.0150 (2 pairs)")
-  -- identity row: itself (0.1 on task 1, 0.2 on task 3: 0.15), to blur 0.08; blur row: 0.06, 0.12
-  lu.assertStrContains(text, "  identity    +0.1500  +0.0800")
-  lu.assertStrContains(text, "  blur        +0.0600  +0.1200")
+  -- identity row: itself (0.1 on task 1, 0.2 on task 3: 0.15, 2 pairs), to blur 0.08; blur row: 0.06, 0.12
+  lu.assertStrContains(text, "  identity    +0.1500 [ 2]  +0.0800 [ 1]")
+  lu.assertStrContains(text, "  blur        +0.0600 [ 1]  +0.1200 [ 1]")
+end
+
+-- domain_gain[a][b]: mean gain over pairs of tasks of one class set (in any
+-- order), source in a, target in b, the same task included; other pairs
+-- and tasks without a domain left out. Tasks: 1 {0,1} identity, 2 {1,0}
+-- rot90, 3 {0,1} rot90, 4 {2,3} identity, 5 {0,1} without a domain.
+function TestHeteroTransfer:test_domain_gain()
+  local tasks = {{classes = {0, 1}, domain = "identity"}, {classes = {1, 0}, domain = "rot90"},
+    {classes = {0, 1}, domain = "rot90"}, {classes = {2, 3}, domain = "identity"}, {classes = {0, 1}}}
+  local gain = {{0.10, 0.02, 0.04, 9, 9}, {0.01, 0.20, 0.30, 9, 9}, {0.03, 0.10, 0.40, 9, 9},
+    {9, 9, 9, 0.06, 9}, {9, 9, 9, 9, 9}}
+  local dg, pairs, domains = lps.transfer_pool.domain_gain(gain, tasks)
+  lu.assertEquals(domains, {"identity", "rot90"})
+  lu.assertEquals(pairs, {identity = {identity = 2, rot90 = 2}, rot90 = {identity = 2, rot90 = 4}})
+  lu.assertAlmostEquals(dg.identity.identity, (0.10 + 0.06) / 2, 1e-12) -- tasks 1 and 4, each itself
+  lu.assertAlmostEquals(dg.identity.rot90, (0.02 + 0.04) / 2, 1e-12)
+  lu.assertAlmostEquals(dg.rot90.identity, (0.01 + 0.03) / 2, 1e-12)
+  lu.assertAlmostEquals(dg.rot90.rot90, (0.20 + 0.30 + 0.10 + 0.40) / 4, 1e-12)
 end
 
 function TestHeteroTransfer:test_pool_halves()

@@ -156,9 +156,7 @@ function TestAdaptiveAvgPool2d:test_arch_round_trip()
     lu.assertEquals(m2:forward(x):totable(), m:forward(x):totable())
   end
   lu.assertEquals(tostring(m[3]), "AdaptiveAvgPool2d(output_size=1)")
-  local names = {}
-  for _, e in ipairs(m:named_parameters()) do names[#names + 1] = e.name end
-  lu.assertEquals(names, {"0.weight", "0.bias", "4.weight", "4.bias"})
+  lu.assertEquals(T.names(m:named_parameters()), {"0.weight", "0.bias", "4.weight", "4.bias"})
 end
 
 function TestAdaptiveAvgPool2d:test_errors()

@@ -115,9 +115,7 @@ function TestAvgPool2d:test_arch_round_trip()
   lu.assertEquals(shapes[3], {2, 4, 4})
   lu.assertEquals(shapes[4], {2, 3, 3})
   -- no parameters of its own: state_dict names skip its position
-  local names = {}
-  for _, e in ipairs(m:named_parameters()) do names[#names + 1] = e.name end
-  lu.assertEquals(names, {"0.weight", "0.bias", "4.weight", "4.bias"})
+  lu.assertEquals(T.names(m:named_parameters()), {"0.weight", "0.bias", "4.weight", "4.bias"})
 end
 
 function TestAvgPool2d:test_errors()

@@ -1,11 +1,12 @@
 -- The layer types avgpool2d, adaptive_avgpool2d, gelu, sigmoid, silu,
 -- leaky_relu, conv2d/linear without bias and conv2d geometries against
--- PyTorch: each model's arch and weights are written (safetensors), one run
--- of scripts/torch_interop.py --check-arch rebuilds every one as a
--- torch.nn.Sequential (load_state_dict strict), compares its eval-mode
--- outputs with lualps' (1e-5) and checks that its TO_ARCH table gives the
--- arch back; skipped without /usr/bin/python3 and torch. Also one model of
--- every new layer together: finite differences and training bit for bit.
+-- PyTorch, in one run of scripts/torch_interop.py --check-arch (through
+-- T.assert_torch_agrees): each model is rebuilt from its arch as a
+-- torch.nn.Sequential (its TO_ARCH table must give the arch back), loaded
+-- with strict=True, and its eval-mode outputs and every parameter after two
+-- SGD steps (so the backward passes too) compared with lualps' (1e-5);
+-- skipped without /usr/bin/python3 and torch. Also one model of every new
+-- layer together: finite differences and training bit for bit.
 local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
@@ -73,62 +74,24 @@ local MODELS = {
   all_layers = {all_layers, {1, 12, 12}, 2},
 }
 
-local results -- name -> max |diff| (false: no python with torch), and the run's output
-local output = ""
+TestTorchAgreement = {}
 
--- Write every model and its input and output, then one run of the script.
-local function run_torch(py)
-  local args, by_file = {}, {}
-  for name, c in pairs(MODELS) do
+function TestTorchAgreement:test_every_model()
+  local names, cases = {}, {}
+  for name in pairs(MODELS) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local c = MODELS[name]
     local g = lps.generator(#name)
     local m = c[1](g)
-    m:eval()
-    local shape = c[2]
-    local x = lps.randn({5, table.unpack(shape)}, g):mul_(c[3] or 1)
-    local y = m:forward(x)
-    local mpath, iopath = T.tmpname("." .. name .. ".safetensors"), T.tmpname(".io.safetensors")
-    local _, json = m:arch({input = shape})
-    lps.safetensors.write(mpath, m:named_parameters(), {["lualps.arch"] = json})
-    lps.safetensors.write(iopath, {x = x, y = y})
-    args[#args + 1] = ("--check-arch '%s' '%s'"):format(mpath, iopath)
-    by_file[mpath:match("[^/]*$")] = name
+    local x = lps.randn({5, table.unpack(c[2])}, g):mul_(c[3] or 1)
+    local classes = m:forward(x):size(2)
+    local y = {}
+    for i = 1, 8 do y[i] = i % classes + 1 end
+    cases[#cases + 1] = {name = name, model = m, x = x,
+      fit = {x = lps.randn({8, table.unpack(c[2])}, g):mul_(c[3] or 1), y = y, lr = 0.1, batch_size = 4, steps = 2}}
   end
-  local _, out = T.sh(py .. " scripts/torch_interop.py " .. table.concat(args, " "))
-  output = out
-  for file, v in out:gmatch("check_arch_max_abs_diff%(([^)]*)%)=(%S+)") do
-    results[by_file[file]] = tonumber(v)
-  end
-  for file in out:gmatch("reverse_arch%(([^)]*)%)=[^\n]*%(arch_of gives another arch%)") do
-    results[by_file[file] .. " arch"] = true
-  end
-end
-
-local function torch_results()
-  if results ~= nil then return results end
-  local py = dofile("scripts/check_torch_interop.lua").find_python()
-  if not py then
-    results = false
-    return results
-  end
-  results = {}
-  local ok, err = pcall(run_torch, py)
-  if not ok then output = tostring(err) end
-  T.cleanup()
-  return results
-end
-
-local function check(name)
-  local r = torch_results()
-  if not r then lu.skip("no python3 with torch (Debian python3-torch; scripts/setup.sh installs it)") end
-  local d = r[name]
-  if not d then lu.fail(("%s: no result from torch_interop.py:\n%s"):format(name, output)) end
-  lu.assertTrue(d <= TOL, ("%s: max |diff| %.3g against PyTorch"):format(name, d))
-  lu.assertNil(r[name .. " arch"], name .. ": TO_ARCH does not give lualps' arch back:\n" .. output)
-end
-
-TestTorchAgreement = {}
-for name in pairs(MODELS) do
-  TestTorchAgreement["test_" .. name] = function() check(name) end
+  T.assert_torch_agrees(cases, TOL)
 end
 
 TestAllLayers = {}
@@ -141,34 +104,19 @@ function TestAllLayers:test_gradcheck()
   local gx
   T.check_parameter_gradients(m, function() m:forward(x); gx = m:backward(x, R) end, f, {eps = 1e-3})
   T.assert_grad_close(gx, T.numgrad(f, x), 1e-2, "all layers d/dinput")
-  local names = {}
-  for _, e in ipairs(m:named_parameters()) do names[#names + 1] = e.name end
-  lu.assertEquals(names, {"0.weight", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight"})
+  lu.assertEquals(T.names(m:named_parameters()), {"0.weight", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight"})
 end
 
 function TestAllLayers:test_training_repeats_bit_for_bit()
   -- the same seed and thread count give the same weights, for 1 and 2 threads
   local threads = lps.get_num_threads()
-  local x = lps.randn(96, 1, 12, 12, lps.generator(2))
+  local arch = all_layers(lps.generator(3)):arch()
   local y = {}
   for i = 1, 96 do y[i] = i % 3 + 1 end
-  local function train(nt)
-    lps.set_num_threads(nt)
-    local m = all_layers(lps.generator(3))
-    local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{lr = 1e-2}, epochs = 2,
-      batch_size = 32, generator = lps.generator(4)})
-    local bytes = {}
-    for _, e in ipairs(m:named_parameters()) do
-      local f = e.tensor:reshape(-1)
-      for i = 1, f:numel() do bytes[#bytes + 1] = string.pack("<f", f[i]) end
-    end
-    return table.concat(bytes), report
-  end
   for _, nt in ipairs{1, 2} do
-    local a, ra = train(nt)
-    local b = train(nt)
-    lu.assertTrue(a == b, "two runs on " .. nt .. " threads differ")
-    lu.assertTrue(ra.epochs[2].loss < ra.epochs[1].loss, "the loss goes down")
+    lps.set_num_threads(nt)
+    T.assert_train_repeatable(arch, {x = lps.randn(96, 1, 12, 12, lps.generator(2)), y = y, epochs = 2,
+      batch_size = 32, optimizer = function() return lps.optim.adam{lr = 1e-2} end})
   end
   lps.set_num_threads(threads)
 end

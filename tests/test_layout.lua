@@ -3,6 +3,7 @@
 --   0  core   tensors, BLAS products, random numbers, errors
 --   1  io     safetensors and JSON
 --   1  store  the ModelSet container and its codecs
+--   1  data   image sources rendered in C (letters through FreeType)
 --   2  nn     layers (one file per type, the registry, architectures),
 --             losses, optimizers, training loop, image data
 --   3  lps    the second-order (LPS) layers
@@ -14,7 +15,7 @@
 local lu = require "luaunit"
 local T = require "tests.helpers"
 
-local LAYER = {core = 0, io = 1, store = 1, nn = 2, lps = 3, eval = 3, lua = 4}
+local LAYER = {core = 0, io = 1, store = 1, data = 1, nn = 2, lps = 3, eval = 3, lua = 4}
 
 local function lines_of(cmd)
   -- under test-asan the sanitizer preload must not reach find and nm

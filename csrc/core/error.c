@@ -34,4 +34,16 @@ const char *lps_status_name(lps_status s)
 }
 
 void lps_set_num_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+
+const char *lps_blas_kernel(void)
+{
+    const char *c = openblas_get_corename();
+    return c ? c : "unknown";
+}
+
+const char *lps_blas_config(void)
+{
+    const char *c = openblas_get_config();
+    return c ? c : "unknown";
+}
 int lps_get_num_threads(void) { return openblas_get_num_threads(); }

@@ -91,5 +91,7 @@ void lps_lua_open_lps(lua_State *L);
 void lps_lua_open_net(lua_State *L);
 void lps_lua_open_metrics(lua_State *L);
 void lps_lua_open_project(lua_State *L);
+void lps_lua_open_glyphs(lua_State *L);
+void lps_lua_open_transferability(lua_State *L);
 
 #endif

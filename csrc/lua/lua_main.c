@@ -14,7 +14,8 @@ static const struct {
     {"_nn", lps_lua_open_data},       {"_safetensors", lps_lua_open_safetensors},
     {"_modelset", lps_lua_open_modelset}, {"_lps", lps_lua_open_lps},
     {"_eval", lps_lua_open_net},      {"_eval", lps_lua_open_metrics},
-    {"_eval", lps_lua_open_project},
+    {"_eval", lps_lua_open_project},   {"_glyphs", lps_lua_open_glyphs},
+    {"_estimators", lps_lua_open_transferability},
 };
 
 int luaopen_lualps_core(lua_State *L)

@@ -41,9 +41,62 @@ static lps_layer *push_module(lua_State *L, lps_layer *l, int children)
     return l;
 }
 
+/* The modules of the list at idx (shared, not copied), in a scratch array;
+ * pushes a table of them (the Sequential's children). */
+static lps_layer **module_list(lua_State *L, int idx, const char *op, int *n)
+{
+    idx = lua_absindex(L, idx);
+    *n = (int)luaL_len(L, idx);
+    if (*n < 1) luaL_error(L, "%s: needs at least one module", op);
+    if (*n > LPS_ARCH_MAX_LAYERS) luaL_error(L, "%s: at most %d modules, got %d", op, LPS_ARCH_MAX_LAYERS, *n);
+    lps_layer **kids = lps_lua_scratch(L, sizeof *kids * (size_t)*n);
+    lua_createtable(L, *n, 0);
+    for (int i = 0; i < *n; i++) {
+        lua_geti(L, idx, i + 1);
+        module_ud *u = luaL_testudata(L, -1, LPS_MODULE_MT);
+        if (!u || !u->l)
+            luaL_error(L, "%s: entry %d is a %s, expected a module", op, i + 1,
+                       u ? "closed module" : luaL_typename(L, -1));
+        kids[i] = u->l;
+        lua_rawseti(L, -2, i + 1);
+    }
+    return kids;
+}
+
+/* A branch (body, shortcut) at the top of the stack: a module or a list of
+ * modules (shared, as sequential{...} shares them; *m set), or an arch list
+ * (*a set; an empty list: the identity). Leaves one value on the stack that
+ * keeps what it made alive. */
+static void branch(lua_State *L, const char *op, lps_layer **m, lps_arch **a)
+{
+    module_ud *u = luaL_testudata(L, -1, LPS_MODULE_MT);
+    int list = lua_type(L, -1) == LUA_TTABLE && luaL_len(L, -1) > 0;
+    if (list) {
+        lua_geti(L, -1, 1);
+        list = luaL_testudata(L, -1, LPS_MODULE_MT) != NULL;
+        lua_pop(L, 1);
+    }
+    if (u) {
+        if (!u->l) luaL_error(L, "%s: the module is closed", op);
+        *m = u->l;
+        lua_pushvalue(L, -1);
+    } else if (list) {
+        int n;
+        lps_layer **kids = module_list(L, -1, op, &n); /* pushes the array and the list */
+        *m = push_module(L, lps_sequential_new(kids, n), -1);
+        lua_replace(L, -3);
+        lua_pop(L, 1); /* the new module stays */
+    } else if (lua_type(L, -1) == LUA_TTABLE && luaL_len(L, -1) == 0) {
+        *a = lps_lua_scratch(L, sizeof **a);
+        memset(*a, 0, sizeof **a);
+    } else {
+        *a = lps_lua_checkarch(L, -1, op);
+    }
+}
+
 /* layer(type, fields[, generator]): one layer of the registry from its
  * arch fields ({in = 784, out = 10}); a residual's body and shortcut are
- * arch lists. */
+ * arch lists, modules or lists of modules. */
 static int l_layer(lua_State *L)
 {
     const char *type = luaL_checkstring(L, 1);
@@ -51,6 +104,7 @@ static int l_layer(lua_State *L)
     if (!g) g = lps_lua_optrng(L, 3);
     lua_settop(L, 3); /* the generator stays referenced */
     lps_arch_entry e;
+    lps_layer *given[2] = {NULL, NULL};
     if (lps_arch_entry_init(&e, type)) return lps_lua_raise(L);
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -64,12 +118,9 @@ static int l_layer(lua_State *L)
             int br = lps_layer_type_branches(e.type) ? !strcmp(k, "body") ? 0 : !strcmp(k, "shortcut") ? 1 : -1 : -1;
             if (br >= 0) {
                 lps_arch *a = NULL;
-                if (lua_type(L, -1) == LUA_TTABLE && luaL_len(L, -1) == 0) {
-                    a = lps_lua_scratch(L, sizeof *a); /* an empty list: the identity */
-                    memset(a, 0, sizeof *a);
-                } else {
-                    a = lps_lua_checkarch(L, -1, type);
-                }
+                char op[64];
+                snprintf(op, sizeof op, "%.40s %s", type, k);
+                branch(L, op, &given[br], &a);
                 lua_rawseti(L, anchor, ++nanchor);
                 if (br) e.shortcut = a;
                 else e.body = a;
@@ -89,7 +140,8 @@ static int l_layer(lua_State *L)
             lua_pop(L, 1);
         }
     }
-    push_module(L, lps_layer_new(&e, g), 0);
+    push_module(L, given[0] || given[1] ? lps_layer_new_branches(&e, given[0], given[1], g)
+                                        : lps_layer_new(&e, g), 0);
     return 1;
 }
 
@@ -97,22 +149,9 @@ static int l_layer(lua_State *L)
 static int l_sequential(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    int n = (int)luaL_len(L, 1);
-    if (n < 1) return luaL_error(L, "sequential: needs at least one module");
-    if (n > LPS_ARCH_MAX_LAYERS) return luaL_error(L, "sequential: at most %d modules, got %d", LPS_ARCH_MAX_LAYERS, n);
-    lps_layer **kids = lps_lua_scratch(L, sizeof *kids * (size_t)n);
-    lua_createtable(L, n, 0);
-    int tbl = lua_gettop(L);
-    for (int i = 0; i < n; i++) {
-        lua_geti(L, 1, i + 1);
-        module_ud *u = luaL_testudata(L, -1, LPS_MODULE_MT);
-        if (!u || !u->l)
-            return luaL_error(L, "sequential: entry %d is a %s, expected a module", i + 1,
-                              u ? "closed module" : luaL_typename(L, -1));
-        kids[i] = u->l;
-        lua_rawseti(L, tbl, i + 1);
-    }
-    push_module(L, lps_sequential_new(kids, n), tbl);
+    int n;
+    lps_layer **kids = module_list(L, 1, "sequential", &n);
+    push_module(L, lps_sequential_new(kids, n), -1);
     return 1;
 }
 

@@ -43,7 +43,24 @@ static int l_isatty(lua_State *L)
     return 1;
 }
 
+/* build_info() -> {version, blas_kernel, blas_config, threads}: what a
+ * figure depends on besides the code and the seed. */
+static int l_build_info(lua_State *L)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushliteral(L, LPS_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_pushstring(L, lps_blas_kernel());
+    lua_setfield(L, -2, "blas_kernel");
+    lua_pushstring(L, lps_blas_config());
+    lua_setfield(L, -2, "blas_config");
+    lua_pushinteger(L, lps_get_num_threads());
+    lua_setfield(L, -2, "threads");
+    return 1;
+}
+
 static const luaL_Reg functions[] = {
+    {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"release_threads", l_release_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 

@@ -504,14 +504,29 @@ static void put(sbuf *s, const char *fmt, ...)
 }
 
 /* The shortest text that reads back as v. */
+static void real_text(char *buf, size_t n, double v)
+{
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, n, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+}
+
 static void put_real(sbuf *s, double v)
 {
     char buf[40];
-    for (int p = 1; p <= 17; p++) {
-        snprintf(buf, sizeof buf, "%.*g", p, v);
-        if (strtod(buf, NULL) == v) break;
-    }
+    real_text(buf, sizeof buf, v);
     put(s, "%s", buf);
+}
+
+const char *lps_py_float(char *buf, size_t n, double v)
+{
+    real_text(buf, n, v);
+    if (!strpbrk(buf, ".eni")) { /* integral: Python writes 1.0 */
+        size_t k = strlen(buf);
+        if (k + 2 < n) memcpy(buf + k, ".0", 3);
+    }
+    return buf;
 }
 
 static void put_list(sbuf *s, const lps_arch *a, int top);

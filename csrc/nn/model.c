@@ -115,7 +115,50 @@ static void layer_who(const lps_layer *l, char *buf, size_t n)
         snprintf(buf, n, "%s", l->type->name);
 }
 
-lps_layer *lps_layer_new(const lps_arch_entry *entry, lps_rng *init)
+static int contains(const lps_layer *tree, const lps_layer *l);
+
+/* Some layer of b is also in a. */
+static int shares(const lps_layer *a, const lps_layer *b)
+{
+    if (contains(a, b)) return 1;
+    for (int i = 0; i < b->nchildren; i++)
+        if (shares(a, b->children[i])) return 1;
+    return 0;
+}
+
+static const char *const branch_names[2] = {"body", "shortcut"};
+
+/* A branch type's two children, named as the attributes of the PyTorch
+ * module: each the given module (shared; a leaf becomes a Sequential of one,
+ * as an nn.Sequential attribute holds it) or built from the entry's list
+ * (none: an empty Sequential, the identity). */
+static lps_status add_branches(lps_layer *l, const lps_arch_entry *e, lps_layer *const *given,
+                               lps_rng *init)
+{
+    const char *t = l->type->name;
+    l->children = calloc(2, sizeof *l->children);
+    if (!l->children) return lps_fail(LPS_ENOMEM, "%s: cannot allocate its branches", t);
+    l->child_names = branch_names;
+    for (int b = 0; b < 2; b++) {
+        lps_layer *m = given ? given[b] : NULL, *c;
+        const lps_arch *a = b ? e->shortcut : e->body;
+        if (m) c = lps_layer_is_sequential(m) ? lps_layer_ref(m) : lps_sequential_of(&m, 1);
+        else c = a ? lps_layer_from_arch(a, init) : lps_sequential_of(NULL, 0);
+        if (!c) {
+            char msg[600];
+            lps_fmt(msg, sizeof msg, "%s", lps_errmsg());
+            return lps_fail(LPS_EINVAL, "%s: %s %s", t, branch_names[b], msg);
+        }
+        l->children[l->nchildren++] = c;
+    }
+    if (shares(l->children[0], l->children[1]))
+        return lps_fail(LPS_EINVAL, "%s: body and shortcut share a layer; a layer may appear only once", t);
+    return LPS_OK;
+}
+
+/* lps_layer_new, with a branch type's branches given as modules (NULL: from
+ * the entry's lists). */
+static lps_layer *layer_new(const lps_arch_entry *entry, lps_layer *const *given, lps_rng *init)
 {
     if (!entry || !entry->type) {
         lps_fail(LPS_EINVAL, "layer: no layer type");
@@ -124,31 +167,63 @@ lps_layer *lps_layer_new(const lps_arch_entry *entry, lps_rng *init)
     lps_arch_entry ec = *entry, *e = &ec;
     lps_arch_entry_finish(e);
     const lps_layer_type *t = e->type;
+    lps_layer *l = NULL;
+    lps_arch *mod_arch[2] = {NULL, NULL}; /* the given branches' lists, for the checks */
     for (int i = 0; t->fields && t->fields[i].key; i++)
         if (isnan(e->v[i])) {
             lps_fail(LPS_EINVAL, "%s: \"%s\" is missing", t->name, t->fields[i].key);
             return NULL;
         }
+    for (int b = 0; given && b < 2; b++) {
+        if (!given[b]) continue;
+        if (!t->branches) {
+            lps_fail(LPS_EINVAL, "%s: has no branches", t->name);
+            goto done;
+        }
+        if (lps_layer_arch(given[b], &mod_arch[b])) {
+            char msg[600];
+            lps_fmt(msg, sizeof msg, "%s", lps_errmsg());
+            lps_fail(LPS_EINVAL, "%s: %s: %s", t->name, branch_names[b], msg);
+            goto done;
+        }
+        if (b) e->shortcut = mod_arch[b];
+        else e->body = mod_arch[b];
+    }
     if (t->branches && !e->body) {
         lps_fail(LPS_EINVAL, "%s: \"body\" is missing", t->name);
-        return NULL;
+        goto done;
     }
     /* the fields alone must be consistent (no input yet) */
     lps_flow f = {0};
     f.mult = 1;
     lps_fmt(f.who, sizeof f.who, "%s", t->name);
     lps_fmt(f.from, sizeof f.from, "its input");
-    if (t->flow(e, &f)) return NULL;
-    lps_layer *l = lps_layer_alloc(t, e);
-    if (!l) return NULL;
-    lps_status s = t->create ? t->create(l, init) : LPS_OK;
+    if (t->flow(e, &f)) goto done;
+    if (!(l = lps_layer_alloc(t, e))) goto done;
+    lps_status s = t->branches ? add_branches(l, e, given, init) : LPS_OK;
+    if (!s && t->create) s = t->create(l, init);
     l->cfg.body = l->cfg.shortcut = NULL; /* the branches are its children now */
     if (s) {
         if (s == LPS_ENOMEM) lps_fail(LPS_ENOMEM, "%s: cannot allocate its parameters", t->name);
         lps_layer_free(l);
-        return NULL;
+        l = NULL;
     }
+done:
+    lps_arch_free(mod_arch[0]);
+    lps_arch_free(mod_arch[1]);
     return l;
+}
+
+lps_layer *lps_layer_new(const lps_arch_entry *entry, lps_rng *init)
+{
+    return layer_new(entry, NULL, init);
+}
+
+lps_layer *lps_layer_new_branches(const lps_arch_entry *entry, lps_layer *body, lps_layer *shortcut,
+                                  lps_rng *init)
+{
+    lps_layer *given[2] = {body, shortcut};
+    return layer_new(entry, given, init);
 }
 
 lps_layer *lps_layer_from_arch(const lps_arch *a, lps_rng *init)

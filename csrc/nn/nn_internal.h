@@ -76,6 +76,8 @@ void lps_fmt(char *buf, size_t n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+/* Python's repr of a float ("1e-05", "0.1", "1.0") for PyTorch's printing. */
+const char *lps_py_float(char *buf, size_t n, double v);
 /* "(8x7x7)" with "?" for unknown sizes, into buf. */
 const char *lps_flow_shape(int rank, const int64_t *d, char *buf, size_t n);
 #define FSH(r, d) lps_flow_shape((r), (d), (char[64]){0}, 64)

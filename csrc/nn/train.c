@@ -85,8 +85,8 @@ static lps_status check_data(const char *op, const lps_tensor *x, const int32_t 
     return LPS_OK;
 }
 
-static lps_status eval_with(lps_layer *model, batchbuf *b, const lps_tensor *x, const int32_t *y,
-                            double *loss, double *accuracy)
+static lps_status eval_batches(lps_layer *model, batchbuf *b, const lps_tensor *x, const int32_t *y,
+                               double *loss, double *accuracy)
 {
     int64_t n = x->shape[0];
     double total = 0.0;
@@ -109,6 +109,39 @@ static lps_status eval_with(lps_layer *model, batchbuf *b, const lps_tensor *x, 
     *loss = n ? total / (double)n : NAN;
     *accuracy = n ? (double)hits / (double)n : NAN;
     return LPS_OK;
+}
+
+static int count_layers(const lps_layer *l)
+{
+    int n = 1;
+    for (int i = 0; i < l->nchildren; i++) n += count_layers(l->children[i]);
+    return n;
+}
+
+/* Exchange each layer's mode with modes[k], depth first. */
+static void swap_modes(lps_layer *l, int *modes, int *k)
+{
+    int t = l->training;
+    l->training = modes[*k];
+    modes[(*k)++] = t;
+    for (int i = 0; i < l->nchildren; i++) swap_modes(l->children[i], modes, k);
+}
+
+/* Evaluation runs in eval mode, as after PyTorch's model.eval() (batch norm
+ * by its running statistics, which stay as they are; no dropout); each
+ * layer's own mode comes back after. */
+static lps_status eval_with(lps_layer *model, batchbuf *b, const lps_tensor *x, const int32_t *y,
+                            double *loss, double *accuracy)
+{
+    int n = count_layers(model), k = 0;
+    int *modes = calloc((size_t)n, sizeof *modes);
+    if (!modes) return lps_fail(LPS_ENOMEM, "evaluate: out of memory");
+    swap_modes(model, modes, &k);
+    lps_status s = eval_batches(model, b, x, y, loss, accuracy);
+    k = 0;
+    swap_modes(model, modes, &k);
+    free(modes);
+    return s;
 }
 
 lps_status lps_evaluate(lps_layer *model, const lps_tensor *x, const int32_t *y, int64_t batch,

@@ -1,5 +1,5 @@
 /* fuzz_safetensors.c - libFuzzer harness for the safetensors reader (and the
- * JSON parser under it) and the architecture parser (csrc/io/arch.c), which
+ * JSON parser under it) and the architecture parser (csrc/nn/arch.c), which
  * reads the "lualps.arch" metadata of each accepted file, and any input that
  * is not a safetensors file but starts with '['. `make fuzz-safetensors`
  * builds it with ASan+UBSan.
@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/arch.h"
 #include "io/json.h"
 #include "lualps.h"
 
@@ -33,11 +32,40 @@ static int readable(const lps_safetensors *st, size_t i)
            st->entries[i].rank <= LPS_MAX_DIMS;
 }
 
-static int same_entry(const lps_arch_entry *a, const lps_arch_entry *b)
+/* Same entries, branches included: types, field values, shapes. */
+static int same_list(const lps_arch *a, const lps_arch *b)
 {
-    return a->type == b->type && a->in == b->in && a->out == b->out && a->kernel == b->kernel &&
-           a->stride == b->stride && a->padding == b->padding && a->rank == b->rank &&
-           memcmp(a->shape, b->shape, sizeof a->shape) == 0;
+    if (!a || !b) return !a == !b && (!a || a->n == b->n);
+    if (a->n != b->n) return 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const lps_arch_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->type != y->type || memcmp(x->v, y->v, sizeof x->v) != 0 || x->rank != y->rank ||
+            memcmp(x->shape, y->shape, sizeof x->shape) != 0 || !same_list(x->body, y->body) ||
+            !same_list(x->shortcut, y->shortcut))
+            return 0;
+    }
+    return 1;
+}
+
+/* Every entry's fields in their ranges and shapes well formed; known when
+ * the input is (known). Returns the entries counted, branches included. */
+static size_t check_list(const lps_arch *a, int known)
+{
+    size_t n = 0;
+    for (size_t i = 0; a && i < a->n; i++, n++) {
+        const lps_arch_entry *e = &a->entries[i];
+        const lps_field *f = lps_layer_type_fields(e->type);
+        for (int k = 0; f && f[k].key; k++) {
+            if (f[k].kind == LPS_FIELD_BOOL) CHECK(e->v[k] == 0 || e->v[k] == 1);
+            else CHECK(e->v[k] >= f[k].lo && e->v[k] <= f[k].hi);
+        }
+        CHECK(e->rank >= 0 && e->rank <= 3);
+        for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 0 || e->shape[d] == LPS_ARCH_UNKNOWN);
+        if (known) for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 0);
+        CHECK(lps_layer_type_branches(e->type) == (e->body != NULL));
+        n += check_list(e->body, known) + check_list(e->shortcut, known);
+    }
+    return n;
 }
 
 static void check_arch(const char *text, size_t len)
@@ -47,28 +75,14 @@ static void check_arch(const char *text, size_t len)
         CHECK(strncmp(lps_errmsg(), "arch: ", 6) == 0); /* every refusal says why */
         return;
     }
-    CHECK(a->n >= 1 && a->n <= LPS_ARCH_MAX_LAYERS + 1 && a->n > (size_t)a->has_input);
-    for (size_t i = 0; i < a->n; i++) {
-        const lps_arch_entry *e = &a->entries[i];
-        CHECK((e->type == LPS_ARCH_INPUT) == (i == 0 && a->has_input));
-        CHECK(e->rank == 0 || e->rank == 1 || e->rank == 3);
-        for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1 || e->shape[d] == LPS_ARCH_UNKNOWN);
-        if (a->has_input) /* a known input shape makes every size known */
-            for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1);
-        if (e->type == LPS_ARCH_CONV2D)
-            CHECK(e->in >= 1 && e->out >= 1 && e->kernel >= 1 && e->stride >= 1 && e->padding >= 0 &&
-                  e->rank == 3 && e->shape[0] == e->out);
-        if (e->type == LPS_ARCH_MAXPOOL2D) CHECK(e->kernel >= 1 && e->stride >= 1 && e->rank == 3);
-        if (e->type == LPS_ARCH_LINEAR)
-            CHECK(e->in >= 1 && e->out >= 1 && e->rank == 1 && e->shape[0] == e->out);
-    }
+    CHECK(a->n >= 1);
+    CHECK(check_list(a, a->in_rank > 0) <= LPS_ARCH_MAX_LAYERS);
     char *json, *json2;
     size_t jl, jl2;
     CHECK(lps_arch_to_json(a, &json, &jl) == LPS_OK && strlen(json) == jl);
     lps_arch *b;
     CHECK(lps_arch_parse(&b, json, jl) == LPS_OK);
-    CHECK(b->n == a->n && b->has_input == a->has_input);
-    for (size_t i = 0; i < a->n; i++) CHECK(same_entry(&a->entries[i], &b->entries[i]));
+    CHECK(b->in_rank == a->in_rank && same_list(a, b));
     CHECK(lps_arch_to_json(b, &json2, &jl2) == LPS_OK && jl2 == jl && memcmp(json, json2, jl) == 0);
     free(json);
     free(json2);

@@ -1,0 +1,292 @@
+/* batchnorm.c - batch normalization over the channels of (batch x features
+ * [x length]) (batchnorm1d) and (batch x channels x h x w) (batchnorm2d),
+ * PyTorch's rules: in train mode each channel is normalized by its batch
+ * mean and biased variance, and the running statistics move by momentum
+ * (the variance's unbiased); in eval mode the running statistics normalize.
+ * Sums are in double, channel by channel in a fixed order, so the threads
+ * (a range of channels each) never change a result. */
+#include "nn/nn_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define FEATURES(l) FI(&(l)->cfg, 0)
+#define EPS(l) ((l)->cfg.v[1])
+#define MOMENTUM(l) ((l)->cfg.v[2])
+
+static lps_status bn1d_flow(const lps_arch_entry *e, lps_flow *f)
+{
+    int64_t c = FI(e, 0);
+    if (f->rank == 0) return LPS_OK; /* (features) or (features x length): unknown */
+    if (f->rank == 3)
+        return lps_flow_fail(f, LPS_ESHAPE, "needs (features) or (features x length) per sample but "
+                             "%s gives %s: batchnorm2d normalizes images", f->from, FSH(3, f->d));
+    if (f->d[0] != LPS_ARCH_UNKNOWN && f->d[0] != c)
+        return lps_flow_fail(f, LPS_ESHAPE, "\"features\" is %lld but %s gives %lld %s",
+                             (long long)c, f->from, (long long)f->d[0],
+                             f->rank == 1 ? "features" : "channels");
+    if (f->d[0] == LPS_ARCH_UNKNOWN && c % f->mult != 0)
+        return lps_flow_fail(f, LPS_ESHAPE, "\"features\" is %lld, not a multiple of the %lld channels "
+                             "flattened before it", (long long)c, (long long)f->mult);
+    f->d[0] = c;
+    f->mult = 1;
+    return LPS_OK;
+}
+
+static lps_status bn2d_flow(const lps_arch_entry *e, lps_flow *f)
+{
+    int64_t c = FI(e, 0);
+    if (f->rank == 0) {
+        f->rank = 3;
+        f->d[1] = f->d[2] = LPS_ARCH_UNKNOWN;
+    } else if (f->rank != 3) {
+        return lps_flow_fail(f, LPS_ESHAPE, "needs (channels x height x width) but %s gives %s%s: "
+                             "batchnorm1d normalizes features", f->from, FSH(f->rank, f->d),
+                             f->rank == 1 ? " features" : "");
+    } else if (f->d[0] != LPS_ARCH_UNKNOWN && f->d[0] != c) {
+        return lps_flow_fail(f, LPS_ESHAPE, "\"features\" is %lld but %s gives %lld channels %s",
+                             (long long)c, f->from, (long long)f->d[0], FSH(3, f->d));
+    }
+    f->d[0] = c;
+    return LPS_OK;
+}
+
+/* ------------------------------------------------------------ kernels */
+
+/* The batch statistics of the last train-mode forward, for backward. */
+typedef struct {
+    lps_scratch mean, invstd;
+    int64_t b, s; /* the batch and the values per sample and channel they came from */
+} bnpriv;
+
+typedef struct {
+    lps_layer *l;
+    const float *x, *gy;
+    float *y, *gx;
+    int64_t b, c, s; /* batch, channels, values per sample and channel */
+    int backward;
+} bnjob;
+
+/* Sums over channel ch in a fixed order: samples in turn, each plane with
+ * four interleaved partial sums. sq: of (x - m)^2; g: of (x - m) g. */
+static double csum(const bnjob *j, const float *x, int64_t ch)
+{
+    double t = 0;
+    for (int64_t n = 0; n < j->b; n++) {
+        const float *p = x + (n * j->c + ch) * j->s;
+        double a[4] = {0, 0, 0, 0};
+        int64_t i = 0;
+        for (; i + 4 <= j->s; i += 4)
+            for (int k = 0; k < 4; k++) a[k] += p[i + k];
+        for (; i < j->s; i++) a[0] += p[i];
+        t += (a[0] + a[1]) + (a[2] + a[3]);
+    }
+    return t;
+}
+
+static double csq(const bnjob *j, int64_t ch, double m)
+{
+    double t = 0;
+    for (int64_t n = 0; n < j->b; n++) {
+        const float *p = j->x + (n * j->c + ch) * j->s;
+        double a[2] = {0, 0};
+        int64_t i = 0;
+        for (; i + 2 <= j->s; i += 2) {
+            double d0 = p[i] - m, d1 = p[i + 1] - m;
+            a[0] += d0 * d0;
+            a[1] += d1 * d1;
+        }
+        for (; i < j->s; i++) a[0] += (p[i] - m) * (p[i] - m);
+        t += a[0] + a[1];
+    }
+    return t;
+}
+
+static double cdot(const bnjob *j, int64_t ch, double m)
+{
+    double t = 0;
+    for (int64_t n = 0; n < j->b; n++) {
+        const float *p = j->x + (n * j->c + ch) * j->s, *g = j->gy + (n * j->c + ch) * j->s;
+        double a[2] = {0, 0};
+        int64_t i = 0;
+        for (; i + 2 <= j->s; i += 2) {
+            a[0] += (p[i] - m) * g[i];
+            a[1] += (p[i + 1] - m) * g[i + 1];
+        }
+        for (; i < j->s; i++) a[0] += (p[i] - m) * g[i];
+        t += a[0] + a[1];
+    }
+    return t;
+}
+
+/* out = in * a + b over channel ch. */
+static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b)
+{
+    for (int64_t n = 0; n < j->b; n++) {
+        int64_t o = (n * j->c + ch) * j->s;
+        for (int64_t i = 0; i < j->s; i++) out[o + i] = in[o + i] * a + b;
+    }
+}
+
+static void bn_forward_part(const bnjob *j, int64_t ch)
+{
+    lps_layer *l = j->l;
+    bnpriv *p = l->priv;
+    double w = l->param[0]->data[ch], bias = l->param[1]->data[ch], mean, invstd;
+    float *rm = l->buffer[0]->data, *rv = l->buffer[1]->data;
+    if (l->training) {
+        double n = (double)(j->b * j->s);
+        mean = csum(j, j->x, ch) / n;
+        double sq = csq(j, ch, mean);
+        invstd = 1.0 / sqrt(sq / n + EPS(l));
+        p->mean.p[ch] = (float)mean;
+        p->invstd.p[ch] = (float)invstd;
+        if (!l->replay) {
+            double m = MOMENTUM(l);
+            rm[ch] = (float)(m * mean + (1.0 - m) * rm[ch]);
+            rv[ch] = (float)(m * (sq / (n - 1.0)) + (1.0 - m) * rv[ch]);
+        }
+    } else {
+        mean = rm[ch];
+        invstd = 1.0 / sqrt((double)rv[ch] + EPS(l));
+    }
+    double a = invstd * w;
+    affine(j, j->x, j->y, ch, (float)a, (float)(bias - mean * a));
+}
+
+/* Train mode (through the batch statistics, PyTorch's formula):
+ * gx = (gy - mean(gy) - (x - mean) k) invstd w, k = sum((x - mean) gy) invstd^2 / n;
+ * eval mode: gx = gy w invstd. */
+static void bn_backward_part(const bnjob *j, int64_t ch)
+{
+    lps_layer *l = j->l;
+    bnpriv *p = l->priv;
+    double w = l->param[0]->data[ch], mean, invstd;
+    if (l->training) {
+        mean = p->mean.p[ch];
+        invstd = p->invstd.p[ch];
+    } else {
+        mean = l->buffer[0]->data[ch];
+        invstd = 1.0 / sqrt((double)l->buffer[1]->data[ch] + EPS(l));
+    }
+    double sg = 0, dot = 0;
+    if (!l->frozen || l->training) {
+        sg = csum(j, j->gy, ch);
+        dot = cdot(j, ch, mean);
+    }
+    if (!l->frozen) {
+        l->grad[0]->data[ch] += (float)(dot * invstd);
+        l->grad[1]->data[ch] += (float)sg;
+    }
+    if (!j->gx) return;
+    float a = (float)(invstd * w);
+    if (!l->training) {
+        affine(j, j->gy, j->gx, ch, a, 0.0f);
+        return;
+    }
+    double n = (double)(j->b * j->s);
+    float gm = (float)(sg / n), k = (float)(dot * invstd * invstd / n), m = (float)mean;
+    for (int64_t b = 0; b < j->b; b++) {
+        int64_t o = (b * j->c + ch) * j->s;
+        const float *x = j->x + o, *g = j->gy + o;
+        float *gx = j->gx + o;
+        for (int64_t i = 0; i < j->s; i++) gx[i] = ((g[i] - gm) - (x[i] - m) * k) * a;
+    }
+}
+
+static void bn_part(void *ctx, int t, int nt)
+{
+    const bnjob *j = ctx;
+    int64_t c0, c1;
+    lps_par_range(j->c, t, nt, &c0, &c1);
+    for (int64_t ch = c0; ch < c1; ch++) (j->backward ? bn_backward_part : bn_forward_part)(j, ch);
+}
+
+static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy, float *out,
+                         int backward)
+{
+    bnpriv *p = l->priv;
+    int64_t c = FEATURES(l), b = x->shape[0], s = b ? x->numel / (b * c) : 0;
+    bnjob j = {l, x->data, gy ? gy->data : NULL, backward ? NULL : out, backward ? out : NULL,
+               b, c, s, backward};
+    if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
+    if (l->training && b * s == 1)
+        return lps_fail(LPS_ESHAPE, "%s: train mode needs more than one value per channel, got "
+                        "input %s (a batch of one: use eval mode, or a larger batch)",
+                        l->type->name, SH(x));
+    if (l->training && backward && (p->b != b || p->s != s))
+        return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input",
+                        l->type->name, SH(x));
+    if (l->training && !backward) {
+        if (!lps_scratch_get(&p->mean, c, l->type->name) || !lps_scratch_get(&p->invstd, c, l->type->name))
+            return LPS_ENOMEM;
+        p->b = b;
+        p->s = s;
+    }
+    int nt = x->numel >= (1 << 16) ? lps_par_threads() : 1;
+    lps_par_run(nt < c ? nt : (int)c, bn_part, &j);
+    return LPS_OK;
+}
+
+static lps_status bn_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    return bn_run(l, x, NULL, y->data, 0);
+}
+
+static lps_status bn_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                              const lps_tensor *gy, lps_tensor *gx)
+{
+    (void)y;
+    return bn_run(l, x, gy, gx ? gx->data : NULL, 1);
+}
+
+/* ------------------------------------------------------------ the layer */
+
+static lps_status bn_create(lps_layer *l, lps_rng *init)
+{
+    (void)init;
+    int64_t c = FEATURES(l);
+    l->priv = calloc(1, sizeof(bnpriv));
+    if (!l->priv || lps_layer_add_param(l, "weight", 1, &c, 0, NULL) ||
+        lps_layer_add_param(l, "bias", 1, &c, 0, NULL) ||
+        lps_layer_add_buffer(l, "running_mean", c, 0.0f) ||
+        lps_layer_add_buffer(l, "running_var", c, 1.0f))
+        return LPS_ENOMEM;
+    lps_fill(l->param[0], 1.0f);
+    return LPS_OK;
+}
+
+static void bn_destroy(lps_layer *l)
+{
+    bnpriv *p = l->priv;
+    if (!p) return;
+    lps_scratch_free(&p->mean);
+    lps_scratch_free(&p->invstd);
+    free(p);
+}
+
+static void repr(const lps_arch_entry *e, char *buf, size_t n, int d)
+{
+    char eps[40], mom[40];
+    snprintf(buf, n, "BatchNorm%dd(%lld, eps=%s, momentum=%s, affine=True, track_running_stats=True)",
+             d, (long long)FI(e, 0), lps_py_float(eps, sizeof eps, e->v[1]),
+             lps_py_float(mom, sizeof mom, e->v[2]));
+}
+
+static void bn1d_repr(const lps_arch_entry *e, char *buf, size_t n) { repr(e, buf, n, 1); }
+static void bn2d_repr(const lps_arch_entry *e, char *buf, size_t n) { repr(e, buf, n, 2); }
+
+static const lps_field bn_fields[] = {
+    {"features", LPS_FIELD_INT, 1, INT32_MAX / 2, LPS_REQUIRED, 0},
+    {"eps", LPS_FIELD_REAL, 0, 1, 1e-5, 0},
+    {"momentum", LPS_FIELD_REAL, 0, 1, 0.1, 0},
+    {NULL, 0, 0, 0, 0, 0}};
+
+const lps_layer_type lps_batchnorm1d_type = {
+    .name = "batchnorm1d", .fields = bn_fields, .flow = bn1d_flow, .create = bn_create,
+    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn1d_repr};
+
+const lps_layer_type lps_batchnorm2d_type = {
+    .name = "batchnorm2d", .fields = bn_fields, .flow = bn2d_flow, .create = bn_create,
+    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn2d_repr};
