@@ -758,13 +758,15 @@ lps_status lps_pair_regression(double *loss, int64_t *npairs, lps_tensor *dY, co
  * y = W_L relu(... relu(W1 x + b1) ...) + b_L. Otherwise the model's
  * architecture, whose weight layers are those of p and whose other entries
  * sit between them and act on every channel alike and commute with a
- * positive scale of a channel (relu, max-pooling, flatten: the layer types
- * flagged channel-wise): the structure the weight-space methods are defined
- * on. conv2d layers come first (W cout x cin x k x k), the head is linear;
- * inputs are rows of d = cin*s*s values, square s x s images. Hidden layers
- * are 1..L-1; their units are the rows of W_l (conv: output channels). A
- * model with other layers (batch norm, residual blocks, tanh) has no weight
- * view: read it through its function (templates) instead. */
+ * positive scale of a channel (relu, leaky_relu, max and average pooling,
+ * flatten, dropout: the layer types flagged channel-wise): the structure the
+ * weight-space methods are defined on. conv2d layers come first (W cout x
+ * cin x k x k), the head is linear; inputs are rows of d = cin*s*s values,
+ * square s x s images. Hidden layers are 1..L-1; their units are the rows of
+ * W_l (conv: output channels). A model with other layers (batch norm,
+ * residual blocks, tanh, gelu, sigmoid, silu) or a weight layer without a
+ * bias has no weight view: read it through its function (templates)
+ * instead. */
 typedef struct lps_net_view {
     int nlayers;                /* weight layers, >= 2 */
     const lps_tensor *const *p; /* 2 * nlayers tensors */

@@ -133,12 +133,20 @@ def _one(v, what):  # lualps layers are square: one size for both axes
     return v[0]
 
 
+def _bias(m, entry):  # "bias" is written only when false, as lualps writes it
+    if m.bias is None:
+        entry["bias"] = False
+    return entry
+
+
 def _conv_entry(m):
     if m.groups != 1 or _one(m.dilation, "dilation") != 1 or m.padding_mode != "zeros":
         raise ValueError("lualps' conv2d has no groups, dilation, padding modes")
-    return {"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
-            "kernel": _one(m.kernel_size, "kernel_size"), "stride": _one(m.stride, "stride"),
-            "padding": _one(m.padding, "padding")}
+    if isinstance(m.padding, str):
+        raise ValueError("padding %r: lualps' conv2d takes a number" % m.padding)
+    return _bias(m, {"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
+                     "kernel": _one(m.kernel_size, "kernel_size"), "stride": _one(m.stride, "stride"),
+                     "padding": _one(m.padding, "padding")})
 
 
 def _maxpool_entry(m):
@@ -146,6 +154,25 @@ def _maxpool_entry(m):
         raise ValueError("lualps' maxpool2d has no padding, dilation, ceil_mode")
     return {"type": "maxpool2d", "kernel": _one(m.kernel_size, "kernel_size"),
             "stride": _one(m.stride, "stride")}
+
+
+def _avgpool_entry(m):
+    if _one(m.padding, "padding") != 0 or m.ceil_mode or m.divisor_override is not None:
+        raise ValueError("lualps' avgpool2d has no padding, ceil_mode, divisor_override")
+    return {"type": "avgpool2d", "kernel": _one(m.kernel_size, "kernel_size"),
+            "stride": _one(m.stride, "stride")}
+
+
+def _adaptive_entry(m):
+    if m.output_size is None or (not isinstance(m.output_size, int) and None in m.output_size):
+        raise ValueError("lualps' adaptive_avgpool2d needs an output size for both axes")
+    return {"type": "adaptive_avgpool2d", "output": _one(m.output_size, "output_size")}
+
+
+def _gelu_entry(m):
+    if m.approximate != "none":
+        raise ValueError("lualps' gelu is the exact one (approximate='none')")
+    return {"type": "gelu"}
 
 
 def _flatten_entry(m):
@@ -179,7 +206,7 @@ class Residual(torch.nn.Module):
 TO_ARCH = {
     torch.nn.Conv2d: _conv_entry,
     torch.nn.MaxPool2d: _maxpool_entry,
-    torch.nn.Linear: lambda m: {"type": "linear", "in": m.in_features, "out": m.out_features},
+    torch.nn.Linear: lambda m: _bias(m, {"type": "linear", "in": m.in_features, "out": m.out_features}),
     torch.nn.Flatten: _flatten_entry,
     torch.nn.ReLU: lambda m: {"type": "relu"},
     torch.nn.Tanh: lambda m: {"type": "tanh"},
@@ -188,12 +215,18 @@ TO_ARCH = {
     torch.nn.Dropout: lambda m: {"type": "dropout", "p": float(m.p)},
     Residual: lambda m: {"type": "residual", "body": arch_list(m.body),
                          "shortcut": arch_list(m.shortcut)},
+    torch.nn.AvgPool2d: _avgpool_entry,
+    torch.nn.AdaptiveAvgPool2d: _adaptive_entry,
+    torch.nn.GELU: _gelu_entry,
+    torch.nn.Sigmoid: lambda m: {"type": "sigmoid"},
+    torch.nn.SiLU: lambda m: {"type": "silu"},
+    torch.nn.LeakyReLU: lambda m: {"type": "leaky_relu", "slope": m.negative_slope},
 }
 FROM_ARCH = {
     "conv2d": lambda e: torch.nn.Conv2d(e["in"], e["out"], e["kernel"], stride=e.get("stride", 1),
-                                        padding=e.get("padding", 0)),
+                                        padding=e.get("padding", 0), bias=e.get("bias", True)),
     "maxpool2d": lambda e: torch.nn.MaxPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
-    "linear": lambda e: torch.nn.Linear(e["in"], e["out"]),
+    "linear": lambda e: torch.nn.Linear(e["in"], e["out"], bias=e.get("bias", True)),
     "flatten": lambda e: torch.nn.Flatten(),
     "relu": lambda e: torch.nn.ReLU(),
     "tanh": lambda e: torch.nn.Tanh(),
@@ -204,6 +237,12 @@ FROM_ARCH = {
     "dropout": lambda e: torch.nn.Dropout(float(e.get("p", 0.5))),
     "residual": lambda e: Residual(sequential_from_arch(e["body"]),
                                    sequential_from_arch(e.get("shortcut", []))),
+    "avgpool2d": lambda e: torch.nn.AvgPool2d(e["kernel"], stride=e.get("stride", e["kernel"])),
+    "adaptive_avgpool2d": lambda e: torch.nn.AdaptiveAvgPool2d(e["output"]),
+    "gelu": lambda e: torch.nn.GELU(),
+    "sigmoid": lambda e: torch.nn.Sigmoid(),
+    "silu": lambda e: torch.nn.SiLU(),
+    "leaky_relu": lambda e: torch.nn.LeakyReLU(e.get("slope", 0.01)),
 }
 
 

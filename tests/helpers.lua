@@ -191,6 +191,53 @@ function M.check_parameter_gradients(net, backward, f, opts)
   end
 end
 
+--- lps.nn.conv2d(cin, cout, k, opts) and lps.nn.linear(nin, nout, opts) with
+-- any field of the registry in opts (bias = false, stride, ...) and
+-- opts.generator.
+function M.conv2d(cin, cout, k, opts)
+  local f = {["in"] = cin, out = cout, kernel = k}
+  for key, v in pairs(opts or {}) do f[key] = v end
+  return require("lualps").nn.layer("conv2d", f)
+end
+function M.linear(nin, nout, opts)
+  local f = {["in"] = nin, out = nout}
+  for key, v in pairs(opts or {}) do f[key] = v end
+  return require("lualps").nn.layer("linear", f)
+end
+
+--- Assert that module m gives the same bits forward and backward on 1 and
+-- on 2 threads (x large enough for the layers to split it).
+function M.assert_threads_same_bits(m, x, gy, what)
+  local lps = require "lualps"
+  local threads = lps.get_num_threads()
+  local function run(nt)
+    lps.set_num_threads(nt)
+    local y = m:forward(x):clone()
+    return y, m:backward(x, gy):clone()
+  end
+  local y1, g1 = run(1)
+  local y2, g2 = run(2)
+  lps.set_num_threads(threads)
+  lu.assertTrue(lps.allclose(y1, y2, 0, 0), (what or "") .. " output: 1 vs 2 threads")
+  lu.assertTrue(lps.allclose(g1, g2, 0, 0), (what or "") .. " input gradient: 1 vs 2 threads")
+end
+
+--- Assert that the weight-space methods read net (an lps.nn Sequential of
+-- weight layers and channel-wise ones) and see through its channel-wise
+-- layers: permuting its hidden units (perms, as lps.eval.permute) keeps its
+-- function on x (flat rows) and its sorted features.
+function M.assert_weight_space_reads(net, perms, x)
+  local lps = require "lualps"
+  local m = lps.similarity.weights(net)
+  m.arch = net:arch()
+  local p = lps.eval.permute(m, perms)
+  p.arch = m.arch
+  lu.assertTrue((lps.eval.forward(m, x) - lps.eval.forward(p, x)):abs():max() < 1e-5, "permuted function")
+  lu.assertTrue(lps.allclose(lps.eval.features("sorted", m), lps.eval.features("sorted", p), 1e-5, 1e-6),
+    "sorted features of the permuted model")
+  return m
+end
+
 --- Random parameters (normal, sd 0.5) and running statistics (means in
 -- [-0.5, 0.5), variances in [0.5, 1.5)) of an lps.nn module, from g; returns m.
 function M.randomize_state(m, g)

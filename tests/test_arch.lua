@@ -73,7 +73,8 @@ function TestArchParse:test_errors()
     {'[{"kernel":2}]', "entry 1 has no \"type\""},
     {'[{"type":"relu","type":"relu"}]', "entry 1 has \"type\" twice"},
     {'[{"type":2}]', "entry 1: \"type\" is a number, expected a string"},
-    {'[{"type":"Conv2d"}]', "unknown type \"Conv2d\" (known: input, conv2d, maxpool2d, relu, tanh, flatten, linear, batchnorm1d, batchnorm2d, dropout, residual)"},
+    {'[{"type":"Conv2d"}]', "unknown type \"Conv2d\" (known: input, conv2d, maxpool2d, relu, tanh, flatten, linear, " ..
+      "batchnorm1d, batchnorm2d, dropout, residual"},
     {'[{"type":"relu"},{"type":"input","shape":[3]}]', "entry 2: an input entry may only come first"},
     {'[{"type":"input","shape":[3]}]', "an input entry but no layers"},
     {'[{"type":"input"},{"type":"relu"}]', "input: \"shape\" is missing"},
@@ -81,7 +82,7 @@ function TestArchParse:test_errors()
     {'[{"type":"input","shape":[1,0,28]},{"type":"relu"}]', "input: \"height\" is 0, expected 1..1048576"},
     {'[{"type":"conv2d","in":1,"out":8}]', "layer 1 (conv2d): \"kernel\" is missing"},
     {'[{"type":"conv2d","in":1,"out":8,"kernel":5,"strides":2}]',
-      "layer 1 (conv2d): unknown key \"strides\" (a conv2d takes in, out, kernel, stride, padding)"},
+      "layer 1 (conv2d): unknown key \"strides\" (a conv2d takes in, out, kernel, stride, padding, bias)"},
     {'[{"type":"relu","inplace":true}]', "layer 1 (relu): unknown key \"inplace\" (a relu takes no other key)"},
     {'[{"type":"maxpool2d","kernel":2,"kernel":2}]', "layer 1 (maxpool2d): \"kernel\" appears twice"},
     {'[{"type":"conv2d","in":1,"out":8,"kernel":5,"stride":2.5}]', "\"stride\" must be an integer, got 2.5"},

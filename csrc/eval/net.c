@@ -126,7 +126,10 @@ lps_status lps_net_check(const char *op, const lps_net_view *m)
 {
     if (m->nlayers < 1 || !m->p)
         return lps_fail(LPS_EINVAL, "%s: a model needs at least 2 layers, got %d", op, m->nlayers);
-    lps_status st = net_is_cnn(m) ? cnn_check(op, m) : mlp_check(op, m);
+    int n;
+    /* the structure first: a layer the methods cannot read says more than shapes */
+    lps_status st = m->arch ? lps_arch_weight_layers(m->arch, NULL, 0, &n, op) : LPS_OK;
+    if (!st) st = net_is_cnn(m) ? cnn_check(op, m) : mlp_check(op, m);
     if (st || !m->arch) return st;
     lps_layer *mod;
     st = net_module(op, m, &mod, NULL);

@@ -48,6 +48,33 @@ lps_status lps_flow_same(const lps_arch_entry *e, lps_flow *f)
     return LPS_OK;
 }
 
+lps_status lps_flow_planes(lps_flow *f)
+{
+    if (f->rank == 0) {
+        f->rank = 3;
+        f->d[0] = f->d[1] = f->d[2] = LPS_ARCH_UNKNOWN;
+        return LPS_OK;
+    }
+    if (f->rank != 3)
+        return lps_flow_fail(f, LPS_ESHAPE, "needs (channels x height x width) but %s gives %s%s",
+                             f->from, FSH(f->rank, f->d), f->rank == 1 ? " features" : "");
+    return LPS_OK;
+}
+
+lps_status lps_flow_window(const lps_arch_entry *e, lps_flow *f)
+{
+    int64_t k = FI(e, 0), s = FI(e, 1);
+    lps_status st = lps_flow_planes(f);
+    if (st) return st;
+    for (int i = 1; i < 3; i++)
+        if (f->d[i] != LPS_ARCH_UNKNOWN && f->d[i] < k)
+            return lps_flow_fail(f, LPS_ESHAPE, "kernel %lld is larger than its input: %s gives %s",
+                                 (long long)k, f->from, FSH(3, f->d));
+    for (int i = 1; i < 3; i++)
+        if (f->d[i] != LPS_ARCH_UNKNOWN) f->d[i] = (f->d[i] - k) / s + 1;
+    return LPS_OK;
+}
+
 /* ------------------------------------------------------------ fields */
 
 static int nfields(const lps_layer_type *t)
@@ -80,6 +107,9 @@ void lps_arch_entry_finish(lps_arch_entry *e)
     for (int i = 0; i < nfields(e->type); i++)
         if (isnan(e->v[i]) && e->type->fields[i].def == LPS_DEF_FIRST) e->v[i] = e->v[0];
 }
+
+/* "a" or "an" before a type's name: "an avgpool2d". */
+static const char *article(const char *name) { return name[0] && strchr("aeiou", name[0]) ? "an" : "a"; }
 
 static const char *kind_word(lps_field_kind k)
 {
@@ -127,7 +157,8 @@ lps_status lps_arch_entry_set(lps_arch_entry *e, const char *key, double v)
 {
     int i = field_index(e->type, key, strlen(key));
     if (i < 0)
-        return lps_fail(LPS_EINVAL, "arch: a %s has no field \"%.40s\"", e->type->name, key);
+        return lps_fail(LPS_EINVAL, "arch: %s %s has no field \"%.40s\"", article(e->type->name),
+                        e->type->name, key);
     lps_status s = check_value(e->type->name, &e->type->fields[i], v, NULL);
     if (!s) e->v[i] = v;
     return s;
@@ -309,8 +340,8 @@ static lps_status parse_entry(src *s, const lps_json_node *v, size_t k, const ch
         if (j < 0) {
             char keys[200];
             keys_text(t, keys, sizeof keys);
-            return lps_fail(LPS_EFORMAT, "arch: %s: unknown key \"%.40s\" (a %s takes %s)", who,
-                            doc->strings + m->key, t->name, keys);
+            return lps_fail(LPS_EFORMAT, "arch: %s: unknown key \"%.40s\" (%s %s takes %s)", who,
+                            doc->strings + m->key, article(t->name), t->name, keys);
         }
         if (seen[j]++) return lps_fail(LPS_EFORMAT, "arch: %s: \"%s\" appears twice", who, t->fields[j].key);
         lps_status st = get_value(s, m, who, &t->fields[j], &e->v[j]);
@@ -555,19 +586,35 @@ lps_status lps_arch_to_json(const lps_arch *a, char **text, size_t *len)
 
 /* ------------------------------------------------------------ weight chains */
 
+/* The registry's types with a flag, "conv2d, linear", into buf. */
+static const char *types_with(unsigned flag, char *buf, size_t n)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0; lps_layer_type_at(i) && o < n; i++)
+        if (lps_layer_type_at(i)->flags & flag)
+            o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", lps_layer_type_at(i)->name);
+    return buf;
+}
+
 lps_status lps_arch_weight_layers(const lps_arch *a, int *idx, int max, int *n, const char *op)
 {
+    char weighted[200], channelwise[400];
     *n = 0;
     for (size_t i = 0; a && i < a->n; i++) {
         const lps_layer_type *t = a->entries[i].type;
-        if (t->flags & LPS_LT_WEIGHTED) {
+        if ((t->flags & LPS_LT_WEIGHTED) && lps_arch_entry_get(&a->entries[i], "bias") == 0) {
+            return lps_fail(LPS_EINVAL, "%s: layer %zu (%s) has no bias: the weight-space methods read a "
+                            "weight and a bias per weight layer", op, i + 1, t->name);
+        } else if (t->flags & LPS_LT_WEIGHTED) {
             if (*n < max) idx[*n] = (int)i;
             (*n)++;
         } else if (!(t->flags & LPS_LT_CHANNELWISE) || *n == 0 || i + 1 == a->n) {
             return lps_fail(LPS_EINVAL, "%s: layer %zu (%s) is not read by the weight-space methods: they "
-                            "take weight layers (linear, conv2d) with layers that act on every channel "
-                            "alike and commute with a positive scale (relu, max-pooling, flatten) "
-                            "between them%s", op, i + 1, t->name,
+                            "take weight layers (%s) with layers that act on every channel alike and "
+                            "commute with a positive scale (%s) between them%s", op, i + 1, t->name,
+                            types_with(LPS_LT_WEIGHTED, weighted, sizeof weighted),
+                            types_with(LPS_LT_CHANNELWISE, channelwise, sizeof channelwise),
                             *n == 0 ? ", starting with a weight layer"
                                     : i + 1 == a->n ? " and ending with one" : "");
         }

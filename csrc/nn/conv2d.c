@@ -107,7 +107,7 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
 {
     const lps_layer *l = j->l;
     int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, cout = COUT(l);
-    const float *wt = l->param[0]->data, *bias = l->param[1]->data;
+    const float *wt = l->param[0]->data, *bias = conv_bias(l);
     lps_scratch *sc = conv_slots(j, t);
     convsplit g;
     conv_split_geometry(j, &g);
@@ -143,7 +143,7 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
     for (int64_t n = n0; n < n1; n++) {
         const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
         if (!l->frozen) {
-            for (int64_t c = 0; c < cout; c++) gb[c] += lps_sum_floats(gn + c * np, np);
+            for (int64_t c = 0; c < cout && gb; c++) gb[c] += lps_sum_floats(gn + c * np, np);
             if (!plain_1x1(l)) {
                 conv_split_input(xn, j, &g, sc[S_X].p);
                 im2col(sc[S_X].p, &g, j, col);
@@ -177,7 +177,13 @@ float *conv_gw(const convjob *j, int t)
 
 float *conv_gb(const convjob *j, int t)
 {
+    if (!HAS_BIAS(j->l)) return NULL;
     return j->nt == 1 ? j->l->grad[1]->data : conv_slots(j, t)[CONV_PART].p + j->l->grad[0]->numel;
+}
+
+const float *conv_bias(const lps_layer *l)
+{
+    return HAS_BIAS(l) ? l->param[1]->data : ((const convpriv *)l->priv)->zeros;
 }
 
 /* The kernel for a layer, from timings of each on 28x28 and 14x14 planes
@@ -224,7 +230,7 @@ static lps_status conv_run(lps_layer *l, const lps_tensor *x, const lps_tensor *
     if (j.b == 0) return LPS_OK;
     j.nt = threads_for(l, j.b, j.oh * j.ow);
     const convkernel *k = kernel_of(l);
-    int64_t part = l->grad[0]->numel + l->grad[1]->numel;
+    int64_t part = l->grad[0]->numel + (HAS_BIAS(l) ? l->grad[1]->numel : 0);
     for (int t = 0; t < j.nt && backward && j.nt > 1; t++) {
         float *p = lps_scratch_get(&conv_slots(&j, t)[CONV_PART], part, "conv2d backward");
         if (!p) return LPS_ENOMEM;
@@ -238,10 +244,10 @@ static lps_status conv_run(lps_layer *l, const lps_tensor *x, const lps_tensor *
     /* the threads' shares of the gradients, added in thread order */
     for (int t = 0; t < j.nt && backward && j.nt > 1 && !l->frozen; t++) {
         const float *p = conv_slots(&j, t)[CONV_PART].p;
-        float *gw = l->grad[0]->data, *gb = l->grad[1]->data;
+        float *gw = l->grad[0]->data, *gb = HAS_BIAS(l) ? l->grad[1]->data : NULL;
         int64_t nw = l->grad[0]->numel;
         for (int64_t i = 0; i < nw; i++) gw[i] += p[i];
-        for (int64_t i = 0; i < l->grad[1]->numel; i++) gb[i] += p[nw + i];
+        for (int64_t i = 0; HAS_BIAS(l) && i < l->grad[1]->numel; i++) gb[i] += p[nw + i];
     }
     return LPS_OK;
 }
@@ -264,17 +270,20 @@ static void conv_destroy(lps_layer *l)
     for (int t = 0; t < LPS_PAR_MAX; t++)
         for (int i = 0; i < CONV_NSLOTS; i++) lps_scratch_free(&p->s[t][i]);
     lps_scratch_free(&p->shared);
+    free(p->zeros);
     free(p);
 }
 
 static lps_status conv_create(lps_layer *l, lps_rng *init)
 {
     int64_t cin = CIN(l), cout = COUT(l), k = KS(l);
-    l->priv = calloc(1, sizeof(convpriv));
+    convpriv *p = calloc(1, sizeof(convpriv));
+    l->priv = p;
     int64_t wshape[4] = {cout, cin, k, k};
     double bound = 1.0 / sqrt((double)(cin * k * k));
-    if (!l->priv || lps_layer_add_param(l, "weight", 4, wshape, bound, init) ||
-        lps_layer_add_param(l, "bias", 1, &cout, bound, init))
+    if (!p || lps_layer_add_param(l, "weight", 4, wshape, bound, init) ||
+        (FI(&l->cfg, 5) ? lps_layer_add_param(l, "bias", 1, &cout, bound, init)
+                        : !(p->zeros = calloc((size_t)cout, sizeof(float)))))
         return lps_fail(LPS_ENOMEM, "conv2d: cannot allocate %lld -> %lld, k=%lld", (long long)cin,
                         (long long)cout, (long long)k);
     return LPS_OK;
@@ -282,15 +291,16 @@ static lps_status conv_create(lps_layer *l, lps_rng *init)
 
 static void conv_repr(const lps_arch_entry *e, char *buf, size_t n)
 {
-    snprintf(buf, n, "Conv2d(%lld, %lld, kernel_size=%lld, stride=%lld, padding=%lld)",
+    snprintf(buf, n, "Conv2d(%lld, %lld, kernel_size=%lld, stride=%lld, padding=%lld%s)",
              (long long)FI(e, 0), (long long)FI(e, 1), (long long)FI(e, 2), (long long)FI(e, 3),
-             (long long)FI(e, 4));
+             (long long)FI(e, 4), FI(e, 5) ? "" : ", bias=False");
 }
 
 static const lps_field conv_fields[] = {
     {"in", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED, 0},   {"out", LPS_FIELD_INT, 1, 1 << 20, LPS_REQUIRED, 0},
     {"kernel", LPS_FIELD_INT, 1, 1024, LPS_REQUIRED, 0}, {"stride", LPS_FIELD_INT, 1, 1024, 1, 0},
-    {"padding", LPS_FIELD_INT, 0, 1024, 0, 0},           {NULL, 0, 0, 0, 0, 0}};
+    {"padding", LPS_FIELD_INT, 0, 1024, 0, 0},           {"bias", LPS_FIELD_BOOL, 0, 1, 1, 1},
+    {NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_conv2d_type = {
     .name = "conv2d", .fields = conv_fields, .flags = LPS_LT_WEIGHTED, .flow = conv_flow,

@@ -129,14 +129,14 @@ static void direct_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
     for (int64_t n = n0; n < n1; n++) {
         conv_split_input(j->x + n * in_size, j, &g, xs);
         for (int64_t co = 0; co < g.cout; co += 4)
-            forward_block(xs, &g, j, offsets(j), l->param[0]->data, l->param[1]->data, co,
+            forward_block(xs, &g, j, offsets(j), l->param[0]->data, conv_bias(l), co,
                           j->y + n * out_size);
     }
 }
 
 /* dW[co][tap] += sum over outputs of gy * the tap's input, 9 taps at a time
  * (taps past the last repeat tap 0 and are dropped), and db[co] += sum of
- * gy, in vector partial sums. gy rows are gs floats apart (planes gps),
+ * gy (gb NULL: no bias), in vector partial sums. gy rows are gs floats apart (planes gps),
  * ow_n >= 8 wide:
  * when ow is not a multiple of 8 the last group of 8 overlaps the one
  * before and its repeated lanes are masked to zero. */
@@ -150,13 +150,13 @@ KERNEL static void weight_grad(const float *xs, const float *gy, int64_t gs, int
     for (int64_t co = 0; co < g->cout; co++) {
         const float *gc = gy + co * gps;
         v8 gsum = {0};
-        for (int64_t oh = 0; oh < d->oh; oh++)
+        for (int64_t oh = 0; oh < d->oh && gb; oh++)
             for (int64_t c = 0; c < ow_n; c += 8) {
                 int64_t ow = c + 8 <= ow_n ? c : last;
                 v8 gv = LD8(gc + oh * gs + ow);
                 gsum += c == ow ? gv : (v8)((v8i)gv & tail);
             }
-        gb[co] += HSUM8(gsum);
+        if (gb) gb[co] += HSUM8(gsum);
         for (int64_t t0 = 0; t0 < taps; t0 += 9) {
             int64_t nt = taps - t0 < 9 ? taps - t0 : 9;
             const int64_t *ot = off + t0;

@@ -10,6 +10,8 @@
 #define KS(l) FI(&(l)->cfg, 2)
 #define STRIDE(l) FI(&(l)->cfg, 3)
 #define PAD(l) FI(&(l)->cfg, 4)
+/* "bias": false leaves the layer with its weight alone. */
+#define HAS_BIAS(l) ((l)->nparams > 1)
 
 /* Scratch of each thread: slot CONV_PART holds its share of the weight and
  * bias gradients when a backward pass runs on several threads; the kernels
@@ -18,6 +20,7 @@ enum { CONV_NSLOTS = 6, CONV_PART = 5 };
 typedef struct {
     lps_scratch s[LPS_PAR_MAX][CONV_NSLOTS];
     lps_scratch shared;
+    float *zeros; /* cout zeros: the bias the kernels add when it has none */
 } convpriv;
 
 /* One forward or backward call, split over nt threads by samples. */
@@ -40,10 +43,13 @@ typedef struct {
     void (*finish)(const convjob *j);
 } convkernel;
 
-/* Thread t's scratch slots, and where its weight gradients go. */
+/* Thread t's scratch slots, and where its weight gradients go (conv_gb:
+ * NULL without a bias). conv_bias: the bias, zeros without one (one code
+ * path in the kernels; x + 0 is x). */
 lps_scratch *conv_slots(const convjob *j, int t);
 float *conv_gw(const convjob *j, int t);
 float *conv_gb(const convjob *j, int t);
+const float *conv_bias(const lps_layer *l);
 
 /* Vectors of 8 floats (GCC/Clang vector extensions): kernels written on
  * them and marked KERNEL are built twice, for AVX2 and for the baseline

@@ -428,7 +428,7 @@ static void wino_fwd(const convjob *j, int th, int64_t b0, int64_t b1)
     wgeo g;
     geometry(l, j, &g);
     lps_scratch *sc = conv_slots(j, th);
-    const float *u = ((convpriv *)l->priv)->shared.p, *bias = l->param[1]->data;
+    const float *u = ((convpriv *)l->priv)->shared.p, *bias = conv_bias(l);
     float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p;
     int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
     for (int64_t n0 = b0; n0 < b1; n0 += g.group) {
@@ -458,7 +458,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
     float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p, *du = sc[S_DU].p, *vt = sc[S_VT].p;
     int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
     float *gb = conv_gb(j, th);
-    for (int64_t n = b0; n < b1 && !l->frozen; n++)
+    for (int64_t n = b0; n < b1 && !l->frozen && gb; n++)
         for (int64_t c = 0; c < g.c2; c++)
             gb[c] += lps_sum_floats(j->gy + (n * g.c2 + c) * out_plane, out_plane);
     for (int64_t n0 = b0; n0 < b1; n0 += g.group) {

@@ -10,26 +10,6 @@
 #include <emmintrin.h>
 #endif
 
-static lps_status pool_flow(const lps_arch_entry *e, lps_flow *f)
-{
-    int64_t k = FI(e, 0), s = FI(e, 1);
-    if (f->rank == 0) {
-        f->rank = 3;
-        f->d[0] = f->d[1] = f->d[2] = LPS_ARCH_UNKNOWN;
-        return LPS_OK;
-    }
-    if (f->rank != 3)
-        return lps_flow_fail(f, LPS_ESHAPE, "needs (channels x height x width) but %s gives %s%s",
-                             f->from, FSH(f->rank, f->d), f->rank == 1 ? " features" : "");
-    for (int i = 1; i < 3; i++)
-        if (f->d[i] != LPS_ARCH_UNKNOWN && f->d[i] < k)
-            return lps_flow_fail(f, LPS_ESHAPE, "kernel %lld is larger than its input: %s gives %s",
-                                 (long long)k, f->from, FSH(3, f->d));
-    for (int i = 1; i < 3; i++)
-        if (f->d[i] != LPS_ARCH_UNKNOWN) f->d[i] = (f->d[i] - k) / s + 1;
-    return LPS_OK;
-}
-
 /* Does candidate v replace the current maximum m? Greater, or the first NaN. */
 static inline int takes(float v, float m) { return (v > m) | (isnan(v) & !isnan(m)); }
 
@@ -232,4 +212,4 @@ static const lps_field pool_fields[] = {{"kernel", LPS_FIELD_INT, 1, 1024, LPS_R
  * scale of its channel. */
 const lps_layer_type lps_maxpool2d_type = {
     .name = "maxpool2d", .fields = pool_fields, .flags = LPS_LT_CHANNELWISE | LPS_LT_WINDOW_MAX,
-    .flow = pool_flow, .forward = pool_forward, .backward = pool_backward, .repr = pool_repr};
+    .flow = lps_flow_window, .forward = pool_forward, .backward = pool_backward, .repr = pool_repr};

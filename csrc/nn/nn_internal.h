@@ -90,6 +90,11 @@ lps_status lps_arch_reflow(lps_arch *a);
 void lps_arch_entry_finish(lps_arch_entry *e);
 /* Flow for layers that keep the shape (element-wise). */
 lps_status lps_flow_same(const lps_arch_entry *e, lps_flow *f);
+/* Check that planes (channels x height x width) flow in; an unknown input
+ * becomes planes of unknown sizes. */
+lps_status lps_flow_planes(lps_flow *f);
+/* Flow for pooling windows of fields 0 (kernel) and 1 (stride), no padding. */
+lps_status lps_flow_window(const lps_arch_entry *e, lps_flow *f);
 
 /* A zeroed layer of type t with one reference and entry e (branches not
  * kept: they become children); NULL with an error set on failure. */

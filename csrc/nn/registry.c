@@ -7,12 +7,14 @@
 
 extern const lps_layer_type lps_conv2d_type, lps_maxpool2d_type, lps_relu_type, lps_tanh_type,
     lps_flatten_type, lps_linear_type, lps_batchnorm1d_type, lps_batchnorm2d_type, lps_dropout_type,
-    lps_residual_type;
+    lps_residual_type, lps_avgpool2d_type, lps_adaptive_avgpool2d_type, lps_gelu_type,
+    lps_sigmoid_type, lps_silu_type, lps_leaky_relu_type;
 
 static const lps_layer_type *const types[] = {
     &lps_conv2d_type, &lps_maxpool2d_type, &lps_relu_type, &lps_tanh_type, &lps_flatten_type,
     &lps_linear_type, &lps_batchnorm1d_type, &lps_batchnorm2d_type, &lps_dropout_type,
-    &lps_residual_type,
+    &lps_residual_type, &lps_avgpool2d_type, &lps_adaptive_avgpool2d_type, &lps_gelu_type,
+    &lps_sigmoid_type, &lps_silu_type, &lps_leaky_relu_type,
 };
 
 #define NTYPES ((int)(sizeof types / sizeof types[0]))
