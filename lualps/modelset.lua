@@ -27,6 +27,7 @@
 -- checks is meta.id.
 local core = require "lualps.core"
 local cjson = require("cjson").new()
+local nn = require "lualps.nn"
 
 local C = core._modelset
 local M = {}
@@ -259,7 +260,6 @@ function ModelSet:get(i)
     error(string.format("%s: record %d has no model spec (it was stored with append_tensors); "
       .. "use ms:tensors(i)", self:path(), i), 2)
   end
-  local nn = require "lualps.nn"
   local model = nn.from_spec(meta.spec)
   model:load_named((self:tensors(i)))
   return model, meta

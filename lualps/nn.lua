@@ -4,8 +4,10 @@
 --   local gx = m:backward(x, gy)        -- accumulates parameter gradients
 --   local params, grads = m:parameters()
 --   local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{}, epochs = 3})
-local lps = require "lualps"
-local C = require("lualps.core")._nn
+local core = require "lualps.core"
+local arch = require "lualps.arch"
+local util = require "lualps.util"
+local C = core._nn
 
 local nn = {}
 local Module = C.Module -- the method table of every module
@@ -89,54 +91,27 @@ end
 
 ------------------------------------------------------------------ arch lists
 
--- The arch list ("lualps.arch" of safetensors files) is PyTorch-shaped:
--- one flat table per child of an nn.Sequential, sizes named in/out/kernel.
-local to_arch = {
-  linear = function(s) return {type = "linear", ["in"] = s.in_features, out = s.out_features} end,
-  conv2d = function(s)
-    return {type = "conv2d", ["in"] = s.in_channels, out = s.out_channels, kernel = s.kernel_size,
-      stride = s.stride, padding = s.padding}
-  end,
-  maxpool2d = function(s) return {type = "maxpool2d", kernel = s.kernel_size, stride = s.stride} end,
-  relu = function() return {type = "relu"} end,
-  tanh = function() return {type = "tanh"} end,
-  flatten = function() return {type = "flatten"} end,
-}
-
 --- The architecture as an arch list, the form it travels in through
--- safetensors files (metadata "lualps.arch"; see
--- lps.safetensors.check_arch): one table per layer of the Sequential (a
--- single layer gives a list of one), e.g. `{{type = "conv2d", ["in"] = 1,
--- out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"}, ...}`.
--- opts.input (default none) is the input shape without the batch, e.g.
--- {1, 28, 28}: it becomes a first entry {type = "input", shape = ...} and
--- every layer's shape is checked against it. Returns the list and its JSON
--- text. Nested Sequentials have no arch list (an error).
+-- safetensors files (metadata "lualps.arch"; see lps.arch.check): one
+-- table per layer of the Sequential (a single layer gives a list of one),
+-- e.g. `{{type = "conv2d", ["in"] = 1, out = 8, kernel = 5, stride = 2,
+-- padding = 2}, {type = "relu"}, ...}`. opts.input (default none) is the
+-- input shape without the batch, e.g. {1, 28, 28}: it becomes a first entry
+-- {type = "input", shape = ...} and every layer's shape is checked against
+-- it. Returns the list and its JSON text. Nested Sequentials have no arch
+-- list (an error).
 function Module:arch(opts)
   if opts ~= nil and type(opts) ~= "table" then error("arch: opts must be a table", 2) end
-  local spec = self:spec()
-  local specs = spec.type == "sequential" and spec.layers or {spec}
-  local list = {}
-  if opts and opts.input ~= nil then list[1] = {type = "input", shape = opts.input} end
-  for i, s in ipairs(specs) do
-    local f = to_arch[s.type]
-    if not f then
-      error(("arch: layer %d is a %s, which has no arch entry (the list is flat: build the model "
-        .. "as one lps.nn.sequential of conv2d, maxpool2d, relu, tanh, flatten, linear)")
-        :format(i, s.type == "sequential" and "nested Sequential" or tostring(s.type)), 2)
-    end
-    list[#list + 1] = f(s)
-  end
-  local ok, checked, json = pcall(require("lualps.safetensors").check_arch, list)
-  if not ok then error((tostring(checked):gsub("^.-:%d+: ", "")), 2) end
-  return checked, json
+  local ok, list, json = pcall(arch.of_spec, self:spec(), opts and opts.input)
+  if not ok then error((tostring(list):gsub("^.-:%d+: ", "")), 2) end
+  return list, json
 end
 
 --- A fresh Sequential (new weights from the generator, or opts.generator)
 -- with the architecture of an arch list (a Lua list or its JSON text, see
--- lps.safetensors.check_arch); the inverse of m:arch().
-function nn.from_arch(arch, gen)
-  local ok, list = pcall(require("lualps.safetensors").check_arch, arch)
+-- lps.arch.check); the inverse of m:arch().
+function nn.from_arch(a, gen)
+  local ok, list = pcall(arch.check, a)
   if not ok then error("from_arch: " .. tostring(list):gsub("^.-:%d+: ", ""):gsub("^arch: ", ""), 2) end
   gen = generator_of(gen)
   local layers = {}
@@ -190,7 +165,7 @@ function Module:load_named(map)
     known[e.name] = true
     local src = map[e.name]
     if src == nil then error(("load_named: parameter '%s' is missing"):format(e.name), 2) end
-    if not lps.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
+    if not core.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
     local a, b = src:shape(), e.tensor:shape()
     local same = #a == #b
     for i = 1, #a do same = same and a[i] == b[i] end
@@ -207,7 +182,7 @@ end
 
 --- An independent copy: same architecture and weights, fresh gradients.
 function Module:clone()
-  local c = nn.from_spec(self:spec(), lps.generator(0))
+  local c = nn.from_spec(self:spec(), core.generator(0))
   return c:load_named(self:state_dict())
 end
 
@@ -237,7 +212,7 @@ function nn.cross_entropy() return setmetatable({}, CrossEntropy) end
 local function unpack_data(d, what)
   if type(d) ~= "table" then error(what .. ": data should be {x = tensor, y = labels}", 3) end
   local x, y = d.x or d[1], d.y or d[2]
-  if not lps.is_tensor(x) then error(what .. ": data.x should be a tensor", 3) end
+  if not core.is_tensor(x) then error(what .. ": data.x should be a tensor", 3) end
   if y == nil then error(what .. ": data.y (labels) is missing", 3) end
   return x, y
 end
@@ -266,9 +241,9 @@ function nn.train(model, d, opts)
   local x, y = unpack_data(d, "train")
   if not opts.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
   local progress, display = opts.progress, nil
-  if progress == nil then progress = lps.isatty(2) end
+  if progress == nil then progress = core.isatty(2) end
   if progress == true or type(progress) == "table" then
-    progress, display = require("lualps.util").epoch_progress(progress ~= true and progress or nil)
+    progress, display = util.epoch_progress(progress ~= true and progress or nil)
   elseif progress == false then
     progress = nil
   end
@@ -277,9 +252,9 @@ function nn.train(model, d, opts)
     drop_last = opts.drop_last, generator = opts.generator, schedule = opts.schedule,
     eval_batch = opts.eval_batch, progress_interval = opts.progress_interval}
   if opts.validation then o.val_x, o.val_y = unpack_data(opts.validation, "train (validation)") end
-  local t0 = lps.now()
+  local t0 = core.now()
   local epochs = C.train(model, x, y, opts.optimizer, o, progress)
-  local seconds = lps.now() - t0
+  local seconds = core.now() - t0
   local last = epochs[#epochs] or {}
   local samples = x:size(1) * #epochs
   return {epochs = epochs, loss = last.loss, accuracy = last.accuracy, seconds = seconds,

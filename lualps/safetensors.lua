@@ -13,6 +13,9 @@
 -- contiguous offsets, header padded to 8 bytes). Malformed files raise an
 -- error naming the file and the problem.
 local core = require "lualps.core"
+local cjson = require "cjson"
+local arch = require "lualps.arch"
+local nn = require "lualps.nn"
 local C = core._safetensors
 
 local M = {}
@@ -145,35 +148,9 @@ M.SPEC_KEY = "lualps.spec"
 
 local function strip_pos(msg) return (tostring(msg):gsub("^.-:%d+: ", "")) end
 
---- Check an architecture list and fill its defaults. arch is a Lua list of
--- layer tables or its JSON text (the "lualps.arch" metadata):
--- `{type = "conv2d", ["in"] = C, out = C2, kernel = K[, stride = 1, padding = 0]}`,
--- `{type = "maxpool2d", kernel = K[, stride = K]}`, `{type = "linear", ["in"] = N, out = M}`,
--- `{type = "relu"}`, `{type = "tanh"}`, `{type = "flatten"}`, and optionally first
--- `{type = "input", shape = {C, H, W}}` (or `{N}`), the input without the batch.
--- The input entry is not a layer: layer i is child i-1 of the PyTorch
--- nn.Sequential, whose parameters are "<i-1>.weight" and "<i-1>.bias".
--- Shapes must chain: with an input entry every size is checked here;
--- without one, what the layers alone tell (channels from conv2d to conv2d,
--- features from linear to linear, a flattened size that is a multiple of
--- the channels), and spatial sizes at the first forward, whose error names
--- the layer. Returns the list (defaults filled), its canonical JSON text (fixed
--- key order), and the shape after each entry without the batch (-1 where
--- only the input shape would tell, {} when not even the rank is known).
--- Errors start with "arch:" and name the layer, the field and the sizes.
-function M.check_arch(arch)
-  local json = arch
-  if type(arch) == "table" then
-    if #arch == 0 then error("arch: the list has no layers", 2) end
-    local ok, j = pcall(require("cjson").encode, arch)
-    if not ok then error("arch: not a list of plain tables: " .. strip_pos(j), 2) end
-    json = j
-  elseif type(arch) ~= "string" then
-    error("arch: expected a list of layer tables or its JSON text, got " .. type(arch), 2)
-  end
-  local list, canon, shapes = call(2, C.arch_parse, json)
-  return list, canon, shapes
-end
+--- Check an architecture list and fill its defaults: lps.arch.check (the
+-- list, its canonical JSON text and the shapes; errors start with "arch:").
+M.check_arch = arch.check
 
 -- ------------------------------------------------------------- models
 
@@ -244,7 +221,7 @@ end
 
 -- A throwaway generator: building a model to load weights into must not
 -- consume draws from the user's default stream.
-local function scratch_gen() return require("lualps").generator(0) end
+local function scratch_gen() return core.generator(0) end
 
 local function shape_of(t) return "(" .. table.concat(t, "x") .. ")" end
 
@@ -314,12 +291,11 @@ end
 -- A Sequential of a checked arch list with params[i] loaded into layer i;
 -- a missing bias (PyTorch's bias=False) loads as zeros.
 local function build(list, params)
-  local lps = require "lualps"
-  local model = lps.nn.from_arch(list, scratch_gen())
+  local model = nn.from_arch(list, scratch_gen())
   local map = {}
   for i, p in pairs(params) do
     map[(i - 1) .. ".weight"] = p.weight
-    map[(i - 1) .. ".bias"] = p.bias or lps.zeros(p.weight:size(1))
+    map[(i - 1) .. ".bias"] = p.bias or core.zeros(p.weight:size(1))
   end
   model:load_named(map)
   return model
@@ -349,27 +325,26 @@ end
 local import_opts = {arch = true, activation = true}
 
 local function import_model(tensors, metadata, names, opts)
-  local lps = require "lualps"
-  local arch, where = opts.arch, "opts.arch"
-  if arch == nil and metadata[M.ARCH_KEY] then
-    arch, where = metadata[M.ARCH_KEY], "'" .. M.ARCH_KEY .. "'"
+  local given, where = opts.arch, "opts.arch"
+  if given == nil and metadata[M.ARCH_KEY] then
+    given, where = metadata[M.ARCH_KEY], "'" .. M.ARCH_KEY .. "'"
   end
-  if arch ~= nil then
+  if given ~= nil then
     if opts.activation then
       error(("opts.activation is for files without an architecture, but %s gives one")
         :format(where), 0)
     end
-    local ok, list = pcall(M.check_arch, arch)
+    local ok, list = pcall(arch.check, given)
     if not ok then error(where .. ": " .. strip_pos(list):gsub("^arch: ", ""), 0) end
     return build(list, match_arch(list, tensors, names))
   end
   local spec_json = metadata[M.SPEC_KEY]
   if spec_json and not opts.activation then
-    local ok, spec = pcall(require("cjson").decode, spec_json)
+    local ok, spec = pcall(cjson.decode, spec_json)
     if not ok or type(spec) ~= "table" then
       error(("metadata %s is not a JSON spec"):format(M.SPEC_KEY), 0)
     end
-    local model = lps.nn.from_spec(spec, scratch_gen())
+    local model = nn.from_spec(spec, scratch_gen())
     model:load_named(tensors)
     return model
   end

@@ -1,4 +1,4 @@
--- The second-order network for any architecture (lualps/archnet.lua,
+-- The second-order network for any architecture (lualps/similarity/archnet.lua,
 -- csrc/lps/units.c): its preprocessing against hand-computed values,
 -- finite-difference gradients of every parameter, and invariance to the
 -- symmetries of CNNs and MLPs of several depths (channel permutations and

@@ -1,10 +1,15 @@
---- lualps.zoo: building model sets (many small models over related tasks).
+--- lualps.bench.zoo (lps.zoo): building model sets (many small models over related tasks).
 -- Everything a model depends on (seed, optimizer, learning rate, batch size,
 -- epochs, data subset) is drawn from its own generator, seeded from the
 -- master seed and the model's position in the plan. So a model trains the
 -- same whichever shard, process or machine builds it, and a sharded build
 -- merges into the same set as a single-process build.
-local lps = require "lualps"
+local core = require "lualps.core"
+local util = require "lualps.util"
+local nn = require "lualps.nn"
+local optim = require "lualps.optim"
+local data = require "lualps.data"
+local modelset = require "lualps.modelset"
 
 local zoo = {}
 
@@ -97,7 +102,7 @@ function zoo.plan(cfg)
       -- A generator per model, from (master seed, position): independent of
       -- which process builds it.
       local seed = cfg.master_seed * 1000003 + index
-      local g = lps.generator(seed)
+      local g = core.generator(seed)
       local opt = (k % 2 == 1) and "sgd" or "adam" -- half and half within each task
       local range = cfg[opt].lr
       plan[index] = {
@@ -144,7 +149,7 @@ end
 --- A copy of the list t in the order of a random permutation from generator g.
 function zoo.shuffled(t, g)
   local c = {}
-  for k, i in ipairs(lps.data.randperm(#t, g)) do c[k] = t[i] end
+  for k, i in ipairs(data.randperm(#t, g)) do c[k] = t[i] end
   return c
 end
 local shuffled = zoo.shuffled
@@ -164,7 +169,7 @@ function zoo.splits(cfg, opts)
   local queries = opts.queries or math.max(1, per_task // 5)
   assert(train_per_task >= 1 and train_per_task < per_task, "zoo.splits: bad train_per_task")
   assert(unseen_n >= 1 and unseen_n < ntasks, "zoo.splits: bad number of unseen tasks")
-  local g = lps.generator(cfg.master_seed * 7919 + 17)
+  local g = core.generator(cfg.master_seed * 7919 + 17)
   local function id(t, k) return string.format("t%02d-m%02d", t, k) end
   local ks = {}
   for k = 1, per_task do ks[k] = k end
@@ -209,22 +214,22 @@ zoo.file_exists = file_exists
 
 --- Fashion-MNIST split into the plan's tasks, loaded once per process:
 -- task_data(t) -> {x, y, xt, yt} (labels 1..k = the task's classes in
--- order), the images in the task's `domain` (lps.data.domain) when it has
+-- order), the images in the task's `domain` (data.domain) when it has
 -- one. opts.max_test keeps the first that many test images of a task.
 function zoo.task_data_loader(tasks, data_dir, opts)
   local max_test = opts and opts.max_test
-  local x, y = lps.data.fashion_mnist("train", data_dir)
-  local xt, yt = lps.data.fashion_mnist("test", data_dir)
+  local x, y = data.fashion_mnist("train", data_dir)
+  local xt, yt = data.fashion_mnist("test", data_dir)
   local cache = {}
   return function(t)
     if not cache[t] then
       local c = {}
       for k, cl in ipairs(tasks[t].classes) do c[k] = cl + 1 end -- dataset labels are 1-based
-      local a, b = lps.data.select_classes(x, y, c)
-      local at, bt = lps.data.select_classes(xt, yt, c)
+      local a, b = data.select_classes(x, y, c)
+      local at, bt = data.select_classes(xt, yt, c)
       if max_test and at:size(1) > max_test then at, bt = at:rows(1, max_test), bt:rows(1, max_test) end
       local d = tasks[t].domain
-      if d and d ~= "identity" then a, at = lps.data.domain(a, d), lps.data.domain(at, d) end
+      if d and d ~= "identity" then a, at = data.domain(a, d), data.domain(at, d) end
       cache = {[t] = {x = a, y = b, xt = at, yt = bt}} -- tasks come in order: keep one
     end
     return cache[t]
@@ -234,36 +239,36 @@ end
 -- The optimizer of a plan entry (sgd with momentum, adam, adamw).
 local function optimizer_of(m)
   if m.optimizer == "sgd" then
-    return lps.optim.sgd{lr = m.lr, momentum = m.momentum, weight_decay = m.weight_decay}
+    return optim.sgd{lr = m.lr, momentum = m.momentum, weight_decay = m.weight_decay}
   elseif m.optimizer == "adamw" then
-    return lps.optim.adamw{lr = m.lr, weight_decay = m.weight_decay}
+    return optim.adamw{lr = m.lr, weight_decay = m.weight_decay}
   end
-  return lps.optim.adam{lr = m.lr, weight_decay = m.weight_decay}
+  return optim.adam{lr = m.lr, weight_decay = m.weight_decay}
 end
 
 --- Train the model of plan entry m on its task's data; attempt 0 uses
 -- m.seed, attempt a uses m.seed + a * 2^32 ("the next seed"). The model is
--- m.spec (lps.nn.from_spec, inputs reshaped to m.input_shape) or an MLP of
+-- m.spec (nn.from_spec, inputs reshaped to m.input_shape) or an MLP of
 -- sizes m.arch.
 function zoo.train_one(m, td, attempt)
   local seed = m.seed + (attempt or 0) * 4294967296
-  local g = lps.generator(seed)
-  local x, y = lps.data.fraction(td.x, td.y, m.fraction, g)
+  local g = core.generator(seed)
+  local x, y = data.fraction(td.x, td.y, m.fraction, g)
   local xt = td.xt
   local model
   if m.spec then
-    model = lps.nn.from_spec(m.spec, g)
+    model = nn.from_spec(m.spec, g)
     if m.input_shape then
       x = x:reshape(x:size(1), table.unpack(m.input_shape))
       xt = xt:reshape(xt:size(1), table.unpack(m.input_shape))
     end
   else
-    model = lps.nn.mlp(table.move(m.arch, 1, #m.arch, 1, {generator = g}))
+    model = nn.mlp(table.move(m.arch, 1, #m.arch, 1, {generator = g}))
   end
-  local rep = lps.nn.train(model, {x = x, y = y}, {optimizer = optimizer_of(m), epochs = m.epochs,
+  local rep = nn.train(model, {x = x, y = y}, {optimizer = optimizer_of(m), epochs = m.epochs,
     batch_size = m.batch_size, generator = g, progress = false})
-  local train_acc = lps.nn.evaluate(model, {x = x, y = y})
-  local test_acc, test_loss = lps.nn.evaluate(model, {x = xt, y = td.yt})
+  local train_acc = nn.evaluate(model, {x = x, y = y})
+  local test_acc, test_loss = nn.evaluate(model, {x = xt, y = td.yt})
   local history = {}
   for _, e in ipairs(rep.epochs) do history[#history + 1] = {loss = e.loss, accuracy = e.accuracy} end
   return model, {seed = seed, train_accuracy = train_acc, test_accuracy = test_acc,
@@ -297,16 +302,16 @@ end
 -- belongs to another configuration.
 function zoo.open_for_build(path, fingerprint, opts)
   if not file_exists(path) then
-    return lps.modelset.create(path, {codec = opts and opts.codec}), {}
+    return modelset.create(path, {codec = opts and opts.codec}), {}
   end
-  local ok, ms = pcall(lps.modelset.open, path, "a")
+  local ok, ms = pcall(modelset.open, path, "a")
   if not ok then
-    local okv = lps.modelset.verify(path)
+    local okv = modelset.verify(path)
     if okv then error(ms, 0) end -- not a torn tail: something else is wrong
-    local rep = lps.modelset.repair(path)
+    local rep = modelset.repair(path)
     io.stderr:write(("zoo: repaired %s after an interrupted build (kept %d records)\n")
       :format(path, rep.records or rep.kept or 0))
-    ms = lps.modelset.open(path, "a")
+    ms = modelset.open(path, "a")
   end
   local have = {}
   for i = 1, #ms do
@@ -339,11 +344,11 @@ function zoo.build(plan, path, opts)
   for _, m in ipairs(plan) do if not have[m.id] then todo[#todo + 1] = m end end
   local summary = {stored_before = #plan - #todo, built = 0, retrained = 0, below = 0}
   if #todo == 0 then ms:close() return summary end
-  local threads = lps.get_num_threads()
-  lps.set_num_threads(opts.threads or 1)
+  local threads = core.get_num_threads()
+  core.set_num_threads(opts.threads or 1)
   local loader = zoo.task_data_loader(opts.tasks, opts.data_dir, {max_test = opts.max_test})
   local prog = opts.progress ~= false and
-    require("lualps.util").progress(#todo, opts.progress or {label = "models", unit = "models"})
+    util.progress(#todo, opts.progress or {label = "models", unit = "models"})
   local cfg_min = opts.min_test_accuracy or zoo.defaults.min_test_accuracy
   local max_attempts = opts.max_attempts or zoo.defaults.max_attempts
   local ok, err = pcall(function()
@@ -367,7 +372,7 @@ function zoo.build(plan, path, opts)
       if prog then prog:update(n, ("%s acc %.3f"):format(m.id, best_res.test_accuracy)) end
     end
   end)
-  lps.set_num_threads(threads)
+  core.set_num_threads(threads)
   ms:close()
   if prog then summary.seconds = prog:finish() end
   if not ok then error(err, 0) end
@@ -387,7 +392,7 @@ function zoo.check_recipe_args(a)
   if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
     error(("the output directory %s does not exist"):format(dir), 0)
   end
-  local data_dir = a.data or os.getenv("LUALPS_DATA") or lps.data.default_dir
+  local data_dir = a.data or os.getenv("LUALPS_DATA") or data.default_dir
   for _, f in ipairs{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} do
     if not file_exists(data_dir .. "/" .. f) then
@@ -437,7 +442,7 @@ function zoo.build_recipe(a, plan, opts)
     local ms = zoo.open_for_build(a.out, fp)
     ms:close()
   end
-  local t0 = lps.now()
+  local t0 = core.now()
   local label = a.shard and ("shard " .. a.shard) or "modelset"
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
@@ -466,7 +471,7 @@ function zoo.build_recipe(a, plan, opts)
       io.stderr:write(("modelset: %d models were already stored, built %d\n"):format(s.stored_before, s.built))
     end
   end
-  return lps.now() - t0
+  return core.now() - t0
 end
 
 --- Per-task accuracy summary of a set: {task -> {n, min, median, max, mean}}.
@@ -479,7 +484,6 @@ function zoo.accuracy_summary(ms)
     t.accs[#t.accs + 1] = m.test_accuracy
     if m.attempts and #m.attempts > 1 then t.retrained = t.retrained + 1 end
   end
-  local util = require "lualps.util"
   for _, t in pairs(per) do
     local s = 0
     for _, a in ipairs(t.accs) do s = s + a end

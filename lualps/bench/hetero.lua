@@ -1,12 +1,13 @@
---- lualps.hetero: the plan and splits of ModelSet-Hetero, a model set of
+--- lualps.bench.hetero (lps.hetero): the plan and splits of ModelSet-Hetero, a model set of
 -- MLPs and CNNs over multi-class tasks in several image domains. As for
 -- ModelSet500 (lps.zoo), everything a model depends on (family,
 -- architecture, optimizer, learning rate, batch size, epochs, data subset)
 -- is drawn from a generator seeded by (master seed, position), so shards,
 -- resumes and merges give the same set bit for bit. lps.zoo.build trains
 -- the plan; lps.hetero.splits gives its five evaluation splits.
-local lps = require "lualps"
-local zoo = require "lualps.zoo"
+local core = require "lualps.core"
+local util = require "lualps.util"
+local zoo = require "lualps.bench.zoo"
 
 local H = {}
 
@@ -167,7 +168,7 @@ function H.plan(TABLE, cfg)
     for pos = 1, c.per_task do
       local index = #plan + 1
       local seed = c.master_seed * 1000003 + index
-      local g = lps.generator(seed)
+      local g = core.generator(seed)
       local family = pos % 2 == 1 and "mlp" or "cnn"
       local in_pool = pos <= c.pool
       local held = not in_pool and g:uniform() < c.heldout_arch_rate
@@ -225,7 +226,7 @@ local shuffled = zoo.shuffled
 --   MLP gallery, trained as (b).
 function H.splits(TABLE, plan, tasks, cfg)
   local c = with_defaults(cfg)
-  local g = lps.generator(c.master_seed * 7919 + 17)
+  local g = core.generator(c.master_seed * 7919 + 17)
   local by_task = {}
   for _, m in ipairs(plan) do
     by_task[m.task] = by_task[m.task] or {mlp = {}, cnn = {}}
@@ -296,7 +297,6 @@ end
 -- task (min, max), architectures, and test accuracy ranges per family and
 -- per number of classes.
 function H.composition(ms)
-  local util = require "lualps.util"
   local c = {family = {}, domain = {}, optimizer = {}, per_task = {}, accuracy = {}, heldout_arch = 0, retrained = 0}
   local acc, archs, tasks = {}, {}, {}
   for i = 1, #ms do

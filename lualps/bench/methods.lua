@@ -1,10 +1,11 @@
---- lualps.benchmark_methods: the methods of the evaluation tables, as
+--- lualps.bench.methods: the methods of the evaluation tables, as
 -- lps.benchmark.methods: LPS, the unlearned feature baselines, learned heads
 -- on fixed features, CKA, weight matching and template matching. Each is a
 -- method in the sense of lps.benchmark (embed or similarity, optional fit).
-local lps = require "lualps"
-local eval = require "lualps.eval"
+local core = require "lualps.core"
 local util = require "lualps.util"
+local eval = require "lualps.eval"
+local similarity = require "lualps.similarity"
 
 local M = {}
 
@@ -78,8 +79,8 @@ function M.feature_head(kind, opts)
   return {name = kind .. "_head", fit = function(_, models, y, ctx)
     local labels, C = class_labels(y)
     local rows = features(models)
-    local head = lps.similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
-    local rep = lps.similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
+    local head = similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
+    local rep = similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
     return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
             embed = function(_, ms) return head:embed(features(ms)) end}
   end}
@@ -92,7 +93,7 @@ end
 -- mapped to [-1, 1] (the diagonal 1). Tasks: the splits' task list.
 function M.relation_targets(kind, tasks_of, info, transfer)
   local C = #tasks_of
-  local T = lps.zeros(C, C)
+  local T = core.zeros(C, C)
   if kind == "graded" then
     for a = 1, C do
       for b = 1, C do
@@ -126,8 +127,8 @@ end
 
 --- LPS (lps.similarity): fit trains a network on the split's models with
 -- cross-entropy over their tasks (and the triplet term by default). opts:
--- any option of lps.similarity.network (with `families`: any architecture)
--- and lps.similarity.train_network (epochs 30 here), and
+-- any option of similarity.network (with `families`: any architecture)
+-- and similarity.train_network (epochs 30 here), and
 --   name;
 --   relations = "graded" | "transfer" | false: the relation objective's
 --     targets (M.relation_targets; needs the splits' task list, and for
@@ -153,7 +154,7 @@ function M.lps(opts)
     local labels, C, tasks_of = class_labels(y)
     if opts.shuffle_labels then
       labels = {table.unpack(labels)}
-      local g = lps.generator(104729 + ctx.seed)
+      local g = core.generator(104729 + ctx.seed)
       for k = #labels, 2, -1 do
         local j = g:random(k)
         labels[k], labels[j] = labels[j], labels[k]
@@ -161,15 +162,15 @@ function M.lps(opts)
     end
     local net_opts = {seed = ctx.seed, classes = C}
     local tr = {epochs = 30, seed = ctx.seed}
-    local defaults = opts.families and lps.similarity.arch_defaults or lps.similarity.defaults
+    local defaults = opts.families and similarity.arch_defaults or similarity.defaults
     for key, v in pairs(opts) do
       if own[key] then -- not an option of the network or its training
       elseif defaults[key] ~= nil then net_opts[key] = v else tr[key] = v end
     end
     if tr.loss == "triplet" then net_opts.classes = 0 end
     if opts.relations then tr.relations = M.relation_targets(opts.relations, tasks_of, ctx.tasks, ctx.transfer) end
-    local net = lps.similarity.network(net_opts)
-    local rep = lps.similarity.train_network(net, models, labels, tr)
+    local net = similarity.network(net_opts)
+    local rep = similarity.train_network(net, models, labels, tr)
     local reads = {}
     for _, f in ipairs(net.opts.families or {"mlp"}) do reads[f] = true end
     local function embed(_, ms)
@@ -178,7 +179,7 @@ function M.lps(opts)
       for k, m in ipairs(ms) do
         if reads[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then idx[#idx + 1], sub[#sub + 1] = k, m end
       end
-      local E = lps.full(#ms, net.opts.embed, 0 / 0)
+      local E = core.full(#ms, net.opts.embed, 0 / 0)
       if #sub > 0 then
         local Es = net:embed(sub)
         for r, k in ipairs(idx) do E[k]:copy(Es[r]) end
@@ -215,7 +216,7 @@ function M.matching(opts)
   opts = opts or {}
   local memo = setmetatable({}, {__mode = "k"})
   return {name = "matching", pairwise_per_task = opts.per_task or 2, similarity = function(_, a, b)
-    local out = lps.zeros(#a, #b)
+    local out = core.zeros(#a, #b)
     local todo, n = {}, 0
     for i, x in ipairs(a) do
       memo[x] = memo[x] or setmetatable({}, {__mode = "k"})
@@ -256,7 +257,7 @@ local dp = {}
 -- the linear assignment of lps.eval.assign.
 local function assign_total(w, kr, kc)
   if kc > DP_MAX then
-    local C = lps.zeros(kr, kc)
+    local C = core.zeros(kr, kc)
     for r = 1, kr do for c = 1, kc do C:set(r, c, w[r][c]) end end
     local _, total = eval.assign(C, true)
     return total
@@ -310,7 +311,7 @@ end
 -- assignments of the rows to the columns, divided by max(ka, kb); NaN if
 -- any cosine is NaN. Exact for any size.
 function M.assignment_score(C)
-  local G = lps.is_tensor(C) and C:totable() or C
+  local G = core.is_tensor(C) and C:totable() or C
   if type(G) ~= "table" or type(G[1]) ~= "table" or #G[1] < 1 then
     error("assignment_score: needs a non-empty ka x kb table or 2-D tensor of cosines", 2)
   end
@@ -330,7 +331,7 @@ end
 
 --- Template matching, an unlearned and data-free comparison of what two
 -- models compute, for any architecture (pairwise). Each model's class
--- templates (lualps.archnet's templates: for each output class, the input
+-- templates (lualps.similarity.templates: for each output class, the input
 -- gradient of its logit minus the mean logit averaged over fixed noise
 -- images, average-pooled, unit rows) are computed once; two models score
 -- the best one-to-one assignment of a's templates to b's maximizing the
@@ -349,7 +350,7 @@ function M.template_matching(opts)
   for k in pairs(opts) do
     if not known[k] then error(("template_matching: unknown option '%s'"):format(tostring(k)), 2) end
   end
-  local net = lps.similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool or 4,
+  local net = similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool or 4,
     template_extras = false, noise = opts.noise or 8,
     noise_ranges = opts.noise_ranges or {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}}
   local memo = setmetatable({}, {__mode = "k"}) -- model -> its templates, or false (NaN)
@@ -373,12 +374,12 @@ function M.template_matching(opts)
     end
     local width
     for _, T in ipairs(Ts) do if T then width = T:size(2) break end end
-    local X = width and lps.zeros(rows, width)
+    local X = width and core.zeros(rows, width)
     for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
     return X, off, k, rows
   end
   return {name = opts.name or "template_matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
-    local out = lps.full(#a, #b, 0 / 0)
+    local out = core.full(#a, #b, 0 / 0)
     local Xb, offb, kb, nb = stack(b)
     if not Xb then return out end
     -- a block of a's models at a time: one matmul, read back as a table of up to about 2^20 cosines
@@ -392,7 +393,7 @@ function M.template_matching(opts)
       until i0 + #blk > #a or (rows + 8) * nb > 1 << 20
       local Xa, offa, ka = stack(blk)
       if Xa then
-        local G = lps.matmul(Xa, Xb, false, true):totable()
+        local G = core.matmul(Xa, Xb, false, true):totable()
         for i = 1, #blk do
           if ka[i] > 0 then
             for j = 1, #b do

@@ -1,4 +1,4 @@
---- lualps.benchmark: the evaluation protocols of a model set, run for any
+--- lualps.bench.benchmark (lps.benchmark): the evaluation protocols of a model set, run for any
 -- method of comparing models. `lps.benchmark.evaluate(set, method)` runs
 -- every protocol the set defines and returns a table of metrics.
 --
@@ -17,22 +17,26 @@
 -- carry their task's `classes` and `domain`.
 --
 --   local m = {name = "mean |W1|", embed = function(_, models)
---     local E = lps.zeros(#models, 784)
+--     local E = core.zeros(#models, 784)
 --     for i, w in ipairs(models) do E[i]:copy(w[1]:abs():mean(1)) end
 --     return E
 --   end}
 --   local r = lps.benchmark.evaluate("build/modelset500.lpsm", m)
 --   print(r.top1, r.map, r.tau_transfer)
-local lps = require "lualps"
-local eval = require "lualps.eval"
+local core = require "lualps.core"
 local cjson = require "cjson"
 local util = require "lualps.util"
+local eval = require "lualps.eval"
+local modelset = require "lualps.modelset"
+local similarity = require "lualps.similarity"
+local selection = require "lualps.bench.selection"
+local plot = require "lualps.bench.plot"
 
 local B = {}
 
 --- The methods of the evaluation tables (lualps/benchmark_methods.lua):
 -- lps, features, feature_head, cka, matching, template_matching.
-B.methods = require "lualps.benchmark_methods"
+B.methods = require "lualps.bench.methods"
 
 --- Load every model of a set (weights as lists, metadata), its splits
 -- (path .. ".splits.json") and, when present, its transfer matrix
@@ -40,12 +44,12 @@ B.methods = require "lualps.benchmark_methods"
 -- byid, splits, transfer}: models[i] its tensors (with family and spec),
 -- labelled[i] the same with its task's classes and domain (what fit sees).
 function B.load(path)
-  local ms <close> = lps.modelset.open(path)
+  local ms <close> = modelset.open(path)
   local S = {path = path, n = #ms, models = {}, labelled = {}, meta = {}, byid = {}}
   for i = 1, #ms do
     local meta = ms:meta(i)
     S.meta[i], S.byid[meta.id] = meta, i
-    local w = lps.similarity.weights(ms:tensors(i))
+    local w = similarity.weights(ms:tensors(i))
     w.family, w.spec = meta.family, meta.spec -- what a method may need to read a CNN
     S.models[i] = w
     -- the same model with what its task is (classes, domain): given to fit only
@@ -119,7 +123,7 @@ local function view(S, m)
     local s = E:sum()
     local has_nan = s ~= s -- rows of models the method cannot read are NaN
     local function sim(x, y)
-      local out = lps.matmul(rows(x), rows(y), false, true)
+      local out = core.matmul(rows(x), rows(y), false, true)
       if has_nan then
         local flat = out:reshape(-1)
         for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
@@ -148,7 +152,7 @@ local function subsampled(S, v, k)
     local keep = {}
     for _, id in ipairs(sub) do keep[id] = true end
     local full = v.sim(x, sub)
-    local out = lps.full(#x, #y, -math.huge)
+    local out = core.full(#x, #y, -math.huge)
     local col = 0
     for j, id in ipairs(y) do
       if keep[id] then col = col + 1; for i = 1, #x do out:set(i, j, full:get(i, col)) end end
@@ -195,7 +199,7 @@ function B.clustering(S, method, ids, seed)
     for i = 1, flat:numel() do if flat[i] == -math.huge then flat[i] = lo end end
     X = eval.mds(sim, math.min(16, #ids - 1))
   end
-  local assign = eval.kmeans(X, k, {generator = lps.generator(seed or 1), restarts = 10})
+  local assign = eval.kmeans(X, k, {generator = core.generator(seed or 1), restarts = 10})
   local pred = {}
   for i = 1, #ids do pred[i] = math.tointeger(assign[i]) or assign[i] end
   return eval.nmi(y, pred), eval.ami(y, pred)
@@ -341,20 +345,20 @@ function B.accuracy_prediction(S, v, train, test)
   local mean, ymean = X:mean(1), 0
   for _, a in ipairs(y) do ymean = ymean + a / #y end
   X, Xt = X - mean, Xt - mean
-  local yc = lps.tensor(y):reshape(n, 1) - ymean
+  local yc = core.tensor(y):reshape(n, 1) - ymean
   local primal = e <= n
-  local G = primal and lps.matmul(X, X, true, false) or lps.matmul(X, X, false, true)
+  local G = primal and core.matmul(X, X, true, false) or core.matmul(X, X, false, true)
   local m = G:size(1)
   local tr = 0
   for i = 1, m do tr = tr + G:get(i, i) end
   for i = 1, m do G:set(i, i, G:get(i, i) + 1e-3 * tr / e + 1e-9) end
-  local rhs = primal and lps.matmul(X, yc, true, false) or yc
+  local rhs = primal and core.matmul(X, yc, true, false) or yc
   local vals, vecs = eval.symeig(G)
-  local c = lps.matmul(vecs, rhs, true, false)
+  local c = core.matmul(vecs, rhs, true, false)
   for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
-  local sol = lps.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
-  local w = primal and sol or lps.matmul(X, sol, true, false)
-  local pred = lps.matmul(Xt, w):reshape(-1):totable()
+  local sol = core.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
+  local w = primal and sol or core.matmul(X, sol, true, false)
+  local pred = core.matmul(Xt, w):reshape(-1):totable()
   return eval.kendall_tau(pred, ys(test))
 end
 
@@ -434,7 +438,7 @@ function B.evaluate(set, method, opts)
   local cross_test = cross and B.filter(S, cls.test, cross.field, cross.test) or {}
   local runs, details = {}, {}
   for seed = 1, seeds do
-    local t0 = lps.now()
+    local t0 = core.now()
     -- an unfitted method is the same for every split: one view serves all
     local vc = view(S, fitted(S, method, cls.train, seed, "classification"))
     local function fit_view(train, split) return method.fit and view(S, fitted(S, method, train, seed, split)) or vc end
@@ -484,7 +488,7 @@ function B.evaluate(set, method, opts)
       r.accuracy_tau = B.accuracy_prediction(S, vc, cls.train, cls.test)
     end
     if S.transfer and S.transfer.protocol and S.transfer.protocol.kind == "pool" and not k then
-      local sel = require("lualps.selection").evaluate(S, vr, opts)
+      local sel = selection.evaluate(S, vr, opts)
       for key, v in pairs(sel) do r[key] = v end
     end
     r.train_seconds = vc.fitted.seconds
@@ -492,7 +496,7 @@ function B.evaluate(set, method, opts)
     if seed == 1 then details = {task_similarity = tsim, fitted = vc.fitted, embeddings = vc.E, fitted_unseen = vr.fitted} end
     if method.fit then
       log("%s seed %d: top1 %.3f rank1 %.3f mAP %.3f NMI %.3f tau(transfer) %.3f  (%.1fs)", tostring(method.name),
-        seed, r.top1, r.rank1, r.map, r.nmi, r.tau_transfer or 0 / 0, lps.now() - t0)
+        seed, r.top1, r.rank1, r.map, r.nmi, r.tau_transfer or 0 / 0, core.now() - t0)
     end
   end
   details.runs = runs
@@ -590,7 +594,6 @@ end
 -- marked by family). d: the details lps.benchmark.evaluate returned;
 -- prefix names the files (default none). Returns true or false and why.
 function B.figures(out, S, d, prefix)
-  local plot = require "lualps.plot"
   prefix = prefix or ""
   local tasks = S.splits.relations == "unseen" and S.splits.retrieval.unseen_tasks or nil
   if not tasks then tasks = {} for t = 1, #S.splits.tasks do tasks[t] = t end end
