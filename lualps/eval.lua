@@ -67,6 +67,7 @@
 --
 -- Indices and cluster ids are 1-based; labels are any integers.
 local core = require "lualps.core"
+local util = require "lualps.util"
 local C = core._eval
 
 local M = {}
@@ -258,7 +259,7 @@ end
 -- Frobenius norm and scaled by sqrt(slot length), flattened (N^2 values per
 -- slot). One depth L: L slots, layer l in slot l, scaled by 1/sqrt(L).
 function M.cka_layer_features(acts, opts)
-  opts = opts or {}
+  opts = util.options(opts, {}, "cka_layer_features", {"depths"})
   if type(acts) ~= "table" or #acts < 1 then
     error("cka_layer_features: needs a non-empty list of models' activation lists", 2)
   end
@@ -299,7 +300,7 @@ function M.cka_features(models, probe, opts)
   if not core.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
     error("cka_features: the probe must be an N x d tensor with N >= 2", 2)
   end
-  opts = opts or {}
+  opts = util.options(opts, {}, "cka_features", {"depths"})
   local seen, depths = {}, {}
   for i, model in ipairs(models) do
     if type(model) ~= "table" or #model < 4 or #model % 2 ~= 0 then
@@ -336,7 +337,7 @@ end
 -- sim of a set against itself). Queries with no same-label gallery item are
 -- skipped. Returns {cmc = {...}, rank<k> = ..., map = ..., queries = n}.
 function M.retrieval(sim, qlabels, glabels, opts)
-  opts = opts or {}
+  opts = util.options(opts, {exclude_self = false}, "retrieval", {"ks"})
   local ng = sim:size(2) - (opts.exclude_self and 1 or 0)
   local ks = opts.ks or default_ks(ng)
   local cmc, map, nvalid = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
@@ -352,10 +353,10 @@ end
 -- unit embeddings, the dot product with the class mean). Returns accuracy
 -- (if qlabels given) and the predictions.
 function M.classify(sim, glabels, qlabels, opts)
-  opts = opts or {}
+  opts = util.options(opts, {rule = "knn", k = 1, exclude_self = false}, "classify")
   local pred
-  if (opts.rule or "knn") == "knn" then
-    pred = C.knn_classify(sim, glabels, opts.k or 1, opts.exclude_self)
+  if opts.rule == "knn" then
+    pred = C.knn_classify(sim, glabels, opts.k, opts.exclude_self)
   elseif opts.rule == "centroid" then
     pred = C.centroid_classify(sim, glabels, opts.exclude_self)
   else

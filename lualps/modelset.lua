@@ -27,6 +27,7 @@
 -- checks is meta.id.
 local core = require "lualps.core"
 local cjson = require("cjson").new()
+local util = require "lualps.util"
 local nn = require "lualps.nn"
 
 local C = core._modelset
@@ -290,13 +291,15 @@ end
 --- Append raw named tensors with metadata; returns the new record's number.
 -- opts.codec overrides the set's codec for this record.
 function ModelSet:append_tensors(named, meta, opts)
+  local o = util.options(opts, {}, "append_tensors", {"codec"})
   local json = encode_meta(meta)
-  return file(self):append(json, entries(named, opts and opts.codec))
+  return file(self):append(json, entries(named, o.codec))
 end
 
 --- Append a model (m:spec(), m:named_parameters()) with its metadata; the
 -- spec is stored as meta.spec. Returns the new record's number.
 function ModelSet:append(model, meta, opts)
+  local o = util.options(opts, {}, "append", {"codec"})
   local okm, usable = pcall(function()
     return type(model.spec) == "function" or type(model.spec) == "cfunction" or
       (type(model.spec) ~= "nil" and type(model.named_parameters) ~= "nil")
@@ -311,7 +314,7 @@ function ModelSet:append(model, meta, opts)
   for k, v in pairs(meta) do m[k] = v end
   m.spec = model:spec()
   local json = encode_meta(m)
-  return file(self):append(json, entries(model:named_parameters(), opts and opts.codec))
+  return file(self):append(json, entries(model:named_parameters(), o.codec))
 end
 
 --- for i, meta in ms:iter() do ... end   (metadata only)

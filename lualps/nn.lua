@@ -25,21 +25,29 @@ local function generator_of(opts)
 end
 
 --- linear(in, out[, {generator=}]): y = x W^T + b, W is out x in.
-function nn.linear(inf, outf, opts) return C.linear(inf, outf, generator_of(opts)) end
+function nn.linear(inf, outf, opts)
+  if type(opts) == "table" then util.options(opts, {}, "linear", {"generator"}) end
+  return C.linear(inf, outf, generator_of(opts))
+end
 function nn.relu() return C.relu() end
 function nn.tanh() return C.tanh() end
 --- flatten(): (B, ...) -> (B, rest).
 function nn.flatten() return C.flatten() end
 
---- conv2d(cin, cout, k[, {stride = 1, padding = 0, generator =}]); input B x cin x H x W.
+--- Options of nn.conv2d and their defaults (and a generator; a generator
+-- alone may stand for the table).
+nn.conv2d_defaults = {stride = 1, padding = 0}
+
+--- conv2d(cin, cout, k[, opts]); input B x cin x H x W; opts: nn.conv2d_defaults.
 function nn.conv2d(cin, cout, k, opts)
-  opts = opts or {}
-  return C.conv2d(cin, cout, k, opts.stride or 1, opts.padding or 0, generator_of(opts))
+  local o = util.options(not is_generator(opts) and opts or nil, nn.conv2d_defaults, "conv2d", {"generator"})
+  return C.conv2d(cin, cout, k, o.stride, o.padding, generator_of(opts))
 end
 
 --- maxpool2d(k[, {stride = k}]).
 function nn.maxpool2d(k, opts)
-  return C.maxpool2d(k, type(opts) == "table" and opts.stride or 0)
+  local o = util.options(opts, {}, "maxpool2d", {"stride"})
+  return C.maxpool2d(k, o.stride or 0)
 end
 
 --- sequential{m1, m2, ...}: modules applied in order (each may appear once).
@@ -49,6 +57,11 @@ function nn.sequential(list) return C.sequential(list) end
 -- layers between the sizes with the activation between them, none after the last.
 function nn.mlp(sizes)
   if type(sizes) ~= "table" or #sizes < 2 then error("mlp: expected at least two sizes, e.g. {784, 64, 10}", 2) end
+  for k in pairs(sizes) do
+    if math.type(k) ~= "integer" and k ~= "generator" and k ~= "activation" then
+      error(("mlp: unknown option '%s' (activation, generator)"):format(tostring(k)), 2)
+    end
+  end
   local act = sizes.activation or "relu"
   if act ~= "relu" and act ~= "tanh" then error("mlp: activation must be 'relu' or 'tanh'", 2) end
   local layers = {}
@@ -101,8 +114,8 @@ end
 -- it. Returns the list and its JSON text. Nested Sequentials have no arch
 -- list (an error).
 function Module:arch(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("arch: opts must be a table", 2) end
-  local ok, list, json = pcall(arch.of_spec, self:spec(), opts and opts.input)
+  local o = util.options(opts, {}, "arch", {"input"})
+  local ok, list, json = pcall(arch.of_spec, self:spec(), o.input)
   if not ok then error((tostring(list):gsub("^.-:%d+: ", "")), 2) end
   return list, json
 end
@@ -217,30 +230,36 @@ local function unpack_data(d, what)
   return x, y
 end
 
-local train_keys = {epochs = 1, batch_size = 1, optimizer = 1, schedule = 1, generator = 1,
-  shuffle = 1, drop_last = 1, validation = 1, progress = 1, progress_interval = 1, eval_batch = 1}
+--- Options of lps.train and their defaults; also optimizer (required),
+-- schedule (lps.optim.step_lr or cosine; none), generator (shuffling;
+-- default the default generator), validation ({x =, y =}, evaluated after
+-- each epoch) and progress (see lps.train).
+nn.train_defaults = {
+  epochs = 1,
+  batch_size = 32,
+  shuffle = true,          -- a new order every epoch
+  drop_last = false,       -- true: skip a last, smaller batch
+  progress_interval = 0.25, -- seconds between progress calls within an epoch
+  eval_batch = 256,        -- batch size of the validation pass
+}
+local train_more = {"optimizer", "schedule", "generator", "validation", "progress"}
 
 --- lps.train(model, {x =, y =}, opts) runs the whole loop in C and returns a report:
 -- {epochs = {{epoch, loss, accuracy, seconds, lr[, val_loss, val_accuracy]}, ...},
 --  loss, accuracy, seconds, samples_per_second[, val_loss, val_accuracy]}.
--- opts: optimizer (required), epochs (1), batch_size (32), schedule, generator
--- (shuffling; default generator), shuffle (true), drop_last (false),
--- validation ({x =, y =}, evaluated after each epoch), progress (a function
--- called with a table {epoch, epochs, step, steps, samples, loss, accuracy,
--- seconds, lr, done[, val_loss, val_accuracy]} at most every progress_interval
--- (0.25) seconds and at each epoch's end (done = true, with validation results)
--- - return false to stop; true/false forces the lps.util.epoch_progress bar
--- on or off, a table turns it on with those util.progress options, e.g.
--- {stream = f, tty = false}; by default the bar shows when stderr is a
--- terminal), eval_batch (256).
+-- opts: nn.train_defaults, the optimizer and the others named there;
+-- progress is a function called with a table {epoch, epochs, step, steps,
+-- samples, loss, accuracy, seconds, lr, done[, val_loss, val_accuracy]} at
+-- most every progress_interval seconds and at each epoch's end (done =
+-- true, with validation results) - return false to stop; true/false forces
+-- the lps.util.epoch_progress bar on or off, a table turns it on with those
+-- util.progress options, e.g. {stream = f, tty = false}; by default the bar
+-- shows when stderr is a terminal.
 function nn.train(model, d, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not train_keys[k] then error(("train: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  local o = util.options(opts, nn.train_defaults, "train", train_more)
   local x, y = unpack_data(d, "train")
-  if not opts.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
-  local progress, display = opts.progress, nil
+  if not o.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
+  local progress, display = o.progress, nil
   if progress == nil then progress = core.isatty(2) end
   if progress == true or type(progress) == "table" then
     progress, display = util.epoch_progress(progress ~= true and progress or nil)
@@ -248,12 +267,12 @@ function nn.train(model, d, opts)
     progress = nil
   end
   local _ <close> = display -- ends the bar's line however training ends
-  local o = {epochs = opts.epochs, batch_size = opts.batch_size, shuffle = opts.shuffle,
-    drop_last = opts.drop_last, generator = opts.generator, schedule = opts.schedule,
-    eval_batch = opts.eval_batch, progress_interval = opts.progress_interval}
-  if opts.validation then o.val_x, o.val_y = unpack_data(opts.validation, "train (validation)") end
+  local c = {epochs = o.epochs, batch_size = o.batch_size, shuffle = o.shuffle, drop_last = o.drop_last,
+    generator = o.generator, schedule = o.schedule, eval_batch = o.eval_batch,
+    progress_interval = o.progress_interval}
+  if o.validation then c.val_x, c.val_y = unpack_data(o.validation, "train (validation)") end
   local t0 = core.now()
-  local epochs = C.train(model, x, y, opts.optimizer, o, progress)
+  local epochs = C.train(model, x, y, o.optimizer, c, progress)
   local seconds = core.now() - t0
   local last = epochs[#epochs] or {}
   local samples = x:size(1) * #epochs
@@ -264,8 +283,9 @@ end
 
 --- lps.evaluate(model, {x =, y =}[, {batch_size = 256}]) -> accuracy, mean loss.
 function nn.evaluate(model, d, opts)
+  local o = util.options(opts, {batch_size = 256}, "evaluate")
   local x, y = unpack_data(d, "evaluate")
-  return C.evaluate(model, x, y, opts and opts.batch_size or 256)
+  return C.evaluate(model, x, y, o.batch_size)
 end
 
 return nn

@@ -14,6 +14,7 @@
 -- error naming the file and the problem.
 local core = require "lualps.core"
 local cjson = require "cjson"
+local util = require "lualps.util"
 local arch = require "lualps.arch"
 local nn = require "lualps.nn"
 local C = core._safetensors
@@ -322,8 +323,6 @@ local function infer_mlp(tensors, names, activation)
   return list, params
 end
 
-local import_opts = {arch = true, activation = true}
-
 local function import_model(tensors, metadata, names, opts)
   local given, where = opts.arch, "opts.arch"
   if given == nil and metadata[M.ARCH_KEY] then
@@ -367,13 +366,7 @@ end
 -- pooling are not in the weights): a file with 4-D weights needs an arch. A
 -- missing bias (bias=False) loads as zeros.
 function M.import(path, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("import: opts must be a table, got " .. type(opts), 2) end
-  for k in pairs(opts) do
-    if not import_opts[k] then
-      error(("import: unknown option '%s' (arch, activation)"):format(tostring(k)), 2)
-    end
-  end
+  opts = util.options(opts, {}, "import", {"arch", "activation"})
   local tensors, metadata, names = read_at(2, path)
   local ok, model = pcall(import_model, tensors, metadata, names, opts)
   if not ok then error(("import: %s: %s"):format(path, strip_pos(model)), 2) end
@@ -392,10 +385,8 @@ function M.export(model, path, metadata, opts)
   if type(model) ~= "userdata" or type(model.named_parameters) ~= "function" then
     error("safetensors: export expects a model (lps.nn module), got " .. type(model), 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("export: opts must be a table, got " .. type(opts), 2)
-  end
-  local ok, list, json = pcall(model.arch, model, {input = opts and opts.input})
+  local o = util.options(opts, {}, "export", {"input"})
+  local ok, list, json = pcall(model.arch, model, {input = o.input})
   if not ok then error("export: " .. strip_pos(list), 2) end
   local meta = {format = "pt", [M.ARCH_KEY] = json}
   for k, v in pairs(check_metadata(metadata, 2) or {}) do

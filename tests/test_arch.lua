@@ -258,7 +258,7 @@ function TestArchFiles:test_import_errors()
     .. "layers, which are named 0.weight, 0.bias, 3.weight, 3.bias, 6.weight, 6.bias")
   try({}, "opts.activation is for files without an architecture, but opts.arch gives one",
     {arch = arch, activation = "tanh"})
-  try({}, "import: unknown option 'input' (arch, activation)", {input = {1, 9, 9}})
+  try({}, "import: unknown option 'input' (activation, arch)", {input = {1, 9, 9}})
   try({}, "opts.activation must be 'relu' or 'tanh', got sigmoid", {activation = "sigmoid"})
   -- a broken key in the file
   st.write(p, m:state_dict(), {["lualps.arch"] = '[{"type":"conv2d","in":1,"out":3}]'})

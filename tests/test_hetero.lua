@@ -60,6 +60,8 @@ function TestHeteroPlan:test_full_plan_composition()
   local again = H.plan(TABLE)
   lu.assertEquals(again[500], plan[500])
   lu.assertNotEquals(H.plan(TABLE, {master_seed = 2})[500].lr, plan[500].lr)
+  T.assert_error_contains("hetero: unknown option 'per_tsk'", H.plan, TABLE, {per_tsk = 4})
+  lu.assertEquals(#H.plan(TABLE, {tasks = 2}), 60) -- the first two tasks
 end
 
 -- The full plan's splits, its metadata by id and its tasks.

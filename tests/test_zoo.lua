@@ -38,6 +38,9 @@ function TestPlan:test_deterministic_and_complete()
     if m.optimizer == "sgd" then sgd = sgd + 1 end
   end
   lu.assertEquals(sgd, 20 * 13) -- 13 of each task's 25 use SGD, 12 Adam
+  -- every option is known: a typo is an error, not the default in silence
+  T.assert_error_contains("zoo: unknown option 'master_sed'", zoo.plan, {tasks = MS500.tasks, master_sed = 501})
+  T.assert_error_contains("zoo.splits: unknown option 'unsen'", zoo.splits, {tasks = MS500.tasks}, {unsen = 3})
   local p3 = zoo.plan{tasks = MS500.tasks, master_seed = 501}
   lu.assertNotEquals(p3[1].lr, p1[1].lr)
   lu.assertNotEquals(p3[1].fingerprint, p1[1].fingerprint)

@@ -276,14 +276,16 @@ end
 -- order), the number of tasks and the tasks in that order.
 B.class_labels = B.methods.class_labels
 
---- Options of lps.benchmark.evaluate and their defaults.
+--- Options of lps.benchmark.evaluate and their defaults; also data (the
+-- Fashion-MNIST directory of the model-selection probes; default
+-- lps.data's) and log (a function(fmt, ...) for progress lines; default
+-- timestamped lines on stderr).
 B.defaults = {
   seeds = 1,          -- fit seeds (methods with fit); metrics are means with *_std over them
   cross = {field = "optimizer", train = "sgd", test = "adam"}, -- cross-setting: fit on one value of a
-                      -- metadata field, classify models of another (skipped if the set has none)
-  nuisance = {"optimizer", "family", "width"}, -- sets with families: unseen-task retrieval by these labels
-  data = nil,         -- Fashion-MNIST directory for the model-selection probes
-  log = nil,          -- function(fmt, ...) for progress lines; default: timestamped lines on stderr
+                      -- metadata field, classify models of another (skipped if the set has none; false: never)
+  nuisance = {"optimizer", "family", "width"}, -- sets with families: unseen-task retrieval by these
+                      -- labels (false: none, and no accuracy prediction)
 }
 
 local function stderr_log(fmt, ...)
@@ -416,19 +418,14 @@ end
 -- with a pool transfer matrix); train_seconds. With several seeds, means
 -- and *_std.
 function B.evaluate(set, method, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if B.defaults[k] == nil and k ~= "log" and k ~= "data" then
-      error(("benchmark.evaluate: unknown option '%s'"):format(tostring(k)), 2)
-    end
-  end
+  opts = util.options(opts, B.defaults, "benchmark.evaluate", {"data", "log"})
   if type(method) ~= "table" or not (method.embed or method.similarity or method.fit) then
     error("benchmark.evaluate: a method needs embed(self, models) or similarity(self, a, b) (and may have fit)", 2)
   end
   local S = type(set) == "string" and B.load(set) or set
   local log = opts.log or stderr_log
-  local seeds = method.fit and (opts.seeds or B.defaults.seeds) or 1
-  local cross = opts.cross or B.defaults.cross
+  local seeds = method.fit and opts.seeds or 1
+  local cross = opts.cross
   local sp = S.splits
   local cls, ret = sp.classification, sp.retrieval
   local ntasks = #sp.tasks
@@ -482,7 +479,7 @@ function B.evaluate(set, method, opts)
       r.cross_family_map = comparable and m.map or nil
     end
     if sp.cross_family and opts.nuisance ~= false then
-      for _, name in ipairs(opts.nuisance or B.defaults.nuisance) do
+      for _, name in ipairs(opts.nuisance) do
         r["nuisance_map_" .. name] = retrieval_by(S, vr, ret.query, ret.gallery, nuisance_label[name]).map
       end
       r.accuracy_tau = B.accuracy_prediction(S, vc, cls.train, cls.test)
@@ -506,9 +503,9 @@ end
 
 --- A description of the protocols on S, for the results' "protocol" entry.
 function B.describe(S, opts)
-  opts = opts or {}
+  opts = util.options(opts, {pairwise_per_task = 2}, "benchmark.describe")
   local cls, ret = S.splits.classification, S.splits.retrieval
-  local k = opts.pairwise_per_task or 2
+  local k = opts.pairwise_per_task
   return {
     classification = ("top-1 task of each of the %d held-out models by its nearest (1-NN) of the %d training models")
       :format(#cls.test, #cls.train),

@@ -11,7 +11,8 @@ local zoo = require "lualps.bench.zoo"
 
 local H = {}
 
---- Defaults of a plan; every field may be overridden in H.plan's cfg.
+--- Defaults of a plan; every field may be overridden in H.plan's cfg,
+-- which may also hold `tasks` (use the first that many tasks).
 H.defaults = {
   master_seed = 1907,
   per_task = 30,                 -- models per task: odd positions MLPs, even CNNs
@@ -36,12 +37,7 @@ H.defaults = {
   reference_cnn = { {out = 8, kernel = 5, down = "stride"}, {out = 16, kernel = 3, down = "stride"} },
 }
 
-local function with_defaults(cfg)
-  local c = {}
-  for k, v in pairs(H.defaults) do c[k] = v end
-  for k, v in pairs(cfg or {}) do c[k] = v end
-  return c
-end
+local function config(cfg) return util.options(cfg, H.defaults, "hetero", {"tasks"}) end
 
 local function log_uniform(g, r)
   return math.exp(math.log(r[1]) + (math.log(r[2]) - math.log(r[1])) * g:uniform())
@@ -133,7 +129,7 @@ end
 
 --- A canonical fingerprint of everything that determines the set's models.
 function H.fingerprint(cfg, TABLE)
-  local c = with_defaults(cfg)
+  local c = config(cfg)
   local keys = {}
   for k in pairs(H.defaults) do keys[#keys + 1] = k end
   table.sort(keys)
@@ -155,7 +151,7 @@ end
 -- everything its training needs (spec, input_shape, optimizer, ...) for
 -- lps.zoo.build. cfg.tasks (optional) restricts to the first N tasks.
 function H.plan(TABLE, cfg)
-  local c = with_defaults(cfg)
+  local c = config(cfg)
   local tasks = H.tasks(TABLE)
   local ntasks = math.min(#tasks, c.tasks or #tasks)
   local fp = H.fingerprint(cfg, TABLE)
@@ -225,7 +221,7 @@ local shuffled = zoo.shuffled
 -- cross_family (e): for the unseen tasks of (b), CNN queries against an
 --   MLP gallery, trained as (b).
 function H.splits(TABLE, plan, tasks, cfg)
-  local c = with_defaults(cfg)
+  local c = config(cfg)
   local g = core.generator(c.master_seed * 7919 + 17)
   local by_task = {}
   for _, m in ipairs(plan) do

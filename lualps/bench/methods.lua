@@ -48,7 +48,7 @@ end
 -- features do not share a space: raw and sorted across architectures, gram
 -- across families.
 function M.features(kind, opts)
-  opts = opts or {}
+  opts = util.options(opts, {pairwise = false}, "features", {"standardize"})
   if opts.pairwise then
     return {name = kind, similarity = function(_, a, b) return eval.similarity_matrix(kind, a, b) end}
   end
@@ -61,7 +61,7 @@ end
 -- of LPS) on fixed features, kind "stats" or "gram". opts: standardize (a
 -- list of models fixing the mean and sd of the features), epochs (30).
 function M.feature_head(kind, opts)
-  opts = opts or {}
+  opts = util.options(opts, {epochs = 30}, "feature_head", {"standardize"})
   local mean, sd = feature_stats(kind, opts.standardize)
   local cache = setmetatable({}, {__mode = "k"}) -- model -> its feature row (fits share them)
   local function features(models)
@@ -80,7 +80,7 @@ function M.feature_head(kind, opts)
     local labels, C = class_labels(y)
     local rows = features(models)
     local head = similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
-    local rep = similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
+    local rep = similarity.train_network(head, rows, labels, {epochs = opts.epochs, seed = ctx.seed})
     return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
             embed = function(_, ms) return head:embed(features(ms)) end}
   end}
@@ -138,8 +138,13 @@ end
 --   shuffle_labels: fit on task labels permuted at random (a control).
 -- Models of a family the network does not read embed as NaN (not comparable).
 function M.lps(opts)
-  opts = opts or {}
   local own = {name = true, relations = true, train_families = true, shuffle_labels = true}
+  local defaults = type(opts) == "table" and opts.families and similarity.arch_defaults or similarity.defaults
+  local known = {}
+  for _, t in ipairs{own, defaults, similarity.train_defaults} do
+    for k in pairs(t) do known[#known + 1] = k end
+  end
+  opts = util.options(opts, {}, "lps method", known)
   return {name = opts.name or "lps", fit = function(self, models, y, ctx)
     local keep = opts.train_families or opts.families
     if keep then -- only the families the network trains on
@@ -162,7 +167,6 @@ function M.lps(opts)
     end
     local net_opts = {seed = ctx.seed, classes = C}
     local tr = {epochs = 30, seed = ctx.seed}
-    local defaults = opts.families and similarity.arch_defaults or similarity.defaults
     for key, v in pairs(opts) do
       if own[key] then -- not an option of the network or its training
       elseif defaults[key] ~= nil then net_opts[key] = v else tr[key] = v end
@@ -213,9 +217,9 @@ end
 --- Git Re-Basin weight matching (pairwise only: opts.per_task models per
 -- task are compared, default 2), computed pairs remembered across protocols.
 function M.matching(opts)
-  opts = opts or {}
+  opts = util.options(opts, {per_task = 2}, "matching")
   local memo = setmetatable({}, {__mode = "k"})
-  return {name = "matching", pairwise_per_task = opts.per_task or 2, similarity = function(_, a, b)
+  return {name = "matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
     local out = core.zeros(#a, #b)
     local todo, n = {}, 0
     for i, x in ipairs(a) do
@@ -329,6 +333,14 @@ function M.assignment_score(C)
   return block_score(G, 0, 0, ka, kb)
 end
 
+--- Options of template matching and their defaults.
+M.template_matching_defaults = {
+  pool = 4,           -- template pooling (28x28 -> 7x7 per noise range)
+  noise = 8,          -- noise images per range
+  noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}, -- uniform noise ranges
+  name = "template_matching",
+}
+
 --- Template matching, an unlearned and data-free comparison of what two
 -- models compute, for any architecture (pairwise). Each model's class
 -- templates (lualps.similarity.templates: for each output class, the input
@@ -337,22 +349,13 @@ end
 -- the best one-to-one assignment of a's templates to b's maximizing the
 -- sum of cosines, divided by max(ka, kb) (assignment_score): 1 for the
 -- same function up to the order of its classes. opts:
---   pool = 4            template pooling (28x28 -> 7x7 per noise range)
---   noise = 8           noise images per range
---   noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}  uniform noise ranges
---   per_task = nil      compare galleries with only this many models per
---                       task (lps.benchmark's pairwise_per_task; nil: all)
---   name = "template_matching"
+-- M.template_matching_defaults, and per_task (compare galleries with only
+-- this many models per task: lps.benchmark's pairwise_per_task; default all).
 -- Models with NaN templates are not comparable (NaN).
 function M.template_matching(opts)
-  opts = opts or {}
-  local known = {pool = true, noise = true, noise_ranges = true, per_task = true, name = true}
-  for k in pairs(opts) do
-    if not known[k] then error(("template_matching: unknown option '%s'"):format(tostring(k)), 2) end
-  end
-  local net = similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool or 4,
-    template_extras = false, noise = opts.noise or 8,
-    noise_ranges = opts.noise_ranges or {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}}
+  opts = util.options(opts, M.template_matching_defaults, "template_matching", {"per_task"})
+  local net = similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool,
+    template_extras = false, noise = opts.noise, noise_ranges = opts.noise_ranges}
   local memo = setmetatable({}, {__mode = "k"}) -- model -> its templates, or false (NaN)
   local function templates(m)
     local T = memo[m]
@@ -378,7 +381,7 @@ function M.template_matching(opts)
     for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
     return X, off, k, rows
   end
-  return {name = opts.name or "template_matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+  return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
     local out = core.full(#a, #b, 0 / 0)
     local Xb, offb, kb, nb = stack(b)
     if not Xb then return out end

@@ -6,6 +6,7 @@
 -- so processes can share the targets and their columns merge.
 local core = require "lualps.core"
 local cjson = require "cjson"
+local util = require "lualps.util"
 local nn = require "lualps.nn"
 local optim = require "lualps.optim"
 local data = require "lualps.data"
@@ -23,17 +24,12 @@ M.defaults = {
   arch = {784, 64, 64, 2}, -- the scratch model (and the sources' architecture)
 }
 
---- opts over `defaults` (M.defaults when nil); unknown keys are errors. A
--- `progress` function is taken out and returned second.
+--- opts over `defaults` (M.defaults when nil; util.options). A `progress`
+-- function is taken out and returned second.
 function M.options(opts, defaults)
-  defaults = defaults or M.defaults
-  local out, progress = {}, nil
-  for k, v in pairs(defaults) do out[k] = v end
-  for k, v in pairs(opts or {}) do
-    if k == "progress" then progress = v
-    elseif defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3)
-    else out[k] = v end
-  end
+  local out = util.options(opts, defaults or M.defaults, "transfer", {"progress"})
+  local progress = out.progress
+  out.progress = nil
   return out, progress
 end
 local options = M.options

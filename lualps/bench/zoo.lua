@@ -51,7 +51,8 @@ local function fnv1a(s)
 end
 zoo.fnv1a = fnv1a
 
---- Defaults of a build; every field may be overridden in zoo.plan's cfg.
+--- Defaults of a build; every field may be overridden in zoo.plan's cfg,
+-- which also holds `tasks` (the task table, required).
 zoo.defaults = {
   master_seed = 500,
   per_task = 25,
@@ -65,17 +66,11 @@ zoo.defaults = {
   max_attempts = 5,
 }
 
-local function with_defaults(cfg)
-  local c = {}
-  for k, v in pairs(zoo.defaults) do c[k] = v end
-  for k, v in pairs(cfg or {}) do c[k] = v end
-  return c
-end
-zoo.with_defaults = with_defaults
+local function config(cfg) return util.options(cfg, zoo.defaults, "zoo", {"tasks"}) end
 
 --- A canonical text of everything that determines the set's models.
 function zoo.fingerprint(cfg)
-  cfg = with_defaults(cfg)
+  cfg = config(cfg)
   local parts = {"master_seed=" .. cfg.master_seed, "per_task=" .. cfg.per_task,
     "arch=" .. table.concat(cfg.arch, "-"), "epochs=" .. table.concat(cfg.epochs, "-"),
     "batch=" .. table.concat(cfg.batch_sizes, "-"), "fraction=" .. cfg.fraction,
@@ -93,7 +88,7 @@ end
 --- The plan: one entry per model, task-major (task 1's models first), with
 -- everything its training needs. cfg.tasks is required.
 function zoo.plan(cfg)
-  cfg = with_defaults(cfg)
+  cfg = config(cfg)
   zoo.check_tasks(cfg.tasks)
   local plan, fp = {}, zoo.fingerprint(cfg)
   for ti, task in ipairs(cfg.tasks) do
@@ -160,8 +155,8 @@ local shuffled = zoo.shuffled
 -- the rest gallery; the other tasks' models are for training.
 -- Returns lists of model ids.
 function zoo.splits(cfg, opts)
-  cfg = with_defaults(cfg)
-  opts = opts or {}
+  cfg = config(cfg)
+  opts = util.options(opts, {}, "zoo.splits", {"train_per_task", "unseen", "queries"})
   local per_task = cfg.per_task
   local train_per_task = opts.train_per_task or math.floor(per_task * 0.6 + 0.5)
   local ntasks = #cfg.tasks
@@ -217,7 +212,7 @@ zoo.file_exists = file_exists
 -- order), the images in the task's `domain` (data.domain) when it has
 -- one. opts.max_test keeps the first that many test images of a task.
 function zoo.task_data_loader(tasks, data_dir, opts)
-  local max_test = opts and opts.max_test
+  local max_test = util.options(opts, {}, "task_data_loader", {"max_test"}).max_test
   local x, y = data.fashion_mnist("train", data_dir)
   local xt, yt = data.fashion_mnist("test", data_dir)
   local cache = {}
@@ -301,8 +296,9 @@ end
 -- the set of stored ids. Raises before anything is written when the file
 -- belongs to another configuration.
 function zoo.open_for_build(path, fingerprint, opts)
+  local o = util.options(opts, {}, "open_for_build", {"codec"})
   if not file_exists(path) then
-    return modelset.create(path, {codec = opts and opts.codec}), {}
+    return modelset.create(path, {codec = o.codec}), {}
   end
   local ok, ms = pcall(modelset.open, path, "a")
   if not ok then
@@ -327,30 +323,34 @@ function zoo.open_for_build(path, fingerprint, opts)
   return ms, have
 end
 
+--- Options of zoo.build and their defaults; also tasks (the task table,
+-- required), data_dir (Fashion-MNIST; default lps.data's), codec (of a new
+-- file) and max_test (test images per task; default all).
+zoo.build_defaults = {
+  progress = {label = "models", unit = "models"}, -- util.progress options, or false
+  threads = 1,        -- BLAS threads: 1 gives the same bits whichever process builds a model
+  min_test_accuracy = zoo.defaults.min_test_accuracy, -- below: retrain (a plan entry's own wins)
+  max_attempts = zoo.defaults.max_attempts,
+}
+
 --- Build the models of `plan` (all of it, or one shard's part) into `path`,
 -- resuming: models already stored are skipped and nothing stored is
--- rewritten. opts: tasks (the task table), data_dir, progress (options for
--- util.progress, or false), threads (BLAS threads, 1: bit-identical across
--- shards), codec, max_test (test images per task), min_test_accuracy and
--- max_attempts (retraining; a plan entry's own min_test_accuracy wins).
--- Returns a summary table.
+-- rewritten. opts: zoo.build_defaults. Returns a summary table.
 function zoo.build(plan, path, opts)
-  opts = opts or {}
+  opts = util.options(opts, zoo.build_defaults, "zoo.build", {"tasks", "data_dir", "codec", "max_test"})
   assert(opts.tasks, "zoo.build: opts.tasks (the task table) is required")
   if #plan == 0 then error("zoo.build: nothing to build", 2) end
   local fp = plan[1].fingerprint
-  local ms, have = zoo.open_for_build(path, fp, opts)
+  local ms, have = zoo.open_for_build(path, fp, {codec = opts.codec})
   local todo = {}
   for _, m in ipairs(plan) do if not have[m.id] then todo[#todo + 1] = m end end
   local summary = {stored_before = #plan - #todo, built = 0, retrained = 0, below = 0}
   if #todo == 0 then ms:close() return summary end
   local threads = core.get_num_threads()
-  core.set_num_threads(opts.threads or 1)
+  core.set_num_threads(opts.threads)
   local loader = zoo.task_data_loader(opts.tasks, opts.data_dir, {max_test = opts.max_test})
-  local prog = opts.progress ~= false and
-    util.progress(#todo, opts.progress or {label = "models", unit = "models"})
-  local cfg_min = opts.min_test_accuracy or zoo.defaults.min_test_accuracy
-  local max_attempts = opts.max_attempts or zoo.defaults.max_attempts
+  local prog = opts.progress ~= false and util.progress(#todo, opts.progress)
+  local cfg_min, max_attempts = opts.min_test_accuracy, opts.max_attempts
   local ok, err = pcall(function()
     for n, m in ipairs(todo) do
       local td = loader(m.task)

@@ -19,6 +19,7 @@
 -- The "templates" slot reads what the weights compute rather than how they
 -- are laid out (lualps.similarity.templates).
 local core = require "lualps.core"
+local util = require "lualps.util"
 local data = require "lualps.data"
 local base = require "lualps.similarity.base"
 local templates = require "lualps.similarity.templates"
@@ -63,12 +64,7 @@ local SLOT = {first = true, last = true, head = true, templates = true}
 
 -- A new network (lps.similarity.network with `families`).
 function A.new(opts)
-  local o = {}
-  for k, v in pairs(A.defaults) do o[k] = v end
-  for k, v in pairs(opts) do
-    if A.defaults[k] == nil then error(("similarity.network: unknown option '%s'"):format(tostring(k)), 3) end
-    o[k] = v
-  end
+  local o = util.options(opts, A.defaults, "similarity.network")
   for _, k in ipairs{"input_dim", "kernel", "width", "embed"} do base.check_int(o[k], 1, k) end
   base.check_int(o.classes, 0, "classes")
   base.check_int(o.seed, 0, "seed")

@@ -6,6 +6,7 @@
 -- network class inherits these methods (M.class) and adds prepare,
 -- forward, backward and __tostring.
 local core = require "lualps.core"
+local util = require "lualps.util"
 local K = core._lps
 
 local M = {}
@@ -25,20 +26,6 @@ end
 function M.is_network(x)
   local mt = getmetatable(x)
   return type(mt) == "table" and getmetatable(mt) == Base
-end
-
--- opts over defaults (a new table); a key without a default is an error.
-function M.with_defaults(opts, defaults, what)
-  opts = opts or {}
-  if type(opts) ~= "table" then error(what .. ": options must be a table", 3) end
-  for k in pairs(opts) do
-    if defaults[k] == nil then error(("%s: unknown option '%s'"):format(what, tostring(k)), 3) end
-  end
-  local o = {}
-  for k, v in pairs(defaults) do
-    if opts[k] ~= nil then o[k] = opts[k] else o[k] = v end
-  end
-  return o
 end
 
 -- v must be an integer >= lo (name: the option).
@@ -172,7 +159,7 @@ M.loss_defaults = {
 --- Loss of embeddings Y for 1-based labels; accumulates the head's
 -- gradients and returns loss, dL/dY and {xent=, triplet=, correct=, active=}.
 function Base:loss(Y, labels, opts)
-  local o = M.with_defaults(opts, M.loss_defaults, "similarity.loss")
+  local o = util.options(opts, M.loss_defaults, "similarity.loss")
   local stats = {}
   local total, dY = 0, nil
   if o.loss == "xent" or o.loss == "both" then

@@ -4,6 +4,7 @@
 -- over a feature vector instead of the unit sets. Trains with
 -- train_network like a network; a "model" is a 1-D feature tensor.
 local core = require "lualps.core"
+local util = require "lualps.util"
 local base = require "lualps.similarity.base"
 local K = core._lps
 
@@ -12,11 +13,19 @@ local M = {}
 local Head = base.class()
 M.Head = Head
 
---- lps.similarity.feature_head{in_dim=, embed=64, classes=0, cosine_head=true, scale=16, seed=1}
+--- Options of lps.similarity.feature_head and their defaults; in_dim (the
+-- number of features) is required.
+M.defaults = {
+  embed = 64,         -- embedding size
+  classes = 0,        -- classes of the cross-entropy head (0: none)
+  cosine_head = true, -- classifier rows L2-normalized (cosine softmax)
+  scale = 16,         -- logit scale of the classifier
+  seed = 1,           -- initialization
+}
+
+--- lps.similarity.feature_head{in_dim =, ...}: a new head; opts: M.defaults.
 function M.feature_head(opts)
-  opts = opts or {}
-  local o = {in_dim = opts.in_dim, embed = opts.embed or 64, classes = opts.classes or 0,
-    cosine_head = opts.cosine_head ~= false, scale = opts.scale or 16, seed = opts.seed or 1}
+  local o = util.options(opts, M.defaults, "similarity.feature_head", {"in_dim"})
   base.check_int(o.in_dim, 1, "in_dim")
   base.check_int(o.embed, 1, "embed")
   base.check_int(o.classes, 0, "classes")

@@ -12,6 +12,7 @@
 -- is in C (lualps.core._lps, csrc/lps/: chainnorm.c, neuron.c, sopool.c,
 -- metric_loss.c); this file wires the layers.
 local core = require "lualps.core"
+local util = require "lualps.util"
 local base = require "lualps.similarity.base"
 local K = core._lps
 
@@ -43,7 +44,7 @@ M.Net = Net
 -- A new, randomly initialized MLP network (lps.similarity.network
 -- without `families`). See M.defaults for the options.
 function M.new(opts)
-  local o = base.with_defaults(opts, M.defaults, "similarity.network")
+  local o = util.options(opts, M.defaults, "similarity.network")
   base.check_int(o.input_dim, 1, "input_dim")
   base.check_int(o.layers, 1, "layers")
   base.check_int(o.width, 1, "width")

@@ -40,11 +40,11 @@ end
 -- from the store in batches: memory holds one batch of models, not the set.
 -- opts: batch (64), progress (a util.progress option table, or false).
 function Sim:embed_set(ms, opts)
-  opts = opts or {}
+  local o = util.options(opts, {batch = 64, progress = false}, "embed_set")
   local set, own = M.as_set(ms)
-  local n, batch = #set, opts.batch or 64
+  local n, batch = #set, o.batch
   local out = core.zeros(n, self.net.opts.embed)
-  local prog = opts.progress and util.progress(n, opts.progress)
+  local prog = o.progress and util.progress(n, o.progress)
   for s = 1, n, batch do
     local chunk = {}
     for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = models.record(set, i) end
@@ -118,7 +118,8 @@ local FORMAT = M.FORMAT
 --- Save to a small file (a one-record model set: checksummed like any set).
 function Sim:save(path, opts)
   local named = self.net:named_parameters()
-  local out = modelset.create(path, {overwrite = opts == nil or opts.overwrite ~= false})
+  local o = util.options(opts, {overwrite = true}, "save")
+  local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
     out:append_tensors(named, {kind = FORMAT, version = 1, spec = self.net:spec(),
       classes = self.classes, label = self.label, n_train = self.n_train})

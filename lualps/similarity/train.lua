@@ -70,7 +70,7 @@ end
 -- {epochs = {{loss=, accuracy=}, ...}, seconds=}; accuracy is the training
 -- cross-entropy head's (nil with a triplet-only loss).
 function M.train_network(net, models, labels, opts)
-  local o = base.with_defaults(opts, M.train_defaults, "similarity.train_network")
+  local o = util.options(opts, M.train_defaults, "similarity.train_network")
   if not base.is_network(net) then
     error("train_network: the first argument must be a similarity network or feature head", 2)
   end
@@ -105,9 +105,7 @@ function M.train_network(net, models, labels, opts)
   local keep = net.keep_units and o.unit_keep or 1 -- a feature head has no units to keep
   local progress, display = o.progress, nil
   if progress == true or type(progress) == "table" then
-    local popts = {label = "lps"}
-    if progress ~= true then for k, v in pairs(progress) do popts[k] = v end end
-    progress, display = util.epoch_progress(popts)
+    progress, display = util.epoch_progress(progress ~= true and progress or nil, "lps")
   end
   local _ <close> = display -- ends the bar's line however training ends
   for epoch = 1, o.epochs do
