@@ -402,57 +402,81 @@ function M.repair(path)
   return C.repair(path)
 end
 
---- Concatenate sets into a new file `out` (records copied byte for byte
--- after their checksums are checked). Refuses, before writing anything,
--- when two records share meta[opts.id_field or "id"]; records without an
--- id are not checked. opts.overwrite replaces an existing out. Returns the
--- number of records written.
+--- Options of lps.modelset.merge and their defaults; also codec and level
+-- (those of create, for a new `out`).
+M.merge_defaults = {
+  id_field = M.ID_FIELD,  -- the metadata field of a model's id (records without one are always copied)
+  overwrite = false,      -- replace an existing `out` instead of refusing it
+  skip_existing = false,  -- copy only the records whose id `out` does not hold yet: an existing out
+                          -- is appended to, and of records sharing an id the first one is copied;
+                          -- false: two records sharing an id are refused
+}
+
+--- Concatenate sets into `out`, records copied byte for byte after their
+-- checksums are checked; opts: M.merge_defaults. By default `out` must not
+-- exist (unless overwrite) and records sharing an id are refused, before
+-- anything is written; with skip_existing (resuming a sharded build) the
+-- records whose id out already holds are skipped. Returns the number of
+-- records written.
 function M.merge(out, inputs, opts)
-  opts = opts or {}
-  local idf = opts.id_field or M.ID_FIELD
+  local o = util.options(opts, M.merge_defaults, "merge", {"codec", "level"})
   if type(inputs) ~= "table" or #inputs == 0 then error("merge: no input sets", 2) end
-  local seen, sets = {}, {}
+  local existing = io.open(out, "rb")
+  if existing then existing:close() end
+  local append = existing ~= nil and o.skip_existing and not o.overwrite
+  local seen, sets, copy = {}, {}, {}
   local function closeall() for _, s in ipairs(sets) do s:close() end end
+  -- the key of a record's id, or nil; records sharing a key share an id
+  local function key_of(ms, i)
+    local okm, meta = pcall(ms.meta, ms, i)
+    if not okm then closeall() error("merge: " .. tostring(meta), 3) end
+    local id = meta[o.id_field]
+    return id ~= nil and type(id) .. ":" .. tostring(id) or nil, id
+  end
+  if append then -- what out holds already (closed again before out is opened to append)
+    local ok, have = pcall(M.open, out)
+    if not ok then error(have, 2) end
+    sets[1] = have
+    for i = 1, #have do
+      local key = key_of(have, i)
+      if key then seen[key] = {out, i} end
+    end
+    have:close()
+  end
   for _, path in ipairs(inputs) do
     if path == out then closeall() error("merge: output " .. out .. " is also an input", 2) end
     local ok, ms = pcall(M.open, path)
     if not ok then closeall() error(ms, 2) end
     sets[#sets + 1] = ms
     for i = 1, #ms do
-      local okm, meta = pcall(ms.meta, ms, i)
-      if not okm then closeall() error("merge: " .. tostring(meta), 2) end
-      local id = meta[idf]
-      if id ~= nil then
-        local key = type(id) .. ":" .. tostring(id)
-        if seen[key] then
-          closeall()
-          error(string.format("merge: duplicate model id %s: %s record %d and %s record %d",
-            tostring(id), seen[key][1], seen[key][2], path, i), 2)
-        end
-        seen[key] = {path, i}
+      local key, id = key_of(ms, i)
+      if key and seen[key] and not o.skip_existing then
+        closeall()
+        error(string.format("merge: duplicate model id %s: %s record %d and %s record %d",
+          tostring(id), seen[key][1], seen[key][2], path, i), 2)
+      end
+      if not (key and seen[key]) then
+        if key then seen[key] = {path, i} end
+        copy[#copy + 1] = {ms, i}
       end
     end
   end
-  local okc, dst = pcall(M.create, out, {overwrite = opts.overwrite, codec = opts.codec,
-                                         level = opts.level, sync = false})
+  local okc, dst = pcall(function()
+    if append then return M.open(out, "a", {sync = false}) end
+    return M.create(out, {overwrite = o.overwrite, codec = o.codec, level = o.level, sync = false})
+  end)
   if not okc then closeall() error(dst, 2) end
-  local n = 0
   local ok, err = pcall(function()
-    for _, ms in ipairs(sets) do
-      for i = 1, #ms do
-        dst._f:copy_from(ms._f, i)
-        n = n + 1
-      end
-    end
+    for _, c in ipairs(copy) do dst._f:copy_from(c[1]._f, c[2]) end
     dst:close() -- writes the index and syncs
   end)
   closeall()
   if not ok then
     pcall(dst.close, dst)
-    os.remove(out)
+    if not append then os.remove(out) end -- an appended-to out keeps every record written
     error(err, 2)
   end
-  return n
+  return #copy
 end
 
 M.ModelSet = ModelSet

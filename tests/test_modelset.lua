@@ -737,6 +737,43 @@ function TestMerge:test_merge_concatenates_and_checks_ids()
   lu.assertEquals(MS.merge(out, {c}, {overwrite = true}), 1)
 end
 
+-- Resuming a sharded build: records whose id the output holds are skipped,
+-- the output is appended to (its records stay byte for byte), and of
+-- records sharing an id across the inputs the first is copied.
+function TestMerge:test_merge_skip_existing()
+  local a, b, out = T.tmpname(".lpsm"), T.tmpname(".lpsm"), T.tmpname(".lpsm")
+  os.remove(out)
+  local da = small_set(a, 3)                 -- ids 1, 2, 3
+  local w = lps.randn(2, 2, lps.generator(9))
+  local ms = MS.create(b)
+  ms:append_tensors({w = w}, {id = 2, note = "a second model 2"})
+  ms:append_tensors({w = w}, {id = 4})
+  ms:append_tensors({w = w}, {note = "no id"})
+  ms:append_tensors({w = w}, {id = 4, note = "a second model 4"})
+  ms:close()
+  lu.assertEquals(MS.merge(out, {a}, {skip_existing = true}), 3) -- a new out: as without the option
+  local before = assert(lps.util.read_file(out))
+  lu.assertEquals(MS.merge(out, {b, a}, {skip_existing = true}), 2) -- id 4 and the record without an id
+  local m <close> = MS.open(out)
+  lu.assertEquals(#m, 5)
+  lu.assertEquals({m:meta(1).id, m:meta(2).id, m:meta(3).id, m:meta(4).id, m:meta(5).id}, {1, 2, 3, 4, nil})
+  lu.assertNil(m:meta(2).note)               -- out's model 2 kept, b's skipped
+  lu.assertNil(m:meta(4).note)               -- b's first model 4, not its second
+  lu.assertEquals(m:meta(5).note, "no id")
+  assert_bit_exact(m:tensors(2).a, da[2].a)
+  lu.assertTrue((MS.verify(out)))
+  local after = assert(lps.util.read_file(out))
+  lu.assertEquals(after:sub(1, 64), before:sub(1, 64)) -- the same file, appended to
+  lu.assertEquals(MS.merge(out, {a}, {skip_existing = true}), 0) -- nothing new
+  -- without the option the same merges are refused, before anything is written
+  T.assert_error_contains("exists", MS.merge, out, {a})
+  local out2 = T.tmpname(".lpsm")
+  os.remove(out2)
+  T.assert_error_contains("duplicate model id 2: " .. a .. " record 2 and " .. b .. " record 1", MS.merge, out2, {a, b})
+  lu.assertNil(io.open(out2, "rb"))
+  T.assert_error_contains("merge: unknown option 'skip'", MS.merge, out2, {a}, {skip = true})
+end
+
 -- ----------------------------------------------------------- locking and readers
 
 TestConcurrency = {}
@@ -839,6 +876,10 @@ function TestCLI:test_subcommands_and_exit_codes()
   code, text = run("merge " .. m .. " " .. a .. " " .. a .. " --overwrite")
   lu.assertEquals(code, 1)
   lu.assertStrContains(text, "duplicate model id 1")
+  code, text = run("merge " .. m .. " " .. a .. " " .. b .. " --skip-existing") -- m holds them all
+  lu.assertEquals(code, 0, text)
+  lu.assertStrContains(text, "0 records from 2 sets")
+  lu.assertEquals(#MS.open(m), 4)
   code, text = run("verify " .. a .. " " .. b)
   lu.assertEquals(code, 0, text)
   local s = readfile(b)

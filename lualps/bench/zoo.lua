@@ -290,6 +290,22 @@ local function model_meta(m, task, res, attempts)
   return meta
 end
 
+--- The ids a set holds (id -> record number), after checking that every
+-- record was built from the configuration `fingerprint`; raises otherwise.
+function zoo.stored_ids(ms, fingerprint)
+  local have = {}
+  for i = 1, #ms do
+    local meta = ms:meta(i)
+    if meta.fingerprint ~= fingerprint then
+      error(("%s was built with another configuration (master seed or task table): "
+        .. "fingerprint %s, expected %s; choose another --out"):format(ms:path(),
+        tostring(meta.fingerprint), fingerprint), 0)
+    end
+    have[meta.id] = i
+  end
+  return have
+end
+
 --- Open `path` for appending (creating it if missing), after checking that
 -- what it holds was built from the same configuration. A torn tail left by
 -- a crash is repaired first (intact records are kept). Returns the set and
@@ -309,17 +325,8 @@ function zoo.open_for_build(path, fingerprint, opts)
       :format(path, rep.records or rep.kept or 0))
     ms = modelset.open(path, "a")
   end
-  local have = {}
-  for i = 1, #ms do
-    local meta = ms:meta(i)
-    if meta.fingerprint ~= fingerprint then
-      ms:close()
-      error(("%s was built with another configuration (master seed or task table): "
-        .. "fingerprint %s, expected %s; choose another --out"):format(path,
-        tostring(meta.fingerprint), fingerprint), 0)
-    end
-    have[meta.id] = i
-  end
+  local ok_ids, have = pcall(zoo.stored_ids, ms, fingerprint)
+  if not ok_ids then ms:close() error(have, 0) end
   return ms, have
 end
 
@@ -379,30 +386,6 @@ function zoo.build(plan, path, opts)
   return summary
 end
 
---- Check a build recipe's common arguments a (out, jobs, shard, data)
--- before anything is trained; returns the data directory or raises with a
--- message for the user.
-function zoo.check_recipe_args(a)
-  if not a.jobs or a.jobs < 1 then error("--jobs must be an integer >= 1", 0) end
-  if a.shard then
-    zoo.parse_shard(a.shard)
-    if a.jobs > 1 then error("--shard and --jobs do not go together", 0) end
-  end
-  local dir = a.out:match("^(.*)/[^/]*$")
-  if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
-    error(("the output directory %s does not exist"):format(dir), 0)
-  end
-  local data_dir = a.data or os.getenv("LUALPS_DATA") or data.default_dir
-  for _, f in ipairs{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} do
-    if not file_exists(data_dir .. "/" .. f) then
-      error(("no Fashion-MNIST in %s (missing %s); install dataset-fashion-mnist or pass --data")
-        :format(data_dir, f), 0)
-    end
-  end
-  return data_dir
-end
-
 --- Print the per-task accuracy table of a built set (task, name, models,
 -- min/median/max test accuracy, retrained) and return the lowest accuracy
 -- and the number of retrained models.
@@ -425,55 +408,6 @@ function zoo.print_accuracy(ms, tasks)
   return all_min, n_retrained
 end
 
--- A shell word (single-quoted).
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
---- The build step of a recipe (recipes/modelset500.lua, modelset_hetero.lua)
--- from its parsed arguments a (out, jobs, shard, quiet): refuse an existing
--- file of another configuration before training; with a.jobs > 1 run this
--- recipe again as that many shard processes (GNU parallel: the same
--- command line with --shard i/n and --out OUT.shard-i-of-n) and merge them;
--- otherwise build the shard a.shard, or everything, here, and exit after a
--- shard. opts: those of zoo.build (tasks, data_dir, max_test, ...).
--- Returns the seconds taken.
-function zoo.build_recipe(a, plan, opts)
-  local fp = plan[1].fingerprint
-  if file_exists(a.out) then -- another configuration is refused before training
-    local ms = zoo.open_for_build(a.out, fp)
-    ms:close()
-  end
-  local t0 = core.now()
-  local label = a.shard and ("shard " .. a.shard) or "modelset"
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  o.progress = not a.quiet and {label = label, unit = "models"} or false
-  if a.jobs > 1 then
-    -- one BLAS thread per process: two of two threads would oversubscribe two cores
-    local words, skip = {"lua5.4", quote(arg[0])}, false
-    for _, w in ipairs(arg) do
-      if skip then skip = false
-      elseif w == "--jobs" or w == "--out" then skip = true
-      elseif not (w:match("^%-%-jobs=") or w:match("^%-%-out=")) then words[#words + 1] = quote(w) end
-    end
-    local cmd = ("%s --shard {}/%d --out %s"):format(table.concat(words, " "), a.jobs,
-      quote(a.out .. ".shard-{}-of-" .. a.jobs))
-    local shard_paths = {}
-    for i = 1, a.jobs do shard_paths[i] = ("%s.shard-%d-of-%d"):format(a.out, i, a.jobs) end
-    if not a.quiet then io.stderr:write(("modelset: %d models in %d shards (%s)\n"):format(#plan, a.jobs, a.out)) end
-    zoo.run_shards(cmd, a.jobs)
-    zoo.collect_shards(a.out, shard_paths, fp)
-  else
-    local part = plan
-    if a.shard then part = zoo.shard(plan, zoo.parse_shard(a.shard)) end
-    local s = zoo.build(part, a.out, o)
-    if a.shard then os.exit(0) end
-    if s.stored_before > 0 and not a.quiet then
-      io.stderr:write(("modelset: %d models were already stored, built %d\n"):format(s.stored_before, s.built))
-    end
-  end
-  return core.now() - t0
-end
-
 --- Per-task accuracy summary of a set: {task -> {n, min, median, max, mean}}.
 function zoo.accuracy_summary(ms)
   local per = {}
@@ -492,42 +426,6 @@ function zoo.accuracy_summary(ms)
     t.median, t.mean = util.median(t.accs), s / #t.accs
   end
   return per
-end
-
---- Append to `path` the records of the shard files (in order) whose ids it
--- does not hold yet, byte for byte; then remove the shard files.
-function zoo.collect_shards(path, shard_paths, fingerprint)
-  local ms, have = zoo.open_for_build(path, fingerprint)
-  local added = 0
-  local ok, err = pcall(function()
-    for _, sp in ipairs(shard_paths) do
-      if file_exists(sp) then
-        local src = zoo.open_for_build(sp, fingerprint)
-        for i = 1, #src do
-          local id = src:meta(i).id
-          if not have[id] then
-            ms._f:copy_from(src._f, i)
-            have[id] = true
-            added = added + 1
-          end
-        end
-        src:close()
-      end
-    end
-  end)
-  ms:close()
-  if not ok then error(err, 0) end
-  for _, sp in ipairs(shard_paths) do os.remove(sp) end
-  return added
-end
-
---- Run `cmd` (a shell command with {} standing for the shard number) for
--- shards 1..n at once with GNU parallel; raises if any of them fails.
-function zoo.run_shards(cmd, n)
-  local line = ("parallel --halt now,fail=1 --line-buffer -j %d %s ::: %s"):format(n, cmd,
-    table.concat((function() local t = {} for i = 1, n do t[i] = i end return t end)(), " "))
-  local ok, how, code = os.execute(line)
-  if not ok then error(("zoo: a shard failed (%s %s): %s"):format(how, tostring(code), line), 0) end
 end
 
 return zoo
