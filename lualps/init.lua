@@ -20,6 +20,7 @@ local modules = {
   eval = "lualps.eval", similarity = "lualps.similarity",
   zoo = "lualps.bench.zoo", hetero = "lualps.bench.hetero", transfer = "lualps.bench.transfer",
   transfer_pool = "lualps.bench.transfer_pool", selection = "lualps.bench.selection",
+  controls = "lualps.bench.controls",
   benchmark = "lualps.bench.benchmark", plot = "lualps.bench.plot",
 }
 
