@@ -144,6 +144,15 @@ function TestDomains:test_rotations_compose()
   lu.assertTrue(lps.allclose(inv, x, 0, 1e-6))
 end
 
+-- lps.data.domains is the one list of domain names: the C core's, in its
+-- order (each name selects a transform there, and another name is refused).
+function TestDomains:test_one_list_of_names()
+  lu.assertEquals(lps.data.domains, {"identity", "invert", "rot90", "blur", "downup"})
+  local C = lps.core._nn
+  for _, d in ipairs(lps.data.domains) do lu.assertEquals(C.image_domain(ramp(), d):shape(), {1, 16}) end
+  T.assert_error_contains("unknown domain 'sepia'", C.image_domain, ramp(), "sepia")
+end
+
 function TestDomains:test_bad_input()
   T.assert_error_contains("unknown domain 'sepia'", lps.data.domain, ramp(), "sepia")
   T.assert_error_contains("square images", lps.data.domain, lps.zeros(2, 5), "rot90")

@@ -61,6 +61,10 @@ function TestHeteroPlan:test_full_plan_composition()
   lu.assertEquals(again[500], plan[500])
   lu.assertNotEquals(H.plan(TABLE, {master_seed = 2})[500].lr, plan[500].lr)
   T.assert_error_contains("hetero: unknown option 'per_tsk'", H.plan, TABLE, {per_tsk = 4})
+  -- the domains are lps.data's: one list, the C core's
+  local sepia = {class_names = TABLE.class_names, subsets = TABLE.subsets, domains = {"identity", "sepia"}}
+  T.assert_error_contains("hetero: unknown domain 'sepia' (lps.data.domains: identity, invert, rot90, blur, downup)",
+    H.tasks, sepia)
   lu.assertEquals(#H.plan(TABLE, {tasks = 2}), 60) -- the first two tasks
 end
 

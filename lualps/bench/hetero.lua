@@ -7,6 +7,7 @@
 -- the plan; lps.hetero.splits gives its five evaluation splits.
 local core = require "lualps.core"
 local util = require "lualps.util"
+local data = require "lualps.data"
 local zoo = require "lualps.bench.zoo"
 
 local H = {}
@@ -53,8 +54,16 @@ local function minus(list, drop)
 end
 
 --- The task list of a task table (recipes/modelset_hetero_tasks.lua): every
--- subset in every domain, subset-major. Task: {id, classes, domain, subset, name}.
+-- subset in every domain (some of lps.data.domains), subset-major. Task:
+-- {id, classes, domain, subset, name}.
 function H.tasks(TABLE)
+  local known = {}
+  for _, d in ipairs(data.domains) do known[d] = true end
+  for _, d in ipairs(TABLE.domains) do
+    if not known[d] then
+      error(("hetero: unknown domain '%s' (lps.data.domains: %s)"):format(tostring(d), table.concat(data.domains, ", ")), 2)
+    end
+  end
   local tasks = {}
   for s, classes in ipairs(TABLE.subsets) do
     for _, d in ipairs(TABLE.domains) do
