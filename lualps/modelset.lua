@@ -1,7 +1,7 @@
 --- lps.modelset: a compressed, checksummed, crash-safe archive of trained models.
 --
 -- The file format (docs/MODELSET_FORMAT.md) and its checks live in C
--- (csrc/store/modelset.c); this module adds JSON metadata (lua-cjson), models
+-- (csrc/store/modelset.c); this module adds JSON metadata (lualps.json), models
 -- (the lps.nn spec contract) and iteration.
 --
 --   local ms <close> = lps.modelset.create("runs.lpsm")        -- codec "shuffle"
@@ -26,8 +26,8 @@
 -- append(model, meta) stores model:spec() there. The model id that merge
 -- checks is meta.id.
 local core = require "lualps.core"
-local cjson = require("cjson").new()
 local util = require "lualps.util"
+local mjson = require "lualps.json"
 local nn = require "lualps.nn"
 
 local C = core._modelset
@@ -35,93 +35,6 @@ local M = {}
 
 M.CODECS = {"shuffle", "plain", "bf16"}
 M.ID_FIELD = "id"
-
--- JSON numbers come back as floats; whole ones become integers again.
-local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
-  elseif math.type(v) == "float" and v == math.floor(v) and v >= -2^53 and v <= 2^53 then
-    return math.tointeger(v)
-  end
-  return v
-end
-
-local function decode_meta(json, where)
-  local ok, v = pcall(cjson.decode, json)
-  if not ok then
-    error(string.format("%s: invalid JSON metadata: %s", where, tostring(v)), 0)
-  end
-  if type(v) ~= "table" or not json:match("^%s*{") then
-    error(string.format("%s: metadata is not a JSON object", where), 0)
-  end
-  return integers(v)
-end
-
--- JSON with sorted keys (the same metadata always gives the same bytes)
--- and numbers that read back exactly (cjson keeps only 14 digits).
-local function encode_value(v, out, depth)
-  local t = type(v)
-  if t == "string" then
-    out[#out + 1] = cjson.encode(v)
-  elseif math.type(v) == "integer" then
-    out[#out + 1] = string.format("%d", v)
-  elseif t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then error("NaN or infinity", 0) end
-    local s = string.format("%.15g", v)
-    if tonumber(s) ~= v then s = string.format("%.17g", v) end
-    out[#out + 1] = s
-  elseif t == "boolean" then
-    out[#out + 1] = tostring(v)
-  elseif v == cjson.null then
-    out[#out + 1] = "null"
-  elseif t == "table" then
-    if depth > 64 then error("nested deeper than 64 levels", 0) end
-    local n, count, keys = #v, 0, {}
-    for k in pairs(v) do
-      count = count + 1
-      if type(k) == "string" then keys[#keys + 1] = k
-      elseif math.type(k) ~= "integer" or k < 1 or k > n then
-        error("a table mixes list entries and keys of type " .. type(k), 0)
-      end
-    end
-    if n > 0 and count == n then
-      out[#out + 1] = "["
-      for i = 1, n do
-        if i > 1 then out[#out + 1] = "," end
-        encode_value(v[i], out, depth + 1)
-      end
-      out[#out + 1] = "]"
-    else
-      if #keys ~= count then error("a table mixes list entries and string keys", 0) end
-      table.sort(keys)
-      out[#out + 1] = "{"
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = "," end
-        out[#out + 1] = cjson.encode(k)
-        out[#out + 1] = ":"
-        encode_value(v[k], out, depth + 1)
-      end
-      out[#out + 1] = "}"
-    end
-  else
-    error("cannot store a " .. t, 0)
-  end
-end
-
-local function encode_meta(meta)
-  if meta == nil then return "{}" end
-  if type(meta) ~= "table" then error("modelset: metadata must be a table", 3) end
-  local ok, json = pcall(function()
-    local out = {}
-    encode_value(meta, out, 0)
-    return table.concat(out)
-  end)
-  if not ok then error("modelset: metadata cannot be stored as JSON: " .. tostring(json), 3) end
-  if json:sub(1, 1) ~= "{" then
-    error("modelset: metadata must be a JSON object (a table with string keys)", 3)
-  end
-  return json
-end
 
 local ModelSet = {}
 
@@ -218,7 +131,7 @@ end
 function ModelSet:meta(i)
   check_i(self, i)
   local json = file(self):meta(i)
-  local m = decode_meta(json, string.format("%s: record %d", self:path(), i))
+  local m = mjson.decode(json, string.format("%s: record %d", self:path(), i))
   return setmetatable(m, {__tostring = function(t) return summary(i, t) end})
 end
 
@@ -292,7 +205,7 @@ end
 -- opts.codec overrides the set's codec for this record.
 function ModelSet:append_tensors(named, meta, opts)
   local o = util.options(opts, {}, "append_tensors", {"codec"})
-  local json = encode_meta(meta)
+  local json = mjson.encode(meta)
   return file(self):append(json, entries(named, o.codec))
 end
 
@@ -313,7 +226,7 @@ function ModelSet:append(model, meta, opts)
   local m = {}
   for k, v in pairs(meta) do m[k] = v end
   m.spec = model:spec()
-  local json = encode_meta(m)
+  local json = mjson.encode(m)
   return file(self):append(json, entries(model:named_parameters(), o.codec))
 end
 
@@ -367,7 +280,7 @@ local function json_problems(path_or_ms, rep)
     if not bad[i] then
       local okj, json = pcall(ms._f.meta, ms._f, i)
       if okj then
-        local okd, err = pcall(decode_meta, json, string.format("record %d", i))
+        local okd, err = pcall(mjson.decode, json, string.format("record %d", i))
         if not okd then
           rep.problems[#rep.problems + 1] = {record = i, message = err}
           rep.nproblems = rep.nproblems + 1

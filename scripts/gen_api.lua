@@ -8,6 +8,7 @@ local out_path = arg[1] or "docs/API.md"
 local modules = {
   {"lualps/init.lua", "lps", "The module table: tensor functions from the C core, modules loaded on first use."},
   {"lualps/util.lua", "lps.util", "Progress display and small helpers."},
+  {"lualps/json.lua", "lualps.json", "The JSON of model-set metadata: sorted keys, exact numbers."},
   {"lualps/nn.lua", "lps.nn", "Layers, models and the training loop."},
   {"lualps/optim.lua", "lps.optim", "Optimizers and learning-rate schedules."},
   {"lualps/data.lua", "lps.data", "Fashion-MNIST, image domains and data helpers."},

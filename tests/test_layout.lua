@@ -126,7 +126,7 @@ end
 -- (lualps/init.lua, for users, recipes, scripts and tests), and no module
 -- may take part in a require cycle.
 --   0  lualps.core                          the C binding (lualps/core.so)
---   1  util
+--   1  util, json
 --   2  nn, optim, data, arch
 --   3  safetensors, modelset, eval
 --   4  similarity and lualps/similarity/*   the second-order networks
@@ -135,7 +135,7 @@ end
 -- require of a literal name, `require "x"`, `require 'x'`, `require("x")`,
 -- `require [[x]]`; a computed name is allowed in the facade only.
 local FACADE = "lualps"
-local LUA_LAYER = {["lualps.core"] = 0, ["lualps.util"] = 1, ["lualps.nn"] = 2, ["lualps.optim"] = 2,
+local LUA_LAYER = {["lualps.core"] = 0, ["lualps.util"] = 1, ["lualps.json"] = 1, ["lualps.nn"] = 2, ["lualps.optim"] = 2,
   ["lualps.data"] = 2, ["lualps.arch"] = 2, ["lualps.safetensors"] = 3, ["lualps.modelset"] = 3,
   ["lualps.eval"] = 3, ["lualps.similarity"] = 4}
 local LUA_FOLDER = {similarity = 4, bench = 5} -- every module of lualps/<folder>/
