@@ -11,11 +11,7 @@ local M = {}
 -- A shell word (single-quoted).
 local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function file_exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local file_exists = lps.zoo.file_exists
 
 --- Check a build recipe's common arguments a (out, jobs, shard, data)
 -- before anything is trained; returns the data directory or raises with a

@@ -13,6 +13,7 @@
 -- metric_loss.c); this file wires the layers.
 local core = require "lualps.core"
 local util = require "lualps.util"
+local data = require "lualps.data"
 local base = require "lualps.similarity.base"
 local K = core._lps
 
@@ -213,13 +214,7 @@ end
 -- set, as a narrower model would give.
 function Net:keep_units(p, keep, g)
   local h = p.U1:size(1)
-  local perm = {}
-  for i = 1, h do perm[i] = i end
-  for i = h, 2, -1 do
-    local j = g:random(i)
-    perm[i], perm[j] = perm[j], perm[i]
-  end
-  local idx = {table.unpack(perm, 1, math.max(1, math.floor(h * keep + 0.5)))}
+  local idx = {table.unpack(data.randperm(h, g), 1, math.max(1, math.floor(h * keep + 0.5)))}
   table.sort(idx)
   local q = {lps_prepared = true, layers = p.layers, chain_norm = p.chain_norm, input_dim = p.input_dim,
              U1 = p.U1:index_rows(idx), bias = {p.bias[1]:index_rows(idx)}, imp = {p.imp[1]:index_rows(idx)},
