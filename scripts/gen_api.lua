@@ -20,6 +20,7 @@ local modules = {
   {"lualps/similarity/base.lua", "lps.similarity", "What every second-order network (and feature head) shares."},
   {"lualps/similarity/mlpnet.lua", "lps.similarity", "The second-order network for MLPs."},
   {"lualps/similarity/archnet.lua", "lps.similarity (any architecture)", "The second-order network for MLPs and CNNs."},
+  {"lualps/similarity/templates.lua", "lps.similarity", "The class templates of any architecture."},
   {"lualps/similarity/head.lua", "lps.similarity", "A learned head on fixed features."},
   {"lualps/similarity/train.lua", "lps.similarity", "Training a network on models with task labels."},
   {"lualps/similarity/models.lua", "lps.similarity", "The models a network reads (weight lists)."},
@@ -37,6 +38,17 @@ local modules = {
   {"lualps/bench/transfer_pool.lua", "lps.transfer_pool", "The transfer ground truth of sets of many architectures, with its reliability."},
   {"lualps/bench/plot.lua", "lps.plot", "PNG figures through gnuplot."},
 }
+
+-- Every Lua file of the package has its place above.
+do
+  local listed = {}
+  for _, m in ipairs(modules) do listed[m[1]] = true end
+  local p = assert(io.popen("find lualps -name '*.lua' | sort"))
+  for f in p:lines() do
+    if not listed[f] then error(("gen_api: %s is not in the module list of scripts/gen_api.lua"):format(f), 0) end
+  end
+  p:close()
+end
 
 local function doc_entries(path)
   local f = io.open(path)
