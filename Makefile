@@ -74,7 +74,7 @@ run: all
 bench: all
 	$(LUA) scripts/bench_tensor.lua
 
-# docs/API.md from the doc comments of lualps/*.lua (tests/test_docs.lua
+# docs/API.md from the doc comments of lualps/ (tests/test_docs.lua
 # fails when it is out of date).
 docs:
 	$(LUA) scripts/gen_api.lua docs/API.md
@@ -83,10 +83,13 @@ docs:
 INST_LIBDIR ?= /usr/local/lib/lua/5.4
 INST_LUADIR ?= /usr/local/share/lua/5.4
 INST_BINDIR ?= /usr/local/bin
+# The Lua package: the library in lualps/, its subfolders (LUA_FOLDERS).
+LUA_FOLDERS = similarity bench
 install: lib
-	mkdir -p $(INST_LIBDIR)/lualps $(INST_LUADIR)/lualps
+	mkdir -p $(INST_LIBDIR)/lualps $(foreach d,$(LUA_FOLDERS),$(INST_LUADIR)/lualps/$(d))
 	cp lualps/core.so $(INST_LIBDIR)/lualps/core.so
 	cp lualps/*.lua $(INST_LUADIR)/lualps/
+	$(foreach d,$(LUA_FOLDERS),cp lualps/$(d)/*.lua $(INST_LUADIR)/lualps/$(d)/ &&) true
 	mkdir -p $(INST_BINDIR) && cp scripts/lualps $(INST_BINDIR)/lualps
 
 clean:

@@ -1046,9 +1046,10 @@ lps_safetensors *lps_safetensors_load_header(const char *path);
 void lps_safetensors_free(lps_safetensors *st);
 /* Index of the tensor called name, or -1. */
 int64_t lps_safetensors_find(const lps_safetensors *st, const char *name);
-/* Entry i as a new float32 tensor: F32, F16, BF16 exactly, F64 rounded to
- * nearest. A scalar (rank 0) gives shape (1); ranks above 4 and other dtypes
- * fail with the tensor's name. */
+/* Entry i as a new float32 tensor: F32, F16, BF16 exactly, F64 and the
+ * integer types (BOOL, U8..U64, I8..I64: counts such as batch norm's
+ * num_batches_tracked) rounded to nearest. A scalar (rank 0) gives shape
+ * (1); ranks above 4 and other dtypes fail with the tensor's name. */
 lps_tensor *lps_safetensors_tensor(const lps_safetensors *st, size_t i);
 
 const char *lps_st_dtype_name(lps_st_dtype d);

@@ -1,8 +1,8 @@
 --- lualps.data: Fashion-MNIST from Debian's dataset-fashion-mnist package,
 -- rendered letters (glyphs), and helpers to pick classes, subsample and split.
-local lps = require "lualps"
-local C = require("lualps.core")._nn
-local G = require("lualps.core")._glyphs
+local core = require "lualps.core"
+local C = core._nn
+local G = core._glyphs
 
 local data = {}
 
@@ -49,7 +49,7 @@ data.domains = C.domain_names()
 -- "elastic" (a fixed smooth displacement field). Zeros fill what comes from
 -- outside the image.
 function data.domain(x, name)
-  if not lps.is_tensor(x) then error("domain: expected a tensor of images", 2) end
+  if not core.is_tensor(x) then error("domain: expected a tensor of images", 2) end
   local known = false
   for _, d in ipairs(data.domains) do known = known or d == name end
   if not known then
@@ -150,7 +150,7 @@ function data.glyphs(split, opts)
   local key = ("%s/%d/%d/%s"):format(split, n, seed, table.concat(classes, ","))
   local hit = cache[key]
   if not hit then
-    local y = lps.zeros(n * #classes)
+    local y = core.zeros(n * #classes)
     for k = 0, n - 1 do
       for j, c in ipairs(classes) do y[k * #classes + j] = c end
     end
@@ -201,14 +201,14 @@ function data.glyph(letter, opts)
 end
 
 local function check_xy(x, y, what)
-  if not lps.is_tensor(x) or not lps.is_tensor(y) then error(what .. ": expected tensors x and y", 3) end
+  if not core.is_tensor(x) or not core.is_tensor(y) then error(what .. ": expected tensors x and y", 3) end
   if x:size(1) ~= y:numel() then
     error(("%s: %d samples but %d labels"):format(what, x:size(1), y:numel()), 3)
   end
 end
 
 local function take(x, y, idx)
-  local labels = lps.zeros(#idx)
+  local labels = core.zeros(#idx)
   for i, j in ipairs(idx) do labels[i] = y[j] end
   return x:index_rows(idx), labels
 end
@@ -228,14 +228,14 @@ function data.select_classes(x, y, classes)
     local k = map[flat[i]]
     if k then idx[#idx + 1] = i; labels[#labels + 1] = k end
   end
-  local ty = lps.zeros(#idx)
+  local ty = core.zeros(#idx)
   for i, k in ipairs(labels) do ty[i] = k end
   return x:index_rows(idx), ty
 end
 
 -- A random permutation of 1..n from the generator (Fisher-Yates).
 local function randperm(n, gen)
-  gen = gen or lps.default_generator()
+  gen = gen or core.default_generator()
   local p = {}
   for i = 1, n do p[i] = i end
   for i = n, 2, -1 do

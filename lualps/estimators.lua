@@ -11,8 +11,9 @@
 -- row, with at least two distinct classes; the class count is the
 -- largest label. Non-finite values, wrong shapes and bad labels are errors
 -- naming the estimator.
-local lps = require "lualps"
-local C = require("lualps.core")._estimators
+local core = require "lualps.core"
+local util = require "lualps.util"
+local C = core._estimators
 
 local M = {}
 
@@ -24,27 +25,14 @@ M.defaults = {
   outputs = {batch = 256},              -- samples per forward chunk
 }
 
-local function options(op, opts, defaults)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("%s: options must be a table, got a %s"):format(op, type(opts)), 3)
-  end
-  local o = {}
-  for k, v in pairs(defaults) do o[k] = v end
-  for k, v in pairs(opts or {}) do
-    if defaults[k] == nil then error(("%s: unknown option '%s'"):format(op, tostring(k)), 3) end
-    o[k] = v
-  end
-  return o
-end
-
 -- A 2-D tensor from a tensor or a nested table.
 local function matrix(op, what, x)
   if type(x) == "table" then
-    local ok, t = pcall(lps.tensor, x)
+    local ok, t = pcall(core.tensor, x)
     if not ok then error(("%s: %s: %s"):format(op, what, t), 3) end
     x = t
   end
-  if not lps.is_tensor(x) then error(("%s: %s must be a tensor or a table of rows, got a %s"):format(op, what, type(x)), 3) end
+  if not core.is_tensor(x) then error(("%s: %s must be a tensor or a table of rows, got a %s"):format(op, what, type(x)), 3) end
   if x:dim() ~= 2 then
     error(("%s: %s must be 2-D (samples x columns), got shape (%s)"):format(op, what, table.concat(x:shape(), "x")), 3)
   end
@@ -53,7 +41,7 @@ end
 
 -- Labels as a table of integers, and the class count (the largest label).
 local function labels(op, y, n)
-  if lps.is_tensor(y) then
+  if core.is_tensor(y) then
     if y:dim() ~= 1 then error(("%s: labels must be 1-D, got shape (%s)"):format(op, table.concat(y:shape(), "x")), 3) end
     y = y:totable()
   elseif type(y) ~= "table" then
@@ -84,7 +72,7 @@ end
 -- evidence (about 2.6 log(alpha) for a CNN's 784 features on 128 images);
 -- exact = true removes it: the true evidence, comparable across widths.
 function M.logme(F, y, opts)
-  local o = options("logme", opts, M.defaults.logme)
+  local o = util.options(opts, M.defaults.logme, "logme")
   if type(o.exact) ~= "boolean" then error(("logme: exact must be a boolean, got %s"):format(tostring(o.exact)), 2) end
   F = matrix("logme", "features", F)
   local lab, classes = labels("logme", y, F:size(1))
@@ -110,7 +98,7 @@ end
 -- similarity, then the smaller label; equal similarities: the earlier
 -- sample). 1 <= k <= n - 1.
 function M.knn(F, y, opts)
-  local o = options("knn", opts, M.defaults.knn)
+  local o = util.options(opts, M.defaults.knn, "knn")
   F = matrix("knn", "features", F)
   local lab, classes = labels("knn", y, F:size(1))
   if math.type(o.k) ~= "integer" then error(("knn: k must be an integer, got %s"):format(tostring(o.k)), 2) end
@@ -132,7 +120,7 @@ end
 -- rank (spectral components above 1e-12 of the largest), grid_mse ("auto": mse per grid value),
 -- loo (n x classes tensor of the LOO predictions).
 function M.linear_probe(F, y, opts)
-  local o = options("linear_probe", opts, M.defaults.linear_probe)
+  local o = util.options(opts, M.defaults.linear_probe, "linear_probe")
   F = matrix("linear_probe", "features", F)
   local lab, classes = labels("linear_probe", y, F:size(1))
   local rho = o.lambda
@@ -162,7 +150,7 @@ end
 -- Runs in evaluation mode (the model's mode is restored), in chunks of
 -- opts.batch samples.
 function M.outputs(model, x, opts)
-  local o = options("outputs", opts, M.defaults.outputs)
+  local o = util.options(opts, M.defaults.outputs, "outputs")
   if (getmetatable(model) or {}).__name ~= "lualps.Module" or model:type() ~= "sequential" then
     error("outputs: model must be an lps.nn sequential", 2)
   end
@@ -170,13 +158,13 @@ function M.outputs(model, x, opts)
   if #kids < 2 or kids[#kids]:type() ~= "linear" then
     error("outputs: the model's last layer must be linear (the head), after at least one other", 2)
   end
-  if not lps.is_tensor(x) or x:dim() < 2 then error("outputs: x must be a tensor of n rows or n images", 2) end
+  if not core.is_tensor(x) or x:dim() < 2 then error("outputs: x must be a tensor of n rows or n images", 2) end
   if math.type(o.batch) ~= "integer" or o.batch < 1 then
     error(("outputs: batch must be a positive integer, got %s"):format(tostring(o.batch)), 2)
   end
-  local n, first = x:size(1), kids[1]:spec()
+  local n, first = x:size(1), kids[1]:arch()[1]
   if first.type == "conv2d" and x:dim() == 2 then
-    local c = first.in_channels
+    local c = first["in"]
     local s = math.tointeger(math.sqrt(x:size(2) // c) // 1)
     if not s or c * s * s ~= x:size(2) then
       error(("outputs: rows of %d values are not %d-channel square images"):format(x:size(2), c), 2)
@@ -197,8 +185,8 @@ function M.outputs(model, x, opts)
         h = nh
       end
       local logits <close> = kids[#kids]:forward(h)
-      F = F or lps.zeros(n, h:size(2))
-      P = P or lps.zeros(n, logits:size(2))
+      F = F or core.zeros(n, h:size(2))
+      P = P or core.zeros(n, logits:size(2))
       F:rows(s, s + h:size(1) - 1):copy(h)
       P:rows(s, s + h:size(1) - 1):copy(C.softmax(logits))
       h:close()

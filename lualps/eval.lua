@@ -66,29 +66,9 @@
 --             every k/L of the depths present
 --
 -- Indices and cluster ids are 1-based; labels are any integers.
-local raw_core = require("lualps.core")._eval
-
--- Models of sets stored before the arch was the one description carry a
--- legacy `spec`: give such a model (or each of a list of them) its arch,
--- kept on the model table, before the C core reads it.
-local function with_arch(v)
-  if type(v) ~= "table" then return end
-  if v.spec ~= nil and v.arch == nil and type(v.spec) == "table" then
-    v.arch = require("lualps.nn").arch_of_spec(v.spec)
-  elseif #v > 0 and type(v[1]) == "table" then
-    for _, m in ipairs(v) do with_arch(m) end
-  end
-end
-local core = setmetatable({}, {__index = function(t, k)
-  local f = raw_core[k]
-  if type(f) ~= "function" then return f end
-  local g = function(...)
-    for i = 1, select("#", ...) do with_arch((select(i, ...))) end
-    return f(...)
-  end
-  rawset(t, k, g)
-  return g
-end})
+local core = require "lualps.core"
+local util = require "lualps.util"
+local C = core._eval
 
 local M = {}
 
@@ -98,23 +78,23 @@ local feature_methods = {raw = true, sorted = true, stats = true, gram = true}
 --- Fixed-length feature vector (1-D tensor) of one model (MLP or CNN);
 -- method is one of raw, sorted, stats, gram. opts.pool applies to an MLP's gram.
 function M.features(method, model, opts)
-  return core.features(method, model, opts)
+  return C.features(method, model, opts)
 end
 
 --- Features of many models as an (n x f) tensor. raw and sorted need one
 -- architecture, gram one family (an error otherwise; similarity_matrix
 -- compares mixed sets); stats takes any models.
 function M.feature_matrix(method, models, opts)
-  return core.feature_matrix(method, models, opts)
+  return C.feature_matrix(method, models, opts)
 end
 
-M.standardize = core.standardize     -- (x [, mean, sd]) -> x, mean, sd
-M.cosine_matrix = core.cosine_matrix -- (A (na x f), B (nb x f)) -> na x nb
-M.forward = core.forward             -- (model, x (N x d)) -> N x out
-M.hidden = core.hidden               -- (model, x) -> {post-ReLU (conv: and pooled, flattened) acts per hidden layer}
-M.permute = core.permute             -- (model, perms) -> new model, same function (perms: units / conv channels)
-M.sort_perm = core.sort_perm         -- (model) -> perms of the `sorted` order
-M.linear_cka = core.linear_cka       -- (X (N x p), Y (N x q)) -> number
+M.standardize = C.standardize     -- (x [, mean, sd]) -> x, mean, sd
+M.cosine_matrix = C.cosine_matrix -- (A (na x f), B (nb x f)) -> na x nb
+M.forward = C.forward             -- (model, x (N x d)) -> N x out
+M.hidden = C.hidden               -- (model, x) -> {post-ReLU (conv: and pooled, flattened) acts per hidden layer}
+M.permute = C.permute             -- (model, perms) -> new model, same function (perms: units / conv channels)
+M.sort_perm = C.sort_perm         -- (model) -> perms of the `sorted` order
+M.linear_cka = C.linear_cka       -- (X (N x p), Y (N x q)) -> number
 
 --- Linear CKA of two models given their layers' activations on the same N
 -- inputs (acts_a, acts_b: lists of N x p matrices, shallow to deep; any
@@ -123,20 +103,20 @@ M.linear_cka = core.linear_cka       -- (X (N x p), Y (N x q)) -> number
 -- depth of linear_cka of the two covering layers. Same depth: the mean over
 -- l of linear_cka(acts_a[l], acts_b[l]). Layers wider than N go through
 -- their N x N Gram matrices (the same value, less work).
-function M.cka_layers(acts_a, acts_b) return core.cka_layers(acts_a, acts_b) end
-M.symeig = core.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
+function M.cka_layers(acts_a, acts_b) return C.cka_layers(acts_a, acts_b) end
+M.symeig = C.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
 --- Linear assignment: cost (n x m tensor) -> assignment (1-based column of
 -- each row; 0 when n > m leaves the row out) and its total. Minimizes unless
 -- maximize is true.
-function M.assign(cost, maximize) return core.assign(cost, maximize) end
+function M.assign(cost, maximize) return C.assign(cost, maximize) end
 
 --- Git Re-Basin weight matching of model b to model a (one architecture;
 -- CNNs over conv channels): perms (one array per hidden layer;
 -- M.permute(b, perms) is b aligned to a), the cosine of a and aligned b,
 -- and the sweeps used. opts.max_iter (100), opts.generator (visit layers in
 -- random order; default in order).
-function M.weight_matching(a, b, opts) return core.weight_matching(a, b, opts) end
+function M.weight_matching(a, b, opts) return C.weight_matching(a, b, opts) end
 
 -- Group indices by key: key -> list of indices, and the keys in first-seen order.
 local function groups(keys)
@@ -151,16 +131,16 @@ end
 -- Cosine of raw, sorted or gram features where comparable (equal keys:
 -- same architecture, or same gram space), NaN elsewhere.
 local function feature_cosine(method, models_a, models_b, opts)
-  local ka = core.feature_keys(method, models_a, opts)
-  local kb = core.feature_keys(method, models_b, opts)
+  local ka = C.feature_keys(method, models_a, opts)
+  local kb = C.feature_keys(method, models_b, opts)
   local one = true
   for _, k in ipairs(ka) do one = one and k == ka[1] end
   for _, k in ipairs(kb) do one = one and k == ka[1] end
   if one then
-    return core.cosine_matrix(core.feature_matrix(method, models_a, opts),
-      core.feature_matrix(method, models_b, opts))
+    return C.cosine_matrix(C.feature_matrix(method, models_a, opts),
+      C.feature_matrix(method, models_b, opts))
   end
-  local out = require("lualps").full(#models_a, #models_b, math.abs(0 / 0)) -- a NaN without sign
+  local out = core.full(#models_a, #models_b, math.abs(0 / 0)) -- a NaN without sign
   local ga, order = groups(ka)
   local gb = groups(kb)
   for _, k in ipairs(order) do
@@ -168,8 +148,8 @@ local function feature_cosine(method, models_a, models_b, opts)
       local sa, sb = {}, {}
       for c, i in ipairs(ga[k]) do sa[c] = models_a[i] end
       for c, j in ipairs(gb[k]) do sb[c] = models_b[j] end
-      core.place(out, core.cosine_matrix(core.feature_matrix(method, sa, opts),
-        core.feature_matrix(method, sb, opts)), ga[k], gb[k])
+      C.place(out, C.cosine_matrix(C.feature_matrix(method, sa, opts),
+        C.feature_matrix(method, sb, opts)), ga[k], gb[k])
     end
   end
   return out
@@ -184,28 +164,28 @@ end
 function M.similarity_matrix(method, models_a, models_b, opts)
   opts = opts or {}
   if method == "stats" then
-    local fa = core.feature_matrix(method, models_a, opts)
-    local fb = core.feature_matrix(method, models_b, opts)
+    local fa = C.feature_matrix(method, models_a, opts)
+    local fb = C.feature_matrix(method, models_b, opts)
     local mean, sd = opts.mean, opts.sd
     if not mean then
       -- standardize on both sets together: stack rows of fa and fb
       local na, nb, f = fa:size(1), fb:size(1), fa:size(2)
-      local all = require("lualps").zeros(na + nb, f)
+      local all = core.zeros(na + nb, f)
       all:rows(1, na):copy(fa)
       all:rows(na + 1, na + nb):copy(fb)
       local _
-      _, mean, sd = core.standardize(all)
+      _, mean, sd = C.standardize(all)
     end
-    core.standardize(fa, mean, sd)
-    core.standardize(fb, mean, sd)
-    return core.cosine_matrix(fa, fb)
+    C.standardize(fa, mean, sd)
+    C.standardize(fb, mean, sd)
+    return C.cosine_matrix(fa, fb)
   elseif feature_methods[method] then
     return feature_cosine(method, models_a, models_b, opts)
   elseif method == "matching" then
-    return core.matching_matrix(models_a, models_b, opts)
+    return C.matching_matrix(models_a, models_b, opts)
   elseif method == "cka" then
     if not opts.probe then error("similarity_matrix: cka needs opts.probe (an N x d tensor of inputs)", 2) end
-    return core.cka_matrix(models_a, models_b, opts.probe)
+    return C.cka_matrix(models_a, models_b, opts.probe)
   end
   error("similarity_matrix: unknown method '" .. tostring(method) ..
     "' (raw, sorted, stats, gram, matching, cka)", 2)
@@ -250,7 +230,6 @@ end
 -- Row i of F: in each slot the covering layer's centred Gram matrix
 -- K = Xc Xc^T, normalized to unit Frobenius norm, times sqrt(slot length).
 local function fill_cka_row(F, i, list, slots, op, level)
-  local lps = require "lualps"
   local L = #list
   local n = list[1]:size(1)
   local n2 = n * n
@@ -259,7 +238,7 @@ local function fill_cka_row(F, i, list, slots, op, level)
     local l = slot.start[1] * L // slot.start[2] + 1 -- the layer covering the slot
     if l ~= cur then
       local Xc = list[l] - list[l]:mean(1)
-      K = lps.matmul(Xc, Xc, false, true)
+      K = core.matmul(Xc, Xc, false, true)
       nrm, cur = K:norm(), l
       if nrm ~= nrm or nrm == math.huge then
         error(("%s: model %d layer %d has non-finite activations"):format(op, i, l), level)
@@ -280,8 +259,7 @@ end
 -- Frobenius norm and scaled by sqrt(slot length), flattened (N^2 values per
 -- slot). One depth L: L slots, layer l in slot l, scaled by 1/sqrt(L).
 function M.cka_layer_features(acts, opts)
-  local lps = require "lualps"
-  opts = opts or {}
+  opts = util.options(opts, {}, "cka_layer_features", {"depths"})
   if type(acts) ~= "table" or #acts < 1 then
     error("cka_layer_features: needs a non-empty list of models' activation lists", 2)
   end
@@ -292,7 +270,7 @@ function M.cka_layer_features(acts, opts)
       error(("cka_layer_features: model %d must be a non-empty list of N x p tensors"):format(i), 2)
     end
     for l, X in ipairs(list) do
-      if not lps.is_tensor(X) or X:dim() ~= 2 then
+      if not core.is_tensor(X) or X:dim() ~= 2 then
         error(("cka_layer_features: model %d layer %d must be a 2-D N x p tensor"):format(i, l), 2)
       end
       np = np or X:size(1)
@@ -304,7 +282,7 @@ function M.cka_layer_features(acts, opts)
     if not seen[#list] then seen[#list] = true; depths[#depths + 1] = #list end
   end
   local slots = layout_slots(depths, opts, "cka_layer_features", 3)
-  local F = lps.zeros(#acts, #slots * np * np)
+  local F = core.zeros(#acts, #slots * np * np)
   for i, list in ipairs(acts) do fill_cka_row(F, i, list, slots, "cka_layer_features", 3) end
   return F
 end
@@ -319,11 +297,10 @@ function M.cka_features(models, probe, opts)
   if type(models) ~= "table" or #models < 1 then
     error("cka_features: needs a non-empty list of models", 2)
   end
-  local lps = require "lualps"
-  if not lps.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
+  if not core.is_tensor(probe) or probe:dim() ~= 2 or probe:size(1) < 2 then
     error("cka_features: the probe must be an N x d tensor with N >= 2", 2)
   end
-  opts = opts or {}
+  opts = util.options(opts, {}, "cka_features", {"depths"})
   local seen, depths = {}, {}
   for i, model in ipairs(models) do
     if type(model) ~= "table" or #model < 4 or #model % 2 ~= 0 then
@@ -334,10 +311,10 @@ function M.cka_features(models, probe, opts)
   end
   local slots = layout_slots(depths, opts, "cka_features", 3)
   local n = probe:size(1)
-  local F = lps.zeros(#models, #slots * n * n)
+  local F = core.zeros(#models, #slots * n * n)
   -- activations of one model at a time: a CNN's maps are large
   for i, model in ipairs(models) do
-    fill_cka_row(F, i, core.hidden(model, probe), slots, "cka_features", 3)
+    fill_cka_row(F, i, C.hidden(model, probe), slots, "cka_features", 3)
   end
   return F
 end
@@ -360,10 +337,10 @@ end
 -- sim of a set against itself). Queries with no same-label gallery item are
 -- skipped. Returns {cmc = {...}, rank<k> = ..., map = ..., queries = n}.
 function M.retrieval(sim, qlabels, glabels, opts)
-  opts = opts or {}
+  opts = util.options(opts, {exclude_self = false}, "retrieval", {"ks"})
   local ng = sim:size(2) - (opts.exclude_self and 1 or 0)
   local ks = opts.ks or default_ks(ng)
-  local cmc, map, nvalid = core.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
+  local cmc, map, nvalid = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
   local r = {cmc = cmc, map = map, queries = nvalid, ks = ks}
   for i, k in ipairs(ks) do r["rank" .. k] = cmc[i] end
   return r
@@ -376,12 +353,12 @@ end
 -- unit embeddings, the dot product with the class mean). Returns accuracy
 -- (if qlabels given) and the predictions.
 function M.classify(sim, glabels, qlabels, opts)
-  opts = opts or {}
+  opts = util.options(opts, {rule = "knn", k = 1, exclude_self = false}, "classify")
   local pred
-  if (opts.rule or "knn") == "knn" then
-    pred = core.knn_classify(sim, glabels, opts.k or 1, opts.exclude_self)
+  if opts.rule == "knn" then
+    pred = C.knn_classify(sim, glabels, opts.k, opts.exclude_self)
   elseif opts.rule == "centroid" then
-    pred = core.centroid_classify(sim, glabels, opts.exclude_self)
+    pred = C.centroid_classify(sim, glabels, opts.exclude_self)
   else
     error("classify: rule must be 'knn' or 'centroid', got '" .. tostring(opts.rule) .. "'", 2)
   end
@@ -398,23 +375,23 @@ end
 -- (default: the module generator), opts.restarts (10) runs of at most
 -- opts.max_iter (300) Lloyd steps, the lowest inertia kept. Returns cluster
 -- ids (1..k), centres (k x d) and the inertia.
-function M.kmeans(x, k, opts) return core.kmeans(x, k, opts) end
+function M.kmeans(x, k, opts) return C.kmeans(x, k, opts) end
 
 --- NMI (arithmetic mean normalization) and AMI (Vinh et al. 2010) of two
 -- labelings, as scikit-learn's defaults; emi is the expected MI.
-M.nmi, M.ami, M.emi = core.nmi, core.ami, core.emi
+M.nmi, M.ami, M.emi = C.nmi, C.ami, C.emi
 
 --- Kendall tau-b and Spearman rho (average ranks for ties) of two vectors
 -- (arrays or 1-D tensors); NaN when one is constant.
-M.kendall_tau, M.spearman = core.kendall_tau, core.spearman
+M.kendall_tau, M.spearman = C.kendall_tau, C.spearman
 
 --- 2-D (or k-D) projections: pca(x, k) -> n x k scores, variances;
 -- mds(sim, k) -> n x k coordinates (classical MDS, squared distances
 -- s_ii + s_jj - 2 s_ij). Each axis is signed so its largest |entry| is positive.
-M.pca, M.mds = core.pca, core.mds
+M.pca, M.mds = C.pca, C.mds
 
 --- The k rows of emb (N x e, unit rows) most similar to query (e) by dot
 -- product: 1-based indices and scores, best first, equal scores by index.
-function M.topk(emb, query, k) return core.topk(emb, query, k) end
+function M.topk(emb, query, k) return C.topk(emb, query, k) end
 
 return M

@@ -1,26 +1,33 @@
 --- lualps: Learnable Parameter Similarity for Lua 5.4.
 -- `local lps = require "lualps"` gives the tensor functions of the C core
--- (lualps.core) and, loaded on first use, the submodules listed below.
+-- (lualps.core) and, loaded on first use, the modules listed below. This
+-- file is the facade for users, recipes, scripts and tests: no module of
+-- the package requires it (each requires what it uses; tests/test_layout.lua
+-- checks the layers).
 local core = require "lualps.core"
 
 local lps = {}
 for k, v in pairs(core) do lps[k] = v end
 lps.core = core
 
--- Submodules load on first access (`lps.nn`, `lps.modelset`, ...), so a
--- quick REPL question does not pay for what it does not use.
-local submodules = {
-  nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
-  modelset = "lualps.modelset", similarity = "lualps.similarity",
-  util = "lualps.util", zoo = "lualps.zoo", benchmark = "lualps.benchmark", eval = "lualps.eval",
-  safetensors = "lualps.safetensors", plot = "lualps.plot", transfer = "lualps.transfer", transfer_pool = "lualps.transfer_pool",
-  hetero = "lualps.hetero", estimators = "lualps.estimators",
+-- Modules load on first access (`lps.nn`, `lps.modelset`, ...), so a quick
+-- REPL question does not pay for what it does not use. The library is at
+-- lualps/*.lua, the second-order networks in lualps/similarity/, the
+-- benchmark (model sets, transfer, protocols, figures) in lualps/bench/.
+local modules = {
+  util = "lualps.util", nn = "lualps.nn", optim = "lualps.optim", data = "lualps.data",
+  arch = "lualps.arch", safetensors = "lualps.safetensors", modelset = "lualps.modelset",
+  eval = "lualps.eval", estimators = "lualps.estimators", similarity = "lualps.similarity",
+  zoo = "lualps.bench.zoo", hetero = "lualps.bench.hetero", transfer = "lualps.bench.transfer",
+  transfer_pool = "lualps.bench.transfer_pool", selection = "lualps.bench.selection",
+  controls = "lualps.bench.controls",
+  benchmark = "lualps.bench.benchmark", plot = "lualps.bench.plot",
 }
 
 -- Safetensors interop (lualps/safetensors.lua) at the top level.
-function lps.import_safetensors(path, opts) return lps.safetensors.import(path, opts) end
+function lps.import_safetensors(path, opts) return require("lualps.safetensors").import(path, opts) end
 function lps.export_safetensors(model, path, metadata, opts)
-  return lps.safetensors.export(model, path, metadata, opts)
+  return require("lualps.safetensors").export(model, path, metadata, opts)
 end
 
 -- The training loop lives in lualps.nn; lps.train and lps.evaluate reach it.
@@ -29,7 +36,7 @@ function lps.evaluate(...) return require("lualps.nn").evaluate(...) end
 
 return setmetatable(lps, {
   __index = function(t, k)
-    local name = submodules[k]
+    local name = modules[k]
     if not name then return nil end
     local m = require(name)
     rawset(t, k, m)

@@ -1,7 +1,7 @@
 --- lps.modelset: a compressed, checksummed, crash-safe archive of trained models.
 --
 -- The file format (docs/MODELSET_FORMAT.md) and its checks live in C
--- (csrc/store/modelset.c); this module adds JSON metadata (lua-cjson), models
+-- (csrc/store/modelset.c); this module adds JSON metadata (lualps.json), models
 -- (the lps.nn spec contract) and iteration.
 --
 --   local ms <close> = lps.modelset.create("runs.lpsm")        -- codec "shuffle"
@@ -26,100 +26,16 @@
 -- append(model, meta) stores model:spec() there. The model id that merge
 -- checks is meta.id.
 local core = require "lualps.core"
-local cjson = require("cjson").new()
+local util = require "lualps.util"
+local mjson = require "lualps.json"
+local nn = require "lualps.nn"
+local arch = require "lualps.arch"
 
 local C = core._modelset
 local M = {}
 
 M.CODECS = {"shuffle", "plain", "bf16"}
 M.ID_FIELD = "id"
-
--- JSON numbers come back as floats; whole ones become integers again.
-local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
-  elseif math.type(v) == "float" and v == math.floor(v) and v >= -2^53 and v <= 2^53 then
-    return math.tointeger(v)
-  end
-  return v
-end
-
-local function decode_meta(json, where)
-  local ok, v = pcall(cjson.decode, json)
-  if not ok then
-    error(string.format("%s: invalid JSON metadata: %s", where, tostring(v)), 0)
-  end
-  if type(v) ~= "table" or not json:match("^%s*{") then
-    error(string.format("%s: metadata is not a JSON object", where), 0)
-  end
-  return integers(v)
-end
-
--- JSON with sorted keys (the same metadata always gives the same bytes)
--- and numbers that read back exactly (cjson keeps only 14 digits).
-local function encode_value(v, out, depth)
-  local t = type(v)
-  if t == "string" then
-    out[#out + 1] = cjson.encode(v)
-  elseif math.type(v) == "integer" then
-    out[#out + 1] = string.format("%d", v)
-  elseif t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then error("NaN or infinity", 0) end
-    local s = string.format("%.15g", v)
-    if tonumber(s) ~= v then s = string.format("%.17g", v) end
-    out[#out + 1] = s
-  elseif t == "boolean" then
-    out[#out + 1] = tostring(v)
-  elseif v == cjson.null then
-    out[#out + 1] = "null"
-  elseif t == "table" then
-    if depth > 64 then error("nested deeper than 64 levels", 0) end
-    local n, count, keys = #v, 0, {}
-    for k in pairs(v) do
-      count = count + 1
-      if type(k) == "string" then keys[#keys + 1] = k
-      elseif math.type(k) ~= "integer" or k < 1 or k > n then
-        error("a table mixes list entries and keys of type " .. type(k), 0)
-      end
-    end
-    if n > 0 and count == n then
-      out[#out + 1] = "["
-      for i = 1, n do
-        if i > 1 then out[#out + 1] = "," end
-        encode_value(v[i], out, depth + 1)
-      end
-      out[#out + 1] = "]"
-    else
-      if #keys ~= count then error("a table mixes list entries and string keys", 0) end
-      table.sort(keys)
-      out[#out + 1] = "{"
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = "," end
-        out[#out + 1] = cjson.encode(k)
-        out[#out + 1] = ":"
-        encode_value(v[k], out, depth + 1)
-      end
-      out[#out + 1] = "}"
-    end
-  else
-    error("cannot store a " .. t, 0)
-  end
-end
-
-local function encode_meta(meta)
-  if meta == nil then return "{}" end
-  if type(meta) ~= "table" then error("modelset: metadata must be a table", 3) end
-  local ok, json = pcall(function()
-    local out = {}
-    encode_value(meta, out, 0)
-    return table.concat(out)
-  end)
-  if not ok then error("modelset: metadata cannot be stored as JSON: " .. tostring(json), 3) end
-  if json:sub(1, 1) ~= "{" then
-    error("modelset: metadata must be a JSON object (a table with string keys)", 3)
-  end
-  return json
-end
 
 local ModelSet = {}
 
@@ -189,24 +105,12 @@ local function summary(i, m)
   add("(%s)", m.task_name)
   local acc = m.test_accuracy or m.test_acc
   add("test accuracy %.4f", type(acc) == "number" and acc or nil)
-  local arch = m.architecture
-  if not arch and type(m.spec) == "table" and type(m.spec.layers) == "table" then
-    local sizes, convs = {}, {}
-    for _, l in ipairs(m.spec.layers) do
-      if l.type == "linear" then
-        if #sizes == 0 then sizes[1] = l.in_features end
-        sizes[#sizes + 1] = l.out_features
-      elseif l.type == "conv2d" then
-        convs[#convs + 1] = "conv" .. tostring(l.out_channels)
-      end
-    end
-    if #convs > 0 then
-      arch = "cnn-" .. table.concat(convs, "-") .. (#sizes > 0 and "-" .. table.concat(sizes, "-") or "")
-    elseif #sizes > 0 then
-      arch = "mlp-" .. table.concat(sizes, "-")
-    end
+  local name = m.architecture
+  if not name then
+    local ok, list = pcall(arch.of_meta, m)
+    if ok and list then name = arch.name(list) end
   end
-  add("%s", arch)
+  add("%s", name)
   if m.optimizer then add("%s", m.optimizer .. (type(m.lr) == "number" and (" lr %.3g"):format(m.lr) or "")) end
   return table.concat(parts, "  ")
 end
@@ -216,7 +120,7 @@ end
 function ModelSet:meta(i)
   check_i(self, i)
   local json = file(self):meta(i)
-  local m = decode_meta(json, string.format("%s: record %d", self:path(), i))
+  local m = mjson.decode(json, string.format("%s: record %d", self:path(), i))
   return setmetatable(m, {__tostring = function(t) return summary(i, t) end})
 end
 
@@ -251,16 +155,17 @@ function ModelSet:tensors(i)
   return map, names
 end
 
---- The model of record i, built with lps.nn.from_spec(meta.spec) and its
--- stored weights loaded; also returns the metadata.
+--- The model of record i, built with lps.nn.from_arch(meta.arch) (older
+-- records: their legacy spec) and its stored parameters and buffers loaded;
+-- also returns the metadata.
 function ModelSet:get(i)
   local meta = self:meta(i)
-  if type(meta.spec) ~= "table" then
-    error(string.format("%s: record %d has no model spec (it was stored with append_tensors); "
+  local list = arch.of_meta(meta)
+  if not list then
+    error(string.format("%s: record %d has no arch (it was stored with append_tensors); "
       .. "use ms:tensors(i)", self:path(), i), 2)
   end
-  local nn = require "lualps.nn"
-  local model = nn.from_spec(meta.spec)
+  local model = nn.from_arch(list, core.generator(0))
   model:load_named((self:tensors(i)))
   return model, meta
 end
@@ -290,28 +195,30 @@ end
 --- Append raw named tensors with metadata; returns the new record's number.
 -- opts.codec overrides the set's codec for this record.
 function ModelSet:append_tensors(named, meta, opts)
-  local json = encode_meta(meta)
-  return file(self):append(json, entries(named, opts and opts.codec))
+  local o = util.options(opts, {}, "append_tensors", {"codec"})
+  local json = mjson.encode(meta)
+  return file(self):append(json, entries(named, o.codec))
 end
 
---- Append a model (m:spec(), m:named_parameters()) with its metadata; the
--- spec is stored as meta.spec. Returns the new record's number.
+--- Append a model (an lps.nn module) with its metadata: its arch list is
+-- stored as meta.arch, its parameters and buffers (PyTorch's state_dict
+-- names) as the record's tensors. Returns the new record's number.
 function ModelSet:append(model, meta, opts)
-  local okm, usable = pcall(function()
-    return type(model.spec) == "function" or type(model.spec) == "cfunction" or
-      (type(model.spec) ~= "nil" and type(model.named_parameters) ~= "nil")
-  end)
-  if not okm or not usable then
-    error("modelset: append needs a model with spec() and named_parameters() "
-      .. "(use append_tensors for raw tensors)", 2)
+  local o = util.options(opts, {}, "append", {"codec"})
+  if (getmetatable(model) or {}).__name ~= "lualps.Module" then
+    error("modelset: append needs an lps.nn module (use append_tensors for raw tensors)", 2)
   end
   meta = meta or {}
-  if meta.spec ~= nil then error("modelset: meta.spec is reserved for the model's spec", 2) end
+  if meta.arch ~= nil then error("modelset: meta.arch is reserved for the model's architecture", 2) end
   local m = {}
   for k, v in pairs(meta) do m[k] = v end
-  m.spec = model:spec()
-  local json = encode_meta(m)
-  return file(self):append(json, entries(model:named_parameters(), opts and opts.codec))
+  local ok, list = pcall(model.arch, model)
+  if not ok then error("modelset: " .. tostring(list):gsub("^.-:%d+: ", ""), 2) end
+  m.arch = list
+  local named = model:named_parameters()
+  for _, e in ipairs(model:named_buffers()) do named[#named + 1] = e end
+  local json = mjson.encode(m)
+  return file(self):append(json, entries(named, o.codec))
 end
 
 --- for i, meta in ms:iter() do ... end   (metadata only)
@@ -364,7 +271,7 @@ local function json_problems(path_or_ms, rep)
     if not bad[i] then
       local okj, json = pcall(ms._f.meta, ms._f, i)
       if okj then
-        local okd, err = pcall(decode_meta, json, string.format("record %d", i))
+        local okd, err = pcall(mjson.decode, json, string.format("record %d", i))
         if not okd then
           rep.problems[#rep.problems + 1] = {record = i, message = err}
           rep.nproblems = rep.nproblems + 1
@@ -399,57 +306,81 @@ function M.repair(path)
   return C.repair(path)
 end
 
---- Concatenate sets into a new file `out` (records copied byte for byte
--- after their checksums are checked). Refuses, before writing anything,
--- when two records share meta[opts.id_field or "id"]; records without an
--- id are not checked. opts.overwrite replaces an existing out. Returns the
--- number of records written.
+--- Options of lps.modelset.merge and their defaults; also codec and level
+-- (those of create, for a new `out`).
+M.merge_defaults = {
+  id_field = M.ID_FIELD,  -- the metadata field of a model's id (records without one are always copied)
+  overwrite = false,      -- replace an existing `out` instead of refusing it
+  skip_existing = false,  -- copy only the records whose id `out` does not hold yet: an existing out
+                          -- is appended to, and of records sharing an id the first one is copied;
+                          -- false: two records sharing an id are refused
+}
+
+--- Concatenate sets into `out`, records copied byte for byte after their
+-- checksums are checked; opts: M.merge_defaults. By default `out` must not
+-- exist (unless overwrite) and records sharing an id are refused, before
+-- anything is written; with skip_existing (resuming a sharded build) the
+-- records whose id out already holds are skipped. Returns the number of
+-- records written.
 function M.merge(out, inputs, opts)
-  opts = opts or {}
-  local idf = opts.id_field or M.ID_FIELD
+  local o = util.options(opts, M.merge_defaults, "merge", {"codec", "level"})
   if type(inputs) ~= "table" or #inputs == 0 then error("merge: no input sets", 2) end
-  local seen, sets = {}, {}
+  local existing = io.open(out, "rb")
+  if existing then existing:close() end
+  local append = existing ~= nil and o.skip_existing and not o.overwrite
+  local seen, sets, copy = {}, {}, {}
   local function closeall() for _, s in ipairs(sets) do s:close() end end
+  -- the key of a record's id, or nil; records sharing a key share an id
+  local function key_of(ms, i)
+    local okm, meta = pcall(ms.meta, ms, i)
+    if not okm then closeall() error("merge: " .. tostring(meta), 3) end
+    local id = meta[o.id_field]
+    return id ~= nil and type(id) .. ":" .. tostring(id) or nil, id
+  end
+  if append then -- what out holds already (closed again before out is opened to append)
+    local ok, have = pcall(M.open, out)
+    if not ok then error(have, 2) end
+    sets[1] = have
+    for i = 1, #have do
+      local key = key_of(have, i)
+      if key then seen[key] = {out, i} end
+    end
+    have:close()
+  end
   for _, path in ipairs(inputs) do
     if path == out then closeall() error("merge: output " .. out .. " is also an input", 2) end
     local ok, ms = pcall(M.open, path)
     if not ok then closeall() error(ms, 2) end
     sets[#sets + 1] = ms
     for i = 1, #ms do
-      local okm, meta = pcall(ms.meta, ms, i)
-      if not okm then closeall() error("merge: " .. tostring(meta), 2) end
-      local id = meta[idf]
-      if id ~= nil then
-        local key = type(id) .. ":" .. tostring(id)
-        if seen[key] then
-          closeall()
-          error(string.format("merge: duplicate model id %s: %s record %d and %s record %d",
-            tostring(id), seen[key][1], seen[key][2], path, i), 2)
-        end
-        seen[key] = {path, i}
+      local key, id = key_of(ms, i)
+      if key and seen[key] and not o.skip_existing then
+        closeall()
+        error(string.format("merge: duplicate model id %s: %s record %d and %s record %d",
+          tostring(id), seen[key][1], seen[key][2], path, i), 2)
+      end
+      if not (key and seen[key]) then
+        if key then seen[key] = {path, i} end
+        copy[#copy + 1] = {ms, i}
       end
     end
   end
-  local okc, dst = pcall(M.create, out, {overwrite = opts.overwrite, codec = opts.codec,
-                                         level = opts.level, sync = false})
+  local okc, dst = pcall(function()
+    if append then return M.open(out, "a", {sync = false}) end
+    return M.create(out, {overwrite = o.overwrite, codec = o.codec, level = o.level, sync = false})
+  end)
   if not okc then closeall() error(dst, 2) end
-  local n = 0
   local ok, err = pcall(function()
-    for _, ms in ipairs(sets) do
-      for i = 1, #ms do
-        dst._f:copy_from(ms._f, i)
-        n = n + 1
-      end
-    end
+    for _, c in ipairs(copy) do dst._f:copy_from(c[1]._f, c[2]) end
     dst:close() -- writes the index and syncs
   end)
   closeall()
   if not ok then
     pcall(dst.close, dst)
-    os.remove(out)
+    if not append then os.remove(out) end -- an appended-to out keeps every record written
     error(err, 2)
   end
-  return n
+  return #copy
 end
 
 M.ModelSet = ModelSet

@@ -4,8 +4,10 @@
 --   local gx = m:backward(x, gy)        -- accumulates parameter gradients
 --   local params, grads = m:parameters()
 --   local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{}, epochs = 3})
-local lps = require "lualps"
-local C = require("lualps.core")._nn
+local core = require "lualps.core"
+local arch = require "lualps.arch"
+local util = require "lualps.util"
+local C = core._nn
 
 local nn = {}
 local Module = C.Module -- the method table of every module
@@ -22,23 +24,31 @@ local function generator_of(opts)
   return nil
 end
 
---- linear(in, out[, {generator=}]): y = x W^T + b, W is out x in.
-function nn.linear(inf, outf, opts) return C.layer("linear", {["in"] = inf, out = outf}, generator_of(opts)) end
+--- linear(in, out[, {generator =, bias = true}]): y = x W^T + b, W is out x in.
+function nn.linear(inf, outf, opts)
+  local o = util.options(not is_generator(opts) and opts or nil, {bias = true}, "linear", {"generator"})
+  return C.layer("linear", {["in"] = inf, out = outf, bias = o.bias}, generator_of(opts))
+end
 function nn.relu() return C.layer("relu") end
 function nn.tanh() return C.layer("tanh") end
 --- flatten(): (B, ...) -> (B, rest).
 function nn.flatten() return C.layer("flatten") end
 
---- conv2d(cin, cout, k[, {stride = 1, padding = 0, generator =}]); input B x cin x H x W.
+--- Options of nn.conv2d and their defaults (and a generator; a generator
+-- alone may stand for the table).
+nn.conv2d_defaults = {stride = 1, padding = 0, bias = true}
+
+--- conv2d(cin, cout, k[, opts]); input B x cin x H x W; opts: nn.conv2d_defaults.
 function nn.conv2d(cin, cout, k, opts)
-  opts = opts or {}
-  return C.layer("conv2d", {["in"] = cin, out = cout, kernel = k, stride = opts.stride, padding = opts.padding},
-    generator_of(opts))
+  local o = util.options(not is_generator(opts) and opts or nil, nn.conv2d_defaults, "conv2d", {"generator"})
+  return C.layer("conv2d", {["in"] = cin, out = cout, kernel = k, stride = o.stride, padding = o.padding,
+    bias = o.bias}, generator_of(opts))
 end
 
 --- maxpool2d(k[, {stride = k}]).
 function nn.maxpool2d(k, opts)
-  return C.layer("maxpool2d", {kernel = k, stride = type(opts) == "table" and opts.stride or nil})
+  local o = util.options(opts, {}, "maxpool2d", {"stride"})
+  return C.layer("maxpool2d", {kernel = k, stride = o.stride})
 end
 
 --- sequential{m1, m2, ...}: modules applied in order (each may appear once).
@@ -48,11 +58,16 @@ function nn.sequential(list) return C.sequential(list) end
 -- layers between the sizes with the activation between them, none after the last.
 function nn.mlp(sizes)
   if type(sizes) ~= "table" or #sizes < 2 then error("mlp: expected at least two sizes, e.g. {784, 64, 10}", 2) end
+  for k in pairs(sizes) do
+    if math.type(k) ~= "integer" and k ~= "generator" and k ~= "activation" then
+      error(("mlp: unknown option '%s' (activation, generator)"):format(tostring(k)), 2)
+    end
+  end
   local act = sizes.activation or "relu"
   if act ~= "relu" and act ~= "tanh" then error("mlp: activation must be 'relu' or 'tanh'", 2) end
   local layers = {}
   for i = 1, #sizes - 1 do
-    layers[#layers + 1] = nn.linear(sizes[i], sizes[i + 1], sizes.generator)
+    layers[#layers + 1] = C.layer("linear", {["in"] = sizes[i], out = sizes[i + 1]}, sizes.generator)
     if i < #sizes - 1 then layers[#layers + 1] = C.layer(act) end
   end
   return C.sequential(layers)
@@ -95,85 +110,26 @@ for _, t in ipairs(C.layer_types()) do
   end
 end
 
------------------------------------------------------------------- specs (legacy)
-
--- The spec tables of sets built before the arch was the one description:
--- {type = "sequential", layers = {{type = "linear", in_features =, out_features =}, ...}}.
-local spec_keys = {linear = {in_features = "in", out_features = "out"},
-  conv2d = {in_channels = "in", out_channels = "out", kernel_size = "kernel", stride = "stride", padding = "padding"},
-  maxpool2d = {kernel_size = "kernel", stride = "stride"}}
-
---- The arch list of a legacy spec.
-function nn.arch_of_spec(spec)
-  if type(spec) ~= "table" then error("from_spec: expected a spec table", 2) end
-  if spec.type == "sequential" and type(spec.layers) ~= "table" then
-    error("from_spec: a sequential spec needs a layers list", 2)
-  end
-  local specs = spec.type == "sequential" and spec.layers or {spec}
-  local list = {}
-  for i, s in ipairs(specs) do
-    if type(s) ~= "table" then error(("from_spec: layer %d is not a table"):format(i), 2) end
-    local e = {type = s.type}
-    for k, v in pairs(s) do
-      if k ~= "type" then
-        local key = spec_keys[s.type] and spec_keys[s.type][k]
-        if not key then error(("from_spec: bad %s spec: unknown key '%s'"):format(tostring(s.type), tostring(k)), 2) end
-        e[key] = v
-      end
-    end
-    list[i] = e
-  end
-  return list
-end
-
---- A fresh module (new weights from the generator) with the architecture of
--- a legacy spec.
-function nn.from_spec(spec, gen)
-  local list = nn.arch_of_spec(spec)
-  local ok, m = pcall(C.from_arch, list, generator_of(gen))
-  if not ok then error(tostring(m):gsub("^from_arch: ", "from_spec: "), 2) end
-  return m
-end
-
------------------------------------------------------------------- arch lists
-
-local to_spec = {}
-for t, keys in pairs(spec_keys) do
-  to_spec[t] = {}
-  for k, v in pairs(keys) do to_spec[t][v] = k end
-end
-
---- The legacy spec of a module (sets built before the arch was the one description store it).
-function Module:spec()
-  local list = self:arch_list()
-  local layers = {}
-  for i, e in ipairs(list) do
-    local s = {type = e.type}
-    for k, v in pairs(e) do if k ~= "type" then s[to_spec[e.type] and to_spec[e.type][k] or k] = v end end
-    layers[i] = s
-  end
-  if self:type() ~= "sequential" then return layers[1] end
-  return {type = "sequential", layers = layers}
-end
+------------------------------------------------------------------ architectures
 
 local C_arch = Module.arch
-Module.arch_list = function(m) return (C_arch(m)) end
 
 --- The architecture as an arch list, the form it travels in through
--- safetensors files (metadata "lualps.arch"): one table per layer of the
--- Sequential (a single layer gives a list of one), e.g. `{{type = "conv2d",
--- ["in"] = 1, out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
--- ...}`. opts.input (default none) is the input shape without the batch, e.g.
--- {1, 28, 28}: it becomes a first entry {type = "input", shape = ...} and
--- every layer's shape is checked against it. Returns the list and its JSON
--- text. Nested Sequentials have no arch list (an error).
+-- safetensors files and model sets (see lps.arch.check): one table per
+-- layer of the Sequential (a single layer gives a list of one), e.g.
+-- `{{type = "conv2d", ["in"] = 1, out = 8, kernel = 5, stride = 2,
+-- padding = 2}, {type = "relu"}, ...}`. opts.input (default none) is the
+-- input shape without the batch, e.g. {1, 28, 28}: it becomes a first entry
+-- {type = "input", shape = ...} and every layer's shape is checked against
+-- it. Returns the list and its JSON text. Nested Sequentials have no arch
+-- list (an error).
 function Module:arch(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("arch: opts must be a table", 2) end
+  local o = util.options(opts, {}, "arch", {"input"})
   local ok, list, json = pcall(C_arch, self)
   if not ok then error((tostring(list):gsub("^.-:%d+: ", "")), 2) end
-  if opts and opts.input ~= nil then
-    table.insert(list, 1, {type = "input", shape = opts.input})
-    local ok2, checked, j = pcall(C.arch_parse, list)
+  if o.input ~= nil then
+    table.insert(list, 1, {type = "input", shape = o.input})
+    local ok2, checked, j = pcall(arch.check, list)
     if not ok2 then error((tostring(checked):gsub("^.-:%d+: ", "")), 2) end
     list, json = checked, j
   end
@@ -181,10 +137,10 @@ function Module:arch(opts)
 end
 
 --- A fresh Sequential (new weights from the generator, or opts.generator)
--- with the architecture of an arch list (a Lua list or its JSON text); the
--- inverse of m:arch().
-function nn.from_arch(arch, gen)
-  local ok, m = pcall(C.from_arch, arch, generator_of(gen))
+-- with the architecture of an arch list (a Lua list or its JSON text, see
+-- lps.arch.check); the inverse of m:arch().
+function nn.from_arch(a, gen)
+  local ok, m = pcall(C.from_arch, a, generator_of(gen))
   if not ok then error((tostring(m):gsub("^.-:%d+: ", ""):gsub("^from_arch: arch: ", "from_arch: ")), 2) end
   return m
 end
@@ -199,18 +155,20 @@ end
 
 local function shape_str(t) return "(" .. table.concat(t:shape(), "x") .. ")" end
 
---- Copy parameters (and buffers) in by name (map: name -> tensor). Every
--- name must be present with the right shape and no other name may appear;
--- nothing is copied unless all fit.
-function Module:load_named(map)
+--- Copy parameters and buffers in by name (map: name -> tensor). Every name
+-- must be present with the right shape and no other name may appear
+-- (opts.ignore: a list of Lua patterns of names to pass over, e.g.
+-- "num_batches_tracked$"); nothing is copied unless all fit.
+function Module:load_named(map, opts)
   if type(map) ~= "table" then error("load_named: expected a table of name -> tensor", 2) end
+  local o = util.options(opts, {ignore = {}}, "load_named")
   local named, known = self:named_parameters(), {}
   for _, e in ipairs(self:named_buffers()) do named[#named + 1] = e end
   for _, e in ipairs(named) do
     known[e.name] = true
     local src = map[e.name]
     if src == nil then error(("load_named: parameter '%s' is missing"):format(e.name), 2) end
-    if not lps.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
+    if not core.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
     local a, b = src:shape(), e.tensor:shape()
     local same = #a == #b
     for i = 1, #a do same = same and a[i] == b[i] end
@@ -219,15 +177,19 @@ function Module:load_named(map)
     end
   end
   for name in pairs(map) do
-    if not known[name] then error(("load_named: unexpected parameter '%s'"):format(tostring(name)), 2) end
+    local skip = false
+    for _, pat in ipairs(o.ignore) do skip = skip or tostring(name):find(pat) ~= nil end
+    if not known[name] and not skip then
+      error(("load_named: unexpected parameter '%s'"):format(tostring(name)), 2)
+    end
   end
   for _, e in ipairs(named) do e.tensor:copy(map[e.name]) end
   return self
 end
 
---- An independent copy: same architecture and weights, fresh gradients.
+--- An independent copy: same architecture, weights and buffers, fresh gradients.
 function Module:clone()
-  local c = C.from_arch((C_arch(self)), lps.generator(0))
+  local c = C.from_arch((C_arch(self)), core.generator(0))
   if self:type() ~= "sequential" then c = c[1] end
   return c:load_named(self:state_dict())
 end
@@ -258,49 +220,55 @@ function nn.cross_entropy() return setmetatable({}, CrossEntropy) end
 local function unpack_data(d, what)
   if type(d) ~= "table" then error(what .. ": data should be {x = tensor, y = labels}", 3) end
   local x, y = d.x or d[1], d.y or d[2]
-  if not lps.is_tensor(x) then error(what .. ": data.x should be a tensor", 3) end
+  if not core.is_tensor(x) then error(what .. ": data.x should be a tensor", 3) end
   if y == nil then error(what .. ": data.y (labels) is missing", 3) end
   return x, y
 end
 
-local train_keys = {epochs = 1, batch_size = 1, optimizer = 1, schedule = 1, generator = 1,
-  shuffle = 1, drop_last = 1, validation = 1, progress = 1, progress_interval = 1, eval_batch = 1}
+--- Options of lps.train and their defaults; also optimizer (required),
+-- schedule (lps.optim.step_lr or cosine; none), generator (shuffling;
+-- default the default generator), validation ({x =, y =}, evaluated after
+-- each epoch) and progress (see lps.train).
+nn.train_defaults = {
+  epochs = 1,
+  batch_size = 32,
+  shuffle = true,          -- a new order every epoch
+  drop_last = false,       -- true: skip a last, smaller batch
+  progress_interval = 0.25, -- seconds between progress calls within an epoch
+  eval_batch = 256,        -- batch size of the validation pass
+}
+local train_more = {"optimizer", "schedule", "generator", "validation", "progress"}
 
 --- lps.train(model, {x =, y =}, opts) runs the whole loop in C and returns a report:
 -- {epochs = {{epoch, loss, accuracy, seconds, lr[, val_loss, val_accuracy]}, ...},
 --  loss, accuracy, seconds, samples_per_second[, val_loss, val_accuracy]}.
--- opts: optimizer (required), epochs (1), batch_size (32), schedule, generator
--- (shuffling; default generator), shuffle (true), drop_last (false),
--- validation ({x =, y =}, evaluated after each epoch), progress (a function
--- called with a table {epoch, epochs, step, steps, samples, loss, accuracy,
--- seconds, lr, done[, val_loss, val_accuracy]} at most every progress_interval
--- (0.25) seconds and at each epoch's end (done = true, with validation results)
--- - return false to stop; true/false forces the lps.util.epoch_progress bar
--- on or off, a table turns it on with those util.progress options, e.g.
--- {stream = f, tty = false}; by default the bar shows when stderr is a
--- terminal), eval_batch (256).
+-- opts: nn.train_defaults, the optimizer and the others named there;
+-- progress is a function called with a table {epoch, epochs, step, steps,
+-- samples, loss, accuracy, seconds, lr, done[, val_loss, val_accuracy]} at
+-- most every progress_interval seconds and at each epoch's end (done =
+-- true, with validation results) - return false to stop; true/false forces
+-- the lps.util.epoch_progress bar on or off, a table turns it on with those
+-- util.progress options, e.g. {stream = f, tty = false}; by default the bar
+-- shows when stderr is a terminal.
 function nn.train(model, d, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not train_keys[k] then error(("train: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  local o = util.options(opts, nn.train_defaults, "train", train_more)
   local x, y = unpack_data(d, "train")
-  if not opts.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
-  local progress, display = opts.progress, nil
-  if progress == nil then progress = lps.isatty(2) end
+  if not o.optimizer then error("train: opts.optimizer is required, e.g. lps.optim.adam{lr = 1e-3}", 2) end
+  local progress, display = o.progress, nil
+  if progress == nil then progress = core.isatty(2) end
   if progress == true or type(progress) == "table" then
-    progress, display = require("lualps.util").epoch_progress(progress ~= true and progress or nil)
+    progress, display = util.epoch_progress(progress ~= true and progress or nil)
   elseif progress == false then
     progress = nil
   end
   local _ <close> = display -- ends the bar's line however training ends
-  local o = {epochs = opts.epochs, batch_size = opts.batch_size, shuffle = opts.shuffle,
-    drop_last = opts.drop_last, generator = opts.generator, schedule = opts.schedule,
-    eval_batch = opts.eval_batch, progress_interval = opts.progress_interval}
-  if opts.validation then o.val_x, o.val_y = unpack_data(opts.validation, "train (validation)") end
-  local t0 = lps.now()
-  local epochs = C.train(model, x, y, opts.optimizer, o, progress)
-  local seconds = lps.now() - t0
+  local c = {epochs = o.epochs, batch_size = o.batch_size, shuffle = o.shuffle, drop_last = o.drop_last,
+    generator = o.generator, schedule = o.schedule, eval_batch = o.eval_batch,
+    progress_interval = o.progress_interval}
+  if o.validation then c.val_x, c.val_y = unpack_data(o.validation, "train (validation)") end
+  local t0 = core.now()
+  local epochs = C.train(model, x, y, o.optimizer, c, progress)
+  local seconds = core.now() - t0
   local last = epochs[#epochs] or {}
   local samples = x:size(1) * #epochs
   return {epochs = epochs, loss = last.loss, accuracy = last.accuracy, seconds = seconds,
@@ -310,8 +278,9 @@ end
 
 --- lps.evaluate(model, {x =, y =}[, {batch_size = 256}]) -> accuracy, mean loss.
 function nn.evaluate(model, d, opts)
+  local o = util.options(opts, {batch_size = 256}, "evaluate")
   local x, y = unpack_data(d, "evaluate")
-  return C.evaluate(model, x, y, opts and opts.batch_size or 256)
+  return C.evaluate(model, x, y, o.batch_size)
 end
 
 return nn

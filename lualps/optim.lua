@@ -2,44 +2,44 @@
 --   local opt = lps.optim.adam{lr = 1e-3}
 --   opt:step(params, grads)            -- or pass it to lps.train
 --   lps.train(model, data, {optimizer = opt, schedule = lps.optim.cosine{t_max = 10}})
+local util = require "lualps.util"
 local C = require("lualps.core")._nn
 
 local optim = {}
 
-local function check_keys(opts, allowed, what)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then error(what .. ": expected an option table", 3) end
-  for k in pairs(opts) do
-    if not allowed[k] then error(("%s: unknown option '%s'"):format(what, tostring(k)), 3) end
-  end
-  return opts
-end
+--- Options of optim.sgd and their defaults.
+optim.sgd_defaults = {lr = 0.01, momentum = 0, dampening = 0, nesterov = false, weight_decay = 0}
 
---- SGD: lr (0.01), momentum (0), dampening (0), nesterov (false), weight_decay (0).
+--- SGD (torch.optim.SGD); opts: optim.sgd_defaults.
 function optim.sgd(opts)
-  opts = check_keys(opts, {lr = 1, momentum = 1, dampening = 1, nesterov = 1, weight_decay = 1}, "sgd")
-  return C.optimizer{kind = "sgd", lr = opts.lr or 0.01, momentum = opts.momentum or 0,
-    dampening = opts.dampening or 0, nesterov = opts.nesterov or false,
-    weight_decay = opts.weight_decay or 0}
+  local o = util.options(opts, optim.sgd_defaults, "sgd")
+  return C.optimizer{kind = "sgd", lr = o.lr, momentum = o.momentum, dampening = o.dampening,
+    nesterov = o.nesterov, weight_decay = o.weight_decay}
 end
 
-local adam_keys = {lr = 1, betas = 1, eps = 1, weight_decay = 1, decoupled = 1}
+--- Options of optim.adam and their defaults.
+optim.adam_defaults = {
+  lr = 1e-3,
+  betas = {0.9, 0.999},
+  eps = 1e-8,
+  weight_decay = 0,   -- added to the gradient
+  decoupled = false,  -- true applies AdamW's decay to the weights
+}
+--- Options of optim.adamw and their defaults: adam's with decoupled weight
+-- decay, 0.01.
+optim.adamw_defaults = util.options({weight_decay = 0.01, decoupled = true}, optim.adam_defaults, "adamw")
 
-local function adam(opts, decoupled, wd, what)
-  opts = check_keys(opts, adam_keys, what)
-  local betas = opts.betas or {0.9, 0.999}
-  if type(betas) ~= "table" or #betas ~= 2 then error(what .. ": betas should be {beta1, beta2}", 3) end
-  local dec = opts.decoupled
-  if dec == nil then dec = decoupled end
-  return C.optimizer{kind = "adam", lr = opts.lr or 1e-3, beta1 = betas[1], beta2 = betas[2],
-    eps = opts.eps or 1e-8, weight_decay = opts.weight_decay or wd, decoupled = dec}
+local function adam(o, what)
+  local betas = o.betas
+  if type(betas) ~= "table" or #betas ~= 2 then error(what .. ": betas should be {beta1, beta2}", 2) end -- (a tail call)
+  return C.optimizer{kind = "adam", lr = o.lr, beta1 = betas[1], beta2 = betas[2], eps = o.eps,
+    weight_decay = o.weight_decay, decoupled = o.decoupled}
 end
 
---- Adam: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0, added to
--- the gradient), decoupled (false; true applies AdamW's decay to the weights).
-function optim.adam(opts) return adam(opts, false, 0, "adam") end
---- AdamW: adam with decoupled weight decay, weight_decay 0.01 by default.
-function optim.adamw(opts) return adam(opts, true, 0.01, "adamw") end
+--- Adam (torch.optim.Adam); opts: optim.adam_defaults.
+function optim.adam(opts) return adam(util.options(opts, optim.adam_defaults, "adam"), "adam") end
+--- AdamW (torch.optim.AdamW): adam with decoupled weight decay; opts: optim.adamw_defaults.
+function optim.adamw(opts) return adam(util.options(opts, optim.adamw_defaults, "adamw"), "adamw") end
 
 local Schedule = {}
 Schedule.__index = Schedule
@@ -62,21 +62,33 @@ local function schedule(s)
   return s
 end
 
---- Multiply the rate by gamma (0.1) every step_size epochs (torch StepLR).
--- per_batch = true moves the schedule along within epochs too.
+--- Options of optim.step_lr and their defaults.
+optim.step_lr_defaults = {
+  step_size = 1,      -- epochs between decays
+  gamma = 0.1,        -- the factor of each decay
+  per_batch = false,  -- true moves the schedule along within epochs too
+}
+
+--- Multiply the rate by gamma every step_size epochs (torch StepLR); opts:
+-- optim.step_lr_defaults.
 function optim.step_lr(opts)
-  opts = check_keys(opts, {step_size = 1, gamma = 1, per_batch = 1}, "step_lr")
-  return schedule{kind = "step", step_size = opts.step_size or 1, gamma = opts.gamma or 0.1,
-    per_batch = opts.per_batch or false}
+  local o = util.options(opts, optim.step_lr_defaults, "step_lr")
+  return schedule{kind = "step", step_size = o.step_size, gamma = o.gamma, per_batch = o.per_batch}
 end
 
---- Cosine annealing from the base rate to eta_min (0) over t_max epochs
--- (torch CosineAnnealingLR; constant at eta_min after t_max).
+--- Options of optim.cosine and their defaults; t_max (epochs) is required.
+optim.cosine_defaults = {
+  eta_min = 0,        -- the rate reached at t_max
+  per_batch = false,  -- true moves the schedule along within epochs too
+}
+
+--- Cosine annealing from the base rate to eta_min over t_max epochs (torch
+-- CosineAnnealingLR; constant at eta_min after t_max); opts:
+-- optim.cosine_defaults and t_max.
 function optim.cosine(opts)
-  opts = check_keys(opts, {t_max = 1, eta_min = 1, per_batch = 1}, "cosine")
-  if not opts.t_max then error("cosine: t_max (epochs) is required", 2) end
-  return schedule{kind = "cosine", t_max = opts.t_max, eta_min = opts.eta_min or 0,
-    per_batch = opts.per_batch or false}
+  local o = util.options(opts, optim.cosine_defaults, "cosine", {"t_max"})
+  if not o.t_max then error("cosine: t_max (epochs) is required", 2) end
+  return schedule{kind = "cosine", t_max = o.t_max, eta_min = o.eta_min, per_batch = o.per_batch}
 end
 
 return optim

@@ -13,6 +13,10 @@
 -- contiguous offsets, header padded to 8 bytes). Malformed files raise an
 -- error naming the file and the problem.
 local core = require "lualps.core"
+local cjson = require "cjson"
+local util = require "lualps.util"
+local arch = require "lualps.arch"
+local nn = require "lualps.nn"
 local C = core._safetensors
 
 local M = {}
@@ -145,35 +149,9 @@ M.SPEC_KEY = "lualps.spec"
 
 local function strip_pos(msg) return (tostring(msg):gsub("^.-:%d+: ", "")) end
 
---- Check an architecture list and fill its defaults. arch is a Lua list of
--- layer tables or its JSON text (the "lualps.arch" metadata):
--- `{type = "conv2d", ["in"] = C, out = C2, kernel = K[, stride = 1, padding = 0]}`,
--- `{type = "maxpool2d", kernel = K[, stride = K]}`, `{type = "linear", ["in"] = N, out = M}`,
--- `{type = "relu"}`, `{type = "tanh"}`, `{type = "flatten"}`, and optionally first
--- `{type = "input", shape = {C, H, W}}` (or `{N}`), the input without the batch.
--- The input entry is not a layer: layer i is child i-1 of the PyTorch
--- nn.Sequential, whose parameters are "<i-1>.weight" and "<i-1>.bias".
--- Shapes must chain: with an input entry every size is checked here;
--- without one, what the layers alone tell (channels from conv2d to conv2d,
--- features from linear to linear, a flattened size that is a multiple of
--- the channels), and spatial sizes at the first forward, whose error names
--- the layer. Returns the list (defaults filled), its canonical JSON text (fixed
--- key order), and the shape after each entry without the batch (-1 where
--- only the input shape would tell, {} when not even the rank is known).
--- Errors start with "arch:" and name the layer, the field and the sizes.
-function M.check_arch(arch)
-  local json = arch
-  if type(arch) == "table" then
-    if #arch == 0 then error("arch: the list has no layers", 2) end
-    local ok, j = pcall(require("cjson").encode, arch)
-    if not ok then error("arch: not a list of plain tables: " .. strip_pos(j), 2) end
-    json = j
-  elseif type(arch) ~= "string" then
-    error("arch: expected a list of layer tables or its JSON text, got " .. type(arch), 2)
-  end
-  local list, canon, shapes = call(2, require("lualps.core")._nn.arch_parse, json)
-  return list, canon, shapes
-end
+--- Check an architecture list and fill its defaults: lps.arch.check (the
+-- list, its canonical JSON text and the shapes; errors start with "arch:").
+M.check_arch = arch.check
 
 -- ------------------------------------------------------------- models
 
@@ -244,7 +222,7 @@ end
 
 -- A throwaway generator: building a model to load weights into must not
 -- consume draws from the user's default stream.
-local function scratch_gen() return require("lualps").generator(0) end
+local function scratch_gen() return core.generator(0) end
 
 local function shape_of(t) return "(" .. table.concat(t, "x") .. ")" end
 
@@ -257,69 +235,51 @@ local function layer_desc(i, e)
   return ("layer %d (%s)"):format(i, e.type)
 end
 
--- The parameters of each layer of a checked arch list, from tensors named
--- "<i-1>.weight" / "<i-1>.bias": params[i] = {weight =, bias =} (a missing
--- bias is nil). Errors name the layer, the tensor and both shapes.
-local function match_arch(list, tensors, names)
-  local layers, want, order = {}, {}, {}
-  for _, e in ipairs(list) do
-    if e.type ~= "input" then layers[#layers + 1] = e end
-  end
-  for i, e in ipairs(layers) do
-    local w = e.type == "conv2d" and {e.out, e["in"], e.kernel, e.kernel} or
-      e.type == "linear" and {e.out, e["in"]} or nil
-    if w then
-      want[(i - 1) .. ".weight"] = {layer = i, shape = w}
-      want[(i - 1) .. ".bias"] = {layer = i, shape = {e.out}}
-      order[#order + 1] = (i - 1) .. ".weight"
-      order[#order + 1] = (i - 1) .. ".bias"
-    end
-  end
+-- Names that a PyTorch state_dict holds and lualps does not keep.
+local IGNORED = "%.num_batches_tracked$"
+
+-- The model of a checked arch list with the file's tensors loaded by their
+-- PyTorch state_dict names ("3.weight", "2.body.0.running_mean": what the
+-- model's named_parameters and named_buffers say); batch norm's
+-- num_batches_tracked is read and passed over, and a missing bias (a file
+-- of PyTorch's bias=False under an arch without "bias": false) loads as
+-- zeros. Errors name the tensor, its layer and both shapes.
+local function build(list, tensors, names)
+  local model = nn.from_arch(list, scratch_gen())
+  local want, order = {}, {}
+  for _, e in ipairs(model:named_parameters()) do want[e.name] = e.tensor; order[#order + 1] = e.name end
+  for _, e in ipairs(model:named_buffers()) do want[e.name] = e.tensor; order[#order + 1] = e.name end
+  local layers = {}
+  for _, e in ipairs(list) do if e.type ~= "input" then layers[#layers + 1] = e end end
   for _, name in ipairs(names) do
-    if not want[name] then
-      local c, kind = name:match("^(%d+)%.(%a+)$")
-      local i = c and tostring(tonumber(c)) == c and (kind == "weight" or kind == "bias")
-        and tonumber(c) + 1
+    if not want[name] and not name:find(IGNORED) then
+      local c = name:match("^(%d+)%.")
+      local i = c and tostring(tonumber(c)) == c and tonumber(c) + 1
       if i and layers[i] then
-        error(("tensor '%s' belongs to %s, which has no parameters"):format(name,
-          layer_desc(i, layers[i])), 0)
+        local own = {}
+        for _, n in ipairs(order) do if n:match("^(%d+)%.") == c then own[#own + 1] = n end end
+        error(("tensor '%s' belongs to layer %d (%s), which has %s"):format(name, i, layers[i].type,
+          #own > 0 and "no such tensor (it has " .. table.concat(own, ", ") .. ")" or "no parameters"), 0)
       elseif i then
         error(("tensor '%s' would belong to layer %d but the arch has %d layers (layer i is "
           .. "child i-1 of the nn.Sequential)"):format(name, i, #layers), 0)
       end
-      error(("tensor '%s' is not a parameter of the arch's layers, which are named %s (layer i "
-        .. "is child i-1 of the nn.Sequential)"):format(name,
+      error(("tensor '%s' is not a parameter or buffer of the arch's layers, which are named %s "
+        .. "(layer i is child i-1 of the nn.Sequential)"):format(name,
         #order > 0 and table.concat(order, ", ") or "nothing: no layer has parameters"), 0)
     end
   end
-  local params = {}
-  for i, e in ipairs(layers) do
-    local wname, bname = (i - 1) .. ".weight", (i - 1) .. ".bias"
-    if want[wname] then
-      local w, b = tensors[wname], tensors[bname]
-      if not w then error(("%s: tensor '%s' is missing"):format(layer_desc(i, e), wname), 0) end
-      for _, x in ipairs{{wname, w}, {bname, b}} do
-        local t = x[2]
-        if t and shape_of(t:shape()) ~= shape_of(want[x[1]].shape) then
-          error(("%s: tensor '%s' has shape %s, expected %s"):format(layer_desc(i, e), x[1],
-            shape_of(t:shape()), shape_of(want[x[1]].shape)), 0)
-        end
-      end
-      params[i] = {weight = w, bias = b}
-    end
-  end
-  return params
-end
-
--- A Sequential of a checked arch list with params[i] loaded into layer i;
--- a missing bias (PyTorch's bias=False) loads as zeros.
-local function build(list, params)
-  local lps = require "lualps"
-  local model = lps.nn.from_arch(list, scratch_gen())
   local map = {}
-  for i, p in pairs(params) do
-    map[(i - 1) .. ".weight"] = p.weight
-    map[(i - 1) .. ".bias"] = p.bias or lps.zeros(p.weight:size(1))
+  for _, name in ipairs(order) do
+    local t = tensors[name]
+    if not t and name:match("%.bias$") then t = core.zeros(table.unpack(want[name]:shape())) end
+    if not t then error(("tensor '%s' is missing (the arch's layers hold %s)"):format(name, table.concat(order, ", ")), 0) end
+    if shape_of(t:shape()) ~= shape_of(want[name]:shape()) then
+      local i = tonumber(name:match("^(%d+)%.")) + 1
+      error(("layer %d (%s): tensor '%s' has shape %s, expected %s"):format(i, layers[i].type, name,
+        shape_of(t:shape()), shape_of(want[name]:shape())), 0)
+    end
+    map[name] = t
   end
   model:load_named(map)
   return model
@@ -341,42 +301,44 @@ local function infer_mlp(tensors, names, activation)
   for k, l in ipairs(layers) do
     if k > 1 then list[#list + 1] = {type = activation or "relu"} end
     list[#list + 1] = {type = "linear", ["in"] = l.weight:size(2), out = l.weight:size(1)}
-    params[#list] = {weight = l.weight, bias = l.bias}
+    params[(#list - 1) .. ".weight"] = l.weight
+    params[(#list - 1) .. ".bias"] = l.bias
   end
   return list, params
 end
 
-local import_opts = {arch = true, activation = true}
-
 local function import_model(tensors, metadata, names, opts)
-  local lps = require "lualps"
-  local arch, where = opts.arch, "opts.arch"
-  if arch == nil and metadata[M.ARCH_KEY] then
-    arch, where = metadata[M.ARCH_KEY], "'" .. M.ARCH_KEY .. "'"
+  local given, where = opts.arch, "opts.arch"
+  if given == nil and metadata[M.ARCH_KEY] then
+    given, where = metadata[M.ARCH_KEY], "'" .. M.ARCH_KEY .. "'"
   end
-  if arch ~= nil then
+  if given ~= nil then
     if opts.activation then
       error(("opts.activation is for files without an architecture, but %s gives one")
         :format(where), 0)
     end
-    local ok, list = pcall(M.check_arch, arch)
+    local ok, list = pcall(arch.check, given)
     if not ok then error(where .. ": " .. strip_pos(list):gsub("^arch: ", ""), 0) end
-    return build(list, match_arch(list, tensors, names))
+    return build(list, tensors, names)
   end
   local spec_json = metadata[M.SPEC_KEY]
   if spec_json and not opts.activation then
-    local ok, spec = pcall(require("cjson").decode, spec_json)
+    local ok, spec = pcall(cjson.decode, spec_json)
     if not ok or type(spec) ~= "table" then
       error(("metadata %s is not a JSON spec"):format(M.SPEC_KEY), 0)
     end
-    local model = lps.nn.from_spec(spec, scratch_gen())
-    model:load_named(tensors)
-    return model
+    local okl, list = pcall(arch.of_legacy_spec, spec)
+    if not okl then error(("metadata %s: %s"):format(M.SPEC_KEY, strip_pos(list)), 0) end
+    return build(list, tensors, names)
   end
   if opts.activation ~= nil and opts.activation ~= "relu" and opts.activation ~= "tanh" then
     error(("opts.activation must be 'relu' or 'tanh', got %s"):format(tostring(opts.activation)), 0)
   end
-  return build(infer_mlp(tensors, names, opts.activation))
+  local list, params = infer_mlp(tensors, names, opts.activation)
+  local pnames = {}
+  for name in pairs(params) do pnames[#pnames + 1] = name end
+  table.sort(pnames)
+  return build(list, params, pnames)
 end
 
 --- A model ready to forward (an lps.nn Sequential), and the file's metadata.
@@ -392,21 +354,16 @@ end
 -- pooling are not in the weights): a file with 4-D weights needs an arch. A
 -- missing bias (bias=False) loads as zeros.
 function M.import(path, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("import: opts must be a table, got " .. type(opts), 2) end
-  for k in pairs(opts) do
-    if not import_opts[k] then
-      error(("import: unknown option '%s' (arch, activation)"):format(tostring(k)), 2)
-    end
-  end
+  opts = util.options(opts, {}, "import", {"arch", "activation"})
   local tensors, metadata, names = read_at(2, path)
   local ok, model = pcall(import_model, tensors, metadata, names, opts)
   if not ok then error(("import: %s: %s"):format(path, strip_pos(model)), 2) end
   return model, metadata
 end
 
---- Write a model's parameters with PyTorch's naming and layout, so that the
--- matching torch.nn.Sequential(...).load_state_dict() takes them, and its
+--- Write a model's parameters and buffers with PyTorch's naming and layout
+-- (its state_dict but num_batches_tracked), so that the matching
+-- torch.nn.Sequential(...).load_state_dict() takes them, and its
 -- architecture list as metadata "lualps.arch" (JSON, see m:arch(); a single
 -- layer is written as a Sequential of one: "0.weight", "0.bias").
 -- metadata (optional, string values) is added to {format = "pt"}.
@@ -417,10 +374,8 @@ function M.export(model, path, metadata, opts)
   if type(model) ~= "userdata" or type(model.named_parameters) ~= "function" then
     error("safetensors: export expects a model (lps.nn module), got " .. type(model), 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("export: opts must be a table, got " .. type(opts), 2)
-  end
-  local ok, list, json = pcall(model.arch, model, {input = opts and opts.input})
+  local o = util.options(opts, {}, "export", {"input"})
+  local ok, list, json = pcall(model.arch, model, {input = o.input})
   if not ok then error("export: " .. strip_pos(list), 2) end
   local meta = {format = "pt", [M.ARCH_KEY] = json}
   for k, v in pairs(check_metadata(metadata, 2) or {}) do
@@ -431,6 +386,7 @@ function M.export(model, path, metadata, opts)
     meta[k] = v
   end
   local named = model:named_parameters()
+  for _, e in ipairs(model:named_buffers()) do named[#named + 1] = e end
   if model:type() ~= "sequential" then
     for _, e in ipairs(named) do e.name = "0." .. e.name end
   end

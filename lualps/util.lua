@@ -3,6 +3,34 @@ local core = require "lualps.core"
 
 local util = {}
 
+--- Options merged over their defaults, the one way every lualps function
+-- reads an option table: a new table holding defaults[k] for each key of
+-- `defaults`, replaced by opts[k] where opts gives a value, and opts[k] for
+-- each key listed in `more` (options without a default, nil unless given).
+-- opts may be nil. A key of opts that is neither in defaults nor in more is
+-- an error naming `op`, the key and the known options; so is an opts that
+-- is not a table. Errors point at the caller of the function that called
+-- util.options. Each module keeps its defaults in a table beside the
+-- function, one comment per option.
+function util.options(opts, defaults, op, more)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(op, type(opts)), 3)
+  end
+  local o, known = {}, {}
+  for k, v in pairs(defaults) do o[k], known[k] = v, true end
+  for _, k in ipairs(more or {}) do known[k] = true end
+  for k, v in pairs(opts or {}) do
+    if not known[k] then
+      local names = {}
+      for name in pairs(known) do names[#names + 1] = tostring(name) end
+      table.sort(names)
+      error(("%s: unknown option '%s' (%s)"):format(op, tostring(k), table.concat(names, ", ")), 3)
+    end
+    o[k] = v
+  end
+  return o
+end
+
 local function fmt_time(s)
   if s ~= s or s == math.huge then return "?" end
   s = math.floor(s + 0.5)
@@ -15,26 +43,34 @@ util.fmt_time = fmt_time
 local Progress = {}
 Progress.__index = Progress
 
+--- Options of util.progress and their defaults; also `tty` (default:
+-- whether stderr is a terminal) and `every` (without a terminal: one line
+-- per this many units; default total/10).
+util.progress_defaults = {
+  label = "",          -- shown before the counts
+  unit = "items",      -- what is counted
+  stream = io.stderr,  -- where the lines go
+  interval = 0.25,     -- seconds between redraws on a terminal
+  quiet = false,       -- true: print nothing
+  clock = core.now,    -- a function giving seconds
+}
+local progress_more = {"tty", "every"}
+
 --- The progress display for `total` units of work (builds, evaluations,
--- training epochs). opts: label (""), unit ("items"), stream (io.stderr),
--- tty (auto: whether stderr is a terminal), interval (seconds between
--- redraws on a terminal, 0.25), every (without a terminal: one line per this
--- many units, default total/10), quiet (false: print nothing), clock (a
--- function giving seconds; lps.now).
+-- training epochs); opts: util.progress_defaults.
 -- On a terminal it redraws one line (bar, done/total, rate, ETA); otherwise
 -- it prints a plain line every `every` units, so logs stay short. `done` may
 -- be fractional (part of an epoch): the bar and ETA follow it, the count
 -- shows whole units.
 function util.progress(total, opts)
-  opts = opts or {}
+  local o = util.options(opts, util.progress_defaults, "progress", progress_more)
   local self = setmetatable({
-    total = total, done = 0, label = opts.label or "", unit = opts.unit or "items",
-    stream = opts.stream or io.stderr, interval = opts.interval or 0.25,
-    quiet = opts.quiet or false, clock = opts.clock or core.now, last_draw = -math.huge,
+    total = total, done = 0, label = o.label, unit = o.unit, stream = o.stream, interval = o.interval,
+    quiet = o.quiet, clock = o.clock, last_draw = -math.huge,
   }, Progress)
   self.t0 = self.clock()
-  if opts.tty == nil then self.tty = core.isatty(2) else self.tty = opts.tty end
-  self.every = opts.every or math.max(1, total // 10)
+  if o.tty == nil then self.tty = core.isatty(2) else self.tty = o.tty end
+  self.every = o.every or math.max(1, total // 10)
   self.next_line = self.every
   return self
 end
@@ -93,17 +129,17 @@ function Progress:stop()
 end
 
 --- A progress callback for training loops (lps.train, similarity.train): a
--- util.progress bar over the epochs (opts as there; label "train", unit
--- "epochs") with the loss and accuracy, and the validation accuracy and
--- samples/s when given, as its text. It takes the tables those loops pass
--- ({epoch, epochs[, step, steps, samples, seconds, done], loss, accuracy
--- [, val_accuracy]}); calls within an epoch fill the bar part-way. Returns
--- the callback and a handle to close (`local h <close> = ...`) that ends
--- the line if training stops early.
-function util.epoch_progress(opts)
-  local o = {label = "train", unit = "epochs"}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  local bar, t0 = nil, (o.clock or core.now)()
+-- util.progress bar over the epochs (opts as there; label `label` (default
+-- "train") unless opts give one, unit "epochs") with the loss and accuracy,
+-- and the validation accuracy and samples/s when given, as its text. It
+-- takes the tables those loops pass ({epoch, epochs[, step, steps, samples,
+-- seconds, done], loss, accuracy[, val_accuracy]}); calls within an epoch
+-- fill the bar part-way. Returns the callback and a handle to close (`local
+-- h <close> = ...`) that ends the line if training stops early.
+function util.epoch_progress(opts, label)
+  local defaults = util.options({label = label or "train", unit = "epochs"}, util.progress_defaults, "epoch_progress")
+  local o = util.options(opts, defaults, "epoch_progress", progress_more)
+  local bar, t0 = nil, o.clock()
   local function callback(p)
     if not bar then
       bar = util.progress(p.epochs, o)

@@ -71,14 +71,10 @@ for m in a.methods:gmatch("[^,]+") do
   show(m, results[m])
 end
 
--- Ablations (one seed each) and controls.
-local ablations, abl_order, controls = {}, {}, {reliability = S.transfer.reliability}
+-- Ablations (one seed each) and controls (lps.controls).
+local ablations, abl_order, controls = {}, {}, {}
 if not a.no_ablations then
-  local n_classes, domains, seen = 0, {}, {} -- the set's class ids and domains, for unit supervision
-  for _, t in ipairs(S.splits.tasks) do
-    for _, c in ipairs(t.classes) do n_classes = math.max(n_classes, math.tointeger(c) + 1) end
-    if not seen[t.domain] then seen[t.domain], domains[#domains + 1] = true, t.domain end
-  end
+  local n_classes, domains = lps.controls.unit_labels(S.splits.tasks) -- for unit supervision
   for _, v in ipairs{
     {"no_conv_encoder", {families = {"mlp"}}}, {"first_order_pooling", {pool = "mean"}},
     {"no_relation_objective", {relations = false}},
@@ -96,78 +92,18 @@ if not a.no_ablations then
     abl_order[#abl_order + 1] = v[1]
     show(v[1], ablations[v[1]])
   end
-  local shuffled = B.evaluate(S, lps_with({shuffle_labels = true}, "shuffled_labels"), {seeds = 1, data = a.data})
-  local untrained = B.evaluate(S, lps_with({epochs = 0}, "untrained"), {seeds = 1, data = a.data})
-  controls.untrained_map, controls.untrained_cross_family_rank1 = untrained.map, untrained.cross_family_rank1
-  -- Controls that read no weights: embeddings drawn at random (times `scale`),
-  -- with a 1 in column slot(m) where slot names one: models of one slot
-  -- first, at random among them.
-  local function drawn(name, dim, scale, slot)
-    return {name = name, fit = function(_, _, _, ctx)
-      return {embed = function(_, ms)
-        local E = lps.randn(#ms, dim, lps.generator(7919 + ctx.seed)):mul_(scale)
-        for i, m in ipairs(ms) do
-          local c = slot and slot(m)
-          if c then E:set(i, c, 1) end
-        end
-        return E
-      end}
-    end}
-  end
-  local chance = B.evaluate(S, drawn("random", 64, 1), {seeds = 5, data = a.data})
-  -- what the class count alone gives (a model's head says it, LPS's inputs carry it)
-  local counted = B.evaluate(S, drawn("class_count", 64, 1e-3, function(m) return math.min(m[#m]:numel(), 64) end),
-    {seeds = 5, data = a.data})
-  controls.class_count_map, controls.class_count_novel_map = counted.map, counted.novel_map
-  -- The best a method can do that cannot tell identity from blur (the pool's
-  -- transfer gains barely can either): the true task, those two domains merged.
-  -- Model selection's probes are not of the set: they stay random.
-  local row_of, key_of, n_keys = {}, {}, 0
-  for i = 1, S.n do row_of[S.models[i]], row_of[S.labelled[i]] = i, i end
-  local blind = drawn("blur_blind_oracle", 256, 1e-3, function(m)
-    local meta = row_of[m] and S.meta[row_of[m]]
-    if not meta then return nil end
-    local key = table.concat(meta.classes, ",") .. (meta.domain == "blur" and "identity" or meta.domain)
-    if not key_of[key] then n_keys = n_keys + 1; key_of[key] = n_keys end
-    return key_of[key]
-  end)
-  local ceiling = B.evaluate(S, blind, {seeds = 3, data = a.data})
-  for _, k in ipairs{"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1"} do
-    controls["blur_blind_" .. k] = ceiling[k]
-  end
-  controls.shuffled_labels_map, controls.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
-  controls.chance_map, controls.chance_map_std, controls.chance_novel_map = chance.map, chance.map_std, chance.novel_map
-  for _, k in ipairs{"optimizer", "family", "width"} do controls["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
+  controls = lps.controls.run(S, lps_with, a.data)
 end
-for _, r in pairs(results) do -- the same for all methods
-  controls.random_regret = controls.random_regret or r.random_regret
-  controls.task_oracle_regret = controls.task_oracle_regret or r.task_oracle_regret
-end
-for _, k in ipairs{"optimizer", "family", "width"} do
-  controls["nuisance_map_" .. k] = results.lps and results.lps["nuisance_map_" .. k]
-end
-controls.stats_accuracy_tau = results.stats and results.stats.accuracy_tau
+controls.reliability = S.transfer.reliability
+lps.controls.from_results(controls, results)
 
 local protocol = B.describe(S)
 for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.seeds, lps_options = LPS,
   transfer = S.transfer.protocol, seconds = timings, total_seconds = lps.now() - t_start,
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
-local ctl = {"\n## Controls\n", "| control | value |", "|---|---|"}
-local function f3(v) return v and ("%.3f"):format(v) or "–" end
-for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
-                   "task_oracle_regret", "stats_accuracy_tau", "blur_blind_top1", "blur_blind_map", "blur_blind_novel_map",
-                   "blur_blind_heldout_arch_rank1", "blur_blind_cross_family_rank1"} do
-  ctl[#ctl + 1] = ("| %s | %s |"):format(k, f3(controls[k]))
-end
-for _, k in ipairs{"optimizer", "family", "width"} do
-  ctl[#ctl + 1] = ("| nuisance_map_%s (chance) | %s (%s) |"):format(k, f3(controls["nuisance_map_" .. k]),
-    f3(controls["chance_nuisance_map_" .. k]))
-end
-ctl[#ctl + 1] = ("| transfer reliability (split-half Spearman; per target) | %.3f; %.3f |"):format(
-  controls.reliability.split_half_spearman, controls.reliability.per_target_split_half_spearman)
 local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablations = ablations, protocol = protocol,
   order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching"}, ablation_order = abl_order, metrics = metrics,
-  lead = "lps", title = "LPS on " .. a.set, extra = {controls = controls}, sections = {table.concat(ctl, "\n")},
+  lead = "lps", title = "LPS on " .. a.set, extra = {controls = controls}, sections = {lps.controls.markdown(controls)},
   required = {"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
     "selection_accuracy", "selection_regret"},
   intro = ("%d models (MLPs and CNNs), %d tasks; means ± sd over %d seeds of the learned methods. "

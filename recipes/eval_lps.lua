@@ -98,7 +98,7 @@ if lps_run then
   model.n_train = #S.splits.classification.train
   model:save(a.out .. "/lps.model")
   if not a.no_plots then
-    local plot, tasks = require "lualps.plot", {}
+    local plot, tasks = lps.plot, {}
     for i = 1, S.n do tasks[i] = S.meta[i].task end
     local ok1, e1 = plot.heatmaps(a.out .. "/task_similarity_vs_transfer.png", {
       {title = "LPS: mean similarity of held-out models", matrix = lps_run.task_similarity},

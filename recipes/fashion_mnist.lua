@@ -74,5 +74,5 @@ print(cjson.encode{
   val_accuracy = report.val_accuracy, batch_size = args.batch_size, lr = args.lr,
   weight_decay = args.weight_decay, seed = args.seed, threads = args.threads,
   parameters = model:num_parameters(), samples_per_second = report.samples_per_second,
-  spec = model:spec(),
+  arch = (model:arch()),
 })

@@ -67,10 +67,11 @@ local function with_training(list)
   for _, f in ipairs(training_sources()) do list[#list + 1] = f end
   return list
 end
-step("modelset", set, with_training{"recipes/modelset500.lua", "recipes/modelset500_tasks.lua", "lualps/zoo.lua"},
+step("modelset", set, with_training{"recipes/modelset500.lua", "recipes/modelset500_tasks.lua",
+  "lualps/bench/zoo.lua"},
   function() run(("lua5.4 recipes/modelset500.lua --out '%s' --jobs %d"):format(set, a.jobs)) end)
 local transfer = set .. ".transfer.json"
-step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", "lualps/transfer.lua", set .. ".stamp"},
+step("transfer matrix", transfer, {"recipes/transfer_matrix.lua", "lualps/bench/transfer.lua", set .. ".stamp"},
   function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(set, a.jobs)) end)
 run(("lua5.4 recipes/eval_lps.lua --set '%s' --out '%s' %s"):format(set, a.out, a.eval_args))
 if a.only500 then
@@ -81,8 +82,9 @@ end
 -- ModelSet-Hetero: MLPs and CNNs, multi-class tasks in four image domains.
 local het = a.build .. "/modelset_hetero.lpsm"
 step("modelset-hetero", het, with_training{"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua",
-  "lualps/hetero.lua", "lualps/zoo.lua"}, function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
-step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/transfer_pool.lua",
+  "lualps/bench/hetero.lua", "lualps/bench/zoo.lua"},
+  function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
+step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/bench/transfer_pool.lua",
   het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)
 run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' %s"):format(het, a.out, a.hetero_args))
 io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))

@@ -9,6 +9,7 @@ package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
 local cjson = require "cjson"
+local shards = require "scripts.shards"
 local zoo, util = lps.zoo, lps.util
 local TABLE = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/modelset500_tasks.lua")
 
@@ -37,7 +38,7 @@ local e1, e2 = a.epochs:match("^(%d+)%-(%d+)$")
 if not e1 then e1 = a.epochs:match("^(%d+)$"); e2 = e1 end
 e1, e2 = tonumber(e1), tonumber(e2)
 if not e1 or e1 < 1 or e2 < e1 then fail("--epochs must be N or A-B with 1 <= A <= B, got " .. a.epochs) end
-local ok, data_dir = pcall(zoo.check_recipe_args, a)
+local ok, data_dir = pcall(shards.check_args, a)
 if not ok then fail(data_dir) end
 
 local tasks = {}
@@ -49,8 +50,9 @@ end
 local cfg = {tasks = tasks, master_seed = a.seed, per_task = a.per_task, epochs = {e1, e2}}
 local plan = zoo.plan(cfg)
 local seconds
-ok, seconds = pcall(zoo.build_recipe, a, plan, {tasks = tasks, data_dir = data_dir})
+ok, seconds = pcall(shards.build, a, arg, plan, {tasks = tasks, data_dir = data_dir})
 if not ok then fail(seconds) end
+if a.shard then os.exit(0) end -- the merge writes the splits
 
 -- The standard splits, fixed by the master seed.
 local splits = zoo.splits(cfg)

@@ -12,6 +12,7 @@ package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
 local cjson = require "cjson"
+local shards = require "scripts.shards"
 local zoo, util, H = lps.zoo, lps.util, lps.hetero
 local TABLE = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/modelset_hetero_tasks.lua")
 
@@ -58,14 +59,15 @@ end
 if not a.max_samples or a.max_samples < 1 then fail("--max-samples must be a positive integer") end
 if not a.max_test or a.max_test < 1 then fail("--max-test must be a positive integer") end
 if #T.subsets * #T.domains < 4 then fail("at least 4 tasks are needed (subsets x domains)") end
-local ok, data_dir = pcall(zoo.check_recipe_args, a)
+local ok, data_dir = pcall(shards.check_args, a)
 if not ok then fail(data_dir) end
 
 local cfg = {master_seed = a.seed, per_task = a.per_task, pool = a.pool, cnn_max_samples = a.max_samples}
 local plan, tasks = H.plan(T, cfg)
 local seconds
-ok, seconds = pcall(zoo.build_recipe, a, plan, {tasks = tasks, data_dir = data_dir, max_test = a.max_test})
+ok, seconds = pcall(shards.build, a, arg, plan, {tasks = tasks, data_dir = data_dir, max_test = a.max_test})
 if not ok then fail(seconds) end
+if a.shard then os.exit(0) end -- the merge writes the splits
 
 local splits = H.splits(T, plan, tasks, cfg)
 local ms <close> = lps.modelset.open(a.out)

@@ -9,7 +9,7 @@
 return {
   class_names = {[0] = "T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"},
-  domains = {"identity", "invert", "rot90", "blur"},
+  domains = {"identity", "invert", "rot90", "blur"}, -- of lps.data.domains (downup left out)
   subsets = {
     {0, 1},             -- 1  T-shirt, Trouser
     {2, 4, 6},          -- 2  Pullover, Coat, Shirt (the hard one)

@@ -16,6 +16,7 @@ package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
 local cjson = require "cjson"
+local shards = require "scripts.shards"
 local zoo, util, transfer, TP = lps.zoo, lps.util, lps.transfer, lps.transfer_pool
 
 local p = argparse("transfer_matrix.lua", "Measure task-to-task transfer gains on a model set.")
@@ -67,16 +68,11 @@ local NT = #tasks
 
 if a.jobs > 1 and not a.shard then
   -- this recipe again, one process per share of the target tasks
-  local args = {"--set", "'" .. a.set .. "'"}
-  for k, v in pairs(opts) do args[#args + 1] = ("--%s %s"):format(k:gsub("_", "-"), v) end
-  if a.data then args[#args + 1] = "--data '" .. a.data .. "'" end
-  if a.quiet then args[#args + 1] = "--quiet" end
   local t0 = lps.now()
-  zoo.run_shards(("lua5.4 %s %s --shard {}/%d --out '%s.shard-{}-of-%d'"):format(
-    arg[0], table.concat(args, " "), a.jobs, out, a.jobs), a.jobs)
+  local ok, err = pcall(shards.run, shards.command(arg, a.jobs, out), a.jobs)
+  if not ok then fail(err) end
   local parts = {}
-  for i = 1, a.jobs do
-    local path = ("%s.shard-%d-of-%d"):format(out, i, a.jobs)
+  for i, path in ipairs(shards.paths(out, a.jobs)) do
     parts[i] = cjson.decode(assert(util.read_file(path)))
     os.remove(path)
   end

@@ -1,5 +1,7 @@
 -- LuaRocks spec: `luarocks --lua-version 5.4 make --tree DIR rockspec/lualps-scm-1.rockspec`
--- builds with the project's Makefile (target `lib`) and installs through `make install`.
+-- builds with the project's Makefile (target `lib`) and installs through `make install`:
+-- lualps/core.so, the Lua package in lualps/ with its folders similarity/ and bench/,
+-- and the `lualps` command.
 rockspec_format = "3.0"
 package = "lualps"
 version = "scm-1"

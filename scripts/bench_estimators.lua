@@ -66,10 +66,10 @@ end
 
 local function reference_models(k)
   local mlp = lps.nn.mlp{784, 128, 64, k, generator = g}
-  local cnn = lps.nn.from_spec({type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 8, kernel_size = 5, stride = 2, padding = 2}, {type = "relu"},
-    {type = "conv2d", in_channels = 8, out_channels = 16, kernel_size = 3, stride = 2, padding = 1}, {type = "relu"},
-    {type = "flatten"}, {type = "linear", in_features = 784, out_features = k}}}, g)
+  local cnn = lps.nn.from_arch({
+    {type = "conv2d", ["in"] = 1, out = 8, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+    {type = "conv2d", ["in"] = 8, out = 16, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 784, out = k}}, g)
   return {[64] = mlp, [784] = cnn}
 end
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env lua5.4
---- Speed of LPS for every architecture (lualps/archnet.lua, the "templates"
+--- Speed of LPS for every architecture (lualps/similarity/archnet.lua, the "templates"
 -- slot over noise ranges U(0,0.2) and U(0.8,1)) on ModelSet-Hetero:
 --   (1) training on split (a)'s training models (classification.train),
 --       lps.benchmark.methods.lps with transfer relations: seconds with the

@@ -108,7 +108,7 @@ function M.run(opts)
   r.seq = max_abs_diff(seq:forward(io_t.x), io_t.y_seq)
   local fc = lps.import_safetensors(path("torch_fc.safetensors"))
   r.fc = max_abs_diff(fc:forward(io_t.x), io_t.y_fc)
-  r.seq_spec, r.fc_spec = seq:spec(), fc:spec()
+  r.seq_arch, r.fc_arch = seq:arch(), fc:arch()
   local tcnn, cmeta = lps.import_safetensors(path("torch_cnn.safetensors"))
   r.cnn = max_abs_diff(tcnn:forward(io_t.x_img), io_t.y_cnn)
   r.cnn_arch, r.cnn_meta = tcnn:arch(), cmeta

@@ -147,12 +147,12 @@ function TestArchModules:test_module_arch_and_back()
     {type = "maxpool2d", kernel = 3, stride = 1}, {type = "conv2d", ["in"] = 3, out = 4, kernel = 2,
       stride = 1, padding = 0}, {type = "tanh"}, {type = "flatten"}, {type = "linear", ["in"] = 16, out = 5}})
   lu.assertEquals(select(2, st.check_arch(list)), json)
-  lu.assertEquals(nn.from_arch(list):spec(), m:spec())
-  lu.assertEquals(nn.from_arch(json):spec(), m:spec())
+  lu.assertEquals(nn.from_arch(list):arch(), list)
+  lu.assertEquals(select(2, nn.from_arch(json):arch()), json)
   -- with the input shape: checked
   local with_input = m:arch{input = {1, 9, 9}}
   lu.assertEquals(with_input[1], {type = "input", shape = {1, 9, 9}})
-  lu.assertEquals(nn.from_arch(with_input):spec(), m:spec()) -- the input entry builds nothing
+  lu.assertEquals(nn.from_arch(with_input):arch(), list) -- the input entry builds nothing
   T.assert_error_contains("arch: layer 7 (linear): \"in\" is 16 but layer 6 (flatten) gives 36 features: (4x3x3) flattened",
     m.arch, m, {input = {1, 11, 11}})
   -- the same generator draws the same weights as the constructors
@@ -185,7 +185,7 @@ function TestArchFiles:test_cnn_export_import_round_trip()
   for name, t in pairs(m:state_dict()) do lu.assertEquals(tensors[name]:totable(), t:totable(), name) end
   local m2, meta2 = lps.import_safetensors(p)
   lu.assertEquals(meta2, meta)
-  lu.assertEquals(m2:spec(), m:spec())
+  lu.assertEquals(m2:arch(), m:arch())
   same_outputs(m, m2, lps.randn(3, 1, 9, 9, g))
   -- the export refuses an input the model cannot take, and a user "lualps.arch"
   T.assert_error_contains("export: arch: layer 7 (linear)", lps.export_safetensors, m, p, nil, {input = {1, 8, 8}})
@@ -250,16 +250,16 @@ function TestArchFiles:test_import_errors()
     T.assert_error_contains(needle, lps.import_safetensors, p, opts or {arch = arch})
   end
   try({["3.weight"] = lps.zeros(4, 3, 3, 3)},
-    "import: " .. p .. ": layer 4 (conv2d 3->4, kernel 2): tensor '3.weight' has shape (4x3x3x3), expected (4x3x2x2)")
-  try({["6.bias"] = lps.zeros(4)}, "layer 7 (linear 16->5): tensor '6.bias' has shape (4), expected (5)")
-  try({["6.weight"] = false}, "layer 7 (linear 16->5): tensor '6.weight' is missing")
+    "import: " .. p .. ": layer 4 (conv2d): tensor '3.weight' has shape (4x3x3x3), expected (4x3x2x2)")
+  try({["6.bias"] = lps.zeros(4)}, "layer 7 (linear): tensor '6.bias' has shape (4), expected (5)")
+  try({["6.weight"] = false}, "tensor '6.weight' is missing (the arch's layers hold 0.weight, 0.bias, 3.weight")
   try({["1.weight"] = lps.zeros(3)}, "tensor '1.weight' belongs to layer 2 (relu), which has no parameters")
   try({["9.bias"] = lps.zeros(3)}, "tensor '9.bias' would belong to layer 10 but the arch has 7 layers")
   try({["features.0.weight"] = lps.zeros(3)}, "tensor 'features.0.weight' is not a parameter of the arch's "
     .. "layers, which are named 0.weight, 0.bias, 3.weight, 3.bias, 6.weight, 6.bias")
   try({}, "opts.activation is for files without an architecture, but opts.arch gives one",
     {arch = arch, activation = "tanh"})
-  try({}, "import: unknown option 'input' (arch, activation)", {input = {1, 9, 9}})
+  try({}, "import: unknown option 'input' (activation, arch)", {input = {1, 9, 9}})
   try({}, "opts.activation must be 'relu' or 'tanh', got sigmoid", {activation = "sigmoid"})
   -- a broken key in the file
   st.write(p, m:state_dict(), {["lualps.arch"] = '[{"type":"conv2d","in":1,"out":3}]'})
@@ -283,9 +283,9 @@ function TestArchFiles:test_modelset_round_trip()
   end
   local ms <close> = lps.modelset.open(path)
   local m2, meta = ms:get(1)
-  lu.assertEquals(m2:spec(), m:spec())
+  lu.assertEquals(m2:arch(), m:arch())
   same_outputs(m, m2, x)
-  lu.assertEquals(tostring(meta), "record 1  cnn1  task 1  cnn-conv3-conv4-16-5")
+  lu.assertEquals(tostring(meta), "record 1  cnn1  task 1  cnn-c3-c4-l5")
   lu.assertEquals(tostring(ms:meta(2)), "record 2  mlp1  mlp-4-3-2")
   -- and out again through safetensors
   local p = T.tmpname()

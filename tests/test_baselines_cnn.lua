@@ -10,18 +10,18 @@ local mlp = T.random_mlp
 
 -- A CNN on side x side one-channel images: convs = {{out, k, stride, pool}},
 -- padding k // 2, then flatten, hidden linear layers of widths fc (none by
--- default) and a linear head. Returns the model list (with .spec and
+-- default) and a linear head. Returns the model list (with .arch and
 -- .family) and the lps.nn module holding the same weights.
 local function cnn(g, side, convs, classes, fc)
   local layers, cin, s = {}, 1, side
   for _, c in ipairs(convs) do
     local out, k, stride, pool = c[1], c[2], c[3] or 1, c[4]
-    layers[#layers + 1] = {type = "conv2d", in_channels = cin, out_channels = out, kernel_size = k,
+    layers[#layers + 1] = {type = "conv2d", ["in"] = cin, out = out, kernel = k,
                            stride = stride, padding = k // 2}
     layers[#layers + 1] = {type = "relu"}
     s = (s + 2 * (k // 2) - k) // stride + 1
     if pool then
-      layers[#layers + 1] = {type = "maxpool2d", kernel_size = pool, stride = pool}
+      layers[#layers + 1] = {type = "maxpool2d", kernel = pool, stride = pool}
       s = s // pool
     end
     cin = out
@@ -29,16 +29,15 @@ local function cnn(g, side, convs, classes, fc)
   layers[#layers + 1] = {type = "flatten"}
   local nin = cin * s * s
   for _, w in ipairs(fc or {}) do
-    layers[#layers + 1] = {type = "linear", in_features = nin, out_features = w}
+    layers[#layers + 1] = {type = "linear", ["in"] = nin, out = w}
     layers[#layers + 1] = {type = "relu"}
     nin = w
   end
-  layers[#layers + 1] = {type = "linear", in_features = nin, out_features = classes}
-  local spec = {type = "sequential", layers = layers}
-  local net = lps.nn.from_spec(spec, g)
+  layers[#layers + 1] = {type = "linear", ["in"] = nin, out = classes}
+  local net = lps.nn.from_arch(layers, g)
   local m = {}
   for i, t in ipairs(lps.similarity.weights(net)) do m[i] = t:clone() end
-  m.spec, m.family = spec, "cnn"
+  m.arch, m.family = layers, "cnn"
   return m, net
 end
 
@@ -46,10 +45,10 @@ local function cnn2(g) return (cnn(g, 8, {{4, 3, 2}, {5, 3, 1, 2}}, 3)) end     
 local function cnn3(g) return (cnn(g, 8, {{3, 5, 1, 2}, {4, 3, 2}, {6, 3}}, 3)) end -- 4x4, 2x2, 2x2
 local function cnn_fc(g) return (cnn(g, 8, {{4, 3, 2}, {5, 3, 1, 2}}, 3, {7})) end -- a hidden linear layer
 
-local function with_spec(m, spec)
+local function with_arch(m, a)
   local c = {}
   for i, t in ipairs(m) do c[i] = t end
-  c.spec, c.family = spec, m.family
+  c.arch, c.family = a, m.family
   return c
 end
 
@@ -86,12 +85,12 @@ function TestCNNModel:test_hidden_by_hand()
   -- 2x2 image (1, -2; 3, 0.5), 1x1 conv with 2 channels (w 2, -1; b 0, 1),
   -- ReLU, 2x2 max-pooling: channel 1 max(2, 0, 6, 1) = 6, channel 2
   -- max(0, 3, 0, 0.5) = 3; head (1, 10) + 0.5: 6 + 30 + 0.5
-  local spec = {type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 1},
-    {type = "relu"}, {type = "maxpool2d", kernel_size = 2}, {type = "flatten"},
-    {type = "linear", in_features = 2, out_features = 1}}}
+  local arch = {
+    {type = "conv2d", ["in"] = 1, out = 2, kernel = 1},
+    {type = "relu"}, {type = "maxpool2d", kernel = 2}, {type = "flatten"},
+    {type = "linear", ["in"] = 2, out = 1}}
   local m = {lps.tensor{2, -1}:reshape(2, 1, 1, 1), lps.tensor{0, 1}, lps.tensor{{1, 10}}, lps.tensor{0.5}}
-  m.spec = spec
+  m.arch = arch
   local x = lps.tensor{{1, -2, 3, 0.5}}
   lu.assertEquals(E.hidden(m, x)[1]:totable(), {{6, 3}})
   lu.assertEquals(E.forward(m, x):totable(), {{36.5}})
@@ -103,7 +102,7 @@ function TestCNNModel:test_permuted_channels_same_function()
   for _, make in ipairs{cnn2, cnn3, cnn_fc} do
     local m = make(g)
     local perms = planted(g, m)
-    local p = with_spec(E.permute(m, perms), m.spec)
+    local p = with_arch(E.permute(m, perms), m.arch)
     lu.assertTrue(max_abs_diff(E.forward(m, x), E.forward(p, x)) < 1e-5)
     lu.assertTrue(max_abs_diff(m[1], p[1]) > 0)
     -- by hand: output channel i of conv 1 is channel perms[1][i]; conv 2's
@@ -135,15 +134,15 @@ function TestCNNModel:test_bad_models()
   local m = cnn2(g)
   local plain = {m[1], m[2], m[3], m[4], m[5], m[6]}
   T.assert_error_contains("is a CNN (W1 (4x1x3x3)) without its .arch", E.features, "raw", plain)
-  local bad = with_spec(m, {type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 3}, {type = "tanh"}}})
+  local bad = with_arch(m, {
+    {type = "conv2d", ["in"] = 1, out = 4, kernel = 3}, {type = "tanh"}})
   T.assert_error_contains("layer 2 (tanh) is not read by the weight-space methods", E.features, "raw", bad)
-  local spec = {type = "sequential", layers = {}}
-  for i, l in ipairs(m.spec.layers) do spec.layers[i] = l end
-  spec.layers[1] = {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 5, stride = 2, padding = 1}
+  local arch = {}
+  for i, l in ipairs(m.arch) do arch[i] = l end
+  arch[1] = {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 1}
   T.assert_error_contains("W1 (4x1x3x3) does not fit layer 1 (conv2d) of the architecture, which takes (4x1x5x5)",
-    E.features, "raw", with_spec(m, spec))
-  local nan = with_spec(m, m.spec)
+    E.features, "raw", with_arch(m, arch))
+  local nan = with_arch(m, m.arch)
   nan[3] = m[3]:clone()
   nan[3]:reshape(nan[3]:numel())[7] = 0 / 0
   T.assert_error_contains("feature_matrix: model 2: W2 has a non-finite value at flat index 7",
@@ -168,9 +167,9 @@ function TestCNNFeatures:test_sorted_channels_by_norm()
       for i = 2, #perms[l] do lu.assertTrue(norms[perms[l][i - 1]] >= norms[perms[l][i]]) end
     end
     -- sorted = raw of the permuted model; invariant to planted permutations
-    local raw_p = E.features("raw", with_spec(E.permute(m, perms), m.spec))
+    local raw_p = E.features("raw", with_arch(E.permute(m, perms), m.arch))
     lu.assertEquals(E.features("sorted", m):totable(), raw_p:totable())
-    local b = with_spec(E.permute(m, planted(g, m)), m.spec)
+    local b = with_arch(E.permute(m, planted(g, m)), m.arch)
     lu.assertTrue(max_abs_diff(E.features("sorted", m), E.features("sorted", b)) == 0)
     lu.assertAlmostEquals(E.similarity("sorted", m, b), 1, 1e-6)
     lu.assertTrue(E.similarity("raw", m, b) < 0.99)
@@ -205,7 +204,7 @@ function TestCNNFeatures:test_stats_fixed_length_slots()
   end
   -- invariant to channel permutations; comparable across families
   local c = models[5]
-  local p = with_spec(E.permute(c, planted(g, c)), c.spec)
+  local p = with_arch(E.permute(c, planted(g, c)), c.arch)
   lu.assertEquals(E.features("stats", c):totable(), E.features("stats", p):totable())
   local S = E.similarity_matrix("stats", models, {p, c})
   lu.assertAlmostEquals(S:get(5, 1), 1, 1e-5)
@@ -214,14 +213,14 @@ end
 
 function TestCNNFeatures:test_gram_by_hand()
   -- two 3x3 kernels (norms 3 and 4), centred in 5x5 and scaled to unit norm
-  local spec = {type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 3, padding = 1},
-    {type = "relu"}, {type = "flatten"}, {type = "linear", in_features = 2 * 16, out_features = 2}}}
+  local arch = {
+    {type = "conv2d", ["in"] = 1, out = 2, kernel = 3, padding = 1},
+    {type = "relu"}, {type = "flatten"}, {type = "linear", ["in"] = 2 * 16, out = 2}}
   local K = lps.zeros(2, 1, 3, 3)
   local k1 = {{1, 2, 0}, {0, 0, 0}, {0, 0, 2}} -- norm 3
   for a = 1, 3 do for b = 1, 3 do K:set(1, 1, a, b, k1[a][b]); K:set(2, 1, a, b, a == 2 and b == 2 and -4 or 0) end end
   local m = {K, lps.zeros(2), lps.zeros(2, 32), lps.zeros(2)}
-  m.spec = spec
+  m.arch = arch
   -- rows of the 2 x 25 matrix: tap (a+1, b+1) of the 5x5 grid
   local rows = {{}, {}}
   for t = 1, 25 do rows[1][t], rows[2][t] = 0, 0 end
@@ -243,7 +242,7 @@ function TestCNNFeatures:test_gram_by_hand()
   T.assert_error_contains("gram: the first conv2d's 4x4 kernels (W1 (3x1x4x4)) do not centre in 5x5",
     E.features, "gram", even)
   -- invariant to permuting and positively rescaling channels
-  local p = with_spec(E.permute(c3, planted(g, c3)), c3.spec)
+  local p = with_arch(E.permute(c3, planted(g, c3)), c3.arch)
   p[1] = p[1]:clone()
   p[1][2]:mul_(3)
   lu.assertTrue(max_abs_diff(E.features("gram", c3), E.features("gram", p)) < 1e-5)
@@ -256,7 +255,7 @@ function TestCNNMatching:test_planted_channels_recovered()
   for _, make in ipairs{cnn2, cnn3, cnn_fc} do
     local a = make(g)
     local perms = planted(g, a)
-    local b = with_spec(E.permute(a, perms), a.spec)
+    local b = with_arch(E.permute(a, perms), a.arch)
     local p, sim = E.weight_matching(b, a)
     lu.assertEquals(p, perms)
     lu.assertAlmostEquals(sim, 1, 1e-6)
@@ -269,7 +268,7 @@ end
 function TestCNNMatching:test_noisy_copy_and_never_below_raw()
   local g = lps.generator(122)
   local a = cnn(g, 8, {{8, 3, 2}, {10, 3, 1, 2}}, 3)
-  local b = with_spec(E.permute(a, planted(g, a)), a.spec)
+  local b = with_arch(E.permute(a, planted(g, a)), a.arch)
   for i = 1, #b do b[i]:add_(lps.randn(table.unpack(b[i]:shape())) * (0.3 * a[i]:abs():mean())) end
   local raw, match = E.similarity("raw", a, b), E.similarity("matching", a, b)
   lu.assertTrue(match > 0.9, "matching " .. match)
@@ -287,11 +286,11 @@ function TestMixed:test_nan_across_architectures()
   local m1, m2, m3 = mlp(g, {64, 10, 3}), mlp(g, {64, 10, 3}), mlp(g, {64, 12, 3})
   local c1, c2, d1 = cnn2(g), cnn2(g), cnn3(g)
   -- same weight shapes, other pooling: another architecture too
-  local spec = {type = "sequential", layers = {}}
-  for i, l in ipairs(c1.spec.layers) do spec.layers[i] = l end
-  spec.layers[1] = {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 3, stride = 1, padding = 1}
-  table.insert(spec.layers, 3, {type = "maxpool2d", kernel_size = 2})
-  local c1p = with_spec(c1, spec)
+  local arch = {}
+  for i, l in ipairs(c1.arch) do arch[i] = l end
+  arch[1] = {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, stride = 1, padding = 1}
+  table.insert(arch, 3, {type = "maxpool2d", kernel = 2})
+  local c1p = with_arch(c1, arch)
   local x = lps.rand(2, 64, g)
   lu.assertTrue(max_abs_diff(E.forward(c1p, x), E.forward(c1, x)) > 0)
   local A, B = {m1, c1, m3, d1}, {c2, m2, c1p, d1, m1}
@@ -366,7 +365,7 @@ function TestMixedCKA:test_permuted_channels_unchanged()
   local g = lps.generator(142)
   local probe = lps.rand(16, 64, g)
   local c = cnn3(g)
-  local p = with_spec(E.permute(c, planted(g, c)), c.spec)
+  local p = with_arch(E.permute(c, planted(g, c)), c.arch)
   lu.assertAlmostEquals(E.similarity("cka", c, p, {probe = probe}), 1, 1e-5)
   local F = E.cka_features({c, p}, probe)
   lu.assertTrue(max_abs_diff(F[1], F[2]) < 1e-5)

@@ -127,6 +127,33 @@ function TestBenchmark:test_baseline_methods_run()
   lu.assertEquals(B.evaluate(path, B.methods.features("raw"), {log = function() end}).top1, 1)
 end
 
+-- evaluate runs the named protocols in their order, and its metrics are
+-- what they return: here the ones this set defines (no novel classes,
+-- held-out architectures, families or pool), with the oracle's known answers.
+function TestBenchmark:test_protocols_run_in_order()
+  local names = {}
+  for i, p in ipairs(B.protocols) do names[i] = p.name end
+  lu.assertEquals(names, {"classification", "retrieval", "clustering", "relations", "cross_setting", "novel",
+    "heldout_arch", "cross_family", "nuisance", "accuracy_prediction", "selection"})
+  local saved, ran, given = B.protocols, {}, {}
+  B.protocols = {}
+  for i, p in ipairs(saved) do
+    B.protocols[i] = {name = p.name, run = function(c)
+      local m = p.run(c)
+      if m then ran[#ran + 1] = p.name end
+      for k, v in pairs(m or {}) do given[k] = v end
+      return m
+    end}
+  end
+  local ok, r = pcall(B.evaluate, path, oracle, {log = function() end})
+  B.protocols = saved
+  lu.assertTrue(ok, r)
+  lu.assertEquals(ran, {"classification", "retrieval", "clustering", "relations", "cross_setting"})
+  lu.assertEquals(given.top1, 1)
+  lu.assertEquals(given.cross_top1, 1)
+  lu.assertEquals(r, given) -- train_seconds, the one metric evaluate adds, is nil: the oracle has no fit
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 T.cleanup()
 os.remove(path .. ".splits.json"); os.remove(path .. ".transfer.json")

@@ -153,11 +153,6 @@ end
 
 local function pixel(x, s, r, c) return x:get(1, r * s + c + 1) end
 
-function TestDomains:test_names_come_from_the_c_table()
-  lu.assertEquals(data.domains, {"identity", "invert", "rot90", "blur", "downup", "zoomout", "shift", "vflip",
-    "edges", "texture", "elastic"})
-end
-
 function TestDomains:test_zoomout_hand_checked()
   -- 4x4: centre 1.5, output row r samples row 1.5 + (r - 1.5) * 5/3 = -1, 2/3, 7/3, 4: the border
   -- rows and columns fall outside; inside, bilinear sampling of the ramp 4r + c + 1 is exact
@@ -292,6 +287,16 @@ function TestDomains:test_new_domains_keep_shape_and_range()
     lu.assertTrue(out:min() >= 0 and out:max() <= 1 + 1e-6, d)
     lu.assertEquals(lps.data.domain(x, d):totable(), out:totable(), d) -- one fixed transform
   end
+end
+
+-- lps.data.domains is the one list of domain names: the C core's, in its
+-- order (each name selects a transform there, and another name is refused).
+function TestDomains:test_one_list_of_names()
+  lu.assertEquals(lps.data.domains, {"identity", "invert", "rot90", "blur", "downup", "zoomout", "shift", "vflip",
+    "edges", "texture", "elastic"})
+  local C = lps.core._nn
+  for _, d in ipairs(lps.data.domains) do lu.assertEquals(C.image_domain(ramp(), d):shape(), {1, 16}) end
+  T.assert_error_contains("unknown domain 'sepia'", C.image_domain, ramp(), "sepia")
 end
 
 function TestDomains:test_bad_input()

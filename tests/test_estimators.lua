@@ -373,11 +373,10 @@ end
 
 function TestOutputs:test_cnn_features_are_the_flattened_maps()
   local g = lps.generator(29)
-  local spec = {type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 5, stride = 2, padding = 2}, {type = "relu"},
-    {type = "conv2d", in_channels = 4, out_channels = 6, kernel_size = 3, stride = 2, padding = 1}, {type = "relu"},
-    {type = "flatten"}, {type = "linear", in_features = 6 * 7 * 7, out_features = 4}}}
-  local model = lps.nn.from_spec(spec, g)
+  local model = lps.nn.from_arch({
+    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}, g)
   local x = lps.rand(5, 784, g)
   local F, P = E.outputs(model, x)
   lu.assertEquals(F:shape(), {5, 294})

@@ -42,8 +42,8 @@ function TestHeteroPlan:test_full_plan_composition()
     if m.heldout_arch then held = held + 1 end
     if m.in_pool then pool = pool + 1 end
     lu.assertTrue(#m.classes >= 2 and #m.classes <= 5)
-    local last = m.spec.layers[#m.spec.layers]
-    lu.assertEquals(last.out_features, #m.classes, m.id)
+    local last = m.arch[#m.arch]
+    lu.assertEquals(last.out, #m.classes, m.id)
     if m.family == "cnn" then lu.assertTrue(m.macs <= H.defaults.cnn_max_macs, m.id) end
     -- CNN training stays within its share of the build time
     if m.family == "cnn" then
@@ -60,6 +60,12 @@ function TestHeteroPlan:test_full_plan_composition()
   local again = H.plan(TABLE)
   lu.assertEquals(again[500], plan[500])
   lu.assertNotEquals(H.plan(TABLE, {master_seed = 2})[500].lr, plan[500].lr)
+  T.assert_error_contains("hetero: unknown option 'per_tsk'", H.plan, TABLE, {per_tsk = 4})
+  -- the domains are lps.data's: one list, the C core's
+  local sepia = {class_names = TABLE.class_names, subsets = TABLE.subsets, domains = {"identity", "sepia"}}
+  T.assert_error_contains("hetero: unknown domain 'sepia' (lps.data.domains: identity, invert, rot90, blur, downup, zoomout, shift, vflip, edges, texture, elastic)",
+    H.tasks, sepia)
+  lu.assertEquals(#H.plan(TABLE, {tasks = 2}), 60) -- the first two tasks
 end
 
 -- The full plan's splits, its metadata by id and its tasks.
@@ -110,7 +116,7 @@ function TestHeteroBuild:test_build_metadata_and_models()
   for i = 1, #ms do
     local m = ms:meta(i)
     seen[m.family] = seen[m.family] + 1
-    for _, k in ipairs{"task", "classes", "domain", "family", "spec", "optimizer", "lr", "batch_size", "epochs",
+    for _, k in ipairs{"task", "classes", "domain", "family", "arch", "optimizer", "lr", "batch_size", "epochs",
                        "fraction", "train_accuracy", "test_accuracy", "architecture"} do
       lu.assertNotNil(m[k], m.id .. " " .. k)
     end

@@ -1,4 +1,4 @@
--- The second-order network for any architecture (lualps/archnet.lua,
+-- The second-order network for any architecture (lualps/similarity/archnet.lua,
 -- csrc/lps/units.c): its preprocessing against hand-computed values,
 -- finite-difference gradients of every parameter, and invariance to the
 -- symmetries of CNNs and MLPs of several depths (channel permutations and
@@ -112,7 +112,7 @@ function TestArchGradients:test_templates_finite_differences()
   local cnn = weights(cnn2())
   mlp.classes, mlp.domain = {0, 3, 5}, "invert"
   cnn.classes, cnn.domain = {1, 2}, "identity"
-  cnn.spec = cnn2():spec()
+  cnn.arch = cnn2():arch()
   local models, labels = {mlp, cnn}, {1, 2}
   local function f()
     net.training_units = true
@@ -173,7 +173,7 @@ TestArchInvariance = {}
 
 -- Copies of a weight list.
 local function copy(w)
-  local c = {spec = w.spec}
+  local c = {arch = w.arch}
   for i, t in ipairs(w) do c[i] = t:clone() end
   return c
 end
@@ -232,7 +232,7 @@ function TestArchInvariance:test_cnn_and_mlp_symmetries()
   for _, make in ipairs{cnn3, cnn2} do
     local m = make()
     local w = weights(m)
-    w.spec = m:spec()
+    w.arch = m:arch()
     cases[#cases + 1] = {m = m, w = w, x = x}
   end
   local mlp = nn.mlp{784, 12, 9, 7, 3, generator = g}
@@ -262,9 +262,9 @@ function TestArchInvariance:test_cnn_and_mlp_symmetries()
 end
 
 function TestArchInvariance:test_bad_models_are_refused()
-  local net = lps.similarity.network{families = {"cnn"}}
+  local net = lps.similarity.network{families = {"cnn"}, slots = {"first", "templates"}}
   local mlp = weights(nn.mlp{784, 8, 2, generator = g})
-  T.assert_error_contains("this network reads cnn, not a mlp", net.embed, net, {mlp})
+  T.assert_error_contains("this network's weight units read cnn, not a mlp", net.embed, net, {mlp})
   local big = weights(nn.sequential{nn.conv2d(1, 2, 7, {generator = g}), nn.relu(), nn.flatten(),
     nn.linear(2 * 22 * 22, 2, g)})
   T.assert_error_contains("k <= 5", net.embed, net, {big})

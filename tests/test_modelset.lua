@@ -4,6 +4,7 @@ local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
 local MS = lps.modelset
+local nn = lps.nn
 
 -- ------------------------------------------------------------ helpers
 
@@ -292,7 +293,7 @@ function TestRoundTrip:test_bad_options_and_inputs()
   T.assert_error_contains("name of 1..255", ms.append_tensors, ms, {{name = "", tensor = lps.ones(1)}})
   T.assert_error_contains("name of 1..255", ms.append_tensors, ms, {{name = ("x"):rep(256), tensor = lps.ones(1)}})
   T.assert_error_contains("not a live tensor", ms.append_tensors, ms, {{name = "a", tensor = {1, 2}}})
-  T.assert_error_contains("needs a model", ms.append, ms, {}, {})
+  T.assert_error_contains("append needs an lps.nn module", ms.append, ms, {}, {})
   lu.assertEquals(#ms, 0)
 end
 
@@ -335,14 +336,14 @@ function TestModels:test_append_get_forward_bit_exact()
     models[k] = m
     lu.assertEquals(ms:append(m, {id = k, seed = k}), k)
   end
-  T.assert_error_contains("reserved", ms.append, ms, models[1], {spec = 1})
+  T.assert_error_contains("reserved", ms.append, ms, models[1], {arch = 1})
   ms:close()
   local r <close> = MS.open(p)
   local x = lps.randn(5, 20, lps.generator(99))
   for k = 1, 3 do
     local m, meta = r:get(k)
     lu.assertEquals(meta.id, k)
-    lu.assertEquals(meta.spec, models[k]:spec())
+    lu.assertEquals(meta.arch, (models[k]:arch()))
     assert_bit_exact(m:forward(x), models[k]:forward(x), "forward " .. k)
     local names = {}
     for _, e in ipairs(m:named_parameters()) do names[#names + 1] = e.name end
@@ -357,11 +358,30 @@ function TestModels:test_append_get_forward_bit_exact()
   lu.assertEquals(n, 3)
 end
 
-function TestModels:test_get_without_spec_is_a_clear_error()
+function TestModels:test_get_without_arch_is_a_clear_error()
   local p = T.tmpname(".lpsm")
   local ms <close> = MS.create(p)
   ms:append_tensors({w = lps.ones(2)})
-  T.assert_error_contains("no model spec", ms.get, ms, 1)
+  T.assert_error_contains("record 1 has no arch", ms.get, ms, 1)
+end
+
+function TestModels:test_records_of_older_sets_keep_working()
+  -- sets built before the arch stored a legacy spec: get converts it
+  local p = T.tmpname(".lpsm")
+  local m = nn.sequential{nn.conv2d(1, 2, 3, {padding = 1, generator = lps.generator(3)}), nn.relu(),
+    nn.maxpool2d(2), nn.flatten(), nn.linear(2 * 2 * 2, 3, lps.generator(4))}
+  local ms = MS.create(p)
+  ms:append_tensors(m:named_parameters(), {id = "old", spec = {type = "sequential", layers = {
+    {type = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 3, stride = 1, padding = 1},
+    {type = "relu"}, {type = "maxpool2d", kernel_size = 2, stride = 2}, {type = "flatten"},
+    {type = "linear", in_features = 8, out_features = 3}}}})
+  ms:close()
+  local r <close> = MS.open(p)
+  local got = r:get(1)
+  lu.assertEquals(got:arch(), (m:arch()))
+  local x = lps.randn(2, 1, 4, 4, lps.generator(5))
+  assert_bit_exact(got:forward(x), m:forward(x), "legacy record")
+  lu.assertStrContains(tostring(r[1]), "cnn-c2-l3")
 end
 
 -- ----------------------------------------------------------- bad input
@@ -737,6 +757,43 @@ function TestMerge:test_merge_concatenates_and_checks_ids()
   lu.assertEquals(MS.merge(out, {c}, {overwrite = true}), 1)
 end
 
+-- Resuming a sharded build: records whose id the output holds are skipped,
+-- the output is appended to (its records stay byte for byte), and of
+-- records sharing an id across the inputs the first is copied.
+function TestMerge:test_merge_skip_existing()
+  local a, b, out = T.tmpname(".lpsm"), T.tmpname(".lpsm"), T.tmpname(".lpsm")
+  os.remove(out)
+  local da = small_set(a, 3)                 -- ids 1, 2, 3
+  local w = lps.randn(2, 2, lps.generator(9))
+  local ms = MS.create(b)
+  ms:append_tensors({w = w}, {id = 2, note = "a second model 2"})
+  ms:append_tensors({w = w}, {id = 4})
+  ms:append_tensors({w = w}, {note = "no id"})
+  ms:append_tensors({w = w}, {id = 4, note = "a second model 4"})
+  ms:close()
+  lu.assertEquals(MS.merge(out, {a}, {skip_existing = true}), 3) -- a new out: as without the option
+  local before = assert(lps.util.read_file(out))
+  lu.assertEquals(MS.merge(out, {b, a}, {skip_existing = true}), 2) -- id 4 and the record without an id
+  local m <close> = MS.open(out)
+  lu.assertEquals(#m, 5)
+  lu.assertEquals({m:meta(1).id, m:meta(2).id, m:meta(3).id, m:meta(4).id, m:meta(5).id}, {1, 2, 3, 4, nil})
+  lu.assertNil(m:meta(2).note)               -- out's model 2 kept, b's skipped
+  lu.assertNil(m:meta(4).note)               -- b's first model 4, not its second
+  lu.assertEquals(m:meta(5).note, "no id")
+  assert_bit_exact(m:tensors(2).a, da[2].a)
+  lu.assertTrue((MS.verify(out)))
+  local after = assert(lps.util.read_file(out))
+  lu.assertEquals(after:sub(1, 64), before:sub(1, 64)) -- the same file, appended to
+  lu.assertEquals(MS.merge(out, {a}, {skip_existing = true}), 0) -- nothing new
+  -- without the option the same merges are refused, before anything is written
+  T.assert_error_contains("exists", MS.merge, out, {a})
+  local out2 = T.tmpname(".lpsm")
+  os.remove(out2)
+  T.assert_error_contains("duplicate model id 2: " .. a .. " record 2 and " .. b .. " record 1", MS.merge, out2, {a, b})
+  lu.assertNil(io.open(out2, "rb"))
+  T.assert_error_contains("merge: unknown option 'skip'", MS.merge, out2, {a}, {skip = true})
+end
+
 -- ----------------------------------------------------------- locking and readers
 
 TestConcurrency = {}
@@ -839,6 +896,10 @@ function TestCLI:test_subcommands_and_exit_codes()
   code, text = run("merge " .. m .. " " .. a .. " " .. a .. " --overwrite")
   lu.assertEquals(code, 1)
   lu.assertStrContains(text, "duplicate model id 1")
+  code, text = run("merge " .. m .. " " .. a .. " " .. b .. " --skip-existing") -- m holds them all
+  lu.assertEquals(code, 0, text)
+  lu.assertStrContains(text, "0 records from 2 sets")
+  lu.assertEquals(#MS.open(m), 4)
   code, text = run("verify " .. a .. " " .. b)
   lu.assertEquals(code, 0, text)
   local s = readfile(b)

@@ -24,6 +24,13 @@ function TestRock:test_install_and_require_elsewhere()
     local where = package.searchpath("lualps.core", package.cpath)
     assert(where:find(os.getenv("TREE"), 1, true), "core.so found at " .. where)
     assert(lps.matmul(lps.tensor{{1, 2}}, lps.tensor{{3}, {4}}):get(1, 1) == 11)
+    -- every folder of the package is installed: a module of each, from the tree
+    for _, m in ipairs{"lualps.nn", "lualps.similarity", "lualps.similarity.archnet", "lualps.bench.zoo"} do
+      local path = assert(package.searchpath(m, package.path))
+      assert(path:find(os.getenv("TREE"), 1, true), m .. " found at " .. path)
+    end
+    assert(tostring(lps.similarity.network{families = {"mlp", "cnn"}}):find("families mlp%+cnn"))
+    assert(#lps.benchmark.methods.features("raw").name == 3)
     io.write("rock ok")
   ]]
   local f = assert(io.open(work .. "/check.lua", "w")); f:write(script); f:close()

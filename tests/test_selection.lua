@@ -3,7 +3,7 @@
 -- tasks with measured fine-tuned accuracies, and probes given directly.
 local lu = require "luaunit"
 local lps = require "lualps"
-local sel = require "lualps.selection"
+local sel = lps.selection
 
 -- Tasks 1, 2 are the unseen targets; the pool holds models of tasks 3 and 4.
 local acc = { -- finetune[id][t]

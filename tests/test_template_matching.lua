@@ -8,7 +8,7 @@ local TM = lps.benchmark.methods
 
 -- A copy of model m (a weight list) with the rows of its head permuted by perm.
 local function permute_classes(m, perm)
-  local c = {family = m.family, spec = m.spec}
+  local c = {family = m.family, arch = m.arch}
   for i, t in ipairs(m) do c[i] = t:clone() end
   c[#m - 1], c[#m] = m[#m - 1]:index_rows(perm), m[#m]:index_rows(perm)
   return c
@@ -76,12 +76,12 @@ function TestTemplateMatching:test_permuted_classes_score_one()
   local tm = TM.template_matching()
   local a = T.random_mlp(g, {784, 24, 5})
   local wide = T.random_mlp(g, {784, 16, 12}) -- 12 classes: the linear assignment
-  local spec = {type = "sequential", layers = {
-    {type = "conv2d", in_channels = 1, out_channels = 4, kernel_size = 5, stride = 2, padding = 2}, {type = "relu"},
-    {type = "conv2d", in_channels = 4, out_channels = 6, kernel_size = 3, stride = 2, padding = 1}, {type = "relu"},
-    {type = "flatten"}, {type = "linear", in_features = 6 * 7 * 7, out_features = 4}}}
-  local cnn = lps.similarity.weights(lps.nn.from_spec(spec, g))
-  cnn.family, cnn.spec = "cnn", spec
+  local arch = {
+    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}
+  local cnn = lps.similarity.weights(lps.nn.from_arch(arch, g))
+  cnn.family, cnn.module = "cnn", nil
   local models = {a, wide, cnn}
   local copies = {permute_classes(a, {3, 5, 1, 2, 4}), permute_classes(wide, lps.data.randperm(12, g)),
                   permute_classes(cnn, {2, 4, 3, 1})}

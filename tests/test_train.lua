@@ -1,5 +1,5 @@
 -- The C training loop: it learns, it is reproducible, it stops on NaN, and
--- models round-trip through spec / named_parameters / load_named.
+-- models round-trip through their arch / named_parameters / load_named.
 local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
@@ -239,12 +239,12 @@ end
 function TestSpec:test_round_trip()
   local cjson = require "cjson"
   for _, m in ipairs{nn.mlp{784, 16, 8, 2, generator = lps.generator(4)}, cnn(lps.generator(5))} do
-    local spec = cjson.decode(cjson.encode(m:spec())) -- JSON-able
-    lu.assertEquals(spec, m:spec())
-    local fresh = nn.from_spec(spec, lps.generator(99))
-    lu.assertEquals(fresh:spec(), m:spec())
+    local arch = cjson.decode(cjson.encode((m:arch()))) -- JSON-able
+    lu.assertEquals(arch, (m:arch()))
+    local fresh = nn.from_arch(arch, lps.generator(99))
+    lu.assertEquals(fresh:arch(), m:arch())
     lu.assertEquals(tostring(fresh), tostring(m))
-    local x = m:spec().layers[1].type == "conv2d" and lps.rand(3, 1, 28, 28) or lps.rand(3, 784)
+    local x = arch[1].type == "conv2d" and lps.rand(3, 1, 28, 28) or lps.rand(3, 784)
     lu.assertFalse(lps.allclose(fresh:forward(x), m:forward(x), 0, 0))
     local map = {}
     for _, e in ipairs(m:named_parameters()) do map[e.name] = e.tensor end
@@ -255,10 +255,10 @@ function TestSpec:test_round_trip()
     lu.assertFalse(lps.allclose(fresh:forward(x), m:forward(x), 0, 0))
     lu.assertTrue(lps.allclose(m:clone():forward(x), m:forward(x), 0, 0))
   end
-  lu.assertEquals(nn.mlp{3, 2}:spec(), {type = "sequential", layers = {{type = "linear", in_features = 3, out_features = 2}}})
-  lu.assertEquals(nn.conv2d(1, 2, 3, {stride = 2, padding = 1}):spec(),
-    {type = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 3, stride = 2, padding = 1})
-  lu.assertEquals(nn.maxpool2d(2):spec(), {type = "maxpool2d", kernel_size = 2, stride = 2})
+  lu.assertEquals(nn.mlp{3, 2}:arch(), {{type = "linear", ["in"] = 3, out = 2}})
+  lu.assertEquals(nn.conv2d(1, 2, 3, {stride = 2, padding = 1}):arch(),
+    {{type = "conv2d", ["in"] = 1, out = 2, kernel = 3, stride = 2, padding = 1}})
+  lu.assertEquals(nn.maxpool2d(2):arch(), {{type = "maxpool2d", kernel = 2, stride = 2}})
 end
 
 function TestSpec:test_load_named_errors()
@@ -278,9 +278,13 @@ function TestSpec:test_load_named_errors()
   T.assert_error_contains("'0.bias' is a string", m.load_named, m, with("0.bias", "x"))
   -- nothing was copied by the failed calls
   lu.assertTrue(lps.allclose(m:parameters()[1], before, 0, 0))
-  T.assert_error_contains('unknown type "softmax2d"', nn.from_spec, {type = "softmax2d"})
-  T.assert_error_contains('from_spec: arch: layer 1 (linear): "out" is missing', nn.from_spec, {type = "linear", in_features = 3})
-  T.assert_error_contains("needs a layers list", nn.from_spec, {type = "sequential"})
+  T.assert_error_contains('unknown type "softmax2d"', nn.from_arch, {{type = "softmax2d"}})
+  T.assert_error_contains('from_arch: layer 1 (linear): "out" is missing', nn.from_arch, {{type = "linear", ["in"] = 3}})
+  -- the legacy spec of older sets converts (lps.arch.of_legacy_spec), and only that way
+  lu.assertEquals(lps.arch.of_legacy_spec{type = "sequential", layers = {{type = "linear", in_features = 3,
+    out_features = 2}}}, {{type = "linear", ["in"] = 3, out = 2}})
+  T.assert_error_contains("needs a layers list", lps.arch.of_legacy_spec, {type = "sequential"})
+  T.assert_error_contains("legacy linear spec: unknown key 'bias'", lps.arch.of_legacy_spec, {type = "linear", bias = 1})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -139,6 +139,28 @@ end
 
 TestUtil = {}
 
+function TestUtil:test_options()
+  local defaults = {a = 1, b = {2}, c = true}
+  local o = util.options({a = 5, c = false, x = "given"}, defaults, "op", {"x", "y"})
+  lu.assertEquals(o, {a = 5, b = {2}, c = false, x = "given"}) -- false overrides, y stays nil
+  lu.assertEquals(util.options(nil, defaults, "op"), defaults)
+  lu.assertNotIs(util.options(nil, defaults, "op"), defaults) -- a new table: defaults stay as they are
+  lu.assertEquals(defaults, {a = 1, b = {2}, c = true})
+  T.assert_error_contains("op: unknown option 'd' (a, b, c, x)", util.options, {d = 1}, defaults, "op", {"x"})
+  T.assert_error_contains("op: options must be a table, got number", util.options, 3, defaults, "op")
+  -- errors point at the caller of the function that reads the options
+  local function f(opts)
+    local o = util.options(opts, defaults, "f")
+    return o
+  end
+  local ok, err = pcall(function() f{typo = 1} end)
+  lu.assertFalse(ok)
+  lu.assertStrMatches(err, "^tests/test_util%.lua:%d+: f: unknown option 'typo' %(a, b, c%)$")
+  -- a helper's own option tables are checked alike
+  T.assert_error_contains("progress: unknown option 'lable'", util.progress, 3, {lable = "x"})
+  T.assert_error_contains("epoch_progress: unknown option 'colour'", util.epoch_progress, {colour = 1})
+end
+
 function TestUtil:test_median_and_time()
   lu.assertEquals(util.median{3, 1, 2}, 2)
   lu.assertEquals(util.median{4, 1, 2, 3}, 2.5)

@@ -38,6 +38,9 @@ function TestPlan:test_deterministic_and_complete()
     if m.optimizer == "sgd" then sgd = sgd + 1 end
   end
   lu.assertEquals(sgd, 20 * 13) -- 13 of each task's 25 use SGD, 12 Adam
+  -- every option is known: a typo is an error, not the default in silence
+  T.assert_error_contains("zoo: unknown option 'master_sed'", zoo.plan, {tasks = MS500.tasks, master_sed = 501})
+  T.assert_error_contains("zoo.splits: unknown option 'unsen'", zoo.splits, {tasks = MS500.tasks}, {unsen = 3})
   local p3 = zoo.plan{tasks = MS500.tasks, master_seed = 501}
   lu.assertNotEquals(p3[1].lr, p1[1].lr)
   lu.assertNotEquals(p3[1].fingerprint, p1[1].fingerprint)
@@ -96,6 +99,23 @@ function TestSplits:test_standard_splits_are_disjoint()
   for _, id in ipairs(r.query) do lu.assertTrue(unseen[id:sub(1, 3)]); lu.assertNil(where[id]); where[id] = "q" end
   for _, id in ipairs(r.gallery) do lu.assertTrue(unseen[id:sub(1, 3)]); lu.assertNil(where[id]) end
   lu.assertEquals(zoo.splits{tasks = MS500.tasks}, s) -- fixed by the master seed
+end
+
+-- The recipes' shard policy (scripts/shards.lua): the command line of a
+-- shard is the program's own, interpreter and its options included.
+TestShards = {}
+
+function TestShards:test_shard_command_and_files()
+  local shards = require "scripts.shards"
+  local argv = {[-1] = "lua5.4", [0] = "recipes/modelset500.lua", "--jobs", "2", "--tasks=4", "--out", "b/it's.lpsm",
+    "--out=x", "--jobs=3", "--quiet"}
+  lu.assertEquals(shards.command(argv, 2, "b/it's.lpsm"), "'lua5.4' 'recipes/modelset500.lua' '--tasks=4' "
+    .. "'--quiet' --shard {}/2 --out 'b/it'\\''s.lpsm.shard-{}-of-2'")
+  lu.assertEquals(shards.command({[-3] = "/usr/bin/lua5.4", [-2] = "-e", [-1] = "x=1", [0] = "r.lua"}, 4, "o"),
+    "'/usr/bin/lua5.4' '-e' 'x=1' 'r.lua' --shard {}/4 --out 'o.shard-{}-of-4'")
+  lu.assertEquals(shards.paths("o.lpsm", 2), {"o.lpsm.shard-1-of-2", "o.lpsm.shard-2-of-2"})
+  T.assert_error_contains("--shard and --jobs do not go together", shards.check_args, {jobs = 2, shard = "1/2", out = "x"})
+  T.assert_error_contains("bad shard spec '3/2'", shards.check_args, {jobs = 1, shard = "3/2", out = "x"})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -490,6 +490,22 @@ static uint32_t rd_u32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Element k of an integer payload of dtype d, as a double. */
+static double int_at(const uint8_t *p, lps_st_dtype d, int64_t k)
+{
+    switch (d) {
+    case LPS_ST_BOOL: return p[k] != 0;
+    case LPS_ST_U8: return p[k];
+    case LPS_ST_I8: return (int8_t)p[k];
+    case LPS_ST_I16: return (int16_t)rd_u16(p + 2 * k);
+    case LPS_ST_U16: return rd_u16(p + 2 * k);
+    case LPS_ST_I32: return (int32_t)rd_u32(p + 4 * k);
+    case LPS_ST_U32: return rd_u32(p + 4 * k);
+    case LPS_ST_I64: return (double)(int64_t)rd_u64(p + 8 * k);
+    default: return (double)rd_u64(p + 8 * k); /* U64 */
+    }
+}
+
 lps_tensor *lps_safetensors_tensor(const lps_safetensors *st, size_t i)
 {
     if (i >= st->n) {
@@ -502,9 +518,12 @@ lps_tensor *lps_safetensors_tensor(const lps_safetensors *st, size_t i)
         return NULL;
     }
     lps_st_dtype d = e->dtype;
-    if (d != LPS_ST_F32 && d != LPS_ST_F16 && d != LPS_ST_BF16 && d != LPS_ST_F64) {
+    int integer = d == LPS_ST_BOOL || d == LPS_ST_U8 || d == LPS_ST_I8 || d == LPS_ST_I16 ||
+                  d == LPS_ST_U16 || d == LPS_ST_I32 || d == LPS_ST_U32 || d == LPS_ST_I64 ||
+                  d == LPS_ST_U64;
+    if (d != LPS_ST_F32 && d != LPS_ST_F16 && d != LPS_ST_BF16 && d != LPS_ST_F64 && !integer) {
         lps_fail(LPS_EINVAL, "safetensors: tensor " NAME_FMT " has dtype %s; lualps reads F32, F16, "
-                 "BF16 and F64 into float32", e->name, lps_st_dtype_name(d));
+                 "BF16, F64 and the integer types into float32", e->name, lps_st_dtype_name(d));
         return NULL;
     }
     if (e->rank > LPS_MAX_DIMS) {
@@ -531,13 +550,16 @@ lps_tensor *lps_safetensors_tensor(const lps_safetensors *st, size_t i)
     case LPS_ST_BF16:
         for (int64_t k = 0; k < n; k++) o[k] = lps_bf16_to_f32(rd_u16(p + 2 * k));
         break;
-    default: /* F64 */
+    case LPS_ST_F64:
         for (int64_t k = 0; k < n; k++) {
             uint64_t b = rd_u64(p + 8 * k);
             double v;
             memcpy(&v, &b, 8);
             o[k] = (float)v;
         }
+        break;
+    default: /* integers (counts such as batch norm's num_batches_tracked): rounded to nearest */
+        for (int64_t k = 0; k < n; k++) o[k] = (float)int_at(p, d, k);
     }
     return t;
 }

@@ -1,4 +1,4 @@
---- lualps.archnet: the second-order network of LPS for any ReLU network of
+--- lualps.similarity.archnet: the second-order network of LPS for any ReLU network of
 -- conv2d and linear layers: MLPs and CNNs, of any depth, in one embedding
 -- space. Made through lps.similarity.network{families = {...}, ...}.
 --
@@ -17,18 +17,15 @@
 -- projection and classifier are shared, so both families share one space.
 --
 -- The "templates" slot reads what the weights compute rather than how they
--- are laid out: for each output class c, the gradient of its logit (minus
--- the mean logit) with respect to the input, averaged over `noise` fixed
--- uniform-noise images (no data: the images are drawn from a seed), average
--- pooled template_pool x template_pool. Every architecture gives its
--- classes as templates in the same pixel space, so one shared encoder
--- reads MLPs and CNNs alike; a function of the network, it is exactly
--- invariant to permutations and rescalings (up to rounding).
-local lps = require "lualps"
-local K = require("lualps.core")._lps
+-- are laid out (lualps.similarity.templates).
+local core = require "lualps.core"
+local util = require "lualps.util"
+local data = require "lualps.data"
+local base = require "lualps.similarity.base"
+local templates = require "lualps.similarity.templates"
+local K = core._lps
 
-local A = {}
-A.__index = A
+local A = base.class()
 
 --- Options of an any-architecture network (lps.similarity.network with
 -- `families`) and their defaults.
@@ -65,17 +62,12 @@ A.defaults = {
 
 local SLOT = {first = true, last = true, head = true, templates = true}
 
---- A new network; `helpers` are lps.similarity's (param_adder, add_embedding_layers, check_int).
-function A.new(opts, H)
-  local o = {}
-  for k, v in pairs(A.defaults) do o[k] = v end
-  for k, v in pairs(opts) do
-    if A.defaults[k] == nil then error(("similarity.network: unknown option '%s'"):format(tostring(k)), 3) end
-    o[k] = v
-  end
-  for _, k in ipairs{"input_dim", "kernel", "width", "embed"} do H.check_int(o[k], 1, k) end
-  H.check_int(o.classes, 0, "classes")
-  H.check_int(o.seed, 0, "seed")
+-- A new network (lps.similarity.network with `families`).
+function A.new(opts)
+  local o = util.options(opts, A.defaults, "similarity.network")
+  for _, k in ipairs{"input_dim", "kernel", "width", "embed"} do base.check_int(o[k], 1, k) end
+  base.check_int(o.classes, 0, "classes")
+  base.check_int(o.seed, 0, "seed")
   if o.kernel % 2 == 0 then error("similarity.network: kernel must be odd", 3) end
   if type(o.families) ~= "table" or #o.families < 1 then error("similarity.network: families must be a non-empty list", 3) end
   for _, f in ipairs(o.families) do
@@ -90,13 +82,13 @@ function A.new(opts, H)
   local layered = false
   for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
-                             names = {}, P = {}, G = {}, layered = layered, H = H,
+                             names = {}, P = {}, G = {}, layered = layered,
                              prep_key = ("%s/%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.template_extras),
                                tostring(o.chain_norm), o.kernel, o.input_dim, o.noise, o.template_pool,
                                table.concat(o.slots, "+"), (function()
                                  local r = {} for _, x in ipairs(o.noise_ranges) do r[#r + 1] = x[1] .. ":" .. x[2] end
                                  return table.concat(r, ",") end)())}, A)
-  local add, d = H.param_adder(self, o.seed), o.width
+  local add, d = base.param_adder(self, o.seed), o.width
   for _, f in ipairs(o.families) do
     local fan = (f == "mlp" and o.input_dim or o.kernel * o.kernel) + 2
     add(("enc_first.%s.weight"):format(f), {d, fan}, math.sqrt(2 / fan))
@@ -107,8 +99,8 @@ function A.new(opts, H)
     add(("enc_head.%s.bias"):format(f), {d}, 0)
   end
   if self:has_slot("templates") then
-    H.check_int(o.noise, 1, "noise")
-    H.check_int(o.template_pool, 1, "template_pool")
+    base.check_int(o.noise, 1, "noise")
+    base.check_int(o.template_pool, 1, "template_pool")
     local side = o.input_shape[#o.input_shape]
     if side % o.template_pool ~= 0 or side * side ~= o.input_dim then
       error("similarity.network: templates need square inputs (input_dim = side^2) divisible by template_pool", 3)
@@ -117,7 +109,7 @@ function A.new(opts, H)
     self.tdim = self.seg * #o.noise_ranges + (o.template_extras and 8 + #o.noise_ranges or 0)
     add("enc_tmpl.weight", {d, self.tdim + 2}, math.sqrt(2 / (self.tdim + 2)))
     add("enc_tmpl.bias", {d}, 0)
-    H.check_int(o.unit_classes, 0, "unit_classes")
+    base.check_int(o.unit_classes, 0, "unit_classes")
     if o.unit_classes > 0 then
       add("units.class.weight", {o.unit_classes, d}, math.sqrt(1 / d))
       add("units.class.bias", {o.unit_classes}, 0)
@@ -127,7 +119,7 @@ function A.new(opts, H)
       end
     end
   end
-  H.add_embedding_layers(add, self.feat_dim, o)
+  base.add_embedding_layers(add, self.feat_dim, o)
   return self
 end
 
@@ -136,107 +128,9 @@ function A:has_slot(name)
   return false
 end
 
--- The pooling matrix (side^2 x (side/q)^2) averaging q x q blocks.
-local function pool_matrix(side, q)
-  local n = side // q
-  local M = lps.zeros(side * side, n * n)
-  for r = 0, side - 1 do
-    for c = 0, side - 1 do M:set(r * side + c + 1, (r // q) * n + c // q + 1, 1 / (q * q)) end
-  end
-  return M
-end
-
--- A module computing the model's function: the model itself, or one built
--- from its spec (or, without one, an MLP of its shapes) and its weights.
-local function module_of(model)
-  if model.module then return model.module, false end
-  local spec = model.spec
-  if not spec and model[1]:dim() == 4 then
-    error("similarity: a CNN's function needs its spec (strides, padding, pooling): give the lps.nn module, "
-      .. "or a weight list with a `spec` field", 4)
-  end
-  if not spec then
-    local layers = {}
-    for l = 1, #model // 2 do
-      local W = model[2 * l - 1]
-      layers[#layers + 1] = {type = "linear", in_features = W:size(2), out_features = W:size(1)}
-      if l < #model // 2 then layers[#layers + 1] = {type = "relu"} end
-    end
-    spec = {type = "sequential", layers = layers}
-  end
-  local m = lps.nn.from_spec(spec, lps.generator(0))
-  local named = m:named_parameters()
-  if #named ~= #model then
-    error(("similarity: the model's spec has %d parameter tensors, the model %d"):format(#named, #model), 4)
-  end
-  for i, e in ipairs(named) do
-    if e.tensor:numel() ~= model[i]:numel() then
-      error(("similarity: tensor %d (%s) does not fit its spec's %s"):format(i, table.concat(model[i]:shape(), "x"),
-        table.concat(e.tensor:shape(), "x")), 4)
-    end
-    e.tensor:copy(model[i])
-  end
-  return m, true
-end
-
---- The class templates of a model: k x tdim rows (input gradients of each
--- class's logit minus the mean logit, averaged over the noise images,
--- pooled, L2-normalized), their norms and the mean centred logits.
-function A:templates(model, family)
-  local o = self.opts
-  local m, own = module_of(model)
-  m:freeze() -- input gradients only
-  self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
-  local R, P, d = #o.noise_ranges, o.noise, o.input_dim
-  if not self.noise_x then -- the R ranges' noise images, one batch
-    self.noise_x = lps.zeros(R * P, d)
-    for r, range in ipairs(o.noise_ranges) do
-      self.noise_x:rows((r - 1) * P + 1, r * P):copy(
-        lps.rand(P, d, lps.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
-    end
-  end
-  local x = self.noise_x
-  if family == "cnn" then x = x:reshape(R * P, table.unpack(o.input_shape)) end
-  local head = model[#model] -- the head's bias: one entry per class
-  if not head then local ps = m:parameters(); head = ps[#ps] end
-  local k = head:numel()
-  -- one forward, then a backward per class: d(logit_c - mean logit)
-  local gy = lps.full(k * R * P, k, -1 / k)
-  for c = 1, k do
-    for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
-  end
-  local logits, grads = m:input_gradients(x, gy)
-  local gx = grads:reshape(k * R, P, d):mean(2) -- (class, range) rows
-  if own then -- its layers' workspaces are C memory: free them now
-    for _, kid in ipairs(m:children()) do kid:close() end
-    m:close()
-  else
-    m:freeze(false)
-  end
-  local T = lps.matmul(gx, self.pool_m):reshape(k, R * self.seg)
-  local norms = (T * T):sum(2):sqrt()
-  local nmax = math.max(norms:max(), 1e-12)
-  for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
-  local mean_logit = logits:mean(1)
-  mean_logit:sub_(mean_logit:mean())
-  if o.template_extras then -- columns after the template: one-hot class count, centred logit per range
-    local w = R * self.seg
-    self.extra_pad = self.extra_pad or (function()
-      local E = lps.zeros(w, w + 8 + R)
-      for j = 1, w do E:set(j, j, 1) end
-      return E
-    end)()
-    T = lps.matmul(T, self.extra_pad)
-    for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
-    for r = 1, R do
-      local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
-      lr:sub_(lr:mean())
-      for c = 1, k do T:set(c, w + 8 + r, lr[c]) end
-    end
-  end
-  -- features: the template, its norm relative to the model's largest, the centred logit
-  return T, norms:div_(nmax), mean_logit
-end
+--- The class templates of a model (lualps.similarity.templates): k x
+-- tdim rows, their norms and the mean centred logits.
+function A:templates(model) return templates.compute(self, model) end
 
 function A:__tostring()
   local n = 0
@@ -272,27 +166,31 @@ end
 
 function A:prepare_new(model)
   local o = self.opts
-  if #model < 4 or #model % 2 ~= 0 then
-    error(("similarity: a model needs at least a hidden layer and a head ({W1, b1, W2, b2, ...}), got %d entries"):format(#model), 2)
-  end
+  if #model < 1 then error("similarity: a model needs its tensors ({W1, b1, W2, b2, ...})", 2) end
   for i = 1, #model do
-    if not lps.is_tensor(model[i]) then
+    if not core.is_tensor(model[i]) then
       error(("similarity: entry %d of the model is a %s, expected a tensor"):format(i, type(model[i])), 2)
     end
   end
-  local family = model.family or (model[1]:dim() == 4 and "cnn" or "mlp")
-  local known = false
-  for _, f in ipairs(o.families) do known = known or f == family end
-  if not known then
-    error(("similarity: this network reads %s, not a %s"):format(table.concat(o.families, " and "), family), 2)
-  end
   local W1 = model[1]
-  if family == "mlp" and (W1:dim() ~= 2 or W1:size(2) ~= o.input_dim) then
-    error(("similarity: an MLP's first weight should be (h x %d), got (%s)"):format(o.input_dim,
-      table.concat(W1:shape(), "x")), 2)
+  local family = model.family or (W1:dim() == 4 and "cnn" or "mlp")
+  if self.layered then -- the weight units read MLPs and CNNs of (W, b) pairs, one encoder per family
+    if #model < 4 or #model % 2 ~= 0 then
+      error(("similarity: a model needs at least a hidden layer and a head ({W1, b1, W2, b2, ...}), got %d entries"):format(#model), 2)
+    end
+    local known = false
+    for _, f in ipairs(o.families) do known = known or f == family end
+    if not known then
+      error(("similarity: this network's weight units read %s, not a %s (its templates read any model)")
+        :format(table.concat(o.families, " and "), family), 2)
+    end
+    if family == "cnn" and (W1:dim() ~= 4 or W1:size(2) ~= 1 or W1:size(3) > o.kernel) then
+      error(("similarity: a CNN's first weight should be (c x 1 x k x k), k <= %d, got (%s)"):format(o.kernel,
+        table.concat(W1:shape(), "x")), 2)
+    end
   end
-  if family == "cnn" and (W1:dim() ~= 4 or W1:size(2) ~= 1 or W1:size(3) > o.kernel) then
-    error(("similarity: a CNN's first weight should be (c x 1 x k x k), k <= %d, got (%s)"):format(o.kernel,
+  if W1:dim() == 2 and W1:size(2) ~= o.input_dim then
+    error(("similarity: an MLP's first weight should be (h x %d), got (%s)"):format(o.input_dim,
       table.concat(W1:shape(), "x")), 2)
   end
   local n = #model // 2
@@ -306,11 +204,11 @@ function A:prepare_new(model)
       local s = l == 1 and math.sqrt(fan + 1) or math.sqrt(r.mix[l]:size(2) + 1)
       p.bias[l] = r.bias[l]:mul(s)
     end
-    p.imp[n] = lps.ones(r.bias[n]:numel()) -- the head's classes weigh alike
+    p.imp[n] = core.ones(r.bias[n]:numel()) -- the head's classes weigh alike
   end
   if self:has_slot("templates") then
-    p.T, p.tnorm, p.tlogit = self:templates(model, family)
-    p.tw = lps.ones(p.T:size(1))
+    p.T, p.tnorm, p.tlogit = self:templates(model)
+    p.tw = core.ones(p.T:size(1))
     -- unit labels, when the model says its classes and domain
     if o.unit_classes > 0 and type(model.classes) == "table" and #model.classes == p.T:size(1) then
       p.unit_cls = {}
@@ -339,12 +237,12 @@ function A:unit_loss(list)
     end
   end
   if #rows == 0 then return 0, {} end
-  local Z = lps.zeros(#rows, rows[1]:numel())
+  local Z = core.zeros(#rows, rows[1]:numel())
   for r, z in ipairs(rows) do Z[r]:copy(z) end
-  local total, dZ = 0, lps.zeros(#rows, Z:size(2))
+  local total, dZ = 0, core.zeros(#rows, Z:size(2))
   local function head(name, labels)
     local W, b = P["units." .. name .. ".weight"], P["units." .. name .. ".bias"]
-    local gW, gb = lps.zeros(table.unpack(W:shape())), lps.zeros(b:numel())
+    local gW, gb = core.zeros(table.unpack(W:shape())), core.zeros(b:numel())
     local l, d = K.xent(Z, labels, W, b, {scale = 1}, gW, gb)
     G["units." .. name .. ".weight"]:add_(gW, o.unit_weight)
     G["units." .. name .. ".bias"]:add_(gb, o.unit_weight)
@@ -380,7 +278,7 @@ function A:forward(models)
   if type(models) ~= "table" or #models < 1 then error("similarity: forward needs a non-empty list of models", 2) end
   local o, P = self.opts, self.P
   local B, fd, pl, S = #models, self.feat_dim, self.per_layer, #o.slots
-  local F = lps.zeros(B, fd)
+  local F = core.zeros(B, fd)
   local items = {}
   local units = {}
   local need_head = false
@@ -390,7 +288,7 @@ function A:forward(models)
     local top = self.layered and (need_head and p.n or p.n - 1) or 0
     local Z, U = {}, {}
     for l = 1, top do
-      U[l] = l == 1 and p.U1 or lps.matmul(p.mix[l], Z[l - 1])
+      U[l] = l == 1 and p.U1 or core.matmul(p.mix[l], Z[l - 1])
       local e = encoder(p, l)
       Z[l] = K.neuron_forward(U[l], p.bias[l], p.imp[l], P[e .. ".weight"], P[e .. ".bias"], o.activation)
     end
@@ -408,7 +306,7 @@ function A:forward(models)
     end
     items[i] = {p = p, Z = Z, U = U, top = top, ZT = ZT}
   end
-  local norms = o.layer_norm and self.H.block_norm(F, B * S, pl) or nil
+  local norms = o.layer_norm and base.block_norm(F, B * S, pl) or nil
   local Y, Upre = K.embed_forward(F, P["proj.weight"], P["proj.bias"])
   local daux = {}
   self.aux_loss = nil
@@ -428,7 +326,7 @@ function A:backward(dY)
   local o, P, G = self.opts, self.P, self.G
   local fd, pl, S = self.feat_dim, self.per_layer, #o.slots
   local dF = K.embed_backward(dY, c.U, c.F, P["proj.weight"], G["proj.weight"], G["proj.bias"], true)
-  if c.norms then self.H.block_norm_backward(c.F, dF, c.norms, #c.items * S, pl) end
+  if c.norms then base.block_norm_backward(c.F, dF, c.norms, #c.items * S, pl) end
   for i, it in ipairs(c.items) do
     local p = it.p
     local dZ = {}
@@ -451,7 +349,7 @@ function A:backward(dY)
         local dU = K.neuron_backward(dZ[l], it.Z[l], it.U[l], p.bias[l], p.imp[l], P[e .. ".weight"],
           G[e .. ".weight"], G[e .. ".bias"], l > 1, o.activation)
         if l > 1 then
-          local carry = lps.matmul(p.mix[l], dU, true, false)
+          local carry = core.matmul(p.mix[l], dU, true, false)
           if dZ[l - 1] then dZ[l - 1]:add_(carry) else dZ[l - 1] = carry end
         end
       end
@@ -465,7 +363,7 @@ end
 function A:keep_units(p, keep, g)
   if not p.U1 then return p end -- the templates slot alone has no weight units
   local h = p.U1:size(1)
-  local idx = {table.unpack(lps.data.randperm(h, g), 1, math.max(1, math.floor(h * keep + 0.5)))}
+  local idx = {table.unpack(data.randperm(h, g), 1, math.max(1, math.floor(h * keep + 0.5)))}
   table.sort(idx)
   local q = {}
   for k, v in pairs(p) do q[k] = v end

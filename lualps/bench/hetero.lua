@@ -1,16 +1,19 @@
---- lualps.hetero: the plan and splits of ModelSet-Hetero, a model set of
+--- lualps.bench.hetero (lps.hetero): the plan and splits of ModelSet-Hetero, a model set of
 -- MLPs and CNNs over multi-class tasks in several image domains. As for
 -- ModelSet500 (lps.zoo), everything a model depends on (family,
 -- architecture, optimizer, learning rate, batch size, epochs, data subset)
 -- is drawn from a generator seeded by (master seed, position), so shards,
 -- resumes and merges give the same set bit for bit. lps.zoo.build trains
 -- the plan; lps.hetero.splits gives its five evaluation splits.
-local lps = require "lualps"
-local zoo = require "lualps.zoo"
+local core = require "lualps.core"
+local util = require "lualps.util"
+local data = require "lualps.data"
+local zoo = require "lualps.bench.zoo"
 
 local H = {}
 
---- Defaults of a plan; every field may be overridden in H.plan's cfg.
+--- Defaults of a plan; every field may be overridden in H.plan's cfg,
+-- which may also hold `tasks` (use the first that many tasks).
 H.defaults = {
   master_seed = 1907,
   per_task = 30,                 -- models per task: odd positions MLPs, even CNNs
@@ -35,12 +38,7 @@ H.defaults = {
   reference_cnn = { {out = 8, kernel = 5, down = "stride"}, {out = 16, kernel = 3, down = "stride"} },
 }
 
-local function with_defaults(cfg)
-  local c = {}
-  for k, v in pairs(H.defaults) do c[k] = v end
-  for k, v in pairs(cfg or {}) do c[k] = v end
-  return c
-end
+local function config(cfg) return util.options(cfg, H.defaults, "hetero", {"tasks"}) end
 
 local function log_uniform(g, r)
   return math.exp(math.log(r[1]) + (math.log(r[2]) - math.log(r[1])) * g:uniform())
@@ -56,8 +54,16 @@ local function minus(list, drop)
 end
 
 --- The task list of a task table (recipes/modelset_hetero_tasks.lua): every
--- subset in every domain, subset-major. Task: {id, classes, domain, subset, name}.
+-- subset in every domain (some of lps.data.domains), subset-major. Task:
+-- {id, classes, domain, subset, name}.
 function H.tasks(TABLE)
+  local known = {}
+  for _, d in ipairs(data.domains) do known[d] = true end
+  for _, d in ipairs(TABLE.domains) do
+    if not known[d] then
+      error(("hetero: unknown domain '%s' (lps.data.domains: %s)"):format(tostring(d), table.concat(data.domains, ", ")), 2)
+    end
+  end
   local tasks = {}
   for s, classes in ipairs(TABLE.subsets) do
     for _, d in ipairs(TABLE.domains) do
@@ -70,41 +76,41 @@ function H.tasks(TABLE)
   return tasks
 end
 
--- An MLP spec of hidden widths for k classes.
-local function mlp_spec(widths, k)
+-- The arch of an MLP of hidden widths for k classes, and its name.
+local function mlp_arch(widths, k)
   local layers, prev = {}, 784
   for _, w in ipairs(widths) do
-    layers[#layers + 1] = {type = "linear", in_features = prev, out_features = w}
+    layers[#layers + 1] = {type = "linear", ["in"] = prev, out = w}
     layers[#layers + 1] = {type = "relu"}
     prev = w
   end
-  layers[#layers + 1] = {type = "linear", in_features = prev, out_features = k}
-  return {type = "sequential", layers = layers}, "mlp-784-" .. table.concat(widths, "-") .. "-" .. k
+  layers[#layers + 1] = {type = "linear", ["in"] = prev, out = k}
+  return layers, "mlp-784-" .. table.concat(widths, "-") .. "-" .. k
 end
 
--- A CNN spec of conv layers {out, kernel, down = "stride" | "pool"} on 28x28
--- images for k classes, its forward multiply-adds per image and its name.
-local function cnn_spec(convs, k)
+-- The arch of a CNN of conv layers {out, kernel, down = "stride" | "pool"}
+-- on 28x28 images for k classes, its forward multiply-adds per image and its name.
+local function cnn_arch(convs, k)
   local layers, cin, h, macs, parts = {}, 1, 28, 0, {}
   for _, c in ipairs(convs) do
     local pad = c.kernel // 2
     local stride = c.down == "stride" and 2 or 1
     local ho = (h + 2 * pad - c.kernel) // stride + 1
-    layers[#layers + 1] = {type = "conv2d", in_channels = cin, out_channels = c.out, kernel_size = c.kernel,
-                           stride = stride, padding = pad}
+    layers[#layers + 1] = {type = "conv2d", ["in"] = cin, out = c.out, kernel = c.kernel, stride = stride,
+                           padding = pad}
     layers[#layers + 1] = {type = "relu"}
     macs = macs + ho * ho * c.out * cin * c.kernel * c.kernel
     if c.down == "pool" then
-      layers[#layers + 1] = {type = "maxpool2d", kernel_size = 2, stride = 2}
+      layers[#layers + 1] = {type = "maxpool2d", kernel = 2, stride = 2}
       ho = ho // 2
     end
     parts[#parts + 1] = ("c%dk%d%s"):format(c.out, c.kernel, c.down == "stride" and "s2" or "p2")
     cin, h = c.out, ho
   end
   layers[#layers + 1] = {type = "flatten"}
-  layers[#layers + 1] = {type = "linear", in_features = cin * h * h, out_features = k}
+  layers[#layers + 1] = {type = "linear", ["in"] = cin * h * h, out = k}
   macs = macs + cin * h * h * k
-  return {type = "sequential", layers = layers}, macs, "cnn-" .. table.concat(parts, "-") .. "-" .. k
+  return layers, macs, "cnn-" .. table.concat(parts, "-") .. "-" .. k
 end
 
 -- Hidden widths (or channels) from `seen`; with `held` one of them, at a
@@ -124,15 +130,15 @@ local function draw_cnn(g, c, TABLE, held, k)
     local chans = draw_sizes(g, n, seen, TABLE.heldout_channels, held)
     local convs = {}
     for l = 1, n do convs[l] = {out = chans[l], kernel = pick(g, {3, 5}), down = pick(g, {"stride", "pool"})} end
-    local spec, macs, name = cnn_spec(convs, k)
-    if macs <= c.cnn_max_macs then return spec, macs, name, chans end
+    local a, macs, name = cnn_arch(convs, k)
+    if macs <= c.cnn_max_macs then return a, macs, name, chans end
   end
   error("hetero: no CNN within cnn_max_macs = " .. c.cnn_max_macs, 0)
 end
 
 --- A canonical fingerprint of everything that determines the set's models.
 function H.fingerprint(cfg, TABLE)
-  local c = with_defaults(cfg)
+  local c = config(cfg)
   local keys = {}
   for k in pairs(H.defaults) do keys[#keys + 1] = k end
   table.sort(keys)
@@ -151,10 +157,10 @@ function H.fingerprint(cfg, TABLE)
 end
 
 --- The plan over the task table: one entry per model, task-major, with
--- everything its training needs (spec, input_shape, optimizer, ...) for
+-- everything its training needs (arch, input_shape, optimizer, ...) for
 -- lps.zoo.build. cfg.tasks (optional) restricts to the first N tasks.
 function H.plan(TABLE, cfg)
-  local c = with_defaults(cfg)
+  local c = config(cfg)
   local tasks = H.tasks(TABLE)
   local ntasks = math.min(#tasks, c.tasks or #tasks)
   local fp = H.fingerprint(cfg, TABLE)
@@ -167,20 +173,20 @@ function H.plan(TABLE, cfg)
     for pos = 1, c.per_task do
       local index = #plan + 1
       local seed = c.master_seed * 1000003 + index
-      local g = lps.generator(seed)
+      local g = core.generator(seed)
       local family = pos % 2 == 1 and "mlp" or "cnn"
       local in_pool = pos <= c.pool
       local held = not in_pool and g:uniform() < c.heldout_arch_rate
-      local spec, name, widths, macs
+      local a, name, widths, macs
       if family == "mlp" then
         widths = in_pool and c.reference_mlp or draw_sizes(g, g:random(1, 3), seen_w, TABLE.heldout_widths, held)
-        spec, name = mlp_spec(widths, k)
+        a, name = mlp_arch(widths, k)
       elseif in_pool then
-        spec, macs, name = cnn_spec(c.reference_cnn, k)
+        a, macs, name = cnn_arch(c.reference_cnn, k)
         widths = {}
         for l, cv in ipairs(c.reference_cnn) do widths[l] = cv.out end
       else
-        spec, macs, name, widths = draw_cnn(g, c, TABLE, held, k)
+        a, macs, name, widths = draw_cnn(g, c, TABLE, held, k)
       end
       local opt = opts[((pos - 1) // 2) % 3 + 1]
       local range = c[opt].lr
@@ -195,7 +201,7 @@ function H.plan(TABLE, cfg)
       end
       plan[index] = {
         index = index, id = ("t%02d-m%02d"):format(ti, pos), task = ti, classes = task.classes,
-        domain = task.domain, subset = task.subset, family = family, spec = spec,
+        domain = task.domain, subset = task.subset, family = family, arch = a,
         input_shape = family == "cnn" and {1, 28, 28} or nil, architecture = name, widths = widths,
         heldout_arch = held, macs = macs, seed = seed, optimizer = opt, lr = log_uniform(g, range),
         momentum = opt == "sgd" and c.sgd.momentum or nil,
@@ -224,8 +230,8 @@ local shuffled = zoo.shuffled
 -- cross_family (e): for the unseen tasks of (b), CNN queries against an
 --   MLP gallery, trained as (b).
 function H.splits(TABLE, plan, tasks, cfg)
-  local c = with_defaults(cfg)
-  local g = lps.generator(c.master_seed * 7919 + 17)
+  local c = config(cfg)
+  local g = core.generator(c.master_seed * 7919 + 17)
   local by_task = {}
   for _, m in ipairs(plan) do
     by_task[m.task] = by_task[m.task] or {mlp = {}, cnn = {}}
@@ -296,7 +302,6 @@ end
 -- task (min, max), architectures, and test accuracy ranges per family and
 -- per number of classes.
 function H.composition(ms)
-  local util = require "lualps.util"
   local c = {family = {}, domain = {}, optimizer = {}, per_task = {}, accuracy = {}, heldout_arch = 0, retrained = 0}
   local acc, archs, tasks = {}, {}, {}
   for i = 1, #ms do

@@ -1,11 +1,15 @@
---- lualps.transfer: the task-to-task transfer ground truth of a model set.
+--- lualps.bench.transfer (lps.transfer): the task-to-task transfer ground truth of a model set.
 -- For an ordered pair (source task S, target task T): fine-tune models of S,
 -- head replaced, on a small budget of T's images; train the same
 -- architecture from scratch on the same budget; the gain is the difference
 -- of T's test accuracy. Computed per target task (a column of the matrix),
 -- so processes can share the targets and their columns merge.
-local lps = require "lualps"
+local core = require "lualps.core"
 local cjson = require "cjson"
+local util = require "lualps.util"
+local nn = require "lualps.nn"
+local optim = require "lualps.optim"
+local data = require "lualps.data"
 
 local M = {}
 
@@ -20,17 +24,12 @@ M.defaults = {
   arch = {784, 64, 64, 2}, -- the scratch model (and the sources' architecture)
 }
 
---- opts over `defaults` (M.defaults when nil); unknown keys are errors. A
--- `progress` function is taken out and returned second.
+--- opts over `defaults` (M.defaults when nil; util.options). A `progress`
+-- function is taken out and returned second.
 function M.options(opts, defaults)
-  defaults = defaults or M.defaults
-  local out, progress = {}, nil
-  for k, v in pairs(defaults) do out[k] = v end
-  for k, v in pairs(opts or {}) do
-    if k == "progress" then progress = v
-    elseif defaults[k] == nil then error(("transfer: unknown option '%s'"):format(tostring(k)), 3)
-    else out[k] = v end
-  end
+  local out = util.options(opts, defaults or M.defaults, "transfer", {"progress"})
+  local progress = out.progress
+  out.progress = nil
   return out, progress
 end
 local options = M.options
@@ -79,11 +78,11 @@ function M.models_by_task(ms)
 end
 
 --- The columns of `targets` (task numbers) of the transfer matrix over the
--- set ms (an open set) with `ntasks` tasks; `data(t)` gives {x, y, xt, yt}
+-- set ms (an open set) with `ntasks` tasks; `task_data(t)` gives {x, y, xt, yt}
 -- of task t (lps.zoo.task_data_loader). opts: M.defaults plus progress (a
 -- function(done, total, text)). Returns {gain, finetune_accuracy,
 -- scratch_accuracy} with cjson.null outside the targets.
-function M.columns(ms, ntasks, targets, data, opts)
+function M.columns(ms, ntasks, targets, task_data, opts)
   local o, progress = options(opts)
   local by_task = M.models_by_task(ms)
   for t = 1, ntasks do
@@ -91,7 +90,7 @@ function M.columns(ms, ntasks, targets, data, opts)
     if n < o.sources then error(("transfer: task %d has %d models, fewer than sources = %d"):format(t, n, o.sources), 2) end
   end
   local function fit(model, x, y, g)
-    lps.nn.train(model, {x = x, y = y}, {optimizer = lps.optim.adam{lr = o.lr}, epochs = o.epochs,
+    nn.train(model, {x = x, y = y}, {optimizer = optim.adam{lr = o.lr}, epochs = o.epochs,
       batch_size = o.batch, generator = g, progress = false})
   end
   local gain, ft_acc, scratch = {}, {}, {}
@@ -101,27 +100,27 @@ function M.columns(ms, ntasks, targets, data, opts)
   end
   local total, done = #targets * o.seeds * (1 + ntasks * o.sources), 0
   for _, t in ipairs(targets) do
-    local td = data(t)
+    local td = task_data(t)
     local test = {x = td.xt, y = td.yt}
     local sc_sum, ft_sum = 0, {}
     for seed = 1, o.seeds do
-      local g = lps.generator(1000003 * t + seed)
-      local bx, by = lps.data.fraction(td.x, td.y, math.min(1, o.images / td.x:size(1)), g)
-      local scratch_model = lps.nn.mlp(table.move(o.arch, 1, #o.arch, 1, {generator = g}))
+      local g = core.generator(1000003 * t + seed)
+      local bx, by = data.fraction(td.x, td.y, math.min(1, o.images / td.x:size(1)), g)
+      local scratch_model = nn.mlp(table.move(o.arch, 1, #o.arch, 1, {generator = g}))
       local head = {}
       local named = scratch_model:named_parameters()
       for k = #named - 1, #named do head[named[k].name] = named[k].tensor:clone() end
       local data_seed = 7777 * t + seed
-      fit(scratch_model, bx, by, lps.generator(data_seed))
-      sc_sum = sc_sum + lps.nn.evaluate(scratch_model, test)
+      fit(scratch_model, bx, by, core.generator(data_seed))
+      sc_sum = sc_sum + nn.evaluate(scratch_model, test)
       done = done + 1
       for s = 1, ntasks do
         for k = 1, o.sources do
           local model = ms:get(by_task[s][k].i)
           local own = model:state_dict()
           for name, w in pairs(head) do own[name]:copy(w) end
-          fit(model, bx, by, lps.generator(data_seed))
-          ft_sum[s] = (ft_sum[s] or 0) + lps.nn.evaluate(model, test)
+          fit(model, bx, by, core.generator(data_seed))
+          ft_sum[s] = (ft_sum[s] or 0) + nn.evaluate(model, test)
           done = done + 1
         end
       end

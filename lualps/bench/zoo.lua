@@ -1,10 +1,15 @@
---- lualps.zoo: building model sets (many small models over related tasks).
+--- lualps.bench.zoo (lps.zoo): building model sets (many small models over related tasks).
 -- Everything a model depends on (seed, optimizer, learning rate, batch size,
 -- epochs, data subset) is drawn from its own generator, seeded from the
 -- master seed and the model's position in the plan. So a model trains the
 -- same whichever shard, process or machine builds it, and a sharded build
 -- merges into the same set as a single-process build.
-local lps = require "lualps"
+local core = require "lualps.core"
+local util = require "lualps.util"
+local nn = require "lualps.nn"
+local optim = require "lualps.optim"
+local data = require "lualps.data"
+local modelset = require "lualps.modelset"
 
 local zoo = {}
 
@@ -46,11 +51,12 @@ local function fnv1a(s)
 end
 zoo.fnv1a = fnv1a
 
---- Defaults of a build; every field may be overridden in zoo.plan's cfg.
+--- Defaults of a build; every field may be overridden in zoo.plan's cfg,
+-- which also holds `tasks` (the task table, required).
 zoo.defaults = {
   master_seed = 500,
   per_task = 25,
-  arch = {784, 64, 64, 2},
+  sizes = {784, 64, 64, 2},      -- the MLP's layer sizes
   epochs = {2, 5},               -- inclusive range, uniform
   batch_sizes = {32, 64, 128},
   fraction = 0.8,                -- of the task's training images
@@ -60,19 +66,13 @@ zoo.defaults = {
   max_attempts = 5,
 }
 
-local function with_defaults(cfg)
-  local c = {}
-  for k, v in pairs(zoo.defaults) do c[k] = v end
-  for k, v in pairs(cfg or {}) do c[k] = v end
-  return c
-end
-zoo.with_defaults = with_defaults
+local function config(cfg) return util.options(cfg, zoo.defaults, "zoo", {"tasks"}) end
 
 --- A canonical text of everything that determines the set's models.
 function zoo.fingerprint(cfg)
-  cfg = with_defaults(cfg)
+  cfg = config(cfg)
   local parts = {"master_seed=" .. cfg.master_seed, "per_task=" .. cfg.per_task,
-    "arch=" .. table.concat(cfg.arch, "-"), "epochs=" .. table.concat(cfg.epochs, "-"),
+    "arch=" .. table.concat(cfg.sizes, "-"), "epochs=" .. table.concat(cfg.epochs, "-"),
     "batch=" .. table.concat(cfg.batch_sizes, "-"), "fraction=" .. cfg.fraction,
     ("sgd=%g-%g/%g"):format(cfg.sgd.lr[1], cfg.sgd.lr[2], cfg.sgd.momentum),
     ("adam=%g-%g"):format(cfg.adam.lr[1], cfg.adam.lr[2]),
@@ -88,7 +88,7 @@ end
 --- The plan: one entry per model, task-major (task 1's models first), with
 -- everything its training needs. cfg.tasks is required.
 function zoo.plan(cfg)
-  cfg = with_defaults(cfg)
+  cfg = config(cfg)
   zoo.check_tasks(cfg.tasks)
   local plan, fp = {}, zoo.fingerprint(cfg)
   for ti, task in ipairs(cfg.tasks) do
@@ -97,7 +97,7 @@ function zoo.plan(cfg)
       -- A generator per model, from (master seed, position): independent of
       -- which process builds it.
       local seed = cfg.master_seed * 1000003 + index
-      local g = lps.generator(seed)
+      local g = core.generator(seed)
       local opt = (k % 2 == 1) and "sgd" or "adam" -- half and half within each task
       local range = cfg[opt].lr
       plan[index] = {
@@ -112,7 +112,7 @@ function zoo.plan(cfg)
         batch_size = cfg.batch_sizes[g:random(#cfg.batch_sizes)],
         epochs = g:random(cfg.epochs[1], cfg.epochs[2]),
         fraction = cfg.fraction,
-        arch = cfg.arch,
+        sizes = cfg.sizes,
         fingerprint = fp,
         master_seed = cfg.master_seed,
       }
@@ -144,7 +144,7 @@ end
 --- A copy of the list t in the order of a random permutation from generator g.
 function zoo.shuffled(t, g)
   local c = {}
-  for k, i in ipairs(lps.data.randperm(#t, g)) do c[k] = t[i] end
+  for k, i in ipairs(data.randperm(#t, g)) do c[k] = t[i] end
   return c
 end
 local shuffled = zoo.shuffled
@@ -155,8 +155,8 @@ local shuffled = zoo.shuffled
 -- the rest gallery; the other tasks' models are for training.
 -- Returns lists of model ids.
 function zoo.splits(cfg, opts)
-  cfg = with_defaults(cfg)
-  opts = opts or {}
+  cfg = config(cfg)
+  opts = util.options(opts, {}, "zoo.splits", {"train_per_task", "unseen", "queries"})
   local per_task = cfg.per_task
   local train_per_task = opts.train_per_task or math.floor(per_task * 0.6 + 0.5)
   local ntasks = #cfg.tasks
@@ -164,7 +164,7 @@ function zoo.splits(cfg, opts)
   local queries = opts.queries or math.max(1, per_task // 5)
   assert(train_per_task >= 1 and train_per_task < per_task, "zoo.splits: bad train_per_task")
   assert(unseen_n >= 1 and unseen_n < ntasks, "zoo.splits: bad number of unseen tasks")
-  local g = lps.generator(cfg.master_seed * 7919 + 17)
+  local g = core.generator(cfg.master_seed * 7919 + 17)
   local function id(t, k) return string.format("t%02d-m%02d", t, k) end
   local ks = {}
   for k = 1, per_task do ks[k] = k end
@@ -209,22 +209,22 @@ zoo.file_exists = file_exists
 
 --- Fashion-MNIST split into the plan's tasks, loaded once per process:
 -- task_data(t) -> {x, y, xt, yt} (labels 1..k = the task's classes in
--- order), the images in the task's `domain` (lps.data.domain) when it has
+-- order), the images in the task's `domain` (data.domain) when it has
 -- one. opts.max_test keeps the first that many test images of a task.
 function zoo.task_data_loader(tasks, data_dir, opts)
-  local max_test = opts and opts.max_test
-  local x, y = lps.data.fashion_mnist("train", data_dir)
-  local xt, yt = lps.data.fashion_mnist("test", data_dir)
+  local max_test = util.options(opts, {}, "task_data_loader", {"max_test"}).max_test
+  local x, y = data.fashion_mnist("train", data_dir)
+  local xt, yt = data.fashion_mnist("test", data_dir)
   local cache = {}
   return function(t)
     if not cache[t] then
       local c = {}
       for k, cl in ipairs(tasks[t].classes) do c[k] = cl + 1 end -- dataset labels are 1-based
-      local a, b = lps.data.select_classes(x, y, c)
-      local at, bt = lps.data.select_classes(xt, yt, c)
+      local a, b = data.select_classes(x, y, c)
+      local at, bt = data.select_classes(xt, yt, c)
       if max_test and at:size(1) > max_test then at, bt = at:rows(1, max_test), bt:rows(1, max_test) end
       local d = tasks[t].domain
-      if d and d ~= "identity" then a, at = lps.data.domain(a, d), lps.data.domain(at, d) end
+      if d and d ~= "identity" then a, at = data.domain(a, d), data.domain(at, d) end
       cache = {[t] = {x = a, y = b, xt = at, yt = bt}} -- tasks come in order: keep one
     end
     return cache[t]
@@ -234,36 +234,36 @@ end
 -- The optimizer of a plan entry (sgd with momentum, adam, adamw).
 local function optimizer_of(m)
   if m.optimizer == "sgd" then
-    return lps.optim.sgd{lr = m.lr, momentum = m.momentum, weight_decay = m.weight_decay}
+    return optim.sgd{lr = m.lr, momentum = m.momentum, weight_decay = m.weight_decay}
   elseif m.optimizer == "adamw" then
-    return lps.optim.adamw{lr = m.lr, weight_decay = m.weight_decay}
+    return optim.adamw{lr = m.lr, weight_decay = m.weight_decay}
   end
-  return lps.optim.adam{lr = m.lr, weight_decay = m.weight_decay}
+  return optim.adam{lr = m.lr, weight_decay = m.weight_decay}
 end
 
 --- Train the model of plan entry m on its task's data; attempt 0 uses
 -- m.seed, attempt a uses m.seed + a * 2^32 ("the next seed"). The model is
--- m.spec (lps.nn.from_spec, inputs reshaped to m.input_shape) or an MLP of
--- sizes m.arch.
+-- m.arch (an arch list: nn.from_arch, inputs reshaped to m.input_shape) or
+-- an MLP of layer sizes m.sizes.
 function zoo.train_one(m, td, attempt)
   local seed = m.seed + (attempt or 0) * 4294967296
-  local g = lps.generator(seed)
-  local x, y = lps.data.fraction(td.x, td.y, m.fraction, g)
+  local g = core.generator(seed)
+  local x, y = data.fraction(td.x, td.y, m.fraction, g)
   local xt = td.xt
   local model
-  if m.spec then
-    model = lps.nn.from_spec(m.spec, g)
+  if m.arch then
+    model = nn.from_arch(m.arch, g)
     if m.input_shape then
       x = x:reshape(x:size(1), table.unpack(m.input_shape))
       xt = xt:reshape(xt:size(1), table.unpack(m.input_shape))
     end
   else
-    model = lps.nn.mlp(table.move(m.arch, 1, #m.arch, 1, {generator = g}))
+    model = nn.mlp(table.move(m.sizes, 1, #m.sizes, 1, {generator = g}))
   end
-  local rep = lps.nn.train(model, {x = x, y = y}, {optimizer = optimizer_of(m), epochs = m.epochs,
+  local rep = nn.train(model, {x = x, y = y}, {optimizer = optimizer_of(m), epochs = m.epochs,
     batch_size = m.batch_size, generator = g, progress = false})
-  local train_acc = lps.nn.evaluate(model, {x = x, y = y})
-  local test_acc, test_loss = lps.nn.evaluate(model, {x = xt, y = td.yt})
+  local train_acc = nn.evaluate(model, {x = x, y = y})
+  local test_acc, test_loss = nn.evaluate(model, {x = xt, y = td.yt})
   local history = {}
   for _, e in ipairs(rep.epochs) do history[#history + 1] = {loss = e.loss, accuracy = e.accuracy} end
   return model, {seed = seed, train_accuracy = train_acc, test_accuracy = test_acc,
@@ -280,7 +280,7 @@ local function model_meta(m, task, res, attempts)
     id = m.id, index = m.index, task = m.task, task_name = task.name,
     classes = m.classes, master_seed = m.master_seed, fingerprint = m.fingerprint,
     seed = res.seed, base_seed = m.seed, attempts = attempts,
-    architecture = m.architecture or ("mlp-" .. table.concat(m.arch, "-")),
+    architecture = m.architecture or ("mlp-" .. table.concat(m.sizes, "-")),
     optimizer = m.optimizer, lr = m.lr, momentum = m.momentum,
     batch_size = m.batch_size, epochs = m.epochs, fraction = m.fraction, n_train = res.n_train,
     train_accuracy = res.train_accuracy, test_accuracy = res.test_accuracy,
@@ -290,62 +290,74 @@ local function model_meta(m, task, res, attempts)
   return meta
 end
 
+--- The ids a set holds (id -> record number), after checking that every
+-- record was built from the configuration `fingerprint`; raises otherwise.
+function zoo.stored_ids(ms, fingerprint)
+  local have = {}
+  for i = 1, #ms do
+    local meta = ms:meta(i)
+    if meta.fingerprint ~= fingerprint then
+      error(("%s was built with another configuration (master seed or task table): "
+        .. "fingerprint %s, expected %s; choose another --out"):format(ms:path(),
+        tostring(meta.fingerprint), fingerprint), 0)
+    end
+    have[meta.id] = i
+  end
+  return have
+end
+
 --- Open `path` for appending (creating it if missing), after checking that
 -- what it holds was built from the same configuration. A torn tail left by
 -- a crash is repaired first (intact records are kept). Returns the set and
 -- the set of stored ids. Raises before anything is written when the file
 -- belongs to another configuration.
 function zoo.open_for_build(path, fingerprint, opts)
+  local o = util.options(opts, {}, "open_for_build", {"codec"})
   if not file_exists(path) then
-    return lps.modelset.create(path, {codec = opts and opts.codec}), {}
+    return modelset.create(path, {codec = o.codec}), {}
   end
-  local ok, ms = pcall(lps.modelset.open, path, "a")
+  local ok, ms = pcall(modelset.open, path, "a")
   if not ok then
-    local okv = lps.modelset.verify(path)
+    local okv = modelset.verify(path)
     if okv then error(ms, 0) end -- not a torn tail: something else is wrong
-    local rep = lps.modelset.repair(path)
+    local rep = modelset.repair(path)
     io.stderr:write(("zoo: repaired %s after an interrupted build (kept %d records)\n")
       :format(path, rep.records or rep.kept or 0))
-    ms = lps.modelset.open(path, "a")
+    ms = modelset.open(path, "a")
   end
-  local have = {}
-  for i = 1, #ms do
-    local meta = ms:meta(i)
-    if meta.fingerprint ~= fingerprint then
-      ms:close()
-      error(("%s was built with another configuration (master seed or task table): "
-        .. "fingerprint %s, expected %s; choose another --out"):format(path,
-        tostring(meta.fingerprint), fingerprint), 0)
-    end
-    have[meta.id] = i
-  end
+  local ok_ids, have = pcall(zoo.stored_ids, ms, fingerprint)
+  if not ok_ids then ms:close() error(have, 0) end
   return ms, have
 end
 
+--- Options of zoo.build and their defaults; also tasks (the task table,
+-- required), data_dir (Fashion-MNIST; default lps.data's), codec (of a new
+-- file) and max_test (test images per task; default all).
+zoo.build_defaults = {
+  progress = {label = "models", unit = "models"}, -- util.progress options, or false
+  threads = 1,        -- BLAS threads: 1 gives the same bits whichever process builds a model
+  min_test_accuracy = zoo.defaults.min_test_accuracy, -- below: retrain (a plan entry's own wins)
+  max_attempts = zoo.defaults.max_attempts,
+}
+
 --- Build the models of `plan` (all of it, or one shard's part) into `path`,
 -- resuming: models already stored are skipped and nothing stored is
--- rewritten. opts: tasks (the task table), data_dir, progress (options for
--- util.progress, or false), threads (BLAS threads, 1: bit-identical across
--- shards), codec, max_test (test images per task), min_test_accuracy and
--- max_attempts (retraining; a plan entry's own min_test_accuracy wins).
--- Returns a summary table.
+-- rewritten. opts: zoo.build_defaults. Returns a summary table.
 function zoo.build(plan, path, opts)
-  opts = opts or {}
+  opts = util.options(opts, zoo.build_defaults, "zoo.build", {"tasks", "data_dir", "codec", "max_test"})
   assert(opts.tasks, "zoo.build: opts.tasks (the task table) is required")
   if #plan == 0 then error("zoo.build: nothing to build", 2) end
   local fp = plan[1].fingerprint
-  local ms, have = zoo.open_for_build(path, fp, opts)
+  local ms, have = zoo.open_for_build(path, fp, {codec = opts.codec})
   local todo = {}
   for _, m in ipairs(plan) do if not have[m.id] then todo[#todo + 1] = m end end
   local summary = {stored_before = #plan - #todo, built = 0, retrained = 0, below = 0}
   if #todo == 0 then ms:close() return summary end
-  local threads = lps.get_num_threads()
-  lps.set_num_threads(opts.threads or 1)
+  local threads = core.get_num_threads()
+  core.set_num_threads(opts.threads)
   local loader = zoo.task_data_loader(opts.tasks, opts.data_dir, {max_test = opts.max_test})
-  local prog = opts.progress ~= false and
-    require("lualps.util").progress(#todo, opts.progress or {label = "models", unit = "models"})
-  local cfg_min = opts.min_test_accuracy or zoo.defaults.min_test_accuracy
-  local max_attempts = opts.max_attempts or zoo.defaults.max_attempts
+  local prog = opts.progress ~= false and util.progress(#todo, opts.progress)
+  local cfg_min, max_attempts = opts.min_test_accuracy, opts.max_attempts
   local ok, err = pcall(function()
     for n, m in ipairs(todo) do
       local td = loader(m.task)
@@ -367,35 +379,11 @@ function zoo.build(plan, path, opts)
       if prog then prog:update(n, ("%s acc %.3f"):format(m.id, best_res.test_accuracy)) end
     end
   end)
-  lps.set_num_threads(threads)
+  core.set_num_threads(threads)
   ms:close()
   if prog then summary.seconds = prog:finish() end
   if not ok then error(err, 0) end
   return summary
-end
-
---- Check a build recipe's common arguments a (out, jobs, shard, data)
--- before anything is trained; returns the data directory or raises with a
--- message for the user.
-function zoo.check_recipe_args(a)
-  if not a.jobs or a.jobs < 1 then error("--jobs must be an integer >= 1", 0) end
-  if a.shard then
-    zoo.parse_shard(a.shard)
-    if a.jobs > 1 then error("--shard and --jobs do not go together", 0) end
-  end
-  local dir = a.out:match("^(.*)/[^/]*$")
-  if dir and not os.rename(dir, dir) then -- renaming to itself succeeds iff it exists
-    error(("the output directory %s does not exist"):format(dir), 0)
-  end
-  local data_dir = a.data or os.getenv("LUALPS_DATA") or lps.data.default_dir
-  for _, f in ipairs{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} do
-    if not file_exists(data_dir .. "/" .. f) then
-      error(("no Fashion-MNIST in %s (missing %s); install dataset-fashion-mnist or pass --data")
-        :format(data_dir, f), 0)
-    end
-  end
-  return data_dir
 end
 
 --- Print the per-task accuracy table of a built set (task, name, models,
@@ -420,55 +408,6 @@ function zoo.print_accuracy(ms, tasks)
   return all_min, n_retrained
 end
 
--- A shell word (single-quoted).
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
---- The build step of a recipe (recipes/modelset500.lua, modelset_hetero.lua)
--- from its parsed arguments a (out, jobs, shard, quiet): refuse an existing
--- file of another configuration before training; with a.jobs > 1 run this
--- recipe again as that many shard processes (GNU parallel: the same
--- command line with --shard i/n and --out OUT.shard-i-of-n) and merge them;
--- otherwise build the shard a.shard, or everything, here, and exit after a
--- shard. opts: those of zoo.build (tasks, data_dir, max_test, ...).
--- Returns the seconds taken.
-function zoo.build_recipe(a, plan, opts)
-  local fp = plan[1].fingerprint
-  if file_exists(a.out) then -- another configuration is refused before training
-    local ms = zoo.open_for_build(a.out, fp)
-    ms:close()
-  end
-  local t0 = lps.now()
-  local label = a.shard and ("shard " .. a.shard) or "modelset"
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  o.progress = not a.quiet and {label = label, unit = "models"} or false
-  if a.jobs > 1 then
-    -- one BLAS thread per process: two of two threads would oversubscribe two cores
-    local words, skip = {"lua5.4", quote(arg[0])}, false
-    for _, w in ipairs(arg) do
-      if skip then skip = false
-      elseif w == "--jobs" or w == "--out" then skip = true
-      elseif not (w:match("^%-%-jobs=") or w:match("^%-%-out=")) then words[#words + 1] = quote(w) end
-    end
-    local cmd = ("%s --shard {}/%d --out %s"):format(table.concat(words, " "), a.jobs,
-      quote(a.out .. ".shard-{}-of-" .. a.jobs))
-    local shard_paths = {}
-    for i = 1, a.jobs do shard_paths[i] = ("%s.shard-%d-of-%d"):format(a.out, i, a.jobs) end
-    if not a.quiet then io.stderr:write(("modelset: %d models in %d shards (%s)\n"):format(#plan, a.jobs, a.out)) end
-    zoo.run_shards(cmd, a.jobs)
-    zoo.collect_shards(a.out, shard_paths, fp)
-  else
-    local part = plan
-    if a.shard then part = zoo.shard(plan, zoo.parse_shard(a.shard)) end
-    local s = zoo.build(part, a.out, o)
-    if a.shard then os.exit(0) end
-    if s.stored_before > 0 and not a.quiet then
-      io.stderr:write(("modelset: %d models were already stored, built %d\n"):format(s.stored_before, s.built))
-    end
-  end
-  return lps.now() - t0
-end
-
 --- Per-task accuracy summary of a set: {task -> {n, min, median, max, mean}}.
 function zoo.accuracy_summary(ms)
   local per = {}
@@ -479,7 +418,6 @@ function zoo.accuracy_summary(ms)
     t.accs[#t.accs + 1] = m.test_accuracy
     if m.attempts and #m.attempts > 1 then t.retrained = t.retrained + 1 end
   end
-  local util = require "lualps.util"
   for _, t in pairs(per) do
     local s = 0
     for _, a in ipairs(t.accs) do s = s + a end
@@ -488,42 +426,6 @@ function zoo.accuracy_summary(ms)
     t.median, t.mean = util.median(t.accs), s / #t.accs
   end
   return per
-end
-
---- Append to `path` the records of the shard files (in order) whose ids it
--- does not hold yet, byte for byte; then remove the shard files.
-function zoo.collect_shards(path, shard_paths, fingerprint)
-  local ms, have = zoo.open_for_build(path, fingerprint)
-  local added = 0
-  local ok, err = pcall(function()
-    for _, sp in ipairs(shard_paths) do
-      if file_exists(sp) then
-        local src = zoo.open_for_build(sp, fingerprint)
-        for i = 1, #src do
-          local id = src:meta(i).id
-          if not have[id] then
-            ms._f:copy_from(src._f, i)
-            have[id] = true
-            added = added + 1
-          end
-        end
-        src:close()
-      end
-    end
-  end)
-  ms:close()
-  if not ok then error(err, 0) end
-  for _, sp in ipairs(shard_paths) do os.remove(sp) end
-  return added
-end
-
---- Run `cmd` (a shell command with {} standing for the shard number) for
--- shards 1..n at once with GNU parallel; raises if any of them fails.
-function zoo.run_shards(cmd, n)
-  local line = ("parallel --halt now,fail=1 --line-buffer -j %d %s ::: %s"):format(n, cmd,
-    table.concat((function() local t = {} for i = 1, n do t[i] = i end return t end)(), " "))
-  local ok, how, code = os.execute(line)
-  if not ok then error(("zoo: a shard failed (%s %s): %s"):format(how, tostring(code), line), 0) end
 end
 
 return zoo

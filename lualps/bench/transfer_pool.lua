@@ -1,7 +1,13 @@
---- lualps.transfer_pool: the transfer ground truth of a set of many
+--- lualps.bench.transfer_pool (lps.transfer_pool): the transfer ground truth of a set of many
 -- architectures (ModelSet-Hetero), measured twice to know its reliability.
-local lps = require "lualps"
-local transfer = require "lualps.transfer"
+local core = require "lualps.core"
+local cjson = require "cjson"
+local nn = require "lualps.nn"
+local arch = require "lualps.arch"
+local optim = require "lualps.optim"
+local data = require "lualps.data"
+local eval = require "lualps.eval"
+local transfer = require "lualps.bench.transfer"
 
 local M = {}
 
@@ -37,7 +43,7 @@ function M.pool_of(ms)
     local m = ms:meta(i)
     if m.in_pool then
       pool[m.task] = pool[m.task] or {}
-      table.insert(pool[m.task], {i = i, id = m.id, family = m.family, spec = m.spec})
+      table.insert(pool[m.task], {i = i, id = m.id, family = m.family, arch = arch.of_meta(m)})
     end
   end
   for _, list in pairs(pool) do
@@ -47,42 +53,44 @@ function M.pool_of(ms)
   return pool
 end
 
--- A deep copy of a sequential spec whose last linear layer gives k outputs.
-local function with_classes(spec, k)
-  local copy = {type = spec.type, layers = {}}
-  for n, l in ipairs(spec.layers) do
+-- A copy of an arch list whose last linear layer gives k outputs.
+local function with_classes(a, k)
+  local copy, last = {}, nil
+  for n, l in ipairs(a) do
     local c = {}
     for key, v in pairs(l) do c[key] = v end
-    copy.layers[n] = c
+    copy[n] = c
+    if c.type == "linear" then last = c end
   end
-  copy.layers[#copy.layers].out_features = k
+  last.out = k
   return copy
 end
 
-local function inputs_for(spec, x)
-  if spec.layers[1].type == "conv2d" then return x:reshape(x:size(1), 1, 28, 28) end
+local function inputs_for(a, x)
+  local first = a[1].type == "input" and a[2] or a[1]
+  if first.type == "conv2d" then return x:reshape(x:size(1), 1, 28, 28) end
   return x
 end
 
 --- The from-scratch model of one family on target t's budget draw
 -- (half h, repeat r): trained, with its test accuracy and its initial last
 -- layer (the head a fine-tuned source gets). It is also the model-selection
--- query: a probe of the task trained on its few images. `spec` is the
--- family's reference architecture, `td` the target's data.
-function M.probe(spec, t, k, h, r, td, opts)
+-- query: a probe of the task trained on its few images. `a` is the
+-- family's reference architecture (an arch list), `td` the target's data.
+function M.probe(a, t, k, h, r, td, opts)
   local o = options(opts)
-  local g = lps.generator(1000003 * t + 1009 * h + r)
-  local bx, by = lps.data.fraction(td.x, td.y, math.min(1, o.images / td.x:size(1)), g)
-  local s = with_classes(spec, k)
-  local model = lps.nn.from_spec(s, g)
+  local g = core.generator(1000003 * t + 1009 * h + r)
+  local bx, by = data.fraction(td.x, td.y, math.min(1, o.images / td.x:size(1)), g)
+  local s = with_classes(a, k)
+  local model = nn.from_arch(s, g)
   local named = model:named_parameters()
   local head = {weight = named[#named - 1].tensor:clone(), bias = named[#named].tensor:clone()}
   local budget = {x = inputs_for(s, bx), y = by, seed = 7777 * t + 31 * h + r}
-  lps.nn.train(model, budget, {optimizer = lps.optim.adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
-    generator = lps.generator(budget.seed), progress = false})
+  nn.train(model, budget, {optimizer = optim.adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
+    generator = core.generator(budget.seed), progress = false})
   local xt, yt = td.xt, td.yt
   if xt:size(1) > o.test_images then xt, yt = xt:rows(1, o.test_images), yt:rows(1, o.test_images) end
-  local acc = lps.nn.evaluate(model, {x = inputs_for(s, xt), y = yt})
+  local acc = nn.evaluate(model, {x = inputs_for(s, xt), y = yt})
   return model, acc, head, budget, {x = inputs_for(s, xt), y = yt}
 end
 
@@ -99,7 +107,7 @@ local function body(model, x)
       if k > 1 then h:close() end -- activations are C memory: free them now
       h = nh
     end
-    out = out or lps.zeros(n, h:size(2))
+    out = out or core.zeros(n, h:size(2))
     out:rows(s, s + h:size(1) - 1):copy(h)
     h:close()
   end
@@ -110,46 +118,46 @@ end
 -- the budget b with the new head `head` (the scratch model's initial last
 -- layer): the head alone on the source's frozen features, or every layer.
 local function finetuned(src, e, k, head, b, test, features, o)
-  local adam = lps.optim.adam
+  local adam = optim.adam
   if o.finetune == "head" then
     features[e.i] = features[e.i] or body(src, test.x)
     local fx = body(src, b.x)
-    local lin = lps.nn.linear(fx:size(2), k, lps.generator(0))
+    local lin = nn.linear(fx:size(2), k, core.generator(0))
     local p = lin:named_parameters()
     p[1].tensor:copy(head.weight)
     p[2].tensor:copy(head.bias)
-    lps.nn.train(lin, {x = fx, y = b.y}, {optimizer = adam{lr = o.head_lr}, epochs = o.head_epochs,
-      batch_size = o.batch, generator = lps.generator(b.seed), progress = false})
-    return (lps.nn.evaluate(lin, {x = features[e.i], y = test.y}))
+    nn.train(lin, {x = fx, y = b.y}, {optimizer = adam{lr = o.head_lr}, epochs = o.head_epochs,
+      batch_size = o.batch, generator = core.generator(b.seed), progress = false})
+    return (nn.evaluate(lin, {x = features[e.i], y = test.y}))
   end
   local srcp = src:state_dict()
-  local m = lps.nn.from_spec(with_classes(e.spec, k), lps.generator(0))
+  local m = nn.from_arch(with_classes(e.arch, k), core.generator(0))
   local dst = m:named_parameters()
   for n = 1, #dst - 2 do dst[n].tensor:copy(srcp[dst[n].name]) end
   dst[#dst - 1].tensor:copy(head.weight)
   dst[#dst].tensor:copy(head.bias)
-  lps.nn.train(m, b, {optimizer = adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
-    generator = lps.generator(b.seed), progress = false})
-  return (lps.nn.evaluate(m, test))
+  nn.train(m, b, {optimizer = adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
+    generator = core.generator(b.seed), progress = false})
+  return (nn.evaluate(m, test))
 end
 
 --- Columns `targets` of the pool transfer matrix of set ms (tasks: the
--- splits' task list; data(t) as lps.zoo.task_data_loader). opts: M.defaults
+-- splits' task list; task_data(t) as lps.zoo.task_data_loader). opts: M.defaults
 -- plus progress (function(done, total, text)). Returns {scratch = {[t] =
 -- {mlp = {half 1, half 2}, cnn = {...}}}, finetune = {[id] = {[t] = acc}}}
 -- (accuracies averaged over the repeats).
-function M.columns(ms, tasks, targets, data, opts)
+function M.columns(ms, tasks, targets, task_data, opts)
   local o, progress = options(opts)
   local pool = M.pool_of(ms)
   local ref = {}
   for t = 1, #tasks do
     if not pool[t] or #pool[t] < 2 then error(("transfer: task %d has no pool models (in_pool)"):format(t), 2) end
-    for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.spec end
+    for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.arch end
   end
   local out = {scratch = {}, finetune = {}}
   local total, done = #targets * 2 * o.repeats * (#tasks * #pool[1] // 2 + 2), 0
   for _, t in ipairs(targets) do
-    local td, k = data(t), #tasks[t].classes
+    local td, k = task_data(t), #tasks[t].classes
     local sc = {mlp = {}, cnn = {}}
     for h = 1, 2 do
       local features = {} -- test features of the half's sources, shared by its repeats
@@ -230,7 +238,6 @@ end
 -- warm or cold whole targets are), and Kendall tau of the gains with class
 -- overlap (shared classes), domain match (0/1) and both (overlap + match).
 function M.reliability(halves, gain, tasks)
-  local eval = require "lualps.eval"
   local n = #tasks
   local overlap, domain, both = transfer.overlap(tasks), {}, {}
   for s = 1, n do
@@ -256,7 +263,7 @@ end
 
 --- Merge pool columns of disjoint target sets.
 function M.merge(parts)
-  local null = require("cjson").null -- JSON fills a shard's other targets with null
+  local null = cjson.null -- JSON fills a shard's other targets with null
   local out = {scratch = {}, finetune = {}}
   for _, part in ipairs(parts) do
     for t, v in pairs(part.scratch) do if v ~= null then out.scratch[tonumber(t)] = v end end

@@ -1,4 +1,4 @@
---- lualps.selection: the model-selection protocol, the question LPS exists
+--- lualps.bench.selection (lps.selection): the model-selection protocol, the question LPS exists
 -- for: which stored model should I fine-tune for a new task? On each unseen
 -- target task (split b), a probe model trained on the target's small budget
 -- of images is the query; a method ranks the transfer pool's models of the
@@ -7,7 +7,11 @@
 -- (lps.transfer_pool: finetune[id][t]). Regret = the best pool model's
 -- accuracy minus the chosen one's; a random pick's regret is the best
 -- minus the mean. No data of the zoo is used, only the probe's weights.
-local lps = require "lualps"
+local core = require "lualps.core"
+local arch = require "lualps.arch"
+local similarity = require "lualps.similarity"
+local zoo = require "lualps.bench.zoo"
+local TP = require "lualps.bench.transfer_pool"
 
 local M = {}
 
@@ -18,24 +22,22 @@ local M = {}
 -- Cached in S.
 function M.probes(S, data_dir)
   if S.probes then return S.probes end
-  local TP = require "lualps.transfer_pool"
   local p = S.transfer.protocol
   local o = {images = p.budget_images, epochs = p.epochs, batch = p.batch_size, lr = p.lr, test_images = p.test_images}
   local ref = {}
   for i = 1, S.n do
     local m = S.meta[i]
-    if m.in_pool then ref[m.family] = ref[m.family] or m.spec end
+    if m.in_pool then ref[m.family] = ref[m.family] or arch.of_meta(m) end
   end
-  local loader = require("lualps.zoo").task_data_loader(S.splits.tasks, data_dir)
+  local loader = zoo.task_data_loader(S.splits.tasks, data_dir)
   local probes = {}
   for _, t in ipairs(S.splits.retrieval.unseen_tasks) do
     probes[t] = {}
     local td = loader(t)
     for _, fam in ipairs{"mlp", "cnn"} do
       local model = TP.probe(ref[fam], t, #S.splits.tasks[t].classes, 1, 1, td, o)
-      local w = {}
-      for i, e in ipairs(model:named_parameters()) do w[i] = e.tensor end
-      w.family, w.spec = fam, model:spec()
+      local w = similarity.weights(model)
+      w.family, w.module = fam, nil -- a weight list (with its arch), as the set's models
       probes[t][fam] = w
     end
   end
@@ -50,7 +52,7 @@ local function scores(S, v, query, ids)
   if f.embed and v.features then
     local q = f:embed({query})
     if f.metric ~= "dot" then q:div_(math.max(q:norm(), 1e-12)) end
-    out = lps.matmul(q, v.features(ids), false, true)
+    out = core.matmul(q, v.features(ids), false, true)
   else
     local models = {}
     for k, id in ipairs(ids) do models[k] = S.models[S.byid[id]] end

@@ -1,4 +1,4 @@
---- lualps.plot: PNG figures through gnuplot (Debian's gnuplot-nox). Each
+--- lualps.bench.plot (lps.plot): PNG figures through gnuplot (Debian's gnuplot-nox). Each
 -- function writes its data and script beside the PNG (PATH.dat, PATH.gp),
 -- so a figure can be restyled by hand, and returns true, or false and a
 -- message when gnuplot fails.

@@ -1,10 +1,11 @@
---- lualps.benchmark_methods: the methods of the evaluation tables, as
+--- lualps.bench.methods: the methods of the evaluation tables, as
 -- lps.benchmark.methods: LPS, the unlearned feature baselines, learned heads
 -- on fixed features, CKA, weight matching and template matching. Each is a
 -- method in the sense of lps.benchmark (embed or similarity, optional fit).
-local lps = require "lualps"
-local eval = require "lualps.eval"
+local core = require "lualps.core"
 local util = require "lualps.util"
+local eval = require "lualps.eval"
+local similarity = require "lualps.similarity"
 
 local M = {}
 
@@ -47,7 +48,7 @@ end
 -- features do not share a space: raw and sorted across architectures, gram
 -- across families.
 function M.features(kind, opts)
-  opts = opts or {}
+  opts = util.options(opts, {pairwise = false}, "features", {"standardize"})
   if opts.pairwise then
     return {name = kind, similarity = function(_, a, b) return eval.similarity_matrix(kind, a, b) end}
   end
@@ -60,7 +61,7 @@ end
 -- of LPS) on fixed features, kind "stats" or "gram". opts: standardize (a
 -- list of models fixing the mean and sd of the features), epochs (30).
 function M.feature_head(kind, opts)
-  opts = opts or {}
+  opts = util.options(opts, {epochs = 30}, "feature_head", {"standardize"})
   local mean, sd = feature_stats(kind, opts.standardize)
   local cache = setmetatable({}, {__mode = "k"}) -- model -> its feature row (fits share them)
   local function features(models)
@@ -78,8 +79,8 @@ function M.feature_head(kind, opts)
   return {name = kind .. "_head", fit = function(_, models, y, ctx)
     local labels, C = class_labels(y)
     local rows = features(models)
-    local head = lps.similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
-    local rep = lps.similarity.train_network(head, rows, labels, {epochs = opts.epochs or 30, seed = ctx.seed})
+    local head = similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
+    local rep = similarity.train_network(head, rows, labels, {epochs = opts.epochs, seed = ctx.seed})
     return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
             embed = function(_, ms) return head:embed(features(ms)) end}
   end}
@@ -92,7 +93,7 @@ end
 -- mapped to [-1, 1] (the diagonal 1). Tasks: the splits' task list.
 function M.relation_targets(kind, tasks_of, info, transfer)
   local C = #tasks_of
-  local T = lps.zeros(C, C)
+  local T = core.zeros(C, C)
   if kind == "graded" then
     for a = 1, C do
       for b = 1, C do
@@ -126,8 +127,8 @@ end
 
 --- LPS (lps.similarity): fit trains a network on the split's models with
 -- cross-entropy over their tasks (and the triplet term by default). opts:
--- any option of lps.similarity.network (with `families`: any architecture)
--- and lps.similarity.train_network (epochs 30 here), and
+-- any option of similarity.network (with `families`: any architecture)
+-- and similarity.train_network (epochs 30 here), and
 --   name;
 --   relations = "graded" | "transfer" | false: the relation objective's
 --     targets (M.relation_targets; needs the splits' task list, and for
@@ -137,8 +138,13 @@ end
 --   shuffle_labels: fit on task labels permuted at random (a control).
 -- Models of a family the network does not read embed as NaN (not comparable).
 function M.lps(opts)
-  opts = opts or {}
   local own = {name = true, relations = true, train_families = true, shuffle_labels = true}
+  local defaults = type(opts) == "table" and opts.families and similarity.arch_defaults or similarity.defaults
+  local known = {}
+  for _, t in ipairs{own, defaults, similarity.train_defaults} do
+    for k in pairs(t) do known[#known + 1] = k end
+  end
+  opts = util.options(opts, {}, "lps method", known)
   return {name = opts.name or "lps", fit = function(self, models, y, ctx)
     local keep = opts.train_families or opts.families
     if keep then -- only the families the network trains on
@@ -153,7 +159,7 @@ function M.lps(opts)
     local labels, C, tasks_of = class_labels(y)
     if opts.shuffle_labels then
       labels = {table.unpack(labels)}
-      local g = lps.generator(104729 + ctx.seed)
+      local g = core.generator(104729 + ctx.seed)
       for k = #labels, 2, -1 do
         local j = g:random(k)
         labels[k], labels[j] = labels[j], labels[k]
@@ -161,15 +167,14 @@ function M.lps(opts)
     end
     local net_opts = {seed = ctx.seed, classes = C}
     local tr = {epochs = 30, seed = ctx.seed}
-    local defaults = opts.families and lps.similarity.arch_defaults or lps.similarity.defaults
     for key, v in pairs(opts) do
       if own[key] then -- not an option of the network or its training
       elseif defaults[key] ~= nil then net_opts[key] = v else tr[key] = v end
     end
     if tr.loss == "triplet" then net_opts.classes = 0 end
     if opts.relations then tr.relations = M.relation_targets(opts.relations, tasks_of, ctx.tasks, ctx.transfer) end
-    local net = lps.similarity.network(net_opts)
-    local rep = lps.similarity.train_network(net, models, labels, tr)
+    local net = similarity.network(net_opts)
+    local rep = similarity.train_network(net, models, labels, tr)
     local reads = {}
     for _, f in ipairs(net.opts.families or {"mlp"}) do reads[f] = true end
     local function embed(_, ms)
@@ -178,7 +183,7 @@ function M.lps(opts)
       for k, m in ipairs(ms) do
         if reads[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then idx[#idx + 1], sub[#sub + 1] = k, m end
       end
-      local E = lps.full(#ms, net.opts.embed, 0 / 0)
+      local E = core.full(#ms, net.opts.embed, 0 / 0)
       if #sub > 0 then
         local Es = net:embed(sub)
         for r, k in ipairs(idx) do E[k]:copy(Es[r]) end
@@ -212,10 +217,10 @@ end
 --- Git Re-Basin weight matching (pairwise only: opts.per_task models per
 -- task are compared, default 2), computed pairs remembered across protocols.
 function M.matching(opts)
-  opts = opts or {}
+  opts = util.options(opts, {per_task = 2}, "matching")
   local memo = setmetatable({}, {__mode = "k"})
-  return {name = "matching", pairwise_per_task = opts.per_task or 2, similarity = function(_, a, b)
-    local out = lps.zeros(#a, #b)
+  return {name = "matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+    local out = core.zeros(#a, #b)
     local todo, n = {}, 0
     for i, x in ipairs(a) do
       memo[x] = memo[x] or setmetatable({}, {__mode = "k"})
@@ -256,7 +261,7 @@ local dp = {}
 -- the linear assignment of lps.eval.assign.
 local function assign_total(w, kr, kc)
   if kc > DP_MAX then
-    local C = lps.zeros(kr, kc)
+    local C = core.zeros(kr, kc)
     for r = 1, kr do for c = 1, kc do C:set(r, c, w[r][c]) end end
     local _, total = eval.assign(C, true)
     return total
@@ -310,7 +315,7 @@ end
 -- assignments of the rows to the columns, divided by max(ka, kb); NaN if
 -- any cosine is NaN. Exact for any size.
 function M.assignment_score(C)
-  local G = lps.is_tensor(C) and C:totable() or C
+  local G = core.is_tensor(C) and C:totable() or C
   if type(G) ~= "table" or type(G[1]) ~= "table" or #G[1] < 1 then
     error("assignment_score: needs a non-empty ka x kb table or 2-D tensor of cosines", 2)
   end
@@ -328,30 +333,29 @@ function M.assignment_score(C)
   return block_score(G, 0, 0, ka, kb)
 end
 
+--- Options of template matching and their defaults.
+M.template_matching_defaults = {
+  pool = 4,           -- template pooling (28x28 -> 7x7 per noise range)
+  noise = 8,          -- noise images per range
+  noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}, -- uniform noise ranges
+  name = "template_matching",
+}
+
 --- Template matching, an unlearned and data-free comparison of what two
 -- models compute, for any architecture (pairwise). Each model's class
--- templates (lualps.archnet's templates: for each output class, the input
+-- templates (lualps.similarity.templates: for each output class, the input
 -- gradient of its logit minus the mean logit averaged over fixed noise
 -- images, average-pooled, unit rows) are computed once; two models score
 -- the best one-to-one assignment of a's templates to b's maximizing the
 -- sum of cosines, divided by max(ka, kb) (assignment_score): 1 for the
 -- same function up to the order of its classes. opts:
---   pool = 4            template pooling (28x28 -> 7x7 per noise range)
---   noise = 8           noise images per range
---   noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}  uniform noise ranges
---   per_task = nil      compare galleries with only this many models per
---                       task (lps.benchmark's pairwise_per_task; nil: all)
---   name = "template_matching"
+-- M.template_matching_defaults, and per_task (compare galleries with only
+-- this many models per task: lps.benchmark's pairwise_per_task; default all).
 -- Models with NaN templates are not comparable (NaN).
 function M.template_matching(opts)
-  opts = opts or {}
-  local known = {pool = true, noise = true, noise_ranges = true, per_task = true, name = true}
-  for k in pairs(opts) do
-    if not known[k] then error(("template_matching: unknown option '%s'"):format(tostring(k)), 2) end
-  end
-  local net = lps.similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool or 4,
-    template_extras = false, noise = opts.noise or 8,
-    noise_ranges = opts.noise_ranges or {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}}
+  opts = util.options(opts, M.template_matching_defaults, "template_matching", {"per_task"})
+  local net = similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool,
+    template_extras = false, noise = opts.noise, noise_ranges = opts.noise_ranges}
   local memo = setmetatable({}, {__mode = "k"}) -- model -> its templates, or false (NaN)
   local function templates(m)
     local T = memo[m]
@@ -373,12 +377,12 @@ function M.template_matching(opts)
     end
     local width
     for _, T in ipairs(Ts) do if T then width = T:size(2) break end end
-    local X = width and lps.zeros(rows, width)
+    local X = width and core.zeros(rows, width)
     for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
     return X, off, k, rows
   end
-  return {name = opts.name or "template_matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
-    local out = lps.full(#a, #b, 0 / 0)
+  return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+    local out = core.full(#a, #b, 0 / 0)
     local Xb, offb, kb, nb = stack(b)
     if not Xb then return out end
     -- a block of a's models at a time: one matmul, read back as a table of up to about 2^20 cosines
@@ -392,7 +396,7 @@ function M.template_matching(opts)
       until i0 + #blk > #a or (rows + 8) * nb > 1 << 20
       local Xa, offa, ka = stack(blk)
       if Xa then
-        local G = lps.matmul(Xa, Xb, false, true):totable()
+        local G = core.matmul(Xa, Xb, false, true):totable()
         for i = 1, #blk do
           if ka[i] > 0 then
             for j = 1, #b do

@@ -1,0 +1,112 @@
+--- lualps.bench.controls (lps.controls): what a method reaches without
+-- reading what the weights say, beside the results of ModelSet-Hetero's
+-- evaluation (recipes/eval_hetero.lua): methods that read no weights
+-- (random embeddings, the class count alone, the true task with identity
+-- and blur merged), LPS with shuffled labels or untrained, the values the
+-- methods' results share; and their table in the report.
+local core = require "lualps.core"
+local B = require "lualps.bench.benchmark"
+
+local M = {}
+
+--- A method that reads no weights: each fit draws embeddings at random
+-- (`dim` columns times `scale`, from a generator seeded by the fit's
+-- seed), with a 1 in column slot(model) where slot names one: the models of
+-- one slot come first, at random among them.
+function M.drawn(name, dim, scale, slot)
+  return {name = name, fit = function(_, _, _, ctx)
+    return {embed = function(_, ms)
+      local E = core.randn(#ms, dim, core.generator(7919 + ctx.seed)):mul_(scale)
+      for i, m in ipairs(ms) do
+        local c = slot and slot(m)
+        if c then E:set(i, c, 1) end
+      end
+      return E
+    end}
+  end}
+end
+
+--- The class ids (their count: the largest id + 1) and the domains (in
+-- order of first appearance) of a task list, for LPS's unit supervision.
+function M.unit_labels(tasks)
+  local n_classes, domains, seen = 0, {}, {}
+  for _, t in ipairs(tasks) do
+    for _, c in ipairs(t.classes) do n_classes = math.max(n_classes, math.tointeger(c) + 1) end
+    if not seen[t.domain] then seen[t.domain], domains[#domains + 1] = true, t.domain end
+  end
+  return n_classes, domains
+end
+
+--- The controls of a loaded set S (lps.benchmark.load) with families and
+-- domains: lps_with(changes, name) makes the LPS method of the evaluation
+-- with those changes; data is the Fashion-MNIST directory (model
+-- selection's probes). Returns a table of control values (maps, regrets,
+-- the blur-blind ceilings).
+function M.run(S, lps_with, data)
+  local c = {}
+  local shuffled = B.evaluate(S, lps_with({shuffle_labels = true}, "shuffled_labels"), {seeds = 1, data = data})
+  local untrained = B.evaluate(S, lps_with({epochs = 0}, "untrained"), {seeds = 1, data = data})
+  c.untrained_map, c.untrained_cross_family_rank1 = untrained.map, untrained.cross_family_rank1
+  local chance = B.evaluate(S, M.drawn("random", 64, 1), {seeds = 5, data = data})
+  -- what the class count alone gives (a model's head says it, LPS's inputs carry it)
+  local counted = B.evaluate(S, M.drawn("class_count", 64, 1e-3, function(m) return math.min(m[#m]:numel(), 64) end),
+    {seeds = 5, data = data})
+  c.class_count_map, c.class_count_novel_map = counted.map, counted.novel_map
+  -- The best a method can do that cannot tell identity from blur (the pool's
+  -- transfer gains barely can either): the true task, those two domains merged.
+  -- Model selection's probes are not of the set: they stay random.
+  local row_of, key_of, n_keys = {}, {}, 0
+  for i = 1, S.n do row_of[S.models[i]], row_of[S.labelled[i]] = i, i end
+  local blind = M.drawn("blur_blind_oracle", 256, 1e-3, function(m)
+    local meta = row_of[m] and S.meta[row_of[m]]
+    if not meta then return nil end
+    local key = table.concat(meta.classes, ",") .. (meta.domain == "blur" and "identity" or meta.domain)
+    if not key_of[key] then n_keys = n_keys + 1; key_of[key] = n_keys end
+    return key_of[key]
+  end)
+  local ceiling = B.evaluate(S, blind, {seeds = 3, data = data})
+  for _, k in ipairs{"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1"} do
+    c["blur_blind_" .. k] = ceiling[k]
+  end
+  c.shuffled_labels_map, c.shuffled_labels_novel_map = shuffled.map, shuffled.novel_map
+  c.chance_map, c.chance_map_std, c.chance_novel_map = chance.map, chance.map_std, chance.novel_map
+  for _, k in ipairs{"optimizer", "family", "width"} do c["chance_nuisance_map_" .. k] = chance["nuisance_map_" .. k] end
+  return c
+end
+
+--- Add to controls c what the methods' results (name -> metrics) carry:
+-- the regrets of a random pick and of the task oracle (the same for every
+-- method), LPS's nuisance maps and the stats baseline's accuracy_tau.
+-- Returns c.
+function M.from_results(c, results)
+  for _, r in pairs(results) do
+    c.random_regret = c.random_regret or r.random_regret
+    c.task_oracle_regret = c.task_oracle_regret or r.task_oracle_regret
+  end
+  for _, k in ipairs{"optimizer", "family", "width"} do
+    c["nuisance_map_" .. k] = results.lps and results.lps["nuisance_map_" .. k]
+  end
+  c.stats_accuracy_tau = results.stats and results.stats.accuracy_tau
+  return c
+end
+
+--- The controls c as a markdown section, with the transfer matrix's
+-- reliability (c.reliability: its split-half Spearman correlations).
+function M.markdown(c)
+  local lines = {"\n## Controls\n", "| control | value |", "|---|---|"}
+  local function f3(v) return v and ("%.3f"):format(v) or "–" end
+  for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
+                     "task_oracle_regret", "stats_accuracy_tau", "blur_blind_top1", "blur_blind_map",
+                     "blur_blind_novel_map", "blur_blind_heldout_arch_rank1", "blur_blind_cross_family_rank1"} do
+    lines[#lines + 1] = ("| %s | %s |"):format(k, f3(c[k]))
+  end
+  for _, k in ipairs{"optimizer", "family", "width"} do
+    lines[#lines + 1] = ("| nuisance_map_%s (chance) | %s (%s) |"):format(k, f3(c["nuisance_map_" .. k]),
+      f3(c["chance_nuisance_map_" .. k]))
+  end
+  lines[#lines + 1] = ("| transfer reliability (split-half Spearman; per target) | %.3f; %.3f |"):format(
+    c.reliability.split_half_spearman, c.reliability.per_target_split_half_spearman)
+  return table.concat(lines, "\n")
+end
+
+return M

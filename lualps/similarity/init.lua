@@ -1,0 +1,150 @@
+--- lualps.similarity: Learnable Parameter Similarity, the second-order
+-- networks and the similarity API. A second-order network's input is a
+-- trained model's weights; its output an L2-normalized embedding whose
+-- cosine is the similarity of two models.
+--   lps.similarity.network{...}              an MLP network (mlpnet.lua), or with
+--                                            `families` any architecture (archnet.lua)
+--   lps.similarity.feature_head{...}         a head on fixed features (head.lua)
+--   lps.similarity.train_network(net, ...)   training (train.lua)
+--   lps.similarity.train(set, split, opts)   all of it from a model set: a similarity
+--                                            object (sim.lua: embed, nearest, save)
+-- The networks share their parameters, losses and batched embedding
+-- (base.lua); the models they read are weight lists (models.lua).
+local core = require "lualps.core"
+local modelset = require "lualps.modelset"
+local base = require "lualps.similarity.base"
+local mlpnet = require "lualps.similarity.mlpnet"
+local archnet = require "lualps.similarity.archnet"
+local head = require "lualps.similarity.head"
+local train = require "lualps.similarity.train"
+local models = require "lualps.similarity.models"
+local sim = require "lualps.similarity.sim"
+
+local M = {}
+
+--- Options of an MLP network (lps.similarity.network) and their defaults:
+-- see lualps/similarity/mlpnet.lua.
+M.defaults = mlpnet.defaults
+--- Options of an any-architecture network (lps.similarity.network with
+-- `families`) and their defaults: see lualps/similarity/archnet.lua.
+M.arch_defaults = archnet.defaults
+--- Options of net:loss and of train_network, and their defaults.
+M.loss_defaults = base.loss_defaults
+M.train_defaults = train.train_defaults
+
+M.train_network = train.train_network
+M.feature_head = head.feature_head
+M.Head = head.Head
+M.chain_normalize = mlpnet.chain_normalize
+M.weights = models.weights
+M.record = models.record
+
+--- A new, randomly initialized network. See M.defaults for the options.
+-- With `families` ({"mlp", "cnn"}) it reads MLPs and CNNs of any depth into
+-- one space (lualps.similarity.archnet; its options: lps.similarity.arch_defaults).
+function M.network(opts)
+  if type(opts) == "table" and opts.families ~= nil then return archnet.new(opts) end
+  return mlpnet.new(opts)
+end
+
+-- Record numbers of a split given as record numbers or as model ids.
+local function records(ms, split)
+  if type(split) ~= "table" then error("similarity: a split is a list of model ids or record numbers", 3) end
+  local list = split.train or split
+  local byid
+  local out = {}
+  for k, v in ipairs(list) do
+    if math.type(v) == "integer" then
+      if v < 1 or v > #ms then error(("similarity: record %d out of range 1..%d"):format(v, #ms), 3) end
+      out[k] = v
+    else
+      if not byid then
+        byid = {}
+        for i = 1, #ms do byid[ms:meta(i).id] = i end
+      end
+      out[k] = byid[v] or error(("similarity: model id '%s' is not in the set"):format(tostring(v)), 3)
+    end
+  end
+  if #out == 0 then error("similarity: the split is empty", 3) end
+  return out
+end
+
+local train_keys = {}
+for k in pairs(M.train_defaults) do train_keys[k] = true end
+
+--- Train LPS on the models of `split` (a list of model ids or record
+-- numbers, or {train = ...}) of the set `ms` (a set or a path), with the
+-- metadata field opts.label ("task") as the class. Options are those of
+-- lps.similarity.network and lps.similarity.train_network together
+-- (`classes` is set from the data); progress defaults to the epoch bar
+-- (lps.util.epoch_progress) on a terminal. Returns a similarity object.
+function M.train(ms, split, opts)
+  opts = opts or {}
+  local set, own = sim.as_set(ms)
+  local label_field = opts.label or "task"
+  local net_opts, tr_opts = {}, {}
+  for k, v in pairs(opts) do
+    if k == "label" then -- handled above
+    elseif train_keys[k] then tr_opts[k] = v
+    elseif M.defaults[k] ~= nil and k ~= "classes" then net_opts[k] = v
+    else error(("similarity.train: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local recs = records(set, split)
+  local models, raw_labels, classes, index = {}, {}, {}, {}
+  for k, i in ipairs(recs) do
+    local meta = set:meta(i)
+    local y = meta[label_field]
+    if y == nil then error(("similarity.train: record %d has no '%s' field"):format(i, label_field), 2) end
+    if not index[y] then classes[#classes + 1] = y; index[y] = true end
+    raw_labels[k] = y
+    models[k] = M.record(set, i)
+  end
+  table.sort(classes, function(a, b)
+    if type(a) == type(b) then return a < b end
+    return type(a) < type(b)
+  end)
+  for c, y in ipairs(classes) do index[y] = c end
+  local labels = {}
+  for k, y in ipairs(raw_labels) do labels[k] = index[y] end
+  if own then set:close() end
+  local loss = tr_opts.loss or M.train_defaults.loss
+  net_opts.classes = loss == "triplet" and 0 or #classes
+  local net = M.network(net_opts)
+  if tr_opts.progress == nil then tr_opts.progress = core.isatty(2) end
+  local report = M.train_network(net, models, labels, tr_opts)
+  return sim.new{net = net, classes = classes, label = label_field, report = report, n_train = #models}
+end
+
+--- Wrap a network (trained elsewhere) as a similarity object.
+function M.wrap(net, classes)
+  return sim.new{net = net, classes = classes or {}, label = "task"}
+end
+
+--- Load a similarity saved with sim:save(path); the file is checked like a
+-- model set (checksums, sizes) and its weights like load_named (names, shapes,
+-- finite values).
+function M.load(path)
+  local ms <close> = modelset.open(path)
+  if #ms ~= 1 then error(("similarity.load: %s holds %d records, not one saved similarity"):format(path, #ms), 2) end
+  local meta = ms:meta(1)
+  if meta.kind ~= sim.FORMAT then
+    error(("similarity.load: %s is not a saved similarity (kind %s)"):format(path, tostring(meta.kind)), 2)
+  end
+  if meta.version ~= 1 then
+    error(("similarity.load: %s has version %s; this lualps reads version 1"):format(path, tostring(meta.version)), 2)
+  end
+  local spec = meta.spec
+  -- options added later: a file saved without them was trained without them
+  if spec.families ~= nil and spec.template_extras == nil then spec.template_extras = false end
+  if spec.families == nil then
+    if spec.pool_weights == nil then spec.pool_weights = "importance" end
+    if spec.layer_norm == nil then spec.layer_norm = false end
+  end
+  local net = M.network(spec)
+  net:load_named((ms:tensors(1)))
+  local out = M.wrap(net, meta.classes)
+  out.label, out.n_train = meta.label, meta.n_train
+  return out
+end
+
+return M

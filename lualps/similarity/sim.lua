@@ -1,0 +1,131 @@
+--- lualps.similarity.sim: the similarity object (lps.similarity.train,
+-- wrap, load): a trained network with its classes, embedding models and
+-- sets, comparing them, finding nearest models, saving itself.
+local core = require "lualps.core"
+local util = require "lualps.util"
+local eval = require "lualps.eval"
+local modelset = require "lualps.modelset"
+local models = require "lualps.similarity.models"
+
+local M = {}
+
+local Sim = {}
+Sim.__index = Sim
+M.Sim = Sim
+
+-- Open a set given by path; returns it and whether we opened it.
+function M.as_set(ms)
+  if type(ms) == "string" then return modelset.open(ms), true end
+  return ms, false
+end
+
+-- A similarity object of fields (net, classes, label[, report, n_train]).
+function M.new(fields)
+  fields.cache = setmetatable({}, {__mode = "k"})
+  return setmetatable(fields, Sim)
+end
+
+function Sim:__tostring()
+  return ("lualps.similarity (%s; trained on %s models of %d %ss)"):format(tostring(self.net):match("%((.*)%)") or "",
+    tostring(self.n_train or "?"), #self.classes, self.label)
+end
+
+--- Embedding (1-D, unit norm) of one model.
+function Sim:embed(model)
+  local e = self.net:embed({models.weights(model)})
+  return e:reshape(e:size(2))
+end
+
+--- Embeddings (N x e) of every model of a set (a set or a path), streamed
+-- from the store in batches: memory holds one batch of models, not the set.
+-- opts: batch (64), progress (a util.progress option table, or false).
+function Sim:embed_set(ms, opts)
+  local o = util.options(opts, {batch = 64, progress = false}, "embed_set")
+  local set, own = M.as_set(ms)
+  local n, batch = #set, o.batch
+  local out = core.zeros(n, self.net.opts.embed)
+  local prog = o.progress and util.progress(n, o.progress)
+  for s = 1, n, batch do
+    local chunk = {}
+    for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = models.record(set, i) end
+    out:rows(s, s + #chunk - 1):copy(self.net:embed(chunk, batch))
+    if prog then prog:update(s + #chunk - 1) end
+  end
+  if prog then prog:finish() end
+  if own then set:close() end
+  return out
+end
+
+--- Cosine similarity of two models (embeddings have unit norm).
+function Sim:similarity(a, b)
+  local ea, eb = self:embed(a), self:embed(b)
+  return (ea * eb):sum()
+end
+
+-- Embeddings of a set, computed once per open set object.
+function Sim:set_embeddings(ms)
+  local e = self.cache[ms]
+  if not e or e:size(1) ~= #ms then
+    e = self:embed_set(ms)
+    self.cache[ms] = e
+  end
+  return e
+end
+
+--- The k models of set `ms` most similar to `query`: a model, a record
+-- number of ms (itself excluded), or an embedding. Returns a list of
+-- {index=, score=, meta=} best first. The set's embeddings are computed on
+-- the first query and cached for later ones.
+function Sim:nearest(ms, query, k)
+  k = k or 5
+  if math.type(k) ~= "integer" or k < 1 then error("nearest: k must be a positive integer", 2) end
+  local set = ms
+  if type(ms) == "string" then error("nearest: open the set first (lps.modelset.open)", 2) end
+  local E = self:set_embeddings(set)
+  local q, self_index
+  if math.type(query) == "integer" then
+    if query < 1 or query > #set then error(("nearest: record %d out of range 1..%d"):format(query, #set), 2) end
+    self_index = query
+    q = E[query]:clone()
+  elseif core.is_tensor(query) and query:dim() == 1 then
+    q = query
+  else
+    q = self:embed(query)
+  end
+  local want = math.min(#set, k + (self_index and 1 or 0))
+  local idx, scores = eval.topk(E, q, want)
+  local out = setmetatable({}, {__tostring = function(list)
+    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", "cosine")}
+    for r, x in ipairs(list) do
+      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f"):format(r, x.index, tostring(x.meta.id),
+        tostring(x.meta.task), x.score)
+    end
+    return table.concat(lines, "\n")
+  end})
+  for j = 1, #idx do
+    local i = math.tointeger(idx[j])
+    if i ~= self_index and #out < k then
+      out[#out + 1] = {index = i, score = scores[j], meta = set:meta(i)}
+    end
+  end
+  return out
+end
+
+-- The `kind` of a saved similarity's record.
+M.FORMAT = "lualps.similarity"
+local FORMAT = M.FORMAT
+
+--- Save to a small file (a one-record model set: checksummed like any set).
+function Sim:save(path, opts)
+  local named = self.net:named_parameters()
+  local o = util.options(opts, {overwrite = true}, "save")
+  local out = modelset.create(path, {overwrite = o.overwrite})
+  local ok, err = pcall(function()
+    out:append_tensors(named, {kind = FORMAT, version = 1, spec = self.net:spec(),
+      classes = self.classes, label = self.label, n_train = self.n_train})
+  end)
+  out:close()
+  if not ok then error(err, 2) end
+end
+
+return M

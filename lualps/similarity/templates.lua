@@ -1,0 +1,129 @@
+--- lualps.similarity.templates: the "templates" slot of the
+-- any-architecture network (lualps.similarity.archnet) and of template
+-- matching (lps.benchmark.methods.template_matching).
+--
+-- The slot reads what the weights compute rather than how they
+-- are laid out: for each output class c, the gradient of its logit (minus
+-- the mean logit) with respect to the input, averaged over `noise` fixed
+-- uniform-noise images (no data: the images are drawn from a seed), average
+-- pooled template_pool x template_pool. Every architecture gives its
+-- classes as templates in the same pixel space, so one shared encoder
+-- reads MLPs and CNNs alike; a function of the network, it is exactly
+-- invariant to permutations and rescalings (up to rounding).
+local core = require "lualps.core"
+local nn = require "lualps.nn"
+
+local M = {}
+
+-- The pooling matrix (side^2 x (side/q)^2) averaging q x q blocks.
+local function pool_matrix(side, q)
+  local n = side // q
+  local M = core.zeros(side * side, n * n)
+  for r = 0, side - 1 do
+    for c = 0, side - 1 do M:set(r * side + c + 1, (r // q) * n + c // q + 1, 1 / (q * q)) end
+  end
+  return M
+end
+
+-- A module computing the model's function: the model itself, or one built
+-- from its arch (or, without one, an MLP of its shapes) with its parameters
+-- and buffers.
+local function module_of(model)
+  if model.module then return model.module, false end
+  local list = model.arch
+  if not list and model[1]:dim() == 4 then
+    error("similarity: a CNN's function needs its arch (strides, padding, pooling): give the lps.nn module, "
+      .. "or a weight list with an `arch` field", 4)
+  end
+  if not list then
+    list = {}
+    for l = 1, #model // 2 do
+      local W = model[2 * l - 1]
+      list[#list + 1] = {type = "linear", ["in"] = W:size(2), out = W:size(1)}
+      if l < #model // 2 then list[#list + 1] = {type = "relu"} end
+    end
+  end
+  local m = nn.from_arch(list, core.generator(0))
+  local function fill(named, tensors, what)
+    if #named ~= #tensors then
+      error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#named, what, #tensors), 5)
+    end
+    for i, e in ipairs(named) do
+      if e.tensor:numel() ~= tensors[i]:numel() then
+        error(("similarity: %s tensor %d (%s) does not fit its arch's %s"):format(what, i,
+          table.concat(tensors[i]:shape(), "x"), table.concat(e.tensor:shape(), "x")), 5)
+      end
+      e.tensor:copy(tensors[i])
+    end
+  end
+  fill(m:named_parameters(), model, "parameter")
+  fill(m:named_buffers(), model.buffers or {}, "buffer")
+  return m, true
+end
+
+-- The class templates of a model for network `self` (its options; it
+-- caches the noise images and the pooling there): k x tdim rows (input
+-- gradients of each class's logit minus the mean logit, averaged over the
+-- noise images, pooled, L2-normalized), their norms and the mean centred
+-- logits.
+function M.compute(self, model)
+  local o = self.opts
+  local m, own = module_of(model)
+  local was_training = m:is_training()
+  m:freeze() -- input gradients only
+  m:evaluate() -- batch norm by its running statistics, no dropout: the function a user runs
+  self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
+  local R, P, d = #o.noise_ranges, o.noise, o.input_dim
+  if not self.noise_x then -- the R ranges' noise images, one batch
+    self.noise_x = core.zeros(R * P, d)
+    for r, range in ipairs(o.noise_ranges) do
+      self.noise_x:rows((r - 1) * P + 1, r * P):copy(
+        core.rand(P, d, core.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
+    end
+  end
+  local x = self.noise_x
+  if model[1]:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
+  local k = m:forward(x:rows(1, 1)):size(2) -- the classes: the output's width
+  -- one forward, then a backward per class: d(logit_c - mean logit)
+  local gy = core.full(k * R * P, k, -1 / k)
+  for c = 1, k do
+    for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
+  end
+  local logits, grads = m:input_gradients(x, gy)
+  local gx = grads:reshape(k * R, P, d):mean(2) -- (class, range) rows
+  if own then -- its layers' workspaces are C memory: free them now
+    local function close(mod)
+      for _, kid in ipairs(mod:children()) do close(kid) end
+      mod:close()
+    end
+    close(m)
+  else
+    m:freeze(false)
+    m:train(was_training)
+  end
+  local T = core.matmul(gx, self.pool_m):reshape(k, R * self.seg)
+  local norms = (T * T):sum(2):sqrt()
+  local nmax = math.max(norms:max(), 1e-12)
+  for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
+  local mean_logit = logits:mean(1)
+  mean_logit:sub_(mean_logit:mean())
+  if o.template_extras then -- columns after the template: one-hot class count, centred logit per range
+    local w = R * self.seg
+    self.extra_pad = self.extra_pad or (function()
+      local E = core.zeros(w, w + 8 + R)
+      for j = 1, w do E:set(j, j, 1) end
+      return E
+    end)()
+    T = core.matmul(T, self.extra_pad)
+    for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
+    for r = 1, R do
+      local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
+      lr:sub_(lr:mean())
+      for c = 1, k do T:set(c, w + 8 + r, lr[c]) end
+    end
+  end
+  -- features: the template, its norm relative to the model's largest, the centred logit
+  return T, norms:div_(nmax), mean_logit
+end
+
+return M
