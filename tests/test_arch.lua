@@ -255,7 +255,7 @@ function TestArchFiles:test_import_errors()
   try({["6.weight"] = false}, "tensor '6.weight' is missing (the arch's layers hold 0.weight, 0.bias, 3.weight")
   try({["1.weight"] = lps.zeros(3)}, "tensor '1.weight' belongs to layer 2 (relu), which has no parameters")
   try({["9.bias"] = lps.zeros(3)}, "tensor '9.bias' would belong to layer 10 but the arch has 7 layers")
-  try({["features.0.weight"] = lps.zeros(3)}, "tensor 'features.0.weight' is not a parameter of the arch's "
+  try({["features.0.weight"] = lps.zeros(3)}, "tensor 'features.0.weight' is not a parameter or buffer of the arch's "
     .. "layers, which are named 0.weight, 0.bias, 3.weight, 3.bias, 6.weight, 6.bias")
   try({}, "opts.activation is for files without an architecture, but opts.arch gives one",
     {arch = arch, activation = "tanh"})
