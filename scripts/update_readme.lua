@@ -11,6 +11,8 @@ local md, text = read(src), read(readme)
 local table_md = md:match("(| method |.-\n)\n") or md:match("(| method |.*)$")
 assert(table_md, src .. " has no results table")
 local note = md:match("\n(%d+ models[^\n]+)\n") or ""
+local origin = md:match("\n(Produced by lualps[^\n]+)\n")
+if origin then note = note .. "\n" .. origin end
 local block = ("<!-- %s:begin -->\n"):format(tag) .. note .. "\n\n" .. table_md .. ("<!-- %s:end -->"):format(tag)
 local pat = ("<!%%-%%- %s:begin %%-%%->.-<!%%-%%- %s:end %%-%%->"):format(tag:gsub("%-", "%%-"), tag:gsub("%-", "%%-"))
 local new, n = text:gsub(pat, function() return block end)
