@@ -101,7 +101,7 @@ function M.weights(model, names, a)
   error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
 end
 
---- Check that the weight-space reading of a second-order network (`what`,
+-- Check that the weight-space reading of a second-order network (`what`,
 -- e.g. "the weight-unit slots (first)") is defined for a model with an
 -- arch: weight layers with biases and only layers that act on every
 -- channel alike and commute with a positive scale between them (as for the
