@@ -116,6 +116,11 @@ function TestResNetCLI:test_nearest_similarity_embed_agree_with_the_library()
   lu.assertStrContains(tostring(by_record), "rank      #  id")
   local s14 = sim:similarity(m, ms:get(4))
   lu.assertTrue(s14 > -1 and s14 < 0.9999, "two different ResNets: " .. s14)
+  -- template matching reads them too: 1 for the same function, less for another
+  local tm = lps.benchmark.methods.template_matching{noise = 2}
+  local S = tm:similarity({lps.similarity.record(ms, 1)}, {lps.similarity.weights(m), lps.similarity.record(ms, 3)})
+  lu.assertAlmostEquals(S:get(1, 1), 1, 1e-5)
+  lu.assertTrue(S:get(1, 2) < 0.99, "another ResNet: " .. S:get(1, 2))
   lu.assertAlmostEquals(sim:similarity(lps.similarity.record(ms, 1), lps.similarity.record(ms, 4)), s14, 1e-5)
   -- the command line gives the same
   local ok, out = cli(("nearest %s %s 1 -k 3 --json"):format(SET, SIM))
