@@ -74,6 +74,26 @@ function M.of_meta(meta)
   return nil
 end
 
+--- The layer that holds a parameter or buffer, by its state_dict name
+-- ("3.body.1.running_var"), as arch errors name it: "layer 4 (residual)
+-- body layer 2 (batchnorm2d)"; nil when the name is not of the list's
+-- layers (layer i is child i-1 of the nn.Sequential; an input entry is not
+-- a layer).
+function M.layer_of(list, name)
+  if type(list) ~= "table" or type(name) ~= "string" then return nil end
+  local who, l, rest = nil, list, name
+  local skip = type(list[1]) == "table" and list[1].type == "input" and 1 or 0
+  while true do
+    local k, tail = rest:match("^(%d+)%.(.+)$")
+    local e = k and l[tonumber(k) + 1 + skip]
+    if type(e) ~= "table" then return who end
+    who = (who and who .. " " or "") .. ("layer %d (%s)"):format(tonumber(k) + 1, tostring(e.type))
+    local branch, inner = tail:match("^(%a+)%.(.+)$")
+    if not (branch == "body" or branch == "shortcut") or type(e[branch]) ~= "table" then return who end
+    who, l, rest, skip = who .. " " .. branch, e[branch], inner, 0
+  end
+end
+
 --- A short name of an arch list for listings: "mlp-784-64-2" for linear
 -- layers alone, else its weight layers and blocks, e.g. "cnn-c8-c16-l4" or
 -- "cnn-c8-res[c8-c8]-l10".

@@ -30,7 +30,9 @@ function M.decode(json, where)
 end
 
 -- JSON with sorted keys (the same metadata always gives the same bytes)
--- and numbers that read back exactly (cjson keeps only 14 digits).
+-- and numbers that read back exactly (cjson keeps only 14 digits). An empty
+-- table is {} unless marked a list (metatable named "lualps.list": an
+-- arch's empty shortcut), which is [].
 local function encode_value(v, out, depth)
   local t = type(v)
   if t == "string" then
@@ -56,7 +58,8 @@ local function encode_value(v, out, depth)
         error("a table mixes list entries and keys of type " .. type(k), 0)
       end
     end
-    if n > 0 and count == n then
+    local mt = getmetatable(v)
+    if n > 0 and count == n or count == 0 and mt and mt.__name == "lualps.list" then
       out[#out + 1] = "["
       for i = 1, n do
         if i > 1 then out[#out + 1] = "," end

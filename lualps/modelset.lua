@@ -160,13 +160,21 @@ end
 -- also returns the metadata.
 function ModelSet:get(i)
   local meta = self:meta(i)
-  local list = arch.of_meta(meta)
-  if not list then
+  local ok, model = pcall(function()
+    local list = arch.of_meta(meta)
+    if not list then return nil end
+    local m = nn.from_arch(list, core.generator(0))
+    m:load_named((self:tensors(i)))
+    return m
+  end)
+  if not ok then -- a stored arch or tensors that do not build: name the record
+    error(string.format("%s: record %d%s: %s", self:path(), i, meta.id ~= nil and " (" .. tostring(meta.id) .. ")" or "",
+      tostring(model):gsub("^[^\n]-%.lua:%d+: ", "")), 2)
+  end
+  if not model then
     error(string.format("%s: record %d has no arch (it was stored with append_tensors); "
       .. "use ms:tensors(i)", self:path(), i), 2)
   end
-  local model = nn.from_arch(list, core.generator(0))
-  model:load_named((self:tensors(i)))
   return model, meta
 end
 

@@ -155,6 +155,15 @@ end
 
 local function shape_str(t) return "(" .. table.concat(t:shape(), "x") .. ")" end
 
+-- "layer 4 (residual) body layer 2 (batchnorm2d): " for a name of m's
+-- state_dict, or "" (errors name the layer as arch errors do).
+local function owner(m, name)
+  local ok, list = pcall(C_arch, m)
+  if not ok then return "" end
+  local who = arch.layer_of(list, m:type() == "sequential" and name or "0." .. name)
+  return who and who .. ": " or ""
+end
+
 --- Copy parameters and buffers in by name (map: name -> tensor). Every name
 -- must be present with the right shape and no other name may appear
 -- (opts.ignore: a list of Lua patterns of names to pass over, e.g.
@@ -163,17 +172,22 @@ function Module:load_named(map, opts)
   if type(map) ~= "table" then error("load_named: expected a table of name -> tensor", 2) end
   local o = util.options(opts, {ignore = {}}, "load_named")
   local named, known = self:named_parameters(), {}
+  local nparams = #named
   for _, e in ipairs(self:named_buffers()) do named[#named + 1] = e end
-  for _, e in ipairs(named) do
+  for k, e in ipairs(named) do
     known[e.name] = true
     local src = map[e.name]
-    if src == nil then error(("load_named: parameter '%s' is missing"):format(e.name), 2) end
+    if src == nil then
+      error(("load_named: %s%s '%s' is missing"):format(owner(self, e.name), k > nparams and "buffer" or "parameter",
+        e.name), 2)
+    end
     if not core.is_tensor(src) then error(("load_named: '%s' is a %s, expected a tensor"):format(e.name, type(src)), 2) end
     local a, b = src:shape(), e.tensor:shape()
     local same = #a == #b
     for i = 1, #a do same = same and a[i] == b[i] end
     if not same then
-      error(("load_named: '%s' has shape %s, expected %s"):format(e.name, shape_str(src), shape_str(e.tensor)), 2)
+      error(("load_named: %s%s '%s' has shape %s, expected %s"):format(owner(self, e.name),
+        k > nparams and "buffer" or "parameter", e.name, shape_str(src), shape_str(e.tensor)), 2)
     end
   end
   for name in pairs(map) do

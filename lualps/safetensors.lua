@@ -272,12 +272,14 @@ local function build(list, tensors, names)
   local map = {}
   for _, name in ipairs(order) do
     local t = tensors[name]
+    local who = arch.layer_of(list, name) or "a layer"
     if not t and name:match("%.bias$") then t = core.zeros(table.unpack(want[name]:shape())) end
-    if not t then error(("tensor '%s' is missing (the arch's layers hold %s)"):format(name, table.concat(order, ", ")), 0) end
+    if not t then
+      error(("%s: tensor '%s' is missing (the arch's layers hold %s)"):format(who, name, table.concat(order, ", ")), 0)
+    end
     if shape_of(t:shape()) ~= shape_of(want[name]:shape()) then
-      local i = tonumber(name:match("^(%d+)%.")) + 1
-      error(("layer %d (%s): tensor '%s' has shape %s, expected %s"):format(i, layers[i].type, name,
-        shape_of(t:shape()), shape_of(want[name]:shape())), 0)
+      error(("%s: tensor '%s' has shape %s, expected %s"):format(who, name, shape_of(t:shape()),
+        shape_of(want[name]:shape())), 0)
     end
     map[name] = t
   end

@@ -11,7 +11,12 @@
 --       lr 0.05 momentum 0.9, batch 64
 --   (c) CNN conv(1,32,3,p1)-relu-pool2-conv(32,64,3,p1)-relu-pool2-linear(3136,128)
 --       -relu-linear(128,10), Adam 1e-3, batch 128
--- usage: lua5.4 scripts/bench_train.lua [--threads 1,2] [--models abc] [--epochs 3] [--quick]
+--   (d) residual CNN with batch norm (ARCH_D below: conv 16 + BN + ReLU, a
+--       residual block with the identity shortcut, one with a strided 1x1
+--       conv + BN shortcut to 32 channels, global average pooling, linear),
+--       Adam 1e-3, batch 128; PyTorch builds the same module from the same
+--       arch (scripts/torch_interop.py FROM_ARCH)
+-- usage: lua5.4 scripts/bench_train.lua [--threads 1,2] [--models abcd] [--epochs 3] [--quick]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local BC = require "scripts.bench_common"
 local median, run_json, loadavg, vmhwm_mb = BC.median, BC.run_json, BC.loadavg, BC.vmhwm_mb
@@ -21,7 +26,7 @@ local peers = require "scripts.peer_threads"
 
 local p = argparse("bench_train", "lualps vs PyTorch training throughput")
 p:option("--threads", "thread budgets", "1,2")
-p:option("--models", "which of a, b, c", "abc")
+p:option("--models", "which of a, b, c, d", "abcd")
 p:option("--epochs", "timed epochs per run", "3")
 p:flag("--quick", "fewer samples (a smoke run)")
 p:option("--worker", "internal: run one lualps configuration"):hidden(true)
@@ -30,9 +35,21 @@ p:option("--samples"):hidden(true)
 local args = p:parse()
 
 -- Samples used per model: enough for steady state, short enough to repeat.
-local SAMPLES = {a = 20000, b = 9600, c = 3000}
-if args.quick then SAMPLES = {a = 5000, b = 9600, c = 600} end
+local SAMPLES = {a = 20000, b = 9600, c = 3000, d = 3000}
+if args.quick then SAMPLES = {a = 5000, b = 9600, c = 600, d = 600} end
 
+-- (d), as an arch list: both sides build their model from it.
+local function conv(cin, cout, k, stride)
+  return {type = "conv2d", ["in"] = cin, out = cout, kernel = k, stride = stride or 1, padding = k // 2, bias = false}
+end
+local function bn(c) return {type = "batchnorm2d", features = c} end
+local RELU = {type = "relu"}
+local ARCH_D = {{type = "input", shape = {1, 28, 28}},
+  conv(1, 16, 3), bn(16), RELU,
+  {type = "residual", body = {conv(16, 16, 3), bn(16), RELU, conv(16, 16, 3), bn(16)}, shortcut = {}}, RELU,
+  {type = "residual", body = {conv(16, 32, 3, 2), bn(32), RELU, conv(32, 32, 3), bn(32)},
+    shortcut = {conv(16, 32, 1, 2), bn(32)}}, RELU,
+  {type = "adaptive_avgpool2d", output = 1}, {type = "flatten"}, {type = "linear", ["in"] = 32, out = 10}}
 
 
 -- Training FLOPs per sample (multiply-adds x 2): forward, weight gradient,
@@ -49,6 +66,9 @@ local FLOPS = {
   a = linear_flops{784, 256, 128, 10},
   b = linear_flops{784, 64, 64, 2},
   c = 2 * (9 * 32 * 784 * 2 + 288 * 64 * 196 * 3) + linear_flops{3136, 128, 10} + 2 * 3136 * 128,
+  -- convolutions at 28x28 then 14x14 (the first without an input gradient), the head
+  d = 2 * (9 * 16 * 784 * 2 + 9 * 16 * 16 * 784 * 2 * 3 + (9 * 16 * 32 + 9 * 32 * 32 + 16 * 32) * 196 * 3)
+    + linear_flops{32, 10} + 2 * 32 * 10,
 }
 
 ------------------------------------------------------------------ worker
@@ -65,6 +85,10 @@ if args.worker then
     x, y = x:rows(1, 9600), y:rows(1, 9600)
     model = nn.mlp{784, 64, 64, 2, generator = g}
     opt, bs = optim.sgd{lr = 0.05, momentum = 0.9}, 64
+  elseif which == "d" then
+    x = x:reshape(x:size(1), 1, 28, 28)
+    model = nn.from_arch(ARCH_D, g)
+    opt, bs = optim.adam{lr = 1e-3}, 128
   elseif which == "a" then
     model = nn.mlp{784, 256, 128, 10, generator = g}
     opt, bs = optim.adam{lr = 1e-3}, 128
@@ -103,16 +127,18 @@ end
 
 
 local self = arg[0]
+local arch_json = select(2, require("lualps.arch").check(ARCH_D))
 local rows = {}
 print(("load average before: %s"):format(loadavg()))
 for th in args.threads:gmatch("%d+") do
-  for which in args.models:gmatch("[abc]") do
+  for which in args.models:gmatch("[abcd]") do
     local n = SAMPLES[which]
     local l = run_json(("%slua5.4 %s --worker %s --worker-threads %s --samples %d --epochs %s")
       :format(peers.env{blas = tonumber(th)}, self, which, th, n, args.epochs))
     local best, _, t, all = peers.best(peers.splits(tonumber(th), {"intra", "blas"}), function(s)
       local r = run_json(("%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --intra %d --blas %d "
-        .. "--samples %d --epochs %s"):format(peers.env(s), which, s.intra, s.blas, n, args.epochs))
+        .. "--samples %d --epochs %s%s"):format(peers.env(s), which, s.intra, s.blas, n, args.epochs,
+        which == "d" and (" --arch '%s'"):format(arch_json) or ""))
       io.stderr:write(("  (%s) budget %s, torch %s: %.0f samples/s\n"):format(which, th, s.label, r.median))
       return r.median, r
     end)
@@ -122,7 +148,8 @@ end
 
 print(("%-28s %3s %12s %12s %-17s %7s %9s %9s %8s %8s"):format("model", "thr", "lualps/s", "torch/s",
   "torch setting", "ratio", "GFLOP/s", "sgemm pk", "RSS lps", "RSS pt"))
-local names = {a = "(a) 784-256-128-10 Adam/128", b = "(b) 784-64-64-2 SGD/64", c = "(c) CNN Adam/128"}
+local names = {a = "(a) 784-256-128-10 Adam/128", b = "(b) 784-64-64-2 SGD/64", c = "(c) CNN Adam/128",
+  d = "(d) ResNet+BN Adam/128"}
 local summary = {}
 for _, r in ipairs(rows) do
   local gf = FLOPS[r.which] * r.l.median / 1e9

@@ -5,7 +5,9 @@ split, and prints one JSON line (samples/s per timed epoch, peak RSS, the
 threads in effect). Debian's torch runs its own ops and oneDNN convolutions on
 OpenMP (--intra) and its matrix products in OpenBLAS's pthreads (--blas); it
 has no MKL. Run by the Lua script, which tries every split; usable alone:
-bench_train_torch.py --model a --intra 1 --blas 1."""
+bench_train_torch.py --model a --intra 1 --blas 1. Model d is built from
+the arch list given as --arch (JSON) by scripts/torch_interop.py's FROM_ARCH,
+the module lualps' arch describes."""
 import argparse, ctypes, gzip, json, os, statistics, sys, time
 
 import numpy as np
@@ -33,7 +35,8 @@ def vmhwm_mb():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices="abc", required=True)
+    ap.add_argument("--model", choices="abcd", required=True)
+    ap.add_argument("--arch", help="model d: its arch list (JSON)")
     ap.add_argument("--intra", type=int, default=1, help="torch intra-op (OpenMP) threads")
     ap.add_argument("--blas", type=int, default=1, help="OpenBLAS threads")
     ap.add_argument("--samples", type=int, default=0)
@@ -55,6 +58,13 @@ def main():
         bs = 64
     elif a.model == "a":
         model = tnn.Sequential(tnn.Linear(784, 256), tnn.ReLU(), tnn.Linear(256, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        bs = 128
+    elif a.model == "d":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from torch_interop import sequential_from_arch
+        x = x.reshape(-1, 1, 28, 28)
+        model = sequential_from_arch(json.loads(a.arch))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         bs = 128
     else:

@@ -38,6 +38,18 @@ What this script does:
      torch_half.safetensors  F16 and BF16 payloads (tensor.half()/.bfloat16()
                              raw bytes) with their exact float32 values, and F64
 
+    torch_interop.py --resnet OUT [--io IOFILE] [--epochs 3] [--images 1600]
+
+writes a small ResNet-style checkpoint as PyTorch users write theirs: an
+nn.Sequential of Conv2d (bias=False), BatchNorm2d, ReLU, two residual blocks
+(the Residual module below: an identity and a strided 1x1 conv + batch norm
+shortcut), Dropout, AdaptiveAvgPool2d(1), Flatten and Linear, trained
+(--epochs 3, Adam, on --images 1600 of Fashion-MNIST's test split) on
+T-shirt/top vs Trouser (the hetero set's task 1, tested on 400 others),
+saved with model.state_dict() (num_batches_tracked included, as I64) and its
+arch_of() as "lualps.arch", and metadata id, task and test_accuracy.
+IOFILE (optional) gets test images x and the eval-mode logits y.
+
     torch_interop.py --check-arch FILE...
 
 checks modules lualps wrote (tests/helpers.lua torch_check): each FILE holds
@@ -64,7 +76,9 @@ import sys
 
 import torch
 
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+# int64: batch norm's num_batches_tracked, as PyTorch's state_dict holds it
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+          torch.int64: "I64"}
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
@@ -441,13 +455,60 @@ def export(d):
     print("torch_train_accuracy_seq=%.4f fc=%.4f cnn=%.4f" % (acc_seq, acc_fc, acc_cnn))
 
 
+def resnet_example(classes=2):
+    """The --resnet model: how a PyTorch user writes a small ResNet."""
+    nn = torch.nn
+
+    def block(cin, cout, stride):
+        body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        shortcut = nn.Sequential()  # the identity
+        if stride != 1 or cin != cout:
+            shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        return Residual(body, shortcut)
+
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         block(16, 16, 1), nn.ReLU(), block(16, 32, 2), nn.ReLU(), nn.Dropout(0.2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes))
+
+
+def write_resnet(out, io_path=None, epochs=3, images=1600):
+    torch.manual_seed(0)
+    x_all, y_all, source = data(10000)  # t10k's 2000 of the two classes: 1600 to train, 400 to test
+    keep = (y_all == 0) | (y_all == 1)  # T-shirt/top, Trouser
+    x_all, y_all = x_all[keep].reshape(-1, 1, 28, 28), y_all[keep]
+    n = (x_all.shape[0] * 4) // 5
+    model = resnet_example()
+    train(model, x_all[:min(n, images)], y_all[:min(n, images)], epochs=epochs)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x_all[n:]).argmax(1) == y_all[n:]).float().mean().item()
+    arch = json.dumps(arch_of(model, (1, 28, 28)), separators=(",", ":"))
+    meta = {"format": "pt", "lualps.arch": arch, "id": "torch-resnet", "task": "1",
+            "test_accuracy": "%.4f" % acc, "source": "scripts/torch_interop.py --resnet (%s)" % source}
+    save(out, model.state_dict(), meta)
+    if io_path:
+        x = x_all[n:n + 16].contiguous()
+        with torch.no_grad():
+            save(io_path, {"x": x, "y": model(x)})
+    print("%s: %s, test accuracy %.4f" % (out, " ".join(e["type"] for e in json.loads(arch)[1:]), acc))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", nargs="?")
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--check-arch", nargs="+", metavar="FILE")
+    ap.add_argument("--resnet", metavar="OUT")
+    ap.add_argument("--io", metavar="IOFILE")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--images", type=int, default=1600)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.resnet:
+        write_resnet(a.resnet, a.io, a.epochs, a.images)
+        return 0
     if a.check_arch:
         ok = True
         for path in a.check_arch:

@@ -1,5 +1,6 @@
 -- scripts/lualps: the similarity, interop and REPL sub-commands (the store's
--- own sub-commands are covered in test_modelset.lua).
+-- own sub-commands are covered in test_modelset.lua; with ResNet-style
+-- models and a PyTorch checkpoint, and their errors, in test_resnet.lua).
 local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"

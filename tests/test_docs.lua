@@ -80,4 +80,64 @@ function TestDocs:test_readme_evaluation_runs()
   lu.assertTrue(tau == "nan" or tau == "-nan" or math.abs(tonumber(tau)) <= 1, out)
 end
 
+-- The README's PyTorch import: its commands run as written (the checkpoint
+-- trained briefer, the REPL on a small set with an untrained templates
+-- network instead of ModelSet-Hetero and its LPS model), and the model
+-- prints the lines the README shows.
+function TestDocs:test_readme_pytorch_import_runs()
+  local py = "/usr/bin/python3"
+  local fh = io.open(py, "rb")
+  if not fh then lu.skip("no " .. py) end
+  fh:close()
+  local f = assert(io.open("README.md"))
+  local block = f:read("a"):match("## Importing a PyTorch ResNet%-style checkpoint.-```\n(%$ .-)```")
+  f:close()
+  lu.assertNotNil(block, "the README's session")
+  local cmds, inputs, shown, after = {}, {}, {}, nil
+  for line in block:gmatch("([^\n]*)\n") do
+    if line:match("^%$ ") then cmds[#cmds + 1] = line:sub(3)
+    elseif line:match("^> ") then inputs[#inputs + 1], after = line:sub(3), line:match("^> (%S+)")
+    elseif after == "m" and not line:match("^%s*%.%.%.$") then shown[#shown + 1] = line end
+  end
+  lu.assertEquals(#cmds, 2)
+  lu.assertEquals(shown[1], "Sequential(")
+  lu.assertStrContains(cmds[1], "scripts/torch_interop.py --resnet build/resnet.safetensors")
+  lu.assertStrContains(cmds[2], "scripts/lualps repl build/modelset_hetero.lpsm results/lps_hetero.model")
+  local lps = require "lualps"
+  local dir = os.tmpname(); os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local function here(c)
+    return (c:gsub("build/resnet%.safetensors", dir .. "/resnet.safetensors")
+      :gsub("build/modelset_hetero%.lpsm", dir .. "/set.lpsm"):gsub("results/lps_hetero%.model", dir .. "/sim.lps"))
+  end
+  local ok, out = T.sh(here(cmds[1]) .. " --epochs 1 --images 128")
+  if out:find("No module named 'torch'", 1, true) then lu.skip("no torch for " .. py) end
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, here(block:match("\n([^\n]-test accuracy) ")))
+  do -- a small set of MLPs and CNNs, and a similarity reading them
+    local ms <close> = lps.modelset.create(dir .. "/set.lpsm")
+    for s = 1, 6 do
+      local g = lps.generator(s)
+      ms:append(s % 2 == 0 and lps.nn.mlp{784, 8, 2, generator = g} or lps.nn.sequential{
+        lps.nn.conv2d(1, 4, 5, {stride = 2, padding = 2, generator = g}), lps.nn.relu(), lps.nn.flatten(),
+        lps.nn.linear(4 * 14 * 14, 2, g)}, {id = "m" .. s, task = s % 3 + 1})
+    end
+    lps.similarity.wrap(lps.similarity.network{families = {"mlp", "cnn"}, slots = {"templates"}, noise = 2})
+      :save(dir .. "/sim.lps")
+  end
+  local script = dir .. "/session.lua"
+  require("lualps.util").write_file(script, here(table.concat(inputs, "\n")) .. "\n")
+  ok, out = T.sh(here(cmds[2]) .. " < " .. script)
+  os.execute("rm -rf " .. dir)
+  lu.assertTrue(ok, out)
+  lu.assertNotStrContains(out, "stdin:")
+  local pos = 1
+  for _, line in ipairs(shown) do
+    local at = out:find(line, pos, true)
+    lu.assertNotNil(at, "the README's line " .. line .. " in:\n" .. out)
+    pos = at + #line
+  end
+  lu.assertStrContains(out, "rank      #  id               task       cosine\n   1 ")
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -258,9 +258,10 @@ function TestBatchNormArch:test_errors()
   local sd = {}
   for k, v in pairs(m:state_dict()) do sd[k] = v:clone() end
   sd["1.running_var"] = lps.ones(4)
-  T.assert_error_contains("load_named: '1.running_var' has shape (4), expected (3)", m.load_named, m, sd)
+  T.assert_error_contains("load_named: layer 2 (batchnorm1d): buffer '1.running_var' has shape (4), expected (3)",
+    m.load_named, m, sd)
   sd["1.running_var"] = nil
-  T.assert_error_contains("load_named: parameter '1.running_var' is missing", m.load_named, m, sd)
+  T.assert_error_contains("load_named: layer 2 (batchnorm1d): buffer '1.running_var' is missing", m.load_named, m, sd)
 end
 
 TestBatchNormTrain = {}

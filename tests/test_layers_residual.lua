@@ -160,7 +160,8 @@ function TestResidual:test_errors()
   local sd = {}
   for k, v in pairs(m:state_dict()) do sd[k] = v end
   sd["1.shortcut.1.running_mean"] = lps.zeros(3)
-  T.assert_error_contains("load_named: '1.shortcut.1.running_mean' has shape (3), expected (4)", m.load_named, m, sd)
+  T.assert_error_contains("load_named: layer 2 (residual) shortcut layer 2 (batchnorm2d): "
+    .. "buffer '1.shortcut.1.running_mean' has shape (3), expected (4)", m.load_named, m, sd)
 end
 
 -- Training a residual CNN with batch norm from a seed: the same bits every run.

@@ -193,10 +193,15 @@ static void push_sizes(lua_State *L, int rank, const int64_t *d)
     }
 }
 
+/* The metatable marking an empty branch list as a list (lualps/json.lua
+ * writes it as [], not {}): the text of a stored arch parses again. */
+#define LIST_MT "lualps.list"
+
 static void push_list(lua_State *L, const lps_arch *a, int top)
 {
     int input = top && a->in_rank > 0;
     lua_createtable(L, (int)a->n + input, 0);
+    if (a->n + (size_t)input == 0) luaL_setmetatable(L, LIST_MT);
     if (input) {
         lua_createtable(L, 0, 2);
         lua_pushliteral(L, "input");
@@ -311,6 +316,8 @@ void lps_lua_open_arch(lua_State *L)
     luaL_newmetatable(L, TEXT_MT);
     lua_pushcfunction(L, text_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LIST_MT); /* {__name = "lualps.list"} */
     lua_pop(L, 1);
     luaL_setfuncs(L, functions, 0);
 }

@@ -129,6 +129,19 @@ static int l_net_prepare(lua_State *L)
     return 1;
 }
 
+/* weight_layers(arch, op): the number of weight layers of an arch the
+ * weight-space methods read (lps_arch_weight_layers); raises naming the
+ * first layer they cannot read. */
+static int l_weight_layers(lua_State *L)
+{
+    const char *op = luaL_checkstring(L, 2);
+    const lps_arch *a = lps_lua_checkarch(L, 1, op);
+    int n;
+    LPS_LCHECK(L, lps_arch_weight_layers(a, NULL, 0, &n, op));
+    lua_pushinteger(L, n);
+    return 1;
+}
+
 static int l_column_norms(lua_State *L)
 {
     lps_tensor *W = lps_lua_checktensor(L, 1);
@@ -347,7 +360,7 @@ static int l_triplet(lua_State *L)
 
 static const luaL_Reg functions[] = {
     {"chain_normalize_", l_chain_normalize}, {"column_norms", l_column_norms}, {"net_prepare", l_net_prepare},
-    {"chain_normalize_net_", l_chain_normalize_net},
+    {"chain_normalize_net_", l_chain_normalize_net}, {"weight_layers", l_weight_layers},
     {"neuron_forward", l_neuron_forward}, {"neuron_backward", l_neuron_backward},
     {"sopool_size", l_sopool_size}, {"sopool_forward", l_sopool_forward},
     {"sopool_backward", l_sopool_backward}, {"embed_forward", l_embed_forward},

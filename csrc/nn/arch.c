@@ -313,8 +313,8 @@ static lps_status parse_entry(src *s, const lps_json_node *v, size_t k, const ch
         size_t o = strlen(known);
         for (int i = 0; lps_layer_type_at(i) && o < sizeof known; i++)
             o += (size_t)snprintf(known + o, sizeof known - o, ", %s", lps_layer_type_at(i)->name);
-        return lps_fail(LPS_EFORMAT, "arch: %sentry %zu: unknown type \"%.40s\" (known: %s)", prefix,
-                        k, tname, known);
+        return lps_fail(LPS_EFORMAT, "arch: %s: unknown type \"%.40s\" (known: %s)", who_base, tname,
+                        known);
     }
     fill_defaults(e, t);
     char who[256];

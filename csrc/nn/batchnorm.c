@@ -6,6 +6,7 @@
  * Sums are in double, channel by channel in a fixed order, so the threads
  * (a range of channels each) never change a result. */
 #include "nn/nn_internal.h"
+#include "nn/simd.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -69,63 +70,137 @@ typedef struct {
 } bnjob;
 
 /* Sums over channel ch in a fixed order: samples in turn, each plane with
- * four interleaved partial sums. sq: of (x - m)^2; g: of (x - m) g. */
+ * interleaved partial sums in double (csum: four, a[k] over i = 4q + k;
+ * csq and cdot: two, over even and odd i), a plane's tail on a[0], then
+ * (a[0] + a[1]) + (a[2] + a[3]) or a[0] + a[1] added to the total. The
+ * kernels run four planes at once (their sums are independent chains, each
+ * plane's done as one alone would be), vectors holding the partial sums. */
+typedef double v2d __attribute__((vector_size(16)));
+
+/* The four planes starting at sample n (past the batch: the last again,
+ * its sum unused) of channel ch of x. */
+static void planes(const bnjob *j, const float *x, int64_t n, int64_t ch, const float *p[4])
+{
+    for (int k = 0; k < 4; k++) p[k] = x + ((n + k < j->b ? n + k : j->b - 1) * j->c + ch) * j->s;
+}
+
+KERNEL static void sum4(const float *const p[4], int64_t s, double out[4])
+{
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    v4d a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 4 <= s; i += 4) {
+        a0 += LD4D(p0 + i);
+        a1 += LD4D(p1 + i);
+        a2 += LD4D(p2 + i);
+        a3 += LD4D(p3 + i);
+    }
+    v4d a[4] = {a0, a1, a2, a3};
+    for (int k = 0; k < 4; k++) {
+        double t0 = a[k][0];
+        for (int64_t r = i; r < s; r++) t0 += p[k][r];
+        out[k] = (t0 + a[k][1]) + (a[k][2] + a[k][3]);
+    }
+}
+
+/* The pairs (i, i + 1) and (i + 2, i + 3) of four floats at p, in double. */
+#define LO(v) ((v2d){(v)[0], (v)[1]})
+#define HI(v) ((v2d){(v)[2], (v)[3]})
+
+/* sq (g NULL): of (x - m)^2; else of (x - m) g. Four values a step: the
+ * even and odd chains take (i, i + 1) and then (i + 2, i + 3). */
+KERNEL static void centred4(const float *const p[4], const float *const g[4], int64_t s, double m,
+                            double out[4])
+{
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
+    v4d mv = {m, m, m, m};
+    int64_t i = 0;
+    if (g) {
+        const float *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
+        for (; i + 4 <= s; i += 4) {
+            v4d d0 = (LD4D(p0 + i) - mv) * LD4D(g0 + i), d1 = (LD4D(p1 + i) - mv) * LD4D(g1 + i);
+            v4d d2 = (LD4D(p2 + i) - mv) * LD4D(g2 + i), d3 = (LD4D(p3 + i) - mv) * LD4D(g3 + i);
+            a0 = (a0 + LO(d0)) + HI(d0);
+            a1 = (a1 + LO(d1)) + HI(d1);
+            a2 = (a2 + LO(d2)) + HI(d2);
+            a3 = (a3 + LO(d3)) + HI(d3);
+        }
+    } else {
+        for (; i + 4 <= s; i += 4) {
+            v4d d0 = LD4D(p0 + i) - mv, d1 = LD4D(p1 + i) - mv, d2 = LD4D(p2 + i) - mv, d3 = LD4D(p3 + i) - mv;
+            d0 *= d0;
+            d1 *= d1;
+            d2 *= d2;
+            d3 *= d3;
+            a0 = (a0 + LO(d0)) + HI(d0);
+            a1 = (a1 + LO(d1)) + HI(d1);
+            a2 = (a2 + LO(d2)) + HI(d2);
+            a3 = (a3 + LO(d3)) + HI(d3);
+        }
+    }
+    v2d a[4] = {a0, a1, a2, a3};
+    for (int k = 0; k < 4; k++) {
+        double e = a[k][0], o = a[k][1];
+        for (int64_t r = i; r < s; r++) { /* i is even: r's parity picks its chain */
+            double d = (p[k][r] - m) * (g ? g[k][r] : p[k][r] - m);
+            if ((r - i) % 2) o += d;
+            else e += d;
+        }
+        out[k] = e + o;
+    }
+}
+
 static double csum(const bnjob *j, const float *x, int64_t ch)
 {
-    double t = 0;
-    for (int64_t n = 0; n < j->b; n++) {
-        const float *p = x + (n * j->c + ch) * j->s;
-        double a[4] = {0, 0, 0, 0};
-        int64_t i = 0;
-        for (; i + 4 <= j->s; i += 4)
-            for (int k = 0; k < 4; k++) a[k] += p[i + k];
-        for (; i < j->s; i++) a[0] += p[i];
-        t += (a[0] + a[1]) + (a[2] + a[3]);
+    double t = 0, r[4];
+    const float *p[4];
+    for (int64_t n = 0; n < j->b; n += 4) {
+        planes(j, x, n, ch, p);
+        sum4(p, j->s, r);
+        for (int k = 0; k < 4 && n + k < j->b; k++) t += r[k];
     }
     return t;
 }
 
-static double csq(const bnjob *j, int64_t ch, double m)
+/* Of (x - m)^2 over channel ch, or with gy of (x - m) gy. */
+static double ccentred(const bnjob *j, int64_t ch, double m, const float *gy)
 {
-    double t = 0;
-    for (int64_t n = 0; n < j->b; n++) {
-        const float *p = j->x + (n * j->c + ch) * j->s;
-        double a[2] = {0, 0};
-        int64_t i = 0;
-        for (; i + 2 <= j->s; i += 2) {
-            double d0 = p[i] - m, d1 = p[i + 1] - m;
-            a[0] += d0 * d0;
-            a[1] += d1 * d1;
-        }
-        for (; i < j->s; i++) a[0] += (p[i] - m) * (p[i] - m);
-        t += a[0] + a[1];
+    double t = 0, r[4];
+    const float *p[4], *g[4];
+    for (int64_t n = 0; n < j->b; n += 4) {
+        planes(j, j->x, n, ch, p);
+        if (gy) planes(j, gy, n, ch, g);
+        centred4(p, gy ? g : NULL, j->s, m, r);
+        for (int k = 0; k < 4 && n + k < j->b; k++) t += r[k];
     }
     return t;
 }
 
-static double cdot(const bnjob *j, int64_t ch, double m)
-{
-    double t = 0;
-    for (int64_t n = 0; n < j->b; n++) {
-        const float *p = j->x + (n * j->c + ch) * j->s, *g = j->gy + (n * j->c + ch) * j->s;
-        double a[2] = {0, 0};
-        int64_t i = 0;
-        for (; i + 2 <= j->s; i += 2) {
-            a[0] += (p[i] - m) * g[i];
-            a[1] += (p[i + 1] - m) * g[i + 1];
-        }
-        for (; i < j->s; i++) a[0] += (p[i] - m) * g[i];
-        t += a[0] + a[1];
-    }
-    return t;
-}
+static double csq(const bnjob *j, int64_t ch, double m) { return ccentred(j, ch, m, NULL); }
+static double cdot(const bnjob *j, int64_t ch, double m) { return ccentred(j, ch, m, j->gy); }
 
 /* out = in * a + b over channel ch. */
-static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b)
+KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b)
 {
+    v8 av = BC8(a), bv = BC8(b);
     for (int64_t n = 0; n < j->b; n++) {
-        int64_t o = (n * j->c + ch) * j->s;
-        for (int64_t i = 0; i < j->s; i++) out[o + i] = in[o + i] * a + b;
+        int64_t o = (n * j->c + ch) * j->s, i = 0;
+        for (; i + 8 <= j->s; i += 8) ST8(out + o + i, LD8(in + o + i) * av + bv);
+        for (; i < j->s; i++) out[o + i] = in[o + i] * a + b;
+    }
+}
+
+/* gx = ((gy - gm) - (x - m) k) a over channel ch (train mode's backward). */
+KERNEL static void centred_grad(const bnjob *j, int64_t ch, float gm, float m, float k, float a)
+{
+    v8 gmv = BC8(gm), mv = BC8(m), kv = BC8(k), av = BC8(a);
+    for (int64_t b = 0; b < j->b; b++) {
+        int64_t o = (b * j->c + ch) * j->s, i = 0;
+        const float *x = j->x + o, *g = j->gy + o;
+        float *gx = j->gx + o;
+        for (; i + 8 <= j->s; i += 8) ST8(gx + i, ((LD8(g + i) - gmv) - (LD8(x + i) - mv) * kv) * av);
+        for (; i < j->s; i++) gx[i] = ((g[i] - gm) - (x[i] - m) * k) * a;
     }
 }
 
@@ -186,13 +261,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
         return;
     }
     double n = (double)(j->b * j->s);
-    float gm = (float)(sg / n), k = (float)(dot * invstd * invstd / n), m = (float)mean;
-    for (int64_t b = 0; b < j->b; b++) {
-        int64_t o = (b * j->c + ch) * j->s;
-        const float *x = j->x + o, *g = j->gy + o;
-        float *gx = j->gx + o;
-        for (int64_t i = 0; i < j->s; i++) gx[i] = ((g[i] - gm) - (x[i] - m) * k) * a;
-    }
+    centred_grad(j, ch, (float)(sg / n), (float)mean, (float)(dot * invstd * invstd / n), a);
 }
 
 static void bn_part(void *ctx, int t, int nt)

@@ -3,6 +3,7 @@
 #define LPS_CONV_INTERNAL_H
 
 #include "nn/nn_internal.h"
+#include "nn/simd.h"
 
 /* The layer's fields (conv2d.c): in, out, kernel, stride, padding, bias. */
 #define CIN(l) FI(&(l)->cfg, 0)
@@ -51,23 +52,6 @@ float *conv_gw(const convjob *j, int t);
 float *conv_gb(const convjob *j, int t);
 const float *conv_bias(const lps_layer *l);
 
-/* Vectors of 8 floats (GCC/Clang vector extensions): kernels written on
- * them and marked KERNEL are built twice, for AVX2 and for the baseline
- * (two SSE halves); each lane does the same operations either way, so both
- * builds give the same bits. */
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned access */
-typedef int32_t v8i __attribute__((vector_size(32)));
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KERNEL __attribute__((target_clones("avx2", "default")))
-#else
-#define KERNEL
-#endif
-#define LD8(p) (*(const v8u *)(p))
-#define ST8(p, v) (*(v8u *)(p) = (v))
-#define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
-/* sum of the lanes in a fixed order */
-#define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
 
 /* One sample's input, zero-padded and split into `stride` column phases
  * (conv_split.c): xs[ci][phase][r][c] = padded x[ci][r][c s + phase]. Then

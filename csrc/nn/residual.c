@@ -67,6 +67,28 @@ typedef struct {
     lps_scratch out[2], gs;
 } respriv;
 
+/* o = a + b element-wise (a may be o), split over threads when large:
+ * element-wise, so the same bits on any thread count. */
+typedef struct {
+    const float *a, *b;
+    float *o;
+    int64_t n;
+} addjob;
+
+static void add_part(void *ctx, int t, int nt)
+{
+    const addjob *j = ctx;
+    int64_t i, end;
+    lps_par_range(j->n, t, nt, &i, &end);
+    for (; i < end; i++) j->o[i] = j->a[i] + j->b[i];
+}
+
+static void add(float *o, const float *a, const float *b, int64_t n)
+{
+    addjob j = {a, b, o, n};
+    lps_par_run(n >= (1 << 18) ? lps_par_threads() : 1, add_part, &j);
+}
+
 static lps_tensor header(float *p, const lps_tensor *like)
 {
     lps_tensor t = {.data = p};
@@ -86,7 +108,7 @@ static lps_status res_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
         lps_status s = k->type->forward(k, x, &o);
         if (s) return s;
     }
-    for (int64_t i = 0; i < y->numel; i++) y->data[i] = a[i] + c[i];
+    add(y->data, a, c, y->numel);
     return LPS_OK;
 }
 
@@ -99,7 +121,7 @@ static lps_status res_backward(lps_layer *l, const lps_tensor *x, const lps_tens
     lps_tensor yb = header(p->out[0].p, y);
     lps_status s = body->type->backward(body, x, &yb, gy, gx);
     if (s || id) {
-        for (int64_t i = 0; !s && gx && i < x->numel; i++) gx->data[i] += gy->data[i];
+        if (!s && gx) add(gx->data, gx->data, gy->data, x->numel);
         return s;
     }
     lps_tensor ys = header(p->out[1].p, y), gs = {0};
@@ -109,7 +131,7 @@ static lps_status res_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         gs = header(g, x);
     }
     if ((s = sc->type->backward(sc, x, &ys, gy, gx ? &gs : NULL))) return s;
-    for (int64_t i = 0; gx && i < x->numel; i++) gx->data[i] += gs.data[i];
+    if (gx) add(gx->data, gx->data, gs.data, x->numel);
     return LPS_OK;
 }
 

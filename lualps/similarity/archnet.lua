@@ -23,6 +23,7 @@ local util = require "lualps.util"
 local data = require "lualps.data"
 local base = require "lualps.similarity.base"
 local templates = require "lualps.similarity.templates"
+local models = require "lualps.similarity.models"
 local K = core._lps
 
 local A = base.class()
@@ -79,10 +80,14 @@ function A.new(opts)
   end
   local pool = {mode = o.pool, eps = o.pool_eps, iters = o.pool_iters}
   local per_slot = K.sopool_size(o.width, pool)
-  local layered = false
-  for _, sl in ipairs(o.slots) do layered = layered or sl ~= "templates" end
+  local layered, weight = false, {}
+  for _, sl in ipairs(o.slots) do
+    if sl ~= "templates" then layered, weight[#weight + 1] = true, sl end
+  end
   local self = setmetatable({opts = o, pool = pool, per_layer = per_slot, feat_dim = per_slot * #o.slots,
                              names = {}, P = {}, G = {}, layered = layered,
+                             weight_slots = ("the weight-unit slot%s (%s)"):format(#weight > 1 and "s" or "",
+                               table.concat(weight, ", ")),
                              prep_key = ("%s/%s/%d/%d/%d/%d/%s/%s"):format(tostring(o.template_extras),
                                tostring(o.chain_norm), o.kernel, o.input_dim, o.noise, o.template_pool,
                                table.concat(o.slots, "+"), (function()
@@ -175,6 +180,8 @@ function A:prepare_new(model)
   local W1 = model[1]
   local family = model.family or (W1:dim() == 4 and "cnn" or "mlp")
   if self.layered then -- the weight units read MLPs and CNNs of (W, b) pairs, one encoder per family
+    local ok, err = pcall(models.check_weight_space, model, self.weight_slots)
+    if not ok then error(err, 3) end
     if #model < 4 or #model % 2 ~= 0 then
       error(("similarity: a model needs at least a hidden layer and a head ({W1, b1, W2, b2, ...}), got %d entries"):format(#model), 2)
     end

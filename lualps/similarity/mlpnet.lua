@@ -15,6 +15,7 @@ local core = require "lualps.core"
 local util = require "lualps.util"
 local data = require "lualps.data"
 local base = require "lualps.similarity.base"
+local models = require "lualps.similarity.models"
 local K = core._lps
 
 local M = {}
@@ -103,6 +104,8 @@ function Net:prepare(model)
     end
     return model
   end
+  local ok, err = pcall(models.check_weight_space, model, "an MLP network (it reads weights)")
+  if not ok then error(err, 2) end
   local need = 2 * (L + 1)
   if #model < need or #model % 2 ~= 0 then
     error(("similarity: a model needs at least %d layers ({W1, b1, ..., W%d, b%d}) for %d hidden layer%s, got %d entries")

@@ -6,22 +6,38 @@
 local core = require "lualps.core"
 local nn = require "lualps.nn"
 local arch = require "lualps.arch"
+local K = core._lps
 
 local M = {}
 
--- Parameter and buffer names of an architecture, by its canonical JSON.
+-- Parameter and buffer names and shapes of an architecture, by its
+-- canonical JSON.
 local names_of = {}
 local function state_names(list)
-  local _, json = arch.check(list)
+  local ok, checked, json = pcall(arch.check, list)
+  if not ok then error("similarity: " .. tostring(checked):gsub("^[^\n]-%.lua:%d+: ", ""), 0) end
   local c = names_of[json]
   if not c then
-    local m = nn.from_arch(list, core.generator(0))
-    c = {params = {}, buffers = {}}
-    for k, e in ipairs(m:named_parameters()) do c.params[k] = e.name end
-    for k, e in ipairs(m:named_buffers()) do c.buffers[k] = e.name end
+    local m = nn.from_arch(checked, core.generator(0))
+    c = {params = {}, buffers = {}, shapes = {}}
+    for k, e in ipairs(m:named_parameters()) do c.params[k], c.shapes[e.name] = e.name, e.tensor:shape() end
+    for k, e in ipairs(m:named_buffers()) do c.buffers[k], c.shapes[e.name] = e.name, e.tensor:shape() end
     names_of[json] = c
   end
   return c
+end
+
+-- The tensor `name` of a map, checked against the arch's shape; errors
+-- name its layer.
+local function state_tensor(map, name, want, a, kind)
+  local t, who = map[name], arch.layer_of(a, name)
+  who = who and who .. ": " or ""
+  if not core.is_tensor(t) then error(("similarity: %s%s '%s' is missing"):format(who, kind, name), 0) end
+  local got, shape = table.concat(t:shape(), "x"), table.concat(want.shapes[name], "x")
+  if got ~= shape then
+    error(("similarity: %s%s '%s' has shape (%s), expected (%s)"):format(who, kind, name, got, shape), 0)
+  end
+  return t
 end
 
 --- The weight list {W1, b1, ..., WL, bL} of a model given as such a list, as
@@ -38,14 +54,8 @@ function M.weights(model, names, a)
   if tm == "table" and type(names) == "table" and a then
     local want = state_names(a)
     local list, buffers = {}, {}
-    for k, name in ipairs(want.params) do
-      list[k] = model[name]
-      if not core.is_tensor(list[k]) then error(("similarity: parameter '%s' is missing"):format(name), 2) end
-    end
-    for k, name in ipairs(want.buffers) do
-      buffers[k] = model[name]
-      if not core.is_tensor(buffers[k]) then error(("similarity: buffer '%s' is missing"):format(name), 2) end
-    end
+    for k, name in ipairs(want.params) do list[k] = state_tensor(model, name, want, a, "parameter") end
+    for k, name in ipairs(want.buffers) do buffers[k] = state_tensor(model, name, want, a, "buffer") end
     if #buffers > 0 then list.buffers = buffers end
     list.arch = a
     return list
@@ -91,15 +101,38 @@ function M.weights(model, names, a)
   error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
 end
 
+-- Check that the weight-space reading of a second-order network (`what`,
+-- e.g. "the weight-unit slots (first)") is defined for a model with an
+-- arch: weight layers with biases and only layers that act on every
+-- channel alike and commute with a positive scale between them (as for the
+-- weight-space baselines, csrc/nn/arch.c lps_arch_weight_layers). Raises
+-- naming the first layer it cannot read; models without an arch (weight
+-- lists of MLPs) pass.
+function M.check_weight_space(model, what)
+  if type(model) ~= "table" or model.arch == nil then return end
+  local ok, err = pcall(K.weight_layers, model.arch, "similarity: " .. what)
+  if not ok then
+    error(tostring(err):gsub("^[^\n]-%.lua:%d+: ", "") .. "; the templates slot reads any model through its "
+      .. "function (slots = {\"templates\"})", 0)
+  end
+end
+
 --- Record i of an open set as a model for the network: its weight list,
 -- with the `arch` (older records: of their legacy spec) and `family` of its
 -- metadata (what reading a CNN's function needs).
 function M.record(set, i)
   local meta = set:meta(i)
-  local a = arch.of_meta(meta)
-  local map, names = set:tensors(i)
-  local w = M.weights(map, names, a)
-  w.arch, w.family = a, meta.family
+  local ok, w = pcall(function()
+    local a = arch.of_meta(meta)
+    local map, names = set:tensors(i)
+    local w = M.weights(map, names, a)
+    w.arch, w.family = a, meta.family
+    return w
+  end)
+  if not ok then -- a stored arch or tensors that do not fit: name the record
+    error(("similarity: record %d%s of %s: %s"):format(i, meta.id ~= nil and " (" .. tostring(meta.id) .. ")" or "",
+      set:path(), tostring(w):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^similarity: ", "")), 2)
+  end
   return w
 end
 

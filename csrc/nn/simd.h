@@ -1,0 +1,32 @@
+/* simd.h - vectors for the layer kernels (GCC/Clang vector extensions; not
+ * public API). */
+#ifndef LPS_SIMD_H
+#define LPS_SIMD_H
+
+#include <stdint.h>
+
+/* Vectors of 8 floats (GCC/Clang vector extensions): kernels written on
+ * them and marked KERNEL are built twice, for AVX2 and for the baseline
+ * (two SSE halves); each lane does the same operations either way, so both
+ * builds give the same bits. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned access */
+typedef int32_t v8i __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+#define LD8(p) (*(const v8u *)(p))
+#define ST8(p, v) (*(v8u *)(p) = (v))
+#define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
+/* sum of the lanes in a fixed order */
+#define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
+/* 4 doubles (a float vector's halves converted): sums in double keep
+ * their lanes' order too. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4fu __attribute__((vector_size(16), aligned(4), may_alias));
+#define LD4D(p) (__builtin_convertvector(*(const v4fu *)(p), v4d))
+
+#endif
