@@ -6,18 +6,21 @@
 --   lua5.4 scripts/update_readme.lua [results/lps_eval.md] [README.md] [TAG] [SECTION]
 -- TAG names the block: <!-- TAG:begin --> ... <!-- TAG:end --> ("results");
 -- SECTION, the first table after the heading "## SECTION" (default: the
--- file's first table, with its note).
+-- file's first table, with its note). Either way with the line saying where
+-- the figures come from.
 local src, readme, tag, section = arg[1] or "results/lps_eval.md", arg[2] or "README.md", arg[3] or "results", arg[4]
 local function read(p) local f = assert(io.open(p)) local s = f:read("a") f:close() return s end
 local md, text = read(src), read(readme)
+local origin = md:match("\n(Produced by lualps[^\n]+)\n")
+local note = md:match("\n(%d+ models[^\n]+)\n") or ""
 if section then
   local _, stop = md:find("\n## " .. section .. "\n", 1, true)
   assert(stop, src .. " has no section '## " .. section .. "'")
-  md = md:sub(stop + 1)
+  md, note = md:sub(stop + 1), ""
 end
 local table_md = md:match("(| method |.-\n)\n") or md:match("(| method |.*)$")
 assert(table_md, src .. " has no results table")
-local note = not section and md:match("\n(%d+ models[^\n]+)\n") or ""
+if origin then note = note ~= "" and note .. "\n" .. origin or origin end
 local block = ("<!-- %s:begin -->\n"):format(tag) .. (note ~= "" and note .. "\n\n" or "") .. table_md
   .. ("<!-- %s:end -->"):format(tag)
 local pat = ("<!%%-%%- %s:begin %%-%%->.-<!%%-%%- %s:end %%-%%->"):format(tag:gsub("%-", "%%-"), tag:gsub("%-", "%%-"))

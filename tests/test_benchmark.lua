@@ -154,6 +154,24 @@ function TestBenchmark:test_protocols_run_in_order()
   lu.assertEquals(r, given) -- train_seconds, the one metric evaluate adds, is nil: the oracle has no fit
 end
 
+-- Every report says where its figures come from: the BLAS kernel they
+-- depend on (results are bit-identical per kernel), the threads, the code.
+function TestBenchmark:test_reports_carry_their_provenance()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local md = B.write_report(dir, "r", {methods = {a = {top1 = 0.5}}, protocol = {}, order = {"a"},
+    metrics = {"top1"}, title = "t", intro = "2 models, 1 task."})
+  local info = lps.build_info()
+  local json = require("cjson").decode(lps.util.read_file(dir .. "/r.json"))
+  lu.assertEquals(json.provenance.blas_kernel, info.blas_kernel)
+  lu.assertEquals(json.provenance.threads, info.threads)
+  lu.assertEquals(json.provenance.version, lps.version)
+  lu.assertStrContains(md, "Produced by lualps " .. lps.version)
+  lu.assertStrContains(md, "OpenBLAS's " .. info.blas_kernel .. " kernel")
+  os.execute("rm -rf " .. dir)
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 T.cleanup()
 os.remove(path .. ".splits.json"); os.remove(path .. ".transfer.json")

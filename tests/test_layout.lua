@@ -349,4 +349,68 @@ function TestLayout:test_lua_check_reports_planted_violations()
   lu.assertEquals(lua_module_name("lualps/bench/zoo.lua"), "lualps.bench.zoo")
 end
 
+-- ------------------------------------------------------------------ binding
+-- csrc/lua/ is shaped like Lua's own linit.c and lauxlib.c: lua_main.c
+-- opens the sub-bindings, lua_aux.c holds what they share, and no file
+-- calls a file that calls it back (read from the objects' symbols).
+function TestLayout:test_binding_files_call_without_circles()
+  if T.scale == "small" then lu.skip("the object files are those of the plain build") end
+  if not os.execute("command -v nm >/dev/null 2>&1") then lu.skip("nm is not installed") end
+  local objs = lines_of("find build/obj/lua -name '*.o' 2>/dev/null | sort")
+  if #objs == 0 then lu.skip("no build/obj (run make lib)") end
+  local owner, graph = {}, {}
+  for _, o in ipairs(objs) do
+    graph[o] = {}
+    for _, l in ipairs(lines_of("nm -g --defined-only " .. o)) do
+      local sym = l:match("%s[TDBRC]%s+(%S+)$")
+      if sym then owner[sym] = o end
+    end
+  end
+  local calls_main = {}
+  for _, o in ipairs(objs) do
+    local seen = {}
+    for _, l in ipairs(lines_of("nm -u " .. o)) do
+      local to = owner[l:match("U%s+(%S+)$") or ""]
+      if to and to ~= o and not seen[to] then
+        seen[to] = true
+        table.insert(graph[o], to)
+        if to:match("lua_main%.o$") then calls_main[#calls_main + 1] = o end
+      end
+    end
+  end
+  local circles = {}
+  for _, c in ipairs(components(graph)) do
+    if #c > 1 then circles[#circles + 1] = table.concat(c, ", ") end
+  end
+  lu.assertEquals(circles, {})
+  lu.assertEquals(calls_main, {}) -- lua_main.c only opens
+  lu.assertTrue(#graph["build/obj/lua/lua_main.o"] >= 10, "lua_main opens the sub-bindings")
+  -- the check itself finds a planted circle
+  local planted = components{a = {"b"}, b = {"c"}, c = {"a"}, d = {"a"}}
+  local sizes = {}
+  for _, c in ipairs(planted) do sizes[#sizes + 1] = #c end
+  table.sort(sizes)
+  lu.assertEquals(sizes, {1, 3})
+end
+
+-- A layer type is one file of csrc/nn/ and one registry entry: no other C
+-- file names its type (issue 16: a new layer touches at most three files).
+function TestLayout:test_a_layer_type_is_named_by_its_file_and_the_registry()
+  local types, defined = {}, {}
+  for _, f in ipairs(lines_of("grep -l 'const lps_layer_type lps_[a-z0-9_]*_type = ' csrc/nn/*.c")) do
+    for line in io.lines(f) do
+      local name = line:match("^const lps_layer_type (lps_[%w_]+_type) = ")
+      if name then types[#types + 1] = name; defined[name] = f end
+    end
+  end
+  lu.assertTrue(#types >= 15, "found " .. #types .. " layer types")
+  local bad = {}
+  for _, name in ipairs(types) do
+    for _, f in ipairs(lines_of("grep -rlw " .. name .. " csrc")) do
+      if f ~= defined[name] and f ~= "csrc/nn/registry.c" then bad[#bad + 1] = name .. " in " .. f end
+    end
+  end
+  lu.assertEquals(bad, {})
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

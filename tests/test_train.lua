@@ -63,6 +63,10 @@ local function run(seed, threads)
   return weights(m)
 end
 
+-- The guarantee (README, "What is guaranteed"): the same code, seed,
+-- thread count and OpenBLAS kernel (lps.build_info().blas_kernel) give the
+-- same bits. Across kernels (processors) only the last bits of products may
+-- differ; that is not checked here, where there is one kernel.
 function TestTrain:test_same_seed_bit_identical()
   local threads = lps.get_num_threads()
   for _, nt in ipairs{1, 2} do

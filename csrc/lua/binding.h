@@ -43,14 +43,9 @@ lps_rng *lps_lua_optgenerator(lua_State *L, int idx);
 /* A list of 1-based indices pushed as a table (add 1 to each 0-based v[i]). */
 void lps_lua_pushindices(lua_State *L, const int64_t *v, int64_t n, int64_t add);
 
-/* ------------------------------------------------ lua_rng.c: generators */
-
-/* The generator at idx if it is one, else the module's default generator. */
-lps_rng *lps_lua_optrng(lua_State *L, int idx);
-
-/* ------------------------------------------------ lua_tensor.c: tensors */
-
-/* Tensor userdata: holds an owned lps_tensor* (NULL once closed). */
+/* Tensor arguments and results. The userdata holds an owned lps_tensor*
+ * (NULL once closed); its functions and methods are lua_tensor.c's. */
+typedef struct { lps_tensor *t; } lps_tensor_ud;
 lps_tensor *lps_lua_checktensor(lua_State *L, int idx);
 lps_tensor *lps_lua_totensor(lua_State *L, int idx); /* NULL if not a live tensor */
 /* Push a new zero tensor owned by Lua; raises on bad shape or no memory. */
@@ -59,6 +54,11 @@ lps_tensor *lps_lua_newtensor(lua_State *L, int ndim, const int64_t *shape);
 lps_tensor *lps_lua_emptytensor(lua_State *L, int ndim, const int64_t *shape);
 /* Push t, taking ownership (t may be NULL: then raise the last error). */
 lps_tensor *lps_lua_pushtensor(lua_State *L, lps_tensor *t);
+
+/* ------------------------------------------------ lua_rng.c: generators */
+
+/* The generator at idx if it is one, else the module's default generator. */
+lps_rng *lps_lua_optrng(lua_State *L, int idx);
 
 /* ------------------------------------------------ lua_arch.c: architectures */
 

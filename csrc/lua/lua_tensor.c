@@ -5,68 +5,6 @@
 
 #include "lua/binding.h"
 
-typedef struct { lps_tensor *t; } tensor_ud;
-
-
-lps_tensor *lps_lua_totensor(lua_State *L, int idx)
-{
-    tensor_ud *u = luaL_testudata(L, idx, LPS_TENSOR_MT);
-    return u ? u->t : NULL;
-}
-
-lps_tensor *lps_lua_checktensor(lua_State *L, int idx)
-{
-    tensor_ud *u = luaL_checkudata(L, idx, LPS_TENSOR_MT);
-    if (!u->t) luaL_argerror(L, idx, "tensor has been closed");
-    return u->t;
-}
-
-/* Tell the collector about tensor data it does not see: the userdata is a
- * few bytes, the floats live in C, and a loop making large tensors would
- * otherwise grow far ahead of the collector (GBs before a cycle). Views
- * share storage (refcount > 1) and allocate nothing. */
-static void account(lua_State *L, const lps_tensor *t)
-{
-    int64_t kb = t->numel * (int64_t)sizeof(float) / 1024;
-    if (kb >= 16 && lps_tensor_refcount(t) == 1) lua_gc(L, LUA_GCSTEP, kb > INT32_MAX ? INT32_MAX : (int)kb);
-}
-
-static tensor_ud *push_ud(lua_State *L)
-{
-    tensor_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-    u->t = NULL;
-    luaL_setmetatable(L, LPS_TENSOR_MT);
-    return u;
-}
-
-lps_tensor *lps_lua_pushtensor(lua_State *L, lps_tensor *t)
-{
-    if (!t) lps_lua_raise(L);
-    tensor_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-    u->t = t;
-    luaL_setmetatable(L, LPS_TENSOR_MT);
-    account(L, t);
-    return t;
-}
-
-lps_tensor *lps_lua_newtensor(lua_State *L, int ndim, const int64_t *shape)
-{
-    tensor_ud *u = push_ud(L); /* owned by Lua before the data exists */
-    u->t = lps_tensor_new(ndim, shape);
-    if (!u->t) lps_lua_raise(L);
-    account(L, u->t);
-    return u->t;
-}
-
-lps_tensor *lps_lua_emptytensor(lua_State *L, int ndim, const int64_t *shape)
-{
-    tensor_ud *u = push_ud(L);
-    u->t = lps_tensor_empty(ndim, shape);
-    if (!u->t) lps_lua_raise(L);
-    account(L, u->t);
-    return u->t;
-}
-
 /* Output of a's shape for an operation that writes every element. */
 static lps_tensor *like(lua_State *L, const lps_tensor *a)
 {
@@ -639,7 +577,7 @@ static void add_row(luaL_Buffer *b, const float *x, int64_t n)
 
 static int l_tostring(lua_State *L)
 {
-    tensor_ud *u = luaL_checkudata(L, 1, LPS_TENSOR_MT);
+    lps_tensor_ud *u = luaL_checkudata(L, 1, LPS_TENSOR_MT);
     if (!u->t) {
         lua_pushstring(L, "lualps.Tensor (closed)");
         return 1;
@@ -711,7 +649,7 @@ static int l_newindex(lua_State *L)
 
 static int l_gc(lua_State *L)
 {
-    tensor_ud *u = luaL_checkudata(L, 1, LPS_TENSOR_MT);
+    lps_tensor_ud *u = luaL_checkudata(L, 1, LPS_TENSOR_MT);
     lps_tensor_free(u->t);
     u->t = NULL;
     return 0;

@@ -1,11 +1,50 @@
 --- lualps.bench.report: the tables and figures of an evaluation (markdown,
 -- the results' JSON, gnuplot figures). Its functions are lps.benchmark's.
 local cjson = require "cjson"
+local core = require "lualps.core"
 local util = require "lualps.util"
 local eval = require "lualps.eval"
 local plot = require "lualps.bench.plot"
 
 local B = {}
+
+-- The first line of a command's output, or nil (no shell, no git).
+local function first_line(cmd)
+  local p = io.popen(cmd .. " 2>/dev/null")
+  if not p then return nil end
+  local line = p:read("l")
+  p:close()
+  return line ~= "" and line or nil
+end
+
+--- Where figures come from: {version, commit (git's, when the code runs
+-- from a checkout; dirty when it has uncommitted changes), blas_kernel
+-- (OpenBLAS picks its sgemm kernel per processor: results are
+-- bit-identical for a seed and thread count on one kernel, not across
+-- kernels), blas_config, threads, cpu, date}.
+function B.provenance()
+  local info = core.build_info()
+  local cpu
+  local f = io.open("/proc/cpuinfo")
+  if f then
+    for line in f:lines() do
+      cpu = cpu or line:match("^model name%s*:%s*(.-)%s*$")
+    end
+    f:close()
+  end
+  local commit = first_line("git rev-parse --short HEAD")
+  local dirty = commit and first_line("git status --porcelain --untracked-files=no") ~= nil
+  return {version = info.version, commit = commit, dirty = dirty or nil, blas_kernel = info.blas_kernel,
+    blas_config = info.blas_config, threads = info.threads, cpu = cpu, date = os.date("!%Y-%m-%d")}
+end
+
+--- One line saying where figures come from (B.provenance()).
+function B.provenance_line(p)
+  p = p or B.provenance()
+  return ("Produced by lualps %s%s with OpenBLAS's %s kernel (%d BLAS thread%s) on %s, %s."):format(p.version,
+    p.commit and (" at commit " .. p.commit .. (p.dirty and " (with uncommitted changes)" or "")) or "",
+    p.blas_kernel, p.threads, p.threads == 1 and "" or "s", p.cpu or "an unknown CPU", p.date)
+end
 
 --- Markdown table of methods x metrics ("mean ± sd").
 function B.markdown(results, order, metrics)
@@ -53,8 +92,10 @@ function B.write_report(out, name, r)
   end
   for key, v in pairs(r.ablations or {}) do json.ablations[key] = finite(v) end
   for key, v in pairs(r.extra or {}) do json[key] = v end
+  json.provenance = B.provenance()
   util.write_file(out .. "/" .. name .. ".json", cjson.encode(json))
-  local md = {"# " .. r.title, "", r.intro, "", B.markdown(r.methods, r.order, r.metrics)}
+  local md = {"# " .. r.title, "", r.intro, "", B.provenance_line(json.provenance), "",
+    B.markdown(r.methods, r.order, r.metrics)}
   if r.ablations and next(r.ablations) then
     md[#md + 1] = "\n## Ablations of " .. (r.lead or "lps"):upper() .. "\n"
     local both, order = {}, {}
