@@ -20,6 +20,7 @@ p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
 p:option("--methods", "Comma-separated methods.", "lps,raw,sorted,stats,gram,matching,cka,template_matching")
 p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
+p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,template_matching")
 p:flag("--no-ablations", "Skip the ablations and controls.")
 p:flag("--no-plots", "Skip the gnuplot figures.")
 local a = p:parse()
@@ -62,7 +63,10 @@ local function show(name, r)
   for _, m in ipairs(metrics) do parts[#parts + 1] = ("%s %.3f"):format(m, r[m] or 0 / 0) end
   log("%-20s %s", name, table.concat(parts, " "))
 end
-local results, details, timings = {}, {}, {}
+-- Model selection's data-based estimators first: the methods' funnels re-rank by their LogME.
+local t_est = lps.now()
+local est_rows, est_order = lps.selection.estimate(S, {data = a.data, log = log})
+local results, details, timings = {}, {}, {selection_estimators = lps.now() - t_est}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
   local t0 = lps.now()
@@ -96,14 +100,19 @@ if not a.no_ablations then
 end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
+local order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching"}
+local funnels = {}
+for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] = m end end
+local sel_order = lps.selection.add_rows(S, results, order, est_rows, est_order, funnels)
 
 local protocol = B.describe(S)
 for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.seeds, lps_options = LPS,
   transfer = S.transfer.protocol, seconds = timings, total_seconds = lps.now() - t_start,
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
 local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablations = ablations, protocol = protocol,
-  order = {"lps", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching"}, ablation_order = abl_order, metrics = metrics,
-  lead = "lps", title = "LPS on " .. a.set, extra = {controls = controls}, sections = {lps.controls.markdown(controls)},
+  order = order, ablation_order = abl_order, metrics = metrics, lead = "lps", title = "LPS on " .. a.set,
+  extra = {controls = controls, selection_order = sel_order},
+  sections = {lps.selection.markdown(results, sel_order, S.estimates.funnel_k), lps.controls.markdown(controls)},
   required = {"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
     "selection_accuracy", "selection_regret"},
   intro = ("%d models (MLPs and CNNs), %d tasks; means ± sd over %d seeds of the learned methods. "

@@ -318,6 +318,14 @@ function TestHeteroEval:test_pipeline_outputs()
     lu.assertNotNil(r.ablations[v], v)
   end
   lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Controls")
+  -- model selection: weight methods, estimators on the budget and funnels, each with regret, tau and cost
+  lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Model selection")
+  for _, m in ipairs{"lps", "template_matching", "logme", "logme_exact", "leep", "knn", "linear_probe",
+                     "lps+logme", "template_matching+logme", "lps+logme_exact"} do
+    for _, k in ipairs{"selection_regret", "selection_tau", "selection_ms_per_candidate"} do
+      lu.assertEquals(type(r.methods[m][k]), "number", m .. " " .. k)
+    end
+  end
   -- the saved model reads both families, from the store and through safetensors
   local sim = lps.similarity.load(res .. "/lps_hetero.model")
   local ms <close> = lps.modelset.open(set)

@@ -3,6 +3,7 @@
 -- tasks with measured fine-tuned accuracies, and probes given directly.
 local lu = require "luaunit"
 local lps = require "lualps"
+local T = require "tests.helpers"
 local sel = lps.selection
 
 -- Tasks 1, 2 are the unseen targets; the pool holds models of tasks 3 and 4.
@@ -72,6 +73,191 @@ function TestSelection:test_task_oracle_regret()
   lu.assertAlmostEquals(r.task_oracle_regret, (0.10 + 0.05) / 2, 1e-12)
   lu.assertNil(sel.evaluate(S, method{{p1 = 1, p2 = 0, p3 = 0, p4 = 0}, {p1 = 1, p2 = 0, p3 = 0, p4 = 0}})
     .task_oracle_regret) -- no gains, no oracle
+end
+
+
+-- The ranking metrics by hand. Scores 3, 1, -inf, 2, NaN (dense ranks 3, 1,
+-- 0, 2, 0) against accuracies .8, .9, .5, .6, .7: of the 10 pairs, 6 agree,
+-- 3 disagree and 1 is tied in the scores only: tau-b = 3 / sqrt(10 * 9).
+function TestSelection:test_rank_by_hand()
+  local r = sel.rank({3, 1, -math.huge, 2, 0 / 0}, {0.8, 0.9, 0.5, 0.6, 0.7})
+  lu.assertEquals(r.pick, 1)
+  lu.assertAlmostEquals(r.regret, 0.1, 1e-12)
+  lu.assertAlmostEquals(r.random_regret, 0.9 - 0.7, 1e-12)
+  lu.assertAlmostEquals(r.tau, 3 / math.sqrt(90), 1e-12)
+  -- the order of the scores is all that counts
+  lu.assertAlmostEquals(sel.rank({300, 1, -5, 2, -9}, {0.8, 0.9, 0.5, 0.6, 0.7}).tau, (6 - 4) / 10, 1e-12)
+  -- nothing to choose by: a random pick's expectation, tau 0
+  r = sel.rank({0 / 0, -math.huge, 0 / 0}, {0.3, 0.6, 0.9})
+  lu.assertNil(r.pick)
+  lu.assertAlmostEquals(r.accuracy, 0.6, 1e-12)
+  lu.assertEquals(r.tau, 0)
+  lu.assertEquals(sel.rank({1, 1, 1}, {0.3, 0.6, 0.9}).tau, 0)
+  T.assert_error_contains("selection.rank: 2 scores for 3 accuracies", sel.rank, {1, 2}, {0.1, 0.2, 0.3})
+end
+
+-- The funnel keeps exactly the first ranking's top k, re-ranks them by the
+-- second and leaves the rest in the first's order.
+function TestSelection:test_funnel_reranks_exactly_the_top_k()
+  -- the second ranking's favourites (4, 5, 6) are outside the top 3: never above
+  local fs, top = sel.funnel({5, 4, 3, 2, 1, 0}, {0, 1, 2, 9, 9, 9}, 3)
+  lu.assertEquals(top, {1, 2, 3})
+  lu.assertTrue(fs[3] > fs[2] and fs[2] > fs[1] and fs[1] > fs[4] and fs[4] > fs[5] and fs[5] > fs[6])
+  lu.assertEquals(sel.rank(fs, {0.1, 0.2, 0.3, 0.9, 0.9, 0.9}).pick, 3)
+  -- ties at the cut: the earlier candidate; ties below it stay ties
+  fs, top = sel.funnel({1, 2, 2, 0, 0}, {5, 0, 9, 9, 9}, 1)
+  lu.assertEquals(top, {2})
+  lu.assertTrue(fs[2] > fs[3] and fs[3] > fs[1] and fs[1] > fs[4])
+  lu.assertEquals(fs[4], fs[5])
+  -- -inf in the first ranking goes last, NaN in the second within the top k too
+  fs, top = sel.funnel({-math.huge, 1, 2}, {9, 0 / 0, 1}, 2)
+  lu.assertEquals(top, {3, 2})
+  lu.assertTrue(fs[3] > fs[2] and fs[2] > fs[1])
+  -- k beyond the candidates: the second ranking alone
+  fs = sel.funnel({3, 2, 1}, {1, 3, 2}, 10)
+  lu.assertTrue(fs[2] > fs[3] and fs[3] > fs[1])
+  -- tau of the funnel's full ranking, by hand: c2, c1 (top 2 by the second), then c3, c4;
+  -- accuracies .9, .6, .7, .5 in that order: 5 pairs agree, 1 disagrees
+  fs = sel.funnel({4, 3, 2, 1}, {1, 2, 0, 0}, 2)
+  local r = sel.rank(fs, {0.6, 0.9, 0.7, 0.5})
+  lu.assertAlmostEquals(r.tau, 4 / 6, 1e-12)
+  lu.assertEquals(r.regret, 0)
+  for _, k in ipairs{0, 1.5, "3"} do
+    T.assert_error_contains("selection.funnel: k must be a positive integer", sel.funnel, {1, 2}, {1, 2}, k)
+  end
+  T.assert_error_contains("selection.funnel: 2 and 1 scores", sel.funnel, {1, 2}, {1}, 1)
+end
+
+-- Funnels in evaluate, with LogME scores and costs given: target 1's
+-- method order p4, p3, p1, p2 (alone: p4, regret .30), its top 2 re-ranked
+-- by LogME pick p3 (.80: regret .10) although LogME's best (p2) is outside;
+-- target 2: p2, p1, p4, p3, LogME picks p1 of p2, p1 (.60: regret .35).
+function TestSelection:test_funnel_metrics_and_cost()
+  local cost = {p1 = 1, p2 = 2, p3 = 3, p4 = 4}
+  S.estimates = {funnel_by = {"logme"}, funnel_k = 2, scores = {
+    [1] = {logme = {p1 = 0.5, p2 = 0.9, p3 = 0.4, p4 = 0.1}}, [2] = {logme = {p1 = 0.3, p2 = 0.2, p3 = 0.1, p4 = 0}}},
+    cost = {[1] = {logme = cost}, [2] = {logme = cost}}}
+  local r = sel.evaluate(S, method{{p1 = 2, p2 = 1, p3 = 3, p4 = 4}, {p1 = 3, p2 = 4, p3 = 1, p4 = 2}})
+  S.estimates = nil
+  lu.assertAlmostEquals(r.selection_regret, (0.30 + 0.45) / 2, 1e-12)
+  lu.assertAlmostEquals(r.funnel_logme_selection_regret, (0.10 + 0.35) / 2, 1e-12)
+  lu.assertAlmostEquals(r.funnel_logme_selection_accuracy, (0.80 + 0.60) / 2, 1e-12)
+  -- the method's taus: 1 of 6 pairs agree on target 1, none on target 2
+  lu.assertAlmostEquals(r.selection_tau, (-4 / 6 - 1) / 2, 1e-12)
+  -- the funnels' rankings p3 p4 p1 p2 (2 of 6 agree) and p1 p2 p4 p3 (1 of 6)
+  lu.assertAlmostEquals(r.funnel_logme_selection_tau, (-2 / 6 - 4 / 6) / 2, 1e-12)
+  -- cost: the method's, plus LogME's of the top 2 over the 4 candidates: (4 + 3) / 4 and (2 + 1) / 4
+  lu.assertTrue(r.selection_ms_per_candidate > 0)
+  lu.assertAlmostEquals(r.funnel_logme_selection_ms_per_candidate - r.selection_ms_per_candidate, (7 / 4 + 3 / 4) / 2, 1e-9)
+  lu.assertTrue(r.selection_index_ms_per_candidate >= 0)
+  lu.assertNil(r.selection_probe_ms_per_candidate) -- the probes were given, not trained here
+end
+
+-- The estimators on hand-made candidates: small MLPs of known outputs on
+-- a given budget; each candidate's scores are the estimators' on its
+-- features of exactly those images, and the rows follow from them.
+function TestSelection:test_estimate_scores_the_budget_through_each_candidate()
+  local g = lps.generator(5)
+  local E = lps.estimators
+  local C = {n = 4, meta = {}, byid = {}, models = {}, splits = S.splits, transfer = {finetune = acc}}
+  for i, id in ipairs{"p1", "p2", "p3", "p4"} do
+    C.meta[i] = {id = id, task = i <= 2 and 3 or 4, in_pool = true}
+    C.byid[id], C.models[i] = i, lps.similarity.weights(lps.nn.mlp{6, 8, 5, i + 1, generator = g})
+  end
+  local y = {}
+  for k = 1, 12 do y[k] = (k - 1) % 3 + 1 end
+  C.budgets = {[1] = {x = lps.randn(12, 6, g), y = lps.tensor(y)}, [2] = {x = lps.randn(12, 6, g), y = lps.tensor(y)}}
+  local rows, order = sel.estimate(C, {estimators = {"logme", "leep", "knn"}, funnel_by = {"logme"}, funnel_k = 1})
+  lu.assertEquals(order, {"logme", "leep", "knn", "random"}) -- no gains: no task oracle
+  local want = {logme = 0, leep = 0, knn = 0}
+  for _, t in ipairs{1, 2} do
+    local b = C.budgets[t]
+    local direct, best = {}, 0
+    for i, id in ipairs{"p1", "p2", "p3", "p4"} do
+      local F, theta = E.outputs(C.models[i].module, b.x)
+      direct[id] = {logme = E.logme(F, b.y), leep = E.leep(theta, b.y), knn = E.knn(F, b.y)}
+      best = math.max(best, acc[id][t])
+      for name, v in pairs(direct[id]) do lu.assertEquals(C.estimates.scores[t][name][id], v, name .. " " .. id) end
+      lu.assertTrue(C.estimates.cost[t].logme[id] >= C.estimates.forward[t][id])
+    end
+    for name in pairs(want) do
+      local pick
+      for _, id in ipairs{"p1", "p2", "p3", "p4"} do
+        if not pick or direct[id][name] > direct[pick][name] then pick = id end
+      end
+      want[name] = want[name] + (best - acc[pick][t]) / 2
+    end
+  end
+  for name, v in pairs(want) do
+    lu.assertAlmostEquals(rows[name].selection_regret, v, 1e-12, name)
+    lu.assertTrue(rows[name].selection_ms_per_candidate >= rows[name].selection_forward_ms_per_candidate)
+  end
+  lu.assertAlmostEquals(rows.random.selection_regret, ((0.90 - 0.75) + (0.95 - 0.725)) / 2, 1e-12)
+  lu.assertEquals(rows.random.selection_tau, 0)
+  -- a candidate of the target's own task is not scored for it
+  C.meta[1].task, C.estimates = 1, nil
+  sel.estimate(C, {estimators = {"logme"}, funnel_by = {"logme"}})
+  lu.assertNil(C.estimates.scores[1].logme.p1)
+  lu.assertNotNil(C.estimates.scores[2].logme.p1)
+end
+
+function TestSelection:test_bad_options()
+  local C = {n = 0, meta = {}, splits = S.splits, transfer = S.transfer, budgets = {}}
+  for _, c in ipairs{
+    {{bogus = 1}, "selection.estimate: unknown option 'bogus'"},
+    {{estimators = {"logme", "nope"}}, "unknown estimator 'nope'"},
+    {{estimators = {}}, "estimators must be a non-empty list"},
+    {{estimators = {"leep"}}, "funnel_by 'logme' is not one of the estimators"},
+    {{funnel_by = "logme"}, "funnel_by must be a list"},
+    {{funnel_k = 0}, "funnel_k must be a positive integer, got 0"},
+    {{funnel_k = 2.5}, "funnel_k must be a positive integer, got 2.5"},
+  } do
+    T.assert_error_contains(c[2], sel.estimate, C, c[1])
+  end
+  T.assert_error_contains("selection.add_rows: method 'lps' has no funnel results", sel.add_rows,
+    {estimates = {funnel_by = {"logme"}}}, {lps = {selection_regret = 0.1}}, {"lps"}, {}, {}, {"lps"})
+end
+
+-- The selection table's rows: estimators and funnels (with their sd) after
+-- the weight methods that have selection metrics, random and the oracle last.
+function TestSelection:test_add_rows()
+  local results = {lps = {selection_regret = 0.04, funnel_logme_selection_regret = 0.03,
+    funnel_logme_selection_regret_std = 0.01, funnel_logme_exact_selection_tau = 0.5}, matching = {top1 = 0.1}}
+  local est = {logme = {selection_regret = 0.07}, random = {selection_regret = 0.11}, task_oracle = {selection_regret = 0.03}}
+  local order = sel.add_rows({estimates = {funnel_by = {"logme"}}}, results, {"lps", "matching"}, est,
+    {"logme", "random", "task_oracle"}, {"lps"})
+  lu.assertEquals(order, {"lps", "logme", "lps+logme", "random", "task_oracle"})
+  lu.assertEquals(results["lps+logme"], {selection_regret = 0.03, selection_regret_std = 0.01})
+  lu.assertEquals(results.logme.selection_regret, 0.07)
+end
+
+-- The budget the estimators see is the one both probes trained on: the
+-- images and labels lps.transfer_pool.probe draws for the target (half 1,
+-- first draw), the same for an MLP and a CNN.
+function TestSelection:test_budgets_are_the_probes_images()
+  local dir = os.tmpname(); os.remove(dir)
+  local data = T.fake_fashion_mnist(dir, 200, 60)
+  local mlp = {{type = "linear", ["in"] = 784, out = 8}, {type = "relu"}, {type = "linear", ["in"] = 8, out = 3}}
+  local cnn = {{type = "conv2d", ["in"] = 1, out = 2, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 392, out = 3}}
+  local tasks = {{classes = {0, 1}}, {classes = {2, 3, 4}}}
+  local o = {images = 20, epochs = 1, batch = 10, lr = 1e-3, test_images = 20}
+  local P = {n = 2, meta = {{id = "a", task = 2, in_pool = true, family = "mlp", arch = mlp},
+    {id = "b", task = 2, in_pool = true, family = "cnn", arch = cnn}},
+    splits = {tasks = tasks, retrieval = {unseen_tasks = {1}}},
+    transfer = {protocol = {budget_images = o.images, epochs = o.epochs, batch_size = o.batch, lr = o.lr,
+                            test_images = o.test_images}}}
+  sel.probes(P, data)
+  local td = lps.zoo.task_data_loader(tasks, data)(1)
+  local b = P.budgets[1]
+  lu.assertEquals(b.x:size(1), 20)
+  for fam, a in pairs{mlp = mlp, cnn = cnn} do
+    local _, _, _, budget = lps.transfer_pool.probe(a, 1, 2, 1, 1, td, o)
+    lu.assertEquals(budget.x:reshape(budget.x:size(1), -1):totable(), b.x:totable(), fam)
+    lu.assertEquals(budget.y:totable(), b.y:totable(), fam)
+    lu.assertTrue(P.probe_ms[1][fam] > 0)
+  end
+  os.execute("rm -rf '" .. dir .. "'")
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
