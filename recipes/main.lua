@@ -20,9 +20,10 @@ local a = p:parse()
 if not a.jobs or a.jobs < 1 then io.stderr:write("main: --jobs must be a positive integer\n") os.exit(1) end
 
 -- The training code: a change to it changes the models, so the sets rebuild.
-local function training_sources()
+-- (ModelSet-Hetero's letters also come from the glyph renderer, csrc/data/.)
+local function training_sources(more)
   local out = {}
-  local p = assert(io.popen("ls csrc/nn/*.c csrc/nn/*.h csrc/core/*.c 2>/dev/null"))
+  local p = assert(io.popen("ls csrc/nn/*.c csrc/nn/*.h csrc/core/*.c " .. (more or "") .. " 2>/dev/null"))
   for f in p:lines() do out[#out + 1] = f end
   p:close()
   return out
@@ -63,8 +64,8 @@ end
 assert(os.execute("mkdir -p '" .. a.build .. "'"))
 local t0 = lps.now()
 local set = a.build .. "/modelset500.lpsm"
-local function with_training(list)
-  for _, f in ipairs(training_sources()) do list[#list + 1] = f end
+local function with_training(list, more)
+  for _, f in ipairs(training_sources(more)) do list[#list + 1] = f end
   return list
 end
 step("modelset", set, with_training{"recipes/modelset500.lua", "recipes/modelset500_tasks.lua",
@@ -79,10 +80,11 @@ if a.only500 then
   os.exit(0)
 end
 
--- ModelSet-Hetero: MLPs and CNNs, multi-class tasks in four image domains.
+-- ModelSet-Hetero 2: MLPs, CNNs and ResNets, multi-class tasks of
+-- Fashion-MNIST and rendered letters in four image domains.
 local het = a.build .. "/modelset_hetero.lpsm"
-step("modelset-hetero", het, with_training{"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua",
-  "lualps/bench/hetero.lua", "lualps/bench/zoo.lua"},
+step("modelset-hetero", het, with_training({"recipes/modelset_hetero.lua", "recipes/modelset_hetero_tasks.lua",
+  "lualps/bench/hetero.lua", "lualps/bench/zoo.lua", "lualps/data.lua"}, "csrc/data/*.c csrc/data/*.h"),
   function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
 step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/bench/transfer_pool.lua",
   het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)

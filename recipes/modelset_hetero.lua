@@ -1,13 +1,16 @@
 #!/usr/bin/env lua5.4
--- ModelSet-Hetero: MLPs and CNNs (half each) over 40 multi-class tasks (ten
--- class subsets in four image domains, recipes/modelset_hetero_tasks.lua),
--- 30 per task: 1,200 models, each with its own architecture, optimizer
--- (SGD with momentum, Adam, AdamW), learning rate, batch size, epochs and
--- data subset drawn from (master seed, position). Resumable, shardable;
--- writes the five evaluation splits beside the set (lps.hetero.splits).
+-- ModelSet-Hetero 2: MLPs and CNNs over 64 multi-class tasks (16 class
+-- subsets, 8 of Fashion-MNIST and 8 of rendered letters, in four image
+-- domains: recipes/modelset_hetero_tasks.lua), 25 per task, and 2 residual
+-- CNNs with batch norm per task (a family no split trains on): 1,728
+-- models, each with its own architecture, optimizer (SGD with momentum,
+-- Adam, AdamW), learning rate, batch size, epochs and data subset drawn
+-- from (master seed, position). Resumable, shardable; writes the
+-- evaluation splits (a) to (g) beside the set (lps.hetero.splits) and
+-- prints the composition.
 --
 --   lua5.4 recipes/modelset_hetero.lua --out build/modelset_hetero.lpsm --jobs 2
---   lua5.4 recipes/modelset_hetero.lua --subsets 1,3,8 --domains identity,invert --per-task 6 --out /tmp/h.lpsm
+--   lua5.4 recipes/modelset_hetero.lua --subsets 1,7,9,15 --domains identity,rot90 --per-task 8 --out /tmp/h.lpsm
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
@@ -21,7 +24,10 @@ p:option("--out", "Output model set.", "build/modelset_hetero.lpsm")
 p:option("--seed", "Master seed.", tostring(H.defaults.master_seed)):convert(math.tointeger)
 p:option("--subsets", "Class subsets of the task table to use (comma-separated numbers; default all).")
 p:option("--domains", "Image domains to use (comma-separated; default " .. table.concat(TABLE.domains, ",") .. ").")
-p:option("--per-task", "Models per task (half MLPs, half CNNs).", tostring(H.defaults.per_task)):convert(math.tointeger)
+p:option("--per-task", "MLPs and CNNs per task (alternating).", tostring(H.defaults.per_task)):convert(math.tointeger)
+p:option("--resnets", "Residual CNNs per task.", tostring(H.defaults.resnets)):convert(math.tointeger)
+p:option("--letters-per-class", "Training images per letter (default the task table's, "
+  .. TABLE.sources.glyphs.per_class .. ").")
 p:option("--pool", "Transfer pool per task (reference architectures; a multiple of 4).", tostring(H.defaults.pool))
   :convert(math.tointeger)
 p:option("--max-samples", "Training images x epochs of a CNN at most.", tostring(H.defaults.cnn_max_samples))
@@ -52,9 +58,15 @@ for k, v in pairs(TABLE) do T[k] = v end
 T.subsets, T.domains = {}, list(a.domains, TABLE.domains, "domains")
 for _, s in ipairs(list(a.subsets, ids, "subsets")) do T.subsets[#T.subsets + 1] = TABLE.subsets[s] end
 if not a.seed then fail("--seed must be an integer") end
-if not a.per_task or a.per_task < 6 or a.per_task % 2 ~= 0 then fail("--per-task must be an even integer >= 6") end
-if not a.pool or a.pool < 4 or a.pool % 4 ~= 0 or a.pool > a.per_task then
-  fail("--pool must be a multiple of 4 and at most --per-task")
+if not a.pool or a.pool < 4 or a.pool % 4 ~= 0 then fail("--pool must be a multiple of 4") end
+if not a.per_task or a.per_task < a.pool then fail("--per-task must be an integer >= --pool") end
+if not a.resnets or a.resnets < 0 then fail("--resnets must be an integer >= 0") end
+if a.letters_per_class then
+  local n = math.tointeger(tonumber(a.letters_per_class))
+  if not n or n < 1 or n > 10000 then fail("--letters-per-class must be an integer 1..10000") end
+  T.sources = {fashion_mnist = TABLE.sources.fashion_mnist, glyphs = {}}
+  for k, v in pairs(TABLE.sources.glyphs) do T.sources.glyphs[k] = v end
+  T.sources.glyphs.per_class = n
 end
 if not a.max_samples or a.max_samples < 1 then fail("--max-samples must be a positive integer") end
 if not a.max_test or a.max_test < 1 then fail("--max-test must be a positive integer") end
@@ -62,7 +74,8 @@ if #T.subsets * #T.domains < 4 then fail("at least 4 tasks are needed (subsets x
 local ok, data_dir = pcall(shards.check_args, a)
 if not ok then fail(data_dir) end
 
-local cfg = {master_seed = a.seed, per_task = a.per_task, pool = a.pool, cnn_max_samples = a.max_samples}
+local cfg = {master_seed = a.seed, per_task = a.per_task, resnets = a.resnets, pool = a.pool,
+  cnn_max_samples = a.max_samples}
 local plan, tasks = H.plan(T, cfg)
 local seconds
 ok, seconds = pcall(shards.build, a, arg, plan, {tasks = tasks, data_dir = data_dir, max_test = a.max_test})
@@ -78,7 +91,9 @@ if #problems > 0 then fail("the splits are not clean:\n  " .. table.concat(probl
 util.write_file(a.out .. ".splits.json", cjson.encode(splits))
 
 local all_min, n_retrained = zoo.print_accuracy(ms, tasks)
+local composition = H.composition(ms)
+print(H.composition_report(composition))
 print(cjson.encode{set = a.out, models = #ms, expected = #plan, seconds = seconds, jobs = a.jobs,
-  composition = H.composition(ms), min_test_accuracy = all_min, retrained = n_retrained,
+  composition = composition, min_test_accuracy = all_min, retrained = n_retrained,
   splits = a.out .. ".splits.json", fingerprint = plan[1].fingerprint})
 if #ms ~= #plan then os.exit(1) end

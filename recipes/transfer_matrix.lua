@@ -9,7 +9,8 @@
 --    these binary tasks and the gains shrink to noise.
 --  - Sets with a pool of reference models per task, as ModelSet-Hetero
 --    (lps.transfer_pool): two disjoint halves of the pool, each with its own
---    budget draws, and the split-half reliability of the matrix.
+--    budget draws, and the split-half reliability of the matrix; the
+--    domain table (per source too) and issue 18's criterion on it.
 --
 --   lua5.4 recipes/transfer_matrix.lua --set build/modelset500.lpsm --jobs 2
 package.path = "./?.lua;./?/init.lua;" .. package.path
@@ -122,5 +123,5 @@ util.write_file(out:gsub("%.json$", "") .. ".csv", csv)
 if pool then print(TP.report(r)) end
 print(("gain range [%.4f, %.4f]; mean gain: same task %.4f, sharing a class %.4f, disjoint %.4f")
   :format(s.gain_min, s.gain_max, s.gain_same, s.gain_shared, s.gain_disjoint))
-s.out, s.seconds, s.reliability = out, r.seconds, r.reliability
+s.out, s.seconds, s.reliability, s.domain_criterion = out, r.seconds, r.reliability, r.domain_criterion
 print(cjson.encode(s))

@@ -46,8 +46,8 @@ local byid, of_family = {}, {cnn = {}, mlp = {}}
 for i = 1, #ms do
   local m = ms:meta(i)
   byid[m.id] = i
-  local f = of_family[m.family]
-  if #f < N_FAMILY then f[#f + 1] = i end
+  local f = of_family[m.family] -- (ResNets are not timed)
+  if f and #f < N_FAMILY then f[#f + 1] = i end
 end
 local train_ids = table.move(splits.classification.train, 1, math.min(N_TRAIN, #splits.classification.train), 1, {})
 local LPS = {families = {"mlp", "cnn"}, slots = {"templates"}, noise_ranges = { {0, 0.2}, {0.8, 1} },

@@ -3,8 +3,9 @@
 -- protocol (lps.transfer_pool) on a reduced ModelSet-Hetero with only the
 -- pool models (8 per task: 4 MLPs, 4 CNNs of the reference architectures),
 -- over class subsets of one or both sources in every domain asked for:
--- Fashion-MNIST (the subsets of recipes/modelset_hetero_tasks.lua) or
--- rendered letters (lps.data.glyphs, the subsets in LETTERS below). Only
+-- Fashion-MNIST (the ten subsets of ModelSet-Hetero 1, FASHION below) or
+-- rendered letters (lps.data.glyphs, the subsets in LETTERS below), with
+-- the architectures and class ids of recipes/modelset_hetero_tasks.lua. Only
 -- pairs of tasks with the same classes (one subset) are measured: each
 -- subset is one small set of its domains, with its own pool matrix. Prints,
 -- per source and pooled over both, the domain table domain_gain[a][b] (mean
@@ -23,7 +24,11 @@ local argparse = require "argparse"
 local cjson = require("cjson").new()
 cjson.encode_invalid_numbers(true) -- a constant column (one class set) gives NaN taus
 local zoo, util, H, TP, eval = lps.zoo, lps.util, lps.hetero, lps.transfer_pool, lps.eval
-local FASHION = dofile("recipes/modelset_hetero_tasks.lua")
+local TABLE = dofile("recipes/modelset_hetero_tasks.lua")
+
+-- The Fashion-MNIST subsets measured: ModelSet-Hetero 1's (0-based classes).
+local FASHION = {{0, 1}, {2, 4, 6}, {5, 7}, {0, 2, 3}, {1, 3, 4, 5}, {0, 6, 7}, {1, 2, 5, 6, 7}, {3, 8, 9}, {4, 5, 8},
+  {0, 1, 7, 9}}
 
 -- Letter subsets of 2 to 5 letters over 18 letters, each in two subsets.
 -- One case per letter (no o/O, s/S, x/X, l/I look-alikes), and no letter
@@ -65,22 +70,31 @@ local function list(text, all)
   return out
 end
 
--- The task table of a source: Fashion-MNIST's (0-based classes) or the
--- letters' (1-based labels of lps.data.glyph_classes), same architectures.
-local GLYPHS = {}
-for k, v in pairs(FASHION) do GLYPHS[k] = v end
-GLYPHS.class_names, GLYPHS.subsets, GLYPHS.heldout_classes = lps.data.glyph_classes, {}, {}
-local label = {}
-for i, c in ipairs(lps.data.glyph_classes) do label[c] = i end
-for s, letters in ipairs(LETTERS) do
-  GLYPHS.subsets[s] = {}
-  for j, c in ipairs(letters) do GLYPHS.subsets[s][j] = label[c] end
+-- The task table of a source: the Hetero task table with that source's
+-- subsets above (class ids of the table: letters 10 + 0-based glyph label)
+-- and --per-class letters.
+local function source_table(src, lists)
+  local T = {}
+  for k, v in pairs(TABLE) do T[k] = v end
+  T.subsets, T.heldout_classes = {}, {}
+  T.sources = {fashion_mnist = TABLE.sources.fashion_mnist, glyphs = {}}
+  for k, v in pairs(TABLE.sources.glyphs) do T.sources.glyphs[k] = v end
+  T.sources.glyphs.per_class = a.per_class
+  local id = {}
+  for c, name in pairs(TABLE.class_names) do if c >= TABLE.sources.glyphs.first_class then id[name] = c end end
+  for s, list in ipairs(lists) do
+    local classes = {}
+    for j, c in ipairs(list) do classes[j] = id[c] or c end
+    T.subsets[s] = {source = src, classes = classes}
+  end
+  return T
 end
-local TABLES = {fashion_mnist = FASHION, glyphs = GLYPHS}
+local TABLES = {fashion_mnist = source_table("fashion_mnist", FASHION), glyphs = source_table("glyphs", LETTERS)}
+local FASHION_T, GLYPHS_T = TABLES.fashion_mnist, TABLES.glyphs
 local sources = a.source == "both" and {"fashion_mnist", "glyphs"} or {a.source}
 
 local all_subsets = {}
-for s = 1, math.max(#FASHION.subsets, #GLYPHS.subsets) do all_subsets[s] = s end
+for s = 1, math.max(#FASHION_T.subsets, #GLYPHS_T.subsets) do all_subsets[s] = s end
 local subsets, domains = list(a.subsets, all_subsets), list(a.domains, lps.data.domains)
 local domain_index = {}
 for k, d in ipairs(lps.data.domains) do domain_index[d] = k end
@@ -106,8 +120,8 @@ local function subset_tasks(src, S)
   local T, tasks = TABLES[src], {}
   for k, d in ipairs(domains) do
     local names = {}
-    for j, c in ipairs(T.subsets[S]) do names[j] = T.class_names[c] end
-    tasks[k] = {id = k, classes = T.subsets[S], domain = d, subset = S, source = src,
+    for j, c in ipairs(T.subsets[S].classes) do names[j] = T.class_names[c] end
+    tasks[k] = {id = k, classes = T.subsets[S].classes, domain = d, subset = S, source = src,
                 name = table.concat(names, "/") .. " (" .. d .. ")"}
   end
   return tasks
@@ -128,10 +142,12 @@ local function task_data(task)
     x, y = lps.data.select_classes(fm[1], fm[2], c)
     xt, yt = lps.data.select_classes(fm[3], fm[4], c)
   else
-    x, y = lps.data.glyphs("train", {per_class = a.per_class, classes = task.classes})
-    xt, yt = lps.data.glyphs("test", {per_class = GLYPH_TEST_PER_CLASS, classes = task.classes})
-    x, y = lps.data.select_classes(x, y, task.classes)
-    xt, yt = lps.data.select_classes(xt, yt, task.classes)
+    local labels = {} -- lps.data.glyphs' 1-based labels
+    for k, cl in ipairs(task.classes) do labels[k] = cl - TABLE.sources.glyphs.first_class + 1 end
+    x, y = lps.data.glyphs("train", {per_class = a.per_class, classes = labels})
+    xt, yt = lps.data.glyphs("test", {per_class = GLYPH_TEST_PER_CLASS, classes = labels})
+    x, y = lps.data.select_classes(x, y, labels)
+    xt, yt = lps.data.select_classes(xt, yt, labels)
   end
   if xt:size(1) > 2000 then xt, yt = xt:rows(1, 2000), yt:rows(1, 2000) end
   if task.domain ~= "identity" then x, xt = lps.data.domain(x, task.domain), lps.data.domain(xt, task.domain) end
@@ -149,9 +165,10 @@ local function build(src, S, d)
   local T = {}
   for k, v in pairs(TABLES[src]) do T[k] = v end
   T.subsets, T.domains = {T.subsets[S]}, {d}
-  local plan = H.plan(T, {per_task = H.defaults.pool, master_seed = a.seed + 100 * S + domain_index[d],
-    images_per_class = src == "glyphs" and a.per_class or nil})
-  local td = task_data{source = src, classes = T.subsets[1], domain = d}
+  -- no ResNets, and no minimum of steps: the pool as measured before the Hetero 2 plan had one
+  local plan = H.plan(T, {per_task = H.defaults.pool, resnets = 0, master_seed = a.seed + 100 * S + domain_index[d],
+    min_steps = {mlp = 0, cnn = 0, resnet = 0}})
+  local td = task_data{source = src, classes = T.subsets[1].classes, domain = d}
   local ms = lps.modelset.create(path .. ".tmp", {overwrite = true})
   for _, m in ipairs(plan) do
     local best, res

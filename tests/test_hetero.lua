@@ -1,6 +1,7 @@
--- ModelSet-Hetero at a small scale on synthetic images: the plan, the
--- build (single, sharded, resumed), the metadata, the five splits and their
--- cleanliness, bad options refused before anything is touched.
+-- ModelSet-Hetero 2 at a small scale on synthetic Fashion-MNIST and
+-- rendered letters: the plan (MLPs, CNNs, ResNets over both sources), the
+-- build (single, sharded, resumed), the metadata, the splits (a) to (g) and
+-- their cleanliness, bad options refused before anything is touched.
 local lu = require "luaunit"
 local lps = require "lualps"
 local cjson = require "cjson"
@@ -10,8 +11,16 @@ local H = lps.hetero
 local dir = os.tmpname(); os.remove(dir)
 local data = T.fake_fashion_mnist(dir .. "/data", 600, 300)
 local TABLE = dofile("recipes/modelset_hetero_tasks.lua")
--- subsets 1 {0,1}, 3 {5,7}, 8 {3,8,9} in two domains: 6 tasks, two of them with held-out classes
-local SMALL = "--subsets 1,3,8 --domains identity,invert --per-task 8 --pool 4 --max-samples 200 --max-test 100 --quiet --data " .. data
+-- subsets 9 {T-shirt, Trouser}, 13 {Dress, Bag, Ankle boot}, 14 {g, y} in two
+-- domains: 6 tasks of two sources, four with held-out classes; 6 MLPs and
+-- CNNs and a ResNet per task
+local SMALL = "--subsets 9,13,14 --domains identity,rot90 --per-task 6 --pool 4 --resnets 1 --letters-per-class 200 "
+  .. "--max-samples 200 --max-test 100 --quiet --data " .. data
+local SMALL_TABLE = {}
+for k, v in pairs(TABLE) do SMALL_TABLE[k] = v end
+SMALL_TABLE.subsets, SMALL_TABLE.domains = {TABLE.subsets[9], TABLE.subsets[13], TABLE.subsets[14]}, {"identity", "rot90"}
+SMALL_TABLE.sources = {fashion_mnist = TABLE.sources.fashion_mnist, glyphs = {first_class = 10, classes = 52,
+  per_class = 200, test_per_class = TABLE.sources.glyphs.test_per_class}}
 
 local function recipe(args) return T.sh("lua5.4 recipes/modelset_hetero.lua " .. args) end
 local function file_bytes(p) return lps.util.read_file(p) end
@@ -30,42 +39,121 @@ local records = T.records
 
 TestHeteroPlan = {}
 
+-- The task table: 16 subsets of two sources in four domains, one class space.
+function TestHeteroPlan:test_task_table()
+  local tasks = H.tasks(TABLE)
+  lu.assertEquals(#tasks, 64)
+  local src, classes, names = {}, {}, {}
+  for _, t in ipairs(tasks) do
+    src[t.source] = (src[t.source] or 0) + 1
+    lu.assertTrue(#t.classes >= 2 and #t.classes <= 5, t.name)
+    for k, c in ipairs(t.classes) do
+      classes[c] = true
+      lu.assertEquals(t.class_names[k], TABLE.class_names[c])
+      -- the label in the source's data: Fashion-MNIST c + 1, letters 10 + 0-based label
+      lu.assertEquals(t.labels[k], t.source == "glyphs" and c - 9 or c + 1, t.name)
+      if t.source == "glyphs" then
+        lu.assertEquals(lps.data.glyph_classes[t.labels[k]], t.class_names[k])
+        names[t.class_names[k]] = true
+      end
+    end
+    lu.assertEquals(t.per_class, t.source == "glyphs" and 3000 or nil)
+  end
+  lu.assertEquals(src, {fashion_mnist = 32, glyphs = 32})
+  local n = 0
+  for _ in pairs(classes) do n = n + 1 end
+  lu.assertEquals(n, 28)
+  -- 18 letters, one case each (no o/O, s/S look-alikes), no digits
+  for name in pairs(names) do
+    lu.assertNil(names[name:upper() ~= name and name:upper() or name:lower()], name)
+    lu.assertNil(name:match("%d"))
+  end
+  lu.assertEquals(TABLE.class_names[10], "A")
+  lu.assertEquals(TABLE.class_names[42], "g")
+  lu.assertEquals(TABLE.class_names[61], "z")
+  local bad = {class_names = TABLE.class_names, sources = TABLE.sources, domains = {"identity"},
+               subsets = {{source = "fashion_mnist", classes = {0, 12}}}}
+  T.assert_error_contains("hetero: subset 1 (fashion_mnist) has class 12, expected an integer 0..9", H.tasks, bad)
+  bad.subsets = {{source = "mnist", classes = {0, 1}}}
+  T.assert_error_contains("hetero: subset 1 has unknown source 'mnist'", H.tasks, bad)
+end
+
 function TestHeteroPlan:test_full_plan_composition()
   local plan, tasks = H.plan(TABLE)
-  lu.assertEquals(#tasks, 40)
-  lu.assertEquals(#plan, 1200)
-  local fam, dom, cls, held, pool = {}, {}, {}, 0, 0
+  lu.assertEquals(#tasks, 64)
+  lu.assertEquals(#plan, 1728)
+  local fam, dom, src, cls, held, pool = {}, {}, {}, {}, 0, 0
+  local archs, shortcuts = {}, {[0] = 0, [2] = 0}
   for _, m in ipairs(plan) do
     fam[m.family] = (fam[m.family] or 0) + 1
     dom[m.domain] = (dom[m.domain] or 0) + 1
+    src[m.source] = (src[m.source] or 0) + 1
     for _, c in ipairs(m.classes) do cls[c] = true end
     if m.heldout_arch then held = held + 1 end
     if m.in_pool then pool = pool + 1 end
-    lu.assertTrue(#m.classes >= 2 and #m.classes <= 5)
+    lu.assertEquals(m.class_names, tasks[m.task].class_names)
     local last = m.arch[#m.arch]
     lu.assertEquals(last.out, #m.classes, m.id)
-    if m.family == "cnn" then lu.assertTrue(m.macs <= H.defaults.cnn_max_macs, m.id) end
-    -- CNN training stays within its share of the build time
-    if m.family == "cnn" then
-      local n = math.floor(m.fraction * 6000 * #m.classes + 0.5)
+    local n = math.floor(m.fraction * (m.source == "glyphs" and 3000 or 6000) * #m.classes + 0.5)
+    local steps = -(-n // m.batch_size) * m.epochs
+    if m.family ~= "mlp" then
+      -- CNN and ResNet training stays within its share of the build time
       lu.assertTrue(n * m.epochs <= H.defaults.cnn_max_samples + 1, m.id)
+      lu.assertTrue(m.macs <= H.defaults[m.family == "cnn" and "cnn_max_macs" or "resnet_max_macs"], m.id)
+      -- enough steps, unless that would pass the cap
+      lu.assertTrue(steps >= H.defaults.min_steps[m.family] or n * (m.epochs + 1) > H.defaults.cnn_max_samples, m.id)
+    else
+      lu.assertTrue(steps >= H.defaults.min_steps.mlp, m.id)
+    end
+    if m.family == "resnet" then
+      archs[m.architecture] = true
+      lu.assertFalse(m.in_pool or m.heldout_arch, m.id)
+      -- conv (no bias) + bn + relu, residual blocks (+ relu), global average pooling, flatten, linear
+      lu.assertEquals({m.arch[1].type, m.arch[1].bias, m.arch[2].type, m.arch[3].type}, {"conv2d", false, "batchnorm2d", "relu"})
+      local blocks = 0
+      for l = 4, #m.arch - 3, 2 do
+        local r = m.arch[l]
+        lu.assertEquals(r.type, "residual", m.id)
+        lu.assertEquals(m.arch[l + 1].type, "relu", m.id)
+        lu.assertEquals(#r.body, 5)
+        lu.assertEquals(r.body[1].bias, false)
+        -- the identity shortcut only where channels and size stay
+        local same = r.body[1]["in"] == r.body[1].out and r.body[1].stride == 1
+        lu.assertEquals(#r.shortcut, same and 0 or 2, m.id)
+        shortcuts[#r.shortcut] = shortcuts[#r.shortcut] + 1
+        blocks = blocks + 1
+      end
+      lu.assertTrue(blocks == 1 or blocks == 2, m.id)
+      lu.assertEquals({m.arch[#m.arch - 2].type, m.arch[#m.arch - 2].output, m.arch[#m.arch - 1].type},
+        {"adaptive_avgpool2d", 1, "flatten"})
     end
   end
-  lu.assertEquals(fam, {mlp = 600, cnn = 600})
-  lu.assertEquals(dom, {identity = 300, invert = 300, rot90 = 300, blur = 300})
-  for c = 0, 9 do lu.assertTrue(cls[c], "class " .. c) end
-  lu.assertTrue(held > 60 and held < 220, "held-out architectures: " .. held)
-  lu.assertEquals(pool, 320)
+  lu.assertEquals(fam, {mlp = 832, cnn = 768, resnet = 128})
+  lu.assertEquals(dom, {identity = 432, rot90 = 432, zoomout = 432, shift = 432})
+  lu.assertEquals(src, {fashion_mnist = 864, glyphs = 864})
+  for _, t in ipairs(tasks) do for _, c in ipairs(t.classes) do lu.assertTrue(cls[c], "class " .. c) end end
+  local n = 0
+  for _ in pairs(archs) do n = n + 1 end
+  lu.assertTrue(n > 40, "ResNet architectures: " .. n)
+  lu.assertTrue(shortcuts[0] > 10 and shortcuts[2] > 10, ("shortcuts: %d identity, %d conv"):format(shortcuts[0], shortcuts[2]))
+  lu.assertTrue(held > 90 and held < 260, "held-out architectures: " .. held)
+  lu.assertEquals(pool, 512)
+  -- a ResNet of the plan trains: batch norm in train mode, k outputs
+  local r = plan[26]
+  lu.assertEquals(r.family, "resnet")
+  local m = lps.nn.from_arch(r.arch, lps.generator(1))
+  lu.assertEquals(m:forward(lps.rand(3, 1, 28, 28, lps.generator(2))):shape(), {3, #r.classes})
   -- the same configuration gives the same plan, another seed another one
   local again = H.plan(TABLE)
   lu.assertEquals(again[500], plan[500])
   lu.assertNotEquals(H.plan(TABLE, {master_seed = 2})[500].lr, plan[500].lr)
   T.assert_error_contains("hetero: unknown option 'per_tsk'", H.plan, TABLE, {per_tsk = 4})
   -- the domains are lps.data's: one list, the C core's
-  local sepia = {class_names = TABLE.class_names, subsets = TABLE.subsets, domains = {"identity", "sepia"}}
+  local sepia = {class_names = TABLE.class_names, sources = TABLE.sources, subsets = TABLE.subsets,
+                 domains = {"identity", "sepia"}}
   T.assert_error_contains("hetero: unknown domain 'sepia' (lps.data.domains: identity, invert, rot90, blur, downup, zoomout, shift, vflip, edges, texture, elastic)",
     H.tasks, sepia)
-  lu.assertEquals(#H.plan(TABLE, {tasks = 2}), 60) -- the first two tasks
+  lu.assertEquals(#H.plan(TABLE, {tasks = 2}), 54) -- the first two tasks
 end
 
 -- The full plan's splits, its metadata by id and its tasks.
@@ -79,62 +167,151 @@ end
 function TestHeteroPlan:test_full_splits_are_clean()
   local s, meta, tasks = planned_splits()
   lu.assertEquals(H.check_splits(s, meta), {})
-  lu.assertEquals(#s.retrieval.unseen_tasks, 12)
-  lu.assertEquals(#s.novel.unseen_tasks, 12) -- subsets 8, 9, 10 in four domains
-  for _, t in ipairs(s.novel.unseen_tasks) do
+  lu.assertEquals(#s.retrieval.unseen_tasks, 19)
+  lu.assertEquals(#s.novel.unseen_tasks, 16) -- subsets 13, 15 (Bag, Ankle boot), 14, 16 (A, g, y) in four domains
+  local held = {[8] = true, [9] = true, [10] = true, [42] = true, [60] = true}
+  for t = 1, #tasks do
     local has = false
-    for _, c in ipairs(tasks[t].classes) do has = has or c == 8 or c == 9 end
-    lu.assertTrue(has, "novel test task " .. t)
+    for _, c in ipairs(tasks[t].classes) do has = has or held[c] or false end
+    local test = false
+    for _, u in ipairs(s.novel.unseen_tasks) do test = test or u == t end
+    lu.assertEquals(test, has, "novel test task " .. t)
   end
-  lu.assertEquals(#s.classification.train + #s.classification.test, 1200)
+  lu.assertEquals(#s.classification.train + #s.classification.test, 1600) -- no ResNet
   lu.assertTrue(#s.heldout_arch.query > 0 and #s.cross_family.query > 0)
+  -- (f): both directions, every MLP and CNN of a source trains the other's test
+  lu.assertEquals(#s.cross_source, 2)
+  for k, src in ipairs{"fashion_mnist", "glyphs"} do
+    local d = s.cross_source[k]
+    lu.assertEquals(d.train_source, src)
+    lu.assertEquals({#d.train_tasks, #d.unseen_tasks, #d.train, #d.query + #d.gallery}, {32, 32, 800, 800})
+    for _, t in ipairs(d.train_tasks) do lu.assertEquals(tasks[t].source, src) end
+    for _, t in ipairs(d.unseen_tasks) do lu.assertNotEquals(tasks[t].source, src) end
+  end
+  -- (g): the ResNets of (b)'s unseen tasks against those tasks' MLPs and CNNs, trained as (b)
+  local g = s.heldout_family
+  lu.assertEquals(g.unseen_tasks, s.retrieval.unseen_tasks)
+  lu.assertEquals(g.train, s.retrieval.train)
+  lu.assertEquals(#g.query, 2 * 19)
+  lu.assertEquals(#g.gallery, #s.retrieval.query + #s.retrieval.gallery)
+  for _, id in ipairs(g.query) do lu.assertEquals(meta[id].family, "resnet") end
 end
 
 function TestHeteroPlan:test_split_checker_finds_planted_leaks()
   local s, meta = planned_splits()
-  local function leak(f) local c = cjson.decode(cjson.encode(s)); f(c); return H.check_splits(c, meta) end
+  local function leak(f) local c = cjson.decode(cjson.encode(s)); f(c); return table.concat(H.check_splits(c, meta), "\n") end
   local p = leak(function(c) table.insert(c.retrieval.train, c.retrieval.query[1]) end)
-  lu.assertStrContains(p[1], "retrieval: training model")
+  lu.assertStrContains(p, "retrieval: training model")
   p = leak(function(c) table.insert(c.novel.train, c.novel.gallery[1]) end)
-  lu.assertStrContains(table.concat(p, "\n"), "held-out class")
+  lu.assertStrContains(p, "held-out class")
   p = leak(function(c) table.insert(c.heldout_arch.train, c.heldout_arch.query[1]) end)
-  lu.assertStrContains(p[1], "heldout_arch: training model")
+  lu.assertStrContains(p, "heldout_arch: training model")
   p = leak(function(c) table.insert(c.cross_family.query, c.cross_family.gallery[1]) end)
-  lu.assertStrContains(table.concat(p, "\n"), "is not a CNN")
+  lu.assertStrContains(p, "is not a CNN")
   p = leak(function(c) table.insert(c.classification.test, c.classification.train[1]) end)
-  lu.assertStrContains(p[1], "in both train and test")
+  lu.assertStrContains(p, "in both train and test")
+  -- ResNets: in no training split, and in no queries or gallery but (g)'s
+  local resnet = s.heldout_family.query[1]
+  for _, where in ipairs{{"classification", "train"}, {"novel", "train"}, {"heldout_arch", "train"},
+                         {"retrieval", "gallery"}, {"classification", "test"}} do
+    p = leak(function(c) table.insert(c[where[1]][where[2]], resnet) end)
+    lu.assertStrContains(p, ("%s: %s model %s is a ResNet"):format(where[1], where[2], resnet))
+  end
+  p = leak(function(c) table.insert(c.cross_source[1].train, resnet) end)
+  lu.assertStrContains(p, "cross_source from fashion_mnist: train model " .. resnet .. " is a ResNet")
+  -- (f): training models of one source only, queries and gallery of the other
+  p = leak(function(c) table.insert(c.cross_source[1].train, c.cross_source[2].train[1]) end)
+  lu.assertStrContains(p, "cross_source from fashion_mnist: training model " .. s.cross_source[2].train[1]
+    .. " is of source glyphs")
+  p = leak(function(c) table.insert(c.cross_source[2].gallery, c.cross_source[2].train[1]) end)
+  lu.assertStrContains(p, "cross_source from glyphs: gallery model " .. s.cross_source[2].train[1]
+    .. " is of the training source")
+  -- (g): ResNet queries of test tasks, a gallery of no ResNet, no ResNet trains
+  p = leak(function(c) table.insert(c.heldout_family.query, c.heldout_family.gallery[1]) end)
+  lu.assertStrContains(p, "heldout_family: query " .. s.heldout_family.gallery[1] .. " is not a ResNet")
+  p = leak(function(c) table.insert(c.heldout_family.gallery, resnet) end)
+  lu.assertStrContains(p, "heldout_family: gallery model " .. resnet .. " is a ResNet")
+  p = leak(function(c) table.insert(c.heldout_family.train, resnet) end)
+  lu.assertStrContains(p, "heldout_family: training model " .. resnet .. " is a ResNet")
+  local trained_resnet -- a ResNet of a training task of (b)
+  for id, m in pairs(meta) do
+    if m.family == "resnet" and not trained_resnet then
+      local unseen = false
+      for _, t in ipairs(s.retrieval.unseen_tasks) do unseen = unseen or t == m.task end
+      if not unseen then trained_resnet = id end
+    end
+  end
+  p = leak(function(c) table.insert(c.heldout_family.query, trained_resnet) end)
+  lu.assertStrContains(p, "heldout_family: query " .. trained_resnet .. " is not of a test task")
 end
 
 TestHeteroBuild = {}
 
+-- The loader reads either source: a letters task's images are lps.data.glyphs'
+-- of its letters (labels 1..k in the task's order) in its domain, whichever
+-- other tasks the list holds.
+function TestHeteroBuild:test_task_data_loader_reads_both_sources()
+  local tasks = H.tasks(SMALL_TABLE)
+  lu.assertEquals({tasks[1].source, tasks[5].source, tasks[6].domain}, {"fashion_mnist", "glyphs", "rot90"})
+  local load = lps.zoo.task_data_loader(tasks, data, {max_test = 100})
+  local gy = load(6) -- {g, y} rotated
+  local x, y = lps.data.glyphs("train", {per_class = 200, classes = {"g", "y"}})
+  local xt = lps.data.glyphs("test", {per_class = 500, classes = {"g", "y"}})
+  lu.assertEquals(gy.x:size(1), 400)
+  lu.assertTrue(lps.allclose(gy.x, lps.data.domain(x, "rot90"), 0, 0))
+  local labels = {}
+  for i = 1, 400 do labels[i] = ({[33] = 1, [51] = 2})[y[i]] end -- g (label 33) is class 1, y (51) class 2
+  lu.assertEquals(gy.y:totable(), labels)
+  lu.assertEquals(gy.xt:size(1), 100)
+  lu.assertTrue(lps.allclose(gy.xt, lps.data.domain(xt:rows(1, 100), "rot90"), 0, 0))
+  -- the same images from a list of that task alone
+  local alone = lps.zoo.task_data_loader({tasks[6]}, data, {max_test = 100})(1)
+  lu.assertTrue(lps.allclose(alone.x, gy.x, 0, 0) and lps.allclose(alone.xt, gy.xt, 0, 0))
+  -- Fashion-MNIST: class c is label c + 1 (the fake data draws class c in rows 2c, 2c + 1)
+  local fm = load(3) -- {Dress, Bag, Ankle boot}
+  lu.assertEquals(fm.x:size(1), 180)
+  local fx, fy = lps.data.fashion_mnist("train", data)
+  local want = lps.data.select_classes(fx, fy, {4, 9, 10})
+  lu.assertTrue(lps.allclose(fm.x, want, 0, 0))
+  T.assert_error_contains("task_data_loader: task 1 has unknown source 'mnist'",
+    lps.zoo.task_data_loader({{classes = {0, 1}, source = "mnist"}}, data), 1)
+end
+
 function TestHeteroBuild:test_build_metadata_and_models()
   local path = single_build()
   local recs, n = records(path)
-  lu.assertEquals(n, 48)
+  lu.assertEquals(n, 42)
   local ms <close> = lps.modelset.open(path)
-  local seen = {mlp = 0, cnn = 0}
+  local seen, sources = {mlp = 0, cnn = 0, resnet = 0}, {}
   for i = 1, #ms do
     local m = ms:meta(i)
     seen[m.family] = seen[m.family] + 1
-    for _, k in ipairs{"task", "classes", "domain", "family", "arch", "optimizer", "lr", "batch_size", "epochs",
-                       "fraction", "train_accuracy", "test_accuracy", "architecture"} do
+    sources[m.source] = (sources[m.source] or 0) + 1
+    for _, k in ipairs{"task", "classes", "class_names", "source", "domain", "family", "arch", "optimizer", "lr",
+                       "batch_size", "epochs", "fraction", "train_accuracy", "test_accuracy", "architecture"} do
       lu.assertNotNil(m[k], m.id .. " " .. k)
     end
+    for k, c in ipairs(m.classes) do lu.assertEquals(m.class_names[k], TABLE.class_names[c]) end
     if m.optimizer == "adamw" then lu.assertNotNil(m.weight_decay, m.id) end
   end
-  lu.assertEquals(seen, {mlp = 24, cnn = 24})
-  -- the record alone rebuilds the model: its stored test accuracy comes back
-  local loader = lps.zoo.task_data_loader(H.tasks({class_names = TABLE.class_names, domains = {"identity", "invert"},
-    subsets = {TABLE.subsets[1], TABLE.subsets[3], TABLE.subsets[8]}}), data, {max_test = 100})
-  for _, i in ipairs{1, 2, 8, 48} do
+  lu.assertEquals(seen, {mlp = 18, cnn = 18, resnet = 6})
+  lu.assertEquals(sources, {fashion_mnist = 28, glyphs = 14})
+  -- the record alone rebuilds the model: its stored test accuracy comes back (a ResNet in eval mode too)
+  local loader = lps.zoo.task_data_loader(H.tasks(SMALL_TABLE), data, {max_test = 100})
+  for _, i in ipairs{1, 2, 7, 36, 41, 42} do
     local m = ms:meta(i)
     local td = loader(m.task)
-    local x = m.family == "cnn" and td.xt:reshape(td.xt:size(1), 1, 28, 28) or td.xt
+    local x = m.family ~= "mlp" and td.xt:reshape(td.xt:size(1), 1, 28, 28) or td.xt
     lu.assertAlmostEquals(lps.evaluate(ms:get(i), {x = x, y = td.yt}), m.test_accuracy, 1e-12)
   end
+  lu.assertEquals(ms:meta(42).family, "resnet")
   local splits = cjson.decode(file_bytes(path .. ".splits.json"))
-  lu.assertEquals(H.check_splits(splits, (function() local t = {} for id, r in pairs(recs) do t[id] = r.meta end return t end)()), {})
+  local meta = {}
+  for id, r in pairs(recs) do meta[id] = r.meta end
+  lu.assertEquals(H.check_splits(splits, meta), {})
   lu.assertEquals(#splits.tasks, 6)
+  lu.assertEquals(#splits.cross_source, 2)
+  lu.assertEquals(#splits.heldout_family.query, 2)
 end
 
 function TestHeteroBuild:test_sharded_build_is_bit_identical()
@@ -143,7 +320,7 @@ function TestHeteroBuild:test_sharded_build_is_bit_identical()
   local ok, out = recipe(SMALL .. " --jobs 2 --out " .. path)
   lu.assertTrue(ok, out)
   local got, n = records(path)
-  lu.assertEquals(n, 48)
+  lu.assertEquals(n, 42)
   for id, r in pairs(ref) do
     lu.assertEquals(got[id].tensors, r.tensors, id)
     lu.assertEquals(got[id].meta, r.meta, id)
@@ -158,7 +335,11 @@ function TestHeteroBuild:test_resume_after_a_shard()
   lu.assertTrue(ok, out)
   ok, out = T.sh("lua5.4 recipes/modelset_hetero.lua " .. SMALL:gsub("%-%-quiet", "") .. " --out " .. path)
   lu.assertTrue(ok, out)
-  lu.assertStrContains(out, "16 models were already stored, built 32")
+  lu.assertStrContains(out, "14 models were already stored, built 28")
+  -- the composition is printed
+  lu.assertStrContains(out, "models per family: cnn 18, mlp 18, resnet 6")
+  lu.assertStrContains(out, "models per source: fashion_mnist 28, glyphs 14")
+  lu.assertStrContains(out, "distinct classes: 7 (fashion_mnist 5, glyphs 2)")
   local got = records(path)
   for id, r in pairs(ref) do lu.assertEquals(got[id].tensors, r.tensors, id) end
 end
@@ -167,11 +348,14 @@ function TestHeteroBuild:test_bad_options_refused_without_touching_the_set()
   local path = single_build()
   local before, splits = file_bytes(path), file_bytes(path .. ".splits.json")
   for _, c in ipairs{
-    {"--subsets 1,11 --out " .. path, "unknown subset '11'"},
+    {"--subsets 1,17 --out " .. path, "unknown subset '17'"},
     {"--domains identity,sepia --out " .. path, "unknown domain 'sepia'"},
-    {SMALL .. " --per-task 5 --out " .. path, "--per-task must be an even integer"},
+    {SMALL .. " --per-task 3 --out " .. path, "--per-task must be an integer >= --pool"},
     {SMALL .. " --pool 6 --out " .. path, "--pool must be a multiple of 4"},
+    {SMALL .. " --resnets=-1 --out " .. path, "--resnets must be an integer >= 0"},
+    {SMALL .. " --letters-per-class 0 --out " .. path, "--letters-per-class must be an integer 1..10000"},
     {SMALL .. " --seed 3 --out " .. path, "another configuration"},
+    {SMALL .. " --letters-per-class 300 --out " .. path, "another configuration"},
     {SMALL .. " --subsets 1 --domains identity --out " .. dir .. "/x.lpsm", "at least 4 tasks"},
     {SMALL .. " --jobs 2 --shard 1/2 --out " .. dir .. "/y.lpsm", "do not go together"},
     {SMALL .. " --out /no/such/dir/z.lpsm", "does not exist"},
@@ -204,15 +388,26 @@ function TestHeteroTransfer:test_pool_matrix()
   lu.assertEquals(r2.gain, r1.gain)
   lu.assertEquals(r2.finetune, r1.finetune)
   lu.assertEquals(r1.protocol.kind, "pool")
-  -- tasks: {0,1} identity, {0,1} invert, {5,7} identity, {5,7} invert, {3,8,9} identity, {3,8,9} invert
+  -- tasks: {0,1} identity, {0,1} rot90, {3,8,9} identity, {3,8,9} rot90, {g,y} identity, {g,y} rot90
   lu.assertEquals(r1.overlap[1], {2, 2, 0, 0, 0, 0})
-  lu.assertEquals(r1.overlap[5], {0, 0, 0, 0, 3, 3})
+  lu.assertEquals(r1.overlap[3], {0, 0, 3, 3, 0, 0})
+  lu.assertEquals(r1.overlap[5], {0, 0, 0, 0, 2, 2})
   lu.assertEquals(r1.domain_match[1], {1, 0, 1, 0, 1, 0})
   -- the domain table: three class sets, one pair of tasks each per cell
   local g = r1.gain
-  lu.assertEquals(r1.domain_pairs.identity.invert, 3)
-  lu.assertAlmostEquals(r1.domain_gain.identity.invert, (g[1][2] + g[3][4] + g[5][6]) / 3, 1e-12)
-  lu.assertAlmostEquals(r1.domain_gain.invert.invert, (g[2][2] + g[4][4] + g[6][6]) / 3, 1e-12)
+  lu.assertEquals(r1.domain_pairs.identity.rot90, 3)
+  local dg = r1.domain_gain
+  lu.assertAlmostEquals(dg.identity.rot90, (g[1][2] + g[3][4] + g[5][6]) / 3, 1e-12)
+  lu.assertAlmostEquals(dg.rot90.rot90, (g[2][2] + g[4][4] + g[6][6]) / 3, 1e-12)
+  -- the criterion: the smaller of staying minus moving in, for each target domain; per source too
+  local into_rot90, into_identity = dg.rot90.rot90 - dg.identity.rot90, dg.identity.identity - dg.rot90.identity
+  local c = r1.domain_criterion
+  lu.assertAlmostEquals(c.all.smallest, math.min(into_rot90, into_identity), 1e-12)
+  lu.assertEquals(c.all.at, into_rot90 < into_identity and "identity->rot90" or "rot90->identity")
+  lu.assertEquals(c.all.pass, c.all.smallest >= 0.02)
+  lu.assertAlmostEquals(c.glyphs.smallest, math.min(g[6][6] - g[5][6], g[5][5] - g[6][5]), 1e-12)
+  lu.assertAlmostEquals(c.fashion_mnist.smallest, math.min((g[2][2] + g[4][4] - g[1][2] - g[3][4]) / 2,
+    (g[1][1] + g[3][3] - g[2][1] - g[4][3]) / 2), 1e-12)
   -- gain_half[h][s][t] = mean over half h's pool models of s of (fine-tuned - same family's scratch)
   local s, t = 3, 5
   for h = 1, 2 do
@@ -266,6 +461,18 @@ function TestHeteroTransfer:test_domain_gain()
   lu.assertAlmostEquals(dg.identity.rot90, (0.02 + 0.04) / 2, 1e-12)
   lu.assertAlmostEquals(dg.rot90.identity, (0.01 + 0.03) / 2, 1e-12)
   lu.assertAlmostEquals(dg.rot90.rot90, (0.20 + 0.30 + 0.10 + 0.40) / 4, 1e-12)
+  -- issue 18's criterion: staying in b (rot90 0.25, identity 0.08) against moving in (0.03, 0.02)
+  local c = lps.transfer_pool.domain_criterion(dg, domains)
+  lu.assertAlmostEquals(c.smallest, 0.08 - 0.02, 1e-12)
+  lu.assertEquals({c.at, c.margin, c.pass}, {"rot90->identity", 0.02, true})
+  lu.assertFalse(lps.transfer_pool.domain_criterion(dg, domains, 0.07).pass)
+  -- one source's tasks only: tasks 2 and 4 of letters
+  tasks[2].source, tasks[4].source = "glyphs", "glyphs"
+  local dg2, pairs2, domains2 = lps.transfer_pool.domain_gain(gain, tasks, "glyphs")
+  lu.assertEquals(domains2, {"rot90", "identity"})
+  lu.assertEquals(pairs2, {rot90 = {rot90 = 1}, identity = {identity = 1}})
+  lu.assertEquals({dg2.rot90.rot90, dg2.identity.identity}, {0.20, 0.06})
+  lu.assertNil(lps.transfer_pool.domain_criterion(dg2, domains2).smallest) -- no pair of domains to compare
 end
 
 function TestHeteroTransfer:test_pool_halves()
@@ -300,14 +507,27 @@ function TestHeteroEval:test_pipeline_outputs()
   for _, m in ipairs{"lps", "raw", "sorted", "stats", "gram", "matching", "cka"} do
     local x = r.methods[m]
     lu.assertNotNil(x, m)
-    for _, k in ipairs{"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "tau_transfer",
-                       "selection_accuracy", "selection_regret"} do
+    for _, k in ipairs{"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map",
+                       "heldout_family_rank1", "tau_transfer", "selection_accuracy", "selection_regret"} do
       lu.assertNotNil(x[k], m .. " " .. k) -- a number, or null where the method cannot say
     end
     lu.assertTrue(x.top1 >= 0 and x.top1 <= 1, m)
   end
   lu.assertEquals(r.methods.raw.cross_family_rank1, cjson.null) -- raw weights cannot compare families
   lu.assertTrue(type(r.methods.lps.cross_family_rank1) == "number")
+  -- (g): the weight-space baselines cannot read a ResNet (NaN rows, no value); the templates can
+  for _, m in ipairs{"raw", "sorted", "stats", "gram", "matching", "cka"} do
+    lu.assertEquals(r.methods[m].heldout_family_rank1, cjson.null, m)
+  end
+  for _, m in ipairs{"lps", "template_matching"} do
+    lu.assertTrue(r.methods[m].heldout_family_rank1 >= 0 and r.methods[m].heldout_family_map > 0, m)
+  end
+  lu.assertEquals(r.ablations.weight_units_only.heldout_family_rank1, nil) -- its weight units read no ResNet
+  -- (f): the mean of both directions
+  local x = r.methods.lps
+  lu.assertAlmostEquals(x.cross_source_map, (x.cross_source_map_from_fashion_mnist + x.cross_source_map_from_glyphs) / 2,
+    1e-9)
+  lu.assertStrContains(cjson.encode(r.protocol), "ResNet queries")
   lu.assertNotNil(r.methods.lps.map_std)
   for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "reliability"} do
     lu.assertNotNil(r.controls[k], k)

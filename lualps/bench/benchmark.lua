@@ -101,7 +101,10 @@ end
 -- Metrics, as the set allows: top1 (a: held-out models of training tasks);
 -- rank1, rank5, rank10, map, nmi, ami (b: unseen tasks); novel_rank1,
 -- novel_map (c); heldout_arch_rank1, heldout_arch_map (d);
--- cross_family_rank1, cross_family_map (e); tau_overlap, rho_overlap,
+-- cross_family_rank1, cross_family_map (e); cross_source_map,
+-- cross_source_rank1 (f: the mean over its directions) and per direction
+-- cross_source_map_from_<source>, cross_source_rank1_from_<source>;
+-- heldout_family_rank1, heldout_family_map (g); tau_overlap, rho_overlap,
 -- tau_transfer, rho_transfer (relations: all tasks, or on sets whose
 -- splits say relations = "unseen", unseen tasks only, with
 -- tau_transfer_per_target and tau_domain); cross_top1 (cross-setting);
@@ -167,6 +170,17 @@ function B.describe(S, opts)
     cross_setting = "1-NN top-1 of the Adam-trained held-out models against the SGD-trained training models; learned methods trained on the SGD half only",
     pairwise = ("pairwise-only methods (matching): each held-out model compared with %d training models per task; relations over %d held-out models per task; clustering over %d unseen models per task")
       :format(k, k, k + 1),
+    cross_source = S.splits.cross_source and (function()
+      local parts = {}
+      for _, s in ipairs(S.splits.cross_source) do
+        parts[#parts + 1] = ("trained on the %d models of the %d %s tasks, %d queries against %d gallery models of the %d other tasks")
+          :format(#s.train, #s.train_tasks, s.train_source, #s.query, #s.gallery, #s.unseen_tasks)
+      end
+      return table.concat(parts, "; ") .. "; cross_source_map is the mean over both directions"
+    end)() or nil,
+    heldout_family = S.splits.heldout_family and
+      ("%d ResNet queries (a family in no training split) against the %d MLPs and CNNs of the %d unseen tasks of retrieval, trained as retrieval")
+        :format(#S.splits.heldout_family.query, #S.splits.heldout_family.gallery, #S.splits.heldout_family.unseen_tasks) or nil,
   }
 end
 

@@ -2,6 +2,10 @@
 -- lps.benchmark.methods: LPS, the unlearned feature baselines, learned heads
 -- on fixed features, CKA, weight matching and template matching. Each is a
 -- method in the sense of lps.benchmark (embed or similarity, optional fit).
+-- Every method gives a row for every model: the baselines that read
+-- weight layers (features, feature heads, CKA, matching) give NaN rows
+-- (not comparable) for models without a weight view (batch norm, residual
+-- blocks: csrc/lualps.h), LPS for families its network does not read.
 local core = require "lualps.core"
 local util = require "lualps.util"
 local eval = require "lualps.eval"
@@ -20,6 +24,54 @@ local function class_labels(y)
   return labels, #tasks, tasks
 end
 M.class_labels = class_labels
+
+-- Whether the weight-space methods can read a model (its weight layers
+-- with biases, only channel-wise layers between them), remembered per model.
+local readable = setmetatable({}, {__mode = "k"})
+local function has_weight_view(m)
+  local r = readable[m]
+  if r == nil then
+    r = (pcall(eval.features, "stats", m))
+    readable[m] = r
+  end
+  return r
+end
+
+-- The positions and the models of a list that have a weight view.
+local function with_weight_view(models)
+  local idx, sub = {}, {}
+  for k, m in ipairs(models) do
+    if has_weight_view(m) then idx[#idx + 1], sub[#sub + 1] = k, m end
+  end
+  return idx, sub
+end
+
+-- embed(self, models) of a weight-space method, with NaN rows for the
+-- models it cannot read.
+local function embed_readable(embed)
+  return function(self, models)
+    local idx, sub = with_weight_view(models)
+    if #sub == #models then return embed(self, models) end
+    if #sub == 0 then return core.full(#models, 1, 0 / 0) end
+    local Es = embed(self, sub)
+    local E = core.full(#models, Es:size(2), 0 / 0)
+    for r, k in ipairs(idx) do E[k]:copy(Es[r]) end
+    return E
+  end
+end
+
+-- similarity(self, a, b) of a weight-space method, NaN where either model
+-- cannot be read.
+local function similarity_readable(similarity)
+  return function(self, a, b)
+    local ia, sa = with_weight_view(a)
+    local ib, sb = with_weight_view(b)
+    if #sa == #a and #sb == #b then return similarity(self, a, b) end
+    local out = core.full(#a, #b, math.abs(0 / 0))
+    if #sa > 0 and #sb > 0 then core._eval.place(out, similarity(self, sa, sb), ia, ib) end
+    return out
+  end
+end
 
 
 -- Row-normalized features of a list of models; standardized first with
@@ -50,11 +102,12 @@ end
 function M.features(kind, opts)
   opts = util.options(opts, {pairwise = false}, "features", {"standardize"})
   if opts.pairwise then
-    return {name = kind, similarity = function(_, a, b) return eval.similarity_matrix(kind, a, b) end}
+    return {name = kind,
+            similarity = similarity_readable(function(_, a, b) return eval.similarity_matrix(kind, a, b) end)}
   end
   local mean, sd = feature_stats(kind, opts.standardize)
   return {name = kind, metric = "dot",
-          embed = function(_, models) return normalized_features(kind, models, mean, sd) end}
+          embed = embed_readable(function(_, models) return normalized_features(kind, models, mean, sd) end)}
 end
 
 --- A learned head (projection, L2 normalization, classifier and the losses
@@ -82,7 +135,7 @@ function M.feature_head(kind, opts)
     local head = similarity.feature_head{in_dim = rows[1]:numel(), classes = C, seed = ctx.seed}
     local rep = similarity.train_network(head, rows, labels, {epochs = opts.epochs, seed = ctx.seed})
     return {name = kind .. "_head", metric = "dot", head = head, seconds = rep.seconds,
-            embed = function(_, ms) return head:embed(features(ms)) end}
+            embed = embed_readable(function(_, ms) return head:embed(features(ms)) end)}
   end}
 end
 
@@ -136,7 +189,10 @@ end
 --   train_families: fit on models of these families only (default all the
 --     network reads);
 --   shuffle_labels: fit on task labels permuted at random (a control).
--- Models of a family the network does not read embed as NaN (not comparable).
+-- Models of a family the network does not read embed as NaN (not
+-- comparable): a network reads its `families`, and with the templates slot
+-- alone also families that have no unit encoders (ResNets: the templates
+-- are a function of any model).
 function M.lps(opts)
   local own = {name = true, relations = true, train_families = true, shuffle_labels = true}
   local defaults = type(opts) == "table" and opts.families and similarity.arch_defaults or similarity.defaults
@@ -177,11 +233,14 @@ function M.lps(opts)
     local rep = similarity.train_network(net, models, labels, tr)
     local reads = {}
     for _, f in ipairs(net.opts.families or {"mlp"}) do reads[f] = true end
+    local function read(f) -- a family without unit encoders (a ResNet's) only through the templates slot alone
+      return reads[f] or (not net.layered and f ~= "mlp" and f ~= "cnn")
+    end
     local function embed(_, ms)
       if not opts.families then return net:embed(ms) end
       local idx, sub = {}, {}
       for k, m in ipairs(ms) do
-        if reads[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then idx[#idx + 1], sub[#sub + 1] = k, m end
+        if read(m.family or (m[1]:dim() == 4 and "cnn" or "mlp")) then idx[#idx + 1], sub[#sub + 1] = k, m end
       end
       local E = core.full(#ms, net.opts.embed, 0 / 0)
       if #sub > 0 then
@@ -200,7 +259,7 @@ end
 -- features, so later models (a probe model) land in the same space.
 function M.cka(probe)
   local depths
-  return {name = "cka", metric = "dot", embed = function(_, models)
+  return {name = "cka", metric = "dot", embed = embed_readable(function(_, models)
     if not depths then
       local seen = {}
       depths = {}
@@ -211,7 +270,7 @@ function M.cka(probe)
       return eval.cka_features(models, probe)
     end
     return eval.cka_features(models, probe, {depths = depths})
-  end}
+  end)}
 end
 
 --- Git Re-Basin weight matching (pairwise only: opts.per_task models per
@@ -219,7 +278,7 @@ end
 function M.matching(opts)
   opts = util.options(opts, {per_task = 2}, "matching")
   local memo = setmetatable({}, {__mode = "k"})
-  return {name = "matching", pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+  return {name = "matching", pairwise_per_task = opts.per_task, similarity = similarity_readable(function(_, a, b)
     local out = core.zeros(#a, #b)
     local todo, n = {}, 0
     for i, x in ipairs(a) do
@@ -245,7 +304,7 @@ function M.matching(opts)
     end
     if prog then prog:finish() end
     return out
-  end}
+  end)}
 end
 
 

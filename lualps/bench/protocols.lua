@@ -250,6 +250,25 @@ B.protocols = {
     if not (c.vr.sim(s.query, s.gallery):max() > -math.huge) then return nil end -- nothing comparable
     return {cross_family_rank1 = m.rank1, cross_family_map = m.map}
   end},
+  {name = "cross_source", run = function(c) -- (f) trained on one source's tasks, tested on the other's
+    local list = c.sp.cross_source
+    if not list or #list == 0 then return nil end
+    local r, map, rank1 = {}, 0, 0
+    for _, s in ipairs(list) do
+      local m = B.retrieval(c.S, c.fit_view(s.train, "cross_source"), s.query, s.gallery)
+      r["cross_source_map_from_" .. s.train_source], r["cross_source_rank1_from_" .. s.train_source] = m.map, m.rank1
+      map, rank1 = map + m.map / #list, rank1 + m.rank1 / #list
+    end
+    r.cross_source_map, r.cross_source_rank1 = map, rank1
+    return r
+  end},
+  {name = "heldout_family", run = function(c) -- (g) ResNet queries, MLP+CNN gallery; trained as (b)
+    local s = c.sp.heldout_family
+    if not s or #s.query == 0 then return nil end
+    if not (c.vr.sim(s.query, s.gallery):max() > -math.huge) then return nil end -- the method reads no ResNet
+    local m = B.retrieval(c.S, c.vr, s.query, s.gallery)
+    return {heldout_family_rank1 = m.rank1, heldout_family_map = m.map}
+  end},
   {name = "nuisance", run = function(c) -- unseen-task retrieval by labels other than the task
     if not c.sp.cross_family or c.opts.nuisance == false then return nil end
     local r, ret = {}, c.sp.retrieval

@@ -129,8 +129,8 @@ function B.figures(out, S, d, prefix)
     {title = "Mean similarity of two tasks' models (" .. #tasks .. " tasks)", matrix = sub(d.task_similarity)},
     {title = "Transfer gain (row = source, column = target)", matrix = sub(S.transfer.gain)}})
   if not ok or not d.embeddings then return ok, err end
-  local task, fam, names = {}, {}, {"MLP", "CNN"}
-  for i = 1, S.n do task[i], fam[i] = S.meta[i].task, S.meta[i].family == "cnn" and 2 or 1 end
+  local task, fam, names, marker = {}, {}, {"MLP", "CNN", "ResNet"}, {cnn = 2, resnet = 3}
+  for i = 1, S.n do task[i], fam[i] = S.meta[i].task, marker[S.meta[i].family] or 1 end
   return plot.scatter(out .. "/" .. prefix .. "embedding_pca.png", eval.pca(d.embeddings, 2), task,
     S.meta[1].family and fam or nil, {marker_names = S.meta[1].family and names or nil,
     title = ("Embeddings of all %d models (PCA), coloured by task"):format(S.n)})

@@ -279,8 +279,8 @@ end
 -- over ordered pairs (s, t) of tasks of the same class set, s in domain a
 -- and t in domain b (s = t included: staying in b); pairs[a][b] their
 -- number; domains in order of first appearance. Tasks without a domain are
--- left out.
-function M.domain_gain(gain, tasks)
+-- left out, and with `source` those of other sources.
+function M.domain_gain(gain, tasks, source)
   local function key(classes)
     local c = table.move(classes, 1, #classes, 1, {})
     table.sort(c)
@@ -288,7 +288,7 @@ function M.domain_gain(gain, tasks)
   end
   local sum, count, domains = {}, {}, {}
   for _, ts in ipairs(tasks) do
-    if ts.domain and not sum[ts.domain] then
+    if ts.domain and not sum[ts.domain] and (not source or ts.source == source) then
       sum[ts.domain], count[ts.domain] = {}, {}
       domains[#domains + 1] = ts.domain
     end
@@ -296,7 +296,7 @@ function M.domain_gain(gain, tasks)
   for s, ts in ipairs(tasks) do
     for t, tt in ipairs(tasks) do
       local a, b = ts.domain, tt.domain
-      if a and b and key(ts.classes) == key(tt.classes) then
+      if a and b and key(ts.classes) == key(tt.classes) and (not source or (ts.source == source and tt.source == source)) then
         sum[a][b], count[a][b] = (sum[a][b] or 0) + gain[s][t], (count[a][b] or 0) + 1
       end
     end
@@ -307,6 +307,33 @@ function M.domain_gain(gain, tasks)
     for b, v in pairs(row) do mean[a][b] = v / count[a][b] end
   end
   return mean, count, domains
+end
+
+--- Issue 18's criterion on a domain table dg (M.domain_gain): moving to
+-- domain b from any other domain a gains at least `margin` (default 0.02)
+-- less than staying in b. Returns {smallest = min over a ~= b of
+-- dg[b][b] - dg[a][b], at = "a->b", margin, pass}.
+function M.domain_criterion(dg, domains, margin)
+  margin = margin or 0.02
+  local smallest, at = math.huge, nil
+  for _, a in ipairs(domains) do
+    for _, b in ipairs(domains) do
+      if a ~= b and dg[a] and dg[a][b] and dg[b][b] and dg[b][b] - dg[a][b] < smallest then
+        smallest, at = dg[b][b] - dg[a][b], a .. "->" .. b
+      end
+    end
+  end
+  return {smallest = smallest < math.huge and smallest or nil, at = at, margin = margin,
+          pass = smallest < math.huge and smallest >= margin}
+end
+
+-- The sources of a task list, in order of first appearance.
+local function sources_of(tasks)
+  local out, seen = {}, {}
+  for _, t in ipairs(tasks) do
+    if t.source and not seen[t.source] then seen[t.source], out[#out + 1] = true, t.source end
+  end
+  return out
 end
 
 --- The whole pool result written beside a set: gains (mean and per half),
@@ -330,9 +357,14 @@ function M.result(ms, tasks, cols, opts)
   end
   local per_half = 0
   for _, e in ipairs(pool[1]) do if e.half == 1 then per_half = per_half + 1 end end
-  local domain_gain, domain_pairs = M.domain_gain(gain, tasks)
+  local domain_gain, domain_pairs, domains = M.domain_gain(gain, tasks)
+  local criterion = {all = M.domain_criterion(domain_gain, domains)}
+  for _, src in ipairs(sources_of(tasks)) do
+    local dg, _, ds = M.domain_gain(gain, tasks, src)
+    criterion[src] = M.domain_criterion(dg, ds)
+  end
   return {tasks = tasks, gain = gain, gain_halves = halves, finetune = finetune, scratch = scratch,
-    domain_gain = domain_gain, domain_pairs = domain_pairs,
+    domain_gain = domain_gain, domain_pairs = domain_pairs, domain_criterion = criterion,
     overlap = mats.overlap, domain_match = mats.domain_match, reliability = rel, pool = ids,
     layout = "gain[s][t]: source task s (row), target task t (column); finetune[id][t]: pool model id fine-tuned on t",
     protocol = {kind = "pool", budget_images = o.images, epochs = o.epochs, batch_size = o.batch, optimizer = "adam",
@@ -372,18 +404,29 @@ function M.report(r)
     lines[#lines + 1] = ("  mean gain %-36s %+.4f (%d pairs)"):format(k, buckets[k][1] / buckets[k][2], buckets[k][2])
   end
   -- same classes, by domain: which domains the gains can tell apart at all
-  local dg, dp, doms = M.domain_gain(r.gain, r.tasks)
-  if #doms > 1 then
-    lines[#lines + 1] = "  domain_gain: mean gain, same classes, source domain (row) to target domain (column) [pairs]:"
-    local head = {("  %-10s"):format("")}
-    for _, d in ipairs(doms) do head[#head + 1] = ("%14s"):format(d) end
-    lines[#lines + 1] = table.concat(head)
-    for _, a in ipairs(doms) do
-      local row = {("  %-10s"):format(a)}
-      for _, b in ipairs(doms) do
-        row[#row + 1] = dg[a][b] and ("%+9.4f [%2d]"):format(dg[a][b], dp[a][b]) or ("%14s"):format("–")
+  local sources = sources_of(r.tasks)
+  local scopes = {{nil, "both sources"}}
+  if #sources > 1 then for _, src in ipairs(sources) do scopes[#scopes + 1] = {src, src} end end
+  for _, sc in ipairs(scopes) do
+    local dg, dp, doms = M.domain_gain(r.gain, r.tasks, sc[1])
+    if #doms > 1 then
+      lines[#lines + 1] = ("  domain_gain%s: mean gain, same classes, source domain (row) to target domain (column) [pairs]:")
+        :format(#sources > 1 and (" (" .. sc[2] .. ")") or "")
+      local head = {("  %-10s"):format("")}
+      for _, d in ipairs(doms) do head[#head + 1] = ("%14s"):format(d) end
+      lines[#lines + 1] = table.concat(head)
+      for _, a in ipairs(doms) do
+        local row = {("  %-10s"):format(a)}
+        for _, b in ipairs(doms) do
+          row[#row + 1] = dg[a][b] and ("%+9.4f [%2d]"):format(dg[a][b], dp[a][b]) or ("%14s"):format("–")
+        end
+        lines[#lines + 1] = table.concat(row)
       end
-      lines[#lines + 1] = table.concat(row)
+      local c = M.domain_criterion(dg, doms)
+      if c.smallest then
+        lines[#lines + 1] = ("  criterion (staying in b gains >= %.2f more than moving in from any a): smallest margin %.4f (%s): %s")
+          :format(c.margin, c.smallest, c.at, c.pass and "met" or "NOT met")
+      end
     end
   end
   return table.concat(lines, "\n")

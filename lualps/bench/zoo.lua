@@ -207,19 +207,65 @@ local function file_exists(path)
 end
 zoo.file_exists = file_exists
 
---- Fashion-MNIST split into the plan's tasks, loaded once per process:
+-- The rendered letters of every glyphs task of a task list with the image
+-- counts of task `t`: x, y, xt, yt of their labels (sorted), 1-based
+-- glyph labels. Images are class-cyclic and a letter's k-th image does not
+-- depend on the others rendered, so a task selects the same rows whichever
+-- tasks the list holds.
+local function glyphs_of(tasks, t)
+  local n = math.tointeger(t.per_class)
+  local nt = math.tointeger(t.test_per_class)
+  if not n or not nt then
+    error(("task_data_loader: glyphs task '%s' needs integer per_class and test_per_class"):format(tostring(t.name)), 0)
+  end
+  local seen, labels = {}, {}
+  for _, u in ipairs(tasks) do
+    if u.source == "glyphs" and u.per_class == t.per_class and u.test_per_class == t.test_per_class then
+      for _, l in ipairs(u.labels) do
+        if not seen[l] then seen[l], labels[#labels + 1] = true, math.tointeger(l) end
+      end
+    end
+  end
+  table.sort(labels)
+  local x, y = data.glyphs("train", {per_class = n, classes = labels})
+  local xt, yt = data.glyphs("test", {per_class = nt, classes = labels})
+  data.glyphs_clear_cache() -- this loader keeps them
+  return {x, y, xt, yt}
+end
+
+--- The images of the plan's tasks, their source loaded once per process:
 -- task_data(t) -> {x, y, xt, yt} (labels 1..k = the task's classes in
 -- order), the images in the task's `domain` (data.domain) when it has
--- one. opts.max_test keeps the first that many test images of a task.
+-- one. A task's `source` is "fashion_mnist" (the default: Fashion-MNIST
+-- from data_dir, class c is label c + 1, or the task's `labels`) or
+-- "glyphs" (lps.data.glyphs: the task's `labels`, `per_class` training
+-- and `test_per_class` test images per class). opts.max_test keeps the
+-- first that many test images of a task.
 function zoo.task_data_loader(tasks, data_dir, opts)
   local max_test = util.options(opts, {}, "task_data_loader", {"max_test"}).max_test
-  local x, y = data.fashion_mnist("train", data_dir)
-  local xt, yt = data.fashion_mnist("test", data_dir)
-  local cache = {}
+  local sources, cache = {}, {}
+  local function source_of(t)
+    local task = tasks[t]
+    local src = task.source or "fashion_mnist"
+    if src == "fashion_mnist" then
+      if not sources.fm then
+        local x, y = data.fashion_mnist("train", data_dir)
+        local xt, yt = data.fashion_mnist("test", data_dir)
+        sources.fm = {x, y, xt, yt}
+      end
+      return sources.fm
+    elseif src == "glyphs" then
+      local key = ("glyphs/%s/%s"):format(tostring(task.per_class), tostring(task.test_per_class))
+      sources[key] = sources[key] or glyphs_of(tasks, task)
+      return sources[key]
+    end
+    error(("task_data_loader: task %d has unknown source '%s' (fashion_mnist, glyphs)"):format(t, tostring(src)), 0)
+  end
   return function(t)
     if not cache[t] then
+      local x, y, xt, yt = table.unpack(source_of(t))
       local c = {}
-      for k, cl in ipairs(tasks[t].classes) do c[k] = cl + 1 end -- dataset labels are 1-based
+      for k, cl in ipairs(tasks[t].classes) do c[k] = tasks[t].labels and tasks[t].labels[k] or cl + 1 end
       local a, b = data.select_classes(x, y, c)
       local at, bt = data.select_classes(xt, yt, c)
       if max_test and at:size(1) > max_test then at, bt = at:rows(1, max_test), bt:rows(1, max_test) end
@@ -271,7 +317,7 @@ function zoo.train_one(m, td, attempt)
 end
 
 -- Plan fields stored as they are when a plan has them (ModelSet-Hetero's).
-local extra_fields = {"family", "domain", "subset", "widths", "heldout_arch", "weight_decay", "min_test_accuracy",
+local extra_fields = {"family", "source", "class_names", "domain", "subset", "widths", "heldout_arch", "weight_decay", "min_test_accuracy",
   "in_pool", "macs", "input_shape"}
 
 -- The metadata stored with a model: the plan entry and what training gave.
