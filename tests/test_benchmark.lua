@@ -134,7 +134,7 @@ function TestBenchmark:test_protocols_run_in_order()
   local names = {}
   for i, p in ipairs(B.protocols) do names[i] = p.name end
   lu.assertEquals(names, {"classification", "retrieval", "clustering", "relations", "cross_setting", "novel",
-    "heldout_arch", "cross_family", "nuisance", "accuracy_prediction", "selection"})
+    "heldout_arch", "cross_family", "cross_source", "heldout_family", "nuisance", "accuracy_prediction", "selection"})
   local saved, ran, given = B.protocols, {}, {}
   B.protocols = {}
   for i, p in ipairs(saved) do
