@@ -457,8 +457,14 @@ int lps_domain_from_name(const char *name);
  * A glyph is scaled so its face's capital 'H' is `size` pixels tall (shrunk
  * further if its larger side would pass LPS_GLYPH_MAX_EXTENT), rotated about
  * the centre of its bounding box, emboldened or thinned, and centred on the
- * frame plus a shift. Unhinted, so the pixels are a function of the outline. */
+ * frame plus a shift. Unhinted, so the pixels are a function of the outline.
+ * Classes LPS_GLYPH_CLASSES..LPS_GLYPH_ALL-1 are the digits '0'..'9', drawn
+ * alike: a check-only source (held-out zoos, scripts/heldout_zoos.lua) that
+ * no training set uses; lps.data.glyphs refuses them, lps.data.digits
+ * renders them. */
 #define LPS_GLYPH_CLASSES 52
+#define LPS_GLYPH_DIGITS 10
+#define LPS_GLYPH_ALL (LPS_GLYPH_CLASSES + LPS_GLYPH_DIGITS)
 #define LPS_GLYPH_SIDE 28
 #define LPS_GLYPH_MAX_EXTENT 26.0
 
@@ -471,6 +477,7 @@ typedef struct lps_glyph_face {
 int lps_glyph_nfaces(void);
 const lps_glyph_face *lps_glyph_face_info(int i); /* 0-based; NULL out of range */
 int lps_glyph_letter(int cls);                    /* 'A'..'Z', 'a'..'z'; 0 out of range */
+int lps_glyph_char(int cls); /* a letter for 0..51, '0'..'9' for the digits 52..61; 0 out of range */
 
 /* What one image looks like; lps_glyph_draw makes a random one. */
 typedef struct lps_glyph_params {
@@ -488,7 +495,7 @@ typedef struct lps_glyph_params {
  * noise 0.05. */
 void lps_glyph_draw(lps_rng *r, lps_glyph_params *p);
 
-/* Every face loaded once, with its 52 outlines: open with lps_glyphs_open,
+/* Every face loaded once, with its 62 outlines (letters and digits): open with lps_glyphs_open,
  * release with lps_glyphs_free (the caller owns it). root is prepended to
  * the font paths (NULL or "" for none: tests point it elsewhere); a missing
  * or unreadable file fails with LPS_EIO naming the file and its package.
@@ -498,7 +505,7 @@ typedef struct lps_glyphs lps_glyphs;
 lps_status lps_glyphs_open(lps_glyphs **out, const char *root);
 void lps_glyphs_free(lps_glyphs *g);
 
-/* One image of class cls (0-based) into out (28*28 floats, row-major, top
+/* One image of class cls (0-based, 0..LPS_GLYPH_ALL-1) into out (28*28 floats, row-major, top
  * row first). noise draws from r, which may be NULL when p->noise == 0. */
 lps_status lps_glyph_render(const lps_glyphs *g, int cls, const lps_glyph_params *p, lps_rng *r,
                             float *out);

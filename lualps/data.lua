@@ -1,5 +1,6 @@
 --- lualps.data: Fashion-MNIST from Debian's dataset-fashion-mnist package,
--- rendered letters (glyphs), and helpers to pick classes, subsample and split.
+-- rendered letters (glyphs) and, for checks only, digits, and helpers to
+-- pick classes, subsample and split.
 local core = require "lualps.core"
 local C = core._nn
 local G = core._glyphs
@@ -97,6 +98,50 @@ end
 local cache = {}
 local TEST_SALT = 0x5445535400000000 -- the test split's seed: seed xor "TEST"
 
+-- Images of the renderer's classes `classes` (its 1-based labels: letters
+-- 1..52, digits 53..62), per_class each, class-cyclic, cached per process;
+-- copies of x and of y (the renderer's labels minus `offset`).
+local function rendered(split, n, seed, classes, offset)
+  local key = ("%s/%d/%d/%s"):format(split, n, seed, table.concat(classes, ","))
+  local hit = cache[key]
+  if not hit then
+    local y = core.zeros(n * #classes)
+    for k = 0, n - 1 do
+      for j, c in ipairs(classes) do y[k * #classes + j] = c end
+    end
+    local x = fonts():render(y, split == "test" and (seed ~ TEST_SALT) or seed)
+    hit = {x, y}
+    cache[key] = hit
+  end
+  local y = hit[2]:clone()
+  if offset ~= 0 then y:sub_(offset) end
+  return hit[1]:clone(), y
+end
+
+-- split, per_class and seed of data.glyphs or data.digits (`what`), checked.
+local function render_opts(what, split, opts)
+  split = split or "train"
+  if split ~= "train" and split ~= "test" then
+    error(("%s: split must be 'train' or 'test', got '%s'"):format(what, tostring(split)), 3)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error(what .. ": opts must be a table", 3) end
+  for k in pairs(opts) do
+    if k ~= "per_class" and k ~= "seed" and k ~= "classes" then
+      error(("%s: unknown option '%s' (per_class, seed, classes)"):format(what, tostring(k)), 3)
+    end
+  end
+  local n = opts.per_class or data.glyph_defaults[split]
+  if math.type(n) ~= "integer" or n < 1 or n > 10000 then
+    error(("%s: per_class must be an integer 1..10000, got %s"):format(what, tostring(n)), 3)
+  end
+  local seed = opts.seed or data.glyph_defaults.seed
+  if math.type(seed) ~= "integer" then
+    error(("%s: seed must be an integer, got %s (%s)"):format(what, tostring(seed), type(seed)), 3)
+  end
+  return split, n, seed
+end
+
 --- Rendered Latin letters (FreeType, data.glyph_faces), shaped like
 -- fashion_mnist: x (N x 784 floats in [0, 1], bright on black), y (N labels
 -- 1..52 as floats, data.glyph_classes). Each image draws a face, a capital
@@ -113,27 +158,10 @@ local TEST_SALT = 0x5445535400000000 -- the test split's seed: seed xor "TEST"
 -- for a seed on any thread count. Results are cached per process
 -- (data.glyphs_clear_cache frees them); each call returns copies.
 function data.glyphs(split, opts)
-  split = split or "train"
-  if split ~= "train" and split ~= "test" then
-    error(("glyphs: split must be 'train' or 'test', got '%s'"):format(tostring(split)), 2)
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("glyphs: opts must be a table", 2) end
-  for k in pairs(opts) do
-    if k ~= "per_class" and k ~= "seed" and k ~= "classes" then
-      error(("glyphs: unknown option '%s' (per_class, seed, classes)"):format(tostring(k)), 2)
-    end
-  end
-  local n = opts.per_class or data.glyph_defaults[split]
-  if math.type(n) ~= "integer" or n < 1 or n > 10000 then
-    error(("glyphs: per_class must be an integer 1..10000, got %s"):format(tostring(n)), 2)
-  end
-  local seed = opts.seed or data.glyph_defaults.seed
-  if math.type(seed) ~= "integer" then
-    error(("glyphs: seed must be an integer, got %s (%s)"):format(tostring(seed), type(seed)), 2)
-  end
+  local n, seed
+  split, n, seed = render_opts("glyphs", split, opts)
   local classes = {}
-  if opts.classes ~= nil then
+  if opts and opts.classes ~= nil then
     if type(opts.classes) ~= "table" or #opts.classes == 0 then
       error("glyphs: classes must be a non-empty list of letters or labels", 2)
     end
@@ -147,21 +175,44 @@ function data.glyphs(split, opts)
   else
     for i = 1, 52 do classes[i] = i end
   end
-  local key = ("%s/%d/%d/%s"):format(split, n, seed, table.concat(classes, ","))
-  local hit = cache[key]
-  if not hit then
-    local y = core.zeros(n * #classes)
-    for k = 0, n - 1 do
-      for j, c in ipairs(classes) do y[k * #classes + j] = c end
-    end
-    local x = fonts():render(y, split == "test" and (seed ~ TEST_SALT) or seed)
-    hit = {x, y}
-    cache[key] = hit
-  end
-  return hit[1]:clone(), hit[2]:clone()
+  return rendered(split, n, seed, classes, 0)
 end
 
---- Free the images lps.data.glyphs keeps for later calls.
+--- The digits of lps.data.digits, by 1-based label: "0".."9".
+data.digit_classes = {}
+for d = 0, 9 do data.digit_classes[d + 1] = tostring(d) end
+
+--- Rendered digits 0-9, a check-only source: the held-out zoos of
+-- scripts/heldout_zoos.lua read models trained on them, and no training
+-- set of lualps uses them (lps.data.glyphs refuses digits). Drawn as
+-- data.glyphs draws letters (faces, size, rotation, shift, stroke, ink,
+-- noise), with the same opts and defaults; classes are digits 0..9
+-- (integers), y the labels 1..10 (digit d is label d + 1, as
+-- data.digit_classes), each image a function of (split, seed, digit, k).
+function data.digits(split, opts)
+  local n, seed
+  split, n, seed = render_opts("digits", split, opts)
+  local classes = {}
+  if opts and opts.classes ~= nil then
+    if type(opts.classes) ~= "table" or #opts.classes == 0 then
+      error("digits: classes must be a non-empty list of digits 0..9", 2)
+    end
+    local seen = {}
+    for _, d in ipairs(opts.classes) do
+      if math.type(d) ~= "integer" or d < 0 or d > 9 then
+        error(("digits: classes: %s is not a digit 0..9"):format(tostring(d)), 2)
+      end
+      if seen[d] then error(("digits: classes lists %d twice"):format(d), 2) end
+      seen[d] = true
+      classes[#classes + 1] = 53 + d
+    end
+  else
+    for d = 0, 9 do classes[d + 1] = 53 + d end
+  end
+  return rendered(split, n, seed, classes, 52)
+end
+
+--- Free the images lps.data.glyphs and lps.data.digits keep for later calls.
 function data.glyphs_clear_cache() cache = {} end
 
 local glyph_fixed = {face = 1, size = 20, angle = 0, dx = 0, dy = 0, stroke = 0, ink = 1, noise = 0}

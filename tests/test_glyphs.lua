@@ -295,8 +295,9 @@ function TestGlyphs:test_bad_options_are_named()
       stroke = 0, ink = 1, noise = 0.1}, "not a generator")
   end)
   T.assert_error_contains("unknown option 'colour'", D.glyph, "A", {colour = 1})
-  T.assert_error_contains("labels entry 2 is 53, not a class number 1..52", function()
-    return lps.core._glyphs.open():render(lps.tensor{1, 53}, 1)
+  -- the renderer's classes: 52 letters, then the 10 check-only digits
+  T.assert_error_contains("labels entry 2 is 63, not a class number 1..62", function()
+    return lps.core._glyphs.open():render(lps.tensor{1, 63}, 1)
   end)
 end
 

@@ -18,7 +18,7 @@ typedef struct lps_glyph_outline {
 struct lps_glyphs {
     FT_Library lib;
     double cap[LPS_GLYPH_NFACES]; /* height of 'H', font units */
-    lps_glyph_outline glyph[LPS_GLYPH_NFACES][LPS_GLYPH_CLASSES];
+    lps_glyph_outline glyph[LPS_GLYPH_NFACES][LPS_GLYPH_ALL]; /* letters, then digits */
     int max_points, max_contours;  /* the largest outline, for scratch space */
 };
 

@@ -26,9 +26,9 @@ static int in_range(double v, double lo, double hi) { return v >= lo && v <= hi;
 
 static lps_status check(int cls, const lps_glyph_params *p, const lps_rng *r)
 {
-    if (cls < 0 || cls >= LPS_GLYPH_CLASSES)
+    if (cls < 0 || cls >= LPS_GLYPH_ALL)
         return lps_fail(LPS_ERANGE, "glyph_render: class %d out of range 0..%d", cls,
-                        LPS_GLYPH_CLASSES - 1);
+                        LPS_GLYPH_ALL - 1);
     if (p->face < 0 || p->face >= LPS_GLYPH_NFACES)
         return lps_fail(LPS_ERANGE, "glyph_render: face %d out of range 0..%d", p->face,
                         LPS_GLYPH_NFACES - 1);
@@ -81,7 +81,7 @@ static lps_status render(const lps_glyphs *g, FT_Outline *scratch, unsigned char
         place(scratch, src, s * (LPS_GLYPH_MAX_EXTENT / extent), c, sn);
     if (p->stroke != 0 && FT_Outline_Embolden(scratch, (FT_Pos)lround(64.0 * p->stroke)))
         return lps_fail(LPS_EINVAL, "glyph_render: FreeType cannot embolden '%c' of %s by %g",
-                        lps_glyph_letter(cls), lps_glyph_face_info(p->face)->name, p->stroke);
+                        lps_glyph_char(cls), lps_glyph_face_info(p->face)->name, p->stroke);
     FT_Outline_Get_BBox(scratch, &b);
     /* centre of the frame, y up: (SIDE/2 + dx, SIDE/2 - dy) */
     FT_Pos tx = (FT_Pos)lround(64.0 * (SIDE / 2.0 + p->dx)) - (b.xMin + b.xMax) / 2;
@@ -98,7 +98,7 @@ static lps_status render(const lps_glyphs *g, FT_Outline *scratch, unsigned char
     bm.pixel_mode = FT_PIXEL_MODE_GRAY;
     if (FT_Outline_Get_Bitmap(g->lib, scratch, &bm))
         return lps_fail(LPS_EINVAL, "glyph_render: FreeType cannot rasterize '%c' of %s",
-                        lps_glyph_letter(cls), lps_glyph_face_info(p->face)->name);
+                        lps_glyph_char(cls), lps_glyph_face_info(p->face)->name);
     for (int i = 0; i < SIDE * SIDE; i++) {
         double v = (double)cov[i] / 255.0 * p->ink;
         if (cov[i] && p->noise > 0) v *= 1.0 + p->noise * lps_rng_normal(r);
@@ -146,12 +146,12 @@ lps_status lps_glyphs_render(const lps_glyphs *g, lps_tensor *out, const int32_t
         return lps_fail(LPS_ESHAPE, "glyphs_render: out must be N x %d (or N x 1 x %d x %d), got %s",
                         SIDE * SIDE, SIDE, SIDE, SH(out));
     for (int64_t i = 0; i < n; i++)
-        if (classes[i] < 0 || classes[i] >= LPS_GLYPH_CLASSES)
+        if (classes[i] < 0 || classes[i] >= LPS_GLYPH_ALL)
             return lps_fail(LPS_ERANGE, "glyphs_render: image %lld has class %d outside 0..%d",
-                            (long long)i + 1, (int)classes[i], LPS_GLYPH_CLASSES - 1);
+                            (long long)i + 1, (int)classes[i], LPS_GLYPH_ALL - 1);
     FT_Outline o;
     unsigned char cov[SIDE * SIDE];
-    int64_t seen[LPS_GLYPH_CLASSES] = {0};
+    int64_t seen[LPS_GLYPH_ALL] = {0};
     lps_status s = scratch_new(g, &o);
     for (int64_t i = 0; i < n && !s; i++) {
         lps_rng r;

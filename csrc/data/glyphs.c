@@ -44,11 +44,17 @@ int lps_glyph_letter(int cls)
     return cls < 26 ? 'A' + cls : 'a' + (cls - 26);
 }
 
+int lps_glyph_char(int cls)
+{
+    if (cls >= LPS_GLYPH_CLASSES && cls < LPS_GLYPH_ALL) return '0' + (cls - LPS_GLYPH_CLASSES);
+    return lps_glyph_letter(cls);
+}
+
 void lps_glyphs_free(lps_glyphs *g)
 {
     if (!g) return;
     for (int f = 0; f < LPS_GLYPH_NFACES; f++)
-        for (int c = 0; c < LPS_GLYPH_CLASSES; c++)
+        for (int c = 0; c < LPS_GLYPH_ALL; c++)
             if (g->glyph[f][c].o.points) FT_Outline_Done(g->lib, &g->glyph[f][c].o);
     if (g->lib) FT_Done_FreeType(g->lib);
     free(g);
@@ -97,8 +103,8 @@ static lps_status load_face(lps_glyphs *g, int fi, const char *root)
         return lps_fail(LPS_EIO, "glyphs: %s (Debian package %s) is not a font FreeType can read",
                         path, faces[fi].package);
     lps_status s = LPS_OK;
-    for (int c = 0; c < LPS_GLYPH_CLASSES && !s; c++)
-        s = load_outline(g, face, fi, lps_glyph_letter(c), path, &g->glyph[fi][c]);
+    for (int c = 0; c < LPS_GLYPH_ALL && !s; c++)
+        s = load_outline(g, face, fi, lps_glyph_char(c), path, &g->glyph[fi][c]);
     if (!s && !(g->cap[fi] > 0))
         s = lps_fail(LPS_EFORMAT, "glyphs: %s: its 'H' has no height", path);
     FT_Done_Face(face);

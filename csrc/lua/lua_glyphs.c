@@ -34,13 +34,13 @@ static int g_gc(lua_State *L)
     return 0;
 }
 
-/* h:render(y, seed) -> N x 784: image i of class y[i] (1-based) */
+/* h:render(y, seed) -> N x 784: image i of class y[i] (1-based: 1..52 letters, 53..62 digits) */
 static int g_render(lua_State *L)
 {
     lps_glyphs *g = checkglyphs(L, 1);
     lps_tensor *yt = lps_lua_checktensor(L, 2);
     lua_Integer seed = luaL_checkinteger(L, 3);
-    int32_t *y = lps_lua_checklabels32(L, 2, yt->numel, LPS_GLYPH_CLASSES, "glyphs");
+    int32_t *y = lps_lua_checklabels32(L, 2, yt->numel, LPS_GLYPH_ALL, "glyphs");
     int64_t shape[2] = {yt->numel, LPS_GLYPH_SIDE * LPS_GLYPH_SIDE};
     lps_tensor *x = lps_lua_emptytensor(L, 2, shape);
     LPS_LCHECK(L, lps_glyphs_render(g, x, y, (uint64_t)seed));
@@ -79,8 +79,8 @@ static int g_render_one(lua_State *L)
     p.stroke = field(L, 3, "stroke");
     p.ink = field(L, 3, "ink");
     p.noise = field(L, 3, "noise");
-    if (cls < 1 || cls > LPS_GLYPH_CLASSES)
-        return luaL_error(L, "glyph: class %I out of range 1..%d", cls, LPS_GLYPH_CLASSES);
+    if (cls < 1 || cls > LPS_GLYPH_ALL)
+        return luaL_error(L, "glyph: class %I out of range 1..%d", cls, LPS_GLYPH_ALL);
     lps_rng *r = lps_lua_optrng(L, lua_isnoneornil(L, 4) ? 0 : 4);
     int64_t n = LPS_GLYPH_SIDE * LPS_GLYPH_SIDE;
     lps_tensor *x = lps_lua_emptytensor(L, 1, &n);
