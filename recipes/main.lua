@@ -2,7 +2,8 @@
 -- The main job (`make run`): build ModelSet500 and ModelSet-Hetero and their
 -- transfer matrices unless cached under build/ (a changed recipe or task
 -- table rebuilds them), train LPS, evaluate it against the baselines on
--- both, print both tables and write the plots.
+-- both, print both tables and write the plots; then read the held-out
+-- zoos (scripts/heldout_zoos.lua) with the ModelSet-Hetero model.
 --   lua5.4 recipes/main.lua [--jobs 2] [--out results]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
@@ -89,4 +90,14 @@ step("modelset-hetero", het, with_training({"recipes/modelset_hetero.lua", "reci
 step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/bench/transfer_pool.lua",
   het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)
 run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' %s"):format(het, a.out, a.hetero_args))
+-- Models from elsewhere: held-out zoos (PyTorch-trained, rendered digits,
+-- another recipe; cached under BUILD/heldout, the PyTorch one skipped
+-- without torch) read by the model just written and by template matching.
+local het_model = a.out .. "/lps_hetero.model"
+if zoo.file_exists(het_model) then
+  run(("lua5.4 scripts/heldout_zoos.lua --model '%s' --build '%s/heldout' --out '%s' --jobs %d")
+    :format(het_model, a.build, a.out, a.jobs))
+else
+  io.stderr:write(("main: no %s (LPS not evaluated): the held-out zoos are skipped\n"):format(het_model))
+end
 io.stderr:write(("main: done in %s\n"):format(util.fmt_time(lps.now() - t0)))
