@@ -88,10 +88,12 @@ local function fonts()
   return handle
 end
 
-local function glyph_class(c, what)
+local function glyph_class(c, what, level)
   local i = type(c) == "number" and math.tointeger(c)
   local k = glyph_label[c] or (i and i >= 1 and i <= 52 and i) or nil
-  if not k then error(("%s: unknown letter %s (a letter A-Z, a-z or a class 1..52)"):format(what, tostring(c)), 3) end
+  if not k then
+    error(("%s: unknown letter %s (a letter A-Z, a-z or a class 1..52)"):format(what, tostring(c)), level or 3)
+  end
   return k
 end
 
@@ -118,8 +120,17 @@ local function rendered(split, n, seed, classes, offset)
   return hit[1]:clone(), y
 end
 
--- split, per_class and seed of data.glyphs or data.digits (`what`), checked.
-local function render_opts(what, split, opts)
+-- The renderer's labels of every letter and every digit.
+local all_letters, all_digits = {}, {}
+for i = 1, 52 do all_letters[i] = i end
+for d = 0, 9 do all_digits[d + 1] = 53 + d end
+
+-- Images of data.glyphs or data.digits (`what`) after checking the
+-- arguments: split, per_class, seed and classes, a listed class's renderer
+-- label being class_of(c) (which raises for others), all of `all` by
+-- default; name(label) names a label in errors; y is the renderer's labels
+-- minus offset.
+local function render_checked(what, split, opts, class_of, all, name, offset)
   split = split or "train"
   if split ~= "train" and split ~= "test" then
     error(("%s: split must be 'train' or 'test', got '%s'"):format(what, tostring(split)), 3)
@@ -139,7 +150,21 @@ local function render_opts(what, split, opts)
   if math.type(seed) ~= "integer" then
     error(("%s: seed must be an integer, got %s (%s)"):format(what, tostring(seed), type(seed)), 3)
   end
-  return split, n, seed
+  local classes = all
+  if opts.classes ~= nil then
+    if type(opts.classes) ~= "table" or #opts.classes == 0 then
+      error(("%s: classes must be a non-empty list"):format(what), 3)
+    end
+    local seen = {}
+    classes = {}
+    for _, c in ipairs(opts.classes) do
+      local k = class_of(c)
+      if seen[k] then error(("%s: classes lists '%s' twice"):format(what, name(k)), 3) end
+      seen[k] = true
+      classes[#classes + 1] = k
+    end
+  end
+  return rendered(split, n, seed, classes, offset)
 end
 
 --- Rendered Latin letters (FreeType, data.glyph_faces), shaped like
@@ -158,24 +183,11 @@ end
 -- for a seed on any thread count. Results are cached per process
 -- (data.glyphs_clear_cache frees them); each call returns copies.
 function data.glyphs(split, opts)
-  local n, seed
-  split, n, seed = render_opts("glyphs", split, opts)
-  local classes = {}
-  if opts and opts.classes ~= nil then
-    if type(opts.classes) ~= "table" or #opts.classes == 0 then
-      error("glyphs: classes must be a non-empty list of letters or labels", 2)
-    end
-    local seen = {}
-    for _, c in ipairs(opts.classes) do
-      local k = glyph_class(c, "glyphs: classes")
-      if seen[k] then error(("glyphs: classes lists '%s' twice"):format(data.glyph_classes[k]), 2) end
-      seen[k] = true
-      classes[#classes + 1] = k
-    end
-  else
-    for i = 1, 52 do classes[i] = i end
-  end
-  return rendered(split, n, seed, classes, 0)
+  local x, y = render_checked("glyphs", split, opts, function(c)
+    local k = glyph_class(c, "glyphs: classes", 5) -- level 5: the caller of data.glyphs
+    return k
+  end, all_letters, function(k) return data.glyph_classes[k] end, 0)
+  return x, y -- not a tail call: errors name the caller's line
 end
 
 --- The digits of lps.data.digits, by 1-based label: "0".."9".
@@ -190,26 +202,13 @@ for d = 0, 9 do data.digit_classes[d + 1] = tostring(d) end
 -- (integers), y the labels 1..10 (digit d is label d + 1, as
 -- data.digit_classes), each image a function of (split, seed, digit, k).
 function data.digits(split, opts)
-  local n, seed
-  split, n, seed = render_opts("digits", split, opts)
-  local classes = {}
-  if opts and opts.classes ~= nil then
-    if type(opts.classes) ~= "table" or #opts.classes == 0 then
-      error("digits: classes must be a non-empty list of digits 0..9", 2)
+  local x, y = render_checked("digits", split, opts, function(d)
+    if math.type(d) ~= "integer" or d < 0 or d > 9 then
+      error(("digits: classes: %s is not a digit 0..9"):format(tostring(d)), 4)
     end
-    local seen = {}
-    for _, d in ipairs(opts.classes) do
-      if math.type(d) ~= "integer" or d < 0 or d > 9 then
-        error(("digits: classes: %s is not a digit 0..9"):format(tostring(d)), 2)
-      end
-      if seen[d] then error(("digits: classes lists %d twice"):format(d), 2) end
-      seen[d] = true
-      classes[#classes + 1] = 53 + d
-    end
-  else
-    for d = 0, 9 do classes[d + 1] = 53 + d end
-  end
-  return rendered(split, n, seed, classes, 52)
+    return 53 + d
+  end, all_digits, function(k) return data.digit_classes[k - 52] end, 52)
+  return x, y
 end
 
 --- Free the images lps.data.glyphs and lps.data.digits keep for later calls.

@@ -151,29 +151,27 @@ local function task_data(t, c)
 end
 M.task_data = task_data
 
+-- Shell commands run without LD_PRELOAD (under the ASan tests it names the
+-- sanitizer runtime, which ls, rm and python must not load).
+local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
 -- The training code and what reads the data: a change rebuilds the zoos.
 local function source_stamp(extra)
   local parts = {}
-  local p = assert(io.popen("ls csrc/nn/*.c csrc/nn/*.h csrc/core/*.c csrc/data/*.c csrc/data/*.h lualps/data.lua "
+  local p = assert(io.popen("env -u LD_PRELOAD ls csrc/nn/*.c csrc/nn/*.h csrc/core/*.c csrc/data/*.c csrc/data/*.h lualps/data.lua "
     .. "lualps/bench/hetero.lua lualps/bench/zoo.lua " .. (extra or "") .. " 2>/dev/null"))
   for f in p:lines() do parts[#parts + 1] = f .. "=" .. (util.read_file(f) or "") end
   p:close()
   return zoo.fnv1a(table.concat(parts, "\0"))
 end
 
-local function ser(v)
-  if type(v) ~= "table" then return tostring(v) end
-  local keys, out = {}, {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-  for _, k in ipairs(keys) do out[#out + 1] = tostring(k) .. ":" .. ser(v[k]) end
-  return "{" .. table.concat(out, ",") .. "}"
-end
+-- A canonical text of a table (sorted keys, exact numbers).
+local function ser(v) return require("lualps.json").encode({v = v}) end
 
 --- The plan of a lualps zoo: lps.hetero.plan over its task table (MLPs at
 -- odd positions, CNNs at even ones; no ResNets, no pool, no held-out
 -- widths), with the spec's plan configuration and a master seed of its own.
-function M.lualps_plan(name, c)
+local function lualps_plan(name, c)
   local spec = M.specs[name]
   local cfg = {master_seed = 100 * c.seed + (name == "digits" and 1 or 2), per_task = c.per_task, resnets = 0,
     pool = 0, heldout_arch_rate = 0}
@@ -185,7 +183,7 @@ end
 -- 64-256) and CNNs (two convs, 4-12 then 8-24 channels, max pooling or
 -- stride 2) alternating, SGD (lr 0.05, momentum 0.9) and Adam (lr 1e-3)
 -- by pairs, batch 64, on 1,500 or 3,000 images (at most the task's).
-function M.torch_plan(c)
+local function torch_plan(c)
   local TABLE = M.task_table("torch", c)
   local tasks = hetero.tasks(TABLE)
   local plan = {}
@@ -210,7 +208,13 @@ function M.torch_plan(c)
   return plan, tasks
 end
 
-local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+--- The plan of zoo `name` for the options of M.build (one entry per model:
+-- its seed, family, architecture, optimizer, ...) and its tasks.
+function M.plan(name, opts)
+  local c = config(name, opts)
+  if name == "torch" then return torch_plan(c) end
+  return lualps_plan(name, c)
+end
 
 -- The metadata a zoo's record keeps.
 local function record_meta(name, m, t, extra)
@@ -259,9 +263,11 @@ end
 -- asked), then every model imported into path, its test accuracy measured
 -- again by lualps (the import must keep the function). Returns a function
 -- that finishes the build.
-local function build_torch(plan, tasks, c, o, path, fingerprint)
-  local dir = path:gsub("%.lpsm$", "") .. ".d"
-  assert(os.execute("mkdir -p " .. sh_quote(dir)))
+local function build_torch(plan, tasks, c, o, path, fingerprint, stamp)
+  local dir = path:gsub("%.lpsm$", "") .. ".d" -- the trainer's files, removed once imported
+  if util.read_file(dir .. "/stamp") ~= stamp then os.execute("env -u LD_PRELOAD rm -rf " .. sh_quote(dir)) end
+  assert(os.execute("env -u LD_PRELOAD mkdir -p " .. sh_quote(dir)))
+  util.write_file(dir .. "/stamp", stamp)
   local models, files = {}, {}
   for _, m in ipairs(plan) do
     local t = tasks[m.task]
@@ -311,7 +317,7 @@ local function build_torch(plan, tasks, c, o, path, fingerprint)
     end)
     ms:close()
     if not ok then os.remove(path) error(err, 0) end
-    os.execute("rm -rf " .. sh_quote(dir))
+    os.execute("env -u LD_PRELOAD rm -rf " .. sh_quote(dir))
   end
   return finish
 end
@@ -323,38 +329,44 @@ end
 -- finishes the build and returns the path.
 function M.build(name, dir, opts)
   local c, o = config(name, opts)
-  assert(os.execute("mkdir -p " .. sh_quote(dir)))
+  assert(os.execute("env -u LD_PRELOAD mkdir -p " .. sh_quote(dir)))
   local path = ("%s/%s.lpsm"):format(dir, name)
   local plan, tasks, fingerprint, extra
   if name == "torch" then
     o.python = o.python or dofile("scripts/check_torch_interop.lua").find_python()
     if not o.python then return nil, "no python3 with torch (Debian's python3-torch): the PyTorch zoo is skipped" end
-    plan, tasks = M.torch_plan(c)
+    plan, tasks = torch_plan(c)
     fingerprint = zoo.fnv1a(ser(plan) .. ser(c))
     local p = io.popen("env -u LD_PRELOAD " .. sh_quote(o.python) .. " -c 'import torch; print(torch.__version__)' 2>/dev/null")
     extra = "scripts/torch_zoo.py scripts/torch_interop.py"
     fingerprint = zoo.fnv1a(fingerprint .. (p:read("a") or ""))
     p:close()
   else
-    plan, tasks = M.lualps_plan(name, c)
+    plan, tasks = lualps_plan(name, c)
     fingerprint = zoo.fnv1a(plan[1].fingerprint .. ser(c))
   end
   local stamp = fingerprint .. " " .. source_stamp(extra)
-  if zoo.file_exists(path) and util.read_file(path .. ".stamp") == stamp then
+  local have = util.read_file(path .. ".stamp")
+  if zoo.file_exists(path) and have == stamp then
     if o.background then return function() return path end end
     return path
   end
-  os.remove(path .. ".stamp")
+  -- built by another recipe or training code: start again (without a
+  -- stamp, an interrupted build resumes what it finished of the same plan)
+  if have then
+    os.remove(path)
+    os.remove(path .. ".stamp")
+  end
   if name == "torch" then
-    local finish = build_torch(plan, tasks, c, o, path, fingerprint)
+    local finish = build_torch(plan, tasks, c, o, path, fingerprint, stamp)
     local function done() finish() util.write_file(path .. ".stamp", stamp) return path end
     if o.background then return done end
     return done()
   end
-  -- a set of another plan is rebuilt; an interrupted one of this plan resumes
-  if zoo.file_exists(path) then
+  for _, m in ipairs(plan) do m.fingerprint = fingerprint end
+  if zoo.file_exists(path) then -- interrupted: resumed if of this plan
     local ms = lps.modelset.open(path)
-    local same = #ms == 0 or ms:meta(1).fingerprint == plan[1].fingerprint
+    local same = #ms == 0 or ms:meta(1).fingerprint == fingerprint
     ms:close()
     if not same then os.remove(path) end
   end
