@@ -99,8 +99,8 @@ local function config(name, opts)
   return c, o, spec
 end
 
---- The task table of a zoo (lps.hetero.tasks' format) for its config.
-function M.task_table(name, c)
+-- The task table of a zoo (lps.hetero.tasks' format) for its config.
+local function task_table(name, c)
   local spec = M.specs[name]
   local src = c.source
   local names = {}
@@ -149,7 +149,6 @@ local function task_data(t, c)
   if t.domain ~= "identity" then x, xt = data.domain(x, t.domain), data.domain(xt, t.domain) end
   return {x = x, y = y, xt = xt, yt = yt}
 end
-M.task_data = task_data
 
 -- Shell commands run without LD_PRELOAD (under the ASan tests it names the
 -- sanitizer runtime, which ls, rm and python must not load).
@@ -176,7 +175,7 @@ local function lualps_plan(name, c)
   local cfg = {master_seed = 100 * c.seed + (name == "digits" and 1 or 2), per_task = c.per_task, resnets = 0,
     pool = 0, heldout_arch_rate = 0}
   for k, v in pairs(spec.plan) do cfg[k] = v end
-  return hetero.plan(M.task_table(name, c), cfg)
+  return hetero.plan(task_table(name, c), cfg)
 end
 
 --- The plan of the torch zoo: per task, MLPs (1 or 2 hidden layers of
@@ -184,7 +183,7 @@ end
 -- stride 2) alternating, SGD (lr 0.05, momentum 0.9) and Adam (lr 1e-3)
 -- by pairs, batch 64, on 1,500 or 3,000 images (at most the task's).
 local function torch_plan(c)
-  local TABLE = M.task_table("torch", c)
+  local TABLE = task_table("torch", c)
   local tasks = hetero.tasks(TABLE)
   local plan = {}
   local function pick(g, list) return list[g:random(#list)] end
