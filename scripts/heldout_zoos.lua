@@ -74,7 +74,7 @@ M.specs = {
 -- subsets (use the first that many class subsets; default all), domains (a
 -- list of M.domains; default all), per_task, train_per_class and
 -- test_per_class (default the spec's), epochs (the torch models'; 2) and
--- python (a python3 with torch; default found as check_torch_interop finds it).
+-- python (a python3 with torch; default M.torch_python's).
 M.build_defaults = {
   seed = 1,           -- master seeds, data draws and the torch models' seeds follow from it
   progress = true,
@@ -321,6 +321,27 @@ local function build_torch(plan, tasks, c, o, path, fingerprint, stamp)
   return finish
 end
 
+local found = {}
+--- A python3 that imports torch and torch's version, or nil: `python` if
+-- given, else $LUALPS_PYTHON, Debian's /usr/bin/python3, python3 (one
+-- start each, remembered for the process).
+function M.torch_python(python)
+  local cands = {python or os.getenv("LUALPS_PYTHON") or "", "/usr/bin/python3", "python3"}
+  if python then cands = {python} end
+  for _, py in ipairs(cands) do
+    if py ~= "" then
+      if found[py] == nil then
+        local p = io.popen("env -u LD_PRELOAD " .. sh_quote(py) .. " -c 'import torch; print(torch.__version__)' 2>/dev/null")
+        local v = p and p:read("l")
+        if p then p:close() end
+        found[py] = v and v ~= "" and v or false
+      end
+      if found[py] then return py, found[py] end
+    end
+  end
+  return nil
+end
+
 --- Build zoo `name` into DIR/<name>.lpsm unless it is there with the same
 -- stamp (plan, seed and training code). opts: M.build_defaults. Returns the
 -- path, or nil and why (the torch zoo without a python3 that has torch);
@@ -332,14 +353,12 @@ function M.build(name, dir, opts)
   local path = ("%s/%s.lpsm"):format(dir, name)
   local plan, tasks, fingerprint, extra
   if name == "torch" then
-    o.python = o.python or dofile("scripts/check_torch_interop.lua").find_python()
+    local version
+    o.python, version = M.torch_python(o.python)
     if not o.python then return nil, "no python3 with torch (Debian's python3-torch): the PyTorch zoo is skipped" end
     plan, tasks = torch_plan(c)
-    fingerprint = zoo.fnv1a(ser(plan) .. ser(c))
-    local p = io.popen("env -u LD_PRELOAD " .. sh_quote(o.python) .. " -c 'import torch; print(torch.__version__)' 2>/dev/null")
+    fingerprint = zoo.fnv1a(ser(plan) .. ser(c) .. version)
     extra = "scripts/torch_zoo.py scripts/torch_interop.py"
-    fingerprint = zoo.fnv1a(fingerprint .. (p:read("a") or ""))
-    p:close()
   else
     plan, tasks = lualps_plan(name, c)
     fingerprint = zoo.fnv1a(plan[1].fingerprint .. ser(c))

@@ -166,7 +166,7 @@ end
 function TestHeldoutZoos:test_script_end_to_end()
   local out = dir() .. "/results"
   assert(os.execute("env -u LD_PRELOAD mkdir -p '" .. out .. "'"))
-  local py = dofile("scripts/check_torch_interop.lua").find_python()
+  local py = H.torch_python()
   local zoos = py and "torch,digits" or "digits"
   local rc = H.main{"--model", model_file(), "--build", dir() .. "/a", "--out", out, "--scale", "tiny",
     "--zoos", zoos, "--quiet"}
