@@ -23,6 +23,7 @@ p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
 p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,lps_hybrid,template_matching")
 p:flag("--no-ablations", "Skip the ablations and controls.")
+p:option("--ablations", "Comma-separated ablations to run (default: all).")
 p:flag("--no-plots", "Skip the gnuplot figures.")
 local a = p:parse()
 local function fail(msg) io.stderr:write("eval_hetero: ", msg, "\n") os.exit(1) end
@@ -70,11 +71,12 @@ end
 -- Model selection's data-based estimators first: the methods' funnels re-rank by their LogME.
 local t_est = lps.now()
 local est_rows, est_order = lps.selection.estimate(S, {data = a.data, log = log})
-local results, details, timings = {}, {}, {selection_estimators = lps.now() - t_est}
+local results, details, timings, hybrid_fits = {}, {}, {selection_estimators = lps.now() - t_est}, {}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
-  local t0 = lps.now()
-  results[m], details[m] = B.evaluate(S, make[m](), eopts)
+  local t0, method = lps.now(), make[m]()
+  results[m], details[m] = B.evaluate(S, method, eopts)
+  hybrid_fits[m] = method.fits -- w, lo, hi per split and seed
   results[m].unseen_map, timings[m] = results[m].map, lps.now() - t0
   show(m, results[m])
 end
@@ -95,11 +97,13 @@ if not a.no_ablations then
     {"unit_supervision", {unit_classes = n_classes, domains = domains}}, -- an addition, not a removal
     {"hybrid_no_gate", {hybrid = {gate = false}}}, -- lps_hybrid with g = 1
   } do
+    if a.ablations and not ("," .. a.ablations .. ","):find("," .. v[1] .. ",", 1, true) then goto skip end
     local t0 = lps.now()
     ablations[v[1]] = B.evaluate(S, lps_with(v[2], v[1]), {seeds = 1, data = a.data})
     ablations[v[1]].unseen_map, timings["ablation_" .. v[1]] = ablations[v[1]].map, lps.now() - t0
     abl_order[#abl_order + 1] = v[1]
     show(v[1], ablations[v[1]])
+    ::skip::
   end
   controls = lps.controls.run(S, lps_with, a.data)
 end
@@ -111,7 +115,7 @@ for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] =
 local sel_order = lps.selection.add_rows(S, results, order, est_rows, est_order, funnels)
 
 local protocol = B.describe(S)
-for k, v in pairs{set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.seeds, lps_options = LPS,
+for k, v in pairs{hybrid_fits = hybrid_fits, set = a.set, models = S.n, tasks = #S.splits.tasks, seeds = a.seeds, lps_options = LPS,
   transfer = S.transfer.protocol, seconds = timings, total_seconds = lps.now() - t_start,
   cka_probe = a.probe .. " Fashion-MNIST test images"} do protocol[k] = v end
 local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablations = ablations, protocol = protocol,

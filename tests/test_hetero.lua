@@ -528,6 +528,8 @@ function TestHeteroEval:test_pipeline_outputs()
   lu.assertAlmostEquals(x.cross_source_map, (x.cross_source_map_from_fashion_mnist + x.cross_source_map_from_glyphs) / 2,
     1e-9)
   lu.assertStrContains(cjson.encode(r.protocol), "ResNet queries")
+  local fits = r.protocol.hybrid_fits.lps_hybrid -- w, lo, hi of every fit of lps_hybrid (2 seeds)
+  lu.assertTrue(#fits >= 2 and fits[1].w >= 0 and fits[1].w <= 1 and fits[1].lo <= fits[1].hi)
   lu.assertNotNil(r.methods.lps.map_std)
   for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "reliability"} do
     lu.assertNotNil(r.controls[k], k)

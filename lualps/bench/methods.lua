@@ -254,7 +254,8 @@ function M.lps(opts)
     end
     return {net = net, embed = embed, seconds = rep.seconds, classes = tasks_of}
   end
-  return {name = opts.name or "lps", fit = function(self, models, y, ctx)
+  -- fits: the hybrid's fitted {split, seed, w, lo, hi, held_class, maps}, one per fit
+  return {name = opts.name or "lps", fits = hopts and {} or nil, fit = function(self, models, y, ctx)
     local keep = opts.train_families or opts.families
     if keep then -- only the families the network trains on
       local ok = {}
@@ -273,6 +274,8 @@ function M.lps(opts)
     local t0 = core.now()
     local state, t = similarity.hybrid.fit(function(ms, ys) return train(ms, ys, ctx) end, models, y, hopts)
     local hy = similarity.hybrid.new(t.net, state, t.embed)
+    self.fits[#self.fits + 1] = {split = ctx.split, seed = ctx.seed, w = state.w, lo = state.lo, hi = state.hi,
+                                 held_class = state.held_class, maps = state.maps}
     return {name = self.name, net = t.net, hybrid = state, seconds = core.now() - t0, classes = t.classes,
             similarity = function(_, a, b) return hy:similarity(a, b) end}
   end}
