@@ -504,7 +504,7 @@ function TestHeteroEval:test_pipeline_outputs()
   lu.assertStrContains(out, "| method | top1 | map | novel_map |")
   lu.assertNotStrContains(out, "gnuplot failed")
   local r = cjson.decode(file_bytes(res .. "/lps_hetero_eval.json"))
-  for _, m in ipairs{"lps", "raw", "sorted", "stats", "gram", "matching", "cka"} do
+  for _, m in ipairs{"lps", "lps_hybrid", "raw", "sorted", "stats", "gram", "matching", "cka"} do
     local x = r.methods[m]
     lu.assertNotNil(x, m)
     for _, k in ipairs{"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map",
@@ -519,7 +519,7 @@ function TestHeteroEval:test_pipeline_outputs()
   for _, m in ipairs{"raw", "sorted", "stats", "gram", "matching", "cka"} do
     lu.assertEquals(r.methods[m].heldout_family_rank1, cjson.null, m)
   end
-  for _, m in ipairs{"lps", "template_matching"} do
+  for _, m in ipairs{"lps", "lps_hybrid", "template_matching"} do
     lu.assertTrue(r.methods[m].heldout_family_rank1 >= 0 and r.methods[m].heldout_family_map > 0, m)
   end
   lu.assertEquals(r.ablations.weight_units_only.heldout_family_rank1, nil) -- its weight units read no ResNet
@@ -528,26 +528,29 @@ function TestHeteroEval:test_pipeline_outputs()
   lu.assertAlmostEquals(x.cross_source_map, (x.cross_source_map_from_fashion_mnist + x.cross_source_map_from_glyphs) / 2,
     1e-9)
   lu.assertStrContains(cjson.encode(r.protocol), "ResNet queries")
+  local fits = r.protocol.hybrid_fits.lps_hybrid -- w, lo, hi of every fit of lps_hybrid (2 seeds)
+  lu.assertTrue(#fits >= 2 and fits[1].w >= 0 and fits[1].w <= 1 and fits[1].lo <= fits[1].hi)
   lu.assertNotNil(r.methods.lps.map_std)
   for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "reliability"} do
     lu.assertNotNil(r.controls[k], k)
   end
   for _, v in ipairs{"no_conv_encoder", "first_order_pooling", "no_relation_objective", "no_chain_norm",
                      "trained_on_mlps", "weight_units_only", "templates_and_units",
-                     "no_template_extras", "unit_supervision"} do
+                     "no_template_extras", "unit_supervision", "hybrid_no_gate"} do
     lu.assertNotNil(r.ablations[v], v)
   end
   lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Controls")
   -- model selection: weight methods, estimators on the budget and funnels, each with regret, tau and cost
   lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Model selection")
   for _, m in ipairs{"lps", "template_matching", "logme", "logme_exact", "leep", "knn", "linear_probe",
-                     "lps+logme", "template_matching+logme", "lps+logme_exact"} do
+                     "lps+logme", "template_matching+logme", "lps+logme_exact", "lps_hybrid+logme"} do
     for _, k in ipairs{"selection_regret", "selection_tau", "selection_ms_per_candidate"} do
       lu.assertEquals(type(r.methods[m][k]), "number", m .. " " .. k)
     end
   end
   -- the saved model reads both families, from the store and through safetensors
   local sim = lps.similarity.load(res .. "/lps_hetero.model")
+  lu.assertStrContains(tostring(sim), "hybrid with template matching") -- the saved model is lps_hybrid's
   local ms <close> = lps.modelset.open(set)
   local ic, im
   for i = 1, #ms do

@@ -10,6 +10,7 @@ local core = require "lualps.core"
 local util = require "lualps.util"
 local eval = require "lualps.eval"
 local similarity = require "lualps.similarity"
+local match = require "lualps.similarity.match"
 
 local M = {}
 
@@ -188,30 +189,32 @@ end
 --     "transfer" the set's transfer matrix);
 --   train_families: fit on models of these families only (default all the
 --     network reads);
---   shuffle_labels: fit on task labels permuted at random (a control).
+--   shuffle_labels: fit on task labels permuted at random (a control);
+--   hybrid = false | true | options of lps.similarity.hybrid
+--     (similarity.hybrid.defaults): the fitted method scores pairs with
+--     template matching plus the gated learned residual
+--     (lualps/similarity/hybrid.lua), w, lo and hi from an inner validation
+--     on held-out classes; needs the templates slot and each model's
+--     `classes` (lps.benchmark gives them to fit). Default false: the cosine.
 -- Models of a family the network does not read embed as NaN (not
 -- comparable): a network reads its `families`, and with the templates slot
 -- alone also families that have no unit encoders (ResNets: the templates
 -- are a function of any model).
 function M.lps(opts)
-  local own = {name = true, relations = true, train_families = true, shuffle_labels = true}
+  local own = {name = true, relations = true, train_families = true, shuffle_labels = true, hybrid = true}
   local defaults = type(opts) == "table" and opts.families and similarity.arch_defaults or similarity.defaults
   local known = {}
   for _, t in ipairs{own, defaults, similarity.train_defaults} do
     for k in pairs(t) do known[#known + 1] = k end
   end
   opts = util.options(opts, {}, "lps method", known)
-  return {name = opts.name or "lps", fit = function(self, models, y, ctx)
-    local keep = opts.train_families or opts.families
-    if keep then -- only the families the network trains on
-      local ok = {}
-      for _, f in ipairs(keep) do ok[f] = true end
-      local m2, y2 = {}, {}
-      for k, m in ipairs(models) do
-        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1] = m, y[k] end
-      end
-      models, y = m2, y2
-    end
+  local hopts = opts.hybrid
+  if hopts then -- checked now: a wrong key fails before any training
+    hopts = util.options(hopts ~= true and hopts or nil, similarity.hybrid.defaults, "lps method: hybrid")
+  end
+  -- Train a network on models with task labels y (seed); returns it, its
+  -- embed(models) and the training report.
+  local function train(models, y, ctx)
     local labels, C, tasks_of = class_labels(y)
     if opts.shuffle_labels then
       labels = {table.unpack(labels)}
@@ -236,7 +239,7 @@ function M.lps(opts)
     local function read(f) -- a family without unit encoders (a ResNet's) only through the templates slot alone
       return reads[f] or (not net.layered and f ~= "mlp" and f ~= "cnn")
     end
-    local function embed(_, ms)
+    local function embed(ms)
       if not opts.families then return net:embed(ms) end
       local idx, sub = {}, {}
       for k, m in ipairs(ms) do
@@ -249,7 +252,32 @@ function M.lps(opts)
       end
       return E
     end
-    return {name = self.name, metric = "dot", net = net, seconds = rep.seconds, embed = embed, classes = tasks_of}
+    return {net = net, embed = embed, seconds = rep.seconds, classes = tasks_of}
+  end
+  -- fits: the hybrid's fitted {split, seed, w, lo, hi, held_class, maps}, one per fit
+  return {name = opts.name or "lps", fits = hopts and {} or nil, fit = function(self, models, y, ctx)
+    local keep = opts.train_families or opts.families
+    if keep then -- only the families the network trains on
+      local ok = {}
+      for _, f in ipairs(keep) do ok[f] = true end
+      local m2, y2 = {}, {}
+      for k, m in ipairs(models) do
+        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1] = m, y[k] end
+      end
+      models, y = m2, y2
+    end
+    if not hopts then
+      local t = train(models, y, ctx)
+      return {name = self.name, metric = "dot", net = t.net, seconds = t.seconds, classes = t.classes,
+              embed = function(_, ms) return t.embed(ms) end}
+    end
+    local t0 = core.now()
+    local state, t = similarity.hybrid.fit(function(ms, ys) return train(ms, ys, ctx) end, models, y, hopts)
+    local hy = similarity.hybrid.new(t.net, state, t.embed)
+    self.fits[#self.fits + 1] = {split = ctx.split, seed = ctx.seed, w = state.w, lo = state.lo, hi = state.hi,
+                                 held_class = state.held_class, maps = state.maps}
+    return {name = self.name, net = t.net, hybrid = state, seconds = core.now() - t0, classes = t.classes,
+            similarity = function(_, a, b) return hy:similarity(a, b) end}
   end}
 end
 
@@ -308,67 +336,6 @@ function M.matching(opts)
 end
 
 
--- Popcounts of 0 .. 2^DP_MAX - 1, for the assignment over column subsets.
-local DP_MAX = 10
-local POP = {[0] = 0}
-for m = 1, (1 << DP_MAX) - 1 do POP[m] = POP[m >> 1] + (m & 1) end
-local dp = {}
-
--- The largest sum of w[r][c] over one-to-one assignments of the kr rows to
--- the kc >= kr columns: exact dynamic programming over the subsets of used
--- columns (kc <= DP_MAX: at most 2^kc * kc steps, no permutations), else
--- the linear assignment of lps.eval.assign.
-local function assign_total(w, kr, kc)
-  if kc > DP_MAX then
-    local C = core.zeros(kr, kc)
-    for r = 1, kr do for c = 1, kc do C:set(r, c, w[r][c]) end end
-    local _, total = eval.assign(C, true)
-    return total
-  end
-  local full, ninf = (1 << kc) - 1, -math.huge
-  dp[0] = 0
-  for m = 1, full do dp[m] = ninf end
-  local best = ninf
-  for m = 0, full do
-    local p, v = POP[m], dp[m]
-    if p < kr then
-      if v > ninf then
-        local row = w[p + 1] -- row p + 1 goes next: masks of p columns hold rows 1..p
-        for c = 1, kc do
-          local bit = 1 << (c - 1)
-          if m & bit == 0 then
-            local x = v + row[c]
-            if x > dp[m | bit] then dp[m | bit] = x end
-          end
-        end
-      end
-    elseif p == kr and v > best then best = v end
-  end
-  return best
-end
-
--- The ka x kb block of a nested table G at rows r0 + 1.., columns c0 + 1..,
--- as w (the shorter side as rows, transposed when ka > kb): the score.
-local wbuf = {}
-local function block_score(G, r0, c0, ka, kb)
-  local kr, kc = ka, kb
-  if ka <= kb then
-    for r = 1, ka do
-      local src, dst = G[r0 + r], wbuf[r] or {}
-      wbuf[r] = dst
-      for c = 1, kb do dst[c] = src[c0 + c] end
-    end
-  else
-    kr, kc = kb, ka
-    for r = 1, kb do
-      local dst = wbuf[r] or {}
-      wbuf[r] = dst
-      for c = 1, ka do dst[c] = G[r0 + c][c0 + r] end
-    end
-  end
-  return assign_total(wbuf, kr, kc) / math.max(ka, kb)
-end
-
 --- The template-matching score of a ka x kb table of cosines (a tensor or a
 -- nested Lua table): the largest sum of cosines over one-to-one
 -- assignments of the rows to the columns, divided by max(ka, kb); NaN if
@@ -389,7 +356,7 @@ function M.assignment_score(C)
       if x ~= x then return 0 / 0 end
     end
   end
-  return block_score(G, 0, 0, ka, kb)
+  return match.block_score(G, 0, 0, ka, kb)
 end
 
 --- Options of template matching and their defaults.
@@ -426,47 +393,8 @@ function M.template_matching(opts)
     end
     return T
   end
-  -- the templates of a list of models stacked (rows), and each one's offset and class count
-  local function stack(models)
-    local Ts, off, k, rows = {}, {}, {}, 0
-    for i, m in ipairs(models) do
-      Ts[i] = templates(m)
-      off[i], k[i] = rows, Ts[i] and Ts[i]:size(1) or 0
-      rows = rows + k[i]
-    end
-    local width
-    for _, T in ipairs(Ts) do if T then width = T:size(2) break end end
-    local X = width and core.zeros(rows, width)
-    for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
-    return X, off, k, rows
-  end
   return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
-    local out = core.full(#a, #b, 0 / 0)
-    local Xb, offb, kb, nb = stack(b)
-    if not Xb then return out end
-    -- a block of a's models at a time: one matmul, read back as a table of up to about 2^20 cosines
-    local i0 = 1
-    while i0 <= #a do
-      local blk, rows = {}, 0
-      repeat
-        local m = a[i0 + #blk]
-        local T = templates(m)
-        blk[#blk + 1], rows = m, rows + (T and T:size(1) or 0)
-      until i0 + #blk > #a or (rows + 8) * nb > 1 << 20
-      local Xa, offa, ka = stack(blk)
-      if Xa then
-        local G = core.matmul(Xa, Xb, false, true):totable()
-        for i = 1, #blk do
-          if ka[i] > 0 then
-            for j = 1, #b do
-              if kb[j] > 0 then out:set(i0 + i - 1, j, block_score(G, offa[i], offb[j], ka[i], kb[j])) end
-            end
-          end
-        end
-      end
-      i0 = i0 + #blk
-    end
-    return out
+    return match.scores(templates, a, b)
   end}
 end
 

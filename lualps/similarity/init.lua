@@ -19,6 +19,7 @@ local head = require "lualps.similarity.head"
 local train = require "lualps.similarity.train"
 local models = require "lualps.similarity.models"
 local sim = require "lualps.similarity.sim"
+local hybrid = require "lualps.similarity.hybrid"
 
 local M = {}
 
@@ -37,6 +38,9 @@ M.feature_head = head.feature_head
 M.Head = head.Head
 M.chain_normalize = mlpnet.chain_normalize
 M.weights = models.weights
+--- The hybrid of template matching and LPS (lualps/similarity/hybrid.lua):
+-- its options and defaults, fit, and new(net, state).
+M.hybrid = hybrid
 M.record = models.record
 
 --- A new, randomly initialized network. See M.defaults for the options.
@@ -115,9 +119,11 @@ function M.train(ms, split, opts)
   return sim.new{net = net, classes = classes, label = label_field, report = report, n_train = #models}
 end
 
---- Wrap a network (trained elsewhere) as a similarity object.
-function M.wrap(net, classes)
-  return sim.new{net = net, classes = classes or {}, label = "task"}
+--- Wrap a network (trained elsewhere) as a similarity object; with a
+-- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, mu})
+-- its similarity and nearest give the hybrid score.
+function M.wrap(net, classes, hybrid_state)
+  return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
 end
 
 --- Load a similarity saved with sim:save(path); the file is checked like a
@@ -141,8 +147,19 @@ function M.load(path)
     if spec.layer_norm == nil then spec.layer_norm = false end
   end
   local net = M.network(spec)
-  net:load_named((ms:tensors(1)))
-  local out = M.wrap(net, meta.classes)
+  local named = ms:tensors(1)
+  local state
+  if type(meta.hybrid) == "table" then
+    local mu, par = named["hybrid.prototypes"], named["hybrid.params"]
+    if not (core.is_tensor(mu) and core.is_tensor(par) and par:numel() == 3) then
+      error(("similarity.load: %s is a hybrid without its prototypes and (w, lo, hi)"):format(path), 2)
+    end
+    state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = meta.hybrid.gate ~= false,
+             tm_pool = meta.hybrid.tm_pool}
+    named["hybrid.prototypes"], named["hybrid.params"] = nil, nil
+  end
+  net:load_named(named)
+  local out = M.wrap(net, meta.classes, state)
   out.label, out.n_train = meta.label, meta.n_train
   return out
 end

@@ -6,6 +6,7 @@ local util = require "lualps.util"
 local eval = require "lualps.eval"
 local modelset = require "lualps.modelset"
 local models = require "lualps.similarity.models"
+local hybrid = require "lualps.similarity.hybrid"
 
 local M = {}
 
@@ -19,15 +20,20 @@ function M.as_set(ms)
   return ms, false
 end
 
--- A similarity object of fields (net, classes, label[, report, n_train]).
+-- A similarity object of fields (net, classes, label[, report, n_train,
+-- hybrid (a state for lualps.similarity.hybrid: the score is then the
+-- hybrid's, not the cosine)]).
 function M.new(fields)
   fields.cache = setmetatable({}, {__mode = "k"})
+  if fields.hybrid then fields.hy = hybrid.new(fields.net, fields.hybrid) end
   return setmetatable(fields, Sim)
 end
 
 function Sim:__tostring()
-  return ("lualps.similarity (%s; trained on %s models of %d %ss)"):format(tostring(self.net):match("%((.*)%)") or "",
-    tostring(self.n_train or "?"), #self.classes, self.label)
+  local h = self.hybrid
+  return ("lualps.similarity (%s; trained on %s models of %d %ss%s)"):format(tostring(self.net):match("%((.*)%)") or "",
+    tostring(self.n_train or "?"), #self.classes, self.label, h and ("; hybrid with template matching, w %.2f, gate %s")
+      :format(h.w, h.gate == false and "off" or ("%.3f..%.3f"):format(h.lo, h.hi)) or "")
 end
 
 --- Embedding (1-D, unit norm) of one model.
@@ -56,10 +62,25 @@ function Sim:embed_set(ms, opts)
   return out
 end
 
---- Cosine similarity of two models (embeddings have unit norm).
+--- Similarity of two models: the cosine of their embeddings (unit norm),
+-- or for a hybrid model (lualps.similarity.hybrid) the hybrid score.
 function Sim:similarity(a, b)
+  if self.hy then return self.hy:similarity({models.weights(a)}, {models.weights(b)}):get(1, 1) end
   local ea, eb = self:embed(a), self:embed(b)
   return (ea * eb):sum()
+end
+
+-- Every model of a set (weight lists), read once per open set object: a
+-- hybrid compares a query with each of them.
+function Sim:set_models(ms)
+  self.set_cache = self.set_cache or setmetatable({}, {__mode = "k"})
+  local list = self.set_cache[ms]
+  if not list or #list ~= #ms then
+    list = {}
+    for i = 1, #ms do list[i] = models.record(ms, i) end
+    self.set_cache[ms] = list
+  end
+  return list
 end
 
 -- Embeddings of a set, computed once per open set object.
@@ -81,21 +102,32 @@ function Sim:nearest(ms, query, k)
   if math.type(k) ~= "integer" or k < 1 then error("nearest: k must be a positive integer", 2) end
   local set = ms
   if type(ms) == "string" then error("nearest: open the set first (lps.modelset.open)", 2) end
-  local E = self:set_embeddings(set)
   local q, self_index
   if math.type(query) == "integer" then
     if query < 1 or query > #set then error(("nearest: record %d out of range 1..%d"):format(query, #set), 2) end
     self_index = query
-    q = E[query]:clone()
-  elseif core.is_tensor(query) and query:dim() == 1 then
-    q = query
-  else
-    q = self:embed(query)
   end
   local want = math.min(#set, k + (self_index and 1 or 0))
-  local idx, scores = eval.topk(E, q, want)
+  local idx, scores
+  if self.hy then
+    if core.is_tensor(query) then error("nearest: a hybrid model compares models, not embeddings: give a model or a record", 2) end
+    local list = self:set_models(set)
+    local row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
+    local order = {}
+    for i = 1, #row do order[i] = i; if row[i] ~= row[i] then row[i] = -math.huge end end
+    table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
+    idx, scores = {}, {}
+    for j = 1, want do idx[j], scores[j] = order[j], row[order[j]] end
+  else
+    local E = self:set_embeddings(set)
+    if self_index then q = E[query]:clone()
+    elseif core.is_tensor(query) and query:dim() == 1 then q = query
+    else q = self:embed(query) end
+    idx, scores = eval.topk(E, q, want)
+  end
+  local label = self.hy and "score" or "cosine"
   local out = setmetatable({}, {__tostring = function(list)
-    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", "cosine")}
+    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", label)}
     for r, x in ipairs(list) do
       lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f"):format(r, x.index, tostring(x.meta.id),
         tostring(x.meta.task), x.score)
@@ -116,13 +148,20 @@ M.FORMAT = "lualps.similarity"
 local FORMAT = M.FORMAT
 
 --- Save to a small file (a one-record model set: checksummed like any set).
+-- A hybrid saves its prototypes and (w, lo, hi) as float32 tensors
+-- (hybrid.prototypes, hybrid.params): a loaded copy scores the same bits.
 function Sim:save(path, opts)
   local named = self.net:named_parameters()
   local o = util.options(opts, {overwrite = true}, "save")
+  local h, hmeta = self.hybrid, nil
+  if h then
+    named["hybrid.prototypes"], named["hybrid.params"] = h.mu, core.tensor({h.w, h.lo, h.hi})
+    hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool}
+  end
   local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
     out:append_tensors(named, {kind = FORMAT, version = 1, spec = self.net:spec(),
-      classes = self.classes, label = self.label, n_train = self.n_train})
+      classes = self.classes, label = self.label, n_train = self.n_train, hybrid = hmeta})
   end)
   out:close()
   if not ok then error(err, 2) end

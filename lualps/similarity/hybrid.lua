@@ -1,0 +1,303 @@
+--- lualps.similarity.hybrid: LPS anchored on template matching, with a
+-- gated learned residual (issue 19; the design of the research notes,
+-- section 2). For models a and b:
+--   s(a, b) = (1 - w g_a g_b) TM(a, b) + w g_a g_b cos(e_a, e_b)
+-- TM: template matching (lualps.similarity.match) over the class
+-- templates the network computes anyway, re-pooled to tm_pool x tm_pool;
+-- e: the network's embedding; g in [0, 1]: how typical a model's embedding
+-- is of the training tasks (its largest cosine with their mean embeddings,
+-- the prototypes), ramped linearly from lo to hi. w, lo and hi come from an
+-- inner validation on held-out classes (H.fit), so the learned term gets
+-- weight only where it ranked models of unseen classes better than TM, and
+-- only for models that look like the training ones: off its training
+-- distribution the score falls back to TM.
+local core = require "lualps.core"
+local util = require "lualps.util"
+local eval = require "lualps.eval"
+local match = require "lualps.similarity.match"
+
+local H = {}
+
+--- Options of the hybrid (H.fit; lps.benchmark.methods.lps{hybrid = ...})
+-- and their defaults.
+H.defaults = {
+  gate = true,          -- scale the learned term by the typicality gates g_a g_b (false: g = 1)
+  w_grid = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1}, -- weights of the learned term the validation tries
+  lo_quantile = 0.1,    -- the gate is 0 below this quantile of the held-out models' typicality,
+  hi_quantile = 0.9,    -- and 1 above this one
+  tm_pool = 4,          -- TM rows: templates average-pooled tm_pool x tm_pool (a multiple of template_pool)
+  holdout = 0.25,       -- inner validation: hold out the tasks of the class found in the number of
+                        -- training tasks nearest this fraction of them (ties: the smaller class id)
+}
+
+-- A value as float32: what a saved tensor gives back, so a loaded hybrid
+-- scores the same bits.
+local function f32(x) return core.tensor({x})[1] end
+
+--- The gate of a typicality tau: clip((tau - lo) / (hi - lo), 0, 1); 0 for NaN.
+function H.gate(tau, lo, hi)
+  local x = (tau - lo) / math.max(hi - lo, 1e-6)
+  return math.min(1, math.max(0, x))
+end
+
+--- Prototypes (C x e): the L2-normalized mean embedding of each label's
+-- rows of E (labels 1..C).
+function H.prototypes(E, labels)
+  local C = 0
+  for _, l in ipairs(labels) do C = math.max(C, l) end
+  local mu, n = core.zeros(C, E:size(2)), {}
+  for i, l in ipairs(labels) do
+    mu[l]:add_(E[i])
+    n[l] = (n[l] or 0) + 1
+  end
+  for c = 1, C do
+    if not n[c] then error(("hybrid: label %d has no models"):format(c), 2) end
+    mu[c]:div_(math.max(mu[c]:norm(), 1e-12))
+  end
+  return mu
+end
+
+--- Typicality of each row of E (unit rows): its largest cosine with a
+-- prototype (a Lua list; NaN for a NaN row).
+function H.typicality(E, mu)
+  local S = core.matmul(E, mu, false, true):totable()
+  local out = {}
+  for i, row in ipairs(S) do
+    local best = -math.huge
+    for _, v in ipairs(row) do
+      if v ~= v then best = 0 / 0 break end
+      if v > best then best = v end
+    end
+    out[i] = best
+  end
+  return out
+end
+
+-- The q-quantile of a list (linear interpolation, as numpy's default), NaN ignored.
+local function quantile(xs, q)
+  local v = {}
+  for _, x in ipairs(xs) do if x == x then v[#v + 1] = x end end
+  if #v == 0 then error("hybrid: no finite typicality among the held-out models", 3) end
+  table.sort(v)
+  local pos = q * (#v - 1) + 1
+  local i = math.floor(pos)
+  if i >= #v then return v[#v] end
+  return v[i] + (pos - i) * (v[i + 1] - v[i])
+end
+H.quantile = quantile
+
+--- The hybrid of pairwise scores: (1 - W) .* TM + W .* Cos with W = w g_a g_b^T
+-- (ga, gb Lua lists). Where W is 0 the result is TM's bits.
+function H.combine(TM, Cos, ga, gb, w)
+  if w == 0 then return TM:clone() end
+  local W = core.matmul(core.tensor(ga):reshape(#ga, 1), core.tensor(gb):reshape(#gb, 1), false, true):mul_(w)
+  return TM * (-W + 1) + Cos * W
+end
+
+--- The w of grid with the best leave-one-out retrieval mAP of the models
+-- (labels) among themselves under H.combine(TM, Cos, g, g, w) (ties: the
+-- smaller w). Returns w and the mAP of every w (a list in grid order).
+function H.choose_w(TM, Cos, g, labels, grid)
+  local best, best_map, maps = nil, -math.huge, {}
+  for k, w in ipairs(grid) do
+    local S = H.combine(TM, Cos, g, g, w)
+    local flat = S:reshape(-1)
+    for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+    maps[k] = eval.retrieval(S, labels, labels, {exclude_self = true}).map
+    if maps[k] > best_map + 1e-9 then best, best_map = w, maps[k] end
+  end
+  return best, maps
+end
+
+--- The class whose held-out tasks validate the hybrid: models[i].classes
+-- lists model i's task classes, y[i] its task. The class found in the
+-- number of training tasks nearest fraction x their number (ties: the
+-- smaller id) among those that leave at least 2 tasks on each side.
+-- Returns it, the positions of the models whose task has it (held) and of
+-- the others (keep); nil when no class does (too few tasks).
+function H.holdout(models, y, fraction)
+  local classes_of, ntasks, count = {}, 0, {}
+  for i, m in ipairs(models) do
+    if type(m.classes) ~= "table" or #m.classes == 0 then
+      error(("hybrid: the inner validation needs each training model's task classes (model %d has no `classes`)"):format(i), 3)
+    end
+    if not classes_of[y[i]] then
+      classes_of[y[i]], ntasks = m.classes, ntasks + 1
+      for _, c in ipairs(m.classes) do count[c] = (count[c] or 0) + 1 end
+    end
+  end
+  local ids = {}
+  for c in pairs(count) do ids[#ids + 1] = c end
+  local target = fraction * ntasks
+  table.sort(ids, function(a, b)
+    local da, db = math.abs(count[a] - target), math.abs(count[b] - target)
+    if da ~= db then return da < db end
+    return a < b
+  end)
+  for _, c in ipairs(ids) do
+    if count[c] >= 2 and ntasks - count[c] >= 2 then
+      local held, keep = {}, {}
+      for i in ipairs(models) do
+        local has = false
+        for _, x in ipairs(classes_of[y[i]]) do has = has or x == c end
+        if has then held[#held + 1] = i else keep[#keep + 1] = i end
+      end
+      return c, held, keep
+    end
+  end
+  return nil
+end
+
+-- The pooling (a tdim x R*(side/tm_pool)^2 matrix) taking a network's
+-- template rows (R ranges of (side/template_pool)^2 columns, then any
+-- extras) to TM rows.
+local function tm_pooling(net, tm_pool)
+  net.tm_pooling = net.tm_pooling or {}
+  local Q = net.tm_pooling[tm_pool]
+  if Q then return Q end
+  local o = net.opts
+  local side = o.input_shape[#o.input_shape] // o.template_pool
+  local f = tm_pool // o.template_pool
+  if tm_pool % o.template_pool ~= 0 or side % f ~= 0 then
+    error(("hybrid: tm_pool %d must be a multiple of the network's template_pool %d that divides the image side")
+      :format(tm_pool, o.template_pool), 4)
+  end
+  local n, R = side // f, #o.noise_ranges
+  Q = core.zeros(net.tdim, R * n * n)
+  for r = 0, R - 1 do
+    for i = 0, side - 1 do
+      for j = 0, side - 1 do
+        Q:set(r * side * side + i * side + j + 1, r * n * n + (i // f) * n + j // f + 1, 1 / (f * f))
+      end
+    end
+  end
+  net.tm_pooling[tm_pool] = Q
+  return Q
+end
+
+--- The TM rows of a model (k x R*(28/tm_pool)^2, unit rows) from network
+-- net's class templates, or false when they are not finite.
+function H.tm_rows(net, model, tm_pool)
+  if not (net.has_slot and net:has_slot("templates")) then
+    error("hybrid: needs a network with the templates slot (lps.similarity.network{families = ...})", 2)
+  end
+  local p = net:prepare(model)
+  local X = core.matmul(p.T, tm_pooling(net, tm_pool))
+  local norms = (X * X):sum(2):sqrt()
+  for c = 1, X:size(1) do X[c]:div_(math.max(norms[c], 1e-12)) end
+  local s = X:sum()
+  return s == s and X or false
+end
+
+local Hybrid = {}
+Hybrid.__index = Hybrid
+
+--- A hybrid similarity of network net and state {w, lo, hi, gate, tm_pool,
+-- mu (prototypes)}; embed(models) gives the embeddings (default
+-- net:embed; NaN rows for models it does not read). Methods:
+-- similarity(a, b) for two lists of models, describe(models).
+function H.new(net, state, embed)
+  for _, k in ipairs{"w", "lo", "hi", "tm_pool"} do
+    if type(state[k]) ~= "number" or state[k] ~= state[k] then
+      error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
+    end
+  end
+  if not core.is_tensor(state.mu) or state.mu:dim() ~= 2 or state.mu:size(2) ~= net.opts.embed then
+    error(("hybrid: state.mu must be a C x %d tensor of prototypes"):format(net.opts.embed), 2)
+  end
+  return setmetatable({net = net, state = state, embed = embed or function(ms) return net:embed(ms) end,
+                       memo = setmetatable({}, {__mode = "k"})}, Hybrid)
+end
+
+--- Each model's {e (its embedding row), g (its gate), rows (its TM rows or
+-- false)}, computed once per model.
+function Hybrid:describe(models)
+  local st, missing = self.state, {}
+  for _, m in ipairs(models) do if not self.memo[m] then missing[#missing + 1] = m end end
+  if #missing > 0 then
+    local E = self.embed(missing)
+    local tau = H.typicality(E, st.mu)
+    for i, m in ipairs(missing) do
+      self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = st.gate == false and 1 or H.gate(tau[i], st.lo, st.hi),
+                      rows = H.tm_rows(self.net, m, st.tm_pool)}
+    end
+  end
+  local out = {}
+  for i, m in ipairs(models) do out[i] = self.memo[m] end
+  return out
+end
+
+--- The |a| x |b| hybrid scores of two lists of models (NaN: not comparable).
+function Hybrid:similarity(a, b)
+  local da, db = self:describe(a), self:describe(b)
+  local rows = {}
+  for i, m in ipairs(a) do rows[m] = da[i].rows end
+  for i, m in ipairs(b) do rows[m] = db[i].rows end
+  local TM = match.scores(function(m) return rows[m] end, a, b)
+  local w = self.state.w
+  if w == 0 then return TM end
+  local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
+  local ga, gb = {}, {}
+  for i, d in ipairs(da) do Ea[i]:copy(d.e); ga[i] = d.g end
+  for j, d in ipairs(db) do Eb[j]:copy(d.e); gb[j] = d.g end
+  return H.combine(TM, core.matmul(Ea, Eb, false, true), ga, gb, w)
+end
+
+--- Fit the hybrid: train(models, y) trains a network on models with task
+-- labels y and returns {net =, embed = function(models) -> E}. The inner
+-- validation holds out the tasks of one class (H.holdout), trains on the
+-- others, sets lo and hi from the held-out models' typicality and chooses
+-- w on their leave-one-out retrieval; then the network is trained on every
+-- model and the prototypes are its task means. opts: H.defaults. Returns
+-- the state {w, lo, hi, gate, tm_pool, mu, held_class, maps} and the main
+-- training's result. With too few tasks to hold any class out (H.holdout),
+-- w is 0 (template matching alone) and held_class nil.
+function H.fit(train, models, y, opts)
+  local o = util.options(opts, H.defaults, "hybrid")
+  if type(o.w_grid) ~= "table" or #o.w_grid < 1 then error("hybrid: w_grid must be a non-empty list", 2) end
+  for _, w in ipairs(o.w_grid) do
+    if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
+  end
+  if not (o.lo_quantile >= 0 and o.lo_quantile < o.hi_quantile and o.hi_quantile <= 1) then
+    error(("hybrid: need 0 <= lo_quantile < hi_quantile <= 1, got %s and %s"):format(o.lo_quantile, o.hi_quantile), 2)
+  end
+  local function sub(list, idx)
+    local out = {}
+    for k, i in ipairs(idx) do out[k] = list[i] end
+    return out
+  end
+  local function dense(labels) -- raw labels to 1..C
+    local map, out, n = {}, {}, 0
+    local sorted = {table.unpack(labels)}
+    table.sort(sorted)
+    for _, t in ipairs(sorted) do if not map[t] then n = n + 1; map[t] = n end end
+    for k, t in ipairs(labels) do out[k] = map[t] end
+    return out
+  end
+  local c, held, keep = H.holdout(models, y, o.holdout)
+  if not c then
+    local main = train(models, y)
+    local mu = H.prototypes(main.embed(models), dense(y))
+    local tau = H.typicality(main.embed(models), mu)
+    return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
+            tm_pool = o.tm_pool, mu = mu, maps = {}}, main
+  end
+  local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
+  local inner = train(km, ky)
+  local mu = H.prototypes(inner.embed(km), dense(ky))
+  local Eh = inner.embed(hm)
+  local tau = H.typicality(Eh, mu)
+  local lo, hi = f32(quantile(tau, o.lo_quantile)), f32(quantile(tau, o.hi_quantile))
+  local g = {}
+  for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
+  local rows = {}
+  for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool) end
+  local TM = match.scores(function(m) return rows[m] end, hm, hm)
+  local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
+  local main = train(models, y)
+  local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool,
+                 mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
+  return state, main
+end
+
+return H

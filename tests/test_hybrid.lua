@@ -1,0 +1,197 @@
+-- The hybrid of template matching and LPS (lps.similarity.hybrid): with no
+-- weight or no gate it ranks as template matching does, the gate, the
+-- choice of w, the inner validation on shuffled labels, and the save/load
+-- round trip of a fitted hybrid.
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+local H = lps.similarity.hybrid
+local match = require "lualps.similarity.match"
+
+-- A small synthetic zoo: one-layer models whose class c has the template
+-- dirs[c] + noise (the input gradient of a linear model's centred logit is
+-- its weight row, centred): 12 tasks of 2 or 3 of 8 classes, 5 models each.
+local function zoo(noise)
+  local g = lps.generator(77)
+  local dirs = {}
+  for c = 0, 7 do dirs[c] = lps.randn(784, g) end
+  local tasks = {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4, 6}, {1, 5, 7}, {2, 6, 3}, {0, 3, 5}}
+  local models, y = {}, {}
+  for t, cls in ipairs(tasks) do
+    for _ = 1, 5 do
+      local W = lps.zeros(#cls, 784)
+      for r, c in ipairs(cls) do W[r]:copy(dirs[c] + lps.randn(784, g) * noise) end
+      models[#models + 1] = {W, lps.randn(#cls, g) * 0.1, classes = cls, family = "mlp"}
+      y[#y + 1] = t
+    end
+  end
+  return models, y
+end
+
+local NET = {families = {"mlp", "cnn"}, seed = 3}
+
+-- Template matching as the benchmark computes it on the same noise (the
+-- network's 2 ranges x 6 images), pooled 4x4 from the raw gradients.
+local function reference_tm(models)
+  local tm = lps.benchmark.methods.template_matching{pool = 4, noise = 6, noise_ranges = {{0, 0.2}, {0.8, 1}}}
+  return tm:similarity(models, models)
+end
+
+-- The gallery order of each row of S (ties by index).
+local function orders(S)
+  local out = {}
+  for i, row in ipairs(S:totable()) do
+    local o = {}
+    for j = 1, #row do o[j] = j end
+    table.sort(o, function(a, b) if row[a] ~= row[b] then return row[a] > row[b] end return a < b end)
+    out[i] = o
+  end
+  return out
+end
+
+local function state(net, w, lo, hi, gate)
+  return {w = w, lo = lo, hi = hi, gate = gate, tm_pool = 4, mu = lps.randn(3, net.opts.embed, lps.generator(5))}
+end
+
+TestHybrid = {}
+
+function TestHybrid:test_no_weight_ranks_as_template_matching()
+  local models = zoo(1.5)
+  local net = lps.similarity.network(NET)
+  local S = H.new(net, state(net, 0, 0, 1)):similarity(models, models)
+  local R = reference_tm(models)
+  lu.assertTrue(lps.allclose(S, R, 0, 1e-5))
+  lu.assertEquals(orders(S), orders(R))
+end
+
+function TestHybrid:test_closed_gate_gives_template_matching_bits()
+  local models = zoo(1.5)
+  local net = lps.similarity.network(NET)
+  local plain = H.new(net, state(net, 0, 0, 1)):similarity(models, models):totable()
+  -- w 0.7, but every typicality (a cosine, at most 1) is below lo: g = 0
+  local closed = H.new(net, state(net, 0.7, 2, 3)):similarity(models, models):totable()
+  lu.assertEquals(closed, plain)
+  -- an open gate does change the scores (so the two above measure something)
+  local open = H.new(net, state(net, 0.7, 0, 1, false)):similarity(models, models):totable()
+  lu.assertNotEquals(open, plain)
+  lu.assertAlmostEquals(open[1][2], 0.3 * plain[1][2] + 0.7 * (function()
+    local E = net:embed({models[1], models[2]})
+    return (E[1] * E[2]):sum()
+  end)(), 1e-6)
+end
+
+function TestHybrid:test_gate_in_unit_interval_and_monotone()
+  lu.assertEquals(H.gate(0.1, 0.2, 0.6), 0)
+  lu.assertEquals(H.gate(0.9, 0.2, 0.6), 1)
+  lu.assertAlmostEquals(H.gate(0.5, 0.2, 0.6), 0.75, 1e-12)
+  lu.assertEquals(H.gate(0 / 0, 0.2, 0.6), 0)
+  local prev = -1
+  for i = 0, 200 do
+    local g = H.gate(-1 + i / 100, 0.2, 0.6)
+    lu.assertTrue(g >= 0 and g <= 1)
+    lu.assertTrue(g >= prev)
+    prev = g
+  end
+  -- on models: gates follow the typicalities
+  local models = zoo(1.5)
+  local net = lps.similarity.network(NET)
+  local mu = H.prototypes(net:embed(models), {1, 1, 1, 1, 1, 2, 2, 2, 2, 2})
+  local d = H.new(net, {w = 0.5, lo = 0.3, hi = 0.9, tm_pool = 4, mu = mu}):describe(models)
+  for i = 1, #d do
+    lu.assertTrue(d[i].g >= 0 and d[i].g <= 1)
+    for j = 1, #d do if d[i].tau < d[j].tau then lu.assertTrue(d[i].g <= d[j].g) end end
+  end
+end
+
+function TestHybrid:test_quantile_is_numpys_linear()
+  lu.assertAlmostEquals(H.quantile({4, 1, 3, 2}, 0.1), 1.3, 1e-12)
+  lu.assertAlmostEquals(H.quantile({4, 1, 3, 2}, 0.9), 3.7, 1e-12)
+  lu.assertEquals(H.quantile({5}, 0.5), 5)
+end
+
+function TestHybrid:test_choose_w_follows_the_better_term()
+  -- 4 tasks x 3 models; TM scrambled by noise, a perfect learned term
+  local labels, g = {}, {}
+  for i = 1, 12 do labels[i], g[i] = (i - 1) // 3 + 1, 1 end
+  local gen = lps.generator(9)
+  local TM = lps.rand(12, 12, gen)
+  local good, bad = lps.zeros(12, 12), lps.rand(12, 12, gen)
+  for i = 1, 12 do for j = 1, 12 do good:set(i, j, labels[i] == labels[j] and 1 or 0) end end
+  local grid = {0, 0.1, 0.5, 1}
+  lu.assertTrue(H.choose_w(TM, good, g, labels, grid) > 0)
+  local perfect_tm = good:clone()
+  lu.assertEquals(H.choose_w(perfect_tm, bad, g, labels, grid), 0) -- ties go to the smaller w
+  -- a closed gate leaves nothing to choose: every w scores as w = 0
+  local closed = {}
+  for i = 1, 12 do closed[i] = 0 end
+  local w, maps = H.choose_w(TM, good, closed, labels, grid)
+  lu.assertEquals(w, 0)
+  for k = 2, #grid do lu.assertEquals(maps[k], maps[1]) end
+end
+
+function TestHybrid:test_holdout_picks_the_quarter_class()
+  local models, y = zoo(1)
+  -- class counts over the 12 tasks: 0:4, 1:3, 2:3, 3:4, 4:3, 5:4, 6:4, 7:3; a quarter of 12 is 3: class 1
+  local c, held, keep = H.holdout(models, y, 0.25)
+  lu.assertEquals(c, 1)
+  lu.assertEquals(#held, 15)
+  lu.assertEquals(#held + #keep, #models)
+  T.assert_error_contains("needs each training model's task classes", H.holdout, {{lps.zeros(2, 784)}}, {1}, 0.25)
+  -- 3 tasks: no class leaves 2 tasks on each side
+  local m3, y3 = {}, {}
+  for k = 1, 15 do m3[k], y3[k] = models[k], y[k] end
+  lu.assertNil(H.holdout(m3, y3, 0.25))
+end
+
+function TestHybrid:test_too_few_tasks_fall_back_to_template_matching()
+  local models, y = zoo(1)
+  local m3, y3 = {}, {}
+  for k = 1, 15 do m3[k], y3[k] = models[k], y[k] end
+  local f = lps.benchmark.methods.lps{families = {"mlp", "cnn"}, epochs = 2, relations = false, hybrid = true}
+    :fit(m3, y3, {seed = 1})
+  lu.assertEquals(f.hybrid.w, 0)
+  lu.assertNil(f.hybrid.held_class)
+  local S, R = f:similarity(models, models), reference_tm(models)
+  lu.assertTrue(lps.allclose(S, R, 0, 1e-5))
+  lu.assertEquals(orders(S), orders(R))
+end
+
+local function fit(opts, models, y)
+  local o = {families = {"mlp", "cnn"}, epochs = 3, relations = false, hybrid = true}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return lps.benchmark.methods.lps(o):fit(models, y, {seed = 1})
+end
+
+function TestHybrid:test_shuffled_labels_choose_a_small_w()
+  local models, y = zoo(3)
+  local f = fit({shuffle_labels = true}, models, y)
+  lu.assertTrue(f.hybrid.w <= 0.2, "w " .. f.hybrid.w)
+  lu.assertEquals(#f.hybrid.maps, #H.defaults.w_grid)
+  T.assert_error_contains("unknown option 'gat'", lps.benchmark.methods.lps, {families = {"mlp"}, hybrid = {gat = false}})
+end
+
+function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0.5}}}, models, y) -- a nonzero w, so the learned term counts
+  lu.assertEquals(f.hybrid.w, 0.5)
+  lu.assertTrue(f.hybrid.lo < f.hybrid.hi)
+  local before = f:similarity(models, models):totable()
+  local sim = lps.similarity.wrap(f.net, f.classes, f.hybrid)
+  local path = T.tmpname(".model")
+  sim:save(path)
+  local back = lps.similarity.load(path)
+  lu.assertStrContains(tostring(back), "hybrid with template matching, w 0.50")
+  lu.assertEquals(back.hybrid.w, f.hybrid.w)
+  lu.assertEquals(back.hybrid.lo, f.hybrid.lo)
+  lu.assertEquals(back.hybrid.hi, f.hybrid.hi)
+  local after = back.hy:similarity(models, models):totable()
+  lu.assertEquals(after, before)
+  lu.assertEquals(back:similarity(models[1], models[7]), before[1][7])
+  -- the plain cosine differs from it: the file carries the hybrid, not only the network
+  local E = f.net:embed({models[1], models[7]})
+  lu.assertNotEquals((E[1] * E[2]):sum(), before[1][7])
+end
+
+local code = lu.LuaUnit.run("-o", "tap")
+T.cleanup()
+os.exit(code, true)
