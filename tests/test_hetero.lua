@@ -498,7 +498,9 @@ function TestHeteroEval:test_pipeline_outputs()
     lu.assertTrue(ok, out)
   end
   local res = dir .. "/results"
-  local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 2 --epochs 3 --probe 20 --data %s")
+  -- every method and ablation, the ones make run leaves out by default too
+  local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 2 --epochs 3 --probe 20 --data %s"
+    .. " --methods lps,lps_hybrid,raw,sorted,stats,gram,matching,cka,template_matching --ablations all")
     :format(set, res, data))
   lu.assertTrue(ok, out)
   lu.assertStrContains(out, "| method | top1 | map | novel_map |")
@@ -531,9 +533,13 @@ function TestHeteroEval:test_pipeline_outputs()
   local fits = r.protocol.hybrid_fits.lps_hybrid -- w, lo, hi of every fit of lps_hybrid (2 seeds)
   lu.assertTrue(#fits >= 2 and fits[1].w >= 0 and fits[1].w <= 1 and fits[1].lo <= fits[1].hi)
   lu.assertNotNil(r.methods.lps.map_std)
-  for _, k in ipairs{"shuffled_labels_map", "chance_map", "random_regret", "reliability"} do
+  for _, k in ipairs{"shuffled_labels_map", "shuffled_labels_hybrid_map", "chance_map", "random_regret",
+                     "reliability"} do
     lu.assertNotNil(r.controls[k], k)
   end
+  lu.assertEquals(r.controls.template_matching_map, r.methods.template_matching.map)
+  local rel = r.controls.reliability.split_half_spearman
+  lu.assertAlmostEquals(r.controls.reliability.spearman_brown, 2 * rel / (1 + rel), 1e-12)
   for _, v in ipairs{"no_conv_encoder", "first_order_pooling", "no_relation_objective", "no_chain_norm",
                      "trained_on_mlps", "weight_units_only", "templates_and_units",
                      "no_template_extras", "unit_supervision", "hybrid_no_gate"} do

@@ -190,6 +190,10 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   -- the plain cosine differs from it: the file carries the hybrid, not only the network
   local E = f.net:embed({models[1], models[7]})
   lu.assertNotEquals((E[1] * E[2]):sum(), before[1][7])
+  -- what the held-out zoos read: the cosine ("lps"), then the hybrid score
+  local methods = dofile("scripts/heldout_zoos.lua").model_methods(back)
+  lu.assertEquals({methods[1].name, methods[2] and methods[2].name}, {"lps", "lps_hybrid"})
+  lu.assertEquals(methods[2].similarity(models):totable(), before)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

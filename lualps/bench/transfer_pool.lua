@@ -255,7 +255,10 @@ function M.reliability(halves, gain, tasks)
     local rho = eval.spearman(x, y)
     if rho == rho then per, cnt = per + rho, cnt + 1 end
   end
-  return {split_half_spearman = eval.spearman(a, b), per_target_split_half_spearman = cnt > 0 and per / cnt or 0 / 0,
+  local r = eval.spearman(a, b)
+  -- the ground truth is the mean of both halves: Spearman-Brown gives its reliability
+  return {split_half_spearman = r, spearman_brown = 2 * r / (1 + r),
+          per_target_split_half_spearman = cnt > 0 and per / cnt or 0 / 0,
           tau_overlap = eval.kendall_tau(g, ov), tau_domain = eval.kendall_tau(g, dm),
           tau_overlap_and_domain = eval.kendall_tau(g, bo), pairs = #a},
     {overlap = overlap, domain_match = domain}
@@ -379,8 +382,10 @@ end
 -- and mean gains by relation.
 function M.report(r)
   local rel, lines = r.reliability, {}
-  lines[1] = ("split-half reliability (Spearman, %d off-diagonal pairs): %.3f; per target: %.3f")
-    :format(rel.pairs, rel.split_half_spearman, rel.per_target_split_half_spearman)
+  lines[1] = ("split-half reliability (Spearman, %d off-diagonal pairs): %.3f; per target: %.3f;"
+    .. " of the mean of both halves (Spearman-Brown): %.3f")
+    :format(rel.pairs, rel.split_half_spearman, rel.per_target_split_half_spearman,
+      rel.spearman_brown or 2 * rel.split_half_spearman / (1 + rel.split_half_spearman))
   lines[2] = ("Kendall tau of the gains with class overlap %.3f, domain match %.3f, both %.3f")
     :format(rel.tau_overlap, rel.tau_domain, rel.tau_overlap_and_domain)
   local buckets = {}

@@ -70,6 +70,15 @@ function Sim:similarity(a, b)
   return (ea * eb):sum()
 end
 
+--- The similarities a model offers beside the cosine of its embeddings,
+-- each {name, similarity = function(models) -> n x n} over a list of models
+-- (weight lists): a hybrid model's score as "lps_hybrid"; none otherwise.
+-- scripts/heldout_zoos.lua reports a row for each.
+function Sim:similarities()
+  if not self.hy then return {} end
+  return {{name = "lps_hybrid", similarity = function(ms) return self.hy:similarity(ms, ms) end}}
+end
+
 -- Every model of a set (weight lists), read once per open set object: a
 -- hybrid compares a query with each of them.
 function Sim:set_models(ms)
