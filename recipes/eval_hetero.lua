@@ -1,16 +1,13 @@
 #!/usr/bin/env lua5.4
--- Evaluate LPS for every architecture against the baselines on
--- ModelSet-Hetero (lps.benchmark runs the protocols: held-out models,
--- unseen tasks, novel classes, held-out architectures, cross-family,
--- cross-source, held-out family, task relations on unseen tasks, model
--- selection), with the controls (shuffled
--- labels, chance, nuisance labels, accuracy prediction) and the ablations.
--- Writes OUT/lps_hetero_eval.json and .md, OUT/lps_hetero.model and plots.
---
---   lua5.4 recipes/eval_hetero.lua --set build/modelset_hetero.lpsm --out results
+-- Evaluate LPS for every architecture against the baselines on ModelSet-Hetero
+-- (lps.benchmark runs the protocols, lps.selection model selection), with the
+-- controls and ablations. Writes OUT/lps_hetero_eval.json and .md,
+-- OUT/lps_hetero.model and plots.
+--   lua5.4 recipes/eval_hetero.lua --set build/modelset_hetero.lpsm --out results --jobs 2
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local lps = require "lualps"
 local argparse = require "argparse"
+local parts = require "scripts.parts"
 local B, eval, util = lps.benchmark, lps.eval, lps.util
 
 local p = argparse("eval_hetero.lua", "Evaluate LPS and the baselines on ModelSet-Hetero.")
@@ -26,90 +23,96 @@ p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ran
 p:flag("--no-ablations", "Skip the ablations and controls.")
 p:option("--ablations", "Comma-separated ablations, or all (the weight-unit ones add 6 min).", "default")
 p:flag("--no-plots", "Skip the gnuplot figures.")
+p:option("--jobs", "Processes, one BLAS thread each (results are bit-identical for a --jobs).", "1"):convert(math.tointeger)
+p:option("--part", "Run part k/n of the jobs (--jobs starts them).", nil):hidden(true)
 local a = p:parse()
 local function fail(msg) io.stderr:write("eval_hetero: ", msg, "\n") os.exit(1) end
-for _, k in ipairs{"seeds", "epochs", "probe"} do if not a[k] or a[k] < 1 then fail("--" .. k .. " must be a positive integer") end end
+for _, k in ipairs{"seeds", "epochs", "probe", "jobs"} do if not a[k] or a[k] < 1 then fail("--" .. k .. " must be a positive integer") end end
 if not lps.zoo.file_exists(a.set) then fail("no model set at " .. a.set .. " (build it with recipes/modelset_hetero.lua)") end
-local ok, S = pcall(B.load, a.set)
-if not ok then fail(S) end
+local ok, S = pcall(B.load, a.set); if not ok then fail(S) end
 if not (S.transfer and S.transfer.protocol.kind == "pool") then fail("no pool transfer matrix beside the set (run recipes/transfer_matrix.lua)") end
 assert(os.execute("mkdir -p '" .. a.out .. "'"))
 local t_start = lps.now()
-local log = function(fmt, ...) io.stderr:write(os.date("%H:%M:%S "), fmt:format(...), "\n") end
+local tag = a.part and ("[" .. a.part .. "] ") or ""
+local log = function(fmt, ...) io.stderr:write(os.date("%H:%M:%S "), tag, fmt:format(...), "\n") end
 local eopts = {seeds = a.seeds, data = a.data}
 
 -- LPS's defaults for sets of MLPs and CNNs, from the ablations below.
 local LPS = {families = {"mlp", "cnn"}, relations = "transfer", epochs = a.epochs} -- archnet's defaults otherwise
 local function lps_with(changes, name)
   local o = {name = name}
-  for k, v in pairs(LPS) do o[k] = v end
-  for k, v in pairs(changes or {}) do o[k] = v end
+  for _, t in ipairs{LPS, changes or {}} do for k, v in pairs(t) do o[k] = v end end
   return B.methods.lps(o)
 end
 local make = {
-  lps = function() return lps_with({}, "lps") end,
-  -- template matching plus the gated learned residual (lualps/similarity/hybrid.lua)
-  lps_hybrid = function() return lps_with({hybrid = true}, "lps_hybrid") end,
+  lps = function() return lps_with({}, "lps") end, -- and template matching plus its gated residual:
+  lps_hybrid = function() return lps_with({hybrid = true}, "lps_hybrid") end, -- lualps/similarity/hybrid.lua
   raw = function() return B.methods.features("raw", {pairwise = true}) end,
   sorted = function() return B.methods.features("sorted", {pairwise = true}) end,
   stats = function() return B.methods.features("stats", {standardize = B.gather(S, S.splits.classification.train)}) end,
   gram = function() return B.methods.features("gram", {pairwise = true}) end,
   matching = function() return B.methods.matching{per_task = 2} end,
-  cka = function()
-    local xt = lps.data.fashion_mnist("test", a.data)
-    return B.methods.cka(xt:rows(1, math.min(a.probe, xt:size(1))):clone())
-  end,
+  cka = function() local xt = lps.data.fashion_mnist("test", a.data)
+    return B.methods.cka(xt:rows(1, math.min(a.probe, xt:size(1))):clone()) end,
   template_matching = function() return B.methods.template_matching() end,
 }
-local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map",
-  "heldout_family_rank1", "tau_transfer",
-  "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
+local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map", "heldout_family_rank1",
+  "tau_transfer", "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
 local function show(name, r)
   local parts = {}
   for _, m in ipairs(metrics) do parts[#parts + 1] = ("%s %.3f"):format(m, r[m] or 0 / 0) end
   log("%-20s %s", name, table.concat(parts, " "))
 end
--- Model selection's data-based estimators first: the methods' funnels re-rank by their LogME.
-local t_est = lps.now()
-local est_rows, est_order = lps.selection.estimate(S, {data = a.data, log = log})
-local results, details, timings, hybrid_fits = {}, {}, {selection_estimators = lps.now() - t_est}, {}
+-- The jobs, run over --jobs processes (scripts/parts.lua; cost: seconds on the
+-- last clean run). The estimators first: the funnels' methods re-rank by their scores.
+local funnel_of, jobs = {}, {{name = "estimators", cost = 70, pinned = true}}
+for m in a.funnels:gmatch("[^,]+") do funnel_of[m] = true end
+local cost = {lps = 60, lps_hybrid = 135, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
-  local t0, method = lps.now(), make[m]()
-  results[m], details[m] = B.evaluate(S, method, eopts)
-  hybrid_fits[m] = method.fits -- w, lo, hi per split and seed
-  results[m].unseen_map, timings[m] = results[m].map, lps.now() - t0
-  show(m, results[m])
+  jobs[#jobs + 1] = {name = m, cost = cost[m] or 10, pinned = funnel_of[m], method = true}
 end
-
--- Ablations (one seed each) and controls (lps.controls).
-local ablations, abl_order, controls = {}, {}, {}
-if not a.no_ablations then
-  local n_classes, domains = lps.controls.unit_labels(S.splits.tasks) -- for unit supervision
-  for _, v in ipairs{
-    {"no_conv_encoder", {families = {"mlp"}}}, {"first_order_pooling", {pool = "mean"}},
-    {"no_relation_objective", {relations = false}},
-    {"trained_on_mlps", {train_families = {"mlp"}}},
-    -- slow: weight units cost 100 s a fit; the templates are a function of the
-    -- network, so chain normalization changes only the weight-unit slots
-    {"weight_units_only", {slots = {"first", "last", "head"}}, slow = true},
-    {"no_chain_norm", {slots = {"first", "last", "head"}, chain_norm = false}, slow = true},
-    {"templates_and_units", {slots = {"templates", "first", "last", "head"}}, slow = true},
-    {"no_template_extras", {template_extras = false}},
-    {"unit_supervision", {unit_classes = n_classes, domains = domains}}, -- an addition, not a removal
-    {"hybrid_no_gate", {hybrid = {gate = false}}}, -- lps_hybrid with g = 1
-  } do
-    local want = a.ablations == "all" or (a.ablations == "default" and not v.slow)
-      or ("," .. a.ablations .. ","):find("," .. v[1] .. ",", 1, true)
-    if not want then goto skip end
-    local t0 = lps.now()
-    ablations[v[1]] = B.evaluate(S, lps_with(v[2], v[1]), {seeds = 1, data = a.data})
-    ablations[v[1]].unseen_map, timings["ablation_" .. v[1]] = ablations[v[1]].map, lps.now() - t0
-    abl_order[#abl_order + 1] = v[1]
-    show(v[1], ablations[v[1]])
-    ::skip::
+local n_classes, domains = lps.controls.unit_labels(S.splits.tasks) -- for unit supervision
+local abl_list = { -- one seed each
+  {"no_conv_encoder", {families = {"mlp"}}, 12}, {"first_order_pooling", {pool = "mean"}, 12},
+  {"no_relation_objective", {relations = false}, 19}, {"trained_on_mlps", {train_families = {"mlp"}}, 11},
+  -- slow: weight units cost 100 s a fit; the templates are a function of the
+  -- network, so chain normalization changes only the weight-unit slots
+  {"weight_units_only", {slots = {"first", "last", "head"}}, 102, slow = true},
+  {"no_chain_norm", {slots = {"first", "last", "head"}, chain_norm = false}, 106, slow = true},
+  {"templates_and_units", {slots = {"templates", "first", "last", "head"}}, 130, slow = true},
+  {"no_template_extras", {template_extras = false}, 29},
+  {"unit_supervision", {unit_classes = n_classes, domains = domains}, 25}, -- an addition, not a removal
+  {"hybrid_no_gate", {hybrid = {gate = false}}, 45}, -- lps_hybrid with g = 1
+}
+for _, v in ipairs(a.no_ablations and {} or abl_list) do
+  if a.ablations == "all" or (a.ablations == "default" and not v.slow)
+    or ("," .. a.ablations .. ","):find("," .. v[1] .. ",", 1, true) then
+    jobs[#jobs + 1] = {name = "ablation " .. v[1], ablation = v[1], changes = v[2], cost = v[3]}
   end
-  controls = lps.controls.run(S, lps_with, a.data)
+end
+if not a.no_ablations then jobs[#jobs + 1] = {name = "controls", cost = 80} end
+if a.jobs > 1 or a.part then lps.set_num_threads(1) end -- one BLAS thread per process
+local out, locals = parts.run{jobs = jobs, n = a.jobs, part = a.part, argv = arg,
+  path = function(k) return ("%s/.eval_hetero.part%d.lua"):format(a.out, k) end, run = function(j)
+  local t0 = lps.now()
+  if j.name == "estimators" then return {rows = {lps.selection.estimate(S, {data = a.data, log = log})}, t = lps.now() - t0} end
+  if j.name == "controls" then return {controls = lps.controls.run(S, lps_with, a.data), t = lps.now() - t0} end
+  local method = j.method and make[j.name]() or lps_with(j.changes, j.ablation)
+  local r, d = B.evaluate(S, method, j.method and eopts or {seeds = 1, data = a.data})
+  r.unseen_map = r.map
+  show(j.ablation or j.name, r)
+  return {r = r, fits = method.fits, t = lps.now() - t0}, d -- fits: lps_hybrid's w, lo, hi per split and seed
+end}
+if not out then os.exit(0) end -- a started part: its results are written
+local est_rows, est_order = out.estimators.rows[1], out.estimators.rows[2]
+local results, details, hybrid_fits, ablations, abl_order = {}, {}, {}, {}, {}
+local timings, controls = {selection_estimators = out.estimators.t}, out.controls and out.controls.controls or {}
+for _, j in ipairs(jobs) do
+  local o = out[j.name]
+  timings[j.ablation and "ablation_" .. j.ablation or j.name] = o.t
+  if j.method then results[j.name], details[j.name], hybrid_fits[j.name] = o.r, locals[j.name], o.fits end
+  if j.ablation then ablations[j.ablation], abl_order[#abl_order + 1] = o.r, j.ablation end
 end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
@@ -127,8 +130,7 @@ local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablation
   extra = {controls = controls, selection_order = sel_order},
   sections = {lps.selection.markdown(results, sel_order, S.estimates.funnel_k), lps.controls.markdown(controls)},
   required = {"unseen_map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map",
-    "heldout_family_rank1", "tau_transfer",
-    "selection_accuracy", "selection_regret"},
+    "heldout_family_rank1", "tau_transfer", "selection_accuracy", "selection_regret"},
   intro = ("%d models (MLPs, CNNs and ResNets), %d tasks; means ± sd over %d seeds of the learned methods. "
     .. "Generated by recipes/eval_hetero.lua."):format(S.n, #S.splits.tasks, a.seeds)})
 

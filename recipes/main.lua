@@ -89,7 +89,7 @@ step("modelset-hetero", het, with_training({"recipes/modelset_hetero.lua", "reci
   function() run(("lua5.4 recipes/modelset_hetero.lua --out '%s' --jobs %d"):format(het, a.jobs)) end)
 step("hetero transfer matrix", het .. ".transfer.json", {"recipes/transfer_matrix.lua", "lualps/bench/transfer_pool.lua",
   het .. ".stamp"}, function() run(("lua5.4 recipes/transfer_matrix.lua --set '%s' --jobs %d"):format(het, a.jobs)) end)
-run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' %s"):format(het, a.out, a.hetero_args))
+run(("lua5.4 recipes/eval_hetero.lua --set '%s' --out '%s' --jobs %d %s"):format(het, a.out, a.jobs, a.hetero_args))
 -- Models from elsewhere: held-out zoos (PyTorch-trained, rendered digits,
 -- another recipe; cached under BUILD/heldout, the PyTorch one skipped
 -- without torch) read by the model just written and by template matching.

@@ -490,13 +490,19 @@ TestHeteroEval = {}
 
 -- The whole ModelSet-Hetero evaluation at a small scale: every method, the
 -- controls and ablations, the saved LPS model reading MLPs and CNNs.
-function TestHeteroEval:test_pipeline_outputs()
+-- The small set with its pool transfer matrix.
+local function with_transfer()
   local set = single_build()
   if not io.open(set .. ".transfer.json") then
     local ok, out = T.sh(("lua5.4 recipes/transfer_matrix.lua --quiet --images 30 --head-epochs 3 --test-images 60 "
       .. "--data %s --set %s"):format(data, set))
     lu.assertTrue(ok, out)
   end
+  return set
+end
+
+function TestHeteroEval:test_pipeline_outputs()
+  local set = with_transfer()
   local res = dir .. "/results"
   -- every method and ablation, the ones make run leaves out by default too
   local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 2 --epochs 3 --probe 20 --data %s"
@@ -580,6 +586,46 @@ function TestHeteroEval:test_pipeline_outputs()
   for _, png in ipairs{"hetero_task_similarity_vs_transfer.png", "hetero_embedding_pca.png"} do
     lu.assertEquals(file_bytes(res .. "/" .. png):sub(2, 4), "PNG", png)
   end
+end
+
+-- --jobs spreads the jobs over processes: two and three parts give the same
+-- figures bit for bit (every job depends only on the set and its seeds, not
+-- on which process runs it or what ran before it there); only times differ.
+function TestHeteroEval:test_parts_give_the_same_figures()
+  local set = with_transfer()
+  local function run(jobs)
+    local res = ("%s/parts%d"):format(dir, jobs)
+    local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 1 --epochs 2 --probe 20 --data %s"
+      .. " --methods lps,lps_hybrid,raw,template_matching --ablations no_conv_encoder,hybrid_no_gate --no-plots --jobs %d")
+      :format(set, res, data, jobs))
+    lu.assertTrue(ok, out)
+    lu.assertNil(io.open(res .. "/.eval_hetero.part2.lua"), "part files are removed")
+    return cjson.decode(file_bytes(res .. "/lps_hetero_eval.json"))
+  end
+  local r2, r3 = run(2), run(3)
+  local function figures(t, path, out)
+    for k, v in pairs(t) do
+      local key = path .. "." .. tostring(k)
+      if type(v) == "table" then figures(v, key, out)
+      elseif not (key:find("_ms_") or key:find("seconds") or key:find("provenance")) then out[key] = v end
+    end
+    return out
+  end
+  local f2, f3 = figures({r2.methods, r2.ablations, r2.controls}, "", {}), figures({r3.methods, r3.ablations, r3.controls}, "", {})
+  local n = 0
+  for k, v in pairs(f2) do n = n + 1; lu.assertEquals(f3[k], v, k) end
+  for k in pairs(f3) do lu.assertNotNil(f2[k], k) end
+  lu.assertTrue(n > 100, "figures compared: " .. n)
+  lu.assertEquals(r2.methods.lps.map, r3.methods.lps.map)
+  lu.assertNotNil(r2.ablations.hybrid_no_gate)
+  lu.assertNotNil(r2.controls.shuffled_labels_hybrid_map)
+  -- the assignment: pinned jobs in part 1, then longest first to the least loaded part
+  local parts = require "scripts.parts"
+  local part, load = parts.assign({{name = "e", cost = 7, pinned = true}, {name = "a", cost = 5}, {name = "b", cost = 4},
+                                   {name = "c", cost = 3}, {name = "d", cost = 3}}, 2)
+  lu.assertEquals(part, {e = 1, a = 2, b = 2, c = 1, d = 2})
+  lu.assertEquals(load, {10, 12})
+  T.assert_error_contains("--part must be k/n", parts.parse, "3/2")
 end
 
 local code = lu.LuaUnit.run("-o", "tap")
