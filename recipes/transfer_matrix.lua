@@ -25,7 +25,8 @@ p:option("--set", "The model set (with its .splits.json beside it).", "build/mod
 p:option("--out", "Output JSON (default: SET.transfer.json; a .csv of the gains beside it).")
 p:option("--sources", "Source models per task (ModelSet500; default 3).")
 p:option("--seeds", "Budget draws and head initialisations per pair (ModelSet500; default 5).")
-p:option("--repeats", "Budget draws per half (pool protocol; default 1).")
+p:option("--repeats", "Budget draws per half the sources are fine-tuned on (pool protocol; default 2).")
+p:option("--scratch-draws", "Budget draws per half of the from-scratch baseline (pool protocol; default 12, at least --repeats).")
 p:option("--images", "Training images of the target task (default 32; pool protocol 128).")
 p:option("--epochs", "Epochs over those images (default 5).")
 p:option("--batch", "Batch size (default 16).")
@@ -47,7 +48,7 @@ if not splits_text then fail("no " .. a.set .. ".splits.json beside the set (bui
 local tasks = cjson.decode(splits_text).tasks
 local ms <close> = lps.modelset.open(a.set)
 local pool = next(TP.pool_of(ms)) ~= nil
-local opts, names = {}, pool and {"repeats", "images", "epochs", "batch", "test_images", "lr", "head_epochs", "head_lr"}
+local opts, names = {}, pool and {"repeats", "scratch_draws", "images", "epochs", "batch", "test_images", "lr", "head_epochs", "head_lr"}
   or {"sources", "seeds", "images", "epochs", "batch", "lr"}
 for _, k in ipairs(names) do
   if a[k] then

@@ -486,6 +486,67 @@ function TestHeteroTransfer:test_pool_halves()
   lu.assertEquals(fams, {mlp = 2, cnn = 2})
 end
 
+-- The pool protocol computed the plain way: each source decoded for each
+-- use, its features of the budget and of the test images recomputed for
+-- every head (as before features were shared). lps.transfer_pool.columns
+-- must give the same numbers bit for bit.
+local function columns_by_hand(ms, tasks, targets, task_data, o)
+  local TP, core, nn = lps.transfer_pool, lps.core, lps.nn
+  local pool, ref, out = TP.pool_of(ms), {}, {scratch = {}, finetune = {}}
+  for t = 1, #tasks do for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.arch end end
+  local body = TP.features -- recomputed for every use (chunks of 64 rows as the protocol's)
+  for _, t in ipairs(targets) do
+    local td, k = task_data(t), #tasks[t].classes
+    out.scratch[t] = {mlp = {0, 0}, cnn = {0, 0}}
+    for h = 1, 2 do
+      for r = 1, o.scratch_draws do
+        for _, fam in ipairs{"mlp", "cnn"} do
+          local _, acc, head, budget, test = TP.probe(ref[fam], t, k, h, r, td, o)
+          out.scratch[t][fam][h] = out.scratch[t][fam][h] + acc / o.scratch_draws
+          for s = 1, #tasks do
+            for _, e in ipairs(pool[s]) do
+              if r <= o.repeats and e.half == h and e.family == fam then
+                local src = ms:get(e.i)
+                local fx = body(src, budget.x)
+                local lin = nn.linear(fx:size(2), k, core.generator(0))
+                local p = lin:named_parameters()
+                p[1].tensor:copy(head.weight)
+                p[2].tensor:copy(head.bias)
+                nn.train(lin, {x = fx, y = budget.y}, {optimizer = lps.optim.adam{lr = o.head_lr},
+                  epochs = o.head_epochs, batch_size = o.batch, generator = core.generator(budget.seed), progress = false})
+                local a = nn.evaluate(lin, {x = body(src, test.x), y = test.y})
+                out.finetune[e.id] = out.finetune[e.id] or {}
+                out.finetune[e.id][t] = (out.finetune[e.id][t] or 0) + a / o.repeats
+              end
+            end
+          end
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- Features computed once per source and target and shared by its heads (and
+-- the scratch models' extra draws) give the plain protocol's numbers.
+function TestHeteroTransfer:test_shared_features_match_plain_protocol()
+  local set = single_build()
+  local ms <close> = lps.modelset.open(set)
+  local tasks = cjson.decode(file_bytes(set .. ".splits.json")).tasks
+  local loader = lps.zoo.task_data_loader(tasks, data)
+  local o = {images = 30, head_epochs = 3, test_images = 300, repeats = 2, scratch_draws = 3}
+  local r = lps.transfer_pool.columns(ms, tasks, {2, 5}, loader, o)
+  for k, v in pairs(lps.transfer_pool.defaults) do if o[k] == nil then o[k] = v end end
+  local want = columns_by_hand(ms, tasks, {2, 5}, loader, o)
+  lu.assertEquals(r.scratch, want.scratch)
+  lu.assertEquals(r.finetune, want.finetune)
+  local n = 0
+  for _ in pairs(r.finetune) do n = n + 1 end
+  lu.assertEquals(n, 6 * 4) -- every pool model, both targets
+  -- more scratch draws than fine-tune draws only; too many draws would share seeds across halves
+  lu.assertErrorMsgContains("at most 30 budget draws", lps.transfer_pool.columns, ms, tasks, {2}, loader, {scratch_draws = 31})
+end
+
 TestHeteroEval = {}
 
 -- The whole ModelSet-Hetero evaluation at a small scale: every method, the

@@ -15,10 +15,12 @@ local M = {}
 -- (records with in_pool, the first of each task: half MLPs, half CNNs of
 -- one reference architecture per family), split into two halves of
 -- disjoint models. Half h fine-tunes its models with its own budget draws
--- and seeds, and compares with a from-scratch model of the same reference
--- architecture on the same budget, so the two halves are independent
+-- and seeds, and compares with from-scratch models of the same reference
+-- architecture on budgets of the same size (the fine-tunes' draws and more:
+-- the scratch CNN is the noisiest term), so the two halves are independent
 -- measurements of the same gains and their agreement is the matrix's
--- reliability.
+-- reliability. Each source's frozen features of a target's test images are
+-- computed once and shared by all its heads.
 
 --- Options of the pool protocol and their defaults.
 M.defaults = {
@@ -29,11 +31,24 @@ M.defaults = {
   finetune = "head",  -- "head": the new head on the source's frozen features; "full": every layer
   head_epochs = 30,   -- "head": epochs and Adam learning rate of the head
   head_lr = 1e-2,
-  repeats = 2,        -- budget draws per half (fine-tunes averaged)
+  repeats = 2,        -- budget draws per half the sources are fine-tuned on (averaged)
+  scratch_draws = 12, -- budget draws per half of the scratch baseline (averaged; at least repeats,
+                      -- the first `repeats` are the fine-tunes' draws): a 40-step CNN from scratch
+                      -- varies by 0.07 between draws, the fine-tunes by far less
   test_images = 1000, -- target test images that measure accuracy
+  per_repeat = false, -- M.columns: also each draw's accuracies
 }
 
-local function options(o) return transfer.options(o, M.defaults) end
+-- Seeds are 31 h + r (scratch_draws_max keeps the halves' draws apart).
+M.scratch_draws_max = 30
+
+local function options(opts)
+  local o, progress = transfer.options(opts, M.defaults)
+  if math.max(o.repeats, o.scratch_draws) > M.scratch_draws_max then
+    error(("transfer: at most %d budget draws per half"):format(M.scratch_draws_max), 3)
+  end
+  return o, progress
+end
 
 --- The pool of a set: pool[t] = list of {i =, id =, family =, half =} in id
 -- order (half 1: the first half of the task's pool models).
@@ -95,59 +110,87 @@ function M.probe(a, t, k, h, r, td, opts)
 end
 
 -- Outputs of every layer of model but the last (a sequential) for x, in
--- chunks of 256 samples: the layers' grow-only workspaces stay small, and
--- many cached source models fit in memory.
-local function body(model, x)
+-- chunks of 64 samples through one sequential of those layers: its
+-- workspaces are allocated once and stay in cache (fresh activations per
+-- layer and chunk cost more in page faults and zeroing than the layers
+-- themselves). A row's features can differ in the last bit with the chunk
+-- size (BLAS blocking), so the chunk size is part of the protocol.
+local function body_of(model)
   local kids = model:children()
+  return nn.sequential(table.move(kids, 1, #kids - 1, 1, {})), kids
+end
+
+local function features(b, x)
   local n, out = x:size(1), nil
-  for s = 1, n, 256 do
-    local h = x:rows(s, math.min(n, s + 255))
-    for k = 1, #kids - 1 do
-      local nh = kids[k]:forward(h)
-      if k > 1 then h:close() end -- activations are C memory: free them now
-      h = nh
-    end
+  for s = 1, n, 64 do
+    local h = b:forward(x:rows(s, math.min(n, s + 63)))
     out = out or core.zeros(n, h:size(2))
     out:rows(s, s + h:size(1) - 1):copy(h)
     h:close()
   end
   return out
 end
+--- The frozen features of x a new head on `model` (a sequential) trains on:
+-- the outputs of all its layers but the last, computed in chunks of 64.
+function M.features(model, x)
+  local b = body_of(model)
+  local f = features(b, x)
+  b:close()
+  return f
+end
 
--- Target test accuracy of source model `src` (pool entry e) fine-tuned on
--- the budget b with the new head `head` (the scratch model's initial last
--- layer): the head alone on the source's frozen features, or every layer.
-local function finetuned(src, e, k, head, b, test, features, o)
-  local adam = optim.adam
-  if o.finetune == "head" then
-    features[e.i] = features[e.i] or body(src, test.x)
-    local fx = body(src, b.x)
-    local lin = nn.linear(fx:size(2), k, core.generator(0))
-    local p = lin:named_parameters()
-    p[1].tensor:copy(head.weight)
-    p[2].tensor:copy(head.bias)
-    nn.train(lin, {x = fx, y = b.y}, {optimizer = adam{lr = o.head_lr}, epochs = o.head_epochs,
-      batch_size = o.batch, generator = core.generator(b.seed), progress = false})
-    return (nn.evaluate(lin, {x = features[e.i], y = test.y}))
-  end
+-- Target test accuracy of a new head `head` (the scratch model's initial
+-- last layer) trained on frozen features fx of the budget b, measured on
+-- the test features ft.
+local function head_accuracy(fx, ft, k, head, b, test_y, o)
+  local lin = nn.linear(fx:size(2), k, core.generator(0))
+  local p = lin:named_parameters()
+  p[1].tensor:copy(head.weight)
+  p[2].tensor:copy(head.bias)
+  nn.train(lin, {x = fx, y = b.y}, {optimizer = optim.adam{lr = o.head_lr}, epochs = o.head_epochs,
+    batch_size = o.batch, generator = core.generator(b.seed), progress = false})
+  local acc = nn.evaluate(lin, {x = ft, y = test_y})
+  lin:close()
+  return acc
+end
+
+-- Full fine-tuning: every layer of the source, from its weights, with the new head.
+local function finetuned_full(src, e, k, head, b, test, o)
   local srcp = src:state_dict()
   local m = nn.from_arch(with_classes(e.arch, k), core.generator(0))
   local dst = m:named_parameters()
   for n = 1, #dst - 2 do dst[n].tensor:copy(srcp[dst[n].name]) end
   dst[#dst - 1].tensor:copy(head.weight)
   dst[#dst].tensor:copy(head.bias)
-  nn.train(m, b, {optimizer = adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
+  nn.train(m, b, {optimizer = optim.adam{lr = o.lr}, epochs = o.epochs, batch_size = o.batch,
     generator = core.generator(b.seed), progress = false})
-  return (nn.evaluate(m, test))
+  local acc = nn.evaluate(m, test)
+  m:close()
+  return acc
+end
+
+-- A decoded model's layers are C memory the collector does not see: free them now.
+local function close_model(m)
+  for _, kid in ipairs(m:children()) do kid:close() end
+  m:close()
 end
 
 --- Columns `targets` of the pool transfer matrix of set ms (tasks: the
 -- splits' task list; task_data(t) as lps.zoo.task_data_loader). opts: M.defaults
--- plus progress (function(done, total, text)). Returns {scratch = {[t] =
--- {mlp = {half 1, half 2}, cnn = {...}}}, finetune = {[id] = {[t] = acc}}}
--- (accuracies averaged over the repeats).
+-- plus progress (function(done, total, text)) and per_repeat (true: also
+-- each draw's accuracies, finetune_each[id][t][r] and
+-- scratch_each[t][family][h][r], to study reliability against draws).
+-- Returns {scratch = {[t] = {mlp = {half 1, half 2}, cnn = {...}}},
+-- finetune = {[id] = {[t] = acc}}} (accuracies averaged over the draws:
+-- `repeats` for the fine-tunes, `scratch_draws` for the scratch models).
+--
+-- Every target's probes (budget draws, scratch models, heads) come first;
+-- then each pool model is decoded once and, for every target, its frozen
+-- features of the test images are computed once for all the repeats, and
+-- of each budget draw once: the same numbers as computing them per use.
 function M.columns(ms, tasks, targets, task_data, opts)
   local o, progress = options(opts)
+  local per_repeat = o.per_repeat
   local pool = M.pool_of(ms)
   local ref = {}
   for t = 1, #tasks do
@@ -155,43 +198,83 @@ function M.columns(ms, tasks, targets, task_data, opts)
     for _, e in ipairs(pool[t]) do ref[e.family] = ref[e.family] or e.arch end
   end
   local out = {scratch = {}, finetune = {}}
-  local total, done = #targets * 2 * o.repeats * (#tasks * #pool[1] // 2 + 2), 0
+  local S = math.max(o.scratch_draws, o.repeats)
+  if per_repeat then out.finetune_each, out.scratch_each = {}, {} end
+  local npool = 0
+  for s = 1, #tasks do npool = npool + #pool[s] end
+  local total, done = #targets * (4 * S + npool), 0
+  -- probes[t] = {k, test_y, test = {family = x}, draws[h][r][family] = {head, budget}}
+  local probes = {}
   for _, t in ipairs(targets) do
     local td, k = task_data(t), #tasks[t].classes
-    local sc = {mlp = {}, cnn = {}}
+    local sc, P = {mlp = {}, cnn = {}}, {k = k, test = {}, draws = {{}, {}}}
+    if per_repeat then out.scratch_each[t] = {mlp = {{}, {}}, cnn = {{}, {}}} end
     for h = 1, 2 do
-      local features = {} -- test features of the half's sources, shared by its repeats
       for _, fam in ipairs{"mlp", "cnn"} do sc[fam][h] = 0 end
-      for r = 1, o.repeats do
-        local heads, budgets, tests = {}, {}, {}
+      for r = 1, S do
+        if r <= o.repeats then P.draws[h][r] = {} end
         for _, fam in ipairs{"mlp", "cnn"} do
-          local _, acc, head, budget, test = M.probe(ref[fam], t, k, h, r, td, o)
-          sc[fam][h] = sc[fam][h] + acc / o.repeats
-          heads[fam], budgets[fam], tests[fam] = head, budget, test
+          local model, acc, head, budget, test = M.probe(ref[fam], t, k, h, r, td, o)
+          model:close()
+          sc[fam][h] = sc[fam][h] + acc / S
+          if per_repeat then out.scratch_each[t][fam][h][r] = acc end
+          if r <= o.repeats then
+            -- copies: views would keep the target's whole training set alive
+            budget.x = budget.x:clone()
+            P.draws[h][r][fam] = {head = head, budget = budget}
+            if not P.test_y then P.test_y = test.y:clone() end
+            P.test[fam] = P.test[fam] or test.x:clone()
+          end
           done = done + 1
         end
-        for s = 1, #tasks do
-          for _, e in ipairs(pool[s]) do
-            if e.half == h then
-              -- decoded for each use and closed after it: a module's layer
-              -- workspaces are C memory the collector does not see
-              local src = ms:get(e.i)
-              local acc = finetuned(src, e, k, heads[e.family], budgets[e.family], tests[e.family], features, o)
-              for _, kid in ipairs(src:children()) do kid:close() end
-              src:close()
-              out.finetune[e.id] = out.finetune[e.id] or {}
-              out.finetune[e.id][t] = (out.finetune[e.id][t] or 0) + acc / o.repeats
-              done = done + 1
-            end
-          end
-        end
-        if progress then progress(done, total, ("target %d half %d"):format(t, h)) end
       end
-      -- the features are C memory the collector hardly sees: free them now
-      for _, f in pairs(features) do f:close() end
-      collectgarbage("collect")
     end
     out.scratch[t] = sc
+    probes[t] = P
+    if progress then progress(done, total, ("probes of target %d"):format(t)) end
+  end
+  collectgarbage("collect") -- the targets' full data sets
+  for s = 1, #tasks do
+    for _, e in ipairs(pool[s]) do
+      local src = ms:get(e.i)
+      local b, kids
+      if o.finetune == "head" then b, kids = body_of(src) end
+      local row = out.finetune[e.id] or {}
+      out.finetune[e.id] = row
+      if per_repeat then out.finetune_each[e.id] = {} end
+      for _, t in ipairs(targets) do
+        local P = probes[t]
+        local ft = b and features(b, P.test[e.family])
+        local sum, accs = 0, {}
+        for r = 1, o.repeats do
+          local d = P.draws[e.half][r][e.family]
+          local acc
+          if b then
+            local fx = features(b, d.budget.x)
+            acc = head_accuracy(fx, ft, P.k, d.head, d.budget, P.test_y, o)
+            fx:close()
+          else
+            acc = finetuned_full(src, e, P.k, d.head, d.budget, {x = P.test[e.family], y = P.test_y}, o)
+          end
+          sum, accs[r] = sum + acc / o.repeats, acc
+        end
+        if ft then ft:close() end
+        row[t] = sum
+        if per_repeat then out.finetune_each[e.id][t] = accs end
+        done = done + 1
+      end
+      if b then
+        b:close()
+        for _, kid in ipairs(kids) do kid:close() end
+      end
+      close_model(src)
+      if progress then progress(done, total, ("source task %d"):format(s)) end
+    end
+  end
+  for _, P in pairs(probes) do
+    P.test_y:close()
+    for _, x in pairs(P.test) do x:close() end
+    for h = 1, 2 do for _, dr in ipairs(P.draws[h]) do for _, d in pairs(dr) do d.budget.x:close() end end end
   end
   return out
 end
@@ -371,10 +454,16 @@ function M.result(ms, tasks, cols, opts)
     overlap = mats.overlap, domain_match = mats.domain_match, reliability = rel, pool = ids,
     layout = "gain[s][t]: source task s (row), target task t (column); finetune[id][t]: pool model id fine-tuned on t",
     protocol = {kind = "pool", budget_images = o.images, epochs = o.epochs, batch_size = o.batch, optimizer = "adam",
-      lr = o.lr, repeats = o.repeats, test_images = o.test_images, models_per_half = per_half,
-      halves = "two disjoint halves of each task's pool (one MLP and one CNN each), each with its own budget draws and seeds",
+      lr = o.lr, head_epochs = o.finetune == "head" and o.head_epochs or nil,
+      head_lr = o.finetune == "head" and o.head_lr or nil, finetune = o.finetune,
+      repeats = o.repeats, scratch_draws = math.max(o.scratch_draws, o.repeats),
+      test_images = o.test_images, models_per_half = per_half,
+      halves = "two disjoint halves of each task's pool (half its MLPs and half its CNNs each), each with its own budget draws and seeds",
       head = "the source's last linear layer replaced by the scratch model's initial one (target's classes)",
-      gain = "fine-tuned test accuracy on T minus the from-scratch accuracy of the same reference architecture, same budget",
+      gain = "fine-tuned test accuracy on T (mean over the half's `repeats` budget draws) minus the from-scratch accuracy"
+        .. " of the same reference architecture (mean over the half's `scratch_draws` budget draws of the same size,"
+        .. " the first `repeats` of them the fine-tunes' own)",
+      features = "each source's frozen features of T's test images computed once and shared by its heads",
       reliability = "Spearman correlation of the two halves' off-diagonal gains; per target: sources ranked within each target, averaged"}}
 end
 
