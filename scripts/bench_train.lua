@@ -5,7 +5,11 @@
 -- warm-up epoch then timed epochs; medians are quoted. lualps spends a budget
 -- of T threads on OpenBLAS (its only pool; OpenMP is pinned to 1). PyTorch
 -- runs at its best split of T over its intra-op (OpenMP) and OpenBLAS pools,
--- every split tried (scripts/peer_threads.lua); its setting is printed.
+-- every split tried (scripts/peer_threads.lua); its setting is printed. Both
+-- sides run with glibc malloc keeping freed memory (peers.MALLOC: without it
+-- PyTorch page-faults every step and its speed swings with the host). Its
+-- best at budget T also counts its runs at smaller budgets (peers.best_up_to):
+-- on a shared machine a split's speed moves with the load between runs.
 --   (a) 784-256-128-10, Adam 1e-3, batch 128
 --   (b) 784-64-64-2 on two classes (9600 images, a ModelSet500 task), SGD
 --       lr 0.05 momentum 0.9, batch 64
@@ -129,20 +133,24 @@ end
 local self = arg[0]
 local arch_json = select(2, require("lualps.arch").check(ARCH_D))
 local rows = {}
+local earlier = {} -- per model, the peer's measurements at smaller budgets (peers.best_up_to)
 print(("load average before: %s"):format(loadavg()))
 for th in args.threads:gmatch("%d+") do
   for which in args.models:gmatch("[abcd]") do
     local n = SAMPLES[which]
-    local l = run_json(("%slua5.4 %s --worker %s --worker-threads %s --samples %d --epochs %s")
-      :format(peers.env{blas = tonumber(th)}, self, which, th, n, args.epochs))
-    local best, _, t, all = peers.best(peers.splits(tonumber(th), {"intra", "blas"}), function(s)
-      local r = run_json(("%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --intra %d --blas %d "
-        .. "--samples %d --epochs %s%s"):format(peers.env(s), which, s.intra, s.blas, n, args.epochs,
+    local l = run_json(("%s%slua5.4 %s --worker %s --worker-threads %s --samples %d --epochs %s")
+      :format(peers.env{blas = tonumber(th)}, peers.MALLOC, self, which, th, n, args.epochs))
+    earlier[which] = earlier[which] or {}
+    local best, _, t, all, at = peers.best_up_to(earlier[which], tonumber(th),
+      peers.splits(tonumber(th), {"intra", "blas"}), function(s)
+      local r = run_json(("%s%s/usr/bin/python3 scripts/bench_train_torch.py --model %s --intra %d --blas %d "
+        .. "--samples %d --epochs %s%s"):format(peers.env(s), peers.MALLOC, which, s.intra, s.blas, n, args.epochs,
         which == "d" and (" --arch '%s'"):format(arch_json) or ""))
       io.stderr:write(("  (%s) budget %s, torch %s: %.0f samples/s\n"):format(which, th, s.label, r.median))
       return r.median, r
     end)
-    rows[#rows + 1] = {which = which, th = tonumber(th), l = l, t = t, setting = best.label, tried = all}
+    rows[#rows + 1] = {which = which, th = tonumber(th), l = l, t = t, tried = all, at = at,
+      setting = best.label .. (at < tonumber(th) and "*" or "")}
   end
 end
 
@@ -156,10 +164,13 @@ for _, r in ipairs(rows) do
   print(("%-28s %3d %12.0f %12.0f %-17s %6.2fx %9.1f %9.1f %7.0fM %7.0fM"):format(names[r.which], r.th,
     r.l.median, r.t.median, r.setting, r.l.median / r.t.median, gf, r.l.sgemm_gflops, r.l.rss_mb, r.t.rss_mb))
   summary[#summary + 1] = {model = r.which, threads = r.th, lualps = r.l.median, torch = r.t.median,
-    torch_setting = r.setting, torch_tried = r.tried, ratio = r.l.median / r.t.median, gflops = gf,
+    torch_setting = r.setting, torch_tried = r.tried, torch_budget = r.at, ratio = r.l.median / r.t.median, gflops = gf,
     sgemm_peak = r.l.sgemm_gflops, rss_lualps_mb = r.l.rss_mb, rss_torch_mb = r.t.rss_mb}
 end
 print("thr: thread budget; lualps uses it as OpenBLAS threads; torch/s is PyTorch's best split of it")
 print("(torch setting: intra-op OpenMP x OpenBLAS threads); ratio = lualps / torch best")
+print("torch's best at a budget counts every split of it and every split it measured at a smaller")
+print("budget (fewer threads fit too; a split's speed varies with the machine's load between runs);")
+print("* marks a best measured at a smaller budget; both sides run with " .. peers.MALLOC)
 print(("load average after: %s"):format(loadavg()))
 print(cjson.encode(summary))

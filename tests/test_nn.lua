@@ -161,11 +161,19 @@ function TestConv:test_gradcheck()
     gradcheck(nn.conv2d(4, 2, 3, {padding = p, generator = g}), lps.randn(2, 4, 5, 7, g),
       "conv2d Winograd padding " .. p)
   end
+  -- rows of 8 tiles and more (the 8-wide transforms), odd and even widths
+  for _, c in ipairs{{0, 19}, {1, 19}, {1, 16}} do
+    gradcheck(nn.conv2d(4, 2, 3, {padding = c[1], generator = g}), lps.randn(1, 4, 3, c[2], g),
+      ("conv2d Winograd padding %d width %d"):format(c[1], c[2]))
+  end
   gradcheck(nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 1, 7, 8, g),
     "conv2d direct stride 2")
   gradcheck(nn.conv2d(2, 2, 5, {padding = 2, generator = g}), lps.randn(1, 2, 6, 7, g), "conv2d 5x5")
   gradcheck(nn.conv2d(2, 2, 5, {stride = 2, padding = 2, generator = g}), lps.randn(1, 2, 7, 8, g),
     "conv2d 5x5 stride 2")
+  -- 1x1 at strides 2 and 3 (a ResNet shortcut: read in place, no split layout), odd sizes
+  gradcheck(nn.conv2d(3, 2, 1, {stride = 2, generator = g}), lps.randn(2, 3, 7, 8, g), "conv2d 1x1 stride 2")
+  gradcheck(nn.conv2d(2, 3, 1, {stride = 3, generator = g}), lps.randn(2, 2, 5, 7, g), "conv2d 1x1 stride 3")
 end
 
 function TestConv:test_batch_grouping()

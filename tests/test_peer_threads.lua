@@ -37,4 +37,26 @@ function TestPeerThreads:test_best_keeps_highest_score_and_its_payload()
   lu.assertEquals(all, speed)
 end
 
+function TestPeerThreads:test_best_up_to_counts_smaller_budgets()
+  local earlier = {}
+  local speed1 = {["intra 1 x blas 1"] = 10}
+  local best, score, payload, all, at = peers.best_up_to(earlier, 1, peers.splits(1, {"intra", "blas"}),
+    function(s) return speed1[s.label], {from = s.label, budget = 1} end)
+  lu.assertEquals({best.label, score, at}, {"intra 1 x blas 1", 10, 1})
+  lu.assertEquals(payload, {from = "intra 1 x blas 1", budget = 1})
+  -- at budget 2 the same split measures slower, and no split beats 10: the budget-1 run counts
+  local speed2 = {["intra 1 x blas 1"] = 4, ["intra 1 x blas 2"] = 6, ["intra 2 x blas 1"] = 8,
+    ["intra 2 x blas 2"] = 3}
+  best, score, payload, all, at = peers.best_up_to(earlier, 2, peers.splits(2, {"intra", "blas"}),
+    function(s) return speed2[s.label], {from = s.label, budget = 2} end)
+  lu.assertEquals({best.label, score, at}, {"intra 1 x blas 1", 10, 1})
+  lu.assertEquals(payload, {from = "intra 1 x blas 1", budget = 1})
+  lu.assertEquals(all, speed2)
+  -- a faster split at this budget wins
+  speed2["intra 2 x blas 1"] = 12
+  best, score, payload, all, at = peers.best_up_to({}, 2, peers.splits(2, {"intra", "blas"}),
+    function(s) return speed2[s.label], s.label end)
+  lu.assertEquals({best.label, score, payload, at}, {"intra 2 x blas 1", 12, "intra 2 x blas 1", 2})
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -73,8 +73,9 @@ typedef struct {
  * interleaved partial sums in double (csum: four, a[k] over i = 4q + k;
  * csq and cdot: two, over even and odd i), a plane's tail on a[0], then
  * (a[0] + a[1]) + (a[2] + a[3]) or a[0] + a[1] added to the total. The
- * kernels run four planes at once (their sums are independent chains, each
- * plane's done as one alone would be), vectors holding the partial sums. */
+ * kernels run four or eight planes at once (their sums are independent
+ * chains, each plane's done as one alone would be), vectors holding the
+ * partial sums; the backward pass's csum of gy and cdot share one pass. */
 typedef double v2d __attribute__((vector_size(16)));
 
 /* The four planes starting at sample n (past the batch: the last again,
@@ -107,47 +108,82 @@ KERNEL static void sum4(const float *const p[4], int64_t s, double out[4])
 #define LO(v) ((v2d){(v)[0], (v)[1]})
 #define HI(v) ((v2d){(v)[2], (v)[3]})
 
-/* sq (g NULL): of (x - m)^2; else of (x - m) g. Four values a step: the
- * even and odd chains take (i, i + 1) and then (i + 2, i + 3). */
-KERNEL static void centred4(const float *const p[4], const float *const g[4], int64_t s, double m,
-                            double out[4])
+/* Of (x - m)^2 over eight planes (eight chains at once hide the adds'
+ * latency; each plane's sum is the one it would have alone). Four values a
+ * step: the even and odd chains take (i, i + 1) and then (i + 2, i + 3). */
+KERNEL static void sq8(const float *const p[8], int64_t s, double m, double out[8])
 {
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
-    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
+    const float *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
+    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     v4d mv = {m, m, m, m};
     int64_t i = 0;
-    if (g) {
-        const float *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
-        for (; i + 4 <= s; i += 4) {
-            v4d d0 = (LD4D(p0 + i) - mv) * LD4D(g0 + i), d1 = (LD4D(p1 + i) - mv) * LD4D(g1 + i);
-            v4d d2 = (LD4D(p2 + i) - mv) * LD4D(g2 + i), d3 = (LD4D(p3 + i) - mv) * LD4D(g3 + i);
-            a0 = (a0 + LO(d0)) + HI(d0);
-            a1 = (a1 + LO(d1)) + HI(d1);
-            a2 = (a2 + LO(d2)) + HI(d2);
-            a3 = (a3 + LO(d3)) + HI(d3);
-        }
-    } else {
-        for (; i + 4 <= s; i += 4) {
-            v4d d0 = LD4D(p0 + i) - mv, d1 = LD4D(p1 + i) - mv, d2 = LD4D(p2 + i) - mv, d3 = LD4D(p3 + i) - mv;
-            d0 *= d0;
-            d1 *= d1;
-            d2 *= d2;
-            d3 *= d3;
-            a0 = (a0 + LO(d0)) + HI(d0);
-            a1 = (a1 + LO(d1)) + HI(d1);
-            a2 = (a2 + LO(d2)) + HI(d2);
-            a3 = (a3 + LO(d3)) + HI(d3);
-        }
+#define SQSTEP(a, q)                                                                               \
+    do {                                                                                           \
+        v4d d = LD4D(q + i) - mv;                                                                  \
+        d *= d;                                                                                    \
+        a = (a + LO(d)) + HI(d);                                                                   \
+    } while (0)
+    for (; i + 4 <= s; i += 4) {
+        SQSTEP(a0, p0);
+        SQSTEP(a1, p1);
+        SQSTEP(a2, p2);
+        SQSTEP(a3, p3);
+        SQSTEP(a4, p4);
+        SQSTEP(a5, p5);
+        SQSTEP(a6, p6);
+        SQSTEP(a7, p7);
     }
-    v2d a[4] = {a0, a1, a2, a3};
-    for (int k = 0; k < 4; k++) {
+#undef SQSTEP
+    v2d a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (int k = 0; k < 8; k++) {
         double e = a[k][0], o = a[k][1];
         for (int64_t r = i; r < s; r++) { /* i is even: r's parity picks its chain */
-            double d = (p[k][r] - m) * (g ? g[k][r] : p[k][r] - m);
+            double d = (p[k][r] - m) * (p[k][r] - m);
             if ((r - i) % 2) o += d;
             else e += d;
         }
         out[k] = e + o;
+    }
+}
+
+/* The backward pass's two sums over four planes in one pass over them:
+ * sg[k] of g (csum's order: sum4) and out[k] of (x - m) g (centred4's);
+ * each chain is the one its own pass would run, so the bits are the same. */
+KERNEL static void sumdot4(const float *const p[4], const float *const g[4], int64_t s, double m,
+                           double sg[4], double out[4])
+{
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    const float *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
+    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
+    v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+    v4d mv = {m, m, m, m};
+    int64_t i = 0;
+    for (; i + 4 <= s; i += 4) {
+        v4d h0 = LD4D(g0 + i), h1 = LD4D(g1 + i), h2 = LD4D(g2 + i), h3 = LD4D(g3 + i);
+        s0 += h0;
+        s1 += h1;
+        s2 += h2;
+        s3 += h3;
+        v4d d0 = (LD4D(p0 + i) - mv) * h0, d1 = (LD4D(p1 + i) - mv) * h1;
+        v4d d2 = (LD4D(p2 + i) - mv) * h2, d3 = (LD4D(p3 + i) - mv) * h3;
+        a0 = (a0 + LO(d0)) + HI(d0);
+        a1 = (a1 + LO(d1)) + HI(d1);
+        a2 = (a2 + LO(d2)) + HI(d2);
+        a3 = (a3 + LO(d3)) + HI(d3);
+    }
+    v2d a[4] = {a0, a1, a2, a3};
+    v4d sv[4] = {s0, s1, s2, s3};
+    for (int k = 0; k < 4; k++) {
+        double e = a[k][0], o = a[k][1], t0 = sv[k][0];
+        for (int64_t r = i; r < s; r++) {
+            double d = (p[k][r] - m) * g[k][r];
+            if ((r - i) % 2) o += d;
+            else e += d;
+            t0 += g[k][r];
+        }
+        out[k] = e + o;
+        sg[k] = (t0 + sv[k][1]) + (sv[k][2] + sv[k][3]);
     }
 }
 
@@ -163,22 +199,38 @@ static double csum(const bnjob *j, const float *x, int64_t ch)
     return t;
 }
 
-/* Of (x - m)^2 over channel ch, or with gy of (x - m) gy. */
-static double ccentred(const bnjob *j, int64_t ch, double m, const float *gy)
+/* Of (x - m)^2 over channel ch, eight planes at a time (past the batch:
+ * the last again, its sum unused). */
+static double csq(const bnjob *j, int64_t ch, double m)
 {
-    double t = 0, r[4];
-    const float *p[4], *g[4];
-    for (int64_t n = 0; n < j->b; n += 4) {
+    double t = 0, r[8];
+    const float *p[8];
+    for (int64_t n = 0; n < j->b; n += 8) {
         planes(j, j->x, n, ch, p);
-        if (gy) planes(j, gy, n, ch, g);
-        centred4(p, gy ? g : NULL, j->s, m, r);
-        for (int k = 0; k < 4 && n + k < j->b; k++) t += r[k];
+        planes(j, j->x, n + 4, ch, p + 4);
+        sq8(p, j->s, m, r);
+        for (int k = 0; k < 8 && n + k < j->b; k++) t += r[k];
     }
     return t;
 }
 
-static double csq(const bnjob *j, int64_t ch, double m) { return ccentred(j, ch, m, NULL); }
-static double cdot(const bnjob *j, int64_t ch, double m) { return ccentred(j, ch, m, j->gy); }
+/* csum of gy and ccentred with gy at once: *sg and *dot. */
+static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *dot)
+{
+    double t = 0, d = 0, rs[4], rd[4];
+    const float *p[4], *g[4];
+    for (int64_t n = 0; n < j->b; n += 4) {
+        planes(j, j->x, n, ch, p);
+        planes(j, j->gy, n, ch, g);
+        sumdot4(p, g, j->s, m, rs, rd);
+        for (int k = 0; k < 4 && n + k < j->b; k++) {
+            t += rs[k];
+            d += rd[k];
+        }
+    }
+    *sg = t;
+    *dot = d;
+}
 
 /* out = in * a + b over channel ch. */
 KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b)
@@ -247,8 +299,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     }
     double sg = 0, dot = 0;
     if (!l->frozen || l->training) {
-        sg = csum(j, j->gy, ch);
-        dot = cdot(j, ch, mean);
+        csumdot(j, ch, mean, &sg, &dot);
     }
     if (!l->frozen) {
         l->grad[0]->data[ch] += (float)(dot * invstd);

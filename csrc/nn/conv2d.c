@@ -46,6 +46,34 @@ enum { S_COL, S_X, S_GX };
 /* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
 static int plain_1x1(const lps_layer *l) { return KS(l) == 1 && STRIDE(l) == 1 && PAD(l) == 0; }
 
+/* A 1x1 kernel at a larger stride without padding: its columns are the
+ * input subsampled, read in place (no split layout), and the input gradient
+ * is the columns put back, zero elsewhere (0 + v, as col2im's sum). */
+static int strided_1x1(const lps_layer *l) { return KS(l) == 1 && STRIDE(l) > 1 && PAD(l) == 0; }
+
+static void gather_1x1(const float *xn, const convjob *j, int64_t s, int64_t cin, float *col)
+{
+    int64_t np = j->oh * j->ow;
+    for (int64_t ci = 0; ci < cin; ci++)
+        for (int64_t oh = 0; oh < j->oh; oh++) {
+            const float *src = xn + (ci * j->h + oh * s) * j->w;
+            float *dst = col + ci * np + oh * j->ow;
+            for (int64_t c = 0; c < j->ow; c++) dst[c] = src[c * s];
+        }
+}
+
+static void scatter_1x1(const float *col, const convjob *j, int64_t s, int64_t cin, float *gxn)
+{
+    int64_t np = j->oh * j->ow;
+    memset(gxn, 0, (size_t)(cin * j->h * j->w) * sizeof(float));
+    for (int64_t ci = 0; ci < cin; ci++)
+        for (int64_t oh = 0; oh < j->oh; oh++) {
+            float *dst = gxn + (ci * j->h + oh * s) * j->w;
+            const float *src = col + ci * np + oh * j->ow;
+            for (int64_t c = 0; c < j->ow; c++) dst[c * s] = 0.0f + src[c];
+        }
+}
+
 /* col (K x P): row (ci, ki, kj) holds, output by output, the input at that
  * tap, copied from the split layout 8 floats at a time; a copy that runs
  * past an output row spills into the next one's first floats before those
@@ -93,11 +121,12 @@ static lps_status gemm_prep(const convjob *j, int backward)
     convsplit g;
     conv_split_geometry(j, &g);
     int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
+    int split = !strided_1x1(l);
     for (int t = 0; t < j->nt; t++) {
         lps_scratch *s = conv_slots(j, t);
         if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") ||
-            !lps_scratch_get(&s[S_X], xsize, "conv2d") ||
-            (backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
+            (split && !lps_scratch_get(&s[S_X], xsize, "conv2d")) ||
+            (split && backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
             return LPS_ENOMEM;
     }
     return LPS_OK;
@@ -114,7 +143,10 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
     for (int64_t n = n0; n < n1; n++) {
         const float *xn = j->x + n * CIN(l) * j->h * j->w, *col = xn;
         float *yn = j->y + n * cout * np;
-        if (!plain_1x1(l)) {
+        if (strided_1x1(l)) {
+            gather_1x1(xn, j, STRIDE(l), CIN(l), sc[S_COL].p);
+            col = sc[S_COL].p;
+        } else if (!plain_1x1(l)) {
             conv_split_input(xn, j, &g, sc[S_X].p);
             im2col(sc[S_X].p, &g, j, sc[S_COL].p);
             col = sc[S_COL].p;
@@ -144,7 +176,10 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
         const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
         if (!l->frozen) {
             for (int64_t c = 0; c < cout && gb; c++) gb[c] += lps_sum_floats(gn + c * np, np);
-            if (!plain_1x1(l)) {
+            if (strided_1x1(l)) {
+                gather_1x1(xn, j, STRIDE(l), CIN(l), col);
+                cn = col;
+            } else if (!plain_1x1(l)) {
                 conv_split_input(xn, j, &g, sc[S_X].p);
                 im2col(sc[S_X].p, &g, j, col);
                 cn = col;
@@ -159,6 +194,10 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
                     (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
         if (plain_1x1(l)) continue;
+        if (strided_1x1(l)) {
+            scatter_1x1(col, j, STRIDE(l), CIN(l), gxn);
+            continue;
+        }
         col2im(col, &g, j, sc[S_GX].p);
         conv_unsplit(sc[S_GX].p, j, &g, gxn);
     }

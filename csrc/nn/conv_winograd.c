@@ -88,18 +88,21 @@ static void filter_grad(const float *du, int64_t c2, int64_t c1, float *dw)
 static inline int64_t quad_start(int64_t tx, int64_t tw) { return tx + 4 <= tw ? tx : tw - 4; }
 
 /* One input plane into V: v points at V[0][c][first tile of the sample],
- * xs apart per xi. rows: the scratch of wino_prep. */
-static void input_transform(const float *xp, const convjob *d, int64_t pad, const wgeo *g,
-                            float *v, int64_t xs, float *rows)
+ * xs apart per xi. rows: the scratch of wino_prep. Vectors of 8 (simd.h)
+ * where a row is long enough, else of 4 (SSE2), else scalars: each value is
+ * the same one subtraction or addition whichever computes it. */
+KERNEL static void input_transform(const float *xp, const convjob *d, int64_t pad, const wgeo *g,
+                                   float *v, int64_t xs, float *rows)
 {
     int64_t wq = g->wq, tw = g->tw, n = d->w;
     float *r[4] = {rows, rows + wq, rows + 2 * wq, rows + 3 * wq};
     const float *zero = rows + 6 * wq;
     /* the padding columns stay zero: only columns pad .. pad + w are written */
     for (int i = 0; i < 4; i++) {
-        memset(r[i], 0, (size_t)pad * sizeof(float));
-        memset(r[i] + pad + n, 0, (size_t)(wq - pad - n) * sizeof(float));
+        for (int64_t c = 0; c < pad; c++) r[i][c] = 0.0f;
+        for (int64_t c = pad + n; c < wq; c++) r[i][c] = 0.0f;
     }
+    const v8i even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
     for (int64_t ty = 0; ty < g->th; ty++) {
         const float *x[4];
         for (int i = 0; i < 4; i++) {
@@ -109,6 +112,13 @@ static void input_transform(const float *xp, const convjob *d, int64_t pad, cons
         /* B^T d: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3) */
         float *t0 = r[0] + pad, *t1 = r[1] + pad, *t2 = r[2] + pad, *t3 = r[3] + pad;
         int64_t c = 0;
+        for (; c + 8 <= n; c += 8) {
+            v8 d0 = LD8(x[0] + c), d1 = LD8(x[1] + c), d2 = LD8(x[2] + c), d3 = LD8(x[3] + c);
+            ST8(t0 + c, d0 - d2);
+            ST8(t1 + c, d1 + d2);
+            ST8(t2 + c, d2 - d1);
+            ST8(t3 + c, d1 - d3);
+        }
 #ifdef __SSE2__
         for (; c + 4 <= n; c += 4) {
             __m128 d0 = _mm_loadu_ps(x[0] + c), d1 = _mm_loadu_ps(x[1] + c);
@@ -131,6 +141,22 @@ static void input_transform(const float *xp, const convjob *d, int64_t pad, cons
         for (int i = 0; i < 4; i++) {
             const float *t = r[i];
             float *o0 = vt + (i * 4) * xs, *o1 = o0 + xs, *o2 = o1 + xs, *o3 = o2 + xs;
+            if (tw >= 8) {
+                /* eight tiles at a time, the last eight overlapping the ones
+                 * before (the same values again); reads stay within 2 tw + 2 */
+                for (int64_t q = 0; q < tw; q += 8) {
+                    int64_t tx = q + 8 <= tw ? q : tw - 8;
+                    v8 p0 = LD8(t + 2 * tx), p1 = LD8(t + 2 * tx + 8);
+                    v8 q0 = LD8(t + 2 * tx + 2), q1 = LD8(t + 2 * tx + 10);
+                    v8 a = __builtin_shuffle(p0, p1, even), b = __builtin_shuffle(p0, p1, odd);
+                    v8 cc = __builtin_shuffle(q0, q1, even), e = __builtin_shuffle(q0, q1, odd);
+                    ST8(o0 + tx, a - cc);
+                    ST8(o1 + tx, b + cc);
+                    ST8(o2 + tx, cc - b);
+                    ST8(o3 + tx, b - e);
+                }
+                continue;
+            }
 #ifdef __SSE2__
             if (tw >= 4) {
                 for (int64_t q = 0; q < tw; q += 4) {
@@ -163,13 +189,44 @@ static void input_transform(const float *xp, const convjob *d, int64_t pad, cons
 
 /* One output plane from M: m points at M[0][co][first tile], xs apart;
  * y = A^T M A + bias, rows (m0 + m1 + m2, m1 - m2 - m3), then columns. */
-static void output_transform(const float *m, int64_t xs, const wgeo *g, const convjob *d,
-                             float bias, float *yp)
+KERNEL static void output_transform(const float *m, int64_t xs, const wgeo *g, const convjob *d,
+                                    float bias, float *yp)
 {
     int64_t tw = g->tw;
+    const v8i lo = {0, 8, 1, 9, 2, 10, 3, 11}, hi = {4, 12, 5, 13, 6, 14, 7, 15};
     for (int64_t ty = 0; ty < g->th; ty++) {
         const float *mt = m + ty * tw;
         float *y0 = yp + 2 * ty * d->ow, *y1 = 2 * ty + 1 < d->oh ? y0 + d->ow : NULL;
+        if (tw >= 8) { /* eight tiles at a time, as input_transform */
+            v8 bv = BC8(bias);
+            for (int64_t q = 0; q < tw; q += 8) {
+                int64_t tx = q + 8 <= tw ? q : tw - 8, cols = d->ow - 2 * tx;
+                v8 s0[4], s1[4];
+                for (int j = 0; j < 4; j++) {
+                    v8 q0 = LD8(mt + j * xs + tx), q1 = LD8(mt + (4 + j) * xs + tx);
+                    v8 q2 = LD8(mt + (8 + j) * xs + tx), q3 = LD8(mt + (12 + j) * xs + tx);
+                    s0[j] = (q0 + q1) + q2;
+                    s1[j] = (q1 - q2) - q3;
+                }
+                for (int row = 0; row < 2; row++) {
+                    float *yr = row ? y1 : y0;
+                    if (!yr) break;
+                    const v8 *sr = row ? s1 : s0;
+                    v8 a = ((sr[0] + sr[1]) + sr[2]) + bv, b = ((sr[1] - sr[2]) - sr[3]) + bv;
+                    v8 u = __builtin_shuffle(a, b, lo), w = __builtin_shuffle(a, b, hi);
+                    if (cols >= 16) {
+                        ST8(yr + 2 * tx, u);
+                        ST8(yr + 2 * tx + 8, w);
+                    } else { /* odd width: the last tile has one column */
+                        float tmp[16];
+                        ST8(tmp, u);
+                        ST8(tmp + 8, w);
+                        memcpy(yr + 2 * tx, tmp, (size_t)cols * sizeof(float));
+                    }
+                }
+            }
+            continue;
+        }
 #ifdef __SSE2__
         if (tw >= 4) {
             __m128 bv = _mm_set1_ps(bias);
@@ -227,9 +284,10 @@ static void output_transform(const float *m, int64_t xs, const wgeo *g, const co
 /* One output-gradient plane into dM = A dy A^T (outside the output: 0):
  * rows (g0, g0 + g1, g0 - g1, -g1) of each 2x2 tile, then its columns.
  * rows: the scratch of wino_prep. */
-static void grad_transform(const float *gp, const convjob *d, const wgeo *g, float *m,
-                           int64_t xs, float *rows)
+KERNEL static void grad_transform(const float *gp, const convjob *d, const wgeo *g, float *m,
+                                  int64_t xs, float *rows)
 {
+    const v8i ev8 = {0, 2, 4, 6, 8, 10, 12, 14}, od8 = {1, 3, 5, 7, 9, 11, 13, 15};
     int64_t tw = g->tw, wp = 2 * tw, odd = wp > d->ow;
     const float *zero = rows + 6 * g->wq;
     for (int64_t ty = 0; ty < g->th; ty++) {
@@ -247,6 +305,24 @@ static void grad_transform(const float *gp, const convjob *d, const wgeo *g, flo
         }
         float *mt = m + ty * tw;
         int64_t tx = 0;
+        if (tw >= 8) { /* eight tiles at a time, as input_transform */
+            v8 z = BC8(0.0f);
+            for (int64_t q = 0; q < tw; q += 8) {
+                tx = q + 8 <= tw ? q : tw - 8;
+                v8 u0 = LD8(r0 + 2 * tx), u1 = LD8(r0 + 2 * tx + 8);
+                v8 w0 = LD8(r1 + 2 * tx), w1 = LD8(r1 + 2 * tx + 8);
+                v8 a = __builtin_shuffle(u0, u1, ev8), b = __builtin_shuffle(u0, u1, od8);
+                v8 e = __builtin_shuffle(w0, w1, ev8), f = __builtin_shuffle(w0, w1, od8);
+                v8 pr[4] = {a, a + e, a - e, z - e}, qr[4] = {b, b + f, b - f, z - f};
+                for (int i = 0; i < 4; i++) {
+                    ST8(mt + (i * 4 + 0) * xs + tx, pr[i]);
+                    ST8(mt + (i * 4 + 1) * xs + tx, pr[i] + qr[i]);
+                    ST8(mt + (i * 4 + 2) * xs + tx, pr[i] - qr[i]);
+                    ST8(mt + (i * 4 + 3) * xs + tx, z - qr[i]);
+                }
+            }
+            continue;
+        }
 #ifdef __SSE2__
         if (tw >= 4)
             for (int64_t q = 0; q < tw; q += 4) {
