@@ -60,7 +60,7 @@ local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family
   "tau_transfer", "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
 local function show(name, r)
   local parts = {}
-  for _, m in ipairs(metrics) do parts[#parts + 1] = ("%s %.3f"):format(m, r[m] or 0 / 0) end
+  for _, m in ipairs(metrics) do parts[#parts + 1] = r[m] == r[m] and r[m] and ("%s %.3f"):format(m, r[m]) or m .. " –" end
   log("%-20s %s", name, table.concat(parts, " "))
 end
 -- The jobs, run over --jobs processes (scripts/parts.lua; cost: seconds on the

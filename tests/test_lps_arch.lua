@@ -152,6 +152,18 @@ function TestArchGradients:test_template_extras_by_hand()
   lu.assertEquals(plain:templates(model, "mlp"):shape(), {3, w})
 end
 
+-- A model given as {module = m} (what bench_hetero times) has the templates
+-- of its weight list with its arch, bit for bit.
+function TestArchGradients:test_templates_of_a_module_equal_its_weights()
+  local net = lps.similarity.network{families = {"cnn"}, noise = 3}
+  local m = cnn3()
+  local w = weights(m)
+  w.arch = m:arch()
+  local a, b = net:templates({module = m}, "cnn"), net:templates(w, "cnn")
+  lu.assertEquals(a:shape(), b:shape())
+  lu.assertEquals((a - b):abs():max(), 0)
+end
+
 function TestArchGradients:test_pair_regression_by_hand_and_differences()
   local Y = lps.tensor{{1, 0}, {0, 1}, {0.6, 0.8}}
   local T2 = lps.tensor{{1, 0.5}, {0.5, 0}}

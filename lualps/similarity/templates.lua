@@ -82,7 +82,8 @@ function M.compute(self, model)
     end
   end
   local x = self.noise_x
-  if model[1]:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
+  local first = model[1] or m:named_parameters()[1].tensor -- a weight list, or {module = m}
+  if first:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
   local k = m:forward(x:rows(1, 1)):size(2) -- the classes: the output's width
   -- one forward, then a backward per class: d(logit_c - mean logit)
   local gy = core.full(k * R * P, k, -1 / k)
