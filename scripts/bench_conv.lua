@@ -14,6 +14,7 @@
 --   usage: lua5.4 scripts/bench_conv.lua [--threads 1,2] [--models c,s1,...] [--samples 2048] [--epochs 3]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local BC = require "scripts.bench_common"
+local peers = require "scripts.peer_threads"
 local median, run_json, loadavg = BC.median, BC.run_json, BC.loadavg
 local argparse = require "argparse"
 local cjson = require "cjson"
@@ -104,7 +105,7 @@ print(("load average before: %s"):format(loadavg()))
 local torch_at = {} -- thread count -> results
 local function torch(th)
   if not torch_at[th] then
-    local env = ("OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "):format(th, th)
+    local env = ("OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d "):format(th, th) .. peers.MALLOC -- its best heap
     torch_at[th] = run_json(("%s/usr/bin/python3 scripts/bench_conv_torch.py --threads %d --samples %s --epochs %s --models %s")
       :format(env, th, args.samples, args.epochs, spec_arg))
   end

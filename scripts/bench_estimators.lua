@@ -55,7 +55,7 @@ local function numpy_logme(list, d)
   yf:close()
   local best, score, payload = peers.best(peers.splits(threads, {"blas"}), function(s)
     local r = BC.run_json(("%s%s scripts/logme_reference.py bench %s %s %d %d %d %d"):format(
-      peers.env(s), PY, fpath, ypath, N, d, #list, REPEATS))
+      peers.env(s) .. peers.MALLOC, PY, fpath, ypath, N, d, #list, REPEATS))
     local ms = BC.median(r.ms)
     return -ms, r
   end)

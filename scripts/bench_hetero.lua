@@ -148,8 +148,8 @@ for _, th in ipairs(budgets) do
   local row = {lualps = rate_of(modules), lualps_build = rate_of(weights)}
   if have_torch then
     local best, _, r = peers.best(peers.splits(th, {"intra", "blas"}), function(s)
-      local cmd = ("%s/usr/bin/python3 scripts/bench_hetero_torch.py --dir %s --intra %d --blas %d --ranges %d "
-        .. "--repeats %d"):format(peers.env(s), dir, s.intra, s.blas, #LPS.noise_ranges, a.repeats)
+      local cmd = ("%s%s/usr/bin/python3 scripts/bench_hetero_torch.py --dir %s --intra %d --blas %d --ranges %d "
+        .. "--repeats %d"):format(peers.env(s), peers.MALLOC, dir, s.intra, s.blas, #LPS.noise_ranges, a.repeats)
       local f = assert(io.popen(cmd))
       local out = f:read("a")
       local last = out:match("([^\n]+)\n?$")

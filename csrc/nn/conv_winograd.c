@@ -102,7 +102,6 @@ KERNEL static void input_transform(const float *xp, const convjob *d, int64_t pa
         for (int64_t c = 0; c < pad; c++) r[i][c] = 0.0f;
         for (int64_t c = pad + n; c < wq; c++) r[i][c] = 0.0f;
     }
-    const v8i even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
     for (int64_t ty = 0; ty < g->th; ty++) {
         const float *x[4];
         for (int i = 0; i < 4; i++) {
@@ -148,8 +147,8 @@ KERNEL static void input_transform(const float *xp, const convjob *d, int64_t pa
                     int64_t tx = q + 8 <= tw ? q : tw - 8;
                     v8 p0 = LD8(t + 2 * tx), p1 = LD8(t + 2 * tx + 8);
                     v8 q0 = LD8(t + 2 * tx + 2), q1 = LD8(t + 2 * tx + 10);
-                    v8 a = __builtin_shuffle(p0, p1, even), b = __builtin_shuffle(p0, p1, odd);
-                    v8 cc = __builtin_shuffle(q0, q1, even), e = __builtin_shuffle(q0, q1, odd);
+                    v8 a = EVEN8(p0, p1), b = ODD8(p0, p1);
+                    v8 cc = EVEN8(q0, q1), e = ODD8(q0, q1);
                     ST8(o0 + tx, a - cc);
                     ST8(o1 + tx, b + cc);
                     ST8(o2 + tx, cc - b);
@@ -193,7 +192,6 @@ KERNEL static void output_transform(const float *m, int64_t xs, const wgeo *g, c
                                     float bias, float *yp)
 {
     int64_t tw = g->tw;
-    const v8i lo = {0, 8, 1, 9, 2, 10, 3, 11}, hi = {4, 12, 5, 13, 6, 14, 7, 15};
     for (int64_t ty = 0; ty < g->th; ty++) {
         const float *mt = m + ty * tw;
         float *y0 = yp + 2 * ty * d->ow, *y1 = 2 * ty + 1 < d->oh ? y0 + d->ow : NULL;
@@ -213,7 +211,7 @@ KERNEL static void output_transform(const float *m, int64_t xs, const wgeo *g, c
                     if (!yr) break;
                     const v8 *sr = row ? s1 : s0;
                     v8 a = ((sr[0] + sr[1]) + sr[2]) + bv, b = ((sr[1] - sr[2]) - sr[3]) + bv;
-                    v8 u = __builtin_shuffle(a, b, lo), w = __builtin_shuffle(a, b, hi);
+                    v8 u = ZIPLO8(a, b), w = ZIPHI8(a, b);
                     if (cols >= 16) {
                         ST8(yr + 2 * tx, u);
                         ST8(yr + 2 * tx + 8, w);
@@ -287,7 +285,6 @@ KERNEL static void output_transform(const float *m, int64_t xs, const wgeo *g, c
 KERNEL static void grad_transform(const float *gp, const convjob *d, const wgeo *g, float *m,
                                   int64_t xs, float *rows)
 {
-    const v8i ev8 = {0, 2, 4, 6, 8, 10, 12, 14}, od8 = {1, 3, 5, 7, 9, 11, 13, 15};
     int64_t tw = g->tw, wp = 2 * tw, odd = wp > d->ow;
     const float *zero = rows + 6 * g->wq;
     for (int64_t ty = 0; ty < g->th; ty++) {
@@ -311,8 +308,8 @@ KERNEL static void grad_transform(const float *gp, const convjob *d, const wgeo 
                 tx = q + 8 <= tw ? q : tw - 8;
                 v8 u0 = LD8(r0 + 2 * tx), u1 = LD8(r0 + 2 * tx + 8);
                 v8 w0 = LD8(r1 + 2 * tx), w1 = LD8(r1 + 2 * tx + 8);
-                v8 a = __builtin_shuffle(u0, u1, ev8), b = __builtin_shuffle(u0, u1, od8);
-                v8 e = __builtin_shuffle(w0, w1, ev8), f = __builtin_shuffle(w0, w1, od8);
+                v8 a = EVEN8(u0, u1), b = ODD8(u0, u1);
+                v8 e = EVEN8(w0, w1), f = ODD8(w0, w1);
                 v8 pr[4] = {a, a + e, a - e, z - e}, qr[4] = {b, b + f, b - f, z - f};
                 for (int i = 0; i < 4; i++) {
                     ST8(mt + (i * 4 + 0) * xs + tx, pr[i]);

@@ -17,6 +17,12 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #else
 #define KERNEL
 #endif
+/* Lane shuffles of two vectors (exact: any compiler gives the same bits).
+ * __builtin_shufflevector takes constant indices in GCC >= 12 and Clang. */
+#define EVEN8(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
+#define ODD8(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
+#define ZIPLO8(a, b) __builtin_shufflevector((a), (b), 0, 8, 1, 9, 2, 10, 3, 11)
+#define ZIPHI8(a, b) __builtin_shufflevector((a), (b), 4, 12, 5, 13, 6, 14, 7, 15)
 #define LD8(p) (*(const v8u *)(p))
 #define ST8(p, v) (*(v8u *)(p) = (v))
 #define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
