@@ -168,6 +168,14 @@ function TestConv:test_gradcheck()
   end
   gradcheck(nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 1, 7, 8, g),
     "conv2d direct stride 2")
+  -- conv_gemm.c's vector paths: products 16 and more wide and deep, not
+  -- multiples of 16 (the overlapping last block, the masked last vector)
+  gradcheck(nn.conv2d(4, 9, 3, {padding = 1, generator = g}), lps.randn(1, 4, 9, 11, g),
+    "conv2d Winograd 30 tiles")
+  gradcheck(nn.conv2d(3, 10, 3, {stride = 2, padding = 1, generator = g}), lps.randn(1, 3, 11, 13, g),
+    "conv2d im2col 42 outputs")
+  gradcheck(nn.conv2d(17, 3, 1, {stride = 2, generator = g}), lps.randn(1, 17, 9, 11, g),
+    "conv2d 1x1 stride 2, 30 outputs")
   gradcheck(nn.conv2d(2, 2, 5, {padding = 2, generator = g}), lps.randn(1, 2, 6, 7, g), "conv2d 5x5")
   gradcheck(nn.conv2d(2, 2, 5, {stride = 2, padding = 2, generator = g}), lps.randn(1, 2, 7, 8, g),
     "conv2d 5x5 stride 2")
