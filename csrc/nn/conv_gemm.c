@@ -102,13 +102,22 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
                 a, (int)(ta ? acs : ars), b, (int)ldb, 0.0f, c, (int)ldc);
 }
 
-/* The sum of a vector's lanes in a fixed order. */
-#define HSUM16(v)                                                                                  \
-    (((((v)[0] + (v)[8]) + ((v)[4] + (v)[12])) + (((v)[2] + (v)[10]) + ((v)[6] + (v)[14]))) +      \
-     ((((v)[1] + (v)[9]) + ((v)[5] + (v)[13])) + (((v)[3] + (v)[11]) + ((v)[7] + (v)[15]))))
+/* Pairs of vectors to one: lanes (a's first half, b's first half) of each
+ * 2h-lane block, plus (a's second half, b's second half): h = 8 gives
+ * a[l] + a[l + 8] in lanes 0..7 and b's in 8..15; h = 4 then halves each
+ * 4-lane block, and so on. */
+static const v16i HALF8A = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+static const v16i HALF4A = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+static const v16i HALF2A = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+static const v16i HALF1A = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+#define HALVES(a, b, h)                                                                            \
+    (__builtin_shuffle((a), (b), HALF##h##A) + __builtin_shuffle((a), (b), HALF##h##A + (h)))
+/* the accumulator (4 r + q for s_rq) each lane of the last round holds */
+static const unsigned char WHERE[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 
 /* C += A B^T: c(i, j) += sum over p of a[i lda + p] b[j ldb + p], each sum
- * in 16 lanes (lane l over p = l mod 16, in order) then HSUM16; a last
+ * in 16 lanes (lane l over p = l mod 16, in order) then the lanes in a
+ * fixed tree (HALVES); a last
  * partial vector is read ending at k with the lanes already counted masked
  * to zero. Four rows of A by four of B a block (16 vector sums). Sums
  * shorter than a vector run as scalars. */
@@ -167,10 +176,17 @@ KERNEL16 static void nt_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
                 NT_STEP(x0, x1, x2, x3, last);
             }
 #undef NT_STEP
-            float h[16] = {HSUM16(s00), HSUM16(s01), HSUM16(s02), HSUM16(s03),
-                           HSUM16(s10), HSUM16(s11), HSUM16(s12), HSUM16(s13),
-                           HSUM16(s20), HSUM16(s21), HSUM16(s22), HSUM16(s23),
-                           HSUM16(s30), HSUM16(s31), HSUM16(s32), HSUM16(s33)};
+            /* the 16 sums at once: four rounds, each adding halves of pairs
+             * of vectors (lanes l and l + 8 of a sum, then l and l + 4, ...):
+             * the lanes of z hold the sums in the order of WHERE */
+            v16 t0 = HALVES(s00, s01, 8), t1 = HALVES(s02, s03, 8), t2 = HALVES(s10, s11, 8);
+            v16 t3 = HALVES(s12, s13, 8), t4 = HALVES(s20, s21, 8), t5 = HALVES(s22, s23, 8);
+            v16 t6 = HALVES(s30, s31, 8), t7 = HALVES(s32, s33, 8);
+            v16 u0 = HALVES(t0, t1, 4), u1 = HALVES(t2, t3, 4), u2 = HALVES(t4, t5, 4), u3 = HALVES(t6, t7, 4);
+            v16 w0 = HALVES(u0, u1, 2), w1 = HALVES(u2, u3, 2);
+            v16 z = HALVES(w0, w1, 1);
+            float h[16];
+            for (int l = 0; l < 16; l++) h[WHERE[l]] = z[l];
             for (int r = 0; r < mr; r++)
                 for (int q = 0; q < nr; q++) c[(i0 + r) * ldc + j0 + q] += h[r * 4 + q];
         }
