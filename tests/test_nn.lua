@@ -168,6 +168,14 @@ function TestConv:test_gradcheck()
   end
   gradcheck(nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), lps.randn(2, 1, 7, 8, g),
     "conv2d direct stride 2")
+  -- conv_gemm.c's vector paths: products 16 and more wide and deep, not
+  -- multiples of 16 (the overlapping last block, the masked last vector)
+  gradcheck(nn.conv2d(4, 9, 3, {padding = 1, generator = g}), lps.randn(1, 4, 9, 11, g),
+    "conv2d Winograd 30 tiles")
+  gradcheck(nn.conv2d(3, 10, 3, {stride = 2, padding = 1, generator = g}), lps.randn(1, 3, 11, 13, g),
+    "conv2d im2col 42 outputs")
+  gradcheck(nn.conv2d(17, 3, 1, {stride = 2, generator = g}), lps.randn(1, 17, 9, 11, g),
+    "conv2d 1x1 stride 2, 30 outputs")
   gradcheck(nn.conv2d(2, 2, 5, {padding = 2, generator = g}), lps.randn(1, 2, 6, 7, g), "conv2d 5x5")
   gradcheck(nn.conv2d(2, 2, 5, {stride = 2, padding = 2, generator = g}), lps.randn(1, 2, 7, 8, g),
     "conv2d 5x5 stride 2")
@@ -489,6 +497,39 @@ function TestSequential:test_relu_pool_pair_matches_layers()
     same(gw, grads[1], "weight gradient")
     same(gb, grads[2], "bias gradient")
   end
+end
+
+function TestSequential:test_relu_fused_layers_match_layers()
+  -- A sequential runs batch norm + relu, and a residual block + relu, as one
+  -- pass each (forward_relu); the same bits as the layers one by one.
+  local g = lps.generator(23)
+  local conv, bn, relu = nn.conv2d(2, 4, 3, {padding = 1, bias = false, generator = g}), nn.batchnorm2d(4), nn.relu()
+  local body = {nn.conv2d(4, 4, 3, {padding = 1, generator = g}), nn.batchnorm2d(4)}
+  local res, relu2 = nn.residual{body = body}, nn.relu()
+  local head = nn.linear(4 * 6 * 7, 3, g)
+  local m = nn.sequential{conv, bn, relu, res, relu2, nn.flatten(), head}
+  T.randomize_state(m, g)
+  local x = lps.randn(3, 2, 6, 7, g)
+  local y = m:forward(x)
+  local gy = lps.randn(y:shape(), g)
+  m:zero_grad()
+  local gx = m:backward(x, gy)
+  local _, grads = m:parameters()
+  local saved = {}
+  for i, t in ipairs(grads) do saved[i] = t:clone() end
+  -- one by one
+  local a = conv:forward(x)
+  local b = bn:forward(a)
+  local r = relu:forward(b)
+  local c = res:forward(r)
+  local r2 = relu2:forward(c)
+  local q = head:forward(r2:reshape(3, -1))
+  lu.assertTrue(lps.allclose(y, q, 0, 0), "output")
+  m:zero_grad()
+  local g4 = relu2:backward(c, head:backward(r2:reshape(3, -1), gy):reshape(table.unpack(c:shape())))
+  local gx1 = conv:backward(x, bn:backward(a, relu:backward(b, res:backward(r, g4))))
+  lu.assertTrue(lps.allclose(gx, gx1, 0, 0), "input gradient")
+  for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(saved[i], t, 0, 0), "gradient " .. i) end
 end
 
 function TestSequential:test_contract()

@@ -66,7 +66,7 @@ typedef struct {
     const float *x, *gy;
     float *y, *gx;
     int64_t b, c, s; /* batch, channels, values per sample and channel */
-    int backward;
+    int backward, relu; /* relu: forward_relu's max(0, .) after */
 } bnjob;
 
 /* Sums over channel ch in a fixed order: samples in turn, each plane with
@@ -232,12 +232,25 @@ static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *do
     *dot = d;
 }
 
-/* out = in * a + b over channel ch. */
-KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b)
+/* out = in * a + b over channel ch; with relu, then max(0, .) as relu.c
+ * (x < 0 ? 0 : x, which keeps NaN and -0). */
+KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b,
+                          int relu)
 {
-    v8 av = BC8(a), bv = BC8(b);
+    v8 av = BC8(a), bv = BC8(b), z = BC8(0.0f);
     for (int64_t n = 0; n < j->b; n++) {
         int64_t o = (n * j->c + ch) * j->s, i = 0;
+        if (relu) {
+            for (; i + 8 <= j->s; i += 8) {
+                v8 v = LD8(in + o + i) * av + bv;
+                ST8(out + o + i, (v8)((v8i)v & ~(v8i)(v < z)));
+            }
+            for (; i < j->s; i++) {
+                float v = in[o + i] * a + b;
+                out[o + i] = v < 0.0f ? 0.0f : v;
+            }
+            continue;
+        }
         for (; i + 8 <= j->s; i += 8) ST8(out + o + i, LD8(in + o + i) * av + bv);
         for (; i < j->s; i++) out[o + i] = in[o + i] * a + b;
     }
@@ -279,7 +292,7 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
         invstd = 1.0 / sqrt((double)rv[ch] + EPS(l));
     }
     double a = invstd * w;
-    affine(j, j->x, j->y, ch, (float)a, (float)(bias - mean * a));
+    affine(j, j->x, j->y, ch, (float)a, (float)(bias - mean * a), j->relu);
 }
 
 /* Train mode (through the batch statistics, PyTorch's formula):
@@ -308,7 +321,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     if (!j->gx) return;
     float a = (float)(invstd * w);
     if (!l->training) {
-        affine(j, j->gy, j->gx, ch, a, 0.0f);
+        affine(j, j->gy, j->gx, ch, a, 0.0f, 0);
         return;
     }
     double n = (double)(j->b * j->s);
@@ -324,12 +337,12 @@ static void bn_part(void *ctx, int t, int nt)
 }
 
 static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy, float *out,
-                         int backward)
+                         int backward, int relu)
 {
     bnpriv *p = l->priv;
     int64_t c = FEATURES(l), b = x->shape[0], s = b ? x->numel / (b * c) : 0;
     bnjob j = {l, x->data, gy ? gy->data : NULL, backward ? NULL : out, backward ? out : NULL,
-               b, c, s, backward};
+               b, c, s, backward, relu};
     if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
     if (l->training && b * s == 1)
         return lps_fail(LPS_ESHAPE, "%s: train mode needs more than one value per channel, got "
@@ -351,14 +364,19 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
 
 static lps_status bn_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    return bn_run(l, x, NULL, y->data, 0);
+    return bn_run(l, x, NULL, y->data, 0, 0);
+}
+
+static lps_status bn_forward_relu(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    return bn_run(l, x, NULL, y->data, 0, 1);
 }
 
 static lps_status bn_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx)
 {
-    (void)y;
-    return bn_run(l, x, gy, gx ? gx->data : NULL, 1);
+    (void)y; /* not read: forward_relu's backward gets the ReLU's output here */
+    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 0);
 }
 
 /* ------------------------------------------------------------ the layer */
@@ -405,8 +423,10 @@ static const lps_field bn_fields[] = {
 
 const lps_layer_type lps_batchnorm1d_type = {
     .name = "batchnorm1d", .fields = bn_fields, .flow = bn1d_flow, .create = bn_create,
-    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn1d_repr};
+    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn1d_repr,
+    .forward_relu = bn_forward_relu};
 
 const lps_layer_type lps_batchnorm2d_type = {
     .name = "batchnorm2d", .fields = bn_fields, .flow = bn2d_flow, .create = bn_create,
-    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn2d_repr};
+    .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn2d_repr,
+    .forward_relu = bn_forward_relu};

@@ -114,6 +114,10 @@ KERNEL static void col2im(const float *col, const convsplit *g, const convjob *j
             }
 }
 
+/* A sample's product by conv_gemm.c when its wide operand (depth x P
+ * floats) stays in a core's L2 cache, else by BLAS (which blocks for it). */
+static int in_cache(int64_t depth, int64_t np) { return depth <= 1024 && depth * np <= (1 << 17); }
+
 static lps_status gemm_prep(const convjob *j, int backward)
 {
     const lps_layer *l = j->l;
@@ -152,8 +156,11 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
             col = sc[S_COL].p;
         }
         /* y_n (cout x P) = W (cout x K) col (K x P), then + bias */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
-                    wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
+        if (in_cache(kk, np))
+            conv_gemm_nn(cout, np, kk, wt, kk, 1, col, np, yn, np);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
+                        wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
         for (int64_t c = 0; c < cout; c++) {
             float *row = yn + c * np, bc = bias[c];
             for (int64_t i = 0; i < np; i++) row[i] += bc;
@@ -185,14 +192,20 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
                 cn = col;
             }
             /* dW (cout x K) += gy_n (cout x P) col^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f, gn,
-                        (int)np, cn, (int)np, 1.0f, gw, (int)kk);
+            if (in_cache(kk, np))
+                conv_gemm_nt(cout, kk, np, gn, np, cn, np, gw, kk);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)kk, (int)np, 1.0f,
+                            gn, (int)np, cn, (int)np, 1.0f, gw, (int)kk);
         }
         if (!j->gx) continue;
         /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
         float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
-                    (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
+        if (in_cache(cout, np))
+            conv_gemm_nn(kk, np, cout, wt, 1, kk, gn, np, dcol, np);
+        else
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
+                        (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
         if (plain_1x1(l)) continue;
         if (strided_1x1(l)) {
             scatter_1x1(col, j, STRIDE(l), CIN(l), gxn);

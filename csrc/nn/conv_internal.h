@@ -68,6 +68,15 @@ void conv_split_input(const float *x, const convjob *j, const convsplit *g, floa
 /* The plane of input gradients from the split layout (the inverse). */
 void conv_unsplit(const float *xs, const convjob *j, const convsplit *g, float *x);
 
+/* Small matrix products (conv_gemm.c), row-major. conv_gemm_nn: C (m x n)
+ * = A (m x k) B (k x n), A's element (i, p) at a[i ars + p acs] (so either
+ * A or its transpose in place); needs ars or acs to be 1. conv_gemm_nt:
+ * C (m x n) += A (m x k) B^T, B (n x k). Results depend on the shapes only. */
+void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                  const float *b, int64_t ldb, float *c, int64_t ldc);
+void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                  int64_t ldb, float *c, int64_t ldc);
+
 /* Direct, for few input values per output (cin k k small). */
 extern const convkernel lps_conv_direct;
 /* Winograd F(2x2, 3x3): 3x3 kernels at stride 1, any padding. */

@@ -8,7 +8,6 @@
  * groups so the transformed tiles stay near the cache. */
 #include "nn/conv_internal.h"
 
-#include <cblas.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -441,35 +440,10 @@ static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob 
     }
 }
 
-/* dst (n x m) = src (m x n) transposed, in 4x4 blocks. */
-static void transpose(const float *src, int64_t m, int64_t n, float *dst)
-{
-    int64_t i = 0;
-#ifdef __SSE2__
-    for (; i + 4 <= m; i += 4) {
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) {
-            __m128 r0 = _mm_loadu_ps(src + i * n + j), r1 = _mm_loadu_ps(src + (i + 1) * n + j);
-            __m128 r2 = _mm_loadu_ps(src + (i + 2) * n + j), r3 = _mm_loadu_ps(src + (i + 3) * n + j);
-            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            _mm_storeu_ps(dst + j * m + i, r0);
-            _mm_storeu_ps(dst + (j + 1) * m + i, r1);
-            _mm_storeu_ps(dst + (j + 2) * m + i, r2);
-            _mm_storeu_ps(dst + (j + 3) * m + i, r3);
-        }
-        for (; j < n; j++)
-            for (int64_t a = i; a < i + 4; a++) dst[j * m + a] = src[a * n + j];
-    }
-#endif
-    for (; i < m; i++)
-        for (int64_t j = 0; j < n; j++) dst[j * m + i] = src[i * n + j];
-}
-
-enum { S_V, S_M, S_DU, S_ROWS, S_VT };
+enum { S_V, S_M, S_DU, S_ROWS };
 
 /* Shared U (the transformed filters); per thread V, M, rows (6 rows of wq
- * floats for the transforms, then a row of zeros) and for backward dU and
- * V transposed. */
+ * floats for the transforms, then a row of zeros) and for backward dU. */
 static lps_status wino_prep(const convjob *j, int backward)
 {
     lps_layer *l = j->l;
@@ -486,8 +460,7 @@ static lps_status wino_prep(const convjob *j, int backward)
         float *rows = lps_scratch_get(&s[S_ROWS], 7 * g.wq, op);
         float *du = backward ? lps_scratch_get(&s[S_DU], nu, op) : NULL;
         if (!lps_scratch_get(&s[S_V], 16 * g.c1 * tmax, op) ||
-            !lps_scratch_get(&s[S_M], 16 * g.c2 * tmax, op) || !rows || (backward && !du) ||
-            (backward && !lps_scratch_get(&s[S_VT], 16 * g.c1 * tmax, op)))
+            !lps_scratch_get(&s[S_M], 16 * g.c2 * tmax, op) || !rows || (backward && !du))
             return LPS_ENOMEM;
         memset(rows + 6 * g.wq, 0, (size_t)g.wq * sizeof(float));
         if (du) memset(du, 0, (size_t)nu * sizeof(float));
@@ -511,9 +484,8 @@ static void wino_fwd(const convjob *j, int th, int64_t b0, int64_t b1)
                 input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, PAD(l), &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
         for (int k = 0; k < 16; k++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.c2, (int)t, (int)g.c1,
-                        1.0f, u + k * g.c2 * g.c1, (int)g.c1, v + k * g.c1 * t, (int)t, 0.0f,
-                        m + k * g.c2 * t, (int)t);
+            conv_gemm_nn(g.c2, t, g.c1, u + k * g.c2 * g.c1, g.c1, 1, v + k * g.c1 * t, t,
+                         m + k * g.c2 * t, t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c2; c++)
                 output_transform(m + c * t + s * g.tp, g.c2 * t, &g, j, bias[c],
@@ -528,7 +500,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
     geometry(l, j, &g);
     lps_scratch *sc = conv_slots(j, th);
     const float *u = ((convpriv *)l->priv)->shared.p;
-    float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p, *du = sc[S_DU].p, *vt = sc[S_VT].p;
+    float *v = sc[S_V].p, *m = sc[S_M].p, *rows = sc[S_ROWS].p, *du = sc[S_DU].p;
     int64_t in_plane = j->h * j->w, out_plane = j->oh * j->ow;
     float *gb = conv_gb(j, th);
     for (int64_t n = b0; n < b1 && !l->frozen && gb; n++)
@@ -544,19 +516,15 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
                 grad_transform(j->gy + ((n0 + s) * g.c2 + c) * out_plane, j, &g,
                                m + c * t + s * g.tp, g.c2 * t, rows);
         }
-        /* dU[xi] (c2 x c1) += dM[xi] (c2 x T) V[xi]^T, from V transposed:
-         * BLAS runs this product a third faster without the transpose flag */
-        for (int k = 0; k < 16 && !l->frozen; k++) {
-            transpose(v + k * g.c1 * t, g.c1, t, vt);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.c2, (int)g.c1, (int)t,
-                        1.0f, m + k * g.c2 * t, (int)t, vt, (int)g.c1, 1.0f,
-                        du + k * g.c2 * g.c1, (int)g.c1);
-        }
+        /* dU[xi] (c2 x c1) += dM[xi] (c2 x T) V[xi]^T */
+        for (int k = 0; k < 16 && !l->frozen; k++)
+            conv_gemm_nt(g.c2, g.c1, t, m + k * g.c2 * t, t, v + k * g.c1 * t, t, du + k * g.c2 * g.c1,
+                         g.c1);
         if (!j->gx) continue;
+        /* dV[xi] (c1 x T) = U[xi]^T dM[xi], U read transposed in place */
         for (int k = 0; k < 16; k++)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.c1, (int)t, (int)g.c2,
-                        1.0f, u + k * g.c2 * g.c1, (int)g.c1, m + k * g.c2 * t, (int)t, 0.0f,
-                        v + k * g.c1 * t, (int)t);
+            conv_gemm_nn(g.c1, t, g.c2, u + k * g.c2 * g.c1, 1, g.c1, m + k * g.c2 * t, t,
+                         v + k * g.c1 * t, t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)
                 input_grad(v + c * t + s * g.tp, g.c1 * t, &g, j, PAD(l),

@@ -592,6 +592,17 @@ static int fused(const lps_layer *l, int i)
            (l->children[i + 1]->type->flags & LPS_LT_WINDOW_MAX);
 }
 
+/* A layer that applies a ReLU in its own forward pass (forward_relu),
+ * directly followed by a ReLU that is not run after a window maximum: the
+ * pair runs as one pass, writing only the ReLU's output; in backward the
+ * ReLU's gradient comes first, from the sign of its output, then the
+ * layer's, given the ReLU's output as its y (see forward_relu). */
+static int relu_fused(const lps_layer *l, int i)
+{
+    return i + 1 < l->nchildren && l->children[i]->type->forward_relu &&
+           (l->children[i + 1]->type->flags & LPS_LT_RELU) && !fused(l, i + 1);
+}
+
 static lps_status seq_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                                 int64_t *out)
 {
@@ -617,6 +628,13 @@ static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
             s = pool->type->forward(pool, in, out);
             if (!s) s = gate->type->forward(gate, out, out);
             if (s) return s;
+            i++;
+            continue;
+        }
+        if (relu_fused(l, i)) {
+            lps_layer *k = l->children[i];
+            lps_tensor *out = i + 2 < l->nchildren ? &p->act[i + 1].view : y;
+            if ((s = k->type->forward_relu(k, in, out))) return s;
             i++;
             continue;
         }
@@ -658,6 +676,20 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
                 if (!s) s = pool->type->backward(pool, in, out, &masked, gin);
                 if (s) return s;
             }
+            i = r;
+            continue;
+        }
+        if (i > 0 && relu_fused(l, i - 1)) {
+            int r = i - 1;
+            lps_layer *k = l->children[r], *relu = l->children[i];
+            const lps_tensor *in = r ? &p->act[r - 1].view : x;
+            const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
+            const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
+            lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
+            lps_tensor *gmid = &p->grad[r].view; /* at the layer's output */
+            lps_status s = relu->type->backward(relu, out, out, gout, gmid);
+            if (!s) s = k->type->backward(k, in, out, gmid, gin);
+            if (s) return s;
             i = r;
             continue;
         }

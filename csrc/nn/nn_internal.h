@@ -33,6 +33,8 @@ enum {
     LPS_LT_SIGN_GATE = 4u,
     /* A per-channel window maximum (see LPS_LT_SIGN_GATE). */
     LPS_LT_WINDOW_MAX = 8u,
+    /* max(0, x) exactly (ReLU): a layer type with forward_relu may apply it. */
+    LPS_LT_RELU = 16u,
 };
 
 /* A layer type: one file of csrc/nn/ defines it, registry.c lists it. */
@@ -55,6 +57,12 @@ struct lps_layer_type {
     void (*destroy)(lps_layer *l); /* frees priv; may be NULL */
     /* PyTorch's printing of a leaf, e.g. "Linear(in_features=4, out_features=2)". */
     void (*repr)(const lps_arch_entry *e, char *buf, size_t n);
+    /* Optional: forward, then max(0, .) in the same pass, for a ReLU right
+     * after the layer (model.c's sequential). Its backward is then given the
+     * ReLU's output as y (the ReLU's backward reads the sign of that, the
+     * same as of its input), so a type with this hook must not read y's
+     * values in backward. */
+    lps_status (*forward_relu)(lps_layer *l, const lps_tensor *x, lps_tensor *y);
     /* Containers: the output shape of an instance (else the flow gives it). */
     lps_status (*out_shape)(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                             int64_t *out);

@@ -68,5 +68,5 @@ static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0, 0}};
 /* Positive-homogeneous (relu(a x) = a relu(x) for a > 0): chain
  * normalization and the weight-space methods see through it. */
 const lps_layer_type lps_relu_type = {
-    .name = "relu", .fields = no_fields, .flags = LPS_LT_CHANNELWISE | LPS_LT_SIGN_GATE,
+    .name = "relu", .fields = no_fields, .flags = LPS_LT_CHANNELWISE | LPS_LT_SIGN_GATE | LPS_LT_RELU,
     .flow = lps_flow_same, .forward = relu_forward, .backward = relu_backward, .repr = relu_repr};

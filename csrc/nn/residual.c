@@ -74,11 +74,24 @@ typedef struct {
     const float *a, *b;
     float *o;
     int64_t n;
+    int relu; /* then max(0, .), as relu.c (forward_relu) */
 } addjob;
 
 /* o may be a (in place); 8 floats at a time, each the one addition. */
-KERNEL static void add_range(float *o, const float *a, const float *b, int64_t i, int64_t end)
+KERNEL static void add_range(float *o, const float *a, const float *b, int64_t i, int64_t end, int relu)
 {
+    if (relu) {
+        v8 z = BC8(0.0f);
+        for (; i + 8 <= end; i += 8) {
+            v8 v = LD8(a + i) + LD8(b + i);
+            ST8(o + i, (v8)((v8i)v & ~(v8i)(v < z)));
+        }
+        for (; i < end; i++) {
+            float v = a[i] + b[i];
+            o[i] = v < 0.0f ? 0.0f : v;
+        }
+        return;
+    }
     for (; i + 8 <= end; i += 8) ST8(o + i, LD8(a + i) + LD8(b + i));
     for (; i < end; i++) o[i] = a[i] + b[i];
 }
@@ -88,12 +101,12 @@ static void add_part(void *ctx, int t, int nt)
     const addjob *j = ctx;
     int64_t i, end;
     lps_par_range(j->n, t, nt, &i, &end);
-    add_range(j->o, j->a, j->b, i, end);
+    add_range(j->o, j->a, j->b, i, end, j->relu);
 }
 
-static void add(float *o, const float *a, const float *b, int64_t n)
+static void add(float *o, const float *a, const float *b, int64_t n, int relu)
 {
-    addjob j = {a, b, o, n};
+    addjob j = {a, b, o, n, relu};
     lps_par_run(n >= (1 << 18) ? lps_par_threads() : 1, add_part, &j);
 }
 
@@ -103,7 +116,7 @@ static lps_tensor header(float *p, const lps_tensor *like)
     return lps_view_as(&t, like->ndim, like->shape);
 }
 
-static lps_status res_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+static lps_status res_run(lps_layer *l, const lps_tensor *x, lps_tensor *y, int relu)
 {
     respriv *p = l->priv;
     int id = identity(l->children[1]);
@@ -116,8 +129,18 @@ static lps_status res_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
         lps_status s = k->type->forward(k, x, &o);
         if (s) return s;
     }
-    add(y->data, a, c, y->numel);
+    add(y->data, a, c, y->numel, relu);
     return LPS_OK;
+}
+
+static lps_status res_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    return res_run(l, x, y, 0);
+}
+
+static lps_status res_forward_relu(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    return res_run(l, x, y, 1);
 }
 
 static lps_status res_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
@@ -126,10 +149,12 @@ static lps_status res_backward(lps_layer *l, const lps_tensor *x, const lps_tens
     respriv *p = l->priv;
     int id = identity(l->children[1]);
     lps_layer *body = l->children[0], *sc = l->children[1];
+    /* y's shape only (forward_relu: y may be the ReLU's output); the
+     * branches get their own outputs, kept by forward */
     lps_tensor yb = header(p->out[0].p, y);
     lps_status s = body->type->backward(body, x, &yb, gy, gx);
     if (s || id) {
-        if (!s && gx) add(gx->data, gx->data, gy->data, x->numel);
+        if (!s && gx) add(gx->data, gx->data, gy->data, x->numel, 0);
         return s;
     }
     lps_tensor ys = header(p->out[1].p, y), gs = {0};
@@ -139,7 +164,7 @@ static lps_status res_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         gs = header(g, x);
     }
     if ((s = sc->type->backward(sc, x, &ys, gy, gx ? &gs : NULL))) return s;
-    if (gx) add(gx->data, gx->data, gs.data, x->numel);
+    if (gx) add(gx->data, gx->data, gs.data, x->numel, 0);
     return LPS_OK;
 }
 
@@ -171,4 +196,5 @@ static const lps_field no_fields[] = {{NULL, 0, 0, 0, 0, 0}};
 const lps_layer_type lps_residual_type = {
     .name = "residual", .fields = no_fields, .branches = 1, .flow = res_flow,
     .create = res_create, .forward = res_forward, .backward = res_backward,
-    .destroy = res_destroy, .repr = res_repr, .out_shape = res_out_shape};
+    .destroy = res_destroy, .repr = res_repr, .out_shape = res_out_shape,
+    .forward_relu = res_forward_relu};
