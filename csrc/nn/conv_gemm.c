@@ -106,12 +106,15 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
  * 2h-lane block, plus (a's second half, b's second half): h = 8 gives
  * a[l] + a[l + 8] in lanes 0..7 and b's in 8..15; h = 4 then halves each
  * 4-lane block, and so on. */
-static const v16i HALF8A = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-static const v16i HALF4A = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-static const v16i HALF2A = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-static const v16i HALF1A = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-#define HALVES(a, b, h)                                                                            \
-    (__builtin_shuffle((a), (b), HALF##h##A) + __builtin_shuffle((a), (b), HALF##h##A + (h)))
+#define HALVES8(a, b) (__builtin_shufflevector((a), (b), 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) \
+    + __builtin_shufflevector((a), (b), 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+#define HALVES4(a, b) (__builtin_shufflevector((a), (b), 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) \
+    + __builtin_shufflevector((a), (b), 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+#define HALVES2(a, b) (__builtin_shufflevector((a), (b), 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) \
+    + __builtin_shufflevector((a), (b), 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+#define HALVES1(a, b) (__builtin_shufflevector((a), (b), 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) \
+    + __builtin_shufflevector((a), (b), 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
+#define HALVES(a, b, h) HALVES##h(a, b) /* __builtin_shufflevector: GCC >= 12 and Clang */
 /* the accumulator (4 r + q for s_rq) each lane of the last round holds */
 static const unsigned char WHERE[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 
