@@ -9,6 +9,7 @@
 local M = {}
 
 local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+M.quote = quote
 
 --- Assign jobs ({name, cost, pinned}) to n parts: pinned jobs to part 1,
 -- then the others by decreasing cost (ties by name), each to the part with

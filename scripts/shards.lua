@@ -5,11 +5,9 @@
 -- slicing, building plan entries into a file; lps.modelset.merge).
 --   local shards = require "scripts.shards"   -- from the repository root
 local lps = require "lualps"
+local parts = require "scripts.parts" -- the command line rebuilt, shell words
 
 local M = {}
-
--- A shell word (single-quoted).
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local file_exists = lps.zoo.file_exists
 
@@ -50,16 +48,8 @@ end
 -- shell words without --jobs and --out, then --shard {}/n --out
 -- OUT.shard-{}-of-n.
 function M.command(argv, n, out)
-  local first = 0
-  while argv[first - 1] ~= nil do first = first - 1 end
-  local words, skip = {}, false
-  for i = first, 0 do words[#words + 1] = quote(argv[i]) end
-  for _, w in ipairs(argv) do
-    if skip then skip = false
-    elseif w == "--jobs" or w == "--out" then skip = true
-    elseif not (w:match("^%-%-jobs=") or w:match("^%-%-out=")) then words[#words + 1] = quote(w) end
-  end
-  return ("%s --shard {}/%d --out %s"):format(table.concat(words, " "), n, quote(out .. ".shard-{}-of-" .. n))
+  return ("%s --shard {}/%d --out %s"):format(parts.command(argv, {"--jobs", "--out"}, {}), n,
+    parts.quote(out .. ".shard-{}-of-" .. n))
 end
 
 --- Run `cmd` (a shell command with {} standing for the shard number) for

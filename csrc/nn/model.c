@@ -658,37 +658,32 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
     if (n == 0 && gx && x->numel && gx->data != gy->data)
         memcpy(gx->data, gy->data, (size_t)x->numel * sizeof(float));
     for (int i = n - 1; i >= 0; i--) {
-        if (i > 0 && fused(l, i - 1)) {
-            /* the pair's backward: the gate's mask from the pooled output
-             * (positive exactly where the pooled input is), then the pooling's
-             * backward on the gate's input; windows whose maximum is not
-             * positive get no gradient either way. The gate's output gradient
-             * buffer holds the masked pooled gradient. */
+        int pool_pair = i > 0 && fused(l, i - 1), relu_pair = !pool_pair && i > 0 && relu_fused(l, i - 1);
+        if (pool_pair || relu_pair) {
+            /* a pair run as one forward pass: layer r, then layer i */
             int r = i - 1;
-            lps_layer *gate = l->children[r], *pool = l->children[i];
+            lps_layer *first = l->children[r], *second = l->children[i];
             const lps_tensor *in = r ? &p->act[r - 1].view : x;
             const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
             const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
             lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
-            lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
-            if (gin) {
-                lps_status s = gate->type->backward(gate, out, out, gout, &masked);
-                if (!s) s = pool->type->backward(pool, in, out, &masked, gin);
-                if (s) return s;
+            lps_status s = LPS_OK;
+            if (pool_pair && gin) {
+                /* the gate's mask from the pooled output (positive exactly
+                 * where the pooled input is), then the pooling's backward on
+                 * the gate's input; windows whose maximum is not positive get
+                 * no gradient either way. The gate's output gradient buffer
+                 * holds the masked pooled gradient. */
+                lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
+                s = first->type->backward(first, out, out, gout, &masked);
+                if (!s) s = second->type->backward(second, in, out, &masked, gin);
+            } else if (relu_pair) {
+                /* the ReLU's gradient from the sign of its output, into the
+                 * layer's output gradient, then the layer's (forward_relu) */
+                lps_tensor *gmid = &p->grad[r].view;
+                s = second->type->backward(second, out, out, gout, gmid);
+                if (!s) s = first->type->backward(first, in, out, gmid, gin);
             }
-            i = r;
-            continue;
-        }
-        if (i > 0 && relu_fused(l, i - 1)) {
-            int r = i - 1;
-            lps_layer *k = l->children[r], *relu = l->children[i];
-            const lps_tensor *in = r ? &p->act[r - 1].view : x;
-            const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
-            const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
-            lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
-            lps_tensor *gmid = &p->grad[r].view; /* at the layer's output */
-            lps_status s = relu->type->backward(relu, out, out, gout, gmid);
-            if (!s) s = k->type->backward(k, in, out, gmid, gin);
             if (s) return s;
             i = r;
             continue;
