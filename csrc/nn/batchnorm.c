@@ -237,13 +237,13 @@ static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *do
 KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b,
                           int relu)
 {
-    v8 av = BC8(a), bv = BC8(b), z = BC8(0.0f);
+    v8 av = BC8(a), bv = BC8(b);
     for (int64_t n = 0; n < j->b; n++) {
         int64_t o = (n * j->c + ch) * j->s, i = 0;
         if (relu) {
             for (; i + 8 <= j->s; i += 8) {
                 v8 v = LD8(in + o + i) * av + bv;
-                ST8(out + o + i, (v8)((v8i)v & ~(v8i)(v < z)));
+                ST8(out + o + i, RELU8(v));
             }
             for (; i < j->s; i++) {
                 float v = in[o + i] * a + b;

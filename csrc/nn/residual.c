@@ -81,10 +81,9 @@ typedef struct {
 KERNEL static void add_range(float *o, const float *a, const float *b, int64_t i, int64_t end, int relu)
 {
     if (relu) {
-        v8 z = BC8(0.0f);
         for (; i + 8 <= end; i += 8) {
             v8 v = LD8(a + i) + LD8(b + i);
-            ST8(o + i, (v8)((v8i)v & ~(v8i)(v < z)));
+            ST8(o + i, RELU8(v));
         }
         for (; i < end; i++) {
             float v = a[i] + b[i];

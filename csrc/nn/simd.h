@@ -32,6 +32,9 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define LD8(p) (*(const v8u *)(p))
 #define ST8(p, v) (*(v8u *)(p) = (v))
 #define BC8(f) ((v8){(f), (f), (f), (f), (f), (f), (f), (f)})
+/* max(0, v) lane by lane as relu.c computes it: negative lanes to +0, -0
+ * and NaN kept (SSE's max(0, v) returns v for those) */
+#define RELU8(v) ((v8)((v8i)(v) & ~(v8i)((v) < BC8(0.0f))))
 /* sum of the lanes in a fixed order */
 #define HSUM8(v) ((((v)[0] + (v)[4]) + ((v)[2] + (v)[6])) + (((v)[1] + (v)[5]) + ((v)[3] + (v)[7])))
 /* Vectors of 16 floats, for KERNEL16 functions (never passed between
