@@ -84,6 +84,54 @@ KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
     }
 }
 
+/* The same products in vectors of 8, for cores without AVX-512: 16 vector
+ * registers hold four rows of C by 16 columns (8 sums), a broadcast and a
+ * product. Each c(i, j) is the same sum in the same order as nn_kernel's
+ * (and the same scalars for narrow products), so the same bits. */
+enum { NN8_MR = 4 };
+KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars,
+                              int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
+{
+    if (n < 16) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                float s = 0.0f;
+                for (int64_t p = 0; p < k; p++) s += a[i * ars + p * acs] * b[p * ldb + j];
+                c[i * ldc + j] = s;
+            }
+        return;
+    }
+    float ap[NN8_MR * NN_KMAX];
+    for (int64_t i0 = 0; i0 < m; i0 += NN8_MR) {
+        int64_t mr = m - i0 < NN8_MR ? m - i0 : NN8_MR;
+        for (int64_t p = 0; p < k; p++)
+            for (int r = 0; r < NN8_MR; r++) ap[p * NN8_MR + r] = a[(i0 + (r < mr ? r : mr - 1)) * ars + p * acs];
+        for (int64_t j = 0; j < n; j += 16) {
+            int64_t j0 = j + 16 <= n ? j : n - 16;
+            v8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+            const float *bp = b + j0, *w = ap;
+            for (int64_t p = 0; p < k; p++, bp += ldb, w += NN8_MR) {
+                v8 x0 = LD8(bp), x1 = LD8(bp + 8), w0 = BC8(w[0]), w1 = BC8(w[1]);
+                s00 += x0 * w0;
+                s01 += x1 * w0;
+                s10 += x0 * w1;
+                s11 += x1 * w1;
+                v8 w2 = BC8(w[2]), w3 = BC8(w[3]);
+                s20 += x0 * w2;
+                s21 += x1 * w2;
+                s30 += x0 * w3;
+                s31 += x1 * w3;
+            }
+            float *cr = c + i0 * ldc + j0;
+            ST8(cr, s00);
+            ST8(cr + 8, s01);
+            if (mr > 1) ST8(cr + ldc, s10), ST8(cr + ldc + 8, s11);
+            if (mr > 2) ST8(cr + 2 * ldc, s20), ST8(cr + 2 * ldc + 8, s21);
+            if (mr > 3) ST8(cr + 3 * ldc, s30), ST8(cr + 3 * ldc + 8, s31);
+        }
+    }
+}
+
 void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                   const float *b, int64_t ldb, float *c, int64_t ldc)
 {
@@ -93,7 +141,10 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
         return;
     }
     if (k <= NN_KMAX) {
-        nn_kernel(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        if (WIDE16)
+            nn_kernel(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        else
+            nn_kernel8(m, n, k, a, ars, acs, b, ldb, c, ldc);
         return;
     }
     /* deeper than the packed block holds (no caller's shape here): BLAS */
@@ -196,9 +247,76 @@ KERNEL16 static void nt_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
     }
 }
 
+/* nt_kernel in vectors of 8, for cores without AVX-512: each sum's 16
+ * lanes as two vectors (lanes 0-7, 8-15), two rows of A by two of B a
+ * block. Its last rounds, lanes l + l+8 then HSUM8, are HALVES' tree, so
+ * every sum has nt_kernel's bits. */
+KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                              const float *b, int64_t ldb, float *c, int64_t ldc)
+{
+    if (k < 16) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                float s = 0.0f;
+                for (int64_t p = 0; p < k; p++) s += a[i * lda + p] * b[j * ldb + p];
+                c[i * ldc + j] += s;
+            }
+        return;
+    }
+    int64_t full = k / 16 * 16, last = k - 16;
+    v8i tlo, thi;
+    for (int l = 0; l < 8; l++) {
+        tlo[l] = last + l >= full ? -1 : 0;
+        thi[l] = last + 8 + l >= full ? -1 : 0;
+    }
+    for (int64_t i0 = 0; i0 < m; i0 += 2) {
+        int64_t mr = m - i0 < 2 ? m - i0 : 2;
+        const float *a0 = a + i0 * lda, *a1 = a0 + (mr > 1 ? lda : 0);
+        for (int64_t j0 = 0; j0 < n; j0 += 2) {
+            int64_t nr = n - j0 < 2 ? n - j0 : 2;
+            const float *b0 = b + j0 * ldb, *b1 = b0 + (nr > 1 ? ldb : 0);
+            v8 l00 = {0}, l01 = {0}, l10 = {0}, l11 = {0}, h00 = {0}, h01 = {0}, h10 = {0}, h11 = {0};
+            for (int64_t p = 0; p < full; p += 16) {
+                v8 x0 = LD8(a0 + p), x1 = LD8(a1 + p), y0 = LD8(b0 + p), y1 = LD8(b1 + p);
+                l00 += x0 * y0;
+                l01 += x0 * y1;
+                l10 += x1 * y0;
+                l11 += x1 * y1;
+                x0 = LD8(a0 + p + 8), x1 = LD8(a1 + p + 8), y0 = LD8(b0 + p + 8), y1 = LD8(b1 + p + 8);
+                h00 += x0 * y0;
+                h01 += x0 * y1;
+                h10 += x1 * y0;
+                h11 += x1 * y1;
+            }
+            if (full < k) {
+                v8 x0 = (v8)((v8i)LD8(a0 + last) & tlo), x1 = (v8)((v8i)LD8(a1 + last) & tlo);
+                v8 y0 = LD8(b0 + last), y1 = LD8(b1 + last);
+                l00 += x0 * y0;
+                l01 += x0 * y1;
+                l10 += x1 * y0;
+                l11 += x1 * y1;
+                x0 = (v8)((v8i)LD8(a0 + last + 8) & thi), x1 = (v8)((v8i)LD8(a1 + last + 8) & thi);
+                y0 = LD8(b0 + last + 8), y1 = LD8(b1 + last + 8);
+                h00 += x0 * y0;
+                h01 += x0 * y1;
+                h10 += x1 * y0;
+                h11 += x1 * y1;
+            }
+            v8 u00 = l00 + h00, u01 = l01 + h01, u10 = l10 + h10, u11 = l11 + h11;
+            c[i0 * ldc + j0] += HSUM8(u00);
+            if (nr > 1) c[i0 * ldc + j0 + 1] += HSUM8(u01);
+            if (mr > 1) c[(i0 + 1) * ldc + j0] += HSUM8(u10);
+            if (mr > 1 && nr > 1) c[(i0 + 1) * ldc + j0 + 1] += HSUM8(u11);
+        }
+    }
+}
+
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0 || k <= 0) return;
-    nt_kernel(m, n, k, a, lda, b, ldb, c, ldc);
+    if (WIDE16)
+        nt_kernel(m, n, k, a, lda, b, ldb, c, ldc);
+    else
+        nt_kernel8(m, n, k, a, lda, b, ldb, c, ldc);
 }

@@ -19,9 +19,13 @@ typedef int32_t v8i __attribute__((vector_size(32)));
  * (separate multiply and add units: no FMA needed). The same operations in
  * every lane of every build, so the same bits. */
 #define KERNEL16 __attribute__((target_clones("avx512f", "avx2", "default")))
+/* Whether the core runs AVX-512, where the 16-float kernels are worth it;
+ * elsewhere their 16 sums overflow AVX2's 16 registers and 8-float ones run. */
+#define WIDE16 __builtin_cpu_supports("avx512f")
 #else
 #define KERNEL
 #define KERNEL16
+#define WIDE16 0
 #endif
 /* Lane shuffles of two vectors (exact: any compiler gives the same bits).
  * __builtin_shufflevector takes constant indices in GCC >= 12 and Clang. */
