@@ -274,6 +274,9 @@ function TestConv:test_paths_match_reference()
     -- Winograd (3x3, stride 1, 4 or more input channels)
     {4, 3, 3, 1, 0, 6, 5}, {4, 3, 3, 1, 2, 5, 6}, {5, 6, 3, 1, 1, 13, 17}, {4, 3, 3, 1, 3, 4, 4},
     {6, 5, 3, 1, 1, 16, 15}, {16, 8, 3, 1, 1, 14, 14}, {4, 5, 3, 1, 0, 10, 12}, {4, 2, 3, 1, 0, 4, 6},
+    -- conv_gemm.c's 8-float kernels: 7 and 5 rows (blocks of 4 rows, pairs
+    -- of columns cut short), 30 tiles (an overlapping last block, a masked last vector)
+    {5, 7, 3, 1, 1, 9, 11},
     -- direct (at most 9 inputs per output)
     {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28}, {1, 3, 3, 2, 1, 11, 12}, {1, 2, 3, 2, 0, 9, 9},
     {2, 2, 2, 1, 0, 5, 5}, {1, 3, 3, 3, 2, 10, 11},

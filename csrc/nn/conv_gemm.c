@@ -248,9 +248,10 @@ KERNEL16 static void nt_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
 }
 
 /* nt_kernel in vectors of 8, for cores without AVX-512: each sum's 16
- * lanes as two vectors (lanes 0-7, 8-15), two rows of A by two of B a
- * block. Its last rounds, lanes l + l+8 then HSUM8, are HALVES' tree, so
- * every sum has nt_kernel's bits. */
+ * lanes as two vectors (lanes 0-7, then 8-15, in two passes over p), four
+ * rows of A by two of B a block (8 sums in registers). Its last rounds,
+ * lanes l + l+8 then HSUM8, are HALVES' tree, so every sum has nt_kernel's
+ * bits. */
 KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                               const float *b, int64_t ldb, float *c, int64_t ldc)
 {
@@ -264,49 +265,52 @@ KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
         return;
     }
     int64_t full = k / 16 * 16, last = k - 16;
-    v8i tlo, thi;
-    for (int l = 0; l < 8; l++) {
-        tlo[l] = last + l >= full ? -1 : 0;
-        thi[l] = last + 8 + l >= full ? -1 : 0;
-    }
-    for (int64_t i0 = 0; i0 < m; i0 += 2) {
-        int64_t mr = m - i0 < 2 ? m - i0 : 2;
+    v8i tail[2];
+    for (int l = 0; l < 16; l++) tail[l / 8][l % 8] = last + l >= full ? -1 : 0;
+    for (int64_t i0 = 0; i0 < m; i0 += 4) {
+        int64_t mr = m - i0 < 4 ? m - i0 : 4;
         const float *a0 = a + i0 * lda, *a1 = a0 + (mr > 1 ? lda : 0);
+        const float *a2 = a0 + (mr > 2 ? 2 * lda : 0), *a3 = a0 + (mr > 3 ? 3 * lda : 0);
         for (int64_t j0 = 0; j0 < n; j0 += 2) {
             int64_t nr = n - j0 < 2 ? n - j0 : 2;
             const float *b0 = b + j0 * ldb, *b1 = b0 + (nr > 1 ? ldb : 0);
-            v8 l00 = {0}, l01 = {0}, l10 = {0}, l11 = {0}, h00 = {0}, h01 = {0}, h10 = {0}, h11 = {0};
-            for (int64_t p = 0; p < full; p += 16) {
-                v8 x0 = LD8(a0 + p), x1 = LD8(a1 + p), y0 = LD8(b0 + p), y1 = LD8(b1 + p);
-                l00 += x0 * y0;
-                l01 += x0 * y1;
-                l10 += x1 * y0;
-                l11 += x1 * y1;
-                x0 = LD8(a0 + p + 8), x1 = LD8(a1 + p + 8), y0 = LD8(b0 + p + 8), y1 = LD8(b1 + p + 8);
-                h00 += x0 * y0;
-                h01 += x0 * y1;
-                h10 += x1 * y0;
-                h11 += x1 * y1;
+            v8 u[8];
+            for (int h = 0; h < 2; h++) {
+                v8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+#define NT8_STEP(x0, x1, x2, x3, q)                                                                \
+    do {                                                                                           \
+        v8 y0 = LD8(b0 + (q)), y1 = LD8(b1 + (q));                                                 \
+        s00 += x0 * y0;                                                                            \
+        s01 += x0 * y1;                                                                            \
+        s10 += x1 * y0;                                                                            \
+        s11 += x1 * y1;                                                                            \
+        s20 += x2 * y0;                                                                            \
+        s21 += x2 * y1;                                                                            \
+        s30 += x3 * y0;                                                                            \
+        s31 += x3 * y1;                                                                            \
+    } while (0)
+                for (int64_t p = 8 * h; p < full; p += 16) {
+                    v8 x0 = LD8(a0 + p), x1 = LD8(a1 + p), x2 = LD8(a2 + p), x3 = LD8(a3 + p);
+                    NT8_STEP(x0, x1, x2, x3, p);
+                }
+                if (full < k) {
+                    int64_t q = last + 8 * h;
+                    v8i t = tail[h];
+                    v8 x0 = (v8)((v8i)LD8(a0 + q) & t), x1 = (v8)((v8i)LD8(a1 + q) & t);
+                    v8 x2 = (v8)((v8i)LD8(a2 + q) & t), x3 = (v8)((v8i)LD8(a3 + q) & t);
+                    NT8_STEP(x0, x1, x2, x3, q);
+                }
+#undef NT8_STEP
+                if (h == 0) {
+                    u[0] = s00, u[1] = s01, u[2] = s10, u[3] = s11;
+                    u[4] = s20, u[5] = s21, u[6] = s30, u[7] = s31;
+                } else {
+                    u[0] += s00, u[1] += s01, u[2] += s10, u[3] += s11;
+                    u[4] += s20, u[5] += s21, u[6] += s30, u[7] += s31;
+                }
             }
-            if (full < k) {
-                v8 x0 = (v8)((v8i)LD8(a0 + last) & tlo), x1 = (v8)((v8i)LD8(a1 + last) & tlo);
-                v8 y0 = LD8(b0 + last), y1 = LD8(b1 + last);
-                l00 += x0 * y0;
-                l01 += x0 * y1;
-                l10 += x1 * y0;
-                l11 += x1 * y1;
-                x0 = (v8)((v8i)LD8(a0 + last + 8) & thi), x1 = (v8)((v8i)LD8(a1 + last + 8) & thi);
-                y0 = LD8(b0 + last + 8), y1 = LD8(b1 + last + 8);
-                h00 += x0 * y0;
-                h01 += x0 * y1;
-                h10 += x1 * y0;
-                h11 += x1 * y1;
-            }
-            v8 u00 = l00 + h00, u01 = l01 + h01, u10 = l10 + h10, u11 = l11 + h11;
-            c[i0 * ldc + j0] += HSUM8(u00);
-            if (nr > 1) c[i0 * ldc + j0 + 1] += HSUM8(u01);
-            if (mr > 1) c[(i0 + 1) * ldc + j0] += HSUM8(u10);
-            if (mr > 1 && nr > 1) c[(i0 + 1) * ldc + j0 + 1] += HSUM8(u11);
+            for (int r = 0; r < mr; r++)
+                for (int q = 0; q < nr; q++) c[(i0 + r) * ldc + j0 + q] += HSUM8(u[2 * r + q]);
         }
     }
 }
