@@ -17,6 +17,19 @@
 /* a block of rows of a, packed column by column: ap[p][r] = a(i0 + r, p) */
 enum { NN_MR = 8, NN_KMAX = 1024 };
 
+/* Products narrower than a vector, as scalars: both nn kernels' sums, in
+ * the same order (no contraction: -ffp-contract=off), so the same bits. */
+static void nn_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                      const float *b, int64_t ldb, float *c, int64_t ldc)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t p = 0; p < k; p++) s += a[i * ars + p * acs] * b[p * ldb + j];
+            c[i * ldc + j] = s;
+        }
+}
+
 /* C = A B, A read at a[i ars + p acs]: c(i, j) = sum over p in order of
  * a(i, p) b(p, j), from 0. Eight rows of C by 32 columns a block (16
  * vector sums); the last columns overlap the ones before when n is not a
@@ -26,12 +39,7 @@ KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
                                int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (n < 16) {
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int64_t p = 0; p < k; p++) s += a[i * ars + p * acs] * b[p * ldb + j];
-                c[i * ldc + j] = s;
-            }
+        nn_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc);
         return;
     }
     float ap[NN_MR * NN_KMAX];
@@ -93,12 +101,7 @@ KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
                               int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (n < 16) {
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int64_t p = 0; p < k; p++) s += a[i * ars + p * acs] * b[p * ldb + j];
-                c[i * ldc + j] = s;
-            }
+        nn_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc);
         return;
     }
     float ap[NN8_MR * NN_KMAX];
