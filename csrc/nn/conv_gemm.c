@@ -146,6 +146,8 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
     if (k <= NN_KMAX) {
         if (WIDE16)
             nn_kernel(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        else if (HAS_FMA)
+            conv_gemm_nn_fma(m, n, k, a, ars, acs, b, ldb, c, ldc);
         else
             nn_kernel8(m, n, k, a, ars, acs, b, ldb, c, ldc);
         return;
@@ -324,6 +326,8 @@ void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, 
     if (m <= 0 || n <= 0 || k <= 0) return;
     if (WIDE16)
         nt_kernel(m, n, k, a, lda, b, ldb, c, ldc);
+    else if (HAS_FMA)
+        conv_gemm_nt_fma(m, n, k, a, lda, b, ldb, c, ldc);
     else
         nt_kernel8(m, n, k, a, lda, b, ldb, c, ldc);
 }

@@ -76,6 +76,11 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
                   const float *b, int64_t ldb, float *c, int64_t ldc);
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc);
+/* The same on cores with AVX2 and FMA (conv_gemm_fma.c; HAS_FMA). */
+void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                      const float *b, int64_t ldb, float *c, int64_t ldc);
+void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                      int64_t ldb, float *c, int64_t ldc);
 
 /* Direct, for few input values per output (cin k k small). */
 extern const convkernel lps_conv_direct;

@@ -22,10 +22,14 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* Whether the core runs AVX-512, where the 16-float kernels are worth it;
  * elsewhere their 16 sums overflow AVX2's 16 registers and 8-float ones run. */
 #define WIDE16 __builtin_cpu_supports("avx512f")
+/* Whether the core fuses multiply and add (conv_gemm_fma.c's products; their
+ * bits differ from the unfused kernels', so results depend on this too). */
+#define HAS_FMA (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 #else
 #define KERNEL
 #define KERNEL16
 #define WIDE16 0
+#define HAS_FMA 0
 #endif
 /* Lane shuffles of two vectors (exact: any compiler gives the same bits).
  * __builtin_shufflevector takes constant indices in GCC >= 12 and Clang. */
