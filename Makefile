@@ -6,8 +6,10 @@ CC        ?= cc
 CFLAGS    ?= -O2
 LUA       ?= lua5.4
 LUA_INCDIR ?= /usr/include/lua5.4
-# Always on: C11, all warnings as errors, no FMA contraction (bit-identical
-# results across machines of one architecture), position-independent code.
+# Always on: C11, all warnings as errors, no FMA contraction (the compiler
+# never fuses on its own: bit-identical results across machines with the
+# same vector units; the conv products fuse explicitly where the core has
+# FMA, csrc/nn/conv_gemm_fma.c), position-independent code.
 # Includes name their folder ("core/internal.h"), so -Icsrc only.
 # FreeType (csrc/data/) from pkg-config, or Debian's fixed path before
 # setup has installed pkg-config.

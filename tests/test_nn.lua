@@ -280,6 +280,9 @@ function TestConv:test_paths_match_reference()
     -- conv_gemm_fma.c: blocks of 3 rows of B cut to 1 (7 channels) and to
     -- 2 (5, above); 21 tiles (two overlapping blocks of 16 columns)
     {7, 5, 3, 1, 1, 9, 9}, {4, 3, 3, 1, 0, 16, 4},
+    -- 21 tiles a row: two 8-wide blocks (a carry between them), the 4-wide
+    -- and the scalar input-gradient paths
+    {4, 3, 3, 1, 1, 6, 41},
     -- direct (at most 9 inputs per output)
     {1, 5, 3, 1, 1, 9, 8}, {1, 4, 3, 1, 1, 28, 28}, {1, 3, 3, 2, 1, 11, 12}, {1, 2, 3, 2, 0, 9, 9},
     {2, 2, 2, 1, 0, 5, 5}, {1, 3, 3, 3, 2, 10, 11},

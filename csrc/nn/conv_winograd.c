@@ -363,8 +363,8 @@ KERNEL static void grad_transform(const float *gp, const convjob *d, const wgeo 
  * -X3), where the first two rows also get the last two of the tile row
  * above (carried in k0, k1): each dx row is then written once, no zeroing.
  * rows: the scratch of wino_prep. */
-static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob *d, int64_t pad,
-                       float *gxp, float *rows)
+KERNEL static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob *d,
+                              int64_t pad, float *gxp, float *rows)
 {
     int64_t wq = g->wq, tw = g->tw, n = d->w;
     float *x0 = rows, *x1 = rows + wq, *x2 = rows + 2 * wq, *x3 = rows + 3 * wq;
@@ -378,8 +378,24 @@ static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob 
             float *r = rows + i * wq;
             float carry2 = 0.0f, carry3 = 0.0f; /* third and fourth value of tile tx-1 */
             int64_t tx = 0;
+            /* eight tiles at a time: o2, o3 moved one tile on (lane 7 of
+             * the eight before into lane 0), then columns interleaved */
+            v8 z = BC8(0.0f), l2 = z, l3 = z;
+            for (; tx + 8 <= tw; tx += 8) {
+                v8 c0 = LD8(p0 + tx), c1 = LD8(p1 + tx), c2 = LD8(p2 + tx), c3 = LD8(p3 + tx);
+                v8 o1 = (c1 - c2) + c3, o2 = (c1 + c2) - c0, o3 = z - c3;
+                v8 s2 = __builtin_shufflevector(l2, o2, 7, 8, 9, 10, 11, 12, 13, 14);
+                v8 s3 = __builtin_shufflevector(l3, o3, 7, 8, 9, 10, 11, 12, 13, 14);
+                v8 ev = c0 + s2, od = o1 + s3;
+                ST8(r + 2 * tx, ZIPLO8(ev, od));
+                ST8(r + 2 * tx + 8, ZIPHI8(ev, od));
+                l2 = o2;
+                l3 = o3;
+            }
+            carry2 = l2[7];
+            carry3 = l3[7];
 #ifdef __SSE2__
-            __m128 q2 = _mm_setzero_ps(), q3 = _mm_setzero_ps();
+            __m128 q2 = _mm_set_ss(carry2), q3 = _mm_set_ss(carry3);
             for (; tx + 4 <= tw; tx += 4) {
                 __m128 c0 = _mm_loadu_ps(p0 + tx), c1 = _mm_loadu_ps(p1 + tx);
                 __m128 c2 = _mm_loadu_ps(p2 + tx), c3 = _mm_loadu_ps(p3 + tx);
@@ -414,6 +430,14 @@ static void input_grad(const float *v, int64_t xs, const wgeo *g, const convjob 
         float *y1 = ih1 >= 0 && ih1 < d->h ? gxp + ih1 * n : NULL;
         const float *a0 = x0 + pad, *a1 = x1 + pad, *a2 = x2 + pad, *a3 = x3 + pad;
         int64_t c = 0;
+        for (; c + 8 <= n; c += 8) {
+            v8 b0 = LD8(a0 + c), b1 = LD8(a1 + c), b2 = LD8(a2 + c), b3 = LD8(a3 + c);
+            v8 f0 = b0 + LD8(k0 + c), f1 = ((b1 - b2) + b3) + LD8(k1 + c);
+            ST8(k0 + c, (b1 + b2) - b0);
+            ST8(k1 + c, BC8(0.0f) - b3);
+            if (y0) ST8(y0 + c, f0);
+            if (y1) ST8(y1 + c, f1);
+        }
 #ifdef __SSE2__
         for (; c + 4 <= n; c += 4) {
             __m128 b0 = _mm_loadu_ps(a0 + c), b1 = _mm_loadu_ps(a1 + c);
