@@ -89,7 +89,6 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
         pool.born[pool.started + 1] = atomic_load(&pool.generation);
         if (pthread_create(&pool.tid[pool.started], NULL, worker, (void *)(intptr_t)(pool.started + 1)))
             break;
-        pthread_detach(pool.tid[pool.started]);
         pool.started++;
     }
     int have = pool.started + 1;
@@ -124,19 +123,23 @@ void lps_par_run(int nt, lps_task_fn fn, void *ctx)
 }
 
 /* Workers end here rather than at process exit, where a thread asleep in a
- * futex wait meets the exit-time checkers (LeakSanitizer stops every thread). */
+ * futex wait meets the exit-time checkers (LeakSanitizer stops every thread).
+ * They are joined, not only counted out: a worker still returning through
+ * this library's code when the Lua state closes and unloads it would jump
+ * to an unmapped address. */
 void lps_threads_release(void)
 {
     pthread_mutex_lock(&pool.run);
     pthread_mutex_lock(&pool.lock);
-    if (pool.started > 0) {
+    int n = pool.started;
+    if (n > 0) {
         atomic_store(&pool.stop, 1);
         atomic_fetch_add(&pool.generation, 1);
         pthread_cond_broadcast(&pool.wake);
-        while (pool.started > 0) pthread_cond_wait(&pool.done, &pool.lock);
-        atomic_store(&pool.stop, 0);
     }
     pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < n; i++) pthread_join(pool.tid[i], NULL);
+    atomic_store(&pool.stop, 0);
     pthread_mutex_unlock(&pool.run);
 }
 
