@@ -12,21 +12,46 @@
 #include "nn/conv_internal.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
-/* a block of rows of a, packed column by column: ap[p][r] = a(i0 + r, p) */
 enum { NN_MR = 8, NN_KMAX = 1024 };
 
-/* Products narrower than a vector, as scalars: both nn kernels' sums, in
- * the same order (no contraction: -ffp-contract=off), so the same bits. */
-static void nn_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
-                      const float *b, int64_t ldb, float *c, int64_t ldc)
+void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, int64_t mr, int64_t k)
+{
+    for (int64_t p = 0; p < k; p++)
+        for (int r = 0; r < w; r++) ap[p * w + r] = a[(r < mr ? r : mr - 1) * ars + p * acs];
+}
+
+/* Products narrower than a vector, as scalars: the nn kernels' sums, in
+ * the same order (no contraction: -ffp-contract=off), so the same bits;
+ * fused (fmaf, exact on any core) for conv_gemm_fma.c's. */
+void conv_gemm_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                      const float *b, int64_t ldb, float *c, int64_t ldc, int fused)
 {
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
             float s = 0.0f;
-            for (int64_t p = 0; p < k; p++) s += a[i * ars + p * acs] * b[p * ldb + j];
+            for (int64_t p = 0; p < k; p++) {
+                float x = a[i * ars + p * acs], y = b[p * ldb + j];
+                s = fused ? fmaf(x, y, s) : s + x * y;
+            }
             c[i * ldc + j] = s;
+        }
+}
+
+/* The nt kernels' sums shorter than a vector: c(i, j) += one sum over p. */
+void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *c, int64_t ldc, int fused)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t p = 0; p < k; p++) {
+                float x = a[i * lda + p], y = b[j * ldb + p];
+                s = fused ? fmaf(x, y, s) : s + x * y;
+            }
+            c[i * ldc + j] += s;
         }
 }
 
@@ -39,15 +64,13 @@ KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
                                int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (n < 16) {
-        nn_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 0);
         return;
     }
     float ap[NN_MR * NN_KMAX];
     for (int64_t i0 = 0; i0 < m; i0 += NN_MR) {
         int64_t mr = m - i0 < NN_MR ? m - i0 : NN_MR;
-        /* rows past the end repeat the last row; their sums are dropped */
-        for (int64_t p = 0; p < k; p++)
-            for (int r = 0; r < NN_MR; r++) ap[p * NN_MR + r] = a[(i0 + (r < mr ? r : mr - 1)) * ars + p * acs];
+        conv_pack_rows(ap, NN_MR, a + i0 * ars, ars, acs, mr, k);
         for (int64_t j = 0; j < n; j += 32) {
             int64_t j0 = j + 16 <= n ? j : n - 16, j1 = j + 32 <= n ? j + 16 : n - 16;
             v16 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
@@ -101,14 +124,13 @@ KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
                               int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (n < 16) {
-        nn_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 0);
         return;
     }
     float ap[NN8_MR * NN_KMAX];
     for (int64_t i0 = 0; i0 < m; i0 += NN8_MR) {
         int64_t mr = m - i0 < NN8_MR ? m - i0 : NN8_MR;
-        for (int64_t p = 0; p < k; p++)
-            for (int r = 0; r < NN8_MR; r++) ap[p * NN8_MR + r] = a[(i0 + (r < mr ? r : mr - 1)) * ars + p * acs];
+        conv_pack_rows(ap, NN8_MR, a + i0 * ars, ars, acs, mr, k);
         for (int64_t j = 0; j < n; j += 16) {
             int64_t j0 = j + 16 <= n ? j : n - 16;
             v8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
@@ -184,12 +206,7 @@ KERNEL16 static void nt_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
                                const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (k < 16) {
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int64_t p = 0; p < k; p++) s += a[i * lda + p] * b[j * ldb + p];
-                c[i * ldc + j] += s;
-            }
+        conv_gemm_nt_short(m, n, k, a, lda, b, ldb, c, ldc, 0);
         return;
     }
     int64_t full = k / 16 * 16, last = k - 16;
@@ -261,12 +278,7 @@ KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
                               const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (k < 16) {
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int64_t p = 0; p < k; p++) s += a[i * lda + p] * b[j * ldb + p];
-                c[i * ldc + j] += s;
-            }
+        conv_gemm_nt_short(m, n, k, a, lda, b, ldb, c, ldc, 0);
         return;
     }
     int64_t full = k / 16 * 16, last = k - 16;

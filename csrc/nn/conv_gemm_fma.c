@@ -17,19 +17,6 @@ FMA_INLINE v8 fma8(v8 a, v8 b, v8 c) { return (v8)_mm256_fmadd_ps((__m256)a, (__
 
 enum { MR = 4, KMAX = 1024 };
 
-/* c(i, j) = a(i, 0) b(0, j), then each next product fused in: one chain
- * over p in order. Narrow products (n < 16) as scalars, the same chain. */
-FMA_FN static void nn_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars,
-                             int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
-{
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++) {
-            float s = 0.0f;
-            for (int64_t p = 0; p < k; p++) s = __builtin_fmaf(a[i * ars + p * acs], b[p * ldb + j], s);
-            c[i * ldc + j] = s;
-        }
-}
-
 /* Four packed rows of A (w) by nv vectors of B from column j0 (nv = 3 or
  * 2, a constant where inlined): 4 nv sums in registers. */
 FMA_INLINE void nn_block(int nv, int64_t mr, int64_t k, const float *w, const float *b, int64_t ldb,
@@ -53,15 +40,13 @@ FMA_FN void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, in
                              int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (n < 16) {
-        nn_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc);
+        conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 1);
         return;
     }
     float ap[MR * KMAX];
     for (int64_t i0 = 0; i0 < m; i0 += MR) {
         int64_t mr = m - i0 < MR ? m - i0 : MR;
-        /* rows past the end repeat the last row; their sums are dropped */
-        for (int64_t p = 0; p < k; p++)
-            _Pragma("GCC unroll 4") for (int r = 0; r < MR; r++) ap[p * MR + r] = a[(i0 + (r < mr ? r : mr - 1)) * ars + p * acs];
+        conv_pack_rows(ap, MR, a + i0 * ars, ars, acs, mr, k);
         float *cr = c + i0 * ldc;
         /* blocks of 24 columns, the last overlapping the one before (the
          * same sums again); 16 to 23 columns as two blocks of 16 */
@@ -114,12 +99,7 @@ FMA_FN void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, in
                              const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (k < 8) {
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int64_t p = 0; p < k; p++) s = __builtin_fmaf(a[i * lda + p], b[j * ldb + p], s);
-                c[i * ldc + j] += s;
-            }
+        conv_gemm_nt_short(m, n, k, a, lda, b, ldb, c, ldc, 1);
         return;
     }
     int64_t full = k / 8 * 8, last = k - 8;

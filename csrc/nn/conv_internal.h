@@ -76,6 +76,16 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
                   const float *b, int64_t ldb, float *c, int64_t ldc);
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc);
+/* Their scalar paths (products narrower, sums shorter than a vector),
+ * fused or not: conv_gemm_nn's and conv_gemm_nt's arguments. */
+void conv_gemm_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+                      const float *b, int64_t ldb, float *c, int64_t ldc, int fused);
+void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *c, int64_t ldc, int fused);
+/* mr rows of A (as conv_gemm_nn reads it) packed column by column, w a
+ * column: ap[p w + r] = a(r, p); rows mr .. w - 1 repeat the last (the
+ * kernels drop their sums). */
+void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, int64_t mr, int64_t k);
 /* The same on cores with AVX2 and FMA (conv_gemm_fma.c; HAS_FMA). */
 void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                       const float *b, int64_t ldb, float *c, int64_t ldc);
