@@ -55,10 +55,13 @@ static lps_status bn2d_flow(const lps_arch_entry *e, lps_flow *f)
 
 /* ------------------------------------------------------------ kernels */
 
-/* The batch statistics of the last train-mode forward, for backward. */
+/* The batch statistics of the last train-mode forward, for backward; and
+ * the last forward_relu's per-channel scale and shift (its y = max(0,
+ * x a + b)), from which backward_relu recomputes the ReLU's gate. */
 typedef struct {
-    lps_scratch mean, invstd;
+    lps_scratch mean, invstd, ra, rb;
     int64_t b, s; /* the batch and the values per sample and channel they came from */
+    int64_t relu_b, relu_s; /* forward_relu's; -1 after a forward without it */
 } bnpriv;
 
 typedef struct {
@@ -66,7 +69,8 @@ typedef struct {
     const float *x, *gy;
     float *y, *gx;
     int64_t b, c, s; /* batch, channels, values per sample and channel */
-    int backward, relu; /* relu: forward_relu's max(0, .) after */
+    int backward, relu; /* relu: forward_relu's max(0, .) after, or backward_relu's gate */
+    const float *ra, *rb; /* the gate's scale and shift per channel (bnpriv) */
 } bnjob;
 
 /* Sums over channel ch in a fixed order: samples in turn, each plane with
@@ -147,20 +151,41 @@ KERNEL static void sq8(const float *const p[8], int64_t s, double m, double out[
     }
 }
 
+/* g at i, +0 where the ReLU after the layer let nothing through (x a + b,
+ * forward_relu's value before its max, not above 0): relu.c's backward
+ * values, the gate recomputed from x rather than read from the ReLU's
+ * output (one stream less). Four floats (ra, rb: a and b in lanes), one. */
+#define GATE4(x, g, i)                                                                             \
+    ((v4f)((v4i) * (const v4fu *)((g) + (i)) & (*(const v4fu *)((x) + (i)) * ra + rb > 0.0f)))
+#define GATE1(x, g, r) ((x)[r] * ga + gb > 0.0f ? (g)[r] : 0.0f)
+
 /* The backward pass's two sums over four planes in one pass over them:
  * sg[k] of g (csum's order: sum4) and out[k] of (x - m) g (centred4's);
- * each chain is the one its own pass would run, so the bits are the same. */
-KERNEL static void sumdot4(const float *const p[4], const float *const g[4], int64_t s, double m,
-                           double sg[4], double out[4])
+ * each chain is the one its own pass would run, so the bits are the same.
+ * With gate, g as GATE4 gives it (backward_relu): the values the ReLU's own
+ * backward would have written, in the same sums. Inlined into two kernels
+ * with gate a constant, so the plain one has no test in its loop. */
+static inline __attribute__((always_inline)) void
+sumdot4_body(const float *const p[4], const float *const g[4], int64_t s, double m, double sg[4],
+             double out[4], int gate, float ga, float gb)
 {
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
     const float *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
     v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
     v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
     v4d mv = {m, m, m, m};
+    v4f ra = {ga, ga, ga, ga}, rb = {gb, gb, gb, gb};
     int64_t i = 0;
     for (; i + 4 <= s; i += 4) {
-        v4d h0 = LD4D(g0 + i), h1 = LD4D(g1 + i), h2 = LD4D(g2 + i), h3 = LD4D(g3 + i);
+        v4d h0, h1, h2, h3;
+        if (gate) {
+            h0 = __builtin_convertvector(GATE4(p0, g0, i), v4d);
+            h1 = __builtin_convertvector(GATE4(p1, g1, i), v4d);
+            h2 = __builtin_convertvector(GATE4(p2, g2, i), v4d);
+            h3 = __builtin_convertvector(GATE4(p3, g3, i), v4d);
+        } else {
+            h0 = LD4D(g0 + i), h1 = LD4D(g1 + i), h2 = LD4D(g2 + i), h3 = LD4D(g3 + i);
+        }
         s0 += h0;
         s1 += h1;
         s2 += h2;
@@ -177,14 +202,27 @@ KERNEL static void sumdot4(const float *const p[4], const float *const g[4], int
     for (int k = 0; k < 4; k++) {
         double e = a[k][0], o = a[k][1], t0 = sv[k][0];
         for (int64_t r = i; r < s; r++) {
-            double d = (p[k][r] - m) * g[k][r];
+            float h = gate ? GATE1(p[k], g[k], r) : g[k][r];
+            double d = (p[k][r] - m) * h;
             if ((r - i) % 2) o += d;
             else e += d;
-            t0 += g[k][r];
+            t0 += h;
         }
         out[k] = e + o;
         sg[k] = (t0 + sv[k][1]) + (sv[k][2] + sv[k][3]);
     }
+}
+
+KERNEL static void sumdot4(const float *const p[4], const float *const g[4], int64_t s, double m,
+                           double sg[4], double out[4])
+{
+    sumdot4_body(p, g, s, m, sg, out, 0, 0.0f, 0.0f);
+}
+
+KERNEL static void sumdot4_gated(const float *const p[4], const float *const g[4], int64_t s, double m,
+                                 double sg[4], double out[4], float ga, float gb)
+{
+    sumdot4_body(p, g, s, m, sg, out, 1, ga, gb);
 }
 
 static double csum(const bnjob *j, const float *x, int64_t ch)
@@ -214,7 +252,8 @@ static double csq(const bnjob *j, int64_t ch, double m)
     return t;
 }
 
-/* csum of gy and ccentred with gy at once: *sg and *dot. */
+/* csum of gy and ccentred with gy at once: *sg and *dot (gy gated, with
+ * relu: backward_relu). */
 static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *dot)
 {
     double t = 0, d = 0, rs[4], rd[4];
@@ -222,7 +261,8 @@ static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *do
     for (int64_t n = 0; n < j->b; n += 4) {
         planes(j, j->x, n, ch, p);
         planes(j, j->gy, n, ch, g);
-        sumdot4(p, g, j->s, m, rs, rd);
+        if (j->relu) sumdot4_gated(p, g, j->s, m, rs, rd, j->ra[ch], j->rb[ch]);
+        else sumdot4(p, g, j->s, m, rs, rd);
         for (int k = 0; k < 4 && n + k < j->b; k++) {
             t += rs[k];
             d += rd[k];
@@ -256,16 +296,52 @@ KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t c
     }
 }
 
-/* gx = ((gy - gm) - (x - m) k) a over channel ch (train mode's backward). */
-KERNEL static void centred_grad(const bnjob *j, int64_t ch, float gm, float m, float k, float a)
+/* gx = ((gy - gm) - (x - m) k) a over channel ch (train mode's backward);
+ * with gate, gy gated as in sumdot4 (8 floats: GATE8). */
+#define GATE8(x, g, i) ((v8)((v8i)LD8((g) + (i)) & (v8i)(LD8((x) + (i)) * rav + rbv > BC8(0.0f))))
+static inline __attribute__((always_inline)) void
+centred_grad_body(const bnjob *j, int64_t ch, float gm, float m, float k, float a, int gate)
 {
     v8 gmv = BC8(gm), mv = BC8(m), kv = BC8(k), av = BC8(a);
+    float ga = gate ? j->ra[ch] : 0.0f, gb = gate ? j->rb[ch] : 0.0f;
+    v8 rav = BC8(ga), rbv = BC8(gb);
     for (int64_t b = 0; b < j->b; b++) {
         int64_t o = (b * j->c + ch) * j->s, i = 0;
         const float *x = j->x + o, *g = j->gy + o;
         float *gx = j->gx + o;
-        for (; i + 8 <= j->s; i += 8) ST8(gx + i, ((LD8(g + i) - gmv) - (LD8(x + i) - mv) * kv) * av);
-        for (; i < j->s; i++) gx[i] = ((g[i] - gm) - (x[i] - m) * k) * a;
+        for (; i + 8 <= j->s; i += 8) {
+            v8 h = gate ? GATE8(x, g, i) : (v8)LD8(g + i);
+            ST8(gx + i, ((h - gmv) - (LD8(x + i) - mv) * kv) * av);
+        }
+        for (; i < j->s; i++) {
+            float h = gate ? GATE1(x, g, i) : g[i];
+            gx[i] = ((h - gm) - (x[i] - m) * k) * a;
+        }
+    }
+}
+
+KERNEL static void centred_grad(const bnjob *j, int64_t ch, float gm, float m, float k, float a)
+{
+    centred_grad_body(j, ch, gm, m, k, a, 0);
+}
+
+KERNEL static void centred_grad_gated(const bnjob *j, int64_t ch, float gm, float m, float k, float a)
+{
+    centred_grad_body(j, ch, gm, m, k, a, 1);
+}
+
+/* gx = gy a over channel ch, gy gated (eval mode's backward_relu; as
+ * affine with b = 0 on the ReLU's gradient). */
+KERNEL static void gated_scale(const bnjob *j, int64_t ch, float a)
+{
+    v8 av = BC8(a), bv = BC8(0.0f), rav = BC8(j->ra[ch]), rbv = BC8(j->rb[ch]);
+    float ga = j->ra[ch], gb = j->rb[ch];
+    for (int64_t b = 0; b < j->b; b++) {
+        int64_t o = (b * j->c + ch) * j->s, i = 0;
+        const float *x = j->x + o, *g = j->gy + o;
+        float *gx = j->gx + o;
+        for (; i + 8 <= j->s; i += 8) ST8(gx + i, GATE8(x, g, i) * av + bv);
+        for (; i < j->s; i++) gx[i] = GATE1(x, g, i) * a + 0.0f;
     }
 }
 
@@ -292,7 +368,12 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
         invstd = 1.0 / sqrt((double)rv[ch] + EPS(l));
     }
     double a = invstd * w;
-    affine(j, j->x, j->y, ch, (float)a, (float)(bias - mean * a), j->relu);
+    float fa = (float)a, fb = (float)(bias - mean * a);
+    if (j->relu) {
+        p->ra.p[ch] = fa;
+        p->rb.p[ch] = fb;
+    }
+    affine(j, j->x, j->y, ch, fa, fb, j->relu);
 }
 
 /* Train mode (through the batch statistics, PyTorch's formula):
@@ -321,11 +402,13 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     if (!j->gx) return;
     float a = (float)(invstd * w);
     if (!l->training) {
-        affine(j, j->gy, j->gx, ch, a, 0.0f, 0);
+        if (j->relu) gated_scale(j, ch, a);
+        else affine(j, j->gy, j->gx, ch, a, 0.0f, 0);
         return;
     }
     double n = (double)(j->b * j->s);
-    centred_grad(j, ch, (float)(sg / n), (float)mean, (float)(dot * invstd * invstd / n), a);
+    (j->relu ? centred_grad_gated : centred_grad)(j, ch, (float)(sg / n), (float)mean,
+                                                  (float)(dot * invstd * invstd / n), a);
 }
 
 static void bn_part(void *ctx, int t, int nt)
@@ -342,7 +425,7 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     bnpriv *p = l->priv;
     int64_t c = FEATURES(l), b = x->shape[0], s = b ? x->numel / (b * c) : 0;
     bnjob j = {l, x->data, gy ? gy->data : NULL, backward ? NULL : out, backward ? out : NULL,
-               b, c, s, backward, relu};
+               b, c, s, backward, relu, p->ra.p, p->rb.p};
     if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
     if (l->training && b * s == 1)
         return lps_fail(LPS_ESHAPE, "%s: train mode needs more than one value per channel, got "
@@ -351,14 +434,27 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     if (l->training && backward && (p->b != b || p->s != s))
         return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input",
                         l->type->name, SH(x));
+    if (backward && relu && (p->relu_b != b || p->relu_s != s))
+        return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input (with "
+                        "the ReLU after it)", l->type->name, SH(x));
     if (l->training && !backward) {
         if (!lps_scratch_get(&p->mean, c, l->type->name) || !lps_scratch_get(&p->invstd, c, l->type->name))
             return LPS_ENOMEM;
         p->b = b;
         p->s = s;
     }
+    if (!backward) {
+        p->relu_b = p->relu_s = -1;
+        if (relu && (!(j.ra = lps_scratch_get(&p->ra, c, l->type->name)) ||
+                     !(j.rb = lps_scratch_get(&p->rb, c, l->type->name))))
+            return LPS_ENOMEM;
+    }
     int nt = x->numel >= (1 << 16) ? lps_par_threads() : 1;
     lps_par_run(nt < c ? nt : (int)c, bn_part, &j);
+    if (!backward && relu) {
+        p->relu_b = b;
+        p->relu_s = s;
+    }
     return LPS_OK;
 }
 
@@ -379,14 +475,25 @@ static lps_status bn_backward(lps_layer *l, const lps_tensor *x, const lps_tenso
     return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 0);
 }
 
+/* The ReLU's backward and the layer's in one pass: y (the ReLU's output)
+ * not read, the gate recomputed from x and the last forward_relu's a, b. */
+static lps_status bn_backward_relu(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                   const lps_tensor *gy, lps_tensor *gx)
+{
+    (void)y;
+    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 1);
+}
+
 /* ------------------------------------------------------------ the layer */
 
 static lps_status bn_create(lps_layer *l, lps_rng *init)
 {
     (void)init;
     int64_t c = FEATURES(l);
-    l->priv = calloc(1, sizeof(bnpriv));
-    if (!l->priv || lps_layer_add_param(l, "weight", 1, &c, 0, NULL) ||
+    bnpriv *p = calloc(1, sizeof(bnpriv));
+    l->priv = p;
+    if (p) p->relu_b = p->relu_s = -1;
+    if (!p || lps_layer_add_param(l, "weight", 1, &c, 0, NULL) ||
         lps_layer_add_param(l, "bias", 1, &c, 0, NULL) ||
         lps_layer_add_buffer(l, "running_mean", c, 0.0f) ||
         lps_layer_add_buffer(l, "running_var", c, 1.0f))
@@ -401,6 +508,8 @@ static void bn_destroy(lps_layer *l)
     if (!p) return;
     lps_scratch_free(&p->mean);
     lps_scratch_free(&p->invstd);
+    lps_scratch_free(&p->ra);
+    lps_scratch_free(&p->rb);
     free(p);
 }
 
@@ -424,9 +533,9 @@ static const lps_field bn_fields[] = {
 const lps_layer_type lps_batchnorm1d_type = {
     .name = "batchnorm1d", .fields = bn_fields, .flow = bn1d_flow, .create = bn_create,
     .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn1d_repr,
-    .forward_relu = bn_forward_relu};
+    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu};
 
 const lps_layer_type lps_batchnorm2d_type = {
     .name = "batchnorm2d", .fields = bn_fields, .flow = bn2d_flow, .create = bn_create,
     .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn2d_repr,
-    .forward_relu = bn_forward_relu};
+    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu};

@@ -677,6 +677,8 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
                 lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
                 s = first->type->backward(first, out, out, gout, &masked);
                 if (!s) s = second->type->backward(second, in, out, &masked, gin);
+            } else if (relu_pair && first->type->backward_relu) {
+                s = first->type->backward_relu(first, in, out, gout, gin);
             } else if (relu_pair) {
                 /* the ReLU's gradient from the sign of its output, into the
                  * layer's output gradient, then the layer's (forward_relu) */

@@ -63,6 +63,12 @@ struct lps_layer_type {
      * same as of its input), so a type with this hook must not read y's
      * values in backward. */
     lps_status (*forward_relu)(lps_layer *l, const lps_tensor *x, lps_tensor *y);
+    /* Optional, with forward_relu: the pair's backward in one pass, gy
+     * being the ReLU's output gradient (y its output): the layer gates gy
+     * itself, with the values the ReLU's backward would give, instead of a
+     * pass of the ReLU's backward writing them. */
+    lps_status (*backward_relu)(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                const lps_tensor *gy, lps_tensor *gx);
     /* Containers: the output shape of an instance (else the flow gives it). */
     lps_status (*out_shape)(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                             int64_t *out);

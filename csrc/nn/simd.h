@@ -53,6 +53,7 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 typedef double v4d __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v4fu __attribute__((vector_size(16), aligned(4), may_alias));
+typedef int32_t v4i __attribute__((vector_size(16)));
 #define LD4D(p) (__builtin_convertvector(*(const v4fu *)(p), v4d))
 
 #endif
