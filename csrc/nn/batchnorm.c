@@ -179,10 +179,8 @@ sumdot4_body(const float *const p[4], const float *const g[4], int64_t s, double
     for (; i + 4 <= s; i += 4) {
         v4d h0, h1, h2, h3;
         if (gate) {
-            h0 = __builtin_convertvector(GATE4(p0, g0, i), v4d);
-            h1 = __builtin_convertvector(GATE4(p1, g1, i), v4d);
-            h2 = __builtin_convertvector(GATE4(p2, g2, i), v4d);
-            h3 = __builtin_convertvector(GATE4(p3, g3, i), v4d);
+            v4f q0 = GATE4(p0, g0, i), q1 = GATE4(p1, g1, i), q2 = GATE4(p2, g2, i), q3 = GATE4(p3, g3, i);
+            h0 = CVT4D(q0), h1 = CVT4D(q1), h2 = CVT4D(q2), h3 = CVT4D(q3);
         } else {
             h0 = LD4D(g0 + i), h1 = LD4D(g1 + i), h2 = LD4D(g2 + i), h3 = LD4D(g3 + i);
         }
