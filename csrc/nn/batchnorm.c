@@ -80,7 +80,6 @@ typedef struct {
  * kernels run four or eight planes at once (their sums are independent
  * chains, each plane's done as one alone would be), vectors holding the
  * partial sums; the backward pass's csum of gy and cdot share one pass. */
-typedef double v2d __attribute__((vector_size(16)));
 
 /* The four planes starting at sample n (past the batch: the last again,
  * its sum unused) of channel ch of x. */
@@ -108,9 +107,12 @@ KERNEL static void sum4(const float *const p[4], int64_t s, double out[4])
     }
 }
 
-/* The pairs (i, i + 1) and (i + 2, i + 3) of four floats at p, in double. */
-#define LO(v) ((v2d){(v)[0], (v)[1]})
-#define HI(v) ((v2d){(v)[2], (v)[3]})
+/* The even and odd chains of two planes in one vector, lanes (even, odd)
+ * of the first then of the second: given the terms d and e of four values
+ * of each, PAIR_STEP adds (d[0], d[1], e[0], e[1]), then (d[2], d[3], e[2],
+ * e[3]), each lane the adds of its chain alone. */
+#define PAIR_STEP(a, d, e)                                                                         \
+    ((a) = ((a) + __builtin_shufflevector((d), (e), 0, 1, 4, 5)) + __builtin_shufflevector((d), (e), 2, 3, 6, 7))
 
 /* Of (x - m)^2 over eight planes (eight chains at once hide the adds'
  * latency; each plane's sum is the one it would have alone). Four values a
@@ -119,29 +121,20 @@ KERNEL static void sq8(const float *const p[8], int64_t s, double m, double out[
 {
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
     const float *p4 = p[4], *p5 = p[5], *p6 = p[6], *p7 = p[7];
-    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    v4d a01 = {0, 0, 0, 0}, a23 = a01, a45 = a01, a67 = a01;
     v4d mv = {m, m, m, m};
     int64_t i = 0;
-#define SQSTEP(a, q)                                                                               \
-    do {                                                                                           \
-        v4d d = LD4D(q + i) - mv;                                                                  \
-        d *= d;                                                                                    \
-        a = (a + LO(d)) + HI(d);                                                                   \
-    } while (0)
+#define SQ(q) ((LD4D(q + i) - mv) * (LD4D(q + i) - mv))
     for (; i + 4 <= s; i += 4) {
-        SQSTEP(a0, p0);
-        SQSTEP(a1, p1);
-        SQSTEP(a2, p2);
-        SQSTEP(a3, p3);
-        SQSTEP(a4, p4);
-        SQSTEP(a5, p5);
-        SQSTEP(a6, p6);
-        SQSTEP(a7, p7);
+        PAIR_STEP(a01, SQ(p0), SQ(p1));
+        PAIR_STEP(a23, SQ(p2), SQ(p3));
+        PAIR_STEP(a45, SQ(p4), SQ(p5));
+        PAIR_STEP(a67, SQ(p6), SQ(p7));
     }
-#undef SQSTEP
-    v2d a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+#undef SQ
+    v4d a[4] = {a01, a23, a45, a67};
     for (int k = 0; k < 8; k++) {
-        double e = a[k][0], o = a[k][1];
+        double e = a[k / 2][2 * (k % 2)], o = a[k / 2][2 * (k % 2) + 1];
         for (int64_t r = i; r < s; r++) { /* i is even: r's parity picks its chain */
             double d = (p[k][r] - m) * (p[k][r] - m);
             if ((r - i) % 2) o += d;
@@ -171,8 +164,8 @@ sumdot4_body(const float *const p[4], const float *const g[4], int64_t s, double
 {
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
     const float *g0 = g[0], *g1 = g[1], *g2 = g[2], *g3 = g[3];
-    v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0;
-    v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+    v4d a01 = {0, 0, 0, 0}, a23 = a01; /* PAIR_STEP's */
+    v4d s0 = a01, s1 = s0, s2 = s0, s3 = s0;
     v4d mv = {m, m, m, m};
     v4f ra = {ga, ga, ga, ga}, rb = {gb, gb, gb, gb};
     int64_t i = 0;
@@ -190,15 +183,12 @@ sumdot4_body(const float *const p[4], const float *const g[4], int64_t s, double
         s3 += h3;
         v4d d0 = (LD4D(p0 + i) - mv) * h0, d1 = (LD4D(p1 + i) - mv) * h1;
         v4d d2 = (LD4D(p2 + i) - mv) * h2, d3 = (LD4D(p3 + i) - mv) * h3;
-        a0 = (a0 + LO(d0)) + HI(d0);
-        a1 = (a1 + LO(d1)) + HI(d1);
-        a2 = (a2 + LO(d2)) + HI(d2);
-        a3 = (a3 + LO(d3)) + HI(d3);
+        PAIR_STEP(a01, d0, d1);
+        PAIR_STEP(a23, d2, d3);
     }
-    v2d a[4] = {a0, a1, a2, a3};
-    v4d sv[4] = {s0, s1, s2, s3};
+    v4d a[2] = {a01, a23}, sv[4] = {s0, s1, s2, s3};
     for (int k = 0; k < 4; k++) {
-        double e = a[k][0], o = a[k][1], t0 = sv[k][0];
+        double e = a[k / 2][2 * (k % 2)], o = a[k / 2][2 * (k % 2) + 1], t0 = sv[k][0];
         for (int64_t r = i; r < s; r++) {
             float h = gate ? GATE1(p[k], g[k], r) : g[k][r];
             double d = (p[k][r] - m) * h;
