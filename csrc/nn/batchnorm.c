@@ -71,6 +71,7 @@ typedef struct {
     int64_t b, c, s; /* batch, channels, values per sample and channel */
     int backward, relu; /* relu: forward_relu's max(0, .) after, or backward_relu's gate */
     const float *ra, *rb; /* the gate's scale and shift per channel (bnpriv) */
+    const float *r;       /* forward_add's addend, or NULL */
 } bnjob;
 
 /* Sums over channel ch in a fixed order: samples in turn, each plane with
@@ -260,14 +261,27 @@ static void csumdot(const bnjob *j, int64_t ch, double m, double *sg, double *do
     *dot = d;
 }
 
-/* out = in * a + b over channel ch; with relu, then max(0, .) as relu.c
+/* out = in * a + b over channel ch; then + j->r if set (forward_add: as
+ * residual.c's add_range after); with relu, then max(0, .) as relu.c
  * (x < 0 ? 0 : x, which keeps NaN and -0). */
 KERNEL static void affine(const bnjob *j, const float *in, float *out, int64_t ch, float a, float b,
                           int relu)
 {
     v8 av = BC8(a), bv = BC8(b);
+    const float *r = j->r;
     for (int64_t n = 0; n < j->b; n++) {
         int64_t o = (n * j->c + ch) * j->s, i = 0;
+        if (r) {
+            for (; i + 8 <= j->s; i += 8) {
+                v8 v = (LD8(in + o + i) * av + bv) + LD8(r + o + i);
+                ST8(out + o + i, relu ? RELU8(v) : v);
+            }
+            for (; i < j->s; i++) {
+                float v = (in[o + i] * a + b) + r[o + i];
+                out[o + i] = relu && v < 0.0f ? 0.0f : v;
+            }
+            continue;
+        }
         if (relu) {
             for (; i + 8 <= j->s; i += 8) {
                 v8 v = LD8(in + o + i) * av + bv;
@@ -357,7 +371,7 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
     }
     double a = invstd * w;
     float fa = (float)a, fb = (float)(bias - mean * a);
-    if (j->relu) {
+    if (j->relu && !j->r) {
         p->ra.p[ch] = fa;
         p->rb.p[ch] = fb;
     }
@@ -408,12 +422,12 @@ static void bn_part(void *ctx, int t, int nt)
 }
 
 static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy, float *out,
-                         int backward, int relu)
+                         int backward, int relu, const float *r)
 {
     bnpriv *p = l->priv;
     int64_t c = FEATURES(l), b = x->shape[0], s = b ? x->numel / (b * c) : 0;
     bnjob j = {l, x->data, gy ? gy->data : NULL, backward ? NULL : out, backward ? out : NULL,
-               b, c, s, backward, relu, p->ra.p, p->rb.p};
+               b, c, s, backward, relu, p->ra.p, p->rb.p, r};
     if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
     if (l->training && b * s == 1)
         return lps_fail(LPS_ESHAPE, "%s: train mode needs more than one value per channel, got "
@@ -433,13 +447,13 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     }
     if (!backward) {
         p->relu_b = p->relu_s = -1;
-        if (relu && (!(j.ra = lps_scratch_get(&p->ra, c, l->type->name)) ||
+        if (relu && !r && (!(j.ra = lps_scratch_get(&p->ra, c, l->type->name)) ||
                      !(j.rb = lps_scratch_get(&p->rb, c, l->type->name))))
             return LPS_ENOMEM;
     }
     int nt = x->numel >= (1 << 16) ? lps_par_threads() : 1;
     lps_par_run(nt < c ? nt : (int)c, bn_part, &j);
-    if (!backward && relu) {
+    if (!backward && relu && !r) { /* the gate of x a + b: not with r */
         p->relu_b = b;
         p->relu_s = s;
     }
@@ -448,19 +462,19 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
 
 static lps_status bn_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    return bn_run(l, x, NULL, y->data, 0, 0);
+    return bn_run(l, x, NULL, y->data, 0, 0, NULL);
 }
 
 static lps_status bn_forward_relu(lps_layer *l, const lps_tensor *x, lps_tensor *y)
 {
-    return bn_run(l, x, NULL, y->data, 0, 1);
+    return bn_run(l, x, NULL, y->data, 0, 1, NULL);
 }
 
 static lps_status bn_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx)
 {
     (void)y; /* not read: forward_relu's backward gets the ReLU's output here */
-    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 0);
+    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 0, NULL);
 }
 
 /* The ReLU's backward and the layer's in one pass: y (the ReLU's output)
@@ -469,7 +483,13 @@ static lps_status bn_backward_relu(lps_layer *l, const lps_tensor *x, const lps_
                                    const lps_tensor *gy, lps_tensor *gx)
 {
     (void)y;
-    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 1);
+    return bn_run(l, x, gy, gx ? gx->data : NULL, 1, 1, NULL);
+}
+
+static lps_status bn_forward_add(lps_layer *l, const lps_tensor *x, const float *r, int relu,
+                                 lps_tensor *y)
+{
+    return bn_run(l, x, NULL, y->data, 0, relu, r);
 }
 
 /* ------------------------------------------------------------ the layer */
@@ -521,9 +541,9 @@ static const lps_field bn_fields[] = {
 const lps_layer_type lps_batchnorm1d_type = {
     .name = "batchnorm1d", .fields = bn_fields, .flow = bn1d_flow, .create = bn_create,
     .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn1d_repr,
-    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu};
+    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu, .forward_add = bn_forward_add};
 
 const lps_layer_type lps_batchnorm2d_type = {
     .name = "batchnorm2d", .fields = bn_fields, .flow = bn2d_flow, .create = bn_create,
     .forward = bn_forward, .backward = bn_backward, .destroy = bn_destroy, .repr = bn2d_repr,
-    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu};
+    .forward_relu = bn_forward_relu, .backward_relu = bn_backward_relu, .forward_add = bn_forward_add};
