@@ -536,6 +536,9 @@ function TestSequential:test_relu_fused_layers_match_layers()
     local gx1 = conv:backward(x, bn:backward(a, relu:backward(b, res:backward(r, g4))))
     lu.assertTrue(lps.allclose(gx, gx1, 0, 0), mode .. " input gradient")
     for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(saved[i], t, 0, 0), mode .. " gradient " .. i) end
+    -- the sequential's backward again, after the layers' own forwards of the same inputs
+    m:zero_grad()
+    lu.assertTrue(lps.allclose(m:backward(x, gy), gx, 0, 0), mode .. " input gradient again")
   end
   m:train()
 end

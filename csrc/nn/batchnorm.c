@@ -56,12 +56,11 @@ static lps_status bn2d_flow(const lps_arch_entry *e, lps_flow *f)
 /* ------------------------------------------------------------ kernels */
 
 /* The batch statistics of the last train-mode forward, for backward; and
- * the last forward_relu's per-channel scale and shift (its y = max(0,
- * x a + b)), from which backward_relu recomputes the ReLU's gate. */
+ * the last forward's per-channel scale and shift (its y = x a + b), from
+ * which backward_relu recomputes the gate of a ReLU after it. */
 typedef struct {
     lps_scratch mean, invstd, ra, rb;
     int64_t b, s; /* the batch and the values per sample and channel they came from */
-    int64_t relu_b, relu_s; /* forward_relu's; -1 after a forward without it */
 } bnpriv;
 
 typedef struct {
@@ -70,7 +69,7 @@ typedef struct {
     float *y, *gx;
     int64_t b, c, s; /* batch, channels, values per sample and channel */
     int backward, relu; /* relu: forward_relu's max(0, .) after, or backward_relu's gate */
-    const float *ra, *rb; /* the gate's scale and shift per channel (bnpriv) */
+    const float *ra, *rb; /* the last forward's a and b per channel (bnpriv) */
     const float *r;       /* forward_add's addend, or NULL */
 } bnjob;
 
@@ -146,9 +145,10 @@ KERNEL static void sq8(const float *const p[8], int64_t s, double m, double out[
 }
 
 /* g at i, +0 where the ReLU after the layer let nothing through (x a + b,
- * forward_relu's value before its max, not above 0): relu.c's backward
- * values, the gate recomputed from x rather than read from the ReLU's
- * output (one stream less). Four floats (ra, rb: a and b in lanes), one. */
+ * the last forward's value before the ReLU's max, not above 0): relu.c's
+ * backward values, the gate recomputed from x rather than read from the
+ * ReLU's output (one stream less). Four floats (ra, rb: a and b in lanes),
+ * one. */
 #define GATE4(x, g, i)                                                                             \
     ((v4f)((v4i) * (const v4fu *)((g) + (i)) & (*(const v4fu *)((x) + (i)) * ra + rb > 0.0f)))
 #define GATE1(x, g, r) ((x)[r] * ga + gb > 0.0f ? (g)[r] : 0.0f)
@@ -371,10 +371,8 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
     }
     double a = invstd * w;
     float fa = (float)a, fb = (float)(bias - mean * a);
-    if (j->relu && !j->r) {
-        p->ra.p[ch] = fa;
-        p->rb.p[ch] = fb;
-    }
+    p->ra.p[ch] = fa;
+    p->rb.p[ch] = fb;
     affine(j, j->x, j->y, ch, fa, fb, j->relu);
 }
 
@@ -436,27 +434,21 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     if (l->training && backward && (p->b != b || p->s != s))
         return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input",
                         l->type->name, SH(x));
-    if (backward && relu && (p->relu_b != b || p->relu_s != s))
-        return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input (with "
-                        "the ReLU after it)", l->type->name, SH(x));
+    if (backward && relu && !p->ra.p)
+        return lps_fail(LPS_EINVAL, "%s backward: no forward before it", l->type->name);
     if (l->training && !backward) {
         if (!lps_scratch_get(&p->mean, c, l->type->name) || !lps_scratch_get(&p->invstd, c, l->type->name))
             return LPS_ENOMEM;
         p->b = b;
         p->s = s;
     }
-    if (!backward) {
-        p->relu_b = p->relu_s = -1;
-        if (relu && !r && (!(j.ra = lps_scratch_get(&p->ra, c, l->type->name)) ||
-                     !(j.rb = lps_scratch_get(&p->rb, c, l->type->name))))
-            return LPS_ENOMEM;
-    }
+    if (!backward && (!lps_scratch_get(&p->ra, c, l->type->name) ||
+                      !lps_scratch_get(&p->rb, c, l->type->name)))
+        return LPS_ENOMEM;
+    j.ra = p->ra.p;
+    j.rb = p->rb.p;
     int nt = x->numel >= (1 << 16) ? lps_par_threads() : 1;
     lps_par_run(nt < c ? nt : (int)c, bn_part, &j);
-    if (!backward && relu && !r) { /* the gate of x a + b: not with r */
-        p->relu_b = b;
-        p->relu_s = s;
-    }
     return LPS_OK;
 }
 
@@ -478,7 +470,8 @@ static lps_status bn_backward(lps_layer *l, const lps_tensor *x, const lps_tenso
 }
 
 /* The ReLU's backward and the layer's in one pass: y (the ReLU's output)
- * not read, the gate recomputed from x and the last forward_relu's a, b. */
+ * not read, the gate recomputed from x and the last forward's a, b (in train
+ * mode the batch's, which the check of x's shape ties to x). */
 static lps_status bn_backward_relu(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                                    const lps_tensor *gy, lps_tensor *gx)
 {
@@ -498,10 +491,8 @@ static lps_status bn_create(lps_layer *l, lps_rng *init)
 {
     (void)init;
     int64_t c = FEATURES(l);
-    bnpriv *p = calloc(1, sizeof(bnpriv));
-    l->priv = p;
-    if (p) p->relu_b = p->relu_s = -1;
-    if (!p || lps_layer_add_param(l, "weight", 1, &c, 0, NULL) ||
+    l->priv = calloc(1, sizeof(bnpriv));
+    if (!l->priv || lps_layer_add_param(l, "weight", 1, &c, 0, NULL) ||
         lps_layer_add_param(l, "bias", 1, &c, 0, NULL) ||
         lps_layer_add_buffer(l, "running_mean", c, 0.0f) ||
         lps_layer_add_buffer(l, "running_var", c, 1.0f))
