@@ -112,7 +112,8 @@ KERNEL static void sum4(const float *const p[4], int64_t s, double out[4])
  * of each, PAIR_STEP adds (d[0], d[1], e[0], e[1]), then (d[2], d[3], e[2],
  * e[3]), each lane the adds of its chain alone. */
 #define PAIR_STEP(a, d, e)                                                                         \
-    ((a) = ((a) + __builtin_shufflevector((d), (e), 0, 1, 4, 5)) + __builtin_shufflevector((d), (e), 2, 3, 6, 7))
+    ((a) = ((a) + __builtin_shufflevector((d), (e), 0, 1, 4, 5)) +                                 \
+           __builtin_shufflevector((d), (e), 2, 3, 6, 7))
 
 /* Of (x - m)^2 over eight planes (eight chains at once hide the adds'
  * latency; each plane's sum is the one it would have alone). Four values a
