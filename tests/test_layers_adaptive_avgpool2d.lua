@@ -41,6 +41,26 @@ function TestAdaptiveAvgPool2d:test_global_average()
   end
 end
 
+function TestAdaptiveAvgPool2d:test_global_backward_bits()
+  -- global pooling's backward writes each plane in one pass: the bits of the
+  -- general windows' loop (avgpool2d's 5 x 5 window on 5 x 6, its first five
+  -- columns), a gradient of -0 giving +0 as 0 + g does there
+  local gy = lps.randn(2, 3, 1, 1, lps.generator(4))
+  gy[1][2][1][1] = -0.0
+  local gx = nn.adaptive_avgpool2d(1):backward(lps.randn(2, 3, 5, 5, lps.generator(3)), gy)
+  local gen = nn.avgpool2d(5):backward(lps.randn(2, 3, 5, 6, lps.generator(3)), gy)
+  lu.assertEquals(1 / gx[1][2][3][4], math.huge, "+0 for a gradient of -0")
+  for b = 1, 2 do
+    for c = 1, 3 do
+      for r = 1, 5 do
+        for q = 1, 5 do
+          lu.assertEquals(string.pack("<f", gx[b][c][r][q]), string.pack("<f", gen[b][c][r][q]))
+        end
+      end
+    end
+  end
+end
+
 function TestAdaptiveAvgPool2d:test_windows_by_hand()
   -- 5 -> 3: windows [0, 2), [1, 4), [3, 5) (overlapping, sizes 2, 3, 2);
   -- 7 -> 3: [0, 3), [2, 5), [4, 7). x[r][c] = 7 r + c, so a window's mean is

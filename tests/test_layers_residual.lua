@@ -57,6 +57,37 @@ function TestResidual:test_hand_computed()
   lu.assertEquals(outer:backward(x, lps.ones(2, 2)):totable(), {{3, 3}, {3, 3}})
 end
 
+-- A body ending in batch norm adds the shortcut (and the ReLU after the
+-- block) in that layer's own pass (forward_add): the same bits as the
+-- branches run alone and added, in train and eval mode.
+function TestResidual:test_batchnorm_adds_the_shortcut()
+  local g = lps.generator(31)
+  local conv, bn = nn.conv2d(3, 4, 3, {padding = 1, bias = false, generator = g}), nn.batchnorm2d(4)
+  local sconv, sbn = nn.conv2d(3, 4, 1, {bias = false, generator = g}), nn.batchnorm2d(4)
+  local r = nn.residual{body = {conv, bn}, shortcut = {sconv, sbn}}
+  local m = nn.sequential{r, nn.relu()}
+  randomize(m, g)
+  local x = lps.randn(3, 3, 5, 7, g)
+  for _, mode in ipairs{"train", "eval"} do
+    if mode == "eval" then m:evaluate() end
+    local y, yr = m:forward(x), r:forward(x)
+    local a, c = conv:forward(x), sconv:forward(x)
+    local sum = bn:forward(a) + sbn:forward(c)
+    lu.assertTrue(lps.allclose(yr, sum, 0, 0), mode .. " block")
+    lu.assertTrue(lps.allclose(y, nn.relu():forward(sum), 0, 0), mode .. " block + relu")
+    local gy = lps.randn(3, 4, 5, 7, g)
+    m:zero_grad()
+    local gx = r:backward(x, gy)
+    local _, grads = m:parameters()
+    local saved = {}
+    for i, t in ipairs(grads) do saved[i] = t:clone() end
+    m:zero_grad()
+    local gx1 = conv:backward(x, bn:backward(a, gy)) + sconv:backward(x, sbn:backward(c, gy))
+    lu.assertTrue(lps.allclose(gx, gx1, 0, 0), mode .. " input gradient")
+    for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(saved[i], t, 0, 0), mode .. " gradient " .. i) end
+  end
+end
+
 -- Finite differences of every parameter and the input, train and eval mode
 -- (tanh for relu: no kinks within the differences' steps).
 function TestResidual:test_finite_differences()

@@ -510,7 +510,8 @@ end
 
 function TestSequential:test_relu_fused_layers_match_layers()
   -- A sequential runs batch norm + relu, and a residual block + relu, as one
-  -- pass each (forward_relu); the same bits as the layers one by one.
+  -- pass each (forward_relu, and batch norm's backward_relu); the same bits
+  -- as the layers one by one, in train and in eval mode.
   local g = lps.generator(23)
   local conv, bn, relu = nn.conv2d(2, 4, 3, {padding = 1, bias = false, generator = g}), nn.batchnorm2d(4), nn.relu()
   local body = {nn.conv2d(4, 4, 3, {padding = 1, generator = g}), nn.batchnorm2d(4)}
@@ -518,27 +519,34 @@ function TestSequential:test_relu_fused_layers_match_layers()
   local head = nn.linear(4 * 6 * 7, 3, g)
   local m = nn.sequential{conv, bn, relu, res, relu2, nn.flatten(), head}
   T.randomize_state(m, g)
-  local x = lps.randn(3, 2, 6, 7, g)
-  local y = m:forward(x)
-  local gy = lps.randn(y:shape(), g)
-  m:zero_grad()
-  local gx = m:backward(x, gy)
-  local _, grads = m:parameters()
-  local saved = {}
-  for i, t in ipairs(grads) do saved[i] = t:clone() end
-  -- one by one
-  local a = conv:forward(x)
-  local b = bn:forward(a)
-  local r = relu:forward(b)
-  local c = res:forward(r)
-  local r2 = relu2:forward(c)
-  local q = head:forward(r2:reshape(3, -1))
-  lu.assertTrue(lps.allclose(y, q, 0, 0), "output")
-  m:zero_grad()
-  local g4 = relu2:backward(c, head:backward(r2:reshape(3, -1), gy):reshape(table.unpack(c:shape())))
-  local gx1 = conv:backward(x, bn:backward(a, relu:backward(b, res:backward(r, g4))))
-  lu.assertTrue(lps.allclose(gx, gx1, 0, 0), "input gradient")
-  for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(saved[i], t, 0, 0), "gradient " .. i) end
+  for _, mode in ipairs{"train", "eval"} do
+    if mode == "eval" then m:evaluate() end
+    local x = lps.randn(3, 2, 6, 7, g)
+    local y = m:forward(x)
+    local gy = lps.randn(y:shape(), g)
+    m:zero_grad()
+    local gx = m:backward(x, gy)
+    local _, grads = m:parameters()
+    local saved = {}
+    for i, t in ipairs(grads) do saved[i] = t:clone() end
+    -- one by one
+    local a = conv:forward(x)
+    local b = bn:forward(a)
+    local r = relu:forward(b)
+    local c = res:forward(r)
+    local r2 = relu2:forward(c)
+    local q = head:forward(r2:reshape(3, -1))
+    lu.assertTrue(lps.allclose(y, q, 0, 0), mode .. " output")
+    m:zero_grad()
+    local g4 = relu2:backward(c, head:backward(r2:reshape(3, -1), gy):reshape(table.unpack(c:shape())))
+    local gx1 = conv:backward(x, bn:backward(a, relu:backward(b, res:backward(r, g4))))
+    lu.assertTrue(lps.allclose(gx, gx1, 0, 0), mode .. " input gradient")
+    for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(saved[i], t, 0, 0), mode .. " gradient " .. i) end
+    -- the sequential's backward again, after the layers' own forwards of the same inputs
+    m:zero_grad()
+    lu.assertTrue(lps.allclose(m:backward(x, gy), gx, 0, 0), mode .. " input gradient again")
+  end
+  m:train()
 end
 
 function TestSequential:test_contract()

@@ -5,6 +5,7 @@
  * output 1 is global average pooling). Planes are independent, so a split
  * over threads gives the same bits. */
 #include "nn/nn_internal.h"
+#include "nn/simd.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +24,23 @@ static void window(const lps_layer *l, int64_t i, int64_t n, int64_t m, int64_t 
     }
 }
 
+/* o[0..n) = v, 8 floats a store. */
+KERNEL static void fill(float *o, int64_t n, float v)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) ST8(o + i, BC8(v));
+    for (; i < n; i++) o[i] = v;
+}
+
+/* Whether the one window of an output of 1 x 1 covers the whole h x w plane. */
+static int is_global(const lps_layer *l, int64_t h, int64_t w)
+{
+    int64_t r0, r1, c0, c1;
+    window(l, 0, h, 1, &r0, &r1);
+    window(l, 0, w, 1, &c0, &c1);
+    return r0 == 0 && r1 == h && c0 == 0 && c1 == w;
+}
+
 typedef struct {
     const lps_layer *l;
     int64_t planes, h, w, oh, ow;
@@ -35,9 +53,16 @@ static void avg_part(void *ctx, int t, int nt)
     const avgjob *j = ctx;
     int64_t p0, p1, h = j->h, w = j->w;
     lps_par_range(j->planes, t, nt, &p0, &p1);
+    /* global pooling's backward: every input gets its plane's g once; one
+     * pass writing 0 + g, the sum the general loop forms (+0 for g = -0) */
+    int global = j->gx && j->oh == 1 && j->ow == 1 && is_global(j->l, h, w);
     for (int64_t p = p0; p < p1; p++) {
         const float *xp = j->x + p * h * w;
         float *gxp = j->gx ? j->gx + p * h * w : NULL;
+        if (global) {
+            fill(gxp, h * w, 0.0f + j->gy[p] / (float)(h * w));
+            continue;
+        }
         if (gxp) memset(gxp, 0, (size_t)(h * w) * sizeof(float));
         for (int64_t oh = 0; oh < j->oh; oh++) {
             int64_t r0, r1, c0, c1;

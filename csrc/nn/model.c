@@ -609,7 +609,8 @@ static lps_status seq_out_shape(const lps_layer *l, int ndim, const int64_t *in,
     return seq_shapes(l, ndim, in, ondim, out, NULL);
 }
 
-static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+/* seq_forward, the last layer adding r (and with relu a ReLU) when r is set. */
+static lps_status seq_run(lps_layer *l, const lps_tensor *x, lps_tensor *y, const float *r, int relu)
 {
     seqpriv *p = l->priv;
     int nd;
@@ -639,12 +640,32 @@ static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
             continue;
         }
         lps_tensor *out = i + 1 < l->nchildren ? &p->act[i].view : y;
-        s = l->children[i]->type->forward(l->children[i], in, out);
+        lps_layer *k = l->children[i];
+        if (r && i + 1 == l->nchildren) s = k->type->forward_add(k, in, r, relu, out);
+        else s = k->type->forward(k, in, out);
         if (s) return s;
     }
     p->in_ndim = x->ndim;
     memcpy(p->in_shape, x->shape, sizeof p->in_shape);
     return LPS_OK;
+}
+
+static lps_status seq_forward(lps_layer *l, const lps_tensor *x, lps_tensor *y)
+{
+    return seq_run(l, x, y, NULL, 0);
+}
+
+int lps_seq_adds(const lps_layer *l)
+{
+    int n = l->nchildren;
+    return lps_layer_is_sequential(l) && n > 0 && l->children[n - 1]->type->forward_add &&
+           !(n > 1 && (fused(l, n - 2) || relu_fused(l, n - 2)));
+}
+
+lps_status lps_seq_forward_add(lps_layer *l, const lps_tensor *x, const float *r, int relu,
+                               lps_tensor *y)
+{
+    return seq_run(l, x, y, r, relu);
 }
 
 static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
@@ -677,6 +698,8 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
                 lps_tensor masked = lps_view_as(p->grad[r].store, out->ndim, out->shape);
                 s = first->type->backward(first, out, out, gout, &masked);
                 if (!s) s = second->type->backward(second, in, out, &masked, gin);
+            } else if (relu_pair && first->type->backward_relu) {
+                s = first->type->backward_relu(first, in, out, gout, gin);
             } else if (relu_pair) {
                 /* the ReLU's gradient from the sign of its output, into the
                  * layer's output gradient, then the layer's (forward_relu) */

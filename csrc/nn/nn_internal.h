@@ -63,6 +63,18 @@ struct lps_layer_type {
      * same as of its input), so a type with this hook must not read y's
      * values in backward. */
     lps_status (*forward_relu)(lps_layer *l, const lps_tensor *x, lps_tensor *y);
+    /* Optional, with forward_relu: the pair's backward in one pass, gy
+     * being the ReLU's output gradient (y its output): the layer gates gy
+     * itself, with the values the ReLU's backward would give, instead of a
+     * pass of the ReLU's backward writing them. */
+    lps_status (*backward_relu)(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                const lps_tensor *gy, lps_tensor *gx);
+    /* Optional: forward, then + r (y's shape) and with relu max(0, .), in
+     * the same pass: the last layer of a residual block's body adding the
+     * shortcut (residual.c), without writing the body's output. As with
+     * forward_relu, its backward must not read y's values. */
+    lps_status (*forward_add)(lps_layer *l, const lps_tensor *x, const float *r, int relu,
+                              lps_tensor *y);
     /* Containers: the output shape of an instance (else the flow gives it). */
     lps_status (*out_shape)(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
                             int64_t *out);
@@ -111,6 +123,11 @@ lps_layer *lps_layer_alloc(const lps_layer_type *t, const lps_arch_entry *e);
  * shortcut); lps_sequential_new refuses 0 for users. */
 lps_layer *lps_sequential_of(lps_layer *const *children, int n);
 int lps_layer_is_sequential(const lps_layer *l);
+/* Whether sequential l's last layer has forward_add (and is not the second
+ * of a pair run as one pass); then lps_seq_forward_add runs l with it. */
+int lps_seq_adds(const lps_layer *l);
+lps_status lps_seq_forward_add(lps_layer *l, const lps_tensor *x, const float *r, int relu,
+                               lps_tensor *y);
 /* Add a learnable tensor of the given shape named name, with a zeroed
  * gradient, filled uniform in +-bound from r (bound 0 with r NULL: zeros). */
 lps_status lps_layer_add_param(lps_layer *l, const char *name, int ndim, const int64_t *shape,

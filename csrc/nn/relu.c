@@ -1,38 +1,39 @@
 /* relu.c - max(0, x), element-wise. */
 #include "nn/nn_internal.h"
+#include "nn/simd.h"
 
 #include <stdio.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* Branch-free (signs of activations are random, so branches mispredict) and
- * NaN-preserving like PyTorch: max(0, x) in SSE returns x when x is NaN, the
- * same as the scalar x < 0 ? 0 : x. Backward: the subgradient at 0 is 0, as
- * in PyTorch. Large tensors are split over threads. */
+ * NaN-preserving like PyTorch: RELU8 keeps x when x is NaN or -0, the same
+ * as the scalar x < 0 ? 0 : x. Backward: the subgradient at 0 is 0, as in
+ * PyTorch. Large tensors are split over threads. */
 typedef struct {
     const float *a, *g;
     float *o;
     int64_t n;
 } relujob;
 
+/* o = relu(a) over [i, end), or with g the gradient g where a > 0 (else +0);
+ * 8 floats at a time, each lane the scalar's result. */
+KERNEL static void relu_range(const float *a, const float *g, float *o, int64_t i, int64_t end)
+{
+    if (!g) {
+        for (; i + 8 <= end; i += 8) ST8(o + i, RELU8(LD8(a + i)));
+        for (; i < end; i++) o[i] = a[i] < 0.0f ? 0.0f : a[i];
+        return;
+    }
+    for (; i + 8 <= end; i += 8) ST8(o + i, (v8)((v8i)LD8(g + i) & (v8i)(LD8(a + i) > BC8(0.0f))));
+    for (; i < end; i++) o[i] = a[i] > 0.0f ? g[i] : 0.0f;
+}
+
 static void relu_part(void *ctx, int t, int nt)
 {
     const relujob *j = ctx;
     int64_t i, end;
     lps_par_range(j->n, t, nt, &i, &end);
-    const float *a = j->a, *g = j->g;
-    float *o = j->o;
-#ifdef __SSE2__
-    __m128 zero = _mm_setzero_ps();
-    if (!g)
-        for (; i + 4 <= end; i += 4) _mm_storeu_ps(o + i, _mm_max_ps(zero, _mm_loadu_ps(a + i)));
-    else
-        for (; i + 4 <= end; i += 4)
-            _mm_storeu_ps(o + i, _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(a + i), zero), _mm_loadu_ps(g + i)));
-#endif
-    for (; i < end; i++) o[i] = g ? (a[i] > 0.0f ? g[i] : 0.0f) : (a[i] < 0.0f ? 0.0f : a[i]);
+    relu_range(j->a, j->g, j->o, i, end);
 }
 
 static void relu_run(const float *a, const float *g, float *o, int64_t n)

@@ -122,6 +122,16 @@ static lps_status res_run(lps_layer *l, const lps_tensor *x, lps_tensor *y, int 
     float *a = lps_scratch_get(&p->out[0], y->numel, "residual");
     float *c = id ? x->data : lps_scratch_get(&p->out[1], y->numel, "residual");
     if (y->numel && (!a || !c)) return LPS_ENOMEM;
+    lps_layer *body = l->children[0];
+    if (lps_seq_adds(body)) {
+        /* the shortcut first, then the body, its last layer adding the
+         * shortcut's output (and the ReLU) in its own pass: the sum and
+         * max of add_range, without writing and reading back the body's
+         * output (which backward never reads: forward_add) */
+        lps_tensor o = header(c, y);
+        lps_status s = id ? LPS_OK : l->children[1]->type->forward(l->children[1], x, &o);
+        return s ? s : lps_seq_forward_add(body, x, c, relu, y);
+    }
     for (int b = 0; b < 2 - id; b++) {
         lps_layer *k = l->children[b];
         lps_tensor o = header(b ? c : a, y);

@@ -57,6 +57,11 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 typedef double v4d __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v4fu __attribute__((vector_size(16), aligned(4), may_alias));
-#define LD4D(p) (__builtin_convertvector(*(const v4fu *)(p), v4d))
+typedef int32_t v4i __attribute__((vector_size(16)));
+/* Four floats at p, or of a v4f, in double: written lane by lane, which
+ * GCC 12 turns into one vcvtps2pd to 4 doubles (its __builtin_convertvector
+ * converts two halves and joins them, through the stack in the kernels). */
+#define LD4D(p) ((v4d){(p)[0], (p)[1], (p)[2], (p)[3]})
+#define CVT4D(v) ((v4d){(v)[0], (v)[1], (v)[2], (v)[3]})
 
 #endif
