@@ -106,6 +106,37 @@ M.linear_cka = C.linear_cka       -- (X (N x p), Y (N x q)) -> number
 function M.cka_layers(acts_a, acts_b) return C.cka_layers(acts_a, acts_b) end
 M.symeig = C.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
+--- Ridge regression: predictions for the rows of Xt (m x e) of the linear
+-- model of targets y (a list of n numbers) on the rows of X (n x e), both
+-- centred by X's column means and y by its mean; lambda = rho * trace /
+-- e (rho default 1e-3) plus 1e-9. Solved in the smaller of the feature and
+-- the sample space (the same solution). Returns a list of m numbers.
+function M.ridge_predict(X, y, Xt, rho)
+  local n, e = X:size(1), X:size(2)
+  if #y ~= n or Xt:size(2) ~= e then
+    error(("ridge_predict: X is %dx%d, y has %d values, Xt has %d columns"):format(n, e, #y, Xt:size(2)), 2)
+  end
+  local mean, ymean = X:mean(1), 0
+  for _, a in ipairs(y) do ymean = ymean + a / #y end
+  X, Xt = X - mean, Xt - mean
+  local yc = core.tensor(y):reshape(n, 1) - ymean
+  local primal = e <= n
+  local G = primal and core.matmul(X, X, true, false) or core.matmul(X, X, false, true)
+  local m = G:size(1)
+  local tr = 0
+  for i = 1, m do tr = tr + G:get(i, i) end
+  for i = 1, m do G:set(i, i, G:get(i, i) + (rho or 1e-3) * tr / e + 1e-9) end
+  local rhs = primal and core.matmul(X, yc, true, false) or yc
+  local vals, vecs = M.symeig(G)
+  local c = core.matmul(vecs, rhs, true, false)
+  for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
+  local sol = core.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
+  local w = primal and sol or core.matmul(X, sol, true, false)
+  local pred = core.matmul(Xt, w):reshape(-1):totable()
+  for k = 1, #pred do pred[k] = pred[k] + ymean end
+  return pred
+end
+
 --- Linear assignment: cost (n x m tensor) -> assignment (1-based column of
 -- each row; 0 when n > m leaves the row out) and its total. Minimizes unless
 -- maximize is true.

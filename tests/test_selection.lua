@@ -228,7 +228,107 @@ function TestSelection:test_add_rows()
     {"logme", "random", "task_oracle"}, {"lps"})
   lu.assertEquals(order, {"lps", "logme", "lps+logme", "random", "task_oracle"})
   lu.assertEquals(results["lps+logme"], {selection_regret = 0.03, selection_regret_std = 0.01})
+  -- with prior results: the row lps+prior before the funnels
+  results = {lps = {selection_regret = 0.04, prior_selection_regret = 0.02, prior_selection_regret_std = 0.005,
+    funnel_logme_selection_regret = 0.03}}
+  order = sel.add_rows({estimates = {funnel_by = {"logme"}}}, results, {"lps"}, est,
+    {"logme", "random", "prior", "task_oracle"}, {"lps"})
+  lu.assertEquals(order, {"lps", "logme", "prior", "lps+prior", "lps+logme", "random", "task_oracle"})
+  lu.assertEquals(results["lps+prior"], {selection_regret = 0.02, selection_regret_std = 0.005})
   lu.assertEquals(results.logme.selection_regret, 0.07)
+end
+
+function TestSelection:test_ridge_predict_by_hand()
+  -- y = 2x exactly: with a vanishing ridge the fit is y = 2x, so x = 4 predicts 8
+  local X, Xt = lps.tensor{{1}, {2}, {3}}, lps.tensor{{4}, {0}}
+  local p = lps.eval.ridge_predict(X, {2, 4, 6}, Xt, 1e-12)
+  lu.assertAlmostEquals(p[1], 8, 1e-4)
+  lu.assertAlmostEquals(p[2], 0, 1e-4)
+  -- rho = 1: lambda = trace(Xc'Xc) / e = 2, slope = 4 / (2 + 2) = 1 around the means (2, 4)
+  p = lps.eval.ridge_predict(X, {2, 4, 6}, Xt, 1)
+  lu.assertAlmostEquals(p[1], 4 + (4 - 2) * 1, 1e-5)
+  -- more features than samples: the dual solution, still exact on the samples
+  -- (centred: Gram eigenvalue 3, lambda 1e-3, fitted values shrunk by 3 / 3.001 around the mean 1.5)
+  local W = lps.tensor{{1, 0, 3}, {0, 1, 1}}
+  p = lps.eval.ridge_predict(W, {1, 2}, W, 1e-3)
+  lu.assertAlmostEquals(p[1], 1.5 - 0.5 * 3 / 3.001, 1e-5)
+  lu.assertAlmostEquals(p[2], 1.5 + 0.5 * 3 / 3.001, 1e-5)
+  lu.assertErrorMsgContains("ridge_predict: X is 2x3, y has 3 values", lps.eval.ridge_predict, W, {1, 2, 3}, W)
+end
+
+function TestSelection:test_zsum_by_hand()
+  -- scores 1, 2, 3 (z: -1.2247, 0, 1.2247) plus prior 3, 2, 1 (the opposite): 0 each;
+  -- a non-finite score stays last; a constant list adds nothing
+  local z = sel.zsum({1, 2, 3}, {3, 2, 1})
+  for k = 1, 3 do lu.assertAlmostEquals(z[k], 0, 1e-12) end
+  z = sel.zsum({0 / 0, 1, 3}, {5, 5, 5})
+  lu.assertEquals(z[1], -math.huge)
+  lu.assertAlmostEquals(z[2], -1, 1e-12)
+  lu.assertAlmostEquals(z[3], 1, 1e-12)
+end
+
+-- A set for the prior: unseen targets 1, 2; training tasks 3, 4, 5 with
+-- two pool models each, MLPs whose weights are scaled by s (the stats
+-- features see it), and fine-tuned accuracies that grow with s on every
+-- target: the prior must learn it from the training targets alone.
+local function prior_set()
+  local P = {n = 8, meta = {}, byid = {}, models = {}, transfer = {finetune = {}}}
+  P.splits = {retrieval = {unseen_tasks = {1, 2}, train_tasks = {3, 4, 5}}}
+  local g = lps.generator(7)
+  local scale = {0.5, 1.5, 1.0, 2.0, 0.7, 1.2, 0.6, 1.8}
+  for i = 1, 8 do
+    local id = "m" .. i
+    local task = i <= 6 and 3 + (i - 1) // 2 or (i == 7 and 1 or 2)
+    local w = lps.similarity.weights(lps.nn.mlp{6, 8, 3, generator = g})
+    for _, t in ipairs(w) do t:mul_(scale[i]) end
+    P.meta[i] = {id = id, task = task, in_pool = true, family = "mlp"}
+    P.byid[id], P.models[i] = i, w
+    P.transfer.finetune[id] = {}
+    for t = 1, 5 do P.transfer.finetune[id][t] = 0.5 + 0.2 * scale[i] + 0.01 * t end
+  end
+  return P
+end
+
+function TestSelection:test_prior_learns_from_training_targets_only()
+  local P = prior_set()
+  local prior = sel.prior(P)
+  -- the models' order by scale, on the training tasks' models and the unseen ones
+  local ids, s = {}, {}
+  for i = 1, 8 do ids[i], s[i] = "m" .. i, P.models[i] end
+  local x, y = {}, {}
+  for i, id in ipairs(ids) do x[i], y[i] = prior[id], P.transfer.finetune[id][3] end
+  lu.assertTrue(lps.eval.kendall_tau(x, y) > 0.7, "prior follows the transfer")
+  -- nothing of the unseen targets enters: change them, the same prior
+  local Q = prior_set()
+  for _, row in pairs(Q.transfer.finetune) do row[1], row[2] = math.random(), math.random() end
+  local q = sel.prior(Q)
+  for _, id in ipairs(ids) do lu.assertEquals(q[id], prior[id]) end
+  -- cached in the set
+  lu.assertIs(sel.prior(P), prior)
+end
+
+function TestSelection:test_evaluate_with_the_prior()
+  -- a similarity that ranks every candidate the same (0): the prior alone decides,
+  -- so method+prior picks the candidate the prior ranks first
+  local P = prior_set()
+  P.probes = {[1] = {mlp = {target = 1}, cnn = {target = 1}}, [2] = {mlp = {target = 2}, cnn = {target = 2}}}
+  local flat = {fitted = {similarity = function(_, _, cands) return lps.zeros(1, #cands) end}}
+  local r = sel.evaluate(P, flat)
+  local prior = sel.prior(P)
+  local want = 0
+  for _, t in ipairs{1, 2} do
+    local ids, acc = sel.candidates(P, t)
+    local best, pick, top = -math.huge, nil, -math.huge
+    for k, id in ipairs(ids) do
+      best = math.max(best, acc[k])
+      if prior[id] > top then pick, top = k, prior[id] end
+    end
+    want = want + (best - acc[pick]) / 2
+  end
+  lu.assertAlmostEquals(r.prior_selection_regret, want, 1e-12)
+  lu.assertAlmostEquals(want, 0.02, 1e-12) -- m8 (0.87 of m4's 0.91) on target 1, m4 on target 2
+  -- the flat similarity alone takes the first candidate, m1: 0.30 below the best on both
+  lu.assertAlmostEquals(r.selection_regret, 0.30, 1e-12)
 end
 
 -- The budget the estimators see is the one both probes trained on: the

@@ -129,24 +129,7 @@ function B.accuracy_prediction(S, v, train, test)
   local X, Xt, y = v.features(train), v.features(test), ys(train)
   local s = X:sum() + Xt:sum()
   if s ~= s then return nil end
-  local n, e = X:size(1), X:size(2)
-  local mean, ymean = X:mean(1), 0
-  for _, a in ipairs(y) do ymean = ymean + a / #y end
-  X, Xt = X - mean, Xt - mean
-  local yc = core.tensor(y):reshape(n, 1) - ymean
-  local primal = e <= n
-  local G = primal and core.matmul(X, X, true, false) or core.matmul(X, X, false, true)
-  local m = G:size(1)
-  local tr = 0
-  for i = 1, m do tr = tr + G:get(i, i) end
-  for i = 1, m do G:set(i, i, G:get(i, i) + 1e-3 * tr / e + 1e-9) end
-  local rhs = primal and core.matmul(X, yc, true, false) or yc
-  local vals, vecs = eval.symeig(G)
-  local c = core.matmul(vecs, rhs, true, false)
-  for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
-  local sol = core.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
-  local w = primal and sol or core.matmul(X, sol, true, false)
-  local pred = core.matmul(Xt, w):reshape(-1):totable()
+  local pred = eval.ridge_predict(X, y, Xt, 1e-3)
   return eval.kendall_tau(pred, ys(test))
 end
 

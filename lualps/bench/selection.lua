@@ -76,6 +76,91 @@ function M.candidates(S, t)
   return ids, acc
 end
 
+--- The transferability prior: how well each pool model fine-tunes on a
+-- target whatever the target, predicted from its weights alone (issue 19:
+-- the family and the recipe decide much of the regret a task similarity
+-- leaves). Learned on the training targets of the retrieval split only:
+-- for the pool models of the training tasks, p(id) = the mean over the
+-- training targets t (not id's own task) of finetune[id][t] minus the mean
+-- over t's candidates among those models; then a ridge regression
+-- (lps.eval.ridge_predict, rho) of p on the models' `stats` features
+-- (lps.eval; standardized over those models) predicts it for every pool
+-- model. No unseen target enters. Returns (and caches in S.prior) a table
+-- id -> prior. M.has_prior(S): whether the set has what it needs (the
+-- fine-tuning matrix and training tasks).
+M.prior_rho = 1e-3
+function M.has_prior(S)
+  local tt = S.splits.retrieval.train_tasks
+  return S.transfer.finetune ~= nil and tt ~= nil and #tt > 0
+end
+function M.prior(S)
+  if S.prior then return S.prior end
+  local ft, ret = S.transfer.finetune, S.splits.retrieval
+  if not ft then error("selection.prior: the set has no fine-tuning matrix (S.transfer.finetune)", 2) end
+  local is_train, train, all = {}, {}, {}
+  for _, t in ipairs(ret.train_tasks) do is_train[t] = true end
+  for i = 1, S.n do
+    local m = S.meta[i]
+    if m.in_pool then
+      all[#all + 1] = i
+      if is_train[m.task] then train[#train + 1] = i end
+    end
+  end
+  if #train < 2 then error(("selection.prior: %d pool models of training tasks (need 2)"):format(#train), 2) end
+  local colmean = {}
+  for _, t in ipairs(ret.train_tasks) do
+    local sum, n = 0, 0
+    for _, i in ipairs(train) do
+      local m = S.meta[i]
+      if m.task ~= t then sum, n = sum + ft[m.id][t], n + 1 end
+    end
+    colmean[t] = sum / n
+  end
+  local y = {}
+  for k, i in ipairs(train) do
+    local m, sum, n = S.meta[i], 0, 0
+    for _, t in ipairs(ret.train_tasks) do
+      if t ~= m.task then sum, n = sum + ft[m.id][t] - colmean[t], n + 1 end
+    end
+    y[k] = n > 0 and sum / n or 0
+  end
+  local function models(list)
+    local out = {}
+    for k, i in ipairs(list) do out[k] = S.models[i] end
+    return out
+  end
+  local X = eval.feature_matrix("stats", models(train))
+  local _, mean, sd = eval.standardize(X)
+  local Xa = eval.feature_matrix("stats", models(all))
+  eval.standardize(Xa, mean, sd)
+  local pred = eval.ridge_predict(X, y, Xa, M.prior_rho)
+  local prior = {}
+  for k, i in ipairs(all) do prior[S.meta[i].id] = pred[k] end
+  S.prior = prior
+  return prior
+end
+
+-- Scores plus the prior: z(scores) + z(prior) over one target's candidates
+-- (non-finite scores stay last; a constant list z-scores to 0).
+local function zsum(scores, prior)
+  local function z(list)
+    local m, v, n = 0, 0, 0
+    for _, x in ipairs(list) do if x == x and x > -math.huge then m, n = m + x, n + 1 end end
+    m = n > 0 and m / n or 0
+    for _, x in ipairs(list) do if x == x and x > -math.huge then v = v + (x - m) ^ 2 end end
+    local sd = n > 0 and math.sqrt(v / n) or 0
+    local out = {}
+    for k, x in ipairs(list) do
+      out[k] = (x == x and x > -math.huge) and (sd > 0 and (x - m) / sd or 0) or -math.huge
+    end
+    return out
+  end
+  local a, b, out = z(scores), z(prior), {}
+  for k = 1, #a do out[k] = a[k] + b[k] end
+  return out
+end
+M.zsum = zsum
+
 -- Dense ranks of scores (1 = the lowest finite score; -inf and NaN rank 0,
 -- tied), and the largest rank.
 local function dense_ranks(scores)
@@ -199,7 +284,9 @@ end
 -- selection_ms_per_candidate (the query's embedding or comparison and the
 -- comparisons, measured, over the candidates), selection_index_ms_per_candidate
 -- (the method's index of the pool models, built once), selection_probe_ms_per_candidate
--- (training the probe, over the candidates). A method that compares no
+-- (training the probe, over the candidates); with the set's fine-tuning
+-- matrix, the same with the similarity plus the prior (M.prior, M.zsum) as
+-- prior_selection_accuracy, _regret, _tau, _ms_per_candidate. A method that compares no
 -- candidate with a probe picks at random (its expected regret). When
 -- M.estimate has scored the candidates (S.estimates), also the funnels:
 -- for each estimator E of S.estimates.funnel_by, the method's top k
@@ -210,11 +297,15 @@ end
 function M.evaluate(S, v, opts)
   local probes = M.probes(S, opts and opts.data)
   local gain, est = S.transfer.gain, S.estimates
+  local prior = M.has_prior(S) and M.prior(S)
   local sum = {selection_accuracy = 0, selection_regret = 0, selection_tau = 0, random_regret = 0, oracle_accuracy = 0,
                selection_regret_mlp = 0, selection_regret_cnn = 0, task_oracle_regret = gain and 0 or nil,
                selection_ms_per_candidate = 0, selection_probe_ms_per_candidate = S.probe_ms and 0 or nil}
   for _, name in ipairs(est and est.funnel_by or {}) do
     for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum[("funnel_%s_selection_%s"):format(name, k)] = 0 end
+  end
+  if prior then
+    for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum["prior_selection_" .. k] = 0 end
   end
   local n, nf = 0, {mlp = 0, cnn = 0}
   local pool = pool_ids(S)
@@ -248,6 +339,14 @@ function M.evaluate(S, v, opts)
         local key = "funnel_" .. name .. "_selection_"
         for k, x in pairs{accuracy = fr.accuracy, regret = fr.regret, tau = fr.tau, ms_per_candidate = ms + extra / #ids} do
           sum[key .. k] = sum[key .. k] + x
+        end
+      end
+      if prior then
+        local ps = {}
+        for k, id in ipairs(ids) do ps[k] = prior[id] end
+        local pr = M.rank(zsum(sc, ps), acc)
+        for k, x in pairs{accuracy = pr.accuracy, regret = pr.regret, tau = pr.tau, ms_per_candidate = ms} do
+          sum["prior_selection_" .. k] = sum["prior_selection_" .. k] + x
         end
       end
       n, nf[fam] = n + 1, nf[fam] + 1
@@ -321,7 +420,7 @@ end
 -- rows of the selection table (name -> {selection_accuracy,
 -- selection_regret, selection_tau, selection_ms_per_candidate,
 -- selection_forward_ms_per_candidate, random_regret, oracle_accuracy}, means
--- over the unseen targets), with `random` and, with the set's gains,
+-- over the unseen targets), with `random`, `prior` (M.prior alone, with the set's fine-tuning matrix) and, with the set's gains,
 -- `task_oracle`, and their order.
 function M.estimate(S, opts)
   local o = util.options(opts, M.estimate_defaults, "selection.estimate", {"data", "log"})
@@ -410,6 +509,11 @@ function M.estimator_rows(S, names)
     local none = {}
     for k = 1, #ids do none[k] = 0 / 0 end
     add("random", M.rank(none, acc))
+    if M.has_prior(S) then
+      local prior, ps = M.prior(S), {}
+      for k, id in ipairs(ids) do ps[k] = prior[id] end
+      add("prior", M.rank(ps, acc))
+    end
     if S.transfer.gain then add("task_oracle", M.task_oracle(S, t, ids, acc)) end
   end
   return rows, order
@@ -419,9 +523,11 @@ end
 -- of M.estimate (est_rows, est_order) and, for each weight method of
 -- `funnels` and each estimator of S.estimates.funnel_by, the row
 -- `<method>+<estimator>` (its funnel_<estimator>_* metrics, with their
--- *_std, as selection_* ones). Returns the table's order: the weight
--- methods of `order` with selection metrics, the estimators, the funnels,
--- random and task_oracle.
+-- *_std, as selection_* ones), and the row `<method>+prior` (its prior_*
+-- metrics: the similarity plus M.prior). Returns the table's order: the
+-- weight methods of `order` with selection metrics, the estimators (and
+-- `prior` alone), the methods plus the prior, the funnels, random and
+-- task_oracle.
 function M.add_rows(S, results, order, est_rows, est_order, funnels)
   local out, tail = {}, {}
   for _, name in ipairs(order) do if results[name] and results[name].selection_regret then out[#out + 1] = name end end
@@ -429,18 +535,24 @@ function M.add_rows(S, results, order, est_rows, est_order, funnels)
     results[name] = est_rows[name]
     if name == "random" or name == "task_oracle" then tail[#tail + 1] = name else out[#out + 1] = name end
   end
+  local function copy_row(m, prefix, name)
+    local row = {}
+    for k, v in pairs(results[m]) do
+      local key = k:match("^" .. prefix .. "(selection_.*)$")
+      if key then row[key] = v end
+    end
+    results[name], out[#out + 1] = row, name
+  end
+  for _, m in ipairs(funnels) do
+    if results[m] and results[m].prior_selection_regret then copy_row(m, "prior_", m .. "+prior") end
+  end
   for _, by in ipairs(S.estimates.funnel_by) do
     for _, m in ipairs(funnels) do
       local r = results[m]
       if not (r and r["funnel_" .. by .. "_selection_regret"]) then
         error(("selection.add_rows: method '%s' has no funnel results (run selection.estimate first)"):format(tostring(m)), 2)
       end
-      local row, name = {}, m .. "+" .. by
-      for k, v in pairs(r) do
-        local key = k:match("^funnel_" .. by .. "_(selection_.*)$")
-        if key then row[key] = v end
-      end
-      results[name], out[#out + 1] = row, name
+      copy_row(m, "funnel_" .. by .. "_", m .. "+" .. by)
     end
   end
   return table.move(tail, 1, #tail, #out + 1, out)
@@ -459,7 +571,10 @@ function M.markdown(results, order, k)
     .. "target's budget with the candidates; the estimators score each candidate's outputs on the same budget "
     .. "images (`logme`: the reference LogME, as thuml/LogME computes it, `logme_exact`: the exact evidence); "
     .. "`<method>+logme` re-ranks the method's top " .. k .. " by LogME (`+logme_exact`: by the exact evidence), "
-    .. "the rest after them in the method's order. Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
+    .. "the rest after them in the method's order; `prior`: a per-model transferability prior predicted from the "
+    .. "candidate's weight statistics by a ridge regression fitted on the training targets' fine-tuning results "
+    .. "(lps.selection.prior), alone and added to a method's similarity as `<method>+prior` (z-scores over the "
+    .. "candidates). Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
     .. "and the score), the weight index built beforehand, and training the probe, apart.\n\n"
     .. report.markdown(results, order, M.columns)
 end
