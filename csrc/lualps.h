@@ -65,6 +65,10 @@ int lps_get_num_threads(void);
  * in the environment forces one) and OpenBLAS's build configuration. */
 const char *lps_blas_kernel(void);
 const char *lps_blas_config(void);
+/* Which products the convolutions run on this core, which decides their
+ * last bits as the BLAS kernel decides the dense layers': "fma8" (AVX2 and
+ * FMA, fused), "wide16" (AVX-512, unfused), "unfused8" (the rest). */
+const char *lps_conv_kernels(void);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);

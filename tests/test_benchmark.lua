@@ -169,6 +169,10 @@ function TestBenchmark:test_reports_carry_their_provenance()
   lu.assertEquals(json.provenance.version, lps.version)
   lu.assertStrContains(md, "Produced by lualps " .. lps.version)
   lu.assertStrContains(md, "OpenBLAS's " .. info.blas_kernel .. " kernel")
+  -- and the convolutions' products, which decide their last bits too
+  lu.assertTrue(info.conv_kernels == "fma8" or info.conv_kernels == "wide16" or info.conv_kernels == "unfused8")
+  lu.assertEquals(json.provenance.conv_kernels, info.conv_kernels)
+  lu.assertStrContains(md, "the " .. info.conv_kernels .. " convolution kernels")
   os.execute("rm -rf " .. dir)
 end
 

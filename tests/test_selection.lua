@@ -265,6 +265,11 @@ function TestSelection:test_zsum_by_hand()
   lu.assertEquals(z[1], -math.huge)
   lu.assertAlmostEquals(z[2], -1, 1e-12)
   lu.assertAlmostEquals(z[3], 1, 1e-12)
+  -- +inf stays first whatever the prior (z over the finite 1, 3); a NaN prior counts 0
+  z = sel.zsum({math.huge, 1, 3}, {-9, 0 / 0, 1})
+  lu.assertEquals(z[1], math.huge)
+  lu.assertAlmostEquals(z[2], -1 + 0, 1e-12)
+  lu.assertAlmostEquals(z[3], 1 + 1, 1e-12) -- prior z over -9, 1: (1 - (-4)) / 5 = 1
 end
 
 -- A set for the prior: unseen targets 1, 2; training tasks 3, 4, 5 with
@@ -305,6 +310,33 @@ function TestSelection:test_prior_learns_from_training_targets_only()
   for _, id in ipairs(ids) do lu.assertEquals(q[id], prior[id]) end
   -- cached in the set
   lu.assertIs(sel.prior(P), prior)
+  -- cross-fitted: a training task's model gets the fit on the other training tasks' models
+  -- (measured prior: its mean centred accuracy over the training targets but its own task)
+  local ft, tt = P.transfer.finetune, {3, 4, 5}
+  local colmean = {}
+  for _, t in ipairs(tt) do
+    local sum, n = 0, 0
+    for i = 1, 6 do if P.meta[i].task ~= t then sum, n = sum + ft["m" .. i][t], n + 1 end end
+    colmean[t] = sum / n
+  end
+  local X, y = {}, {}
+  for i = 3, 6 do -- the models of tasks 4 and 5
+    local sum, n = 0, 0
+    for _, t in ipairs(tt) do if t ~= P.meta[i].task then sum, n = sum + ft["m" .. i][t] - colmean[t], n + 1 end end
+    X[#X + 1], y[#y + 1] = P.models[i], sum / n
+  end
+  local F = lps.eval.feature_matrix("stats", {P.models[1], P.models[2], P.models[3], P.models[4], P.models[5], P.models[6]})
+  local _, mean, sd = lps.eval.standardize(F)
+  local Fo = lps.eval.feature_matrix("stats", X)
+  lps.eval.standardize(Fo, mean, sd)
+  local Fq = lps.eval.feature_matrix("stats", {P.models[1]})
+  lps.eval.standardize(Fq, mean, sd)
+  lu.assertAlmostEquals(prior.m1, lps.eval.ridge_predict(Fo, y, Fq, sel.prior_rho)[1], 1e-6)
+  -- one training task with pool models is not enough
+  local Q1 = prior_set()
+  Q1.splits.retrieval.train_tasks = {3}
+  lu.assertFalse(sel.has_prior(Q1))
+  lu.assertErrorMsgContains("pool models of 1 training task(s) (need 2)", sel.prior, Q1)
 end
 
 function TestSelection:test_evaluate_with_the_prior()

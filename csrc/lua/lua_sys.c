@@ -43,17 +43,19 @@ static int l_isatty(lua_State *L)
     return 1;
 }
 
-/* build_info() -> {version, blas_kernel, blas_config, threads}: what a
- * figure depends on besides the code and the seed. */
+/* build_info() -> {version, blas_kernel, blas_config, conv_kernels,
+ * threads}: what a figure depends on besides the code and the seed. */
 static int l_build_info(lua_State *L)
 {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     lua_pushliteral(L, LPS_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, lps_blas_kernel());
     lua_setfield(L, -2, "blas_kernel");
     lua_pushstring(L, lps_blas_config());
     lua_setfield(L, -2, "blas_config");
+    lua_pushstring(L, lps_conv_kernels());
+    lua_setfield(L, -2, "conv_kernels");
     lua_pushinteger(L, lps_get_num_threads());
     lua_setfield(L, -2, "threads");
     return 1;

@@ -15,7 +15,7 @@
 #include <math.h>
 #include <string.h>
 
-enum { NN_MR = 8, NN_KMAX = 1024 };
+enum { NN_MR = 8, NN_KMAX = CONV_GEMM_KMAX };
 
 void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, int64_t mr, int64_t k)
 {
@@ -25,8 +25,9 @@ void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, 
 
 /* Products narrower than a vector, as scalars: the nn kernels' sums, in
  * the same order (no contraction: -ffp-contract=off), so the same bits;
- * fused (fmaf, exact on any core) for conv_gemm_fma.c's. */
-void conv_gemm_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
+ * fused (fmaf, exact on any core; one instruction in the FMA build of
+ * FMA_CLONE) for conv_gemm_fma.c's. */
+FMA_CLONE void conv_gemm_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                       const float *b, int64_t ldb, float *c, int64_t ldc, int fused)
 {
     for (int64_t i = 0; i < m; i++)
@@ -41,7 +42,7 @@ void conv_gemm_narrow(int64_t m, int64_t n, int64_t k, const float *a, int64_t a
 }
 
 /* The nt kernels' sums shorter than a vector: c(i, j) += one sum over p. */
-void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+FMA_CLONE void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                         const float *b, int64_t ldb, float *c, int64_t ldc, int fused)
 {
     for (int64_t i = 0; i < m; i++)
@@ -331,6 +332,8 @@ KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
         }
     }
 }
+
+const char *lps_conv_kernels(void) { return WIDE16 ? "wide16" : HAS_FMA ? "fma8" : "unfused8"; }
 
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc)

@@ -15,7 +15,7 @@
 
 FMA_INLINE v8 fma8(v8 a, v8 b, v8 c) { return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 
-enum { MR = 4, KMAX = 1024 };
+enum { MR = 4 };
 
 /* Four packed rows of A (w) by nv vectors of B from column j0 (nv = 3 or
  * 2, a constant where inlined): 4 nv sums in registers. */
@@ -43,7 +43,7 @@ FMA_FN void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, in
         conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 1);
         return;
     }
-    float ap[MR * KMAX];
+    float ap[MR * CONV_GEMM_KMAX]; /* k <= CONV_GEMM_KMAX: conv_gemm_nn checks */
     for (int64_t i0 = 0; i0 < m; i0 += MR) {
         int64_t mr = m - i0 < MR ? m - i0 : MR;
         conv_pack_rows(ap, MR, a + i0 * ars, ars, acs, mr, k);

@@ -68,6 +68,11 @@ void conv_split_input(const float *x, const convjob *j, const convsplit *g, floa
 /* The plane of input gradients from the split layout (the inverse). */
 void conv_unsplit(const float *xs, const convjob *j, const convsplit *g, float *x);
 
+/* The deepest product (k) the nn kernels pack (each packs a block of A's
+ * rows, k floats each, on the stack); conv_gemm_nn hands deeper ones to
+ * BLAS, and conv_gemm_nn_fma must not be called with them. */
+enum { CONV_GEMM_KMAX = 1024 };
+
 /* Small matrix products (conv_gemm.c), row-major. conv_gemm_nn: C (m x n)
  * = A (m x k) B (k x n), A's element (i, p) at a[i ars + p acs] (so either
  * A or its transpose in place); needs ars or acs to be 1. conv_gemm_nt:
@@ -86,7 +91,8 @@ void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t
  * column: ap[p w + r] = a(r, p); rows mr .. w - 1 repeat the last (the
  * kernels drop their sums). */
 void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, int64_t mr, int64_t k);
-/* The same on cores with AVX2 and FMA (conv_gemm_fma.c; HAS_FMA). */
+/* The same on cores with AVX2 and FMA (conv_gemm_fma.c; HAS_FMA);
+ * conv_gemm_nn_fma needs k <= CONV_GEMM_KMAX. */
 void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                       const float *b, int64_t ldb, float *c, int64_t ldc);
 void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,

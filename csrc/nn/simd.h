@@ -25,11 +25,14 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* Whether the core fuses multiply and add (conv_gemm_fma.c's products; their
  * bits differ from the unfused kernels', so results depend on this too). */
 #define HAS_FMA (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+/* Built again for FMA cores, where fmaf is one instruction (a call else). */
+#define FMA_CLONE __attribute__((target_clones("fma", "default")))
 #else
 #define KERNEL
 #define KERNEL16
 #define WIDE16 0
 #define HAS_FMA 0
+#define FMA_CLONE
 #endif
 /* Lane shuffles of two vectors (exact: any compiler gives the same bits).
  * __builtin_shufflevector takes constant indices in GCC >= 12 and Clang. */

@@ -21,7 +21,9 @@ end
 -- from a checkout; dirty when it has uncommitted changes), blas_kernel
 -- (OpenBLAS picks its sgemm kernel per processor: results are
 -- bit-identical for a seed and thread count on one kernel, not across
--- kernels), blas_config, threads, cpu, date}.
+-- kernels), blas_config, conv_kernels (the convolutions' products on this
+-- core: "fma8", "wide16" or "unfused8", which decide their last bits too),
+-- threads, cpu, date}.
 function B.provenance()
   local info = core.build_info()
   local cpu
@@ -35,15 +37,16 @@ function B.provenance()
   local commit = first_line("git rev-parse --short HEAD")
   local dirty = commit and first_line("git status --porcelain --untracked-files=no") ~= nil
   return {version = info.version, commit = commit, dirty = dirty or nil, blas_kernel = info.blas_kernel,
-    blas_config = info.blas_config, threads = info.threads, cpu = cpu, date = os.date("!%Y-%m-%d")}
+    blas_config = info.blas_config, conv_kernels = info.conv_kernels, threads = info.threads, cpu = cpu, date = os.date("!%Y-%m-%d")}
 end
 
 --- One line saying where figures come from (B.provenance()).
 function B.provenance_line(p)
   p = p or B.provenance()
-  return ("Produced by lualps %s%s with OpenBLAS's %s kernel (%d BLAS thread%s) on %s, %s."):format(p.version,
+  return ("Produced by lualps %s%s with OpenBLAS's %s kernel (%d BLAS thread%s)%s on %s, %s."):format(p.version,
     p.commit and (" at commit " .. p.commit .. (p.dirty and " (with uncommitted changes)" or "")) or "",
-    p.blas_kernel, p.threads, p.threads == 1 and "" or "s", p.cpu or "an unknown CPU", p.date)
+    p.blas_kernel, p.threads, p.threads == 1 and "" or "s",
+    p.conv_kernels and (" and the " .. p.conv_kernels .. " convolution kernels") or "", p.cpu or "an unknown CPU", p.date)
 end
 
 --- Markdown table of methods x metrics ("mean ± sd").

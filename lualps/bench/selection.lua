@@ -83,79 +83,126 @@ end
 -- for the pool models of the training tasks, p(id) = the mean over the
 -- training targets t (not id's own task) of finetune[id][t] minus the mean
 -- over t's candidates among those models; then a ridge regression
--- (lps.eval.ridge_predict, rho) of p on the models' `stats` features
--- (lps.eval; standardized over those models) predicts it for every pool
--- model. No unseen target enters. Returns (and caches in S.prior) a table
--- id -> prior. M.has_prior(S): whether the set has what it needs (the
--- fine-tuning matrix and training tasks).
+-- (lps.eval.ridge_predict, M.prior_rho) of p on the models' `stats`
+-- features (lps.eval; standardized over those models) predicts it. Every
+-- value is a prediction for a model the fit has not seen: a training
+-- task's models get the fit on the other training tasks' models (cross-
+-- fitting), the other pool models the fit on all of them. No unseen
+-- target enters. Returns (and caches in S.prior, with the rho it used) a
+-- table id -> prior. M.has_prior(S): whether the set has what it needs
+-- (the fine-tuning matrix and at least two training tasks with pool
+-- models).
 M.prior_rho = 1e-3
-function M.has_prior(S)
-  local tt = S.splits.retrieval.train_tasks
-  return S.transfer.finetune ~= nil and tt ~= nil and #tt > 0
-end
-function M.prior(S)
-  if S.prior then return S.prior end
-  local ft, ret = S.transfer.finetune, S.splits.retrieval
-  if not ft then error("selection.prior: the set has no fine-tuning matrix (S.transfer.finetune)", 2) end
-  local is_train, train, all = {}, {}, {}
-  for _, t in ipairs(ret.train_tasks) do is_train[t] = true end
+local function prior_tasks(S)
+  local is_train, train, all, tasks = {}, {}, {}, {}
+  for _, t in ipairs(S.splits.retrieval.train_tasks or {}) do is_train[t] = true end
   for i = 1, S.n do
     local m = S.meta[i]
     if m.in_pool then
       all[#all + 1] = i
-      if is_train[m.task] then train[#train + 1] = i end
+      if is_train[m.task] then
+        train[#train + 1] = i
+        if not tasks[m.task] then tasks[m.task], tasks[#tasks + 1] = true, m.task end
+      end
     end
   end
-  if #train < 2 then error(("selection.prior: %d pool models of training tasks (need 2)"):format(#train), 2) end
+  return train, all, #tasks
+end
+function M.has_prior(S)
+  if not S.transfer.finetune then return false end
+  local _, _, ntasks = prior_tasks(S)
+  return ntasks >= 2
+end
+function M.prior(S)
+  if S.prior and S.prior_rho == M.prior_rho then return S.prior end
+  local ft, ret = S.transfer.finetune, S.splits.retrieval
+  if not ft then error("selection.prior: the set has no fine-tuning matrix (S.transfer.finetune)", 2) end
+  local train, all, ntasks = prior_tasks(S)
+  if ntasks < 2 then error(("selection.prior: pool models of %d training task(s) (need 2)"):format(ntasks), 2) end
+  local function acc(id, t)
+    local a = ft[id] and ft[id][t]
+    if type(a) ~= "number" then
+      error(("selection.prior: no fine-tuned accuracy of model %s on task %d"):format(tostring(id), t), 3)
+    end
+    return a
+  end
   local colmean = {}
   for _, t in ipairs(ret.train_tasks) do
     local sum, n = 0, 0
     for _, i in ipairs(train) do
       local m = S.meta[i]
-      if m.task ~= t then sum, n = sum + ft[m.id][t], n + 1 end
+      if m.task ~= t then sum, n = sum + acc(m.id, t), n + 1 end
     end
-    colmean[t] = sum / n
+    colmean[t] = n > 0 and sum / n or 0
   end
   local y = {}
   for k, i in ipairs(train) do
     local m, sum, n = S.meta[i], 0, 0
     for _, t in ipairs(ret.train_tasks) do
-      if t ~= m.task then sum, n = sum + ft[m.id][t] - colmean[t], n + 1 end
+      if t ~= m.task then sum, n = sum + acc(m.id, t) - colmean[t], n + 1 end
     end
     y[k] = n > 0 and sum / n or 0
   end
-  local function models(list)
-    local out = {}
-    for k, i in ipairs(list) do out[k] = S.models[i] end
-    return out
+  local function features(list)
+    local models = {}
+    for k, i in ipairs(list) do models[k] = S.models[i] end
+    local F = eval.feature_matrix("stats", models)
+    local s = F:sum()
+    if s ~= s or s == math.huge or s == -math.huge then
+      error("selection.prior: a pool model's stats features are not finite (NaN or infinite weights)", 3)
+    end
+    return F
   end
-  local X = eval.feature_matrix("stats", models(train))
+  local X, Xa = features(train), features(all)
   local _, mean, sd = eval.standardize(X)
-  local Xa = eval.feature_matrix("stats", models(all))
   eval.standardize(Xa, mean, sd)
+  local prior, row = {}, {}
+  for k, i in ipairs(all) do row[i] = k end
+  -- the models of no training task: the fit on every training model
   local pred = eval.ridge_predict(X, y, Xa, M.prior_rho)
-  local prior = {}
   for k, i in ipairs(all) do prior[S.meta[i].id] = pred[k] end
-  S.prior = prior
+  -- a training task's models: the fit on the other training tasks' models
+  local by_task = {}
+  for k, i in ipairs(train) do
+    local t = S.meta[i].task
+    by_task[t] = by_task[t] or {}
+    table.insert(by_task[t], k)
+  end
+  for _, t in ipairs(ret.train_tasks) do
+    local own = by_task[t]
+    if own then
+      local keep, yk, mine = {}, {}, {}
+      for k = 1, #train do if S.meta[train[k]].task ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] end end
+      for n, k in ipairs(own) do mine[n] = row[train[k]] end
+      local pk = eval.ridge_predict(X:index_rows(keep), yk, Xa:index_rows(mine), M.prior_rho)
+      for n, k in ipairs(own) do prior[S.meta[train[k]].id] = pk[n] end
+    end
+  end
+  S.prior, S.prior_rho = prior, M.prior_rho
   return prior
 end
 
--- Scores plus the prior: z(scores) + z(prior) over one target's candidates
--- (non-finite scores stay last; a constant list z-scores to 0).
+-- Scores plus the prior: z(scores) + z(prior) over one target's candidates.
+-- z over the finite values; +inf stays first, NaN and -inf last (as
+-- M.rank takes them); a NaN prior counts 0 (the candidates' mean), a
+-- constant list z-scores to 0.
 local function zsum(scores, prior)
-  local function z(list)
+  local function z(list, nonfinite)
     local m, v, n = 0, 0, 0
-    for _, x in ipairs(list) do if x == x and x > -math.huge then m, n = m + x, n + 1 end end
+    local function finite(x) return x == x and x > -math.huge and x < math.huge end
+    for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
     m = n > 0 and m / n or 0
-    for _, x in ipairs(list) do if x == x and x > -math.huge then v = v + (x - m) ^ 2 end end
+    for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
     local sd = n > 0 and math.sqrt(v / n) or 0
     local out = {}
     for k, x in ipairs(list) do
-      out[k] = (x == x and x > -math.huge) and (sd > 0 and (x - m) / sd or 0) or -math.huge
+      if finite(x) then out[k] = sd > 0 and (x - m) / sd or 0
+      elseif x == math.huge then out[k] = nonfinite and math.huge or 0
+      else out[k] = nonfinite and -math.huge or 0 end
     end
     return out
   end
-  local a, b, out = z(scores), z(prior), {}
+  local a, b, out = z(scores, true), z(prior, false), {}
   for k = 1, #a do out[k] = a[k] + b[k] end
   return out
 end
