@@ -167,27 +167,7 @@ for k, v in pairs(results) do if type(v) == "number" then log("%-40s %.4f", k, v
 for _, g in ipairs(groups) do log("group %s", g) end
 
 -- ridge of y on rows of X (n x e), predictions for Xt
-local function ridge(X, y, Xt, alpha)
-  local n, e = X:size(1), X:size(2)
-  local mean, ymean = X:mean(1), 0
-  for _, v in ipairs(y) do ymean = ymean + v / #y end
-  X, Xt = X - mean, Xt - mean
-  local yc = core.tensor(y):reshape(n, 1) - ymean
-  local primal = e <= n
-  local G = primal and core.matmul(X, X, true, false) or core.matmul(X, X, false, true)
-  local m, tr = G:size(1), 0
-  for i = 1, m do tr = tr + G:get(i, i) end
-  for i = 1, m do G:set(i, i, G:get(i, i) + alpha * tr / e + 1e-9) end
-  local rhs = primal and core.matmul(X, yc, true, false) or yc
-  local vals, vecs = eval.symeig(G)
-  local c = core.matmul(vecs, rhs, true, false)
-  for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
-  local sol = core.matmul(vecs, c)
-  local w = primal and sol or core.matmul(X, sol, true, false)
-  local pred = core.matmul(Xt, w):reshape(-1):totable()
-  for k = 1, #pred do pred[k] = pred[k] + ymean end
-  return pred
-end
+local function ridge(X, y, Xt, alpha) return eval.ridge_predict(X, y, Xt, alpha) end
 
 local LPS = {families = {"mlp", "cnn"}, relations = "transfer", epochs = 30}
 local function lps_with(changes, name)
