@@ -153,11 +153,13 @@ function M.prior(S)
     end
     return F
   end
-  local X, Xa = features(train), features(all)
+  local prior, row, train_rows = {}, {}, {}
+  for k, i in ipairs(all) do row[i] = k end
+  for k, i in ipairs(train) do train_rows[k] = row[i] end
+  local Xa = features(all)
+  local X = Xa:index_rows(train_rows)
   local _, mean, sd = eval.standardize(X)
   eval.standardize(Xa, mean, sd)
-  local prior, row = {}, {}
-  for k, i in ipairs(all) do row[i] = k end
   -- the models of no training task: the fit on every training model
   local pred = eval.ridge_predict(X, y, Xa, M.prior_rho)
   for k, i in ipairs(all) do prior[S.meta[i].id] = pred[k] end
