@@ -65,10 +65,15 @@ int lps_get_num_threads(void);
  * in the environment forces one) and OpenBLAS's build configuration. */
 const char *lps_blas_kernel(void);
 const char *lps_blas_config(void);
-/* Which products the convolutions run on this core, which decides their
- * last bits as the BLAS kernel decides the dense layers': "fma8" (AVX2 and
- * FMA, fused), "wide16" (AVX-512, unfused), "unfused8" (the rest). */
+/* Which products the convolutions run, which decides their last bits as
+ * the BLAS kernel decides the dense layers': "fma8" (AVX2 and FMA, fused),
+ * "wide16" (AVX-512, unfused), "unfused8" (any core; the same bits as
+ * "wide16"). By default the core's best; lps_set_conv_kernels forces one
+ * the core runs (NULL or "auto": the default again), e.g. to reproduce
+ * another machine's figures or to test each. Set it between jobs, not
+ * while one runs. LPS_EINVAL for an unknown name or one the core lacks. */
 const char *lps_conv_kernels(void);
+lps_status lps_set_conv_kernels(const char *name);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);

@@ -292,21 +292,57 @@ function TestConv:test_paths_match_reference()
     {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12}, {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14},
     {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16}, {3, 2, 1, 2, 1, 7, 6},
   }
-  for _, c in ipairs(cases) do
-    local cin, cout, k, s, p, h, w = table.unpack(c)
-    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d) on %dx%d"):format(cin, cout, k, s, p, h, w)
-    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
-    local x = lps.randn({3, cin, h, w}, g)
-    local params, grads = m:parameters()
-    local y = m:forward(x)
-    local gy = lps.randn(y:shape(), g)
-    local yr, gxr, gwr, gbr = conv_ref(x, params[1], params[2], s, p, gy)
-    assert_close(y, yr, what .. " output")
-    m:zero_grad()
-    assert_close(m:backward(x, gy), gxr, what .. " input gradient")
-    assert_close(grads[1], gwr, what .. " weight gradient")
-    assert_close(grads[2], gbr, what .. " bias gradient")
+  -- every set of product kernels this core runs (lps.set_conv_kernels), not only its best
+  local sets = {}
+  for _, name in ipairs{"unfused8", "fma8", "wide16"} do
+    if pcall(lps.set_conv_kernels, name) then sets[#sets + 1] = name end
   end
+  lu.assertTrue(#sets >= 1 and sets[1] == "unfused8", "every core runs unfused8")
+  for _, kernels in ipairs(sets) do
+    lps.set_conv_kernels(kernels)
+    for _, c in ipairs(cases) do
+      local cin, cout, k, s, p, h, w = table.unpack(c)
+      local what = ("[%s] conv2d(%d, %d, k=%d, s=%d, p=%d) on %dx%d"):format(kernels, cin, cout, k, s, p, h, w)
+      local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+      local x = lps.randn({3, cin, h, w}, g)
+      local params, grads = m:parameters()
+      local y = m:forward(x)
+      local gy = lps.randn(y:shape(), g)
+      local yr, gxr, gwr, gbr = conv_ref(x, params[1], params[2], s, p, gy)
+      assert_close(y, yr, what .. " output")
+      m:zero_grad()
+      assert_close(m:backward(x, gy), gxr, what .. " input gradient")
+      assert_close(grads[1], gwr, what .. " weight gradient")
+      assert_close(grads[2], gbr, what .. " bias gradient")
+    end
+  end
+  lps.set_conv_kernels("auto")
+end
+
+function TestConv:test_kernel_sets()
+  -- lps.set_conv_kernels switches the products: unfused and fused sums of a
+  -- 16-channel Winograd layer differ in their last bits, and agree to rounding;
+  -- "wide16" (where the core has it) gives unfused8's bits; bad names are errors
+  local g = lps.generator(5)
+  local m = nn.conv2d(16, 16, 3, {padding = 1, generator = g})
+  local x = lps.randn({2, 16, 14, 14}, g)
+  local function run(name)
+    lps.set_conv_kernels(name)
+    lu.assertEquals(lps.build_info().conv_kernels, name)
+    return m:forward(x):clone()
+  end
+  local ok = pcall(run, "unfused8")
+  lu.assertTrue(ok)
+  local y0 = run("unfused8")
+  if pcall(lps.set_conv_kernels, "fma8") then
+    local y1 = run("fma8")
+    lu.assertFalse(lps.allclose(y0, y1, 0, 0), "fused and unfused products give the same bits: no switch?")
+    lu.assertTrue(lps.allclose(y0, y1, 1e-5, 1e-6))
+  end
+  if pcall(lps.set_conv_kernels, "wide16") then lu.assertTrue(lps.allclose(y0, run("wide16"), 0, 0)) end
+  lps.set_conv_kernels()
+  lu.assertErrorMsgContains("unknown kernels 'fast'", lps.set_conv_kernels, "fast")
+  lu.assertNotEquals(lps.set_conv_kernels("auto"), nil)
 end
 
 function TestConv:test_threads_agree_and_repeat()

@@ -20,6 +20,16 @@ static int l_release_threads(lua_State *L)
     return 0;
 }
 
+/* set_conv_kernels([name]): force the convolutions' products ("unfused8",
+ * "fma8", "wide16"; nil or "auto": the core's best); returns the kernels now
+ * in use. */
+static int l_set_conv_kernels(lua_State *L)
+{
+    if (lps_set_conv_kernels(luaL_optstring(L, 1, NULL)) != LPS_OK) return lps_lua_raise(L);
+    lua_pushstring(L, lps_conv_kernels());
+    return 1;
+}
+
 static int l_get_num_threads(lua_State *L)
 {
     lua_pushinteger(L, lps_get_num_threads());
@@ -64,7 +74,7 @@ static int l_build_info(lua_State *L)
 static const luaL_Reg functions[] = {
     {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
-    {"release_threads", l_release_threads}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
+    {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_sys(lua_State *L)
 {

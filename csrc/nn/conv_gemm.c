@@ -158,6 +158,31 @@ KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
     }
 }
 
+/* The kernels in use: -1 the core's best, else forced (lps_set_conv_kernels). */
+enum { K_UNFUSED8, K_FMA8, K_WIDE16 };
+static const char *const KERNEL_NAMES[] = {"unfused8", "fma8", "wide16"};
+static int forced = -1;
+
+static int kernels(void) { return forced >= 0 ? forced : WIDE16 ? K_WIDE16 : HAS_FMA ? K_FMA8 : K_UNFUSED8; }
+
+const char *lps_conv_kernels(void) { return KERNEL_NAMES[kernels()]; }
+
+lps_status lps_set_conv_kernels(const char *name)
+{
+    if (!name || !strcmp(name, "auto")) {
+        forced = -1;
+        return LPS_OK;
+    }
+    for (int k = 0; k < 3; k++)
+        if (!strcmp(name, KERNEL_NAMES[k])) {
+            if ((k == K_FMA8 && !HAS_FMA) || (k == K_WIDE16 && !WIDE16))
+                return lps_fail(LPS_EINVAL, "set_conv_kernels: this core cannot run the '%s' kernels", name);
+            forced = k;
+            return LPS_OK;
+        }
+    return lps_fail(LPS_EINVAL, "set_conv_kernels: unknown kernels '%s' (auto, unfused8, fma8, wide16)", name);
+}
+
 void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                   const float *b, int64_t ldb, float *c, int64_t ldc)
 {
@@ -167,9 +192,10 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
         return;
     }
     if (k <= NN_KMAX) {
-        if (WIDE16)
+        int which = kernels();
+        if (which == K_WIDE16)
             nn_kernel(m, n, k, a, ars, acs, b, ldb, c, ldc);
-        else if (HAS_FMA)
+        else if (which == K_FMA8)
             conv_gemm_nn_fma(m, n, k, a, ars, acs, b, ldb, c, ldc);
         else
             nn_kernel8(m, n, k, a, ars, acs, b, ldb, c, ldc);
@@ -333,15 +359,14 @@ KERNEL static void nt_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
     }
 }
 
-const char *lps_conv_kernels(void) { return WIDE16 ? "wide16" : HAS_FMA ? "fma8" : "unfused8"; }
-
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0 || k <= 0) return;
-    if (WIDE16)
+    int which = kernels();
+    if (which == K_WIDE16)
         nt_kernel(m, n, k, a, lda, b, ldb, c, ldc);
-    else if (HAS_FMA)
+    else if (which == K_FMA8)
         conv_gemm_nt_fma(m, n, k, a, lda, b, ldb, c, ldc);
     else
         nt_kernel8(m, n, k, a, lda, b, ldb, c, ldc);
