@@ -74,7 +74,8 @@ static int l_build_info(lua_State *L)
 static const luaL_Reg functions[] = {
     {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
-    {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels}, {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
+    {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels},
+    {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_sys(lua_State *L)
 {

@@ -1,5 +1,6 @@
 /* conv_gemm_fma.c - conv_gemm.c's products on cores with AVX2 and FMA
- * (chosen at run time by HAS_FMA, simd.h). A fused multiply-add is one
+ * (conv_gemm.c picks them where HAS_FMA, simd.h, unless
+ * lps_set_conv_kernels says otherwise). A fused multiply-add is one
  * instruction where conv_gemm.c's kernels spend two, so a register block
  * can hold 12 sums instead of 8 with room to spare: 4 rows by 24 columns
  * (nn), 4 rows by 3 (nt). Each output is still one fixed chain of fused

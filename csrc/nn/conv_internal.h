@@ -91,7 +91,8 @@ void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *a, int64_t
  * column: ap[p w + r] = a(r, p); rows mr .. w - 1 repeat the last (the
  * kernels drop their sums). */
 void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, int64_t mr, int64_t k);
-/* The same on cores with AVX2 and FMA (conv_gemm_fma.c; HAS_FMA);
+/* The same with fused multiply-adds, for cores with AVX2 and FMA
+ * (conv_gemm_fma.c; conv_gemm_nn/nt call them where the "fma8" kernels run);
  * conv_gemm_nn_fma needs k <= CONV_GEMM_KMAX. */
 void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
                       const float *b, int64_t ldb, float *c, int64_t ldc);

@@ -53,13 +53,7 @@ static void *worker(void *arg)
             pthread_mutex_unlock(&pool.lock);
         }
         seen = g;
-        if (atomic_load(&pool.stop)) {
-            pthread_mutex_lock(&pool.lock);
-            pool.started--;
-            pthread_cond_broadcast(&pool.done);
-            pthread_mutex_unlock(&pool.lock);
-            return NULL;
-        }
+        if (atomic_load(&pool.stop)) return NULL; /* lps_threads_release joins it */
         if (t < pool.nt) pool.fn(pool.ctx, t, pool.nt);
         if (atomic_fetch_sub(&pool.pending, 1) == 1) { /* the last one wakes the caller */
             pthread_mutex_lock(&pool.lock);
@@ -139,6 +133,9 @@ void lps_threads_release(void)
     }
     pthread_mutex_unlock(&pool.lock);
     for (int i = 0; i < n; i++) pthread_join(pool.tid[i], NULL);
+    pthread_mutex_lock(&pool.lock);
+    pool.started = 0;
+    pthread_mutex_unlock(&pool.lock);
     atomic_store(&pool.stop, 0);
     pthread_mutex_unlock(&pool.run);
 }
