@@ -311,6 +311,16 @@ lps_status lps_layer_replay(lps_layer *l, const lps_tensor *x, lps_tensor *y);
 /* Must follow a forward of the same x (a sequential reuses its activations). */
 lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                               const lps_tensor *gy, lps_tensor *gx);
+/* Input gradients of several output directions at the cost of one forward:
+ * y = l(x) (n samples), then for each of the k blocks of n rows of gy
+ * (k n x y's sizes) the gradient with respect to x, averaged over
+ * consecutive groups of `group` samples (group divides n; 1: none): gx is
+ * (k n / group x x's sizes), block c's group g in row c n / group + g.
+ * With group > 1 a frozen first layer that is affine (conv2d, linear) maps
+ * the means instead of every sample: the same values up to rounding, at a
+ * fraction of that layer's cost. */
+lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tensor *y,
+                                     const lps_tensor *gy, int64_t group, lps_tensor *gx);
 /* Parameters and gradients in a fixed order (depth first, PyTorch's order);
  * fills up to max entries and returns the total count. */
 int lps_layer_params(const lps_layer *l, lps_tensor **params, lps_tensor **grads, int max);

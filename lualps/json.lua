@@ -7,11 +7,15 @@ local cjson = require("cjson").new()
 local M = {}
 
 -- JSON numbers come back as floats; whole ones become integers again.
+local mtype, tointeger = math.type, math.tointeger
 local function integers(v)
-  if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
-  elseif math.type(v) == "float" and v == math.floor(v) and v >= -2^53 and v <= 2^53 then
-    return math.tointeger(v)
+  for k, x in pairs(v) do
+    if type(x) == "table" then
+      integers(x)
+    elseif mtype(x) == "float" and x >= -2^53 and x <= 2^53 then
+      local i = tointeger(x) -- nil unless whole
+      if i then v[k] = i end
+    end
   end
   return v
 end

@@ -4,6 +4,14 @@
 --   local gx = m:backward(x, gy)        -- accumulates parameter gradients
 --   local params, grads = m:parameters()
 --   local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{}, epochs = 3})
+-- Methods in C (csrc/lua/lua_nn.c): forward, backward, parameters,
+-- named_parameters, named_buffers, zero_grad, train, evaluate, freeze([on])
+-- (input gradients only), is_training, children, arch, num_parameters,
+-- close; m:output_shape{batch, ...} -> the output's sizes;
+-- m:input_gradients(x, gy[, group]) -> y, gx: one forward of x (n samples),
+-- then the input gradient of each block of n rows of gy (k*n x out),
+-- averaged over consecutive groups of `group` samples (default 1; a frozen
+-- first conv or linear layer then maps the means, not every sample).
 local core = require "lualps.core"
 local arch = require "lualps.arch"
 local util = require "lualps.util"
@@ -136,11 +144,14 @@ function Module:arch(opts)
   return list, json
 end
 
---- A fresh Sequential (new weights from the generator, or opts.generator)
--- with the architecture of an arch list (a Lua list or its JSON text, see
+--- A fresh Sequential (new weights from the generator, or opts.generator;
+-- gen = false: zeros, for weights about to be copied in) with the
+-- architecture of an arch list (a Lua list or its JSON text, see
 -- lps.arch.check); the inverse of m:arch().
 function nn.from_arch(a, gen)
-  local ok, m = pcall(C.from_arch, a, generator_of(gen))
+  local g = generator_of(gen)
+  if gen == false then g = false end
+  local ok, m = pcall(C.from_arch, a, g)
   if not ok then error((tostring(m):gsub("^.-:%d+: ", ""):gsub("^from_arch: arch: ", "from_arch: ")), 2) end
   return m
 end

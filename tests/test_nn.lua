@@ -292,6 +292,14 @@ function TestConv:test_paths_match_reference()
     {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12}, {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14},
     {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16}, {3, 2, 1, 2, 1, 7, 6},
   }
+  -- every width of a product from 14 to 52 columns (the nn kernels' last
+  -- block of 8, 16 or 24 columns, overlapping the one before): 1x1 kernels
+  -- on one row (the product in place), and 3x3 at stride 2 (im2col, the
+  -- weights packed once per call)
+  for ow = 14, 52 do
+    cases[#cases + 1] = {2, 5, 1, 1, 0, 1, ow}
+    cases[#cases + 1] = {3, 6, 3, 2, 1, 2, 2 * ow}
+  end
   -- every set of product kernels this core runs (lps.set_conv_kernels), not only its best
   local sets = {}
   for _, name in ipairs{"unfused8", "fma8", "wide16"} do
@@ -718,6 +726,61 @@ function TestFrozen:test_input_gradients_match_backward()
     lu.assertTrue(lps.allclose(gx:rows(5 * b - 4, 5 * b), want, 1e-6, 1e-7), "block " .. b)
   end
   T.assert_error_contains("blocks of 5 rows", m.input_gradients, m, x, lps.zeros(7, 3))
+end
+
+-- input_gradients(x, gy, group): each block's gradients averaged over groups
+-- of samples, the means of the per-sample ones; a frozen first conv or
+-- linear layer maps the means instead (the same values up to rounding), a
+-- first layer that cannot (unfrozen, or run fused with the next) averages
+-- after.
+function TestFrozen:test_input_gradients_group_means()
+  local g = lps.generator(33)
+  local function cnn()
+    return nn.sequential{nn.conv2d(1, 3, 5, {stride = 2, padding = 2, generator = g}), nn.relu(),
+      nn.conv2d(3, 4, 3, {stride = 2, padding = 1, generator = g}), nn.relu(), nn.flatten(),
+      nn.linear(4 * 7 * 7, 3, g)}
+  end
+  local mlp = nn.sequential{nn.linear(20, 7, g), nn.relu(), nn.linear(7, 3, g)}
+  local bn = nn.sequential{nn.batchnorm1d(20), nn.relu(), nn.linear(20, 3, g)} -- a fused pair first
+  local cases = {{cnn(), lps.randn(6, 1, 28, 28, g), true}, {cnn(), lps.randn(6, 1, 28, 28, g), false},
+    {mlp, lps.randn(6, 20, g), true}, {bn, lps.randn(6, 20, g), true}}
+  for i, c in ipairs(cases) do
+    local m, x, frozen = table.unpack(c)
+    m:evaluate()
+    m:freeze(frozen)
+    local gy = lps.randn(12, 3, g) -- two blocks of six rows
+    local _, each = m:input_gradients(x, gy)
+    for _, group in ipairs{1, 2, 3, 6} do
+      local y, gx = m:input_gradients(x, gy, group)
+      lu.assertTrue(lps.allclose(y, m:forward(x), 0, 0))
+      local d = x:numel() // 6
+      local want = each:reshape(12 // group, group, d):mean(2)
+      lu.assertEquals(gx:shape()[1], 12 // group)
+      local diff = (gx:reshape(12 // group, d) - want):abs():max()
+      lu.assertTrue(diff <= 1e-6 * math.max(1, want:abs():max()), ("case %d, group %d: %g"):format(i, group, diff))
+    end
+    lu.assertErrorMsgContains("group", m.input_gradients, m, x, gy, 4)
+    lu.assertErrorMsgContains("group", m.input_gradients, m, x, gy, 0)
+  end
+  -- unfrozen: the parameter gradients are those of the per-sample backward
+  local m, x = cases[2][1], cases[2][2]
+  m:zero_grad()
+  m:input_gradients(x, lps.ones(6, 3), 3)
+  local _, grads = m:parameters()
+  local got = grads[1]:clone()
+  m:zero_grad()
+  m:backward(x, lps.ones(6, 3))
+  lu.assertTrue(lps.allclose(got, grads[1], 1e-6, 1e-7))
+end
+
+function TestFrozen:test_output_shape()
+  local g = lps.generator(34)
+  local m = nn.sequential{nn.conv2d(1, 3, 5, {stride = 2, padding = 2, generator = g}), nn.relu(), nn.flatten(),
+    nn.linear(3 * 14 * 14, 4, g)}
+  lu.assertEquals(m:output_shape{7, 1, 28, 28}, {7, 4})
+  lu.assertEquals(nn.relu():output_shape{2, 3}, {2, 3})
+  T.assert_error_contains("channels", m.output_shape, m, {7, 2, 28, 28})
+  lu.assertErrorMsgContains("sizes", m.output_shape, m, {7, -1})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

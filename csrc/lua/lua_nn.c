@@ -155,11 +155,12 @@ static int l_sequential(lua_State *L)
     return 1;
 }
 
-/* from_arch(arch[, generator]): a Sequential with new weights. */
+/* from_arch(arch[, generator | false]): a Sequential with new weights (false: zeros). */
 static int l_from_arch(lua_State *L)
 {
     lps_arch *a = lps_lua_checkarch(L, 1, "from_arch");
-    lps_rng *g = lps_lua_optrng(L, 2);
+    /* false: no initial draw (zeros), for weights about to be copied in */
+    lps_rng *g = lua_isboolean(L, 2) && !lua_toboolean(L, 2) ? NULL : lps_lua_optrng(L, 2);
     lps_layer *m = lps_layer_from_arch(a, g);
     if (!m) return luaL_error(L, "from_arch: %s", lps_errmsg());
     push_module(L, m, 0);
@@ -202,15 +203,15 @@ static int m_backward(lua_State *L)
     return 1;
 }
 
-/* input_gradients(x, gy) -> y, gx: one forward of x (N samples), then one
- * backward per block of N rows of gy (k*N x out): gx (k*N x x's sizes) holds
- * each block's gradient with respect to x. The vector-Jacobian products of
- * several output directions at the cost of one forward, as k backward calls
- * would pay k forwards. */
+/* input_gradients(x, gy[, group]) -> y, gx: one forward of x (N samples),
+ * then the input gradient of each block of N rows of gy (k*N x out),
+ * averaged over consecutive groups of `group` samples (default 1): gx is
+ * (k*N/group x x's sizes). lps_layer_input_gradients. */
 static int m_input_gradients(lua_State *L)
 {
     lps_layer *l = lps_lua_checkmodule(L, 1);
     lps_tensor *x = lps_lua_checktensor(L, 2), *gy = lps_lua_checktensor(L, 3);
+    lua_Integer group = luaL_optinteger(L, 4, 1);
     int nd;
     int64_t shape[LPS_MAX_DIMS];
     out_shape(L, l, x, &nd, shape);
@@ -220,20 +221,40 @@ static int m_input_gradients(lua_State *L)
     if (!fits)
         return luaL_error(L, "input_gradients: gy must stack blocks of %d rows shaped like the output "
                           "(%d x ...), got %d rows", (int)n, (int)shape[0], (int)gy->shape[0]);
+    luaL_argcheck(L, group >= 1 && n % group == 0, 4, "group must be a positive divisor of x's rows");
     lps_tensor *y = lps_lua_newtensor(L, nd, shape);
-    LPS_LCHECK(L, lps_layer_forward(l, x, y));
-    int64_t k = gy->shape[0] / n, gsh[LPS_MAX_DIMS];
+    int64_t gsh[LPS_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) gsh[i] = x->shape[i];
-    gsh[0] = k * n;
+    gsh[0] = gy->shape[0] / n * (n / group);
     lps_tensor *gx = lps_lua_newtensor(L, x->ndim, gsh);
-    for (int64_t c = 0; c < k; c++) {
-        lps_tensor *gyc = lps_tensor_rows(gy, c * n, n), *gxc = lps_tensor_rows(gx, c * n, n);
-        lps_status st = gyc && gxc ? lps_layer_backward(l, x, y, gyc, gxc) : LPS_ENOMEM;
-        lps_tensor_free(gyc);
-        lps_tensor_free(gxc);
-        LPS_LCHECK(L, st);
-    }
+    LPS_LCHECK(L, lps_layer_input_gradients(l, x, y, gy, group, gx));
     return 2;
+}
+
+/* output_shape(shape) -> shape: the output's sizes for an input of these
+ * sizes (a list, the batch first), checking that the input fits. */
+static int m_output_shape(lua_State *L)
+{
+    lps_layer *l = lps_lua_checkmodule(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int nd = (int)luaL_len(L, 2), ond;
+    luaL_argcheck(L, nd >= 1 && nd <= LPS_MAX_DIMS, 2, "a list of 1 to 4 sizes");
+    int64_t in[LPS_MAX_DIMS], out[LPS_MAX_DIMS];
+    for (int i = 0; i < nd; i++) {
+        lua_geti(L, 2, i + 1);
+        int ok;
+        lua_Integer v = lua_tointegerx(L, -1, &ok);
+        luaL_argcheck(L, ok && v >= 0, 2, "sizes must be non-negative integers");
+        in[i] = v;
+        lua_pop(L, 1);
+    }
+    LPS_LCHECK(L, lps_layer_out_shape(l, nd, in, &ond, out));
+    lua_createtable(L, ond, 0);
+    for (int i = 0; i < ond; i++) {
+        lua_pushinteger(L, out[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
 }
 
 static void push_view(lua_State *L, const lps_tensor *t)
@@ -439,7 +460,7 @@ static int l_cross_entropy(lua_State *L)
 static const luaL_Reg methods[] = {
     {"forward", m_forward}, {"backward", m_backward}, {"parameters", m_parameters},
     {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate}, {"eval", m_evaluate},
-    {"freeze", m_freeze}, {"input_gradients", m_input_gradients},
+    {"freeze", m_freeze}, {"input_gradients", m_input_gradients}, {"output_shape", m_output_shape},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
     {"children", m_children}, {"arch", m_arch}, {"named_parameters", m_named_parameters},
     {"named_buffers", m_named_buffers}, {"close", m_gc}, {NULL, NULL}};

@@ -41,7 +41,7 @@ static lps_status conv_flow(const lps_arch_entry *e, lps_flow *f)
 
 /* ------------------------------------------------ im2col + GEMM, per sample */
 
-enum { S_COL, S_X, S_GX };
+enum { S_COL, S_X, S_GX, S_PACK };
 
 /* A 1x1 kernel at stride 1 without padding needs no im2col: x is the matrix. */
 static int plain_1x1(const lps_layer *l) { return KS(l) == 1 && STRIDE(l) == 1 && PAD(l) == 0; }
@@ -126,9 +126,12 @@ static lps_status gemm_prep(const convjob *j, int backward)
     conv_split_geometry(j, &g);
     int64_t kk = CIN(l) * KS(l) * KS(l), np = j->oh * j->ow, xsize = g.cin * g.s * g.plane;
     int split = !strided_1x1(l);
+    /* the weights packed once per call for the samples' products (forward:
+     * W, backward: W^T) */
+    int64_t pack = backward ? conv_gemm_pack_floats(kk, COUT(l)) : conv_gemm_pack_floats(COUT(l), kk);
     for (int t = 0; t < j->nt; t++) {
         lps_scratch *s = conv_slots(j, t);
-        if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") ||
+        if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") || !lps_scratch_get(&s[S_PACK], pack, "conv2d") ||
             (split && !lps_scratch_get(&s[S_X], xsize, "conv2d")) ||
             (split && backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
             return LPS_ENOMEM;
@@ -144,6 +147,11 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
     lps_scratch *sc = conv_slots(j, t);
     convsplit g;
     conv_split_geometry(j, &g);
+    float *wp = NULL;
+    if (in_cache(kk, np) && !plain_1x1(l)) {
+        wp = sc[S_PACK].p;
+        conv_gemm_pack(cout, kk, wt, kk, 1, wp);
+    }
     for (int64_t n = n0; n < n1; n++) {
         const float *xn = j->x + n * CIN(l) * j->h * j->w, *col = xn;
         float *yn = j->y + n * cout * np;
@@ -157,7 +165,7 @@ static void gemm_fwd(const convjob *j, int t, int64_t n0, int64_t n1)
         }
         /* y_n (cout x P) = W (cout x K) col (K x P), then + bias */
         if (in_cache(kk, np))
-            conv_gemm_nn(cout, np, kk, wt, kk, 1, col, np, yn, np);
+            conv_gemm_nn(cout, np, kk, wt, kk, 1, wp, col, np, yn, np);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)np, (int)kk, 1.0f,
                         wt, (int)kk, col, (int)np, 0.0f, yn, (int)np);
@@ -176,9 +184,13 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
     const float *wt = l->param[0]->data;
     float *gw = conv_gw(j, t), *gb = conv_gb(j, t);
     lps_scratch *sc = conv_slots(j, t);
-    float *col = sc[S_COL].p;
+    float *col = sc[S_COL].p, *wp = NULL;
     convsplit g;
     conv_split_geometry(j, &g);
+    if (j->gx && in_cache(cout, np) && !plain_1x1(l)) {
+        wp = sc[S_PACK].p;
+        conv_gemm_pack(kk, cout, wt, 1, kk, wp);
+    }
     for (int64_t n = n0; n < n1; n++) {
         const float *xn = j->x + n * in_size, *gn = j->gy + n * cout * np, *cn = xn;
         if (!l->frozen) {
@@ -202,7 +214,7 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
         /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
         float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
         if (in_cache(cout, np))
-            conv_gemm_nn(kk, np, cout, wt, 1, kk, gn, np, dcol, np);
+            conv_gemm_nn(kk, np, cout, wt, 1, kk, wp, gn, np, dcol, np);
         else
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)np, (int)cout, 1.0f, wt,
                         (int)kk, gn, (int)np, 0.0f, dcol, (int)np);
@@ -355,6 +367,6 @@ static const lps_field conv_fields[] = {
     {NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_conv2d_type = {
-    .name = "conv2d", .fields = conv_fields, .flags = LPS_LT_WEIGHTED, .flow = conv_flow,
+    .name = "conv2d", .fields = conv_fields, .flags = LPS_LT_WEIGHTED | LPS_LT_AFFINE, .flow = conv_flow,
     .create = conv_create, .forward = conv_forward, .backward = conv_backward,
     .destroy = conv_destroy, .repr = conv_repr};

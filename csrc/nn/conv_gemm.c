@@ -62,7 +62,8 @@ FMA_CLONE void conv_gemm_nt_short(int64_t m, int64_t n, int64_t k, const float *
  * multiple (the same sums again), and products narrower than a vector run
  * as scalars in the same order. */
 KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars,
-                               int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
+                               int64_t acs, const float *pre, const float *b, int64_t ldb, float *c,
+                               int64_t ldc)
 {
     if (n < 16) {
         conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 0);
@@ -71,12 +72,13 @@ KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
     float ap[NN_MR * NN_KMAX];
     for (int64_t i0 = 0; i0 < m; i0 += NN_MR) {
         int64_t mr = m - i0 < NN_MR ? m - i0 : NN_MR;
-        conv_pack_rows(ap, NN_MR, a + i0 * ars, ars, acs, mr, k);
+        const float *wp = pre ? pre + i0 * k : ap;
+        if (!pre) conv_pack_rows(ap, NN_MR, a + i0 * ars, ars, acs, mr, k);
         for (int64_t j = 0; j < n; j += 32) {
             int64_t j0 = j + 16 <= n ? j : n - 16, j1 = j + 32 <= n ? j + 16 : n - 16;
             v16 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
             v16 s40 = {0}, s41 = {0}, s50 = {0}, s51 = {0}, s60 = {0}, s61 = {0}, s70 = {0}, s71 = {0};
-            const float *bp = b, *w = ap;
+            const float *bp = b, *w = wp;
             for (int64_t p = 0; p < k; p++, bp += ldb, w += NN_MR) {
                 v16 x0 = LD16(bp + j0), x1 = LD16(bp + j1);
                 s00 += x0 * w[0];
@@ -122,7 +124,8 @@ KERNEL16 static void nn_kernel(int64_t m, int64_t n, int64_t k, const float *a, 
  * (and the same scalars for narrow products), so the same bits. */
 enum { NN8_MR = 4 };
 KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars,
-                              int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
+                              int64_t acs, const float *pre, const float *b, int64_t ldb, float *c,
+                              int64_t ldc)
 {
     if (n < 16) {
         conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 0);
@@ -131,11 +134,12 @@ KERNEL static void nn_kernel8(int64_t m, int64_t n, int64_t k, const float *a, i
     float ap[NN8_MR * NN_KMAX];
     for (int64_t i0 = 0; i0 < m; i0 += NN8_MR) {
         int64_t mr = m - i0 < NN8_MR ? m - i0 : NN8_MR;
-        conv_pack_rows(ap, NN8_MR, a + i0 * ars, ars, acs, mr, k);
+        const float *wp = pre ? pre + i0 * k : ap;
+        if (!pre) conv_pack_rows(ap, NN8_MR, a + i0 * ars, ars, acs, mr, k);
         for (int64_t j = 0; j < n; j += 16) {
             int64_t j0 = j + 16 <= n ? j : n - 16;
             v8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
-            const float *bp = b + j0, *w = ap;
+            const float *bp = b + j0, *w = wp;
             for (int64_t p = 0; p < k; p++, bp += ldb, w += NN8_MR) {
                 v8 x0 = LD8(bp), x1 = LD8(bp + 8), w0 = BC8(w[0]), w1 = BC8(w[1]);
                 s00 += x0 * w0;
@@ -183,8 +187,25 @@ lps_status lps_set_conv_kernels(const char *name)
     return lps_fail(LPS_EINVAL, "set_conv_kernels: unknown kernels '%s' (auto, unfused8, fma8, wide16)", name);
 }
 
+/* The rows a block of the nn kernels in use packs: 8 (wide16) or 4. */
+static int64_t pack_width(void) { return kernels() == K_WIDE16 ? NN_MR : NN8_MR; }
+
+int64_t conv_gemm_pack_floats(int64_t m, int64_t k)
+{
+    int64_t w = pack_width();
+    return (m + w - 1) / w * w * k;
+}
+
+void conv_gemm_pack(int64_t m, int64_t k, const float *a, int64_t ars, int64_t acs, float *ap)
+{
+    int64_t w = pack_width();
+    if (k > NN_KMAX) return; /* conv_gemm_nn then hands the product to BLAS */
+    for (int64_t i0 = 0; i0 < m; i0 += w)
+        conv_pack_rows(ap + i0 * k, (int)w, a + i0 * ars, ars, acs, m - i0 < w ? m - i0 : w, k);
+}
+
 void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
-                  const float *b, int64_t ldb, float *c, int64_t ldc)
+                  const float *ap, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0) return;
     if (k <= 0) {
@@ -194,11 +215,11 @@ void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, 
     if (k <= NN_KMAX) {
         int which = kernels();
         if (which == K_WIDE16)
-            nn_kernel(m, n, k, a, ars, acs, b, ldb, c, ldc);
+            nn_kernel(m, n, k, a, ars, acs, ap, b, ldb, c, ldc);
         else if (which == K_FMA8)
-            conv_gemm_nn_fma(m, n, k, a, ars, acs, b, ldb, c, ldc);
+            conv_gemm_nn_fma(m, n, k, a, ars, acs, ap, b, ldb, c, ldc);
         else
-            nn_kernel8(m, n, k, a, ars, acs, b, ldb, c, ldc);
+            nn_kernel8(m, n, k, a, ars, acs, ap, b, ldb, c, ldc);
         return;
     }
     /* deeper than the packed block holds (no caller's shape here): BLAS */

@@ -18,8 +18,8 @@ FMA_INLINE v8 fma8(v8 a, v8 b, v8 c) { return (v8)_mm256_fmadd_ps((__m256)a, (__
 
 enum { MR = 4 };
 
-/* Four packed rows of A (w) by nv vectors of B from column j0 (nv = 3 or
- * 2, a constant where inlined): 4 nv sums in registers. */
+/* Four packed rows of A (w) by nv vectors of B from column j0 (nv = 1 to
+ * 3, a constant where inlined): 4 nv sums in registers. */
 FMA_INLINE void nn_block(int nv, int64_t mr, int64_t k, const float *w, const float *b, int64_t ldb,
                          float *c, int64_t ldc)
 {
@@ -38,7 +38,8 @@ FMA_INLINE void nn_block(int nv, int64_t mr, int64_t k, const float *w, const fl
 }
 
 FMA_FN void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars,
-                             int64_t acs, const float *b, int64_t ldb, float *c, int64_t ldc)
+                             int64_t acs, const float *pre, const float *b, int64_t ldb, float *c,
+                             int64_t ldc)
 {
     if (n < 16) {
         conv_gemm_narrow(m, n, k, a, ars, acs, b, ldb, c, ldc, 1);
@@ -47,19 +48,24 @@ FMA_FN void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, in
     float ap[MR * CONV_GEMM_KMAX]; /* k <= CONV_GEMM_KMAX: conv_gemm_nn checks */
     for (int64_t i0 = 0; i0 < m; i0 += MR) {
         int64_t mr = m - i0 < MR ? m - i0 : MR;
-        conv_pack_rows(ap, MR, a + i0 * ars, ars, acs, mr, k);
+        const float *wp = pre ? pre + i0 * k : ap;
+        if (!pre) conv_pack_rows(ap, MR, a + i0 * ars, ars, acs, mr, k);
         float *cr = c + i0 * ldc;
-        /* blocks of 24 columns, the last overlapping the one before (the
-         * same sums again); 16 to 23 columns as two blocks of 16 */
-        if (n >= 24)
-            for (int64_t j = 0; j < n; j += 24) {
-                int64_t j0 = j + 24 <= n ? j : n - 24;
-                nn_block(3, mr, k, ap, b + j0, ldb, cr + j0, ldc);
-            }
-        else {
-            nn_block(2, mr, k, ap, b, ldb, cr, ldc);
-            nn_block(2, mr, k, ap, b + n - 16, ldb, cr + n - 16, ldc);
-        }
+        /* blocks of 24 columns, then the rest as one block of 24, 16 or 8
+         * ending at n, overlapping the one before (the same sums again):
+         * 49 columns (7x7 planes) cost 56, not 72 */
+        int64_t j = 0;
+        for (; j + 24 <= n; j += 24) nn_block(3, mr, k, wp, b + j, ldb, cr + j, ldc);
+        int64_t rest = n - j;
+        if (rest > 16 && n >= 24)
+            nn_block(3, mr, k, wp, b + n - 24, ldb, cr + n - 24, ldc);
+        else if (rest > 16) { /* 17 to 23 columns in all */
+            nn_block(2, mr, k, wp, b, ldb, cr, ldc);
+            nn_block(1, mr, k, wp, b + n - 8, ldb, cr + n - 8, ldc);
+        } else if (rest > 8)
+            nn_block(2, mr, k, wp, b + n - 16, ldb, cr + n - 16, ldc);
+        else if (rest > 0)
+            nn_block(1, mr, k, wp, b + n - 8, ldb, cr + n - 8, ldc);
     }
 }
 
@@ -119,9 +125,9 @@ FMA_FN void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, in
 #else
 /* no FMA build (HAS_FMA is 0): never called, but linked */
 void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
-                      const float *b, int64_t ldb, float *c, int64_t ldc)
+                      const float *pre, const float *b, int64_t ldb, float *c, int64_t ldc)
 {
-    conv_gemm_nn(m, n, k, a, ars, acs, b, ldb, c, ldc);
+    conv_gemm_nn(m, n, k, a, ars, acs, pre, b, ldb, c, ldc);
 }
 void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                       int64_t ldb, float *c, int64_t ldc)

@@ -75,10 +75,17 @@ enum { CONV_GEMM_KMAX = 1024 };
 
 /* Small matrix products (conv_gemm.c), row-major. conv_gemm_nn: C (m x n)
  * = A (m x k) B (k x n), A's element (i, p) at a[i ars + p acs] (so either
- * A or its transpose in place); needs ars or acs to be 1. conv_gemm_nt:
+ * A or its transpose in place); needs ars or acs to be 1. ap: A as
+ * conv_gemm_pack packed it (the same bits, without packing A again on
+ * every call: a layer's weights for each sample), or NULL. conv_gemm_nt:
  * C (m x n) += A (m x k) B^T, B (n x k). Results depend on the shapes only. */
 void conv_gemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
-                  const float *b, int64_t ldb, float *c, int64_t ldc);
+                  const float *ap, const float *b, int64_t ldb, float *c, int64_t ldc);
+/* A (m x k, read as conv_gemm_nn reads it) packed for the nn kernels in
+ * use, into conv_gemm_pack_floats(m, k) floats. Pack and product must run
+ * under the same kernels (lps_set_conv_kernels between them is an error). */
+int64_t conv_gemm_pack_floats(int64_t m, int64_t k);
+void conv_gemm_pack(int64_t m, int64_t k, const float *a, int64_t ars, int64_t acs, float *ap);
 void conv_gemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                   int64_t ldb, float *c, int64_t ldc);
 /* Their scalar paths (products narrower, sums shorter than a vector),
@@ -95,7 +102,7 @@ void conv_pack_rows(float *ap, int w, const float *a, int64_t ars, int64_t acs, 
  * (conv_gemm_fma.c; conv_gemm_nn/nt call them where the "fma8" kernels run);
  * conv_gemm_nn_fma needs k <= CONV_GEMM_KMAX. */
 void conv_gemm_nn_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t ars, int64_t acs,
-                      const float *b, int64_t ldb, float *c, int64_t ldc);
+                      const float *pre, const float *b, int64_t ldb, float *c, int64_t ldc);
 void conv_gemm_nt_fma(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                       int64_t ldb, float *c, int64_t ldc);
 

@@ -508,7 +508,7 @@ static void wino_fwd(const convjob *j, int th, int64_t b0, int64_t b1)
                 input_transform(j->x + ((n0 + s) * g.c1 + c) * in_plane, j, PAD(l), &g,
                                 v + c * t + s * g.tp, g.c1 * t, rows);
         for (int k = 0; k < 16; k++)
-            conv_gemm_nn(g.c2, t, g.c1, u + k * g.c2 * g.c1, g.c1, 1, v + k * g.c1 * t, t,
+            conv_gemm_nn(g.c2, t, g.c1, u + k * g.c2 * g.c1, g.c1, 1, NULL, v + k * g.c1 * t, t,
                          m + k * g.c2 * t, t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c2; c++)
@@ -547,7 +547,7 @@ static void wino_bwd(const convjob *j, int th, int64_t b0, int64_t b1)
         if (!j->gx) continue;
         /* dV[xi] (c1 x T) = U[xi]^T dM[xi], U read transposed in place */
         for (int k = 0; k < 16; k++)
-            conv_gemm_nn(g.c1, t, g.c2, u + k * g.c2 * g.c1, 1, g.c1, m + k * g.c2 * t, t,
+            conv_gemm_nn(g.c1, t, g.c2, u + k * g.c2 * g.c1, 1, g.c1, NULL, m + k * g.c2 * t, t,
                          v + k * g.c1 * t, t);
         for (int64_t s = 0; s < gs; s++)
             for (int64_t c = 0; c < g.c1; c++)

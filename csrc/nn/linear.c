@@ -93,5 +93,5 @@ static const lps_field lin_fields[] = {{"in", LPS_FIELD_INT, 1, INT32_MAX / 2, L
                                        {NULL, 0, 0, 0, 0, 0}};
 
 const lps_layer_type lps_linear_type = {
-    .name = "linear", .fields = lin_fields, .flags = LPS_LT_WEIGHTED, .flow = lin_flow,
+    .name = "linear", .fields = lin_fields, .flags = LPS_LT_WEIGHTED | LPS_LT_AFFINE, .flow = lin_flow,
     .create = lin_create, .forward = lin_forward, .backward = lin_backward, .repr = lin_repr};

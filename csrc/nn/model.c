@@ -3,6 +3,7 @@
  * an architecture and back) and the Sequential container with its reused
  * buffers. Nothing here names a layer type. */
 #include "nn/nn_internal.h"
+#include "nn/simd.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -548,7 +549,7 @@ static lps_status ensure(seqbuf *b, int ndim, const int64_t *shape)
     for (int i = 0; i < ndim; i++) n *= shape[i];
     if (!b->store || b->store->numel < n) {
         lps_tensor_free(b->store);
-        b->store = lps_tensor_new(1, &n);
+        b->store = lps_tensor_empty(1, &n); /* every layer writes its output before it is read */
         if (!b->store) return LPS_ENOMEM;
     }
     b->view = lps_view_as(b->store, ndim, shape);
@@ -668,8 +669,10 @@ lps_status lps_seq_forward_add(lps_layer *l, const lps_tensor *x, const float *r
     return seq_run(l, x, y, r, relu);
 }
 
-static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
-                               const lps_tensor *gy, lps_tensor *gx)
+/* Children n-1 down to lo (lo = 0: the whole backward), gx the gradient
+ * at child lo's input; a pair run as one forward pass must not straddle lo. */
+static lps_status seq_backward_to(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                                  const lps_tensor *gy, lps_tensor *gx, int lo)
 {
     seqpriv *p = l->priv;
     if (p->in_ndim != x->ndim || memcmp(p->in_shape, x->shape, sizeof p->in_shape) != 0)
@@ -678,8 +681,8 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
     int n = l->nchildren;
     if (n == 0 && gx && x->numel && gx->data != gy->data)
         memcpy(gx->data, gy->data, (size_t)x->numel * sizeof(float));
-    for (int i = n - 1; i >= 0; i--) {
-        int pool_pair = i > 0 && fused(l, i - 1), relu_pair = !pool_pair && i > 0 && relu_fused(l, i - 1);
+    for (int i = n - 1; i >= lo; i--) {
+        int pool_pair = i > lo && fused(l, i - 1), relu_pair = !pool_pair && i > lo && relu_fused(l, i - 1);
         if (pool_pair || relu_pair) {
             /* a pair run as one forward pass: layer r, then layer i */
             int r = i - 1;
@@ -687,7 +690,7 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
             const lps_tensor *in = r ? &p->act[r - 1].view : x;
             const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
             const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
-            lps_tensor *gin = r ? &p->grad[r - 1].view : gx;
+            lps_tensor *gin = r > lo ? &p->grad[r - 1].view : gx;
             lps_status s = LPS_OK;
             if (pool_pair && gin) {
                 /* the gate's mask from the pooled output (positive exactly
@@ -714,11 +717,121 @@ static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tens
         const lps_tensor *in = i ? &p->act[i - 1].view : x;
         const lps_tensor *out = i + 1 < n ? &p->act[i].view : y;
         const lps_tensor *gout = i + 1 < n ? &p->grad[i].view : gy;
-        lps_tensor *gin = i ? &p->grad[i - 1].view : gx;
+        lps_tensor *gin = i > lo ? &p->grad[i - 1].view : gx;
         lps_status s = l->children[i]->type->backward(l->children[i], in, out, gout, gin);
         if (s) return s;
     }
     return LPS_OK;
+}
+
+static lps_status seq_backward(lps_layer *l, const lps_tensor *x, const lps_tensor *y,
+                               const lps_tensor *gy, lps_tensor *gx)
+{
+    return seq_backward_to(l, x, y, gy, gx, 0);
+}
+
+/* Rows r g .. r g + g - 1 of a (rows x w) to their mean in row r, in place:
+ * row r lies in a group before r's (or is its first row), so it is free
+ * once the groups before are done. Added row by row, in order, 8 lanes at a
+ * time (every element the same chain of adds either way). */
+KERNEL static void group_means(float *a, int64_t rows, int64_t w, int64_t g)
+{
+    float inv = 1.0f / (float)g;
+    int64_t w8 = w / 8 * 8;
+    for (int64_t r = 0; r < rows / g; r++) {
+        float *d = a + r * w;
+        const float *s = a + r * g * w;
+        if (d != s) memmove(d, s, sizeof(float) * (size_t)w);
+        for (int64_t q = 1; q < g; q++) {
+            const float *sq = s + q * w;
+            int64_t e = 0;
+            for (; e < w8; e += 8) ST8(d + e, LD8(d + e) + LD8(sq + e));
+            for (; e < w; e++) d[e] += sq[e];
+        }
+        int64_t e = 0;
+        for (; e < w8; e += 8) ST8(d + e, LD8(d + e) * BC8(inv));
+        for (; e < w; e++) d[e] *= inv;
+    }
+}
+
+/* The view of rows [r0, r0 + n) of t (a header, no allocation). */
+static lps_tensor rows_of(const lps_tensor *t, int64_t r0, int64_t n)
+{
+    int64_t sh[LPS_MAX_DIMS];
+    memcpy(sh, t->shape, sizeof sh);
+    sh[0] = n;
+    lps_tensor v = lps_view_as(t, t->ndim, sh);
+    v.data = t->data + r0 * (t->numel / (t->shape[0] ? t->shape[0] : 1));
+    return v;
+}
+
+/* Whether a sequential's first child can take the group means of its
+ * output gradients (see lps_layer_input_gradients). */
+static int means_first(const lps_layer *l)
+{
+    return lps_layer_is_sequential(l) && l->nchildren >= 2 && l->children[0]->frozen &&
+           (l->children[0]->type->flags & LPS_LT_AFFINE) && !fused(l, 0) && !relu_fused(l, 0);
+}
+
+lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tensor *y,
+                                     const lps_tensor *gy, int64_t group, lps_tensor *gx)
+{
+    lps_status s = check_out(l, x, y, "output");
+    if (s) return s;
+    int64_t n = x->shape[0], k = n > 0 ? gy->shape[0] / n : 0;
+    int fits = n >= 1 && gy->ndim == y->ndim && gy->shape[0] == k * n && k >= 1;
+    for (int i = 1; fits && i < y->ndim; i++) fits = gy->shape[i] == y->shape[i];
+    if (!fits)
+        return lps_fail(LPS_ESHAPE, "input_gradients: gy %s must stack blocks of %lld rows shaped like the "
+                        "output %s", SH(gy), (long long)n, SH(y));
+    if (group < 1 || n % group)
+        return lps_fail(LPS_EINVAL, "input_gradients: group %lld must divide the %lld samples",
+                        (long long)group, (long long)n);
+    int64_t rows = k * (n / group), per = x->numel / n;
+    int fits_gx = gx->ndim == x->ndim && gx->shape[0] == rows;
+    for (int i = 1; fits_gx && i < x->ndim; i++) fits_gx = gx->shape[i] == x->shape[i];
+    if (!fits_gx)
+        return lps_fail(LPS_ESHAPE, "input_gradients: gx %s should have %lld rows shaped like the input %s",
+                        SH(gx), (long long)rows, SH(x));
+    if ((s = l->type->forward(l, x, y))) return s;
+    int fast = group > 1 && means_first(l);
+    const lps_tensor *mid = fast ? &((seqpriv *)l->priv)->act[0].view : x;
+    int64_t w = fast ? mid->numel / n : per;
+    float *buf = NULL, *zeros = NULL;
+    if (group > 1 && !(buf = malloc(sizeof(float) * (size_t)((fast ? k * n : n) * w))))
+        return lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld x %lld floats",
+                        (long long)(fast ? k * n : n), (long long)w);
+    lps_tensor big = lps_view_as(mid, mid->ndim, mid->shape); /* k n rows of mid (fast) */
+    big.data = buf;
+    big.shape[0] = fast ? k * n : n;
+    big.numel = big.shape[0] * w;
+    for (int64_t c = 0; c < k && !s; c++) {
+        lps_tensor gyc = rows_of(gy, c * n, n);
+        lps_tensor gxc = group > 1 ? rows_of(&big, fast ? c * n : 0, n) : rows_of(gx, c * n, n);
+        s = fast ? seq_backward_to(l, x, y, &gyc, &gxc, 1) : l->type->backward(l, x, y, &gyc, &gxc);
+        if (!s && group > 1 && !fast) {
+            group_means(buf, n, w, group);
+            memcpy(gx->data + c * (n / group) * w, buf, sizeof(float) * (size_t)((n / group) * w));
+        }
+    }
+    if (!s && fast) {
+        /* The first child's input gradient is one linear map of its output
+         * gradient, whatever the sample: map the means, not every sample
+         * (group times fewer). Its backward reads shapes only; x0 holds zeros. */
+        group_means(buf, k * n, w, group);
+        lps_tensor gm = rows_of(&big, 0, rows);
+        lps_tensor x0 = rows_of(gx, 0, rows);
+        if (!(zeros = calloc((size_t)(rows * per), sizeof(float))))
+            s = lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld floats", (long long)(rows * per));
+        else {
+            x0.data = zeros;
+            lps_layer *first = l->children[0];
+            s = first->type->backward(first, &x0, &gm, &gm, gx);
+        }
+    }
+    free(buf);
+    free(zeros);
+    return s;
 }
 
 static void seq_destroy(lps_layer *l)

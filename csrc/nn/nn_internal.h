@@ -35,6 +35,10 @@ enum {
     LPS_LT_WINDOW_MAX = 8u,
     /* max(0, x) exactly (ReLU): a layer type with forward_relu may apply it. */
     LPS_LT_RELU = 16u,
+    /* Frozen, its backward reads neither x's nor y's values, only their
+     * shapes: the input gradient is one linear map of gy, the same for
+     * every sample (lps_layer_input_gradients maps group means through it). */
+    LPS_LT_AFFINE = 32u,
 };
 
 /* A layer type: one file of csrc/nn/ defines it, registry.c lists it. */

@@ -30,12 +30,17 @@ end
 -- The tensor `name` of a map, checked against the arch's shape; errors
 -- name its layer.
 local function state_tensor(map, name, want, a, kind)
-  local t, who = map[name], arch.layer_of(a, name)
-  who = who and who .. ": " or ""
-  if not core.is_tensor(t) then error(("similarity: %s%s '%s' is missing"):format(who, kind, name), 0) end
-  local got, shape = table.concat(t:shape(), "x"), table.concat(want.shapes[name], "x")
-  if got ~= shape then
-    error(("similarity: %s%s '%s' has shape (%s), expected (%s)"):format(who, kind, name, got, shape), 0)
+  local t = map[name]
+  local function who() -- only for errors: naming the layer costs more than the check
+    local w = arch.layer_of(a, name)
+    return w and w .. ": " or ""
+  end
+  if not core.is_tensor(t) then error(("similarity: %s%s '%s' is missing"):format(who(), kind, name), 0) end
+  local shape, fits = want.shapes[name], t:dim() == #want.shapes[name]
+  for d = 1, #shape do fits = fits and t:size(d) == shape[d] end
+  if not fits then
+    error(("similarity: %s%s '%s' has shape (%s), expected (%s)"):format(who(), kind, name,
+      table.concat(t:shape(), "x"), table.concat(shape, "x")), 0)
   end
   return t
 end

@@ -15,16 +15,6 @@ local nn = require "lualps.nn"
 
 local M = {}
 
--- The pooling matrix (side^2 x (side/q)^2) averaging q x q blocks.
-local function pool_matrix(side, q)
-  local n = side // q
-  local M = core.zeros(side * side, n * n)
-  for r = 0, side - 1 do
-    for c = 0, side - 1 do M:set(r * side + c + 1, (r // q) * n + c // q + 1, 1 / (q * q)) end
-  end
-  return M
-end
-
 -- A module computing the model's function: the model itself, or one built
 -- from its arch (or, without one, an MLP of its shapes) with its parameters
 -- and buffers.
@@ -43,21 +33,23 @@ local function module_of(model)
       if l < #model // 2 then list[#list + 1] = {type = "relu"} end
     end
   end
-  local m = nn.from_arch(list, core.generator(0))
-  local function fill(named, tensors, what)
-    if #named ~= #tensors then
-      error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#named, what, #tensors), 5)
+  local m = nn.from_arch(list, false) -- zeros: the model's weights are copied in
+  local function fill(dst, tensors, what)
+    if #dst ~= #tensors then
+      error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#dst, what, #tensors), 5)
     end
-    for i, e in ipairs(named) do
-      if e.tensor:numel() ~= tensors[i]:numel() then
+    for i, t in ipairs(dst) do
+      if t:numel() ~= tensors[i]:numel() then
         error(("similarity: %s tensor %d (%s) does not fit its arch's %s"):format(what, i,
-          table.concat(tensors[i]:shape(), "x"), table.concat(e.tensor:shape(), "x")), 5)
+          table.concat(tensors[i]:shape(), "x"), table.concat(t:shape(), "x")), 5)
       end
-      e.tensor:copy(tensors[i])
+      t:copy(tensors[i])
     end
   end
-  fill(m:named_parameters(), model, "parameter")
-  fill(m:named_buffers(), model.buffers or {}, "buffer")
+  fill((m:parameters()), model, "parameter") -- the order of named_parameters, without the names
+  local buffers = {}
+  for i, e in ipairs(m:named_buffers()) do buffers[i] = e.tensor end
+  fill(buffers, model.buffers or {}, "buffer")
   return m, true
 end
 
@@ -72,7 +64,8 @@ function M.compute(self, model)
   local was_training = m:is_training()
   m:freeze() -- input gradients only
   m:evaluate() -- batch norm by its running statistics, no dropout: the function a user runs
-  self.pool_m = self.pool_m or pool_matrix(o.input_shape[#o.input_shape], o.template_pool)
+  local side = o.input_shape[#o.input_shape]
+  self.tpool = self.tpool or nn.layer("avgpool2d", {kernel = o.template_pool}) -- q x q block means
   local R, P, d = #o.noise_ranges, o.noise, o.input_dim
   if not self.noise_x then -- the R ranges' noise images, one batch
     self.noise_x = core.zeros(R * P, d)
@@ -84,14 +77,15 @@ function M.compute(self, model)
   local x = self.noise_x
   local first = model[1] or m:named_parameters()[1].tensor -- a weight list, or {module = m}
   if first:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
-  local k = m:forward(x:rows(1, 1)):size(2) -- the classes: the output's width
-  -- one forward, then a backward per class: d(logit_c - mean logit)
+  local k = m:output_shape{1, table.unpack(x:shape(), 2)}[2] -- the classes: the output's width
+  -- one forward, then a backward per class: d(logit_c - mean logit), each
+  -- range's P gradients averaged in C (a first conv or linear layer maps
+  -- their mean, not each)
   local gy = core.full(k * R * P, k, -1 / k)
   for c = 1, k do
     for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
   end
-  local logits, grads = m:input_gradients(x, gy)
-  local gx = grads:reshape(k * R, P, d):mean(2) -- (class, range) rows
+  local logits, gx = m:input_gradients(x, gy, P) -- gx: (class, range) rows
   if own then -- its layers' workspaces are C memory: free them now
     local function close(mod)
       for _, kid in ipairs(mod:children()) do close(kid) end
@@ -102,7 +96,7 @@ function M.compute(self, model)
     m:freeze(false)
     m:train(was_training)
   end
-  local T = core.matmul(gx, self.pool_m):reshape(k, R * self.seg)
+  local T = self.tpool:forward(gx:reshape(k * R, 1, side, side)):reshape(k, R * self.seg)
   local norms = (T * T):sum(2):sqrt()
   local nmax = math.max(norms:max(), 1e-12)
   for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
@@ -110,12 +104,9 @@ function M.compute(self, model)
   mean_logit:sub_(mean_logit:mean())
   if o.template_extras then -- columns after the template: one-hot class count, centred logit per range
     local w = R * self.seg
-    self.extra_pad = self.extra_pad or (function()
-      local E = core.zeros(w, w + 8 + R)
-      for j = 1, w do E:set(j, j, 1) end
-      return E
-    end)()
-    T = core.matmul(T, self.extra_pad)
+    local padded = core.zeros(k, w + 8 + R)
+    for c = 1, k do padded[c]:rows(1, w):copy(T[c]) end
+    T = padded
     for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
     for r = 1, R do
       local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
