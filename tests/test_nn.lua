@@ -291,6 +291,11 @@ function TestConv:test_paths_match_reference()
     {2, 3, 3, 2, 1, 9, 10}, {3, 2, 5, 1, 2, 8, 7}, {2, 3, 5, 2, 2, 9, 10}, {3, 4, 3, 2, 1, 9, 8},
     {3, 4, 3, 2, 0, 10, 9}, {2, 2, 4, 3, 1, 11, 12}, {1, 2, 1, 1, 0, 3, 3}, {8, 16, 5, 2, 2, 14, 14},
     {4, 3, 3, 2, 1, 12, 11}, {4, 3, 3, 2, 3, 10, 9}, {5, 2, 5, 2, 1, 13, 16}, {3, 2, 1, 2, 1, 7, 6},
+    -- im2col + GEMM whose input gradient is a convolution of gy (stride 1,
+    -- fewer outputs than inputs): padding 0 to k - 1, an even kernel, a
+    -- plane too wide for the cache (BLAS), and padding past k - 1 (not taken)
+    {6, 2, 5, 1, 0, 9, 11}, {8, 3, 5, 1, 4, 7, 6}, {4, 2, 4, 1, 1, 9, 9}, {5, 3, 5, 1, 2, 14, 14},
+    {16, 8, 5, 1, 2, 28, 28}, {3, 2, 3, 1, 3, 6, 7},
   }
   -- every width of a product from 14 to 52 columns (the nn kernels' last
   -- block of 8, 16 or 24 columns, overlapping the one before): 1x1 kernels

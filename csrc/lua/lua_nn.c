@@ -379,10 +379,18 @@ static void named_one(void *ud, const char *name, lps_tensor *t, int is_buffer)
 
 /* named_parameters() / named_buffers() -> {{name = "0.weight", tensor = view}, ...}
  * in PyTorch's state_dict order; the tensors share memory with the module. */
+static int count_buffers(const lps_layer *l)
+{
+    int n = l->nbuffers;
+    for (int i = 0; i < l->nchildren; i++) n += count_buffers(l->children[i]);
+    return n;
+}
+
 static int named(lua_State *L, int buffers)
 {
     lps_layer *l = lps_lua_checkmodule(L, 1);
     lua_newtable(L);
+    if (buffers && count_buffers(l) == 0) return 1; /* no names to format */
     named_ctx c = {L, buffers, 0};
     lps_layer_named(l, named_one, &c);
     return 1;

@@ -118,6 +118,34 @@ KERNEL static void col2im(const float *col, const convsplit *g, const convjob *j
  * floats) stays in a core's L2 cache, else by BLAS (which blocks for it). */
 static int in_cache(int64_t depth, int64_t np) { return depth <= 1024 && depth * np <= (1 << 17); }
 
+/* At stride 1 with fewer output channels than input ones, the input
+ * gradient as a convolution of gy (cout channels, padded by k - 1 - pad)
+ * with the flipped, transposed kernel: its columns (cout k k) are fewer
+ * than the product's (cin k k) and its product is deep (cout k k, not
+ * cout), with no columns to fold back (col2im). */
+static int transposed_bwd(const lps_layer *l)
+{
+    return STRIDE(l) == 1 && KS(l) > 1 && PAD(l) <= KS(l) - 1 && COUT(l) < CIN(l);
+}
+
+/* The job and split geometry of that convolution: gy's planes in, x's out. */
+static void transposed_geometry(const convjob *j, convjob *t, convsplit *g)
+{
+    const lps_layer *l = j->l;
+    *t = *j;
+    t->h = j->oh, t->w = j->ow, t->oh = j->h, t->ow = j->w;
+    g->cin = COUT(l);
+    g->cout = CIN(l);
+    g->k = KS(l);
+    g->s = 1;
+    g->pad = KS(l) - 1 - PAD(l);
+    g->owp = (t->ow + 7) / 8 * 8;
+    g->hp = (t->oh + 1) + g->k;
+    g->wc = g->owp + g->k - 1 + 8;
+    g->plane = g->hp * g->wc;
+    g->taps = g->cin * g->k * g->k;
+}
+
 static lps_status gemm_prep(const convjob *j, int backward)
 {
     const lps_layer *l = j->l;
@@ -129,10 +157,29 @@ static lps_status gemm_prep(const convjob *j, int backward)
     /* the weights packed once per call for the samples' products (forward:
      * W, backward: W^T) */
     int64_t pack = backward ? conv_gemm_pack_floats(kk, COUT(l)) : conv_gemm_pack_floats(COUT(l), kk);
+    int64_t tcol = 0, tx = 0, cout = COUT(l), k = KS(l);
+    if (backward && j->gx && transposed_bwd(l)) {
+        /* the flipped kernel wt[ci][co][ki][kj] = w[co][ci][k-1-ki][k-1-kj], shared */
+        convjob tj;
+        convsplit tg;
+        transposed_geometry(j, &tj, &tg);
+        tcol = tg.taps * j->h * j->w + 8;
+        tx = tg.cin * tg.plane;
+        int64_t cin = CIN(l), taps = cout * k * k;
+        float *wt = lps_scratch_get(&((convpriv *)l->priv)->shared, cin * taps, "conv2d");
+        if (!wt) return LPS_ENOMEM;
+        const float *w = l->param[0]->data;
+        for (int64_t ci = 0; ci < cin; ci++)
+            for (int64_t co = 0; co < cout; co++)
+                for (int64_t t = 0; t < k * k; t++)
+                    wt[ci * taps + co * k * k + t] = w[(co * cin + ci) * k * k + (k * k - 1 - t)];
+        pack = conv_gemm_pack_floats(cin, taps);
+    }
     for (int t = 0; t < j->nt; t++) {
         lps_scratch *s = conv_slots(j, t);
-        if (!lps_scratch_get(&s[S_COL], kk * np + 8, "conv2d") || !lps_scratch_get(&s[S_PACK], pack, "conv2d") ||
-            (split && !lps_scratch_get(&s[S_X], xsize, "conv2d")) ||
+        if (!lps_scratch_get(&s[S_COL], (kk * np + 8 > tcol ? kk * np + 8 : tcol), "conv2d") ||
+            !lps_scratch_get(&s[S_PACK], pack, "conv2d") ||
+            (split && !lps_scratch_get(&s[S_X], xsize > tx ? xsize : tx, "conv2d")) ||
             (split && backward && j->gx && !lps_scratch_get(&s[S_GX], xsize, "conv2d")))
             return LPS_ENOMEM;
     }
@@ -187,7 +234,18 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
     float *col = sc[S_COL].p, *wp = NULL;
     convsplit g;
     conv_split_geometry(j, &g);
-    if (j->gx && in_cache(cout, np) && !plain_1x1(l)) {
+    int trans = j->gx && transposed_bwd(l);
+    convjob tj;
+    convsplit tg;
+    const float *wflip = trans ? ((const convpriv *)l->priv)->shared.p : NULL;
+    int64_t hw = j->h * j->w;
+    if (trans) {
+        transposed_geometry(j, &tj, &tg);
+        if (in_cache(tg.taps, hw)) {
+            wp = sc[S_PACK].p;
+            conv_gemm_pack(CIN(l), tg.taps, wflip, tg.taps, 1, wp);
+        }
+    } else if (j->gx && in_cache(cout, np) && !plain_1x1(l)) {
         wp = sc[S_PACK].p;
         conv_gemm_pack(kk, cout, wt, 1, kk, wp);
     }
@@ -211,6 +269,18 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
                             gn, (int)np, cn, (int)np, 1.0f, gw, (int)kk);
         }
         if (!j->gx) continue;
+        if (trans) {
+            /* gx_n (cin x hw) = flipped W (cin x cout k k) im2col(gy_n padded) */
+            float *gxn = j->gx + n * in_size;
+            conv_split_input(gn, &tj, &tg, sc[S_X].p);
+            im2col(sc[S_X].p, &tg, &tj, col);
+            if (in_cache(tg.taps, hw))
+                conv_gemm_nn(CIN(l), hw, tg.taps, wflip, tg.taps, 1, wp, col, hw, gxn, hw);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)CIN(l), (int)hw, (int)tg.taps, 1.0f,
+                            wflip, (int)tg.taps, col, (int)hw, 0.0f, gxn, (int)hw);
+            continue;
+        }
         /* dcol (K x P) = W^T gy_n, folded back onto the sample's input */
         float *gxn = j->gx + n * in_size, *dcol = plain_1x1(l) ? gxn : col;
         if (in_cache(cout, np))

@@ -6,6 +6,7 @@
 local core = require "lualps.core"
 local nn = require "lualps.nn"
 local arch = require "lualps.arch"
+local mjson = require "lualps.json"
 local K = core._lps
 
 local M = {}
@@ -126,7 +127,10 @@ end
 -- with the `arch` (older records: of their legacy spec) and `family` of its
 -- metadata (what reading a CNN's function needs).
 function M.record(set, i)
-  local meta = set:meta(i)
+  -- the fields read here (arch or a legacy spec, family, id), decoded without
+  -- the integer pass over the rest; set:meta raises its errors
+  local meta = math.type(i) == "integer" and i >= 1 and i <= #set
+    and mjson.decode_fields(set:meta_json(i), {"arch", "spec"}) or set:meta(i)
   local ok, w = pcall(function()
     local a = arch.of_meta(meta)
     local map, names = set:tensors(i)
