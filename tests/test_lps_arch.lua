@@ -152,6 +152,57 @@ function TestArchGradients:test_template_extras_by_hand()
   lu.assertEquals(plain:templates(model, "mlp"):shape(), {3, w})
 end
 
+-- The templates by their definition: for each class c and noise range, the
+-- mean over the range's images of d(logit_c - mean logit)/dx, taken here by
+-- one plain backward per class and image, then pooled q x q and normalized.
+-- (templates.lua averages in C, maps the means through the first layer and
+-- takes the last class as minus the sum of the others.) Classes 1 to 4.
+function TestArchGradients:test_templates_by_definition()
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, noise = 3, template_pool = 4, template_extras = false,
+    noise_ranges = {{0, 0.3}, {0.6, 1}}}
+  local models = {}
+  for k = 1, 4 do
+    local c = nn.sequential{nn.conv2d(1, 3, 5, {stride = 2, padding = 2, generator = g}), nn.relu(),
+      nn.conv2d(3, 4, 3, {stride = 2, padding = 1, generator = g}), nn.relu(), nn.flatten(), nn.linear(4 * 7 * 7, k, g)}
+    models[#models + 1] = c
+    models[#models + 1] = nn.mlp{784, 9, k, generator = g}
+  end
+  for i, m in ipairs(models) do
+    local w = weights(m)
+    w.arch = m:arch()
+    local T = net:templates(w)
+    local k = T:size(1)
+    local x = net.noise_x -- the 2 x 3 noise images the templates read
+    local conv = w[1]:dim() == 4
+    local want = lps.zeros(k, 2 * 49)
+    for c = 1, k do
+      for r = 1, 2 do
+        local sum = lps.zeros(784)
+        for p = 1, 3 do
+          local xi = x:rows((r - 1) * 3 + p, (r - 1) * 3 + p)
+          if conv then xi = xi:reshape(1, 1, 28, 28) end
+          m:forward(xi)
+          local gy = lps.full(1, k, -1 / k)
+          gy:set(1, c, 1 - 1 / k)
+          sum:add_(m:backward(xi, gy):reshape(784))
+        end
+        for a = 0, 6 do
+          for b = 0, 6 do
+            local s = 0
+            for u = 0, 3 do for v = 0, 3 do s = s + sum:get((4 * a + u) * 28 + 4 * b + v + 1) end end
+            want:set(c, (r - 1) * 49 + a * 7 + b + 1, s / 3 / 16)
+          end
+        end
+      end
+      local n = math.max(want[c]:norm(), 1e-12)
+      want[c]:div_(n)
+    end
+    local diff = (T - want):abs():max()
+    lu.assertTrue(diff < 2e-5, ("model %d (%d classes): max diff %g"):format(i, k, diff))
+    if k == 1 then lu.assertEquals(T:abs():max(), 0) end -- one class: logit minus mean is 0
+  end
+end
+
 -- A model given as {module = m} (what bench_hetero times) has the templates
 -- of its weight list with its arch, bit for bit.
 function TestArchGradients:test_templates_of_a_module_equal_its_weights()

@@ -81,11 +81,21 @@ function M.compute(self, model)
   -- one forward, then a backward per class: d(logit_c - mean logit), each
   -- range's P gradients averaged in C (a first conv or linear layer maps
   -- their mean, not each)
-  local gy = core.full(k * R * P, k, -1 / k)
-  for c = 1, k do
+  -- The directions e_c - 1/k sum to zero, and so do their gradients: the
+  -- last class's is minus the sum of the others' (k - 1 backward passes).
+  local kb = math.max(k - 1, 1)
+  local gy = core.full(kb * R * P, k, -1 / k)
+  for c = 1, kb do
     for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
   end
   local logits, gx = m:input_gradients(x, gy, P) -- gx: (class, range) rows
+  if k > 1 then
+    local d_in = gx:numel() // (kb * R)
+    local all = core.zeros(k * R, d_in)
+    all:rows(1, kb * R):copy(gx)
+    all:rows(kb * R + 1, k * R):copy(gx:reshape(kb, R * d_in):sum(1)):mul_(-1)
+    gx = all
+  end
   if own then -- its layers' workspaces are C memory: free them now
     local function close(mod)
       for _, kid in ipairs(mod:children()) do close(kid) end
