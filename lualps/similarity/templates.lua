@@ -84,9 +84,14 @@ function M.compute(self, model)
   -- The directions e_c - 1/k sum to zero, and so do their gradients: the
   -- last class's is minus the sum of the others' (k - 1 backward passes).
   local kb = math.max(k - 1, 1)
-  local gy = core.full(kb * R * P, k, -1 / k)
-  for c = 1, kb do
-    for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
+  self.gy_of = self.gy_of or {} -- by class count (read only by input_gradients)
+  local gy = self.gy_of[k]
+  if not gy then
+    gy = core.full(kb * R * P, k, -1 / k)
+    for c = 1, kb do
+      for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
+    end
+    self.gy_of[k] = gy
   end
   local logits, gx = m:input_gradients(x, gy, P) -- gx: (class, range) rows
   if k > 1 then
