@@ -78,11 +78,10 @@ function M.compute(self, model)
   local first = model[1] or m:named_parameters()[1].tensor -- a weight list, or {module = m}
   if first:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
   local k = m:output_shape{1, table.unpack(x:shape(), 2)}[2] -- the classes: the output's width
-  -- one forward, then a backward per class: d(logit_c - mean logit), each
-  -- range's P gradients averaged in C (a first conv or linear layer maps
-  -- their mean, not each)
-  -- The directions e_c - 1/k sum to zero, and so do their gradients: the
-  -- last class's is minus the sum of the others' (k - 1 backward passes).
+  -- One forward, then a backward per class c of d(logit_c - mean logit),
+  -- each range's P gradients averaged in C (a first conv or linear layer
+  -- maps their mean, not each). The directions e_c - 1/k sum to zero, and
+  -- so do their gradients: the last class's is minus the sum of the others'.
   local kb = math.max(k - 1, 1)
   self.gy_of = self.gy_of or {} -- by class count (read only by input_gradients)
   local gy = self.gy_of[k]
