@@ -1,7 +1,8 @@
 -- The hybrid of template matching and LPS (lps.similarity.hybrid): with no
 -- weight or no gate it ranks as template matching does, the gate, the
--- choice of w, the inner validation on shuffled labels, and the save/load
--- round trip of a fitted hybrid.
+-- choice of w, the inner validation on shuffled labels, the anchor (the
+-- template-matching baseline's own scores), and the save/load round trip
+-- of a fitted hybrid.
 local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
@@ -151,15 +152,36 @@ function TestHybrid:test_too_few_tasks_fall_back_to_template_matching()
     :fit(m3, y3, {seed = 1})
   lu.assertEquals(f.hybrid.w, 0)
   lu.assertNil(f.hybrid.held_class)
-  local S, R = f:similarity(models, models), reference_tm(models)
-  lu.assertTrue(lps.allclose(S, R, 0, 1e-5))
-  lu.assertEquals(orders(S), orders(R))
+  -- the anchor is template matching itself (its own templates): the same bits
+  local S = f:similarity(models, models)
+  local R = lps.benchmark.methods.template_matching():similarity(models, models)
+  lu.assertEquals(S:totable(), R:totable())
+  -- the network's templates (the former anchor) score otherwise
+  lu.assertNotEquals(reference_tm(models):totable(), R:totable())
 end
 
 local function fit(opts, models, y)
   local o = {families = {"mlp", "cnn"}, epochs = 3, relations = false, hybrid = true}
   for k, v in pairs(opts or {}) do o[k] = v end
   return lps.benchmark.methods.lps(o):fit(models, y, {seed = 1})
+end
+
+function TestHybrid:test_anchor_is_template_matching_on_new_data()
+  -- a fitted hybrid whose validation chose w = 0 ranks any models, trained
+  -- on or not, exactly as the template-matching baseline does
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0}}}, models, y)
+  lu.assertEquals(f.hybrid.w, 0)
+  lu.assertEquals(f.hybrid.tm_templates, "matching")
+  local other = zoo(4) -- noisier models of the same classes: not those the network trained on
+  local R = lps.benchmark.methods.template_matching():similarity(other, other):totable()
+  lu.assertEquals(f:similarity(other, other):totable(), R)
+  -- "network" keeps the former anchor: the network's templates, re-pooled
+  local g = fit({hybrid = {w_grid = {0}, tm_templates = "network"}}, models, y)
+  local N = g:similarity(other, other)
+  lu.assertTrue(lps.allclose(N, reference_tm(other), 0, 1e-5))
+  T.assert_error_contains("tm_templates must be", H.new, g.net, {w = 0, lo = 0, hi = 1, tm_pool = 4,
+    mu = g.hybrid.mu, tm_templates = "pixels"})
 end
 
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
@@ -184,6 +206,7 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   lu.assertEquals(back.hybrid.w, f.hybrid.w)
   lu.assertEquals(back.hybrid.lo, f.hybrid.lo)
   lu.assertEquals(back.hybrid.hi, f.hybrid.hi)
+  lu.assertEquals(back.hybrid.tm_templates, "matching")
   local after = back.hy:similarity(models, models):totable()
   lu.assertEquals(after, before)
   lu.assertEquals(back:similarity(models[1], models[7]), before[1][7])
@@ -194,6 +217,17 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local methods = dofile("scripts/heldout_zoos.lua").model_methods(back)
   lu.assertEquals({methods[1].name, methods[2] and methods[2].name}, {"lps", "lps_hybrid"})
   lu.assertEquals(methods[2].similarity(models):totable(), before)
+  -- a state from before tm_templates (no field) scores with the network's templates, saved and loaded alike
+  local old = {}
+  for k, v in pairs(f.hybrid) do old[k] = v end
+  old.tm_templates = nil
+  local osim = lps.similarity.wrap(f.net, f.classes, old)
+  local opath = T.tmpname(".model")
+  osim:save(opath)
+  local oback = lps.similarity.load(opath)
+  lu.assertEquals(oback.hybrid.tm_templates, "network")
+  lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
+  lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

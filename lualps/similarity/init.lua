@@ -120,7 +120,7 @@ function M.train(ms, split, opts)
 end
 
 --- Wrap a network (trained elsewhere) as a similarity object; with a
--- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, mu})
+-- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, mu})
 -- its similarity and nearest give the hybrid score.
 function M.wrap(net, classes, hybrid_state)
   return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
@@ -155,7 +155,7 @@ function M.load(path)
       error(("similarity.load: %s is a hybrid without its prototypes and (w, lo, hi)"):format(path), 2)
     end
     state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = meta.hybrid.gate ~= false,
-             tm_pool = meta.hybrid.tm_pool}
+             tm_pool = meta.hybrid.tm_pool, tm_templates = meta.hybrid.tm_templates or "network"} -- older files: the network's
     named["hybrid.prototypes"], named["hybrid.params"] = nil, nil
   end
   net:load_named(named)

@@ -165,7 +165,7 @@ function Sim:save(path, opts)
   local h, hmeta = self.hybrid, nil
   if h then
     named["hybrid.prototypes"], named["hybrid.params"] = h.mu, core.tensor({h.w, h.lo, h.hi})
-    hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool}
+    hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network"}
   end
   local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
