@@ -16,7 +16,8 @@
 --       construction excluded on both sides); lualps building its module
 --       from the weights, as (1) and (2) do, is printed beside. The two
 --       sides' templates must agree (max abs difference printed).
--- Medians of repeats. Threads: lualps spends the budget on OpenBLAS.
+-- Medians of repeats, each from a collected Lua heap (collectgarbage).
+-- Threads: lualps spends the budget on OpenBLAS.
 -- usage: lua5.4 scripts/bench_hetero.lua [--set build/modelset_hetero.lpsm] [--threads 1,2] [--quick]
 package.path = "./?.lua;./?/init.lua;" .. package.path
 local BC = require "scripts.bench_common"
@@ -81,13 +82,16 @@ for _, th in ipairs(budgets) do
   local cold, warm, hyb = {}, {}, {}
   for r = 1, a.repeats do
     local models, labels = training_models()
+    collectgarbage()
     local t0 = lps.now()
     fitted = method:fit(models, labels, ctx)
     cold[r] = lps.now() - t0
+    collectgarbage()
     t0 = lps.now()
     method:fit(models, labels, ctx)
     warm[r] = lps.now() - t0
     models, labels = training_models()
+    collectgarbage()
     t0 = lps.now()
     hybrid:fit(models, labels, ctx)
     hyb[r] = lps.now() - t0
@@ -112,6 +116,7 @@ for _, th in ipairs(budgets) do
     local rate = {}
     stream(fitted.net, {idx[1]}) -- warm-up
     for r = 1, a.repeats do
+      collectgarbage() -- each repeat from a collected heap: the fits' garbage (about 12% of the rate) is not the stream's
       local t0 = lps.now()
       stream(fitted.net, idx)
       rate[r] = #idx / (lps.now() - t0)
@@ -136,6 +141,7 @@ util.write_file(dir .. "/lualps_templates.safetensors", lps.safetensors.encode(r
 local function rate_of(list)
   local rate = {}
   for r = 1, a.repeats do
+    collectgarbage()
     local t0 = lps.now()
     for _, m in ipairs(list) do net:templates(m, "cnn") end
     rate[r] = #list / (lps.now() - t0)

@@ -23,6 +23,7 @@ local function state_names(list)
     c = {params = {}, buffers = {}, shapes = {}}
     for k, e in ipairs(m:named_parameters()) do c.params[k], c.shapes[e.name] = e.name, e.tensor:shape() end
     for k, e in ipairs(m:named_buffers()) do c.buffers[k], c.shapes[e.name] = e.name, e.tensor:shape() end
+    c.json = json
     names_of[json] = c
   end
   return c
@@ -63,7 +64,8 @@ function M.weights(model, names, a)
     for k, name in ipairs(want.params) do list[k] = state_tensor(model, name, want, a, "parameter") end
     for k, name in ipairs(want.buffers) do buffers[k] = state_tensor(model, name, want, a, "buffer") end
     if #buffers > 0 then list.buffers = buffers end
-    list.arch = a
+    -- checked: that arch list and its canonical JSON (cheaper to build a module from)
+    list.arch, list.arch_checked = a, {arch = a, json = want.json}
     return list
   end
   if tm == "table" and type(names) == "table" then

@@ -33,7 +33,10 @@ local function module_of(model)
       if l < #model // 2 then list[#list + 1] = {type = "relu"} end
     end
   end
-  local m = nn.from_arch(list, false) -- zeros: the model's weights are copied in
+  -- zeros: the model's weights are copied in; from the checked arch's JSON
+  -- when similarity.record gave it for this arch (a text parses faster)
+  local checked = model.arch_checked
+  local m = nn.from_arch(checked and model.arch and checked.arch == model.arch and checked.json or list, false)
   local function fill(dst, tensors, what)
     if #dst ~= #tensors then
       error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#dst, what, #tensors), 5)
