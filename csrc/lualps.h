@@ -318,7 +318,8 @@ lps_status lps_layer_backward(lps_layer *l, const lps_tensor *x, const lps_tenso
  * (k n / group x x's sizes), block c's group g in row c n / group + g.
  * With group > 1 a frozen first layer that is affine (conv2d, linear) maps
  * the means instead of every sample: the same values up to rounding, at a
- * fraction of that layer's cost. */
+ * fraction of that layer's cost. Layers not frozen add their parameter
+ * gradients as k backward calls would. */
 lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tensor *y,
                                      const lps_tensor *gy, int64_t group, lps_tensor *gx);
 /* Parameters and gradients in a fixed order (depth first, PyTorch's order);

@@ -11,7 +11,8 @@
 -- m:input_gradients(x, gy[, group]) -> y, gx: one forward of x (n samples),
 -- then the input gradient of each block of n rows of gy (k*n x out),
 -- averaged over consecutive groups of `group` samples (default 1; a frozen
--- first conv or linear layer then maps the means, not every sample).
+-- first conv or linear layer then maps the means, not every sample); an
+-- unfrozen module also adds each block's parameter gradients.
 local core = require "lualps.core"
 local arch = require "lualps.arch"
 local util = require "lualps.util"

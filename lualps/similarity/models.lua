@@ -141,7 +141,8 @@ function M.record(set, i)
     return w
   end)
   if not ok then -- a stored arch or tensors that do not fit: name the record
-    error(("similarity: record %d%s of %s: %s"):format(i, meta.id ~= nil and " (" .. tostring(meta.id) .. ")" or "",
+    local id = math.type(meta.id) == "float" and math.tointeger(meta.id) or meta.id -- no integer pass here
+    error(("similarity: record %d%s of %s: %s"):format(i, id ~= nil and " (" .. tostring(id) .. ")" or "",
       set:path(), tostring(w):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^similarity: ", "")), 2)
   end
   return w
