@@ -3,6 +3,38 @@ local lu = require "luaunit"
 
 local M = {}
 
+-- LuaUnit's runner takes time quadratic or worse in a failure message's
+-- length: a failing assertEquals over a 30x30 table of numbers ran for
+-- minutes (the message lists every entry), so a broken test hung CI instead
+-- of failing. Tables that differ fail here with the first differing entry.
+local assert_equals = lu.assertEquals
+local function first_diff(a, b, path, seen)
+  if a == b then return nil end
+  if type(a) ~= "table" or type(b) ~= "table" or getmetatable(a) and getmetatable(a).__eq then
+    return path, a, b
+  end
+  if seen[a] == b then return nil end -- a cycle already being compared
+  seen[a] = b
+  for k, v in pairs(a) do
+    local w, x, y = first_diff(v, b[k], ("%s[%s]"):format(path, type(k) == "string" and ("%q"):format(k) or tostring(k)), seen)
+    if w then return w, x, y end
+  end
+  for k, v in pairs(b) do
+    if a[k] == nil then return ("%s[%s]"):format(path, tostring(k)), nil, v end
+  end
+  return nil
+end
+lu.assertEquals = function(actual, expected, msg, ...)
+  if type(actual) == "table" and type(expected) == "table" and not lu.private.is_table_equals(actual, expected) then
+    local where, x, y = first_diff(actual, expected, "", {})
+    if where then
+      lu.private.fail_fmt(2, msg, "tables differ at %s: actual %s, expected %s", where == "" and "the top" or where,
+        lu.prettystr(x):sub(1, 200), lu.prettystr(y):sub(1, 200))
+    end
+  end
+  return assert_equals(actual, expected, msg, ...)
+end
+
 --- Assert that f(...) raises an error whose message contains `needle`.
 function M.assert_error_contains(needle, f, ...)
   local ok, err = pcall(f, ...)
