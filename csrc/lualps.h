@@ -1100,6 +1100,14 @@ lps_status lps_safetensors_save(const char *path, const char *const *names,
                                 const char *const *meta_keys, const char *const *meta_values,
                                 size_t n_meta);
 
+/* The raw text of top-level members of a JSON object (csrc/io/json.c): for
+ * each of the n keys, its value's offset in text and its length (0 where the
+ * key is absent; of duplicate keys the last, as most readers take). Reads a
+ * record's arch or family without decoding the rest of its metadata.
+ * LPS_EFORMAT when text is not well-formed JSON or not an object. */
+lps_status lps_json_members(const char *text, size_t len, size_t n, const char *const *keys, size_t *off,
+                            size_t *mlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -33,18 +33,6 @@ function M.decode(json, where)
   return integers(v)
 end
 
---- The same table with only the fields `keys` (a list of top-level keys)
--- given the integer pass, for readers that need no other field exactly;
--- nil (no error) when the text is not a JSON object.
-function M.decode_fields(json, keys)
-  local ok, v = pcall(cjson.decode, json)
-  if not ok or type(v) ~= "table" or not json:match("^%s*{") then return nil end
-  for _, k in ipairs(keys) do
-    if type(v[k]) == "table" then integers(v[k]) end
-  end
-  return v
-end
-
 -- JSON with sorted keys (the same metadata always gives the same bytes)
 -- and numbers that read back exactly (cjson keeps only 14 digits). An empty
 -- table is {} unless marked a list (metatable named "lualps.list": an

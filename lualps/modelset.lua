@@ -124,10 +124,12 @@ function ModelSet:meta(i)
   return setmetatable(m, {__tostring = function(t) return summary(i, t) end})
 end
 
---- The raw JSON text of record i.
-function ModelSet:meta_json(i)
+--- The raw JSON text of record i; with keys (at most 8), the raw text of
+-- each of those top-level fields instead, nil where absent (the rest is not
+-- decoded: ms:meta_json(i, "arch", "family")).
+function ModelSet:meta_json(i, ...)
   check_i(self, i)
-  return file(self):meta(i)
+  return file(self):meta(i, ...)
 end
 
 --- Index facts of record i: offset, bytes, decoded_bytes, meta_bytes, ntensors, codecs.

@@ -193,6 +193,30 @@ function TestRoundTrip:test_metadata_round_trip()
   lu.assertEquals(m.sum, 0.1 + 0.2)
 end
 
+-- meta_json(i, key, ...): the raw text of top-level fields, the rest not
+-- decoded; a key only nested, or absent, gives nil.
+function TestRoundTrip:test_metadata_fields_as_text()
+  local cjson = require "cjson"
+  local p = T.tmpname(".lpsm")
+  local meta = {arch = {{type = "linear", ["in"] = 4, out = 2}}, note = 'a ] "q" \\ [ {', n = -1.5e-3, t = true,
+                nested = {family = "x", list = {{1}, {2, {3}}}}, family = "cnn"}
+  local ms = MS.create(p)
+  ms:append_tensors({w = lps.ones(2)}, meta)
+  ms:close()
+  local r <close> = MS.open(p)
+  local arch, note, fam, n, t, nested, absent = r:meta_json(1, "arch", "note", "family", "n", "t", "nested", "absent")
+  lu.assertEquals(arch, '[{"in":4,"out":2,"type":"linear"}]')
+  lu.assertEquals(cjson.decode(note), meta.note)
+  lu.assertEquals(fam, '"cnn"')
+  lu.assertEquals(tonumber(n), -1.5e-3)
+  lu.assertEquals(t, "true")
+  lu.assertEquals(cjson.decode(nested), meta.nested)
+  lu.assertNil(absent)
+  lu.assertNil(r:meta_json(1, "list")) -- only nested
+  T.assert_error_contains("at most 8", r.meta_json, r, 1, "a", "b", "c", "d", "e", "f", "g", "h", "i")
+  T.assert_error_contains("string expected", r.meta_json, r, 1, {})
+end
+
 function TestRoundTrip:test_checksum_is_crc32c()
   local C = lps.core._modelset
   lu.assertEquals(crc32("123456789"), 0xE3069283) -- the standard check value

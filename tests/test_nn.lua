@@ -778,6 +778,23 @@ function TestFrozen:test_input_gradients_group_means()
   lu.assertTrue(lps.allclose(got, grads[1], 1e-6, 1e-7))
 end
 
+-- The fast path is taken: a frozen first linear layer maps the group's mean
+-- output gradient (1e30 and -1e30: a mean of 0), where mapping each sample
+-- (as an unfrozen one must) overflows to +inf and -inf, whose mean is NaN.
+function TestFrozen:test_input_gradients_maps_the_means()
+  local m = nn.sequential{nn.linear(1, 1), nn.linear(1, 1)}
+  local p = m:parameters()
+  p[1]:copy(lps.tensor{{1e10}}); p[2]:zero_(); p[3]:copy(lps.tensor{{1}}); p[4]:zero_()
+  local x, gy = lps.ones(2, 1), lps.tensor{{1e30}, {-1e30}}
+  m:freeze()
+  local _, gx = m:input_gradients(x, gy, 2)
+  lu.assertEquals(gx:totable(), {{0}})
+  m:freeze(false)
+  _, gx = m:input_gradients(x, gy, 2)
+  lu.assertNaN(gx[1][1])
+  T.assert_error_contains("has no samples", m.input_gradients, m, lps.zeros(0, 1), lps.zeros(0, 1))
+end
+
 function TestFrozen:test_output_shape()
   local g = lps.generator(34)
   local m = nn.sequential{nn.conv2d(1, 3, 5, {stride = 2, padding = 2, generator = g}), nn.relu(), nn.flatten(),

@@ -370,3 +370,56 @@ fail:
     lps_json_free(doc);
     return s;
 }
+
+/* The end of the well-formed value starting at text[pos]: strings skipped
+ * whole (their escapes too), brackets counted. */
+static size_t value_end(const char *t, size_t len, size_t pos)
+{
+    size_t i = pos;
+    int depth = 0;
+    do {
+        char c = t[i];
+        if (c == '"') {
+            for (i++; i < len && t[i] != '"'; i++)
+                if (t[i] == '\\') i++;
+            i++;
+        } else if (c == '[' || c == '{') {
+            depth++;
+            i++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+            i++;
+        } else if (depth == 0) { /* a number or literal */
+            while (i < len && !strchr(",]} \t\r\n", t[i])) i++;
+        } else {
+            i++;
+        }
+    } while (depth > 0 && i < len);
+    return i;
+}
+
+lps_status lps_json_members(const char *text, size_t len, size_t n, const char *const *keys, size_t *off,
+                            size_t *mlen)
+{
+    lps_json *doc;
+    lps_status s = lps_json_parse(&doc, text, len, "JSON object");
+    if (s) return s;
+    const lps_json_node *root = &doc->nodes[0];
+    if (root->type != LPS_JSON_OBJECT) {
+        lps_json_free(doc);
+        return lps_fail(LPS_EFORMAT, "JSON object: the text is not an object");
+    }
+    for (size_t k = 0; k < n; k++) {
+        size_t kl = strlen(keys[k]);
+        off[k] = mlen[k] = 0;
+        for (uint32_t c = root->first; c; c = doc->nodes[c].next) {
+            const lps_json_node *m = &doc->nodes[c];
+            if (m->key_len == kl && !memcmp(doc->strings + m->key, keys[k], kl)) { /* the last of duplicates */
+                off[k] = m->pos;
+                mlen[k] = value_end(text, len, m->pos) - m->pos;
+            }
+        }
+    }
+    lps_json_free(doc);
+    return LPS_OK;
+}

@@ -109,14 +109,36 @@ static int m_len(lua_State *L)
     return 1;
 }
 
+/* meta(i) -> the record's metadata JSON; meta(i, key, ...) -> the raw
+ * JSON text of each top-level key (nil where absent) */
 static int m_meta(lua_State *L)
 {
     lps_mset *ms = checkset(L, 1);
+    int64_t r = check_record(L, ms, 2);
+    int nk = lua_gettop(L) - 2;
+    const char *keys[8];
+    if (nk > 8) luaL_argerror(L, 11, "at most 8 keys");
+    for (int k = 0; k < nk; k++) keys[k] = luaL_checkstring(L, k + 3);
     lps_mset_record rec;
-    LPS_LCHECK(L, lps_mset_read(ms, check_record(L, ms, 2), LPS_MSET_META, &rec));
-    lua_pushlstring(L, rec.meta, rec.meta_len);
+    LPS_LCHECK(L, lps_mset_read(ms, r, LPS_MSET_META, &rec));
+    if (nk == 0) {
+        lua_pushlstring(L, rec.meta, rec.meta_len);
+        lps_mset_record_clear(&rec);
+        return 1;
+    }
+    size_t off[8], len[8];
+    lps_status s = lps_json_members(rec.meta, rec.meta_len, (size_t)nk, keys, off, len);
+    if (s) {
+        lps_mset_record_clear(&rec);
+        return luaL_error(L, "%s: record %d: metadata: %s", lps_mset_path(ms), (int)r + 1, lps_errmsg());
+    }
+    luaL_checkstack(L, nk, "meta keys");
+    for (int k = 0; k < nk; k++) {
+        if (len[k]) lua_pushlstring(L, rec.meta + off[k], len[k]);
+        else lua_pushnil(L);
+    }
     lps_mset_record_clear(&rec);
-    return 1;
+    return nk;
 }
 
 static void push_codecs(lua_State *L, uint32_t mask)

@@ -216,7 +216,8 @@ static int m_input_gradients(lua_State *L)
     int64_t shape[LPS_MAX_DIMS];
     out_shape(L, l, x, &nd, shape);
     int64_t n = x->shape[0];
-    int fits = gy->ndim == nd && n >= 1 && gy->shape[0] >= n && gy->shape[0] % n == 0;
+    if (n < 1) return luaL_argerror(L, 2, "input_gradients: the input has no samples");
+    int fits = gy->ndim == nd && gy->shape[0] >= n && gy->shape[0] % n == 0;
     for (int i = 1; fits && i < nd; i++) fits = gy->shape[i] == shape[i];
     if (!fits)
         return luaL_error(L, "input_gradients: gy must stack blocks of %d rows shaped like the output "

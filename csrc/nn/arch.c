@@ -417,34 +417,38 @@ void lps_arch_free(lps_arch *a)
 lps_status lps_arch_flow(const lps_arch *a, lps_flow *f)
 {
     char prefix[256];
-    lps_fmt(prefix, sizeof prefix, "%s", f->who);
+    if (!f->quiet) lps_fmt(prefix, sizeof prefix, "%s", f->who);
     for (size_t i = 0; a && i < a->n; i++) {
         lps_arch_entry *e = &a->entries[i];
-        lps_fmt(f->who, sizeof f->who, "%s%zu (%s)", prefix, i + 1, e->type->name);
+        if (!f->quiet) lps_fmt(f->who, sizeof f->who, "%s%zu (%s)", prefix, i + 1, e->type->name);
         lps_status s = e->type->flow(e, f);
         if (s) return s;
         e->rank = f->rank;
         memcpy(e->shape, f->d, sizeof e->shape);
-        lps_fmt(f->from, sizeof f->from, "%s%zu (%s)", prefix, i + 1, e->type->name);
+        if (!f->quiet) lps_fmt(f->from, sizeof f->from, "%s%zu (%s)", prefix, i + 1, e->type->name);
     }
     return LPS_OK;
 }
 
 static lps_status flow_top(lps_arch *a, int rank, const int64_t *shape)
 {
-    lps_flow f = {0};
-    f.rank = rank;
-    for (int i = 0; i < rank; i++) f.d[i] = shape[i];
-    f.mult = 1;
-    lps_fmt(f.from, sizeof f.from, "the input");
-    lps_fmt(f.who, sizeof f.who, "layer ");
-    lps_status s = lps_arch_flow(a, &f);
-    if (s) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "%s", lps_errmsg());
-        return lps_fail(s, "arch: %s", msg);
+    /* quiet first: naming every entry costs more than checking it */
+    lps_status s = LPS_OK;
+    for (int quiet = 1; quiet >= 0; quiet--) {
+        lps_flow f = {0};
+        f.rank = rank;
+        for (int i = 0; i < rank; i++) f.d[i] = shape[i];
+        f.mult = 1;
+        f.quiet = quiet;
+        if (!quiet) {
+            lps_fmt(f.from, sizeof f.from, "the input");
+            lps_fmt(f.who, sizeof f.who, "layer ");
+        }
+        if (!(s = lps_arch_flow(a, &f))) return LPS_OK;
     }
-    return LPS_OK;
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", lps_errmsg());
+    return lps_fail(s, "arch: %s", msg);
 }
 
 lps_status lps_arch_reflow(lps_arch *a) { return flow_top(a, a->in_rank, a->in_shape); }

@@ -195,11 +195,13 @@ static lps_layer *layer_new(const lps_arch_entry *entry, lps_layer *const *given
         goto done;
     }
     /* the fields alone must be consistent (no input yet) */
-    lps_flow f = {0};
-    f.mult = 1;
-    lps_fmt(f.who, sizeof f.who, "%s", t->name);
-    lps_fmt(f.from, sizeof f.from, "its input");
-    if (t->flow(e, &f)) goto done;
+    lps_flow f = {.mult = 1, .quiet = 1};
+    if (t->flow(e, &f)) { /* rerun named for the message */
+        f = (lps_flow){.mult = 1};
+        lps_fmt(f.who, sizeof f.who, "%s", t->name);
+        lps_fmt(f.from, sizeof f.from, "its input");
+        if (t->flow(e, &f)) goto done;
+    }
     if (!(l = lps_layer_alloc(t, e))) goto done;
     lps_status s = t->branches ? add_branches(l, e, given, init) : LPS_OK;
     if (!s && t->create) s = t->create(l, init);
@@ -333,19 +335,30 @@ lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, 
         out[0] = in[0];
         return LPS_OK;
     }
-    lps_flow f = {0};
-    f.rank = ndim - 1;
-    for (int i = 1; i < ndim; i++) f.d[i - 1] = in[i];
-    f.mult = 1;
-    f.instance = 1;
-    layer_who(l, f.who, sizeof f.who);
     lps_tensor t = {.ndim = ndim};
     for (int i = 0; i < ndim; i++) t.shape[i] = in[i];
-    lps_fmt(f.from, sizeof f.from, "its input %s", SH(&t));
-    lps_status s = l->type->flow(&l->cfg, &f);
+    lps_flow f;
+    lps_status s = LPS_OK;
+    /* quiet first (formatting the names costs more than the check); a
+     * failure is rerun named for its message */
+    for (int quiet = 1; quiet >= 0; quiet--) {
+        memset(&f, 0, sizeof f);
+        f.rank = ndim - 1;
+        for (int i = 1; i < ndim; i++) f.d[i - 1] = in[i];
+        f.mult = 1;
+        f.instance = 1;
+        f.quiet = quiet;
+        if (!quiet) {
+            layer_who(l, f.who, sizeof f.who);
+            lps_fmt(f.from, sizeof f.from, "its input %s", SH(&t));
+        }
+        if (!(s = l->type->flow(&l->cfg, &f))) break;
+    }
     if (s) return s;
-    if (f.rank < 1)
+    if (f.rank < 1) {
+        layer_who(l, f.who, sizeof f.who);
         return lps_fail(LPS_ESHAPE, "%s: gives no output for input %s", f.who, SH(&t));
+    }
     *ondim = f.rank + 1;
     out[0] = in[0];
     for (int i = 0; i < f.rank; i++) out[i + 1] = f.d[i];
@@ -779,7 +792,8 @@ lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tens
     lps_status s = check_out(l, x, y, "output");
     if (s) return s;
     int64_t n = x->shape[0], k = n > 0 ? gy->shape[0] / n : 0;
-    int fits = n >= 1 && gy->ndim == y->ndim && gy->shape[0] == k * n && k >= 1;
+    if (n < 1) return lps_fail(LPS_ESHAPE, "input_gradients: the input %s has no samples", SH(x));
+    int fits = gy->ndim == y->ndim && gy->shape[0] == k * n && k >= 1;
     for (int i = 1; fits && i < y->ndim; i++) fits = gy->shape[i] == y->shape[i];
     if (!fits)
         return lps_fail(LPS_ESHAPE, "input_gradients: gy %s must stack blocks of %lld rows shaped like the "
@@ -798,7 +812,8 @@ lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tens
     const lps_tensor *mid = fast ? &((seqpriv *)l->priv)->act[0].view : x;
     int64_t w = fast ? mid->numel / n : per;
     float *buf = NULL, *zeros = NULL;
-    if (group > 1 && !(buf = malloc(sizeof(float) * (size_t)((fast ? k * n : n) * w))))
+    /* (+ 1: malloc(0) may return NULL for samples of no values) */
+    if (group > 1 && !(buf = malloc(sizeof(float) * (size_t)((fast ? k * n : n) * w + 1))))
         return lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld x %lld floats",
                         (long long)(fast ? k * n : n), (long long)w);
     lps_tensor big = lps_view_as(mid, mid->ndim, mid->shape); /* k n rows of mid (fast) */
@@ -821,7 +836,7 @@ lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tens
         group_means(buf, k * n, w, group);
         lps_tensor gm = rows_of(&big, 0, rows);
         lps_tensor x0 = rows_of(gx, 0, rows);
-        if (!(zeros = calloc((size_t)(rows * per), sizeof(float))))
+        if (!(zeros = calloc((size_t)(rows * per + 1), sizeof(float))))
             s = lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld floats", (long long)(rows * per));
         else {
             x0.data = zeros;

@@ -18,6 +18,7 @@ typedef struct lps_flow {
     char who[256];     /* the entry being checked: "layer 2 (conv2d)" */
     char from[256];    /* what feeds it: "layer 1 (conv2d)", "the input" */
     int instance;      /* the shapes of a real input (kernels' size limits apply) */
+    int quiet;         /* who and from left unformatted: a first pass, rerun named if it fails */
 } lps_flow;
 
 /* Flags of a layer type: what the methods that read weights may assume. */

@@ -13,10 +13,10 @@
 static lps_status res_flow(const lps_arch_entry *e, lps_flow *f)
 {
     lps_flow b = *f, s = *f;
-    lps_fmt(b.who, sizeof b.who, "%s body layer ", f->who);
+    if (!f->quiet) lps_fmt(b.who, sizeof b.who, "%s body layer ", f->who);
     lps_status st = lps_arch_flow(e->body, &b);
     if (st) return st;
-    lps_fmt(s.who, sizeof s.who, "%s shortcut layer ", f->who);
+    if (!f->quiet) lps_fmt(s.who, sizeof s.who, "%s shortcut layer ", f->who);
     if ((st = lps_arch_flow(e->shortcut, &s))) return st;
     int differ = b.rank && s.rank && b.rank != s.rank;
     for (int i = 0; !differ && b.rank && s.rank && i < b.rank; i++)

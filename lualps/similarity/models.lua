@@ -6,27 +6,32 @@
 local core = require "lualps.core"
 local nn = require "lualps.nn"
 local arch = require "lualps.arch"
-local mjson = require "lualps.json"
+local cjson = require "cjson"
 local K = core._lps
 
 local M = {}
 
--- Parameter and buffer names and shapes of an architecture, by its
--- canonical JSON.
+-- Parameter and buffer names and shapes of a checked architecture, by its
+-- canonical JSON (a module of zeros built once per architecture).
 local names_of = {}
-local function state_names(list)
-  local ok, checked, json = pcall(arch.check, list)
-  if not ok then error("similarity: " .. tostring(checked):gsub("^[^\n]-%.lua:%d+: ", ""), 0) end
+local function names_by_json(json)
   local c = names_of[json]
   if not c then
-    local m = nn.from_arch(checked, core.generator(0))
-    c = {params = {}, buffers = {}, shapes = {}}
+    local m = nn.from_arch(json, false)
+    c = {params = {}, buffers = {}, shapes = {}, json = json}
     for k, e in ipairs(m:named_parameters()) do c.params[k], c.shapes[e.name] = e.name, e.tensor:shape() end
     for k, e in ipairs(m:named_buffers()) do c.buffers[k], c.shapes[e.name] = e.name, e.tensor:shape() end
-    c.json = json
+    m:close()
     names_of[json] = c
   end
   return c
+end
+
+-- The same of an arch list or JSON text, checked; also the checked list.
+local function state_names(list)
+  local ok, checked, json = pcall(arch.check, list)
+  if not ok then error("similarity: " .. tostring(checked):gsub("^[^\n]-%.lua:%d+: ", ""), 0) end
+  return names_by_json(json), checked
 end
 
 -- The tensor `name` of a map, checked against the arch's shape; errors
@@ -47,6 +52,18 @@ local function state_tensor(map, name, want, a, kind)
   return t
 end
 
+-- The weight list of a map name -> tensor for a checked arch (`want`: its
+-- names and shapes), with `given` (the arch list as given) and its
+-- canonical JSON (cheaper to build a module from) beside it.
+local function from_state(map, want, checked, given)
+  local list, buffers = {}, {}
+  for k, name in ipairs(want.params) do list[k] = state_tensor(map, name, want, checked, "parameter") end
+  for k, name in ipairs(want.buffers) do buffers[k] = state_tensor(map, name, want, checked, "buffer") end
+  if #buffers > 0 then list.buffers = buffers end
+  list.arch, list.arch_checked = given, {arch = given, json = want.json}
+  return list
+end
+
 --- The weight list {W1, b1, ..., WL, bL} of a model given as such a list, as
 -- an lps.nn module (named_parameters; buffers and arch kept), or as the two
 -- results of ms:tensors(i) (a map name -> tensor and the names in stored
@@ -59,14 +76,8 @@ function M.weights(model, names, a)
   end
   if tm == "table" and core.is_tensor(model[1]) then return model end
   if tm == "table" and type(names) == "table" and a then
-    local want = state_names(a)
-    local list, buffers = {}, {}
-    for k, name in ipairs(want.params) do list[k] = state_tensor(model, name, want, a, "parameter") end
-    for k, name in ipairs(want.buffers) do buffers[k] = state_tensor(model, name, want, a, "buffer") end
-    if #buffers > 0 then list.buffers = buffers end
-    -- checked: that arch list and its canonical JSON (cheaper to build a module from)
-    list.arch, list.arch_checked = a, {arch = a, json = want.json}
-    return list
+    local want, checked = state_names(a)
+    return from_state(model, want, checked, type(a) == "table" and a or checked)
   end
   if tm == "table" and type(names) == "table" then
     local list = {}
@@ -129,19 +140,27 @@ end
 -- with the `arch` (older records: of their legacy spec) and `family` of its
 -- metadata (what reading a CNN's function needs).
 function M.record(set, i)
-  -- the fields read here (arch or a legacy spec, family, id), decoded without
-  -- the integer pass over the rest; set:meta raises its errors
-  local meta = math.type(i) == "integer" and i >= 1 and i <= #set
-    and mjson.decode_fields(set:meta_json(i), {"arch", "spec"}) or set:meta(i)
+  -- The stored arch is read as text, checked and parsed in C, with the
+  -- family beside it: the rest of the metadata is not decoded. Older
+  -- records (a legacy spec, or an arch the C parser reads only as a decoded
+  -- table, e.g. {} for an empty branch) take the decoded metadata.
+  local atext, ftext, a, json
+  if math.type(i) == "integer" and i >= 1 and i <= #set then atext, ftext = set:meta_json(i, "arch", "family") end
+  if atext then
+    local okc, list, canon = pcall(arch.check, atext)
+    if okc then a, json = list, canon end
+  end
+  local meta = not a and set:meta(i) or nil
   local ok, w = pcall(function()
-    local a = arch.of_meta(meta)
+    a = a or arch.of_meta(meta)
     local map, names = set:tensors(i)
-    local w = M.weights(map, names, a)
-    w.arch, w.family = a, meta.family
+    local w = json and from_state(map, names_by_json(json), a, a) or M.weights(map, names, a)
+    w.family = meta and meta.family or ftext and (ftext:match('^"([%w_%-]*)"$') or cjson.decode(ftext))
     return w
   end)
   if not ok then -- a stored arch or tensors that do not fit: name the record
-    local id = math.type(meta.id) == "float" and math.tointeger(meta.id) or meta.id -- no integer pass here
+    meta = meta or set:meta(i)
+    local id = math.type(meta.id) == "float" and math.tointeger(meta.id) or meta.id
     error(("similarity: record %d%s of %s: %s"):format(i, id ~= nil and " (" .. tostring(id) .. ")" or "",
       set:path(), tostring(w):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^similarity: ", "")), 2)
   end

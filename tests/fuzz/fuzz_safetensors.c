@@ -1,8 +1,9 @@
 /* fuzz_safetensors.c - libFuzzer harness for the safetensors reader (and the
  * JSON parser under it) and the architecture parser (csrc/nn/arch.c), which
  * reads the "lualps.arch" metadata of each accepted file, and any input that
- * is not a safetensors file but starts with '['. `make fuzz-safetensors`
- * builds it with ASan+UBSan.
+ * is not a safetensors file but starts with '['; an input starting with '{'
+ * also goes to lps_json_members (a record's fields read as text).
+ * `make fuzz-safetensors` builds it with ASan+UBSan.
  *
  * Beyond "no crash, no leak", every input the reader accepts must satisfy
  * the format's invariants, and its float tensors must survive a write and a
@@ -93,12 +94,38 @@ static void check_arch(const char *text, size_t len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* A member's text must lie inside the object and be exactly one value:
+ * wrapped as {"v":TEXT} it parses, and reads back the same length. */
+static void check_members(const char *text, size_t len)
+{
+    static const char *const keys[] = {"arch", "family", "id", "v"};
+    size_t off[4], n[4];
+    if (lps_json_members(text, len, 4, keys, off, n) != LPS_OK) {
+        CHECK(lps_errmsg()[0] != '\0');
+        return;
+    }
+    for (int k = 0; k < 4; k++) {
+        if (!n[k]) continue;
+        CHECK(off[k] < len && n[k] <= len - off[k]);
+        char *w = malloc(n[k] + 6);
+        CHECK(w != NULL);
+        memcpy(w, "{\"v\":", 5);
+        memcpy(w + 5, text + off[k], n[k]);
+        w[n[k] + 5] = '}';
+        size_t o2, n2;
+        CHECK(lps_json_members(w, n[k] + 6, 1, &keys[3], &o2, &n2) == LPS_OK);
+        CHECK(o2 == 5 && n2 == n[k]);
+        free(w);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     lps_safetensors *st = lps_safetensors_parse(data, size);
     if (!st) {
         CHECK(lps_errmsg()[0] != '\0'); /* every refusal says why */
         if (size > 0 && data[0] == '[') check_arch((const char *)data, size);
+        if (size > 0 && data[0] == '{') check_members((const char *)data, size);
         return 0;
     }
     /* The accepted file: ranges inside the buffer, sizes consistent. */
