@@ -362,8 +362,8 @@ end
 --- Options of template matching and their defaults.
 M.template_matching_defaults = {
   pool = 4,           -- template pooling (28x28 -> 7x7 per noise range)
-  noise = 8,          -- noise images per range
-  noise_ranges = {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}, -- uniform noise ranges
+  noise = match.noise, -- noise images per range (8)
+  noise_ranges = match.noise_ranges, -- uniform noise ranges ({0, 0.2}, {0.4, 0.6}, {0.8, 1})
   name = "template_matching",
 }
 
@@ -380,19 +380,7 @@ M.template_matching_defaults = {
 -- Models with NaN templates are not comparable (NaN).
 function M.template_matching(opts)
   opts = util.options(opts, M.template_matching_defaults, "template_matching", {"per_task"})
-  local net = similarity.network{families = {"mlp", "cnn"}, template_pool = opts.pool,
-    template_extras = false, noise = opts.noise, noise_ranges = opts.noise_ranges}
-  local memo = setmetatable({}, {__mode = "k"}) -- model -> its templates, or false (NaN)
-  local function templates(m)
-    local T = memo[m]
-    if T == nil then
-      T = net:templates(m, m.family or (m[1]:dim() == 4 and "cnn" or "mlp"))
-      local s = T:sum()
-      if s ~= s then T = false end
-      memo[m] = T
-    end
-    return T
-  end
+  local templates = match.templates_of(opts.pool, opts.noise, opts.noise_ranges)
   return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
     return match.scores(templates, a, b)
   end}

@@ -17,7 +17,6 @@ local core = require "lualps.core"
 local util = require "lualps.util"
 local eval = require "lualps.eval"
 local match = require "lualps.similarity.match"
-local archnet = require "lualps.similarity.archnet"
 
 local H = {}
 
@@ -181,26 +180,11 @@ local function tm_pooling(net, tm_pool)
   return Q
 end
 
--- Template matching's noise (lps.benchmark.methods.template_matching_defaults).
-H.matching_noise, H.matching_noise_ranges = 8, {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}
-local matching_nets, matching_memo = {}, setmetatable({}, {__mode = "k"})
-
--- A model's templates as template matching computes them (pooled tm_pool,
--- unit rows), or false when not finite; remembered per model.
+-- Template matching's own rows, one memoizing function per tm_pool.
+local matching_of = {}
 local function matching_rows(model, tm_pool)
-  local memo = matching_memo[model] or {}
-  matching_memo[model] = memo
-  if memo[tm_pool] ~= nil then return memo[tm_pool] end
-  local net = matching_nets[tm_pool]
-  if not net then -- the network template matching builds (lps.similarity.network)
-    net = archnet.new{families = {"mlp", "cnn"}, template_pool = tm_pool,
-      template_extras = false, noise = H.matching_noise, noise_ranges = H.matching_noise_ranges}
-    matching_nets[tm_pool] = net
-  end
-  local T = net:templates(model)
-  local s = T:sum()
-  memo[tm_pool] = s == s and T or false
-  return memo[tm_pool]
+  matching_of[tm_pool] = matching_of[tm_pool] or match.templates_of(tm_pool)
+  return matching_of[tm_pool](model)
 end
 
 --- The TM rows of a model (k x d, unit rows), or false when they are not

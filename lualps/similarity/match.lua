@@ -5,8 +5,33 @@
 -- assignments of a's rows to b's, divided by max(ka, kb).
 local core = require "lualps.core"
 local eval = require "lualps.eval"
+local archnet = require "lualps.similarity.archnet"
 
 local M = {}
+
+--- Template matching's noise: 8 images in each of 3 ranges.
+M.noise, M.noise_ranges = 8, {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}
+
+--- A function model -> its template-matching rows: the class templates
+-- (lualps.similarity.templates) over `noise` images in each of
+-- `noise_ranges` (default M.noise, M.noise_ranges), average-pooled
+-- pool x pool, unit rows; false when they are not finite. Remembered per
+-- model (weak keys).
+function M.templates_of(pool, noise, noise_ranges)
+  local net = archnet.new{families = {"mlp", "cnn"}, template_pool = pool, template_extras = false,
+    noise = noise or M.noise, noise_ranges = noise_ranges or M.noise_ranges}
+  local memo = setmetatable({}, {__mode = "k"})
+  return function(m)
+    local T = memo[m]
+    if T == nil then
+      T = net:templates(m)
+      local s = T:sum()
+      if s ~= s then T = false end
+      memo[m] = T
+    end
+    return T
+  end
+end
 
 -- Popcounts of 0 .. 2^DP_MAX - 1, for the assignment over column subsets.
 local DP_MAX = 10

@@ -144,8 +144,8 @@ function M.record(set, i)
   -- family beside it: the rest of the metadata is not decoded. Older
   -- records (a legacy spec, or an arch the C parser reads only as a decoded
   -- table, e.g. {} for an empty branch) take the decoded metadata.
-  local atext, ftext, a, json
-  if math.type(i) == "integer" and i >= 1 and i <= #set then atext, ftext = set:meta_json(i, "arch", "family") end
+  local atext, ftext = set:meta_json(i, "arch", "family") -- raises as set:meta does for a bad i
+  local a, json
   if atext then
     local okc, list, canon = pcall(arch.check, atext)
     if okc then a, json = list, canon end
@@ -160,7 +160,7 @@ function M.record(set, i)
   end)
   if not ok then -- a stored arch or tensors that do not fit: name the record
     meta = meta or set:meta(i)
-    local id = math.type(meta.id) == "float" and math.tointeger(meta.id) or meta.id
+    local id = meta.id -- (set:meta gives whole numbers as integers)
     error(("similarity: record %d%s of %s: %s"):format(i, id ~= nil and " (" .. tostring(id) .. ")" or "",
       set:path(), tostring(w):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^similarity: ", "")), 2)
   end
