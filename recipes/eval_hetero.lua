@@ -16,10 +16,10 @@ p:option("--out", "Output directory.", "results")
 p:option("--seeds", "Training seeds of learned methods (mean and sd over them).", "3"):convert(math.tointeger)
 p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
 -- matching (6 min here, mAP 0.17 against chance 0.07) runs on request: --methods ...,matching
-p:option("--methods", "Comma-separated methods.", "lps,lps_hybrid,raw,sorted,stats,gram,cka,template_matching")
+p:option("--methods", "Comma-separated methods.", "lps,lps_hybrid,raw,sorted,stats,gram,cka,template_matching,probe_matching,tm_and_probe")
 p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
-p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,lps_hybrid,template_matching")
+p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,lps_hybrid,template_matching,tm_and_probe")
 p:flag("--no-ablations", "Skip the ablations and controls.")
 p:option("--ablations", "Comma-separated ablations, or all (the weight-unit ones add 6 min).", "default")
 p:flag("--no-plots", "Skip the gnuplot figures.")
@@ -55,6 +55,9 @@ local make = {
   cka = function() local xt = lps.data.fashion_mnist("test", a.data)
     return B.methods.cka(xt:rows(1, math.min(a.probe, xt:size(1))):clone()) end,
   template_matching = function() return B.methods.template_matching() end,
+  probe_matching = function() return B.methods.probe_matching() end,
+  -- the hybrid's unlearned anchor alone: what its learned residual must add to
+  tm_and_probe = function() return B.methods.probe_matching{probe = 0.5, name = "tm_and_probe"} end,
 }
 local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map", "heldout_family_rank1",
   "tau_transfer", "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
@@ -67,7 +70,8 @@ end
 -- last clean run). The estimators first: the funnels' methods re-rank by their scores.
 local funnel_of, jobs = {}, {{name = "estimators", cost = 70, pinned = true}}
 for m in a.funnels:gmatch("[^,]+") do funnel_of[m] = true end
-local cost = {lps = 60, lps_hybrid = 135, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84}
+local cost = {lps = 60, lps_hybrid = 135, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84,
+  probe_matching = 150, tm_and_probe = 150}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
   jobs[#jobs + 1] = {name = m, cost = cost[m] or 10, pinned = funnel_of[m], method = true}
@@ -84,6 +88,7 @@ local abl_list = { -- one seed each
   {"no_template_extras", {template_extras = false}, 29},
   {"unit_supervision", {unit_classes = n_classes, domains = domains}, 25}, -- an addition, not a removal
   {"hybrid_no_gate", {hybrid = {gate = false}}, 45}, -- lps_hybrid with g = 1
+  {"hybrid_probe", {hybrid = {probe = 0.5}}, 150}, -- anchored on template and probe matching (tm_and_probe)
 }
 for _, v in ipairs(a.no_ablations and {} or abl_list) do
   if a.ablations == "all" or (a.ablations == "default" and not v.slow)
@@ -116,7 +121,8 @@ for _, j in ipairs(jobs) do
 end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
-local order = {"lps", "lps_hybrid", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching"}
+local order = {"lps", "lps_hybrid", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
+  "probe_matching", "tm_and_probe"}
 local funnels = {}
 for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] = m end end
 local sel_order = lps.selection.add_rows(S, results, order, est_rows, est_order, funnels)

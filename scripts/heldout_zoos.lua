@@ -409,13 +409,16 @@ function M.model_methods(sim)
   return list
 end
 
---- Template matching (lps.benchmark.methods.template_matching, its defaults).
-function M.template_matching()
-  return {name = "template_matching", similarity = function(models)
-    local tm = lps.benchmark.methods.template_matching()
-    return tm.similarity(tm, models, models)
+--- An unlearned method of lps.benchmark.methods by name, with its
+-- defaults: template_matching, or probe_matching (the hybrid's other anchor).
+function M.unlearned(name)
+  return {name = name, similarity = function(models)
+    local m = lps.benchmark.methods[name]()
+    return m.similarity(m, models, models)
   end}
 end
+
+function M.template_matching() return M.unlearned("template_matching") end
 
 --- Leave-one-out retrieval by task over the models of a set: every model a
 -- query against all the others. Returns {models, tasks, mean_accuracy,
@@ -483,6 +486,7 @@ local function main(args)
   local build_seconds = lps.now() - t0
   local methods = M.model_methods(sim)
   methods[#methods + 1] = M.template_matching()
+  methods[#methods + 1] = M.unlearned("probe_matching")
   local results, zoos, metrics, order = {}, {}, {}, {}
   for _, m in ipairs(methods) do results[m.name], order[#order + 1] = {}, m.name end
   local total = 0

@@ -1,7 +1,8 @@
 -- The hybrid of template matching and LPS (lps.similarity.hybrid): with no
 -- weight or no gate it ranks as template matching does, the gate, the
 -- choice of w, the inner validation on shuffled labels, the anchor (the
--- template-matching baseline's own scores), and the save/load round trip
+-- template-matching baseline's own scores, or half and half with probe
+-- matching), and the save/load round trip
 -- of a fitted hybrid.
 local lu = require "luaunit"
 local lps = require "lualps"
@@ -154,6 +155,7 @@ function TestHybrid:test_too_few_tasks_fall_back_to_template_matching()
   lu.assertNil(f.hybrid.held_class)
   -- the anchor is template matching itself (its own templates): the same bits
   local S = f:similarity(models, models)
+  lu.assertEquals(f.hybrid.probe, 0)
   local R = lps.benchmark.methods.template_matching():similarity(models, models)
   lu.assertEquals(S:totable(), R:totable())
   -- the network's templates (the former anchor) score otherwise
@@ -169,15 +171,19 @@ end
 function TestHybrid:test_anchor_is_template_matching_on_new_data()
   -- a fitted hybrid whose validation chose w = 0 ranks any models, trained
   -- on or not, exactly as the template-matching baseline does
+  -- (with probe 0, the default; with 0.5, as the tm_and_probe baseline)
   local models, y = zoo(2)
-  local f = fit({hybrid = {w_grid = {0}}}, models, y)
+  local f = fit({hybrid = {w_grid = {0}, probe = 0}}, models, y)
   lu.assertEquals(f.hybrid.w, 0)
   lu.assertEquals(f.hybrid.tm_templates, "matching")
   local other = zoo(4) -- noisier models of the same classes: not those the network trained on
   local R = lps.benchmark.methods.template_matching():similarity(other, other):totable()
   lu.assertEquals(f:similarity(other, other):totable(), R)
+  local h = fit({hybrid = {w_grid = {0}, probe = 0.5}}, models, y)
+  lu.assertEquals(h:similarity(other, other):totable(),
+    lps.benchmark.methods.probe_matching{probe = 0.5}:similarity(other, other):totable())
   -- "network" keeps the former anchor: the network's templates, re-pooled
-  local g = fit({hybrid = {w_grid = {0}, tm_templates = "network"}}, models, y)
+  local g = fit({hybrid = {w_grid = {0}, tm_templates = "network", probe = 0}}, models, y)
   local N = g:similarity(other, other)
   lu.assertTrue(lps.allclose(N, reference_tm(other), 0, 1e-5))
   T.assert_error_contains("tm_templates must be", H.new, g.net, {w = 0, lo = 0, hi = 1, tm_pool = 4,
@@ -185,6 +191,10 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
 end
 
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
+  -- against template matching alone (the default anchor): probe matching
+  -- reads these noisy one-layer models worse than their templates, and a
+  -- network trained on shuffled labels still carries the templates (w 0.4
+  -- with probe 0.5)
   local models, y = zoo(3)
   local f = fit({shuffle_labels = true}, models, y)
   lu.assertTrue(f.hybrid.w <= 0.2, "w " .. f.hybrid.w)
@@ -194,7 +204,7 @@ end
 
 function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local models, y = zoo(2)
-  local f = fit({hybrid = {w_grid = {0.5}}}, models, y) -- a nonzero w, so the learned term counts
+  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5}}, models, y) -- a nonzero w, so the learned term counts
   lu.assertEquals(f.hybrid.w, 0.5)
   lu.assertTrue(f.hybrid.lo < f.hybrid.hi)
   local before = f:similarity(models, models):totable()
@@ -202,7 +212,8 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local path = T.tmpname(".model")
   sim:save(path)
   local back = lps.similarity.load(path)
-  lu.assertStrContains(tostring(back), "hybrid with template matching, w 0.50")
+  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50), w 0.50")
+  lu.assertEquals(back.hybrid.probe, 0.5)
   lu.assertEquals(back.hybrid.w, f.hybrid.w)
   lu.assertEquals(back.hybrid.lo, f.hybrid.lo)
   lu.assertEquals(back.hybrid.hi, f.hybrid.hi)
@@ -217,15 +228,17 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local methods = dofile("scripts/heldout_zoos.lua").model_methods(back)
   lu.assertEquals({methods[1].name, methods[2] and methods[2].name}, {"lps", "lps_hybrid"})
   lu.assertEquals(methods[2].similarity(models):totable(), before)
-  -- a state from before tm_templates (no field) scores with the network's templates, saved and loaded alike
+  -- a state from before tm_templates and probe (no fields) scores with the
+  -- network's templates alone, saved and loaded alike
   local old = {}
   for k, v in pairs(f.hybrid) do old[k] = v end
-  old.tm_templates = nil
+  old.tm_templates, old.probe = nil, nil
   local osim = lps.similarity.wrap(f.net, f.classes, old)
   local opath = T.tmpname(".model")
   osim:save(opath)
   local oback = lps.similarity.load(opath)
   lu.assertEquals(oback.hybrid.tm_templates, "network")
+  lu.assertEquals(oback.hybrid.probe, 0)
   lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
   lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
 end

@@ -11,6 +11,7 @@ local util = require "lualps.util"
 local eval = require "lualps.eval"
 local similarity = require "lualps.similarity"
 local match = require "lualps.similarity.match"
+local probe = require "lualps.similarity.probe"
 
 local M = {}
 
@@ -383,6 +384,31 @@ function M.template_matching(opts)
   local templates = match.templates_of(opts.pool, opts.noise, opts.noise_ranges)
   return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
     return match.scores(templates, a, b)
+  end}
+end
+
+--- Options of probe matching and their defaults.
+M.probe_matching_defaults = {
+  probe = 1,          -- weight of probe matching; template matching has the rest (0.5: the hybrid's anchor)
+  name = "probe_matching",
+}
+
+--- Probe matching (lualps.similarity.probe), unlearned and data-free like
+-- template matching: each model classifies the class dreams of the other
+-- (pairwise). With probe < 1 the score is (1 - probe) template matching +
+-- probe probe matching, the hybrid's anchor (lualps.similarity.hybrid.anchor).
+-- opts: M.probe_matching_defaults, per_task (as template matching's) and
+-- dreams (options of the dreams: lualps.similarity.probe.defaults).
+function M.probe_matching(opts)
+  opts = util.options(opts, M.probe_matching_defaults, "probe_matching", {"per_task", "dreams"})
+  if type(opts.probe) ~= "number" or not (opts.probe >= 0 and opts.probe <= 1) then
+    error(("probe_matching: probe must be a number in [0, 1], got %s"):format(tostring(opts.probe)), 2)
+  end
+  local pm = probe.matcher(opts.dreams)
+  local templates = opts.probe < 1 and match.templates_of(M.template_matching_defaults.pool)
+  return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
+    if not templates then return pm.scores(a, b) end
+    return similarity.hybrid.anchor(match.scores(templates, a, b), pm, a, b, opts.probe)
   end}
 end
 

@@ -2,10 +2,14 @@
 -- gated learned residual (issue 19; the design of the research notes,
 -- section 2). For models a and b:
 --   s(a, b) = (1 - w g_a g_b) TM(a, b) + w g_a g_b cos(e_a, e_b)
--- TM: template matching (lualps.similarity.match) over template
--- matching's own class templates (lps.benchmark.methods.template_matching:
--- its noise, pooled tm_pool x tm_pool), so that with no learned term the
--- score is that baseline's to the bit, on any models;
+-- TM: the unlearned anchor, (1 - p) TM_t + p PM: template matching
+-- (lualps.similarity.match) over template matching's own class templates
+-- (lps.benchmark.methods.template_matching: its noise, pooled tm_pool x
+-- tm_pool) and, with weight p, probe matching (lualps.similarity.probe:
+-- each model classifies the other's class dreams), which reads families
+-- whose input gradients at noise say little (batch norm, residual blocks);
+-- with p = 0 and no learned term the score is template matching's to the
+-- bit, on any models;
 -- e: the network's embedding; g in [0, 1]: how typical a model's embedding
 -- is of the training tasks (its largest cosine with their mean embeddings,
 -- the prototypes), ramped linearly from lo to hi. w, lo and hi come from an
@@ -17,6 +21,7 @@ local core = require "lualps.core"
 local util = require "lualps.util"
 local eval = require "lualps.eval"
 local match = require "lualps.similarity.match"
+local probe = require "lualps.similarity.probe"
 
 local H = {}
 
@@ -28,6 +33,10 @@ H.defaults = {
   lo_quantile = 0.1,    -- the gate is 0 below this quantile of the held-out models' typicality,
   hi_quantile = 0.9,    -- and 1 above this one
   tm_pool = 4,          -- TM rows: templates average-pooled tm_pool x tm_pool (a multiple of template_pool)
+  probe = 0,            -- weight p of probe matching in the anchor (0: template matching alone). 0.5 lifts
+                        -- held-out family rank-1 from 0.36 to 0.62 but costs transfer tau (0.36 to 0.26) and
+                        -- 30x the query cost (the hybrid_probe ablation; README); not validated: the inner
+                        -- validation's held-out classes come from the training families
   tm_templates = "matching", -- TM rows from template matching's own templates (its 8 noise images in each
                         -- of 3 ranges); "network": the network's (6 in 2 ranges, re-pooled), which rank
                         -- new data worse (rendered digits mAP 0.863 against 0.870 with no learned term)
@@ -90,6 +99,13 @@ local function quantile(xs, q)
   return v[i] + (pos - i) * (v[i + 1] - v[i])
 end
 H.quantile = quantile
+
+--- The anchor of two lists of models from their template-matching scores
+-- TM: (1 - p) TM + p (probe matcher pm's scores); TM itself when p is 0 or nil.
+function H.anchor(TM, pm, a, b, p)
+  if not p or p == 0 then return TM end
+  return TM * (1 - p) + pm.scores(a, b) * p
+end
 
 --- The hybrid of pairwise scores: (1 - W) .* TM + W .* Cos with W = w g_a g_b^T
 -- (ga, gb Lua lists). Where W is 0 the result is TM's bits.
@@ -209,7 +225,8 @@ local Hybrid = {}
 Hybrid.__index = Hybrid
 
 --- A hybrid similarity of network net and state {w, lo, hi, gate, tm_pool,
--- tm_templates (default "network": what files saved before it used), mu
+-- tm_templates (default "network": what files saved before it used), probe
+-- (default 0: what files saved before it used), mu
 -- (prototypes)}; embed(models) gives the embeddings (default
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
@@ -219,6 +236,9 @@ function H.new(net, state, embed)
       error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
     end
   end
+  if state.probe ~= nil and not (type(state.probe) == "number" and state.probe >= 0 and state.probe <= 1) then
+    error(("hybrid: state.probe must be a number in [0, 1], got %s"):format(tostring(state.probe)), 2)
+  end
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
   end
@@ -226,7 +246,7 @@ function H.new(net, state, embed)
     error(("hybrid: state.mu must be a C x %d tensor of prototypes"):format(net.opts.embed), 2)
   end
   return setmetatable({net = net, state = state, embed = embed or function(ms) return net:embed(ms) end,
-                       memo = setmetatable({}, {__mode = "k"})}, Hybrid)
+                       memo = setmetatable({}, {__mode = "k"}), probes = probe.matcher()}, Hybrid)
 end
 
 --- Each model's {e (its embedding row), g (its gate), rows (its TM rows or
@@ -253,7 +273,7 @@ function Hybrid:similarity(a, b)
   local rows = {}
   for i, m in ipairs(a) do rows[m] = da[i].rows end
   for i, m in ipairs(b) do rows[m] = db[i].rows end
-  local TM = match.scores(function(m) return rows[m] end, a, b)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b, self.state.probe)
   local w = self.state.w
   if w == 0 then return TM end
   local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
@@ -269,7 +289,7 @@ end
 -- others, sets lo and hi from the held-out models' typicality and chooses
 -- w on their leave-one-out retrieval; then the network is trained on every
 -- model and the prototypes are its task means. opts: H.defaults. Returns
--- the state {w, lo, hi, gate, tm_pool, tm_templates, mu, held_class, maps} and the main
+-- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, mu, held_class, maps} and the main
 -- training's result. With too few tasks to hold any class out (H.holdout),
 -- w is 0 (template matching alone) and held_class nil.
 function H.fit(train, models, y, opts)
@@ -277,6 +297,9 @@ function H.fit(train, models, y, opts)
   if type(o.w_grid) ~= "table" or #o.w_grid < 1 then error("hybrid: w_grid must be a non-empty list", 2) end
   for _, w in ipairs(o.w_grid) do
     if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
+  end
+  if type(o.probe) ~= "number" or not (o.probe >= 0 and o.probe <= 1) then
+    error(("hybrid: probe must be a number in [0, 1], got %s"):format(tostring(o.probe)), 2)
   end
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)
@@ -303,7 +326,7 @@ function H.fit(train, models, y, opts)
     local mu = H.prototypes(main.embed(models), dense(y))
     local tau = H.typicality(main.embed(models), mu)
     return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
-            tm_pool = o.tm_pool, tm_templates = o.tm_templates, mu = mu, maps = {}}, main
+            tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, mu = mu, maps = {}}, main
   end
   local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
   local inner = train(km, ky)
@@ -315,10 +338,10 @@ function H.fit(train, models, y, opts)
   for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
-  local TM = match.scores(function(m) return rows[m] end, hm, hm)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm, o.probe)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
-  local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates,
+  local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,
                  mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
   return state, main
 end

@@ -41,6 +41,9 @@ M.weights = models.weights
 --- The hybrid of template matching and LPS (lualps/similarity/hybrid.lua):
 -- its options and defaults, fit, and new(net, state).
 M.hybrid = hybrid
+--- Probe matching (lualps/similarity/probe.lua): each model's class dreams,
+-- read by the other; the hybrid's second unlearned anchor.
+M.probe = require "lualps.similarity.probe"
 M.record = models.record
 
 --- A new, randomly initialized network. See M.defaults for the options.
@@ -120,7 +123,7 @@ function M.train(ms, split, opts)
 end
 
 --- Wrap a network (trained elsewhere) as a similarity object; with a
--- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, mu})
+-- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, mu})
 -- its similarity and nearest give the hybrid score.
 function M.wrap(net, classes, hybrid_state)
   return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
@@ -155,7 +158,8 @@ function M.load(path)
       error(("similarity.load: %s is a hybrid without its prototypes and (w, lo, hi)"):format(path), 2)
     end
     state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = meta.hybrid.gate ~= false,
-             tm_pool = meta.hybrid.tm_pool, tm_templates = meta.hybrid.tm_templates or "network"} -- older files: the network's
+             tm_pool = meta.hybrid.tm_pool, tm_templates = meta.hybrid.tm_templates or "network", -- older files: the network's
+             probe = meta.hybrid.probe or 0} -- and no probe matching
     named["hybrid.prototypes"], named["hybrid.params"] = nil, nil
   end
   net:load_named(named)

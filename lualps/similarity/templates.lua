@@ -56,6 +56,29 @@ local function module_of(model)
   return m, true
 end
 
+--- The module computing a model's function, frozen in evaluation mode
+-- (batch norm by its running statistics, no dropout: the function a user
+-- runs), and a function that gives it back: a module built here has its
+-- layers' C workspaces freed, a user's module its training state restored.
+function M.function_of(model)
+  local m, own = module_of(model)
+  local was_training = m:is_training()
+  m:freeze()
+  m:evaluate()
+  return m, function()
+    if own then
+      local function close(mod)
+        for _, kid in ipairs(mod:children()) do close(kid) end
+        mod:close()
+      end
+      close(m)
+    else
+      m:freeze(false)
+      m:train(was_training)
+    end
+  end
+end
+
 -- The class templates of a model for network `self` (its options; it
 -- caches the noise images and the pooling there): k x tdim rows (input
 -- gradients of each class's logit minus the mean logit, averaged over the
@@ -63,10 +86,7 @@ end
 -- logits.
 function M.compute(self, model)
   local o = self.opts
-  local m, own = module_of(model)
-  local was_training = m:is_training()
-  m:freeze() -- input gradients only
-  m:evaluate() -- batch norm by its running statistics, no dropout: the function a user runs
+  local m, release = M.function_of(model) -- input gradients only
   local side = o.input_shape[#o.input_shape]
   self.tpool = self.tpool or nn.layer("avgpool2d", {kernel = o.template_pool}) -- q x q block means
   local R, P, d = #o.noise_ranges, o.noise, o.input_dim
@@ -103,16 +123,7 @@ function M.compute(self, model)
     all:rows(kb * R + 1, k * R):copy(gx:reshape(kb, R * d_in):sum(1)):mul_(-1)
     gx = all
   end
-  if own then -- its layers' workspaces are C memory: free them now
-    local function close(mod)
-      for _, kid in ipairs(mod:children()) do close(kid) end
-      mod:close()
-    end
-    close(m)
-  else
-    m:freeze(false)
-    m:train(was_training)
-  end
+  release()
   local T = self.tpool:forward(gx:reshape(k * R, 1, side, side)):reshape(k, R * self.seg)
   local norms = (T * T):sum(2):sqrt()
   local nmax = math.max(norms:max(), 1e-12)

@@ -1,0 +1,198 @@
+--- lualps.similarity.probe: probe matching, an unlearned and data-free
+-- comparison of two models by what each answers on inputs the other
+-- makes up. Each model "dreams" one input per output class (activation
+-- maximization: from a fixed grey image with a little fixed noise, steps
+-- of input-gradient ascent on that class's logit minus the mean logit,
+-- each step normalized to unit RMS, the image kept in [0, 1]). Model a
+-- then classifies b's dreams: P_ab (kb x ka) holds a's softmax
+-- probabilities on each of b's dreams. Two models score
+--   (best(P_ab) + best(P_ba)) / 2
+-- where best is the largest sum over one-to-one assignments of classes
+-- divided by max(ka, kb) (lualps.similarity.match.block_score): 1 when each
+-- reads the other's dreams as one class each, whatever the class order.
+-- A function of what the networks compute, it is invariant to permuted or
+-- rescaled hidden units like template matching, and reads any
+-- architecture the library can run (batch norm, residual blocks). Where
+-- template matching reads input gradients at noise, which a network with
+-- batch norm and global pooling shapes poorly (ResNets' templates match
+-- even other ResNets' at rank-1 0.24 on ModelSet-Hetero 2), probing asks
+-- each network about images it classifies with confidence.
+local core = require "lualps.core"
+local templates = require "lualps.similarity.templates"
+local match = require "lualps.similarity.match"
+local est = require "lualps.estimators"
+local util = require "lualps.util"
+
+local M = {}
+
+--- Options of the dreams and their defaults.
+M.defaults = {
+  steps = 30,      -- gradient-ascent steps
+  lr = 0.05,       -- step size (pixels, after normalizing the step to unit RMS)
+  start = 0.1,     -- the grey level every dream starts from
+  noise = 0.02,    -- sd of the fixed Gaussian noise added to the start (seed 1907)
+  input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
+}
+
+-- The options of op, checked: M.defaults with opts.
+local function options(opts, op)
+  local o = util.options(opts, M.defaults, op)
+  local function bad(k, want) error(("%s: %s must be %s, got %s"):format(op, k, want, tostring(o[k])), 4) end
+  if math.type(o.steps) ~= "integer" or o.steps < 1 then bad("steps", "a positive integer") end
+  if type(o.lr) ~= "number" or not (o.lr > 0 and o.lr < math.huge) then bad("lr", "a positive number") end
+  if type(o.start) ~= "number" or not (o.start >= 0 and o.start <= 1) then bad("start", "a number in [0, 1]") end
+  if type(o.noise) ~= "number" or not (o.noise >= 0 and o.noise < math.huge) then bad("noise", "a number >= 0") end
+  if type(o.input_shape) ~= "table" or #o.input_shape < 1 then bad("input_shape", "a list of sizes") end
+  for _, n in ipairs(o.input_shape) do
+    if math.type(n) ~= "integer" or n < 1 then bad("input_shape", "a list of positive integers") end
+  end
+  return o
+end
+
+-- x clamped to [0, 1] in place: relu(x), then 1 - relu(1 - x).
+local function clamp01(x)
+  local y = x:relu()
+  return x:copy(y:mul_(-1):add_(1):relu():mul_(-1):add_(1))
+end
+
+-- The start of every dream (1 x d): the same for every class and model, so
+-- that a model's dreams follow any permutation of its classes exactly.
+local starts = {}
+local function start_of(d, o)
+  local key = ("%d:%.17g:%.17g"):format(d, o.start, o.noise)
+  if not starts[key] then
+    starts[key] = clamp01(core.randn(1, d, core.generator(1907)):mul_(o.noise):add_(o.start))
+  end
+  return starts[key]
+end
+
+-- Whether a module reads images (its first parameter is a convolution's).
+local function reads_images(m)
+  local p = m:named_parameters()[1]
+  return p and p.tensor:dim() == 4
+end
+
+-- The input of module m for rows X (n x d): reshaped to images for a CNN.
+local function input_of(m, X, o)
+  if reads_images(m) then return X:reshape(X:size(1), table.unpack(o.input_shape)) end
+  return X
+end
+
+--- A model's dreams (k x d, one row per output class, pixels in [0, 1]);
+-- false when they are not finite. opts: M.defaults.
+function M.dreams(model, opts)
+  local o = options(opts, "probe.dreams")
+  local d = 1
+  for _, s in ipairs(o.input_shape) do d = d * s end
+  local m, release = templates.function_of(model)
+  local ok, X = pcall(function()
+    local k = m:output_shape{1, table.unpack(input_of(m, core.zeros(1, d), o):shape(), 2)}[2]
+    local gy = core.full(k, k, -1 / k)
+    for c = 1, k do gy:set(c, c, 1 - 1 / k) end
+    local X = core.zeros(k, d)
+    for c = 1, k do X[c]:copy(start_of(d, o)[1]) end
+    for _ = 1, o.steps do
+      local _, g = m:input_gradients(input_of(m, X, o), gy)
+      g = g:reshape(k, d)
+      local rms = (g * g):mean(2):sqrt()
+      for c = 1, k do g[c]:div_(math.max(rms[c], 1e-12)) end
+      clamp01(X:add_(g:mul_(o.lr)))
+    end
+    return X
+  end)
+  release()
+  if not ok then error(X, 0) end
+  local s = X:sum()
+  return s == s and X
+end
+
+--- A function model -> its dreams (M.dreams with opts), remembered per
+-- model (weak keys).
+function M.dreams_of(opts)
+  local memo = setmetatable({}, {__mode = "k"})
+  return function(model)
+    local X = memo[model]
+    if X == nil then
+      X = M.dreams(model, opts)
+      memo[model] = X
+    end
+    return X
+  end
+end
+
+-- The dreams of a list of models stacked (rows), with each one's offset and count.
+local function bank(dreams_of, models)
+  local Xs, off, k, rows, d = {}, {}, {}, 0, nil
+  for i, m in ipairs(models) do
+    Xs[i] = dreams_of(m)
+    off[i], k[i] = rows, Xs[i] and Xs[i]:size(1) or 0
+    rows = rows + k[i]
+    d = d or (Xs[i] and Xs[i]:size(2))
+  end
+  local X = d and core.zeros(rows, d)
+  for i, T in ipairs(Xs) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
+  return X, off, k
+end
+
+-- Model reader's softmax probabilities on the rows of X (a nested table,
+-- X's rows by the reader's classes), or false when they are not finite.
+local function read(reader, X, o)
+  local m, release = templates.function_of(reader)
+  local ok, Y = pcall(function() return m:forward(input_of(m, X, o)) end)
+  release()
+  if not ok then error(Y, 0) end
+  local s = Y:sum()
+  return s == s and s > -math.huge and s < math.huge and est.softmax(Y):totable()
+end
+
+local matchers = {} -- one per distinct options: a score depends only on the two models and them
+
+--- A probe matcher: an object remembering each model's dreams and each
+-- (reader, dreamer) score it computed (weak keys; one object for equal
+-- opts, so that every fit of a benchmark shares what was computed), with
+-- directed(readers, dreamers): the |readers| x |dreamers| matrix of
+-- best(P_rd) (NaN where a model's dreams or outputs are not finite), one
+-- forward of each reader over the dreams it has not read yet;
+-- scores(a, b): the symmetric score (directed(a, b) + directed(b, a)^T) / 2.
+-- opts: M.defaults.
+function M.matcher(opts)
+  local o = options(opts, "probe.matcher")
+  local key = ("%d %.17g %.17g %.17g %s"):format(o.steps, o.lr, o.start, o.noise, table.concat(o.input_shape, "x"))
+  if matchers[key] then return matchers[key] end
+  local self = {opts = o, dreams_of = M.dreams_of(o), memo = setmetatable({}, {__mode = "k"})}
+  matchers[key] = self
+  function self.directed(readers, dreamers)
+    local out = core.full(#readers, #dreamers, 0 / 0)
+    for i, r in ipairs(readers) do
+      local known = self.memo[r]
+      if not known then known = setmetatable({}, {__mode = "k"}); self.memo[r] = known end
+      local todo, seen = {}, {}
+      for _, d in ipairs(dreamers) do
+        if known[d] == nil and not seen[d] then todo[#todo + 1], seen[d] = d, true end
+      end
+      local X, off, k = bank(self.dreams_of, todo)
+      if X then
+        local P = read(r, X, o)
+        for j, d in ipairs(todo) do
+          known[d] = (P and k[j] > 0) and match.block_score(P, off[j], 0, k[j], #P[1]) or 0 / 0
+        end
+      else
+        for _, d in ipairs(todo) do known[d] = 0 / 0 end
+      end
+      for j, d in ipairs(dreamers) do out:set(i, j, known[d]) end
+    end
+    return out
+  end
+  function self.scores(a, b)
+    return (self.directed(a, b) + self.directed(b, a):t()) * 0.5
+  end
+  return self
+end
+
+--- The |a| x |b| probe-matching scores of two lists of models (a new
+-- M.matcher(opts)'s scores).
+function M.scores(a, b, opts)
+  return M.matcher(opts).scores(a, b)
+end
+
+return M

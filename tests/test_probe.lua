@@ -1,0 +1,202 @@
+-- Probe matching (lualps.similarity.probe, lps.benchmark.methods.probe_matching):
+-- the dreams (in [0, 1], each read by its own model as its class), the
+-- score against a brute-force assignment over its softmax block, the
+-- invariances of a function-based score (output classes, hidden units), a
+-- ResNet (batch norm, residual blocks) read like any model, NaN models, the
+-- hybrid's anchor and bad options.
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+local probe = require "lualps.similarity.probe"
+local nn = lps.nn
+
+-- A copy of model m (a weight list) with the rows of its head permuted by perm.
+local function permute_classes(m, perm)
+  local c = {family = m.family, arch = m.arch}
+  for i, t in ipairs(m) do c[i] = t:clone() end
+  c[#m - 1], c[#m] = m[#m - 1]:index_rows(perm), m[#m]:index_rows(perm)
+  return c
+end
+
+-- Every permutation of 1..n.
+local function perms(n)
+  local out = {}
+  local function rec(p, used)
+    if #p == n then out[#out + 1] = {table.unpack(p)} return end
+    for i = 1, n do
+      if not used[i] then used[i] = true; p[#p + 1] = i; rec(p, used); p[#p] = nil; used[i] = false end
+    end
+  end
+  rec({}, {})
+  return out
+end
+
+-- The directed score by brute force: reader r's softmax on dreamer d's dreams
+-- (kd x kr), the best one-to-one assignment's sum over max(kd, kr).
+local function brute(r, d, opts)
+  local X = probe.dreams(d, opts)
+  local rm = nn.from_arch((function()
+    local list = {}
+    for l = 1, #r // 2 do
+      list[#list + 1] = {type = "linear", ["in"] = r[2 * l - 1]:size(2), out = r[2 * l - 1]:size(1)}
+      if l < #r // 2 then list[#list + 1] = {type = "relu"} end
+    end
+    return list
+  end)(), false)
+  for i, t in ipairs((rm:parameters())) do t:copy(r[i]) end
+  local P = lps.estimators.softmax(rm:forward(X)):totable()
+  local kd, kr = #P, #P[1]
+  local small, large, best = math.min(kd, kr), math.max(kd, kr), -math.huge
+  for _, p in ipairs(perms(large)) do
+    local s = 0
+    for i = 1, small do s = s + (kd <= kr and P[i][p[i]] or P[p[i]][i]) end
+    best = math.max(best, s)
+  end
+  return best / large
+end
+
+TestProbe = {}
+
+function TestProbe:test_dreams_are_images_their_model_reads_as_their_class()
+  local g = lps.generator(4)
+  local m = T.random_mlp(g, {784, 32, 5})
+  local X = probe.dreams(m)
+  lu.assertEquals(X:shape(), {5, 784})
+  lu.assertTrue(X:min() >= 0 and X:max() <= 1, ("pixels in [%g, %g]"):format(X:min(), X:max()))
+  local net = nn.mlp{784, 32, 5, generator = lps.generator(1)}
+  for i, t in ipairs((net:parameters())) do t:copy(m[i]) end
+  local y = net:forward(X)
+  for c = 1, 5 do lu.assertEquals(math.tointeger(y[c]:argmax()), c, "dream " .. c) end
+  -- the same model dreams the same images (fixed start and noise)
+  lu.assertEquals(probe.dreams(m):totable(), X:totable())
+  -- more steps climb further: the class's margin over the mean logit grows
+  local function margin(Z)
+    local out, s = net:forward(Z), 0
+    for c = 1, 5 do s = s + out:get(c, c) - out[c]:mean() end
+    return s
+  end
+  lu.assertTrue(margin(probe.dreams(m, {steps = 40})) > margin(probe.dreams(m, {steps = 5})))
+end
+
+function TestProbe:test_directed_score_is_the_best_assignment_of_the_softmax_block()
+  local g = lps.generator(6)
+  local r = T.random_mlp(g, {784, 16, 4})
+  local dreamers = {T.random_mlp(g, {784, 12, 3}), T.random_mlp(g, {784, 20, 6}), T.random_mlp(g, {784, 8, 4})}
+  local pm = probe.matcher{steps = 7} -- its own options: nothing remembered from other tests
+  local D = pm.directed({r}, dreamers) -- one bank of 13 dreams: the offsets must hold
+  for j, d in ipairs(dreamers) do
+    lu.assertAlmostEquals(D:get(1, j), brute(r, d, {steps = 7}), 1e-6)
+  end
+  -- the probe options reach the dreams: 7 steps dream otherwise than 30
+  lu.assertNotEquals(probe.dreams(dreamers[1], {steps = 7}):totable(), probe.dreams(dreamers[1]):totable())
+  lu.assertAlmostEquals(pm.directed({r}, {dreamers[2]}):get(1, 1), D:get(1, 2), 0) -- remembered
+  -- the symmetric score is the mean of both directions
+  local S = pm.scores({r}, dreamers)
+  local back = pm.directed(dreamers, {r})
+  for j = 1, 3 do lu.assertAlmostEquals(S:get(1, j), (D:get(1, j) + back:get(j, 1)) / 2, 1e-7) end
+end
+
+function TestProbe:test_permuted_classes_and_hidden_units_score_one()
+  local g = lps.generator(11)
+  local a = T.random_mlp(g, {784, 20, 12, 3})
+  local p1, p2 = lps.data.randperm(20, g), lps.data.randperm(12, g)
+  local hidden = {a[1]:index_rows(p1), a[2]:index_rows(p1), a[3]:index_rows(p2):t():index_rows(p1):t():clone(),
+                  a[4]:index_rows(p2), a[5]:t():index_rows(p2):t():clone(), a[6]:clone()}
+  local wide = T.random_mlp(g, {784, 16, 12}) -- 12 classes: the linear assignment
+  local arch = {
+    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}
+  local cnn = lps.similarity.weights(lps.nn.from_arch(arch, g))
+  cnn.family, cnn.module = "cnn", nil
+  local pm = lps.benchmark.methods.probe_matching()
+  local models = {a, wide, cnn}
+  local S = pm:similarity(models, {permute_classes(a, {3, 1, 2}), permute_classes(wide, lps.data.randperm(12, g)),
+    permute_classes(cnn, {2, 4, 3, 1})})
+  -- a model against itself scores 1 when it reads each of its dreams as its
+  -- class with confidence: the 3-class MLP does; some dreams of the random
+  -- 12-class MLP and CNN stay closer to other classes. A copy with its
+  -- classes permuted scores what the model itself does.
+  local self = pm:similarity(models, models)
+  for i = 1, 3 do lu.assertAlmostEquals(S:get(i, i), self:get(i, i), 1e-5) end
+  lu.assertAlmostEquals(self:get(1, 1), 1, 1e-5)
+  lu.assertAlmostEquals(pm:similarity({a}, {hidden}):get(1, 1), 1, 1e-5)
+  -- the same dreams, up to rounding, whatever the order of the hidden units
+  lu.assertTrue(lps.allclose(probe.dreams(a), probe.dreams(hidden), 0, 1e-4))
+  -- different functions score less (so the ones above measure something), the same both ways
+  lu.assertTrue(S:get(1, 3) < 0.9, "an MLP against a CNN: " .. S:get(1, 3))
+  lu.assertAlmostEquals(S:get(1, 3), S:get(3, 1), 1e-6)
+end
+
+-- A small ResNet (batch norm, residual blocks, global average pooling) with
+-- random weights and running statistics.
+local function resnet(s, classes)
+  local function conv(cin, cout, k, stride)
+    return {type = "conv2d", ["in"] = cin, out = cout, kernel = k, stride = stride or 1, padding = k // 2, bias = false}
+  end
+  local function bn(c) return {type = "batchnorm2d", features = c} end
+  local RELU = {type = "relu"}
+  local arch = {{type = "input", shape = {1, 28, 28}}, conv(1, 4, 3), bn(4), RELU,
+    {type = "residual", body = {conv(4, 4, 3), bn(4), RELU, conv(4, 4, 3), bn(4)}, shortcut = {}}, RELU,
+    {type = "adaptive_avgpool2d", output = 1}, {type = "flatten"}, {type = "linear", ["in"] = 4, out = classes}}
+  local g = lps.generator(s)
+  local m = T.randomize_state(nn.from_arch(arch, g), g):eval()
+  local ps = m:named_parameters()
+  ps[#ps - 1].tensor:mul_(30) -- a confident head: outputs far from uniform
+  return m
+end
+
+function TestProbe:test_resnets_are_read_through_their_function()
+  local a, b = resnet(1, 3), resnet(2, 3)
+  local pm = lps.benchmark.methods.probe_matching()
+  local ra, rb = lps.similarity.weights(a), lps.similarity.weights(b)
+  local perm = lps.similarity.weights(a)
+  local W, bias = a:named_parameters()[#a:named_parameters() - 1].tensor, a:named_parameters()[#a:named_parameters()].tensor
+  perm[#perm - 1], perm[#perm] = W:index_rows({2, 3, 1}), bias:index_rows({2, 3, 1})
+  local S = pm:similarity({ra}, {ra, rb, perm})
+  lu.assertTrue(S:get(1, 1) > 0.3 and S:get(1, 1) <= 1 + 1e-6, "itself: " .. S:get(1, 1))
+  lu.assertAlmostEquals(S:get(1, 3), S:get(1, 1), 1e-5) -- its classes permuted
+  lu.assertTrue(S:get(1, 2) == S:get(1, 2) and S:get(1, 2) < S:get(1, 1), "another ResNet: " .. S:get(1, 2))
+  -- the user's module is given back as it was: training mode, gradients on
+  a:train()
+  lps.similarity.probe.dreams(ra)
+  lu.assertTrue(a:is_training())
+end
+
+function TestProbe:test_nan_models_are_not_comparable()
+  local g = lps.generator(2)
+  local a, b = T.random_mlp(g, {784, 8, 3}), T.random_mlp(g, {784, 8, 3})
+  local bad = {a[1]:clone(), a[2]:clone(), a[3]:clone(), a[4]:clone()}
+  bad[1]:set(1, 1, 0 / 0)
+  local S = lps.benchmark.methods.probe_matching():similarity({a, bad}, {b, bad})
+  lu.assertTrue(S:get(1, 1) == S:get(1, 1))
+  for _, ij in ipairs{{1, 2}, {2, 1}, {2, 2}} do
+    local v = S:get(ij[1], ij[2])
+    lu.assertTrue(v ~= v, ("(%d, %d) %s"):format(ij[1], ij[2], v))
+  end
+end
+
+function TestProbe:test_half_probe_is_the_mean_with_template_matching()
+  local g = lps.generator(9)
+  local ms = {T.random_mlp(g, {784, 12, 3}), T.random_mlp(g, {784, 12, 4}), T.random_mlp(g, {784, 10, 3})}
+  local half = lps.benchmark.methods.probe_matching{probe = 0.5}:similarity(ms, ms)
+  local tm = lps.benchmark.methods.template_matching():similarity(ms, ms)
+  local pr = lps.benchmark.methods.probe_matching():similarity(ms, ms)
+  lu.assertTrue(lps.allclose(half, (tm + pr) * 0.5, 0, 1e-6))
+  -- probe 0: template matching's bits
+  lu.assertEquals(lps.benchmark.methods.probe_matching{probe = 0}:similarity(ms, ms):totable(), tm:totable())
+end
+
+function TestProbe:test_bad_options_are_refused()
+  T.assert_error_contains("steps must be a positive integer, got 0", probe.matcher, {steps = 0})
+  T.assert_error_contains("lr must be a positive number", probe.dreams, {}, {lr = -1})
+  T.assert_error_contains("start must be a number in [0, 1]", probe.matcher, {start = 2})
+  T.assert_error_contains("input_shape must be a list of positive integers", probe.matcher, {input_shape = {1, 0}})
+  T.assert_error_contains("unknown option 'stepz'", probe.matcher, {stepz = 3})
+  T.assert_error_contains("probe must be a number in [0, 1], got 2", lps.benchmark.methods.probe_matching, {probe = 2})
+  T.assert_error_contains("unknown option 'prob'", lps.benchmark.methods.probe_matching, {prob = 1})
+end
+
+local code = lu.LuaUnit.run("-o", "tap")
+T.cleanup()
+os.exit(code, true)
