@@ -423,4 +423,25 @@ function M.assert_torch_agrees(cases, tol)
   return r
 end
 
+--- A copy of model m (a weight list) with the rows of its head permuted by perm.
+function M.permute_classes(m, perm)
+  local c = {family = m.family, arch = m.arch}
+  for i, t in ipairs(m) do c[i] = t:clone() end
+  c[#m - 1], c[#m] = m[#m - 1]:index_rows(perm), m[#m]:index_rows(perm)
+  return c
+end
+
+--- Every permutation of 1..n (n small), for brute-force answers.
+function M.all_perms(n)
+  local out = {}
+  local function rec(p, used)
+    if #p == n then out[#out + 1] = {table.unpack(p)} return end
+    for i = 1, n do
+      if not used[i] then used[i] = true; p[#p + 1] = i; rec(p, used); p[#p] = nil; used[i] = false end
+    end
+  end
+  rec({}, {})
+  return out
+end
+
 return M

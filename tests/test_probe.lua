@@ -10,41 +10,15 @@ local T = require "tests.helpers"
 local probe = require "lualps.similarity.probe"
 local nn = lps.nn
 
--- A copy of model m (a weight list) with the rows of its head permuted by perm.
-local function permute_classes(m, perm)
-  local c = {family = m.family, arch = m.arch}
-  for i, t in ipairs(m) do c[i] = t:clone() end
-  c[#m - 1], c[#m] = m[#m - 1]:index_rows(perm), m[#m]:index_rows(perm)
-  return c
-end
-
--- Every permutation of 1..n.
-local function perms(n)
-  local out = {}
-  local function rec(p, used)
-    if #p == n then out[#out + 1] = {table.unpack(p)} return end
-    for i = 1, n do
-      if not used[i] then used[i] = true; p[#p + 1] = i; rec(p, used); p[#p] = nil; used[i] = false end
-    end
-  end
-  rec({}, {})
-  return out
-end
+local permute_classes, perms = T.permute_classes, T.all_perms
 
 -- The directed score by brute force: reader r's softmax on dreamer d's dreams
 -- (kd x kr), the best one-to-one assignment's sum over max(kd, kr).
 local function brute(r, d, opts)
   local X = probe.dreams(d, opts)
-  local rm = nn.from_arch((function()
-    local list = {}
-    for l = 1, #r // 2 do
-      list[#list + 1] = {type = "linear", ["in"] = r[2 * l - 1]:size(2), out = r[2 * l - 1]:size(1)}
-      if l < #r // 2 then list[#list + 1] = {type = "relu"} end
-    end
-    return list
-  end)(), false)
-  for i, t in ipairs((rm:parameters())) do t:copy(r[i]) end
+  local rm, release = require("lualps.similarity.templates").function_of(r)
   local P = lps.estimators.softmax(rm:forward(X)):totable()
+  release()
   local kd, kr = #P, #P[1]
   local small, large, best = math.min(kd, kr), math.max(kd, kr), -math.huge
   for _, p in ipairs(perms(large)) do

@@ -6,26 +6,7 @@ local lps = require "lualps"
 local T = require "tests.helpers"
 local TM = lps.benchmark.methods
 
--- A copy of model m (a weight list) with the rows of its head permuted by perm.
-local function permute_classes(m, perm)
-  local c = {family = m.family, arch = m.arch}
-  for i, t in ipairs(m) do c[i] = t:clone() end
-  c[#m - 1], c[#m] = m[#m - 1]:index_rows(perm), m[#m]:index_rows(perm)
-  return c
-end
-
--- Every permutation of 1..n (n small), for the brute-force answer.
-local function perms(n)
-  local out = {}
-  local function rec(p, used)
-    if #p == n then out[#out + 1] = {table.unpack(p)} return end
-    for i = 1, n do
-      if not used[i] then used[i] = true; p[#p + 1] = i; rec(p, used); p[#p] = nil; used[i] = false end
-    end
-  end
-  rec({}, {})
-  return out
-end
+local permute_classes, perms = T.permute_classes, T.all_perms
 
 TestTemplateMatching = {}
 

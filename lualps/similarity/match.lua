@@ -110,6 +110,7 @@ local function stack(rows_of, models)
   for i, T in ipairs(Ts) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
   return X, off, k
 end
+M.stack = stack
 
 --- The |a| x |b| template-matching scores of two lists of models;
 -- rows_of(m) gives a model's unit rows (k x d, unit norm) or false (not

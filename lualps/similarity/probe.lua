@@ -120,20 +120,6 @@ function M.dreams_of(opts)
   end
 end
 
--- The dreams of a list of models stacked (rows), with each one's offset and count.
-local function bank(dreams_of, models)
-  local Xs, off, k, rows, d = {}, {}, {}, 0, nil
-  for i, m in ipairs(models) do
-    Xs[i] = dreams_of(m)
-    off[i], k[i] = rows, Xs[i] and Xs[i]:size(1) or 0
-    rows = rows + k[i]
-    d = d or (Xs[i] and Xs[i]:size(2))
-  end
-  local X = d and core.zeros(rows, d)
-  for i, T in ipairs(Xs) do if T then X:rows(off[i] + 1, off[i] + k[i]):copy(T) end end
-  return X, off, k
-end
-
 -- Model reader's softmax probabilities on the rows of X (a nested table,
 -- X's rows by the reader's classes), or false when they are not finite.
 local function read(reader, X, o)
@@ -170,7 +156,7 @@ function M.matcher(opts)
       for _, d in ipairs(dreamers) do
         if known[d] == nil and not seen[d] then todo[#todo + 1], seen[d] = d, true end
       end
-      local X, off, k = bank(self.dreams_of, todo)
+      local X, off, k = match.stack(self.dreams_of, todo)
       if X then
         local P = read(r, X, o)
         for j, d in ipairs(todo) do
