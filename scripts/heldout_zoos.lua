@@ -506,6 +506,7 @@ local function main(args)
     if z then lines[#lines + 1] = ("| %s | %d | %d | %.3f | %s |"):format(n, z.models, z.tasks, z.mean_accuracy, z.what)
     elseif skipped[n] then lines[#lines + 1] = ("| %s | – | – | – | skipped: %s |"):format(n, skipped[n]) end
   end
+  assert(os.execute("mkdir -p '" .. a.out .. "'")) -- a new results directory, as eval_hetero makes it
   local md = lps.benchmark.write_report(a.out, "heldout_zoos", {methods = results, order = order, metrics = metrics,
     title = "Models from elsewhere: held-out zoos",
     intro = ("%d models in %d held-out zoos no training set uses; leave-one-out retrieval by task within each zoo "
