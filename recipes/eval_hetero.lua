@@ -58,6 +58,8 @@ local make = {
   probe_matching = function() return B.methods.probe_matching() end,
   -- the hybrid's unlearned anchor alone: what its learned residual must add to
   tm_and_probe = function() return B.methods.probe_matching{probe = 0.5, name = "tm_and_probe"} end,
+  -- the same with only the query reading the gallery's dreams (on request)
+  tm_and_probe_directed = function() return B.methods.probe_matching{probe = 0.5, directed = true, name = "tm_and_probe_directed"} end,
 }
 local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map", "heldout_family_rank1",
   "tau_transfer", "tau_transfer_per_target", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
@@ -122,7 +124,7 @@ end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
 local order = {"lps", "lps_hybrid", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
-  "probe_matching", "tm_and_probe"}
+  "probe_matching", "tm_and_probe", "tm_and_probe_directed"}
 local funnels = {}
 for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] = m end end
 local sel_order = lps.selection.add_rows(S, results, order, est_rows, est_order, funnels)

@@ -157,6 +157,10 @@ function TestProbe:test_half_probe_is_the_mean_with_template_matching()
   local tm = lps.benchmark.methods.template_matching():similarity(ms, ms)
   local pr = lps.benchmark.methods.probe_matching():similarity(ms, ms)
   lu.assertTrue(lps.allclose(half, (tm + pr) * 0.5, 0, 1e-6))
+  -- directed: only a reads b's dreams (the symmetric score is the mean of both directions)
+  local D = lps.benchmark.methods.probe_matching{directed = true}:similarity(ms, ms)
+  lu.assertEquals(D:totable(), probe.matcher().directed(ms, ms):totable())
+  lu.assertTrue(lps.allclose(pr, (D + D:t()) * 0.5, 0, 1e-6))
   -- probe 0: template matching's bits
   lu.assertEquals(lps.benchmark.methods.probe_matching{probe = 0}:similarity(ms, ms):totable(), tm:totable())
 end

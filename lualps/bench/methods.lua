@@ -390,6 +390,8 @@ end
 --- Options of probe matching and their defaults.
 M.probe_matching_defaults = {
   probe = 1,          -- weight of probe matching; template matching has the rest (0.5: the hybrid's anchor)
+  directed = false,   -- true: only the query reads the gallery's dreams (an index of the gallery: cheap
+                      -- per query; the score is not symmetric)
   name = "probe_matching",
 }
 
@@ -406,9 +408,10 @@ function M.probe_matching(opts)
   end
   local pm = probe.matcher(opts.dreams)
   local templates = opts.probe < 1 and match.templates_of(M.template_matching_defaults.pool)
+  local scorer = opts.directed and {scores = pm.directed} or pm
   return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
-    if not templates then return pm.scores(a, b) end
-    return similarity.hybrid.anchor(match.scores(templates, a, b), pm, a, b, opts.probe)
+    if not templates then return scorer.scores(a, b) end
+    return similarity.hybrid.anchor(match.scores(templates, a, b), scorer, a, b, opts.probe)
   end}
 end
 
