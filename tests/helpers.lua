@@ -444,4 +444,17 @@ function M.all_perms(n)
   return out
 end
 
+--- A small random CNN (two strided convolutions, 4 classes) as a weight
+-- record with its arch, as the store gives it (no module).
+function M.small_cnn_record(g)
+  local lps = require "lualps"
+  local arch = {
+    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
+    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
+    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}
+  local cnn = lps.similarity.weights(lps.nn.from_arch(arch, g))
+  cnn.family, cnn.module = "cnn", nil
+  return cnn
+end
+
 return M

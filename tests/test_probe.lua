@@ -77,12 +77,7 @@ function TestProbe:test_permuted_classes_and_hidden_units_score_one()
   local hidden = {a[1]:index_rows(p1), a[2]:index_rows(p1), a[3]:index_rows(p2):t():index_rows(p1):t():clone(),
                   a[4]:index_rows(p2), a[5]:t():index_rows(p2):t():clone(), a[6]:clone()}
   local wide = T.random_mlp(g, {784, 16, 12}) -- 12 classes: the linear assignment
-  local arch = {
-    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
-    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
-    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}
-  local cnn = lps.similarity.weights(lps.nn.from_arch(arch, g))
-  cnn.family, cnn.module = "cnn", nil
+  local cnn = T.small_cnn_record(g)
   local pm = lps.benchmark.methods.probe_matching()
   local models = {a, wide, cnn}
   local S = pm:similarity(models, {permute_classes(a, {3, 1, 2}), permute_classes(wide, lps.data.randperm(12, g)),

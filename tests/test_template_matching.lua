@@ -57,12 +57,7 @@ function TestTemplateMatching:test_permuted_classes_score_one()
   local tm = TM.template_matching()
   local a = T.random_mlp(g, {784, 24, 5})
   local wide = T.random_mlp(g, {784, 16, 12}) -- 12 classes: the linear assignment
-  local arch = {
-    {type = "conv2d", ["in"] = 1, out = 4, kernel = 5, stride = 2, padding = 2}, {type = "relu"},
-    {type = "conv2d", ["in"] = 4, out = 6, kernel = 3, stride = 2, padding = 1}, {type = "relu"},
-    {type = "flatten"}, {type = "linear", ["in"] = 6 * 7 * 7, out = 4}}
-  local cnn = lps.similarity.weights(lps.nn.from_arch(arch, g))
-  cnn.family, cnn.module = "cnn", nil
+  local cnn = T.small_cnn_record(g)
   local models = {a, wide, cnn}
   local copies = {permute_classes(a, {3, 5, 1, 2, 4}), permute_classes(wide, lps.data.randperm(12, g)),
                   permute_classes(cnn, {2, 4, 3, 1})}
