@@ -200,4 +200,18 @@ function util.write_file(path, data)
   assert(os.rename(tmp, path))
 end
 
+--- f memoized per argument (weak keys: a model's entry goes with the
+-- model). f's false is remembered too; it must not return nil.
+function util.memoize(f)
+  local memo = setmetatable({}, {__mode = "k"})
+  return function(x)
+    local v = memo[x]
+    if v == nil then
+      v = f(x)
+      memo[x] = v
+    end
+    return v
+  end
+end
+
 return util

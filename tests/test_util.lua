@@ -178,4 +178,17 @@ function TestUtil:test_files()
   T.cleanup()
 end
 
+TestMemoize = {}
+
+function TestMemoize:test_once_per_key_false_included()
+  local calls = {}
+  local f = require("lualps.util").memoize(function(x)
+    calls[x] = (calls[x] or 0) + 1
+    return x.ok or false
+  end)
+  local a, b = {ok = 7}, {}
+  lu.assertEquals({f(a), f(b), f(a), f(b)}, {7, false, 7, false})
+  lu.assertEquals({calls[a], calls[b]}, {1, 1})
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -403,9 +403,7 @@ M.probe_matching_defaults = {
 -- dreams (options of the dreams: lualps.similarity.probe.defaults).
 function M.probe_matching(opts)
   opts = util.options(opts, M.probe_matching_defaults, "probe_matching", {"per_task", "dreams"})
-  if type(opts.probe) ~= "number" or not (opts.probe >= 0 and opts.probe <= 1) then
-    error(("probe_matching: probe must be a number in [0, 1], got %s"):format(tostring(opts.probe)), 2)
-  end
+  similarity.hybrid.check_probe(opts.probe, "probe_matching: probe")
   local pm = probe.matcher(opts.dreams)
   local templates = opts.probe < 1 and match.templates_of(M.template_matching_defaults.pool)
   local scorer = opts.directed and {scores = pm.directed} or pm

@@ -100,6 +100,14 @@ local function quantile(xs, q)
 end
 H.quantile = quantile
 
+--- Raise (naming `what`, at the caller's caller) unless p is a probe
+-- weight: a number in [0, 1].
+function H.check_probe(p, what)
+  if type(p) ~= "number" or not (p >= 0 and p <= 1) then
+    error(("%s must be a number in [0, 1], got %s"):format(what, tostring(p)), 3)
+  end
+end
+
 --- The anchor of two lists of models from their template-matching scores
 -- TM: (1 - p) TM + p (probe matcher pm's scores); TM itself when p is 0 or nil.
 function H.anchor(TM, pm, a, b, p)
@@ -236,9 +244,7 @@ function H.new(net, state, embed)
       error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
     end
   end
-  if state.probe ~= nil and not (type(state.probe) == "number" and state.probe >= 0 and state.probe <= 1) then
-    error(("hybrid: state.probe must be a number in [0, 1], got %s"):format(tostring(state.probe)), 2)
-  end
+  if state.probe ~= nil then H.check_probe(state.probe, "hybrid: state.probe") end
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
   end
@@ -298,9 +304,7 @@ function H.fit(train, models, y, opts)
   for _, w in ipairs(o.w_grid) do
     if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
   end
-  if type(o.probe) ~= "number" or not (o.probe >= 0 and o.probe <= 1) then
-    error(("hybrid: probe must be a number in [0, 1], got %s"):format(tostring(o.probe)), 2)
-  end
+  H.check_probe(o.probe, "hybrid: probe")
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)
   end

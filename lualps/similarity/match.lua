@@ -6,6 +6,7 @@
 local core = require "lualps.core"
 local eval = require "lualps.eval"
 local archnet = require "lualps.similarity.archnet"
+local util = require "lualps.util"
 
 local M = {}
 
@@ -20,17 +21,11 @@ M.noise, M.noise_ranges = 8, {{0, 0.2}, {0.4, 0.6}, {0.8, 1}}
 function M.templates_of(pool, noise, noise_ranges)
   local net = archnet.new{families = {"mlp", "cnn"}, template_pool = pool, template_extras = false,
     noise = noise or M.noise, noise_ranges = noise_ranges or M.noise_ranges}
-  local memo = setmetatable({}, {__mode = "k"})
-  return function(m)
-    local T = memo[m]
-    if T == nil then
-      T = net:templates(m)
-      local s = T:sum()
-      if s ~= s then T = false end
-      memo[m] = T
-    end
-    return T
-  end
+  return util.memoize(function(m)
+    local T = net:templates(m)
+    local s = T:sum()
+    return s == s and T
+  end)
 end
 
 -- Popcounts of 0 .. 2^DP_MAX - 1, for the assignment over column subsets.

@@ -66,16 +66,12 @@ local function start_of(d, o)
   return starts[key]
 end
 
--- Whether a module reads images (its first parameter is a convolution's).
-local function reads_images(m)
+-- The input of module m for its rows X (n x d): a function of X, reshaping
+-- to images for a CNN (its first parameter is a convolution's).
+local function input_of(m, o)
   local p = m:named_parameters()[1]
-  return p and p.tensor:dim() == 4
-end
-
--- The input of module m for rows X (n x d): reshaped to images for a CNN.
-local function input_of(m, X, o)
-  if reads_images(m) then return X:reshape(X:size(1), table.unpack(o.input_shape)) end
-  return X
+  if not (p and p.tensor:dim() == 4) then return function(X) return X end end
+  return function(X) return X:reshape(X:size(1), table.unpack(o.input_shape)) end
 end
 
 --- A model's dreams (k x d, one row per output class, pixels in [0, 1]);
@@ -86,13 +82,14 @@ function M.dreams(model, opts)
   for _, s in ipairs(o.input_shape) do d = d * s end
   local m, release = templates.function_of(model)
   local ok, X = pcall(function()
-    local k = m:output_shape{1, table.unpack(input_of(m, core.zeros(1, d), o):shape(), 2)}[2]
+    local input = input_of(m, o)
+    local k = m:output_shape{1, table.unpack(input(core.zeros(1, d)):shape(), 2)}[2]
     local gy = core.full(k, k, -1 / k)
     for c = 1, k do gy:set(c, c, 1 - 1 / k) end
     local X = core.zeros(k, d)
     for c = 1, k do X[c]:copy(start_of(d, o)[1]) end
     for _ = 1, o.steps do
-      local _, g = m:input_gradients(input_of(m, X, o), gy)
+      local _, g = m:input_gradients(input(X), gy)
       g = g:reshape(k, d)
       local rms = (g * g):mean(2):sqrt()
       for c = 1, k do g[c]:div_(math.max(rms[c], 1e-12)) end
@@ -109,22 +106,14 @@ end
 --- A function model -> its dreams (M.dreams with opts), remembered per
 -- model (weak keys).
 function M.dreams_of(opts)
-  local memo = setmetatable({}, {__mode = "k"})
-  return function(model)
-    local X = memo[model]
-    if X == nil then
-      X = M.dreams(model, opts)
-      memo[model] = X
-    end
-    return X
-  end
+  return util.memoize(function(model) return M.dreams(model, opts) end)
 end
 
 -- Model reader's softmax probabilities on the rows of X (a nested table,
 -- X's rows by the reader's classes), or false when they are not finite.
 local function read(reader, X, o)
   local m, release = templates.function_of(reader)
-  local ok, Y = pcall(function() return m:forward(input_of(m, X, o)) end)
+  local ok, Y = pcall(function() return m:forward(input_of(m, o)(X)) end)
   release()
   if not ok then error(Y, 0) end
   local s = Y:sum()
