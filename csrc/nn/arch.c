@@ -352,6 +352,10 @@ static lps_status parse_entry(src *s, const lps_json_node *v, size_t k, const ch
             return lps_fail(LPS_EFORMAT, "arch: %s: \"%s\" is missing", who, t->fields[j].key);
     if (t->branches && !seen_br[0])
         return lps_fail(LPS_EFORMAT, "arch: %s: \"body\" is missing", who);
+    /* an absent shortcut is the identity, as "shortcut":[] is: the same
+     * empty list, so that a parsed arch and its canonical JSON agree */
+    if (t->branches && !seen_br[1] && !(e->shortcut = calloc(1, sizeof *e->shortcut)))
+        return lps_fail(LPS_ENOMEM, "arch: %s: cannot allocate its shortcut", who);
     lps_arch_entry_finish(e);
     return LPS_OK;
 }
