@@ -47,6 +47,9 @@ end
 local make = {
   lps = function() return lps_with({}, "lps") end, -- and template matching plus its gated residual:
   lps_hybrid = function() return lps_with({hybrid = true}, "lps_hybrid") end, -- lualps/similarity/hybrid.lua
+  -- on request: the hybrid anchored on tm_and_probe_directed, 3 seeds (the ablation hybrid_probe_directed has 1)
+  lps_hybrid_directed = function()
+    return lps_with({hybrid = {probe = 0.5, probe_directed = true}}, "lps_hybrid_directed") end,
   raw = function() return B.methods.features("raw", {pairwise = true}) end,
   sorted = function() return B.methods.features("sorted", {pairwise = true}) end,
   stats = function() return B.methods.features("stats", {standardize = B.gather(S, S.splits.classification.train)}) end,
@@ -72,8 +75,8 @@ end
 -- last clean run). The estimators first: the funnels' methods re-rank by their scores.
 local funnel_of, jobs = {}, {{name = "estimators", cost = 70, pinned = true}}
 for m in a.funnels:gmatch("[^,]+") do funnel_of[m] = true end
-local cost = {lps = 60, lps_hybrid = 135, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84,
-  probe_matching = 150, tm_and_probe = 150}
+local cost = {lps = 60, lps_hybrid = 135, lps_hybrid_directed = 180, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84,
+  probe_matching = 150, tm_and_probe = 150, tm_and_probe_directed = 60}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
   jobs[#jobs + 1] = {name = m, cost = cost[m] or 10, pinned = funnel_of[m], method = true}
@@ -91,6 +94,7 @@ local abl_list = { -- one seed each
   {"unit_supervision", {unit_classes = n_classes, domains = domains}, 25}, -- an addition, not a removal
   {"hybrid_no_gate", {hybrid = {gate = false}}, 45}, -- lps_hybrid with g = 1
   {"hybrid_probe", {hybrid = {probe = 0.5}}, 150}, -- anchored on template and probe matching (tm_and_probe)
+  {"hybrid_probe_directed", {hybrid = {probe = 0.5, probe_directed = true}}, 60}, -- on tm_and_probe_directed
 }
 for _, v in ipairs(a.no_ablations and {} or abl_list) do
   if a.ablations == "all" or (a.ablations == "default" and not v.slow)
@@ -123,7 +127,7 @@ for _, j in ipairs(jobs) do
 end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
-local order = {"lps", "lps_hybrid", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
+local order = {"lps", "lps_hybrid", "lps_hybrid_directed", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
   "probe_matching", "tm_and_probe", "tm_and_probe_directed"}
 local funnels = {}
 for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] = m end end

@@ -78,6 +78,26 @@ function TestBenchmark:test_oracle_scores_known_answers()
   lu.assertEquals(d.embeddings:shape(), {16, 4})
 end
 
+function TestBenchmark:test_per_target_tau_ranks_with_the_target_as_query()
+  -- four unseen tasks, one model each, a circulant gain[s][t] (transfer
+  -- s -> t) in which row and column orders are reversed. A directed score
+  -- whose rows (queries) see the truth, good[t][s] = gain[s][t]: per
+  -- target the target is the query (as in model selection), so the
+  -- per-target tau is +1; its transpose (the source as query) gives -1.
+  local gain = {{0, 0.1, 0.2, 0.3}, {0.3, 0, 0.1, 0.2}, {0.2, 0.3, 0, 0.1}, {0.1, 0.2, 0.3, 0}}
+  local good = {}
+  for t = 1, 4 do good[t] = {} for s = 1, 4 do good[t][s] = s == t and 1 or gain[s][t] end end
+  local tasks = {}
+  for t = 1, 4 do tasks[t] = {classes = {t}, domain = "a"} end
+  local S = {splits = {tasks = tasks, retrieval = {unseen_tasks = {1, 2, 3, 4}}}, transfer = {gain = gain},
+    meta = {{task = 1}, {task = 2}, {task = 3}, {task = 4}}, byid = {a = 1, b = 2, c = 3, d = 4}, models = {{}, {}, {}, {}}}
+  local ids = {"a", "b", "c", "d"}
+  local r = B.unseen_relations(S, {sim = function() return lps.tensor(good) end}, ids)
+  lu.assertAlmostEquals(r.tau_transfer_per_target, 1, 1e-9)
+  local back = B.unseen_relations(S, {sim = function() return lps.tensor(good):t():clone() end}, ids)
+  lu.assertAlmostEquals(back.tau_transfer_per_target, -1, 1e-9)
+end
+
 function TestBenchmark:test_fit_sees_each_split_and_seeds_average()
   local calls = {}
   local method = {name = "seeded", fit = function(_, models, labels, ctx)

@@ -182,6 +182,13 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
   local h = fit({hybrid = {w_grid = {0}, probe = 0.5}}, models, y)
   lu.assertEquals(h:similarity(other, other):totable(),
     lps.benchmark.methods.probe_matching{probe = 0.5}:similarity(other, other):totable())
+  -- directed: only the query (row) reads the stored models' dreams, as the
+  -- tm_and_probe_directed baseline; a different score from the symmetric one
+  local d = fit({hybrid = {w_grid = {0}, probe = 0.5, probe_directed = true}}, models, y)
+  local D = d:similarity(other, other):totable()
+  lu.assertEquals(D, lps.benchmark.methods.probe_matching{probe = 0.5, directed = true}:similarity(other, other):totable())
+  lu.assertNotEquals(D, h:similarity(other, other):totable())
+  T.assert_error_contains("probe_directed must be a boolean, got 1", fit, {hybrid = {probe_directed = 1}}, models, y)
   -- "network" keeps the former anchor: the network's templates, re-pooled
   local g = fit({hybrid = {w_grid = {0}, tm_templates = "network", probe = 0}}, models, y)
   local N = g:similarity(other, other)
@@ -204,7 +211,7 @@ end
 
 function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local models, y = zoo(2)
-  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5}}, models, y) -- a nonzero w, so the learned term counts
+  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5, probe_directed = true}}, models, y) -- a nonzero w: the learned term counts
   lu.assertEquals(f.hybrid.w, 0.5)
   lu.assertTrue(f.hybrid.lo < f.hybrid.hi)
   local before = f:similarity(models, models):totable()
@@ -212,8 +219,9 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local path = T.tmpname(".model")
   sim:save(path)
   local back = lps.similarity.load(path)
-  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50), w 0.50")
+  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed), w 0.50")
   lu.assertEquals(back.hybrid.probe, 0.5)
+  lu.assertTrue(back.hybrid.probe_directed)
   lu.assertEquals(back.hybrid.w, f.hybrid.w)
   lu.assertEquals(back.hybrid.lo, f.hybrid.lo)
   lu.assertEquals(back.hybrid.hi, f.hybrid.hi)
@@ -232,13 +240,14 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   -- network's templates alone, saved and loaded alike
   local old = {}
   for k, v in pairs(f.hybrid) do old[k] = v end
-  old.tm_templates, old.probe = nil, nil
+  old.tm_templates, old.probe, old.probe_directed = nil, nil, nil
   local osim = lps.similarity.wrap(f.net, f.classes, old)
   local opath = T.tmpname(".model")
   osim:save(opath)
   local oback = lps.similarity.load(opath)
   lu.assertEquals(oback.hybrid.tm_templates, "network")
   lu.assertEquals(oback.hybrid.probe, 0)
+  lu.assertFalse(oback.hybrid.probe_directed)
   lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
   lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
 end

@@ -52,6 +52,35 @@ function TestProbe:test_dreams_are_images_their_model_reads_as_their_class()
   lu.assertTrue(margin(probe.dreams(m, {steps = 40})) > margin(probe.dreams(m, {steps = 5})))
 end
 
+function TestProbe:test_several_starts_average_the_reads_of_a_class()
+  local g = lps.generator(9)
+  local a, b = T.random_mlp(g, {784, 16, 4}), T.random_mlp(g, {784, 12, 3})
+  local o1, o3 = {steps = 6}, {steps = 6, starts = 3}
+  -- 3 dreams a class, class-major; the first start is the one-start dream
+  local X1, X3 = probe.dreams(a, o1), probe.dreams(a, o3)
+  lu.assertEquals(X3:shape(), {12, 784})
+  for c = 1, 4 do lu.assertTrue(lps.allclose(X3[(c - 1) * 3 + 1], X1[c], 0, 1e-5), "class " .. c) end
+  lu.assertFalse(lps.allclose(X3[1], X3[2], 0, 1e-3)) -- other starts dream otherwise
+  -- the directed score: the best assignment of b's softmax averaged over
+  -- each class's three dreams of a (a 4 x 3 block)
+  local rm, release = require("lualps.similarity.templates").function_of(b)
+  local P = lps.estimators.softmax(rm:forward(X3)):totable()
+  release()
+  local Q = {}
+  for c = 1, 4 do
+    Q[c] = {}
+    for j = 1, 3 do Q[c][j] = (P[3 * c - 2][j] + P[3 * c - 1][j] + P[3 * c][j]) / 3 end
+  end
+  local best = -math.huge
+  for _, p in ipairs(perms(4)) do best = math.max(best, Q[p[1]][1] + Q[p[2]][2] + Q[p[3]][3]) end
+  lu.assertAlmostEquals(probe.matcher(o3).directed({b}, {a}):get(1, 1), best / 4, 1e-5)
+  -- class permutations still score as the model itself
+  local pa = permute_classes(a, {2, 4, 1, 3})
+  local S = probe.matcher(o3).scores({a}, {pa, a})
+  lu.assertAlmostEquals(S:get(1, 1), S:get(1, 2), 1e-5)
+  T.assert_error_contains("starts must be a positive integer, got 0", probe.matcher, {starts = 0})
+end
+
 function TestProbe:test_directed_score_is_the_best_assignment_of_the_softmax_block()
   local g = lps.generator(6)
   local r = T.random_mlp(g, {784, 16, 4})

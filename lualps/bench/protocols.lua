@@ -161,7 +161,9 @@ function B.unseen_relations(S, v, ids)
   local per, n = 0, 0
   for _, t in ipairs(tasks) do
     local x, y = {}, {}
-    for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], y[#y + 1] = tsim[s][t], gain[s][t] end end
+    -- the target is the query (the row), as in model selection: the same
+    -- for a symmetric score, the query's direction for a directed one
+    for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], y[#y + 1] = tsim[t][s], gain[s][t] end end
     local tau = corr(x, y)
     if tau == tau then per, n = per + tau, n + 1 end
   end

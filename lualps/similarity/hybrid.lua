@@ -37,6 +37,8 @@ H.defaults = {
                         -- held-out family rank-1 from 0.36 to 0.62 but costs transfer tau (0.36 to 0.26) and
                         -- 30x the query cost (the hybrid_probe ablation; README); not validated: the inner
                         -- validation's held-out classes come from the training families
+  probe_directed = false, -- true: probe matching only in the query's direction (the query reads the
+                        -- stored models' dreams, an index computed once; the score is not symmetric)
   tm_templates = "matching", -- TM rows from template matching's own templates (its 8 noise images in each
                         -- of 3 ranges); "network": the network's (6 in 2 ranges, re-pooled), which rank
                         -- new data worse (rendered digits mAP 0.863 against 0.870 with no learned term)
@@ -109,10 +111,11 @@ function H.check_probe(p, what)
 end
 
 --- The anchor of two lists of models from their template-matching scores
--- TM: (1 - p) TM + p (probe matcher pm's scores); TM itself when p is 0 or nil.
-function H.anchor(TM, pm, a, b, p)
+-- TM: (1 - p) TM + p (probe matcher pm's scores; with directed, only a
+-- reading b's dreams: pm.directed(a, b)); TM itself when p is 0 or nil.
+function H.anchor(TM, pm, a, b, p, directed)
   if not p or p == 0 then return TM end
-  return TM * (1 - p) + pm.scores(a, b) * p
+  return TM * (1 - p) + (directed and pm.directed(a, b) or pm.scores(a, b)) * p
 end
 
 --- The hybrid of pairwise scores: (1 - W) .* TM + W .* Cos with W = w g_a g_b^T
@@ -234,7 +237,8 @@ Hybrid.__index = Hybrid
 
 --- A hybrid similarity of network net and state {w, lo, hi, gate, tm_pool,
 -- tm_templates (default "network": what files saved before it used), probe
--- (default 0: what files saved before it used), mu
+-- (default 0: what files saved before it used), probe_directed (default
+-- false), mu
 -- (prototypes)}; embed(models) gives the embeddings (default
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
@@ -245,6 +249,9 @@ function H.new(net, state, embed)
     end
   end
   if state.probe ~= nil then H.check_probe(state.probe, "hybrid: state.probe") end
+  if state.probe_directed ~= nil and type(state.probe_directed) ~= "boolean" then
+    error(("hybrid: state.probe_directed must be a boolean, got %s"):format(tostring(state.probe_directed)), 2)
+  end
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
   end
@@ -279,7 +286,8 @@ function Hybrid:similarity(a, b)
   local rows = {}
   for i, m in ipairs(a) do rows[m] = da[i].rows end
   for i, m in ipairs(b) do rows[m] = db[i].rows end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b, self.state.probe)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b, self.state.probe,
+                      self.state.probe_directed)
   local w = self.state.w
   if w == 0 then return TM end
   local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
@@ -295,7 +303,7 @@ end
 -- others, sets lo and hi from the held-out models' typicality and chooses
 -- w on their leave-one-out retrieval; then the network is trained on every
 -- model and the prototypes are its task means. opts: H.defaults. Returns
--- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, mu, held_class, maps} and the main
+-- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, mu, held_class, maps} and the main
 -- training's result. With too few tasks to hold any class out (H.holdout),
 -- w is 0 (template matching alone) and held_class nil.
 function H.fit(train, models, y, opts)
@@ -305,6 +313,9 @@ function H.fit(train, models, y, opts)
     if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
   end
   H.check_probe(o.probe, "hybrid: probe")
+  if type(o.probe_directed) ~= "boolean" then
+    error(("hybrid: probe_directed must be a boolean, got %s"):format(tostring(o.probe_directed)), 2)
+  end
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)
   end
@@ -330,7 +341,8 @@ function H.fit(train, models, y, opts)
     local mu = H.prototypes(main.embed(models), dense(y))
     local tau = H.typicality(main.embed(models), mu)
     return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
-            tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, mu = mu, maps = {}}, main
+            tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, probe_directed = o.probe_directed,
+            mu = mu, maps = {}}, main
   end
   local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
   local inner = train(km, ky)
@@ -342,10 +354,12 @@ function H.fit(train, models, y, opts)
   for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm, o.probe)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm, o.probe,
+                      o.probe_directed)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
   local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,
+                 probe_directed = o.probe_directed,
                  mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
   return state, main
 end

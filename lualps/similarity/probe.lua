@@ -31,6 +31,8 @@ M.defaults = {
   lr = 0.05,       -- step size (pixels, after normalizing the step to unit RMS)
   start = 0.1,     -- the grey level every dream starts from
   noise = 0.02,    -- sd of the fixed Gaussian noise added to the start (seed 1907)
+  starts = 1,      -- dreams per class, each from its own noise (the same for every class); a reader's
+                   -- probabilities are averaged over a class's dreams
   input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
 }
 
@@ -42,6 +44,7 @@ local function options(opts, op)
   if type(o.lr) ~= "number" or not (o.lr > 0 and o.lr < math.huge) then bad("lr", "a positive number") end
   if type(o.start) ~= "number" or not (o.start >= 0 and o.start <= 1) then bad("start", "a number in [0, 1]") end
   if type(o.noise) ~= "number" or not (o.noise >= 0 and o.noise < math.huge) then bad("noise", "a number >= 0") end
+  if math.type(o.starts) ~= "integer" or o.starts < 1 then bad("starts", "a positive integer") end
   if type(o.input_shape) ~= "table" or #o.input_shape < 1 then bad("input_shape", "a list of sizes") end
   for _, n in ipairs(o.input_shape) do
     if math.type(n) ~= "integer" or n < 1 then bad("input_shape", "a list of positive integers") end
@@ -55,13 +58,16 @@ local function clamp01(x)
   return x:copy(y:mul_(-1):add_(1):relu():mul_(-1):add_(1))
 end
 
--- The start of every dream (1 x d): the same for every class and model, so
--- that a model's dreams follow any permutation of its classes exactly.
+-- The starts of the dreams (starts x d): the same for every class and
+-- model, so that a model's dreams follow any permutation of its classes
+-- exactly; the first is the same whatever the number of starts.
 local starts = {}
-local function start_of(d, o)
-  local key = ("%d:%.17g:%.17g"):format(d, o.start, o.noise)
+local function starts_of(d, o)
+  local key = ("%d:%.17g:%.17g:%d"):format(d, o.start, o.noise, o.starts)
   if not starts[key] then
-    starts[key] = clamp01(core.randn(1, d, core.generator(1907)):mul_(o.noise):add_(o.start))
+    local g, S = core.generator(1907), core.zeros(o.starts, d)
+    for j = 1, o.starts do S[j]:copy(core.randn(1, d, g)[1]) end
+    starts[key] = clamp01(S:mul_(o.noise):add_(o.start))
   end
   return starts[key]
 end
@@ -74,8 +80,8 @@ local function input_of(m, o)
   return function(X) return X:reshape(X:size(1), table.unpack(o.input_shape)) end
 end
 
---- A model's dreams (k x d, one row per output class, pixels in [0, 1]);
--- false when they are not finite. opts: M.defaults.
+--- A model's dreams (k starts x d: for each output class, its starts rows,
+-- pixels in [0, 1]); false when they are not finite. opts: M.defaults.
 function M.dreams(model, opts)
   local o = options(opts, "probe.dreams")
   local d = 1
@@ -84,15 +90,21 @@ function M.dreams(model, opts)
   local ok, X = pcall(function()
     local input = input_of(m, o)
     local k = m:output_shape{1, table.unpack(input(core.zeros(1, d)):shape(), 2)}[2]
-    local gy = core.full(k, k, -1 / k)
-    for c = 1, k do gy:set(c, c, 1 - 1 / k) end
-    local X = core.zeros(k, d)
-    for c = 1, k do X[c]:copy(start_of(d, o)[1]) end
+    local n, st = k * o.starts, starts_of(d, o)
+    local gy = core.full(n, k, -1 / k)
+    local X = core.zeros(n, d)
+    for c = 1, k do
+      for j = 1, o.starts do
+        local r = (c - 1) * o.starts + j
+        gy:set(r, c, 1 - 1 / k)
+        X[r]:copy(st[j])
+      end
+    end
     for _ = 1, o.steps do
       local _, g = m:input_gradients(input(X), gy)
-      g = g:reshape(k, d)
+      g = g:reshape(n, d)
       local rms = (g * g):mean(2):sqrt()
-      for c = 1, k do g[c]:div_(math.max(rms[c], 1e-12)) end
+      for r = 1, n do g[r]:div_(math.max(rms[r], 1e-12)) end
       clamp01(X:add_(g:mul_(o.lr)))
     end
     return X
@@ -109,15 +121,19 @@ function M.dreams_of(opts)
   return util.memoize(function(model) return M.dreams(model, opts) end)
 end
 
--- Model reader's softmax probabilities on the rows of X (a nested table,
--- X's rows by the reader's classes), or false when they are not finite.
+-- Model reader's softmax probabilities on the rows of X, averaged over
+-- each class's o.starts consecutive dreams (a nested table, the dreamed
+-- classes by the reader's classes), or false when they are not finite.
 local function read(reader, X, o)
   local m, release = templates.function_of(reader)
   local ok, Y = pcall(function() return m:forward(input_of(m, o)(X)) end)
   release()
   if not ok then error(Y, 0) end
   local s = Y:sum()
-  return s == s and s > -math.huge and s < math.huge and est.softmax(Y):totable()
+  if not (s == s and s > -math.huge and s < math.huge) then return false end
+  local P = est.softmax(Y)
+  if o.starts > 1 then P = P:reshape(P:size(1) // o.starts, o.starts, P:size(2)):mean(2):reshape(-1, P:size(2)) end
+  return P:totable()
 end
 
 local matchers = {} -- one per distinct options: a score depends only on the two models and them
@@ -132,7 +148,7 @@ local matchers = {} -- one per distinct options: a score depends only on the two
 -- opts: M.defaults.
 function M.matcher(opts)
   local o = options(opts, "probe.matcher")
-  local key = ("%d %.17g %.17g %.17g %s"):format(o.steps, o.lr, o.start, o.noise, table.concat(o.input_shape, "x"))
+  local key = ("%d %.17g %.17g %.17g %d %s"):format(o.steps, o.lr, o.start, o.noise, o.starts, table.concat(o.input_shape, "x"))
   if matchers[key] then return matchers[key] end
   local self = {opts = o, dreams_of = M.dreams_of(o), memo = setmetatable({}, {__mode = "k"})}
   matchers[key] = self
@@ -148,6 +164,7 @@ function M.matcher(opts)
       local X, off, k = match.stack(self.dreams_of, todo)
       if X then
         local P = read(r, X, o)
+        for j = 1, #todo do off[j], k[j] = off[j] // o.starts, k[j] // o.starts end -- rows of P: classes
         for j, d in ipairs(todo) do
           known[d] = (P and k[j] > 0) and match.block_score(P, off[j], 0, k[j], #P[1]) or 0 / 0
         end

@@ -33,7 +33,7 @@ function Sim:__tostring()
   local h = self.hybrid
   return ("lualps.similarity (%s; trained on %s models of %d %ss%s)"):format(tostring(self.net):match("%((.*)%)") or "",
     tostring(self.n_train or "?"), #self.classes, self.label, h and ("; hybrid with template matching%s, w %.2f, gate %s")
-      :format((h.probe or 0) > 0 and (" and probe matching (%.2f)"):format(h.probe) or "", h.w,
+      :format((h.probe or 0) > 0 and (" and probe matching (%.2f%s)"):format(h.probe, h.probe_directed and ", directed" or "") or "", h.w,
         h.gate == false and "off" or ("%.3f..%.3f"):format(h.lo, h.hi)) or "")
 end
 
@@ -166,7 +166,8 @@ function Sim:save(path, opts)
   local h, hmeta = self.hybrid, nil
   if h then
     named["hybrid.prototypes"], named["hybrid.params"] = h.mu, core.tensor({h.w, h.lo, h.hi})
-    hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", probe = h.probe or 0}
+    hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", probe = h.probe or 0,
+             probe_directed = h.probe_directed == true}
   end
   local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
