@@ -50,6 +50,9 @@ local make = {
   -- on request: the hybrid anchored on tm_and_probe_directed, 3 seeds (the ablation hybrid_probe_directed has 1)
   lps_hybrid_directed = function()
     return lps_with({hybrid = {probe = 0.5, probe_directed = true}}, "lps_hybrid_directed") end,
+  -- on request: the same with the probe weight gated by the query's typicality, 0.5 (1 - g)
+  lps_hybrid_gated = function()
+    return lps_with({hybrid = {probe = 0.5, probe_directed = true, probe_gate = true}}, "lps_hybrid_gated") end,
   raw = function() return B.methods.features("raw", {pairwise = true}) end,
   sorted = function() return B.methods.features("sorted", {pairwise = true}) end,
   stats = function() return B.methods.features("stats", {standardize = B.gather(S, S.splits.classification.train)}) end,
@@ -75,7 +78,7 @@ end
 -- last clean run). The estimators first: the funnels' methods re-rank by their scores.
 local funnel_of, jobs = {}, {{name = "estimators", cost = 70, pinned = true}}
 for m in a.funnels:gmatch("[^,]+") do funnel_of[m] = true end
-local cost = {lps = 60, lps_hybrid = 135, lps_hybrid_directed = 180, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84,
+local cost = {lps = 60, lps_hybrid = 135, lps_hybrid_directed = 180, lps_hybrid_gated = 180, raw = 20, sorted = 21, stats = 5, gram = 48, matching = 373, cka = 84,
   probe_matching = 150, tm_and_probe = 150, tm_and_probe_directed = 60}
 for m in a.methods:gmatch("[^,]+") do
   if not make[m] then fail("unknown method " .. m) end
@@ -127,7 +130,7 @@ for _, j in ipairs(jobs) do
 end
 controls.reliability = S.transfer.reliability
 lps.controls.from_results(controls, results)
-local order = {"lps", "lps_hybrid", "lps_hybrid_directed", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
+local order = {"lps", "lps_hybrid", "lps_hybrid_directed", "lps_hybrid_gated", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
   "probe_matching", "tm_and_probe", "tm_and_probe_directed"}
 local funnels = {}
 for m in a.funnels:gmatch("[^,]+") do if results[m] then funnels[#funnels + 1] = m end end

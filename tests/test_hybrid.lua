@@ -8,6 +8,7 @@ local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
 local H = lps.similarity.hybrid
+local probe = lps.similarity.probe
 local match = require "lualps.similarity.match"
 
 -- A small synthetic zoo: one-layer models whose class c has the template
@@ -189,6 +190,22 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
   lu.assertEquals(D, lps.benchmark.methods.probe_matching{probe = 0.5, directed = true}:similarity(other, other):totable())
   lu.assertNotEquals(D, h:similarity(other, other):totable())
   T.assert_error_contains("probe_directed must be a boolean, got 1", fit, {hybrid = {probe_directed = 1}}, models, y)
+  -- gated: query i mixes (1 - p_i) TM + p_i PM with p_i = 0.5 (1 - g_i), its own gate
+  local q = fit({hybrid = {w_grid = {0}, probe = 0.5, probe_directed = true, probe_gate = true}}, models, y)
+  local hy = lps.similarity.wrap(q.net, q.classes, q.hybrid).hy
+  local G = hy:similarity(other, other)
+  local TMo = lps.benchmark.methods.template_matching():similarity(other, other)
+  local PMo = probe.matcher().directed(other, other)
+  local distinct = {}
+  for i, d in ipairs(hy:describe(other)) do
+    local p = 0.5 * (1 - d.g)
+    distinct[("%.6f"):format(p)] = true
+    for j = 1, #other do
+      lu.assertAlmostEquals(G:get(i, j), (1 - p) * TMo:get(i, j) + p * PMo:get(i, j), 1e-6)
+    end
+  end
+  lu.assertTrue(next(distinct, next(distinct)) ~= nil, "the gates differ between queries") -- the test is not vacuous
+  T.assert_error_contains("probe_gate must be a boolean", fit, {hybrid = {probe_gate = "yes"}}, models, y)
   -- "network" keeps the former anchor: the network's templates, re-pooled
   local g = fit({hybrid = {w_grid = {0}, tm_templates = "network", probe = 0}}, models, y)
   local N = g:similarity(other, other)

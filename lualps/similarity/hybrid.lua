@@ -39,6 +39,9 @@ H.defaults = {
                         -- validation's held-out classes come from the training families
   probe_directed = false, -- true: probe matching only in the query's direction (the query reads the
                         -- stored models' dreams, an index computed once; the score is not symmetric)
+  probe_gate = false,   -- true: the probe weight of query a is p (1 - g_a), so that queries typical of the
+                        -- training tasks keep template matching's geometry and atypical ones (new
+                        -- families, new classes) lean on probes
   tm_templates = "matching", -- TM rows from template matching's own templates (its 8 noise images in each
                         -- of 3 ranges); "network": the network's (6 in 2 ranges, re-pooled), which rank
                         -- new data worse (rendered digits mAP 0.863 against 0.870 with no learned term)
@@ -113,9 +116,23 @@ end
 --- The anchor of two lists of models from their template-matching scores
 -- TM: (1 - p) TM + p (probe matcher pm's scores; with directed, only a
 -- reading b's dreams: pm.directed(a, b)); TM itself when p is 0 or nil.
+-- p: a number, or a list of one weight per model of a (row).
 function H.anchor(TM, pm, a, b, p, directed)
   if not p or p == 0 then return TM end
-  return TM * (1 - p) + (directed and pm.directed(a, b) or pm.scores(a, b)) * p
+  local P = directed and pm.directed(a, b) or pm.scores(a, b)
+  if type(p) == "number" then return TM * (1 - p) + P * p end
+  -- a weight per query (row): W = p 1^T
+  local W = core.matmul(core.tensor(p):reshape(#p, 1), core.ones(#b, 1), false, true)
+  return TM * (-W + 1) + P * W
+end
+
+--- The probe weight of the anchor for a list of gates (the queries'): p,
+-- or with probe_gate the list p (1 - g_i).
+function H.probe_weights(st, gates)
+  if not st.probe_gate or not st.probe or st.probe == 0 then return st.probe end
+  local out = {}
+  for i, g in ipairs(gates) do out[i] = st.probe * (1 - g) end
+  return out
 end
 
 --- The hybrid of pairwise scores: (1 - W) .* TM + W .* Cos with W = w g_a g_b^T
@@ -237,8 +254,8 @@ Hybrid.__index = Hybrid
 
 --- A hybrid similarity of network net and state {w, lo, hi, gate, tm_pool,
 -- tm_templates (default "network": what files saved before it used), probe
--- (default 0: what files saved before it used), probe_directed (default
--- false), mu
+-- (default 0: what files saved before it used), probe_directed and
+-- probe_gate (default false), mu
 -- (prototypes)}; embed(models) gives the embeddings (default
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
@@ -249,8 +266,10 @@ function H.new(net, state, embed)
     end
   end
   if state.probe ~= nil then H.check_probe(state.probe, "hybrid: state.probe") end
-  if state.probe_directed ~= nil and type(state.probe_directed) ~= "boolean" then
-    error(("hybrid: state.probe_directed must be a boolean, got %s"):format(tostring(state.probe_directed)), 2)
+  for _, k in ipairs{"probe_directed", "probe_gate"} do
+    if state[k] ~= nil and type(state[k]) ~= "boolean" then
+      error(("hybrid: state.%s must be a boolean, got %s"):format(k, tostring(state[k])), 2)
+    end
   end
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
@@ -286,8 +305,10 @@ function Hybrid:similarity(a, b)
   local rows = {}
   for i, m in ipairs(a) do rows[m] = da[i].rows end
   for i, m in ipairs(b) do rows[m] = db[i].rows end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b, self.state.probe,
-                      self.state.probe_directed)
+  local qg = {}
+  for i, d in ipairs(da) do qg[i] = d.g end
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b,
+                      H.probe_weights(self.state, qg), self.state.probe_directed)
   local w = self.state.w
   if w == 0 then return TM end
   local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
@@ -303,7 +324,7 @@ end
 -- others, sets lo and hi from the held-out models' typicality and chooses
 -- w on their leave-one-out retrieval; then the network is trained on every
 -- model and the prototypes are its task means. opts: H.defaults. Returns
--- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, mu, held_class, maps} and the main
+-- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, mu, held_class, maps} and the main
 -- training's result. With too few tasks to hold any class out (H.holdout),
 -- w is 0 (template matching alone) and held_class nil.
 function H.fit(train, models, y, opts)
@@ -313,8 +334,8 @@ function H.fit(train, models, y, opts)
     if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
   end
   H.check_probe(o.probe, "hybrid: probe")
-  if type(o.probe_directed) ~= "boolean" then
-    error(("hybrid: probe_directed must be a boolean, got %s"):format(tostring(o.probe_directed)), 2)
+  for _, k in ipairs{"probe_directed", "probe_gate"} do
+    if type(o[k]) ~= "boolean" then error(("hybrid: %s must be a boolean, got %s"):format(k, tostring(o[k])), 2) end
   end
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)
@@ -342,7 +363,7 @@ function H.fit(train, models, y, opts)
     local tau = H.typicality(main.embed(models), mu)
     return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
             tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, probe_directed = o.probe_directed,
-            mu = mu, maps = {}}, main
+            probe_gate = o.probe_gate, mu = mu, maps = {}}, main
   end
   local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
   local inner = train(km, ky)
@@ -354,12 +375,12 @@ function H.fit(train, models, y, opts)
   for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm, o.probe,
-                      o.probe_directed)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm,
+                      H.probe_weights(o, g), o.probe_directed)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
   local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,
-                 probe_directed = o.probe_directed,
+                 probe_directed = o.probe_directed, probe_gate = o.probe_gate,
                  mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
   return state, main
 end
