@@ -28,7 +28,9 @@ local M = {}
 --- Options of the dreams and their defaults.
 M.defaults = {
   steps = 30,      -- gradient-ascent steps
-  lr = 0.05,       -- step size (pixels, after normalizing the step to unit RMS)
+  lr = 0.025,      -- step size (pixels, after normalizing the step to unit RMS). Chosen on ModelSet-Hetero 2's
+                   -- training tasks (their ResNets reading 180 training MLPs and CNNs: rank-1 0.48 against
+                   -- 0.38 at 0.05; their MLPs and CNNs 0.963 against 0.950), never on a test protocol
   start = 0.1,     -- the grey level every dream starts from
   noise = 0.02,    -- sd of the fixed Gaussian noise added to the start (seed 1907)
   starts = 1,      -- dreams per class, each from its own noise (the same for every class); a reader's
