@@ -138,9 +138,11 @@ fuzz-modelset: build/fuzz/fuzz_modelset build/fuzz/seeds_modelset/.done
 	  -print_final_stats=1 -artifact_prefix=build/fuzz/ -rss_limit_mb=2048 \
 	  build/fuzz/corpus_modelset build/fuzz/seeds_modelset
 # CI: both readers briefly, from a fixed seed (FUZZ_SEED 0 elsewhere: libFuzzer
-# picks one), so that a CI run explores the same inputs as the last one on
-# the same code and a finding there is not luck of the draw; `make
-# fuzz-safetensors` and `make fuzz-modelset` explore further.
+# picks one): on a clean clone (seeds only, no corpus yet) a CI run follows
+# the same sequence of inputs as the last one on the same code, as far as
+# its time allows, so a finding there is less luck of the draw; `make
+# fuzz-safetensors` and `make fuzz-modelset` explore further. Findings
+# join the seeds (tests/fuzz/seeds_safetensors), which every run replays first.
 fuzz-smoke: lib
 	@$(MAKE) --no-print-directory fuzz-modelset FUZZ_SECONDS=30 FUZZ_SEED=1
 	@$(MAKE) --no-print-directory fuzz-safetensors FUZZ_TIME=20 FUZZ_SEED=1

@@ -152,7 +152,11 @@ local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablation
 -- the hybrid variants run on request, saved beside it for the held-out zoos
 for _, name in ipairs{"lps_hybrid_directed", "lps_hybrid_gated"} do
   local d = details[name]
-  if d then lps.similarity.wrap(d.fitted.net, d.fitted.classes, d.fitted.hybrid):save(("%s/%s.model"):format(a.out, name)) end
+  if d then
+    local model = lps.similarity.wrap(d.fitted.net, d.fitted.classes, d.fitted.hybrid)
+    model.n_train = #S.splits.classification.train
+    model:save(("%s/%s.model"):format(a.out, name))
+  end
 end
 local saved = details.lps_hybrid or details.lps -- the hybrid when it ran: the REPL and CLI then score as it does
 if saved then

@@ -183,6 +183,11 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
   local h = fit({hybrid = {w_grid = {0}, probe = 0.5}}, models, y)
   lu.assertEquals(h:similarity(other, other):totable(),
     lps.benchmark.methods.probe_matching{probe = 0.5}:similarity(other, other):totable())
+  -- its own dream options reach the anchor's probes, and are kept complete
+  local h7 = fit({hybrid = {w_grid = {0}, probe = 0.5, dreams = {steps = 7}}}, models, y)
+  lu.assertEquals(h7.hybrid.dreams, probe.settings{steps = 7})
+  lu.assertEquals(h7:similarity(other, other):totable(),
+    lps.benchmark.methods.probe_matching{probe = 0.5, dreams = {steps = 7}}:similarity(other, other):totable())
   -- directed: only the query (row) reads the stored models' dreams, as the
   -- tm_and_probe_directed baseline; a different score from the symmetric one
   local d = fit({hybrid = {w_grid = {0}, probe = 0.5, probe_directed = true}}, models, y)
@@ -193,19 +198,31 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
   -- gated: query i mixes (1 - p_i) TM + p_i PM with p_i = 0.5 (1 - g_i), its own gate
   local q = fit({hybrid = {w_grid = {0}, probe = 0.5, probe_directed = true, probe_gate = true}}, models, y)
   local hy = lps.similarity.wrap(q.net, q.classes, q.hybrid).hy
-  local G = hy:similarity(other, other)
-  local TMo = lps.benchmark.methods.template_matching():similarity(other, other)
-  local PMo = probe.matcher().directed(other, other)
+  local qa = {} -- queries other than the gallery, in another order: the gates must be the queries'
+  for i = #other, 1, -1 do qa[#qa + 1] = other[i] end
+  local G = hy:similarity(qa, models)
+  local TMo = lps.benchmark.methods.template_matching():similarity(qa, models)
+  local PMo = probe.matcher().directed(qa, models)
   local distinct = {}
-  for i, d in ipairs(hy:describe(other)) do
+  for i, d in ipairs(hy:describe(qa)) do
     local p = 0.5 * (1 - d.g)
     distinct[("%.6f"):format(p)] = true
-    for j = 1, #other do
+    for j = 1, #models do
       lu.assertAlmostEquals(G:get(i, j), (1 - p) * TMo:get(i, j) + p * PMo:get(i, j), 1e-6)
     end
   end
   lu.assertTrue(next(distinct, next(distinct)) ~= nil, "the gates differ between queries") -- the test is not vacuous
   T.assert_error_contains("probe_gate must be a boolean", fit, {hybrid = {probe_gate = "yes"}}, models, y)
+  T.assert_error_contains("probe_gate needs gate = true", fit, {hybrid = {probe_gate = true, gate = false}}, models, y)
+  -- weights of 0 leave template matching's rows alone; bad weight lists raise
+  local pm = {directed = function(rows, b) return lps.full(#rows, #b, 0 / 0) end}
+  local TM2 = lps.tensor{{1, 2}, {3, 4}}
+  lu.assertEquals(H.anchor(TM2, pm, {"a", "b"}, {"x", "y"}, {0, 0}, true):totable(), {{1, 2}, {3, 4}})
+  local half = H.anchor(TM2, pm, {"a", "b"}, {"x", "y"}, {0, 0.5}, true)
+  lu.assertEquals(half[1]:totable(), {1, 2})
+  lu.assertNotEquals(half:get(2, 1), half:get(2, 1)) -- NaN where the probes are
+  T.assert_error_contains("need one probe weight per query (2), got 1", H.anchor, TM2, pm, {"a", "b"}, {"x", "y"}, {0.5}, true)
+  T.assert_error_contains("probe weight 2 must be in [0, 1], got 2", H.anchor, TM2, pm, {"a", "b"}, {"x", "y"}, {0, 2}, true)
   -- "network" keeps the former anchor: the network's templates, re-pooled
   local g = fit({hybrid = {w_grid = {0}, tm_templates = "network", probe = 0}}, models, y)
   local N = g:similarity(other, other)
@@ -228,7 +245,7 @@ end
 
 function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local models, y = zoo(2)
-  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5, probe_directed = true}}, models, y) -- a nonzero w: the learned term counts
+  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5, probe_directed = true, probe_gate = true}}, models, y) -- w > 0: the learned term counts
   lu.assertEquals(f.hybrid.w, 0.5)
   lu.assertTrue(f.hybrid.lo < f.hybrid.hi)
   local before = f:similarity(models, models):totable()
@@ -236,9 +253,11 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local path = T.tmpname(".model")
   sim:save(path)
   local back = lps.similarity.load(path)
-  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed), w 0.50")
+  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed, gated), w 0.50")
   lu.assertEquals(back.hybrid.probe, 0.5)
   lu.assertTrue(back.hybrid.probe_directed)
+  lu.assertTrue(back.hybrid.probe_gate)
+  lu.assertEquals(back.hybrid.dreams, probe.settings()) -- the dreams it was fitted with, complete
   lu.assertEquals(back.hybrid.w, f.hybrid.w)
   lu.assertEquals(back.hybrid.lo, f.hybrid.lo)
   lu.assertEquals(back.hybrid.hi, f.hybrid.hi)
@@ -267,6 +286,15 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   lu.assertFalse(oback.hybrid.probe_directed)
   lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
   lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
+  -- a file with probes saved before the dreams were: it dreams with the step of then
+  local older = {}
+  for k, v in pairs(f.hybrid) do older[k] = v end
+  older.dreams = nil
+  local dpath = T.tmpname(".model")
+  lps.similarity.wrap(f.net, f.classes, older):save(dpath)
+  local dback = lps.similarity.load(dpath)
+  lu.assertEquals(dback.hybrid.dreams, {lr = 0.05})
+  lu.assertNotEquals(dback.hy:similarity(models, models):totable(), before)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -19,6 +19,19 @@ local function brute(r, d, opts)
   local rm, release = require("lualps.similarity.templates").function_of(r)
   local P = lps.estimators.softmax(rm:forward(X)):totable()
   release()
+  local n = opts and opts.starts or 1 -- the mean over each class's n dreams
+  if n > 1 then
+    local Q = {}
+    for c = 1, #P // n do
+      Q[c] = {}
+      for j = 1, #P[1] do
+        local sum = 0
+        for t = 1, n do sum = sum + P[(c - 1) * n + t][j] end
+        Q[c][j] = sum / n
+      end
+    end
+    P = Q
+  end
   local kd, kr = #P, #P[1]
   local small, large, best = math.min(kd, kr), math.max(kd, kr), -math.huge
   for _, p in ipairs(perms(large)) do
@@ -78,6 +91,12 @@ function TestProbe:test_several_starts_average_the_reads_of_a_class()
   local pa = permute_classes(a, {2, 4, 1, 3})
   local S = probe.matcher(o3).scores({a}, {pa, a})
   lu.assertAlmostEquals(S:get(1, 1), S:get(1, 2), 1e-5)
+  -- dreamers of 3 and 4 classes in one bank (a new reader: nothing
+  -- remembered): each block at its offset, averaged over its own dreams
+  local r = T.random_mlp(g, {784, 10, 5})
+  local both = probe.matcher(o3).directed({r}, {b, a})
+  lu.assertAlmostEquals(both:get(1, 1), brute(r, b, o3), 1e-5)
+  lu.assertAlmostEquals(both:get(1, 2), brute(r, a, o3), 1e-5)
   T.assert_error_contains("starts must be a positive integer, got 0", probe.matcher, {starts = 0})
 end
 

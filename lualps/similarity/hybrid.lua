@@ -35,13 +35,16 @@ H.defaults = {
   tm_pool = 4,          -- TM rows: templates average-pooled tm_pool x tm_pool (a multiple of template_pool)
   probe = 0,            -- weight p of probe matching in the anchor (0: template matching alone). 0.5 lifts
                         -- held-out family rank-1 from 0.36 to 0.62 but costs transfer tau (0.36 to 0.26) and
-                        -- 30x the query cost (the hybrid_probe ablation; README); not validated: the inner
-                        -- validation's held-out classes come from the training families
+                        -- 30x the query cost (the hybrid_probe ablation, dream step 0.05; README); not
+                        -- validated: the inner validation's held-out classes come from the training families
   probe_directed = false, -- true: probe matching only in the query's direction (the query reads the
-                        -- stored models' dreams, an index computed once; the score is not symmetric)
-  probe_gate = false,   -- true: the probe weight of query a is p (1 - g_a), so that queries typical of the
-                        -- training tasks keep template matching's geometry and atypical ones (new
-                        -- families, new classes) lean on probes
+                        -- stored models' dreams, an index computed once; the score is not symmetric). With
+                        -- p = 0.5 (3 seeds, README): every retrieval protocol up (ResNets 0.56), selection
+                        -- regret 0.048, but tau 0.25 and per-target tau 0.37, below gram's 0.39
+  probe_gate = false,   -- true: the probe weight of query a is p (1 - g_a) (needs gate): typical queries
+                        -- keep template matching's rows; measured, it costs tau (0.18; README)
+  dreams = false,       -- options of probe matching's dreams (lualps.similarity.probe.defaults; false: those
+                        -- defaults); the fit saves them complete (state.dreams), so a saved model dreams as fitted
   tm_templates = "matching", -- TM rows from template matching's own templates (its 8 noise images in each
                         -- of 3 ranges); "network": the network's (6 in 2 ranges, re-pooled), which rank
                         -- new data worse (rendered digits mAP 0.863 against 0.870 with no learned term)
@@ -116,14 +119,27 @@ end
 --- The anchor of two lists of models from their template-matching scores
 -- TM: (1 - p) TM + p (probe matcher pm's scores; with directed, only a
 -- reading b's dreams: pm.directed(a, b)); TM itself when p is 0 or nil.
--- p: a number, or a list of one weight per model of a (row).
+-- p: a number, or a list of one weight in [0, 1] per model of a (row);
+-- the rows of weight 0 are TM's bits, their probes never run.
 function H.anchor(TM, pm, a, b, p, directed)
   if not p or p == 0 then return TM end
-  local P = directed and pm.directed(a, b) or pm.scores(a, b)
-  if type(p) == "number" then return TM * (1 - p) + P * p end
-  -- a weight per query (row): W = p 1^T
-  local W = core.matmul(core.tensor(p):reshape(#p, 1), core.ones(#b, 1), false, true)
-  return TM * (-W + 1) + P * W
+  local function probes(rows) return directed and pm.directed(rows, b) or pm.scores(rows, b) end
+  if type(p) == "number" then return TM * (1 - p) + probes(a) * p end
+  if type(p) ~= "table" or #p ~= #a then
+    error(("hybrid.anchor: need one probe weight per query (%d), got %s"):format(#a, type(p) == "table" and #p or tostring(p)), 2)
+  end
+  local rows, at = {}, {}
+  for i, x in ipairs(p) do
+    if type(x) ~= "number" or not (x >= 0 and x <= 1) then
+      error(("hybrid.anchor: probe weight %d must be in [0, 1], got %s"):format(i, tostring(x)), 2)
+    end
+    if x > 0 then rows[#rows + 1], at[#rows + 1] = a[i], i end
+  end
+  local out = TM:clone()
+  if #rows == 0 then return out end
+  local P = probes(rows)
+  for k, i in ipairs(at) do out[i]:copy(TM[i] * (1 - p[i]) + P[k] * p[i]) end
+  return out
 end
 
 --- The probe weight of the anchor for a list of gates (the queries'): p,
@@ -255,7 +271,7 @@ Hybrid.__index = Hybrid
 --- A hybrid similarity of network net and state {w, lo, hi, gate, tm_pool,
 -- tm_templates (default "network": what files saved before it used), probe
 -- (default 0: what files saved before it used), probe_directed and
--- probe_gate (default false), mu
+-- probe_gate (default false), dreams (default: probe matching's defaults), mu
 -- (prototypes)}; embed(models) gives the embeddings (default
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
@@ -271,6 +287,12 @@ function H.new(net, state, embed)
       error(("hybrid: state.%s must be a boolean, got %s"):format(k, tostring(state[k])), 2)
     end
   end
+  if state.probe_gate and state.gate == false then
+    error("hybrid: state.probe_gate needs the typicality gate (state.gate is false: every probe weight would be 0)", 2)
+  end
+  if state.dreams ~= nil and type(state.dreams) ~= "table" then
+    error(("hybrid: state.dreams must be a table of dream options, got %s"):format(tostring(state.dreams)), 2)
+  end
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
   end
@@ -278,7 +300,7 @@ function H.new(net, state, embed)
     error(("hybrid: state.mu must be a C x %d tensor of prototypes"):format(net.opts.embed), 2)
   end
   return setmetatable({net = net, state = state, embed = embed or function(ms) return net:embed(ms) end,
-                       memo = setmetatable({}, {__mode = "k"}), probes = probe.matcher()}, Hybrid)
+                       memo = setmetatable({}, {__mode = "k"}), probes = probe.matcher(state.dreams)}, Hybrid)
 end
 
 --- Each model's {e (its embedding row), g (its gate), rows (its TM rows or
@@ -324,7 +346,7 @@ end
 -- others, sets lo and hi from the held-out models' typicality and chooses
 -- w on their leave-one-out retrieval; then the network is trained on every
 -- model and the prototypes are its task means. opts: H.defaults. Returns
--- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, mu, held_class, maps} and the main
+-- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, dreams, mu, held_class, maps} and the main
 -- training's result. With too few tasks to hold any class out (H.holdout),
 -- w is 0 (template matching alone) and held_class nil.
 function H.fit(train, models, y, opts)
@@ -337,6 +359,13 @@ function H.fit(train, models, y, opts)
   for _, k in ipairs{"probe_directed", "probe_gate"} do
     if type(o[k]) ~= "boolean" then error(("hybrid: %s must be a boolean, got %s"):format(k, tostring(o[k])), 2) end
   end
+  if o.probe_gate and not o.gate then
+    error("hybrid: probe_gate needs gate = true (without the typicality gate every probe weight would be 0)", 2)
+  end
+  if o.dreams ~= false and type(o.dreams) ~= "table" then
+    error(("hybrid: dreams must be a table of dream options or false, got %s"):format(tostring(o.dreams)), 2)
+  end
+  local dreams = probe.settings(o.dreams or nil)
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)
   end
@@ -363,7 +392,7 @@ function H.fit(train, models, y, opts)
     local tau = H.typicality(main.embed(models), mu)
     return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
             tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, probe_directed = o.probe_directed,
-            probe_gate = o.probe_gate, mu = mu, maps = {}}, main
+            probe_gate = o.probe_gate, dreams = dreams, mu = mu, maps = {}}, main
   end
   local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
   local inner = train(km, ky)
@@ -375,12 +404,12 @@ function H.fit(train, models, y, opts)
   for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(), hm, hm,
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(dreams), hm, hm,
                       H.probe_weights(o, g), o.probe_directed)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
   local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,
-                 probe_directed = o.probe_directed, probe_gate = o.probe_gate,
+                 probe_directed = o.probe_directed, probe_gate = o.probe_gate, dreams = dreams,
                  mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
   return state, main
 end

@@ -117,6 +117,15 @@ function M.dreams(model, opts)
   return s == s and X
 end
 
+--- The complete dream options of opts (M.defaults with opts, checked): a
+-- plain table to save beside a fitted model, so that it dreams as it was
+-- fitted whatever later defaults say.
+function M.settings(opts)
+  local o = options(opts, "probe.settings")
+  return {steps = o.steps, lr = o.lr, start = o.start, noise = o.noise, starts = o.starts,
+          input_shape = {table.unpack(o.input_shape)}}
+end
+
 --- A function model -> its dreams (M.dreams with opts), remembered per
 -- model (weak keys).
 function M.dreams_of(opts)

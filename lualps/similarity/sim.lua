@@ -168,7 +168,7 @@ function Sim:save(path, opts)
   if h then
     named["hybrid.prototypes"], named["hybrid.params"] = h.mu, core.tensor({h.w, h.lo, h.hi})
     hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", probe = h.probe or 0,
-             probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true}
+             probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true, dreams = h.dreams}
   end
   local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
