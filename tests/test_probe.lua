@@ -17,7 +17,7 @@ local permute_classes, perms = T.permute_classes, T.all_perms
 local function brute(r, d, opts)
   local X = probe.dreams(d, opts)
   local rm, release = require("lualps.similarity.templates").function_of(r)
-  local P = lps.estimators.softmax(rm:forward(X)):totable()
+  local P = lps.estimators.softmax(rm:forward(X) * (1 / (opts and opts.temperature or 1))):totable()
   release()
   local n = opts and opts.starts or 1 -- the mean over each class's n dreams
   if n > 1 then
@@ -97,6 +97,12 @@ function TestProbe:test_several_starts_average_the_reads_of_a_class()
   local both = probe.matcher(o3).directed({r}, {b, a})
   lu.assertAlmostEquals(both:get(1, 1), brute(r, b, o3), 1e-5)
   lu.assertAlmostEquals(both:get(1, 2), brute(r, a, o3), 1e-5)
+  -- a softer reader (temperature 4): the same dreams, the block of softmax(logits / 4)
+  local o4 = {steps = 6, starts = 3, temperature = 4}
+  local soft = probe.matcher(o4).directed({r}, {b, a})
+  lu.assertAlmostEquals(soft:get(1, 2), brute(r, a, o4), 1e-5)
+  lu.assertNotAlmostEquals(soft:get(1, 2), both:get(1, 2), 1e-4)
+  T.assert_error_contains("temperature must be a positive number, got 0", probe.matcher, {temperature = 0})
   T.assert_error_contains("starts must be a positive integer, got 0", probe.matcher, {starts = 0})
 end
 

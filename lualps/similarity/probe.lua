@@ -33,6 +33,9 @@ M.defaults = {
                    -- 0.38 at 0.05; their MLPs and CNNs 0.963 against 0.950), never on a test protocol
   start = 0.1,     -- the grey level every dream starts from
   noise = 0.02,    -- sd of the fixed Gaussian noise added to the start (seed 1907)
+  temperature = 1, -- the reader's softmax temperature. On the validation split above, 4 reads better
+                   -- (ResNets mAP 0.480 against 0.432, MLPs and CNNs 0.970 against 0.955) but selects
+                   -- worse (regret 0.068 against 0.054 at p = 0.5 with template matching): left at 1
   starts = 1,      -- dreams per class, each from its own noise (the same for every class); a reader's
                    -- probabilities are averaged over a class's dreams
   input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
@@ -47,6 +50,9 @@ local function options(opts, op)
   if type(o.start) ~= "number" or not (o.start >= 0 and o.start <= 1) then bad("start", "a number in [0, 1]") end
   if type(o.noise) ~= "number" or not (o.noise >= 0 and o.noise < math.huge) then bad("noise", "a number >= 0") end
   if math.type(o.starts) ~= "integer" or o.starts < 1 then bad("starts", "a positive integer") end
+  if type(o.temperature) ~= "number" or not (o.temperature > 0 and o.temperature < math.huge) then
+    bad("temperature", "a positive number")
+  end
   if type(o.input_shape) ~= "table" or #o.input_shape < 1 then bad("input_shape", "a list of sizes") end
   for _, n in ipairs(o.input_shape) do
     if math.type(n) ~= "integer" or n < 1 then bad("input_shape", "a list of positive integers") end
@@ -122,7 +128,7 @@ end
 -- fitted whatever later defaults say.
 function M.settings(opts)
   local o = options(opts, "probe.settings")
-  return {steps = o.steps, lr = o.lr, start = o.start, noise = o.noise, starts = o.starts,
+  return {steps = o.steps, lr = o.lr, start = o.start, noise = o.noise, starts = o.starts, temperature = o.temperature,
           input_shape = {table.unpack(o.input_shape)}}
 end
 
@@ -142,7 +148,7 @@ local function read(reader, X, o)
   if not ok then error(Y, 0) end
   local s = Y:sum()
   if not (s == s and s > -math.huge and s < math.huge) then return false end
-  local P = est.softmax(Y)
+  local P = est.softmax(o.temperature == 1 and Y or Y * (1 / o.temperature))
   if o.starts > 1 then P = P:reshape(P:size(1) // o.starts, o.starts, P:size(2)):mean(2):reshape(-1, P:size(2)) end
   return P:totable()
 end
@@ -159,7 +165,8 @@ local matchers = {} -- one per distinct options: a score depends only on the two
 -- opts: M.defaults.
 function M.matcher(opts)
   local o = options(opts, "probe.matcher")
-  local key = ("%d %.17g %.17g %.17g %d %s"):format(o.steps, o.lr, o.start, o.noise, o.starts, table.concat(o.input_shape, "x"))
+  local key = ("%d %.17g %.17g %.17g %d %.17g %s"):format(o.steps, o.lr, o.start, o.noise, o.starts, o.temperature,
+    table.concat(o.input_shape, "x"))
   if matchers[key] then return matchers[key] end
   local self = {opts = o, dreams_of = M.dreams_of(o), memo = setmetatable({}, {__mode = "k"})}
   matchers[key] = self
