@@ -16,10 +16,10 @@ p:option("--out", "Output directory.", "results")
 p:option("--seeds", "Training seeds of learned methods (mean and sd over them).", "3"):convert(math.tointeger)
 p:option("--epochs", "LPS training epochs.", "30"):convert(math.tointeger)
 -- matching (6 min here, mAP 0.17 against chance 0.07) runs on request: --methods ...,matching
-p:option("--methods", "Comma-separated methods.", "lps,lps_hybrid,raw,sorted,stats,gram,cka,template_matching,probe_matching,tm_and_probe")
+p:option("--methods", "Comma-separated methods.", "lps,lps_hybrid,raw,sorted,stats,gram,cka,template_matching,probe_matching,tm_and_probe,tm_and_probe_directed")
 p:option("--probe", "Fashion-MNIST test images CKA probes with.", "128"):convert(math.tointeger)
 p:option("--data", "Fashion-MNIST directory (default: $LUALPS_DATA or Debian's).")
-p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,lps_hybrid,template_matching,tm_and_probe")
+p:option("--funnels", "Comma-separated methods whose top candidates LogME re-ranks.", "lps,lps_hybrid,template_matching,tm_and_probe,tm_and_probe_directed")
 p:flag("--no-ablations", "Skip the ablations and controls.")
 p:option("--ablations", "Comma-separated ablations, or all (the weight-unit ones add 6 min).", "default")
 p:flag("--no-plots", "Skip the gnuplot figures.")
@@ -64,7 +64,7 @@ local make = {
   probe_matching = function() return B.methods.probe_matching() end,
   -- the hybrid's unlearned anchor alone: what its learned residual must add to
   tm_and_probe = function() return B.methods.probe_matching{probe = 0.5, name = "tm_and_probe"} end,
-  -- the same with only the query reading the gallery's dreams (on request)
+  -- the same with only the query reading the gallery's dreams: the best unlearned selection by weights
   tm_and_probe_directed = function() return B.methods.probe_matching{probe = 0.5, directed = true, name = "tm_and_probe_directed"} end,
 }
 local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map", "heldout_family_rank1",

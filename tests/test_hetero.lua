@@ -567,9 +567,13 @@ function TestHeteroEval:test_pipeline_outputs()
   local res = dir .. "/results"
   -- every method and ablation, the ones make run leaves out by default too
   local ok, out = T.sh(("lua5.4 recipes/eval_hetero.lua --set %s --out %s --seeds 2 --epochs 3 --probe 20 --data %s"
-    .. " --methods lps,lps_hybrid,raw,sorted,stats,gram,matching,cka,template_matching --ablations all")
+    .. " --methods lps,lps_hybrid,lps_hybrid_directed,raw,sorted,stats,gram,matching,cka,template_matching --ablations all")
     :format(set, res, data))
   lu.assertTrue(ok, out)
+  -- a hybrid variant on request is saved beside the main model, and loads as itself
+  local variant = lps.similarity.load(res .. "/lps_hybrid_directed.model")
+  lu.assertTrue(variant.hybrid.probe_directed)
+  lu.assertEquals(variant.hybrid.probe, 0.5)
   lu.assertStrContains(out, "| method | top1 | map | novel_map |")
   lu.assertNotStrContains(out, "gnuplot failed")
   local r = cjson.decode(file_bytes(res .. "/lps_hetero_eval.json"))
