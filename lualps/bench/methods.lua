@@ -406,10 +406,9 @@ function M.probe_matching(opts)
   similarity.hybrid.check_probe(opts.probe, "probe_matching: probe")
   local pm = probe.matcher(opts.dreams)
   local templates = opts.probe < 1 and match.templates_of(M.template_matching_defaults.pool)
-  local scorer = opts.directed and {scores = pm.directed} or pm
   return {name = opts.name, pairwise_per_task = opts.per_task, similarity = function(_, a, b)
-    if not templates then return scorer.scores(a, b) end
-    return similarity.hybrid.anchor(match.scores(templates, a, b), scorer, a, b, opts.probe)
+    if not templates then return opts.directed and pm.directed(a, b) or pm.scores(a, b) end
+    return similarity.hybrid.anchor(match.scores(templates, a, b), pm, a, b, opts.probe, opts.directed)
   end}
 end
 

@@ -116,6 +116,30 @@ function H.check_probe(p, what)
   end
 end
 
+-- The probe fields of t, fit options (prefix "", dreams false: the
+-- defaults) or a saved state (prefix "state.", absent fields nil), named
+-- "hybrid: <prefix><field>" in errors raised at the caller's caller.
+local function check_probe_fields(t, prefix)
+  local function fail(msg, ...) error(("hybrid: " .. msg):format(...), 4) end
+  local p = t.probe
+  if p ~= nil and (type(p) ~= "number" or not (p >= 0 and p <= 1)) then
+    fail("%sprobe must be a number in [0, 1], got %s", prefix, tostring(p))
+  end
+  for _, k in ipairs{"probe_directed", "probe_gate"} do
+    if t[k] ~= nil and type(t[k]) ~= "boolean" then fail("%s%s must be a boolean, got %s", prefix, k, tostring(t[k])) end
+  end
+  if t.probe_gate and t.gate == false then
+    fail("%sprobe_gate needs gate = true (without the typicality gate every probe weight would be 0)", prefix)
+  end
+  -- what leaves the dreams at their defaults: false in options, nil in a state
+  local options = prefix == ""
+  local off
+  if options then off = false end
+  if t.dreams ~= off and type(t.dreams) ~= "table" then
+    fail("%sdreams must be a table of dream options%s, got %s", prefix, options and " or false" or "", tostring(t.dreams))
+  end
+end
+
 --- The anchor of two lists of models from their template-matching scores
 -- TM: (1 - p) TM + p (probe matcher pm's scores; with directed, only a
 -- reading b's dreams: pm.directed(a, b)); TM itself when p is 0 or nil.
@@ -281,18 +305,7 @@ function H.new(net, state, embed)
       error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
     end
   end
-  if state.probe ~= nil then H.check_probe(state.probe, "hybrid: state.probe") end
-  for _, k in ipairs{"probe_directed", "probe_gate"} do
-    if state[k] ~= nil and type(state[k]) ~= "boolean" then
-      error(("hybrid: state.%s must be a boolean, got %s"):format(k, tostring(state[k])), 2)
-    end
-  end
-  if state.probe_gate and state.gate == false then
-    error("hybrid: state.probe_gate needs the typicality gate (state.gate is false: every probe weight would be 0)", 2)
-  end
-  if state.dreams ~= nil and type(state.dreams) ~= "table" then
-    error(("hybrid: state.dreams must be a table of dream options, got %s"):format(tostring(state.dreams)), 2)
-  end
+  check_probe_fields(state, "state.")
   if state.tm_templates ~= nil and state.tm_templates ~= "matching" and state.tm_templates ~= "network" then
     error(("hybrid: state.tm_templates must be 'matching' or 'network', got %s"):format(tostring(state.tm_templates)), 2)
   end
@@ -355,16 +368,7 @@ function H.fit(train, models, y, opts)
   for _, w in ipairs(o.w_grid) do
     if type(w) ~= "number" or not (w >= 0 and w <= 1) then error(("hybrid: w_grid values must be in [0, 1], got %s"):format(tostring(w)), 2) end
   end
-  H.check_probe(o.probe, "hybrid: probe")
-  for _, k in ipairs{"probe_directed", "probe_gate"} do
-    if type(o[k]) ~= "boolean" then error(("hybrid: %s must be a boolean, got %s"):format(k, tostring(o[k])), 2) end
-  end
-  if o.probe_gate and not o.gate then
-    error("hybrid: probe_gate needs gate = true (without the typicality gate every probe weight would be 0)", 2)
-  end
-  if o.dreams ~= false and type(o.dreams) ~= "table" then
-    error(("hybrid: dreams must be a table of dream options or false, got %s"):format(tostring(o.dreams)), 2)
-  end
+  check_probe_fields(o, "")
   local dreams = probe.settings(o.dreams or nil)
   if o.tm_templates ~= "matching" and o.tm_templates ~= "network" then
     error(("hybrid: tm_templates must be 'matching' or 'network', got %s"):format(tostring(o.tm_templates)), 2)

@@ -128,8 +128,22 @@ end
 -- fitted whatever later defaults say.
 function M.settings(opts)
   local o = options(opts, "probe.settings")
-  return {steps = o.steps, lr = o.lr, start = o.start, noise = o.noise, starts = o.starts, temperature = o.temperature,
-          input_shape = {table.unpack(o.input_shape)}}
+  local out = {}
+  for k, v in pairs(o) do out[k] = type(v) == "table" and {table.unpack(v)} or v end
+  return out
+end
+
+-- The text of checked options o that names a matcher: every option, in key
+-- order (an option added to M.defaults keys its matchers with no edit here).
+local function key_of(o)
+  local keys, parts = {}, {}
+  for k in pairs(M.defaults) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do
+    local v = o[k]
+    parts[i] = k .. "=" .. (type(v) == "table" and table.concat(v, "x") or ("%.17g"):format(v))
+  end
+  return table.concat(parts, " ")
 end
 
 --- A function model -> its dreams (M.dreams with opts), remembered per
@@ -165,8 +179,7 @@ local matchers = {} -- one per distinct options: a score depends only on the two
 -- opts: M.defaults.
 function M.matcher(opts)
   local o = options(opts, "probe.matcher")
-  local key = ("%d %.17g %.17g %.17g %d %.17g %s"):format(o.steps, o.lr, o.start, o.noise, o.starts, o.temperature,
-    table.concat(o.input_shape, "x"))
+  local key = key_of(o)
   if matchers[key] then return matchers[key] end
   local self = {opts = o, dreams_of = M.dreams_of(o), memo = setmetatable({}, {__mode = "k"})}
   matchers[key] = self
