@@ -20,7 +20,7 @@ local modules = {
   eval = "lualps.eval", estimators = "lualps.estimators", similarity = "lualps.similarity",
   zoo = "lualps.bench.zoo", hetero = "lualps.bench.hetero", transfer = "lualps.bench.transfer",
   transfer_pool = "lualps.bench.transfer_pool", selection = "lualps.bench.selection",
-  controls = "lualps.bench.controls",
+  controls = "lualps.bench.controls", relation_prior = "lualps.bench.relation_prior",
   benchmark = "lualps.bench.benchmark", plot = "lualps.bench.plot",
 }
 

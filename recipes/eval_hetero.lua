@@ -129,6 +129,7 @@ for _, j in ipairs(jobs) do
   if j.ablation then ablations[j.ablation], abl_order[#abl_order + 1] = o.r, j.ablation end
 end
 controls.reliability = S.transfer.reliability
+lps.controls.relation_ceilings(controls, S)
 lps.controls.from_results(controls, results)
 local order = {"lps", "lps_hybrid", "lps_hybrid_directed", "lps_hybrid_gated", "raw", "sorted", "stats", "gram", "matching", "cka", "template_matching",
   "probe_matching", "tm_and_probe", "tm_and_probe_directed"}

@@ -36,6 +36,7 @@ local modules = {
   {"lualps/bench/methods.lua", "lps.benchmark.methods", "The methods of the evaluation tables."},
   {"lualps/bench/selection.lua", "lps.selection", "The model-selection protocol."},
   {"lualps/bench/controls.lua", "lps.controls", "Controls of an evaluation: what a method reaches without the weights."},
+  {"lualps/bench/relation_prior.lua", "lps.relation_prior", "Per-task transfer effects, the relation prior and the ceilings of a task similarity."},
   {"lualps/bench/zoo.lua", "lps.zoo", "Building model sets: plans, shards, splits, resumable builds."},
   {"lualps/bench/hetero.lua", "lps.hetero", "ModelSet-Hetero: plan, splits and composition."},
   {"lualps/bench/transfer.lua", "lps.transfer", "The transfer ground truth: fine-tuning gains between tasks."},

@@ -6,6 +6,7 @@
 -- and their table in the report.
 local core = require "lualps.core"
 local B = require "lualps.bench.benchmark"
+local relation_prior = require "lualps.bench.relation_prior"
 
 local M = {}
 
@@ -83,6 +84,28 @@ function M.from_results(c, results)
   return c
 end
 
+--- Add to controls c what bounds a task similarity's tau with the
+-- transfer gain on the unseen tasks of split (b) (relation_prior.ceilings):
+-- tau_split_half, tau_split_half_per_target, tau_task_oracle,
+-- tau_effects_oracle and tau_difficulty (with the models' recorded test
+-- accuracies). Returns c.
+function M.relation_ceilings(c, S)
+  local ret = S.splits.retrieval
+  if not (S.transfer and S.transfer.gain and ret and ret.unseen_tasks) then return c end
+  local acc, n = {}, {} -- a task's mean recorded test accuracy
+  for i = 1, S.n do
+    local m = S.meta[i]
+    if type(m.test_accuracy) == "number" then acc[m.task], n[m.task] = (acc[m.task] or 0) + m.test_accuracy, (n[m.task] or 0) + 1 end
+  end
+  for t, k in pairs(n) do acc[t] = acc[t] / k end
+  local r = relation_prior.ceilings(S.transfer, S.splits.tasks, ret.unseen_tasks, ret.train_tasks, acc)
+  local function finite(v) if v == v then return v end end -- NaN (too few pairs) is left out
+  c.tau_split_half, c.tau_split_half_per_target, c.tau_task_oracle =
+    finite(r.split_half_tau), finite(r.split_half_tau_per_target), finite(r.task_oracle_tau)
+  c.tau_effects_oracle, c.tau_difficulty = finite(r.effects_oracle_tau), finite(r.difficulty_tau)
+  return c
+end
+
 --- The controls c as a markdown section, with the transfer matrix's
 -- reliability (c.reliability: its split-half Spearman correlations).
 function M.markdown(c)
@@ -90,7 +113,8 @@ function M.markdown(c)
   local function f3(v) return v and ("%.3f"):format(v) or "–" end
   for _, k in ipairs{"shuffled_labels_map", "untrained_map", "chance_map", "class_count_map", "random_regret",
                      "task_oracle_regret", "stats_accuracy_tau", "shuffled_labels_hybrid_map",
-                     "template_matching_map"} do
+                     "template_matching_map", "tau_split_half", "tau_split_half_per_target", "tau_task_oracle",
+                     "tau_effects_oracle", "tau_difficulty"} do
     lines[#lines + 1] = ("| %s | %s |"):format(k, f3(c[k]))
   end
   for _, k in ipairs{"optimizer", "family", "width"} do

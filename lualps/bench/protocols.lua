@@ -6,6 +6,7 @@ local core = require "lualps.core"
 local eval = require "lualps.eval"
 local set = require "lualps.bench.set"
 local selection = require "lualps.bench.selection"
+local relation_prior = require "lualps.bench.relation_prior"
 
 local B = {}
 
@@ -167,9 +168,37 @@ function B.unseen_relations(S, v, ids)
     local tau = corr(x, y)
     if tau == tau then per, n = per + tau, n + 1 end
   end
-  return {tau_transfer = corr(a, g), rho_transfer = corr(a, g, true),
-          tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = corr(a, ov),
-          tau_domain = corr(a, dm)}, tsim
+  local r = {tau_transfer = corr(a, g), rho_transfer = corr(a, g, true),
+             tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = corr(a, ov),
+             tau_domain = corr(a, dm)}
+  -- with the relation prior (each task's predicted source and target
+  -- effects), as model selection adds its prior: z(similarity) + z(prior)
+  local prior = relation_prior.prior(S)
+  if prior then
+    -- a task whose models the prior cannot read has none (NaN: left out)
+    local function pr(t) return prior.r[t] or 0 / 0 end
+    local function pc(t) return prior.c[t] or 0 / 0 end
+    local p, k = {}, 0
+    for i, s in ipairs(tasks) do
+      for j = i + 1, #tasks do
+        local t = tasks[j]
+        k = k + 1
+        p[k] = (pr(s) + pc(t) + pr(t) + pc(s)) / 2
+      end
+    end
+    r.tau_transfer_prior = corr(relation_prior.zsum(a, p), g)
+    local per_p, n_p = 0, 0
+    for _, t in ipairs(tasks) do
+      local x, q, y = {}, {}, {}
+      for _, s in ipairs(tasks) do
+        if s ~= t then x[#x + 1], q[#q + 1], y[#y + 1] = tsim[t][s], pr(s), gain[s][t] end
+      end
+      local tau = corr(relation_prior.zsum(x, q), y)
+      if tau == tau then per_p, n_p = per_p + tau, n_p + 1 end
+    end
+    r.tau_transfer_per_target_prior = n_p > 0 and per_p / n_p or 0 / 0
+  end
+  return r, tsim
 end
 
 ------------------------------------------------------------------ the protocols

@@ -1,0 +1,227 @@
+--- lualps.bench.relation_prior: what the transfer gain of a task pair owes
+-- to the two tasks one at a time, and how far a task *similarity* can go.
+-- On ModelSet-Hetero 2 most of the gain's ranking is per task: some
+-- targets gain from any pretrained features, some sources give good
+-- features to any target. A two-way additive fit, gain[s][t] ~ mu + r_s +
+-- c_t, over the training tasks' pairs gives each task's source effect r
+-- and target effect c; a ridge regression on the models' weight
+-- statistics (the `stats` features, as the selection prior) predicts them
+-- for tasks it has not seen (M.prior). The relation protocols add it to a
+-- similarity as z(similarity) + z(prior), as model selection adds its
+-- prior (tau_transfer_prior). M.ceilings gives what bounds any task
+-- similarity: the split-half agreement of the ground truth itself, and
+-- what knowing each task's classes, domain and source reaches.
+local core = require "lualps.core"
+local eval = require "lualps.eval"
+
+local M = {}
+
+M.rho = 1e-3 -- the ridge regression's, as the selection prior's
+
+--- The two-way additive fit of gain (a square nested table) over the
+-- ordered pairs s ~= t of tasks (a list of task indices): mu, r (source
+-- effects) and c (target effects), tables indexed by task, each centred
+-- to mean 0, minimizing the sum of (gain[s][t] - mu - r[s] - c[t])^2.
+-- Alternating exact updates; stops when no effect moves by 1e-12.
+function M.effects(gain, tasks)
+  if #tasks < 3 then error(("relation_prior.effects: %d tasks (need 3)"):format(#tasks), 2) end
+  local r, c, mu = {}, {}, 0
+  for _, t in ipairs(tasks) do r[t], c[t] = 0, 0 end
+  for _ = 1, 10000 do
+    local moved, sum, n = 0, 0, 0
+    for _, s in ipairs(tasks) do
+      for _, t in ipairs(tasks) do if s ~= t then sum, n = sum + gain[s][t] - r[s] - c[t], n + 1 end end
+    end
+    mu = sum / n
+    for _, s in ipairs(tasks) do
+      local a = 0
+      for _, t in ipairs(tasks) do if s ~= t then a = a + gain[s][t] - mu - c[t] end end
+      moved, r[s] = math.max(moved, math.abs(a / (#tasks - 1) - r[s])), a / (#tasks - 1)
+    end
+    for _, t in ipairs(tasks) do
+      local a = 0
+      for _, s in ipairs(tasks) do if s ~= t then a = a + gain[s][t] - mu - r[s] end end
+      moved, c[t] = math.max(moved, math.abs(a / (#tasks - 1) - c[t])), a / (#tasks - 1)
+    end
+    if moved < 1e-12 then break end
+  end
+  local mr, mc = 0, 0
+  for _, t in ipairs(tasks) do mr, mc = mr + r[t] / #tasks, mc + c[t] / #tasks end
+  for _, t in ipairs(tasks) do r[t], c[t] = r[t] - mr, c[t] - mc end
+  return mu + mr + mc, r, c
+end
+
+-- The models of S whose weights the stats features read (pcall: a ResNet's
+-- batch norm is refused), by index, with their features.
+local function readable(S, keep)
+  local list, rows = {}, {}
+  for i = 1, S.n do
+    if keep(S.meta[i]) then
+      local ok, f = pcall(eval.features, "stats", S.models[i])
+      if ok then
+        local s = f:sum()
+        if s == s and s > -math.huge and s < math.huge then
+          list[#list + 1] = i
+          rows[#list] = f
+        end
+      end
+    end
+  end
+  return list, rows
+end
+
+local function stacked(rows)
+  local X = core.zeros(#rows, rows[1]:numel())
+  for k, f in ipairs(rows) do X[k]:copy(f) end
+  return X
+end
+
+--- The relation prior learned from the tasks `train_tasks` of a loaded set
+-- S (lps.benchmark.load; with its transfer gains): their source and target
+-- effects (M.effects over their pairs), regressed on their models' stats
+-- features; for every other task, the mean prediction over its models.
+-- Returns {r = {task -> source effect}, c = {task -> target effect}} for
+-- the tasks not in train_tasks whose models the stats features read; no
+-- other task's gain enters. nil without gains, 3 training tasks or
+-- readable models.
+function M.fit(S, train_tasks)
+  local gain = S.transfer and S.transfer.gain
+  if not (gain and train_tasks and #train_tasks >= 3) then return nil end
+  local _, r, c = M.effects(gain, train_tasks)
+  local is_train = {}
+  for _, t in ipairs(train_tasks) do is_train[t] = true end
+  local train, trows = readable(S, function(m) return is_train[m.task] end)
+  local other, orows = readable(S, function(m) return not is_train[m.task] end)
+  if #train == 0 or #other == 0 then return nil end
+  local X, Xo = stacked(trows), stacked(orows)
+  local _, mean, sd = eval.standardize(X)
+  eval.standardize(Xo, mean, sd)
+  local yr, yc = {}, {}
+  for k, i in ipairs(train) do yr[k], yc[k] = r[S.meta[i].task], c[S.meta[i].task] end
+  local pr, pc = eval.ridge_predict(X, yr, Xo, M.rho), eval.ridge_predict(X, yc, Xo, M.rho)
+  local out, n = {r = {}, c = {}}, {}
+  for k, i in ipairs(other) do
+    local t = S.meta[i].task
+    out.r[t], out.c[t], n[t] = (out.r[t] or 0) + pr[k], (out.c[t] or 0) + pc[k], (n[t] or 0) + 1
+  end
+  for t, m in pairs(n) do out.r[t], out.c[t] = out.r[t] / m, out.c[t] / m end
+  return out
+end
+
+--- The relation prior of the evaluation: M.fit on the training tasks of
+-- split (b), cached in S (nil when it cannot be fitted).
+function M.prior(S)
+  if S.relation_prior == nil then
+    local ret = S.splits.retrieval
+    S.relation_prior = M.fit(S, ret and ret.train_tasks) or false
+  end
+  return S.relation_prior or nil
+end
+
+--- z-scores of a list of numbers over its finite values (0 for a
+-- constant list); a value that is not finite becomes NaN.
+function M.z(list)
+  local m, v, n = 0, 0, 0
+  local function finite(x) return x == x and x > -math.huge and x < math.huge end
+  for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
+  m = n > 0 and m / n or 0
+  for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
+  local sd, out = n > 0 and math.sqrt(v / n) or 0, {}
+  for k, x in ipairs(list) do out[k] = not finite(x) and 0 / 0 or sd > 0 and (x - m) / sd or 0 end
+  return out
+end
+
+--- z(a) + z(b), element by element (two lists of the same length).
+function M.zsum(a, b)
+  local za, zb = M.z(a), M.z(b)
+  for k = 1, #za do za[k] = za[k] + zb[k] end
+  return za
+end
+
+-- Kendall tau-b of x against y over the pairs where both are finite; NaN
+-- with fewer than 3 (as the relation protocols count).
+local function tau(x, y)
+  local a, b = {}, {}
+  for i = 1, #x do
+    if x[i] == x[i] and y[i] == y[i] and math.abs(x[i]) < math.huge and math.abs(y[i]) < math.huge then
+      a[#a + 1], b[#b + 1] = x[i], y[i]
+    end
+  end
+  return #a >= 3 and eval.kendall_tau(a, b) or 0 / 0
+end
+
+-- f(s, t) over the unordered pairs of tasks, in order.
+local function pair_lists(tasks, f)
+  local x = {}
+  for i, s in ipairs(tasks) do
+    for j = i + 1, #tasks do x[#x + 1] = f(s, tasks[j]) end
+  end
+  return x
+end
+
+--- What bounds a task similarity's tau with the transfer gain over the
+-- unordered pairs of `tasks` (split (b)'s unseen tasks), from the set's
+-- transfer JSON (gain, gain_halves) and task list (classes, domain,
+-- source):
+--   split_half_tau: Kendall tau of one half's symmetrized gains with the
+--     other's (how well one measurement predicts the other);
+--   split_half_tau_per_target: the same per target, over its sources;
+--   task_oracle_tau: a similarity that knows the tasks, linear in the
+--     fraction of shared classes, same domain and same source, fitted to
+--     the gains of the training tasks' pairs (train_tasks);
+--   effects_oracle_tau: the tasks' own source and target effects (M.effects
+--     fitted to these tasks' gains: an oracle), (r_s + c_t + r_t + c_s) / 2,
+--     what per-task transferability alone explains;
+--   difficulty_tau: minus the sum of the two tasks' difficulty[t] (when
+--     given: the mean recorded test accuracy of a task's models), as a
+--     score: easier tasks gain less from any source.
+function M.ceilings(transfer, task_info, tasks, train_tasks, difficulty)
+  local out = {}
+  local gain = transfer.gain
+  local g = pair_lists(tasks, function(s, t) return (gain[s][t] + gain[t][s]) / 2 end)
+  local h = transfer.gain_halves
+  if h and #h == 2 then
+    local a = pair_lists(tasks, function(s, t) return (h[1][s][t] + h[1][t][s]) / 2 end)
+    local b = pair_lists(tasks, function(s, t) return (h[2][s][t] + h[2][t][s]) / 2 end)
+    out.split_half_tau = tau(a, b)
+    local per, n = 0, 0
+    for _, t in ipairs(tasks) do
+      local x, y = {}, {}
+      for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], y[#y + 1] = h[1][s][t], h[2][s][t] end end
+      local v = tau(x, y)
+      if v == v then per, n = per + v, n + 1 end
+    end
+    out.split_half_tau_per_target = n > 0 and per / n or 0 / 0
+  end
+  local function feats(s, t)
+    local shared, a, b = 0, task_info[s], task_info[t]
+    for _, x in ipairs(a.classes) do for _, y in ipairs(b.classes) do if x == y then shared = shared + 1 end end end
+    return {shared / math.max(#a.classes, #b.classes), a.domain == b.domain and 1 or 0,
+            a.source == b.source and 1 or 0}
+  end
+  if train_tasks and #train_tasks >= 3 and #g >= 3 then
+    local rows, y = {}, {}
+    for i, s in ipairs(train_tasks) do
+      for j = i + 1, #train_tasks do
+        local t = train_tasks[j]
+        rows[#rows + 1], y[#y + 1] = feats(s, t), (gain[s][t] + gain[t][s]) / 2
+      end
+    end
+    local X = core.tensor(rows)
+    local Xt = core.tensor(pair_lists(tasks, feats))
+    local _, mean, sd = eval.standardize(X)
+    eval.standardize(Xt, mean, sd)
+    out.task_oracle_tau = tau(eval.ridge_predict(X, y, Xt, M.rho), g)
+  end
+  if #tasks >= 3 and #g >= 3 then
+    local _, r, c = M.effects(gain, tasks)
+    out.effects_oracle_tau = tau(pair_lists(tasks, function(s, t) return (r[s] + c[t] + r[t] + c[s]) / 2 end), g)
+  end
+  if difficulty then
+    out.difficulty_tau = tau(pair_lists(tasks, function(s, t)
+      return -((difficulty[s] or 0 / 0) + (difficulty[t] or 0 / 0)) end), g)
+  end
+  return out
+end
+
+return M
