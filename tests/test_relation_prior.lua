@@ -1,9 +1,8 @@
--- The relation prior (lualps.bench.relation_prior): the two-way additive
--- fit of the gains (exact on additive matrices, the normal equations on
--- others), the ceilings of a task similarity (split-half and task-oracle
--- tau) on hand-made matrices, the prior predicted from weights for tasks
--- it never saw (and blind to their gains), and the relation protocol's
--- tau with the prior.
+-- lualps.bench.relation_prior: the two-way additive fit of the gains
+-- (exact on additive matrices, the normal equations on others), the
+-- ceilings of a task similarity (split-half, task-oracle, per-task
+-- effects, difficulty) on hand-made matrices, the coherence scores by hand
+-- and the relation protocol's tau with them.
 local lu = require "luaunit"
 local lps = require "lualps"
 local T = require "tests.helpers"
@@ -124,86 +123,58 @@ function TestRelationPrior:test_z_scores_skip_what_is_not_finite()
   for k = 1, 3 do lu.assertAlmostEquals(s[k], 0, 1e-12) end
 end
 
--- A set of MLPs: tasks 1..6, three models each, whose weights are scaled
--- by task t's factor; the gains' source and target effects are that
--- factor (tasks 5 and 6 are unseen).
-local function scaled_set(unseen_gain)
-  local factor = {0.5, 1.0, 1.5, 2.0, 0.7, 1.8}
-  local g = lps.generator(3)
-  local S = {n = 0, models = {}, meta = {}, splits = {retrieval = {train_tasks = {1, 2, 3, 4}, unseen_tasks = {5, 6}}}}
-  for t = 1, 6 do
-    for _ = 1, 3 do
-      local m = T.random_mlp(g, {20, 8, 3})
-      for _, w in ipairs(m) do w:mul_(factor[t]) end
-      S.n = S.n + 1
-      S.models[S.n], S.meta[S.n] = m, {task = t}
-    end
-  end
-  local gain = {}
-  for s = 1, 6 do
-    gain[s] = {}
-    for t = 1, 6 do gain[s][t] = s == t and 0 or 0.1 * factor[s] + 0.05 * factor[t] end
-  end
-  gain[5][6], gain[6][5] = unseen_gain, unseen_gain
-  S.transfer = {gain = gain}
-  return S
+function TestRelationPrior:test_coherence_scores_by_hand()
+  -- three tasks: pairs (1, 2), (1, 3), (2, 3); symmetrized similarity
+  -- 0.5, 0.2, 0.3; coherence terms -(0.9 + 0.6), -(0.9 + 0.3), -(0.6 + 0.3)
+  local tsim = {{0.9, 0.4, 0.2}, {0.6, 0.6, 0.1}, {0.2, 0.5, 0.3}}
+  local got = RP.coherence_scores(tsim, {1, 2, 3})
+  local za, zp = RP.z({0.5, 0.2, 0.3}), RP.z({-1.5, -1.2, -0.9})
+  for k = 1, 3 do lu.assertAlmostEquals(got[k], za[k] + zp[k], 1e-12) end
+  -- a task without coherence (one model: NaN) leaves its pairs out
+  tsim[3][3] = 0 / 0
+  local some = RP.coherence_scores(tsim, {1, 2, 3})
+  lu.assertTrue(some[1] == some[1])
+  lu.assertTrue(some[2] ~= some[2] and some[3] ~= some[3])
 end
 
-function TestRelationPrior:test_prior_predicts_unseen_tasks_from_weights_alone()
-  local S = scaled_set(0)
-  local p = RP.prior(S)
-  -- task 6's models are scaled more than task 5's: larger effects, as in
-  -- training; only the tasks not trained on get a prior
-  lu.assertTrue(p.r[6] > p.r[5], ("source effects %g, %g"):format(p.r[5], p.r[6]))
-  lu.assertTrue(p.c[6] > p.c[5], ("target effects %g, %g"):format(p.c[5], p.c[6]))
-  lu.assertNil(p.r[1])
-  lu.assertIs(RP.prior(S), p) -- cached
-  -- the unseen tasks' own gains never enter
-  local q = RP.prior(scaled_set(5))
-  lu.assertEquals({q.r[5], q.r[6], q.c[5], q.c[6]}, {p.r[5], p.r[6], p.c[5], p.c[6]})
-  -- without gains or training tasks: no prior
-  lu.assertNil(RP.prior({n = 0, models = {}, meta = {}, splits = {retrieval = {train_tasks = {1, 2}}}, transfer = {}}))
-end
-
-function TestRelationPrior:test_relation_protocol_adds_the_prior_as_z_scores()
-  -- four unseen tasks, one model each
-  local gain = {{0, 0.1, 0.25, 0.3}, {0.05, 0, 0.12, 0.2}, {0.2, 0.33, 0, 0.1}, {0.15, 0.22, 0.37, 0}}
-  local sim = {{1, 0.4, 0.1, 0.9}, {0.4, 1, 0.7, 0.2}, {0.1, 0.7, 1, 0.5}, {0.9, 0.2, 0.5, 1}}
+function TestRelationPrior:test_relation_protocol_ranks_incoherent_pairs_first()
+  -- four unseen tasks, two models each; the models of tasks 3 and 4 agree
+  -- less with each other (hard tasks), and the gain is largest between them
+  local gain = {{0, 0.05, 0.1, 0.12}, {0.04, 0, 0.11, 0.13}, {0.09, 0.1, 0, 0.3}, {0.12, 0.14, 0.28, 0}}
   local tasks = {}
   for t = 1, 4 do tasks[t] = {classes = {t}, domain = "a"} end
-  local function fake(prior)
-    return {splits = {tasks = tasks, retrieval = {unseen_tasks = {1, 2, 3, 4}}}, transfer = {gain = gain},
-      meta = {{task = 1}, {task = 2}, {task = 3}, {task = 4}}, byid = {a = 1, b = 2, c = 3, d = 4},
-      models = {{}, {}, {}, {}}, relation_prior = prior}
+  local meta, ids, byid = {}, {}, {}
+  for i = 1, 8 do
+    meta[i] = {task = (i + 1) // 2}
+    ids[i] = "m" .. i
+    byid[ids[i]] = i
   end
-  local ids = {"a", "b", "c", "d"}
-  local view = {sim = function() return lps.tensor(sim) end}
-  -- a constant prior adds nothing
-  local flat = {r = {0, 0, 0, 0}, c = {0, 0, 0, 0}}
-  local r = B.unseen_relations(fake(flat), view, ids)
-  lu.assertAlmostEquals(r.tau_transfer_prior, r.tau_transfer, 1e-12)
-  lu.assertAlmostEquals(r.tau_transfer_per_target_prior, r.tau_transfer_per_target, 1e-12)
-  -- a constant similarity leaves the prior's own ranking: pair prior
-  -- (r_s + c_t + r_t + c_s) / 2 against the symmetrized gain, by hand
-  local prior = {r = {0.4, 0.1, 0.3, 0.2}, c = {0, 0, 0, 0}}
-  local const = {sim = function() return lps.full(4, 4, 0.5) end}
-  local p = B.unseen_relations(fake(prior), const, ids)
-  local x, y = {}, {}
+  local S = {splits = {tasks = tasks, retrieval = {unseen_tasks = {1, 2, 3, 4}}}, transfer = {gain = gain},
+    meta = meta, byid = byid, models = {{}, {}, {}, {}, {}, {}, {}, {}}}
+  local coherence = {0.9, 0.8, 0.3, 0.2}
+  local between = {{0, 0.4, 0.1, 0.2}, {0.4, 0, 0.3, 0.1}, {0.1, 0.3, 0, 0.2}, {0.2, 0.1, 0.2, 0}}
+  local M = {}
+  for i = 1, 8 do
+    M[i] = {}
+    for j = 1, 8 do
+      local s, t = meta[i].task, meta[j].task
+      M[i][j] = i == j and 1 or s == t and coherence[s] or between[s][t]
+    end
+  end
+  local r = B.unseen_relations(S, {sim = function() return lps.tensor(M) end}, ids)
+  -- by hand: the task similarity is `between` off the diagonal and the
+  -- coherence on it; the protocol's tau is that of coherence_scores
+  local tsim = {}
   for s = 1, 4 do
-    for t = s + 1, 4 do x[#x + 1], y[#y + 1] = (prior.r[s] + prior.r[t]) / 2, (gain[s][t] + gain[t][s]) / 2 end
+    tsim[s] = {}
+    for t = 1, 4 do tsim[s][t] = s == t and coherence[s] or between[s][t] end
   end
-  lu.assertAlmostEquals(p.tau_transfer_prior, lps.eval.kendall_tau(x, y), 1e-12)
-  -- per target: sources ranked by their source effect alone
-  local per = 0
-  for t = 1, 4 do
-    local a, b = {}, {}
-    for s = 1, 4 do if s ~= t then a[#a + 1], b[#b + 1] = prior.r[s], gain[s][t] end end
-    per = per + lps.eval.kendall_tau(a, b) / 4
-  end
-  lu.assertAlmostEquals(p.tau_transfer_per_target_prior, per, 1e-12)
-  -- no prior: no such keys
-  local none = B.unseen_relations(fake(false), view, ids)
-  lu.assertNil(none.tau_transfer_prior)
+  local g = {}
+  for s = 1, 4 do for t = s + 1, 4 do g[#g + 1] = (gain[s][t] + gain[t][s]) / 2 end end
+  lu.assertAlmostEquals(r.tau_transfer_coherence, lps.eval.kendall_tau(RP.coherence_scores(tsim, {1, 2, 3, 4}), g), 1e-12)
+  -- here the similarity alone ranks the pairs badly; coherence puts (3, 4) first
+  lu.assertTrue(r.tau_transfer_coherence > r.tau_transfer + 0.3,
+    ("coherence %g, similarity %g"):format(r.tau_transfer_coherence, r.tau_transfer))
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

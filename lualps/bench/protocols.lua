@@ -139,7 +139,9 @@ end
 -- of two tasks' models against the transfer gain (symmetrized; Kendall tau
 -- and Spearman rho over unordered pairs), per target (each unseen target
 -- ranks the other unseen sources by similarity against gain[s][t]: the mean
--- Kendall tau), against shared classes and against domain match.
+-- Kendall tau), against shared classes and against domain match; and
+-- tau_transfer_coherence, the similarity with each task's coherence
+-- (relation_prior.coherence_scores) against the gain.
 function B.unseen_relations(S, v, ids)
   local tsim = B.task_similarity(S, v, ids, #S.splits.tasks)
   local tasks, gain = S.splits.retrieval.unseen_tasks, S.transfer.gain
@@ -171,33 +173,9 @@ function B.unseen_relations(S, v, ids)
   local r = {tau_transfer = corr(a, g), rho_transfer = corr(a, g, true),
              tau_transfer_per_target = n > 0 and per / n or 0 / 0, tau_overlap = corr(a, ov),
              tau_domain = corr(a, dm)}
-  -- with the relation prior (each task's predicted source and target
-  -- effects), as model selection adds its prior: z(similarity) + z(prior)
-  local prior = relation_prior.prior(S)
-  if prior then
-    -- a task whose models the prior cannot read has none (NaN: left out)
-    local function pr(t) return prior.r[t] or 0 / 0 end
-    local function pc(t) return prior.c[t] or 0 / 0 end
-    local p, k = {}, 0
-    for i, s in ipairs(tasks) do
-      for j = i + 1, #tasks do
-        local t = tasks[j]
-        k = k + 1
-        p[k] = (pr(s) + pc(t) + pr(t) + pc(s)) / 2
-      end
-    end
-    r.tau_transfer_prior = corr(relation_prior.zsum(a, p), g)
-    local per_p, n_p = 0, 0
-    for _, t in ipairs(tasks) do
-      local x, q, y = {}, {}, {}
-      for _, s in ipairs(tasks) do
-        if s ~= t then x[#x + 1], q[#q + 1], y[#y + 1] = tsim[t][s], pr(s), gain[s][t] end
-      end
-      local tau = corr(relation_prior.zsum(x, q), y)
-      if tau == tau then per_p, n_p = per_p + tau, n_p + 1 end
-    end
-    r.tau_transfer_per_target_prior = n_p > 0 and per_p / n_p or 0 / 0
-  end
+  -- with each task's coherence (its models' mean similarity among
+  -- themselves): pairs of hard tasks first (lualps.bench.relation_prior)
+  r.tau_transfer_coherence = corr(relation_prior.coherence_scores(tsim, tasks), g)
   return r, tsim
 end
 

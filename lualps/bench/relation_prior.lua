@@ -1,22 +1,22 @@
 --- lualps.bench.relation_prior: what the transfer gain of a task pair owes
 -- to the two tasks one at a time, and how far a task *similarity* can go.
--- On ModelSet-Hetero 2 most of the gain's ranking is per task: some
--- targets gain from any pretrained features, some sources give good
--- features to any target. A two-way additive fit, gain[s][t] ~ mu + r_s +
--- c_t, over the training tasks' pairs gives each task's source effect r
--- and target effect c; a ridge regression on the models' weight
--- statistics (the `stats` features, as the selection prior) predicts them
--- for tasks it has not seen (M.prior). The relation protocols add it to a
--- similarity as z(similarity) + z(prior), as model selection adds its
--- prior (tau_transfer_prior). M.ceilings gives what bounds any task
--- similarity: the split-half agreement of the ground truth itself, and
--- what knowing each task's classes, domain and source reaches.
+-- On ModelSet-Hetero 2 most of the gain's ranking is per task: hard
+-- targets gain from any pretrained features, easy ones from none. A task
+-- similarity does not say how hard a task is, but a method's own scores
+-- do: the models of a hard task agree less with each other (their mean
+-- similarity, the diagonal of the task similarity, its coherence). The
+-- relation protocols add it as z(similarity) - z(coherence_s +
+-- coherence_t) (M.coherence_scores: tau_transfer_coherence), unlearned,
+-- from weights alone. M.effects fits the per-task effects; M.ceilings
+-- gives what bounds a task similarity: the split-half agreement of the
+-- ground truth, what knowing each task's classes, domain and source
+-- reaches, what per-task effects alone explain.
 local core = require "lualps.core"
 local eval = require "lualps.eval"
 
 local M = {}
 
-M.rho = 1e-3 -- the ridge regression's, as the selection prior's
+M.rho = 1e-3 -- the task oracle's ridge regression's, as the selection prior's
 
 --- The two-way additive fit of gain (a square nested table) over the
 -- ordered pairs s ~= t of tasks (a list of task indices): mu, r (source
@@ -51,73 +51,6 @@ function M.effects(gain, tasks)
   return mu + mr + mc, r, c
 end
 
--- The models of S whose weights the stats features read (pcall: a ResNet's
--- batch norm is refused), by index, with their features.
-local function readable(S, keep)
-  local list, rows = {}, {}
-  for i = 1, S.n do
-    if keep(S.meta[i]) then
-      local ok, f = pcall(eval.features, "stats", S.models[i])
-      if ok then
-        local s = f:sum()
-        if s == s and s > -math.huge and s < math.huge then
-          list[#list + 1] = i
-          rows[#list] = f
-        end
-      end
-    end
-  end
-  return list, rows
-end
-
-local function stacked(rows)
-  local X = core.zeros(#rows, rows[1]:numel())
-  for k, f in ipairs(rows) do X[k]:copy(f) end
-  return X
-end
-
---- The relation prior learned from the tasks `train_tasks` of a loaded set
--- S (lps.benchmark.load; with its transfer gains): their source and target
--- effects (M.effects over their pairs), regressed on their models' stats
--- features; for every other task, the mean prediction over its models.
--- Returns {r = {task -> source effect}, c = {task -> target effect}} for
--- the tasks not in train_tasks whose models the stats features read; no
--- other task's gain enters. nil without gains, 3 training tasks or
--- readable models.
-function M.fit(S, train_tasks)
-  local gain = S.transfer and S.transfer.gain
-  if not (gain and train_tasks and #train_tasks >= 3) then return nil end
-  local _, r, c = M.effects(gain, train_tasks)
-  local is_train = {}
-  for _, t in ipairs(train_tasks) do is_train[t] = true end
-  local train, trows = readable(S, function(m) return is_train[m.task] end)
-  local other, orows = readable(S, function(m) return not is_train[m.task] end)
-  if #train == 0 or #other == 0 then return nil end
-  local X, Xo = stacked(trows), stacked(orows)
-  local _, mean, sd = eval.standardize(X)
-  eval.standardize(Xo, mean, sd)
-  local yr, yc = {}, {}
-  for k, i in ipairs(train) do yr[k], yc[k] = r[S.meta[i].task], c[S.meta[i].task] end
-  local pr, pc = eval.ridge_predict(X, yr, Xo, M.rho), eval.ridge_predict(X, yc, Xo, M.rho)
-  local out, n = {r = {}, c = {}}, {}
-  for k, i in ipairs(other) do
-    local t = S.meta[i].task
-    out.r[t], out.c[t], n[t] = (out.r[t] or 0) + pr[k], (out.c[t] or 0) + pc[k], (n[t] or 0) + 1
-  end
-  for t, m in pairs(n) do out.r[t], out.c[t] = out.r[t] / m, out.c[t] / m end
-  return out
-end
-
---- The relation prior of the evaluation: M.fit on the training tasks of
--- split (b), cached in S (nil when it cannot be fitted).
-function M.prior(S)
-  if S.relation_prior == nil then
-    local ret = S.splits.retrieval
-    S.relation_prior = M.fit(S, ret and ret.train_tasks) or false
-  end
-  return S.relation_prior or nil
-end
-
 --- z-scores of a list of numbers over its finite values (0 for a
 -- constant list); a value that is not finite becomes NaN.
 function M.z(list)
@@ -136,6 +69,23 @@ function M.zsum(a, b)
   local za, zb = M.z(a), M.z(b)
   for k = 1, #za do za[k] = za[k] + zb[k] end
   return za
+end
+
+--- Relation scores of the unordered pairs of `tasks` (in order: (1, 2),
+-- (1, 3), ..., (2, 3), ...) from a task similarity tsim (tsim[s][t]: the
+-- mean score of s's models against t's; tsim[t][t]: among t's own models):
+-- z((tsim[s][t] + tsim[t][s]) / 2) + z(-(tsim[s][s] + tsim[t][t])). The
+-- second term ranks pairs of incoherent (hard) tasks first. NaN where a
+-- value is not finite (a task with one model has no coherence).
+function M.coherence_scores(tsim, tasks)
+  local a, p = {}, {}
+  for i, s in ipairs(tasks) do
+    for j = i + 1, #tasks do
+      local t = tasks[j]
+      a[#a + 1], p[#p + 1] = (tsim[s][t] + tsim[t][s]) / 2, -(tsim[s][s] + tsim[t][t])
+    end
+  end
+  return M.zsum(a, p)
 end
 
 -- Kendall tau-b of x against y over the pairs where both are finite; NaN
