@@ -16,7 +16,7 @@ local B = require "lualps.bench.set"
 
 local p = argparse("probe_validation.lua", "Dream options of probe matching on the training tasks' models")
 p:option("--set", "model set (with its .splits.json)", "build/modelset_hetero.lpsm")
-p:option("--per-family", "gallery models per training task and family", "2"):convert(tonumber)
+p:option("--per-family", "gallery models per training task and family", "2"):convert(math.tointeger)
 p:option("--variant", "NAME=key:value,... (dream options; repeatable)"):count("*")
 local args = p:parse()
 
@@ -41,7 +41,7 @@ for i = 1, S.n do
   local m = S.meta[i]
   if train_task[m.task] then
     per[m.task] = per[m.task] or {mlp = {}, cnn = {}, resnet = {}}
-    table.insert(per[m.task][m.family], i)
+    if per[m.task][m.family] then table.insert(per[m.task][m.family], i) end
   end
 end
 local resnets, others, gallery = {}, {}, {}

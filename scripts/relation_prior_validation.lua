@@ -59,9 +59,16 @@ for a, i in ipairs(ids) do
     end
   end
 end
-for _, s in ipairs(tasks) do for _, t in ipairs(tasks) do tsim[s][t] = tsim[s][t] / cnt[s][t] end end
+for _, s in ipairs(tasks) do
+  for _, t in ipairs(tasks) do tsim[s][t] = cnt[s][t] > 0 and tsim[s][t] / cnt[s][t] or 0 / 0 end
+end
 
-local function tau(x, y) return lps.eval.kendall_tau(x, y) end
+-- Kendall tau over the pairs where x is finite (NaN with fewer than 3)
+local function tau(x, y)
+  local a, b = {}, {}
+  for i = 1, #x do if x[i] == x[i] and math.abs(x[i]) < math.huge then a[#a + 1], b[#b + 1] = x[i], y[i] end end
+  return #a >= 3 and lps.eval.kendall_tau(a, b) or 0 / 0
+end
 local sim, coh, diff, g = {}, {}, {}, {}
 for i, s in ipairs(tasks) do
   for j = i + 1, #tasks do
@@ -86,13 +93,14 @@ end
 print(("  %-30s %.3f"):format("recorded difficulty (data)", tau(diff, g)))
 -- per target: the target's row, sources ranked by similarity (+ w z(-coh_source))
 for _, w in ipairs{0, table.unpack(weights)} do
-  local per = 0
+  local per, n_per = 0, 0
   for _, t in ipairs(tasks) do
     local x, c, y = {}, {}, {}
     for _, s in ipairs(tasks) do if s ~= t then x[#x + 1], c[#c + 1], y[#y + 1] = tsim[t][s], -tsim[s][s], gain[s][t] end end
     local zx, zc = RP.z(x), RP.z(c)
     for k = 1, #zx do zx[k] = zx[k] + w * zc[k] end
-    per = per + tau(zx, y) / #tasks
+    local v = tau(zx, y)
+    if v == v then per, n_per = per + v, n_per + 1 end
   end
-  print(("  per target, %-18s %.3f"):format(("+ %g z(coherence)"):format(w), per))
+  print(("  per target, %-18s %.3f"):format(("+ %g z(coherence)"):format(w), per / math.max(n_per, 1)))
 end

@@ -34,6 +34,13 @@ function TestRelationPrior:test_effects_recover_an_additive_matrix()
   lu.assertAlmostEquals(sr[1] - sr[2], r[1] - r[2], 1e-10)
   lu.assertNil(sr[3])
   T.assert_error_contains("2 tasks (need 3)", RP.effects, {{0, 1}, {1, 0}}, {1, 2})
+  local bad = additive(0, r, c, 0)
+  bad[2][3] = 0 / 0 -- printed "nan" or "-nan" by the C library
+  local ok, err = pcall(RP.effects, bad, {1, 2, 3, 4})
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "relation_prior.effects: gain[2][3] is ")
+  lu.assertStrContains(err, "nan (need a finite number)")
+  T.assert_error_contains("gain[1][5] is nil", RP.effects, additive(0, r, c, 0), {1, 2, 5})
 end
 
 function TestRelationPrior:test_effects_solve_the_normal_equations()
@@ -60,8 +67,8 @@ function TestRelationPrior:test_effects_solve_the_normal_equations()
 end
 
 function TestRelationPrior:test_ceilings_on_hand_made_halves_and_tasks()
-  -- five tasks; the training tasks 1..3 and unseen 4..5 would be too few
-  -- for a tau, so six tasks: gains follow the shared-class fraction exactly
+  -- eight tasks, 1..4 training and 5..8 unseen; the gains follow the
+  -- shared-class fraction (plus a small source term)
   local info = {
     {classes = {1, 2}, domain = "a", source = "x"}, {classes = {2, 3}, domain = "a", source = "x"},
     {classes = {1, 3}, domain = "b", source = "x"}, {classes = {1, 2, 3}, domain = "b", source = "x"},
@@ -93,6 +100,45 @@ function TestRelationPrior:test_ceilings_on_hand_made_halves_and_tasks()
   local bare = RP.ceilings({gain = gain}, info, {5, 6, 7, 8})
   lu.assertNil(bare.split_half_tau)
   lu.assertNil(bare.task_oracle_tau)
+  -- per target, each target's column of sources: halves that agree there
+  -- (h2 = h1 times the target's own positive factor) but whose rows rank
+  -- otherwise
+  local a, b = {}, {}
+  for s = 1, 8 do
+    a[s], b[s] = {}, {}
+    for t = 1, 8 do a[s][t], b[s][t] = s, s * t end
+  end
+  local cols = RP.ceilings({gain = gain, gain_halves = {a, b}}, info, {5, 6, 7, 8}, {1, 2, 3, 4})
+  lu.assertAlmostEquals(cols.split_half_tau_per_target, 1, 1e-12)
+  T.assert_error_contains("no task_info (classes) for task 9", RP.ceilings, {gain = gain}, info, {5, 6, 9})
+end
+
+function TestRelationPrior:test_controls_report_the_ceilings_of_a_set()
+  -- eight tasks as above through lps.controls: the mean recorded accuracy
+  -- per task (a record without one is passed over), NaN left out
+  local info, gain, meta = {}, {}, {}
+  for t = 1, 8 do info[t] = {classes = {t, t + 1}, domain = t % 2 == 0 and "a" or "b", source = "x"} end
+  local acc = {0.9, 0.8, 0.7, 0.95, 0.6, 0.85, 0.75, 0.65}
+  for s = 1, 8 do
+    gain[s] = {}
+    for t = 1, 8 do gain[s][t] = s == t and 0 or (2 - acc[s] - acc[t]) end
+  end
+  for t = 1, 8 do
+    meta[#meta + 1] = {task = t, test_accuracy = acc[t] + 0.01}
+    meta[#meta + 1] = {task = t, test_accuracy = acc[t] - 0.01}
+    meta[#meta + 1] = {task = t} -- no recorded accuracy
+  end
+  local S = {n = #meta, meta = meta, transfer = {gain = gain},
+    splits = {tasks = info, retrieval = {unseen_tasks = {5, 6, 7, 8}, train_tasks = {1, 2, 3, 4}}}}
+  local c = lps.controls.relation_ceilings({}, S)
+  lu.assertAlmostEquals(c.tau_difficulty, 1, 1e-12) -- the gain is the pair's difficulty exactly
+  lu.assertAlmostEquals(c.tau_effects_oracle, 1, 1e-12)
+  lu.assertNil(c.tau_split_half) -- no halves
+  lu.assertTrue(c.tau_task_oracle == nil or c.tau_task_oracle == c.tau_task_oracle)
+  local md = lps.controls.markdown(setmetatable(c, {__index = {reliability = {split_half_spearman = 0.5,
+    per_target_split_half_spearman = 0.4}}}))
+  lu.assertStrContains(md, "| tau_difficulty | 1.000 |")
+  lu.assertStrContains(md, "| tau_split_half | – |")
 end
 
 function TestRelationPrior:test_per_task_ceilings_on_an_additive_matrix()

@@ -84,7 +84,7 @@ function M.from_results(c, results)
   return c
 end
 
---- Add to controls c what bounds a task similarity's tau with the
+--- Add to controls c the reference levels of a task similarity's tau with the
 -- transfer gain on the unseen tasks of split (b) (relation_prior.ceilings):
 -- tau_split_half, tau_split_half_per_target, tau_task_oracle,
 -- tau_effects_oracle and tau_difficulty (with the models' recorded test

@@ -8,15 +8,17 @@
 -- relation protocols add it as z(similarity) - z(coherence_s +
 -- coherence_t) (M.coherence_scores: tau_transfer_coherence), unlearned,
 -- from weights alone. M.effects fits the per-task effects; M.ceilings
--- gives what bounds a task similarity: the split-half agreement of the
--- ground truth, what knowing each task's classes, domain and source
--- reaches, what per-task effects alone explain.
+-- gives reference levels for a task similarity's tau: the split-half
+-- agreement of the ground truth, what knowing each task's classes, domain
+-- and source reaches, what per-task effects alone explain (levels, not
+-- bounds: a similarity that reads pair interactions could pass the oracles,
+-- and the mean of both halves is more reliable than either).
 local core = require "lualps.core"
 local eval = require "lualps.eval"
 
 local M = {}
 
-M.rho = 1e-3 -- the task oracle's ridge regression's, as the selection prior's
+M.rho = require("lualps.bench.selection").prior_rho -- the task oracle's ridge, as the selection prior's
 
 --- The two-way additive fit of gain (a square nested table) over the
 -- ordered pairs s ~= t of tasks (a list of task indices): mu, r (source
@@ -25,10 +27,21 @@ M.rho = 1e-3 -- the task oracle's ridge regression's, as the selection prior's
 -- Alternating exact updates; stops when no effect moves by 1e-12.
 function M.effects(gain, tasks)
   if #tasks < 3 then error(("relation_prior.effects: %d tasks (need 3)"):format(#tasks), 2) end
+  for _, s in ipairs(tasks) do
+    for _, t in ipairs(tasks) do
+      local v = s ~= t and gain[s] and gain[s][t]
+      if s ~= t and not (type(v) == "number" and v == v and math.abs(v) < math.huge) then
+        error(("relation_prior.effects: gain[%s][%s] is %s (need a finite number)"):format(s, t, tostring(v)), 2)
+      end
+    end
+  end
+  local moved = math.huge
   local r, c, mu = {}, {}, 0
   for _, t in ipairs(tasks) do r[t], c[t] = 0, 0 end
   for _ = 1, 10000 do
-    local moved, sum, n = 0, 0, 0
+    if moved < 1e-12 then break end
+    local sum, n = 0, 0
+    moved = 0
     for _, s in ipairs(tasks) do
       for _, t in ipairs(tasks) do if s ~= t then sum, n = sum + gain[s][t] - r[s] - c[t], n + 1 end end
     end
@@ -43,8 +56,9 @@ function M.effects(gain, tasks)
       for _, s in ipairs(tasks) do if s ~= t then a = a + gain[s][t] - mu - r[s] end end
       moved, c[t] = math.max(moved, math.abs(a / (#tasks - 1) - c[t])), a / (#tasks - 1)
     end
-    if moved < 1e-12 then break end
   end
+  if moved >= 1e-12 then error("relation_prior.effects: no convergence in 10000 sweeps", 2) end
+  -- each sweep keeps both sums at 0 from a zero start; centred again against rounding
   local mr, mc = 0, 0
   for _, t in ipairs(tasks) do mr, mc = mr + r[t] / #tasks, mc + c[t] / #tasks end
   for _, t in ipairs(tasks) do r[t], c[t] = r[t] - mr, c[t] - mc end
@@ -109,7 +123,7 @@ local function pair_lists(tasks, f)
   return x
 end
 
---- What bounds a task similarity's tau with the transfer gain over the
+--- Reference levels of a task similarity's tau with the transfer gain over the
 -- unordered pairs of `tasks` (split (b)'s unseen tasks), from the set's
 -- transfer JSON (gain, gain_halves) and task list (classes, domain,
 -- source):
@@ -122,10 +136,18 @@ end
 --   effects_oracle_tau: the tasks' own source and target effects (M.effects
 --     fitted to these tasks' gains: an oracle), (r_s + c_t + r_t + c_s) / 2,
 --     what per-task transferability alone explains;
---   difficulty_tau: minus the sum of the two tasks' difficulty[t] (when
---     given: the mean recorded test accuracy of a task's models), as a
---     score: easier tasks gain less from any source.
-function M.ceilings(transfer, task_info, tasks, train_tasks, difficulty)
+--   difficulty_tau: minus the sum of the two tasks' accuracy[t] (when
+--     given: the mean recorded test accuracy of a task's models, data and
+--     not weights), as a score: easier tasks gain less from any source.
+function M.ceilings(transfer, task_info, tasks, train_tasks, accuracy)
+  if not (transfer and transfer.gain) then error("relation_prior.ceilings: the transfer has no gain matrix", 2) end
+  for _, list in ipairs{tasks, train_tasks or {}} do
+    for _, t in ipairs(list) do
+      if not (task_info[t] and task_info[t].classes) then
+        error(("relation_prior.ceilings: no task_info (classes) for task %s"):format(tostring(t)), 2)
+      end
+    end
+  end
   local out = {}
   local gain = transfer.gain
   local g = pair_lists(tasks, function(s, t) return (gain[s][t] + gain[t][s]) / 2 end)
@@ -167,9 +189,9 @@ function M.ceilings(transfer, task_info, tasks, train_tasks, difficulty)
     local _, r, c = M.effects(gain, tasks)
     out.effects_oracle_tau = tau(pair_lists(tasks, function(s, t) return (r[s] + c[t] + r[t] + c[s]) / 2 end), g)
   end
-  if difficulty then
+  if accuracy then
     out.difficulty_tau = tau(pair_lists(tasks, function(s, t)
-      return -((difficulty[s] or 0 / 0) + (difficulty[t] or 0 / 0)) end), g)
+      return -((accuracy[s] or 0 / 0) + (accuracy[t] or 0 / 0)) end), g)
   end
   return out
 end
