@@ -34,6 +34,22 @@ function C.loadavg()
   return s:match("^(%S+ %S+ %S+)") or s
 end
 
+--- The kernels lualps runs on, as a line to print before the figures:
+-- OpenBLAS's sgemm kernel and lualps's convolution kernels
+-- (lps.build_info()). OpenBLAS picks Prescott, its generic kernel, on a
+-- processor it does not recognize (seen on a virtual machine that reports
+-- only "Intel(R) Xeon(R) Processor"), where OPENBLAS_CORETYPE=SkylakeX
+-- halved LPS's training time: said in the line.
+function C.kernels()
+  local info = require("lualps").build_info()
+  local line = ("kernels: OpenBLAS %s, convolutions %s"):format(info.blas_kernel, info.conv_kernels)
+  if info.blas_kernel == "Prescott" and not os.getenv("OPENBLAS_CORETYPE") then
+    line = line .. " (OpenBLAS's generic fallback: it does not recognize this processor; "
+      .. "OPENBLAS_CORETYPE=SkylakeX or Haswell may be faster)"
+  end
+  return line
+end
+
 --- Peak resident set size of this process in MB (NaN where unknown).
 function C.vmhwm_mb()
   local f = io.open("/proc/self/status")

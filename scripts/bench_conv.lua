@@ -102,6 +102,7 @@ local specs = {}
 for _, m in ipairs(selected) do specs[#specs + 1] = m[1] .. ":" .. m[2] .. ":" .. m[3] end
 local spec_arg = "'" .. table.concat(specs, ";") .. "'"
 print(("load average before: %s"):format(loadavg()))
+print(BC.kernels())
 local torch_at = {} -- thread count -> results
 local function torch(th)
   if not torch_at[th] then

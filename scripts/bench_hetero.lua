@@ -62,6 +62,7 @@ local budgets = {}
 for th in a.threads:gmatch("%d+") do budgets[#budgets + 1] = tonumber(th) end
 print(("ModelSet-Hetero %s: %d models (%d MLPs, %d CNNs used); load average before: %s"):format(a.set, #ms,
   #of_family.mlp, #of_family.cnn, loadavg()))
+print(BC.kernels())
 
 -- Fresh model tables (as lps.benchmark.load gives fit: with classes, domain), so preparation is not cached.
 local function training_models()

@@ -135,6 +135,7 @@ local arch_json = select(2, require("lualps.arch").check(ARCH_D))
 local rows = {}
 local earlier = {} -- per model, the peer's measurements at smaller budgets (peers.best_up_to)
 print(("load average before: %s"):format(loadavg()))
+print(BC.kernels())
 for th in args.threads:gmatch("%d+") do
   for which in args.models:gmatch("[abcd]") do
     local n = SAMPLES[which]
