@@ -5,9 +5,11 @@
 -- family's stand-in) and one MLP and one CNN per task; the gallery is the
 -- next --per-family MLPs and CNNs of each task. Each query reads the
 -- gallery's dreams (probe_matching{directed = true}); rank-1 and mAP by task.
+-- --rules reads the ResNets' logits on the gallery's dreams under other
+-- rules than the softmax block, and sorts their rank-1 misses.
 --   lua5.4 scripts/probe_validation.lua --set build/modelset_hetero.lpsm \
 --     --variant base= --variant lr05=lr:0.05 --variant soft=temperature:4,steps:40
--- (branch robust-dreams measured gradient smoothing and jitter with it: no gain)
+-- (--variant smooth1=smooth:1 --variant jitter1=jitter:1: smoothing and jitter, no gain beyond noise)
 package.path = "./?.lua;./?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 local argparse = require "argparse"
@@ -18,6 +20,7 @@ local p = argparse("probe_validation.lua", "Dream options of probe matching on t
 p:option("--set", "model set (with its .splits.json)", "build/modelset_hetero.lpsm")
 p:option("--per-family", "gallery models per training task and family", "2"):convert(math.tointeger)
 p:option("--variant", "NAME=key:value,... (dream options; repeatable)"):count("*")
+p:flag("--rules", "also: the ResNet queries under other reading rules of the first variant's dreams, and their misses")
 local args = p:parse()
 
 local function parse_variant(text)
@@ -94,4 +97,87 @@ for _, v in ipairs(variants) do
   local r1, rmap = metrics(resnets, pm.directed(models(resnets), g))
   local o1, omap = metrics(others, pm.directed(models(others), g))
   print(("%-14s %10.3f %10.3f %10.3f %10.3f %8.1f"):format(v.name, r1, rmap, o1, omap, lps.now() - t0))
+end
+
+if not args.rules then return end
+-- Each ResNet's logits on every gallery dream (the first variant's), scored
+-- per gallery model by a reading rule: the block of kd dreams x kr classes.
+local probe = lps.similarity.probe
+local match = require "lualps.similarity.match"
+local templates = require "lualps.similarity.templates"
+local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), models(gallery))
+local L = {}
+for qi, q in ipairs(resnets) do
+  local m, release = templates.function_of(S.models[q])
+  L[qi] = m:forward(X:reshape(X:size(1), 1, 28, 28)):totable()
+  release()
+end
+local function softmax_rows(Z, T)
+  local out = {}
+  for r, z in ipairs(Z) do
+    local mx, sum, o = -math.huge, 0, {}
+    for _, v in ipairs(z) do mx = math.max(mx, v / T) end
+    for j, v in ipairs(z) do o[j] = math.exp(v / T - mx); sum = sum + o[j] end
+    for j = 1, #o do o[j] = o[j] / sum end
+    out[r] = o
+  end
+  return out
+end
+local function lse(z)
+  local mx, sum = -math.huge, 0
+  for _, v in ipairs(z) do mx = math.max(mx, v) end
+  for _, v in ipairs(z) do sum = sum + math.exp(v - mx) end
+  return mx + math.log(sum)
+end
+local function block(P) return match.block_score(P, 0, 0, #P, #P[1]) end
+local rules = {
+  {"softmax", function(Z) return block(softmax_rows(Z, 1)) end},
+  {"softmax T=4", function(Z) return block(softmax_rows(Z, 4)) end},
+  {"logits", function(Z) return block(Z) end},
+  {"centred logits", function(Z)
+    local C = {}
+    for r, z in ipairs(Z) do
+      local mean = 0
+      for _, v in ipairs(z) do mean = mean + v / #z end
+      C[r] = {}
+      for j, v in ipairs(z) do C[r][j] = v - mean end
+    end
+    return block(C)
+  end},
+  {"energy", function(Z) local e = 0 for _, z in ipairs(Z) do e = e + lse(z) / #Z end return e end},
+  {"log-probabilities", function(Z)
+    local P = softmax_rows(Z, 1)
+    for _, row in ipairs(P) do for j = 1, #row do row[j] = math.log(math.max(row[j], 1e-12)) end end
+    return block(P)
+  end},
+}
+local tasks = S.splits.tasks
+print(("\nreading rules (%s's dreams), ResNet queries; rank-1 misses: the same classes in another domain, other classes (in another domain)")
+  :format(variants[1].name))
+print(("%-18s %8s %8s %8s %8s   %s"):format("rule", "rank-1", "mAP", "same cl", "other cl", "rank-1 by class count"))
+for _, rule in ipairs(rules) do
+  local r1, ap, same, other, other_dom, byk = 0, 0, 0, 0, 0, {}
+  for qi, q in ipairs(resnets) do
+    local t, sc, order = S.meta[q].task, {}, {}
+    for j = 1, #gallery do
+      local Z = {}
+      for r = 1, kk[j] do Z[r] = L[qi][off[j] + r] end
+      sc[j], order[j] = rule[2](Z), j
+    end
+    table.sort(order, function(a, b) if sc[a] ~= sc[b] then return sc[a] > sc[b] end return a < b end)
+    local tq, tg = tasks[t], tasks[S.meta[gallery[order[1]]].task]
+    local k = #tq.classes
+    byk[k] = byk[k] or {0, 0}
+    byk[k][2] = byk[k][2] + 1
+    if tg.id == tq.id then r1, byk[k][1] = r1 + 1, byk[k][1] + 1
+    elseif tg.subset == tq.subset then same = same + 1
+    else other = other + 1; if tg.domain ~= tq.domain then other_dom = other_dom + 1 end end
+    local hits, sum = 0, 0
+    for n, j in ipairs(order) do if S.meta[gallery[j]].task == t then hits = hits + 1; sum = sum + hits / n end end
+    ap = ap + sum / math.max(hits, 1)
+  end
+  local ks = {}
+  for k = 1, 10 do if byk[k] then ks[#ks + 1] = ("%d classes %d/%d"):format(k, byk[k][1], byk[k][2]) end end
+  print(("%-18s %8.3f %8.3f %8d %5d (%d)   %s"):format(rule[1], r1 / #resnets, ap / #resnets, same, other, other_dom,
+    table.concat(ks, ", ")))
 end

@@ -1,9 +1,10 @@
 #!/usr/bin/env lua5.4
 -- The relation scores of lualps/bench/relation_prior.lua on a validation
 -- split that no protocol tests: the *training* tasks of split (b) (the
--- relation protocols read the unseen ones). Template matching (unlearned,
--- no fit) gives the task similarity and each task's coherence (its
--- models' mean score among themselves). Prints the Kendall tau with the
+-- relation protocols read the unseen ones), their MLPs and CNNs as the
+-- protocol reads them. Template matching (unlearned, no fit) gives the
+-- task similarity and each task's coherence (its models' mean score among
+-- themselves, never a model with itself). Prints the Kendall tau with the
 -- transfer gain over the tasks' unordered pairs of: the similarity, the
 -- coherence term alone, z(similarity) + w z(-(coh_s + coh_t)) for each
 -- --weights w (the protocols use w = 1), and, for comparison, the tasks'
@@ -15,6 +16,7 @@ package.cpath = "./?.so;" .. package.cpath
 local argparse = require "argparse"
 local lps = require "lualps"
 local B = require "lualps.bench.set"
+local protocols = require "lualps.bench.protocols"
 local RP = require "lualps.bench.relation_prior"
 
 local p = argparse("relation_prior_validation.lua", "Relation scores with task coherence on the training tasks")
@@ -28,46 +30,35 @@ for w in args.weights:gmatch("[^,]+") do weights[#weights + 1] = tonumber(w) end
 
 local S = B.load(args.set)
 if not (S.transfer and S.transfer.gain) then error("no transfer gains beside " .. args.set, 0) end
-local gain = S.transfer.gain
-local tasks = S.splits.retrieval[args.split == "train" and "train_tasks" or "unseen_tasks"]
-local in_split, ids, acc, n = {}, {}, {}, {}
-for _, t in ipairs(tasks) do in_split[t] = true end
-for i = 1, S.n do
-  local m = S.meta[i]
-  if in_split[m.task] then
-    ids[#ids + 1] = i
-    acc[m.task], n[m.task] = (acc[m.task] or 0) + m.test_accuracy, (n[m.task] or 0) + 1
-  end
+local gain, ret = S.transfer.gain, S.splits.retrieval
+-- the models the relation protocol reads: the MLPs and CNNs of split (b),
+-- its training models for the training tasks, queries and gallery for the unseen ones
+local tasks, ids = args.split == "train" and ret.train_tasks or ret.unseen_tasks, {}
+if args.split == "train" then
+  for _, id in ipairs(ret.train) do ids[#ids + 1] = id end
+else
+  for _, list in ipairs{ret.query, ret.gallery} do for _, id in ipairs(list) do ids[#ids + 1] = id end end
+end
+local acc, n = {}, {}
+for _, id in ipairs(ids) do
+  local m = S.meta[S.byid[id]]
+  acc[m.task], n[m.task] = (acc[m.task] or 0) + m.test_accuracy, (n[m.task] or 0) + 1
 end
 for t, k in pairs(n) do acc[t] = acc[t] / k end
 
--- template matching's task similarity (a model never with itself; pairs it cannot compare left out)
-local models = {}
-for k, i in ipairs(ids) do models[k] = S.models[i] end
-local M = lps.benchmark.methods.template_matching():similarity(models, models)
-local tsim, cnt = {}, {}
-for _, s in ipairs(tasks) do
-  tsim[s], cnt[s] = {}, {}
-  for _, t in ipairs(tasks) do tsim[s][t], cnt[s][t] = 0, 0 end
-end
-for a, i in ipairs(ids) do
-  for b, j in ipairs(ids) do
-    local v = M:get(a, b)
-    if a ~= b and v == v and v > -math.huge then
-      local s, t = S.meta[i].task, S.meta[j].task
-      tsim[s][t], cnt[s][t] = tsim[s][t] + v, cnt[s][t] + 1
-    end
-  end
-end
-for _, s in ipairs(tasks) do
-  for _, t in ipairs(tasks) do tsim[s][t] = cnt[s][t] > 0 and tsim[s][t] / cnt[s][t] or 0 / 0 end
-end
+-- template matching's task similarity, as the protocol forms it
+local tm = lps.benchmark.methods.template_matching()
+local view = {sim = function(a, b)
+  local ma, mb = B.gather(S, a), B.gather(S, b)
+  return tm:similarity(ma, mb)
+end}
+local tsim = protocols.task_similarity(S, view, ids, #S.splits.tasks)
 
 -- Kendall tau over the pairs where x is finite (NaN with fewer than 3)
 local function tau(x, y)
-  local a, b = {}, {}
-  for i = 1, #x do if x[i] == x[i] and math.abs(x[i]) < math.huge then a[#a + 1], b[#b + 1] = x[i], y[i] end end
-  return #a >= 3 and lps.eval.kendall_tau(a, b) or 0 / 0
+  local u, v = {}, {}
+  for i = 1, #x do if x[i] == x[i] and math.abs(x[i]) < math.huge then u[#u + 1], v[#v + 1] = x[i], y[i] end end
+  return #u >= 3 and lps.eval.kendall_tau(u, v) or 0 / 0
 end
 local sim, coh, diff, g = {}, {}, {}, {}
 for i, s in ipairs(tasks) do
@@ -77,18 +68,17 @@ for i, s in ipairs(tasks) do
     diff[#diff + 1], g[#g + 1] = -(acc[s] + acc[t]), (gain[s][t] + gain[t][s]) / 2
   end
 end
-local coh_acc = {}
-for k, t in ipairs(tasks) do coh_acc[k] = tsim[t][t] end
-local accs = {}
-for k, t in ipairs(tasks) do accs[k] = acc[t] end
-print(("%s tasks: %d (%d pairs); template matching; coherence against mean test accuracy over tasks: tau %.3f")
-  :format(args.split, #tasks, #g, tau(coh_acc, accs)))
+local coh_t, acc_t = {}, {}
+for k, t in ipairs(tasks) do coh_t[k], acc_t[k] = tsim[t][t], acc[t] end
+print(("%s tasks: %d (%d pairs, %d MLPs and CNNs); template matching; coherence against mean test accuracy over tasks: tau %.3f")
+  :format(args.split, #tasks, #g, #ids, tau(coh_t, acc_t)))
 print(("  %-30s %.3f"):format("similarity", tau(sim, g)))
 print(("  %-30s %.3f"):format("coherence term alone", tau(coh, g)))
 for _, w in ipairs(weights) do
   local zs, zc, m = RP.z(sim), RP.z(coh), {}
   for k = 1, #zs do m[k] = zs[k] + w * zc[k] end
-  print(("  %-30s %.3f"):format(("z(sim) + %g z(coherence)"):format(w), tau(m, g)))
+  local note = w == 1 and (" (relation_prior.coherence_scores: %.3f)"):format(tau(RP.coherence_scores(tsim, tasks), g)) or ""
+  print(("  %-30s %.3f%s"):format(("z(sim) + %g z(coherence)"):format(w), tau(m, g), note))
 end
 print(("  %-30s %.3f"):format("recorded difficulty (data)", tau(diff, g)))
 -- per target: the target's row, sources ranked by similarity (+ w z(-coh_source))

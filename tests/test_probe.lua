@@ -106,6 +106,82 @@ function TestProbe:test_several_starts_average_the_reads_of_a_class()
   T.assert_error_contains("starts must be a positive integer, got 0", probe.matcher, {starts = 0})
 end
 
+function TestProbe:test_smoothed_steps_blur_the_gradient_before_normalizing()
+  -- a linear model's input gradient is the same everywhere: W_c - mean_j W_j
+  -- for class c; one step from a noiseless grey start is, by hand,
+  -- clamp(0.1 + lr * B(g) / rms(B(g))) with B two passes of the separable
+  -- [1 2 1] / 4 blur, zeros outside the 28 x 28 image
+  local g = lps.generator(12)
+  local m = T.random_mlp(g, {784, 3})
+  local W = m[1]:totable()
+  local function blur(img)
+    local out = {}
+    local function at(t, r, c) return (r >= 1 and r <= 28 and c >= 1 and c <= 28) and t[(r - 1) * 28 + c] or 0 end
+    local tmp = {}
+    for r = 1, 28 do
+      for c = 1, 28 do tmp[(r - 1) * 28 + c] = (at(img, r, c - 1) + 2 * at(img, r, c) + at(img, r, c + 1)) / 4 end
+    end
+    for r = 1, 28 do
+      for c = 1, 28 do out[(r - 1) * 28 + c] = (at(tmp, r - 1, c) + 2 * at(tmp, r, c) + at(tmp, r + 1, c)) / 4 end
+    end
+    return out
+  end
+  local opts = {steps = 1, noise = 0, lr = 0.3, smooth = 2}
+  local X = probe.dreams(m, opts):totable()
+  for c = 1, 3 do
+    local grad = {}
+    for i = 1, 784 do grad[i] = W[c][i] - (W[1][i] + W[2][i] + W[3][i]) / 3 end
+    grad = blur(blur(grad))
+    local ss = 0
+    for i = 1, 784 do ss = ss + grad[i] ^ 2 end
+    local rms = math.sqrt(ss / 784)
+    local worst = 0
+    for i = 1, 784 do
+      local want = math.min(1, math.max(0, 0.1 + 0.3 * grad[i] / rms))
+      worst = math.max(worst, math.abs(X[c][i] - want))
+    end
+    lu.assertTrue(worst < 1e-5, ("class %d: dream differs from the hand-computed step by %g"):format(c, worst))
+  end
+  -- unsmoothed dreams differ; smoothing is part of a matcher's options
+  lu.assertFalse(lps.allclose(probe.dreams(m, {steps = 1, noise = 0, lr = 0.3}), probe.dreams(m, opts), 0, 1e-3))
+  lu.assertNotIs(probe.matcher{smooth = 1}, probe.matcher{smooth = 0})
+  T.assert_error_contains("smooth must be an integer >= 0, got -1", probe.matcher, {smooth = -1})
+  T.assert_error_contains("input_shape must be one square channel (1 x s x s) to smooth or jitter the steps", probe.matcher,
+    {smooth = 1, input_shape = {3, 28, 28}})
+end
+
+function TestProbe:test_jittered_steps_take_the_gradient_at_a_shifted_dream()
+  -- a linear model's gradient is the same at any input, so jitter only
+  -- moves it: the step is the constant gradient moved back by the shift
+  -- (dy, dx) drawn first from generator 1907, zeros where it came from
+  -- outside the image, then normalized to unit RMS
+  local m = T.random_mlp(lps.generator(13), {784, 3})
+  local W = m[1]:totable()
+  local jg = lps.generator(1907)
+  local dy, dx = jg:random(5) - 3, jg:random(5) - 3
+  lu.assertFalse(dy == 0 and dx == 0, "seed 1907's first shift moves the image")
+  local X = probe.dreams(m, {steps = 1, noise = 0, lr = 0.3, jitter = 2}):totable()
+  for c = 1, 3 do
+    local grad, ss = {}, 0
+    for r = 1, 28 do
+      for col = 1, 28 do
+        local rr, cc, v = r + dy, col + dx, 0 -- the gradient at pixel (rr, cc) of the shifted dream
+        if rr >= 1 and rr <= 28 and cc >= 1 and cc <= 28 then
+          local i = (rr - 1) * 28 + cc
+          v = W[c][i] - (W[1][i] + W[2][i] + W[3][i]) / 3
+        end
+        grad[(r - 1) * 28 + col], ss = v, ss + v * v
+      end
+    end
+    local rms, worst = math.sqrt(ss / 784), 0
+    for i = 1, 784 do
+      worst = math.max(worst, math.abs(X[c][i] - math.min(1, math.max(0, 0.1 + 0.3 * grad[i] / rms))))
+    end
+    lu.assertTrue(worst < 1e-5, ("class %d: dream differs from the hand-computed step by %g"):format(c, worst))
+  end
+  T.assert_error_contains("jitter must be an integer >= 0, got 1.5", probe.matcher, {jitter = 1.5})
+end
+
 function TestProbe:test_directed_score_is_the_best_assignment_of_the_softmax_block()
   local g = lps.generator(6)
   local r = T.random_mlp(g, {784, 16, 4})

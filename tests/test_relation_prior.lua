@@ -134,7 +134,9 @@ function TestRelationPrior:test_controls_report_the_ceilings_of_a_set()
   lu.assertAlmostEquals(c.tau_difficulty, 1, 1e-12) -- the gain is the pair's difficulty exactly
   lu.assertAlmostEquals(c.tau_effects_oracle, 1, 1e-12)
   lu.assertNil(c.tau_split_half) -- no halves
-  lu.assertTrue(c.tau_task_oracle == nil or c.tau_task_oracle == c.tau_task_oracle)
+  lu.assertAlmostEquals(c.tau_task_oracle, -- the training tasks passed through
+    RP.ceilings(S.transfer, info, {5, 6, 7, 8}, {1, 2, 3, 4}).task_oracle_tau, 1e-12)
+  T.assert_error_contains("the transfer has no gain matrix", RP.ceilings, {}, info, {5, 6, 7, 8})
   local md = lps.controls.markdown(setmetatable(c, {__index = {reliability = {split_half_spearman = 0.5,
     per_target_split_half_spearman = 0.4}}}))
   lu.assertStrContains(md, "| tau_difficulty | 1.000 |")
@@ -176,38 +178,42 @@ function TestRelationPrior:test_coherence_scores_by_hand()
   local got = RP.coherence_scores(tsim, {1, 2, 3})
   local za, zp = RP.z({0.5, 0.2, 0.3}), RP.z({-1.5, -1.2, -0.9})
   for k = 1, 3 do lu.assertAlmostEquals(got[k], za[k] + zp[k], 1e-12) end
-  -- a task without coherence (one model: NaN) leaves its pairs out
-  tsim[3][3] = 0 / 0
-  local some = RP.coherence_scores(tsim, {1, 2, 3})
-  lu.assertTrue(some[1] == some[1])
-  lu.assertTrue(some[2] ~= some[2] and some[3] ~= some[3])
+  -- a task without coherence (one model: NaN) leaves its pairs out, and
+  -- both terms are z-scored over the pairs left (four tasks: three left)
+  local t4 = {{0.9, 0.4, 0.2, 0.3}, {0.6, 0.6, 0.1, 0.7}, {0.2, 0.5, 0.3, 0.1}, {0.3, 0.7, 0.1, 0 / 0}}
+  local some = RP.coherence_scores(t4, {1, 2, 3, 4})
+  lu.assertEquals(#some, 6)
+  for _, k in ipairs{3, 5, 6} do lu.assertTrue(some[k] ~= some[k], "pair " .. k) end
+  local left = RP.coherence_scores(tsim, {1, 2, 3})
+  for n, k in ipairs{1, 2, 4} do lu.assertAlmostEquals(some[k], left[n], 1e-12) end
 end
 
 function TestRelationPrior:test_relation_protocol_ranks_incoherent_pairs_first()
-  -- four unseen tasks, two models each; the models of tasks 3 and 4 agree
+  -- four unseen tasks, two or three models each; the models of tasks 3 and 4 agree
   -- less with each other (hard tasks), and the gain is largest between them
   local gain = {{0, 0.05, 0.1, 0.12}, {0.04, 0, 0.11, 0.13}, {0.09, 0.1, 0, 0.3}, {0.12, 0.14, 0.28, 0}}
   local tasks = {}
   for t = 1, 4 do tasks[t] = {classes = {t}, domain = "a"} end
-  local meta, ids, byid = {}, {}, {}
-  for i = 1, 8 do
-    meta[i] = {task = (i + 1) // 2}
-    ids[i] = "m" .. i
+  -- (task 1 has three models: its coherence is over its 6 ordered pairs, never a model with itself)
+  local meta, ids, byid, models = {}, {}, {}, {}
+  for i, t in ipairs{1, 1, 1, 2, 2, 3, 3, 4, 4} do
+    meta[i], ids[i], models[i] = {task = t}, "m" .. i, {}
     byid[ids[i]] = i
   end
   local S = {splits = {tasks = tasks, retrieval = {unseen_tasks = {1, 2, 3, 4}}}, transfer = {gain = gain},
-    meta = meta, byid = byid, models = {{}, {}, {}, {}, {}, {}, {}, {}}}
+    meta = meta, byid = byid, models = models}
   local coherence = {0.9, 0.8, 0.3, 0.2}
   local between = {{0, 0.4, 0.1, 0.2}, {0.4, 0, 0.3, 0.1}, {0.1, 0.3, 0, 0.2}, {0.2, 0.1, 0.2, 0}}
   local M = {}
-  for i = 1, 8 do
+  for i = 1, 9 do
     M[i] = {}
-    for j = 1, 8 do
+    for j = 1, 9 do
       local s, t = meta[i].task, meta[j].task
       M[i][j] = i == j and 1 or s == t and coherence[s] or between[s][t]
     end
   end
-  local r = B.unseen_relations(S, {sim = function() return lps.tensor(M) end}, ids)
+  local r, got = B.unseen_relations(S, {sim = function() return lps.tensor(M) end}, ids)
+  for t = 1, 4 do lu.assertAlmostEquals(got[t][t], coherence[t], 1e-6) end
   -- by hand: the task similarity is `between` off the diagonal and the
   -- coherence on it; the protocol's tau is that of coherence_scores
   local tsim = {}

@@ -87,18 +87,23 @@ end
 
 --- Relation scores of the unordered pairs of `tasks` (in order: (1, 2),
 -- (1, 3), ..., (2, 3), ...) from a task similarity tsim (tsim[s][t]: the
--- mean score of s's models against t's; tsim[t][t]: among t's own models):
--- z((tsim[s][t] + tsim[t][s]) / 2) + z(-(tsim[s][s] + tsim[t][t])). The
--- second term ranks pairs of incoherent (hard) tasks first. NaN where a
--- value is not finite (a task with one model has no coherence).
+-- mean score of s's models against t's; tsim[t][t]: among t's own models,
+-- never a model with itself): z((tsim[s][t] + tsim[t][s]) / 2) +
+-- z(-(tsim[s][s] + tsim[t][t])), both z-scored over the pairs where both
+-- are finite (NaN elsewhere: a task with one model has no coherence). The
+-- second term ranks pairs of incoherent (hard) tasks first.
 function M.coherence_scores(tsim, tasks)
-  local a, p = {}, {}
+  local a, p, keep = {}, {}, {}
+  local function finite(x) return x == x and x > -math.huge and x < math.huge end
   for i, s in ipairs(tasks) do
     for j = i + 1, #tasks do
       local t = tasks[j]
-      a[#a + 1], p[#p + 1] = (tsim[s][t] + tsim[t][s]) / 2, -(tsim[s][s] + tsim[t][t])
+      local k = #a + 1
+      a[k], p[k] = (tsim[s][t] + tsim[t][s]) / 2, -(tsim[s][s] + tsim[t][t])
+      keep[k] = finite(a[k]) and finite(p[k])
     end
   end
+  for k = 1, #a do if not keep[k] then a[k], p[k] = 0 / 0, 0 / 0 end end
   return M.zsum(a, p)
 end
 

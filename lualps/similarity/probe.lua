@@ -22,6 +22,7 @@ local templates = require "lualps.similarity.templates"
 local match = require "lualps.similarity.match"
 local est = require "lualps.estimators"
 local util = require "lualps.util"
+local data = require "lualps.data"
 
 local M = {}
 
@@ -38,6 +39,14 @@ M.defaults = {
                    -- worse (regret 0.068 against 0.054 at p = 0.5 with template matching): left at 1
   starts = 1,      -- dreams per class, each from its own noise (the same for every class); a reader's
                    -- probabilities are averaged over a class's dreams
+  smooth = 0,      -- passes of the 3x3 binomial blur over each step's gradient (square one-channel images
+                   -- only): smooth steps give dreams of coarser structure, as translation-invariant attacks
+                   -- smooth their gradients to transfer to other architectures. Measured on the validation
+                   -- split above (scripts/probe_validation.lua): no gain beyond noise, so off
+  jitter = 0,      -- each step's gradient is taken at the dream shifted by up to this many pixels each way
+                   -- (a fixed sequence of shifts, the same for every model and class; square one-channel
+                   -- images only): dreams that hold when moved, as feature visualization jitters them.
+                   -- Measured there too: no gain (shifts in Lua, slow), so off
   input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
 }
 
@@ -50,12 +59,18 @@ local function options(opts, op)
   if type(o.start) ~= "number" or not (o.start >= 0 and o.start <= 1) then bad("start", "a number in [0, 1]") end
   if type(o.noise) ~= "number" or not (o.noise >= 0 and o.noise < math.huge) then bad("noise", "a number >= 0") end
   if math.type(o.starts) ~= "integer" or o.starts < 1 then bad("starts", "a positive integer") end
+  if math.type(o.smooth) ~= "integer" or o.smooth < 0 then bad("smooth", "an integer >= 0") end
+  if math.type(o.jitter) ~= "integer" or o.jitter < 0 then bad("jitter", "an integer >= 0") end
   if type(o.temperature) ~= "number" or not (o.temperature > 0 and o.temperature < math.huge) then
     bad("temperature", "a positive number")
   end
   if type(o.input_shape) ~= "table" or #o.input_shape < 1 then bad("input_shape", "a list of sizes") end
   for _, n in ipairs(o.input_shape) do
     if math.type(n) ~= "integer" or n < 1 then bad("input_shape", "a list of positive integers") end
+  end
+  local sh = o.input_shape
+  if (o.smooth > 0 or o.jitter > 0) and not (#sh == 3 and sh[1] == 1 and sh[2] == sh[3] and sh[2] >= 2) then
+    bad("input_shape", "one square channel (1 x s x s) to smooth or jitter the steps")
   end
   return o
 end
@@ -88,6 +103,27 @@ local function input_of(m, o)
   return function(X) return X:reshape(X:size(1), table.unpack(o.input_shape)) end
 end
 
+-- Rows of X (n x s*s images) moved dy pixels down and dx right, zeros
+-- filling what comes from outside; X itself when both are 0.
+local function shifted(X, dy, dx)
+  if dy == 0 and dx == 0 then return X end
+  local n, d = X:size(1), X:size(2)
+  local s = math.floor(math.sqrt(d) + 0.5)
+  local src, out = X:totable(), {}
+  for i = 1, n do
+    local a, b = src[i], {}
+    for r = 1, s do
+      local rr = r - dy
+      for c = 1, s do
+        local cc = c - dx
+        b[(r - 1) * s + c] = (rr >= 1 and rr <= s and cc >= 1 and cc <= s) and a[(rr - 1) * s + cc] or 0
+      end
+    end
+    out[i] = b
+  end
+  return core.tensor(out)
+end
+
 --- A model's dreams (k starts x d: for each output class, its starts rows,
 -- pixels in [0, 1]); false when they are not finite. opts: M.defaults.
 function M.dreams(model, opts)
@@ -108,9 +144,16 @@ function M.dreams(model, opts)
         X[r]:copy(st[j])
       end
     end
+    local jg = core.generator(1907)
     for _ = 1, o.steps do
-      local _, g = m:input_gradients(input(X), gy)
-      g = g:reshape(n, d)
+      local dy, dx = 0, 0
+      if o.jitter > 0 then
+        local w = 2 * o.jitter + 1
+        dy, dx = jg:random(w) - o.jitter - 1, jg:random(w) - o.jitter - 1
+      end
+      local _, g = m:input_gradients(input(shifted(X, dy, dx)), gy)
+      g = shifted(g:reshape(n, d), -dy, -dx)
+      for _ = 1, o.smooth do g = data.domain(g, "blur") end
       local rms = (g * g):mean(2):sqrt()
       for r = 1, n do g[r]:div_(math.max(rms[r], 1e-12)) end
       clamp01(X:add_(g:mul_(o.lr)))
