@@ -39,7 +39,7 @@ end
 -- (lps.build_info()). OpenBLAS picks Prescott, its generic kernel, on a
 -- processor it does not recognize (seen on a virtual machine that reports
 -- only "Intel(R) Xeon(R) Processor"), where OPENBLAS_CORETYPE=SkylakeX
--- halved LPS's training time: said in the line.
+-- cut LPS's training time by a third: said in the line.
 function C.kernels()
   local info = require("lualps").build_info()
   local line = ("kernels: OpenBLAS %s, convolutions %s"):format(info.blas_kernel, info.conv_kernels)
