@@ -15,6 +15,7 @@ package.cpath = "./?.so;" .. package.cpath
 local argparse = require "argparse"
 local lps = require "lualps"
 local B = require "lualps.bench.set"
+local protocols = require "lualps.bench.protocols"
 
 local p = argparse("probe_validation.lua", "Dream options of probe matching on the training tasks' models")
 p:option("--set", "model set (with its .splits.json)", "build/modelset_hetero.lpsm")
@@ -44,14 +45,14 @@ for i = 1, S.n do
   local m = S.meta[i]
   if train_task[m.task] then
     per[m.task] = per[m.task] or {mlp = {}, cnn = {}, resnet = {}}
-    if per[m.task][m.family] then table.insert(per[m.task][m.family], i) end
+    if per[m.task][m.family] then table.insert(per[m.task][m.family], m.id) end
   end
 end
-local resnets, others, gallery = {}, {}, {}
+local resnets, others, gallery = {}, {}, {} -- model ids
 for t = 1, #S.splits.tasks do
   local f = per[t]
   if f then
-    for _, i in ipairs(f.resnet) do resnets[#resnets + 1] = i end
+    for _, id in ipairs(f.resnet) do resnets[#resnets + 1] = id end
     for _, fam in ipairs{"mlp", "cnn"} do
       others[#others + 1] = f[fam][1]
       for j = 2, 1 + args.per_family do gallery[#gallery + 1] = f[fam][j] end
@@ -59,56 +60,31 @@ for t = 1, #S.splits.tasks do
   end
 end
 
-local function metrics(queries, M)
-  local r1, ap = 0, 0
-  for qi, q in ipairs(queries) do
-    local t, order = S.meta[q].task, {}
-    for j = 1, #gallery do order[j] = j end
-    local row = M[qi]
-    table.sort(order, function(a, b)
-      local x, y = row:get(a), row:get(b)
-      if x ~= x then x = -math.huge end
-      if y ~= y then y = -math.huge end
-      if x ~= y then return x > y end
-      return a < b
-    end)
-    if S.meta[gallery[order[1]]].task == t then r1 = r1 + 1 end
-    local hits, sum = 0, 0
-    for k, j in ipairs(order) do
-      if S.meta[gallery[j]].task == t then hits = hits + 1; sum = sum + hits / k end
-    end
-    ap = ap + (hits > 0 and sum / hits or 0)
-  end
-  return r1 / #queries, ap / #queries
-end
-
-local function models(ids)
-  local out = {}
-  for k, i in ipairs(ids) do out[k] = S.models[i] end
-  return out
-end
 print(("validation: %d training tasks; %d ResNet and %d MLP/CNN queries; gallery %d MLPs and CNNs")
   :format(#S.splits.retrieval.train_tasks, #resnets, #others, #gallery))
 print(("%-14s %10s %10s %10s %10s %8s"):format("variant", "resnet r1", "resnet map", "mlpcnn r1", "mlpcnn map", "seconds"))
 for _, v in ipairs(variants) do
   local t0 = lps.now()
   local pm = lps.similarity.probe.matcher(v.opts)
-  local g = models(gallery)
-  local r1, rmap = metrics(resnets, pm.directed(models(resnets), g))
-  local o1, omap = metrics(others, pm.directed(models(others), g))
-  print(("%-14s %10.3f %10.3f %10.3f %10.3f %8.1f"):format(v.name, r1, rmap, o1, omap, lps.now() - t0))
+  -- as the protocols see a method: NaN (not comparable) ranks last
+  local view = B.view(S, {name = v.name, similarity = function(_, a, b) return pm.directed(a, b) end})
+  local r, o = protocols.retrieval(S, view, resnets, gallery), protocols.retrieval(S, view, others, gallery)
+  print(("%-14s %10.3f %10.3f %10.3f %10.3f %8.1f"):format(v.name, r.rank1, r.map, o.rank1, o.map, lps.now() - t0))
 end
 
 if not args.rules then return end
 -- Each ResNet's logits on every gallery dream (the first variant's), scored
 -- per gallery model by a reading rule: the block of kd dreams x kr classes.
+local core = lps.core
 local probe = lps.similarity.probe
 local match = require "lualps.similarity.match"
 local templates = require "lualps.similarity.templates"
-local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), models(gallery))
+local gmodels, glabels = B.gather(S, gallery)
+local rmodels, rlabels = B.gather(S, resnets)
+local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), gmodels)
 local L = {}
-for qi, q in ipairs(resnets) do
-  local m, release = templates.function_of(S.models[q])
+for qi, model in ipairs(rmodels) do
+  local m, release = templates.function_of(model)
   L[qi] = m:forward(X:reshape(X:size(1), 1, 28, 28)):totable()
   release()
 end
@@ -156,28 +132,26 @@ print(("\nreading rules (%s's dreams), ResNet queries; rank-1 misses: the same c
   :format(variants[1].name))
 print(("%-18s %8s %8s %8s %8s   %s"):format("rule", "rank-1", "mAP", "same cl", "other cl", "rank-1 by class count"))
 for _, rule in ipairs(rules) do
-  local r1, ap, same, other, other_dom, byk = 0, 0, 0, 0, 0, {}
-  for qi, q in ipairs(resnets) do
-    local t, sc, order = S.meta[q].task, {}, {}
+  local sc, same, other, other_dom, byk = core.zeros(#resnets, #gallery), 0, 0, 0, {}
+  for qi = 1, #resnets do
+    local top -- the first best gallery model, as retrieval ranks ties
     for j = 1, #gallery do
       local Z = {}
       for r = 1, kk[j] do Z[r] = L[qi][off[j] + r] end
-      sc[j], order[j] = rule[2](Z), j
+      sc:set(qi, j, rule[2](Z))
+      if not top or sc:get(qi, j) > sc:get(qi, top) then top = j end
     end
-    table.sort(order, function(a, b) if sc[a] ~= sc[b] then return sc[a] > sc[b] end return a < b end)
-    local tq, tg = tasks[t], tasks[S.meta[gallery[order[1]]].task]
+    local tq, tg = tasks[rlabels[qi]], tasks[glabels[top]]
     local k = #tq.classes
     byk[k] = byk[k] or {0, 0}
     byk[k][2] = byk[k][2] + 1
-    if tg.id == tq.id then r1, byk[k][1] = r1 + 1, byk[k][1] + 1
+    if tg.id == tq.id then byk[k][1] = byk[k][1] + 1
     elseif tg.subset == tq.subset then same = same + 1
     else other = other + 1; if tg.domain ~= tq.domain then other_dom = other_dom + 1 end end
-    local hits, sum = 0, 0
-    for n, j in ipairs(order) do if S.meta[gallery[j]].task == t then hits = hits + 1; sum = sum + hits / n end end
-    ap = ap + sum / math.max(hits, 1)
   end
+  local r = lps.eval.retrieval(sc, rlabels, glabels)
   local ks = {}
   for k = 1, 10 do if byk[k] then ks[#ks + 1] = ("%d classes %d/%d"):format(k, byk[k][1], byk[k][2]) end end
-  print(("%-18s %8.3f %8.3f %8d %5d (%d)   %s"):format(rule[1], r1 / #resnets, ap / #resnets, same, other, other_dom,
+  print(("%-18s %8.3f %8.3f %8d %5d (%d)   %s"):format(rule[1], r.rank1, r.map, same, other, other_dom,
     table.concat(ks, ", ")))
 end

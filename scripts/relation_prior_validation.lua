@@ -47,19 +47,9 @@ end
 for t, k in pairs(n) do acc[t] = acc[t] / k end
 
 -- template matching's task similarity, as the protocol forms it
-local tm = lps.benchmark.methods.template_matching()
-local view = {sim = function(a, b)
-  local ma, mb = B.gather(S, a), B.gather(S, b)
-  return tm:similarity(ma, mb)
-end}
+local view = B.view(S, lps.benchmark.methods.template_matching())
 local tsim = protocols.task_similarity(S, view, ids, #S.splits.tasks)
-
--- Kendall tau over the pairs where x is finite (NaN with fewer than 3)
-local function tau(x, y)
-  local u, v = {}, {}
-  for i = 1, #x do if x[i] == x[i] and math.abs(x[i]) < math.huge then u[#u + 1], v[#v + 1] = x[i], y[i] end end
-  return #u >= 3 and lps.eval.kendall_tau(u, v) or 0 / 0
-end
+local tau = RP.tau
 local sim, coh, diff, g = {}, {}, {}, {}
 for i, s in ipairs(tasks) do
   for j = i + 1, #tasks do

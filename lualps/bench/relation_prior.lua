@@ -18,6 +18,17 @@ local eval = require "lualps.eval"
 
 local M = {}
 
+local function finite(x) return x == x and x > -math.huge and x < math.huge end
+
+-- f(s, t) over the unordered pairs of tasks, in order.
+local function pair_lists(tasks, f)
+  local x = {}
+  for i, s in ipairs(tasks) do
+    for j = i + 1, #tasks do x[#x + 1] = f(s, tasks[j]) end
+  end
+  return x
+end
+
 M.rho = require("lualps.bench.selection").prior_rho -- the task oracle's ridge, as the selection prior's
 
 --- The two-way additive fit of gain (a square nested table) over the
@@ -69,7 +80,6 @@ end
 -- constant list); a value that is not finite becomes NaN.
 function M.z(list)
   local m, v, n = 0, 0, 0
-  local function finite(x) return x == x and x > -math.huge and x < math.huge end
   for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
   m = n > 0 and m / n or 0
   for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
@@ -93,40 +103,22 @@ end
 -- are finite (NaN elsewhere: a task with one model has no coherence). The
 -- second term ranks pairs of incoherent (hard) tasks first.
 function M.coherence_scores(tsim, tasks)
-  local a, p, keep = {}, {}, {}
-  local function finite(x) return x == x and x > -math.huge and x < math.huge end
-  for i, s in ipairs(tasks) do
-    for j = i + 1, #tasks do
-      local t = tasks[j]
-      local k = #a + 1
-      a[k], p[k] = (tsim[s][t] + tsim[t][s]) / 2, -(tsim[s][s] + tsim[t][t])
-      keep[k] = finite(a[k]) and finite(p[k])
-    end
-  end
-  for k = 1, #a do if not keep[k] then a[k], p[k] = 0 / 0, 0 / 0 end end
+  local a = pair_lists(tasks, function(s, t) return (tsim[s][t] + tsim[t][s]) / 2 end)
+  local p = pair_lists(tasks, function(s, t) return -(tsim[s][s] + tsim[t][t]) end)
+  for k = 1, #a do if not (finite(a[k]) and finite(p[k])) then a[k], p[k] = 0 / 0, 0 / 0 end end
   return M.zsum(a, p)
 end
 
--- Kendall tau-b of x against y over the pairs where both are finite; NaN
+--- Kendall tau-b of x against y over the pairs where both are finite; NaN
 -- with fewer than 3 (as the relation protocols count).
-local function tau(x, y)
+function M.tau(x, y)
   local a, b = {}, {}
   for i = 1, #x do
-    if x[i] == x[i] and y[i] == y[i] and math.abs(x[i]) < math.huge and math.abs(y[i]) < math.huge then
-      a[#a + 1], b[#b + 1] = x[i], y[i]
-    end
+    if finite(x[i]) and finite(y[i]) then a[#a + 1], b[#b + 1] = x[i], y[i] end
   end
   return #a >= 3 and eval.kendall_tau(a, b) or 0 / 0
 end
-
--- f(s, t) over the unordered pairs of tasks, in order.
-local function pair_lists(tasks, f)
-  local x = {}
-  for i, s in ipairs(tasks) do
-    for j = i + 1, #tasks do x[#x + 1] = f(s, tasks[j]) end
-  end
-  return x
-end
+local tau = M.tau
 
 --- Reference levels of a task similarity's tau with the transfer gain over the
 -- unordered pairs of `tasks` (split (b)'s unseen tasks), from the set's

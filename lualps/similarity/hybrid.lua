@@ -108,11 +108,11 @@ local function quantile(xs, q)
 end
 H.quantile = quantile
 
---- Raise (naming `what`, at the caller's caller) unless p is a probe
--- weight: a number in [0, 1].
-function H.check_probe(p, what)
+--- Raise (naming `what`, at the caller's caller, or at error level
+-- `level` counted from here) unless p is a probe weight: a number in [0, 1].
+function H.check_probe(p, what, level)
   if type(p) ~= "number" or not (p >= 0 and p <= 1) then
-    error(("%s must be a number in [0, 1], got %s"):format(what, tostring(p)), 3)
+    error(("%s must be a number in [0, 1], got %s"):format(what, tostring(p)), level or 3)
   end
 end
 
@@ -121,10 +121,7 @@ end
 -- "hybrid: <prefix><field>" in errors raised at the caller's caller.
 local function check_probe_fields(t, prefix)
   local function fail(msg, ...) error(("hybrid: " .. msg):format(...), 4) end
-  local p = t.probe
-  if p ~= nil and (type(p) ~= "number" or not (p >= 0 and p <= 1)) then
-    fail("%sprobe must be a number in [0, 1], got %s", prefix, tostring(p))
-  end
+  if t.probe ~= nil then H.check_probe(t.probe, "hybrid: " .. prefix .. "probe", 4) end
   for _, k in ipairs{"probe_directed", "probe_gate"} do
     if t[k] ~= nil and type(t[k]) ~= "boolean" then fail("%s%s must be a boolean, got %s", prefix, k, tostring(t[k])) end
   end
@@ -133,9 +130,8 @@ local function check_probe_fields(t, prefix)
   end
   -- what leaves the dreams at their defaults: false in options, nil in a state
   local options = prefix == ""
-  local off
-  if options then off = false end
-  if t.dreams ~= off and type(t.dreams) ~= "table" then
+  local default = (options and t.dreams == false) or (not options and t.dreams == nil)
+  if not default and type(t.dreams) ~= "table" then
     fail("%sdreams must be a table of dream options%s, got %s", prefix, options and " or false" or "", tostring(t.dreams))
   end
 end
