@@ -265,6 +265,8 @@ struct lps_layer {
     int training;                  /* train() / evaluate() mode flag */
     int replay;                    /* inside lps_layer_replay: no side effects */
     int frozen;                    /* backward computes input gradients only */
+    float stat_prior;              /* eval-mode batch norm: weight of the dream prior (0: off) */
+    int batch_stats;               /* eval-mode batch norm normalizes by the batch's statistics */
     lps_arch_entry cfg;            /* its arch entry (branches are its children) */
     int nparams;                   /* learnable tensors, PyTorch's order and names */
     lps_tensor *param[LPS_LAYER_TENSORS], *grad[LPS_LAYER_TENSORS];
@@ -337,6 +339,20 @@ void lps_layer_set_training(lps_layer *l, int training);
  * with respect to the input (saliency, class templates) at about half the
  * cost. */
 void lps_layer_set_frozen(lps_layer *l, int frozen);
+/* The dream prior of l's batch norm layers (and its children's), weight w
+ * >= 0 (0, the default: off): in eval mode their backward adds to the
+ * input gradient that of w * b * the mean over channels of KL(batch ||
+ * running) of their Gaussian statistics, b the samples: gradient descent on
+ * it draws inputs to the statistics the layer saw in training, as
+ * DeepInversion (Yin et al., 2020) does. Affects only backward in eval
+ * mode; batch statistics couple the samples of one forward. */
+void lps_layer_set_stat_prior(lps_layer *l, float w);
+/* Batch norm layers of l in eval mode normalize each forward by its own
+ * batch's statistics (as in train mode, backward through them) and leave
+ * the running ones as they are: AdaBN (Li et al., 2016), for a model
+ * reading inputs of another distribution than its training data. Samples
+ * of one forward are then coupled. Off by default; train mode ignores it. */
+void lps_layer_set_batch_stats(lps_layer *l, int on);
 /* PyTorch's printing of the module ("Sequential(\n  (0): Linear(...)\n)"),
  * malloc'd; NULL on failure. */
 char *lps_layer_repr(const lps_layer *l);

@@ -6,7 +6,9 @@
 --   local report = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.adam{}, epochs = 3})
 -- Methods in C (csrc/lua/lua_nn.c): forward, backward, parameters,
 -- named_parameters, named_buffers, zero_grad, train, evaluate, freeze([on])
--- (input gradients only), is_training, children, arch, num_parameters,
+-- (input gradients only), batch_stats([on]) (eval-mode batch norm by each
+-- batch's statistics, AdaBN), stat_prior(w) (eval-mode batch norm's dream
+-- prior: lualps.h), is_training, children, arch, num_parameters,
 -- close; m:output_shape{batch, ...} -> the output's sizes;
 -- m:input_gradients(x, gy[, group]) -> y, gx: one forward of x (n samples),
 -- then the input gradient of each block of n rows of gy (k*n x out),

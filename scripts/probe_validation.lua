@@ -21,6 +21,10 @@ local p = argparse("probe_validation.lua", "Dream options of probe matching on t
 p:option("--set", "model set (with its .splits.json)", "build/modelset_hetero.lpsm")
 p:option("--per-family", "gallery models per training task and family", "2"):convert(math.tointeger)
 p:option("--variant", "NAME=key:value,... (dream options; repeatable)"):count("*")
+p:option("--direction", "fwd: the query reads the gallery's dreams; rev: the gallery reads the query's; both: their mean", "fwd")
+  :choices{"fwd", "rev", "both"}
+p:option("--tm", "weight of template matching mixed into each score, (1 - w) probe + w TM (the hybrid's anchor)", "0")
+  :convert(tonumber)
 p:flag("--rules", "also: the ResNet queries under other reading rules of the first variant's dreams, and their misses")
 local args = p:parse()
 
@@ -28,7 +32,9 @@ local function parse_variant(text)
   local name, rest = text:match("^([%w_]+)=(.*)$")
   if not name then error("--variant: expected NAME=key:value,..., got " .. text, 0) end
   local opts = {}
-  for k, v in rest:gmatch("([%w_]+):([^,]+)") do opts[k] = math.tointeger(tonumber(v)) or tonumber(v) or v end
+  for k, v in rest:gmatch("([%w_]+):([^,]+)") do
+    if v == "true" or v == "false" then opts[k] = v == "true" else opts[k] = math.tointeger(tonumber(v)) or tonumber(v) or v end
+  end
   return name, opts
 end
 local variants = {}
@@ -67,7 +73,14 @@ for _, v in ipairs(variants) do
   local t0 = lps.now()
   local pm = lps.similarity.probe.matcher(v.opts)
   -- as the protocols see a method: NaN (not comparable) ranks last
-  local view = B.view(S, {name = v.name, similarity = function(_, a, b) return pm.directed(a, b) end})
+  local sim = ({fwd = function(a, b) return pm.directed(a, b) end,
+               rev = function(a, b) return pm.directed(b, a):t() end,
+               both = function(a, b) return pm.scores(a, b) end})[args.direction]
+  local tm = args.tm > 0 and lps.benchmark.methods.template_matching()
+  local view = B.view(S, {name = v.name, similarity = function(_, a, b)
+    local P = sim(a, b)
+    return tm and P * (1 - args.tm) + tm:similarity(a, b) * args.tm or P
+  end})
   local r, o = protocols.retrieval(S, view, resnets, gallery), protocols.retrieval(S, view, others, gallery)
   print(("%-14s %10.3f %10.3f %10.3f %10.3f %8.1f"):format(v.name, r.rank1, r.map, o.rank1, o.map, lps.now() - t0))
 end

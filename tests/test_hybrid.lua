@@ -231,6 +231,56 @@ function TestHybrid:test_anchor_is_template_matching_on_new_data()
     mu = g.hybrid.mu, tm_templates = "pixels"})
 end
 
+-- Pairs with a batch-norm model: (1 - q) TM + q P, P the batch-norm model
+-- reading the other's dreams (both ways averaged when both have it); other
+-- pairs keep TM's bits. A fake matcher gives directed(r, d) = 10 r + d.
+function TestHybrid:test_batch_norm_pairs_are_read_by_the_batch_norm_model()
+  local id = {}
+  local a, b = {{}, {}, {}}, {{}, {}}
+  for i, m in ipairs(a) do id[m] = i end
+  for j, m in ipairs(b) do id[m] = 10 + j end
+  local pm = {directed = function(r, d)
+    local out = lps.zeros(#r, #d)
+    for i, x in ipairs(r) do for j, y in ipairs(d) do out:set(i, j, 10 * id[x] + id[y]) end end
+    return out
+  end}
+  local TM = lps.tensor{{1, 2}, {3, 4}, {5, 6}}
+  local q = 0.25
+  local S = H.anchor_bn(TM, pm, a, b, {false, true, true}, {false, true}, q):totable()
+  lu.assertEquals(S[1][1], 1) -- neither
+  lu.assertAlmostEquals(S[1][2], 0.75 * 2 + 0.25 * (10 * 12 + 1), 1e-4) -- b2 reads a1
+  lu.assertAlmostEquals(S[2][1], 0.75 * 3 + 0.25 * (10 * 2 + 11), 1e-4) -- a2 reads b1
+  lu.assertAlmostEquals(S[3][2], 0.75 * 6 + 0.25 * ((10 * 3 + 12) + (10 * 12 + 3)) / 2, 1e-4) -- both
+  lu.assertIs(H.anchor_bn(TM, pm, a, b, {false, false, false}, {false, false}, q), TM)
+  lu.assertIs(H.anchor_bn(TM, pm, a, b, {true, true, true}, {true, true}, 0), TM)
+end
+
+-- A ResNet query among MLPs: the fitted hybrid scores its pairs by its
+-- reading of their dreams (probe_bn 1: the anchor is the probe's), the
+-- MLP pairs as before; probe_bn 0 gives template matching's anchor back.
+function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0}}}, models, y)
+  lu.assertEquals(f.hybrid.probe_bn, 1)
+  local g = lps.generator(41)
+  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
+    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
+    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
+  local rn = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, g), g):eval())
+  local gallery = {models[1], models[2], models[7]}
+  local S = f:similarity({rn, models[1]}, gallery)
+  local want = probe.matcher(f.hybrid.dreams).directed({rn}, gallery)
+  for j = 1, 3 do lu.assertAlmostEquals(S:get(1, j), want:get(1, j), 1e-6) end
+  local tm = lps.benchmark.methods.template_matching():similarity({models[1]}, gallery)
+  lu.assertTrue(lps.allclose(S[2], tm[1], 0, 1e-6)) -- up to rounding: other rows stack with it
+  local off = {}
+  for k, v in pairs(f.hybrid) do off[k] = v end
+  off.probe_bn = 0
+  local S0 = H.new(f.net, off):similarity({rn}, gallery)
+  lu.assertEquals(S0:totable(), lps.benchmark.methods.template_matching():similarity({rn}, gallery):totable())
+  T.assert_error_contains("hybrid: probe_bn must be a number in [0, 1], got 2", fit, {hybrid = {probe_bn = 2}}, models, y)
+end
+
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
   -- against template matching alone (the default anchor): probe matching
   -- reads these noisy one-layer models worse than their templates, and a
@@ -253,7 +303,9 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local path = T.tmpname(".model")
   sim:save(path)
   local back = lps.similarity.load(path)
-  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed, gated), w 0.50")
+  lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed, gated), "
+    .. "batch norm read by probe (1.00), w 0.50")
+  lu.assertEquals(back.hybrid.probe_bn, 1)
   lu.assertEquals(back.hybrid.probe, 0.5)
   lu.assertTrue(back.hybrid.probe_directed)
   lu.assertTrue(back.hybrid.probe_gate)
@@ -276,13 +328,14 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   -- network's templates alone, saved and loaded alike
   local old = {}
   for k, v in pairs(f.hybrid) do old[k] = v end
-  old.tm_templates, old.probe, old.probe_directed = nil, nil, nil
+  old.tm_templates, old.probe, old.probe_directed, old.probe_bn = nil, nil, nil, nil
   local osim = lps.similarity.wrap(f.net, f.classes, old)
   local opath = T.tmpname(".model")
   osim:save(opath)
   local oback = lps.similarity.load(opath)
   lu.assertEquals(oback.hybrid.tm_templates, "network")
   lu.assertEquals(oback.hybrid.probe, 0)
+  lu.assertEquals(oback.hybrid.probe_bn, 0)
   lu.assertFalse(oback.hybrid.probe_directed)
   lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
   lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
@@ -293,8 +346,16 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local dpath = T.tmpname(".model")
   lps.similarity.wrap(f.net, f.classes, older):save(dpath)
   local dback = lps.similarity.load(dpath)
-  lu.assertEquals(dback.hybrid.dreams, {lr = 0.05})
+  lu.assertEquals(dback.hybrid.dreams, {lr = 0.05, adapt_bn = false})
   lu.assertNotEquals(dback.hy:similarity(models, models):totable(), before)
+  -- a file saved before adapt_bn was: its readers keep the running statistics
+  local nobn = {}
+  for k, v in pairs(f.hybrid) do nobn[k] = v end
+  nobn.dreams = probe.settings()
+  nobn.dreams.adapt_bn = nil
+  local npath = T.tmpname(".model")
+  lps.similarity.wrap(f.net, f.classes, nobn):save(npath)
+  lu.assertFalse(lps.similarity.load(npath).hybrid.dreams.adapt_bn)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

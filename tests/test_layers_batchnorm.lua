@@ -208,6 +208,87 @@ function TestBatchNormBackward:test_threads_bit_identical()
   for i = 1, #a do lu.assertTrue(lps.allclose(a[i], b[i], 0, 0), "tensor " .. i) end
 end
 
+-- batch_stats (AdaBN): eval mode normalized by the batch's statistics, as
+-- train mode is, its running statistics untouched; backward through them.
+TestBatchNormBatchStats = {}
+
+function TestBatchNormBatchStats:test_forward_is_train_modes_and_leaves_the_running_statistics()
+  local g = lps.generator(21)
+  local m = randomize(nn.sequential{nn.conv2d(2, 3, 3, {padding = 1, generator = g}), nn.batchnorm2d(3), nn.relu()}, g)
+  local x = lps.randn(4, 2, 5, 5, g)
+  m:eval()
+  local running = m:forward(x)
+  local state = {}
+  for k, v in pairs(m:state_dict()) do state[k] = v:clone() end
+  m:batch_stats()
+  local y = m:forward(x)
+  for k, v in pairs(m:state_dict()) do lu.assertTrue(lps.allclose(v, state[k], 0, 0), k .. " moved") end
+  lu.assertFalse(lps.allclose(y, running, 0, 1e-3), "the batch's statistics are not the running ones")
+  m:batch_stats(false)
+  lu.assertTrue(lps.allclose(m:forward(x), running, 0, 0), "off again: the running statistics")
+  m:train()
+  lu.assertTrue(lps.allclose(y, m:forward(x), 0, 0), "train mode's output, to the bit")
+  -- one value per channel has no batch statistics
+  local one = nn.batchnorm1d(2):eval():batch_stats()
+  T.assert_error_contains("batchnorm1d: batch_stats needs more than one value per channel", one.forward, one,
+    lps.randn(1, 2, g))
+end
+
+function TestBatchNormBatchStats:test_finite_differences()
+  local g = lps.generator(22)
+  local m = randomize(nn.sequential{nn.conv2d(2, 3, 3, {padding = 1, generator = g}), nn.batchnorm2d(3),
+    nn.tanh(), nn.flatten(), nn.linear(27, 2, g)}, g)
+  m:eval():batch_stats()
+  check_model(m, lps.randn(3, 2, 3, 3, g), "bn2d batch_stats", g)
+end
+
+-- stat_prior (the dream prior): eval-mode backward adds the gradient of
+-- w * b * (the mean over channels of KL(N(m, v) || N(rm, rv))), the batch's
+-- biased statistics against the running ones, both variances + eps.
+TestBatchNormStatPrior = {}
+
+local function kl_prior(x, rm, rv, w, eps)
+  local X, b, C = x:totable(), x:size(1), x:size(2)
+  local L = 0
+  for c = 1, C do
+    local vals = {}
+    for i = 1, b do
+      local v = X[i][c]
+      if type(v) == "table" then
+        for _, r in ipairs(v) do for _, q in ipairs(r) do vals[#vals + 1] = q end end
+      else vals[#vals + 1] = v end
+    end
+    local mu, var = 0, 0
+    for _, q in ipairs(vals) do mu = mu + q / #vals end
+    for _, q in ipairs(vals) do var = var + (q - mu) ^ 2 / #vals end
+    local v, r = var + eps, rv[c] + eps
+    L = L + 0.5 * (v / r + (mu - rm[c]) ^ 2 / r - 1 - math.log(v / r))
+  end
+  return w * b * L / C
+end
+
+function TestBatchNormStatPrior:test_finite_differences()
+  local g = lps.generator(23)
+  for _, act in ipairs{"tanh", "relu"} do -- relu: batch norm's fused backward_relu
+    local m = randomize(nn.sequential{nn.batchnorm2d(3), nn[act](), nn.flatten(), nn.linear(12, 2, g)}, g)
+    m:eval():freeze():stat_prior(2.5)
+    local rm, rv = get(m, "0.running_mean"), get(m, "0.running_var")
+    local x = lps.randn(4, 3, 2, 2, g):mul_(1.5)
+    local R = lps.randn(4, 2, g)
+    local function f() return (m:forward(x) * R):sum() + kl_prior(x, rm, rv, 2.5, 1e-5) end
+    local _, gx = m:input_gradients(x, R)
+    T.assert_grad_close(gx, T.numgrad(f, x, 1e-2), 2e-2, act .. " input")
+    -- 0 turns it off: the plain eval-mode gradient
+    m:stat_prior(0)
+    local _, plain = m:input_gradients(x, R)
+    lu.assertTrue(lps.allclose(plain, m:backward(x, R), 0, 0))
+    lu.assertFalse(lps.allclose(plain, gx, 0, 1e-3))
+  end
+  local m = nn.batchnorm1d(2)
+  T.assert_error_contains("a weight >= 0 expected", m.stat_prior, m, -1)
+  T.assert_error_contains("a weight >= 0 expected", m.stat_prior, m, 0 / 0)
+end
+
 TestBatchNormArch = {}
 
 function TestBatchNormArch:test_round_trips_and_names()

@@ -17,6 +17,7 @@ local permute_classes, perms = T.permute_classes, T.all_perms
 local function brute(r, d, opts)
   local X = probe.dreams(d, opts)
   local rm, release = require("lualps.similarity.templates").function_of(r)
+  if rm:named_parameters()[1].tensor:dim() == 4 then X = X:reshape(X:size(1), 1, 28, 28) end -- a CNN reads images
   local P = lps.estimators.softmax(rm:forward(X) * (1 / (opts and opts.temperature or 1))):totable()
   release()
   local n = opts and opts.starts or 1 -- the mean over each class's n dreams
@@ -262,6 +263,43 @@ function TestProbe:test_resnets_are_read_through_their_function()
   lu.assertTrue(a:is_training())
 end
 
+-- adapt_bn (the default): a reader with batch norm reads each dreamer's
+-- dreams as one batch normalized by their own statistics (AdaBN); readers
+-- without batch norm read as before, to the bit.
+function TestProbe:test_batch_norm_readers_adapt_to_each_dreamers_dreams()
+  local g = lps.generator(31)
+  local rm = resnet(3, 3)
+  local r = lps.similarity.weights(rm)
+  local dreamers = {T.random_mlp(g, {784, 12, 3}), T.random_mlp(g, {784, 20, 4}), T.random_mlp(g, {784, 8, 2})}
+  local adapt, fixed = probe.matcher{steps = 5}, probe.matcher{steps = 5, adapt_bn = false}
+  local A, F = adapt.directed({r}, dreamers), fixed.directed({r}, dreamers)
+  for j, d in ipairs(dreamers) do
+    local X = probe.dreams(d, {steps = 5})
+    rm:batch_stats() -- the reader on these dreams alone, by their statistics
+    local P = lps.estimators.softmax(rm:forward(X:reshape(X:size(1), 1, 28, 28))):totable()
+    rm:batch_stats(false)
+    lu.assertAlmostEquals(A:get(1, j), require("lualps.similarity.match").block_score(P, 0, 0, #P, #P[1]), 1e-6)
+    lu.assertAlmostEquals(F:get(1, j), brute(r, d, {steps = 5}), 1e-6) -- off: the running statistics
+  end
+  lu.assertNotEquals(A:totable(), F:totable())
+  -- an MLP reader: the same bits either way
+  local mlp = T.random_mlp(g, {784, 10, 3})
+  lu.assertEquals(adapt.directed({mlp}, dreamers):totable(), fixed.directed({mlp}, dreamers):totable())
+end
+
+-- stat_prior: a batch norm model's dreams also descend its layers' KL from
+-- their running statistics; no effect on a model without batch norm, and
+-- the model is left without it.
+function TestProbe:test_stat_prior_changes_only_batch_norm_dreams()
+  local g = lps.generator(32)
+  local r, mlp = lps.similarity.weights(resnet(4, 3)), T.random_mlp(g, {784, 12, 3})
+  local plain = probe.dreams(r, {steps = 5})
+  local prior = probe.dreams(r, {steps = 5, stat_prior = 1})
+  lu.assertFalse(lps.allclose(plain, prior, 0, 1e-4))
+  lu.assertEquals(probe.dreams(r, {steps = 5}):totable(), plain:totable()) -- the prior was turned off again
+  lu.assertEquals(probe.dreams(mlp, {steps = 5, stat_prior = 1}):totable(), probe.dreams(mlp, {steps = 5}):totable())
+end
+
 function TestProbe:test_nan_models_are_not_comparable()
   local g = lps.generator(2)
   local a, b = T.random_mlp(g, {784, 8, 3}), T.random_mlp(g, {784, 8, 3})
@@ -296,6 +334,8 @@ function TestProbe:test_bad_options_are_refused()
   T.assert_error_contains("start must be a number in [0, 1]", probe.matcher, {start = 2})
   T.assert_error_contains("input_shape must be a list of positive integers", probe.matcher, {input_shape = {1, 0}})
   T.assert_error_contains("unknown option 'stepz'", probe.matcher, {stepz = 3})
+  T.assert_error_contains("adapt_bn must be a boolean, got 1", probe.matcher, {adapt_bn = 1})
+  T.assert_error_contains("stat_prior must be a number >= 0, got -1", probe.dreams, {}, {stat_prior = -1})
   T.assert_error_contains("probe must be a number in [0, 1], got 2", lps.benchmark.methods.probe_matching, {probe = 2})
   T.assert_error_contains("unknown option 'prob'", lps.benchmark.methods.probe_matching, {prob = 1})
 end

@@ -2,7 +2,9 @@
  * [x length]) (batchnorm1d) and (batch x channels x h x w) (batchnorm2d),
  * PyTorch's rules: in train mode each channel is normalized by its batch
  * mean and biased variance, and the running statistics move by momentum
- * (the variance's unbiased); in eval mode the running statistics normalize.
+ * (the variance's unbiased); in eval mode the running statistics normalize,
+ * or with batch_stats the batch's, as in train mode but leaving the running
+ * ones (AdaBN: a model meeting shifted inputs renormalizes on them).
  * Sums are in double, channel by channel in a fixed order, so the threads
  * (a range of channels each) never change a result. */
 #include "nn/nn_internal.h"
@@ -15,6 +17,9 @@
 #define FEATURES(l) FI(&(l)->cfg, 0)
 #define EPS(l) ((l)->cfg.v[1])
 #define MOMENTUM(l) ((l)->cfg.v[2])
+/* Normalized by the batch's statistics: train mode, or eval mode with
+ * batch_stats (lps_layer_set_batch_stats), which leaves the running ones. */
+#define BATCH(l) ((l)->training || (l)->batch_stats)
 
 static lps_status bn1d_flow(const lps_arch_entry *e, lps_flow *f)
 {
@@ -354,14 +359,14 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
     bnpriv *p = l->priv;
     double w = l->param[0]->data[ch], bias = l->param[1]->data[ch], mean, invstd;
     float *rm = l->buffer[0]->data, *rv = l->buffer[1]->data;
-    if (l->training) {
+    if (BATCH(l)) {
         double n = (double)(j->b * j->s);
         mean = csum(j, j->x, ch) / n;
         double sq = csq(j, ch, mean);
         invstd = 1.0 / sqrt(sq / n + EPS(l));
         p->mean.p[ch] = (float)mean;
         p->invstd.p[ch] = (float)invstd;
-        if (!l->replay) {
+        if (l->training && !l->replay) {
             double m = MOMENTUM(l);
             rm[ch] = (float)(m * mean + (1.0 - m) * rm[ch]);
             rv[ch] = (float)(m * (sq / (n - 1.0)) + (1.0 - m) * rv[ch]);
@@ -377,6 +382,27 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
     affine(j, j->x, j->y, ch, fa, fb, j->relu);
 }
 
+/* The dream prior of eval mode (lps_layer_set_stat_prior): gx += the
+ * gradient of stat_prior * b * (the mean over channels of KL(N(m, v) || N(rm, rv))),
+ * b the samples, where m and v are the batch's biased mean and variance of channel ch and
+ * rm and rv the running ones (both variances + eps): so an input drawn to
+ * the statistics the layer saw in training (DeepInversion's prior) is
+ * pulled by the same force per sample whatever the batch. */
+static void stat_prior_grad(const bnjob *j, int64_t ch)
+{
+    lps_layer *l = j->l;
+    double n = (double)(j->b * j->s);
+    if (n < 1) return;
+    double m = csum(j, j->x, ch) / n, v = csq(j, ch, m) / n + EPS(l);
+    double rm = l->buffer[0]->data[ch], rv = (double)l->buffer[1]->data[ch] + EPS(l);
+    double k = (double)l->stat_prior / ((double)j->c * (double)j->s);
+    float cm = (float)(k * (m - rm) / rv), cv = (float)(k * (1.0 / rv - 1.0 / v)), fm = (float)m;
+    for (int64_t b = 0; b < j->b; b++) {
+        int64_t o = (b * j->c + ch) * j->s;
+        for (int64_t i = 0; i < j->s; i++) j->gx[o + i] += cm + cv * (j->x[o + i] - fm);
+    }
+}
+
 /* Train mode (through the batch statistics, PyTorch's formula):
  * gx = (gy - mean(gy) - (x - mean) k) invstd w, k = sum((x - mean) gy) invstd^2 / n;
  * eval mode: gx = gy w invstd. */
@@ -385,7 +411,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     lps_layer *l = j->l;
     bnpriv *p = l->priv;
     double w = l->param[0]->data[ch], mean, invstd;
-    if (l->training) {
+    if (BATCH(l)) {
         mean = p->mean.p[ch];
         invstd = p->invstd.p[ch];
     } else {
@@ -393,7 +419,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
         invstd = 1.0 / sqrt((double)l->buffer[1]->data[ch] + EPS(l));
     }
     double sg = 0, dot = 0;
-    if (!l->frozen || l->training) {
+    if (!l->frozen || BATCH(l)) {
         csumdot(j, ch, mean, &sg, &dot);
     }
     if (!l->frozen) {
@@ -402,9 +428,10 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     }
     if (!j->gx) return;
     float a = (float)(invstd * w);
-    if (!l->training) {
+    if (!BATCH(l)) {
         if (j->relu) gated_scale(j, ch, a);
         else affine(j, j->gy, j->gx, ch, a, 0.0f, 0);
+        if (l->stat_prior > 0.0f) stat_prior_grad(j, ch);
         return;
     }
     double n = (double)(j->b * j->s);
@@ -428,16 +455,16 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     bnjob j = {l, x->data, gy ? gy->data : NULL, backward ? NULL : out, backward ? out : NULL,
                b, c, s, backward, relu, p->ra.p, p->rb.p, r};
     if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
-    if (l->training && b * s == 1)
-        return lps_fail(LPS_ESHAPE, "%s: train mode needs more than one value per channel, got "
+    if (BATCH(l) && b * s == 1)
+        return lps_fail(LPS_ESHAPE, "%s: %s needs more than one value per channel, got "
                         "input %s (a batch of one: use eval mode, or a larger batch)",
-                        l->type->name, SH(x));
-    if (l->training && backward && (p->b != b || p->s != s))
+                        l->type->name, l->training ? "train mode" : "batch_stats", SH(x));
+    if (BATCH(l) && backward && (p->b != b || p->s != s))
         return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input",
                         l->type->name, SH(x));
     if (backward && relu && !p->ra.p)
         return lps_fail(LPS_EINVAL, "%s backward: no forward before it", l->type->name);
-    if (l->training && !backward) {
+    if (BATCH(l) && !backward) {
         if (!lps_scratch_get(&p->mean, c, l->type->name) || !lps_scratch_get(&p->invstd, c, l->type->name))
             return LPS_ENOMEM;
         p->b = b;

@@ -473,6 +473,18 @@ void lps_layer_set_frozen(lps_layer *l, int frozen)
     for (int i = 0; i < l->nchildren; i++) lps_layer_set_frozen(l->children[i], frozen);
 }
 
+void lps_layer_set_stat_prior(lps_layer *l, float w)
+{
+    l->stat_prior = w;
+    for (int i = 0; i < l->nchildren; i++) lps_layer_set_stat_prior(l->children[i], w);
+}
+
+void lps_layer_set_batch_stats(lps_layer *l, int on)
+{
+    l->batch_stats = on != 0;
+    for (int i = 0; i < l->nchildren; i++) lps_layer_set_batch_stats(l->children[i], on);
+}
+
 void lps_layer_set_training(lps_layer *l, int training)
 {
     l->training = training != 0;
