@@ -340,12 +340,13 @@ void lps_layer_set_training(lps_layer *l, int training);
  * cost. */
 void lps_layer_set_frozen(lps_layer *l, int frozen);
 /* The dream prior of l's batch norm layers (and its children's), weight w
- * >= 0 (0, the default: off): in eval mode their backward adds to the
- * input gradient that of w * b * the mean over channels of KL(batch ||
- * running) of their Gaussian statistics, b the samples: gradient descent on
- * it draws inputs to the statistics the layer saw in training, as
- * DeepInversion (Yin et al., 2020) does. Affects only backward in eval
- * mode; batch statistics couple the samples of one forward. */
+ * (0, the default: off): in eval mode with the running statistics
+ * (batch_stats off) their backward adds to the input gradient that of
+ * w * b * the mean over channels of KL(batch || running) of their Gaussian
+ * statistics, b the samples: gradient descent on it (w > 0; ascent with
+ * w < 0) draws inputs to the statistics the layer saw in training, as
+ * DeepInversion (Yin et al., 2020) does. Batch statistics couple the
+ * samples of one forward. */
 void lps_layer_set_stat_prior(lps_layer *l, float w);
 /* Batch norm layers of l in eval mode normalize each forward by its own
  * batch's statistics (as in train mode, backward through them) and leave

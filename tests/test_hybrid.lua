@@ -253,6 +253,10 @@ function TestHybrid:test_batch_norm_pairs_are_read_by_the_batch_norm_model()
   lu.assertAlmostEquals(S[3][2], 0.75 * 6 + 0.25 * ((10 * 3 + 12) + (10 * 12 + 3)) / 2, 1e-4) -- both
   lu.assertIs(H.anchor_bn(TM, pm, a, b, {false, false, false}, {false, false}, q), TM)
   lu.assertIs(H.anchor_bn(TM, pm, a, b, {true, true, true}, {true, true}, 0), TM)
+  T.assert_error_contains("hybrid.anchor_bn: q must be a number in [0, 1], got 2", H.anchor_bn, TM, pm, a, b,
+    {false, true, true}, {false, true}, 2)
+  T.assert_error_contains("hybrid.anchor_bn: need one flag per model, 3 and 2, got 2 and 2", H.anchor_bn, TM, pm, a, b,
+    {false, true}, {false, true}, q)
 end
 
 -- A ResNet query among MLPs: the fitted hybrid scores its pairs by its

@@ -204,8 +204,19 @@ function TestBatchNormBackward:test_threads_bit_identical()
   end
   local before = lps.get_num_threads()
   local a, b = run(1), run(2)
+  -- eval mode with batch statistics, and the dream prior's input gradient
+  local function run_eval(threads)
+    lps.set_num_threads(threads)
+    local m = randomize(nn.batchnorm2d(16), lps.generator(6)):eval():batch_stats()
+    local y, gx = m:forward(x), m:backward(x, gy)
+    m:batch_stats(false):freeze():stat_prior(0.7)
+    local _, px = m:input_gradients(x, gy)
+    return {y, gx, px}
+  end
+  local c, d = run_eval(1), run_eval(2)
   lps.set_num_threads(before)
   for i = 1, #a do lu.assertTrue(lps.allclose(a[i], b[i], 0, 0), "tensor " .. i) end
+  for i = 1, #c do lu.assertTrue(lps.allclose(c[i], d[i], 0, 0), "eval tensor " .. i) end
 end
 
 -- batch_stats (AdaBN): eval mode normalized by the batch's statistics, as
@@ -240,6 +251,55 @@ function TestBatchNormBatchStats:test_finite_differences()
     nn.tanh(), nn.flatten(), nn.linear(27, 2, g)}, g)
   m:eval():batch_stats()
   check_model(m, lps.randn(3, 2, 3, 3, g), "bn2d batch_stats", g)
+  -- the fused relu path and a residual block (its add fused into the batch norm), frozen too
+  local function conv(cin, cout) return {type = "conv2d", ["in"] = cin, out = cout, kernel = 3, padding = 1, bias = false} end
+  local arch = {{type = "input", shape = {2, 3, 3}}, conv(2, 3), {type = "batchnorm2d", features = 3}, {type = "relu"},
+    {type = "residual", body = {conv(3, 3), {type = "batchnorm2d", features = 3}, {type = "relu"}, conv(3, 3),
+      {type = "batchnorm2d", features = 3}}, shortcut = {}}, {type = "relu"}, {type = "flatten"},
+    {type = "linear", ["in"] = 27, out = 2}}
+  local r = randomize(nn.from_arch(arch, g), g)
+  local x, R = lps.randn(3, 2, 3, 3, g), lps.randn(3, 2, g)
+  -- train mode's backward (its gradients checked above and in test_layers_residual), to the bit
+  r:train()
+  r:zero_grad()
+  local train_gx = r:backward(x, R)
+  local _, train_grads = r:parameters()
+  local saved = {}
+  for i, t in ipairs(train_grads) do saved[i] = t:clone() end
+  r:eval():batch_stats()
+  r:zero_grad()
+  local want = r:backward(x, R)
+  lu.assertTrue(lps.allclose(want, train_gx, 0, 0), "residual: train mode's input gradient")
+  local _, grads = r:parameters()
+  for i, t in ipairs(grads) do lu.assertTrue(lps.allclose(t, saved[i], 0, 0), "residual: parameter gradient " .. i) end
+  r:freeze()
+  local _, gx = r:input_gradients(x, R)
+  lu.assertTrue(lps.allclose(gx, want, 0, 1e-6), "frozen: the same input gradient")
+  lu.assertTrue(r:uses_batch_stats())
+  lu.assertFalse(r:batch_stats(false):uses_batch_stats())
+end
+
+-- Evaluation inside lps.train runs by the running statistics whatever
+-- batch_stats says, and gives the flag back.
+function TestBatchNormBatchStats:test_training_evaluates_by_running_statistics()
+  local g = lps.generator(26)
+  local function model()
+    return randomize(nn.sequential{nn.linear(4, 3, lps.generator(27)), nn.batchnorm1d(3), nn.relu(),
+      nn.linear(3, 2, lps.generator(28))}, lps.generator(29))
+  end
+  local x, y = lps.randn(16, 4, g), {1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2}
+  local function run(flag)
+    local m = model():batch_stats(flag)
+    local r = lps.train(m, {x = x, y = y}, {optimizer = lps.optim.sgd{lr = 0.1}, epochs = 2, batch_size = 4,
+      generator = lps.generator(1), validation = {x = x, y = y}})
+    return r, m
+  end
+  local plain = run(false)
+  local with, m2 = run(true)
+  lu.assertTrue(plain.val_loss == plain.val_loss)
+  lu.assertEquals(with.val_loss, plain.val_loss)
+  lu.assertEquals(with.loss, plain.loss)
+  lu.assertTrue(m2:uses_batch_stats())
 end
 
 -- stat_prior (the dream prior): eval-mode backward adds the gradient of
@@ -285,8 +345,43 @@ function TestBatchNormStatPrior:test_finite_differences()
     lu.assertFalse(lps.allclose(plain, gx, 0, 1e-3))
   end
   local m = nn.batchnorm1d(2)
-  T.assert_error_contains("a weight >= 0 expected", m.stat_prior, m, -1)
-  T.assert_error_contains("a weight >= 0 expected", m.stat_prior, m, 0 / 0)
+  T.assert_error_contains("a finite weight expected", m.stat_prior, m, math.huge)
+  T.assert_error_contains("a finite weight expected", m.stat_prior, m, 0 / 0)
+  lu.assertEquals(m:stat_prior(-0.5):stat_prior_weight(), -0.5) -- negative: for gradient ascent
+end
+
+-- Gradient descent on the prior alone draws a batch's statistics to the
+-- running ones (the KL falls); the same weight negated climbs it.
+function TestBatchNormStatPrior:test_descent_lowers_the_kl()
+  local g = lps.generator(24)
+  local m = randomize(nn.batchnorm2d(3), g):eval():freeze()
+  local rm, rv = get(m, "running_mean"), get(m, "running_var")
+  local x0 = lps.randn(4, 3, 3, 3, g):mul_(3):add_(2)
+  local function after(w)
+    m:stat_prior(w)
+    local x = x0:clone()
+    for _ = 1, 20 do
+      local _, gx = m:input_gradients(x, lps.zeros(4, 3, 3, 3))
+      x:add_(gx:mul_(-0.1))
+    end
+    return kl_prior(x, rm, rv, 1, 1e-5)
+  end
+  local start = kl_prior(x0, rm, rv, 1, 1e-5)
+  lu.assertTrue(after(1) < 0.9 * start, "descent " .. after(1) .. " from " .. start)
+  lu.assertTrue(after(-1) > start, "ascent " .. after(-1) .. " from " .. start)
+end
+
+-- Batch statistics on: the prior is not added (it is a prior of the running
+-- statistics); a frozen module's input gradient is the unfrozen one.
+function TestBatchNormStatPrior:test_off_with_batch_stats()
+  local g = lps.generator(25)
+  local m = randomize(nn.sequential{nn.batchnorm2d(3), nn.relu()}, g):eval()
+  local x, gy = lps.randn(4, 3, 2, 2, g), lps.randn(4, 3, 2, 2, g)
+  m:batch_stats()
+  local want = m:backward(x, gy)
+  m:stat_prior(3):freeze()
+  local _, gx = m:input_gradients(x, gy)
+  lu.assertTrue(lps.allclose(gx, want, 0, 0))
 end
 
 TestBatchNormArch = {}

@@ -292,12 +292,45 @@ end
 -- the model is left without it.
 function TestProbe:test_stat_prior_changes_only_batch_norm_dreams()
   local g = lps.generator(32)
-  local r, mlp = lps.similarity.weights(resnet(4, 3)), T.random_mlp(g, {784, 12, 3})
+  local rm = resnet(4, 3)
+  local r, mlp = lps.similarity.weights(rm), T.random_mlp(g, {784, 12, 3})
   local plain = probe.dreams(r, {steps = 5})
   local prior = probe.dreams(r, {steps = 5, stat_prior = 1})
   lu.assertFalse(lps.allclose(plain, prior, 0, 1e-4))
   lu.assertEquals(probe.dreams(r, {steps = 5}):totable(), plain:totable()) -- the prior was turned off again
   lu.assertEquals(probe.dreams(mlp, {steps = 5, stat_prior = 1}):totable(), probe.dreams(mlp, {steps = 5}):totable())
+  -- the dreams climb their logits but descend the prior: the first batch
+  -- norm layer's statistics over them come nearer its running ones
+  local function kl(X)
+    local first = lps.nn.from_arch({{type = "input", shape = {1, 28, 28}}, rm:arch()[1]}, false)
+    first:parameters()[1]:copy(rm:parameters()[1])
+    local Y = first:forward(X:reshape(X:size(1), 1, 28, 28))
+    local bufs = rm:named_buffers()
+    local mean, var = bufs[1].tensor:totable(), bufs[2].tensor:totable()
+    local total, T4 = 0, Y:totable()
+    for c = 1, Y:size(2) do
+      local n, mu, sq = 0, 0, 0
+      for _, img in ipairs(T4) do for _, row in ipairs(img[c]) do for _, v in ipairs(row) do
+        n, mu = n + 1, mu + v
+      end end end
+      mu = mu / n
+      for _, img in ipairs(T4) do for _, row in ipairs(img[c]) do for _, v in ipairs(row) do
+        sq = sq + (v - mu) ^ 2
+      end end end
+      local s2 = sq / n + 1e-5
+      local r2 = var[c] + 1e-5
+      total = total + 0.5 * (s2 / r2 + (mu - mean[c]) ^ 2 / r2 - 1 - math.log(s2 / r2))
+    end
+    return total
+  end
+  lu.assertTrue(kl(prior) < kl(plain), ("KL %g with the prior, %g without"):format(kl(prior), kl(plain)))
+  -- a user's module comes back with its own settings
+  rm:batch_stats():stat_prior(0.25)
+  probe.dreams({module = rm}, {steps = 2, stat_prior = 1})
+  probe.matcher{steps = 2}.directed({{module = rm}}, {mlp})
+  lu.assertTrue(rm:uses_batch_stats())
+  lu.assertEquals(rm:stat_prior_weight(), 0.25)
+  rm:batch_stats(false):stat_prior(0)
 end
 
 function TestProbe:test_nan_models_are_not_comparable()

@@ -303,14 +303,29 @@ static int m_freeze(lua_State *L)
     return 1;
 }
 
-/* stat_prior(w): the dream prior of the module's batch norm layers (w >= 0, 0: off) */
+/* stat_prior(w): the dream prior of the module's batch norm layers (w
+ * finite, 0: off; negative for gradient ascent on the input) */
 static int m_stat_prior(lua_State *L)
 {
     lps_layer *l = lps_lua_checkmodule(L, 1);
     lua_Number w = luaL_checknumber(L, 2);
-    if (!(w >= 0 && w <= 1e30)) return luaL_argerror(L, 2, lua_pushfstring(L, "a weight >= 0 expected, got %f", w));
+    if (!(w >= -1e30 && w <= 1e30))
+        return luaL_argerror(L, 2, lua_pushfstring(L, "a finite weight expected, got %f", w));
     lps_layer_set_stat_prior(l, (float)w);
     lua_settop(L, 1);
+    return 1;
+}
+
+/* stat_prior_weight(), uses_batch_stats(): the module's own settings */
+static int m_stat_prior_weight(lua_State *L)
+{
+    lua_pushnumber(L, lps_lua_checkmodule(L, 1)->stat_prior);
+    return 1;
+}
+
+static int m_uses_batch_stats(lua_State *L)
+{
+    lua_pushboolean(L, lps_lua_checkmodule(L, 1)->batch_stats);
     return 1;
 }
 
@@ -488,7 +503,8 @@ static int l_cross_entropy(lua_State *L)
 static const luaL_Reg methods[] = {
     {"forward", m_forward}, {"backward", m_backward}, {"parameters", m_parameters},
     {"zero_grad", m_zero_grad}, {"train", m_train}, {"evaluate", m_evaluate}, {"eval", m_evaluate},
-    {"freeze", m_freeze}, {"stat_prior", m_stat_prior}, {"batch_stats", m_batch_stats}, {"input_gradients", m_input_gradients}, {"output_shape", m_output_shape},
+    {"freeze", m_freeze}, {"stat_prior", m_stat_prior}, {"batch_stats", m_batch_stats},
+    {"stat_prior_weight", m_stat_prior_weight}, {"uses_batch_stats", m_uses_batch_stats}, {"input_gradients", m_input_gradients}, {"output_shape", m_output_shape},
     {"is_training", m_is_training}, {"type", m_type}, {"num_parameters", m_num_parameters},
     {"children", m_children}, {"arch", m_arch}, {"named_parameters", m_named_parameters},
     {"named_buffers", m_named_buffers}, {"close", m_gc}, {NULL, NULL}};

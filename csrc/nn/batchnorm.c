@@ -382,7 +382,8 @@ static void bn_forward_part(const bnjob *j, int64_t ch)
     affine(j, j->x, j->y, ch, fa, fb, j->relu);
 }
 
-/* The dream prior of eval mode (lps_layer_set_stat_prior): gx += the
+/* The dream prior of eval mode with the running statistics (batch_stats
+ * off; lps_layer_set_stat_prior): gx += the
  * gradient of stat_prior * b * (the mean over channels of KL(N(m, v) || N(rm, rv))),
  * b the samples, where m and v are the batch's biased mean and variance of channel ch and
  * rm and rv the running ones (both variances + eps): so an input drawn to
@@ -431,7 +432,7 @@ static void bn_backward_part(const bnjob *j, int64_t ch)
     if (!BATCH(l)) {
         if (j->relu) gated_scale(j, ch, a);
         else affine(j, j->gy, j->gx, ch, a, 0.0f, 0);
-        if (l->stat_prior > 0.0f) stat_prior_grad(j, ch);
+        if (l->stat_prior != 0.0f) stat_prior_grad(j, ch);
         return;
     }
     double n = (double)(j->b * j->s);
@@ -457,8 +458,9 @@ static lps_status bn_run(lps_layer *l, const lps_tensor *x, const lps_tensor *gy
     if (x->numel == 0) return LPS_OK; /* an empty batch: nothing to normalize or learn */
     if (BATCH(l) && b * s == 1)
         return lps_fail(LPS_ESHAPE, "%s: %s needs more than one value per channel, got "
-                        "input %s (a batch of one: use eval mode, or a larger batch)",
-                        l->type->name, l->training ? "train mode" : "batch_stats", SH(x));
+                        "input %s (a batch of one: %s, or a larger batch)",
+                        l->type->name, l->training ? "train mode" : "batch_stats", SH(x),
+                        l->training ? "use eval mode" : "batch_stats(false)");
     if (BATCH(l) && backward && (p->b != b || p->s != s))
         return lps_fail(LPS_EINVAL, "%s backward: input %s was not the last forward's input",
                         l->type->name, SH(x));

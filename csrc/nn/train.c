@@ -118,23 +118,27 @@ static int count_layers(const lps_layer *l)
     return n;
 }
 
-/* Exchange each layer's mode with modes[k], depth first. */
+/* Exchange each layer's mode and batch_stats with modes[k], modes[k + 1],
+ * depth first. */
 static void swap_modes(lps_layer *l, int *modes, int *k)
 {
-    int t = l->training;
+    int t = l->training, bs = l->batch_stats;
     l->training = modes[*k];
-    modes[(*k)++] = t;
+    l->batch_stats = modes[*k + 1];
+    modes[*k] = t;
+    modes[*k + 1] = bs;
+    *k += 2;
     for (int i = 0; i < l->nchildren; i++) swap_modes(l->children[i], modes, k);
 }
 
 /* Evaluation runs in eval mode, as after PyTorch's model.eval() (batch norm
- * by its running statistics, which stay as they are; no dropout); each
- * layer's own mode comes back after. */
+ * by its running statistics, which stay as they are, whatever batch_stats
+ * says; no dropout); each layer's own mode comes back after. */
 static lps_status eval_with(lps_layer *model, batchbuf *b, const lps_tensor *x, const int32_t *y,
                             double *loss, double *accuracy)
 {
     int n = count_layers(model), k = 0;
-    int *modes = calloc((size_t)n, sizeof *modes);
+    int *modes = calloc((size_t)n * 2, sizeof *modes);
     if (!modes) return lps_fail(LPS_ENOMEM, "evaluate: out of memory");
     swap_modes(model, modes, &k);
     lps_status s = eval_batches(model, b, x, y, loss, accuracy);

@@ -41,8 +41,8 @@ H.defaults = {
                         -- stored models' dreams, an index computed once; the score is not symmetric). With
                         -- p = 0.5 (3 seeds, README): every retrieval protocol up (ResNets 0.56), selection
                         -- regret 0.048, but tau 0.25 and per-target tau 0.37, below gram's 0.39
-  probe_bn = 1,         -- weight of probe matching in the anchor of a pair where a model has batch norm, in
-                        -- place of probe; the batch-norm model reads the other's dreams (both ways when both
+  probe_bn = 1,         -- a pair where a model has batch norm is anchored on (1 - probe_bn) (the anchor above)
+                        -- + probe_bn (the batch-norm model reading the other's dreams; both ways when both
                         -- have it), as its input gradients at noise (template matching) and its own dreams read
                         -- poorly. On the validation split (the training tasks' ResNets reading their MLPs and
                         -- CNNs, scripts/probe_validation.lua): rank-1 0.478 at 1, 0.444 at 0.75, 0.344 at 0.5,
@@ -169,16 +169,22 @@ function H.anchor(TM, pm, a, b, p, directed)
   return out
 end
 
---- The anchor TM with the pairs where a model has batch norm (bn_a, bn_b:
--- Lua lists of booleans) replaced by (1 - q) TM + q P, P the batch-norm
+--- The anchor TM (template matching's scores, or H.anchor's) with the pairs
+-- where a model has batch norm (bn_a, bn_b: Lua lists of booleans, one per
+-- model of a and b) replaced by (1 - q) TM + q P, P the batch-norm
 -- model reading the other's dreams (pm.directed; the mean of both
 -- directions when both have it). TM itself (not a copy) when q is 0 or no
 -- model has batch norm.
 function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q)
+  H.check_probe(q, "hybrid.anchor_bn: q")
+  if type(bn_a) ~= "table" or type(bn_b) ~= "table" or #bn_a ~= #a or #bn_b ~= #b then
+    error(("hybrid.anchor_bn: need one flag per model, %d and %d, got %s and %s"):format(#a, #b,
+      type(bn_a) == "table" and #bn_a or tostring(bn_a), type(bn_b) == "table" and #bn_b or tostring(bn_b)), 2)
+  end
   local ia, ib = {}, {}
   for i, x in ipairs(bn_a) do if x then ia[#ia + 1] = i end end
   for j, x in ipairs(bn_b) do if x then ib[#ib + 1] = j end end
-  if not q or q == 0 or (#ia == 0 and #ib == 0) then return TM end
+  if q == 0 or (#ia == 0 and #ib == 0) then return TM end
   local function pick(list, idx) local out = {} for k, i in ipairs(idx) do out[k] = list[i] end return out end
   local ra, rb = {}, {}
   local Da = #ia > 0 and pm.directed(pick(a, ia), b) -- a's batch-norm models read b's dreams
@@ -381,7 +387,7 @@ function Hybrid:similarity(a, b)
   local bn_a, bn_b = {}, {}
   for i, d in ipairs(da) do bn_a[i] = d.bn end
   for j, d in ipairs(db) do bn_b[j] = d.bn end
-  TM = H.anchor_bn(TM, self.probes, a, b, bn_a, bn_b, self.state.probe_bn)
+  TM = H.anchor_bn(TM, self.probes, a, b, bn_a, bn_b, self.state.probe_bn or 0)
   local w = self.state.w
   if w == 0 then return TM end
   local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
@@ -446,8 +452,12 @@ function H.fit(train, models, y, opts)
   for i, t in ipairs(tau) do g[i] = o.gate and H.gate(t, lo, hi) or 1 end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
-  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), probe.matcher(dreams), hm, hm,
+  local pm = probe.matcher(dreams)
+  local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), pm, hm, hm,
                       H.probe_weights(o, g), o.probe_directed)
+  local bn = {} -- w is chosen on the anchor the hybrid scores with
+  for i, m in ipairs(hm) do bn[i] = o.probe_bn > 0 and probe.has_batch_norm(m) end
+  TM = H.anchor_bn(TM, pm, hm, hm, bn, bn, o.probe_bn)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
   local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,

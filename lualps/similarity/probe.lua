@@ -55,7 +55,8 @@ M.defaults = {
   stat_prior = 0,  -- weight of the batch-norm prior (0: off): each step also descends the KL divergence of
                    -- every batch norm layer's statistics over the model's dreams from its running ones
                    -- (nn Module:stat_prior; DeepInversion's prior), so that a network with batch norm
-                   -- dreams inputs like those it was trained on. No effect on models without batch norm
+                   -- dreams inputs like those it was trained on. No effect on models without batch norm.
+                   -- Measured on the validation split (--direction rev): no gain (README)
   input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
 }
 
@@ -143,8 +144,9 @@ function M.dreams(model, opts)
   local o = options(opts, "probe.dreams")
   local d = 1
   for _, s in ipairs(o.input_shape) do d = d * s end
-  local m, release = templates.function_of(model)
-  if o.stat_prior > 0 then m:stat_prior(o.stat_prior) end
+  local m, release = templates.function_of(model) -- flags cleared: release restores a user's
+  -- the dreams climb the logit: the prior's weight is negated to descend its KL
+  if o.stat_prior > 0 then m:stat_prior(-o.stat_prior) end
   local ok, X = pcall(function()
     local input = input_of(m, o)
     local k = m:output_shape{1, table.unpack(input(core.zeros(1, d)):shape(), 2)}[2]

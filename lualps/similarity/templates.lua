@@ -63,8 +63,11 @@ end
 function M.function_of(model)
   local m, own = module_of(model)
   local was_training = m:is_training()
+  local was_batch, was_prior = m:uses_batch_stats(), m:stat_prior_weight()
   m:freeze()
   m:evaluate()
+  if was_batch then m:batch_stats(false) end -- the running statistics, whatever the user set
+  if was_prior ~= 0 then m:stat_prior(0) end
   return m, function()
     if own then
       local function close(mod)
@@ -75,6 +78,8 @@ function M.function_of(model)
     else
       m:freeze(false)
       m:train(was_training)
+      m:batch_stats(was_batch)
+      m:stat_prior(was_prior)
     end
   end
 end
