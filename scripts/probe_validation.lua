@@ -29,6 +29,8 @@ p:option("--direction", "fwd: the query reads the gallery's dreams; rev: the gal
   :choices{"fwd", "rev", "both"}
 p:option("--tm", "weight of template matching mixed into each score, (1 - w) probe + w TM (the hybrid's anchor)", "0")
   :convert(tonumber)
+p:flag("--resnet-pairs", "also: the ResNet queries among themselves (leave-one-out), the anchor of two batch-norm models "
+  .. "(1 - q) TM + q (both directions' mean) at several q (the hybrid's probe_bn_both)")
 p:flag("--rules", "also: the ResNet queries under other reading rules of the first variant's dreams, and their misses")
 local args = p:parse()
 
@@ -88,6 +90,19 @@ for _, v in ipairs(variants) do
   end})
   local r, o = protocols.retrieval(S, view, resnets, gallery), protocols.retrieval(S, view, others, gallery)
   print(("%-14s %10.3f %10.3f %10.3f %10.3f %8.1f"):format(v.name, r.rank1, r.map, o.rank1, o.map, lps.now() - t0))
+end
+
+if args.resnet_pairs then
+  local models, labels = B.gather(S, resnets)
+  local tm = lps.benchmark.methods.template_matching():similarity(models, models)
+  local D = lps.similarity.probe.matcher(variants[1].opts).directed(models, models)
+  local P = (D + D:t()) * 0.5
+  print(("\nResNets among themselves (%s's dreams, leave-one-out by task)"):format(variants[1].name))
+  print(("%-8s %8s %8s"):format("q", "rank-1", "mAP"))
+  for _, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
+    local r = lps.eval.retrieval(P * q + tm * (1 - q), labels, labels, {exclude_self = true})
+    print(("%-8.2f %8.3f %8.3f"):format(q, r.rank1, r.map))
+  end
 end
 
 if not args.rules then return end

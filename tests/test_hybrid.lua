@@ -251,10 +251,20 @@ function TestHybrid:test_batch_norm_pairs_are_read_by_the_batch_norm_model()
   lu.assertAlmostEquals(S[1][2], 0.75 * 2 + 0.25 * (10 * 12 + 1), 1e-4) -- b2 reads a1
   lu.assertAlmostEquals(S[2][1], 0.75 * 3 + 0.25 * (10 * 2 + 11), 1e-4) -- a2 reads b1
   lu.assertAlmostEquals(S[3][2], 0.75 * 6 + 0.25 * ((10 * 3 + 12) + (10 * 12 + 3)) / 2, 1e-4) -- both
+  -- both-batch-norm pairs with their own weight q2; q2 = 0 keeps TM there
+  local S2 = H.anchor_bn(TM, pm, a, b, {false, true, true}, {false, true}, q, 0.5):totable()
+  lu.assertAlmostEquals(S2[3][2], 0.5 * 6 + 0.5 * ((10 * 3 + 12) + (10 * 12 + 3)) / 2, 1e-4)
+  lu.assertAlmostEquals(S2[2][1], S[2][1], 0)
+  local S0 = H.anchor_bn(TM, pm, a, b, {false, true, true}, {false, true}, q, 0):totable()
+  lu.assertEquals(S0[3][2], 6)
+  lu.assertEquals(S0[2][2], 4)
+  lu.assertAlmostEquals(S0[2][1], S[2][1], 0)
   lu.assertIs(H.anchor_bn(TM, pm, a, b, {false, false, false}, {false, false}, q), TM)
   lu.assertIs(H.anchor_bn(TM, pm, a, b, {true, true, true}, {true, true}, 0), TM)
   T.assert_error_contains("hybrid.anchor_bn: q must be a number in [0, 1], got 2", H.anchor_bn, TM, pm, a, b,
     {false, true, true}, {false, true}, 2)
+  T.assert_error_contains("hybrid.anchor_bn: q2 must be a number in [0, 1], got -1", H.anchor_bn, TM, pm, a, b,
+    {false, true, true}, {false, true}, q, -1)
   T.assert_error_contains("hybrid.anchor_bn: need one flag per model, 3 and 2, got 2 and 2", H.anchor_bn, TM, pm, a, b,
     {false, true}, {false, true}, q)
 end
@@ -266,6 +276,7 @@ function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
   local models, y = zoo(2)
   local f = fit({hybrid = {w_grid = {0}}}, models, y)
   lu.assertEquals(f.hybrid.probe_bn, 1)
+  lu.assertEquals(f.hybrid.probe_bn_both, 0.5)
   local g = lps.generator(41)
   local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
     {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
@@ -308,8 +319,9 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   sim:save(path)
   local back = lps.similarity.load(path)
   lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed, gated), "
-    .. "batch norm read by probe (1.00), w 0.50")
+    .. "batch norm read by probe (1.00; 0.50 both), w 0.50")
   lu.assertEquals(back.hybrid.probe_bn, 1)
+  lu.assertEquals(back.hybrid.probe_bn_both, 0.5)
   lu.assertEquals(back.hybrid.probe, 0.5)
   lu.assertTrue(back.hybrid.probe_directed)
   lu.assertTrue(back.hybrid.probe_gate)
@@ -332,7 +344,7 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   -- network's templates alone, saved and loaded alike
   local old = {}
   for k, v in pairs(f.hybrid) do old[k] = v end
-  old.tm_templates, old.probe, old.probe_directed, old.probe_bn = nil, nil, nil, nil
+  old.tm_templates, old.probe, old.probe_directed, old.probe_bn, old.probe_bn_both = nil, nil, nil, nil, nil
   local osim = lps.similarity.wrap(f.net, f.classes, old)
   local opath = T.tmpname(".model")
   osim:save(opath)
@@ -340,6 +352,7 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   lu.assertEquals(oback.hybrid.tm_templates, "network")
   lu.assertEquals(oback.hybrid.probe, 0)
   lu.assertEquals(oback.hybrid.probe_bn, 0)
+  lu.assertEquals(oback.hybrid.probe_bn_both, 0)
   lu.assertFalse(oback.hybrid.probe_directed)
   lu.assertEquals(oback.hy:similarity(models, models):totable(), osim.hy:similarity(models, models):totable())
   lu.assertNotEquals(oback.hy:similarity(models, models):totable(), before)
@@ -360,6 +373,13 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local npath = T.tmpname(".model")
   lps.similarity.wrap(f.net, f.classes, nobn):save(npath)
   lu.assertFalse(lps.similarity.load(npath).hybrid.dreams.adapt_bn)
+  -- a file of 4b711d8 (probe_bn, no probe_bn_both): both-batch-norm pairs as probe_bn says
+  local mid = {}
+  for k, v in pairs(f.hybrid) do mid[k] = v end
+  mid.probe_bn_both = nil
+  local mpath = T.tmpname(".model")
+  lps.similarity.wrap(f.net, f.classes, mid):save(mpath)
+  lu.assertEquals(lps.similarity.load(mpath).hybrid.probe_bn_both, 1)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

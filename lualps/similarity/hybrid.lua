@@ -47,6 +47,10 @@ H.defaults = {
                         -- poorly. On the validation split (the training tasks' ResNets reading their MLPs and
                         -- CNNs, scripts/probe_validation.lua): rank-1 0.478 at 1, 0.444 at 0.75, 0.344 at 0.5,
                         -- 0.156 for template matching alone; the ResNets' own dreams read at 0.144
+  probe_bn_both = 0.5,  -- the same where both models have batch norm (both directions' mean): on the validation
+                        -- split's 90 ResNets among themselves (leave-one-out) rank-1 0.233 and mAP 0.342 at 0.5,
+                        -- 0.156 and 0.304 at 1, template matching alone 0.144 and 0.249: neither model's
+                        -- dreams are read well, and template matching adds what they miss
   probe_gate = false,   -- true: the probe weight of query a is p (1 - g_a) (needs gate): typical queries
                         -- keep template matching's rows; measured, it costs tau (0.18; README)
   dreams = false,       -- options of probe matching's dreams (lualps.similarity.probe.defaults; false: those
@@ -129,6 +133,7 @@ local function check_probe_fields(t, prefix)
   local function fail(msg, ...) error(("hybrid: " .. msg):format(...), 4) end
   if t.probe ~= nil then H.check_probe(t.probe, "hybrid: " .. prefix .. "probe", 4) end
   if t.probe_bn ~= nil then H.check_probe(t.probe_bn, "hybrid: " .. prefix .. "probe_bn", 4) end
+  if t.probe_bn_both ~= nil then H.check_probe(t.probe_bn_both, "hybrid: " .. prefix .. "probe_bn_both", 4) end
   for _, k in ipairs{"probe_directed", "probe_gate"} do
     if t[k] ~= nil and type(t[k]) ~= "boolean" then fail("%s%s must be a boolean, got %s", prefix, k, tostring(t[k])) end
   end
@@ -172,11 +177,13 @@ end
 --- The anchor TM (template matching's scores, or H.anchor's) with the pairs
 -- where a model has batch norm (bn_a, bn_b: Lua lists of booleans, one per
 -- model of a and b) replaced by (1 - q) TM + q P, P the batch-norm
--- model reading the other's dreams (pm.directed; the mean of both
--- directions when both have it). TM itself (not a copy) when q is 0 or no
--- model has batch norm.
-function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q)
+-- model reading the other's dreams (pm.directed); where both have it, by
+-- (1 - q2) TM + q2 (the mean of both directions), q2 = q when nil. TM
+-- itself (not a copy) when no pair changes.
+function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q, q2)
   H.check_probe(q, "hybrid.anchor_bn: q")
+  if q2 == nil then q2 = q end
+  H.check_probe(q2, "hybrid.anchor_bn: q2")
   if type(bn_a) ~= "table" or type(bn_b) ~= "table" or #bn_a ~= #a or #bn_b ~= #b then
     error(("hybrid.anchor_bn: need one flag per model, %d and %d, got %s and %s"):format(#a, #b,
       type(bn_a) == "table" and #bn_a or tostring(bn_a), type(bn_b) == "table" and #bn_b or tostring(bn_b)), 2)
@@ -184,7 +191,7 @@ function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q)
   local ia, ib = {}, {}
   for i, x in ipairs(bn_a) do if x then ia[#ia + 1] = i end end
   for j, x in ipairs(bn_b) do if x then ib[#ib + 1] = j end end
-  if q == 0 or (#ia == 0 and #ib == 0) then return TM end
+  if (q == 0 and q2 == 0) or (#ia == 0 and #ib == 0) then return TM end
   local function pick(list, idx) local out = {} for k, i in ipairs(idx) do out[k] = list[i] end return out end
   local ra, rb = {}, {}
   local Da = #ia > 0 and pm.directed(pick(a, ia), b) -- a's batch-norm models read b's dreams
@@ -194,11 +201,11 @@ function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q)
   local out = TM:clone()
   for i = 1, #a do
     for j = 1, #b do
-      local P
-      if ra[i] and rb[j] then P = (Da:get(ra[i], j) + Db:get(rb[j], i)) / 2
-      elseif ra[i] then P = Da:get(ra[i], j)
-      elseif rb[j] then P = Db:get(rb[j], i) end
-      if P then out:set(i, j, (1 - q) * TM:get(i, j) + q * P) end
+      local P, w
+      if ra[i] and rb[j] then P, w = (Da:get(ra[i], j) + Db:get(rb[j], i)) / 2, q2
+      elseif ra[i] then P, w = Da:get(ra[i], j), q
+      elseif rb[j] then P, w = Db:get(rb[j], i), q end
+      if P and w > 0 then out:set(i, j, (1 - w) * TM:get(i, j) + w * P) end
     end
   end
   return out
@@ -334,7 +341,7 @@ Hybrid.__index = Hybrid
 -- tm_templates (default "network": what files saved before it used), probe
 -- (default 0: what files saved before it used), probe_directed and
 -- probe_gate (default false), probe_bn (default 0: what files saved before it
--- used), dreams (default: probe matching's defaults), mu
+-- used), probe_bn_both (default probe_bn), dreams (default: probe matching's defaults), mu
 -- (prototypes)}; embed(models) gives the embeddings (default
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
@@ -366,7 +373,7 @@ function Hybrid:describe(models)
     for i, m in ipairs(missing) do
       self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = st.gate == false and 1 or H.gate(tau[i], st.lo, st.hi),
                       rows = H.tm_rows(self.net, m, st.tm_pool, st.tm_templates or "network"),
-                      bn = (st.probe_bn or 0) > 0 and probe.has_batch_norm(m)}
+                      bn = ((st.probe_bn or 0) > 0 or (st.probe_bn_both or 0) > 0) and probe.has_batch_norm(m)}
     end
   end
   local out = {}
@@ -387,7 +394,7 @@ function Hybrid:similarity(a, b)
   local bn_a, bn_b = {}, {}
   for i, d in ipairs(da) do bn_a[i] = d.bn end
   for j, d in ipairs(db) do bn_b[j] = d.bn end
-  TM = H.anchor_bn(TM, self.probes, a, b, bn_a, bn_b, self.state.probe_bn or 0)
+  TM = H.anchor_bn(TM, self.probes, a, b, bn_a, bn_b, self.state.probe_bn or 0, self.state.probe_bn_both)
   local w = self.state.w
   if w == 0 then return TM end
   local Ea, Eb = core.zeros(#a, self.net.opts.embed), core.zeros(#b, self.net.opts.embed)
@@ -403,7 +410,7 @@ end
 -- others, sets lo and hi from the held-out models' typicality and chooses
 -- w on their leave-one-out retrieval; then the network is trained on every
 -- model and the prototypes are its task means. opts: H.defaults. Returns
--- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, dreams, mu, held_class, maps} and the main
+-- the state {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, probe_bn_both, dreams, mu, held_class, maps} and the main
 -- training's result. With too few tasks to hold any class out (H.holdout),
 -- w is 0 (template matching alone) and held_class nil.
 function H.fit(train, models, y, opts)
@@ -440,7 +447,8 @@ function H.fit(train, models, y, opts)
     local tau = H.typicality(main.embed(models), mu)
     return {w = 0, lo = f32(quantile(tau, o.lo_quantile)), hi = f32(quantile(tau, o.hi_quantile)), gate = o.gate,
             tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe, probe_directed = o.probe_directed,
-            probe_gate = o.probe_gate, probe_bn = o.probe_bn, dreams = dreams, mu = mu, maps = {}}, main
+            probe_gate = o.probe_gate, probe_bn = o.probe_bn, probe_bn_both = o.probe_bn_both, dreams = dreams, mu = mu,
+            maps = {}}, main
   end
   local km, ky, hm, hy = sub(models, keep), sub(y, keep), sub(models, held), sub(y, held)
   local inner = train(km, ky)
@@ -456,12 +464,13 @@ function H.fit(train, models, y, opts)
   local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), pm, hm, hm,
                       H.probe_weights(o, g), o.probe_directed)
   local bn = {} -- w is chosen on the anchor the hybrid scores with
-  for i, m in ipairs(hm) do bn[i] = o.probe_bn > 0 and probe.has_batch_norm(m) end
-  TM = H.anchor_bn(TM, pm, hm, hm, bn, bn, o.probe_bn)
+  for i, m in ipairs(hm) do bn[i] = (o.probe_bn > 0 or o.probe_bn_both > 0) and probe.has_batch_norm(m) end
+  TM = H.anchor_bn(TM, pm, hm, hm, bn, bn, o.probe_bn, o.probe_bn_both)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
   local state = {w = f32(w), lo = lo, hi = hi, gate = o.gate, tm_pool = o.tm_pool, tm_templates = o.tm_templates, probe = o.probe,
-                 probe_directed = o.probe_directed, probe_gate = o.probe_gate, probe_bn = o.probe_bn, dreams = dreams,
+                 probe_directed = o.probe_directed, probe_gate = o.probe_gate, probe_bn = o.probe_bn,
+                 probe_bn_both = o.probe_bn_both, dreams = dreams,
                  mu = H.prototypes(main.embed(models), dense(y)), held_class = c, maps = maps}
   return state, main
 end

@@ -123,7 +123,7 @@ function M.train(ms, split, opts)
 end
 
 --- Wrap a network (trained elsewhere) as a similarity object; with a
--- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, dreams, mu})
+-- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, probe_bn_both, dreams, mu})
 -- its similarity and nearest give the hybrid score.
 function M.wrap(net, classes, hybrid_state)
   return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
@@ -162,6 +162,7 @@ function M.load(path)
              probe = meta.hybrid.probe or 0, -- and no probe matching
              probe_directed = meta.hybrid.probe_directed == true, probe_gate = meta.hybrid.probe_gate == true,
              probe_bn = meta.hybrid.probe_bn or 0, -- older files: batch-norm pairs as any other
+             probe_bn_both = meta.hybrid.probe_bn_both or meta.hybrid.probe_bn or 0, -- files of 4b711d8: probe_bn
              -- files saved before the dreams were: fitted with the step of then, 0.05
              dreams = meta.hybrid.dreams or ((meta.hybrid.probe or 0) > 0 and {lr = 0.05} or nil)}
     -- files saved before adapt_bn was: their readers used the running statistics
