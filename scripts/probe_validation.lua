@@ -100,7 +100,7 @@ if args.resnet_pairs then
   print(("\nResNets among themselves (%s's dreams, leave-one-out by task)"):format(variants[1].name))
   print(("%-8s %8s %8s"):format("q", "rank-1", "mAP"))
   for _, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
-    local r = lps.eval.retrieval(P * q + tm * (1 - q), labels, labels, {exclude_self = true})
+    local r = lps.eval.retrieval(q == 0 and tm or P * q + tm * (1 - q), labels, labels, {exclude_self = true})
     print(("%-8.2f %8.3f %8.3f"):format(q, r.rank1, r.map))
   end
 end

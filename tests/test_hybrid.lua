@@ -290,10 +290,31 @@ function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
   lu.assertTrue(lps.allclose(S[2], tm[1], 0, 1e-6)) -- up to rounding: other rows stack with it
   local off = {}
   for k, v in pairs(f.hybrid) do off[k] = v end
-  off.probe_bn = 0
+  off.probe_bn, off.probe_bn_both = 0, 0
   local S0 = H.new(f.net, off):similarity({rn}, gallery)
   lu.assertEquals(S0:totable(), lps.benchmark.methods.template_matching():similarity({rn}, gallery):totable())
   T.assert_error_contains("hybrid: probe_bn must be a number in [0, 1], got 2", fit, {hybrid = {probe_bn = 2}}, models, y)
+  T.assert_error_contains("hybrid: probe_bn_both must be a number in [0, 1], got 2", fit, {hybrid = {probe_bn_both = 2}},
+    models, y)
+  -- two batch-norm models: half template matching, half both directions' reading (probe_bn 0 leaves the
+  -- pairs of one batch-norm model on TM's bits, and nothing reads for them)
+  local rn2 = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, lps.generator(42)), lps.generator(43)):eval())
+  local half = {}
+  for k, v in pairs(f.hybrid) do half[k] = v end
+  half.probe_bn, half.probe_bn_both = 0, 0.5
+  local reads, pm = 0, probe.matcher(f.hybrid.dreams)
+  local hy = H.new(f.net, half)
+  local real = hy.probes
+  hy.probes = {directed = function(r, d) reads = reads + #r * #d return real.directed(r, d) end}
+  local Sh = hy:similarity({rn, models[1]}, {rn2, models[2]})
+  local tm2 = lps.benchmark.methods.template_matching():similarity({rn, models[1]}, {rn2, models[2]})
+  local both = (pm.directed({rn}, {rn2}):get(1, 1) + pm.directed({rn2}, {rn}):get(1, 1)) / 2
+  lu.assertAlmostEquals(Sh:get(1, 1), 0.5 * tm2:get(1, 1) + 0.5 * both, 1e-6)
+  lu.assertAlmostEquals(Sh:get(1, 2), tm2:get(1, 2), 1e-6) -- one batch-norm model, weight 0: TM
+  lu.assertAlmostEquals(Sh:get(2, 1), tm2:get(2, 1), 1e-6)
+  lu.assertEquals(reads, 2) -- rn reads rn2 and rn2 reads rn, nothing else
+  -- the fitted default: both weights saved, 1 and 0.5
+  lu.assertEquals({f.hybrid.probe_bn, f.hybrid.probe_bn_both}, {1, 0.5})
 end
 
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
@@ -373,13 +394,15 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local npath = T.tmpname(".model")
   lps.similarity.wrap(f.net, f.classes, nobn):save(npath)
   lu.assertFalse(lps.similarity.load(npath).hybrid.dreams.adapt_bn)
-  -- a file of 4b711d8 (probe_bn, no probe_bn_both): both-batch-norm pairs as probe_bn says
-  local mid = {}
-  for k, v in pairs(f.hybrid) do mid[k] = v end
-  mid.probe_bn_both = nil
-  local mpath = T.tmpname(".model")
-  lps.similarity.wrap(f.net, f.classes, mid):save(mpath)
-  lu.assertEquals(lps.similarity.load(mpath).hybrid.probe_bn_both, 1)
+  -- the metadata of older files (keys absent, as their writers left them)
+  local state_of = lps.similarity.hybrid_state
+  local mu, par = lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}
+  local function keys(h) local st = state_of(h, mu, par) return {st.probe_bn, st.probe_bn_both} end
+  lu.assertEquals(keys{}, {0, 0}) -- before batch-norm readers
+  lu.assertEquals(keys{probe_bn = 1}, {1, 1}) -- 4b711d8: both pairs as probe_bn
+  lu.assertEquals(keys{probe_bn = 1, probe_bn_both = 0.5}, {1, 0.5})
+  lu.assertFalse(state_of({dreams = {lr = 0.025}}, mu, par).dreams.adapt_bn) -- before adapt_bn
+  lu.assertTrue(state_of({dreams = {adapt_bn = true}}, mu, par).dreams.adapt_bn)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -41,9 +41,9 @@ H.defaults = {
                         -- stored models' dreams, an index computed once; the score is not symmetric). With
                         -- p = 0.5 (3 seeds, README): every retrieval protocol up (ResNets 0.56), selection
                         -- regret 0.048, but tau 0.25 and per-target tau 0.37, below gram's 0.39
-  probe_bn = 1,         -- a pair where a model has batch norm is anchored on (1 - probe_bn) (the anchor above)
-                        -- + probe_bn (the batch-norm model reading the other's dreams; both ways when both
-                        -- have it), as its input gradients at noise (template matching) and its own dreams read
+  probe_bn = 1,         -- a pair where one model has batch norm is anchored on (1 - probe_bn) (the anchor above)
+                        -- + probe_bn (the batch-norm model reading the other's dreams; pairs where both have
+                        -- it: probe_bn_both), as its input gradients at noise (template matching) and its own dreams read
                         -- poorly. On the validation split (the training tasks' ResNets reading their MLPs and
                         -- CNNs, scripts/probe_validation.lua): rank-1 0.478 at 1, 0.444 at 0.75, 0.344 at 0.5,
                         -- 0.156 for template matching alone; the ResNets' own dreams read at 0.144
@@ -178,8 +178,9 @@ end
 -- where a model has batch norm (bn_a, bn_b: Lua lists of booleans, one per
 -- model of a and b) replaced by (1 - q) TM + q P, P the batch-norm
 -- model reading the other's dreams (pm.directed); where both have it, by
--- (1 - q2) TM + q2 (the mean of both directions), q2 = q when nil. TM
--- itself (not a copy) when no pair changes.
+-- (1 - q2) TM + q2 (the mean of both directions), q2 = q when nil. Only
+-- the readings a pair of positive weight needs run; TM itself (not a copy)
+-- when no pair changes.
 function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q, q2)
   H.check_probe(q, "hybrid.anchor_bn: q")
   if q2 == nil then q2 = q end
@@ -188,24 +189,43 @@ function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q, q2)
     error(("hybrid.anchor_bn: need one flag per model, %d and %d, got %s and %s"):format(#a, #b,
       type(bn_a) == "table" and #bn_a or tostring(bn_a), type(bn_b) == "table" and #bn_b or tostring(bn_b)), 2)
   end
-  local ia, ib = {}, {}
-  for i, x in ipairs(bn_a) do if x then ia[#ia + 1] = i end end
-  for j, x in ipairs(bn_b) do if x then ib[#ib + 1] = j end end
-  if (q == 0 and q2 == 0) or (#ia == 0 and #ib == 0) then return TM end
-  local function pick(list, idx) local out = {} for k, i in ipairs(idx) do out[k] = list[i] end return out end
-  local ra, rb = {}, {}
-  local Da = #ia > 0 and pm.directed(pick(a, ia), b) -- a's batch-norm models read b's dreams
-  local Db = #ib > 0 and pm.directed(pick(b, ib), a) -- and b's read a's
-  for k, i in ipairs(ia) do ra[i] = k end
-  for k, j in ipairs(ib) do rb[j] = k end
+  -- the weight of pair (i, j): q2 where both have batch norm, q where one has
+  local function weight(i, j)
+    if bn_a[i] and bn_b[j] then return q2 end
+    return (bn_a[i] or bn_b[j]) and q or 0
+  end
+  -- who reads whom: a's batch-norm models read the dreams of the b models
+  -- they pair with at a positive weight (rows ra, columns ca), and b's read a's
+  local ra, ca, rb, cb = {}, {}, {}, {}
+  for i = 1, #a do
+    for j = 1, #b do
+      if weight(i, j) > 0 then
+        if bn_a[i] then ra[i], ca[j] = true, true end
+        if bn_b[j] then rb[j], cb[i] = true, true end
+      end
+    end
+  end
+  local function read(readers, rows, dreamers, cols)
+    local ri, ci, ro, co = {}, {}, {}, {}
+    for i = 1, #readers do if rows[i] then ri[#ri + 1] = readers[i]; ro[i] = #ri end end
+    for j = 1, #dreamers do if cols[j] then ci[#ci + 1] = dreamers[j]; co[j] = #ci end end
+    if #ri == 0 then return nil end
+    local D = pm.directed(ri, ci)
+    return function(i, j) return D:get(ro[i], co[j]) end
+  end
+  local Da, Db = read(a, ra, b, ca), read(b, rb, a, cb)
+  if not (Da or Db) then return TM end
   local out = TM:clone()
   for i = 1, #a do
     for j = 1, #b do
-      local P, w
-      if ra[i] and rb[j] then P, w = (Da:get(ra[i], j) + Db:get(rb[j], i)) / 2, q2
-      elseif ra[i] then P, w = Da:get(ra[i], j), q
-      elseif rb[j] then P, w = Db:get(rb[j], i), q end
-      if P and w > 0 then out:set(i, j, (1 - w) * TM:get(i, j) + w * P) end
+      local w = weight(i, j)
+      if w > 0 then
+        local P
+        if bn_a[i] and bn_b[j] then P = (Da(i, j) + Db(j, i)) / 2
+        elseif bn_a[i] then P = Da(i, j)
+        else P = Db(j, i) end
+        out:set(i, j, (1 - w) * TM:get(i, j) + w * P)
+      end
     end
   end
   return out

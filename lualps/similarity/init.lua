@@ -129,6 +129,23 @@ function M.wrap(net, classes, hybrid_state)
   return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
 end
 
+--- The hybrid state of a saved file: its metadata h (the `hybrid` table),
+-- prototypes mu and params par = (w, lo, hi), with the defaults that keep
+-- older files scoring as they were saved.
+function M.hybrid_state(h, mu, par)
+  local state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = h.gate ~= false,
+    tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", -- older files: the network's
+    probe = h.probe or 0, -- and no probe matching
+    probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true,
+    probe_bn = h.probe_bn or 0, -- older files: batch-norm pairs as any other
+    probe_bn_both = h.probe_bn_both or h.probe_bn or 0, -- files of 4b711d8: probe_bn
+    -- files saved before the dreams were: fitted with the step of then, 0.05
+    dreams = h.dreams or ((h.probe or 0) > 0 and {lr = 0.05} or nil)}
+  -- files saved before adapt_bn was: their readers used the running statistics
+  if state.dreams and state.dreams.adapt_bn == nil then state.dreams.adapt_bn = false end
+  return state
+end
+
 --- Load a similarity saved with sim:save(path); the file is checked like a
 -- model set (checksums, sizes) and its weights like load_named (names, shapes,
 -- finite values).
@@ -157,16 +174,7 @@ function M.load(path)
     if not (core.is_tensor(mu) and core.is_tensor(par) and par:numel() == 3) then
       error(("similarity.load: %s is a hybrid without its prototypes and (w, lo, hi)"):format(path), 2)
     end
-    state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = meta.hybrid.gate ~= false,
-             tm_pool = meta.hybrid.tm_pool, tm_templates = meta.hybrid.tm_templates or "network", -- older files: the network's
-             probe = meta.hybrid.probe or 0, -- and no probe matching
-             probe_directed = meta.hybrid.probe_directed == true, probe_gate = meta.hybrid.probe_gate == true,
-             probe_bn = meta.hybrid.probe_bn or 0, -- older files: batch-norm pairs as any other
-             probe_bn_both = meta.hybrid.probe_bn_both or meta.hybrid.probe_bn or 0, -- files of 4b711d8: probe_bn
-             -- files saved before the dreams were: fitted with the step of then, 0.05
-             dreams = meta.hybrid.dreams or ((meta.hybrid.probe or 0) > 0 and {lr = 0.05} or nil)}
-    -- files saved before adapt_bn was: their readers used the running statistics
-    if state.dreams and state.dreams.adapt_bn == nil then state.dreams.adapt_bn = false end
+    state = M.hybrid_state(meta.hybrid, mu, par)
     named["hybrid.prototypes"], named["hybrid.params"] = nil, nil
   end
   net:load_named(named)
