@@ -8,7 +8,9 @@
 -- gallery reads the query's, both: their mean; --tm w mixes in template
 -- matching as the hybrid's anchor does); rank-1 and mAP by task.
 -- --rules reads the ResNets' logits on the gallery's dreams under other
--- rules than the softmax block, and sorts their rank-1 misses.
+-- rules than the softmax block (each gallery model's dreams one batch when
+-- the first variant adapts batch norm, as the probe reads them), and sorts
+-- their rank-1 misses.
 --   lua5.4 scripts/probe_validation.lua --set build/modelset_hetero.lpsm \
 --     --variant base= --variant lr05=lr:0.05 --variant soft=temperature:4,steps:40
 -- (--variant smooth1=smooth:1 --variant jitter1=jitter:1: smoothing and jitter, no gain beyond noise;
@@ -115,10 +117,25 @@ local templates = require "lualps.similarity.templates"
 local gmodels, glabels = B.gather(S, gallery)
 local rmodels, rlabels = B.gather(S, resnets)
 local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), gmodels)
+-- as the probe reads them: each gallery model's dreams one batch, by its
+-- statistics (adapt_bn, the default), or all by the running statistics
+local adapt = probe.settings(variants[1].opts).adapt_bn
 local L = {}
 for qi, model in ipairs(rmodels) do
   local m, release = templates.function_of(model)
-  L[qi] = m:forward(X:reshape(X:size(1), 1, 28, 28)):totable()
+  if adapt then
+    m:batch_stats(true)
+    L[qi] = {}
+    for j = 1, #gallery do
+      if kk[j] > 0 then
+        local rows = m:forward(X:rows(off[j] + 1, off[j] + kk[j]):reshape(kk[j], 1, 28, 28)):totable()
+        for r = 1, kk[j] do L[qi][off[j] + r] = rows[r] end
+      end
+    end
+    m:batch_stats(false)
+  else
+    L[qi] = m:forward(X:reshape(X:size(1), 1, 28, 28)):totable()
+  end
   release()
 end
 local function softmax_rows(Z, T)
