@@ -113,31 +113,15 @@ if not args.rules then return end
 local core = lps.core
 local probe = lps.similarity.probe
 local match = require "lualps.similarity.match"
-local templates = require "lualps.similarity.templates"
 local gmodels, glabels = B.gather(S, gallery)
 local rmodels, rlabels = B.gather(S, resnets)
 local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), gmodels)
--- as the probe reads them: each gallery model's dreams one batch, by its
--- statistics (adapt_bn, the default), or all by the running statistics
-local adapt = probe.settings(variants[1].opts).adapt_bn
+-- as the probe reads them (probe.outputs: each gallery model's dreams one
+-- batch by their statistics when the variant adapts batch norm)
+local blocks = {}
+for j = 1, #gallery do blocks[j] = {off[j], kk[j]} end
 local L = {}
-for qi, model in ipairs(rmodels) do
-  local m, release = templates.function_of(model)
-  if adapt then
-    m:batch_stats(true)
-    L[qi] = {}
-    for j = 1, #gallery do
-      if kk[j] > 0 then
-        local rows = m:forward(X:rows(off[j] + 1, off[j] + kk[j]):reshape(kk[j], 1, 28, 28)):totable()
-        for r = 1, kk[j] do L[qi][off[j] + r] = rows[r] end
-      end
-    end
-    m:batch_stats(false)
-  else
-    L[qi] = m:forward(X:reshape(X:size(1), 1, 28, 28)):totable()
-  end
-  release()
-end
+for qi, model in ipairs(rmodels) do L[qi] = probe.outputs(model, X, blocks, variants[1].opts):totable() end
 local function softmax_rows(Z, T)
   local out = {}
   for r, z in ipairs(Z) do

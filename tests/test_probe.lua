@@ -276,8 +276,11 @@ function TestProbe:test_batch_norm_readers_adapt_to_each_dreamers_dreams()
   for j, d in ipairs(dreamers) do
     local X = probe.dreams(d, {steps = 5})
     rm:batch_stats() -- the reader on these dreams alone, by their statistics
-    local P = lps.estimators.softmax(rm:forward(X:reshape(X:size(1), 1, 28, 28))):totable()
+    local Y = rm:forward(X:reshape(X:size(1), 1, 28, 28))
+    local P = lps.estimators.softmax(Y):totable()
     rm:batch_stats(false)
+    lu.assertTrue(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}), Y, 0, 0)) -- probe.outputs reads so
+    lu.assertFalse(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}, {adapt_bn = false}), Y, 0, 1e-4))
     lu.assertAlmostEquals(A:get(1, j), require("lualps.similarity.match").block_score(P, 0, 0, #P, #P[1]), 1e-6)
     lu.assertAlmostEquals(F:get(1, j), brute(r, d, {steps = 5}), 1e-6) -- off: the running statistics
   end

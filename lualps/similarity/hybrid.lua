@@ -231,6 +231,12 @@ function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q, q2)
   return out
 end
 
+-- Whether model m counts as a batch-norm model for anchor_bn under state or
+-- options st (false when neither batch-norm weight is on: nothing to read).
+local function bn_of(st, m)
+  return ((st.probe_bn or 0) > 0 or (st.probe_bn_both or 0) > 0) and probe.has_batch_norm(m)
+end
+
 --- The probe weight of the anchor for a list of gates (the queries'): p,
 -- or with probe_gate the list p (1 - g_i).
 function H.probe_weights(st, gates)
@@ -393,7 +399,7 @@ function Hybrid:describe(models)
     for i, m in ipairs(missing) do
       self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = st.gate == false and 1 or H.gate(tau[i], st.lo, st.hi),
                       rows = H.tm_rows(self.net, m, st.tm_pool, st.tm_templates or "network"),
-                      bn = ((st.probe_bn or 0) > 0 or (st.probe_bn_both or 0) > 0) and probe.has_batch_norm(m)}
+                      bn = bn_of(st, m)}
     end
   end
   local out = {}
@@ -484,7 +490,7 @@ function H.fit(train, models, y, opts)
   local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), pm, hm, hm,
                       H.probe_weights(o, g), o.probe_directed)
   local bn = {} -- w is chosen on the anchor the hybrid scores with
-  for i, m in ipairs(hm) do bn[i] = (o.probe_bn > 0 or o.probe_bn_both > 0) and probe.has_batch_norm(m) end
+  for i, m in ipairs(hm) do bn[i] = bn_of(o, m) end
   TM = H.anchor_bn(TM, pm, hm, hm, bn, bn, o.probe_bn, o.probe_bn_both)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)

@@ -144,7 +144,7 @@ function M.dreams(model, opts)
   local o = options(opts, "probe.dreams")
   local d = 1
   for _, s in ipairs(o.input_shape) do d = d * s end
-  local m, release = templates.function_of(model) -- flags cleared: release restores a user's
+  local m, release = templates.function_of(model) -- flags cleared; release gives a user's back
   -- the dreams climb the logit: the prior's weight is negated to descend its KL
   if o.stat_prior > 0 then m:stat_prior(-o.stat_prior) end
   local ok, X = pcall(function()
@@ -176,7 +176,6 @@ function M.dreams(model, opts)
     end
     return X
   end)
-  if o.stat_prior > 0 then m:stat_prior(0) end
   release()
   if not ok then error(X, 0) end
   local s = X:sum()
@@ -213,49 +212,54 @@ function M.dreams_of(opts)
   return util.memoize(function(model) return M.dreams(model, opts) end)
 end
 
--- Whether module m has batch norm (running statistics).
-local function has_bn(m)
-  for _, b in ipairs(m:named_buffers()) do
-    if b.name:match("running_mean$") then return true end
-  end
-  return false
-end
-
 --- Whether a model (a weight record or {module = m}) has batch norm: its
 -- module has running statistics, or the record carries buffers (only batch
 -- norm layers have any).
 function M.has_batch_norm(model)
   if type(model) ~= "table" then error("probe.has_batch_norm: expected a model, got " .. type(model), 2) end
-  if model.module then return has_bn(model.module) end
-  return #(model.buffers or {}) > 0
+  if not model.module then return #(model.buffers or {}) > 0 end
+  for _, b in ipairs(model.module:named_buffers()) do
+    if b.name:match("running_mean$") then return true end
+  end
+  return false
+end
+
+-- Model reader's outputs (logits) on the rows of X, checked options o;
+-- with o.adapt_bn a reader with batch norm reads each block of rows
+-- (blocks: {first row - 1, rows} pairs, one per dreamer) as its own batch.
+local function outputs(reader, X, o, blocks)
+  local adapt = o.adapt_bn and M.has_batch_norm(reader)
+  local m, release = templates.function_of(reader) -- release gives a user's module its own flags back
+  local ok, Y = pcall(function()
+    local input = input_of(m, o)
+    if not adapt then return m:forward(input(X)) end
+    m:batch_stats(true)
+    local Y
+    for _, b in ipairs(blocks) do if b[2] > 0 then
+      local Yb = m:forward(input(X:rows(b[1] + 1, b[1] + b[2])))
+      Y = Y or core.zeros(X:size(1), Yb:size(2))
+      Y:rows(b[1] + 1, b[1] + b[2]):copy(Yb)
+    end end
+    return Y
+  end)
+  release()
+  if not ok then error(Y, 0) end
+  return Y
+end
+
+--- Model reader's outputs (logits, a tensor) on the rows of X (stacked
+-- dreams, n x d), read as probe matching reads them: with opts.adapt_bn a
+-- reader with batch norm reads each block of rows (blocks: {first row - 1,
+-- rows} pairs, one per dreamer) as its own batch. opts: M.defaults.
+function M.outputs(reader, X, blocks, opts)
+  return outputs(reader, X, options(opts, "probe.outputs"), blocks)
 end
 
 -- Model reader's softmax probabilities on the rows of X, averaged over
 -- each class's o.starts consecutive dreams (a nested table, the dreamed
 -- classes by the reader's classes), or false when they are not finite.
--- With o.adapt_bn a reader with batch norm reads each block of rows
--- (blocks: {first row - 1, rows} pairs, one per dreamer) as its own batch.
 local function read(reader, X, o, blocks)
-  local m, release = templates.function_of(reader)
-  local ok, Y = pcall(function()
-    local input = input_of(m, o)
-    if not (o.adapt_bn and has_bn(m)) then return m:forward(input(X)) end
-    m:batch_stats(true)
-    local ok2, Y = pcall(function()
-      local Y
-      for _, b in ipairs(blocks) do if b[2] > 0 then
-        local Yb = m:forward(input(X:rows(b[1] + 1, b[1] + b[2])))
-        Y = Y or core.zeros(X:size(1), Yb:size(2))
-        Y:rows(b[1] + 1, b[1] + b[2]):copy(Yb)
-      end end
-      return Y
-    end)
-    m:batch_stats(false)
-    if not ok2 then error(Y, 0) end
-    return Y
-  end)
-  release()
-  if not ok then error(Y, 0) end
+  local Y = outputs(reader, X, o, blocks)
   local s = Y:sum()
   if not (s == s and s > -math.huge and s < math.huge) then return false end
   local P = est.softmax(o.temperature == 1 and Y or Y * (1 / o.temperature))
