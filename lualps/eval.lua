@@ -106,19 +106,17 @@ M.linear_cka = C.linear_cka       -- (X (N x p), Y (N x q)) -> number
 function M.cka_layers(acts_a, acts_b) return C.cka_layers(acts_a, acts_b) end
 M.symeig = C.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
---- Ridge regression: predictions for the rows of Xt (m x e) of the linear
--- model of targets y (a list of n numbers) on the rows of X (n x e), both
--- centred by X's column means and y by its mean; lambda = rho * trace /
--- e (rho default 1e-3) plus 1e-9. Solved in the smaller of the feature and
--- the sample space (the same solution). Returns a list of m numbers.
-function M.ridge_predict(X, y, Xt, rho)
+--- Ridge regression fitted on the rows of X (n x e) with targets y (a list
+-- of n numbers): X centred by its column means and y by its mean; lambda =
+-- rho * trace / e (rho default 1e-3) plus 1e-9. Solved in the smaller of
+-- the feature and the sample space (the same solution). Returns {center
+-- (1 x e), w (e x 1), ymean} for M.ridge_apply.
+function M.ridge_fit(X, y, rho)
   local n, e = X:size(1), X:size(2)
-  if #y ~= n or Xt:size(2) ~= e then
-    error(("ridge_predict: X is %dx%d, y has %d values, Xt has %d columns"):format(n, e, #y, Xt:size(2)), 2)
-  end
+  if #y ~= n then error(("ridge_fit: X is %dx%d, y has %d values"):format(n, e, #y), 2) end
   local mean, ymean = X:mean(1), 0
   for _, a in ipairs(y) do ymean = ymean + a / #y end
-  X, Xt = X - mean, Xt - mean
+  X = X - mean
   local yc = core.tensor(y):reshape(n, 1) - ymean
   local primal = e <= n
   local G = primal and core.matmul(X, X, true, false) or core.matmul(X, X, false, true)
@@ -131,10 +129,27 @@ function M.ridge_predict(X, y, Xt, rho)
   local c = core.matmul(vecs, rhs, true, false)
   for i = 1, m do c:set(i, 1, c:get(i, 1) / vals[i]) end
   local sol = core.matmul(vecs, c) -- primal: w (e x 1); dual: alpha (n x 1), w = X^T alpha
-  local w = primal and sol or core.matmul(X, sol, true, false)
-  local pred = core.matmul(Xt, w):reshape(-1):totable()
-  for k = 1, #pred do pred[k] = pred[k] + ymean end
+  return {center = mean, w = primal and sol or core.matmul(X, sol, true, false), ymean = ymean}
+end
+
+--- Predictions of a ridge fit (M.ridge_fit) for the rows of Xt (m x e): a
+-- list of m numbers.
+function M.ridge_apply(fit, Xt)
+  if Xt:size(2) ~= fit.w:size(1) then
+    error(("ridge_apply: the fit has %d features, Xt has %d columns"):format(fit.w:size(1), Xt:size(2)), 2)
+  end
+  local pred = core.matmul(Xt - fit.center, fit.w):reshape(-1):totable()
+  for k = 1, #pred do pred[k] = pred[k] + fit.ymean end
   return pred
+end
+
+--- Ridge regression: predictions for the rows of Xt (m x e) of the linear
+-- model of targets y on the rows of X (M.ridge_fit, then M.ridge_apply).
+function M.ridge_predict(X, y, Xt, rho)
+  if #y ~= X:size(1) or Xt:size(2) ~= X:size(2) then
+    error(("ridge_predict: X is %dx%d, y has %d values, Xt has %d columns"):format(X:size(1), X:size(2), #y, Xt:size(2)), 2)
+  end
+  return M.ridge_apply(M.ridge_fit(X, y, rho), Xt)
 end
 
 --- Linear assignment: cost (n x m tensor) -> assignment (1-based column of

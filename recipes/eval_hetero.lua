@@ -153,7 +153,7 @@ local md = B.write_report(a.out, "lps_hetero_eval", {methods = results, ablation
 
 -- A method's fit on the classification split (its details), saved as a similarity file.
 local function save_model(d, path)
-  local model = lps.similarity.wrap(d.fitted.net, d.fitted.classes, d.fitted.hybrid)
+  local model = lps.similarity.wrap(d.fitted.net, d.fitted.classes, d.fitted.hybrid, d.fitted.prior)
   model.n_train = #S.splits.classification.train
   model:save(path)
 end

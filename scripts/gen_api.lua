@@ -29,6 +29,7 @@ local modules = {
   {"lualps/similarity/match.lua", "lualps.similarity.match", "Template matching's assignment score of two models' unit rows."},
   {"lualps/similarity/hybrid.lua", "lps.similarity.hybrid", "Template matching plus a gated learned residual (issue 19)."},
   {"lualps/similarity/probe.lua", "lps.similarity.probe", "Probe matching: each model classifies the other's class dreams."},
+  {"lualps/similarity/prior.lua", "lps.similarity.prior", "The transferability prior: how well a model fine-tunes, from its weight statistics."},
   {"lualps/bench/benchmark.lua", "lps.benchmark", "Evaluation protocols on a model set."},
   {"lualps/bench/set.lua", "lps.benchmark", "A model set as the protocols see it."},
   {"lualps/bench/protocols.lua", "lps.benchmark", "The protocols, in their order, and their metrics."},

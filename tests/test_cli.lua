@@ -35,6 +35,37 @@ local function cli(args) return T.sh("scripts/lualps " .. args) end
 
 TestCLI = {}
 
+function TestCLI:test_select_needs_a_prior_and_ranks_by_it()
+  local ok, out = cli(("select %s %s 3 -k 2"):format(SET, MODEL))
+  lu.assertNotEquals(ok, true)
+  lu.assertStrContains(out, "has no transferability prior")
+  -- the same network with a prior fitted on the set's models (scores: record order)
+  local with = dir .. "/sim_prior.lps"
+  do
+    local ms <close> = lps.modelset.open(SET)
+    local models, y, tasks = {}, {}, {}
+    for i = 1, #ms do models[i], y[i], tasks[i] = lps.similarity.record(ms, i), i / 10, ms:meta(i).task end
+    local sim = lps.similarity.load(MODEL)
+    lps.similarity.wrap(sim.net, sim.classes, nil, lps.similarity.prior.fit(models, y, tasks)):save(with)
+  end
+  ok, out = cli(("select %s %s 3 -k 4 --json"):format(SET, with))
+  lu.assertTrue(ok, out)
+  local r = cjson.decode(out)
+  lu.assertEquals(#r.select, 4)
+  local sim = lps.similarity.load(with)
+  local ms <close> = lps.modelset.open(SET)
+  local want = sim:select(ms, 3, 4)
+  for k, x in ipairs(r.select) do
+    lu.assertEquals(x.index, want[k].index)
+    lu.assertNotEquals(x.index, 3)
+    lu.assertAlmostEquals(x.score, want[k].score, 1e-9)
+    lu.assertAlmostEquals(x.prior, want[k].prior, 1e-9)
+  end
+  ok, out = cli(("select %s %s 3 -k 2"):format(SET, with))
+  lu.assertTrue(ok, out)
+  lu.assertStrContains(out, "prior")
+end
+
 function TestCLI:test_nearest_and_similarity()
   local ok, out = cli(("nearest %s %s 3 -k 2 --json"):format(SET, MODEL))
   lu.assertTrue(ok, out)

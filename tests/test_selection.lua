@@ -363,6 +363,34 @@ function TestSelection:test_evaluate_with_the_prior()
   lu.assertAlmostEquals(r.selection_regret, 0.30, 1e-12)
 end
 
+function TestSelection:test_a_method_with_its_own_prior_ranks_by_both()
+  -- the flat similarity plus a method's own prior (here: the bench's values,
+  -- handed back by transferability): the ranking of method+prior above, as
+  -- selection_*; the similarity alone as similarity_selection_*; no prior_*
+  local P = prior_set()
+  P.probes = {[1] = {mlp = {target = 1}, cnn = {target = 1}}, [2] = {mlp = {target = 2}, cnn = {target = 2}}}
+  local prior, asked = sel.prior(P), 0
+  local byw = {}
+  for i = 1, P.n do byw[P.models[i]] = P.meta[i].id end
+  local flat = {fitted = {similarity = function(_, _, cands) return lps.zeros(1, #cands) end,
+    transferability = function(_, ms)
+      asked = asked + 1
+      local out = {}
+      for k, m in ipairs(ms) do out[k] = prior[byw[m]] end
+      return out
+    end}}
+  local r = sel.evaluate(P, flat)
+  lu.assertEquals(asked, 1) -- once, for the pool: part of the index
+  lu.assertAlmostEquals(r.selection_regret, 0.02, 1e-12)
+  lu.assertAlmostEquals(r.similarity_selection_regret, 0.30, 1e-12)
+  lu.assertNil(r.prior_selection_regret)
+  -- the table: the similarity-alone row right after the method
+  local results = {lps = r}
+  local order = sel.add_rows({estimates = {funnel_by = {}}}, results, {"lps"}, {}, {}, {})
+  lu.assertEquals(order, {"lps", "lps_similarity"})
+  lu.assertAlmostEquals(results.lps_similarity.selection_regret, 0.30, 1e-12)
+end
+
 -- The budget the estimators see is the one both probes trained on: the
 -- images and labels lps.transfer_pool.probe draws for the target (half 1,
 -- first draw), the same for an MLP and a CNN.

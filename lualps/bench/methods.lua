@@ -197,12 +197,17 @@ end
 --     (lualps/similarity/hybrid.lua), w, lo and hi from an inner validation
 --     on held-out classes; needs the templates slot and each model's
 --     `classes` (lps.benchmark gives them to fit). Default false: the cosine.
+--   prior = true | false: with the set's fine-tuning matrix (ctx.transfer),
+--     also fit a transferability prior (lualps.similarity.prior) on the
+--     training models that have fine-tuning results: the fitted method's
+--     prior and transferability, which lps.selection adds to its similarity
+--     (default true).
 -- Models of a family the network does not read embed as NaN (not
 -- comparable): a network reads its `families`, and with the templates slot
 -- alone also families that have no unit encoders (ResNets: the templates
 -- are a function of any model).
 function M.lps(opts)
-  local own = {name = true, relations = true, train_families = true, shuffle_labels = true, hybrid = true}
+  local own = {name = true, relations = true, train_families = true, shuffle_labels = true, hybrid = true, prior = true}
   local defaults = type(opts) == "table" and opts.families and similarity.arch_defaults or similarity.defaults
   local known = {}
   for _, t in ipairs{own, defaults, similarity.train_defaults} do
@@ -255,30 +260,65 @@ function M.lps(opts)
     end
     return {net = net, embed = embed, seconds = rep.seconds, classes = tasks_of}
   end
+  -- The transferability prior (lualps.similarity.prior) of the training
+  -- models that have fine-tuning results (ctx.transfer.finetune, keyed by
+  -- ctx.ids), targets over the training tasks; nil without them (or with
+  -- opts.prior false). Returns the fitted method's prior fields: prior and
+  -- transferability(self, models), which gives a model the fit saw (the same
+  -- weight tensors) its out-of-task prediction, never one fitted on it.
+  local function fit_prior(models, y, ids, ft)
+    if opts.prior == false or not ft then return {} end
+    local rows, tasks, rids, listed, counted, ntasks, targets = {}, {}, {}, {}, {}, 0, {}
+    for k, m in ipairs(models) do
+      if not listed[y[k]] then listed[y[k]], targets[#targets + 1] = true, y[k] end
+      if ids[k] ~= nil and ft[ids[k]] then
+        rows[#rows + 1], tasks[#rows + 1], rids[#rows + 1] = m, y[k], ids[k]
+        if not counted[y[k]] then counted[y[k]], ntasks = true, ntasks + 1 end
+      end
+    end
+    if ntasks < 2 then return {} end
+    table.sort(targets)
+    local P = similarity.prior
+    local state, oof = P.fit(rows, P.targets(rids, tasks, ft, targets), tasks)
+    local own = setmetatable({}, {__mode = "k"})
+    for k, m in ipairs(rows) do own[m[1]] = oof[k] end
+    return {prior = state, transferability = function(_, ms)
+      local out = P.predict(state, ms)
+      for k, m in ipairs(ms) do if own[m[1]] then out[k] = own[m[1]] end end
+      return out
+    end}
+  end
   -- fits: the hybrid's fitted {split, seed, w, lo, hi, held_class, maps}, one per fit
   return {name = opts.name or "lps", fits = hopts and {} or nil, fit = function(self, models, y, ctx)
     local keep = opts.train_families or opts.families
+    local ids = ctx.ids or {}
     if keep then -- only the families the network trains on
       local ok = {}
       for _, f in ipairs(keep) do ok[f] = true end
-      local m2, y2 = {}, {}
+      local m2, y2, i2 = {}, {}, {}
       for k, m in ipairs(models) do
-        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1] = m, y[k] end
+        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1], i2[#m2 + 1] = m, y[k], ids[k] end
       end
-      models, y = m2, y2
+      models, y, ids = m2, y2, i2
     end
+    local out
     if not hopts then
       local t = train(models, y, ctx)
-      return {name = self.name, metric = "dot", net = t.net, seconds = t.seconds, classes = t.classes,
-              embed = function(_, ms) return t.embed(ms) end}
+      out = {name = self.name, metric = "dot", net = t.net, seconds = t.seconds, classes = t.classes,
+             embed = function(_, ms) return t.embed(ms) end}
+    else
+      local t0 = core.now()
+      local state, t = similarity.hybrid.fit(function(ms, ys) return train(ms, ys, ctx) end, models, y, hopts)
+      local hy = similarity.hybrid.new(t.net, state, t.embed)
+      self.fits[#self.fits + 1] = {split = ctx.split, seed = ctx.seed, w = state.w, lo = state.lo, hi = state.hi,
+                                   held_class = state.held_class, maps = state.maps}
+      out = {name = self.name, net = t.net, hybrid = state, seconds = core.now() - t0, classes = t.classes,
+             similarity = function(_, a, b) return hy:similarity(a, b) end}
     end
     local t0 = core.now()
-    local state, t = similarity.hybrid.fit(function(ms, ys) return train(ms, ys, ctx) end, models, y, hopts)
-    local hy = similarity.hybrid.new(t.net, state, t.embed)
-    self.fits[#self.fits + 1] = {split = ctx.split, seed = ctx.seed, w = state.w, lo = state.lo, hi = state.hi,
-                                 held_class = state.held_class, maps = state.maps}
-    return {name = self.name, net = t.net, hybrid = state, seconds = core.now() - t0, classes = t.classes,
-            similarity = function(_, a, b) return hy:similarity(a, b) end}
+    for k, v in pairs(fit_prior(models, y, ids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end
+    out.seconds = out.seconds + (core.now() - t0) -- the prior is part of training
+    return out
   end}
 end
 

@@ -76,23 +76,19 @@ function M.candidates(S, t)
   return ids, acc
 end
 
---- The transferability prior: how well each pool model fine-tunes on a
--- target whatever the target, predicted from its weights alone (issue 19:
--- the family and the recipe decide much of the regret a task similarity
--- leaves). Learned on the training targets of the retrieval split only:
--- for the pool models of the training tasks, p(id) = the mean over the
--- training targets t (not id's own task) of finetune[id][t] minus the mean
--- over t's candidates among those models; then a ridge regression
--- (lps.eval.ridge_predict, M.prior_rho) of p on the models' `stats`
--- features (lps.eval; standardized over those models) predicts it. Every
--- value is a prediction for a model the fit has not seen: a training
--- task's models get the fit on the other training tasks' models (cross-
--- fitting), the other pool models the fit on all of them. No unseen
--- target enters. Returns (and caches in S.prior, with the rho it used) a
--- table id -> prior. M.has_prior(S): whether the set has what it needs
--- (the fine-tuning matrix and at least two training tasks with pool
--- models).
-M.prior_rho = 1e-3
+--- The transferability prior (lualps.similarity.prior: how well each pool
+-- model fine-tunes on a target whatever the target, predicted from its
+-- weight statistics) learned on the training targets of the retrieval
+-- split only: fitted on the pool models of the training tasks with
+-- targets over the training tasks (M.prior_rho). Every value is a
+-- prediction for a model the fit has not seen: a training task's models get
+-- the fit on the other training tasks' models (cross-fitting), the other
+-- pool models the fit on all of them. No unseen target enters; it is the
+-- fit an LPS method makes of the same models (lps.benchmark.methods.lps).
+-- Returns (and caches in S.prior, with the rho it used) a table id ->
+-- prior. M.has_prior(S): whether the set has what it needs (the fine-tuning
+-- matrix and at least two training tasks with pool models).
+M.prior_rho = similarity.prior.rho
 local function prior_tasks(S)
   local is_train, train, all, tasks = {}, {}, {}, {}
   for _, t in ipairs(S.splits.retrieval.train_tasks or {}) do is_train[t] = true end
@@ -115,99 +111,27 @@ function M.has_prior(S)
 end
 function M.prior(S)
   if S.prior and S.prior_rho == M.prior_rho then return S.prior end
-  local ft, ret = S.transfer.finetune, S.splits.retrieval
+  local ft = S.transfer.finetune
   if not ft then error("selection.prior: the set has no fine-tuning matrix (S.transfer.finetune)", 2) end
   local train, all, ntasks = prior_tasks(S)
   if ntasks < 2 then error(("selection.prior: pool models of %d training task(s) (need 2)"):format(ntasks), 2) end
-  local function acc(id, t)
-    local a = ft[id] and ft[id][t]
-    if type(a) ~= "number" then
-      error(("selection.prior: no fine-tuned accuracy of model %s on task %d"):format(tostring(id), t), 3)
-    end
-    return a
-  end
-  local colmean = {}
-  for _, t in ipairs(ret.train_tasks) do
-    local sum, n = 0, 0
-    for _, i in ipairs(train) do
-      local m = S.meta[i]
-      if m.task ~= t then sum, n = sum + acc(m.id, t), n + 1 end
-    end
-    colmean[t] = n > 0 and sum / n or 0
-  end
-  local y = {}
-  for k, i in ipairs(train) do
-    local m, sum, n = S.meta[i], 0, 0
-    for _, t in ipairs(ret.train_tasks) do
-      if t ~= m.task then sum, n = sum + acc(m.id, t) - colmean[t], n + 1 end
-    end
-    y[k] = n > 0 and sum / n or 0
-  end
-  local function features(list)
-    local models = {}
-    for k, i in ipairs(list) do models[k] = S.models[i] end
-    local F = eval.feature_matrix("stats", models)
-    local s = F:sum()
-    if s ~= s or s == math.huge or s == -math.huge then
-      error("selection.prior: a pool model's stats features are not finite (NaN or infinite weights)", 3)
-    end
-    return F
-  end
-  local prior, row, train_rows = {}, {}, {}
-  for k, i in ipairs(all) do row[i] = k end
-  for k, i in ipairs(train) do train_rows[k] = row[i] end
-  local Xa = features(all)
-  local X = Xa:index_rows(train_rows)
-  local _, mean, sd = eval.standardize(X)
-  eval.standardize(Xa, mean, sd)
+  local ids, tasks, models = {}, {}, {}
+  for k, i in ipairs(train) do ids[k], tasks[k], models[k] = S.meta[i].id, S.meta[i].task, S.models[i] end
+  local y = similarity.prior.targets(ids, tasks, ft, S.splits.retrieval.train_tasks)
+  local state, oof = similarity.prior.fit(models, y, tasks, {rho = M.prior_rho})
+  local list = {}
+  for k, i in ipairs(all) do list[k] = S.models[i] end
+  local prior = {}
   -- the models of no training task: the fit on every training model
-  local pred = eval.ridge_predict(X, y, Xa, M.prior_rho)
-  for k, i in ipairs(all) do prior[S.meta[i].id] = pred[k] end
+  for k, v in ipairs(similarity.prior.predict(state, list)) do prior[S.meta[all[k]].id] = v end
   -- a training task's models: the fit on the other training tasks' models
-  local by_task = {}
-  for k, i in ipairs(train) do
-    local t = S.meta[i].task
-    by_task[t] = by_task[t] or {}
-    table.insert(by_task[t], k)
-  end
-  for _, t in ipairs(ret.train_tasks) do
-    local own = by_task[t]
-    if own then
-      local keep, yk, mine = {}, {}, {}
-      for k = 1, #train do if S.meta[train[k]].task ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] end end
-      for n, k in ipairs(own) do mine[n] = row[train[k]] end
-      local pk = eval.ridge_predict(X:index_rows(keep), yk, Xa:index_rows(mine), M.prior_rho)
-      for n, k in ipairs(own) do prior[S.meta[train[k]].id] = pk[n] end
-    end
-  end
+  for k, id in ipairs(ids) do prior[id] = oof[k] end
   S.prior, S.prior_rho = prior, M.prior_rho
   return prior
 end
 
--- Scores plus the prior: z(scores) + z(prior) over one target's candidates.
--- z over the finite values; +inf stays first, NaN and -inf last (as
--- M.rank takes them); a NaN prior counts 0 (the candidates' mean), a
--- constant list z-scores to 0.
-local function zsum(scores, prior)
-  local function z(list, nonfinite)
-    local m, v, n = 0, 0, 0
-    local function finite(x) return x == x and x > -math.huge and x < math.huge end
-    for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
-    m = n > 0 and m / n or 0
-    for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
-    local sd = n > 0 and math.sqrt(v / n) or 0
-    local out = {}
-    for k, x in ipairs(list) do
-      if finite(x) then out[k] = sd > 0 and (x - m) / sd or 0
-      elseif x == math.huge then out[k] = nonfinite and math.huge or 0
-      else out[k] = nonfinite and -math.huge or 0 end
-    end
-    return out
-  end
-  local a, b, out = z(scores, true), z(prior, false), {}
-  for k = 1, #a do out[k] = a[k] + b[k] end
-  return out
-end
+-- Scores plus the prior over one target's candidates (lualps.similarity.prior.combine).
+local zsum = similarity.prior.combine
 M.zsum = zsum
 
 -- Dense ranks of scores (1 = the lowest finite score; -inf and NaN rank 0,
@@ -323,6 +247,19 @@ local function pool_ids(S)
   return ids
 end
 
+-- The prior values of the pool models (id -> value) by a fitted method's
+-- own transferability (an LPS fit's: lualps.similarity.prior), and the
+-- milliseconds per pool model it took (part of the method's index).
+local function own_prior(S, f)
+  local ids, models = pool_ids(S), {}
+  for k, id in ipairs(ids) do models[k] = S.models[S.byid[id]] end
+  local t0 = core.now()
+  local values = f:transferability(models)
+  local out = {prior = {}, ms = ms_since(t0) / math.max(#ids, 1)}
+  for k, id in ipairs(ids) do out.prior[id] = values[k] end
+  return out
+end
+
 --- Model-selection metrics of view v (a fitted method as lps.benchmark
 -- sees it, trained without the unseen tasks): means over unseen targets
 -- and both probe families of selection_accuracy (the chosen model's
@@ -335,7 +272,11 @@ end
 -- (the method's index of the pool models, built once), selection_probe_ms_per_candidate
 -- (training the probe, over the candidates); with the set's fine-tuning
 -- matrix, the same with the similarity plus the prior (M.prior, M.zsum) as
--- prior_selection_accuracy, _regret, _tau, _ms_per_candidate. A method that compares no
+-- prior_selection_accuracy, _regret, _tau, _ms_per_candidate. A method
+-- with its own prior (a fitted LPS method's transferability) ranks by its
+-- similarity plus that prior (selection_*; its cost in the index) and
+-- reports the similarity alone as similarity_selection_*; it has no
+-- prior_selection_*. A method that compares no
 -- candidate with a probe picks at random (its expected regret). When
 -- M.estimate has scored the candidates (S.estimates), also the funnels:
 -- for each estimator E of S.estimates.funnel_by, the method's top k
@@ -346,20 +287,23 @@ end
 function M.evaluate(S, v, opts)
   local probes = M.probes(S, opts and opts.data)
   local gain, est = S.transfer.gain, S.estimates
-  local prior = M.has_prior(S) and M.prior(S)
+  -- a method with its own transferability prior (an LPS fit's) ranks by its
+  -- similarity plus it; the bench's prior is for the others
+  local own = v.fitted.transferability and own_prior(S, v.fitted)
+  local prior = not own and M.has_prior(S) and M.prior(S)
   local sum = {selection_accuracy = 0, selection_regret = 0, selection_tau = 0, random_regret = 0, oracle_accuracy = 0,
                selection_regret_mlp = 0, selection_regret_cnn = 0, task_oracle_regret = gain and 0 or nil,
                selection_ms_per_candidate = 0, selection_probe_ms_per_candidate = S.probe_ms and 0 or nil}
   for _, name in ipairs(est and est.funnel_by or {}) do
     for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum[("funnel_%s_selection_%s"):format(name, k)] = 0 end
   end
-  if prior then
-    for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum["prior_selection_" .. k] = 0 end
+  for _, key in ipairs{prior and "prior_selection_" or false, own and "similarity_selection_" or false} do
+    if key then for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum[key .. k] = 0 end end
   end
   local n, nf = 0, {mlp = 0, cnn = 0}
   local pool = pool_ids(S)
   local first = probes[S.splits.retrieval.unseen_tasks[1]].mlp
-  local index = index_ms(S, v, pool, first)
+  local index = index_ms(S, v, pool, first) + (own and own.ms or 0)
   scores(S, v, fresh(first), pool) -- the index of the candidates themselves, before any query is timed
   for _, t in ipairs(S.splits.retrieval.unseen_tasks) do
     local ids, acc = M.candidates(S, t)
@@ -368,6 +312,15 @@ function M.evaluate(S, v, opts)
       local query = fresh(probes[t][fam])
       local t0 = core.now()
       local sc = scores(S, v, query, ids)
+      local sim_ms = ms_since(t0) / #ids
+      if own then
+        local sr, ps = M.rank(sc, acc), {}
+        for k, id in ipairs(ids) do ps[k] = own.prior[id] end
+        sc = zsum(sc, ps)
+        for k, x in pairs{accuracy = sr.accuracy, regret = sr.regret, tau = sr.tau, ms_per_candidate = sim_ms} do
+          sum["similarity_selection_" .. k] = sum["similarity_selection_" .. k] + x
+        end
+      end
       local ms = ms_since(t0) / #ids
       local r = M.rank(sc, acc)
       sum.selection_accuracy = sum.selection_accuracy + r.accuracy
@@ -572,18 +525,16 @@ end
 -- of M.estimate (est_rows, est_order) and, for each weight method of
 -- `funnels` and each estimator of S.estimates.funnel_by, the row
 -- `<method>+<estimator>` (its funnel_<estimator>_* metrics, with their
--- *_std, as selection_* ones), and the row `<method>+prior` (its prior_*
--- metrics: the similarity plus M.prior). Returns the table's order: the
--- weight methods of `order` with selection metrics, the estimators (and
+-- *_std, as selection_* ones), the row `<method>+prior` (its prior_*
+-- metrics: the similarity plus M.prior) and, for a method with its own
+-- prior, the row `<method>_similarity` (its similarity_* metrics: the
+-- similarity alone). Returns the table's order: the
+-- weight methods of `order` with selection metrics (each followed by its
+-- `_similarity` row), the estimators (and
 -- `prior` alone), the methods plus the prior, the funnels, random and
 -- task_oracle.
 function M.add_rows(S, results, order, est_rows, est_order, funnels)
   local out, tail = {}, {}
-  for _, name in ipairs(order) do if results[name] and results[name].selection_regret then out[#out + 1] = name end end
-  for _, name in ipairs(est_order) do
-    results[name] = est_rows[name]
-    if name == "random" or name == "task_oracle" then tail[#tail + 1] = name else out[#out + 1] = name end
-  end
   local function copy_row(m, prefix, name)
     local row = {}
     for k, v in pairs(results[m]) do
@@ -591,6 +542,17 @@ function M.add_rows(S, results, order, est_rows, est_order, funnels)
       if key then row[key] = v end
     end
     results[name], out[#out + 1] = row, name
+  end
+  for _, name in ipairs(order) do
+    local r = results[name]
+    if r and r.selection_regret then
+      out[#out + 1] = name
+      if r.similarity_selection_regret then copy_row(name, "similarity_", name .. "_similarity") end
+    end
+  end
+  for _, name in ipairs(est_order) do
+    results[name] = est_rows[name]
+    if name == "random" or name == "task_oracle" then tail[#tail + 1] = name else out[#out + 1] = name end
   end
   for _, m in ipairs(funnels) do
     if results[m] and results[m].prior_selection_regret then copy_row(m, "prior_", m .. "+prior") end
@@ -623,7 +585,9 @@ function M.markdown(results, order, k)
     .. "the rest after them in the method's order; `prior`: a per-model transferability prior predicted from the "
     .. "candidate's weight statistics by a ridge regression fitted on the training targets' fine-tuning results "
     .. "(lps.selection.prior), alone and added to a method's similarity as `<method>+prior` (z-scores over the "
-    .. "candidates). Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
+    .. "candidates); LPS fits the same prior on its training models (lualps.similarity.prior) and ranks by its "
+    .. "similarity plus it (`lps`, `lps_hybrid`; `<method>_similarity`: the similarity alone; the prior's "
+    .. "features in the index). Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
     .. "and the score), the weight index built beforehand, and training the probe, apart.\n\n"
     .. report.markdown(results, order, M.columns)
 end

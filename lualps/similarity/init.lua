@@ -20,6 +20,7 @@ local train = require "lualps.similarity.train"
 local models = require "lualps.similarity.models"
 local sim = require "lualps.similarity.sim"
 local hybrid = require "lualps.similarity.hybrid"
+local prior = require "lualps.similarity.prior"
 
 local M = {}
 
@@ -45,6 +46,9 @@ M.hybrid = hybrid
 -- read by the other; the hybrid's second unlearned anchor.
 M.probe = require "lualps.similarity.probe"
 M.record = models.record
+--- The transferability prior (lualps/similarity/prior.lua): targets, fit,
+-- predict; a saved model's sim:transferability and sim:select.
+M.prior = prior
 
 --- A new, randomly initialized network. See M.defaults for the options.
 -- With `families` ({"mlp", "cnn"}) it reads MLPs and CNNs of any depth into
@@ -124,9 +128,11 @@ end
 
 --- Wrap a network (trained elsewhere) as a similarity object; with a
 -- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, probe_bn_both, dreams, mu})
--- its similarity and nearest give the hybrid score.
-function M.wrap(net, classes, hybrid_state)
-  return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state}
+-- its similarity and nearest give the hybrid score; with a transferability
+-- prior (lualps.similarity.prior.fit's) its transferability and select use it.
+function M.wrap(net, classes, hybrid_state, prior_state)
+  if prior_state ~= nil then prior.check(prior_state, "similarity.wrap: prior") end
+  return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state, prior = prior_state}
 end
 
 --- The hybrid state of a saved file: its metadata h (the `hybrid` table),
@@ -177,8 +183,13 @@ function M.load(path)
     state = M.hybrid_state(meta.hybrid, mu, par)
     named["hybrid.prototypes"], named["hybrid.params"] = nil, nil
   end
+  local pstate
+  if meta.prior ~= nil then
+    if type(meta.prior) ~= "table" then error(("similarity.load: %s has a malformed prior entry"):format(path), 2) end
+    pstate = prior.from_saved(named, meta.prior, path)
+  end
   net:load_named(named)
-  local out = M.wrap(net, meta.classes, state)
+  local out = M.wrap(net, meta.classes, state, pstate)
   out.label, out.n_train = meta.label, meta.n_train
   return out
 end

@@ -7,6 +7,7 @@ local eval = require "lualps.eval"
 local modelset = require "lualps.modelset"
 local models = require "lualps.similarity.models"
 local hybrid = require "lualps.similarity.hybrid"
+local prior = require "lualps.similarity.prior"
 
 local M = {}
 
@@ -22,7 +23,8 @@ end
 
 -- A similarity object of fields (net, classes, label[, report, n_train,
 -- hybrid (a state for lualps.similarity.hybrid: the score is then the
--- hybrid's, not the cosine)]).
+-- hybrid's, not the cosine), prior (a transferability prior,
+-- lualps.similarity.prior)]).
 function M.new(fields)
   fields.cache = setmetatable({}, {__mode = "k"})
   if fields.hybrid then fields.hy = hybrid.new(fields.net, fields.hybrid) end
@@ -31,13 +33,14 @@ end
 
 function Sim:__tostring()
   local h = self.hybrid
-  return ("lualps.similarity (%s; trained on %s models of %d %ss%s)"):format(tostring(self.net):match("%((.*)%)") or "",
+  return ("lualps.similarity (%s; trained on %s models of %d %ss%s%s)"):format(tostring(self.net):match("%((.*)%)") or "",
     tostring(self.n_train or "?"), #self.classes, self.label, h and ("; hybrid with template matching%s%s, w %.2f, gate %s")
       :format((h.probe or 0) > 0 and (" and probe matching (%.2f%s%s)"):format(h.probe, h.probe_directed and ", directed" or "",
         h.probe_gate and ", gated" or "") or "",
         ((h.probe_bn or 0) > 0 or (h.probe_bn_both or 0) > 0) and (", batch norm read by probe (%.2f; %.2f both)")
           :format(h.probe_bn or 0, h.probe_bn_both or h.probe_bn or 0) or "", h.w,
-        h.gate == false and "off" or ("%.3f..%.3f"):format(h.lo, h.hi)) or "")
+        h.gate == false and "off" or ("%.3f..%.3f"):format(h.lo, h.hi)) or "",
+    self.prior and ("; transferability prior from %s models"):format(tostring(self.prior.n or "?")) or "")
 end
 
 --- Embedding (1-D, unit norm) of one model.
@@ -106,54 +109,117 @@ function Sim:set_embeddings(ms)
   return e
 end
 
+-- The scores of every model of set `ms` against `query` (a model, a
+-- record number of ms, or for a network alone an embedding): a Lua list
+-- (NaN as -inf), and the query's record number when it is one. `what`
+-- names the caller in errors.
+local function scores_of(self, ms, query, what)
+  if type(ms) == "string" then error(what .. ": open the set first (lps.modelset.open)", 3) end
+  local self_index
+  if math.type(query) == "integer" then
+    if query < 1 or query > #ms then error(("%s: record %d out of range 1..%d"):format(what, query, #ms), 3) end
+    self_index = query
+  end
+  local row
+  if self.hy then
+    if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
+    local list = self:set_models(ms)
+    row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
+  else
+    local E = self:set_embeddings(ms)
+    local q
+    if self_index then q = E[query]:clone()
+    elseif core.is_tensor(query) and query:dim() == 1 then q = query
+    else q = self:embed(query) end
+    row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
+  end
+  for i = 1, #row do if row[i] ~= row[i] then row[i] = -math.huge end end
+  return row, self_index
+end
+
+-- The k best of a list of scores (best first, ties by index), the query's
+-- record excluded; each {index=, score=, meta=} plus more(i)'s fields.
+local function best(ms, row, k, self_index, label, more)
+  local order = {}
+  for i = 1, #row do if i ~= self_index then order[#order + 1] = i end end
+  table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
+  local out = setmetatable({}, {__tostring = function(list)
+    local extra = list[1] and list[1].similarity ~= nil
+    local lines = {("%4s %6s  %-16s %-8s %8s%s"):format("rank", "#", "id", "task", label,
+      extra and ("  %10s %10s"):format("similarity", "prior") or "")}
+    for r, x in ipairs(list) do
+      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f%s"):format(r, x.index, tostring(x.meta.id),
+        tostring(x.meta.task), x.score, extra and ("  %10.4f %10.4f"):format(x.similarity, x.prior) or "")
+    end
+    return table.concat(lines, "\n")
+  end})
+  for j = 1, math.min(k, #order) do
+    local i = order[j]
+    local x = {index = i, score = row[i], meta = ms:meta(i)}
+    if more then for key, v in pairs(more(i)) do x[key] = v end end
+    out[j] = x
+  end
+  return out
+end
+
+local function check_k(k, what)
+  k = k or 5
+  if math.type(k) ~= "integer" or k < 1 then error(what .. ": k must be a positive integer", 3) end
+  return k
+end
+
 --- The k models of set `ms` most similar to `query`: a model, a record
 -- number of ms (itself excluded), or an embedding. Returns a list of
 -- {index=, score=, meta=} best first. The set's embeddings are computed on
 -- the first query and cached for later ones.
 function Sim:nearest(ms, query, k)
-  k = k or 5
-  if math.type(k) ~= "integer" or k < 1 then error("nearest: k must be a positive integer", 2) end
-  local set = ms
-  if type(ms) == "string" then error("nearest: open the set first (lps.modelset.open)", 2) end
-  local q, self_index
-  if math.type(query) == "integer" then
-    if query < 1 or query > #set then error(("nearest: record %d out of range 1..%d"):format(query, #set), 2) end
-    self_index = query
+  k = check_k(k, "nearest")
+  local row, self_index = scores_of(self, ms, query, "nearest")
+  return best(ms, row, k, self_index, self.hy and "score" or "cosine")
+end
+
+--- The transferability prior of a model (a number: its predicted fine-tuned
+-- accuracy over the mean of its training zoo's, whatever the target; NaN for
+-- a model without weight statistics, e.g. a ResNet), or of every model of a
+-- list of models (a Lua list). Raises when the model file has no prior.
+function Sim:transferability(m)
+  if not self.prior then
+    error("transferability: this model has no transferability prior (trained without a fine-tuning matrix, or saved before priors were)", 2)
   end
-  local want = math.min(#set, k + (self_index and 1 or 0))
-  local idx, scores
-  if self.hy then
-    if core.is_tensor(query) then error("nearest: a hybrid model compares models, not embeddings: give a model or a record", 2) end
-    local list = self:set_models(set)
-    local row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
-    local order = {}
-    for i = 1, #row do order[i] = i; if row[i] ~= row[i] then row[i] = -math.huge end end
-    table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
-    idx, scores = {}, {}
-    for j = 1, want do idx[j], scores[j] = order[j], row[order[j]] end
-  else
-    local E = self:set_embeddings(set)
-    if self_index then q = E[query]:clone()
-    elseif core.is_tensor(query) and query:dim() == 1 then q = query
-    else q = self:embed(query) end
-    idx, scores = eval.topk(E, q, want)
+  if type(m) == "table" and getmetatable(m) == nil and m[1] ~= nil and not core.is_tensor(m[1]) then
+    local list = {}
+    for i, x in ipairs(m) do list[i] = models.weights(x) end
+    return prior.predict(self.prior, list)
   end
-  local label = self.hy and "score" or "cosine"
-  local out = setmetatable({}, {__tostring = function(list)
-    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", label)}
-    for r, x in ipairs(list) do
-      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f"):format(r, x.index, tostring(x.meta.id),
-        tostring(x.meta.task), x.score)
-    end
-    return table.concat(lines, "\n")
-  end})
-  for j = 1, #idx do
-    local i = math.tointeger(idx[j])
-    if i ~= self_index and #out < k then
-      out[#out + 1] = {index = i, score = scores[j], meta = set:meta(i)}
-    end
+  return prior.predict(self.prior, {models.weights(m)})[1]
+end
+
+--- The k models of set `ms` to fine-tune for the task of `query` (a model
+-- trained on the new task's few images, or a record number of ms, itself
+-- excluded): ranked by z(similarity) + z(transferability prior) over the
+-- set (lualps.similarity.prior.combine), the model selection of the README.
+-- Returns {index=, score=, similarity=, prior=, meta=} best first. Needs a
+-- model with a prior (sim:transferability).
+function Sim:select(ms, query, k)
+  if not self.prior then
+    error("select: this model has no transferability prior (trained without a fine-tuning matrix, or saved before priors were); nearest ranks by similarity alone", 2)
   end
-  return out
+  k = check_k(k, "select")
+  local row, self_index = scores_of(self, ms, query, "select")
+  self.prior_cache = self.prior_cache or setmetatable({}, {__mode = "k"})
+  local pr = self.prior_cache[ms]
+  if not pr or #pr ~= #ms then
+    pr = prior.predict(self.prior, self:set_models(ms))
+    self.prior_cache[ms] = pr
+  end
+  local sc, ps, at = {}, {}, {}
+  for i = 1, #row do
+    if i ~= self_index then sc[#sc + 1], ps[#sc + 1], at[#sc + 1] = row[i], pr[i], i end
+  end
+  local z, combined = prior.combine(sc, ps), {}
+  for i = 1, #row do combined[i] = -math.huge end
+  for j, i in ipairs(at) do combined[i] = z[j] end
+  return best(ms, combined, k, self_index, "score", function(i) return {similarity = row[i], prior = pr[i]} end)
 end
 
 -- The `kind` of a saved similarity's record.
@@ -162,7 +228,8 @@ local FORMAT = M.FORMAT
 
 --- Save to a small file (a one-record model set: checksummed like any set).
 -- A hybrid saves its prototypes and (w, lo, hi) as float32 tensors
--- (hybrid.prototypes, hybrid.params): a loaded copy scores the same bits.
+-- (hybrid.prototypes, hybrid.params), a prior its ridge (prior.*): a loaded
+-- copy scores the same bits.
 function Sim:save(path, opts)
   local named = self.net:named_parameters()
   local o = util.options(opts, {overwrite = true}, "save")
@@ -173,10 +240,11 @@ function Sim:save(path, opts)
              probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true, probe_bn = h.probe_bn or 0,
              probe_bn_both = h.probe_bn_both or h.probe_bn or 0, dreams = h.dreams}
   end
+  local pmeta = self.prior and prior.to_saved(self.prior, named)
   local out = modelset.create(path, {overwrite = o.overwrite})
   local ok, err = pcall(function()
     out:append_tensors(named, {kind = FORMAT, version = 1, spec = self.net:spec(),
-      classes = self.classes, label = self.label, n_train = self.n_train, hybrid = hmeta})
+      classes = self.classes, label = self.label, n_train = self.n_train, hybrid = hmeta, prior = pmeta})
   end)
   out:close()
   if not ok then error(err, 2) end

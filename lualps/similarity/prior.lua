@@ -1,0 +1,221 @@
+--- lualps.similarity.prior: the transferability prior, how well a model
+-- fine-tunes on a new task whatever the task, predicted from its weights
+-- alone (issue 19: the family and the recipe decide much of the regret a
+-- task similarity leaves). A saved LPS model carries one
+-- (sim:transferability, sim:select); lps.selection.prior is the same fit.
+--
+-- The target of a model m of task s, from a fine-tuning matrix ft (ft[id][t]:
+-- m's accuracy on task t once fine-tuned) over the fit's tasks T:
+--   p(m) = mean over t in T, t ~= s, of ft[m][t] - c(t),
+-- c(t) = the mean of ft[.][t] over the fit's models of other tasks than t.
+-- The predictor: ridge regression (lps.eval.ridge_fit, rho) of p on the
+-- models' `stats` features (lps.eval: the first, the last hidden and the
+-- output layer's weight statistics; any MLP or CNN), standardized over the
+-- fit's models.
+local core = require "lualps.core"
+local eval = require "lualps.eval"
+
+local P = {}
+
+P.rho = 1e-3 -- the ridge of lps.selection.prior (README: regret 0.036 alone)
+
+-- A value as float32: what a saved tensor gives back, so a loaded prior
+-- predicts the same bits.
+local function f32(x) return core.tensor({x})[1] end
+
+local function finite_sum(F)
+  local s = F:sum()
+  return s == s and s ~= math.huge and s ~= -math.huge
+end
+
+--- The targets p (see the header) of models with ids `ids` and tasks
+-- `tasks` (lists of one entry per model) from the fine-tuning matrix ft,
+-- over the target tasks `targets` (a list). Raises, naming the model and the
+-- task, when an accuracy is missing.
+function P.targets(ids, tasks, ft, targets)
+  if type(ft) ~= "table" then error("prior.targets: no fine-tuning matrix", 2) end
+  if #ids ~= #tasks then error(("prior.targets: %d ids and %d tasks"):format(#ids, #tasks), 2) end
+  local function acc(id, t)
+    local a = ft[id] and ft[id][t]
+    if type(a) ~= "number" then
+      error(("prior: no fine-tuned accuracy of model %s on task %s"):format(tostring(id), tostring(t)), 3)
+    end
+    return a
+  end
+  local colmean = {}
+  for _, t in ipairs(targets) do
+    local sum, n = 0, 0
+    for k, id in ipairs(ids) do
+      if tasks[k] ~= t then sum, n = sum + acc(id, t), n + 1 end
+    end
+    colmean[t] = n > 0 and sum / n or 0
+  end
+  local y = {}
+  for k, id in ipairs(ids) do
+    local sum, n = 0, 0
+    for _, t in ipairs(targets) do
+      if t ~= tasks[k] then sum, n = sum + acc(id, t) - colmean[t], n + 1 end
+    end
+    y[k] = n > 0 and sum / n or 0
+  end
+  return y
+end
+
+--- The stats features of a list of models (n x f), unstandardized; raises
+-- when a value is not finite (NaN or infinite weights).
+function P.features(models)
+  local F = eval.feature_matrix("stats", models)
+  if not finite_sum(F) then
+    error("prior: a model's stats features are not finite (NaN or infinite weights)", 2)
+  end
+  return F
+end
+
+-- A ridge fit's predictions for the rows of F (lps.eval.ridge_fit's center,
+-- w, ymean), each row's sum in double precision: a model's prior does not
+-- depend on the models it is predicted with.
+local function apply(fit, F)
+  local X, c, w = F:totable(), fit.center:totable(), fit.w:reshape(-1):totable()
+  local out = {}
+  for i, row in ipairs(X) do
+    local sum = 0
+    for j, x in ipairs(row) do sum = sum + (x - c[j]) * w[j] end
+    out[i] = sum + fit.ymean
+  end
+  return out
+end
+
+--- Fit the prior on models (weight lists) with targets y and task labels
+-- `tasks` (one per model; at least two tasks). Returns the prior (a table:
+-- mean, sd (f values, the standardization), center, w, ymean (the ridge), rho,
+-- n) and the out-of-task predictions of the fit's own models (a list: each
+-- from the fit on the other tasks' models, standardized as the whole), the
+-- values a benchmark may use for them without predicting a model the fit
+-- has seen. opts: rho (default P.rho).
+function P.fit(models, y, tasks, opts)
+  local rho = opts and opts.rho or P.rho
+  if #models ~= #y or #models ~= #tasks then
+    error(("prior.fit: %d models, %d targets and %d task labels"):format(#models, #y, #tasks), 2)
+  end
+  local by_task, order = {}, {}
+  for k, t in ipairs(tasks) do
+    if not by_task[t] then by_task[t], order[#order + 1] = {}, t end
+    table.insert(by_task[t], k)
+  end
+  if #order < 2 then error(("prior.fit: models of %d task(s) (need 2)"):format(#order), 2) end
+  local X = P.features(models)
+  local _, mean, sd = eval.standardize(X)
+  local fit = eval.ridge_fit(X, y, rho)
+  local state = {mean = mean, sd = sd, center = fit.center, w = fit.w, ymean = f32(fit.ymean), rho = rho, n = #models}
+  local oof = {}
+  for _, t in ipairs(order) do
+    local keep, yk = {}, {}
+    for k = 1, #models do if tasks[k] ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] end end
+    local pk = apply(eval.ridge_fit(X:index_rows(keep), yk, rho), X:index_rows(by_task[t]))
+    for n, k in ipairs(by_task[t]) do oof[k] = pk[n] end
+  end
+  return state, oof
+end
+
+--- Check a prior's fields (a loaded or hand-made one); raises naming `what`.
+function P.check(state, what)
+  what = what or "prior"
+  if type(state) ~= "table" then error(what .. ": not a table", 3) end
+  for _, k in ipairs{"mean", "sd", "center"} do
+    if not (core.is_tensor(state[k]) and state[k]:dim() == 1) then
+      error(("%s: %s must be a 1-D tensor (one value per feature)"):format(what, k), 3)
+    end
+  end
+  local f = state.mean:size(1)
+  if state.sd:size(1) ~= f or state.center:size(1) ~= f
+     or not (core.is_tensor(state.w) and state.w:dim() == 2 and state.w:size(1) == f and state.w:size(2) == 1) then
+    error(("%s: mean, sd, center and w must have %d features"):format(what, f), 3)
+  end
+  if type(state.ymean) ~= "number" or state.ymean ~= state.ymean then error(what .. ": ymean must be a number", 3) end
+end
+
+--- The prior of each model of a list (a Lua list of numbers; NaN for a
+-- model without stats features, e.g. a ResNet, or with non-finite weights).
+function P.predict(state, models)
+  if #models == 0 then return {} end
+  local ok, F = pcall(eval.feature_matrix, "stats", models)
+  local rows, at = {}, {}
+  if ok and finite_sum(F) then
+    for k = 1, #models do rows[k], at[k] = k, k end
+  else -- some model has no stats: those of the others, one by one
+    local list = {}
+    for k, m in ipairs(models) do
+      local okk, f = pcall(eval.features, "stats", m)
+      if okk and finite_sum(f) then list[#list + 1], at[#list + 1] = f, k end
+    end
+    if #list == 0 then
+      local out = {}
+      for k = 1, #models do out[k] = 0 / 0 end
+      return out
+    end
+    F = core.zeros(#list, list[1]:numel())
+    for r, f in ipairs(list) do F[r]:copy(f) end
+  end
+  eval.standardize(F, state.mean, state.sd)
+  local pred = apply(state, F)
+  local out = {}
+  for k = 1, #models do out[k] = 0 / 0 end
+  for r, k in ipairs(at) do out[k] = pred[r] end
+  return out
+end
+
+--- Scores plus the prior: z(scores) + z(prior) over one query's candidates
+-- (Lua lists of one value each).
+-- z over the finite values; a score of +inf stays first, NaN and -inf
+-- last (as lps.selection.rank takes them); a NaN prior counts 0 (the
+-- candidates' mean), a constant list z-scores to 0.
+function P.combine(scores, prior)
+  local function z(list, nonfinite)
+    local m, v, n = 0, 0, 0
+    local function finite(x) return x == x and x > -math.huge and x < math.huge end
+    for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
+    m = n > 0 and m / n or 0
+    for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
+    local sd = n > 0 and math.sqrt(v / n) or 0
+    local out = {}
+    for k, x in ipairs(list) do
+      if finite(x) then out[k] = sd > 0 and (x - m) / sd or 0
+      elseif x == math.huge then out[k] = nonfinite and math.huge or 0
+      else out[k] = nonfinite and -math.huge or 0 end
+    end
+    return out
+  end
+  local a, b, out = z(scores, true), z(prior, false), {}
+  for k = 1, #a do out[k] = a[k] + b[k] end
+  return out
+end
+
+--- Tensors and metadata of a prior for a saved file (named tensors
+-- prior.mean, prior.sd, prior.center, prior.w, prior.params = {ymean, rho});
+-- P.from_saved reads them back.
+function P.to_saved(state, named)
+  named["prior.mean"], named["prior.sd"], named["prior.center"], named["prior.w"] =
+    state.mean, state.sd, state.center, state.w
+  named["prior.params"] = core.tensor({state.ymean, state.rho})
+  return {features = "stats", n = state.n}
+end
+
+--- The prior of a saved file's tensors (named; its entries are removed) and
+-- metadata meta (the file's `prior` table), or raises naming the file.
+function P.from_saved(named, meta, path)
+  local state = {mean = named["prior.mean"], sd = named["prior.sd"], center = named["prior.center"], w = named["prior.w"],
+                 n = meta.n}
+  local par = named["prior.params"]
+  if meta.features ~= "stats" then
+    error(("similarity.load: %s has a prior on features '%s' (this lualps reads 'stats')"):format(path, tostring(meta.features)), 3)
+  end
+  if not (core.is_tensor(par) and par:numel() == 2) then
+    error(("similarity.load: %s has a prior without its parameters (ymean, rho)"):format(path), 3)
+  end
+  state.ymean, state.rho = par[1], par[2]
+  P.check(state, "similarity.load: " .. path .. "'s prior")
+  for _, k in ipairs{"mean", "sd", "center", "w", "params"} do named["prior." .. k] = nil end
+  return state
+end
+
+return P

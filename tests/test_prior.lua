@@ -1,0 +1,195 @@
+-- The transferability prior (lps.similarity.prior): its targets by hand,
+-- its ridge and out-of-task predictions against lps.eval's, models it cannot
+-- read; the similarity API's transferability and select, and the prior
+-- through save and load; an LPS method's fit of it.
+local lu = require "luaunit"
+local lps = require "lualps"
+local T = require "tests.helpers"
+local P = lps.similarity.prior
+
+-- An MLP (6-8-3) whose weights are scaled by s: the stats features see s.
+local function mlp(g, s)
+  local w = lps.similarity.weights(lps.nn.mlp{6, 8, 3, generator = g})
+  for _, t in ipairs(w) do t:mul_(s) end
+  return w
+end
+
+-- 4 tasks of 3 models; a model's target grows with its scale.
+local function zoo()
+  local g = lps.generator(3)
+  local models, y, tasks, scales = {}, {}, {}, {}
+  for k = 1, 12 do
+    local s = 0.4 + 0.15 * ((k * 7) % 12)
+    models[k], y[k], tasks[k], scales[k] = mlp(g, s), 0.2 * s, 1 + (k - 1) // 3, s
+  end
+  return models, y, tasks, scales
+end
+
+TestPrior = {}
+
+function TestPrior:test_targets_by_hand()
+  local ft = {a = {0.5, 0.6, 0.7}, b = {0.4, 0.9, 0.3}, c = {0.8, 0.2, 0.1}}
+  local y = P.targets({"a", "b", "c"}, {1, 2, 3}, ft, {1, 2, 3})
+  -- column means over the other tasks' models: c(1) = (0.4 + 0.8) / 2 = 0.6,
+  -- c(2) = (0.6 + 0.2) / 2 = 0.4, c(3) = (0.7 + 0.3) / 2 = 0.5;
+  -- a: ((0.6 - 0.4) + (0.7 - 0.5)) / 2 = 0.2; b: ((0.4 - 0.6) + (0.3 - 0.5)) / 2 = -0.2;
+  -- c: ((0.8 - 0.6) + (0.2 - 0.4)) / 2 = 0
+  lu.assertAlmostEquals(y[1], 0.2, 1e-12)
+  lu.assertAlmostEquals(y[2], -0.2, 1e-12)
+  lu.assertAlmostEquals(y[3], 0, 1e-12)
+  -- targets beyond the models' tasks: only the given ones count
+  y = P.targets({"a", "b"}, {1, 2}, ft, {3})
+  lu.assertAlmostEquals(y[1], 0.7 - 0.5, 1e-12)
+  lu.assertAlmostEquals(y[2], 0.3 - 0.5, 1e-12)
+  T.assert_error_contains("no fine-tuned accuracy of model a on task 4", P.targets, {"a", "b"}, {1, 2}, ft, {4})
+  T.assert_error_contains("2 ids and 1 tasks", P.targets, {"a", "b"}, {1}, ft, {1})
+end
+
+function TestPrior:test_fit_is_the_ridge_and_out_of_task_is_the_fit_without_the_task()
+  local models, y, tasks, scales = zoo()
+  local state, oof = P.fit(models, y, tasks)
+  local X = lps.eval.feature_matrix("stats", models)
+  lps.eval.standardize(X)
+  -- the fit's own models, predicted by the full fit: lps.eval.ridge_predict's
+  -- (summed in double precision, and the float32 mean of y, what a saved file keeps)
+  local full, want = P.predict(state, models), lps.eval.ridge_predict(X, y, X, P.rho)
+  for k = 1, 12 do lu.assertAlmostEquals(full[k], want[k], 1e-6) end
+  -- out of task: the fit on the other tasks' models
+  for t = 1, 4 do
+    local keep, yk, mine = {}, {}, {}
+    for k = 1, 12 do
+      if tasks[k] ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] else mine[#mine + 1] = k end
+    end
+    local p = lps.eval.ridge_predict(X:index_rows(keep), yk, X:index_rows(mine), P.rho)
+    for n, k in ipairs(mine) do lu.assertAlmostEquals(oof[k], p[n], 1e-6) end
+  end
+  -- it learns: on fresh models the prior follows the scale
+  local g, fresh, s = lps.generator(11), {}, {}
+  for k = 1, 10 do s[k] = 0.5 + 0.1 * k; fresh[k] = mlp(g, s[k]) end
+  lu.assertTrue(lps.eval.kendall_tau(P.predict(state, fresh), s) > 0.7)
+  -- errors
+  T.assert_error_contains("models of 1 task(s) (need 2)", P.fit, {models[1], models[2]}, {1, 2}, {1, 1})
+  T.assert_error_contains("2 models, 1 targets and 2 task labels", P.fit, {models[1], models[2]}, {1}, {1, 2})
+  local bad = mlp(g, 1)
+  bad[1]:set(1, 1, 0 / 0)
+  T.assert_error_contains("non-finite", P.fit, {models[1], models[4], bad}, {1, 2, 3}, {1, 2, 3})
+end
+
+function TestPrior:test_unreadable_models_predict_nan_and_leave_the_others_alone()
+  local models, y, tasks = zoo()
+  local state = P.fit(models, y, tasks)
+  local g = lps.generator(5)
+  local a, b, bad = mlp(g, 1), mlp(g, 2), mlp(g, 1)
+  bad[3]:set(1, 1, 1 / 0)
+  local both = P.predict(state, {a, b})
+  local with_bad = P.predict(state, {a, bad, b})
+  lu.assertEquals(with_bad[1], both[1])
+  lu.assertNaN(with_bad[2])
+  lu.assertEquals(with_bad[3], both[2])
+  lu.assertNaN(P.predict(state, {bad})[1])
+  lu.assertEquals(#P.predict(state, {}), 0)
+end
+
+-- A small set file of MLPs (10-6-5-2) of 3 tasks, 5 models each, scaled per model.
+local function set_file(path)
+  local ms <close> = lps.modelset.create(path, {overwrite = true})
+  local g = lps.generator(5)
+  for t = 1, 3 do
+    for k = 1, 5 do
+      local s = 0.5 + 0.2 * ((t * 5 + k * 3) % 7)
+      local named = {
+        {name = "0.weight", tensor = lps.randn(6, 10, g):mul_(s)}, {name = "0.bias", tensor = lps.randn(6, g):mul_(0.1)},
+        {name = "2.weight", tensor = lps.randn(5, 6, g):mul_(s)}, {name = "2.bias", tensor = lps.randn(5, g)},
+        {name = "4.weight", tensor = lps.randn(2, 5, g):mul_(s)}, {name = "4.bias", tensor = lps.randn(2, g)},
+      }
+      ms:append_tensors(named, {id = ("t%d-m%d"):format(t, k), task = t, scale = s})
+    end
+  end
+end
+
+function TestPrior:test_select_ranks_by_similarity_plus_prior_and_survives_save_and_load()
+  local path = T.tmpname(".lpsm")
+  set_file(path)
+  local ms <close> = lps.modelset.open(path)
+  local models, y, tasks = {}, {}, {}
+  for i = 1, #ms do
+    models[i], tasks[i] = lps.similarity.record(ms, i), ms:meta(i).task
+    y[i] = ms:meta(i).scale
+  end
+  local state = P.fit(models, y, tasks)
+  local net = lps.similarity.network{input_dim = 10, width = 8, embed = 8, classes = 3, seed = 2}
+  local sim = lps.similarity.wrap(net, {1, 2, 3}, nil, state)
+  -- select: z(cosine) + z(prior) over the set but the query, best first
+  local r = sim:select(ms, 4, 14)
+  lu.assertEquals(#r, 14)
+  local sc, ps, at = {}, {}, {}
+  local pr = P.predict(state, models)
+  for i = 1, #ms do
+    if i ~= 4 then
+      sc[#sc + 1], ps[#sc + 1], at[#sc + 1] = sim:similarity(ms:tensors(4), ms:tensors(i)), pr[i], i
+    end
+  end
+  local z = P.combine(sc, ps)
+  local order = {}
+  for j = 1, #at do order[j] = j end
+  table.sort(order, function(a, b) return z[a] > z[b] end)
+  for rank, j in ipairs(order) do
+    lu.assertEquals(r[rank].index, at[j])
+    lu.assertAlmostEquals(r[rank].score, z[j], 1e-5)
+    lu.assertAlmostEquals(r[rank].similarity, sc[j], 1e-5)
+    lu.assertEquals(r[rank].prior, pr[at[j]])
+  end
+  lu.assertStrContains(tostring(sim:select(ms, 4, 2)), "prior")
+  -- transferability: one model, or a list
+  lu.assertEquals(sim:transferability(ms:tensors(2)), pr[2])
+  lu.assertEquals(sim:transferability({models[1], models[2]}), {pr[1], pr[2]})
+  -- a saved copy predicts and selects the same bits
+  local p = T.tmpname(".lps")
+  sim:save(p)
+  local s2 = lps.similarity.load(p)
+  for i = 1, #ms do lu.assertEquals(s2:transferability(models[i]), pr[i]) end
+  local r2 = s2:select(ms, 4, 14)
+  for k = 1, 14 do lu.assertEquals(r2[k].index, r[k].index); lu.assertEquals(r2[k].score, r[k].score) end
+  -- without a prior
+  local bare = lps.similarity.wrap(net, {1, 2, 3})
+  T.assert_error_contains("no transferability prior", bare.select, bare, ms, 1, 3)
+  T.assert_error_contains("no transferability prior", bare.transferability, bare, models[1])
+  T.assert_error_contains("k must be a positive integer", sim.select, sim, ms, 1, 0)
+  T.assert_error_contains("out of range 1..15", sim.select, sim, ms, 16, 3)
+  T.assert_error_contains("similarity.wrap: prior: mean, sd, center and w must have", function()
+    lps.similarity.wrap(net, {1}, nil, {mean = state.mean, sd = state.sd, center = state.center, w = lps.zeros(3, 1), ymean = 0})
+  end)
+  T.cleanup()
+end
+
+function TestPrior:test_an_lps_fit_makes_the_prior_of_its_training_models()
+  local g = lps.generator(9)
+  local models, y, ids, ft = {}, {}, {}, {}
+  for k = 1, 12 do
+    local s = 0.4 + 0.15 * ((k * 5) % 12)
+    models[k], y[k], ids[k] = mlp(g, s), 1 + (k - 1) // 3, "m" .. k
+    -- models 1..9 have fine-tuning results (the pool), 10..12 not
+    if k <= 9 then ft[ids[k]] = {0.5 + 0.1 * s, 0.52 + 0.1 * s, 0.48 + 0.1 * s, 0.5 + 0.1 * s} end
+  end
+  local method = lps.benchmark.methods.lps{input_dim = 6, width = 8, embed = 8, epochs = 1}
+  local f = method:fit(models, y, {seed = 1, ids = ids, transfer = {finetune = ft}})
+  lu.assertNotNil(f.prior)
+  -- the same fit by hand: the pool models, targets over all four training tasks
+  local rows, tasks, rids = {}, {}, {}
+  for k = 1, 9 do rows[k], tasks[k], rids[k] = models[k], y[k], ids[k] end
+  local state, oof = P.fit(rows, P.targets(rids, tasks, ft, {1, 2, 3, 4}), tasks)
+  local got = f:transferability(models)
+  for k = 1, 9 do lu.assertEquals(got[k], oof[k]) end -- a model the fit saw: out of task
+  local full = P.predict(state, models)
+  for k = 10, 12 do lu.assertEquals(got[k], full[k]) end -- the others: the full fit
+  -- a copy of a seen model's weights is a new model: the full fit
+  local copy = {}
+  for k, t in ipairs(models[1]) do copy[k] = t:clone() end
+  lu.assertEquals(f:transferability({copy})[1], full[1])
+  -- no prior without the matrix, or with prior = false
+  lu.assertNil(method:fit(models, y, {seed = 1, ids = ids}).prior)
+  local off = lps.benchmark.methods.lps{input_dim = 6, width = 8, embed = 8, epochs = 1, prior = false}
+  lu.assertNil(off:fit(models, y, {seed = 1, ids = ids, transfer = {finetune = ft}}).transferability)
+end
+
+os.exit(lu.LuaUnit.run("-o", "tap"), true)
