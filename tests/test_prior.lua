@@ -178,18 +178,57 @@ function TestPrior:test_an_lps_fit_makes_the_prior_of_its_training_models()
   local rows, tasks, rids = {}, {}, {}
   for k = 1, 9 do rows[k], tasks[k], rids[k] = models[k], y[k], ids[k] end
   local state, oof = P.fit(rows, P.targets(rids, tasks, ft, {1, 2, 3, 4}), tasks)
-  local got = f:transferability(models)
-  for k = 1, 9 do lu.assertEquals(got[k], oof[k]) end -- a model the fit saw: out of task
-  local full = P.predict(state, models)
-  for k = 10, 12 do lu.assertEquals(got[k], full[k]) end -- the others: the full fit
-  -- a copy of a seen model's weights is a new model: the full fit
-  local copy = {}
-  for k, t in ipairs(models[1]) do copy[k] = t:clone() end
-  lu.assertEquals(f:transferability({copy})[1], full[1])
+  for k = 1, 9 do lu.assertEquals(f.out_of_task[ids[k]], oof[k]) end -- by id: the fit on the other tasks
+  for k = 10, 12 do lu.assertNil(f.out_of_task[ids[k]]) end
+  lu.assertEquals(f:transferability(models), P.predict(state, models)) -- the fit itself, for any model
   -- no prior without the matrix, or with prior = false
   lu.assertNil(method:fit(models, y, {seed = 1, ids = ids}).prior)
   local off = lps.benchmark.methods.lps{input_dim = 6, width = 8, embed = 8, epochs = 1, prior = false}
   lu.assertNil(off:fit(models, y, {seed = 1, ids = ids, transfer = {finetune = ft}}).transferability)
+end
+
+-- A model file whose prior is damaged: load raises, naming the file.
+function TestPrior:test_a_damaged_prior_fails_to_load()
+  local models, y, tasks = zoo()
+  local state = P.fit(models, y, tasks)
+  local net = lps.similarity.network{input_dim = 6, width = 8, embed = 8, classes = 4, seed = 2}
+  local function saved(edit_named, edit_meta)
+    local named = net:named_parameters()
+    local meta = {kind = "lualps.similarity", version = 1, spec = net:spec(), classes = {1, 2, 3, 4}, label = "task",
+                  prior = P.to_saved(state, named)}
+    if edit_named then edit_named(named) end
+    if edit_meta then edit_meta(meta) end
+    local path = T.tmpname(".lps")
+    local out <close> = lps.modelset.create(path, {overwrite = true})
+    out:append_tensors(named, meta)
+    return path
+  end
+  local ok = lps.similarity.load(saved())
+  lu.assertEquals(ok:transferability(models[1]), P.predict(state, {models[1]})[1])
+  T.assert_error_contains("without its parameters (ymean, rho)", lps.similarity.load,
+    saved(function(n) n["prior.params"] = nil end))
+  T.assert_error_contains("has a prior on features 'raw'", lps.similarity.load,
+    saved(nil, function(m) m.prior.features = "raw" end))
+  T.assert_error_contains("'s prior: w must", lps.similarity.load, saved(function(n) n["prior.w"] = nil end))
+  T.assert_error_contains("must have 42 features (the stats features), got 3", lps.similarity.load,
+    saved(function(n) for _, k in ipairs{"prior.mean", "prior.sd", "prior.center"} do n[k] = lps.ones(3) end
+      n["prior.w"] = lps.ones(3, 1) end))
+  T.assert_error_contains("ymean must be a finite number", lps.similarity.load,
+    saved(function(n) n["prior.params"] = lps.tensor({0 / 0, 1e-3}) end))
+  T.assert_error_contains("sd must be positive", lps.similarity.load,
+    saved(function(n) n["prior.sd"] = lps.zeros(42) end))
+  T.assert_error_contains("w has a non-finite value", lps.similarity.load,
+    saved(function(n) local w = state.w:clone(); w:set(1, 1, 0 / 0); n["prior.w"] = w end))
+  T.assert_error_contains("malformed prior entry", lps.similarity.load, saved(nil, function(m) m.prior = 3 end))
+  -- the public functions' arguments
+  T.assert_error_contains("prior.predict: models must be a list", P.predict, state, nil)
+  T.assert_error_contains("prior.predict: not a prior", P.predict, {}, models)
+  T.assert_error_contains("prior.fit: tasks must be a list", P.fit, models, y, nil)
+  T.assert_error_contains("prior.fit: target 2 is ", P.fit, {models[1], models[4]}, {1, 0 / 0}, {1, 2})
+  T.assert_error_contains("need a finite number", P.fit, {models[1], models[4]}, {1, 1 / 0}, {1, 2})
+  T.assert_error_contains("prior.targets: targets must be a list", P.targets, {"a"}, {1}, {a = {1}}, nil)
+  T.assert_error_contains("prior.combine: 2 scores and 1 prior values", P.combine, {1, 2}, {1})
+  T.cleanup()
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

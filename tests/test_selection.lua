@@ -363,32 +363,55 @@ function TestSelection:test_evaluate_with_the_prior()
   lu.assertAlmostEquals(r.selection_regret, 0.30, 1e-12)
 end
 
-function TestSelection:test_a_method_with_its_own_prior_ranks_by_both()
-  -- the flat similarity plus a method's own prior (here: the bench's values,
-  -- handed back by transferability): the ranking of method+prior above, as
-  -- selection_*; the similarity alone as similarity_selection_*; no prior_*
+function TestSelection:test_an_lps_fit_brings_the_benchmark_prior_by_id()
+  -- an LPS method fitted as lps.benchmark fits it (S.labelled: other tables
+  -- holding the same tensors), with train_families dropping two models
+  -- from the network's training: its own prior is the benchmark's fit of
+  -- the same models (out of task for those it saw, by id), and selection
+  -- with it (`<method>+prior`) ranks as with the benchmark's prior
+  local sets = require "lualps.bench.set"
   local P = prior_set()
-  P.probes = {[1] = {mlp = {target = 1}, cnn = {target = 1}}, [2] = {mlp = {target = 2}, cnn = {target = 2}}}
-  local prior, asked = sel.prior(P), 0
-  local byw = {}
-  for i = 1, P.n do byw[P.models[i]] = P.meta[i].id end
-  local flat = {fitted = {similarity = function(_, _, cands) return lps.zeros(1, #cands) end,
-    transferability = function(_, ms)
-      asked = asked + 1
-      local out = {}
-      for k, m in ipairs(ms) do out[k] = prior[byw[m]] end
-      return out
-    end}}
-  local r = sel.evaluate(P, flat)
-  lu.assertEquals(asked, 1) -- once, for the pool: part of the index
-  lu.assertAlmostEquals(r.selection_regret, 0.02, 1e-12)
-  lu.assertAlmostEquals(r.similarity_selection_regret, 0.30, 1e-12)
-  lu.assertNil(r.prior_selection_regret)
-  -- the table: the similarity-alone row right after the method
-  local results = {lps = r}
-  local order = sel.add_rows({estimates = {funnel_by = {}}}, results, {"lps"}, {}, {}, {})
-  lu.assertEquals(order, {"lps", "lps_similarity"})
-  lu.assertAlmostEquals(results.lps_similarity.selection_regret, 0.30, 1e-12)
+  P.labelled = {}
+  for i = 1, P.n do
+    local lw = {family = i == 3 or i == 4 and "cnn" or "mlp"}
+    for k, t in ipairs(P.models[i]) do lw[k] = t end
+    P.labelled[i] = lw
+  end
+  local probe = {}
+  for k = 1, 2 do
+    local w = {}
+    for j, t in ipairs(P.models[6 + k]) do w[j] = t:clone():mul_(1.1) end
+    probe[k] = w
+  end
+  P.probes = {[1] = {mlp = probe[1], cnn = probe[2]}, [2] = {mlp = probe[2], cnn = probe[1]}}
+  local method = lps.benchmark.methods.lps{input_dim = 6, width = 8, embed = 8, epochs = 1, train_families = {"mlp"}}
+  local train = {"m1", "m2", "m3", "m4", "m5", "m6"}
+  local f = sets.fitted(P, method, train, 1, "retrieval")
+  local bench = sel.prior(P)
+  for _, id in ipairs(train) do lu.assertAlmostEquals(f.out_of_task[id], bench[id], 1e-6) end
+  local fresh = f:transferability({P.models[7], P.models[8]})
+  lu.assertAlmostEquals(fresh[1], bench.m7, 1e-6)
+  lu.assertAlmostEquals(fresh[2], bench.m8, 1e-6)
+  local r = sel.evaluate(P, sets.view(P, f))
+  local plain = sel.evaluate(P, sets.view(P, {embed = f.embed, metric = "dot"}))
+  lu.assertEquals(r.selection_regret, plain.selection_regret) -- selection_*: the similarity alone
+  lu.assertAlmostEquals(r.prior_selection_regret, plain.prior_selection_regret, 1e-12)
+  lu.assertNotNil(r.prior_selection_index_ms_per_candidate)
+  lu.assertNil(plain.prior_selection_index_ms_per_candidate)
+  -- a matrix of one training task's models: no prior, and the fit goes on
+  local ft1 = {m1 = P.transfer.finetune.m1, m2 = P.transfer.finetune.m2}
+  local f1 = method:fit({P.models[1], P.models[2], P.models[3]}, {3, 3, 4}, {seed = 1, ids = {"m1", "m2", "m3"},
+    transfer = {finetune = ft1}})
+  lu.assertNil(f1.prior)
+  -- a model without a result on some training task is not a row of the fit
+  local ft2 = {}
+  for id, row in pairs(P.transfer.finetune) do ft2[id] = {table.unpack(row)} end
+  ft2.m2[4] = nil
+  local f2 = method:fit({P.models[1], P.models[2], P.models[3], P.models[5]}, {3, 3, 4, 5},
+    {seed = 1, ids = {"m1", "m2", "m3", "m5"}, transfer = {finetune = ft2}})
+  lu.assertEquals(f2.prior.n, 3)
+  lu.assertNil(f2.out_of_task.m2)
+  T.assert_error_contains("prior must be a boolean, got no", lps.benchmark.methods.lps, {prior = "no"})
 end
 
 -- The budget the estimators see is the one both probes trained on: the

@@ -199,9 +199,10 @@ end
 --     `classes` (lps.benchmark gives them to fit). Default false: the cosine.
 --   prior = true | false: with the set's fine-tuning matrix (ctx.transfer),
 --     also fit a transferability prior (lualps.similarity.prior) on the
---     training models that have fine-tuning results: the fitted method's
---     prior and transferability, which lps.selection adds to its similarity
---     (default true).
+--     training models that have fine-tuning results on every training task
+--     (of every family, whatever train_families):
+--     the fitted method's prior, transferability and out_of_task, which
+--     lps.selection adds to its similarity as `<method>+prior` (default true).
 -- Models of a family the network does not read embed as NaN (not
 -- comparable): a network reads its `families`, and with the templates slot
 -- alone also families that have no unit encoders (ResNets: the templates
@@ -215,6 +216,9 @@ function M.lps(opts)
   end
   opts = util.options(opts, {}, "lps method", known)
   local hopts = opts.hybrid
+  if opts.prior ~= nil and type(opts.prior) ~= "boolean" then
+    error(("lps method: prior must be a boolean, got %s"):format(tostring(opts.prior)), 2)
+  end
   if hopts then -- checked now: a wrong key fails before any training
     hopts = util.options(hopts ~= true and hopts or nil, similarity.hybrid.defaults, "lps method: hybrid")
   end
@@ -261,43 +265,54 @@ function M.lps(opts)
     return {net = net, embed = embed, seconds = rep.seconds, classes = tasks_of}
   end
   -- The transferability prior (lualps.similarity.prior) of the training
-  -- models that have fine-tuning results (ctx.transfer.finetune, keyed by
-  -- ctx.ids), targets over the training tasks; nil without them (or with
-  -- opts.prior false). Returns the fitted method's prior fields: prior and
-  -- transferability(self, models), which gives a model the fit saw (the same
-  -- weight tensors) its out-of-task prediction, never one fitted on it.
+  -- models (ids) with fine-tuning results on every training task (ft, keyed
+  -- by id), targets over the training tasks; none with fewer than two such
+  -- tasks, without ft, or with opts.prior false. Returns the fitted
+  -- method's fields: prior, transferability(self, models) (the fit's
+  -- predictions) and out_of_task (id -> the prediction of the fit on the
+  -- other tasks' models, for each model the fit saw: what a benchmark
+  -- gives them, never a prediction fitted on them).
   local function fit_prior(models, y, ids, ft)
-    if opts.prior == false or not ft then return {} end
-    local rows, tasks, rids, listed, counted, ntasks, targets = {}, {}, {}, {}, {}, 0, {}
+    if opts.prior == false or type(ft) ~= "table" then return {} end
+    local targets, listed = {}, {}
+    for _, t in ipairs(y) do
+      if not listed[t] then listed[t] = true; targets[#targets + 1] = t end
+    end
+    table.sort(targets)
+    local rows, tasks, rids, counted, ntasks = {}, {}, {}, {}, 0
     for k, m in ipairs(models) do
-      if not listed[y[k]] then listed[y[k]], targets[#targets + 1] = true, y[k] end
-      if ids[k] ~= nil and ft[ids[k]] then
-        rows[#rows + 1], tasks[#rows + 1], rids[#rows + 1] = m, y[k], ids[k]
-        if not counted[y[k]] then counted[y[k]], ntasks = true, ntasks + 1 end
+      local row, complete = ids[k] ~= nil and ft[ids[k]], true
+      if type(row) ~= "table" then complete = false
+      else for _, t in ipairs(targets) do if type(row[t]) ~= "number" then complete = false break end end end
+      if complete then
+        local n = #rows + 1
+        rows[n], tasks[n], rids[n] = m, y[k], ids[k]
+        if not counted[y[k]] then counted[y[k]] = true; ntasks = ntasks + 1 end
       end
     end
     if ntasks < 2 then return {} end
-    table.sort(targets)
     local P = similarity.prior
     local state, oof = P.fit(rows, P.targets(rids, tasks, ft, targets), tasks)
-    local own = setmetatable({}, {__mode = "k"})
-    for k, m in ipairs(rows) do own[m[1]] = oof[k] end
-    return {prior = state, transferability = function(_, ms)
-      local out = P.predict(state, ms)
-      for k, m in ipairs(ms) do if own[m[1]] then out[k] = own[m[1]] end end
-      return out
-    end}
+    local out_of_task = {}
+    for k, id in ipairs(rids) do out_of_task[id] = oof[k] end
+    return {prior = state, out_of_task = out_of_task,
+            transferability = function(_, ms) return P.predict(state, ms) end}
   end
   -- fits: the hybrid's fitted {split, seed, w, lo, hi, held_class, maps}, one per fit
   return {name = opts.name or "lps", fits = hopts and {} or nil, fit = function(self, models, y, ctx)
     local keep = opts.train_families or opts.families
     local ids = ctx.ids or {}
+    -- the prior reads any model's weight statistics: it fits on every training model
+    local prior_args = {models, y, ids}
     if keep then -- only the families the network trains on
       local ok = {}
       for _, f in ipairs(keep) do ok[f] = true end
       local m2, y2, i2 = {}, {}, {}
       for k, m in ipairs(models) do
-        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then m2[#m2 + 1], y2[#y2 + 1], i2[#m2 + 1] = m, y[k], ids[k] end
+        if ok[m.family or (m[1]:dim() == 4 and "cnn" or "mlp")] then
+          local n = #m2 + 1
+          m2[n], y2[n], i2[n] = m, y[k], ids[k]
+        end
       end
       models, y, ids = m2, y2, i2
     end
@@ -316,7 +331,8 @@ function M.lps(opts)
              similarity = function(_, a, b) return hy:similarity(a, b) end}
     end
     local t0 = core.now()
-    for k, v in pairs(fit_prior(models, y, ids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end
+    local pm, py, pids = table.unpack(prior_args)
+    for k, v in pairs(fit_prior(pm, py, pids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end
     out.seconds = out.seconds + (core.now() - t0) -- the prior is part of training
     return out
   end}

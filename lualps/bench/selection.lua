@@ -130,6 +130,29 @@ function M.prior(S)
   return prior
 end
 
+--- The prior a model file ships (recipes/eval_hetero.lua saves it with
+-- the model): lualps.similarity.prior fitted on every pool model of the
+-- set, targets over every task with pool models (all the fine-tuning
+-- results there are: the benchmark's figures are those of the retrieval
+-- split's fit, M.prior, which sees no unseen target). nil without a
+-- fine-tuning matrix.
+function M.shipped_prior(S)
+  local ft = S.transfer and S.transfer.finetune
+  if not ft then return nil end
+  local ids, tasks, models, targets, listed = {}, {}, {}, {}, {}
+  for i = 1, S.n do
+    local m = S.meta[i]
+    if m.in_pool then
+      local n = #ids + 1
+      ids[n], tasks[n], models[n] = m.id, m.task, S.models[i]
+      if not listed[m.task] then listed[m.task] = true; targets[#targets + 1] = m.task end
+    end
+  end
+  if #targets < 2 then return nil end
+  table.sort(targets)
+  return (similarity.prior.fit(models, similarity.prior.targets(ids, tasks, ft, targets), tasks, {rho = M.prior_rho}))
+end
+
 -- Scores plus the prior over one target's candidates (lualps.similarity.prior.combine).
 local zsum = similarity.prior.combine
 M.zsum = zsum
@@ -248,15 +271,20 @@ local function pool_ids(S)
 end
 
 -- The prior values of the pool models (id -> value) by a fitted method's
--- own transferability (an LPS fit's: lualps.similarity.prior), and the
--- milliseconds per pool model it took (part of the method's index).
+-- own prior (an LPS fit's: lualps.similarity.prior): out_of_task[id] for a
+-- model the fit saw (its prediction by the fit on the other tasks' models),
+-- transferability(models) for the others; and the milliseconds per pool
+-- model transferability took.
 local function own_prior(S, f)
   local ids, models = pool_ids(S), {}
   for k, id in ipairs(ids) do models[k] = S.models[S.byid[id]] end
   local t0 = core.now()
   local values = f:transferability(models)
   local out = {prior = {}, ms = ms_since(t0) / math.max(#ids, 1)}
-  for k, id in ipairs(ids) do out.prior[id] = values[k] end
+  local seen = f.out_of_task or {}
+  for k, id in ipairs(ids) do
+    if seen[id] ~= nil then out.prior[id] = seen[id] else out.prior[id] = values[k] end
+  end
   return out
 end
 
@@ -272,11 +300,11 @@ end
 -- (the method's index of the pool models, built once), selection_probe_ms_per_candidate
 -- (training the probe, over the candidates); with the set's fine-tuning
 -- matrix, the same with the similarity plus the prior (M.prior, M.zsum) as
--- prior_selection_accuracy, _regret, _tau, _ms_per_candidate. A method
--- with its own prior (a fitted LPS method's transferability) ranks by its
--- similarity plus that prior (selection_*; its cost in the index) and
--- reports the similarity alone as similarity_selection_*; it has no
--- prior_selection_*. A method that compares no
+-- prior_selection_accuracy, _regret, _tau, _ms_per_candidate; a method
+-- with its own prior (a fitted LPS method's transferability and
+-- out_of_task: what sim:select ranks by) with that prior instead, and
+-- prior_selection_index_ms_per_candidate (the prior of every pool model).
+-- selection_* is the similarity alone for every method. A method that compares no
 -- candidate with a probe picks at random (its expected regret). When
 -- M.estimate has scored the candidates (S.estimates), also the funnels:
 -- for each estimator E of S.estimates.funnel_by, the method's top k
@@ -287,23 +315,23 @@ end
 function M.evaluate(S, v, opts)
   local probes = M.probes(S, opts and opts.data)
   local gain, est = S.transfer.gain, S.estimates
-  -- a method with its own transferability prior (an LPS fit's) ranks by its
-  -- similarity plus it; the bench's prior is for the others
+  -- a method with its own transferability prior (an LPS fit's) adds that
+  -- one; the others the bench's (the same fit on the same models)
   local own = v.fitted.transferability and own_prior(S, v.fitted)
-  local prior = not own and M.has_prior(S) and M.prior(S)
+  local prior = own and own.prior or (M.has_prior(S) and M.prior(S))
   local sum = {selection_accuracy = 0, selection_regret = 0, selection_tau = 0, random_regret = 0, oracle_accuracy = 0,
                selection_regret_mlp = 0, selection_regret_cnn = 0, task_oracle_regret = gain and 0 or nil,
                selection_ms_per_candidate = 0, selection_probe_ms_per_candidate = S.probe_ms and 0 or nil}
   for _, name in ipairs(est and est.funnel_by or {}) do
     for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum[("funnel_%s_selection_%s"):format(name, k)] = 0 end
   end
-  for _, key in ipairs{prior and "prior_selection_" or false, own and "similarity_selection_" or false} do
-    if key then for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum[key .. k] = 0 end end
+  if prior then
+    for _, k in ipairs{"accuracy", "regret", "tau", "ms_per_candidate"} do sum["prior_selection_" .. k] = 0 end
   end
   local n, nf = 0, {mlp = 0, cnn = 0}
   local pool = pool_ids(S)
   local first = probes[S.splits.retrieval.unseen_tasks[1]].mlp
-  local index = index_ms(S, v, pool, first) + (own and own.ms or 0)
+  local index = index_ms(S, v, pool, first)
   scores(S, v, fresh(first), pool) -- the index of the candidates themselves, before any query is timed
   for _, t in ipairs(S.splits.retrieval.unseen_tasks) do
     local ids, acc = M.candidates(S, t)
@@ -312,15 +340,6 @@ function M.evaluate(S, v, opts)
       local query = fresh(probes[t][fam])
       local t0 = core.now()
       local sc = scores(S, v, query, ids)
-      local sim_ms = ms_since(t0) / #ids
-      if own then
-        local sr, ps = M.rank(sc, acc), {}
-        for k, id in ipairs(ids) do ps[k] = own.prior[id] end
-        sc = zsum(sc, ps)
-        for k, x in pairs{accuracy = sr.accuracy, regret = sr.regret, tau = sr.tau, ms_per_candidate = sim_ms} do
-          sum["similarity_selection_" .. k] = sum["similarity_selection_" .. k] + x
-        end
-      end
       local ms = ms_since(t0) / #ids
       local r = M.rank(sc, acc)
       sum.selection_accuracy = sum.selection_accuracy + r.accuracy
@@ -346,15 +365,18 @@ function M.evaluate(S, v, opts)
       if prior then
         local ps = {}
         for k, id in ipairs(ids) do ps[k] = prior[id] end
-        local pr = M.rank(zsum(sc, ps), acc)
-        for k, x in pairs{accuracy = pr.accuracy, regret = pr.regret, tau = pr.tau, ms_per_candidate = ms} do
+        t0 = core.now()
+        local z = zsum(sc, ps)
+        local pms = ms + ms_since(t0) / #ids
+        local pr = M.rank(z, acc)
+        for k, x in pairs{accuracy = pr.accuracy, regret = pr.regret, tau = pr.tau, ms_per_candidate = pms} do
           sum["prior_selection_" .. k] = sum["prior_selection_" .. k] + x
         end
       end
       n, nf[fam] = n + 1, nf[fam] + 1
     end
   end
-  local out = {selection_index_ms_per_candidate = index}
+  local out = {selection_index_ms_per_candidate = index, prior_selection_index_ms_per_candidate = own and index + own.ms}
   for k, x in pairs(sum) do
     local fam = k:match("_(%a+)$")
     out[k] = x / ((fam == "mlp" or fam == "cnn") and nf[fam] or n)
@@ -525,12 +547,9 @@ end
 -- of M.estimate (est_rows, est_order) and, for each weight method of
 -- `funnels` and each estimator of S.estimates.funnel_by, the row
 -- `<method>+<estimator>` (its funnel_<estimator>_* metrics, with their
--- *_std, as selection_* ones), the row `<method>+prior` (its prior_*
--- metrics: the similarity plus M.prior) and, for a method with its own
--- prior, the row `<method>_similarity` (its similarity_* metrics: the
--- similarity alone). Returns the table's order: the
--- weight methods of `order` with selection metrics (each followed by its
--- `_similarity` row), the estimators (and
+-- *_std, as selection_* ones), and the row `<method>+prior` (its prior_*
+-- metrics: the similarity plus M.prior, or the method's own prior). Returns
+-- the table's order: the weight methods of `order` with selection metrics, the estimators (and
 -- `prior` alone), the methods plus the prior, the funnels, random and
 -- task_oracle.
 function M.add_rows(S, results, order, est_rows, est_order, funnels)
@@ -543,13 +562,7 @@ function M.add_rows(S, results, order, est_rows, est_order, funnels)
     end
     results[name], out[#out + 1] = row, name
   end
-  for _, name in ipairs(order) do
-    local r = results[name]
-    if r and r.selection_regret then
-      out[#out + 1] = name
-      if r.similarity_selection_regret then copy_row(name, "similarity_", name .. "_similarity") end
-    end
-  end
+  for _, name in ipairs(order) do if results[name] and results[name].selection_regret then out[#out + 1] = name end end
   for _, name in ipairs(est_order) do
     results[name] = est_rows[name]
     if name == "random" or name == "task_oracle" then tail[#tail + 1] = name else out[#out + 1] = name end
@@ -585,9 +598,9 @@ function M.markdown(results, order, k)
     .. "the rest after them in the method's order; `prior`: a per-model transferability prior predicted from the "
     .. "candidate's weight statistics by a ridge regression fitted on the training targets' fine-tuning results "
     .. "(lps.selection.prior), alone and added to a method's similarity as `<method>+prior` (z-scores over the "
-    .. "candidates); LPS fits the same prior on its training models (lualps.similarity.prior) and ranks by its "
-    .. "similarity plus it (`lps`, `lps_hybrid`; `<method>_similarity`: the similarity alone; the prior's "
-    .. "features in the index). Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
+    .. "candidates); `lps+prior` and `lps_hybrid+prior` add LPS's own prior, the same fit made by LPS's training "
+    .. "on its training models (lualps.similarity.prior; what a saved model's sim:select ranks by). "
+    .. "Milliseconds per candidate: a query's measured cost (estimators: the forward pass "
     .. "and the score), the weight index built beforehand, and training the probe, apart.\n\n"
     .. report.markdown(results, order, M.columns)
 end

@@ -23,6 +23,19 @@ P.rho = 1e-3 -- the ridge of lps.selection.prior (README: regret 0.036 alone)
 -- predicts the same bits.
 local function f32(x) return core.tensor({x})[1] end
 
+-- The number of stats features (lps.eval: the same for every model).
+local width
+local function stats_width()
+  width = width or eval.features("stats", {core.ones(2, 2), core.ones(2), core.ones(2, 2), core.ones(2)}):numel()
+  return width
+end
+
+local function finite(x) return type(x) == "number" and x == x and x > -math.huge and x < math.huge end
+
+local function check_list(x, what, level)
+  if type(x) ~= "table" then error(("%s must be a list, got %s"):format(what, type(x)), level + 1) end
+end
+
 local function finite_sum(F)
   local s = F:sum()
   return s == s and s ~= math.huge and s ~= -math.huge
@@ -33,6 +46,9 @@ end
 -- over the target tasks `targets` (a list). Raises, naming the model and the
 -- task, when an accuracy is missing.
 function P.targets(ids, tasks, ft, targets)
+  check_list(ids, "prior.targets: ids", 2)
+  check_list(tasks, "prior.targets: tasks", 2)
+  check_list(targets, "prior.targets: targets", 2)
   if type(ft) ~= "table" then error("prior.targets: no fine-tuning matrix", 2) end
   if #ids ~= #tasks then error(("prior.targets: %d ids and %d tasks"):format(#ids, #tasks), 2) end
   local function acc(id, t)
@@ -94,6 +110,13 @@ end
 -- has seen. opts: rho (default P.rho).
 function P.fit(models, y, tasks, opts)
   local rho = opts and opts.rho or P.rho
+  check_list(models, "prior.fit: models", 2)
+  check_list(y, "prior.fit: targets", 2)
+  check_list(tasks, "prior.fit: tasks", 2)
+  if not (finite(rho) and rho > 0) then error(("prior.fit: rho must be a positive number, got %s"):format(tostring(rho)), 2) end
+  for k, v in ipairs(y) do
+    if not finite(v) then error(("prior.fit: target %d is %s (need a finite number)"):format(k, tostring(v)), 2) end
+  end
   if #models ~= #y or #models ~= #tasks then
     error(("prior.fit: %d models, %d targets and %d task labels"):format(#models, #y, #tasks), 2)
   end
@@ -126,17 +149,27 @@ function P.check(state, what)
       error(("%s: %s must be a 1-D tensor (one value per feature)"):format(what, k), 3)
     end
   end
-  local f = state.mean:size(1)
-  if state.sd:size(1) ~= f or state.center:size(1) ~= f
-     or not (core.is_tensor(state.w) and state.w:dim() == 2 and state.w:size(1) == f and state.w:size(2) == 1) then
-    error(("%s: mean, sd, center and w must have %d features"):format(what, f), 3)
+  if not (core.is_tensor(state.w) and state.w:dim() == 2 and state.w:size(2) == 1) then
+    error(("%s: w must be a f x 1 tensor (the ridge's weights)"):format(what), 3)
   end
-  if type(state.ymean) ~= "number" or state.ymean ~= state.ymean then error(what .. ": ymean must be a number", 3) end
+  local f = stats_width()
+  if state.mean:size(1) ~= f or state.sd:size(1) ~= f or state.center:size(1) ~= f
+     or not (core.is_tensor(state.w) and state.w:dim() == 2 and state.w:size(1) == f and state.w:size(2) == 1) then
+    error(("%s: mean, sd, center and w must have %d features (the stats features), got %d"):format(what, f,
+      state.mean:size(1)), 3)
+  end
+  for _, k in ipairs{"mean", "center", "w"} do
+    if not finite_sum(state[k]) then error(("%s: %s has a non-finite value"):format(what, k), 3) end
+  end
+  if not (state.sd:min() > 0 and finite_sum(state.sd)) then error(what .. ": sd must be positive and finite", 3) end
+  if not finite(state.ymean) then error(what .. ": ymean must be a finite number", 3) end
 end
 
 --- The prior of each model of a list (a Lua list of numbers; NaN for a
 -- model without stats features, e.g. a ResNet, or with non-finite weights).
 function P.predict(state, models)
+  if type(state) ~= "table" or not core.is_tensor(state.w) then error("prior.predict: not a prior (prior.fit's)", 2) end
+  check_list(models, "prior.predict: models", 2)
   if #models == 0 then return {} end
   local ok, F = pcall(eval.feature_matrix, "stats", models)
   local rows, at = {}, {}
@@ -170,6 +203,11 @@ end
 -- last (as lps.selection.rank takes them); a NaN prior counts 0 (the
 -- candidates' mean), a constant list z-scores to 0.
 function P.combine(scores, prior)
+  check_list(scores, "prior.combine: scores", 2)
+  check_list(prior, "prior.combine: prior", 2)
+  if #scores ~= #prior then
+    error(("prior.combine: %d scores and %d prior values"):format(#scores, #prior), 2)
+  end
   local function z(list, nonfinite)
     local m, v, n = 0, 0, 0
     local function finite(x) return x == x and x > -math.huge and x < math.huge end
