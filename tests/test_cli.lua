@@ -60,6 +60,7 @@ function TestCLI:test_select_needs_a_prior_and_ranks_by_it()
     lu.assertNotEquals(x.index, 3)
     lu.assertAlmostEquals(x.score, want[k].score, 1e-9)
     lu.assertAlmostEquals(x.prior, want[k].prior, 1e-9)
+    lu.assertAlmostEquals(x.similarity, want[k].similarity, 1e-9)
   end
   ok, out = cli(("select %s %s 3 -k 2"):format(SET, with))
   lu.assertTrue(ok, out)

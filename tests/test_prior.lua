@@ -187,6 +187,50 @@ function TestPrior:test_an_lps_fit_makes_the_prior_of_its_training_models()
   lu.assertNil(off:fit(models, y, {seed = 1, ids = ids, transfer = {finetune = ft}}).transferability)
 end
 
+function TestPrior:test_fit_zoo_keeps_the_usable_rows()
+  local models, y, tasks = zoo()
+  -- fine-tuning results on tasks 1..4 growing with the target: y as the
+  -- targets' centred mean; the own task's result is never needed
+  local ids, ft = {}, {}
+  for k = 1, 12 do
+    ids[k] = "m" .. k
+    ft[ids[k]] = {}
+    for t = 1, 4 do if t ~= tasks[k] then ft[ids[k]][t] = 0.5 + y[k] + 0.01 * t end end
+  end
+  local state, oof, n = P.fit_zoo(models, ids, tasks, ft)
+  lu.assertEquals(n, 12)
+  local want, woof = P.fit(models, P.targets(ids, tasks, ft, {1, 2, 3, 4}), tasks)
+  lu.assertEquals(P.predict(state, models), P.predict(want, models))
+  for k = 1, 12 do lu.assertEquals(oof[ids[k]], woof[k]) end
+  -- a model without a result on some other task, or with a NaN weight, is no row
+  ft.m2[4] = nil
+  local bad = {}
+  for j, x in ipairs(models[5]) do bad[j] = x:clone() end
+  bad[1]:set(1, 1, 0 / 0)
+  local ms = {table.unpack(models)}
+  ms[5] = bad
+  local s2, o2, n2 = P.fit_zoo(ms, ids, tasks, ft)
+  lu.assertEquals(n2, 10)
+  lu.assertNil(o2.m2)
+  lu.assertNil(o2.m5)
+  lu.assertEquals(s2.n, 10)
+  -- rows of one task: no prior; no results at all: none
+  lu.assertNil(P.fit_zoo({models[1], models[2]}, {"m1", "m2"}, {1, 1}, ft))
+  lu.assertNil(P.fit_zoo(models, ids, tasks, {}))
+  T.assert_error_contains("prior.fit_zoo: 12 models, 2 ids and 12 tasks", P.fit_zoo, models, {"a", "b"}, tasks, ft)
+  -- lps.selection.shipped_prior: the fit of every pool model of a set
+  local S = {n = 12, meta = {}, models = models, transfer = {finetune = ft}}
+  for k = 1, 12 do S.meta[k] = {id = ids[k], task = tasks[k], in_pool = k ~= 12} end
+  local shipped = lps.selection.shipped_prior(S)
+  local direct = P.fit_zoo({table.unpack(models, 1, 11)}, {table.unpack(ids, 1, 11)}, {table.unpack(tasks, 1, 11)}, ft)
+  lu.assertEquals(shipped.n, direct.n)
+  lu.assertEquals(P.predict(shipped, models), P.predict(direct, models))
+  for k = 1, 12 do S.meta[k].in_pool = false end
+  lu.assertNil(lps.selection.shipped_prior(S))
+  S.transfer = {}
+  lu.assertNil(lps.selection.shipped_prior(S))
+end
+
 -- A model file whose prior is damaged: load raises, naming the file.
 function TestPrior:test_a_damaged_prior_fails_to_load()
   local models, y, tasks = zoo()
@@ -217,6 +261,12 @@ function TestPrior:test_a_damaged_prior_fails_to_load()
     saved(function(n) n["prior.params"] = lps.tensor({0 / 0, 1e-3}) end))
   T.assert_error_contains("sd must be positive", lps.similarity.load,
     saved(function(n) n["prior.sd"] = lps.zeros(42) end))
+  T.assert_error_contains("mean has a non-finite value", lps.similarity.load,
+    saved(function(n) local m = state.mean:clone(); m[2] = 0 / 0; n["prior.mean"] = m end))
+  T.assert_error_contains("center has a non-finite value", lps.similarity.load,
+    saved(function(n) local c = state.center:clone(); c[3] = 1 / 0; n["prior.center"] = c end))
+  T.assert_error_contains("sd must be positive and finite", lps.similarity.load,
+    saved(function(n) local d = state.sd:clone(); d[1] = 1 / 0; n["prior.sd"] = d end))
   T.assert_error_contains("w has a non-finite value", lps.similarity.load,
     saved(function(n) local w = state.w:clone(); w:set(1, 1, 0 / 0); n["prior.w"] = w end))
   T.assert_error_contains("malformed prior entry", lps.similarity.load, saved(nil, function(m) m.prior = 3 end))

@@ -363,6 +363,39 @@ function TestSelection:test_evaluate_with_the_prior()
   lu.assertAlmostEquals(r.selection_regret, 0.30, 1e-12)
 end
 
+function TestSelection:test_a_method_with_its_own_prior_adds_it_out_of_task()
+  -- a flat similarity: the prior alone decides. The method's own prior
+  -- ranks m4 first by its out-of-task values and m1 first by its fit's
+  -- predictions; the benchmark's prior picks m8 on target 1 and m4 on
+  -- target 2. Only its out-of-task values for the models it saw give
+  -- regret 0 (its fit's: 0.30; the benchmark's: 0.02)
+  local P = prior_set()
+  P.probes = {[1] = {mlp = {target = 1}, cnn = {target = 1}}, [2] = {mlp = {target = 2}, cnn = {target = 2}}}
+  local oof = {m1 = 0, m2 = 0, m3 = 0, m4 = 10, m5 = 0, m6 = 0}
+  local asked = 0
+  local f = {similarity = function(_, _, cands) return lps.zeros(1, #cands) end, out_of_task = oof,
+    transferability = function(_, ms)
+      asked = asked + 1
+      local out = {}
+      for k, m in ipairs(ms) do out[k] = m == P.models[1] and 10 or 0 end
+      return out
+    end}
+  local r = sel.evaluate(P, {fitted = f})
+  lu.assertEquals(asked, 1) -- once, for the pool: part of the index
+  lu.assertAlmostEquals(r.prior_selection_regret, 0, 1e-12)
+  lu.assertAlmostEquals(r.selection_regret, 0.30, 1e-12) -- selection_*: the similarity alone
+  f.out_of_task = nil -- the fit's own predictions for every model
+  lu.assertAlmostEquals(sel.evaluate(P, {fitted = f}).prior_selection_regret, 0.30, 1e-12)
+  local bench = sel.evaluate(P, {fitted = {similarity = f.similarity}})
+  lu.assertAlmostEquals(bench.prior_selection_regret, 0.02, 1e-12)
+  -- the table's row method+prior
+  local results = {lps = r}
+  local order = sel.add_rows({estimates = {funnel_by = {}}}, results, {"lps"}, {}, {}, {"lps"})
+  lu.assertEquals(order, {"lps", "lps+prior"})
+  lu.assertAlmostEquals(results["lps+prior"].selection_regret, 0, 1e-12)
+  lu.assertEquals(results["lps+prior"].selection_index_ms_per_candidate, r.prior_selection_index_ms_per_candidate)
+end
+
 function TestSelection:test_an_lps_fit_brings_the_benchmark_prior_by_id()
   -- an LPS method fitted as lps.benchmark fits it (S.labelled: other tables
   -- holding the same tensors), with train_families dropping two models
@@ -373,7 +406,7 @@ function TestSelection:test_an_lps_fit_brings_the_benchmark_prior_by_id()
   local P = prior_set()
   P.labelled = {}
   for i = 1, P.n do
-    local lw = {family = i == 3 or i == 4 and "cnn" or "mlp"}
+    local lw = {family = (i == 3 or i == 4) and "cnn" or "mlp"}
     for k, t in ipairs(P.models[i]) do lw[k] = t end
     P.labelled[i] = lw
   end
@@ -396,8 +429,9 @@ function TestSelection:test_an_lps_fit_brings_the_benchmark_prior_by_id()
   local plain = sel.evaluate(P, sets.view(P, {embed = f.embed, metric = "dot"}))
   lu.assertEquals(r.selection_regret, plain.selection_regret) -- selection_*: the similarity alone
   lu.assertAlmostEquals(r.prior_selection_regret, plain.prior_selection_regret, 1e-12)
-  lu.assertNotNil(r.prior_selection_index_ms_per_candidate)
-  lu.assertNil(plain.prior_selection_index_ms_per_candidate)
+  lu.assertTrue(r.prior_selection_index_ms_per_candidate > r.selection_index_ms_per_candidate)
+  lu.assertTrue(plain.prior_selection_index_ms_per_candidate > plain.selection_index_ms_per_candidate)
+  lu.assertEquals(r.prior_selection_probe_ms_per_candidate, r.selection_probe_ms_per_candidate)
   -- a matrix of one training task's models: no prior, and the fit goes on
   local ft1 = {m1 = P.transfer.finetune.m1, m2 = P.transfer.finetune.m2}
   local f1 = method:fit({P.models[1], P.models[2], P.models[3]}, {3, 3, 4}, {seed = 1, ids = {"m1", "m2", "m3"},

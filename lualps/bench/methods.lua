@@ -264,37 +264,31 @@ function M.lps(opts)
     end
     return {net = net, embed = embed, seconds = rep.seconds, classes = tasks_of}
   end
-  -- The transferability prior (lualps.similarity.prior) of the training
-  -- models (ids) with fine-tuning results on every training task (ft, keyed
-  -- by id), targets over the training tasks; none with fewer than two such
-  -- tasks, without ft, or with opts.prior false. Returns the fitted
+  -- The transferability prior (lualps.similarity.prior.fit_zoo) of the
+  -- training models (ids) with fine-tuning results (ft, keyed by id),
+  -- targets over the training tasks; none with fewer than two tasks of such
+  -- models, without ft, or with opts.prior false. Returns the fitted
   -- method's fields: prior, transferability(self, models) (the fit's
   -- predictions) and out_of_task (id -> the prediction of the fit on the
   -- other tasks' models, for each model the fit saw: what a benchmark
   -- gives them, never a prediction fitted on them).
   local function fit_prior(models, y, ids, ft)
     if opts.prior == false or type(ft) ~= "table" then return {} end
+    local ks, list, tasks = {}, {}, {}
+    for k = 1, #models do
+      if ids[k] ~= nil then
+        local n = #ks + 1
+        ks[n], list[n], tasks[n] = ids[k], models[k], y[k]
+      end
+    end
     local targets, listed = {}, {}
     for _, t in ipairs(y) do
       if not listed[t] then listed[t] = true; targets[#targets + 1] = t end
     end
     table.sort(targets)
-    local rows, tasks, rids, counted, ntasks = {}, {}, {}, {}, 0
-    for k, m in ipairs(models) do
-      local row, complete = ids[k] ~= nil and ft[ids[k]], true
-      if type(row) ~= "table" then complete = false
-      else for _, t in ipairs(targets) do if type(row[t]) ~= "number" then complete = false break end end end
-      if complete then
-        local n = #rows + 1
-        rows[n], tasks[n], rids[n] = m, y[k], ids[k]
-        if not counted[y[k]] then counted[y[k]] = true; ntasks = ntasks + 1 end
-      end
-    end
-    if ntasks < 2 then return {} end
     local P = similarity.prior
-    local state, oof = P.fit(rows, P.targets(rids, tasks, ft, targets), tasks)
-    local out_of_task = {}
-    for k, id in ipairs(rids) do out_of_task[id] = oof[k] end
+    local state, out_of_task = P.fit_zoo(list, ks, tasks, ft, targets)
+    if not state then return {} end
     return {prior = state, out_of_task = out_of_task,
             transferability = function(_, ms) return P.predict(state, ms) end}
   end

@@ -123,7 +123,9 @@ function M.prior(S)
   for k, i in ipairs(all) do list[k] = S.models[i] end
   local prior = {}
   -- the models of no training task: the fit on every training model
+  local t0 = core.now()
   for k, v in ipairs(similarity.prior.predict(state, list)) do prior[S.meta[all[k]].id] = v end
+  S.prior_ms = ms_since(t0) / #all -- the prior of every pool model: part of a method+prior's index
   -- a training task's models: the fit on the other training tasks' models
   for k, id in ipairs(ids) do prior[id] = oof[k] end
   S.prior, S.prior_rho = prior, M.prior_rho
@@ -131,26 +133,23 @@ function M.prior(S)
 end
 
 --- The prior a model file ships (recipes/eval_hetero.lua saves it with
--- the model): lualps.similarity.prior fitted on every pool model of the
+-- the model): lualps.similarity.prior.fit_zoo on every pool model of the
 -- set, targets over every task with pool models (all the fine-tuning
 -- results there are: the benchmark's figures are those of the retrieval
 -- split's fit, M.prior, which sees no unseen target). nil without a
--- fine-tuning matrix.
+-- fine-tuning matrix or with fewer than two tasks of usable rows.
 function M.shipped_prior(S)
   local ft = S.transfer and S.transfer.finetune
   if not ft then return nil end
-  local ids, tasks, models, targets, listed = {}, {}, {}, {}, {}
+  local ids, tasks, models = {}, {}, {}
   for i = 1, S.n do
     local m = S.meta[i]
     if m.in_pool then
       local n = #ids + 1
       ids[n], tasks[n], models[n] = m.id, m.task, S.models[i]
-      if not listed[m.task] then listed[m.task] = true; targets[#targets + 1] = m.task end
     end
   end
-  if #targets < 2 then return nil end
-  table.sort(targets)
-  return (similarity.prior.fit(models, similarity.prior.targets(ids, tasks, ft, targets), tasks, {rho = M.prior_rho}))
+  return (similarity.prior.fit_zoo(models, ids, tasks, ft, nil, {rho = M.prior_rho}))
 end
 
 -- Scores plus the prior over one target's candidates (lualps.similarity.prior.combine).
@@ -302,8 +301,9 @@ end
 -- matrix, the same with the similarity plus the prior (M.prior, M.zsum) as
 -- prior_selection_accuracy, _regret, _tau, _ms_per_candidate; a method
 -- with its own prior (a fitted LPS method's transferability and
--- out_of_task: what sim:select ranks by) with that prior instead, and
--- prior_selection_index_ms_per_candidate (the prior of every pool model).
+-- out_of_task: the ranking sim:select applies) with that prior instead;
+-- prior_selection_index_ms_per_candidate (the index plus the prior of every
+-- pool model) and _probe_ms_per_candidate.
 -- selection_* is the similarity alone for every method. A method that compares no
 -- candidate with a probe picks at random (its expected regret). When
 -- M.estimate has scored the candidates (S.estimates), also the funnels:
@@ -376,11 +376,13 @@ function M.evaluate(S, v, opts)
       n, nf[fam] = n + 1, nf[fam] + 1
     end
   end
-  local out = {selection_index_ms_per_candidate = index, prior_selection_index_ms_per_candidate = own and index + own.ms}
+  local out = {selection_index_ms_per_candidate = index,
+               prior_selection_index_ms_per_candidate = prior and index + (own and own.ms or S.prior_ms) or nil}
   for k, x in pairs(sum) do
     local fam = k:match("_(%a+)$")
     out[k] = x / ((fam == "mlp" or fam == "cnn") and nf[fam] or n)
   end
+  if prior then out.prior_selection_probe_ms_per_candidate = out.selection_probe_ms_per_candidate end
   return out
 end
 

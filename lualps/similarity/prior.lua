@@ -87,6 +87,57 @@ function P.features(models)
   return F
 end
 
+--- Fit a prior on the models of a zoo with fine-tuning results: models,
+-- ids and tasks (one entry each; ft[id][t]: the accuracy of model id
+-- fine-tuned on task t) and the target tasks (default: every task of
+-- `tasks`, sorted). The rows are the models with a result on every target
+-- but their own task and finite stats features; the others are left out
+-- (a model without results is no training row). Returns the prior, the
+-- out-of-task predictions by id (prior.fit's), and the number of rows; nil
+-- when the rows cover fewer than two tasks. opts: rho.
+function P.fit_zoo(models, ids, tasks, ft, targets, opts)
+  check_list(models, "prior.fit_zoo: models", 2)
+  check_list(ids, "prior.fit_zoo: ids", 2)
+  check_list(tasks, "prior.fit_zoo: tasks", 2)
+  if type(ft) ~= "table" then error("prior.fit_zoo: no fine-tuning matrix", 2) end
+  if #ids ~= #models or #tasks ~= #models then
+    error(("prior.fit_zoo: %d models, %d ids and %d tasks"):format(#models, #ids, #tasks), 2)
+  end
+  if targets == nil then
+    local listed = {}
+    targets = {}
+    for _, t in ipairs(tasks) do
+      if not listed[t] then listed[t] = true; targets[#targets + 1] = t end
+    end
+    table.sort(targets)
+  end
+  check_list(targets, "prior.fit_zoo: targets", 2)
+  local rows, rtasks, rids, counted, ntasks = {}, {}, {}, {}, 0
+  for k, m in ipairs(models) do
+    local row, usable = ids[k] ~= nil and ft[ids[k]], true
+    if type(row) ~= "table" then usable = false
+    else
+      for _, t in ipairs(targets) do
+        if t ~= tasks[k] and type(row[t]) ~= "number" then usable = false break end
+      end
+    end
+    if usable then
+      local ok, f = pcall(eval.features, "stats", m)
+      usable = ok and finite_sum(f)
+    end
+    if usable then
+      local n = #rows + 1
+      rows[n], rtasks[n], rids[n] = m, tasks[k], ids[k]
+      if not counted[tasks[k]] then counted[tasks[k]] = true; ntasks = ntasks + 1 end
+    end
+  end
+  if ntasks < 2 then return nil end
+  local state, oof = P.fit(rows, P.targets(rids, rtasks, ft, targets), rtasks, opts)
+  local by_id = {}
+  for k, id in ipairs(rids) do by_id[id] = oof[k] end
+  return state, by_id, #rows
+end
+
 -- A ridge fit's predictions for the rows of F (lps.eval.ridge_fit's center,
 -- w, ymean), each row's sum in double precision: a model's prior does not
 -- depend on the models it is predicted with.
