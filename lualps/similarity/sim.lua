@@ -1,9 +1,9 @@
 --- lualps.similarity.sim: the similarity object (lps.similarity.train,
 -- wrap, load): a trained network with its classes, embedding models and
--- sets, comparing them, finding nearest models, saving itself.
+-- sets, comparing them, finding nearest models, choosing models to
+-- fine-tune (select, with a transferability prior), saving itself.
 local core = require "lualps.core"
 local util = require "lualps.util"
-local eval = require "lualps.eval"
 local modelset = require "lualps.modelset"
 local models = require "lualps.similarity.models"
 local hybrid = require "lualps.similarity.hybrid"
