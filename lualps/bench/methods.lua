@@ -273,21 +273,9 @@ function M.lps(opts)
   -- other tasks' models, for each model the fit saw: what a benchmark
   -- gives them, never a prediction fitted on them).
   local function fit_prior(models, y, ids, ft)
-    if opts.prior == false or type(ft) ~= "table" then return {} end
-    local ks, list, tasks = {}, {}, {}
-    for k = 1, #models do
-      if ids[k] ~= nil then
-        local n = #ks + 1
-        ks[n], list[n], tasks[n] = ids[k], models[k], y[k]
-      end
-    end
-    local targets, listed = {}, {}
-    for _, t in ipairs(y) do
-      if not listed[t] then listed[t] = true; targets[#targets + 1] = t end
-    end
-    table.sort(targets)
+    if opts.prior == false or type(ft) ~= "table" or #ids ~= #models then return {} end
     local P = similarity.prior
-    local state, out_of_task = P.fit_zoo(list, ks, tasks, ft, targets)
+    local state, out_of_task = P.fit_zoo(models, ids, y, ft) -- targets: every training task
     if not state then return {} end
     return {prior = state, out_of_task = out_of_task,
             transferability = function(_, ms) return P.predict(state, ms) end}
@@ -297,7 +285,7 @@ function M.lps(opts)
     local keep = opts.train_families or opts.families
     local ids = ctx.ids or {}
     -- the prior reads any model's weight statistics: it fits on every training model
-    local prior_args = {models, y, ids}
+    local all_models, all_y, all_ids = models, y, ids
     if keep then -- only the families the network trains on
       local ok = {}
       for _, f in ipairs(keep) do ok[f] = true end
@@ -325,8 +313,7 @@ function M.lps(opts)
              similarity = function(_, a, b) return hy:similarity(a, b) end}
     end
     local t0 = core.now()
-    local pm, py, pids = table.unpack(prior_args)
-    for k, v in pairs(fit_prior(pm, py, pids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end
+    for k, v in pairs(fit_prior(all_models, all_y, all_ids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end
     out.seconds = out.seconds + (core.now() - t0) -- the prior is part of training
     return out
   end}

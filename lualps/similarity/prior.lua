@@ -87,6 +87,74 @@ function P.features(models)
   return F
 end
 
+-- A ridge fit's predictions for the rows of F (lps.eval.ridge_fit's center,
+-- w, ymean), each row's sum in double precision: a model's prior does not
+-- depend on the models it is predicted with.
+local function apply(fit, F)
+  local X, c, w = F:totable(), fit.center:totable(), fit.w:reshape(-1):totable()
+  local out = {}
+  for i, row in ipairs(X) do
+    local sum = 0
+    for j, x in ipairs(row) do sum = sum + (x - c[j]) * w[j] end
+    out[i] = sum + fit.ymean
+  end
+  return out
+end
+
+-- P.fit's checks of its targets y, task labels and rho for n models
+-- (errors at `level` above the caller of check_fit).
+local function check_fit(y, tasks, rho, n, level)
+  level = level + 1
+  check_list(y, "prior.fit: targets", level)
+  check_list(tasks, "prior.fit: tasks", level)
+  if not (finite(rho) and rho > 0) then
+    error(("prior.fit: rho must be a positive number, got %s"):format(tostring(rho)), level)
+  end
+  for k, v in ipairs(y) do
+    if not finite(v) then error(("prior.fit: target %d is %s (need a finite number)"):format(k, tostring(v)), level) end
+  end
+  if n ~= #y or n ~= #tasks then
+    error(("prior.fit: %d models, %d targets and %d task labels"):format(n, #y, #tasks), level)
+  end
+end
+
+-- P.fit on the unstandardized stats features X (n x f) of its models,
+-- checked (check_fit); errors at `level` above the caller.
+local function fit_features(X, y, tasks, rho, level)
+  local n = X:size(1)
+  local by_task, order = {}, {}
+  for k, t in ipairs(tasks) do
+    if not by_task[t] then by_task[t], order[#order + 1] = {}, t end
+    table.insert(by_task[t], k)
+  end
+  if #order < 2 then error(("prior.fit: models of %d task(s) (need 2)"):format(#order), level + 1) end
+  local _, mean, sd = eval.standardize(X)
+  local fit = eval.ridge_fit(X, y, rho)
+  local state = {mean = mean, sd = sd, center = fit.center, w = fit.w, ymean = f32(fit.ymean), rho = rho, n = n}
+  local oof = {}
+  for _, t in ipairs(order) do
+    local keep, yk = {}, {}
+    for k = 1, n do if tasks[k] ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] end end
+    local pk = apply(eval.ridge_fit(X:index_rows(keep), yk, rho), X:index_rows(by_task[t]))
+    for i, k in ipairs(by_task[t]) do oof[k] = pk[i] end
+  end
+  return state, oof
+end
+
+--- Fit the prior on models (weight lists) with targets y and task labels
+-- `tasks` (one per model; at least two tasks). Returns the prior (a table:
+-- mean, sd (f values, the standardization), center, w, ymean (the ridge), rho,
+-- n) and the out-of-task predictions of the fit's own models (a list: each
+-- from the fit on the other tasks' models, standardized as the whole), the
+-- values a benchmark may use for them without predicting a model the fit
+-- has seen. opts: rho (default P.rho).
+function P.fit(models, y, tasks, opts)
+  local rho = opts and opts.rho or P.rho
+  check_list(models, "prior.fit: models", 2)
+  check_fit(y, tasks, rho, #models, 2)
+  return fit_features(P.features(models), y, tasks, rho, 2)
+end
+
 --- Fit a prior on the models of a zoo with fine-tuning results: models,
 -- ids and tasks (one entry each; ft[id][t]: the accuracy of model id
 -- fine-tuned on task t) and the target tasks (default: every task of
@@ -112,83 +180,35 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
     table.sort(targets)
   end
   check_list(targets, "prior.fit_zoo: targets", 2)
-  local rows, rtasks, rids, counted, ntasks = {}, {}, {}, {}, 0
+  local feats, rtasks, rids, counted, ntasks = {}, {}, {}, {}, 0
   for k, m in ipairs(models) do
-    local row, usable = ids[k] ~= nil and ft[ids[k]], true
-    if type(row) ~= "table" then usable = false
-    else
+    local row, f = ids[k] ~= nil and ft[ids[k]], nil
+    local usable = type(row) == "table"
+    if usable then
       for _, t in ipairs(targets) do
         if t ~= tasks[k] and type(row[t]) ~= "number" then usable = false break end
       end
     end
     if usable then
-      local ok, f = pcall(eval.features, "stats", m)
+      local ok
+      ok, f = pcall(eval.features, "stats", m)
       usable = ok and finite_sum(f)
     end
     if usable then
-      local n = #rows + 1
-      rows[n], rtasks[n], rids[n] = m, tasks[k], ids[k]
+      local n = #feats + 1
+      feats[n], rtasks[n], rids[n] = f, tasks[k], ids[k]
       if not counted[tasks[k]] then counted[tasks[k]] = true; ntasks = ntasks + 1 end
     end
   end
   if ntasks < 2 then return nil end
-  local state, oof = P.fit(rows, P.targets(rids, rtasks, ft, targets), rtasks, opts)
+  local X = core.zeros(#feats, stats_width())
+  for r, f in ipairs(feats) do X[r]:copy(f) end -- the rows' features, read once
+  local y, rho = P.targets(rids, rtasks, ft, targets), opts and opts.rho or P.rho
+  check_fit(y, rtasks, rho, #feats, 2)
+  local state, oof = fit_features(X, y, rtasks, rho, 2)
   local by_id = {}
   for k, id in ipairs(rids) do by_id[id] = oof[k] end
-  return state, by_id, #rows
-end
-
--- A ridge fit's predictions for the rows of F (lps.eval.ridge_fit's center,
--- w, ymean), each row's sum in double precision: a model's prior does not
--- depend on the models it is predicted with.
-local function apply(fit, F)
-  local X, c, w = F:totable(), fit.center:totable(), fit.w:reshape(-1):totable()
-  local out = {}
-  for i, row in ipairs(X) do
-    local sum = 0
-    for j, x in ipairs(row) do sum = sum + (x - c[j]) * w[j] end
-    out[i] = sum + fit.ymean
-  end
-  return out
-end
-
---- Fit the prior on models (weight lists) with targets y and task labels
--- `tasks` (one per model; at least two tasks). Returns the prior (a table:
--- mean, sd (f values, the standardization), center, w, ymean (the ridge), rho,
--- n) and the out-of-task predictions of the fit's own models (a list: each
--- from the fit on the other tasks' models, standardized as the whole), the
--- values a benchmark may use for them without predicting a model the fit
--- has seen. opts: rho (default P.rho).
-function P.fit(models, y, tasks, opts)
-  local rho = opts and opts.rho or P.rho
-  check_list(models, "prior.fit: models", 2)
-  check_list(y, "prior.fit: targets", 2)
-  check_list(tasks, "prior.fit: tasks", 2)
-  if not (finite(rho) and rho > 0) then error(("prior.fit: rho must be a positive number, got %s"):format(tostring(rho)), 2) end
-  for k, v in ipairs(y) do
-    if not finite(v) then error(("prior.fit: target %d is %s (need a finite number)"):format(k, tostring(v)), 2) end
-  end
-  if #models ~= #y or #models ~= #tasks then
-    error(("prior.fit: %d models, %d targets and %d task labels"):format(#models, #y, #tasks), 2)
-  end
-  local by_task, order = {}, {}
-  for k, t in ipairs(tasks) do
-    if not by_task[t] then by_task[t], order[#order + 1] = {}, t end
-    table.insert(by_task[t], k)
-  end
-  if #order < 2 then error(("prior.fit: models of %d task(s) (need 2)"):format(#order), 2) end
-  local X = P.features(models)
-  local _, mean, sd = eval.standardize(X)
-  local fit = eval.ridge_fit(X, y, rho)
-  local state = {mean = mean, sd = sd, center = fit.center, w = fit.w, ymean = f32(fit.ymean), rho = rho, n = #models}
-  local oof = {}
-  for _, t in ipairs(order) do
-    local keep, yk = {}, {}
-    for k = 1, #models do if tasks[k] ~= t then keep[#keep + 1], yk[#yk + 1] = k, y[k] end end
-    local pk = apply(eval.ridge_fit(X:index_rows(keep), yk, rho), X:index_rows(by_task[t]))
-    for n, k in ipairs(by_task[t]) do oof[k] = pk[n] end
-  end
-  return state, oof
+  return state, by_id, #feats
 end
 
 --- Check a prior's fields (a loaded or hand-made one); raises naming `what`.
@@ -204,8 +224,7 @@ function P.check(state, what)
     error(("%s: w must be a f x 1 tensor (the ridge's weights)"):format(what), 3)
   end
   local f = stats_width()
-  if state.mean:size(1) ~= f or state.sd:size(1) ~= f or state.center:size(1) ~= f
-     or not (core.is_tensor(state.w) and state.w:dim() == 2 and state.w:size(1) == f and state.w:size(2) == 1) then
+  if state.mean:size(1) ~= f or state.sd:size(1) ~= f or state.center:size(1) ~= f or state.w:size(1) ~= f then
     error(("%s: mean, sd, center and w must have %d features (the stats features), got %d"):format(what, f,
       state.mean:size(1)), 3)
   end

@@ -4,6 +4,7 @@
 -- fine-tune (select, with a transferability prior), saving itself.
 local core = require "lualps.core"
 local util = require "lualps.util"
+local eval = require "lualps.eval"
 local modelset = require "lualps.modelset"
 local models = require "lualps.similarity.models"
 local hybrid = require "lualps.similarity.hybrid"
@@ -109,41 +110,44 @@ function Sim:set_embeddings(ms)
   return e
 end
 
--- The scores of every model of set `ms` against `query` (a model, a
--- record number of ms, or for a network alone an embedding): a Lua list
--- (NaN as -inf), and the query's record number when it is one. `what`
--- names the caller in errors.
-local function scores_of(self, ms, query, what)
+-- The query's record number in set `ms` when it is one (nil otherwise),
+-- checked; `what` names the caller in errors.
+local function query_index(ms, query, what)
   if type(ms) == "string" then error(what .. ": open the set first (lps.modelset.open)", 3) end
-  local self_index
-  if math.type(query) == "integer" then
-    if query < 1 or query > #ms then error(("%s: record %d out of range 1..%d"):format(what, query, #ms), 3) end
-    self_index = query
-  end
+  if math.type(query) ~= "integer" then return nil end
+  if query < 1 or query > #ms then error(("%s: record %d out of range 1..%d"):format(what, query, #ms), 3) end
+  return query
+end
+
+-- A network's embeddings of set `ms` and of `query` (a model, its record
+-- number self_index, or an embedding).
+local function query_embedding(self, ms, query, self_index)
+  local E = self:set_embeddings(ms)
+  if self_index then return E, E[query]:clone() end
+  if core.is_tensor(query) and query:dim() == 1 then return E, query end
+  return E, self:embed(query)
+end
+
+-- The scores of every model of set `ms` against `query` (as nearest takes
+-- it): a Lua list, NaN as -inf.
+local function scores_of(self, ms, query, self_index, what)
   local row
   if self.hy then
     if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
     local list = self:set_models(ms)
     row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
   else
-    local E = self:set_embeddings(ms)
-    local q
-    if self_index then q = E[query]:clone()
-    elseif core.is_tensor(query) and query:dim() == 1 then q = query
-    else q = self:embed(query) end
+    local E, q = query_embedding(self, ms, query, self_index)
     row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
   end
   for i = 1, #row do if row[i] ~= row[i] then row[i] = -math.huge end end
-  return row, self_index
+  return row
 end
 
--- The k best of a list of scores (best first, ties by index), the query's
--- record excluded; each {index=, score=, meta=} plus more(i)'s fields.
-local function best(ms, row, k, self_index, label, more)
-  local order = {}
-  for i = 1, #row do if i ~= self_index then order[#order + 1] = i end end
-  table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
-  local out = setmetatable({}, {__tostring = function(list)
+-- A result list (entries {index=, score=, meta=[, similarity=, prior=]})
+-- that prints as a table, its score column named `label`.
+local function listing(out, label)
+  return setmetatable(out, {__tostring = function(list)
     local extra = list[1] and list[1].similarity ~= nil
     local lines = {("%4s %6s  %-16s %-8s %8s%s"):format("rank", "#", "id", "task", label,
       extra and ("  %10s %10s"):format("similarity", "prior") or "")}
@@ -153,13 +157,22 @@ local function best(ms, row, k, self_index, label, more)
     end
     return table.concat(lines, "\n")
   end})
+end
+
+-- The k best of a list of scores (best first, ties by index), the query's
+-- record excluded; each {index=, score=, meta=} plus more(i)'s fields.
+local function best(ms, row, k, self_index, label, more)
+  local order = {}
+  for i = 1, #row do if i ~= self_index then order[#order + 1] = i end end
+  table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
+  local out = {}
   for j = 1, math.min(k, #order) do
     local i = order[j]
     local x = {index = i, score = row[i], meta = ms:meta(i)}
     if more then for key, v in pairs(more(i)) do x[key] = v end end
     out[j] = x
   end
-  return out
+  return listing(out, label)
 end
 
 local function check_k(k, what)
@@ -174,8 +187,17 @@ end
 -- the first query and cached for later ones.
 function Sim:nearest(ms, query, k)
   k = check_k(k, "nearest")
-  local row, self_index = scores_of(self, ms, query, "nearest")
-  return best(ms, row, k, self_index, self.hy and "score" or "cosine")
+  local self_index = query_index(ms, query, "nearest")
+  if self.hy then return best(ms, scores_of(self, ms, query, self_index, "nearest"), k, self_index, "score") end
+  -- a network alone: the C top-k of the cosines, not a sort of all of them
+  local E, q = query_embedding(self, ms, query, self_index)
+  local idx, scores = eval.topk(E, q, math.min(#ms, k + (self_index and 1 or 0)))
+  local out = {}
+  for j = 1, #idx do
+    local i = math.tointeger(idx[j])
+    if i ~= self_index and #out < k then out[#out + 1] = {index = i, score = scores[j], meta = ms:meta(i)} end
+  end
+  return listing(out, "cosine")
 end
 
 --- The transferability prior of a model (a number: its predicted fine-tuned
@@ -205,7 +227,8 @@ function Sim:select(ms, query, k)
     error("select: this model has no transferability prior (trained without a fine-tuning matrix, or saved before priors were); nearest ranks by similarity alone", 2)
   end
   k = check_k(k, "select")
-  local row, self_index = scores_of(self, ms, query, "select")
+  local self_index = query_index(ms, query, "select")
+  local row = scores_of(self, ms, query, self_index, "select")
   self.prior_cache = self.prior_cache or setmetatable({}, {__mode = "k"})
   local pr = self.prior_cache[ms]
   if not pr or #pr ~= #ms then
