@@ -19,7 +19,10 @@
 --     --variant base= --variant lr05=lr:0.05 --variant soft=temperature:4,steps:40
 -- (--variant smooth1=smooth:1 --variant jitter1=jitter:1: smoothing and jitter, no gain beyond noise;
 --  --variant fixed=adapt_bn:false: ResNets reading by their running statistics, rank-1 0.344 against 0.478;
---  --direction rev --variant sp01=stat_prior:0.1: DeepInversion's prior on the ResNets' dreams, 0.178 against 0.144)
+--  --direction rev --variant sp01=stat_prior:0.1: DeepInversion's prior on the ResNets' dreams, 0.178 against 0.144;
+--  --residual: the hybrid's learned term on the ResNets, rank-1 0.389, 0.356, 0.422 over three seeds against its anchor's
+--  0.478, hence bn_residual = false; --hubs: the ResNets' wrong rank-1 picks are mostly CNNs (34 of 47), and
+--  calibrating by other tasks' ResNets lifts rank-1 by 0.06-0.09 at 2-4 gallery models per task and family)
 package.path = "./?.lua;./?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 local argparse = require "argparse"
@@ -38,6 +41,10 @@ p:option("--tm", "weight of template matching mixed into each score, (1 - w) pro
 p:flag("--resnet-pairs", "also: the ResNet queries among themselves (leave-one-out), the anchor of two batch-norm models "
   .. "(1 - q) TM + q (both directions' mean) at several q (the hybrid's probe_bn_both)")
 p:flag("--rules", "also: the ResNet queries under other reading rules of the first variant's dreams, and their misses")
+p:flag("--residual", "also: the hybrid (lps_hybrid of recipes/eval_hetero.lua, fitted on the retrieval split's training "
+  .. "models, seeds 1-3) on the ResNet queries, with the learned term for batch-norm models (bn_residual) and without")
+p:flag("--hubs", "also: the ResNet queries' rank-1 picks by the gallery model's family and class count, and each "
+  .. "score calibrated by reference readers (the ResNets of the other tasks: score - lambda x their mean)")
 local args = p:parse()
 
 local function parse_variant(text)
@@ -108,6 +115,89 @@ if args.resnet_pairs then
   for _, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
     local r = lps.eval.retrieval(q == 0 and tm or P * q + tm * (1 - q), labels, labels, {exclude_self = true})
     print(("%-8.2f %8.3f %8.3f"):format(q, r.rank1, r.map))
+  end
+end
+
+if args.residual then
+  -- The network trained on these tasks' MLPs and CNNs (the gallery is in
+  -- its training set; the ResNets never are): where the learned term helps
+  -- anywhere off its training distribution, it helps here.
+  local rmodels, rlabels = B.gather(S, resnets)
+  local gmodels, glabels = B.gather(S, gallery)
+  local method = lps.benchmark.methods.lps{name = "lps_hybrid", families = {"mlp", "cnn"}, relations = "transfer",
+                                          epochs = 30, hybrid = true}
+  print("\nthe hybrid on the ResNet queries (fitted on the retrieval split's training models)")
+  print(("%-6s %6s %16s %16s %16s"):format("seed", "w", "ResNet gates > 0", "with residual", "without (anchor)"))
+  for seed = 1, 3 do
+    local f = B.fitted(S, method, S.splits.retrieval.train, seed, "retrieval")
+    local out = {}
+    for k, on in ipairs{true, false} do
+      local st = {}
+      for key, v in pairs(f.hybrid) do st[key] = v end
+      st.bn_residual = on
+      local hy = lps.similarity.hybrid.new(f.net, st, function(ms) return f.net:embed(ms) end)
+      local r = lps.eval.retrieval(hy:similarity(rmodels, gmodels), rlabels, glabels)
+      out[k] = ("%.3f / %.3f"):format(r.rank1, r.map)
+      if on then
+        local open = 0
+        for _, d in ipairs(hy:describe(rmodels)) do if d.g > 0 then open = open + 1 end end
+        out.open = open
+      end
+    end
+    print(("%-6d %6.2f %9d of %3d %16s %16s"):format(seed, f.hybrid.w, out.open, #resnets, out[1], out[2]))
+  end
+end
+
+if args.hubs then
+  -- Which gallery models the ResNets pick at rank-1 (the first variant's
+  -- dreams, as the hybrid reads them: the ResNet reads), and how much a
+  -- gallery model's general readability by ResNets (the mean score the
+  -- ResNets of the tasks outside the training tasks give its dreams: no
+  -- label of theirs is used) explains the misses.
+  local pm = lps.similarity.probe.matcher(variants[1].opts)
+  local rmodels, rlabels = B.gather(S, resnets)
+  local gmodels, glabels = B.gather(S, gallery)
+  local Q = pm.directed(rmodels, gmodels)
+  local meta_of = {}
+  for i = 1, S.n do meta_of[S.meta[i].id] = S.meta[i] end
+  local groups, keys = {}, {}
+  local function key_of(j)
+    local m = meta_of[gallery[j]]
+    return ("%s, %d classes"):format(m.family, #S.splits.tasks[m.task].classes)
+  end
+  for j = 1, #gallery do
+    local k = key_of(j)
+    if not groups[k] then groups[k] = {n = 0, picks = 0, wrong = 0}; keys[#keys + 1] = k end
+    groups[k].n = groups[k].n + 1
+  end
+  for i = 1, #resnets do
+    local top
+    for j = 1, #gallery do if not top or Q:get(i, j) > Q:get(i, top) then top = j end end
+    local g = groups[key_of(top)]
+    g.picks = g.picks + 1
+    if meta_of[gallery[top]].task ~= meta_of[resnets[i]].task then g.wrong = g.wrong + 1 end
+  end
+  table.sort(keys)
+  print(("\nResNet queries' rank-1 picks by gallery model (%s's dreams)"):format(variants[1].name))
+  print(("%-18s %8s %8s %8s"):format("gallery models", "count", "picked", "wrongly"))
+  for _, k in ipairs(keys) do
+    print(("%-18s %8d %8d %8d"):format(k, groups[k].n, groups[k].picks, groups[k].wrong))
+  end
+  local refs = {}
+  for i = 1, S.n do
+    local m = S.meta[i]
+    if m.family == "resnet" and not train_task[m.task] then refs[#refs + 1] = m.id end
+  end
+  local F = pm.directed((B.gather(S, refs)), gmodels)
+  local mean = F:mean(1) -- one per gallery model
+  print(("\ncalibrated by %d reference ResNets of other tasks: score - lambda x their mean score of the gallery model")
+    :format(#refs))
+  print(("%-8s %8s %8s"):format("lambda", "rank-1", "mAP"))
+  for _, lam in ipairs{0, 0.25, 0.5, 0.75, 1, 1.5} do
+    local C = Q:clone()
+    for i = 1, #resnets do C[i]:add_(mean * -lam) end
+    local r = lps.eval.retrieval(C, rlabels, glabels)
+    print(("%-8.2f %8.3f %8.3f"):format(lam, r.rank1, r.map))
   end
 end
 

@@ -52,6 +52,11 @@ local function orders(S)
   return out
 end
 
+-- Cosines of unit rows (E: embeddings, unit norm), a nested table.
+local function core_cos(E)
+  return lps.matmul(E, E, false, true):totable()
+end
+
 local function state(net, w, lo, hi, gate)
   return {w = w, lo = lo, hi = hi, gate = gate, tm_pool = 4, mu = lps.randn(3, net.opts.embed, lps.generator(5))}
 end
@@ -317,6 +322,60 @@ function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
   lu.assertEquals({f.hybrid.probe_bn, f.hybrid.probe_bn_both}, {1, 0.5})
 end
 
+-- The learned term stays off where the anchor reads a model by probe (a
+-- batch-norm model): its gate is 0 and its pairs keep the anchor's bits,
+-- even with the typicality gate off and w > 0; bn_residual = true gives it
+-- the learned term, (1 - w) anchor + w cos, as for any other model.
+function TestHybrid:test_batch_norm_models_take_no_learned_term()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0.5}, gate = false}}, models, y)
+  lu.assertEquals({f.hybrid.w, f.hybrid.bn_residual}, {0.5, false})
+  local g = lps.generator(41)
+  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
+    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
+    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
+  local rn = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, g), g):eval())
+  local gallery = {models[1], models[2], models[7]}
+  local reading = probe.matcher(f.hybrid.dreams).directed({rn}, gallery)
+  local S = f:similarity({rn, models[1]}, gallery)
+  lu.assertEquals(S[1]:totable(), reading[1]:totable()) -- the anchor's bits
+  local on = {}
+  for k, v in pairs(f.hybrid) do on[k] = v end
+  on.bn_residual = true
+  local E = f.net:embed({rn, table.unpack(gallery)})
+  local cos = core_cos(E)
+  local S1 = H.new(f.net, on):similarity({rn, models[1]}, gallery)
+  for j = 1, 3 do lu.assertAlmostEquals(S1:get(1, j), 0.5 * reading:get(1, j) + 0.5 * cos[1][j + 1], 1e-5) end
+  lu.assertEquals(S1[2]:totable(), S[2]:totable()) -- models without batch norm: as before
+  lu.assertNotEquals(S1[1]:totable(), S[1]:totable())
+  T.assert_error_contains("hybrid: bn_residual must be a boolean, got 1", fit, {hybrid = {bn_residual = 1}}, models, y)
+  -- saved and loaded: the flag round-trips; files saved before it give every model the learned term
+  local path = T.tmpname(".model")
+  lps.similarity.wrap(f.net, f.classes, f.hybrid):save(path)
+  local back = lps.similarity.load(path)
+  lu.assertFalse(back.hybrid.bn_residual)
+  lu.assertStrContains(tostring(back), "batch norm read by probe (1.00; 0.50 both) without the learned term")
+  lu.assertEquals(back.hy:similarity({rn}, gallery):totable(), S:rows(1, 1):totable())
+  local state_of = lps.similarity.hybrid_state
+  lu.assertTrue(state_of({}, lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}).bn_residual)
+  lu.assertFalse(state_of({bn_residual = false}, lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}).bn_residual)
+end
+
+-- Where a pair's weight is 0 the hybrid is the anchor's bits even when the
+-- network gives NaN (a model it does not read): NaN * 0 must not leak.
+function TestHybrid:test_combine_keeps_the_anchor_where_the_weight_is_0()
+  local TM = lps.tensor{{0.5, 0.2}, {0.1, 0.7}}
+  local Cos = lps.tensor{{0 / 0, 0.1}, {0.3, 0 / 0}}
+  local out = H.combine(TM, Cos, {0, 1}, {1, 0}, 0.5)
+  lu.assertEquals(out:get(1, 1), TM:get(1, 1))
+  lu.assertEquals(out:get(1, 2), TM:get(1, 2))
+  lu.assertEquals(out:get(2, 2), TM:get(2, 2))
+  lu.assertAlmostEquals(out:get(2, 1), 0.5 * 0.1 + 0.5 * 0.3, 1e-7)
+  lu.assertTrue(Cos:get(1, 1) ~= Cos:get(1, 1)) -- the caller's tensor is left as it was
+  local nan = H.combine(TM, Cos, {1, 1}, {1, 1}, 0.5) -- weight > 0 on a NaN cosine: not comparable
+  lu.assertTrue(nan:get(1, 1) ~= nan:get(1, 1))
+end
+
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
   -- against template matching alone (the default anchor): probe matching
   -- reads these noisy one-layer models worse than their templates, and a
@@ -340,7 +399,7 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   sim:save(path)
   local back = lps.similarity.load(path)
   lu.assertStrContains(tostring(back), "hybrid with template matching and probe matching (0.50, directed, gated), "
-    .. "batch norm read by probe (1.00; 0.50 both), w 0.50")
+    .. "batch norm read by probe (1.00; 0.50 both) without the learned term, w 0.50")
   lu.assertEquals(back.hybrid.probe_bn, 1)
   lu.assertEquals(back.hybrid.probe_bn_both, 0.5)
   lu.assertEquals(back.hybrid.probe, 0.5)

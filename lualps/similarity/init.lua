@@ -127,7 +127,8 @@ function M.train(ms, split, opts)
 end
 
 --- Wrap a network (trained elsewhere) as a similarity object; with a
--- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate, probe_bn, probe_bn_both, dreams, mu})
+-- hybrid state (lualps.similarity.hybrid: {w, lo, hi, gate, tm_pool, tm_templates, probe, probe_directed, probe_gate,
+-- probe_bn, probe_bn_both, bn_residual, dreams, mu})
 -- its similarity and nearest give the hybrid score; with a transferability
 -- prior (lualps.similarity.prior.fit's) its transferability and select use it.
 function M.wrap(net, classes, hybrid_state, prior_state)
@@ -145,6 +146,7 @@ function M.hybrid_state(h, mu, par)
     probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true,
     probe_bn = h.probe_bn or 0, -- older files: batch-norm pairs as any other
     probe_bn_both = h.probe_bn_both or h.probe_bn or 0, -- files of 4b711d8: probe_bn
+    bn_residual = h.bn_residual ~= false, -- files saved before it: the learned term for every model
     -- files saved before the dreams were: fitted with the step of then, 0.05
     dreams = h.dreams or ((h.probe or 0) > 0 and {lr = 0.05} or nil)}
   -- files saved before adapt_bn was: their readers used the running statistics

@@ -38,8 +38,9 @@ function Sim:__tostring()
     tostring(self.n_train or "?"), #self.classes, self.label, h and ("; hybrid with template matching%s%s, w %.2f, gate %s")
       :format((h.probe or 0) > 0 and (" and probe matching (%.2f%s%s)"):format(h.probe, h.probe_directed and ", directed" or "",
         h.probe_gate and ", gated" or "") or "",
-        ((h.probe_bn or 0) > 0 or (h.probe_bn_both or 0) > 0) and (", batch norm read by probe (%.2f; %.2f both)")
-          :format(h.probe_bn or 0, h.probe_bn_both or h.probe_bn or 0) or "", h.w,
+        ((h.probe_bn or 0) > 0 or (h.probe_bn_both or 0) > 0) and (", batch norm read by probe (%.2f; %.2f both)%s")
+          :format(h.probe_bn or 0, h.probe_bn_both or h.probe_bn or 0, h.bn_residual and "" or " without the learned term")
+          or "", h.w,
         h.gate == false and "off" or ("%.3f..%.3f"):format(h.lo, h.hi)) or "",
     self.prior and ("; transferability prior from %s models"):format(tostring(self.prior.n or "?")) or "")
 end
@@ -261,7 +262,7 @@ function Sim:save(path, opts)
     named["hybrid.prototypes"], named["hybrid.params"] = h.mu, core.tensor({h.w, h.lo, h.hi})
     hmeta = {gate = h.gate ~= false, tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", probe = h.probe or 0,
              probe_directed = h.probe_directed == true, probe_gate = h.probe_gate == true, probe_bn = h.probe_bn or 0,
-             probe_bn_both = h.probe_bn_both or h.probe_bn or 0, dreams = h.dreams}
+             probe_bn_both = h.probe_bn_both or h.probe_bn or 0, bn_residual = h.bn_residual == true, dreams = h.dreams}
   end
   local pmeta = self.prior and prior.to_saved(self.prior, named)
   local out = modelset.create(path, {overwrite = o.overwrite})
