@@ -43,6 +43,12 @@ function TestPrior:test_targets_by_hand()
   lu.assertAlmostEquals(y[2], 0.3 - 0.5, 1e-12)
   T.assert_error_contains("no fine-tuned accuracy of model a on task 4", P.targets, {"a", "b"}, {1, 2}, ft, {4})
   T.assert_error_contains("2 ids and 1 tasks", P.targets, {"a", "b"}, {1}, ft, {1})
+  -- a NaN or infinite accuracy is no result: named, not a NaN target
+  local bad = {a = {0.5, 0.6, 0.7}, b = {0 / 0, 0.9, 0.3}, c = {0.8, 0.2, 0.1}}
+  T.assert_error_contains("accuracy of model b on task 1 is", P.targets, {"a", "b", "c"}, {1, 2, 3}, bad, {1, 2, 3})
+  bad.b[1], bad.c[1] = 0.4, math.huge
+  T.assert_error_contains("accuracy of model c on task 1 is inf", P.targets, {"a", "b", "c"}, {1, 2, 3}, bad, {1, 2, 3})
+  T.assert_error_contains("no fine-tuned accuracy of model b on task 1", P.targets, {"a", "b"}, {1, 2}, {a = {1, 1}, b = 3}, {1, 2})
 end
 
 function TestPrior:test_fit_is_the_ridge_and_out_of_task_is_the_fit_without_the_task()
@@ -214,6 +220,14 @@ function TestPrior:test_fit_zoo_keeps_the_usable_rows()
   lu.assertNil(o2.m2)
   lu.assertNil(o2.m5)
   lu.assertEquals(s2.n, 10)
+  -- a NaN or infinite result is no result either: its row is left out
+  ft.m7[1], ft.m8[4] = 0 / 0, -math.huge
+  local s3, o3, n3 = P.fit_zoo(ms, ids, tasks, ft)
+  lu.assertEquals(n3, 8)
+  lu.assertNil(o3.m7)
+  lu.assertNil(o3.m8)
+  lu.assertEquals(s3.n, 8)
+  ft.m7[1], ft.m8[4] = 0.5 + y[7] + 0.01, 0.5 + y[8] + 0.04
   -- rows of one task: no prior; no results at all: none
   lu.assertNil(P.fit_zoo({models[1], models[2]}, {"m1", "m2"}, {1, 1}, ft))
   lu.assertNil(P.fit_zoo(models, ids, tasks, {}))

@@ -44,7 +44,7 @@ end
 --- The targets p (see the header) of models with ids `ids` and tasks
 -- `tasks` (lists of one entry per model) from the fine-tuning matrix ft,
 -- over the target tasks `targets` (a list). Raises, naming the model and the
--- task, when an accuracy is missing.
+-- task, when an accuracy is missing or not finite.
 function P.targets(ids, tasks, ft, targets)
   check_list(ids, "prior.targets: ids", 2)
   check_list(tasks, "prior.targets: tasks", 2)
@@ -52,9 +52,14 @@ function P.targets(ids, tasks, ft, targets)
   if type(ft) ~= "table" then error("prior.targets: no fine-tuning matrix", 2) end
   if #ids ~= #tasks then error(("prior.targets: %d ids and %d tasks"):format(#ids, #tasks), 2) end
   local function acc(id, t)
-    local a = ft[id] and ft[id][t]
+    local row = ft[id]
+    local a = type(row) == "table" and row[t] or nil
     if type(a) ~= "number" then
       error(("prior: no fine-tuned accuracy of model %s on task %s"):format(tostring(id), tostring(t)), 3)
+    end
+    if not finite(a) then
+      error(("prior: the fine-tuned accuracy of model %s on task %s is %s (need a finite number)")
+        :format(tostring(id), tostring(t), tostring(a)), 3)
     end
     return a
   end
@@ -158,8 +163,9 @@ end
 --- Fit a prior on the models of a zoo with fine-tuning results: models,
 -- ids and tasks (one entry each; ft[id][t]: the accuracy of model id
 -- fine-tuned on task t) and the target tasks (default: every task of
--- `tasks`, sorted). The rows are the models with a result on every target
--- but their own task and finite stats features; the others are left out
+-- `tasks`, sorted). The rows are the models with a result (a finite
+-- number) on every target but their own task and finite stats features;
+-- the others are left out
 -- (a model without results is no training row). Returns the prior, the
 -- out-of-task predictions by id (prior.fit's), and the number of rows; nil
 -- when the rows cover fewer than two tasks. opts: rho.
@@ -186,7 +192,7 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
     local usable = type(row) == "table"
     if usable then
       for _, t in ipairs(targets) do
-        if t ~= tasks[k] and type(row[t]) ~= "number" then usable = false break end
+        if t ~= tasks[k] and not finite(row[t]) then usable = false break end
       end
     end
     if usable then
