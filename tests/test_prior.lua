@@ -288,6 +288,10 @@ function TestPrior:test_a_damaged_prior_fails_to_load()
   T.assert_error_contains("prior.predict: models must be a list", P.predict, state, nil)
   T.assert_error_contains("prior.predict: not a prior", P.predict, {}, models)
   T.assert_error_contains("prior.fit: tasks must be a list", P.fit, models, y, nil)
+  -- a NaN task label (no table key), named
+  T.assert_error_contains("prior.fit: task label 2 is ", P.fit, {models[1], models[4], models[7]}, {1, 2, 3}, {1, 0 / 0, 3})
+  T.assert_error_contains("prior.fit_zoo: task label 1 is ", P.fit_zoo, {models[1], models[4]}, {"a", "b"}, {0 / 0, 2},
+    {a = {1, 1}, b = {1, 1}}, {1, 2})
   T.assert_error_contains("prior.fit: target 2 is ", P.fit, {models[1], models[4]}, {1, 0 / 0}, {1, 2})
   T.assert_error_contains("need a finite number", P.fit, {models[1], models[4]}, {1, 1 / 0}, {1, 2})
   T.assert_error_contains("prior.targets: targets must be a list", P.targets, {"a"}, {1}, {a = {1}}, nil)

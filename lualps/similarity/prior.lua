@@ -36,6 +36,14 @@ local function check_list(x, what, level)
   if type(x) ~= "table" then error(("%s must be a list, got %s"):format(what, type(x)), level + 1) end
 end
 
+-- Task labels 1..n: each a value a table can be keyed by (not nil, not NaN).
+local function check_tasks(tasks, n, what, level)
+  for k = 1, n do
+    local t = tasks[k]
+    if t == nil or t ~= t then error(("%s: task label %d is %s"):format(what, k, tostring(t)), level + 1) end
+  end
+end
+
 local function finite_sum(F)
   local s = F:sum()
   return s == s and s ~= math.huge and s ~= -math.huge
@@ -121,6 +129,7 @@ local function check_fit(y, tasks, rho, n, level)
   if n ~= #y or n ~= #tasks then
     error(("prior.fit: %d models, %d targets and %d task labels"):format(n, #y, #tasks), level)
   end
+  check_tasks(tasks, n, "prior.fit", level)
 end
 
 -- P.fit on the unstandardized stats features X (n x f) of its models,
@@ -177,6 +186,7 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
   if #ids ~= #models or #tasks ~= #models then
     error(("prior.fit_zoo: %d models, %d ids and %d tasks"):format(#models, #ids, #tasks), 2)
   end
+  check_tasks(tasks, #models, "prior.fit_zoo", 2)
   if targets == nil then
     local listed = {}
     targets = {}
