@@ -284,6 +284,29 @@ function TestPrior:test_a_damaged_prior_fails_to_load()
   T.assert_error_contains("w has a non-finite value", lps.similarity.load,
     saved(function(n) local w = state.w:clone(); w:set(1, 1, 0 / 0); n["prior.w"] = w end))
   T.assert_error_contains("malformed prior entry", lps.similarity.load, saved(nil, function(m) m.prior = 3 end))
+  -- the check names the tensor of the wrong size, and reads rho
+  T.assert_error_contains("must have 42 features (the stats features), got 41 in sd", lps.similarity.load,
+    saved(function(n) n["prior.sd"] = lps.ones(41) end))
+  T.assert_error_contains("got 30 in w", lps.similarity.load, saved(function(n) n["prior.w"] = n["prior.w"]:rows(1, 30):clone() end))
+  T.assert_error_contains("rho must be a positive number", lps.similarity.load,
+    saved(function(n) n["prior.params"] = lps.tensor({state.ymean, 0 / 0}) end))
+  -- a prior a saved file could not carry is refused when wrapped or saved, not
+  -- written to a file that does not load
+  local norho = {mean = state.mean, sd = state.sd, center = state.center, w = state.w, ymean = state.ymean}
+  T.assert_error_contains("similarity.wrap: prior: rho must be a positive number", lps.similarity.wrap, net, {1}, nil, norho)
+  local copy = {}
+  for k, v in pairs(state) do copy[k] = v end
+  local sim = lps.similarity.wrap(net, {1, 2, 3, 4}, nil, copy)
+  copy.w = state.w:clone()
+  copy.w:set(1, 1, 0 / 0)
+  local p = T.tmpname(".lps")
+  os.remove(p)
+  T.assert_error_contains("save: prior: w has a non-finite value", sim.save, sim, p)
+  lu.assertNil(io.open(p))
+  -- targets beyond float32: an error, not a prior of NaN
+  local huge = {}
+  for k = 1, #y do huge[k] = 1e39 * y[k] end
+  T.assert_error_contains("prior.fit: the ridge fit is not finite", P.fit, models, huge, tasks)
   -- the public functions' arguments
   T.assert_error_contains("prior.predict: models must be a list", P.predict, state, nil)
   T.assert_error_contains("prior.predict: not a prior", P.predict, {}, models)

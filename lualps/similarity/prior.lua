@@ -145,6 +145,9 @@ local function fit_features(X, y, tasks, rho, level)
   local _, mean, sd = eval.standardize(X)
   local fit = eval.ridge_fit(X, y, rho)
   local state = {mean = mean, sd = sd, center = fit.center, w = fit.w, ymean = f32(fit.ymean), rho = rho, n = n}
+  if not (finite_sum(fit.w) and finite(state.ymean)) then -- float32 overflow: no prior rather than a NaN one
+    error("prior.fit: the ridge fit is not finite (targets or features too large for float32)", level + 1)
+  end
   local oof = {}
   for _, t in ipairs(order) do
     local keep, yk = {}, {}
@@ -240,15 +243,21 @@ function P.check(state, what)
     error(("%s: w must be a f x 1 tensor (the ridge's weights)"):format(what), 3)
   end
   local f = stats_width()
-  if state.mean:size(1) ~= f or state.sd:size(1) ~= f or state.center:size(1) ~= f or state.w:size(1) ~= f then
-    error(("%s: mean, sd, center and w must have %d features (the stats features), got %d"):format(what, f,
-      state.mean:size(1)), 3)
+  for _, k in ipairs{"mean", "sd", "center", "w"} do
+    if state[k]:size(1) ~= f then
+      error(("%s: mean, sd, center and w must have %d features (the stats features), got %d in %s"):format(what, f,
+        state[k]:size(1), k), 3)
+    end
   end
   for _, k in ipairs{"mean", "center", "w"} do
     if not finite_sum(state[k]) then error(("%s: %s has a non-finite value"):format(what, k), 3) end
   end
   if not (state.sd:min() > 0 and finite_sum(state.sd)) then error(what .. ": sd must be positive and finite", 3) end
   if not finite(state.ymean) then error(what .. ": ymean must be a finite number", 3) end
+  -- a saved prior keeps rho (prior.params): without it the file would not load
+  if not (finite(state.rho) and state.rho > 0) then
+    error(("%s: rho must be a positive number (the ridge's), got %s"):format(what, tostring(state.rho)), 3)
+  end
 end
 
 --- The prior of each model of a list (a Lua list of numbers; NaN for a
@@ -316,8 +325,10 @@ end
 
 --- Tensors and metadata of a prior for a saved file (named tensors
 -- prior.mean, prior.sd, prior.center, prior.w, prior.params = {ymean, rho});
--- P.from_saved reads them back.
+-- P.from_saved reads them back. Raises (P.check) on a prior that P.from_saved
+-- would refuse: no file is written that cannot be read back.
 function P.to_saved(state, named)
+  P.check(state, "save: prior")
   named["prior.mean"], named["prior.sd"], named["prior.center"], named["prior.w"] =
     state.mean, state.sd, state.center, state.w
   named["prior.params"] = core.tensor({state.ymean, state.rho})
