@@ -319,6 +319,13 @@ function TestPrior:test_a_damaged_prior_fails_to_load()
   T.assert_error_contains("need a finite number", P.fit, {models[1], models[4]}, {1, 1 / 0}, {1, 2})
   T.assert_error_contains("prior.targets: targets must be a list", P.targets, {"a"}, {1}, {a = {1}}, nil)
   T.assert_error_contains("prior.combine: 2 scores and 1 prior values", P.combine, {1, 2}, {1})
+  T.assert_error_contains("prior.combine: score 1 is a string", P.combine, {"a", 2}, {1, 2})
+  T.assert_error_contains("prior.combine: prior value 2 is a boolean", P.combine, {1, 2}, {1, true})
+  -- predict checks the whole prior: without mean and sd it standardized by the models' own
+  local partial = {center = state.center, w = state.w, ymean = state.ymean, rho = state.rho}
+  T.assert_error_contains("prior.predict: mean must be a 1-D tensor", P.predict, partial, models)
+  partial.mean, partial.sd, partial.w = state.mean, state.sd, lps.zeros(3, 1)
+  T.assert_error_contains("prior.predict: mean, sd, center and w must have 42 features", P.predict, partial, models)
   T.cleanup()
 end
 

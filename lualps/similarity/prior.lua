@@ -264,6 +264,7 @@ end
 -- model without stats features, e.g. a ResNet, or with non-finite weights).
 function P.predict(state, models)
   if type(state) ~= "table" or not core.is_tensor(state.w) then error("prior.predict: not a prior (prior.fit's)", 2) end
+  P.check(state, "prior.predict") -- a prior without mean and sd standardized by the models' own
   check_list(models, "prior.predict: models", 2)
   if #models == 0 then return {} end
   local ok, F = pcall(eval.feature_matrix, "stats", models)
@@ -302,6 +303,10 @@ function P.combine(scores, prior)
   check_list(prior, "prior.combine: prior", 2)
   if #scores ~= #prior then
     error(("prior.combine: %d scores and %d prior values"):format(#scores, #prior), 2)
+  end
+  for k = 1, #scores do
+    if type(scores[k]) ~= "number" then error(("prior.combine: score %d is a %s (need a number)"):format(k, type(scores[k])), 2) end
+    if type(prior[k]) ~= "number" then error(("prior.combine: prior value %d is a %s (need a number)"):format(k, type(prior[k])), 2) end
   end
   local function z(list, nonfinite)
     local m, v, n = 0, 0, 0
