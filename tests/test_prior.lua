@@ -162,6 +162,13 @@ function TestPrior:test_select_ranks_by_similarity_plus_prior_and_survives_save_
   T.assert_error_contains("no transferability prior", bare.transferability, bare, models[1])
   T.assert_error_contains("k must be a positive integer", sim.select, sim, ms, 1, 0)
   T.assert_error_contains("out of range 1..15", sim.select, sim, ms, 16, 3)
+  -- record 4.0 is record 4; an embedding with a NaN was a list of -inf scores in record order
+  local rf = sim:select(ms, 4.0, 14)
+  for j = 1, 14 do lu.assertEquals(rf[j].index, r[j].index) end
+  local e = sim:embed(models[4])
+  e[2] = 0 / 0
+  T.assert_error_contains("select: the query embedding is not finite", sim.select, sim, ms, e, 3)
+  T.assert_error_contains("select: expected an open model set, got nil", sim.select, sim, nil, 4, 3)
   T.assert_error_contains("similarity.wrap: prior: mean, sd, center and w must have", function()
     lps.similarity.wrap(net, {1}, nil, {mean = state.mean, sd = state.sd, center = state.center, w = lps.zeros(3, 1), ymean = 0})
   end)

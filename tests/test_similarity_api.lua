@@ -72,6 +72,21 @@ function TestSimilarityAPI:test_nearest_finds_the_same_task()
   lu.assertEquals(select(2, shown:gsub("\n", "")), 2) -- a header and two rows
   T.assert_error_contains("out of range 1..18", self.sim.nearest, self.sim, self.ms, 19, 3)
   T.assert_error_contains("k must be a positive integer", self.sim.nearest, self.sim, self.ms, 1, 0)
+  -- a record number as a float: 1.0 is record 1, 2.5 and NaN are named
+  local r1, rf = self.sim:nearest(self.ms, 1, 3), self.sim:nearest(self.ms, 1.0, 3)
+  for j = 1, 3 do lu.assertEquals(rf[j].index, r1[j].index) end
+  T.assert_error_contains("nearest: record 2.5 is not an integer", self.sim.nearest, self.sim, self.ms, 2.5, 3)
+  T.assert_error_contains("nearest: record ", self.sim.nearest, self.sim, self.ms, 0 / 0, 3)
+  -- no set, or an embedding of the wrong size
+  T.assert_error_contains("nearest: expected an open model set, got nil", self.sim.nearest, self.sim, nil, 1, 3)
+  T.assert_error_contains("nearest: expected an open model set, got number", self.sim.nearest, self.sim, 3, 1, 3)
+  T.assert_error_contains("nearest: the query embedding has 5 entries, the network's 8", self.sim.nearest, self.sim,
+    self.ms, lps.ones(5), 3)
+  -- an empty set: nothing is near (select's answer too), not a top-k error
+  local empty = T.tmpname(".lpsm")
+  do local out <close> = lps.modelset.create(empty, {overwrite = true}) end
+  local es <close> = lps.modelset.open(empty)
+  lu.assertEquals(#self.sim:nearest(es, self.ms:tensors(1), 3), 0)
 end
 
 function TestSimilarityAPI:test_save_and_load_round_trip()

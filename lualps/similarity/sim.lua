@@ -115,17 +115,30 @@ end
 -- checked; `what` names the caller in errors.
 local function query_index(ms, query, what)
   if type(ms) == "string" then error(what .. ": open the set first (lps.modelset.open)", 3) end
+  if type(ms) ~= "table" then error(("%s: expected an open model set, got %s"):format(what, type(ms)), 3) end
+  if math.type(query) == "float" then
+    -- 3.0 is record 3; 2.5 or NaN is no record (nor a model)
+    if not math.tointeger(query) then error(("%s: record %s is not an integer"):format(what, tostring(query)), 3) end
+    query = math.tointeger(query)
+  end
   if math.type(query) ~= "integer" then return nil end
   if query < 1 or query > #ms then error(("%s: record %d out of range 1..%d"):format(what, query, #ms), 3) end
   return query
 end
 
 -- A network's embeddings of set `ms` and of `query` (a model, its record
--- number self_index, or an embedding).
-local function query_embedding(self, ms, query, self_index)
+-- number self_index, or an embedding: one finite entry per dimension).
+local function query_embedding(self, ms, query, self_index, what)
   local E = self:set_embeddings(ms)
-  if self_index then return E, E[query]:clone() end
-  if core.is_tensor(query) and query:dim() == 1 then return E, query end
+  if self_index then return E, E[self_index]:clone() end
+  if core.is_tensor(query) and query:dim() == 1 then
+    if query:numel() ~= self.net.opts.embed then
+      error(("%s: the query embedding has %d entries, the network's %d"):format(what, query:numel(), self.net.opts.embed), 3)
+    end
+    local s = query:sum()
+    if not (s == s and s > -math.huge and s < math.huge) then error(what .. ": the query embedding is not finite", 3) end
+    return E, query
+  end
   return E, self:embed(query)
 end
 
@@ -138,7 +151,7 @@ local function scores_of(self, ms, query, self_index, what)
     local list = self:set_models(ms)
     row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
   else
-    local E, q = query_embedding(self, ms, query, self_index)
+    local E, q = query_embedding(self, ms, query, self_index, what)
     row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
   end
   for i = 1, #row do if row[i] ~= row[i] then row[i] = -math.huge end end
@@ -191,7 +204,8 @@ function Sim:nearest(ms, query, k)
   local self_index = query_index(ms, query, "nearest")
   if self.hy then return best(ms, scores_of(self, ms, query, self_index, "nearest"), k, self_index, "score") end
   -- a network alone: the C top-k of the cosines, not a sort of all of them
-  local E, q = query_embedding(self, ms, query, self_index)
+  local E, q = query_embedding(self, ms, query, self_index, "nearest")
+  if #ms == 0 then return listing({}, "cosine") end -- an empty set: no model is near (as select)
   local idx, scores = eval.topk(E, q, math.min(#ms, k + (self_index and 1 or 0)))
   local out = {}
   for j = 1, #idx do
