@@ -110,6 +110,23 @@ function TestSimilarityAPI:test_bad_input()
   T.assert_error_contains("unknown option 'epoch'", lps.similarity.train, self.ms, {"t1-m1"}, {epoch = 1})
   T.assert_error_contains("model id 'nope' is not in the set", lps.similarity.train, self.ms, {"nope"}, {})
   T.assert_error_contains("expected a model", self.sim.embed, self.sim, 42)
+  -- a record the network cannot read (NaN weights): embed_set, nearest and
+  -- the CLI name it, not only its tensor
+  local bad = T.tmpname(".lpsm")
+  do
+    local out <close> = lps.modelset.create(bad, {overwrite = true})
+    for i = 1, 3 do
+      local map, names = self.ms:tensors(i)
+      local named = {}
+      for k, name in ipairs(names) do named[k] = {name = name, tensor = map[name]} end
+      if i == 2 then named[1].tensor = named[1].tensor:clone():fill_(0 / 0) end
+      out:append_tensors(named, {id = "b" .. i, task = 1})
+    end
+  end
+  T.assert_error_contains("embed_set: record 2 (id b2): chain_normalize: weight 1 has a non-finite entry",
+    self.sim.embed_set, self.sim, bad)
+  local bs <close> = lps.modelset.open(bad)
+  T.assert_error_contains("embed_set: record 2 (id b2)", self.sim.nearest, self.sim, bs, 1, 2)
 end
 
 TestFeatureHead = {}

@@ -63,7 +63,21 @@ function Sim:embed_set(ms, opts)
   for s = 1, n, batch do
     local chunk = {}
     for i = s, math.min(n, s + batch - 1) do chunk[#chunk + 1] = models.record(set, i) end
-    out:rows(s, s + #chunk - 1):copy(self.net:embed(chunk, batch))
+    local ok, e = pcall(self.net.embed, self.net, chunk, batch)
+    if not ok then -- name the record the network refuses (e.g. NaN weights), not only its tensor
+      for j, m in ipairs(chunk) do
+        local okj, err = pcall(self.net.embed, self.net, {m}, 1)
+        if not okj then
+          local i = s + j - 1
+          local msg = ("embed_set: record %d (id %s): %s"):format(i, tostring(set:meta(i).id),
+            (tostring(err):gsub("^[^\n]-%.lua:%d+: ", "")))
+          if own then set:close() end
+          error(msg, 2)
+        end
+      end
+      error(e, 0)
+    end
+    out:rows(s, s + #chunk - 1):copy(e)
     if prog then prog:update(s + #chunk - 1) end
   end
   if prog then prog:finish() end
