@@ -106,14 +106,31 @@ M.linear_cka = C.linear_cka       -- (X (N x p), Y (N x q)) -> number
 function M.cka_layers(acts_a, acts_b) return C.cka_layers(acts_a, acts_b) end
 M.symeig = C.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
+-- A finite number (not NaN, not infinite).
+local function finite(x) return type(x) == "number" and x == x and x > -math.huge and x < math.huge end
+
 --- Ridge regression fitted on the rows of X (n x e) with targets y (a list
 -- of n numbers): X centred by its column means and y by its mean; lambda =
 -- rho * trace / e (rho default 1e-3) plus 1e-9. Solved in the smaller of
 -- the feature and the sample space (the same solution). Returns {center
--- (1 x e), w (e x 1), ymean} for M.ridge_apply.
+-- (1 x e), w (e x 1), ymean} for M.ridge_apply. Raises, naming it, on a bad
+-- argument: X not a non-empty matrix or not finite, a y value not a finite
+-- number, rho not a number >= 0.
 function M.ridge_fit(X, y, rho)
+  if not (core.is_tensor(X) and X:dim() == 2 and X:numel() > 0) then
+    error(("ridge_fit: X must be a non-empty n x e tensor, got %s"):format(core.is_tensor(X)
+      and table.concat(X:shape(), "x") or type(X)), 2)
+  end
   local n, e = X:size(1), X:size(2)
+  if type(y) ~= "table" then error(("ridge_fit: y must be a list of %d numbers, got %s"):format(n, type(y)), 2) end
   if #y ~= n then error(("ridge_fit: X is %dx%d, y has %d values"):format(n, e, #y), 2) end
+  for k = 1, n do
+    if not finite(y[k]) then error(("ridge_fit: y[%d] is %s (need a finite number)"):format(k, tostring(y[k])), 2) end
+  end
+  if rho ~= nil and not (finite(rho) and rho >= 0) then
+    error(("ridge_fit: rho must be a number >= 0, got %s"):format(tostring(rho)), 2)
+  end
+  if not finite(X:sum()) then error("ridge_fit: X has a non-finite value", 2) end
   local mean, ymean = X:mean(1), 0
   for _, a in ipairs(y) do ymean = ymean + a / #y end
   X = X - mean
@@ -135,6 +152,14 @@ end
 --- Predictions of a ridge fit (M.ridge_fit) for the rows of Xt (m x e): a
 -- list of m numbers.
 function M.ridge_apply(fit, Xt)
+  if not (type(fit) == "table" and core.is_tensor(fit.w) and fit.w:dim() == 2 and fit.w:size(2) == 1
+      and core.is_tensor(fit.center) and fit.center:numel() == fit.w:size(1) and finite(fit.ymean)) then
+    error("ridge_apply: not a ridge fit (ridge_fit's center (1 x e), w (e x 1) and finite ymean)", 2)
+  end
+  if not (core.is_tensor(Xt) and Xt:dim() == 2) then
+    error(("ridge_apply: Xt must be an m x e tensor, got %s"):format(core.is_tensor(Xt)
+      and table.concat(Xt:shape(), "x") or type(Xt)), 2)
+  end
   if Xt:size(2) ~= fit.w:size(1) then
     error(("ridge_apply: the fit has %d features, Xt has %d columns"):format(fit.w:size(1), Xt:size(2)), 2)
   end

@@ -256,6 +256,30 @@ function TestSelection:test_ridge_predict_by_hand()
   lu.assertErrorMsgContains("ridge_predict: X is 2x3, y has 3 values", lps.eval.ridge_predict, W, {1, 2, 3}, W)
 end
 
+-- ridge_fit and ridge_apply name bad arguments: a NaN target or rho gave
+-- NaN predictions, a w of the wrong shape m x 3 values for m rows.
+function TestSelection:test_ridge_bad_input()
+  local E, X = lps.eval, lps.tensor{{1, 0}, {2, 1}, {3, 5}}
+  lu.assertErrorMsgContains("ridge_fit: y[2] is ", E.ridge_fit, X, {1, 0 / 0, 3})
+  lu.assertErrorMsgContains("ridge_fit: y[3] is inf", E.ridge_fit, X, {1, 2, math.huge})
+  lu.assertErrorMsgContains("ridge_fit: y[1] is a", E.ridge_fit, X, {"a", 2, 3})
+  lu.assertErrorMsgContains("ridge_fit: y must be a list of 3 numbers, got nil", E.ridge_fit, X, nil)
+  lu.assertErrorMsgContains("ridge_fit: rho must be a number >= 0, got -1", E.ridge_fit, X, {1, 2, 3}, -1)
+  lu.assertErrorMsgContains("ridge_fit: rho must be a number >= 0", E.ridge_fit, X, {1, 2, 3}, 0 / 0)
+  lu.assertErrorMsgContains("ridge_fit: X must be a non-empty n x e tensor, got nil", E.ridge_fit, nil, {1})
+  lu.assertErrorMsgContains("ridge_fit: X must be a non-empty n x e tensor, got 3", E.ridge_fit, lps.ones(3), {1, 2, 3})
+  lu.assertErrorMsgContains("ridge_fit: X must be a non-empty n x e tensor, got 0x2", E.ridge_fit, lps.zeros(0, 2), {})
+  local bad = X:clone()
+  bad:set(2, 2, 0 / 0)
+  lu.assertErrorMsgContains("ridge_fit: X has a non-finite value", E.ridge_fit, bad, {1, 2, 3})
+  local fit = E.ridge_fit(X, {1, 2, 3}, 0) -- rho 0: the 1e-9 alone
+  lu.assertEquals(#E.ridge_apply(fit, X), 3)
+  lu.assertErrorMsgContains("ridge_apply: Xt must be an m x e tensor, got nil", E.ridge_apply, fit, nil)
+  lu.assertErrorMsgContains("ridge_apply: not a ridge fit", E.ridge_apply, {}, X)
+  lu.assertErrorMsgContains("ridge_apply: not a ridge fit", E.ridge_apply, {center = fit.center, w = lps.ones(2, 3), ymean = 0}, X)
+  lu.assertErrorMsgContains("ridge_apply: not a ridge fit", E.ridge_apply, {center = fit.center, w = fit.w, ymean = 0 / 0}, X)
+end
+
 function TestSelection:test_zsum_by_hand()
   -- scores 1, 2, 3 (z: -1.2247, 0, 1.2247) plus prior 3, 2, 1 (the opposite): 0 each;
   -- a non-finite score stays last; a constant list adds nothing
