@@ -160,7 +160,26 @@ function TestPrior:test_select_ranks_by_similarity_plus_prior_and_survives_save_
   local bare = lps.similarity.wrap(net, {1, 2, 3})
   T.assert_error_contains("no transferability prior", bare.select, bare, ms, 1, 3)
   T.assert_error_contains("no transferability prior", bare.transferability, bare, models[1])
-  T.assert_error_contains("k must be a positive integer", sim.select, sim, ms, 1, 0)
+  T.assert_error_contains("select: k must be a positive integer, got 0", sim.select, sim, ms, 1, 0)
+  T.assert_error_contains("select: k must be a positive integer, got 2.5", sim.select, sim, ms, 1, 2.5)
+  local r3 = sim:select(ms, 4, 3.0) -- 3.0 is 3, as record 4.0 is record 4
+  lu.assertEquals(#r3, 3)
+  for j = 1, 3 do lu.assertEquals(r3[j].index, r[j].index) end
+  -- transferability names itself and the model; no models, no values
+  T.assert_error_contains("transferability: expected a model", sim.transferability, sim, 7)
+  T.assert_error_contains("transferability: model 2: expected a model", sim.transferability, sim, {models[1], 7})
+  lu.assertEquals(sim:transferability({}), {})
+  -- another prior on the same object and set: select reads the new one, not the set's cached values
+  local flipped = {}
+  for key, v in pairs(sim.prior) do flipped[key] = v end
+  flipped.w = sim.prior.w * -1
+  local keep = sim.prior
+  sim.prior = flipped
+  local rflip = sim:select(ms, 4, 14)
+  local want = P.predict(flipped, {models[rflip[1].index]})[1]
+  lu.assertEquals(rflip[1].prior, want)
+  lu.assertNotEquals(rflip[1].prior, pr[rflip[1].index])
+  sim.prior = keep
   T.assert_error_contains("out of range 1..15", sim.select, sim, ms, 16, 3)
   -- record 4.0 is record 4; an embedding with a NaN was a list of -inf scores in record order
   local rf = sim:select(ms, 4.0, 14)

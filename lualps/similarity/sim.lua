@@ -205,8 +205,9 @@ end
 
 local function check_k(k, what)
   k = k or 5
-  if math.type(k) ~= "integer" or k < 1 then error(what .. ": k must be a positive integer", 3) end
-  return k
+  local ki = math.tointeger(k) -- 2.0 is 2, as a record number is
+  if not ki or ki < 1 then error(("%s: k must be a positive integer, got %s"):format(what, tostring(k)), 3) end
+  return ki
 end
 
 --- The k models of set `ms` most similar to `query`: a model, a record
@@ -237,12 +238,21 @@ function Sim:transferability(m)
   if not self.prior then
     error("transferability: this model has no transferability prior (trained without a fine-tuning matrix, or saved before priors were)", 2)
   end
+  local function weights(x, i)
+    local ok, w = pcall(models.weights, x)
+    if not ok then
+      error(("transferability: %s%s"):format(i and ("model %d: "):format(i) or "",
+        (tostring(w):gsub("^similarity: ", ""))), 3)
+    end
+    return w
+  end
+  if type(m) == "table" and getmetatable(m) == nil and next(m) == nil then return {} end -- no models
   if type(m) == "table" and getmetatable(m) == nil and m[1] ~= nil and not core.is_tensor(m[1]) then
     local list = {}
-    for i, x in ipairs(m) do list[i] = models.weights(x) end
+    for i, x in ipairs(m) do list[i] = weights(x, i) end
     return prior.predict(self.prior, list)
   end
-  return prior.predict(self.prior, {models.weights(m)})[1]
+  return prior.predict(self.prior, {weights(m)})[1]
 end
 
 --- The k models of set `ms` to fine-tune for the task of `query` (a model
@@ -259,11 +269,12 @@ function Sim:select(ms, query, k)
   local self_index = query_index(ms, query, "select")
   local row = scores_of(self, ms, query, self_index, "select")
   self.prior_cache = self.prior_cache or setmetatable({}, {__mode = "k"})
-  local pr = self.prior_cache[ms]
-  if not pr or #pr ~= #ms then
-    pr = prior.predict(self.prior, self:set_models(ms))
-    self.prior_cache[ms] = pr
+  local c = self.prior_cache[ms] -- a set's priors, while the set and this prior are the same
+  if not c or c.prior ~= self.prior or #c.values ~= #ms then
+    c = {prior = self.prior, values = prior.predict(self.prior, self:set_models(ms))}
+    self.prior_cache[ms] = c
   end
+  local pr = c.values
   local sc, ps, at = {}, {}, {}
   for i = 1, #row do
     if i ~= self_index then sc[#sc + 1], ps[#sc + 1], at[#sc + 1] = row[i], pr[i], i end
