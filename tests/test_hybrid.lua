@@ -277,16 +277,22 @@ end
 -- A ResNet query among MLPs: the fitted hybrid scores its pairs by its
 -- reading of their dreams (probe_bn 1: the anchor is the probe's), the
 -- MLP pairs as before; probe_bn 0 gives template matching's anchor back.
+-- A small 3-class CNN with batch norm (a ResNet's stand-in), weights from
+-- generator g, buffers (running statistics) from gb, in evaluation mode.
+local function batch_norm_model(g, gb)
+  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
+    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
+    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
+  return lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, g), gb):eval())
+end
+
 function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
   local models, y = zoo(2)
   local f = fit({hybrid = {w_grid = {0}}}, models, y)
   lu.assertEquals(f.hybrid.probe_bn, 1)
   lu.assertEquals(f.hybrid.probe_bn_both, 0.5)
   local g = lps.generator(41)
-  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
-    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
-    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
-  local rn = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, g), g):eval())
+  local rn = batch_norm_model(g, g)
   local gallery = {models[1], models[2], models[7]}
   local S = f:similarity({rn, models[1]}, gallery)
   local want = probe.matcher(f.hybrid.dreams).directed({rn}, gallery)
@@ -303,7 +309,7 @@ function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
     models, y)
   -- two batch-norm models: half template matching, half both directions' reading (probe_bn 0 leaves the
   -- pairs of one batch-norm model on TM's bits, and nothing reads for them)
-  local rn2 = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, lps.generator(42)), lps.generator(43)):eval())
+  local rn2 = batch_norm_model(lps.generator(42), lps.generator(43))
   local half = {}
   for k, v in pairs(f.hybrid) do half[k] = v end
   half.probe_bn, half.probe_bn_both = 0, 0.5
@@ -331,10 +337,7 @@ function TestHybrid:test_batch_norm_models_take_no_learned_term()
   local f = fit({hybrid = {w_grid = {0.5}, gate = false}}, models, y)
   lu.assertEquals({f.hybrid.w, f.hybrid.bn_residual}, {0.5, false})
   local g = lps.generator(41)
-  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
-    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
-    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
-  local rn = lps.similarity.weights(T.randomize_state(lps.nn.from_arch(arch, g), g):eval())
+  local rn = batch_norm_model(g, g)
   local gallery = {models[1], models[2], models[7]}
   local reading = probe.matcher(f.hybrid.dreams).directed({rn}, gallery)
   local S = f:similarity({rn, models[1]}, gallery)
