@@ -146,6 +146,10 @@ function TestPrior:test_select_ranks_by_similarity_plus_prior_and_survives_save_
     lu.assertEquals(r[rank].prior, pr[at[j]])
   end
   lu.assertStrContains(tostring(sim:select(ms, 4, 2)), "prior")
+  local shown = sim:select(ms, 4, 2)
+  shown[2].prior = 0 / 0 -- a model without weight statistics: printed "nan", never C's "-nan"
+  lu.assertStrContains(tostring(shown), "        nan")
+  lu.assertNotStrContains(tostring(shown), "-nan")
   -- transferability: one model, or a list
   lu.assertEquals(sim:transferability(ms:tensors(2)), pr[2])
   lu.assertEquals(sim:transferability({models[1], models[2]}), {pr[1], pr[2]})

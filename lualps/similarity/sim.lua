@@ -175,13 +175,15 @@ end
 -- A result list (entries {index=, score=, meta=[, similarity=, prior=]})
 -- that prints as a table, its score column named `label`.
 local function listing(out, label)
+  -- a value in w columns: NaN (no prior: a model without weight statistics) as "nan", not C's "-nan"
+  local function num(x, w) return x ~= x and ("%" .. w .. "s"):format("nan") or ("%" .. w .. ".4f"):format(x) end
   return setmetatable(out, {__tostring = function(list)
     local extra = list[1] and list[1].similarity ~= nil
     local lines = {("%4s %6s  %-16s %-8s %8s%s"):format("rank", "#", "id", "task", label,
       extra and ("  %10s %10s"):format("similarity", "prior") or "")}
     for r, x in ipairs(list) do
-      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %8.4f%s"):format(r, x.index, tostring(x.meta.id),
-        tostring(x.meta.task), x.score, extra and ("  %10.4f %10.4f"):format(x.similarity, x.prior) or "")
+      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %s%s"):format(r, x.index, tostring(x.meta.id),
+        tostring(x.meta.task), num(x.score, 8), extra and ("  %s %s"):format(num(x.similarity, 10), num(x.prior, 10)) or "")
     end
     return table.concat(lines, "\n")
   end})
