@@ -21,7 +21,7 @@
 --  --variant fixed=adapt_bn:false: ResNets reading by their running statistics, rank-1 0.344 against 0.478;
 --  --direction rev --variant sp01=stat_prior:0.1: DeepInversion's prior on the ResNets' dreams, 0.178 against 0.144;
 --  --residual: the hybrid's learned term on the ResNets, rank-1 0.389, 0.356, 0.422 over three seeds against its anchor's
---  0.478, hence bn_residual = false; --hubs: the ResNets' wrong rank-1 picks are mostly CNNs (34 of 47), and
+--  0.478, hence bn_residual = false (among themselves, leave-one-out: 0.233, 0.222, 0.233 with it, 0.233 without); --hubs: the ResNets' wrong rank-1 picks are mostly CNNs (34 of 47), and
 --  calibrating by other tasks' ResNets lifts rank-1 by 0.06-0.09 at 2-4 gallery models per task and family)
 package.path = "./?.lua;./?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
@@ -127,7 +127,8 @@ if args.residual then
   local method = lps.benchmark.methods.lps{name = "lps_hybrid", families = {"mlp", "cnn"}, relations = "transfer",
                                           epochs = 30, hybrid = true}
   print("\nthe hybrid on the ResNet queries (fitted on the retrieval split's training models)")
-  print(("%-6s %6s %16s %16s %16s"):format("seed", "w", "ResNet gates > 0", "with residual", "without (anchor)"))
+  print(("%-6s %6s %16s %16s %16s %18s"):format("seed", "w", "ResNet gates > 0", "with residual", "without (anchor)",
+    "ResNets among them"))
   for seed = 1, 3 do
     local f = B.fitted(S, method, S.splits.retrieval.train, seed, "retrieval")
     local out = {}
@@ -137,14 +138,17 @@ if args.residual then
       st.bn_residual = on
       local hy = lps.similarity.hybrid.new(f.net, st, function(ms) return f.net:embed(ms) end)
       local r = lps.eval.retrieval(hy:similarity(rmodels, gmodels), rlabels, glabels)
+      local rr = lps.eval.retrieval(hy:similarity(rmodels, rmodels), rlabels, rlabels, {exclude_self = true})
       out[k] = ("%.3f / %.3f"):format(r.rank1, r.map)
+      out[k + 2] = ("%.3f"):format(rr.rank1)
       if on then
         local open = 0
         for _, d in ipairs(hy:describe(rmodels)) do if d.g > 0 then open = open + 1 end end
         out.open = open
       end
     end
-    print(("%-6d %6.2f %9d of %3d %16s %16s"):format(seed, f.hybrid.w, out.open, #resnets, out[1], out[2]))
+    print(("%-6d %6.2f %9d of %3d %16s %16s %11s, %s"):format(seed, f.hybrid.w, out.open, #resnets, out[1], out[2],
+      out[3], out[4]))
   end
 end
 
