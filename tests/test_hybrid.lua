@@ -364,6 +364,30 @@ function TestHybrid:test_batch_norm_models_take_no_learned_term()
   lu.assertFalse(state_of({bn_residual = false}, lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}).bn_residual)
 end
 
+-- The batch-norm rule turns off the learned term and nothing else: with
+-- probe_gate the anchor's probe weight of a query stays p (1 - its
+-- typicality gate), so a batch-norm query's row is the anchor's of the same
+-- state without the learned term (w 0, bn_residual), not one with p.
+function TestHybrid:test_batch_norm_rule_leaves_the_probe_gated_anchor()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0.5}, probe = 0.5, probe_gate = true, probe_bn = 0.5}}, models, y)
+  local function with(t)
+    local s = {}
+    for k, v in pairs(f.hybrid) do s[k] = v end
+    for k, v in pairs(t) do s[k] = v end
+    return s
+  end
+  local rn, rn2 = batch_norm_model(lps.generator(41), lps.generator(41)), batch_norm_model(lps.generator(42), lps.generator(43))
+  local a, b = {rn, rn2}, {rn2, models[2], models[7]}
+  -- lo 0, hi 0.5: the batch-norm queries are typical (typicality gate 1, probe weight 0 under probe_gate)
+  local hy = H.new(f.net, with{lo = 0, hi = 0.5})
+  local S = hy:similarity(a, b)
+  local A = H.new(f.net, with{lo = 0, hi = 0.5, w = 0, bn_residual = true}):similarity(a, b)
+  lu.assertEquals(S:totable(), A:totable())
+  local d = hy:describe(a)
+  lu.assertEquals({d[1].g, d[1].gt, d[2].g, d[2].gt}, {0, 1, 0, 1})
+end
+
 -- Where a pair's weight is 0 the hybrid is the anchor's bits even when the
 -- network gives NaN (a model it does not read): NaN * 0 must not leak.
 function TestHybrid:test_combine_keeps_the_anchor_where_the_weight_is_0()

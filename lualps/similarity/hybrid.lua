@@ -249,11 +249,19 @@ end
 -- model the anchor reads by probe (bn: bn_of) unless st.bn_residual.
 function H.model_gate(st, tau, bn)
   if bn and not st.bn_residual then return 0 end
+  return H.typicality_gate(st, tau)
+end
+
+--- The typicality gate alone (no batch-norm rule): 1 without the gate,
+-- else H.gate(tau, st.lo, st.hi). probe_gate weighs the anchor by it, so
+-- that bn_residual changes the learned term and nothing of the anchor.
+function H.typicality_gate(st, tau)
   return st.gate == false and 1 or H.gate(tau, st.lo, st.hi)
 end
 
---- The probe weight of the anchor for a list of gates (the queries'): p,
--- or with probe_gate the list p (1 - g_i).
+--- The probe weight of the anchor for a list of gates (the queries'
+-- typicality gates, H.typicality_gate): p, or with probe_gate the list
+-- p (1 - g_i).
 function H.probe_weights(st, gates)
   if not st.probe_gate or not st.probe or st.probe == 0 then return st.probe end
   local out = {}
@@ -411,8 +419,9 @@ function H.new(net, state, embed)
                        memo = setmetatable({}, {__mode = "k"}), probes = probe.matcher(state.dreams)}, Hybrid)
 end
 
---- Each model's {e (its embedding row), g (its gate), rows (its TM rows or
--- false)}, computed once per model.
+--- Each model's {e (its embedding row), tau (its typicality), g (its gate,
+-- H.model_gate), gt (its typicality gate, H.typicality_gate: probe_gate's),
+-- rows (its TM rows or false), bn}, computed once per model.
 function Hybrid:describe(models)
   local st, missing = self.state, {}
   for _, m in ipairs(models) do if not self.memo[m] then missing[#missing + 1] = m end end
@@ -421,7 +430,7 @@ function Hybrid:describe(models)
     local tau = H.typicality(E, st.mu)
     for i, m in ipairs(missing) do
       local bn = bn_of(st, m)
-      self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = H.model_gate(st, tau[i], bn),
+      self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = H.model_gate(st, tau[i], bn), gt = H.typicality_gate(st, tau[i]),
                       rows = H.tm_rows(self.net, m, st.tm_pool, st.tm_templates or "network"), bn = bn}
     end
   end
@@ -437,7 +446,7 @@ function Hybrid:similarity(a, b)
   for i, m in ipairs(a) do rows[m] = da[i].rows end
   for i, m in ipairs(b) do rows[m] = db[i].rows end
   local qg = {}
-  for i, d in ipairs(da) do qg[i] = d.g end
+  for i, d in ipairs(da) do qg[i] = d.gt end -- the anchor's probe weights: typicality alone
   local TM = H.anchor(match.scores(function(m) return rows[m] end, a, b), self.probes, a, b,
                       H.probe_weights(self.state, qg), self.state.probe_directed)
   local bn_a, bn_b = {}, {}
@@ -506,16 +515,17 @@ function H.fit(train, models, y, opts)
   local Eh = inner.embed(hm)
   local tau = H.typicality(Eh, mu)
   local lo, hi = f32(quantile(tau, o.lo_quantile)), f32(quantile(tau, o.hi_quantile))
-  local bn, g = {}, {} -- w is chosen on the anchor and the gates the hybrid scores with
+  local bn, g, gt = {}, {}, {} -- w is chosen on the anchor and the gates the hybrid scores with
+  local gst = {gate = o.gate, lo = lo, hi = hi, bn_residual = o.bn_residual}
   for i, m in ipairs(hm) do
     bn[i] = bn_of(o, m)
-    g[i] = H.model_gate({gate = o.gate, lo = lo, hi = hi, bn_residual = o.bn_residual}, tau[i], bn[i])
+    g[i], gt[i] = H.model_gate(gst, tau[i], bn[i]), H.typicality_gate(gst, tau[i])
   end
   local rows = {}
   for _, m in ipairs(hm) do rows[m] = H.tm_rows(inner.net, m, o.tm_pool, o.tm_templates) end
   local pm = probe.matcher(dreams)
   local TM = H.anchor(match.scores(function(m) return rows[m] end, hm, hm), pm, hm, hm,
-                      H.probe_weights(o, g), o.probe_directed)
+                      H.probe_weights(o, gt), o.probe_directed)
   TM = H.anchor_bn(TM, pm, hm, hm, bn, bn, o.probe_bn, o.probe_bn_both)
   local w, maps = H.choose_w(TM, core.matmul(Eh, Eh, false, true), g, dense(hy), o.w_grid)
   local main = train(models, y)
