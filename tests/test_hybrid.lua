@@ -401,6 +401,17 @@ function TestHybrid:test_combine_keeps_the_anchor_where_the_weight_is_0()
   lu.assertTrue(Cos:get(1, 1) ~= Cos:get(1, 1)) -- the caller's tensor is left as it was
   local nan = H.combine(TM, Cos, {1, 1}, {1, 1}, 0.5) -- weight > 0 on a NaN cosine: not comparable
   lu.assertTrue(nan:get(1, 1) ~= nan:get(1, 1))
+  -- a NaN row and a NaN column (models the network does not read) under gate 0
+  local C3 = lps.tensor{{0 / 0, 0 / 0, 0 / 0}, {0 / 0, 0.2, 0.4}, {0 / 0, 0.6, 0.8}}
+  local TM3 = lps.tensor{{0.1, 0.2, 0.3}, {0.4, 0.5, 0.6}, {0.7, 0.8, 0.9}}
+  local out3 = H.combine(TM3, C3, {0, 1, 0.5}, {0, 1, 1}, 0.4)
+  for i = 1, 3 do lu.assertEquals(out3:get(i, 1), TM3:get(i, 1)) end
+  for j = 1, 3 do lu.assertEquals(out3:get(1, j), TM3:get(1, j)) end
+  lu.assertAlmostEquals(out3:get(3, 3), 0.8 * 0.9 + 0.2 * 0.8, 1e-6)
+  -- nonzero gates whose product underflows float32: W is 0 there, the anchor's bits
+  local tiny = H.combine(TM, Cos, {1e-30, 1}, {1e-30, 1}, 0.5)
+  lu.assertEquals(tiny:get(1, 1), TM:get(1, 1))
+  lu.assertTrue(tiny:get(2, 2) ~= tiny:get(2, 2))
 end
 
 function TestHybrid:test_shuffled_labels_choose_a_small_w()

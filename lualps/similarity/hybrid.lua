@@ -274,12 +274,27 @@ end
 -- holds there (NaN: a model the network does not read).
 function H.combine(TM, Cos, ga, gb, w)
   if w == 0 then return TM:clone() end
-  local W = core.matmul(core.tensor(ga):reshape(#ga, 1), core.tensor(gb):reshape(#gb, 1), false, true):mul_(w)
+  local fa, fb = core.tensor(ga), core.tensor(gb) -- the gates as W has them (float32)
+  local W = core.matmul(fa:reshape(#ga, 1), fb:reshape(#gb, 1), false, true):mul_(w)
   local s = Cos:sum()
   if s ~= s then -- NaN * 0 is NaN: such pairs of weight 0 take 0 from Cos
+    -- W is 0 on the rows and columns of a gate 0: zero those of Cos in C
+    -- (a NaN cosine comes from a model's NaN embedding, whose typicality
+    -- gate is 0); entrywise only if a product of nonzero gates underflows
+    local za, zb, mina, minb = {}, {}, math.huge, math.huge
+    for i = 1, #ga do local v = fa[i]; if v == 0 then za[#za + 1] = i elseif math.abs(v) < mina then mina = math.abs(v) end end
+    for j = 1, #gb do local v = fb[j]; if v == 0 then zb[#zb + 1] = j elseif math.abs(v) < minb then minb = math.abs(v) end end
     Cos = Cos:clone()
-    local c, wf = Cos:reshape(-1), W:reshape(-1)
-    for i = 1, c:numel() do if wf[i] == 0 and c[i] ~= c[i] then c[i] = 0 end end
+    for _, i in ipairs(za) do Cos[i]:zero_() end
+    if #zb > 0 then
+      local Ct = Cos:t()
+      for _, j in ipairs(zb) do Ct[j]:zero_() end
+      Cos = Ct:t()
+    end
+    if mina < math.huge and minb < math.huge and core.tensor({mina * minb}):mul_(math.abs(w))[1] == 0 then
+      local c, wf = Cos:reshape(-1), W:reshape(-1)
+      for i = 1, c:numel() do if wf[i] == 0 and c[i] ~= c[i] then c[i] = 0 end end
+    end
   end
   return TM * (-W + 1) + Cos * W
 end
