@@ -351,6 +351,8 @@ function TestHybrid:test_batch_norm_models_take_no_learned_term()
   for j = 1, 3 do lu.assertAlmostEquals(S1:get(1, j), 0.5 * reading:get(1, j) + 0.5 * cos[1][j + 1], 1e-5) end
   lu.assertEquals(S1[2]:totable(), S[2]:totable()) -- models without batch norm: as before
   lu.assertNotEquals(S1[1]:totable(), S[1]:totable())
+  on.bn_residual = nil -- a state without the field (in memory): the rule, as the default
+  lu.assertEquals(H.new(f.net, on):similarity({rn, models[1]}, gallery):totable(), S:totable())
   T.assert_error_contains("hybrid: bn_residual must be a boolean, got 1", fit, {hybrid = {bn_residual = 1}}, models, y)
   -- saved and loaded: the flag round-trips; files saved before it give every model the learned term
   local path = T.tmpname(".model")
@@ -362,6 +364,38 @@ function TestHybrid:test_batch_norm_models_take_no_learned_term()
   local state_of = lps.similarity.hybrid_state
   lu.assertTrue(state_of({}, lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}).bn_residual)
   lu.assertFalse(state_of({bn_residual = false}, lps.zeros(2, 3), lps.tensor{0.3, 0.4, 0.8}).bn_residual)
+end
+
+-- The inner validation chooses w with the gates the hybrid scores with:
+-- batch-norm models among the held-out tasks (class 1: tasks 1, 6, 10) keep
+-- the anchor at every w unless bn_residual; the fallback without a held-out
+-- class carries the option too.
+function TestHybrid:test_inner_validation_applies_the_batch_norm_rule()
+  local models, y = zoo(2)
+  local tasks = {[9] = {0, 4, 6}, [10] = {1, 5, 7}, [11] = {2, 6, 3}, [12] = {0, 3, 5}}
+  for t = 9, 12 do
+    for k = 1, 2 do
+      local m = batch_norm_model(lps.generator(100 + 10 * t + k), lps.generator(200 + 10 * t + k))
+      m.classes = tasks[t]
+      models[#models + 1], y[#y + 1] = m, t
+    end
+  end
+  local maps = {}
+  for k, on in ipairs{false, true} do
+    local f = fit({hybrid = {w_grid = {0, 0.5}, gate = false, bn_residual = on}}, models, y)
+    lu.assertEquals({f.hybrid.held_class, f.hybrid.bn_residual}, {1, on})
+    maps[k] = f.hybrid.maps
+  end
+  lu.assertEquals(maps[1][1], maps[2][1]) -- w 0: the anchor alone either way
+  lu.assertNotEquals(maps[1][2], maps[2][2]) -- w 0.5: the batch-norm models' pairs differ
+  local m3, y3 = {}, {}
+  for k = 1, 15 do m3[k], y3[k] = models[k], y[k] end
+  for _, on in ipairs{false, true} do
+    local f = lps.benchmark.methods.lps{families = {"mlp", "cnn"}, epochs = 2, relations = false,
+      hybrid = {bn_residual = on}}:fit(m3, y3, {seed = 1})
+    lu.assertNil(f.hybrid.held_class)
+    lu.assertEquals(f.hybrid.bn_residual, on)
+  end
 end
 
 -- The batch-norm rule turns off the learned term and nothing else: with
