@@ -443,6 +443,8 @@ function TestHybrid:test_combine_keeps_the_anchor_where_the_weight_is_0()
   for j = 1, 3 do lu.assertEquals(out3:get(1, j), TM3:get(1, j)) end
   lu.assertAlmostEquals(out3:get(3, 3), 0.8 * 0.9 + 0.2 * 0.8, 1e-6)
   -- nonzero gates whose product underflows float32: W is 0 there, the anchor's bits
+  local inf = H.combine(TM, lps.tensor{{1 / 0, 0.1}, {0.3, 0.2}}, {0, 1}, {1, 1}, 0.5) -- inf * 0 is NaN too
+  lu.assertEquals(inf:get(1, 1), TM:get(1, 1))
   local tiny = H.combine(TM, Cos, {1e-30, 1}, {1e-30, 1}, 0.5)
   lu.assertEquals(tiny:get(1, 1), TM:get(1, 1))
   lu.assertTrue(tiny:get(2, 2) ~= tiny:get(2, 2))
