@@ -166,6 +166,7 @@ function TestPrior:test_select_ranks_by_similarity_plus_prior_and_survives_save_
   T.assert_error_contains("no transferability prior", bare.transferability, bare, models[1])
   T.assert_error_contains("select: k must be a positive integer, got 0", sim.select, sim, ms, 1, 0)
   T.assert_error_contains("select: k must be a positive integer, got 2.5", sim.select, sim, ms, 1, 2.5)
+  T.assert_error_contains("select: k must be a positive integer, got 3", sim.select, sim, ms, 1, "3")
   local r3 = sim:select(ms, 4, 3.0) -- 3.0 is 3, as record 4.0 is record 4
   lu.assertEquals(#r3, 3)
   for j = 1, 3 do lu.assertEquals(r3[j].index, r[j].index) end

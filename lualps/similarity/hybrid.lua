@@ -75,6 +75,7 @@ local function f32(x) return core.tensor({x})[1] end
 
 --- The gate of a typicality tau: clip((tau - lo) / (hi - lo), 0, 1); 0 for NaN.
 function H.gate(tau, lo, hi)
+  if tau ~= tau then return 0 end -- a model the network does not read: no learned term
   local x = (tau - lo) / math.max(hi - lo, 1e-6)
   return math.min(1, math.max(0, x))
 end
@@ -454,7 +455,9 @@ function Hybrid:describe(models)
   return out
 end
 
---- The |a| x |b| hybrid scores of two lists of models (NaN: not comparable).
+--- The |a| x |b| hybrid scores of two lists of models (NaN: not comparable,
+-- where the anchor is NaN, or with gate = false where the network gives a
+-- model a NaN embedding; with the gate such a model keeps the anchor's score).
 function Hybrid:similarity(a, b)
   local da, db = self:describe(a), self:describe(b)
   local rows = {}

@@ -207,7 +207,7 @@ end
 
 local function check_k(k, what)
   k = k or 5
-  local ki = math.tointeger(k) -- 2.0 is 2, as a record number is
+  local ki = type(k) == "number" and math.tointeger(k) -- 2.0 is 2, as a record number is; "2" is no k
   if not ki or ki < 1 then error(("%s: k must be a positive integer, got %s"):format(what, tostring(k)), 3) end
   return ki
 end
