@@ -315,6 +315,9 @@ function TestPrior:test_a_damaged_prior_fails_to_load()
   T.assert_error_contains("w has a non-finite value", lps.similarity.load,
     saved(function(n) local w = state.w:clone(); w:set(1, 1, 0 / 0); n["prior.w"] = w end))
   T.assert_error_contains("malformed prior entry", lps.similarity.load, saved(nil, function(m) m.prior = 3 end))
+  T.assert_error_contains("has prior tensors but no prior metadata", lps.similarity.load,
+    saved(nil, function(m) m.prior = nil end))
+  T.assert_error_contains("whose model count is table", lps.similarity.load, saved(nil, function(m) m.prior.n = {} end))
   -- the check names the tensor of the wrong size, and reads rho
   T.assert_error_contains("must have 42 features (the stats features), got 41 in sd", lps.similarity.load,
     saved(function(n) n["prior.sd"] = lps.ones(41) end))

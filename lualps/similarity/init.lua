@@ -190,6 +190,9 @@ function M.load(path)
     if type(meta.prior) ~= "table" then error(("similarity.load: %s has a malformed prior entry"):format(path), 2) end
     pstate = prior.from_saved(named, meta.prior, path)
   end
+  if meta.prior == nil and named["prior.w"] ~= nil then -- tensors without their metadata: a damaged file
+    error(("similarity.load: %s has prior tensors but no prior metadata"):format(path), 2)
+  end
   net:load_named(named)
   local out = M.wrap(net, meta.classes, state, pstate)
   out.label, out.n_train = meta.label, meta.n_train

@@ -352,6 +352,10 @@ function P.from_saved(named, meta, path)
   if not (core.is_tensor(par) and par:numel() == 2) then
     error(("similarity.load: %s has a prior without its parameters (ymean, rho)"):format(path), 3)
   end
+  if meta.n ~= nil and not (type(meta.n) == "number" and math.tointeger(meta.n)) then
+    error(("similarity.load: %s has a prior whose model count is %s (need an integer)"):format(path, tostring(meta.n)), 3)
+  end
+  state.n = meta.n and math.tointeger(meta.n)
   state.ymean, state.rho = par[1], par[2]
   P.check(state, "similarity.load: " .. path .. "'s prior")
   for _, k in ipairs{"mean", "sd", "center", "w", "params"} do named["prior." .. k] = nil end
