@@ -140,6 +140,9 @@ function M.ridge_fit(X, y, rho)
   local m = G:size(1)
   local tr = 0
   for i = 1, m do tr = tr + G:get(i, i) end
+  if not finite(G:sum()) then -- finite X whose products overflow float32
+    error("ridge_fit: X's values are too large for float32 (its Gram matrix overflows)", 2)
+  end
   for i = 1, m do G:set(i, i, G:get(i, i) + (rho or 1e-3) * tr / e + 1e-9) end
   local rhs = primal and core.matmul(X, yc, true, false) or yc
   local vals, vecs = M.symeig(G)

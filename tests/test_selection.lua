@@ -272,6 +272,9 @@ function TestSelection:test_ridge_bad_input()
   local bad = X:clone()
   bad:set(2, 2, 0 / 0)
   lu.assertErrorMsgContains("ridge_fit: X has a non-finite value", E.ridge_fit, bad, {1, 2, 3})
+  local huge = X:clone()
+  huge:set(1, 1, 3e20) -- finite, but its square overflows float32
+  lu.assertErrorMsgContains("ridge_fit: X's values are too large for float32", E.ridge_fit, huge, {1, 2, 3})
   local fit = E.ridge_fit(X, {1, 2, 3}, 0) -- rho 0: the 1e-9 alone
   lu.assertEquals(#E.ridge_apply(fit, X), 3)
   lu.assertErrorMsgContains("ridge_apply: Xt must be an m x e tensor, got nil", E.ridge_apply, fit, nil)
