@@ -450,6 +450,32 @@ function TestHybrid:test_combine_keeps_the_anchor_where_the_weight_is_0()
   lu.assertTrue(tiny:get(2, 2) ~= tiny:get(2, 2))
 end
 
+-- nearest (and select) through a hybrid: a query whose every score is
+-- NaN (NaN weights) is an error naming it, not a list of -inf scores; a
+-- stored model with NaN weights ranks last and the others as before.
+function TestHybrid:test_a_query_no_model_compares_with_is_an_error()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0.5}}}, models, y)
+  local sim = lps.similarity.wrap(f.net, f.classes, f.hybrid)
+  local path = T.tmpname(".lpsm")
+  local out = lps.modelset.create(path, {overwrite = true})
+  for i = 1, 6 do
+    local W = models[i][1]:clone()
+    if i == 3 then W:set(1, 1, 0 / 0) end
+    out:append_tensors({{name = "0.weight", tensor = W}, {name = "0.bias", tensor = models[i][2]}},
+      {id = "m" .. i, task = y[i]})
+  end
+  out:close()
+  local ms <close> = lps.modelset.open(path)
+  local ok, err = pcall(sim.nearest, sim, ms, 3, 2) -- select shares the scores, and the check
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "nearest: the query (record 3, id m3) compares with no model of the set")
+  local r = sim:nearest(ms, 1, 5)
+  lu.assertEquals(#r, 5)
+  lu.assertEquals(r[5].index, 3) -- the NaN model: last
+  lu.assertTrue(r[4].score > -math.huge)
+end
+
 function TestHybrid:test_shuffled_labels_choose_a_small_w()
   -- against template matching alone (the default anchor): probe matching
   -- reads these noisy one-layer models worse than their templates, and a

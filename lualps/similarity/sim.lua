@@ -168,7 +168,17 @@ local function scores_of(self, ms, query, self_index, what)
     local E, q = query_embedding(self, ms, query, self_index, what)
     row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
   end
-  for i = 1, #row do if row[i] ~= row[i] then row[i] = -math.huge end end
+  local any = false
+  for i = 1, #row do
+    if row[i] ~= row[i] then row[i] = -math.huge end
+    if i ~= self_index and row[i] > -math.huge then any = true end
+  end
+  -- a query no model compares with (NaN weights, an unreadable model): an error, not a list of -inf
+  if not any and #row > (self_index and 1 or 0) then
+    error(("%s: the query%s compares with no model of the set (every score is NaN: non-finite weights, or a model "
+      .. "this LPS model cannot read)"):format(what, self_index and (" (record %d, id %s)"):format(self_index,
+      tostring(ms:meta(self_index).id)) or ""), 3)
+  end
   return row
 end
 
