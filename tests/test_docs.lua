@@ -42,9 +42,12 @@ function TestDocs:test_readme_recipe_runs()
   local ok, out = T.sh("cd " .. dir .. " && lua5.4 recipe.lua")
   os.execute("rm -rf " .. dir)
   lu.assertTrue(ok, out)
-  local score, id = out:match("^([%d%.%-e]+)%s+(m%d)")
-  lu.assertNotNil(score, out)
-  lu.assertTrue(tonumber(score) >= -1 and tonumber(score) <= 1 + 1e-6)
+  local other, same, id = out:match("^([%d%.%-e]+)%s+([%d%.%-e]+)%s+(m%d)")
+  lu.assertNotNil(other, out)
+  for _, v in ipairs{other, same} do lu.assertTrue(tonumber(v) >= -1 and tonumber(v) <= 1 + 1e-6, out) end
+  -- model 3 is closer to its own task's model than to the other task's, and its nearest is of its task
+  lu.assertTrue(tonumber(same) > tonumber(other), out)
+  lu.assertTrue(id == "m1" or id == "m2", out)
 end
 
 -- The README's evaluation of a new similarity, at most 10 lines, run on a
