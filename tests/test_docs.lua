@@ -18,10 +18,34 @@ function TestDocs:test_readme_states_the_commands()
   local f = assert(io.open("README.md"))
   local readme = f:read("a")
   f:close()
-  for _, needle in ipairs{"make run", "make test", "docs/API.md", "docs/MODELSET_FORMAT.md",
+  for _, needle in ipairs{"make run", "make test", "docs/API.md", "docs/MODELSET_FORMAT.md", "docs/FINDINGS.md",
                           "luarocks --lua-version 5.4 make"} do
     lu.assertStrContains(readme, needle)
   end
+end
+
+-- Every document the README points to exists, and every section of the
+-- findings it names by title is there.
+function TestDocs:test_readme_links_exist()
+  local f = assert(io.open("README.md"))
+  local readme = f:read("a")
+  f:close()
+  for path in readme:gmatch("%]%(([%w_/%.%-]+%.md)%)") do
+    local g = io.open(path)
+    lu.assertNotNil(g, "README links to a missing " .. path)
+    if g then g:close() end
+  end
+  local g = assert(io.open("docs/FINDINGS.md"))
+  local findings = g:read("a"):gsub("%s+", " ") -- titles may break across lines
+  g:close()
+  local n = 0
+  for _, pattern in ipairs{'"([^"]+)",? in docs/FINDINGS%.md', '"([^"]+)", docs/FINDINGS%.md'} do
+    for title in readme:gmatch(pattern) do
+      lu.assertStrContains(findings, "**" .. title:gsub("%s+", " "), false)
+      n = n + 1
+    end
+  end
+  lu.assertTrue(n >= 3, "the README names sections of docs/FINDINGS.md") -- the patterns still match
 end
 
 function TestDocs:test_readme_recipe_runs()
