@@ -49,6 +49,20 @@ local function finite_sum(F)
   return s == s and s ~= math.huge and s ~= -math.huge
 end
 
+-- A model's stats features (a 1-D tensor), or nil when it has none (a
+-- ResNet) or they are not finite.
+local function stats_of(m)
+  local ok, f = pcall(eval.features, "stats", m)
+  if ok and finite_sum(f) then return f end
+end
+
+-- Rows of stats features stacked (n x f).
+local function stack(rows)
+  local X = core.zeros(#rows, stats_width())
+  for r, f in ipairs(rows) do X[r]:copy(f) end
+  return X
+end
+
 --- The targets p (see the header) of models with ids `ids` and tasks
 -- `tasks` (lists of one entry per model) from the fine-tuning matrix ft,
 -- over the target tasks `targets` (a list). Raises, naming the model and the
@@ -209,9 +223,8 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
       end
     end
     if usable then
-      local ok
-      ok, f = pcall(eval.features, "stats", m)
-      usable = ok and finite_sum(f)
+      f = stats_of(m)
+      usable = f ~= nil
     end
     if usable then
       local n = #feats + 1
@@ -220,8 +233,7 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
     end
   end
   if ntasks < 2 then return nil end
-  local X = core.zeros(#feats, stats_width())
-  for r, f in ipairs(feats) do X[r]:copy(f) end -- the rows' features, read once
+  local X = stack(feats) -- the rows' features, read once
   local y, rho = P.targets(rids, rtasks, ft, targets), opts and opts.rho or P.rho
   check_fit(y, rtasks, rho, #feats, 2)
   local state, oof = fit_features(X, y, rtasks, rho, 2)
@@ -266,30 +278,17 @@ function P.predict(state, models)
   if type(state) ~= "table" or not core.is_tensor(state.w) then error("prior.predict: not a prior (prior.fit's)", 2) end
   P.check(state, "prior.predict") -- a prior without mean and sd standardized by the models' own
   check_list(models, "prior.predict: models", 2)
-  if #models == 0 then return {} end
-  local ok, F = pcall(eval.feature_matrix, "stats", models)
-  local rows, at = {}, {}
-  if ok and finite_sum(F) then
-    for k = 1, #models do rows[k], at[k] = k, k end
-  else -- some model has no stats: those of the others, one by one
-    local list = {}
-    for k, m in ipairs(models) do
-      local okk, f = pcall(eval.features, "stats", m)
-      if okk and finite_sum(f) then list[#list + 1], at[#list + 1] = f, k end
-    end
-    if #list == 0 then
-      local out = {}
-      for k = 1, #models do out[k] = 0 / 0 end
-      return out
-    end
-    F = core.zeros(#list, list[1]:numel())
-    for r, f in ipairs(list) do F[r]:copy(f) end
+  -- each model's features read once, those without (a ResNet, NaN weights) left NaN
+  local rows, at, out = {}, {}, {}
+  for k, m in ipairs(models) do
+    out[k] = 0 / 0
+    local f = stats_of(m)
+    if f then rows[#rows + 1], at[#rows + 1] = f, k end
   end
+  if #rows == 0 then return out end
+  local F = stack(rows)
   eval.standardize(F, state.mean, state.sd)
-  local pred = apply(state, F)
-  local out = {}
-  for k = 1, #models do out[k] = 0 / 0 end
-  for r, k in ipairs(at) do out[k] = pred[r] end
+  for r, v in ipairs(apply(state, F)) do out[at[r]] = v end
   return out
 end
 
@@ -310,7 +309,6 @@ function P.combine(scores, prior)
   end
   local function z(list, nonfinite)
     local m, v, n = 0, 0, 0
-    local function finite(x) return x == x and x > -math.huge and x < math.huge end
     for _, x in ipairs(list) do if finite(x) then m, n = m + x, n + 1 end end
     m = n > 0 and m / n or 0
     for _, x in ipairs(list) do if finite(x) then v = v + (x - m) ^ 2 end end
