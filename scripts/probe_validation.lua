@@ -85,6 +85,9 @@ for t = 1, #S.splits.tasks do
   end
 end
 
+local rmodels, rlabels = B.gather(S, resnets)
+local gmodels, glabels = B.gather(S, gallery)
+
 print(("validation: %d training tasks; %d ResNet and %d MLP/CNN queries; gallery %d MLPs and CNNs")
   :format(#S.splits.retrieval.train_tasks, #resnets, #others, #gallery))
 print(("%-14s %10s %10s %10s %10s %8s"):format("variant", "resnet r1", "resnet map", "mlpcnn r1", "mlpcnn map", "seconds"))
@@ -106,14 +109,13 @@ for _, v in ipairs(variants) do
 end
 
 if args.resnet_pairs then
-  local models, labels = B.gather(S, resnets)
-  local tm = lps.benchmark.methods.template_matching():similarity(models, models)
-  local D = lps.similarity.probe.matcher(variants[1].opts).directed(models, models)
+  local tm = lps.benchmark.methods.template_matching():similarity(rmodels, rmodels)
+  local D = lps.similarity.probe.matcher(variants[1].opts).directed(rmodels, rmodels)
   local P = (D + D:t()) * 0.5
   print(("\nResNets among themselves (%s's dreams, leave-one-out by task)"):format(variants[1].name))
   print(("%-8s %8s %8s"):format("q", "rank-1", "mAP"))
   for _, q in ipairs{0, 0.25, 0.5, 0.75, 1} do
-    local r = lps.eval.retrieval(q == 0 and tm or P * q + tm * (1 - q), labels, labels, {exclude_self = true})
+    local r = lps.eval.retrieval(q == 0 and tm or P * q + tm * (1 - q), rlabels, rlabels, {exclude_self = true})
     print(("%-8.2f %8.3f %8.3f"):format(q, r.rank1, r.map))
   end
 end
@@ -122,8 +124,6 @@ if args.residual then
   -- The network trained on these tasks' MLPs and CNNs (the gallery is in
   -- its training set; the ResNets never are): where the learned term helps
   -- anywhere off its training distribution, it helps here.
-  local rmodels, rlabels = B.gather(S, resnets)
-  local gmodels, glabels = B.gather(S, gallery)
   local method = lps.benchmark.methods.lps{name = "lps_hybrid", families = {"mlp", "cnn"}, relations = "transfer",
                                           epochs = 30, hybrid = true}
   print("\nthe hybrid on the ResNet queries (fitted on the retrieval split's training models)")
@@ -159,14 +159,11 @@ if args.hubs then
   -- ResNets of the tasks outside the training tasks give its dreams: no
   -- label of theirs is used) explains the misses.
   local pm = lps.similarity.probe.matcher(variants[1].opts)
-  local rmodels, rlabels = B.gather(S, resnets)
-  local gmodels, glabels = B.gather(S, gallery)
   local Q = pm.directed(rmodels, gmodels)
-  local meta_of = {}
-  for i = 1, S.n do meta_of[S.meta[i].id] = S.meta[i] end
+  local function meta_of(id) return S.meta[S.byid[id]] end
   local groups, keys = {}, {}
   local function key_of(j)
-    local m = meta_of[gallery[j]]
+    local m = meta_of(gallery[j])
     return ("%s, %d classes"):format(m.family, #S.splits.tasks[m.task].classes)
   end
   for j = 1, #gallery do
@@ -179,7 +176,7 @@ if args.hubs then
     for j = 1, #gallery do if not top or Q:get(i, j) > Q:get(i, top) then top = j end end
     local g = groups[key_of(top)]
     g.picks = g.picks + 1
-    if meta_of[gallery[top]].task ~= meta_of[resnets[i]].task then g.wrong = g.wrong + 1 end
+    if meta_of(gallery[top]).task ~= meta_of(resnets[i]).task then g.wrong = g.wrong + 1 end
   end
   table.sort(keys)
   print(("\nResNet queries' rank-1 picks by gallery model (%s's dreams)"):format(variants[1].name))
@@ -211,8 +208,6 @@ if not args.rules then return end
 local core = lps.core
 local probe = lps.similarity.probe
 local match = require "lualps.similarity.match"
-local gmodels, glabels = B.gather(S, gallery)
-local rmodels, rlabels = B.gather(S, resnets)
 local X, off, kk = match.stack(probe.dreams_of(variants[1].opts), gmodels)
 -- as the probe reads them (probe.outputs: each gallery model's dreams one
 -- batch by their statistics when the variant adapts batch norm)
