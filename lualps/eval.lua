@@ -106,8 +106,7 @@ M.linear_cka = C.linear_cka       -- (X (N x p), Y (N x q)) -> number
 function M.cka_layers(acts_a, acts_b) return C.cka_layers(acts_a, acts_b) end
 M.symeig = C.symeig               -- (A) -> eigenvalues (increasing), vectors (columns)
 
--- A finite number (not NaN, not infinite).
-local function finite(x) return type(x) == "number" and x == x and x > -math.huge and x < math.huge end
+local finite = util.finite
 
 --- Ridge regression fitted on the rows of X (n x e) with targets y (a list
 -- of n numbers): X centred by its column means and y by its mean; lambda =

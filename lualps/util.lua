@@ -3,6 +3,9 @@ local core = require "lualps.core"
 
 local util = {}
 
+--- Whether x is a finite number (not NaN, not infinite, not another type).
+function util.finite(x) return type(x) == "number" and x == x and x > -math.huge and x < math.huge end
+
 --- Options merged over their defaults, the one way every lualps function
 -- reads an option table: a new table holding defaults[k] for each key of
 -- `defaults`, replaced by opts[k] where opts gives a value, and opts[k] for

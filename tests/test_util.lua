@@ -161,6 +161,12 @@ function TestUtil:test_options()
   T.assert_error_contains("epoch_progress: unknown option 'colour'", util.epoch_progress, {colour = 1})
 end
 
+function TestUtil:test_finite()
+  for _, x in ipairs{0, -1.5, 1e38, math.maxinteger} do lu.assertTrue(util.finite(x), tostring(x)) end
+  for _, x in ipairs{0 / 0, math.huge, -math.huge, "1", {}} do lu.assertFalse(util.finite(x), tostring(x)) end
+  lu.assertFalse(util.finite(nil))
+end
+
 function TestUtil:test_median_and_time()
   lu.assertEquals(util.median{3, 1, 2}, 2)
   lu.assertEquals(util.median{4, 1, 2, 3}, 2.5)

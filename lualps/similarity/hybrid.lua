@@ -278,7 +278,7 @@ function H.combine(TM, Cos, ga, gb, w)
   local fa, fb = core.tensor(ga), core.tensor(gb) -- the gates as W has them (float32)
   local W = core.matmul(fa:reshape(#ga, 1), fb:reshape(#gb, 1), false, true):mul_(w)
   local s = Cos:sum()
-  if not (s > -math.huge and s < math.huge) then -- NaN or inf * 0 is NaN: pairs of weight 0 take 0 from Cos
+  if not util.finite(s) then -- NaN or inf * 0 is NaN: pairs of weight 0 take 0 from Cos
     -- W is 0 on the rows and columns of a gate 0: zero those of Cos in C
     -- (a NaN cosine comes from a model's NaN embedding, whose typicality
     -- gate is 0); entrywise only if a product of nonzero gates underflows
@@ -294,7 +294,7 @@ function H.combine(TM, Cos, ga, gb, w)
     end
     if mina < math.huge and minb < math.huge and core.tensor({mina * minb}):mul_(math.abs(w))[1] == 0 then
       local c, wf = Cos:reshape(-1), W:reshape(-1)
-      for i = 1, c:numel() do if wf[i] == 0 and not (c[i] > -math.huge and c[i] < math.huge) then c[i] = 0 end end
+      for i = 1, c:numel() do if wf[i] == 0 and not util.finite(c[i]) then c[i] = 0 end end
     end
   end
   return TM * (-W + 1) + Cos * W

@@ -13,6 +13,7 @@
 -- output layer's weight statistics; any MLP or CNN), standardized over the
 -- fit's models.
 local core = require "lualps.core"
+local util = require "lualps.util"
 local eval = require "lualps.eval"
 
 local P = {}
@@ -30,7 +31,7 @@ local function stats_width()
   return width
 end
 
-local function finite(x) return type(x) == "number" and x == x and x > -math.huge and x < math.huge end
+local finite = util.finite
 
 local function check_list(x, what, level)
   if type(x) ~= "table" then error(("%s must be a list, got %s"):format(what, type(x)), level + 1) end
@@ -44,10 +45,7 @@ local function check_tasks(tasks, n, what, level)
   end
 end
 
-local function finite_sum(F)
-  local s = F:sum()
-  return s == s and s ~= math.huge and s ~= -math.huge
-end
+local function finite_sum(F) return finite(F:sum()) end
 
 -- A model's stats features (a 1-D tensor), or nil when it has none (a
 -- ResNet) or they are not finite.

@@ -149,8 +149,7 @@ local function query_embedding(self, ms, query, self_index, what)
     if query:numel() ~= self.net.opts.embed then
       error(("%s: the query embedding has %d entries, the network's %d"):format(what, query:numel(), self.net.opts.embed), 3)
     end
-    local s = query:sum()
-    if not (s == s and s > -math.huge and s < math.huge) then error(what .. ": the query embedding is not finite", 3) end
+    if not util.finite(query:sum()) then error(what .. ": the query embedding is not finite", 3) end
     return E, query
   end
   return E, self:embed(query)
