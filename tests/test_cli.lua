@@ -147,6 +147,24 @@ function TestCLI:test_embed_outputs()
   lu.assertAlmostEquals(named.embeddings[4]:get(1), r.embeddings[4].embedding[1], 1e-6)
 end
 
+function TestCLI:test_query_file_task_is_typed_as_import_keeps_it()
+  -- a file's task metadata reads as `import` stores it: "3" is 3, a digit
+  -- string such as "0123" stays text (tonumber made it 123)
+  local ms <close> = lps.modelset.open(SET)
+  for _, case in ipairs{{"3", 3}, {"0123", "0123"}} do
+    local f = dir .. "/task" .. case[1] .. ".safetensors"
+    lps.export_safetensors(ms:get(1), f, {id = "x", task = case[1]})
+    local ok, out = cli(("nearest %s %s %s -k 1 --json"):format(SET, MODEL, f))
+    lu.assertTrue(ok, out)
+    lu.assertEquals(cjson.decode(out).query.task, case[2])
+    local set2 = dir .. "/typed" .. case[1] .. ".lpsm"
+    ok, out = cli(("import %s %s"):format(set2, f))
+    lu.assertTrue(ok, out)
+    local b <close> = lps.modelset.open(set2)
+    lu.assertEquals(b:meta(1).task, case[2])
+  end
+end
+
 function TestCLI:test_export_import_round_trip()
   local f = dir .. "/m5.safetensors"
   local ok, out = cli(("export %s 5 %s"):format(SET, f))
