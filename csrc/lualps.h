@@ -927,8 +927,10 @@ lps_status lps_cka_matrix(lps_tensor *out, const lps_net_view *a, int64_t na,
  * by increasing gallery index. cmc[j] = fraction of queries with a relevant
  * (same-label) item among the first ks[j]; map = mean average precision.
  * Queries without any relevant item are skipped (nvalid counts the others);
- * exclude_diag (square sim) drops gallery item i from query i's ranking. */
-lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, const lps_tensor *sim,
+ * exclude_diag (square sim) drops gallery item i from query i's ranking.
+ * ap (may be NULL; nq entries): each query's average precision, NaN for a
+ * skipped query (paired comparisons of two methods query by query). */
+lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, double *ap, const lps_tensor *sim,
                          const int64_t *qlab, const int64_t *glab, const int64_t *ks, int nk,
                          int exclude_diag);
 /* pred[q] = majority label of the k most similar gallery items (vote ties:

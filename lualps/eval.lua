@@ -408,15 +408,63 @@ end
 -- gallery order. opts.ks: CMC ranks (default those of 1, 5, 10 within the
 -- gallery size); opts.exclude_self: query i ignores gallery item i (square
 -- sim of a set against itself). Queries with no same-label gallery item are
--- skipped. Returns {cmc = {...}, rank<k> = ..., map = ..., queries = n}.
+-- skipped. Returns {cmc = {...}, rank<k> = ..., map = ..., queries = n,
+-- ap = {each query's average precision; NaN for a skipped query}}.
 function M.retrieval(sim, qlabels, glabels, opts)
   opts = util.options(opts, {exclude_self = false}, "retrieval", {"ks"})
   local ng = sim:size(2) - (opts.exclude_self and 1 or 0)
   local ks = opts.ks or default_ks(ng)
-  local cmc, map, nvalid = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
-  local r = {cmc = cmc, map = map, queries = nvalid, ks = ks}
+  local cmc, map, nvalid, ap = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
+  local r = {cmc = cmc, map = map, queries = nvalid, ks = ks, ap = ap}
   for i, k in ipairs(ks) do r["rank" .. k] = cmc[i] end
   return r
+end
+
+--- A paired comparison of two methods, query by query: a and b are lists
+-- of the same queries' scores (e.g. retrieval's r.ap), groups each query's
+-- cluster (its task: queries of one task are not independent). Returns
+-- {delta = mean(a - b), lo, hi = the opts.level (default 0.95) percentile
+-- interval of that mean over opts.reps (default 2000) bootstrap resamples
+-- of whole groups (generator seed opts.seed, default 1), better, worse,
+-- ties = query counts, n = queries}. Pairs with a NaN are left out.
+function M.paired_bootstrap(a, b, groups_of, opts)
+  opts = util.options(opts, {reps = 2000, seed = 1, level = 0.95}, "paired_bootstrap")
+  if #a ~= #b or #a ~= #groups_of then
+    error(("paired_bootstrap: %d, %d and %d entries (scores a, scores b, groups) must agree"):format(#a, #b,
+      #groups_of), 2)
+  end
+  if not (opts.level > 0 and opts.level < 1) then error("paired_bootstrap: level must be in (0, 1)", 2) end
+  local reps = math.tointeger(opts.reps)
+  if not reps or reps < 1 then error("paired_bootstrap: reps must be a positive integer", 2) end
+  local by, keys = {}, {}
+  local out = {better = 0, worse = 0, ties = 0, n = 0}
+  local sum = 0
+  for i = 1, #a do
+    local d = a[i] - b[i]
+    if d == d then
+      local g = groups_of[i]
+      if by[g] == nil then by[g] = {0, 0}; keys[#keys + 1] = g end
+      by[g][1], by[g][2] = by[g][1] + d, by[g][2] + 1
+      sum, out.n = sum + d, out.n + 1
+      if d > 0 then out.better = out.better + 1 elseif d < 0 then out.worse = out.worse + 1 else out.ties = out.ties + 1 end
+    end
+  end
+  if out.n == 0 then error("paired_bootstrap: no query has both scores", 2) end
+  out.delta = sum / out.n
+  local gen, means = core.generator(opts.seed), {}
+  for r = 1, reps do
+    local s, n = 0, 0
+    for _ = 1, #keys do
+      local g = by[keys[gen:random(#keys)]]
+      s, n = s + g[1], n + g[2]
+    end
+    means[r] = s / n
+  end
+  table.sort(means)
+  local tail = (1 - opts.level) / 2
+  out.lo = means[math.max(1, math.floor(tail * reps + 0.5))]
+  out.hi = means[math.min(reps, math.ceil((1 - tail) * reps - 0.5))]
+  return out
 end
 
 --- Top-1 task classification from sim (queries x gallery with known labels).

@@ -158,6 +158,10 @@ function TestHeldoutZoos:test_identical_copies_retrieve_each_other()
     lu.assertAlmostEquals(r.methods[name].map, 1, 1e-12, name)
     lu.assertAlmostEquals(r.methods[name].rank1, 1, 1e-12, name)
   end
+  -- query by query: every AP 1 for both, so no difference either way
+  local paired = H.paired({copies = r}, {"copies"}, {"lps", "template_matching"}, "template_matching")
+  local d = paired.copies.lps
+  lu.assertEquals({d.delta, d.lo, d.hi, d.better, d.worse, d.ties}, {0, 0, 0, 0, 0, 12})
 end
 
 -- The script end to end at --scale tiny: the digits zoo and, with
@@ -179,7 +183,13 @@ function TestHeldoutZoos:test_script_end_to_end()
     lu.assertTrue(v > 0 and v <= 1, m .. " digits_map " .. tostring(v))
   end
   lu.assertNotNil(j.provenance.blas_kernel)
+  -- the paired comparison's mean difference is the difference of the mAPs
+  local d = j.paired.digits.lps
+  lu.assertAlmostEquals(d.delta, j.methods.lps.digits_map - j.methods.template_matching.digits_map, 1e-9)
+  lu.assertTrue(d.lo <= d.delta and d.delta <= d.hi)
+  lu.assertEquals(d.better + d.worse + d.ties, 8)
   local md = lps.util.read_file(out .. "/heldout_zoos.md")
+  lu.assertStrContains(md, "## Against template matching, query by query")
   lu.assertStrContains(md, "| method | ")
   lu.assertStrContains(md, "Produced by lualps")
   if not py then return end

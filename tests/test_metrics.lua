@@ -17,6 +17,9 @@ function TestRetrieval:test_by_hand_with_tie()
   local r = E.retrieval(lps.tensor(S), {1, 2}, {1, 2, 1, 2}, {ks = {1, 2, 3}})
   lu.assertEquals(r.cmc, {0.5, 0.5, 1.0}) -- tie the other way would give rank-2 = 1
   lu.assertAlmostEquals(r.map, (0.75 + 5 / 12) / 2, 1e-12)
+  lu.assertEquals(#r.ap, 2) -- each query's AP (paired comparisons of methods)
+  lu.assertAlmostEquals(r.ap[1], 0.75, 1e-12)
+  lu.assertAlmostEquals(r.ap[2], 5 / 12, 1e-12)
   lu.assertEquals(r.queries, 2)
   lu.assertEquals(r.rank1, 0.5)
   lu.assertEquals(r.rank3, 1.0)
@@ -29,6 +32,8 @@ function TestRetrieval:test_skips_queries_without_relevant_items()
     {ks = {1}})
   lu.assertEquals(r.queries, 1)
   lu.assertEquals(r.map, 0.75)
+  lu.assertEquals(r.ap[1], 0.75)
+  lu.assertNotEquals(r.ap[2], r.ap[2]) -- skipped: NaN, so the list keeps one entry per query
   T.assert_error_contains("retrieval: no query has a gallery item with its label", E.retrieval,
     lps.tensor{{1, 2}}, {3}, {1, 2}, {ks = {1}})
 end
@@ -42,6 +47,7 @@ function TestRetrieval:test_exclude_self()
   lu.assertEquals(r.queries, 2)
   lu.assertEquals(r.cmc, {0.5, 1})
   lu.assertEquals(r.map, 0.75)
+  lu.assertEquals({r.ap[1], r.ap[2]}, {0.5, 1})
 end
 
 function TestRetrieval:test_bad_input()
@@ -374,6 +380,34 @@ function TestTopK:test_bad_input()
   local bad = emb:clone()
   bad:set(4, 2, 0 / 0)
   T.assert_error_contains("topk: embedding row 4 gives a non-finite score", E.topk, bad, lps.ones(3), 1)
+end
+
+TestPairedBootstrap = {}
+
+function TestPairedBootstrap:test_by_hand()
+  -- two tasks of two queries: a beats b by 1 on task 1, ties on task 2;
+  -- resampling whole tasks gives means 1, 0.5 or 0 (each task drawn twice: 1/4)
+  local r = E.paired_bootstrap({1, 1, 0, 0}, {0, 0, 0, 0}, {1, 1, 2, 2}, {reps = 400})
+  lu.assertEquals(r.delta, 0.5)
+  lu.assertEquals({r.better, r.worse, r.ties, r.n}, {2, 0, 2, 4})
+  lu.assertEquals({r.lo, r.hi}, {0, 1})
+  -- a query pair with a NaN is left out; equal scores: a zero-width interval
+  local same = E.paired_bootstrap({0.2, 0 / 0, 0.7}, {0.2, 0.5, 0.7}, {1, 2, 3})
+  lu.assertEquals({same.delta, same.lo, same.hi, same.n, same.ties}, {0, 0, 0, 2, 2})
+  -- the same seed, the same interval
+  local a, b, g = {}, {}, {}
+  local gen = lps.generator(3)
+  for i = 1, 60 do a[i], b[i], g[i] = gen:uniform(), gen:uniform(), (i - 1) // 5 + 1 end
+  local r1, r2 = E.paired_bootstrap(a, b, g), E.paired_bootstrap(a, b, g)
+  lu.assertEquals({r1.lo, r1.hi}, {r2.lo, r2.hi})
+  lu.assertTrue(r1.lo <= r1.delta and r1.delta <= r1.hi)
+end
+
+function TestPairedBootstrap:test_bad_input()
+  T.assert_error_contains("paired_bootstrap: 2, 1 and 2 entries", E.paired_bootstrap, {1, 2}, {1}, {1, 1})
+  T.assert_error_contains("no query has both scores", E.paired_bootstrap, {0 / 0}, {1}, {1})
+  T.assert_error_contains("level must be in (0, 1)", E.paired_bootstrap, {1}, {1}, {1}, {level = 1})
+  T.assert_error_contains("reps must be a positive integer", E.paired_bootstrap, {1}, {1}, {1}, {reps = 0.5})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

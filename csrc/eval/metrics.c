@@ -67,7 +67,7 @@ static void top_gallery(keyed *buf, const lps_tensor *sim, int64_t q, int exclud
     }
 }
 
-lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, const lps_tensor *sim,
+lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, double *ap_out, const lps_tensor *sim,
                          const int64_t *qlab, const int64_t *glab, const int64_t *ks, int nk,
                          int exclude_diag)
 {
@@ -88,6 +88,7 @@ lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, const lps_te
         int64_t n = rank_gallery(buf, sim, q, exclude_diag), rel = 0, first = 0;
         for (int64_t r = 0; r < n; r++)
             if (glab[buf[r].idx] == qlab[q]) rel++;
+        if (ap_out) ap_out[q] = NAN;
         if (rel == 0) continue; /* nothing to find: no precision defined */
         double ap = 0.0;
         int64_t hits = 0;
@@ -97,6 +98,7 @@ lps_status lps_retrieval(double *cmc, double *map, int64_t *nvalid, const lps_te
                 ap += (double)hits / (double)(r + 1);
             }
         apsum += ap / (double)rel;
+        if (ap_out) ap_out[q] = ap / (double)rel;
         for (int j = 0; j < nk; j++) cmc[j] += first <= ks[j] ? 1.0 : 0.0;
         valid++;
     }

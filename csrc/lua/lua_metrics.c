@@ -155,7 +155,7 @@ static lps_tensor *check_sim(lua_State *L, int idx, const char *op)
     return s;
 }
 
-/* retrieval(sim, qlabels, glabels, ks, exclude_self) -> {cmc...}, map, nvalid */
+/* retrieval(sim, qlabels, glabels, ks, exclude_self) -> {cmc...}, map, nvalid, {ap per query (NaN: skipped)} */
 static int l_retrieval(lua_State *L)
 {
     lps_tensor *s = check_sim(L, 1, "retrieval");
@@ -165,8 +165,9 @@ static int l_retrieval(lua_State *L)
     int64_t *ks = check_labels(L, 4, &nk, "retrieval", "ranks");
     if (nk > 1000) return luaL_error(L, "retrieval: at most 1000 ranks");
     double *cmc = lps_lua_scratch(L, (size_t)nk * sizeof *cmc), map;
+    double *ap = lps_lua_scratch(L, (size_t)s->shape[0] * sizeof *ap);
     int64_t nvalid;
-    LPS_LCHECK(L, lps_retrieval(cmc, &map, &nvalid, s, ql, gl, ks, (int)nk, lua_toboolean(L, 5)));
+    LPS_LCHECK(L, lps_retrieval(cmc, &map, &nvalid, ap, s, ql, gl, ks, (int)nk, lua_toboolean(L, 5)));
     lua_createtable(L, (int)nk, 0);
     for (int64_t j = 0; j < nk; j++) {
         lua_pushnumber(L, cmc[j]);
@@ -174,7 +175,12 @@ static int l_retrieval(lua_State *L)
     }
     lua_pushnumber(L, map);
     lua_pushinteger(L, nvalid);
-    return 3;
+    lua_createtable(L, (int)s->shape[0], 0);
+    for (int64_t q = 0; q < s->shape[0]; q++) {
+        lua_pushnumber(L, ap[q]);
+        lua_rawseti(L, -2, q + 1);
+    }
+    return 4;
 }
 
 static int l_knn_classify(lua_State *L)
