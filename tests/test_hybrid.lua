@@ -543,7 +543,7 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   local dpath = T.tmpname(".model")
   lps.similarity.wrap(f.net, f.classes, older):save(dpath)
   local dback = lps.similarity.load(dpath)
-  lu.assertEquals(dback.hybrid.dreams, {lr = 0.05, adapt_bn = false})
+  lu.assertEquals(dback.hybrid.dreams, {lr = 0.05, adapt_bn = false, blur_bn = 0})
   lu.assertNotEquals(dback.hy:similarity(models, models):totable(), before)
   -- a file saved before adapt_bn was: its readers keep the running statistics
   local nobn = {}
@@ -562,6 +562,11 @@ function TestHybrid:test_save_load_round_trip_gives_the_same_bits()
   lu.assertEquals(keys{probe_bn = 1, probe_bn_both = 0.5}, {1, 0.5})
   lu.assertFalse(state_of({dreams = {lr = 0.025}}, mu, par).dreams.adapt_bn) -- before adapt_bn
   lu.assertTrue(state_of({dreams = {adapt_bn = true}}, mu, par).dreams.adapt_bn)
+  -- before blur_bn: batch-norm readers read the dreams unblurred; a fit saves the default (1)
+  lu.assertEquals(state_of({dreams = {lr = 0.025}}, mu, par).dreams.blur_bn, 0)
+  lu.assertEquals(state_of({dreams = {blur_bn = 2}}, mu, par).dreams.blur_bn, 2)
+  lu.assertEquals(f.hybrid.dreams.blur_bn, 1)
+  lu.assertEquals(lps.similarity.load(npath).hybrid.dreams.blur_bn, 1)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

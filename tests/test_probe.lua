@@ -271,7 +271,7 @@ function TestProbe:test_batch_norm_readers_adapt_to_each_dreamers_dreams()
   local rm = resnet(3, 3)
   local r = lps.similarity.weights(rm)
   local dreamers = {T.random_mlp(g, {784, 12, 3}), T.random_mlp(g, {784, 20, 4}), T.random_mlp(g, {784, 8, 2})}
-  local adapt, fixed = probe.matcher{steps = 5}, probe.matcher{steps = 5, adapt_bn = false}
+  local adapt, fixed = probe.matcher{steps = 5, blur_bn = 0}, probe.matcher{steps = 5, adapt_bn = false, blur_bn = 0}
   local A, F = adapt.directed({r}, dreamers), fixed.directed({r}, dreamers)
   for j, d in ipairs(dreamers) do
     local X = probe.dreams(d, {steps = 5})
@@ -279,15 +279,51 @@ function TestProbe:test_batch_norm_readers_adapt_to_each_dreamers_dreams()
     local Y = rm:forward(X:reshape(X:size(1), 1, 28, 28))
     local P = lps.estimators.softmax(Y):totable()
     rm:batch_stats(false)
-    lu.assertTrue(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}), Y, 0, 0)) -- probe.outputs reads so
-    lu.assertFalse(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}, {adapt_bn = false}), Y, 0, 1e-4))
+    lu.assertTrue(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}, {blur_bn = 0}), Y, 0, 0)) -- probe.outputs reads so
+    lu.assertFalse(lps.allclose(probe.outputs(r, X, {{0, X:size(1)}}, {adapt_bn = false, blur_bn = 0}), Y, 0, 1e-4))
     lu.assertAlmostEquals(A:get(1, j), require("lualps.similarity.match").block_score(P, 0, 0, #P, #P[1]), 1e-6)
-    lu.assertAlmostEquals(F:get(1, j), brute(r, d, {steps = 5}), 1e-6) -- off: the running statistics
+    lu.assertAlmostEquals(F:get(1, j), brute(r, d, {steps = 5, blur_bn = 0}), 1e-6) -- off: the running statistics
   end
   lu.assertNotEquals(A:totable(), F:totable())
   -- an MLP reader: the same bits either way
   local mlp = T.random_mlp(g, {784, 10, 3})
   lu.assertEquals(adapt.directed({mlp}, dreamers):totable(), fixed.directed({mlp}, dreamers):totable())
+end
+
+-- blur_bn (default 1): a reader with batch norm reads the dreams blurred
+-- (lps.data.domain "blur") that many times; readers without it read them
+-- as they are, to the bit.
+function TestProbe:test_batch_norm_readers_read_blurred_dreams()
+  local g = lps.generator(33)
+  local rm = resnet(5, 3)
+  local r = lps.similarity.weights(rm)
+  local d = T.random_mlp(g, {784, 12, 3})
+  local X = probe.dreams(d, {steps = 5})
+  local blocks = {{0, X:size(1)}}
+  for _, passes in ipairs{1, 2} do
+    local B = X
+    for _ = 1, passes do B = lps.data.domain(B, "blur") end
+    lu.assertFalse(lps.allclose(B, X, 0, 1e-3)) -- the blur changes the dreams
+    rm:batch_stats()
+    local Y = rm:forward(B:reshape(B:size(1), 1, 28, 28))
+    rm:batch_stats(false)
+    lu.assertTrue(lps.allclose(probe.outputs(r, X, blocks, {blur_bn = passes}), Y, 0, 0), passes .. " passes")
+  end
+  lu.assertTrue(lps.allclose(probe.outputs(r, X, blocks), probe.outputs(r, X, blocks, {blur_bn = 1}), 0, 0)) -- the default
+  lu.assertFalse(lps.allclose(probe.outputs(r, X, blocks), probe.outputs(r, X, blocks, {blur_bn = 0}), 0, 1e-4))
+  -- the matcher scores what probe.outputs reads
+  local on, off = probe.matcher{steps = 5}, probe.matcher{steps = 5, blur_bn = 0}
+  local block = require("lualps.similarity.match").block_score
+  for m, o in pairs{[on] = {blur_bn = 1}, [off] = {blur_bn = 0}} do
+    local P = lps.estimators.softmax(probe.outputs(r, X, blocks, o)):totable()
+    lu.assertAlmostEquals(m.directed({r}, {d}):get(1, 1), block(P, 0, 0, #P, #P[1]), 1e-6)
+  end
+  -- an MLP reader and an MLP dreamer reading the ResNet's dreams: the same bits either way
+  local mlp = T.random_mlp(g, {784, 10, 3})
+  lu.assertEquals(on.directed({mlp, d}, {d, r}):totable(), off.directed({mlp, d}, {d, r}):totable())
+  T.assert_error_contains("blur_bn must be an integer >= 0, got 0.5", probe.matcher, {blur_bn = 0.5})
+  T.assert_error_contains("blur_bn needs dreams of one square channel (1 x s x s), got input_shape 784",
+    probe.outputs, r, X, blocks, {input_shape = {784}})
 end
 
 -- stat_prior: a batch norm model's dreams also descend its layers' KL from

@@ -151,6 +151,8 @@ function M.hybrid_state(h, mu, par)
     dreams = h.dreams or ((h.probe or 0) > 0 and {lr = 0.05} or nil)}
   -- files saved before adapt_bn was: their readers used the running statistics
   if state.dreams and state.dreams.adapt_bn == nil then state.dreams.adapt_bn = false end
+  -- and before blur_bn was: their batch-norm readers read the dreams unblurred
+  if state.dreams and state.dreams.blur_bn == nil then state.dreams.blur_bn = 0 end
   return state
 end
 
