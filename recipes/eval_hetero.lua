@@ -98,6 +98,7 @@ local abl_list = { -- one seed each
   {"hybrid_no_gate", {hybrid = {gate = false}}, 45}, -- lps_hybrid with g = 1
   {"hybrid_no_probe_bn", {hybrid = {probe_bn = 0, probe_bn_both = 0}}, 45}, -- batch-norm pairs on TM too
   {"hybrid_bn_residual", {hybrid = {bn_residual = true}}, 45}, -- the learned term for batch-norm models too
+  {"hybrid_no_blur_bn", {hybrid = {dreams = {blur_bn = 0}}}, 45}, -- batch-norm readers read the dreams unblurred
   {"hybrid_probe", {hybrid = {probe = 0.5}}, 150}, -- anchored on template and probe matching (tm_and_probe)
   {"hybrid_probe_directed", {hybrid = {probe = 0.5, probe_directed = true}}, 60}, -- on tm_and_probe_directed
 }

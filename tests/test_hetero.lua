@@ -613,7 +613,8 @@ function TestHeteroEval:test_pipeline_outputs()
   lu.assertAlmostEquals(r.controls.reliability.spearman_brown, 2 * rel / (1 + rel), 1e-12)
   for _, v in ipairs{"no_conv_encoder", "first_order_pooling", "no_relation_objective", "no_chain_norm",
                      "trained_on_mlps", "weight_units_only", "templates_and_units",
-                     "no_template_extras", "unit_supervision", "hybrid_no_gate", "hybrid_bn_residual"} do
+                     "no_template_extras", "unit_supervision", "hybrid_no_gate", "hybrid_bn_residual",
+                     "hybrid_no_blur_bn"} do
     lu.assertNotNil(r.ablations[v], v)
   end
   lu.assertStrContains(file_bytes(res .. "/lps_hetero_eval.md"), "## Controls")
