@@ -135,6 +135,13 @@ function TestHybrid:test_choose_w_follows_the_better_term()
   local w, maps = H.choose_w(TM, good, closed, labels, grid)
   lu.assertEquals(w, 0)
   for k = 2, #grid do lu.assertEquals(maps[k], maps[1]) end
+  -- a model the network does not read (NaN cosines, gate 0 elsewhere but here 1): its
+  -- NaN pairs rank last instead of making retrieval refuse the matrix
+  local nan_cos = good:clone()
+  for j = 1, 12 do nan_cos:set(12, j, 0 / 0); nan_cos:set(j, 12, 0 / 0) end
+  local wn, mn = H.choose_w(TM, nan_cos, g, labels, grid)
+  lu.assertTrue(wn > 0)
+  for k = 1, #grid do lu.assertTrue(mn[k] == mn[k], "map at w = " .. grid[k]) end
 end
 
 function TestHybrid:test_holdout_picks_the_quarter_class()

@@ -307,8 +307,11 @@ function H.choose_w(TM, Cos, g, labels, grid)
   local best, best_map, maps = nil, -math.huge, {}
   for k, w in ipairs(grid) do
     local S = H.combine(TM, Cos, g, g, w)
-    local flat = S:reshape(-1)
-    for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+    local total = S:sum()
+    if total ~= total then -- a NaN somewhere (a model the network does not read): it ranks last
+      local flat = S:reshape(-1)
+      for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+    end
     maps[k] = eval.retrieval(S, labels, labels, {exclude_self = true}).map
     if maps[k] > best_map + 1e-9 then best, best_map = w, maps[k] end
   end
