@@ -89,6 +89,7 @@ void lps_lua_open_safetensors(lua_State *L);
 void lps_lua_open_modelset(lua_State *L);
 void lps_lua_open_lps(lua_State *L);
 void lps_lua_open_net(lua_State *L);
+void lps_lua_open_templates(lua_State *L);
 void lps_lua_open_metrics(lua_State *L);
 void lps_lua_open_project(lua_State *L);
 void lps_lua_open_glyphs(lua_State *L);

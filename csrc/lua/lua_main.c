@@ -13,6 +13,7 @@ static const struct {
     {"_nn", lps_lua_open_nn},         {"_nn", lps_lua_open_train},
     {"_nn", lps_lua_open_data},       {"_safetensors", lps_lua_open_safetensors},
     {"_modelset", lps_lua_open_modelset}, {"_lps", lps_lua_open_lps},
+    {"_lps", lps_lua_open_templates},
     {"_eval", lps_lua_open_net},      {"_eval", lps_lua_open_metrics},
     {"_eval", lps_lua_open_project},   {"_glyphs", lps_lua_open_glyphs},
     {"_estimators", lps_lua_open_transferability},

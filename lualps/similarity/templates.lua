@@ -12,31 +12,36 @@
 -- invariant to permutations and rescalings (up to rounding).
 local core = require "lualps.core"
 local nn = require "lualps.nn"
+local K = core._lps
 
 local M = {}
 
+-- The arch a module of a weight list is built from: the checked arch's
+-- JSON when similarity.record gave it for this arch (a text parses
+-- faster), else its arch list, or, without one, an MLP of its shapes.
+-- (level: of the error, for the caller's caller)
+local function arch_of(model, level)
+  local checked = model.arch_checked
+  if checked and model.arch and checked.arch == model.arch then return checked.json end
+  if model.arch then return model.arch end
+  if model[1]:dim() == 4 then
+    error("similarity: a CNN's function needs its arch (strides, padding, pooling): give the lps.nn module, "
+      .. "or a weight list with an `arch` field", level + 1)
+  end
+  local list = {}
+  for l = 1, #model // 2 do
+    local W = model[2 * l - 1]
+    list[#list + 1] = {type = "linear", ["in"] = W:size(2), out = W:size(1)}
+    if l < #model // 2 then list[#list + 1] = {type = "relu"} end
+  end
+  return list
+end
+
 -- A module computing the model's function: the model itself, or one built
--- from its arch (or, without one, an MLP of its shapes) with its parameters
--- and buffers.
+-- from its arch (arch_of) with its parameters and buffers.
 local function module_of(model)
   if model.module then return model.module, false end
-  local list = model.arch
-  if not list and model[1]:dim() == 4 then
-    error("similarity: a CNN's function needs its arch (strides, padding, pooling): give the lps.nn module, "
-      .. "or a weight list with an `arch` field", 4)
-  end
-  if not list then
-    list = {}
-    for l = 1, #model // 2 do
-      local W = model[2 * l - 1]
-      list[#list + 1] = {type = "linear", ["in"] = W:size(2), out = W:size(1)}
-      if l < #model // 2 then list[#list + 1] = {type = "relu"} end
-    end
-  end
-  -- zeros: the model's weights are copied in; from the checked arch's JSON
-  -- when similarity.record gave it for this arch (a text parses faster)
-  local checked = model.arch_checked
-  local m = nn.from_arch(checked and model.arch and checked.arch == model.arch and checked.json or list, false)
+  local m = nn.from_arch(arch_of(model, 3), false) -- zeros: the model's weights are copied in
   local function fill(dst, tensors, what)
     if #dst ~= #tensors then
       error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#dst, what, #tensors), 5)
@@ -88,13 +93,17 @@ end
 -- caches the noise images and the pooling there): k x tdim rows (input
 -- gradients of each class's logit minus the mean logit, averaged over the
 -- noise images, pooled, L2-normalized), their norms and the mean centred
--- logits.
+-- logits. One C call (csrc/lua/lua_templates.c) builds a weight list's
+-- module, takes the gradients and pools: one forward, then a backward per
+-- class c of d(logit_c - mean logit), each range's P gradients averaged
+-- (a first conv or linear layer maps their mean, not each); the directions
+-- e_c - 1/k sum to zero, and so do their gradients: the last class's is
+-- minus the sum of the others'.
 function M.compute(self, model)
   local o = self.opts
-  local m, release = M.function_of(model) -- input gradients only
-  local side = o.input_shape[#o.input_shape]
   self.tpool = self.tpool or nn.layer("avgpool2d", {kernel = o.template_pool}) -- q x q block means
   local R, P, d = #o.noise_ranges, o.noise, o.input_dim
+  local side = o.input_shape[#o.input_shape]
   if not self.noise_x then -- the R ranges' noise images, one batch
     self.noise_x = core.zeros(R * P, d)
     for r, range in ipairs(o.noise_ranges) do
@@ -102,53 +111,21 @@ function M.compute(self, model)
         core.rand(P, d, core.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
     end
   end
+  local first = model[1] or model.module:named_parameters()[1].tensor -- a weight list, or {module = m}
   local x = self.noise_x
-  local first = model[1] or m:named_parameters()[1].tensor -- a weight list, or {module = m}
-  if first:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end -- images in
-  local k = m:output_shape{1, table.unpack(x:shape(), 2)}[2] -- the classes: the output's width
-  -- One forward, then a backward per class c of d(logit_c - mean logit),
-  -- each range's P gradients averaged in C (a first conv or linear layer
-  -- maps their mean, not each). The directions e_c - 1/k sum to zero, and
-  -- so do their gradients: the last class's is minus the sum of the others'.
-  local kb = math.max(k - 1, 1)
-  self.gy_of = self.gy_of or {} -- by class count (read only by input_gradients)
-  local gy = self.gy_of[k]
-  if not gy then
-    gy = core.full(kb * R * P, k, -1 / k)
-    for c = 1, kb do
-      for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
-    end
-    self.gy_of[k] = gy
+  if first:dim() == 4 then -- images in
+    self.noise_img = self.noise_img or x:reshape(R * P, table.unpack(o.input_shape))
+    x = self.noise_img
   end
-  local logits, gx = m:input_gradients(x, gy, P) -- gx: (class, range) rows
-  if k > 1 then
-    local d_in = gx:numel() // (kb * R)
-    local all = core.zeros(k * R, d_in)
-    all:rows(1, kb * R):copy(gx)
-    all:rows(kb * R + 1, k * R):copy(gx:reshape(kb, R * d_in):sum(1)):mul_(-1)
-    gx = all
+  local extras = o.template_extras -- columns after the template: one-hot class count, centred logit per range
+  if not model.module then
+    return K.class_templates(arch_of(model, 2), model, model.buffers or {}, x, P, self.tpool, extras, side)
   end
+  local m, release = M.function_of(model) -- a user's module: its flags given back after
+  local T, norms, mean_logit = K.class_templates(m, nil, nil, x, P, self.tpool, extras, side)
   release()
-  local T = self.tpool:forward(gx:reshape(k * R, 1, side, side)):reshape(k, R * self.seg)
-  local norms = (T * T):sum(2):sqrt()
-  local nmax = math.max(norms:max(), 1e-12)
-  for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
-  local mean_logit = logits:mean(1)
-  mean_logit:sub_(mean_logit:mean())
-  if o.template_extras then -- columns after the template: one-hot class count, centred logit per range
-    local w = R * self.seg
-    local padded = core.zeros(k, w + 8 + R)
-    for c = 1, k do padded[c]:rows(1, w):copy(T[c]) end
-    T = padded
-    for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
-    for r = 1, R do
-      local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
-      lr:sub_(lr:mean())
-      for c = 1, k do T:set(c, w + 8 + r, lr[c]) end
-    end
-  end
   -- features: the template, its norm relative to the model's largest, the centred logit
-  return T, norms:div_(nmax), mean_logit
+  return T, norms, mean_logit
 end
 
 return M

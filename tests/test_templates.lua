@@ -1,0 +1,144 @@
+-- The class templates in one C call (csrc/lua/lua_templates.c, called by
+-- lualps/similarity/templates.lua) against the Lua steps it replaced,
+-- kept here as the reference: the same bits for MLPs with and without an
+-- arch, CNNs with pooling, batch norm (buffers) and one class, a module
+-- given as {module = m}, with and without the extra columns; and its
+-- errors for weights that do not fit the arch.
+local lu = require "luaunit"
+local lps = require "lualps"
+local core = require "lualps.core"
+local templates = require "lualps.similarity.templates"
+local nn = lps.nn
+
+local g = lps.generator(5)
+
+-- The Lua compute of templates.lua before the C call (a7c99c6).
+local function reference(self, model)
+  local o = self.opts
+  local m, release = templates.function_of(model)
+  local side = o.input_shape[#o.input_shape]
+  local tpool = nn.layer("avgpool2d", {kernel = o.template_pool})
+  local R, P = #o.noise_ranges, o.noise
+  local x = self.noise_x
+  local first = model[1] or m:named_parameters()[1].tensor
+  if first:dim() == 4 then x = x:reshape(R * P, table.unpack(o.input_shape)) end
+  local k = m:output_shape{1, table.unpack(x:shape(), 2)}[2]
+  local kb = math.max(k - 1, 1)
+  local gy = core.full(kb * R * P, k, -1 / k)
+  for c = 1, kb do
+    for q = (c - 1) * R * P + 1, c * R * P do gy:set(q, c, 1 - 1 / k) end
+  end
+  local logits, gx = m:input_gradients(x, gy, P)
+  if k > 1 then
+    local d_in = gx:numel() // (kb * R)
+    local all = core.zeros(k * R, d_in)
+    all:rows(1, kb * R):copy(gx)
+    all:rows(kb * R + 1, k * R):copy(gx:reshape(kb, R * d_in):sum(1)):mul_(-1)
+    gx = all
+  end
+  release()
+  local T = tpool:forward(gx:reshape(k * R, 1, side, side)):reshape(k, R * self.seg)
+  local norms = (T * T):sum(2):sqrt()
+  local nmax = math.max(norms:max(), 1e-12)
+  for c = 1, k do T[c]:div_(math.max(norms[c], 1e-12)) end
+  local mean_logit = logits:mean(1)
+  mean_logit:sub_(mean_logit:mean())
+  if o.template_extras then
+    local w = R * self.seg
+    local padded = core.zeros(k, w + 8 + R)
+    for c = 1, k do padded[c]:rows(1, w):copy(T[c]) end
+    T = padded
+    for c = 1, k do T:set(c, w + math.min(k, 8), 1) end
+    for r = 1, R do
+      local lr = logits:rows((r - 1) * P + 1, r * P):mean(1)
+      lr:sub_(lr:mean())
+      for c = 1, k do T:set(c, w + 8 + r, lr[c]) end
+    end
+  end
+  return T, norms:div_(nmax), mean_logit
+end
+
+local function same_bits(a, b, what)
+  lu.assertEquals(a:shape(), b:shape(), what)
+  local ta, tb = a:reshape(a:numel()):totable(), b:reshape(b:numel()):totable()
+  for i = 1, #ta do
+    if string.pack("f", ta[i]) ~= string.pack("f", tb[i]) then
+      lu.fail(("%s: element %d is %.9g, the Lua steps give %.9g"):format(what, i, ta[i], tb[i]))
+    end
+  end
+end
+
+local function weights(m)
+  local w = {}
+  for i, e in ipairs(m:named_parameters()) do w[i] = e.tensor end
+  local b = {}
+  for i, e in ipairs(m:named_buffers()) do b[i] = e.tensor end
+  if #b > 0 then w.buffers = b end
+  w.arch = m:arch()
+  return w
+end
+
+local function models()
+  local cnn = nn.sequential{nn.conv2d(1, 4, 3, {padding = 1, generator = g}), nn.relu(), nn.maxpool2d(2),
+    nn.conv2d(4, 5, 5, {stride = 2, padding = 2, generator = g}), nn.relu(), nn.flatten(), nn.linear(5 * 7 * 7, 4, g)}
+  local bn = nn.from_arch({{type = "conv2d", ["in"] = 1, out = 6, kernel = 5, stride = 2, padding = 2},
+    {type = "batchnorm2d", features = 6}, {type = "relu"}, {type = "flatten"}, {type = "linear", ["in"] = 6 * 14 * 14,
+    out = 3}}, g)
+  -- running statistics other than 0 and 1
+  for _, e in ipairs(bn:named_buffers()) do
+    if e.tensor:numel() > 1 then e.tensor:copy(lps.rand(e.tensor:numel(), g):add_(0.5)) end
+  end
+  local one = nn.sequential{nn.conv2d(1, 3, 3, {stride = 2, padding = 1, generator = g}), nn.relu(), nn.flatten(),
+    nn.linear(3 * 14 * 14, 1, g)}
+  local mlp = nn.mlp{784, 12, 7, 5, generator = g}
+  local plain = {} -- an MLP's weight list without an arch
+  for i, e in ipairs(mlp:named_parameters()) do plain[i] = e.tensor:clone() end
+  return {cnn = cnn, bn = bn, one = one, mlp = mlp}, plain
+end
+
+TestTemplatesC = {}
+
+function TestTemplatesC:test_same_bits_as_the_lua_steps()
+  local mods, plain = models()
+  for _, extras in ipairs{true, false} do
+    local net = lps.similarity.network{families = {"mlp", "cnn"}, noise = 3, template_pool = 4,
+      template_extras = extras, noise_ranges = {{0, 0.3}, {0.6, 1}, {0.2, 0.5}}}
+    net:templates(plain) -- draws net.noise_x
+    local cases = {plain = plain}
+    for name, m in pairs(mods) do
+      cases[name] = weights(m)
+      cases[name .. " (module)"] = {module = m}
+    end
+    -- with the checked arch's JSON, as similarity.record gives it
+    local w = weights(mods.cnn)
+    local _, json = lps.arch.check(w.arch)
+    w.arch_checked = {arch = w.arch, json = json}
+    cases["cnn (json)"] = w
+    for name, model in pairs(cases) do
+      local T, n, l = net:templates(model)
+      local T0, n0, l0 = reference(net, model)
+      local what = ("%s, extras %s"):format(name, tostring(extras))
+      same_bits(T, T0, what .. ": templates")
+      same_bits(n, n0, what .. ": norms")
+      same_bits(l, l0, what .. ": logits")
+    end
+  end
+  -- a user's module gets its own flags back
+  lu.assertTrue(mods.cnn:is_training())
+end
+
+function TestTemplatesC:test_weights_that_do_not_fit()
+  local net = lps.similarity.network{families = {"cnn"}, noise = 2}
+  local mods = models()
+  local w = weights(mods.cnn)
+  w[#w] = nil
+  lu.assertErrorMsgContains("the model's arch has 6 parameter tensors, the model 5", net.templates, net, w)
+  w = weights(mods.cnn)
+  w[2] = lps.zeros(3)
+  lu.assertErrorMsgContains("parameter tensor 2 (3) does not fit its arch's 4", net.templates, net, w)
+  w = weights(mods.bn)
+  w.buffers[1] = lps.zeros(2)
+  lu.assertErrorMsgContains("buffer tensor 1 (2) does not fit its arch's 6", net.templates, net, w)
+end
+
+os.exit(lu.LuaUnit.run("-o", "tap"), true)
