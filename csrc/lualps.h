@@ -74,6 +74,11 @@ const char *lps_blas_config(void);
  * while one runs. LPS_EINVAL for an unknown name or one the core lacks. */
 const char *lps_conv_kernels(void);
 lps_status lps_set_conv_kernels(const char *name);
+/* Whether a convolution's input gradients at strides 1 and 2 fold its
+ * columns straight into the input's layout (on, the default) or through
+ * the split layout (col2im, then conv_unsplit): the same bits either way;
+ * off is the reference the tests compare with. */
+void lps_set_conv_fold_direct(int on);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);

@@ -332,6 +332,80 @@ function TestConv:test_paths_match_reference()
   lps.set_conv_kernels("auto")
 end
 
+-- The bits of a float tensor, element by element ("-0.0" and NaN payloads
+-- told apart).
+local function bits(t)
+  local out = {}
+  local function walk(v)
+    if type(v) == "table" then for _, e in ipairs(v) do walk(e) end
+    else out[#out + 1] = string.pack("<f", v) end
+  end
+  walk(t:totable())
+  return table.concat(out)
+end
+
+function TestConv:test_fold_direct_same_bits()
+  -- the input gradient of im2col + GEMM layers at strides 1 and 2 folds its
+  -- columns straight into the input's layout (col2im_direct); the same bits
+  -- as col2im + conv_unsplit (lps._set_conv_fold_direct(false)), stride 3
+  -- (which always takes that path) as a control. Kernels 1 to 7, every
+  -- padding, odd and even planes narrower and wider than a vector, rows
+  -- that end inside the sample's last vector; gradients with -0.0, zeros
+  -- and infinities (NaN sums).
+  local g = lps.generator(17)
+  local cases = {}
+  for _, k in ipairs{1, 2, 3, 4, 5, 7} do
+    for s = 1, 3 do
+      for p = 0, k - 1 do
+        for _, hw in ipairs{{k + 1, k + 2}, {7, 7}, {9, 14}, {14, 14}, {13, 17}, {28, 28}, {6, 33}} do
+          local h, w = hw[1], hw[2]
+          if h + 2 * p >= k and w + 2 * p >= k then
+            -- cin k k > 9 (not the direct kernel), cout >= cin (not the
+            -- transposed backward), not Winograd (3x3 at stride 1 from 4 channels)
+            local cin = k * k > 9 and 1 or (k == 3 and s == 1) and 2 or 3
+            cases[#cases + 1] = {cin, cin + 1 + (k + s + p) % 3, k, s, p, h, w}
+          end
+        end
+      end
+    end
+  end
+  local inf = 1 / 0
+  for _, c in ipairs(cases) do
+    local cin, cout, k, s, p, h, w = table.unpack(c)
+    local what = ("conv2d(%d, %d, k=%d, s=%d, p=%d) on %dx%d"):format(cin, cout, k, s, p, h, w)
+    local m = nn.conv2d(cin, cout, k, {stride = s, padding = p, generator = g})
+    local x = lps.randn({3, cin, h, w}, g)
+    local y = m:forward(x)
+    local gys = {lps.randn(y:shape(), g), lps.zeros(y:shape()):mul_(-1)}
+    local gy3 = lps.randn(y:shape(), g)
+    local flat = gy3:reshape(-1)
+    for i = 1, flat:numel(), 5 do flat[i] = -0.0 end
+    for i = 3, flat:numel(), 11 do flat[i] = 0.0 end
+    gys[3] = gy3
+    local gy4 = lps.randn(y:shape(), g)
+    gy4:reshape(-1)[1] = inf
+    gy4:reshape(-1)[gy4:numel()] = -inf
+    gys[4] = gy4
+    for v, gy in ipairs(gys) do
+      local out = {}
+      for _, direct in ipairs{true, false} do
+        lps._set_conv_fold_direct(direct)
+        m:zero_grad()
+        out[#out + 1] = bits(m:backward(x, gy))
+      end
+      lps._set_conv_fold_direct(true)
+      lu.assertTrue(out[1] == out[2], what .. ": the folded input gradient's bits differ (gradient " .. v .. ")")
+    end
+    if s <= 2 then -- and the values: the hand-written reference, to rounding
+      m:zero_grad()
+      local params = m:parameters()
+      local _, gxr = conv_ref(x, params[1], params[2], s, p, gys[1])
+      assert_close(m:backward(x, gys[1]), gxr, what .. " input gradient")
+    end
+  end
+  lu.assertTrue(#cases > 100)
+end
+
 function TestConv:test_kernel_sets()
   -- lps.set_conv_kernels switches the products: unfused and fused sums of a
   -- 16-channel Winograd layer differ in their last bits, and agree to rounding;

@@ -30,6 +30,13 @@ static int l_set_conv_kernels(lua_State *L)
     return 1;
 }
 
+/* _set_conv_fold_direct(on): see lps_set_conv_fold_direct (for tests). */
+static int l_set_conv_fold_direct(lua_State *L)
+{
+    lps_set_conv_fold_direct(lua_toboolean(L, 1));
+    return 0;
+}
+
 static int l_get_num_threads(lua_State *L)
 {
     lua_pushinteger(L, lps_get_num_threads());
@@ -75,6 +82,7 @@ static const luaL_Reg functions[] = {
     {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels},
+    {"_set_conv_fold_direct", l_set_conv_fold_direct},
     {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_sys(lua_State *L)

@@ -114,6 +114,102 @@ KERNEL static void col2im(const float *col, const convsplit *g, const convjob *j
             }
 }
 
+/* 0: col2im + conv_unsplit always (the reference for tests;
+ * lps_conv_fold_direct). */
+static int fold_direct = 1;
+
+void lps_set_conv_fold_direct(int on) { fold_direct = on != 0; }
+
+/* Vectors of input gradients in a row that col2im_direct handles: 8
+ * columns each at stride 1, 16 at stride 2. */
+enum { FOLD_MAXCH = 32 };
+
+/* Whether col2im_direct folds a layer's columns: strides 1 and 2, kernels
+ * up to 8, rows of up to FOLD_MAXCH vectors. */
+static int folds_direct(const convsplit *g, const convjob *j)
+{
+    return fold_direct && g->s <= 2 && g->k <= 8 && (j->w + 8 * g->s - 1) / (8 * g->s) <= FOLD_MAXCH;
+}
+
+#define BCI8(i) ((v8i){(i), (i), (i), (i), (i), (i), (i), (i)})
+
+/* col2im and conv_unsplit in one (strides 1 and 2): each input gradient
+ * gathered in registers from 0.0f, its columns' values added in the order
+ * col2im adds them (taps by ki, then kj), and stored straight into gxn.
+ *
+ * Input columns m .. m + 7 (stride 1) are the padded columns m + pad ..;
+ * at stride 2, input columns m + 2i are phase pe = pad & 1's columns
+ * ce + i, m + 2i + 1 the other phase's co + i. A tap (ki, kj) adds to them
+ * output columns d .. d + 7 (d the phase column less kj / s) of its row of
+ * col: a load at row + d (d > -8 never reaches before col: the tap's rows
+ * start kj np floats in; at most 7 floats past a row, and col has 8 of
+ * slack) with the lanes outside [0, ow) masked to +0.0f, as col2im's
+ * masked lanes are. A sum from +0.0f is never -0.0f, so adding +0.0f
+ * changes no bit. Taps with d >= ow add nothing: skipped (a suffix of each
+ * phase's kj, as d falls with kj). */
+KERNEL static void col2im_direct(const float *col, const convsplit *g, const convjob *j, float *gxn)
+{
+    int64_t np = j->oh * j->ow, ow = j->ow, s = g->s, k = g->k, pad = g->pad, h = j->h, w = j->w;
+    int64_t step = 8 * s, nch = (w + step - 1) / step, pe = pad & 1;
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    v8i msk[FOLD_MAXCH][8];
+    int64_t off[FOLD_MAXCH][8], ks0[FOLD_MAXCH][2];
+    for (int64_t ch = 0; ch < nch; ch++) {
+        int64_t m = ch * step;
+        ks0[ch][0] = ks0[ch][1] = k;
+        for (int64_t kj = k - 1; kj >= 0; kj--) {
+            /* stride 1: one phase (0); stride 2: 0 for the even lanes */
+            int64_t ph = s == 1 ? 0 : (kj & 1) != pe;
+            int64_t d = s == 1 ? m + pad - kj : (ph ? (m + pad + 1) >> 1 : (m + pad) >> 1) - (kj >> 1);
+            if (d >= ow) continue;
+            ks0[ch][ph] = kj;
+            off[ch][kj] = kj * np + d;
+            msk[ch][kj] = (lane + BCI8((int32_t)d) >= BCI8(0)) & (lane + BCI8((int32_t)d) < BCI8((int32_t)ow));
+        }
+    }
+    for (int64_t ci = 0; ci < g->cin; ci++)
+        for (int64_t ih = 0; ih < h; ih++) {
+            int64_t r = ih + pad;
+            float *out = gxn + (ci * h + ih) * w;
+            const float *cc = col + ci * k * k * np;
+            /* floats of this sample's gradient after this row: a vector
+             * store may run past the row into them (written later) */
+            int64_t after = (g->cin * h - (ci * h + ih) - 1) * w;
+            for (int64_t ch = 0; ch < nch; ch++) {
+                int64_t m = ch * step;
+                const int64_t *o = off[ch];
+                const v8i *mk = msk[ch];
+                v8 acce = BC8(0.0f), acco = BC8(0.0f);
+                for (int64_t ki = 0; ki < k; ki++) {
+                    if (r < ki || ((r - ki) & (s - 1))) continue;
+                    int64_t oh = (r - ki) >> (s - 1); /* s is 1 or 2 */
+                    if (oh >= j->oh) continue;
+                    const float *base = cc + ki * k * np + oh * ow;
+                    for (int64_t kj = ks0[ch][0]; kj < k; kj += s)
+                        acce = acce + (v8)((v8i)LD8(base + o[kj]) & mk[kj]);
+                    for (int64_t kj = ks0[ch][1]; kj < k; kj += s)
+                        acco = acco + (v8)((v8i)LD8(base + o[kj]) & mk[kj]);
+                }
+                if (s == 1) {
+                    if (m + 8 <= w + after) ST8(out + m, acce);
+                    else
+                        for (int64_t i = 0; m + i < w; i++) out[m + i] = acce[i];
+                    continue;
+                }
+                v8 lo = ZIPLO8(acce, acco), hi = ZIPHI8(acce, acco);
+                if (m + 16 <= w + after) {
+                    ST8(out + m, lo);
+                    ST8(out + m + 8, hi);
+                } else {
+                    float t[16];
+                    ST8(t, lo);
+                    ST8(t + 8, hi);
+                    for (int64_t i = 0; m + i < w; i++) out[m + i] = t[i];
+                }
+            }
+        }
+}
+
 /* A sample's product by conv_gemm.c when its wide operand (depth x P
  * floats) stays in a core's L2 cache, else by BLAS (which blocks for it). */
 static int in_cache(int64_t depth, int64_t np) { return depth <= 1024 && depth * np <= (1 << 17); }
@@ -291,6 +387,10 @@ static void gemm_bwd(const convjob *j, int t, int64_t n0, int64_t n1)
         if (plain_1x1(l)) continue;
         if (strided_1x1(l)) {
             scatter_1x1(col, j, STRIDE(l), CIN(l), gxn);
+            continue;
+        }
+        if (folds_direct(&g, j)) {
+            col2im_direct(col, &g, j, gxn);
             continue;
         }
         col2im(col, &g, j, sc[S_GX].p);
