@@ -429,20 +429,33 @@ end
 -- ties = query counts, n = queries}. Pairs with a NaN are left out.
 function M.paired_bootstrap(a, b, groups_of, opts)
   opts = util.options(opts, {reps = 2000, seed = 1, level = 0.95}, "paired_bootstrap")
+  local lists = {a, b, groups_of}
+  for k, name in ipairs{"a", "b", "groups"} do
+    if type(lists[k]) ~= "table" then error(("paired_bootstrap: %s must be a list, got %s"):format(name, type(lists[k])), 2) end
+  end
   if #a ~= #b or #a ~= #groups_of then
     error(("paired_bootstrap: %d, %d and %d entries (scores a, scores b, groups) must agree"):format(#a, #b,
       #groups_of), 2)
   end
-  if not (opts.level > 0 and opts.level < 1) then error("paired_bootstrap: level must be in (0, 1)", 2) end
+  if type(opts.level) ~= "number" or not (opts.level > 0 and opts.level < 1) then
+    error(("paired_bootstrap: level must be in (0, 1), got %s"):format(tostring(opts.level)), 2)
+  end
   local reps = math.tointeger(opts.reps)
-  if not reps or reps < 1 then error("paired_bootstrap: reps must be a positive integer", 2) end
+  if not reps or reps < 1 then error(("paired_bootstrap: reps must be a positive integer, got %s"):format(tostring(opts.reps)), 2) end
+  if not math.tointeger(opts.seed) then
+    error(("paired_bootstrap: seed must be an integer, got %s"):format(tostring(opts.seed)), 2)
+  end
   local by, keys = {}, {}
   local out = {better = 0, worse = 0, ties = 0, n = 0}
   local sum = 0
   for i = 1, #a do
-    local d = a[i] - b[i]
+    local x, y, g = a[i], b[i], groups_of[i]
+    if type(x) ~= "number" or type(y) ~= "number" then
+      error(("paired_bootstrap: query %d's scores must be numbers, got %s and %s"):format(i, type(x), type(y)), 2)
+    end
+    if g == nil or g ~= g then error(("paired_bootstrap: query %d has no group (%s)"):format(i, g == nil and "nil" or "NaN"), 2) end
+    local d = x - y
     if d == d then
-      local g = groups_of[i]
       if by[g] == nil then by[g] = {0, 0}; keys[#keys + 1] = g end
       by[g][1], by[g][2] = by[g][1] + d, by[g][2] + 1
       sum, out.n = sum + d, out.n + 1
@@ -451,7 +464,7 @@ function M.paired_bootstrap(a, b, groups_of, opts)
   end
   if out.n == 0 then error("paired_bootstrap: no query has both scores", 2) end
   out.delta = sum / out.n
-  local gen, means = core.generator(opts.seed), {}
+  local gen, means = core.generator(math.tointeger(opts.seed)), {}
   for r = 1, reps do
     local s, n = 0, 0
     for _ = 1, #keys do

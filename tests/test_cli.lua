@@ -151,7 +151,7 @@ function TestCLI:test_query_file_task_is_typed_as_import_keeps_it()
   -- a file's task metadata reads as `import` stores it: "3" is 3, a digit
   -- string such as "0123" stays text (tonumber made it 123)
   local ms <close> = lps.modelset.open(SET)
-  for _, case in ipairs{{"3", 3}, {"0123", "0123"}} do
+  for _, case in ipairs{{"3", 3}, {"0123", "0123"}, {"true", "true"}, {"[1,2]", "[1,2]"}} do
     local f = dir .. "/task" .. case[1] .. ".safetensors"
     lps.export_safetensors(ms:get(1), f, {id = "x", task = case[1]})
     local ok, out = cli(("nearest %s %s %s -k 1 --json"):format(SET, MODEL, f))

@@ -408,6 +408,12 @@ function TestPairedBootstrap:test_bad_input()
   T.assert_error_contains("no query has both scores", E.paired_bootstrap, {0 / 0}, {1}, {1})
   T.assert_error_contains("level must be in (0, 1)", E.paired_bootstrap, {1}, {1}, {1}, {level = 1})
   T.assert_error_contains("reps must be a positive integer", E.paired_bootstrap, {1}, {1}, {1}, {reps = 0.5})
+  T.assert_error_contains("b must be a list, got nil", E.paired_bootstrap, {1}, nil, {1})
+  T.assert_error_contains("query 2's scores must be numbers, got number and string", E.paired_bootstrap,
+    {1, 2}, {1, "x"}, {1, 1})
+  T.assert_error_contains("query 1 has no group (NaN)", E.paired_bootstrap, {1}, {1}, {0 / 0})
+  T.assert_error_contains("level must be in (0, 1), got high", E.paired_bootstrap, {1}, {1}, {1}, {level = "high"})
+  T.assert_error_contains("seed must be an integer, got 1.5", E.paired_bootstrap, {1}, {1}, {1}, {seed = 1.5})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -322,8 +322,15 @@ function TestProbe:test_batch_norm_readers_read_blurred_dreams()
   local mlp = T.random_mlp(g, {784, 10, 3})
   lu.assertEquals(on.directed({mlp, d}, {d, r}):totable(), off.directed({mlp, d}, {d, r}):totable())
   T.assert_error_contains("blur_bn must be an integer >= 0, got 0.5", probe.matcher, {blur_bn = 0.5})
-  T.assert_error_contains("blur_bn needs dreams of one square channel (1 x s x s), got input_shape 784",
-    probe.outputs, r, X, blocks, {input_shape = {784}})
+  -- colour dreams are read as they are: the blur is only for one square channel
+  local cm = lps.nn.from_arch({{type = "input", shape = {3, 8, 8}}, {type = "conv2d", ["in"] = 3, out = 4, kernel = 3, padding = 1},
+    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "flatten"}, {type = "linear", ["in"] = 256, out = 3}}, g)
+  local C3 = lps.rand(6, 192, g)
+  local rgb = {input_shape = {3, 8, 8}}
+  local with, without = probe.outputs({module = cm}, C3, {{0, 6}}, rgb), probe.outputs({module = cm}, C3, {{0, 6}},
+    {input_shape = {3, 8, 8}, blur_bn = 0})
+  lu.assertTrue(lps.allclose(with, without, 0, 0))
+  lu.assertEquals(with:shape(), {6, 3})
 end
 
 -- stat_prior: a batch norm model's dreams also descend its layers' KL from

@@ -141,4 +141,32 @@ function TestTemplatesC:test_weights_that_do_not_fit()
   lu.assertErrorMsgContains("buffer tensor 1 (2) does not fit its arch's 6", net.templates, net, w)
 end
 
+-- A user's module that the call refuses gets its flags back; the call's
+-- own checks name what is wrong instead of reading past what it was given.
+function TestTemplatesC:test_refusals()
+  local net = lps.similarity.network{families = {"mlp"}, noise = 2}
+  local m = nn.mlp{100, 5, 3, generator = g} -- it takes 100 features, the templates give 784
+  lu.assertTrue(m:is_training())
+  lu.assertFalse(pcall(net.templates, net, {module = m}))
+  lu.assertTrue(m:is_training())
+  local K = core._lps
+  local pool = nn.layer("avgpool2d", {kernel = 2})
+  local lin = nn.layer("linear", {["in"] = 4, out = 3})
+  lin:freeze()
+  lin:evaluate()
+  local x = lps.rand(4, 4, g)
+  lu.assertErrorMsgContains("the inputs must be side x side images", K.class_templates, lin, nil, nil, x, 1, pool, false,
+    4294967296)
+  lu.assertErrorMsgContains("x has no rows", K.class_templates, lin, nil, nil, lps.zeros(0, 4), 1, pool, false, 2)
+  lu.assertErrorMsgContains("P must divide x's rows", K.class_templates, lin, nil, nil, x, 3, pool, false, 2)
+  local relu = nn.relu()
+  relu:freeze()
+  relu:evaluate()
+  lu.assertErrorMsgContains("must give 4 x k class scores, got 1 dims", K.class_templates, relu, nil, nil,
+    lps.rand(4, g), 1, pool, false, 1)
+  local open = nn.layer("linear", {["in"] = 4, out = 3}) -- not frozen: it would take parameter gradients
+  lu.assertErrorMsgContains("the module must be frozen and in evaluation mode", K.class_templates, open, nil, nil, x, 1,
+    pool, false, 2)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -122,19 +122,27 @@ static lps_tensor *rows(lua_State *L, const lps_tensor *t, int64_t r0, int64_t n
  * templates.lua's compute for the steps. */
 static int l_class_templates(lua_State *L)
 {
+    luaL_checkstack(L, 24, "class_templates");
     layer_box *box = lua_isuserdata(L, 1) ? NULL : build(L, 1, 2, 3);
     lps_layer *m = box ? box->l : lps_lua_checkmodule(L, 1);
+    /* a module given is read as it is: it must not learn or update its statistics here */
+    if (!box) luaL_argcheck(L, m->frozen && !m->training, 1, "the module must be frozen and in evaluation mode");
     lps_tensor *x = lps_lua_checktensor(L, 4);
     int64_t P = luaL_checkinteger(L, 5), n = x->shape[0];
     lps_layer *tpool = lps_lua_checkmodule(L, 6);
     int extras = lua_toboolean(L, 7);
     int64_t side = luaL_checkinteger(L, 8);
-    luaL_argcheck(L, P >= 1 && n % P == 0 && n > 0, 5, "P must divide x's rows");
+    luaL_argcheck(L, n > 0, 4, "x has no rows");
+    luaL_argcheck(L, P >= 1 && n % P == 0, 5, "P must divide x's rows");
     int64_t R = n / P, d_in = x->numel / n;
-    luaL_argcheck(L, side >= 1 && side * side == d_in, 8, "the inputs must be side x side images");
+    luaL_argcheck(L, side >= 1 && side <= d_in && d_in % side == 0 && d_in / side == side, 8,
+                  "the inputs must be side x side images");
     int64_t out[LPS_MAX_DIMS];
     int ond;
     LPS_LCHECK(L, lps_layer_out_shape(m, x->ndim, x->shape, &ond, out));
+    if (ond != 2 || out[0] != n || out[1] < 1)
+        return luaL_error(L, "class_templates: the module must give %I x k class scores, got %d dims%s", (lua_Integer)n,
+                          ond, ond == 2 ? " with other rows or no columns" : "");
     int64_t k = out[1], kb = k > 1 ? k - 1 : 1; /* the classes: the output's width */
     /* d(logit_c - mean logit) for c < k; the last class's is minus their sum */
     lps_tensor *gy = lps_lua_emptytensor(L, 2, (int64_t[]){kb * n, k});

@@ -302,7 +302,8 @@ end
 
 --- The w of grid with the best leave-one-out retrieval mAP of the models
 -- (labels) among themselves under H.combine(TM, Cos, g, g, w) (ties: the
--- smaller w). Returns w and the mAP of every w (a list in grid order).
+-- smaller w; a NaN pair, from a model the network does not read, ranks
+-- last). Returns w and the mAP of every w (a list in grid order).
 function H.choose_w(TM, Cos, g, labels, grid)
   local best, best_map, maps = nil, -math.huge, {}
   for k, w in ipairs(grid) do

@@ -59,7 +59,9 @@ M.defaults = {
                    -- training tasks' ResNets reading 2 or 3 of each task's MLPs and CNNs) rank-1 0.478 to
                    -- 0.533 and 0.511 to 0.533, mAP 0.419 to 0.472 and 0.420 to 0.460; 2 or more passes read
                    -- worse (0.456, 0.389), a half-blurred mix 0.489. MLP and CNN readers gain nothing from it
-                   -- (mAP 0.960 to 0.958), so they read the dreams as they are. 0: no blur (files saved before it)
+                   -- (mAP 0.960 to 0.958), so they read the dreams as they are. 0: no blur (files saved before it).
+                   -- Only dreams of one square channel (input_shape 1 x s x s, s >= 3) are blurred; others
+                   -- (colour, non-square) are read as they are: the filter was validated on grey images only
   stat_prior = 0,  -- weight of the batch-norm prior (0: off): each step also descends the KL divergence of
                    -- every batch norm layer's statistics over the model's dreams from its running ones
                    -- (nn Module:stat_prior; DeepInversion's prior), so that a network with batch norm
@@ -234,18 +236,15 @@ function M.has_batch_norm(model)
 end
 
 -- Model reader's outputs (logits) on the rows of X, checked options o;
--- a reader with batch norm reads them blurred o.blur_bn times, and with
+-- a reader with batch norm reads them blurred o.blur_bn times (one square
+-- channel only), and with
 -- o.adapt_bn each block of rows (blocks: {first row - 1, rows} pairs, one
 -- per dreamer) as its own batch.
 local function outputs(reader, X, o, blocks)
   local bn = M.has_batch_norm(reader)
   local adapt = o.adapt_bn and bn
-  if bn and o.blur_bn > 0 then
-    local sh = o.input_shape
-    if not (#sh == 3 and sh[1] == 1 and sh[2] == sh[3]) then
-      error(("probe: blur_bn needs dreams of one square channel (1 x s x s), got input_shape %s")
-        :format(table.concat(sh, "x")), 0)
-    end
+  local sh = o.input_shape
+  if bn and o.blur_bn > 0 and #sh == 3 and sh[1] == 1 and sh[2] == sh[3] and sh[2] >= 3 then
     for _ = 1, o.blur_bn do X = data.domain(X, "blur") end
   end
   local m, release = templates.function_of(reader) -- release gives a user's module its own flags back
@@ -268,7 +267,8 @@ end
 
 --- Model reader's outputs (logits, a tensor) on the rows of X (stacked
 -- dreams, n x d), read as probe matching reads them: a reader with batch
--- norm reads them blurred opts.blur_bn times, and with opts.adapt_bn each
+-- norm reads them blurred opts.blur_bn times (dreams of one square channel,
+-- 1 x s x s; other shapes as they are), and with opts.adapt_bn each
 -- block of rows (blocks: {first row - 1, rows} pairs, one per dreamer) as
 -- its own batch. opts: M.defaults.
 function M.outputs(reader, X, blocks, opts)

@@ -121,9 +121,10 @@ function M.compute(self, model)
   if not model.module then
     return K.class_templates(arch_of(model, 2), model, model.buffers or {}, x, P, self.tpool, extras, side)
   end
-  local m, release = M.function_of(model) -- a user's module: its flags given back after
-  local T, norms, mean_logit = K.class_templates(m, nil, nil, x, P, self.tpool, extras, side)
+  local m, release = M.function_of(model) -- a user's module: its flags given back after, error or not
+  local ok, T, norms, mean_logit = pcall(K.class_templates, m, nil, nil, x, P, self.tpool, extras, side)
   release()
+  if not ok then error(T, 0) end
   -- features: the template, its norm relative to the model's largest, the centred logit
   return T, norms, mean_logit
 end
