@@ -237,6 +237,21 @@ function M.linear(nin, nout, opts)
   return require("lualps").nn.layer("linear", f)
 end
 
+--- Assert that tensors a and b hold the same float32 bits, element by
+-- element (-0.0 against 0.0 and NaN payloads told apart); the message names
+-- the first element that differs.
+function M.assert_same_bits(a, b, what)
+  what = what or "tensor"
+  lu.assertEquals(a:shape(), b:shape(), what)
+  local fa, fb = a:reshape(-1), b:reshape(-1)
+  for i = 1, fa:numel() do
+    local x, y = fa[i], fb[i]
+    if string.pack("<f", x) ~= string.pack("<f", y) then
+      lu.fail(("%s: element %d is %.9g against %.9g (not the same bits)"):format(what, i, x, y))
+    end
+  end
+end
+
 --- Assert that module m gives the same bits forward and backward on 1 and
 -- on 2 threads (x large enough for the layers to split it).
 function M.assert_threads_same_bits(m, x, gy, what)

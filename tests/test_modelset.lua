@@ -60,10 +60,7 @@ local function bits(t)
   for i = 1, flat:numel() do out[i] = string.pack("<f", flat[i]) end
   return table.concat(out)
 end
-local function assert_bit_exact(a, b, what)
-  lu.assertEquals(a:shape(), b:shape(), what)
-  lu.assertTrue(bits(a) == bits(b), (what or "tensor") .. ": not bit-exact")
-end
+local assert_bit_exact = T.assert_same_bits
 
 local function specials()
   local t = lps.tensor{0, -0.0, 1, -1, 1 / 0, -1 / 0, 3.4028234663852886e38, 1.1754943508222875e-38,

@@ -5,6 +5,7 @@
 -- given as {module = m}, with and without the extra columns; and its
 -- errors for weights that do not fit the arch.
 local lu = require "luaunit"
+local helpers = require "tests.helpers"
 local lps = require "lualps"
 local core = require "lualps.core"
 local templates = require "lualps.similarity.templates"
@@ -58,16 +59,6 @@ local function reference(self, model)
   return T, norms:div_(nmax), mean_logit
 end
 
-local function same_bits(a, b, what)
-  lu.assertEquals(a:shape(), b:shape(), what)
-  local ta, tb = a:reshape(a:numel()):totable(), b:reshape(b:numel()):totable()
-  for i = 1, #ta do
-    if string.pack("f", ta[i]) ~= string.pack("f", tb[i]) then
-      lu.fail(("%s: element %d is %.9g, the Lua steps give %.9g"):format(what, i, ta[i], tb[i]))
-    end
-  end
-end
-
 local function weights(m)
   local w = {}
   for i, e in ipairs(m:named_parameters()) do w[i] = e.tensor end
@@ -118,9 +109,9 @@ function TestTemplatesC:test_same_bits_as_the_lua_steps()
       local T, n, l = net:templates(model)
       local T0, n0, l0 = reference(net, model)
       local what = ("%s, extras %s"):format(name, tostring(extras))
-      same_bits(T, T0, what .. ": templates")
-      same_bits(n, n0, what .. ": norms")
-      same_bits(l, l0, what .. ": logits")
+      helpers.assert_same_bits(T, T0, what .. ": templates")
+      helpers.assert_same_bits(n, n0, what .. ": norms")
+      helpers.assert_same_bits(l, l0, what .. ": logits")
     end
   end
   -- a user's module gets its own flags back
