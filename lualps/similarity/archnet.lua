@@ -365,6 +365,121 @@ function A:backward(dY)
   self.cache = nil
 end
 
+--- Transforms of the template features train_network can draw
+-- (template_aug): the template block's noise, blur and mix, the logits' and
+-- norms' scale. Strengths are numbers >= 0 (0: off).
+A.template_aug_keys = {noise = true, blur = true, scale = true, mix = true}
+
+-- Per image of side x side (row-major values x[o+1 .. o+side^2]): the 3x3
+-- binomial blur ([1 2 1] x [1 2 1] / 16), weights renormalized over the
+-- pixels inside the image.
+local function binomial_blur(x, o, side)
+  local out = {}
+  local wt = {1, 2, 1}
+  for r = 0, side - 1 do
+    for c = 0, side - 1 do
+      local s, ws = 0, 0
+      for dr = -1, 1 do
+        local rr = r + dr
+        if rr >= 0 and rr < side then
+          for dc = -1, 1 do
+            local cc = c + dc
+            if cc >= 0 and cc < side then
+              local w = wt[dr + 2] * wt[dc + 2]
+              s, ws = s + w * x[o + rr * side + cc + 1], ws + w
+            end
+          end
+        end
+      end
+      out[r * side + c + 1] = s / ws
+    end
+  end
+  return out
+end
+
+--- A prepared model's copy with its template features (T, tlogit, tnorm)
+-- randomly transformed (train_network's template_aug; the prepared model
+-- itself is not changed): aug = {noise =, blur =, scale =, mix =}
+-- strengths, g a generator, partner (for mix) another prepared model of the
+-- same task or nil. Per model, in this order: mix with the partner
+-- (lambda ~ U(0, mix): the template block, the logits and the norms
+-- interpolated), blur (a ~ U(-blur, blur): each noise range's image
+-- t + a (B t - t), B the 3x3 binomial blur; a < 0 sharpens), noise (r ~
+-- U(0, noise): t + r n / sqrt(dim), n standard normal per value), scale
+-- (the centred logits times exp(scale z), each class's norm times
+-- exp(scale z_c)). The template block is L2-normalized again and the norms
+-- divided by their largest, as computed templates are. A model without
+-- the templates slot is returned as it is.
+function A:augment_templates(p, aug, g, partner)
+  if not p.T then return p end
+  local o = self.opts
+  local k, R = p.T:size(1), #o.noise_ranges
+  local seg, side = self.seg, o.input_shape[#o.input_shape] // o.template_pool
+  local w = seg * R -- the template block; then 8 one-hot and R logit columns with extras
+  local T, tl, tn = p.T:totable(), p.tlogit:totable(), p.tnorm:totable()
+  local lcol = o.template_extras and w + 8 or nil
+  local function renorm(row)
+    local s = 0
+    for j = 1, w do s = s + row[j] * row[j] end
+    s = math.sqrt(s)
+    if s > 1e-12 then for j = 1, w do row[j] = row[j] / s end end
+  end
+  local changed = false
+  local mix = aug.mix or 0
+  if mix > 0 and partner and partner.T and partner.T:size(1) == k and partner.T:size(2) == p.T:size(2) then
+    local lam = g:uniform() * mix
+    local T2, tl2, tn2 = partner.T:totable(), partner.tlogit:totable(), partner.tnorm:totable()
+    for c = 1, k do
+      for j = 1, w do T[c][j] = (1 - lam) * T[c][j] + lam * T2[c][j] end
+      if lcol then for r = 1, R do T[c][lcol + r] = (1 - lam) * T[c][lcol + r] + lam * T2[c][lcol + r] end end
+      tl[c], tn[c] = (1 - lam) * tl[c] + lam * tl2[c], (1 - lam) * tn[c] + lam * tn2[c]
+      renorm(T[c])
+    end
+    changed = true
+  end
+  local blur = aug.blur or 0
+  if blur > 0 then
+    local a = (2 * g:uniform() - 1) * blur
+    for c = 1, k do
+      local row = T[c]
+      for r = 0, R - 1 do
+        local b = binomial_blur(row, r * seg, side)
+        for j = 1, seg do row[r * seg + j] = row[r * seg + j] + a * (b[j] - row[r * seg + j]) end
+      end
+      renorm(row)
+    end
+    changed = true
+  end
+  local noise = aug.noise or 0
+  if noise > 0 then
+    local r = g:uniform() * noise / math.sqrt(w)
+    for c = 1, k do
+      local row = T[c]
+      for j = 1, w do row[j] = row[j] + r * g:normal() end
+      renorm(row)
+    end
+    changed = true
+  end
+  local scale = aug.scale or 0
+  if scale > 0 then
+    local f = math.exp(scale * g:normal())
+    for c = 1, k do
+      tl[c] = tl[c] * f
+      if lcol then for r = 1, R do T[c][lcol + r] = T[c][lcol + r] * f end end
+      tn[c] = tn[c] * math.exp(scale * g:normal())
+    end
+    changed = true
+  end
+  if not changed then return p end
+  local mx = 0
+  for c = 1, k do mx = math.max(mx, tn[c]) end
+  if mx > 1e-12 then for c = 1, k do tn[c] = tn[c] / mx end end
+  local q = {}
+  for key, v in pairs(p) do q[key] = v end
+  q.T, q.tlogit, q.tnorm = core.tensor(T), core.tensor(tl), core.tensor(tn)
+  return q
+end
+
 --- A prepared model restricted to a random subset of `keep` of its
 -- first-layer units (rows of U1, bias and importance, columns of M2).
 function A:keep_units(p, keep, g)
