@@ -85,7 +85,7 @@ for m in a.methods:gmatch("[^,]+") do
   jobs[#jobs + 1] = {name = m, cost = cost[m] or 10, pinned = funnel_of[m], method = true}
 end
 local n_classes, domains = lps.controls.unit_labels(S.splits.tasks) -- for unit supervision
-local abl_list = { -- one seed each
+local abl_list = { -- one seed each, unless `seeds` says
   {"no_conv_encoder", {families = {"mlp"}}, 12}, {"first_order_pooling", {pool = "mean"}, 12},
   {"no_relation_objective", {relations = false}, 19}, {"trained_on_mlps", {train_families = {"mlp"}}, 11},
   -- slow: weight units cost 100 s a fit; the templates are a function of the
@@ -101,11 +101,14 @@ local abl_list = { -- one seed each
   {"hybrid_no_blur_bn", {hybrid = {dreams = {blur_bn = 0}}}, 45}, -- batch-norm readers read the dreams unblurred
   {"hybrid_probe", {hybrid = {probe = 0.5}}, 150}, -- anchored on template and probe matching (tm_and_probe)
   {"hybrid_probe_directed", {hybrid = {probe = 0.5, probe_directed = true}}, 60}, -- on tm_and_probe_directed
+  -- trained without the templates' scale jitter (train_network's template_aug), 3 seeds each
+  {"no_template_aug", {template_aug = false}, 36, seeds = 3},
+  {"hybrid_no_template_aug", {hybrid = true, template_aug = false}, 135, seeds = 3},
 }
 for _, v in ipairs(a.no_ablations and {} or abl_list) do
   if a.ablations == "all" or (a.ablations == "default" and not v.slow)
     or ("," .. a.ablations .. ","):find("," .. v[1] .. ",", 1, true) then
-    jobs[#jobs + 1] = {name = "ablation " .. v[1], ablation = v[1], changes = v[2], cost = v[3]}
+    jobs[#jobs + 1] = {name = "ablation " .. v[1], ablation = v[1], changes = v[2], cost = v[3], seeds = v.seeds}
   end
 end
 if not a.no_ablations then jobs[#jobs + 1] = {name = "controls", cost = 80} end
@@ -116,7 +119,7 @@ local out, locals = parts.run{jobs = jobs, n = a.jobs, part = a.part, argv = arg
   if j.name == "estimators" then return {rows = {lps.selection.estimate(S, {data = a.data, log = log})}, t = lps.now() - t0} end
   if j.name == "controls" then return {controls = lps.controls.run(S, lps_with, a.data), t = lps.now() - t0} end
   local method = j.method and make[j.name]() or lps_with(j.changes, j.ablation)
-  local r, d = B.evaluate(S, method, j.method and eopts or {seeds = 1, data = a.data})
+  local r, d = B.evaluate(S, method, j.method and eopts or {seeds = j.seeds or 1, data = a.data})
   r.unseen_map = r.map
   show(j.ablation or j.name, r)
   return {r = r, fits = method.fits, t = lps.now() - t0}, d -- fits: lps_hybrid's w, lo, hi per split and seed

@@ -29,6 +29,7 @@ end
 
 local NET = {families = {"mlp"}, template_pool = 7, noise = 2, width = 8, embed = 4, classes = 6, seed = 2}
 local W = 2 * 16 -- the template block: two noise ranges of 4x4 pooled templates
+local function f32(x) return lps.tensor({x})[1] end -- x rounded to float32
 
 local function net_and_prepared(i)
   local net = sim.network(NET)
@@ -144,13 +145,14 @@ function TestTemplateAug:test_scale_as_specified()
   local f = math.exp(0.5 * g:normal())
   local tn, mx = {}, 0
   for c = 1, p.T:size(1) do
-    lu.assertAlmostEquals(q.tlogit[c], p.tlogit[c] * f, 1e-5)
-    for j = W + 9, W + 10 do lu.assertAlmostEquals(q.T:get(c, j), p.T:get(c, j) * f, 1e-5) end
+    -- exact: each value scaled in double and rounded to float32 once
+    lu.assertEquals(q.tlogit[c], f32(p.tlogit[c] * f))
+    for j = W + 9, W + 10 do lu.assertEquals(q.T:get(c, j), f32(p.T:get(c, j) * f)) end
     for j = 1, W do lu.assertEquals(q.T:get(c, j), p.T:get(c, j)) end -- the template block as it was
     tn[c] = p.tnorm[c] * math.exp(0.5 * g:normal())
     mx = math.max(mx, tn[c])
   end
-  for c = 1, p.T:size(1) do lu.assertAlmostEquals(q.tnorm[c], tn[c] / mx, 1e-6) end
+  for c = 1, p.T:size(1) do lu.assertEquals(q.tnorm[c], f32(tn[c] / mx)) end
 end
 
 function TestTemplateAug:test_mix_as_specified()
@@ -193,15 +195,22 @@ local function same(a, b)
 end
 
 function TestTemplateAug:test_off_trains_to_the_same_bits()
-  local base = train()
-  for _, aug in ipairs{false, {}, {noise = 0, blur = 0, scale = 0, mix = 0}} do
+  local base = train{template_aug = false}
+  for _, aug in ipairs{{}, {noise = 0, blur = 0, scale = 0, mix = 0}} do
     local p = train{template_aug = aug}
     for i = 1, #base do T.assert_same_bits(p[i], base[i], "parameter " .. i) end
   end
 end
 
+function TestTemplateAug:test_default_is_scale_2()
+  lu.assertEquals(sim.train_defaults.template_aug, {scale = 2})
+  local a, b = train(), train{template_aug = {scale = 2}}
+  for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
+  lu.assertFalse(same(a, train{template_aug = false}), "the default transforms the templates")
+end
+
 function TestTemplateAug:test_on_is_seeded_and_changes_training()
-  local base = train()
+  local base = train{template_aug = false}
   for _, aug in ipairs{{noise = 0.5}, {blur = 1}, {scale = 0.5}, {mix = 0.5}, {noise = 0.3, blur = 0.5, scale = 0.3, mix = 0.25}} do
     local a, b = train{template_aug = aug}, train{template_aug = aug}
     for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
@@ -236,6 +245,22 @@ function TestTemplateAug:test_bad_values_raise()
   local ok, e = pcall(sim.train_network, layered, ms2, y, {epochs = 1, template_aug = {noise = 0.5}})
   lu.assertFalse(ok)
   lu.assertStrContains(e, "template_aug needs a network with the templates slot")
+end
+
+function TestTemplateAug:test_default_skips_networks_without_templates()
+  local models, y = zoo()
+  local g = lps.generator(3)
+  local ms2 = {}
+  for i = 1, #models do ms2[i] = {lps.randn(5, 784, g), lps.randn(5, g), lps.randn(2, 5, g), lps.randn(2, g)} end
+  local function fit(opts)
+    local net = sim.network{families = {"mlp"}, slots = {"first"}, classes = 6, seed = 2}
+    local o = {epochs = 1, batch_size = 8, seed = 3}
+    for k, v in pairs(opts) do o[k] = v end
+    sim.train_network(net, ms2, y, o)
+    return net:parameters()
+  end
+  local a, b = fit{}, fit{template_aug = false} -- the default {scale = 2} does not apply: no error, same bits
+  for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -416,8 +416,32 @@ function A:augment_templates(p, aug, g, partner)
   local k, R = p.T:size(1), #o.noise_ranges
   local seg, side = self.seg, o.input_shape[#o.input_shape] // o.template_pool
   local w = seg * R -- the template block; then 8 one-hot and R logit columns with extras
-  local T, tl, tn = p.T:totable(), p.tlogit:totable(), p.tnorm:totable()
   local lcol = o.template_extras and w + 8 or nil
+  local mix, blur, noise, scale = aug.mix or 0, aug.blur or 0, aug.noise or 0, aug.scale or 0
+  if mix > 0 and not (partner and partner.T and partner.T:size(1) == k and partner.T:size(2) == p.T:size(2)) then
+    mix = 0
+  end
+  if mix == 0 and blur == 0 and noise == 0 then
+    -- scale alone leaves the template block as it is: scale the k x R logit
+    -- columns of a copy in place instead of a round trip through tables (the
+    -- same bits: each value is scaled in double and rounded once)
+    if scale == 0 then return p end
+    local f = math.exp(scale * g:normal())
+    local T, tl, tn = p.T:clone(), p.tlogit:clone(), p.tnorm:totable()
+    local mx = 0
+    for c = 1, k do
+      tl:set(c, tl:get(c) * f)
+      if lcol then for r = 1, R do T:set(c, lcol + r, T:get(c, lcol + r) * f) end end
+      tn[c] = tn[c] * math.exp(scale * g:normal())
+      mx = math.max(mx, tn[c])
+    end
+    if mx > 1e-12 then for c = 1, k do tn[c] = tn[c] / mx end end
+    local q = {}
+    for key, v in pairs(p) do q[key] = v end
+    q.T, q.tlogit, q.tnorm = T, tl, core.tensor(tn)
+    return q
+  end
+  local T, tl, tn = p.T:totable(), p.tlogit:totable(), p.tnorm:totable()
   local function renorm(row)
     local s = 0
     for j = 1, w do s = s + row[j] * row[j] end
@@ -425,8 +449,7 @@ function A:augment_templates(p, aug, g, partner)
     if s > 1e-12 then for j = 1, w do row[j] = row[j] / s end end
   end
   local changed = false
-  local mix = aug.mix or 0
-  if mix > 0 and partner and partner.T and partner.T:size(1) == k and partner.T:size(2) == p.T:size(2) then
+  if mix > 0 then
     local lam = g:uniform() * mix
     local T2, tl2, tn2 = partner.T:totable(), partner.tlogit:totable(), partner.tnorm:totable()
     for c = 1, k do
@@ -437,7 +460,6 @@ function A:augment_templates(p, aug, g, partner)
     end
     changed = true
   end
-  local blur = aug.blur or 0
   if blur > 0 then
     local a = (2 * g:uniform() - 1) * blur
     for c = 1, k do
@@ -450,7 +472,6 @@ function A:augment_templates(p, aug, g, partner)
     end
     changed = true
   end
-  local noise = aug.noise or 0
   if noise > 0 then
     local r = g:uniform() * noise / math.sqrt(w)
     for c = 1, k do
@@ -460,7 +481,6 @@ function A:augment_templates(p, aug, g, partner)
     end
     changed = true
   end
-  local scale = aug.scale or 0
   if scale > 0 then
     local f = math.exp(scale * g:normal())
     for c = 1, k do
