@@ -101,9 +101,9 @@ local abl_list = { -- one seed each, unless `seeds` says
   {"hybrid_no_blur_bn", {hybrid = {dreams = {blur_bn = 0}}}, 45}, -- batch-norm readers read the dreams unblurred
   {"hybrid_probe", {hybrid = {probe = 0.5}}, 150}, -- anchored on template and probe matching (tm_and_probe)
   {"hybrid_probe_directed", {hybrid = {probe = 0.5, probe_directed = true}}, 60}, -- on tm_and_probe_directed
-  -- trained without the templates' scale jitter (train_network's template_aug), 3 seeds each
-  {"no_template_aug", {template_aug = false}, 36, seeds = 3},
-  {"hybrid_no_template_aug", {hybrid = true, template_aug = false}, 135, seeds = 3},
+  -- additions: trained with the templates' scale jitter (train_network's template_aug), 3 seeds each
+  {"template_aug", {template_aug = {scale = 2}}, 36, seeds = 3},
+  {"hybrid_template_aug", {hybrid = true, template_aug = {scale = 2}}, 135, seeds = 3},
 }
 for _, v in ipairs(a.no_ablations and {} or abl_list) do
   if a.ablations == "all" or (a.ablations == "default" and not v.slow)

@@ -202,11 +202,10 @@ function TestTemplateAug:test_off_trains_to_the_same_bits()
   end
 end
 
-function TestTemplateAug:test_default_is_scale_2()
-  lu.assertEquals(sim.train_defaults.template_aug, {scale = 2})
-  local a, b = train(), train{template_aug = {scale = 2}}
+function TestTemplateAug:test_default_is_off()
+  lu.assertFalse(sim.train_defaults.template_aug)
+  local a, b = train(), train{template_aug = false}
   for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
-  lu.assertFalse(same(a, train{template_aug = false}), "the default transforms the templates")
 end
 
 function TestTemplateAug:test_on_is_seeded_and_changes_training()
@@ -259,8 +258,25 @@ function TestTemplateAug:test_default_skips_networks_without_templates()
     sim.train_network(net, ms2, y, o)
     return net:parameters()
   end
-  local a, b = fit{}, fit{template_aug = false} -- the default {scale = 2} does not apply: no error, same bits
+  -- a default of {scale = 2} (set by a user for every network) does not apply here: no error, same bits
+  local saved = sim.train_defaults.template_aug
+  sim.train_defaults.template_aug = {scale = 2}
+  local ok, a = pcall(fit, {})
+  sim.train_defaults.template_aug = saved
+  lu.assertTrue(ok, a)
+  local b = fit{template_aug = false}
   for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
+end
+
+function TestTemplateAug:test_a_default_applies_to_template_networks()
+  local saved = sim.train_defaults.template_aug
+  sim.train_defaults.template_aug = {scale = 2}
+  local ok, a = pcall(train)
+  sim.train_defaults.template_aug = saved
+  lu.assertTrue(ok, a)
+  local b = train{template_aug = {scale = 2}}
+  for i = 1, #a do T.assert_same_bits(a[i], b[i], "parameter " .. i) end
+  lu.assertFalse(same(a, train{template_aug = false}), "the default transformed the templates")
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

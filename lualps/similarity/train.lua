@@ -22,18 +22,18 @@ M.train_defaults = {
   unit_keep = 0.125,    -- fraction of its first-layer units a model keeps at each step (a random
                         -- subset, at least one unit; augments the unit sets); 1 = all units.
                         -- Similarity networks only (feature heads ignore it)
-  template_aug = {scale = 2}, -- false, or strengths {noise =, blur =, scale =, mix =} (numbers >= 0; 0
-                        -- or absent: off) of random transforms of each batch model's class templates at
+  template_aug = false, -- false, or strengths {noise =, blur =, scale =, mix =} (numbers >= 0; 0 or
+                        -- absent: off) of random transforms of each batch model's class templates at
                         -- every step (archnet's augment_templates: additive noise, binomial blur or
                         -- sharpening, logit and norm scale, mixing with another model of its task),
                         -- drawn from a generator of their own seeded from `seed` (batch order and
-                        -- unit_keep draw as without; false: the same bits as before it). The default
-                        -- {scale = 2} jitters the logits' and class norms' scale (e^(2z)), as other
-                        -- training recipes spread them: the learned cosine's AUC on six other-recipe
-                        -- validation zoos +0.037 (9 seeds), in distribution 0.942 to 0.967
-                        -- (docs/FINDINGS.md, "Template augmentation").
-                        -- It applies to networks with the templates slot; given explicitly to another
-                        -- network, it raises
+                        -- unit_keep draw as without; off: the same bits as before it). {scale = 2}
+                        -- jitters the logits' and class norms' scale (e^(2z)), as other recipes spread
+                        -- them: the learned embedding reads unseen tasks, new classes, other recipes and
+                        -- PyTorch models far better, but the hybrid built on it loses transfer ranking
+                        -- (tau per target 0.475 to 0.460), so it is off by default (docs/FINDINGS.md,
+                        -- "Template augmentation"). Applies to networks with the templates slot: set as
+                        -- a default (here), others skip it; given to another network, it raises
   optimizer = false,    -- an object with :step(params, grads); default lps.optim.adam{lr, weight_decay}
   progress = false,     -- function(info) after every epoch (epoch, epochs, loss, accuracy,
                         -- seconds); returning false stops training. true: the
