@@ -181,10 +181,7 @@ local function train(opts)
   local o = {epochs = 2, batch_size = 8, seed = 3}
   for k, v in pairs(opts or {}) do o[k] = v end
   sim.train_network(net, models, y, o)
-  local params = net:parameters()
-  local out = {}
-  for i, t in ipairs(params) do out[i] = t:clone() end
-  return out
+  return T.clone_list(net:parameters())
 end
 
 local function same(a, b)

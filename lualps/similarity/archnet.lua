@@ -421,34 +421,18 @@ function A:augment_templates(p, aug, g, partner)
   if mix > 0 and not (partner and partner.T and partner.T:size(1) == k and partner.T:size(2) == p.T:size(2)) then
     mix = 0
   end
-  if mix == 0 and blur == 0 and noise == 0 then
-    -- scale alone leaves the template block as it is: scale the k x R logit
-    -- columns of a copy in place instead of a round trip through tables (the
-    -- same bits: each value is scaled in double and rounded once)
-    if scale == 0 then return p end
-    local f = math.exp(scale * g:normal())
-    local T, tl, tn = p.T:clone(), p.tlogit:clone(), p.tnorm:totable()
-    local mx = 0
-    for c = 1, k do
-      tl:set(c, tl:get(c) * f)
-      if lcol then for r = 1, R do T:set(c, lcol + r, T:get(c, lcol + r) * f) end end
-      tn[c] = tn[c] * math.exp(scale * g:normal())
-      mx = math.max(mx, tn[c])
-    end
-    if mx > 1e-12 then for c = 1, k do tn[c] = tn[c] / mx end end
-    local q = {}
-    for key, v in pairs(p) do q[key] = v end
-    q.T, q.tlogit, q.tnorm = T, tl, core.tensor(tn)
-    return q
-  end
-  local T, tl, tn = p.T:totable(), p.tlogit:totable(), p.tnorm:totable()
+  if mix == 0 and blur == 0 and noise == 0 and scale == 0 then return p end
+  -- The rows go through Lua tables only for a transform of the template
+  -- block; scale alone changes the k x R logit columns of a copy in place.
+  -- Either way each value is computed in double and rounded once.
+  local T = (mix > 0 or blur > 0 or noise > 0) and p.T:totable() or nil
+  local tl, tn = p.tlogit:totable(), p.tnorm:totable()
   local function renorm(row)
     local s = 0
     for j = 1, w do s = s + row[j] * row[j] end
     s = math.sqrt(s)
     if s > 1e-12 then for j = 1, w do row[j] = row[j] / s end end
   end
-  local changed = false
   if mix > 0 then
     local lam = g:uniform() * mix
     local T2, tl2, tn2 = partner.T:totable(), partner.tlogit:totable(), partner.tnorm:totable()
@@ -458,7 +442,6 @@ function A:augment_templates(p, aug, g, partner)
       tl[c], tn[c] = (1 - lam) * tl[c] + lam * tl2[c], (1 - lam) * tn[c] + lam * tn2[c]
       renorm(T[c])
     end
-    changed = true
   end
   if blur > 0 then
     local a = (2 * g:uniform() - 1) * blur
@@ -470,7 +453,6 @@ function A:augment_templates(p, aug, g, partner)
       end
       renorm(row)
     end
-    changed = true
   end
   if noise > 0 then
     local r = g:uniform() * noise / math.sqrt(w)
@@ -479,24 +461,26 @@ function A:augment_templates(p, aug, g, partner)
       for j = 1, w do row[j] = row[j] + r * g:normal() end
       renorm(row)
     end
-    changed = true
   end
+  local f -- the logits' factor
   if scale > 0 then
-    local f = math.exp(scale * g:normal())
+    f = math.exp(scale * g:normal())
     for c = 1, k do
       tl[c] = tl[c] * f
-      if lcol then for r = 1, R do T[c][lcol + r] = T[c][lcol + r] * f end end
+      if T and lcol then for r = 1, R do T[c][lcol + r] = T[c][lcol + r] * f end end
       tn[c] = tn[c] * math.exp(scale * g:normal())
     end
-    changed = true
   end
-  if not changed then return p end
+  local Tq = T and core.tensor(T) or p.T:clone()
+  if f and not T and lcol then
+    for c = 1, k do for r = 1, R do Tq:set(c, lcol + r, Tq:get(c, lcol + r) * f) end end
+  end
   local mx = 0
   for c = 1, k do mx = math.max(mx, tn[c]) end
   if mx > 1e-12 then for c = 1, k do tn[c] = tn[c] / mx end end
   local q = {}
   for key, v in pairs(p) do q[key] = v end
-  q.T, q.tlogit, q.tnorm = core.tensor(T), core.tensor(tl), core.tensor(tn)
+  q.T, q.tlogit, q.tnorm = Tq, core.tensor(tl), core.tensor(tn)
   return q
 end
 

@@ -44,13 +44,17 @@ M.train_defaults = {
 -- Check train_network's template_aug option for net: false/nil (off) or a
 -- table of strengths (numbers >= 0) keyed by the network's transforms
 -- (archnet's template_aug_keys). Returns the table, or nil when every
--- strength is 0 (off: nothing is drawn). Raises at the caller's caller.
-local function check_template_aug(aug, net)
+-- strength is 0 (off: nothing is drawn). A default (not `given`) applies
+-- only where there are templates to transform; given, it raises for other
+-- networks. Raises at the caller's caller.
+local function check_template_aug(aug, net, given)
   if aug == false or aug == nil then return nil end
+  local templates = net.augment_templates and net.has_slot and net:has_slot("templates")
+  if not given and not templates then return nil end
   if type(aug) ~= "table" then
     error(("train_network: template_aug must be false or a table of strengths, got %s"):format(tostring(aug)), 3)
   end
-  local keys = net and net.augment_templates and net.template_aug_keys or nil
+  local keys = net.augment_templates and net.template_aug_keys or nil
   local on = false
   for k, v in pairs(aug) do
     if not keys then
@@ -68,7 +72,7 @@ local function check_template_aug(aug, net)
     on = on or v > 0
   end
   if not on then return nil end
-  if not net:has_slot("templates") then
+  if not templates then
     error("train_network: template_aug needs a network with the templates slot", 3)
   end
   return aug
@@ -128,12 +132,8 @@ function M.train_network(net, models, labels, opts)
         net.opts.classes), 2)
     end
   end
-  local aug = o.template_aug
-  if (type(opts) ~= "table" or opts.template_aug == nil) -- the default: where there are templates to transform
-      and not (net.augment_templates and net.has_slot and net:has_slot("templates")) then
-    aug = false
-  end
-  aug = check_template_aug(aug, net) -- before any model is prepared
+  -- before any model is prepared
+  local aug = check_template_aug(o.template_aug, net, type(opts) == "table" and opts.template_aug ~= nil)
   local t0 = core.now()
   local prepared = {}
   for i, m in ipairs(models) do prepared[i] = net:prepare(m) end
