@@ -77,6 +77,11 @@ function TestSimilarityAPI:test_nearest_finds_the_same_task()
   for j = 1, 3 do lu.assertEquals(rf[j].index, r1[j].index) end
   T.assert_error_contains("nearest: record 2.5 is not an integer", self.sim.nearest, self.sim, self.ms, 2.5, 3)
   T.assert_error_contains("nearest: record ", self.sim.nearest, self.sim, self.ms, 0 / 0, 3)
+  -- a query that is neither a record nor a model names the operation, not the layer below
+  T.assert_error_contains("nearest: expected a record number or a model, got string", self.sim.nearest, self.sim,
+    self.ms, "3", 3)
+  T.assert_error_contains("nearest: expected a record number or a model, got nil", self.sim.nearest, self.sim,
+    self.ms, nil, 3)
   -- no set, or an embedding of the wrong size
   T.assert_error_contains("nearest: expected an open model set, got nil", self.sim.nearest, self.sim, nil, 1, 3)
   T.assert_error_contains("nearest: expected an open model set, got number", self.sim.nearest, self.sim, 3, 1, 3)

@@ -135,7 +135,13 @@ local function query_index(ms, query, what)
     if not math.tointeger(query) then error(("%s: record %s is not an integer"):format(what, tostring(query)), 3) end
     query = math.tointeger(query)
   end
-  if math.type(query) ~= "integer" then return nil end
+  if math.type(query) ~= "integer" then
+    local tq = type(query)
+    if tq ~= "table" and tq ~= "userdata" then
+      error(("%s: expected a record number or a model, got %s"):format(what, tq), 3)
+    end
+    return nil
+  end
   if query < 1 or query > #ms then error(("%s: record %d out of range 1..%d"):format(what, query, #ms), 3) end
   return query
 end
