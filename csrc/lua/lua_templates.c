@@ -30,16 +30,6 @@ static layer_box *new_box(lua_State *L)
     return b;
 }
 
-/* "AxB" of a shape, for messages. */
-static const char *dims(const lps_tensor *t, char *buf, size_t n)
-{
-    size_t at = 0;
-    buf[0] = 0;
-    for (int i = 0; i < t->ndim && at < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, i ? "x%lld" : "%lld", (long long)t->shape[i]);
-    return buf;
-}
-
 typedef struct {
     lps_tensor **t;
     int n, max;
@@ -72,8 +62,8 @@ static void fill(lua_State *L, int idx, lps_tensor **dst, int n, const char *wha
         lps_tensor *src = lps_lua_checktensor(L, -1);
         if (src->numel != dst[i]->numel) {
             char a[64], b[64];
-            luaL_error(L, "similarity: %s tensor %d (%s) does not fit its arch's %s", what, i + 1,
-                       dims(src, a, sizeof a), dims(dst[i], b, sizeof b));
+            luaL_error(L, "similarity: %s tensor %d %s does not fit its arch's %s", what, i + 1,
+                       lps_shape_str(src, a, sizeof a), lps_shape_str(dst[i], b, sizeof b));
         }
         LPS_LCHECK(L, lps_copy(dst[i], src));
         lua_pop(L, 1);
