@@ -333,6 +333,27 @@ function TestProbe:test_batch_norm_readers_read_blurred_dreams()
   lu.assertEquals(with:shape(), {6, 3})
 end
 
+-- One square channel (1 x s x s): smooth and jitter need s >= 2 (refused
+-- otherwise), blur_bn blurs for s >= 3 and reads other shapes as they are.
+function TestProbe:test_the_square_channel_bounds()
+  local msg = "input_shape must be one square channel (1 x s x s) to smooth or jitter the steps"
+  for _, sh in ipairs{{1, 1, 1}, {1, 2, 3}, {2, 2, 2}, {4, 4}} do
+    T.assert_error_contains(msg, probe.matcher, {smooth = 1, input_shape = sh})
+    T.assert_error_contains(msg, probe.matcher, {jitter = 1, input_shape = sh})
+  end
+  lu.assertTrue(pcall(probe.matcher, {smooth = 1, jitter = 1, input_shape = {1, 2, 2}}))
+  local g = lps.generator(34)
+  for s, blurred in pairs{[2] = false, [3] = true, [4] = true} do
+    local m = lps.nn.from_arch({{type = "input", shape = {1, s, s}}, {type = "conv2d", ["in"] = 1, out = 2, kernel = 1},
+      {type = "batchnorm2d", features = 2}, {type = "relu"}, {type = "flatten"},
+      {type = "linear", ["in"] = 2 * s * s, out = 3}}, g)
+    local X, sh = lps.rand(4, s * s, g), {input_shape = {1, s, s}}
+    local on = probe.outputs({module = m}, X, {{0, 4}}, sh)
+    local off = probe.outputs({module = m}, X, {{0, 4}}, {input_shape = {1, s, s}, blur_bn = 0})
+    lu.assertEquals(not lps.allclose(on, off, 0, 0), blurred, s .. " x " .. s)
+  end
+end
+
 -- stat_prior: a batch norm model's dreams also descend its layers' KL from
 -- their running statistics; no effect on a model without batch norm, and
 -- the model is left without it.

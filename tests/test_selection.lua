@@ -366,6 +366,36 @@ function TestSelection:test_prior_learns_from_training_targets_only()
   lu.assertErrorMsgContains("pool models of 1 training task(s) (need 2)", sel.prior, Q1)
 end
 
+-- The prior reads each pool model's stats features once: the training
+-- tasks' models by the fit (their values its out-of-task predictions), the
+-- others by the prediction; the values are those of predicting every pool
+-- model and then putting the out-of-task ones over the training models'.
+function TestSelection:test_the_prior_reads_each_models_features_once()
+  local P = prior_set()
+  local eval, reads = require "lualps.eval", {}
+  local features, matrix = eval.features, eval.feature_matrix
+  eval.features = function(method, m, ...)
+    reads[m] = (reads[m] or 0) + 1
+    return features(method, m, ...)
+  end
+  eval.feature_matrix = function(method, models, ...)
+    for _, m in ipairs(models) do reads[m] = (reads[m] or 0) + 1 end
+    return matrix(method, models, ...)
+  end
+  local ok, prior = pcall(sel.prior, P)
+  eval.features, eval.feature_matrix = features, matrix
+  lu.assertTrue(ok, prior)
+  for i = 1, P.n do lu.assertEquals(reads[P.models[i]], 1, P.meta[i].id) end
+  local SP = lps.similarity.prior
+  local ids, tasks, models = {}, {}, {}
+  for i = 1, 6 do ids[i], tasks[i], models[i] = P.meta[i].id, P.meta[i].task, P.models[i] end
+  local state, oof = SP.fit(models, SP.targets(ids, tasks, P.transfer.finetune, {3, 4, 5}), tasks, {rho = sel.prior_rho})
+  local want = {}
+  for i, v in ipairs(SP.predict(state, P.models)) do want[P.meta[i].id] = v end
+  for k, id in ipairs(ids) do want[id] = oof[k] end
+  lu.assertEquals(prior, want)
+end
+
 function TestSelection:test_evaluate_with_the_prior()
   -- a similarity that ranks every candidate the same (0): the prior alone decides,
   -- so method+prior picks the candidate the prior ranks first

@@ -118,18 +118,30 @@ function TestTemplatesC:test_same_bits_as_the_lua_steps()
   lu.assertTrue(mods.cnn:is_training())
 end
 
+-- The templates and a weight list's function (templates.function_of, as
+-- probe matching reads it) copy the weights by one C call: the same checks.
 function TestTemplatesC:test_weights_that_do_not_fit()
   local net = lps.similarity.network{families = {"cnn"}, noise = 2}
   local mods = models()
+  local function refused(msg, w)
+    lu.assertErrorMsgContains(msg, net.templates, net, w)
+    lu.assertErrorMsgContains(msg, templates.function_of, w)
+  end
   local w = weights(mods.cnn)
   w[#w] = nil
-  lu.assertErrorMsgContains("the model's arch has 6 parameter tensors, the model 5", net.templates, net, w)
+  refused("the model's arch has 6 parameter tensors, the model 5", w)
   w = weights(mods.cnn)
   w[2] = lps.zeros(3)
-  lu.assertErrorMsgContains("parameter tensor 2 (3) does not fit its arch's 4", net.templates, net, w)
+  refused("parameter tensor 2 (3) does not fit its arch's (4)", w)
+  w = weights(mods.cnn)
+  w[1] = lps.zeros(2, 2)
+  refused("parameter tensor 1 (2x2) does not fit its arch's (4x1x3x3)", w)
   w = weights(mods.bn)
   w.buffers[1] = lps.zeros(2)
-  lu.assertErrorMsgContains("buffer tensor 1 (2) does not fit its arch's 6", net.templates, net, w)
+  refused("buffer tensor 1 (2) does not fit its arch's (6)", w)
+  w = weights(mods.bn)
+  w.buffers = nil
+  refused("the model's arch has 2 buffer tensors, the model 0", w)
 end
 
 -- A user's module that the call refuses gets its flags back; the call's

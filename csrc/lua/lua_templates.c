@@ -30,16 +30,6 @@ static layer_box *new_box(lua_State *L)
     return b;
 }
 
-/* "AxB" of a shape, for messages. */
-static const char *dims(const lps_tensor *t, char *buf, size_t n)
-{
-    size_t at = 0;
-    buf[0] = 0;
-    for (int i = 0; i < t->ndim && at < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, i ? "x%lld" : "%lld", (long long)t->shape[i]);
-    return buf;
-}
-
 typedef struct {
     lps_tensor **t;
     int n, max;
@@ -60,8 +50,8 @@ static int count_buffers(const lps_layer *l)
     return n;
 }
 
-/* Copy the tensors of the list at idx into dst (n of them), as the Lua
- * fill did: counts and sizes must agree. */
+/* Copy the tensors of the list at idx into dst (n of them): counts and
+ * sizes must agree. */
 static void fill(lua_State *L, int idx, lps_tensor **dst, int n, const char *what)
 {
     int given = lua_istable(L, idx) ? (int)lua_rawlen(L, idx) : 0;
@@ -72,12 +62,35 @@ static void fill(lua_State *L, int idx, lps_tensor **dst, int n, const char *wha
         lps_tensor *src = lps_lua_checktensor(L, -1);
         if (src->numel != dst[i]->numel) {
             char a[64], b[64];
-            luaL_error(L, "similarity: %s tensor %d (%s) does not fit its arch's %s", what, i + 1,
-                       dims(src, a, sizeof a), dims(dst[i], b, sizeof b));
+            luaL_error(L, "similarity: %s tensor %d %s does not fit its arch's %s", what, i + 1,
+                       lps_shape_str(src, a, sizeof a), lps_shape_str(dst[i], b, sizeof b));
         }
         LPS_LCHECK(L, lps_copy(dst[i], src));
         lua_pop(L, 1);
     }
+}
+
+/* Copy the weight lists at (absolute) indices pidx and bidx into m's
+ * parameters (in named_parameters order) and buffers (named_buffers). */
+static void load(lua_State *L, lps_layer *m, int pidx, int bidx)
+{
+    int np = lps_layer_params(m, NULL, NULL, 0), nb = count_buffers(m);
+    lps_tensor **t = lps_lua_scratch(L, sizeof *t * (size_t)(2 * (np > nb ? np : nb) + 1));
+    lps_layer_params(m, t, t + np, np);
+    fill(L, pidx, t, np, "parameter");
+    buffers_ctx c = {t, 0, nb};
+    if (nb) lps_layer_named(m, buffer_one, &c);
+    fill(L, bidx, t, nb, "buffer");
+    lua_pop(L, 1); /* the scratch */
+}
+
+/* load_weights(module, params, buffers): a weight list's tensors copied
+ * into a module built from its arch (templates.lua's function_of), the
+ * same copy as class_templates makes of them. */
+static int l_load_weights(lua_State *L)
+{
+    load(L, lps_lua_checkmodule(L, 1), 2, 3);
+    return 0;
 }
 
 /* A module from the arch at idx with the weights of lists pidx, bidx,
@@ -89,14 +102,7 @@ static layer_box *build(lua_State *L, int idx, int pidx, int bidx)
     layer_box *box = new_box(L);
     if (!(box->l = lps_layer_from_arch(a, NULL))) luaL_error(L, "from_arch: %s", lps_errmsg());
     lps_layer *m = box->l;
-    int np = lps_layer_params(m, NULL, NULL, 0), nb = count_buffers(m);
-    lps_tensor **t = lps_lua_scratch(L, sizeof *t * (size_t)(2 * (np > nb ? np : nb) + 1));
-    lps_layer_params(m, t, t + np, np);
-    fill(L, pidx, t, np, "parameter");
-    buffers_ctx c = {t, 0, nb};
-    if (nb) lps_layer_named(m, buffer_one, &c);
-    fill(L, bidx, t, nb, "buffer");
-    lua_pop(L, 1); /* the scratch */
+    load(L, m, pidx, bidx);
     lps_layer_set_frozen(m, 1);
     lps_layer_set_training(m, 0);
     if (m->batch_stats) lps_layer_set_batch_stats(m, 0);
@@ -224,6 +230,7 @@ static int l_class_templates(lua_State *L)
     return 3;
 }
 
-static const luaL_Reg functions[] = {{"class_templates", l_class_templates}, {NULL, NULL}};
+static const luaL_Reg functions[] = {
+    {"class_templates", l_class_templates}, {"load_weights", l_load_weights}, {NULL, NULL}};
 
 void lps_lua_open_templates(lua_State *L) { luaL_setfuncs(L, functions, 0); }

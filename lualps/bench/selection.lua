@@ -119,15 +119,23 @@ function M.prior(S)
   for k, i in ipairs(train) do ids[k], tasks[k], models[k] = S.meta[i].id, S.meta[i].task, S.models[i] end
   local y = similarity.prior.targets(ids, tasks, ft, S.splits.retrieval.train_tasks)
   local state, oof = similarity.prior.fit(models, y, tasks, {rho = M.prior_rho})
-  local list = {}
-  for k, i in ipairs(all) do list[k] = S.models[i] end
-  local prior = {}
-  -- the models of no training task: the fit on every training model
-  local t0 = core.now()
-  for k, v in ipairs(similarity.prior.predict(state, list)) do prior[S.meta[all[k]].id] = v end
-  S.prior_ms = ms_since(t0) / #all -- the prior of every pool model: part of a method+prior's index
   -- a training task's models: the fit on the other training tasks' models
-  for k, id in ipairs(ids) do prior[id] = oof[k] end
+  local prior, fitted = {}, {}
+  for k, id in ipairs(ids) do prior[id], fitted[train[k]] = oof[k], true end
+  -- the models of no training task: the fit on every training model (their
+  -- features read here, the training models' once by the fit)
+  local list, at = {}, {}
+  for _, i in ipairs(all) do
+    if not fitted[i] then
+      local n = #list + 1
+      list[n], at[n] = S.models[i], i
+    end
+  end
+  local t0 = core.now()
+  for k, v in ipairs(similarity.prior.predict(state, list)) do prior[S.meta[at[k]].id] = v end
+  -- the prior of a pool model (a prediction's cost; each model's does not depend on the others): part of a
+  -- method+prior's index
+  S.prior_ms = ms_since(t0) / math.max(#list, 1)
   S.prior, S.prior_rho = prior, M.prior_rho
   return prior
 end

@@ -70,6 +70,12 @@ M.defaults = {
   input_shape = {1, 28, 28}, -- an image model's input (a flat model reads their product)
 }
 
+-- Whether input shape sh is one square channel, 1 x s x s with s >= min_side
+-- (the steps' smooth and jitter need 2, the dreams' blur_bn 3).
+local function square_channel(sh, min_side)
+  return #sh == 3 and sh[1] == 1 and sh[2] == sh[3] and sh[2] >= min_side
+end
+
 -- The options of op, checked: M.defaults with opts.
 local function options(opts, op)
   local o = util.options(opts, M.defaults, op)
@@ -93,8 +99,7 @@ local function options(opts, op)
   for _, n in ipairs(o.input_shape) do
     if math.type(n) ~= "integer" or n < 1 then bad("input_shape", "a list of positive integers") end
   end
-  local sh = o.input_shape
-  if (o.smooth > 0 or o.jitter > 0) and not (#sh == 3 and sh[1] == 1 and sh[2] == sh[3] and sh[2] >= 2) then
+  if (o.smooth > 0 or o.jitter > 0) and not square_channel(o.input_shape, 2) then
     bad("input_shape", "one square channel (1 x s x s) to smooth or jitter the steps")
   end
   return o
@@ -243,8 +248,7 @@ end
 local function outputs(reader, X, o, blocks)
   local bn = M.has_batch_norm(reader)
   local adapt = o.adapt_bn and bn
-  local sh = o.input_shape
-  if bn and o.blur_bn > 0 and #sh == 3 and sh[1] == 1 and sh[2] == sh[3] and sh[2] >= 3 then
+  if bn and o.blur_bn > 0 and square_channel(o.input_shape, 3) then
     for _ = 1, o.blur_bn do X = data.domain(X, "blur") end
   end
   local m, release = templates.function_of(reader) -- release gives a user's module its own flags back

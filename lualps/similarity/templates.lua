@@ -38,26 +38,12 @@ local function arch_of(model, level)
 end
 
 -- A module computing the model's function: the model itself, or one built
--- from its arch (arch_of) with its parameters and buffers.
+-- from its arch (arch_of) with its parameters and buffers, copied in by
+-- the C call that copies them for class_templates (the same checks).
 local function module_of(model)
   if model.module then return model.module, false end
   local m = nn.from_arch(arch_of(model, 3), false) -- zeros: the model's weights are copied in
-  local function fill(dst, tensors, what)
-    if #dst ~= #tensors then
-      error(("similarity: the model's arch has %d %s tensors, the model %d"):format(#dst, what, #tensors), 5)
-    end
-    for i, t in ipairs(dst) do
-      if t:numel() ~= tensors[i]:numel() then
-        error(("similarity: %s tensor %d (%s) does not fit its arch's %s"):format(what, i,
-          table.concat(tensors[i]:shape(), "x"), table.concat(t:shape(), "x")), 5)
-      end
-      t:copy(tensors[i])
-    end
-  end
-  fill((m:parameters()), model, "parameter") -- the order of named_parameters, without the names
-  local buffers = {}
-  for i, e in ipairs(m:named_buffers()) do buffers[i] = e.tensor end
-  fill(buffers, model.buffers or {}, "buffer")
+  K.load_weights(m, model, model.buffers or {})
   return m, true
 end
 
