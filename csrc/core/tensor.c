@@ -2,6 +2,7 @@
 #include "core/internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,17 +13,133 @@ struct lps_storage {
     int refcount;
 };
 
+/* Float blocks: 64-byte aligned, after a 64-byte prefix that holds the
+ * block's capacity in bytes. A freed block of at least CACHE_MIN bytes is
+ * kept (up to CACHE_SLOTS blocks and CACHE_BYTES in all; the oldest goes
+ * back to malloc first) and handed out again for a request it fits with at
+ * most half of it unused. A module built, run and freed for each of many
+ * models (the class templates of a stream) then reuses the previous one's
+ * activations and workspaces, where malloc would give them back to the
+ * system and fault fresh pages in for the next. The cache owns the blocks
+ * it keeps; a block handed out is its caller's. Contents are never relied
+ * on: a block, new or reused, holds whatever it held. Under
+ * AddressSanitizer the prefix and a cached block are poisoned (a use after
+ * free still faults), and so is a reused block's tail past the request. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+enum { PREFIX = 64, CACHE_SLOTS = 32 };
+#define CACHE_MIN ((size_t)64 << 10)
+#define CACHE_BYTES ((size_t)64 << 20)
+
+static struct {
+    char *base[CACHE_SLOTS]; /* oldest first */
+    size_t cap[CACHE_SLOTS];
+    int n;
+    size_t bytes;
+} cache;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void cache_remove(int i)
+{
+    cache.bytes -= cache.cap[i];
+    cache.n--;
+    memmove(cache.base + i, cache.base + i + 1, sizeof *cache.base * (size_t)(cache.n - i));
+    memmove(cache.cap + i, cache.cap + i + 1, sizeof *cache.cap * (size_t)(cache.n - i));
+}
+
+/* The smallest cached block that fits `bytes` (of at most twice that), or NULL. */
+static char *cache_take(size_t bytes)
+{
+    char *base = NULL;
+    pthread_mutex_lock(&cache_lock);
+    int best = -1;
+    for (int i = 0; i < cache.n; i++)
+        if (cache.cap[i] >= bytes && cache.cap[i] / 2 <= bytes && (best < 0 || cache.cap[i] < cache.cap[best]))
+            best = i;
+    if (best >= 0) {
+        base = cache.base[best];
+        cache_remove(best);
+    }
+    pthread_mutex_unlock(&cache_lock);
+    return base;
+}
+
+/* Keep block base of cap bytes, making room by giving the oldest back. */
+static void cache_put(char *base, size_t cap)
+{
+    char *out[CACHE_SLOTS];
+    int nout = 0;
+    POISON(base + PREFIX, cap);
+    pthread_mutex_lock(&cache_lock);
+    while (cache.n == CACHE_SLOTS || cache.bytes + cap > CACHE_BYTES) {
+        out[nout++] = cache.base[0];
+        cache_remove(0);
+    }
+    cache.base[cache.n] = base;
+    cache.cap[cache.n++] = cap;
+    cache.bytes += cap;
+    pthread_mutex_unlock(&cache_lock);
+    for (int i = 0; i < nout; i++) free(out[i]);
+}
+
 float *lps_alloc_floats(int64_t n, const char *op)
 {
     size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
     bytes = (bytes + 63) & ~(size_t)63; /* aligned_alloc needs a multiple */
-    float *p = aligned_alloc(64, bytes);
-    if (!p)
+    char *base = bytes >= CACHE_MIN ? cache_take(bytes) : NULL;
+    if (base) {
+        UNPOISON(base + PREFIX, bytes);
+        return (float *)(base + PREFIX);
+    }
+    if (!(base = aligned_alloc(64, PREFIX + bytes))) {
         lps_fail(LPS_ENOMEM, "%s: cannot allocate %lld floats", op, (long long)n);
-    return p;
+        return NULL;
+    }
+    memcpy(base, &bytes, sizeof bytes);
+    POISON(base, PREFIX);
+    return (float *)(base + PREFIX);
 }
 
-void lps_free_floats(float *p) { free(p); }
+void lps_free_floats(float *p)
+{
+    if (!p) return;
+    char *base = (char *)p - PREFIX;
+    size_t cap;
+    UNPOISON(base, PREFIX);
+    memcpy(&cap, base, sizeof cap);
+    POISON(base, PREFIX);
+    if (cap >= CACHE_MIN && cap <= CACHE_BYTES) {
+        cache_put(base, cap);
+        return;
+    }
+    free(base);
+}
+
+void lps_floats_cached(int *blocks, size_t *bytes)
+{
+    pthread_mutex_lock(&cache_lock);
+    if (blocks) *blocks = cache.n;
+    if (bytes) *bytes = cache.bytes;
+    pthread_mutex_unlock(&cache_lock);
+}
+
+void lps_floats_cache_clear(void)
+{
+    pthread_mutex_lock(&cache_lock);
+    while (cache.n) {
+        char *base = cache.base[0];
+        cache_remove(0);
+        free(base);
+    }
+    pthread_mutex_unlock(&cache_lock);
+}
 
 lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64_t *numel)
 {
