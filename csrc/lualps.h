@@ -82,6 +82,14 @@ void lps_set_conv_fold_direct(int on);
 /* End the library's own worker threads (they start again on next use). The
  * Lua module calls it when its state closes. */
 void lps_threads_release(void);
+/* Float blocks of 64 KiB or more that the library freed are kept (at most
+ * 32 blocks, 64 MiB) for its next allocations of about their size: a
+ * module built and freed for each of many models reuses the last one's
+ * buffers. lps_floats_cached gives how many are kept now and their bytes
+ * (either may be NULL); lps_floats_cache_clear hands them back to malloc.
+ * The Lua module clears the cache when its state closes. */
+void lps_floats_cached(int *blocks, size_t *bytes);
+void lps_floats_cache_clear(void);
 
 /* ------------------------------------------------------------------ random */
 

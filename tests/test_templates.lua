@@ -172,4 +172,35 @@ function TestTemplatesC:test_refusals()
     pool, false, 2)
 end
 
+-- The modules' activations and workspaces come from blocks the core keeps
+-- for reuse (csrc/core/tensor.c): templates from blocks that held NaN are
+-- the same bits as from fresh ones (nothing reads a block before writing it).
+function TestTemplatesC:test_reused_blocks_hold_no_state()
+  local mods = models()
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, noise = 3}
+  local function poison()
+    core._floats_cache(true)
+    local held, n = {}, 16384 -- 64 KiB up to about 4 MiB, 1.3 times apart
+    while n < 2 ^ 20 do
+      held[#held + 1] = core.full(n, 0 / 0)
+      n = math.floor(n * 1.3)
+    end
+    held = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(core._floats_cache() >= 15)
+  end
+  for name, m in pairs(mods) do
+    local w = weights(m)
+    core._floats_cache(true)
+    local T0, n0, l0 = net:templates(w)
+    poison()
+    local T, n, l = net:templates(w)
+    helpers.assert_same_bits(T, T0, name .. ": templates")
+    helpers.assert_same_bits(n, n0, name .. ": norms")
+    helpers.assert_same_bits(l, l0, name .. ": logits")
+  end
+  core._floats_cache(true)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

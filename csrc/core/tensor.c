@@ -2,6 +2,8 @@
 #include "core/internal.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,17 +14,150 @@ struct lps_storage {
     int refcount;
 };
 
-float *lps_alloc_floats(int64_t n, const char *op)
+/* Float blocks: 64-byte aligned, each in a malloc chunk (aligned_alloc
+ * would serve it by splitting a larger chunk: slower, and glibc keeps no
+ * per-thread cache of those) at the first 64-byte boundary past a head
+ * that holds the chunk and the block's capacity in bytes. A freed block of
+ * at least CACHE_MIN bytes is kept (up to CACHE_SLOTS blocks and
+ * CACHE_BYTES in all; the oldest goes back to malloc first) and handed out
+ * again for a request it fits with at most half of it unused. A module
+ * built, run and freed for each of many models (the class templates of a
+ * stream) then reuses the previous one's activations and workspaces, where
+ * malloc would give them back to the system and fault fresh pages in for
+ * the next. The cache owns the blocks it keeps; a block handed out is its
+ * caller's. Contents are never relied on: a block, new or reused, holds
+ * whatever it held. Under AddressSanitizer the head and a cached block are
+ * poisoned (a use after free still faults), and so is a reused block's
+ * tail past the request. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+typedef struct {
+    void *chunk;
+    size_t cap;
+} blockhead;
+
+enum { ALIGN = 64, CACHE_SLOTS = 32 };
+#define CACHE_MIN ((size_t)64 << 10)
+#define CACHE_BYTES ((size_t)64 << 20)
+
+static struct {
+    char *p[CACHE_SLOTS]; /* oldest first */
+    size_t cap[CACHE_SLOTS];
+    int n;
+    size_t bytes;
+} cache;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static blockhead head_of(const char *p)
 {
-    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
-    bytes = (bytes + 63) & ~(size_t)63; /* aligned_alloc needs a multiple */
-    float *p = aligned_alloc(64, bytes);
-    if (!p)
-        lps_fail(LPS_ENOMEM, "%s: cannot allocate %lld floats", op, (long long)n);
+    blockhead h;
+    UNPOISON(p - sizeof h, sizeof h);
+    memcpy(&h, p - sizeof h, sizeof h);
+    POISON(p - sizeof h, sizeof h);
+    return h;
+}
+
+static void cache_remove(int i)
+{
+    cache.bytes -= cache.cap[i];
+    cache.n--;
+    memmove(cache.p + i, cache.p + i + 1, sizeof *cache.p * (size_t)(cache.n - i));
+    memmove(cache.cap + i, cache.cap + i + 1, sizeof *cache.cap * (size_t)(cache.n - i));
+}
+
+/* The smallest cached block that fits `bytes` (of at most twice that), or NULL. */
+static char *cache_take(size_t bytes)
+{
+    char *p = NULL;
+    pthread_mutex_lock(&cache_lock);
+    int best = -1;
+    for (int i = 0; i < cache.n; i++)
+        if (cache.cap[i] >= bytes && cache.cap[i] / 2 <= bytes && (best < 0 || cache.cap[i] < cache.cap[best]))
+            best = i;
+    if (best >= 0) {
+        p = cache.p[best];
+        cache_remove(best);
+    }
+    pthread_mutex_unlock(&cache_lock);
     return p;
 }
 
-void lps_free_floats(float *p) { free(p); }
+/* Keep block p of cap bytes, making room by giving the oldest back. */
+static void cache_put(char *p, size_t cap)
+{
+    char *out[CACHE_SLOTS];
+    int nout = 0;
+    POISON(p, cap);
+    pthread_mutex_lock(&cache_lock);
+    while (cache.n == CACHE_SLOTS || cache.bytes + cap > CACHE_BYTES) {
+        out[nout++] = cache.p[0];
+        cache_remove(0);
+    }
+    cache.p[cache.n] = p;
+    cache.cap[cache.n++] = cap;
+    cache.bytes += cap;
+    pthread_mutex_unlock(&cache_lock);
+    for (int i = 0; i < nout; i++) free(head_of(out[i]).chunk);
+}
+
+float *lps_alloc_floats(int64_t n, const char *op)
+{
+    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
+    bytes = (bytes + ALIGN - 1) & ~(size_t)(ALIGN - 1); /* whole lines: a block's tail is its own */
+    char *p = bytes >= CACHE_MIN ? cache_take(bytes) : NULL;
+    if (p) {
+        UNPOISON(p, bytes);
+        return (float *)p;
+    }
+    blockhead h = {malloc(sizeof h + ALIGN - 1 + bytes), bytes};
+    if (!h.chunk) {
+        lps_fail(LPS_ENOMEM, "%s: cannot allocate %lld floats", op, (long long)n);
+        return NULL;
+    }
+    uintptr_t at = ((uintptr_t)h.chunk + sizeof h + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1);
+    p = (char *)h.chunk + (at - (uintptr_t)h.chunk);
+    memcpy(p - sizeof h, &h, sizeof h);
+    POISON(p - sizeof h, sizeof h);
+    return (float *)p;
+}
+
+void lps_free_floats(float *block)
+{
+    if (!block) return;
+    char *p = (char *)block;
+    blockhead h = head_of(p);
+    if (h.cap >= CACHE_MIN && h.cap <= CACHE_BYTES) {
+        cache_put(p, h.cap);
+        return;
+    }
+    free(h.chunk);
+}
+
+void lps_floats_cached(int *blocks, size_t *bytes)
+{
+    pthread_mutex_lock(&cache_lock);
+    if (blocks) *blocks = cache.n;
+    if (bytes) *bytes = cache.bytes;
+    pthread_mutex_unlock(&cache_lock);
+}
+
+void lps_floats_cache_clear(void)
+{
+    pthread_mutex_lock(&cache_lock);
+    while (cache.n) {
+        char *p = cache.p[0];
+        cache_remove(0);
+        free(head_of(p).chunk);
+    }
+    pthread_mutex_unlock(&cache_lock);
+}
 
 lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64_t *numel)
 {

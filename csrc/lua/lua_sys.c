@@ -37,6 +37,29 @@ static int l_set_conv_fold_direct(lua_State *L)
     return 0;
 }
 
+/* The state's closing: the worker threads end, the cached float blocks go back to malloc. */
+static int l_state_closes(lua_State *L)
+{
+    (void)L;
+    lps_threads_release();
+    lps_floats_cache_clear();
+    return 0;
+}
+
+/* _floats_cache([clear]) -> blocks, bytes: the freed float blocks the core
+ * keeps for reuse (lps_floats_cached), after handing them back when clear
+ * (for tests). */
+static int l_floats_cache(lua_State *L)
+{
+    if (lua_toboolean(L, 1)) lps_floats_cache_clear();
+    int blocks;
+    size_t bytes;
+    lps_floats_cached(&blocks, &bytes);
+    lua_pushinteger(L, blocks);
+    lua_pushinteger(L, (lua_Integer)bytes);
+    return 2;
+}
+
 static int l_get_num_threads(lua_State *L)
 {
     lua_pushinteger(L, lps_get_num_threads());
@@ -82,15 +105,16 @@ static const luaL_Reg functions[] = {
     {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels},
-    {"_set_conv_fold_direct", l_set_conv_fold_direct},
+    {"_set_conv_fold_direct", l_set_conv_fold_direct}, {"_floats_cache", l_floats_cache},
     {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_sys(lua_State *L)
 {
-    /* a registry sentinel: when the state closes, the worker threads end */
+    /* a registry sentinel: when the state closes, the worker threads end
+     * and the cached float blocks are freed */
     lua_newuserdatauv(L, 0, 0);
     lua_newtable(L);
-    lua_pushcfunction(L, l_release_threads);
+    lua_pushcfunction(L, l_state_closes);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     luaL_ref(L, LUA_REGISTRYINDEX);

@@ -195,6 +195,7 @@ typedef struct {
     size_t len;
     const lps_json *doc;
     size_t count; /* entries so far, branches included */
+    int named;    /* entries named for messages (lps_arch_parse: only when a pass fails) */
 } src;
 
 static int key_is(const lps_json *doc, const lps_json_node *m, const char *k)
@@ -317,8 +318,8 @@ static lps_status parse_entry(src *s, const lps_json_node *v, size_t k, const ch
                         known);
     }
     fill_defaults(e, t);
-    char who[256];
-    lps_fmt(who, sizeof who, "%s (%s)", who_base, t->name);
+    char who[256] = "";
+    if (s->named) lps_fmt(who, sizeof who, "%s (%s)", who_base, t->name);
     int seen[LPS_ARCH_FIELDS] = {0}, seen_br[2] = {0};
     for (uint32_t c = v->first; c; c = doc->nodes[c].next) {
         const lps_json_node *m = &doc->nodes[c];
@@ -330,8 +331,8 @@ static lps_status parse_entry(src *s, const lps_json_node *v, size_t k, const ch
             if (depth >= LPS_ARCH_MAX_DEPTH)
                 return lps_fail(LPS_EFORMAT, "arch: %s: branches nest deeper than %d", who,
                                 LPS_ARCH_MAX_DEPTH);
-            char sub[256];
-            lps_fmt(sub, sizeof sub, "%s %s ", who, br ? "shortcut" : "body");
+            char sub[256] = "";
+            if (s->named) lps_fmt(sub, sizeof sub, "%s %s ", who, br ? "shortcut" : "body");
             lps_status st = parse_list(s, m, br ? &e->shortcut : &e->body, sub, depth + 1, 0);
             if (st) return st;
             continue;
@@ -382,8 +383,8 @@ static lps_status parse_list(src *s, const lps_json_node *root, lps_arch **out, 
     for (uint32_t c = root->first; c && !st; c = s->doc->nodes[c].next) {
         k++;
         int layer = (int)k - have_input;
-        char who[256];
-        lps_fmt(who, sizeof who, "%slayer %d", prefix, layer);
+        char who[256] = "";
+        if (s->named) lps_fmt(who, sizeof who, "%slayer %d", prefix, layer);
         int is_input = 0;
         st = parse_entry(s, &s->doc->nodes[c], k, prefix, who, depth, &a->entries[a->n], &is_input,
                          top ? a : NULL);
@@ -469,9 +470,17 @@ lps_status lps_arch_parse(lps_arch **out, const char *text, size_t len)
     lps_json *doc;
     lps_status s = lps_json_parse(&doc, text, len, "arch");
     if (s) return s;
-    src sr = {text, len, doc, 0};
+    /* Entries are named for messages only in a second pass, after the
+     * first failed: formatting the names cost more than the parse. The
+     * passes read the same text the same way and fail at the same place. */
+    src sr = {text, len, doc, 0, 0};
     lps_arch *a = NULL;
     s = parse_list(&sr, &doc->nodes[0], &a, "", 0, 1);
+    if (s) {
+        sr.count = 0;
+        sr.named = 1;
+        s = parse_list(&sr, &doc->nodes[0], &a, "", 0, 1);
+    }
     lps_json_free(doc);
     if (!s) s = flow_top(a, a->in_rank, a->in_shape);
     if (s) {

@@ -824,10 +824,8 @@ lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tens
     const lps_tensor *mid = fast ? &((seqpriv *)l->priv)->act[0].view : x;
     int64_t w = fast ? mid->numel / n : per;
     float *buf = NULL, *zeros = NULL;
-    /* (+ 1: malloc(0) may return NULL for samples of no values) */
-    if (group > 1 && !(buf = malloc(sizeof(float) * (size_t)((fast ? k * n : n) * w + 1))))
-        return lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld x %lld floats",
-                        (long long)(fast ? k * n : n), (long long)w);
+    if (group > 1 && !(buf = lps_alloc_floats((fast ? k * n : n) * w, "input_gradients")))
+        return LPS_ENOMEM;
     lps_tensor big = lps_view_as(mid, mid->ndim, mid->shape); /* k n rows of mid (fast) */
     big.data = buf;
     big.shape[0] = fast ? k * n : n;
@@ -848,16 +846,17 @@ lps_status lps_layer_input_gradients(lps_layer *l, const lps_tensor *x, lps_tens
         group_means(buf, k * n, w, group);
         lps_tensor gm = rows_of(&big, 0, rows);
         lps_tensor x0 = rows_of(gx, 0, rows);
-        if (!(zeros = calloc((size_t)(rows * per + 1), sizeof(float))))
-            s = lps_fail(LPS_ENOMEM, "input_gradients: cannot allocate %lld floats", (long long)(rows * per));
+        if (!(zeros = lps_alloc_floats(rows * per, "input_gradients")))
+            s = LPS_ENOMEM;
         else {
+            memset(zeros, 0, sizeof(float) * (size_t)(rows * per));
             x0.data = zeros;
             lps_layer *first = l->children[0];
             s = first->type->backward(first, &x0, &gm, &gm, gx);
         }
     }
-    free(buf);
-    free(zeros);
+    lps_free_floats(buf);
+    lps_free_floats(zeros);
     return s;
 }
 
