@@ -179,7 +179,7 @@ function TestTemplatesC:test_reused_blocks_hold_no_state()
   local mods = models()
   local net = lps.similarity.network{families = {"mlp", "cnn"}, noise = 3}
   local function poison()
-    core._floats_cache(true)
+    core.release_memory()
     local held, n = {}, 16384 -- 64 KiB up to about 4 MiB, 1.3 times apart
     while n < 2 ^ 20 do
       held[#held + 1] = core.full(n, 0 / 0)
@@ -188,11 +188,11 @@ function TestTemplatesC:test_reused_blocks_hold_no_state()
     held = nil -- luacheck: ignore
     collectgarbage()
     collectgarbage()
-    lu.assertTrue(core._floats_cache() >= 15)
+    lu.assertTrue(core.cached_memory() >= 15)
   end
   for name, m in pairs(mods) do
     local w = weights(m)
-    core._floats_cache(true)
+    core.release_memory()
     local T0, n0, l0 = net:templates(w)
     poison()
     local T, n, l = net:templates(w)
@@ -200,7 +200,7 @@ function TestTemplatesC:test_reused_blocks_hold_no_state()
     helpers.assert_same_bits(n, n0, name .. ": norms")
     helpers.assert_same_bits(l, l0, name .. ": logits")
   end
-  core._floats_cache(true)
+  core.release_memory()
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

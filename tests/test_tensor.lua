@@ -313,43 +313,46 @@ local function drop() collectgarbage(); collectgarbage() end
 
 function TestFloatCache:test_kept_and_reused()
   local core = require "lualps.core"
-  lu.assertEquals({core._floats_cache(true)}, {0, 0})
+  core.release_memory()
+  lu.assertEquals({core.cached_memory()}, {0, 0})
   local a = lps.full(100000, 7) -- 400,000 bytes
   a = nil -- luacheck: ignore
   drop()
-  local n, bytes = core._floats_cache()
+  local n, bytes = core.cached_memory()
   lu.assertEquals(n, 1)
   lu.assertEquals(bytes, 400000)
   local small = lps.zeros(1000) -- 4,000 bytes: malloc's, never kept
   small = nil -- luacheck: ignore
   drop()
-  lu.assertEquals(core._floats_cache(), 1)
+  lu.assertEquals(core.cached_memory(), 1)
   -- a request of less than half the block is not served by it
   local c = lps.zeros(40000)
-  lu.assertEquals(core._floats_cache(), 1)
+  lu.assertEquals(core.cached_memory(), 1)
   -- one of more than half is, and zeros are zeros whatever the block held
   local b = lps.zeros(90000)
-  lu.assertEquals({core._floats_cache()}, {0, 0})
+  lu.assertEquals({core.cached_memory()}, {0, 0})
   lu.assertEquals(b:min(), 0)
   lu.assertEquals(b:max(), 0)
   b, c = nil, nil -- luacheck: ignore
   drop()
-  lu.assertEquals(core._floats_cache(), 2)
+  lu.assertEquals(core.cached_memory(), 2)
   -- bounded: the oldest blocks go back to malloc
   local many = {}
   for i = 1, 40 do many[i] = lps.zeros(20000 + i) end
   many = nil -- luacheck: ignore
   drop()
-  n, bytes = core._floats_cache()
+  n, bytes = core.cached_memory()
   lu.assertEquals(n, 32)
   lu.assertTrue(bytes <= 64 * 2 ^ 20)
   local big = {}
   for i = 1, 3 do big[i] = lps.zeros(6 * 2 ^ 20) end -- 24 MiB each
   big = nil -- luacheck: ignore
   drop()
-  n, bytes = core._floats_cache()
+  n, bytes = core.cached_memory()
   lu.assertTrue(bytes <= 64 * 2 ^ 20 and bytes >= 48 * 2 ^ 20, tostring(bytes))
-  lu.assertEquals({core._floats_cache(true)}, {0, 0})
+  -- released on request (the module's public names): what was kept, then nothing
+  lu.assertEquals({lps.release_memory()}, {n, bytes})
+  lu.assertEquals({lps.cached_memory()}, {0, 0})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

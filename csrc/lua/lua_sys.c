@@ -46,17 +46,24 @@ static int l_state_closes(lua_State *L)
     return 0;
 }
 
-/* _floats_cache([clear]) -> blocks, bytes: the freed float blocks the core
- * keeps for reuse (lps_floats_cached), after handing them back when clear
- * (for tests). */
-static int l_floats_cache(lua_State *L)
+/* cached_memory() -> blocks, bytes: the freed float blocks (64 KiB and
+ * more) the core keeps for reuse (lps_floats_cached). */
+static int l_cached_memory(lua_State *L)
 {
-    if (lua_toboolean(L, 1)) lps_floats_cache_clear();
     int blocks;
     size_t bytes;
     lps_floats_cached(&blocks, &bytes);
     lua_pushinteger(L, blocks);
     lua_pushinteger(L, (lua_Integer)bytes);
+    return 2;
+}
+
+/* release_memory() -> blocks, bytes: hand the kept blocks back to malloc
+ * now (lps_floats_cache_clear); what was kept. */
+static int l_release_memory(lua_State *L)
+{
+    l_cached_memory(L);
+    lps_floats_cache_clear();
     return 2;
 }
 
@@ -105,7 +112,7 @@ static const luaL_Reg functions[] = {
     {"build_info", l_build_info},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"release_threads", l_release_threads}, {"set_conv_kernels", l_set_conv_kernels},
-    {"_set_conv_fold_direct", l_set_conv_fold_direct}, {"_floats_cache", l_floats_cache},
+    {"_set_conv_fold_direct", l_set_conv_fold_direct}, {"cached_memory", l_cached_memory}, {"release_memory", l_release_memory},
     {"now", l_now}, {"isatty", l_isatty}, {NULL, NULL}};
 
 void lps_lua_open_sys(lua_State *L)
