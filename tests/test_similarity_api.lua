@@ -115,6 +115,14 @@ function TestSimilarityAPI:test_bad_input()
   T.assert_error_contains("unknown option 'epoch'", lps.similarity.train, self.ms, {"t1-m1"}, {epoch = 1})
   T.assert_error_contains("model id 'nope' is not in the set", lps.similarity.train, self.ms, {"nope"}, {})
   T.assert_error_contains("expected a model", self.sim.embed, self.sim, 42)
+  -- the operation and the argument are named, not the layer below or its file position
+  local function err_of(f, ...) local ok, e = pcall(f, ...); lu.assertFalse(ok); return tostring(e) end
+  lu.assertEquals(err_of(self.sim.embed, self.sim, "x"):match("^[^(]*"), "embed: expected a model ")
+  local m1 = self.ms:tensors(1)
+  lu.assertStrMatches(err_of(self.sim.similarity, self.sim, m1, "x"),
+    "similarity: argument 2: expected a model %(.*%), got string")
+  lu.assertStrMatches(err_of(self.sim.similarity, self.sim, {}, m1),
+    "similarity: argument 1: expected a model %(.*%), got a table without tensors")
   -- a record the network cannot read (NaN weights): embed_set, nearest and
   -- the CLI name it, not only its tensor
   local bad = T.tmpname(".lpsm")

@@ -117,7 +117,8 @@ function M.weights(model, names, a)
       return list
     end
   end
-  error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i))", 2)
+  error("similarity: expected a model (a list of tensors, an lps.nn module or ms:tensors(i)), got a "
+    .. (tm == "table" and "table without tensors" or tm), 2)
 end
 
 -- Check that the weight-space reading of a second-order network (`what`,

@@ -13,6 +13,18 @@ local prior = require "lualps.similarity.prior"
 local M = {}
 
 local Sim = {}
+
+-- The weights of model x (models.weights), or an error that names
+-- operation `what` (and `which`, e.g. "argument 2", when given) rather than
+-- the layer below, raised at `level` (default 3: the caller's caller).
+local function weights_of(x, what, which, level)
+  local ok, w = pcall(models.weights, x)
+  if not ok then
+    error(("%s: %s%s"):format(what, which and (which .. ": ") or "",
+      (tostring(w):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^similarity: ", ""))), level or 3)
+  end
+  return w
+end
 Sim.__index = Sim
 M.Sim = Sim
 
@@ -47,7 +59,7 @@ end
 
 --- Embedding (1-D, unit norm) of one model.
 function Sim:embed(model)
-  local e = self.net:embed({models.weights(model)})
+  local e = self.net:embed({weights_of(model, "embed")})
   return e:reshape(e:size(2))
 end
 
@@ -88,8 +100,11 @@ end
 --- Similarity of two models: the cosine of their embeddings (unit norm),
 -- or for a hybrid model (lualps.similarity.hybrid) the hybrid score.
 function Sim:similarity(a, b)
-  if self.hy then return self.hy:similarity({models.weights(a)}, {models.weights(b)}):get(1, 1) end
-  local ea, eb = self:embed(a), self:embed(b)
+  if self.hy then
+    return self.hy:similarity({weights_of(a, "similarity", "argument 1")}, {weights_of(b, "similarity", "argument 2")}):get(1, 1)
+  end
+  local ea = self.net:embed({weights_of(a, "similarity", "argument 1")})
+  local eb = self.net:embed({weights_of(b, "similarity", "argument 2")})
   return (ea * eb):sum()
 end
 
@@ -168,7 +183,7 @@ local function scores_of(self, ms, query, self_index, what)
   if self.hy then
     if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
     local list = self:set_models(ms)
-    row = self.hy:similarity({self_index and list[self_index] or models.weights(query)}, list):reshape(-1):totable()
+    row = self.hy:similarity({self_index and list[self_index] or weights_of(query, what, nil, 4)}, list):reshape(-1):totable()
   else
     local E, q = query_embedding(self, ms, query, self_index, what)
     row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
@@ -255,14 +270,7 @@ function Sim:transferability(m)
   if not self.prior then
     error("transferability: this model has no transferability prior (trained without a fine-tuning matrix, or saved before priors were)", 2)
   end
-  local function weights(x, i)
-    local ok, w = pcall(models.weights, x)
-    if not ok then
-      error(("transferability: %s%s"):format(i and ("model %d: "):format(i) or "",
-        (tostring(w):gsub("^similarity: ", ""))), 3)
-    end
-    return w
-  end
+  local function weights(x, i) return weights_of(x, "transferability", i and ("model %d"):format(i), 4) end
   if type(m) == "table" and getmetatable(m) == nil and next(m) == nil then return {} end -- no models
   if type(m) == "table" and getmetatable(m) == nil and m[1] ~= nil and not core.is_tensor(m[1]) then
     local list = {}
