@@ -360,4 +360,19 @@ function TestArchParse:test_messages_name_nested_entries()
   lu.assertEquals(arch[1].type, "residual")
 end
 
+-- Found by a 15-minute fuzzing run: a residual block of unknown input whose
+-- identity shortcut knows no rank lent the body its (absent) sizes as 0, and
+-- the flatten after it divided by them (SIGFPE, the process killed).
+function TestArchParse:test_residual_of_unknown_input_then_flatten()
+  local text = '[{"type":"relu"},{"type":"residual","body":[{"type":"conv2d","in":8,"out":8,"kernel":3,' ..
+    '"stride":1,"padding":1}],"shortcut":[]},{"type":"flatten"},{"type":"linear","in":16,"out":10}]'
+  local _, _, shapes = lps.arch.check(text)
+  lu.assertEquals(shapes[2], {8, -1, -1}) -- the body's channels; the spatial sizes only the input tells
+  lu.assertEquals(shapes[3], {-1})
+  local m = lps.nn.from_arch(text)
+  local y = m:forward(lps.zeros(2, 8, 1, 2)) -- 8 x 1 x 2 = 16 features
+  lu.assertEquals(y:shape(), {2, 10})
+  T.assert_error_contains('"in" is 16 but its input (2x32) gives 32 features', m.forward, m, lps.zeros(2, 8, 2, 2))
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

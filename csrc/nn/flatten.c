@@ -19,6 +19,8 @@ static lps_status flat_flow(const lps_arch_entry *e, lps_flow *f)
     int64_t n = 1;
     for (int i = 0; i < f->rank; i++) {
         if (f->d[i] == LPS_ARCH_UNKNOWN) n = LPS_ARCH_UNKNOWN;
+        else if (f->d[i] < 1) /* no layer gives an empty size: guard the division */
+            return lps_flow_fail(f, LPS_ESHAPE, "%s from %s has an empty dimension", FSH(f->rank, f->d), f->from);
         else if (n != LPS_ARCH_UNKNOWN) {
             /* padding can grow sizes layer after layer: no overflow */
             if (n > ((int64_t)1 << 62) / f->d[i])

@@ -25,10 +25,12 @@ static lps_status res_flow(const lps_arch_entry *e, lps_flow *f)
         return lps_flow_fail(f, LPS_ESHAPE, "its branches do not add: the body gives %s but the "
                              "shortcut%s gives %s", FSH(b.rank, b.d),
                              e->shortcut && e->shortcut->n ? "" : " (the identity)", FSH(s.rank, s.d));
-    const lps_flow *r = b.rank ? &b : &s; /* the better known; unknown sizes from the other */
+    /* the better known; unknown sizes from the other when it knows its rank
+     * (a branch of unknown rank holds no sizes) */
+    const lps_flow *r = b.rank ? &b : &s, *o = r == &b ? &s : &b;
     f->rank = r->rank;
     for (int i = 0; i < r->rank; i++)
-        f->d[i] = r->d[i] != LPS_ARCH_UNKNOWN ? r->d[i] : r == &b ? s.d[i] : b.d[i];
+        f->d[i] = r->d[i] != LPS_ARCH_UNKNOWN || !o->rank ? r->d[i] : o->d[i];
     f->mult = r->mult;
     f->flat = r->flat;
     memcpy(f->pre, r->pre, sizeof f->pre);
