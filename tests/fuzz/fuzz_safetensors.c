@@ -62,8 +62,8 @@ static size_t check_list(const lps_arch *a, int known)
             else CHECK(e->v[k] >= f[k].lo && e->v[k] <= f[k].hi);
         }
         CHECK(e->rank >= 0 && e->rank <= 3);
-        for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 0 || e->shape[d] == LPS_ARCH_UNKNOWN);
-        if (known) for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 0);
+        for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1 || e->shape[d] == LPS_ARCH_UNKNOWN); /* no empty size */
+        if (known) for (int d = 0; d < e->rank; d++) CHECK(e->shape[d] >= 1);
         CHECK(lps_layer_type_branches(e->type) == (e->body != NULL));
         n += check_list(e->body, known) + check_list(e->shortcut, known);
     }
