@@ -138,6 +138,14 @@ function TestViews:test_index_rows()
   lu.assertEquals(a:index_rows(lps.tensor{2}):totable(), {{3, 4}})
   T.assert_error_contains("index 4 (position 2) out of range 1..3", a.index_rows, a, {1, 4})
   T.assert_error_contains("not an integer", a.index_rows, a, {1.5})
+  -- indices beyond int64 once converted (UBSan: signed overflow; found by
+  -- tests/fuzz/fuzz_lua_api.lua) are out of range, not undefined behaviour
+  T.assert_error_contains("index_rows: index 9.22337e+18 (position 1) out of range 1..3", a.index_rows, a,
+    {math.maxinteger})
+  T.assert_error_contains("index_rows: index inf (position 2) out of range 1..3", a.index_rows, a,
+    lps.tensor{1, math.huge})
+  T.assert_error_contains("index_rows: index -inf (position 1) out of range 1..3", a.index_rows, a,
+    lps.tensor{-math.huge})
 end
 
 TestMath = {}

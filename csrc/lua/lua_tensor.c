@@ -1,5 +1,6 @@
 /* lua_tensor.c - the lualps.Tensor userdata: creation, access, math, printing. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -359,6 +360,14 @@ static int l_index_rows(lua_State *L)
             lua_pop(L, 1);
         }
         if (v != floor(v)) return luaL_error(L, "index_rows: entry %d is not an integer", (int)k + 1);
+        /* beyond any row count (and clear of int64's ends, inf included):
+         * the conversion below would overflow */
+        if (fabs(v) > 0x1p62) {
+            char b[32];
+            snprintf(b, sizeof b, "%g", v);
+            return luaL_error(L, "index_rows: index %s (position %d) out of range 1..%d", b, (int)k + 1,
+                              (int)t->shape[0]);
+        }
         idx[k] = (int64_t)v - 1;
     }
     int64_t shape[LPS_MAX_DIMS];
