@@ -303,6 +303,12 @@ static int l_reshape(lua_State *L)
             continue;
         }
         if (shape[i] < 0) return luaL_error(L, "reshape: size %d is negative (%d)", i + 1, (int)shape[i]);
+        /* a product past the element limit never matches (and would overflow) */
+        if (shape[i] > 0 && known > LPS_MAX_NUMEL / shape[i]) {
+            char b[64];
+            return luaL_error(L, "reshape: cannot view %s (%d elements): size %d (%I) makes too many",
+                              lps_shape_str(t, b, sizeof b), (int)t->numel, i + 1, (lua_Integer)shape[i]);
+        }
         known *= shape[i] ? shape[i] : 1;
     }
     if (infer >= 0) {
