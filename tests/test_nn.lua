@@ -865,6 +865,11 @@ function TestFrozen:test_output_shape()
   lu.assertEquals(nn.relu():output_shape{2, 3}, {2, 3})
   T.assert_error_contains("channels", m.output_shape, m, {7, 2, 28, 28})
   lu.assertErrorMsgContains("sizes", m.output_shape, m, {7, -1})
+  -- sizes no tensor has: refused before the shape flow's arithmetic
+  -- overflowed (UBSan in conv2d's flow; found by the Lua API fuzzer)
+  T.assert_error_contains("sequential: element count overflows (limit 2^40) at dimension 4", m.output_shape, m,
+    {2, 1, 6, math.maxinteger})
+  T.assert_error_contains("relu: element count overflows", nn.relu().output_shape, nn.relu(), {1 << 31, 1 << 31})
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -323,6 +323,9 @@ lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, 
 {
     if (ndim < 1 || ndim > LPS_MAX_DIMS)
         return lps_fail(LPS_ESHAPE, "%s: input has %d dimensions", l->type->name, ndim);
+    /* sizes no tensor can have (more than 2^40 elements) would overflow
+     * the shape flows' arithmetic */
+    if (lps_shape_check(l->type->name, ndim, in, NULL)) return LPS_ESHAPE;
     if (l->type->out_shape) return l->type->out_shape(l, ndim, in, ondim, out);
     if (in[0] > INT32_MAX)
         return lps_fail(LPS_ESHAPE, "%s: a batch of %lld samples is more than BLAS takes", l->type->name,
