@@ -39,6 +39,11 @@ function TestNetView:test_kernel_features_centre_small_kernels()
   local row = U[1]:totable()
   -- a 3x3 kernel 0..8 inside a 5x5 window of zeros
   lu.assertEquals(row, {0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 5, 0, 0, 6, 7, 8, 0, 0, 0, 0, 0, 0})
+  -- a template size no tensor holds (its square overflowed int64: UBSan; the Lua API fuzzer)
+  for _, s in ipairs{math.mininteger, 0, 1 << 40} do
+    T.assert_error_contains("net_prepare: template size " .. s .. " out of range for 1 input channels",
+      K.net_prepare, {W, lps.zeros(2), lps.ones(1, 2), lps.zeros(1)}, false, s)
+  end
 end
 
 function TestNetView:test_mixing_and_importance_by_hand()

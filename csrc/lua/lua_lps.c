@@ -102,6 +102,11 @@ static int l_net_prepare(lua_State *L)
     LPS_LCHECK(L, lps_chain_normalize_units(nl, W, b, norm ? 0.0f : INFINITY));
     lua_createtable(L, 0, 5); /* 7: the result */
     if (W[0]->ndim == 4) {
+        /* s x s templates of every input channel must make a tensor (before
+         * the size, 2^63 and the like, overflowed the product below) */
+        if (s < 1 || s > (1 << 20) || W[0]->shape[1] > LPS_MAX_NUMEL / (s * s))
+            return luaL_error(L, "net_prepare: template size %I out of range for %d input channels", s,
+                              (int)W[0]->shape[1]);
         int64_t sh[2] = {W[0]->shape[0], W[0]->shape[1] * s * s};
         LPS_LCHECK(L, lps_conv_unit_features(lps_lua_newtensor(L, 2, sh), W[0], s));
     } else {
