@@ -215,6 +215,13 @@ function TestPool:test_errors()
   T.assert_error_contains("do not fit", K.sopool_forward, Z, w, nil, lps.zeros(10), 9)
   T.assert_error_contains(">= 0", K.sopool_forward, Z, lps.tensor{1, -1, 1})
   T.assert_error_contains("at least one unit", K.sopool_forward, lps.zeros(0, 2), lps.zeros(0))
+  -- embeddings of width 0 (memset of a NULL work matrix: UBSan; the Lua API fuzzer)
+  for _, mode in ipairs{"power", "plain", "mean", "sqrtm"} do
+    T.assert_error_contains("sopool_backward: unit embeddings must be 2-D with at least one unit and one feature, got (3x0)",
+      K.sopool_backward, lps.zeros(4), lps.zeros(3, 0), w, {mode = mode})
+    T.assert_error_contains("sopool_forward: unit embeddings must be 2-D with at least one unit and one feature, got (3x0)",
+      K.sopool_forward, lps.zeros(3, 0), w, {mode = mode})
+  end
   T.assert_error_contains("iterations", K.sopool_forward, Z, w, {mode = "sqrtm", iters = 0})
   T.assert_error_contains("eps", K.sopool_forward, Z, w, {mode = "power", eps = 0})
 end

@@ -16,9 +16,9 @@ static lps_status check(const char *op, const lps_tensor *out, int64_t off, cons
 {
     if (!o || (int)o->mode < LPS_SOPOOL_POWER || (int)o->mode > LPS_SOPOOL_MEAN)
         return lps_fail(LPS_EINVAL, "%s: unknown pooling mode", op);
-    if (Z->ndim != 2 || Z->shape[0] < 1)
-        return lps_fail(LPS_ESHAPE, "%s: unit embeddings must be 2-D with at least one unit, got %s",
-                        op, SH(Z));
+    if (Z->ndim != 2 || Z->shape[0] < 1 || Z->shape[1] < 1)
+        return lps_fail(LPS_ESHAPE, "%s: unit embeddings must be 2-D with at least one unit and one "
+                        "feature, got %s", op, SH(Z));
     int64_t h = Z->shape[0], d = Z->shape[1], n = lps_sopool_size(d, o->mode);
     if (d > 1024) /* d x d work matrices; far beyond any useful width */
         return lps_fail(LPS_ESHAPE, "%s: embedding width %lld is above 1024", op, (long long)d);
