@@ -137,6 +137,20 @@ fuzz-modelset: build/fuzz/fuzz_modelset build/fuzz/seeds_modelset/.done
 	build/fuzz/fuzz_modelset -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) -dict=tests/fuzz/modelset.dict \
 	  -print_final_stats=1 -artifact_prefix=build/fuzz/ -rss_limit_mb=2048 \
 	  build/fuzz/corpus_modelset build/fuzz/seeds_modelset
+# The Lua API under hostile arguments (tests/fuzz/fuzz_lua_api.lua: every
+# C-backed function and method with random argument lists, each under
+# pcall) against the ASan+UBSan build; a crash or sanitizer report fails it
+# and leaves the call log in the sandbox it names (its last line is the
+# call; a hang is killed 2 min past the time). `make fuzz-lua
+# FUZZ_LUA_SECONDS=600 FUZZ_SEED=7` runs longer; the seed fixes the calls.
+FUZZ_LUA_SECONDS ?= 60
+.PHONY: fuzz-lua
+fuzz-lua: lib build/asan/lualps/core.so
+	@timeout $$(( $(FUZZ_LUA_SECONDS) + 120 )) env LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	  LUA_CPATH="./build/asan/?.so;;" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+	  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:allocator_may_return_null=1:max_allocation_size_mb=1024" \
+	  $(LUA) tests/fuzz/fuzz_lua_api.lua --seed $(FUZZ_SEED) --seconds $(FUZZ_LUA_SECONDS) --quiet
+
 # CI: both readers briefly, from a fixed seed (FUZZ_SEED 0 elsewhere: libFuzzer
 # picks one): on a clean clone (seeds only, no corpus yet) a CI run follows
 # the same sequence of inputs as the last one on the same code, as far as
