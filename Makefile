@@ -151,7 +151,7 @@ fuzz-lua: lib build/asan/lualps/core.so
 	  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:allocator_may_return_null=1:max_allocation_size_mb=1024" \
 	  $(LUA) tests/fuzz/fuzz_lua_api.lua --seed $(FUZZ_SEED) --seconds $(FUZZ_LUA_SECONDS) --quiet
 
-# CI: both readers briefly, from a fixed seed (FUZZ_SEED 0 elsewhere: libFuzzer
+# CI: both readers and the Lua API briefly, from a fixed seed (FUZZ_SEED 0 elsewhere: libFuzzer
 # picks one): on a clean clone (seeds only, no corpus yet) a CI run follows
 # the same sequence of inputs as the last one on the same code, as far as
 # its time allows, so a finding there is less luck of the draw; `make
@@ -160,3 +160,4 @@ fuzz-lua: lib build/asan/lualps/core.so
 fuzz-smoke: lib
 	@$(MAKE) --no-print-directory fuzz-modelset FUZZ_SECONDS=30 FUZZ_SEED=1
 	@$(MAKE) --no-print-directory fuzz-safetensors FUZZ_TIME=20 FUZZ_SEED=1
+	@$(MAKE) --no-print-directory fuzz-lua FUZZ_LUA_SECONDS=20 FUZZ_SEED=1

@@ -100,8 +100,15 @@ local function describe(v, depth)
     return ("%.17g"):format(v)
   elseif t == "table" then
     if depth > 2 then return "{...}" end
-    local parts, n = {}, 0
-    for k, x in next, v do
+    local parts, n, ks = {}, 0, {}
+    for k in next, v do ks[#ks + 1] = k end -- sorted: the same log in every run
+    table.sort(ks, function(a, b)
+      if type(a) ~= type(b) then return type(a) < type(b) end
+      if type(a) == "number" or type(a) == "string" then return a < b end
+      return false
+    end)
+    for _, k in ipairs(ks) do
+      local x = v[k]
       n = n + 1
       if n > 8 then parts[#parts + 1] = "..."; break end
       if x == v then parts[#parts + 1] = "[" .. describe(k, 3) .. "]=<self>"
@@ -702,11 +709,27 @@ while calls < opts.calls do
   end
   if calls % 200 == 0 then collectgarbage() end
 end
+local reached = {}
+for k in pairs(corpus) do reached[k] = true end
+corpus = {} -- the last references to open sets: the collector closes them
 collectgarbage(); collectgarbage()
+-- No call may damage a model set: every set made here (closed by now, by
+-- the calls or the collector) verifies.
+local damaged = 0
+for i = 1, ms_counter do
+  local path = ("ms%d.lpsm"):format(i)
+  local ok, good, problems = pcall(lps.modelset.verify, path)
+  if not ok or not good then
+    damaged = damaged + 1
+    io.stderr:write(("fuzz_lua_api: model set %s damaged: %s\n"):format(path,
+      ok and describe(problems and problems[1]) or tostring(good)))
+  end
+end
+if damaged > 0 then os.exit(3) end
 if opts.stats then
   -- the targets no call reached without error (past their checks)
   local never = {}
-  for _, tg in ipairs(targets) do if not corpus[tg[1]] then never[#never + 1] = tg[1] end end
+  for _, tg in ipairs(targets) do if not reached[tg[1]] then never[#never + 1] = tg[1] end end
   print("never ran without error: " .. table.concat(never, " "))
 end
 log:write("done\n"); log:close()
