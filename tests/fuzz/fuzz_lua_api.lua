@@ -244,9 +244,18 @@ local function valid_bytes()
   return '{"__metadata__":{},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}'
 end
 
-local cyclic = {}; cyclic[1] = cyclic; cyclic.self = cyclic
-local with_mt = setmetatable({}, {__index = function() error("index metamethod") end,
-  __len = function() return 3 end})
+-- Fresh tables every time: a call may store into the tables it is given
+-- (t[k] = v), and a shared one would keep objects (an open set) alive.
+local function cyclic() local c = {}; c[1] = c; c.self = c; return c end
+local function with_mt()
+  return setmetatable({}, {__index = function() error("index metamethod") end, __len = function() return 3 end})
+end
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local c = {}
+  for k, x in next, v do c[k] = deep_copy(x) end
+  return c
+end
 
 local scalars = {
   function() return nil end, function() return true end, function() return false end,
@@ -265,7 +274,7 @@ local scalars = {
   function() return "\0" end, function() return string.rep("A", 1 << 16) end,
   function() return "nofile.lpsm" end, function() return "out.safetensors" end,
   function() return "[" end, function() return "[]" end, function() return "{}" end,
-  function() return '[{"type":"flatten"}]' end, function() return pick(archs) end,
+  function() return '[{"type":"flatten"}]' end, function() return deep_copy(pick(archs)) end,
   function() return '[{"type":"linear","in":0,"out":0}]' end,
   function() return '[{"type":"conv2d","in":1,"out":1,"kernel":0}]' end,
   function() return valid_bytes() end,
@@ -273,7 +282,7 @@ local scalars = {
 
 local tables = {
   function() return {} end, function() return {{}} end, function() return {{{}}} end,
-  function() return cyclic end, function() return with_mt end,
+  cyclic, with_mt,
   function() return {1, 2, 3} end, function() return {0} end, function() return {-1} end,
   function() return {1.5} end, function() return {0 / 0} end, function() return {math.maxinteger} end,
   function() return {1, nil, 3} end, function() return {"a", "b"} end, function() return {2, 3} end,
@@ -409,9 +418,9 @@ local seeds = {
   ["nn.mlp"] = {{4, 3, 2}}, ["nn.batchnorm1d"] = {3}, ["nn.batchnorm2d"] = {2}, ["nn.adaptive_avgpool2d"] = {1},
   ["nn.residual"] = function() return {nn.sequential{nn.linear(3, 3)}} end,
   ["nn.sequential"] = function() return {{nn.linear(4, 3), nn.relu()}} end,
-  ["nn.layer"] = {"linear", {["in"] = 3, out = 2}}, ["nn.from_arch"] = function() return {archs[2]} end,
+  ["nn.layer"] = {"linear", {["in"] = 3, out = 2}}, ["nn.from_arch"] = function() return {deep_copy(archs[2])} end,
   ["core._nn.cross_entropy"] = function() return {X(3, 2), {1, 2, 1}} end,
-  ["arch.check"] = function() return {archs[2]} end, ["arch.of_legacy_spec"] = {"mlp-4-3-2"},
+  ["arch.check"] = function() return {deep_copy(archs[2])} end, ["arch.of_legacy_spec"] = {"mlp-4-3-2"},
   ["safetensors.encode"] = function() return {{w = X(2, 3)}, {a = "b"}} end,
   ["safetensors.decode"] = function() return {lps.safetensors.encode{w = X(2, 3)}} end,
   ["safetensors.decode_header"] = function() return {lps.safetensors.encode{w = X(2, 3)}} end,
@@ -711,7 +720,7 @@ while calls < opts.calls do
 end
 local reached = {}
 for k in pairs(corpus) do reached[k] = true end
-corpus = {} -- the last references to open sets: the collector closes them
+corpus, seeds = {}, nil -- the last references to open sets: the collector closes them
 collectgarbage(); collectgarbage()
 -- No call may damage a model set: every set made here (closed by now, by
 -- the calls or the collector) verifies.
