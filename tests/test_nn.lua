@@ -870,6 +870,10 @@ function TestFrozen:test_output_shape()
   T.assert_error_contains("sequential: element count overflows (limit 2^40) at dimension 4", m.output_shape, m,
     {2, 1, 6, math.maxinteger})
   T.assert_error_contains("relu: element count overflows", nn.relu().output_shape, nn.relu(), {1 << 31, 1 << 31})
+  -- and beside an empty batch, where the product alone stays 0
+  T.assert_error_contains("sequential: element count overflows (limit 2^40) at dimension 4", m.output_shape, m,
+    {0, 1, 6, math.maxinteger})
+  T.assert_error_contains("zeros: element count overflows (limit 2^40) at dimension 2", lps.zeros, 0, math.maxinteger)
 end
 
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -169,7 +169,9 @@ lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64
         if (shape[i] < 0)
             return lps_fail(LPS_ESHAPE, "%s: size %lld of dimension %d is negative", op,
                             (long long)shape[i], i + 1);
-        if (shape[i] > 0 && n > LPS_MAX_NUMEL / shape[i])
+        /* a size past the limit is refused even beside a 0 (an empty tensor
+         * of such a shape would still overflow the shape flows' arithmetic) */
+        if (shape[i] > LPS_MAX_NUMEL || (shape[i] > 0 && n > LPS_MAX_NUMEL / shape[i]))
             return lps_fail(LPS_ENOMEM, "%s: element count overflows (limit 2^40) at dimension %d",
                             op, i + 1);
         n *= shape[i];

@@ -306,8 +306,8 @@ static int l_reshape(lua_State *L)
         /* a product past the element limit never matches (and would overflow) */
         if (shape[i] > 0 && known > LPS_MAX_NUMEL / shape[i]) {
             char b[64];
-            return luaL_error(L, "reshape: cannot view %s (%d elements): size %d (%I) makes too many",
-                              lps_shape_str(t, b, sizeof b), (int)t->numel, i + 1, (lua_Integer)shape[i]);
+            return luaL_error(L, "reshape: cannot view %s (%I elements): size %d (%I) makes too many",
+                              lps_shape_str(t, b, sizeof b), (lua_Integer)t->numel, i + 1, (lua_Integer)shape[i]);
         }
         known *= shape[i] ? shape[i] : 1;
     }
@@ -371,8 +371,8 @@ static int l_index_rows(lua_State *L)
         if (fabs(v) > 0x1p62) {
             char b[32];
             snprintf(b, sizeof b, "%g", v);
-            return luaL_error(L, "index_rows: index %s (position %d) out of range 1..%d", b, (int)k + 1,
-                              (int)t->shape[0]);
+            return luaL_error(L, "index_rows: index %s (position %d) out of range 1..%I", b, (int)k + 1,
+                              (lua_Integer)t->shape[0]);
         }
         idx[k] = (int64_t)v - 1;
     }
