@@ -26,21 +26,17 @@
 -- training loop runs at most 2 epochs on small data.
 -- The last line: "fuzz_lua_api: N calls, M errors raised, 0 crashes".
 
-local opts = {seed = 1, seconds = 20, calls = math.maxinteger, log = nil, quiet = false}
-do
-  local i = 1
-  while i <= #arg do
-    local a = arg[i]
-    if a == "--quiet" then opts.quiet = true
-    elseif a == "--stats" then opts.stats = true
-    elseif a == "--seed" or a == "--seconds" or a == "--calls" then
-      opts[a:sub(3)] = assert(math.tointeger(tonumber(arg[i + 1])), a .. " needs an integer"); i = i + 1
-    elseif a == "--log" then opts.log = arg[i + 1]; i = i + 1
-    elseif a == "--in-sandbox" then opts.sandboxed = true
-    else error("fuzz_lua_api: unknown argument " .. a) end
-    i = i + 1
-  end
-end
+local parser = require("argparse")("fuzz_lua_api.lua", "The Lua API under hostile arguments")
+parser:option("--seed", "the seed: the same seed makes the same calls", "1"):convert(math.tointeger)
+parser:option("--seconds", "how long to call", "20"):convert(math.tointeger)
+parser:option("--calls", "stop after this many calls (replaying a crash)", tostring(math.maxinteger))
+  :convert(math.tointeger)
+parser:option("--log", "the call log (default fuzz_lua_api.log in the sandbox)")
+parser:flag("--quiet", "print the last line only")
+parser:flag("--stats", "list the targets no call got through")
+parser:flag("--in-sandbox", "(internal) already running in the sandbox directory")
+local opts = parser:parse()
+opts.sandboxed = opts.in_sandbox
 
 -- Re-run inside a fresh directory, so that every relative path the
 -- calls write (model sets, safetensors files) lands there.
