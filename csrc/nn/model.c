@@ -318,14 +318,11 @@ lps_status lps_layer_arch(const lps_layer *l, lps_arch **out)
 
 /* ------------------------------------------------------ checked calls */
 
-lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
-                               int64_t *out)
+/* The output shape of l for input sizes a tensor can have (1 to
+ * LPS_MAX_DIMS of them, at most 2^40 elements): a layer's own forward and
+ * a sequential's children, whose sizes come from such an input. */
+static lps_status out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim, int64_t *out)
 {
-    if (ndim < 1 || ndim > LPS_MAX_DIMS)
-        return lps_fail(LPS_ESHAPE, "%s: input has %d dimensions", l->type->name, ndim);
-    /* sizes no tensor can have (more than 2^40 elements) would overflow
-     * the shape flows' arithmetic */
-    if (lps_shape_check(l->type->name, ndim, in, NULL)) return LPS_ESHAPE;
     if (l->type->out_shape) return l->type->out_shape(l, ndim, in, ondim, out);
     if (in[0] > INT32_MAX)
         return lps_fail(LPS_ESHAPE, "%s: a batch of %lld samples is more than BLAS takes", l->type->name,
@@ -368,12 +365,23 @@ lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, 
     return LPS_OK;
 }
 
+lps_status lps_layer_out_shape(const lps_layer *l, int ndim, const int64_t *in, int *ondim,
+                               int64_t *out)
+{
+    if (ndim < 1 || ndim > LPS_MAX_DIMS)
+        return lps_fail(LPS_ESHAPE, "%s: input has %d dimensions", l->type->name, ndim);
+    /* sizes no tensor can have (more than 2^40 elements) would overflow
+     * the shape flows' arithmetic: checked once, where sizes come in */
+    if (lps_shape_check(l->type->name, ndim, in, NULL)) return LPS_ESHAPE;
+    return out_shape(l, ndim, in, ondim, out);
+}
+
 static lps_status check_out(const lps_layer *l, const lps_tensor *x, const lps_tensor *y,
                             const char *what)
 {
     int nd;
     int64_t shape[LPS_MAX_DIMS];
-    lps_status s = lps_layer_out_shape(l, x->ndim, x->shape, &nd, shape);
+    lps_status s = out_shape(l, x->ndim, x->shape, &nd, shape);
     if (s) return s;
     lps_tensor want = lps_view_as(y, nd, shape);
     if (!lps_same_shape(&want, y))
@@ -594,7 +602,7 @@ static lps_status seq_shapes(const lps_layer *l, int ndim, const int64_t *in, in
     for (int i = 0; i < l->nchildren; i++) {
         int nnd;
         int64_t next[LPS_MAX_DIMS];
-        lps_status s = lps_layer_out_shape(l->children[i], nd, cur, &nnd, next);
+        lps_status s = out_shape(l->children[i], nd, cur, &nnd, next);
         if (s) {
             char msg[1024];
             lps_fmt(msg, sizeof msg, "%s", lps_errmsg());
