@@ -123,6 +123,8 @@ function TestSimilarityAPI:test_bad_input()
     "similarity: argument 2: expected a model %(.*%), got string")
   lu.assertStrMatches(err_of(self.sim.similarity, self.sim, {}, m1),
     "similarity: argument 1: expected a model %(.*%), got a table without tensors")
+  lu.assertStrMatches(err_of(self.sim.nearest, self.sim, self.ms, {}, 3),
+    "nearest: expected a model %(.*%), got a table without tensors")
   -- a record the network cannot read (NaN weights): embed_set, nearest and
   -- the CLI name it, not only its tensor
   local bad = T.tmpname(".lpsm")

@@ -13,6 +13,8 @@ local prior = require "lualps.similarity.prior"
 local M = {}
 
 local Sim = {}
+Sim.__index = Sim
+M.Sim = Sim
 
 -- The weights of model x (models.weights), or an error that names
 -- operation `what` (and `which`, e.g. "argument 2", when given) rather than
@@ -25,8 +27,13 @@ local function weights_of(x, what, which, level)
   end
   return w
 end
-Sim.__index = Sim
-M.Sim = Sim
+
+-- The embedding (1-D, unit norm) of model x, errors as weights_of's (level
+-- counted from weights_of, which runs one call deeper).
+local function embed_of(self, x, what, which, level)
+  local e = self.net:embed({weights_of(x, what, which, level)})
+  return e:reshape(e:size(2))
+end
 
 -- Open a set given by path; returns it and whether we opened it.
 function M.as_set(ms)
@@ -59,8 +66,8 @@ end
 
 --- Embedding (1-D, unit norm) of one model.
 function Sim:embed(model)
-  local e = self.net:embed({weights_of(model, "embed")})
-  return e:reshape(e:size(2))
+  local e = embed_of(self, model, "embed", nil, 4) -- not a tail call: the error level counts this frame
+  return e
 end
 
 --- Embeddings (N x e) of every model of a set (a set or a path), streamed
@@ -103,8 +110,8 @@ function Sim:similarity(a, b)
   if self.hy then
     return self.hy:similarity({weights_of(a, "similarity", "argument 1")}, {weights_of(b, "similarity", "argument 2")}):get(1, 1)
   end
-  local ea = self.net:embed({weights_of(a, "similarity", "argument 1")})
-  local eb = self.net:embed({weights_of(b, "similarity", "argument 2")})
+  local ea = embed_of(self, a, "similarity", "argument 1", 4)
+  local eb = embed_of(self, b, "similarity", "argument 2", 4)
   return (ea * eb):sum()
 end
 
@@ -173,7 +180,7 @@ local function query_embedding(self, ms, query, self_index, what)
     if not util.finite(query:sum()) then error(what .. ": the query embedding is not finite", 3) end
     return E, query
   end
-  return E, self:embed(query)
+  return E, embed_of(self, query, what, nil, 5)
 end
 
 -- The scores of every model of set `ms` against `query` (as nearest takes
