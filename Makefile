@@ -146,10 +146,9 @@ fuzz-modelset: build/fuzz/fuzz_modelset build/fuzz/seeds_modelset/.done
 FUZZ_LUA_SECONDS ?= 60
 .PHONY: fuzz-lua
 fuzz-lua: lib build/asan/lualps/core.so
-	@timeout $$(( $(FUZZ_LUA_SECONDS) + 120 )) env LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
-	  LUA_CPATH="./build/asan/?.so;;" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-	  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:allocator_may_return_null=1:max_allocation_size_mb=1024" \
-	  $(LUA) tests/fuzz/fuzz_lua_api.lua --seed $(FUZZ_SEED) --seconds $(FUZZ_LUA_SECONDS) --quiet
+	@timeout $$(( $(FUZZ_LUA_SECONDS) + 120 )) env LUA_BIN=$(LUA) \
+	  ASAN_EXTRA="allocator_may_return_null=1:max_allocation_size_mb=1024" \
+	  scripts/asan_lua.sh tests/fuzz/fuzz_lua_api.lua --seed $(FUZZ_SEED) --seconds $(FUZZ_LUA_SECONDS) --quiet
 
 # CI: both readers and the Lua API briefly, from a fixed seed (FUZZ_SEED 0 elsewhere: libFuzzer
 # picks one): on a clean clone (seeds only, no corpus yet) a CI run follows
