@@ -150,13 +150,14 @@ void lps_floats_cached(int *blocks, size_t *bytes)
 
 void lps_floats_cache_clear(void)
 {
+    char *out[CACHE_SLOTS];
     pthread_mutex_lock(&cache_lock);
-    while (cache.n) {
-        char *p = cache.p[0];
-        cache_remove(0);
-        free(head_of(p).chunk);
-    }
+    int n = cache.n;
+    memcpy(out, cache.p, sizeof *out * (size_t)n);
+    cache.n = 0;
+    cache.bytes = 0;
     pthread_mutex_unlock(&cache_lock);
+    for (int i = 0; i < n; i++) free(head_of(out[i]).chunk); /* outside the lock, as cache_put frees */
 }
 
 lps_status lps_shape_check(const char *op, int ndim, const int64_t *shape, int64_t *numel)
