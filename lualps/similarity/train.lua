@@ -5,6 +5,7 @@ local core = require "lualps.core"
 local optim = require "lualps.optim"
 local util = require "lualps.util"
 local base = require "lualps.similarity.base"
+local archnet = require "lualps.similarity.archnet"
 
 local M = {}
 
@@ -42,11 +43,11 @@ M.train_defaults = {
 }
 
 -- Check train_network's template_aug option for net: false/nil (off) or a
--- table of strengths (numbers >= 0) keyed by the network's transforms
--- (archnet's template_aug_keys). Returns the table, or nil when every
--- strength is 0 (off: nothing is drawn). A default (not `given`) applies
--- only where there are templates to transform; given, it raises for other
--- networks. Raises at the caller's caller.
+-- table of strengths (numbers >= 0) keyed by archnet's template_aug_keys.
+-- Returns the table, or nil when every strength is 0 (off: nothing is
+-- drawn). A default (not `given`) applies only where there are templates to
+-- transform; given with a strength > 0, it raises for other networks.
+-- Raises at the caller's caller.
 local function check_template_aug(aug, net, given)
   if aug == false or aug == nil then return nil end
   local templates = net.augment_templates and net.has_slot and net:has_slot("templates")
@@ -54,12 +55,9 @@ local function check_template_aug(aug, net, given)
   if type(aug) ~= "table" then
     error(("train_network: template_aug must be false or a table of strengths, got %s"):format(tostring(aug)), 3)
   end
-  local keys = net.augment_templates and net.template_aug_keys or nil
+  local keys = archnet.template_aug_keys
   local on = false
   for k, v in pairs(aug) do
-    if not keys then
-      error("train_network: template_aug needs a network with the templates slot's transforms (lps.similarity.network with families)", 3)
-    end
     if not keys[k] then
       local names = {}
       for n in pairs(keys) do names[#names + 1] = n end
@@ -73,7 +71,7 @@ local function check_template_aug(aug, net, given)
   end
   if not on then return nil end
   if not templates then
-    error("train_network: template_aug needs a network with the templates slot", 3)
+    error("train_network: template_aug needs a network with the templates slot (lps.similarity.network with families)", 3)
   end
   return aug
 end
