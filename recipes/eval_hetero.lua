@@ -68,7 +68,7 @@ local make = {
   tm_and_probe_directed = function() return B.methods.probe_matching{probe = 0.5, directed = true, name = "tm_and_probe_directed"} end,
 }
 local metrics = {"top1", "map", "novel_map", "heldout_arch_rank1", "cross_family_rank1", "cross_source_map", "heldout_family_rank1",
-  "tau_transfer", "tau_transfer_per_target", "tau_transfer_coherence", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
+  "mixed_rank1", "mixed_resnet_rank1", "tau_transfer", "tau_transfer_per_target", "tau_transfer_coherence", "selection_accuracy", "selection_regret", "accuracy_tau", "nuisance_map_family"}
 local function show(name, r)
   local parts = {}
   for _, m in ipairs(metrics) do parts[#parts + 1] = r[m] == r[m] and r[m] and ("%s %.3f"):format(m, r[m]) or m .. " –" end

@@ -150,11 +150,59 @@ end
 -- evaluate runs the named protocols in their order, and its metrics are
 -- what they return: here the ones this set defines (no novel classes,
 -- held-out architectures, families or pool), with the oracle's known answers.
+-- The mixed zoo (h): (g)'s ResNets and gallery as one zoo, each model a
+-- query against all the others, by the view's rank where it has one
+-- (mixed_*) and by its similarity (mixed_raw_*). Here the two ResNets
+-- score 0.9 with each other (another task), same-task pairs 0.5, the rest
+-- 0.1: by similarity each ResNet's first is the other (0 of 2; AP (1/2 +
+-- 2/3) / 2 for both), the MLPs find their task (ties: the earlier id).
+function TestBenchmark:test_mixed_zoo_by_hand()
+  local ids = {"r1", "r2", "m1", "m2", "m3", "m4"}
+  local task = {r1 = 1, r2 = 2, m1 = 1, m2 = 1, m3 = 2, m4 = 2}
+  local S = {byid = {}, models = {}, meta = {}}
+  for i, id in ipairs(ids) do S.byid[id], S.models[i], S.meta[i] = i, {}, {task = task[id]} end
+  local function matrix(f)
+    return function(x, y)
+      local out = lps.zeros(#x, #y)
+      for i, a in ipairs(x) do for j, b in ipairs(y) do out:set(i, j, f(a, b)) end end
+      return out
+    end
+  end
+  local sim = matrix(function(a, b)
+    if a == b then return 1 end
+    if a:sub(1, 1) == "r" and b:sub(1, 1) == "r" then return 0.9 end
+    return task[a] == task[b] and 0.5 or 0.1
+  end)
+  local rank = matrix(function(a, b) return task[a] == task[b] and 1 or 0 end)
+  local run
+  for _, p in ipairs(B.protocols) do if p.name == "mixed_zoo" then run = p.run end end
+  local c = {S = S, sp = {heldout_family = {query = {"r1", "r2"}, gallery = {"m1", "m2", "m3", "m4"}}}, vr = {sim = sim, rank = rank}}
+  local r = run(c)
+  local ap = (1 / 2 + 2 / 3) / 2
+  lu.assertAlmostEquals(r.mixed_raw_rank1, 4 / 6, 1e-12)
+  lu.assertAlmostEquals(r.mixed_raw_map, (2 * ap + 4) / 6, 1e-6)
+  lu.assertEquals(r.mixed_raw_resnet_rank1, 0)
+  lu.assertAlmostEquals(r.mixed_raw_resnet_map, ap, 1e-6)
+  lu.assertEquals({r.mixed_rank1, r.mixed_map, r.mixed_resnet_rank1, r.mixed_resnet_map}, {1, 1, 1, 1})
+  -- a method without rank: its similarity gives mixed_*, and no mixed_raw_*
+  c.vr.rank = nil
+  local r2 = run(c)
+  lu.assertAlmostEquals(r2.mixed_rank1, 4 / 6, 1e-12)
+  lu.assertEquals(r2.mixed_resnet_rank1, 0)
+  lu.assertNil(r2.mixed_raw_rank1)
+  -- pairwise-only methods (k per task) and sets without (g): nothing
+  c.k = 1
+  lu.assertNil(run(c))
+  c.k, c.sp = nil, {}
+  lu.assertNil(run(c))
+end
+
 function TestBenchmark:test_protocols_run_in_order()
   local names = {}
   for i, p in ipairs(B.protocols) do names[i] = p.name end
   lu.assertEquals(names, {"classification", "retrieval", "clustering", "relations", "cross_setting", "novel",
-    "heldout_arch", "cross_family", "cross_source", "heldout_family", "nuisance", "accuracy_prediction", "selection"})
+    "heldout_arch", "cross_family", "cross_source", "heldout_family", "mixed_zoo", "nuisance", "accuracy_prediction",
+    "selection"})
   local saved, ran, given = B.protocols, {}, {}
   B.protocols = {}
   for i, p in ipairs(saved) do

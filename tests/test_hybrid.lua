@@ -335,6 +335,102 @@ function TestHybrid:test_fitted_hybrid_reads_batch_norm_models_by_probe()
   lu.assertEquals({f.hybrid.probe_bn, f.hybrid.probe_bn_both}, {1, 0.5})
 end
 
+-- A ranking on one scale per kind (H.group_z): each row z-scored within
+-- the batch-norm models and within the others, a model against itself and
+-- non-finite scores left out of the mean and sd, a group of one at z 0.
+function TestHybrid:test_group_z_by_hand()
+  local q, A, B, C, D, E, F = {}, {}, {}, {}, {}, {}, {}
+  local S = lps.tensor{{0.9, 0.5, 0.2, 0.4, 0.9, 1.0, 0 / 0}, {0.3, 0.7, 0.1, -1 / 0, 0.5, 0.5, 0.8}}
+  local b, bn = {A, B, C, D, E, q, F}, {true, true, false, false, false, false, false}
+  local Z = H.group_z(S, {q, A}, b, bn)
+  local function x(i, j) return S:get(i, j) end -- the float32 values
+  -- row 1: batch-norm {A, B}: mean and sd of 0.9, 0.5; the others {C, D, E} (q is itself, F NaN)
+  local m, sd = (x(1, 1) + x(1, 2)) / 2, math.abs(x(1, 1) - x(1, 2)) / 2
+  lu.assertAlmostEquals(Z:get(1, 1), (x(1, 1) - m) / sd, 1e-5)
+  lu.assertAlmostEquals(Z:get(1, 2), (x(1, 2) - m) / sd, 1e-5)
+  m = (x(1, 3) + x(1, 4) + x(1, 5)) / 3
+  sd = math.sqrt(((x(1, 3) - m) ^ 2 + (x(1, 4) - m) ^ 2 + (x(1, 5) - m) ^ 2) / 3)
+  for j = 3, 6 do lu.assertAlmostEquals(Z:get(1, j), (x(1, j) - m) / sd, 1e-5) end
+  lu.assertAlmostEquals(Z:get(1, 5), 1.3587, 1e-3) -- E: 0.9 of 0.2, 0.4, 0.9 (mean 0.5, sd 0.2944)
+  lu.assertTrue(Z:get(1, 7) ~= Z:get(1, 7)) -- NaN stays NaN
+  -- so E ranks above A (z 1), where the raw scores tie at 0.9
+  lu.assertTrue(Z:get(1, 5) > Z:get(1, 1))
+  -- row 2 (query A, itself at column 1): the batch-norm group is B alone: z 0; -inf stays
+  lu.assertEquals(Z:get(2, 2), 0)
+  lu.assertEquals(Z:get(2, 4), -math.huge)
+  m = (x(2, 3) + x(2, 5) + x(2, 6) + x(2, 7)) / 4
+  sd = math.sqrt(((x(2, 3) - m) ^ 2 + (x(2, 5) - m) ^ 2 + (x(2, 6) - m) ^ 2 + (x(2, 7) - m) ^ 2) / 4)
+  lu.assertAlmostEquals(Z:get(2, 7), (x(2, 7) - m) / sd, 1e-5)
+  -- equal scores in a group: z 0, not NaN
+  local Z2 = H.group_z(lps.tensor{{0.4, 0.4, 0.1}}, {q}, {A, B, C}, {false, false, true})
+  lu.assertEquals(Z2:totable(), {{0, 0, 0}})
+  lu.assertEquals(S:get(1, 1), x(1, 1)) -- the caller's scores are left as they were
+  T.assert_error_contains("hybrid.group_z: need one flag per gallery model, 3, got 2", H.group_z, lps.tensor{{1, 2, 3}},
+    {q}, {A, B, C}, {true, false})
+end
+
+-- nearest over a set of MLPs and batch-norm models ranks by score, each
+-- pair's hybrid similarity z-scored within its kind, and shows the
+-- similarity beside it; over MLPs alone it ranks by the similarity itself.
+function TestHybrid:test_nearest_ranks_a_mixed_set_within_each_kind()
+  local models, y = zoo(2)
+  local f = fit({hybrid = {w_grid = {0}}}, models, y)
+  local sim = lps.similarity.wrap(f.net, f.classes, f.hybrid)
+  local arch = {{type = "input", shape = {1, 28, 28}}, {type = "conv2d", ["in"] = 1, out = 4, kernel = 3, padding = 1},
+    {type = "batchnorm2d", features = 4}, {type = "relu"}, {type = "adaptive_avgpool2d", output = 1},
+    {type = "flatten"}, {type = "linear", ["in"] = 4, out = 3}}
+  local path = T.tmpname(".lpsm")
+  local out = lps.modelset.create(path, {overwrite = true})
+  local mlps = {1, 2, 6, 7, 11} -- tasks 1, 1, 2, 2, 3
+  for k, i in ipairs(mlps) do
+    out:append_tensors({{name = "0.weight", tensor = models[i][1]}, {name = "0.bias", tensor = models[i][2]}},
+      {id = "m" .. k, task = y[i]})
+  end
+  for s = 1, 3 do
+    local g = lps.generator(40 + s)
+    out:append(T.randomize_state(lps.nn.from_arch(arch, g), g):eval(), {id = "bn" .. s, task = 9})
+  end
+  out:close()
+  local ms <close> = lps.modelset.open(path)
+  local list = sim:set_models(ms) -- each record's weights, as nearest reads them
+  for _, query in ipairs{1, 6} do -- an MLP, a batch-norm model
+    local raw, kind = {}, {}
+    for j = 1, #ms do
+      if j ~= query then raw[j], kind[j] = sim:similarity(list[query], list[j]), j > #mlps end
+    end
+    local want = {}
+    for _, bn in ipairs{true, false} do
+      local n, m, ss = 0, 0, 0
+      for j, v in pairs(raw) do if kind[j] == bn then n, m = n + 1, m + v end end
+      m = m / n
+      for j, v in pairs(raw) do if kind[j] == bn then ss = ss + (v - m) ^ 2 end end
+      for j, v in pairs(raw) do if kind[j] == bn then want[j] = (v - m) / math.sqrt(ss / n) end end
+    end
+    local r = sim:nearest(ms, query, #ms - 1)
+    lu.assertEquals(#r, #ms - 1)
+    for k = 1, #r do
+      lu.assertAlmostEquals(r[k].score, want[r[k].index], 1e-4)
+      lu.assertAlmostEquals(r[k].similarity, raw[r[k].index], 1e-5)
+      if k > 1 then lu.assertTrue(r[k - 1].score >= r[k].score) end
+    end
+    lu.assertStrContains(tostring(r), "score  similarity")
+  end
+  -- the MLPs alone: the similarity itself, no second column
+  local path2 = T.tmpname(".lpsm")
+  local out2 = lps.modelset.create(path2, {overwrite = true})
+  for k, i in ipairs(mlps) do
+    out2:append_tensors({{name = "0.weight", tensor = models[i][1]}, {name = "0.bias", tensor = models[i][2]}},
+      {id = "m" .. k, task = y[i]})
+  end
+  out2:close()
+  local ms2 <close> = lps.modelset.open(path2)
+  local r2 = sim:nearest(ms2, 1, 4)
+  lu.assertNil(r2[1].similarity)
+  local list2 = sim:set_models(ms2)
+  lu.assertAlmostEquals(r2[1].score, sim:similarity(list2[1], list2[r2[1].index]), 1e-5)
+  lu.assertFalse(tostring(r2):find("similarity", 1, true) ~= nil)
+end
+
 -- The learned term stays off where the anchor reads a model by probe (a
 -- batch-norm model): its gate is 0 and its pairs keep the anchor's bits,
 -- even with the typicality gate off and w > 0; bn_residual = true gives it

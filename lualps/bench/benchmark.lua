@@ -104,7 +104,12 @@ end
 -- cross_family_rank1, cross_family_map (e); cross_source_map,
 -- cross_source_rank1 (f: the mean over its directions) and per direction
 -- cross_source_map_from_<source>, cross_source_rank1_from_<source>;
--- heldout_family_rank1, heldout_family_map (g); tau_overlap, rho_overlap,
+-- heldout_family_rank1, heldout_family_map (g); mixed_rank1, mixed_map,
+-- mixed_resnet_rank1, mixed_resnet_map (h: (g)'s tasks as one zoo of every
+-- family, each model a query against all the others; the ResNet queries
+-- apart), by the method's rank where it ranks by other scores than its
+-- similarity (the hybrid, hybrid.group_z), and then mixed_raw_* by its
+-- similarity; tau_overlap, rho_overlap,
 -- tau_transfer, rho_transfer (relations: all tasks, or on sets whose
 -- splits say relations = "unseen", unseen tasks only, with
 -- tau_transfer_per_target and tau_domain); cross_top1 (cross-setting);

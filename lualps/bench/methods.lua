@@ -310,7 +310,8 @@ function M.lps(opts)
       self.fits[#self.fits + 1] = {split = ctx.split, seed = ctx.seed, w = state.w, lo = state.lo, hi = state.hi,
                                    held_class = state.held_class, maps = state.maps}
       out = {name = self.name, net = t.net, hybrid = state, seconds = core.now() - t0, classes = t.classes,
-             similarity = function(_, a, b) return hy:similarity(a, b) end}
+             similarity = function(_, a, b) return hy:similarity(a, b) end,
+             rank = function(_, a, b) return (hy:rank(a, b)) end} -- nearest's order: one scale per kind
     end
     local t0 = core.now()
     for k, v in pairs(fit_prior(all_models, all_y, all_ids, ctx.transfer and ctx.transfer.finetune)) do out[k] = v end

@@ -261,6 +261,33 @@ B.protocols = {
     local m = B.retrieval(c.S, c.vr, s.query, s.gallery)
     return {heldout_family_rank1 = m.rank1, heldout_family_map = m.map}
   end},
+  {name = "mixed_zoo", run = function(c) -- (h) (g)'s tasks as one zoo of every family, each model a query
+    local s = c.sp.heldout_family
+    if not s or #s.query == 0 or c.k then return nil end
+    local ids = {table.unpack(s.query)} -- the ResNets first
+    for _, id in ipairs(s.gallery) do ids[#ids + 1] = id end
+    local y = set.labels(c.S, ids)
+    local function metrics(sim, prefix, r)
+      local all = eval.retrieval(sim, y, y, {exclude_self = true, ks = {1}})
+      r[prefix .. "rank1"], r[prefix .. "map"] = all.rank1, all.map
+      local hits, ap, n = 0, 0, 0 -- the ResNet queries alone (each has its task's other models)
+      for i = 1, #s.query do
+        local row, top = sim[i]:totable(), nil
+        for j = 1, #row do if j ~= i and (not top or row[j] > row[top]) then top = j end end
+        if all.ap[i] == all.ap[i] then
+          n, ap = n + 1, ap + all.ap[i]
+          if y[top] == y[i] then hits = hits + 1 end
+        end
+      end
+      r[prefix .. "resnet_rank1"], r[prefix .. "resnet_map"] = hits / n, ap / n
+      return r
+    end
+    local sim = c.vr.sim(ids, ids)
+    if not (sim:max() > -math.huge) then return nil end
+    local r = {}
+    if c.vr.rank then metrics(sim, "mixed_raw_", r); sim = c.vr.rank(ids, ids) end
+    return metrics(sim, "mixed_", r)
+  end},
   {name = "nuisance", run = function(c) -- unseen-task retrieval by labels other than the task
     if not c.sp.cross_family or c.opts.nuisance == false then return nil end
     local r, ret = {}, c.sp.retrieval

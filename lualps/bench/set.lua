@@ -105,13 +105,16 @@ function B.view(S, m)
     return {sim = sim, features = rows, E = E, fitted = m}
   elseif m.similarity then
     -- NaN: the pair is not comparable (e.g. raw weights of two architectures); it ranks last
-    local function sim(x, y)
-      local out = m:similarity(B.gather(S, x), (B.gather(S, y)))
-      local flat = out:reshape(-1)
-      for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
-      return out
+    local function scored(f)
+      return function(x, y)
+        local out = f(m, B.gather(S, x), (B.gather(S, y)))
+        local flat = out:reshape(-1)
+        for i = 1, flat:numel() do if flat[i] ~= flat[i] then flat[i] = -math.huge end end
+        return out
+      end
     end
-    return {sim = sim, fitted = m}
+    -- rank: the scores a method ranks a gallery by, where they are not its similarities (the hybrid's)
+    return {sim = scored(m.similarity), rank = m.rank and scored(m.rank), fitted = m}
   end
   error(("benchmark: method %s has neither embed nor similarity"):format(tostring(m.name)), 0)
 end

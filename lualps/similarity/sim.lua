@@ -185,12 +185,18 @@ end
 
 -- The scores of every model of set `ms` against `query` (as nearest takes
 -- it): a Lua list, NaN as -inf.
+-- The query's scores over the set (NaN as -inf) and, with a hybrid, the
+-- scores it ranks the set by (Hybrid:rank: z-scored within the set's
+-- batch-norm models and within the others, where the set holds both; else
+-- nil: the scores' own order).
 local function scores_of(self, ms, query, self_index, what)
-  local row
+  local row, rank
   if self.hy then
     if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
     local list = self:set_models(ms)
-    row = self.hy:similarity({self_index and list[self_index] or weights_of(query, what, nil, 4)}, list):reshape(-1):totable()
+    local R, S, mixed = self.hy:rank({self_index and list[self_index] or weights_of(query, what, nil, 4)}, list)
+    row = S:reshape(-1):totable()
+    rank = mixed and R:reshape(-1):totable() or nil
   else
     local E, q = query_embedding(self, ms, query, self_index, what)
     row = core.matmul(E, q:reshape(q:numel(), 1)):reshape(-1):totable()
@@ -198,6 +204,7 @@ local function scores_of(self, ms, query, self_index, what)
   local any = false
   for i = 1, #row do
     if row[i] ~= row[i] then row[i] = -math.huge end
+    if rank and rank[i] ~= rank[i] then rank[i] = -math.huge end
     if i ~= self_index and row[i] > -math.huge then any = true end
   end
   -- a query no model compares with (NaN weights, an unreadable model): an error, not a list of -inf
@@ -206,7 +213,7 @@ local function scores_of(self, ms, query, self_index, what)
       .. "this LPS model cannot read)"):format(what, self_index and (" (record %d, id %s)"):format(self_index,
       tostring(ms:meta(self_index).id)) or ""), 3)
   end
-  return row
+  return row, rank
 end
 
 -- A result list (entries {index=, score=, meta=[, similarity=, prior=]})
@@ -215,12 +222,17 @@ local function listing(out, label)
   -- a value in w columns: NaN (no prior: a model without weight statistics) as "nan", not C's "-nan"
   local function num(x, w) return x ~= x and ("%" .. w .. "s"):format("nan") or ("%" .. w .. ".4f"):format(x) end
   return setmetatable(out, {__tostring = function(list)
-    local extra = list[1] and list[1].similarity ~= nil
-    local lines = {("%4s %6s  %-16s %-8s %8s%s"):format("rank", "#", "id", "task", label,
-      extra and ("  %10s %10s"):format("similarity", "prior") or "")}
+    local extras = {} -- the columns beside the score: select's similarity and prior, a mixed set's similarity
+    for _, key in ipairs{"similarity", "prior"} do if list[1] and list[1][key] ~= nil then extras[#extras + 1] = key end end
+    local head = {}
+    for _, key in ipairs(extras) do head[#head + 1] = ("%10s"):format(key) end
+    local lines = {("%4s %6s  %-16s %-8s %8s"):format("rank", "#", "id", "task", label)
+      .. (#extras > 0 and "  " .. table.concat(head, " ") or "")}
     for r, x in ipairs(list) do
-      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %s%s"):format(r, x.index, tostring(x.meta.id),
-        tostring(x.meta.task), num(x.score, 8), extra and ("  %s %s"):format(num(x.similarity, 10), num(x.prior, 10)) or "")
+      local cols = {}
+      for _, key in ipairs(extras) do cols[#cols + 1] = num(x[key], 10) end
+      lines[#lines + 1] = ("%4d %6d  %-16s %-8s %s"):format(r, x.index, tostring(x.meta.id), tostring(x.meta.task),
+        num(x.score, 8)) .. (#extras > 0 and "  " .. table.concat(cols, " ") or "")
     end
     return table.concat(lines, "\n")
   end})
@@ -256,7 +268,11 @@ end
 function Sim:nearest(ms, query, k)
   k = check_k(k, "nearest")
   local self_index = query_index(ms, query, "nearest")
-  if self.hy then return best(ms, scores_of(self, ms, query, self_index, "nearest"), k, self_index, "score") end
+  if self.hy then
+    local row, rank = scores_of(self, ms, query, self_index, "nearest")
+    if not rank then return best(ms, row, k, self_index, "score") end
+    return best(ms, rank, k, self_index, "score", function(i) return {similarity = row[i]} end)
+  end
   -- a network alone: the C top-k of the cosines, not a sort of all of them
   local E, q = query_embedding(self, ms, query, self_index, "nearest")
   if #ms == 0 then return listing({}, "cosine") end -- an empty set: no model is near (as select)
@@ -299,7 +315,8 @@ function Sim:select(ms, query, k)
   end
   k = check_k(k, "select")
   local self_index = query_index(ms, query, "select")
-  local row = scores_of(self, ms, query, self_index, "select")
+  local sim_row, rank = scores_of(self, ms, query, self_index, "select")
+  local row = rank or sim_row -- a mixed set's similarities on one scale per kind (nearest's)
   self.prior_cache = self.prior_cache or setmetatable({}, {__mode = "k"})
   local c = self.prior_cache[ms] -- a set's priors, while the set and this prior are the same
   if not c or c.prior ~= self.prior or #c.values ~= #ms then
@@ -314,7 +331,7 @@ function Sim:select(ms, query, k)
   local z, combined = prior.combine(sc, ps), {}
   for i = 1, #row do combined[i] = -math.huge end
   for j, i in ipairs(at) do combined[i] = z[j] end
-  return best(ms, combined, k, self_index, "score", function(i) return {similarity = row[i], prior = pr[i]} end)
+  return best(ms, combined, k, self_index, "score", function(i) return {similarity = sim_row[i], prior = pr[i]} end)
 end
 
 -- The `kind` of a saved similarity's record.
