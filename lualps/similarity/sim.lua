@@ -264,7 +264,10 @@ end
 --- The k models of set `ms` most similar to `query`: a model, a record
 -- number of ms (itself excluded), or an embedding. Returns a list of
 -- {index=, score=, meta=} best first. The set's embeddings are computed on
--- the first query and cached for later ones.
+-- the first query and cached for later ones. A hybrid over a set of
+-- batch-norm models and others ranks by score = its similarity z-scored
+-- within each kind (hybrid.group_z: it reads the two kinds' pairs on two
+-- scales) and gives the similarity beside it (similarity=).
 function Sim:nearest(ms, query, k)
   k = check_k(k, "nearest")
   local self_index = query_index(ms, query, "nearest")
@@ -306,7 +309,8 @@ end
 --- The k models of set `ms` to fine-tune for the task of `query` (a model
 -- trained on the new task's few images, or a record number of ms, itself
 -- excluded): ranked by z(similarity) + z(transferability prior) over the
--- set (lualps.similarity.prior.combine), the model selection of the README.
+-- set (lualps.similarity.prior.combine), the model selection of the README;
+-- a hybrid's similarities z-scored within each kind first, as nearest ranks.
 -- Returns {index=, score=, similarity=, prior=, meta=} best first. Needs a
 -- model with a prior (sim:transferability).
 function Sim:select(ms, query, k)
