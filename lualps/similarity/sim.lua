@@ -183,8 +183,6 @@ local function query_embedding(self, ms, query, self_index, what)
   return E, embed_of(self, query, what, nil, 5)
 end
 
--- The scores of every model of set `ms` against `query` (as nearest takes
--- it): a Lua list, NaN as -inf.
 -- The query's scores over the set (NaN as -inf) and, with a hybrid, the
 -- scores it ranks the set by (Hybrid:rank: z-scored within the set's
 -- batch-norm models and within the others, where the set holds both; else
