@@ -204,7 +204,8 @@ function util.write_file(path, data)
 end
 
 --- f memoized per argument (weak keys: a model's entry goes with the
--- model). f's false is remembered too; it must not return nil.
+-- model). f's false is remembered too; it must not return nil. Also
+-- returns a function telling whether an argument's value is remembered.
 function util.memoize(f)
   local memo = setmetatable({}, {__mode = "k"})
   return function(x)
@@ -214,7 +215,7 @@ function util.memoize(f)
       memo[x] = v
     end
     return v
-  end
+  end, function(x) return memo[x] ~= nil end
 end
 
 return util

@@ -415,6 +415,27 @@ function TestHybrid:test_nearest_ranks_a_mixed_set_within_each_kind()
     end
     lu.assertStrContains(tostring(r), "score  similarity")
   end
+  -- a first query's reading of the set, shown when asked (sim.progress; on a terminal by default):
+  -- the records, then the templates of every model and the dreams a batch-norm query reads; the
+  -- same list as without it, and nothing the second time (done once per open set)
+  local lines = {}
+  local stream = {write = function(_, ...) for _, x in ipairs{...} do lines[#lines + 1] = x end end, flush = function() end}
+  local shown = lps.similarity.wrap(f.net, f.classes, f.hybrid)
+  shown.progress = {tty = false, stream = stream, min = 1}
+  local ms3 <close> = lps.modelset.open(path)
+  local r3 = shown:nearest(ms3, 6, #ms3 - 1)
+  local text = table.concat(lines)
+  lu.assertStrContains(text, "nearest: reading the set's records (once): 8/8 models")
+  lu.assertStrContains(text, "nearest: the set's templates and dreams (once): 15/15 steps") -- 7 others + 8 dreams
+  local want = sim:nearest(ms, 6, #ms - 1)
+  for k = 1, #want do lu.assertEquals({r3[k].index, r3[k].score}, {want[k].index, want[k].score}) end
+  lines = {}
+  shown:nearest(ms3, 1, 2)
+  lu.assertEquals(lines, {}) -- an MLP query: every model described, no dream it needs is missing
+  shown.progress = {tty = false, stream = stream} -- the default least: 64 units
+  local ms4 <close> = lps.modelset.open(path)
+  shown:nearest(ms4, 6, 2)
+  lu.assertEquals(lines, {})
   -- the MLPs alone: the similarity itself, no second column
   local path2 = T.tmpname(".lpsm")
   local out2 = lps.modelset.create(path2, {overwrite = true})

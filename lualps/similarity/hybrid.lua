@@ -441,8 +441,9 @@ end
 
 --- Each model's {e (its embedding row), tau (its typicality), g (its gate,
 -- H.model_gate), gt (its typicality gate, H.typicality_gate: probe_gate's),
--- rows (its TM rows or false), bn}, computed once per model.
-function Hybrid:describe(models)
+-- rows (its TM rows or false), bn}, computed once per model; step, if
+-- given, is called after each new model's rows (a progress display).
+function Hybrid:describe(models, step)
   local st, missing = self.state, {}
   for _, m in ipairs(models) do if not self.memo[m] then missing[#missing + 1] = m end end
   if #missing > 0 then
@@ -452,6 +453,7 @@ function Hybrid:describe(models)
       local bn = bn_of(st, m)
       self.memo[m] = {e = E[i]:clone(), tau = tau[i], g = H.model_gate(st, tau[i], bn), gt = H.typicality_gate(st, tau[i]),
                       rows = H.tm_rows(self.net, m, st.tm_pool, st.tm_templates or "network"), bn = bn}
+      if step then step() end
     end
   end
   local out = {}
@@ -482,6 +484,29 @@ function Hybrid:similarity(a, b)
   for i, d in ipairs(da) do Ea[i]:copy(d.e); ga[i] = d.g end
   for j, d in ipairs(db) do Eb[j]:copy(d.e); gb[j] = d.g end
   return H.combine(TM, core.matmul(Ea, Eb, false, true), ga, gb, w)
+end
+
+--- The work a first comparison with models b does once (their TM rows
+-- and embeddings, and their dreams where a batch-norm model of a will read
+-- them), done ahead with step() after each model's part: how many steps
+-- that is comes first (count_only = true returns it without the work).
+function Hybrid:warm(a, b, step, count_only)
+  local st, new, reads = self.state, 0, false
+  for _, d in ipairs(self:describe(a)) do reads = reads or d.bn end
+  for _, m in ipairs(b) do if not self.memo[m] then new = new + 1 end end
+  local dreams = {}
+  if reads then -- a's batch-norm models read b's dreams: anchor_bn's pairs of weight > 0
+    for _, m in ipairs(b) do
+      local bn = bn_of(st, m)
+      if ((bn and (st.probe_bn_both or st.probe_bn or 0) or (st.probe_bn or 0)) > 0) and not self.probes.has_dreams(m) then
+        dreams[#dreams + 1] = m
+      end
+    end
+  end
+  if count_only then return new + #dreams end
+  self:describe(b, step)
+  for _, m in ipairs(dreams) do self.probes.dreams_of(m); step() end
+  return new + #dreams
 end
 
 --- Scores S (|a| x |b|, a's rows over b) put on one scale per row for

@@ -223,7 +223,7 @@ local function key_of(o)
 end
 
 --- A function model -> its dreams (M.dreams with opts), remembered per
--- model (weak keys).
+-- model (weak keys), and one telling whether a model's are.
 function M.dreams_of(opts)
   return util.memoize(function(model) return M.dreams(model, opts) end)
 end
@@ -305,7 +305,8 @@ function M.matcher(opts)
   local o = options(opts, "probe.matcher")
   local key = key_of(o)
   if matchers[key] then return matchers[key] end
-  local self = {opts = o, dreams_of = M.dreams_of(o), memo = setmetatable({}, {__mode = "k"})}
+  local self = {opts = o, memo = setmetatable({}, {__mode = "k"})}
+  self.dreams_of, self.has_dreams = M.dreams_of(o)
   matchers[key] = self
   function self.directed(readers, dreamers)
     local out = core.full(#readers, #dreamers, 0 / 0)

@@ -44,7 +44,9 @@ end
 -- A similarity object of fields (net, classes, label[, report, n_train,
 -- hybrid (a state for lualps.similarity.hybrid: the score is then the
 -- hybrid's, not the cosine), prior (a transferability prior,
--- lualps.similarity.prior)]).
+-- lualps.similarity.prior)]). Its field progress (nil: a bar on stderr when
+-- it is a terminal; false: none; a table: util.progress options) shows a
+-- first nearest or select on a set of 64 models or more reading the set.
 function M.new(fields)
   fields.cache = setmetatable({}, {__mode = "k"})
   if fields.hybrid then fields.hy = hybrid.new(fields.net, fields.hybrid) end
@@ -124,14 +126,33 @@ function Sim:similarities()
   return {{name = "lps_hybrid", similarity = function(ms) return self.hy:similarity(ms, ms) end}}
 end
 
+-- A progress display for a first query's work on a set (total units),
+-- or nil: on a terminal (sim.progress nil: stderr's), or as sim.progress's
+-- util.progress options (a table; and min, the least work shown, default
+-- 64 units); none with false.
+local function progress_of(self, total, label, unit)
+  local p = self.progress
+  if p == false or (p == nil and not core.isatty(2)) then return nil end
+  local o = {label = label, unit = unit}
+  if type(p) == "table" then for k, v in pairs(p) do if k ~= "min" then o[k] = v end end end
+  if total < (type(p) == "table" and p.min or 64) then return nil end
+  return util.progress(total, o)
+end
+
 -- Every model of a set (weight lists), read once per open set object: a
--- hybrid compares a query with each of them.
-function Sim:set_models(ms)
+-- hybrid compares a query with each of them. what: the caller, for the
+-- progress display's label.
+function Sim:set_models(ms, what)
   self.set_cache = self.set_cache or setmetatable({}, {__mode = "k"})
   local list = self.set_cache[ms]
   if not list or #list ~= #ms then
     list = {}
-    for i = 1, #ms do list[i] = models.record(ms, i) end
+    local prog = progress_of(self, #ms, (what or "set_models") .. ": reading the set's records (once)", "models")
+    for i = 1, #ms do
+      list[i] = models.record(ms, i)
+      if prog then prog:update(i) end
+    end
+    if prog then prog:finish() end
     self.set_cache[ms] = list
   end
   return list
@@ -191,8 +212,17 @@ local function scores_of(self, ms, query, self_index, what)
   local row, rank
   if self.hy then
     if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
-    local list = self:set_models(ms)
-    local R, S, mixed = self.hy:rank({self_index and list[self_index] or weights_of(query, what, nil, 4)}, list)
+    local list = self:set_models(ms, what)
+    local q = {self_index and list[self_index] or weights_of(query, what, nil, 4)}
+    -- a first query's templates and dreams of the whole set: seconds for a large set, done once
+    local prog = progress_of(self, self.hy:warm(q, list, nil, true), what .. ": the set's templates and dreams (once)",
+      "steps")
+    if prog then
+      local done = 0
+      self.hy:warm(q, list, function() done = done + 1; prog:update(done) end)
+      prog:finish()
+    end
+    local R, S, mixed = self.hy:rank(q, list)
     row = S:reshape(-1):totable()
     rank = mixed and R:reshape(-1):totable() or nil
   else
