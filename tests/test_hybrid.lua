@@ -436,6 +436,9 @@ function TestHybrid:test_nearest_ranks_a_mixed_set_within_each_kind()
   local ms4 <close> = lps.modelset.open(path)
   shown:nearest(ms4, 6, 2)
   lu.assertEquals(lines, {})
+  shown.progress = {min = "x"}
+  T.assert_error_contains("nearest: progress.min must be a number, got string", shown.nearest, shown,
+    lps.modelset.open(path), 1, 2)
   -- the MLPs alone: the similarity itself, no second column
   local path2 = T.tmpname(".lpsm")
   local out2 = lps.modelset.create(path2, {overwrite = true})

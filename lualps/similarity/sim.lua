@@ -135,7 +135,9 @@ local function progress_of(self, total, label, unit)
   if p == false or (p == nil and not core.isatty(2)) then return nil end
   local o = {label = label, unit = unit}
   if type(p) == "table" then for k, v in pairs(p) do if k ~= "min" then o[k] = v end end end
-  if total < (type(p) == "table" and p.min or 64) then return nil end
+  local least = type(p) == "table" and p.min or 64
+  if type(least) ~= "number" then error(("%s: progress.min must be a number, got %s"):format(label:match("^[^:]*"), type(least)), 0) end
+  if total < least then return nil end
   return util.progress(total, o)
 end
 
