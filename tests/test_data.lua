@@ -108,6 +108,22 @@ function TestHelpers:test_split()
   T.assert_error_contains("6 samples but 5 labels", data.split, x, lps.zeros(5), 1)
 end
 
+-- Bad arguments raise errors naming the operation (found by
+-- tests/fuzz/fuzz_lua_api.lua: they raised "attempt to call a nil value
+-- (method 'random')" and the like from inside data.lua).
+function TestHelpers:test_bad_arguments_name_the_operation()
+  local x, y = toy()
+  T.assert_error_contains("fraction: gen must be a generator", data.fraction, x, y, 0.5, 7)
+  T.assert_error_contains("split: gen must be a generator", data.split, x, y, 2, {})
+  T.assert_error_contains("randperm: gen must be a generator", data.randperm, 4, "g")
+  T.assert_error_contains("randperm: n must be an integer >= 0, got x", data.randperm, "x")
+  T.assert_error_contains("randperm: n must be an integer >= 0, got -1", data.randperm, -1)
+  lu.assertEquals(#data.randperm(0), 0)
+  T.assert_error_contains("select_classes: classes must be a list", data.select_classes, x, y, 3)
+  T.assert_error_contains("fashion_mnist: dir must be a directory path, got table", data.fashion_mnist, "test", {})
+  T.assert_error_contains("glyph: opts must be a table, got string", data.glyph, "A", "big")
+end
+
 TestDomains = {}
 
 -- A 4x4 image with pixel values 1..16, row by row.
