@@ -173,6 +173,10 @@ end
 --- Ridge regression: predictions for the rows of Xt (m x e) of the linear
 -- model of targets y on the rows of X (M.ridge_fit, then M.ridge_apply).
 function M.ridge_predict(X, y, Xt, rho)
+  if not (core.is_tensor(X) and X:dim() == 2 and type(y) == "table" and core.is_tensor(Xt) and Xt:dim() == 2) then
+    error(("ridge_predict: expected X (an n x e tensor), y (a list of n numbers) and Xt (an m x e tensor), got %s, %s "
+      .. "and %s"):format(core.is_tensor(X) and "a tensor" or type(X), type(y), core.is_tensor(Xt) and "a tensor" or type(Xt)), 2)
+  end
   if #y ~= X:size(1) or Xt:size(2) ~= X:size(2) then
     error(("ridge_predict: X is %dx%d, y has %d values, Xt has %d columns"):format(X:size(1), X:size(2), #y, Xt:size(2)), 2)
   end
@@ -412,6 +416,10 @@ end
 -- ap = {each query's average precision; NaN for a skipped query}}.
 function M.retrieval(sim, qlabels, glabels, opts)
   opts = util.options(opts, {exclude_self = false}, "retrieval", {"ks"})
+  if not (core.is_tensor(sim) and sim:dim() == 2) then
+    error(("retrieval: sim must be a queries x gallery tensor, got %s"):format(core.is_tensor(sim)
+      and table.concat(sim:shape(), "x") or type(sim)), 2)
+  end
   local ng = sim:size(2) - (opts.exclude_self and 1 or 0)
   local ks = opts.ks or default_ks(ng)
   local cmc, map, nvalid, ap = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)

@@ -416,4 +416,19 @@ function TestPairedBootstrap:test_bad_input()
   T.assert_error_contains("seed must be an integer, got 1.5", E.paired_bootstrap, {1}, {1}, {1}, {seed = 1.5})
 end
 
+-- A sim or a regression's data of the wrong type: errors naming the
+-- operation (the Lua API fuzzer found "attempt to call a nil value (method
+-- 'size')" from inside eval.lua)
+TestBadArguments = {}
+
+function TestBadArguments:test_retrieval_and_ridge_predict_name_themselves()
+  T.assert_error_contains("retrieval: sim must be a queries x gallery tensor, got table", E.retrieval, {{1}}, {1}, {1})
+  T.assert_error_contains("retrieval: sim must be a queries x gallery tensor, got 3", E.retrieval, lps.zeros(3), {1}, {1})
+  local X = lps.randn(4, 2, lps.generator(1))
+  T.assert_error_contains("ridge_predict: expected X (an n x e tensor), y (a list of n numbers) and Xt", E.ridge_predict,
+    X, lps.generator(1), X)
+  T.assert_error_contains("got a tensor, table and nil", E.ridge_predict, X, {1, 2, 3, 4})
+  T.assert_error_contains("got number, table and a tensor", E.ridge_predict, 3, {1, 2, 3, 4}, X)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
