@@ -69,6 +69,7 @@ end
 --- The arch of a record's metadata: its `arch`, or for older records the
 -- conversion of their legacy `spec`; nil when it has neither.
 function M.of_meta(meta)
+  if type(meta) ~= "table" then error(("arch.of_meta: meta must be a record's metadata table, got %s"):format(type(meta)), 2) end
   if meta.arch ~= nil then return meta.arch end
   if meta.spec ~= nil then return M.of_legacy_spec(meta.spec) end
   return nil

@@ -375,4 +375,14 @@ function TestArchParse:test_residual_of_unknown_input_then_flatten()
   T.assert_error_contains('"in" is 16 but its input (2x32) gives 32 features', m.forward, m, lps.zeros(2, 8, 2, 2))
 end
 
+-- of_meta of something that is not a metadata table: an error naming it
+-- (was "attempt to index a nil value (local 'meta')"; the Lua API fuzzer)
+TestArchOfMeta = {}
+
+function TestArchOfMeta:test_bad_meta()
+  T.assert_error_contains("arch.of_meta: meta must be a record's metadata table, got nil", lps.arch.of_meta, nil)
+  T.assert_error_contains("got number", lps.arch.of_meta, 3)
+  lu.assertNil(lps.arch.of_meta({}))
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
