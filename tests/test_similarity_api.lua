@@ -144,6 +144,41 @@ function TestSimilarityAPI:test_bad_input()
   T.assert_error_contains("embed_set: record 2 (id b2)", self.sim.nearest, self.sim, bs, 1, 2)
 end
 
+-- Something else than a model set where one is expected: errors naming the
+-- operation, at the caller's line (the Lua API fuzzer found "attempt to
+-- call a nil value (method 'meta_json')" from models.lua for a table, and
+-- "attempt to get length of a number value" for a number)
+TestSetArguments = {}
+
+function TestSetArguments:test_sets_are_checked()
+  local sim = lps.similarity.wrap(lps.similarity.network{input_dim = 10, width = 4, embed = 4, classes = 2}, {1, 2})
+  local function err_of(f, ...)
+    local args = table.pack(...)
+    local ok, e = pcall(function() local r = f(table.unpack(args, 1, args.n)); return r end)
+    lu.assertFalse(ok)
+    lu.assertStrContains(tostring(e), "test_similarity_api.lua:") -- raised at the call
+    return tostring(e)
+  end
+  lu.assertStrContains(err_of(sim.embed_set, sim, 3),
+    "embed_set: expected a model set (lps.modelset.open) or its path, got number")
+  lu.assertStrContains(err_of(sim.embed_set, sim, {}), "embed_set: expected a model set (lps.modelset.open) or its path, "
+    .. "got a table that is not one")
+  lu.assertStrContains(err_of(sim.set_models, sim, {}), "set_models: expected an open model set, got a table")
+  lu.assertStrContains(err_of(sim.set_embeddings, sim, 7), "set_embeddings: expected an open model set, got number")
+  lu.assertStrContains(err_of(sim.nearest, sim, {}, 1), "nearest: expected an open model set, got a table that is not one")
+  lu.assertStrContains(err_of(lps.similarity.record, {}, 1), "similarity.record: expected an open model set")
+  lu.assertStrContains(err_of(lps.similarity.train, 5, {1}), "similarity.train: expected a model set")
+  lu.assertStrContains(err_of(lps.similarity.train, "x.lpsm", {1}, "fast"), "similarity.train: opts must be a table")
+  local path = T.tmpname(".lpsm")
+  do
+    local ms <close> = lps.modelset.create(path)
+    ms:append(lps.nn.mlp{10, 3, 2}, {id = "a", task = 1})
+  end
+  lu.assertStrContains(err_of(sim.embed_set, sim, path, {batch = 0}), "embed_set: batch must be a positive integer, got 0")
+  lu.assertEquals(sim:embed_set(path, {batch = 1}):shape(), {1, 4})
+  T.cleanup()
+end
+
 TestFeatureHead = {}
 
 function TestFeatureHead:test_gradients()

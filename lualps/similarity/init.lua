@@ -91,7 +91,8 @@ for k in pairs(M.train_defaults) do train_keys[k] = true end
 -- (lps.util.epoch_progress) on a terminal. Returns a similarity object.
 function M.train(ms, split, opts)
   opts = opts or {}
-  local set, own = sim.as_set(ms)
+  if type(opts) ~= "table" then error(("similarity.train: opts must be a table, got %s"):format(type(opts)), 2) end
+  local set, own = sim.as_set(ms, "similarity.train")
   local label_field = opts.label or "task"
   local net_opts, tr_opts = {}, {}
   for k, v in pairs(opts) do
