@@ -440,6 +440,37 @@ function TestProbe:test_bad_options_are_refused()
   T.assert_error_contains("unknown option 'prob'", lps.benchmark.methods.probe_matching, {prob = 1})
 end
 
+-- Something else than a model: errors naming the operation (the Lua API
+-- fuzzer found "attempt to index a nil value (field 'integer index')" from
+-- templates.lua for a table without tensors, "attempt to get length" from
+-- probe.lua for a matcher's lists)
+function TestProbe:test_bad_models_are_refused()
+  local templates = require "lualps.similarity.templates"
+  local m = T.random_mlp(lps.generator(1), {4, 3, 2})
+  local o = {input_shape = {4}, steps = 2}
+  local want = "expected a model (a weight list {W1, b1, ...} or {module = m}, an lps.nn module), got "
+  T.assert_error_contains("probe.dreams: " .. want .. "a table without either", probe.dreams, {}, o)
+  T.assert_error_contains("probe.dreams: " .. want .. "number", probe.dreams, 3, o)
+  T.assert_error_contains("probe.has_batch_norm: " .. want .. "a table without either", probe.has_batch_norm, {module = 2})
+  T.assert_error_contains("probe.outputs: " .. want .. "nil", probe.outputs, nil, lps.zeros(2, 4))
+  T.assert_error_contains("probe.outputs: X must be an n x d tensor of dreams, got table", probe.outputs, m, {})
+  T.assert_error_contains("function_of: " .. want .. "string", templates.function_of, "m")
+  local pm = probe.matcher(o)
+  T.assert_error_contains("probe matching: readers and dreamers must be lists of models, got table and nil", pm.directed,
+    {m})
+  T.assert_error_contains("probe matching: " .. want .. "boolean", pm.scores, {m}, {true})
+  lu.assertEquals(pm.scores({m}, {m}):shape(), {1, 1})
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 16, input_shape = {1, 4, 4}, width = 4,
+    embed = 3}
+  T.assert_error_contains("templates: " .. want .. "a table without either", net.templates, net, {module = "x"})
+  -- a module with batch norm, its blocks checked before they are read
+  local bn = {module = lps.nn.from_arch({{type = "linear", ["in"] = 4, out = 3}, {type = "batchnorm1d", features = 3},
+    {type = "relu"}, {type = "linear", ["in"] = 3, out = 2}})}
+  T.assert_error_contains("probe.outputs: blocks must be a list of {first row - 1, rows} pairs within X's rows",
+    probe.outputs, bn, lps.zeros(2, 4), {{0, 3}}, o)
+  lu.assertEquals(probe.outputs(bn, lps.rand(2, 4), {{0, 2}}, o):shape(), {2, 2})
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 T.cleanup()
 os.exit(code, true)

@@ -16,6 +16,19 @@ local K = core._lps
 
 local M = {}
 
+--- Check that model is what these functions read: a weight list {W1, b1,
+-- ...} (its first entry a tensor) or {module = m} (an lps.nn module); else
+-- an error naming operation `what`, raised `level` calls above the caller
+-- (default 1: the caller's caller).
+function M.check_model(model, what, level)
+  local ok = type(model) == "table" and (core.is_tensor(model[1]) or (model[1] == nil and type(model.module)
+    == "userdata" and (getmetatable(model.module) or {}).__name == "lualps.Module"))
+  if not ok then
+    error(("%s: expected a model (a weight list {W1, b1, ...} or {module = m}, an lps.nn module), got %s")
+      :format(what, type(model) == "table" and "a table without either" or type(model)), (level or 1) + 2)
+  end
+end
+
 -- The arch a module of a weight list is built from: the checked arch's
 -- JSON when similarity.record gave it for this arch (a text parses
 -- faster), else its arch list, or, without one, an MLP of its shapes.
@@ -52,6 +65,7 @@ end
 -- runs), and a function that gives it back: a module built here has its
 -- layers' C workspaces freed, a user's module its training state restored.
 function M.function_of(model)
+  M.check_model(model, "function_of")
   local m, own = module_of(model)
   local was_training = m:is_training()
   local was_batch, was_prior = m:uses_batch_stats(), m:stat_prior_weight()
@@ -86,6 +100,7 @@ end
 -- e_c - 1/k sum to zero, and so do their gradients: the last class's is
 -- minus the sum of the others'.
 function M.compute(self, model)
+  M.check_model(model, "templates") -- (net:templates' tail call: its caller's line)
   local o = self.opts
   self.tpool = self.tpool or nn.layer("avgpool2d", {kernel = o.template_pool}) -- q x q block means
   local R, P, d = #o.noise_ranges, o.noise, o.input_dim
