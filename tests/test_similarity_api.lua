@@ -179,6 +179,33 @@ function TestSetArguments:test_sets_are_checked()
   T.cleanup()
 end
 
+-- wrap, hybrid_state, hybrid.new, a network's embed and a feature head's
+-- forward given the wrong kinds of values: errors naming them (the Lua API
+-- fuzzer found "attempt to index a number value (local 'state')" from
+-- hybrid.lua, "attempt to index a nil value (local 'par')" from
+-- similarity/init.lua, "attempt to get length" from base.lua and head.lua)
+function TestSetArguments:test_wrap_and_networks_check_their_arguments()
+  local S = lps.similarity
+  local net = S.network{input_dim = 10, width = 4, embed = 4, classes = 2}
+  T.assert_error_contains("similarity.wrap: expected a network (lps.similarity.network), got number", S.wrap, 3, {1})
+  T.assert_error_contains("similarity.wrap: classes must be a list, got string", S.wrap, net, "ab")
+  T.assert_error_contains("similarity.wrap: the hybrid state must be a table, got number", S.wrap, net, {1, 2}, 5)
+  T.assert_error_contains("similarity.hybrid_state: expected the hybrid metadata (a table), the prototypes and (w, lo, hi), "
+    .. "got table, a tensor and nil", S.hybrid_state, {}, lps.zeros(2, 4))
+  T.assert_error_contains("hybrid: expected a network", S.hybrid.new, "net", {})
+  T.assert_error_contains("hybrid: state must be a table, got number", S.hybrid.new, net, 1)
+  T.assert_error_contains("hybrid: embed must be a function", S.hybrid.new, net, {}, 3)
+  T.assert_error_contains("hybrid: state.w must be a number", S.hybrid.new, net, {})
+  T.assert_error_contains("similarity: embed needs a list of models, got number", net.embed, net, 3)
+  T.assert_error_contains("similarity: embed's batch must be a positive integer, got 0", net.embed, net, {}, 0)
+  lu.assertEquals(net:embed({}):shape(), {0, 4})
+  local head = S.feature_head{in_dim = 5, embed = 3}
+  T.assert_error_contains("feature head: forward needs a list of feature vectors, got number", head.forward, head, 2)
+  T.assert_error_contains("prior.fit: opts must be a table, got number", S.prior.fit, {}, {}, {}, 3)
+  T.assert_error_contains("prior.fit_zoo: opts must be a table, got string", S.prior.fit_zoo, {}, {}, {}, {}, nil, "x")
+  T.assert_error_contains("prior: not a table", S.prior.check, 3, {})
+end
+
 TestFeatureHead = {}
 
 function TestFeatureHead:test_gradients()

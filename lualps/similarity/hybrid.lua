@@ -423,6 +423,13 @@ Hybrid.__index = Hybrid
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
 function H.new(net, state, embed)
+  if not (type(net) == "table" and type(net.opts) == "table" and type(net.embed) == "function") then
+    error(("hybrid: expected a network (lps.similarity.network), got %s"):format(type(net)), 2)
+  end
+  if type(state) ~= "table" then error(("hybrid: state must be a table, got %s"):format(type(state)), 2) end
+  if embed ~= nil and type(embed) ~= "function" then
+    error(("hybrid: embed must be a function(models) -> embeddings, got %s"):format(type(embed)), 2)
+  end
   for _, k in ipairs{"w", "lo", "hi", "tm_pool"} do
     if type(state[k]) ~= "number" or state[k] ~= state[k] then
       error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
