@@ -206,6 +206,24 @@ function TestSetArguments:test_wrap_and_networks_check_their_arguments()
   T.assert_error_contains("prior: not a table", S.prior.check, 3, {})
 end
 
+-- train_network's options of the wrong kinds: errors naming them (the Lua
+-- API fuzzer found a file handle as progress raising "attempt to call a
+-- FILE* value (local 'progress')" from train.lua after a whole epoch)
+function TestSetArguments:test_train_network_checks_its_options()
+  local S = lps.similarity
+  local net = S.network{input_dim = 4, width = 4, embed = 3, classes = 2}
+  local g = lps.generator(1)
+  local models = {T.random_mlp(g, {4, 3, 2}), T.random_mlp(g, {4, 5, 2})}
+  local function bad(want, o) T.assert_error_contains("train_network: " .. want, S.train_network, net, models, {1, 2}, o) end
+  bad("progress must be a boolean, a table of bar options or a function, got userdata", {progress = io.stdout})
+  bad("epochs must be an integer >= 0, got x", {epochs = "x"})
+  bad("batch_size must be an integer >= 1, got 0", {batch_size = 0})
+  bad("per_task must be an integer >= 1, got 1.5", {per_task = 1.5})
+  bad("seed must be an integer, got 2.5", {seed = 2.5})
+  bad("optimizer must be an object with :step(params, grads), got number", {optimizer = 3})
+  lu.assertEquals(#S.train_network(net, models, {1, 2}, {epochs = 1}).epochs, 1)
+end
+
 TestFeatureHead = {}
 
 function TestFeatureHead:test_gradients()
