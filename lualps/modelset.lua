@@ -334,7 +334,12 @@ M.merge_defaults = {
 -- records written.
 function M.merge(out, inputs, opts)
   local o = util.options(opts, M.merge_defaults, "merge", {"codec", "level"})
+  if type(out) ~= "string" then error(("merge: out must be a path, got %s"):format(type(out)), 2) end
   if type(inputs) ~= "table" or #inputs == 0 then error("merge: no input sets", 2) end
+  for k, path in ipairs(inputs) do
+    if type(path) ~= "string" then error(("merge: input %d must be a path, got %s"):format(k, type(path)), 2) end
+  end
+  if type(o.id_field) ~= "string" then error(("merge: id_field must be a string, got %s"):format(type(o.id_field)), 2) end
   local existing = io.open(out, "rb")
   if existing then existing:close() end
   local append = existing ~= nil and o.skip_existing and not o.overwrite

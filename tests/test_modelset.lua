@@ -781,6 +781,19 @@ end
 -- Resuming a sharded build: records whose id the output holds are skipped,
 -- the output is appended to (its records stay byte for byte), and of
 -- records sharing an id across the inputs the first is copied.
+-- Inputs and out that are not paths: errors naming merge and the input
+-- (a table among the inputs raised "bad argument #1 to 'open'"; the Lua
+-- API fuzzer), and nothing written
+function TestMerge:test_merge_checks_its_paths()
+  local a, out = T.tmpname(".lpsm"), T.tmpname(".lpsm")
+  small_set(a, 2)
+  T.assert_error_contains("merge: input 2 must be a path, got table", MS.merge, out, {a, {}})
+  T.assert_error_contains("merge: out must be a path, got nil", MS.merge, nil, {a})
+  T.assert_error_contains("merge: id_field must be a string, got number", MS.merge, out, {a}, {id_field = 3})
+  lu.assertNil(io.open(out, "rb"))
+  lu.assertEquals(MS.merge(out, {a}), 2)
+end
+
 function TestMerge:test_merge_skip_existing()
   local a, b, out = T.tmpname(".lpsm"), T.tmpname(".lpsm"), T.tmpname(".lpsm")
   os.remove(out)
