@@ -292,6 +292,9 @@ end
 -- The slots of the depths present, or of opts.depths (which must hold them).
 local function layout_slots(depths, opts, op, level)
   if opts.depths then
+    local ok = type(opts.depths) == "table" and #opts.depths > 0
+    for _, D in ipairs(ok and opts.depths or {}) do ok = ok and math.type(D) == "integer" and D >= 1 end
+    if not ok then error(("%s: opts.depths must be a non-empty list of positive integers"):format(op), level) end
     for _, L in ipairs(depths) do
       local ok = false
       for _, D in ipairs(opts.depths) do ok = ok or D == L end
@@ -342,11 +345,13 @@ function M.cka_layer_features(acts, opts)
   end
   local np
   local seen, depths = {}, {}
-  for i, list in ipairs(acts) do
+  for i = 1, #acts do
+    local list = acts[i]
     if type(list) ~= "table" or #list < 1 then
       error(("cka_layer_features: model %d must be a non-empty list of N x p tensors"):format(i), 2)
     end
-    for l, X in ipairs(list) do
+    for l = 1, #list do
+      local X = list[l]
       if not core.is_tensor(X) or X:dim() ~= 2 then
         error(("cka_layer_features: model %d layer %d must be a 2-D N x p tensor"):format(i, l), 2)
       end
@@ -360,7 +365,7 @@ function M.cka_layer_features(acts, opts)
   end
   local slots = layout_slots(depths, opts, "cka_layer_features", 3)
   local F = core.zeros(#acts, #slots * np * np)
-  for i, list in ipairs(acts) do fill_cka_row(F, i, list, slots, "cka_layer_features", 3) end
+  for i = 1, #acts do fill_cka_row(F, i, acts[i], slots, "cka_layer_features", 3) end
   return F
 end
 

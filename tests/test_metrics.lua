@@ -431,4 +431,23 @@ function TestBadArguments:test_retrieval_and_ridge_predict_name_themselves()
   T.assert_error_contains("got number, table and a tensor", E.ridge_predict, 3, {1, 2, 3, 4}, X)
 end
 
+-- cka_layer_features with holes in its lists or bad depths (a list {nil, X}
+-- raised "attempt to perform arithmetic on a nil value (local 'np')", a
+-- string as depths "bad argument #1 to 'for iterator'"; the Lua API fuzzer)
+function TestBadArguments:test_cka_layer_features_checks_every_entry()
+  local X = lps.randn(4, 3, lps.generator(1))
+  local holed = {}
+  holed[2] = X
+  T.assert_error_contains("cka_layer_features: model 1 must be a non-empty list", E.cka_layer_features, {{}})
+  if #holed == 2 then -- (the border Lua gives such a table)
+    T.assert_error_contains("cka_layer_features: model 1 layer 1 must be a 2-D N x p tensor", E.cka_layer_features, {holed})
+  end
+  T.assert_error_contains("cka_layer_features: model 1 layer 2 must be a 2-D N x p tensor", E.cka_layer_features,
+    {{X, 5}})
+  T.assert_error_contains("cka_layer_features: opts.depths must be a non-empty list of positive integers",
+    E.cka_layer_features, {{X}}, {depths = "2"})
+  T.assert_error_contains("opts.depths must be", E.cka_layer_features, {{X}}, {depths = {1.5}})
+  lu.assertEquals(E.cka_layer_features({{X}}, {depths = {1, 2}}):shape(), {1, 2 * 16}) -- slots (0, 1/2], (1/2, 1]
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
