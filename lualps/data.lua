@@ -337,7 +337,9 @@ end
 function data.split(x, y, val, gen)
   check_xy(x, y, "split")
   local n = x:size(1)
-  if type(val) ~= "number" or val < 0 then error("split: val must be a fraction or a count >= 0", 2) end
+  if type(val) ~= "number" or not (val >= 0 and val < math.huge) then
+    error("split: val must be a fraction or a count >= 0", 2)
+  end
   local k = val < 1 and math.floor(val * n + 0.5) or math.floor(val)
   if k < 0 or k > n then error(("split: cannot take %d of %d samples"):format(k, n), 2) end
   if not gen then

@@ -122,6 +122,9 @@ function TestHelpers:test_bad_arguments_name_the_operation()
   T.assert_error_contains("select_classes: classes must be a list", data.select_classes, x, y, 3)
   T.assert_error_contains("fashion_mnist: dir must be a directory path, got table", data.fashion_mnist, "test", {})
   T.assert_error_contains("glyph: opts must be a table, got string", data.glyph, "A", "big")
+  -- split's val must be finite (math.huge raised "bad argument #2 to 'format'")
+  T.assert_error_contains("split: val must be a fraction or a count >= 0", data.split, x, y, math.huge)
+  T.assert_error_contains("split: val must be a fraction or a count >= 0", data.split, x, y, 0 / 0)
 end
 
 TestDomains = {}
