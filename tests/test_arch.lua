@@ -385,4 +385,13 @@ function TestArchOfMeta:test_bad_meta()
   lu.assertNil(lps.arch.of_meta({}))
 end
 
+-- name of a list with entries that are not layers (a number raised
+-- "attempt to index a number value (local 'e')"; the Lua API fuzzer)
+function TestArchOfMeta:test_name_checks_its_list()
+  T.assert_error_contains("arch.name: the arch must be a list of layers, got nil", lps.arch.name, nil)
+  T.assert_error_contains("arch.name: the arch layer 2 is number, not a table", lps.arch.name, {{type = "relu"}, 3})
+  T.assert_error_contains("arch.name: the arch layer 1's body layer 1 is string", lps.arch.name, {{type = "residual", body = {"x"}}})
+  lu.assertEquals(lps.arch.name({{type = "linear", ["in"] = 4, out = 2}}), "mlp-4-2")
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
