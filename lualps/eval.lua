@@ -510,6 +510,7 @@ function M.classify(sim, glabels, qlabels, opts)
     error("classify: rule must be 'knn' or 'centroid', got '" .. tostring(opts.rule) .. "'", 2)
   end
   if not qlabels then return nil, pred end
+  if type(qlabels) ~= "table" then error(("classify: qlabels must be a list of labels, got %s"):format(type(qlabels)), 2) end
   if #qlabels ~= #pred then
     error(string.format("classify: %d query labels for %d queries", #qlabels, #pred), 2)
   end

@@ -450,4 +450,12 @@ function TestBadArguments:test_cka_layer_features_checks_every_entry()
   lu.assertEquals(E.cka_layer_features({{X}}, {depths = {1, 2}}):shape(), {1, 2 * 16}) -- slots (0, 1/2], (1/2, 1]
 end
 
+-- classify's qlabels must be a list (a coroutine raised "attempt to get
+-- length of a thread value"; the Lua API fuzzer)
+function TestBadArguments:test_classify_checks_qlabels()
+  local sim = lps.tensor{{0.9, 0.1}, {0.2, 0.8}}
+  T.assert_error_contains("classify: qlabels must be a list of labels, got number", E.classify, sim, {1, 2}, 5)
+  lu.assertEquals(E.classify(sim, {1, 2}, {1, 2}), 1)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)
