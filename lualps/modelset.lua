@@ -219,6 +219,7 @@ function ModelSet:append(model, meta, opts)
     error("modelset: append needs an lps.nn module (use append_tensors for raw tensors)", 2)
   end
   meta = meta or {}
+  if type(meta) ~= "table" then error(("modelset: append's meta must be a table, got %s"):format(type(meta)), 2) end
   if meta.arch ~= nil then error("modelset: meta.arch is reserved for the model's architecture", 2) end
   local m = {}
   for k, v in pairs(meta) do m[k] = v end
@@ -297,6 +298,7 @@ end
 -- message=}; record is nil for the header, index or damage between records)
 -- and the full report. Raises only when the file cannot be opened.
 function M.verify(path)
+  if math.type(path) then path = tostring(path) end -- a number names a file, as for C.verify (not an open set)
   local rep = C.verify(path)
   if rep.ok or rep.records > 0 then json_problems(path, rep) end
   return rep.ok, rep.problems, rep
