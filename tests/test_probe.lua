@@ -469,6 +469,12 @@ function TestProbe:test_bad_models_are_refused()
   T.assert_error_contains("probe.outputs: blocks must be a list of {first row - 1, rows} pairs within X's rows",
     probe.outputs, bn, lps.zeros(2, 4), {{0, 3}}, o)
   lu.assertEquals(probe.outputs(bn, lps.rand(2, 4), {{0, 2}}, o):shape(), {2, 2})
+  -- a weight list with a `module` that is not one, or holes among its weights
+  T.assert_error_contains("probe.has_batch_norm: " .. want .. "a table without either", probe.has_batch_norm,
+    {lps.zeros(3, 4), lps.zeros(3), module = 3})
+  T.assert_error_contains("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry 3 "
+    .. "is string", templates.function_of, {lps.zeros(3, 4), lps.zeros(3), "W", lps.zeros(2)})
+  T.assert_error_contains("entry 1 is 3", templates.function_of, {lps.zeros(3), lps.zeros(3)})
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -21,8 +21,9 @@ local M = {}
 -- an error naming operation `what`, raised `level` calls above the caller
 -- (default 1: the caller's caller).
 function M.check_model(model, what, level)
-  local ok = type(model) == "table" and (core.is_tensor(model[1]) or (model[1] == nil and type(model.module)
-    == "userdata" and (getmetatable(model.module) or {}).__name == "lualps.Module"))
+  local mod = type(model) == "table" and model.module
+  local ok = type(model) == "table" and (mod == nil or (type(mod) == "userdata"
+    and (getmetatable(mod) or {}).__name == "lualps.Module")) and (core.is_tensor(model[1]) or mod ~= nil)
   if not ok then
     error(("%s: expected a model (a weight list {W1, b1, ...} or {module = m}, an lps.nn module), got %s")
       :format(what, type(model) == "table" and "a table without either" or type(model)), (level or 1) + 2)
@@ -44,6 +45,10 @@ local function arch_of(model, level)
   local list = {}
   for l = 1, #model // 2 do
     local W = model[2 * l - 1]
+    if not (core.is_tensor(W) and W:dim() == 2) then
+      error(("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry %d is %s")
+        :format(2 * l - 1, core.is_tensor(W) and table.concat(W:shape(), "x") or type(W)), level + 1)
+    end
     list[#list + 1] = {type = "linear", ["in"] = W:size(2), out = W:size(1)}
     if l < #model // 2 then list[#list + 1] = {type = "relu"} end
   end
