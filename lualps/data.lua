@@ -321,7 +321,7 @@ end
 -- drawn from the generator (default: the module's).
 function data.fraction(x, y, frac, gen)
   check_xy(x, y, "fraction")
-  if type(frac) ~= "number" or frac < 0 or frac > 1 then error("fraction: frac must be in [0, 1]", 2) end
+  if type(frac) ~= "number" or not (frac >= 0 and frac <= 1) then error("fraction: frac must be in [0, 1]", 2) end
   local n = x:size(1)
   local k = math.floor(frac * n + 0.5)
   local p = randperm(n, gen, "fraction", 2)
@@ -341,7 +341,7 @@ function data.split(x, y, val, gen)
     error("split: val must be a fraction or a count >= 0", 2)
   end
   local k = val < 1 and math.floor(val * n + 0.5) or math.floor(val)
-  if k < 0 or k > n then error(("split: cannot take %d of %d samples"):format(k, n), 2) end
+  if k < 0 or k > n then error(("split: cannot take %s of %d samples"):format(tostring(math.tointeger(k) or k), n), 2) end
   if not gen then
     local yf = y:reshape(-1)
     return x:rows(1, n - k), yf:rows(1, n - k), x:rows(n - k + 1, n), yf:rows(n - k + 1, n)

@@ -125,6 +125,9 @@ function TestHelpers:test_bad_arguments_name_the_operation()
   -- split's val must be finite (math.huge raised "bad argument #2 to 'format'")
   T.assert_error_contains("split: val must be a fraction or a count >= 0", data.split, x, y, math.huge)
   T.assert_error_contains("split: val must be a fraction or a count >= 0", data.split, x, y, 0 / 0)
+  -- a count too large for an integer ("bad argument #1 to 'format'"), a NaN fraction (an error from table.move)
+  T.assert_error_contains("split: cannot take 1e+300 of 6 samples", data.split, x, y, 1e300)
+  T.assert_error_contains("fraction: frac must be in [0, 1]", data.fraction, x, y, 0 / 0)
 end
 
 TestDomains = {}
