@@ -475,6 +475,16 @@ function TestProbe:test_bad_models_are_refused()
   T.assert_error_contains("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry 3 "
     .. "is string", templates.function_of, {lps.zeros(3, 4), lps.zeros(3), "W", lps.zeros(2)})
   T.assert_error_contains("entry 1 is 3", templates.function_of, {lps.zeros(3), lps.zeros(3)})
+  -- {x, module = m}: the module's first parameter tells images from vectors, not x ("attempt to call a nil
+  -- value (method 'dim')"), and a module without parameters is named
+  local tnet = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 16, input_shape = {1, 4, 4}, width = 4,
+    embed = 3, template_pool = 2, noise = 2}
+  lu.assertEquals(tnet:templates({5, module = lps.nn.mlp{16, 3, 2}}):size(1), 2)
+  T.assert_error_contains("templates: the model's module has no parameters", tnet.templates, tnet,
+    {module = lps.nn.sequential{lps.nn.relu()}})
+  local hy = lps.similarity.hybrid.new(tnet, lps.similarity.hybrid_state({tm_pool = 2}, lps.zeros(2, 3), {0.5, 0.1, 0.9}))
+  T.assert_error_contains("hybrid: similarity needs two lists of models, got table and string", hy.similarity, hy, {}, "b")
+  T.assert_error_contains("hybrid: describe needs a list of models, got number", hy.describe, hy, 1)
 end
 
 local code = lu.LuaUnit.run("-o", "tap")

@@ -450,6 +450,7 @@ end
 -- H.model_gate), gt (its typicality gate, H.typicality_gate: probe_gate's),
 -- rows (its TM rows or false), bn}, computed once per model.
 function Hybrid:describe(models)
+  if type(models) ~= "table" then error(("hybrid: describe needs a list of models, got %s"):format(type(models)), 2) end
   local st, missing = self.state, {}
   for _, m in ipairs(models) do if not self.memo[m] then missing[#missing + 1] = m end end
   if #missing > 0 then
@@ -470,6 +471,9 @@ end
 -- where the anchor is NaN, or with gate = false where the network gives a
 -- model a NaN embedding; with the gate such a model keeps the anchor's score).
 function Hybrid:similarity(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then
+    error(("hybrid: similarity needs two lists of models, got %s and %s"):format(type(a), type(b)), 2)
+  end
   local da, db = self:describe(a), self:describe(b)
   local rows = {}
   for i, m in ipairs(a) do rows[m] = da[i].rows end

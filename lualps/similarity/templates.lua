@@ -117,7 +117,12 @@ function M.compute(self, model)
         core.rand(P, d, core.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
     end
   end
-  local first = model[1] or model.module:named_parameters()[1].tensor -- a weight list, or {module = m}
+  local first = core.is_tensor(model[1]) and model[1] -- a weight list, or {module = m}
+  if not first then
+    local p = model.module:named_parameters()[1]
+    if not p then error("templates: the model's module has no parameters", 2) end
+    first = p.tensor
+  end
   local x = self.noise_x
   if first:dim() == 4 then -- images in
     self.noise_img = self.noise_img or x:reshape(R * P, table.unpack(o.input_shape))
