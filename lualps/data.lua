@@ -279,6 +279,9 @@ function data.select_classes(x, y, classes)
   end
   local map = {}
   for i, c in ipairs(classes) do
+    if type(c) ~= "number" or c ~= c then
+      error(("select_classes: class %d is %s, not a label (a number)"):format(i, c ~= c and "NaN" or tostring(c)), 2)
+    end
     if map[c] then error(("select_classes: class %s is listed twice"):format(tostring(c)), 2) end
     map[c] = i
   end
