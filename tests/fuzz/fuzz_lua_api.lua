@@ -882,6 +882,23 @@ seeds["Net:forward"] = function() return {S.archnet, {wl{{4, 3}, {3, 2}}, sim.we
 seeds["Net:embed"] = function() return {S.tnet, {wl{{36, 3}, {3, 2}}, sim.weights(cnn6())}, 1} end
 seeds["Net:templates"] = function() return {S.tnet, sim.weights(cnn6())} end
 seeds["Net:loss"] = function() return {S.archnet, S.archnet:forward{wl{{4, 3}, {3, 2}}, wl{{4, 5}, {5, 2}}}, {1, 2}} end
+seeds["Net:backward"] = function()
+  local Y = S.archnet:forward{wl{{4, 3}, {3, 2}}, wl{{4, 5}, {5, 2}}}
+  local _, dY = S.archnet:loss(Y, {1, 2})
+  return {S.archnet, dY}
+end
+seeds["Head:prepare"] = function() return {sim.feature_head{in_dim = 5, embed = 3, classes = 2}, lps.randn(5, g0)} end
+seeds["Head:backward"] = function()
+  local h = sim.feature_head{in_dim = 5, embed = 3, classes = 2}
+  local Y = h:forward{lps.randn(5, g0), lps.randn(5, g0)}
+  local _, dY = h:loss(Y, {1, 2})
+  return {h, dY}
+end
+seeds["similarity.prior.features"] = function() return {{wl{{4, 5}, {5, 2}}, sim.weights(cnn6())}} end
+seeds["similarity.prior.fit_zoo"] = function()
+  return {{wl{{4, 5}, {5, 2}}, wl{{4, 3}, {3, 2}}, wl{{4, 6}, {6, 2}}, wl{{4, 2}, {2, 2}}}, {"a", "b", "c", "d"},
+    {1, 1, 2, 2}, {a = {[2] = 0.5}, b = {[2] = 0.6}, c = {0.7}, d = {0.4}}}
+end
 seeds["Net:load_named"] = function() return {S.mlpnet, S.mlpnet:named_parameters()} end
 seeds["Hybrid:similarity"] = function() return {sim.hybrid.new(S.tnet, hybrid_state(S.tnet)), {wl{{36, 3}, {3, 2}}},
   {sim.weights(cnn6()), wl{{36, 4}, {4, 2}}}} end
