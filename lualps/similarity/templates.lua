@@ -16,7 +16,7 @@ local K = core._lps
 
 local M = {}
 
---- Check that model is what these functions read: a weight list {W1, b1,
+-- (internal) Check that model is what these functions read: a weight list {W1, b1,
 -- ...} (its first entry a tensor) or {module = m} (an lps.nn module); else
 -- an error naming operation `what`, raised `level` calls above the caller
 -- (default 1: the caller's caller).
