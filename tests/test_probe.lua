@@ -475,6 +475,10 @@ function TestProbe:test_bad_models_are_refused()
   T.assert_error_contains("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry 3 "
     .. "is string", templates.function_of, {lps.zeros(3, 4), lps.zeros(3), "W", lps.zeros(2)})
   T.assert_error_contains("entry 1 is 3", templates.function_of, {lps.zeros(3), lps.zeros(3)})
+  -- buffers that are not a list ("attempt to get length of a number value" from probe.lua)
+  T.assert_error_contains("probe.has_batch_norm: the model's buffers must be a list of tensors, got number",
+    probe.has_batch_norm, {lps.zeros(3, 4), lps.zeros(3), buffers = 2})
+  lu.assertFalse(probe.has_batch_norm({lps.zeros(3, 4), lps.zeros(3), buffers = {}}))
   -- {x, module = m}: the module's first parameter tells images from vectors, not x ("attempt to call a nil
   -- value (method 'dim')"), and a module without parameters is named
   local tnet = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 16, input_shape = {1, 4, 4}, width = 4,

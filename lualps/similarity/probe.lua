@@ -234,7 +234,12 @@ end
 -- norm layers have any).
 function M.has_batch_norm(model)
   templates.check_model(model, "probe.has_batch_norm")
-  if not model.module then return #(model.buffers or {}) > 0 end
+  if not model.module then
+    if model.buffers ~= nil and type(model.buffers) ~= "table" then
+      error(("probe.has_batch_norm: the model's buffers must be a list of tensors, got %s"):format(type(model.buffers)), 2)
+    end
+    return #(model.buffers or {}) > 0
+  end
   for _, b in ipairs(model.module:named_buffers()) do
     if b.name:match("running_mean$") then return true end
   end
