@@ -69,6 +69,7 @@ end
 --- The arch of a record's metadata: its `arch`, or for older records the
 -- conversion of their legacy `spec`; nil when it has neither.
 function M.of_meta(meta)
+  if type(meta) ~= "table" then error(("arch.of_meta: meta must be a record's metadata table, got %s"):format(type(meta)), 2) end
   if meta.arch ~= nil then return meta.arch end
   if meta.spec ~= nil then return M.of_legacy_spec(meta.spec) end
   return nil
@@ -98,6 +99,14 @@ end
 -- layers alone, else its weight layers and blocks, e.g. "cnn-c8-c16-l4" or
 -- "cnn-c8-res[c8-c8]-l10".
 function M.name(list)
+  local function check(l, where)
+    if type(l) ~= "table" then error(("arch.name: %s must be a list of layers, got %s"):format(where, type(l)), 3) end
+    for i, e in ipairs(l) do
+      if type(e) ~= "table" then error(("arch.name: %s layer %d is %s, not a table"):format(where, i, type(e)), 3) end
+      if e.body ~= nil then check(e.body, ("%s layer %d's body"):format(where, i)) end
+    end
+  end
+  check(list, "the arch")
   local function parts(l, out)
     for _, e in ipairs(l) do
       if e.type == "conv2d" then out[#out + 1] = "c" .. tostring(e.out)

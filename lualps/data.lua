@@ -7,6 +7,11 @@ local G = core._glyphs
 
 local data = {}
 
+local function is_generator(v)
+  local mt = getmetatable(v)
+  return type(v) == "userdata" and type(mt) == "table" and mt.__name == "lualps.Generator"
+end
+
 data.default_dir = "/usr/share/datasets/fashion-mnist"
 --- Class names, by 1-based label.
 data.fashion_classes = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -20,6 +25,7 @@ function data.fashion_mnist(split, dir)
   local prefix = ({train = "train", test = "t10k"})[split]
   if not prefix then error(("fashion_mnist: split must be 'train' or 'test', got '%s'"):format(tostring(split)), 2) end
   dir = dir or os.getenv("LUALPS_DATA") or data.default_dir
+  if type(dir) ~= "string" then error(("fashion_mnist: dir must be a directory path, got %s"):format(type(dir)), 2) end
   local ipath = ("%s/%s-images-idx3-ubyte.gz"):format(dir, prefix)
   local lpath = ("%s/%s-labels-idx1-ubyte.gz"):format(dir, prefix)
   local x = C.idx_images(ipath)
@@ -220,7 +226,7 @@ local glyph_fixed = {face = 1, size = 20, angle = 0, dx = 0, dy = 0, stroke = 0,
 -- (ranges above), from the generator (default: the module's):
 -- data.glyph("g", data.glyph_params(gen)) is one random letter image.
 function data.glyph_params(gen)
-  if gen ~= nil and not (type(gen) == "userdata" and tostring(gen):match("^lualps.Generator")) then
+  if gen ~= nil and not is_generator(gen) then
     error("glyph_params: expected a generator (lps.generator(seed))", 2)
   end
   return G.draw(gen)
@@ -235,6 +241,7 @@ end
 -- multiplicative pixel noise), generator (the noise's; default the module's).
 function data.glyph(letter, opts)
   local cls = glyph_class(letter, "glyph")
+  if opts ~= nil and type(opts) ~= "table" then error(("glyph: opts must be a table, got %s"):format(type(opts)), 2) end
   local p = {}
   for k, v in pairs(glyph_fixed) do p[k] = v end
   for k, v in pairs(opts or {}) do
@@ -267,8 +274,14 @@ end
 -- order given: select_classes(x, y, {3, 5}) maps 3 -> 1 and 5 -> 2.
 function data.select_classes(x, y, classes)
   check_xy(x, y, "select_classes")
+  if type(classes) ~= "table" then
+    error(("select_classes: classes must be a list of labels, got %s"):format(type(classes)), 2)
+  end
   local map = {}
   for i, c in ipairs(classes) do
+    if type(c) ~= "number" or c ~= c then
+      error(("select_classes: class %d is %s, not a label (a number)"):format(i, c ~= c and "NaN" or tostring(c)), 2)
+    end
     if map[c] then error(("select_classes: class %s is listed twice"):format(tostring(c)), 2) end
     map[c] = i
   end
@@ -283,8 +296,16 @@ function data.select_classes(x, y, classes)
   return x:index_rows(idx), ty
 end
 
--- A random permutation of 1..n from the generator (Fisher-Yates).
-local function randperm(n, gen)
+-- A random permutation of 1..n from the generator (Fisher-Yates); `what`
+-- names the caller in errors (raised at `level`, default the caller's).
+local function randperm(n, gen, what, level)
+  what, level = what or "randperm", level or 2
+  if math.type(n) ~= "integer" or n < 0 then
+    error(("%s: n must be an integer >= 0, got %s"):format(what, tostring(n)), level + 1)
+  end
+  if gen ~= nil and not is_generator(gen) then
+    error(("%s: gen must be a generator (lps.generator(seed)), got %s"):format(what, type(gen)), level + 1)
+  end
   gen = gen or core.default_generator()
   local p = {}
   for i = 1, n do p[i] = i end
@@ -294,16 +315,19 @@ local function randperm(n, gen)
   end
   return p
 end
-data.randperm = randperm
+function data.randperm(n, gen)
+  local p = randperm(n, gen, "randperm", 2)
+  return p
+end
 
 --- A random subset of round(frac * N) samples (kept in their original order),
 -- drawn from the generator (default: the module's).
 function data.fraction(x, y, frac, gen)
   check_xy(x, y, "fraction")
-  if type(frac) ~= "number" or frac < 0 or frac > 1 then error("fraction: frac must be in [0, 1]", 2) end
+  if type(frac) ~= "number" or not (frac >= 0 and frac <= 1) then error("fraction: frac must be in [0, 1]", 2) end
   local n = x:size(1)
   local k = math.floor(frac * n + 0.5)
-  local p = randperm(n, gen)
+  local p = randperm(n, gen, "fraction", 2)
   local idx = table.move(p, 1, k, 1, {})
   table.sort(idx)
   return take(x, y:reshape(-1), idx)
@@ -316,14 +340,16 @@ end
 function data.split(x, y, val, gen)
   check_xy(x, y, "split")
   local n = x:size(1)
-  if type(val) ~= "number" or val < 0 then error("split: val must be a fraction or a count >= 0", 2) end
+  if type(val) ~= "number" or not (val >= 0 and val < math.huge) then
+    error("split: val must be a fraction or a count >= 0", 2)
+  end
   local k = val < 1 and math.floor(val * n + 0.5) or math.floor(val)
-  if k < 0 or k > n then error(("split: cannot take %d of %d samples"):format(k, n), 2) end
+  if k < 0 or k > n then error(("split: cannot take %s of %d samples"):format(tostring(math.tointeger(k) or k), n), 2) end
   if not gen then
     local yf = y:reshape(-1)
     return x:rows(1, n - k), yf:rows(1, n - k), x:rows(n - k + 1, n), yf:rows(n - k + 1, n)
   end
-  local p = randperm(n, gen)
+  local p = randperm(n, gen, "split", 2)
   local tr, va = table.move(p, 1, n - k, 1, {}), table.move(p, n - k + 1, n, 1, {})
   table.sort(tr)
   table.sort(va)

@@ -173,6 +173,10 @@ end
 --- Ridge regression: predictions for the rows of Xt (m x e) of the linear
 -- model of targets y on the rows of X (M.ridge_fit, then M.ridge_apply).
 function M.ridge_predict(X, y, Xt, rho)
+  if not (core.is_tensor(X) and X:dim() == 2 and type(y) == "table" and core.is_tensor(Xt) and Xt:dim() == 2) then
+    error(("ridge_predict: expected X (an n x e tensor), y (a list of n numbers) and Xt (an m x e tensor), got %s, %s "
+      .. "and %s"):format(core.is_tensor(X) and "a tensor" or type(X), type(y), core.is_tensor(Xt) and "a tensor" or type(Xt)), 2)
+  end
   if #y ~= X:size(1) or Xt:size(2) ~= X:size(2) then
     error(("ridge_predict: X is %dx%d, y has %d values, Xt has %d columns"):format(X:size(1), X:size(2), #y, Xt:size(2)), 2)
   end
@@ -288,6 +292,9 @@ end
 -- The slots of the depths present, or of opts.depths (which must hold them).
 local function layout_slots(depths, opts, op, level)
   if opts.depths then
+    local ok = type(opts.depths) == "table" and #opts.depths > 0
+    for _, D in ipairs(ok and opts.depths or {}) do ok = ok and math.type(D) == "integer" and D >= 1 end
+    if not ok then error(("%s: opts.depths must be a non-empty list of positive integers"):format(op), level) end
     for _, L in ipairs(depths) do
       local ok = false
       for _, D in ipairs(opts.depths) do ok = ok or D == L end
@@ -338,11 +345,13 @@ function M.cka_layer_features(acts, opts)
   end
   local np
   local seen, depths = {}, {}
-  for i, list in ipairs(acts) do
+  for i = 1, #acts do
+    local list = acts[i]
     if type(list) ~= "table" or #list < 1 then
       error(("cka_layer_features: model %d must be a non-empty list of N x p tensors"):format(i), 2)
     end
-    for l, X in ipairs(list) do
+    for l = 1, #list do
+      local X = list[l]
       if not core.is_tensor(X) or X:dim() ~= 2 then
         error(("cka_layer_features: model %d layer %d must be a 2-D N x p tensor"):format(i, l), 2)
       end
@@ -356,7 +365,7 @@ function M.cka_layer_features(acts, opts)
   end
   local slots = layout_slots(depths, opts, "cka_layer_features", 3)
   local F = core.zeros(#acts, #slots * np * np)
-  for i, list in ipairs(acts) do fill_cka_row(F, i, list, slots, "cka_layer_features", 3) end
+  for i = 1, #acts do fill_cka_row(F, i, acts[i], slots, "cka_layer_features", 3) end
   return F
 end
 
@@ -412,6 +421,10 @@ end
 -- ap = {each query's average precision; NaN for a skipped query}}.
 function M.retrieval(sim, qlabels, glabels, opts)
   opts = util.options(opts, {exclude_self = false}, "retrieval", {"ks"})
+  if not (core.is_tensor(sim) and sim:dim() == 2) then
+    error(("retrieval: sim must be a queries x gallery tensor, got %s"):format(core.is_tensor(sim)
+      and table.concat(sim:shape(), "x") or type(sim)), 2)
+  end
   local ng = sim:size(2) - (opts.exclude_self and 1 or 0)
   local ks = opts.ks or default_ks(ng)
   local cmc, map, nvalid, ap = C.retrieval(sim, qlabels, glabels, ks, opts.exclude_self)
@@ -497,6 +510,7 @@ function M.classify(sim, glabels, qlabels, opts)
     error("classify: rule must be 'knn' or 'centroid', got '" .. tostring(opts.rule) .. "'", 2)
   end
   if not qlabels then return nil, pred end
+  if type(qlabels) ~= "table" then error(("classify: qlabels must be a list of labels, got %s"):format(type(qlabels)), 2) end
   if #qlabels ~= #pred then
     error(string.format("classify: %d query labels for %d queries", #qlabels, #pred), 2)
   end

@@ -219,6 +219,7 @@ function ModelSet:append(model, meta, opts)
     error("modelset: append needs an lps.nn module (use append_tensors for raw tensors)", 2)
   end
   meta = meta or {}
+  if type(meta) ~= "table" then error(("modelset: append's meta must be a table, got %s"):format(type(meta)), 2) end
   if meta.arch ~= nil then error("modelset: meta.arch is reserved for the model's architecture", 2) end
   local m = {}
   for k, v in pairs(meta) do m[k] = v end
@@ -297,6 +298,7 @@ end
 -- message=}; record is nil for the header, index or damage between records)
 -- and the full report. Raises only when the file cannot be opened.
 function M.verify(path)
+  if math.type(path) then path = tostring(path) end -- a number names a file, as for C.verify (not an open set)
   local rep = C.verify(path)
   if rep.ok or rep.records > 0 then json_problems(path, rep) end
   return rep.ok, rep.problems, rep
@@ -334,7 +336,12 @@ M.merge_defaults = {
 -- records written.
 function M.merge(out, inputs, opts)
   local o = util.options(opts, M.merge_defaults, "merge", {"codec", "level"})
+  if type(out) ~= "string" then error(("merge: out must be a path, got %s"):format(type(out)), 2) end
   if type(inputs) ~= "table" or #inputs == 0 then error("merge: no input sets", 2) end
+  for k, path in ipairs(inputs) do
+    if type(path) ~= "string" then error(("merge: input %d must be a path, got %s"):format(k, type(path)), 2) end
+  end
+  if type(o.id_field) ~= "string" then error(("merge: id_field must be a string, got %s"):format(type(o.id_field)), 2) end
   local existing = io.open(out, "rb")
   if existing then existing:close() end
   local append = existing ~= nil and o.skip_existing and not o.overwrite

@@ -180,9 +180,16 @@ local function shape_str(t) return "(" .. table.concat(t:shape(), "x") .. ")" en
 -- "fc1.weight", "net.2.bias", ...); layers are ordered by prefix with digit
 -- runs compared as numbers; weights are out x in and must chain.
 function M.mlp_layers(tensors, names, level)
-  level = (level or 1) + 1
+  level = (math.type(level) == "integer" and level >= 1 and level or 1) + 1
+  if type(tensors) ~= "table" or type(names) ~= "table" then
+    error(("safetensors: mlp_layers needs the tensors (a map name -> tensor) and their names (a list), got %s and %s")
+      :format(type(tensors), type(names)), level)
+  end
   local layers, by_prefix = {}, {}
   for _, name in ipairs(names) do
+    if type(name) ~= "string" or not core.is_tensor(tensors[name]) then
+      error(string.format("safetensors: mlp_layers: tensor name %s is not a string naming a tensor", tostring(name)), level)
+    end
     local prefix, kind = name:match("^(.+)%.(weight)$")
     if not prefix then prefix, kind = name:match("^(.+)%.(bias)$") end
     if not prefix then

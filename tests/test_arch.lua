@@ -375,4 +375,23 @@ function TestArchParse:test_residual_of_unknown_input_then_flatten()
   T.assert_error_contains('"in" is 16 but its input (2x32) gives 32 features', m.forward, m, lps.zeros(2, 8, 2, 2))
 end
 
+-- of_meta of something that is not a metadata table: an error naming it
+-- (was "attempt to index a nil value (local 'meta')"; the Lua API fuzzer)
+TestArchOfMeta = {}
+
+function TestArchOfMeta:test_bad_meta()
+  T.assert_error_contains("arch.of_meta: meta must be a record's metadata table, got nil", lps.arch.of_meta, nil)
+  T.assert_error_contains("got number", lps.arch.of_meta, 3)
+  lu.assertNil(lps.arch.of_meta({}))
+end
+
+-- name of a list with entries that are not layers (a number raised
+-- "attempt to index a number value (local 'e')"; the Lua API fuzzer)
+function TestArchOfMeta:test_name_checks_its_list()
+  T.assert_error_contains("arch.name: the arch must be a list of layers, got nil", lps.arch.name, nil)
+  T.assert_error_contains("arch.name: the arch layer 2 is number, not a table", lps.arch.name, {{type = "relu"}, 3})
+  T.assert_error_contains("arch.name: the arch layer 1's body layer 1 is string", lps.arch.name, {{type = "residual", body = {"x"}}})
+  lu.assertEquals(lps.arch.name({{type = "linear", ["in"] = 4, out = 2}}), "mlp-4-2")
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -416,4 +416,46 @@ function TestPairedBootstrap:test_bad_input()
   T.assert_error_contains("seed must be an integer, got 1.5", E.paired_bootstrap, {1}, {1}, {1}, {seed = 1.5})
 end
 
+-- A sim or a regression's data of the wrong type: errors naming the
+-- operation (the Lua API fuzzer found "attempt to call a nil value (method
+-- 'size')" from inside eval.lua)
+TestBadArguments = {}
+
+function TestBadArguments:test_retrieval_and_ridge_predict_name_themselves()
+  T.assert_error_contains("retrieval: sim must be a queries x gallery tensor, got table", E.retrieval, {{1}}, {1}, {1})
+  T.assert_error_contains("retrieval: sim must be a queries x gallery tensor, got 3", E.retrieval, lps.zeros(3), {1}, {1})
+  local X = lps.randn(4, 2, lps.generator(1))
+  T.assert_error_contains("ridge_predict: expected X (an n x e tensor), y (a list of n numbers) and Xt", E.ridge_predict,
+    X, lps.generator(1), X)
+  T.assert_error_contains("got a tensor, table and nil", E.ridge_predict, X, {1, 2, 3, 4})
+  T.assert_error_contains("got number, table and a tensor", E.ridge_predict, 3, {1, 2, 3, 4}, X)
+end
+
+-- cka_layer_features with holes in its lists or bad depths (a list {nil, X}
+-- raised "attempt to perform arithmetic on a nil value (local 'np')", a
+-- string as depths "bad argument #1 to 'for iterator'"; the Lua API fuzzer)
+function TestBadArguments:test_cka_layer_features_checks_every_entry()
+  local X = lps.randn(4, 3, lps.generator(1))
+  local holed = {}
+  holed[2] = X
+  T.assert_error_contains("cka_layer_features: model 1 must be a non-empty list", E.cka_layer_features, {{}})
+  if #holed == 2 then -- (the border Lua gives such a table)
+    T.assert_error_contains("cka_layer_features: model 1 layer 1 must be a 2-D N x p tensor", E.cka_layer_features, {holed})
+  end
+  T.assert_error_contains("cka_layer_features: model 1 layer 2 must be a 2-D N x p tensor", E.cka_layer_features,
+    {{X, 5}})
+  T.assert_error_contains("cka_layer_features: opts.depths must be a non-empty list of positive integers",
+    E.cka_layer_features, {{X}}, {depths = "2"})
+  T.assert_error_contains("opts.depths must be", E.cka_layer_features, {{X}}, {depths = {1.5}})
+  lu.assertEquals(E.cka_layer_features({{X}}, {depths = {1, 2}}):shape(), {1, 2 * 16}) -- slots (0, 1/2], (1/2, 1]
+end
+
+-- classify's qlabels must be a list (a coroutine raised "attempt to get
+-- length of a thread value"; the Lua API fuzzer)
+function TestBadArguments:test_classify_checks_qlabels()
+  local sim = lps.tensor{{0.9, 0.1}, {0.2, 0.8}}
+  T.assert_error_contains("classify: qlabels must be a list of labels, got number", E.classify, sim, {1, 2}, 5)
+  lu.assertEquals(E.classify(sim, {1, 2}, {1, 2}), 1)
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

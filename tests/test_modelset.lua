@@ -781,6 +781,42 @@ end
 -- Resuming a sharded build: records whose id the output holds are skipped,
 -- the output is appended to (its records stay byte for byte), and of
 -- records sharing an id across the inputs the first is copied.
+-- Inputs and out that are not paths: errors naming merge and the input
+-- (a table among the inputs raised "bad argument #1 to 'open'"; the Lua
+-- API fuzzer), and nothing written
+function TestMerge:test_merge_checks_its_paths()
+  local a, out = T.tmpname(".lpsm"), T.tmpname(".lpsm")
+  small_set(a, 2)
+  T.assert_error_contains("merge: input 2 must be a path, got table", MS.merge, out, {a, {}})
+  T.assert_error_contains("merge: out must be a path, got nil", MS.merge, nil, {a})
+  T.assert_error_contains("merge: id_field must be a string, got number", MS.merge, out, {a}, {id_field = 3})
+  lu.assertNil(io.open(out, "rb"))
+  lu.assertEquals(MS.merge(out, {a}), 2)
+end
+
+-- verify given a number (a file name, as C reads it) and append given a
+-- meta that is not a table (they raised "attempt to get length of a number
+-- value" and "bad argument #1 to 'for iterator'"; the Lua API fuzzer)
+function TestMerge:test_verify_number_and_append_meta()
+  -- in a child process whose directory holds a set named "7"
+  local dir = T.tmpname("")
+  os.remove(dir)
+  lu.assertTrue(os.execute("mkdir " .. dir))
+  local root = os.getenv("PWD")
+  local p = io.popen(("cd %s && LUA_PATH='%s/?.lua;%s/?/init.lua;;' LUA_CPATH='%s/?.so;;' lua5.4 -e '"
+    .. "local MS = require(\"lualps\").modelset; local ms = MS.create(\"7\"); "
+    .. "ms:append_tensors({w = require(\"lualps\").zeros(2)}, {id = 1}); ms:close(); print(MS.verify(7))' 2>&1")
+    :format(dir, root, root, root))
+  local out = p:read("a")
+  p:close()
+  os.remove(dir .. "/7")
+  os.remove(dir)
+  lu.assertStrContains(out, "true")
+  local ms <close> = MS.create(T.tmpname(".lpsm"))
+  T.assert_error_contains("modelset: append's meta must be a table, got number", ms.append, ms, lps.nn.mlp{2, 2}, 5)
+  lu.assertEquals(ms:append(lps.nn.mlp{2, 2}, {id = "x"}), 1)
+end
+
 function TestMerge:test_merge_skip_existing()
   local a, b, out = T.tmpname(".lpsm"), T.tmpname(".lpsm"), T.tmpname(".lpsm")
   os.remove(out)

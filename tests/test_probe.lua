@@ -440,6 +440,57 @@ function TestProbe:test_bad_options_are_refused()
   T.assert_error_contains("unknown option 'prob'", lps.benchmark.methods.probe_matching, {prob = 1})
 end
 
+-- Something else than a model: errors naming the operation (the Lua API
+-- fuzzer found "attempt to index a nil value (field 'integer index')" from
+-- templates.lua for a table without tensors, "attempt to get length" from
+-- probe.lua for a matcher's lists)
+function TestProbe:test_bad_models_are_refused()
+  local templates = require "lualps.similarity.templates"
+  local m = T.random_mlp(lps.generator(1), {4, 3, 2})
+  local o = {input_shape = {4}, steps = 2}
+  local want = "expected a model (a weight list {W1, b1, ...} or {module = m}, an lps.nn module), got "
+  T.assert_error_contains("probe.dreams: " .. want .. "a table without either", probe.dreams, {}, o)
+  T.assert_error_contains("probe.dreams: " .. want .. "number", probe.dreams, 3, o)
+  T.assert_error_contains("probe.has_batch_norm: " .. want .. "a table without either", probe.has_batch_norm, {module = 2})
+  T.assert_error_contains("probe.outputs: " .. want .. "nil", probe.outputs, nil, lps.zeros(2, 4))
+  T.assert_error_contains("probe.outputs: X must be an n x d tensor of dreams, got table", probe.outputs, m, {})
+  T.assert_error_contains("function_of: " .. want .. "string", templates.function_of, "m")
+  local pm = probe.matcher(o)
+  T.assert_error_contains("probe matching: readers and dreamers must be lists of models, got table and nil", pm.directed,
+    {m})
+  T.assert_error_contains("probe matching: " .. want .. "boolean", pm.scores, {m}, {true})
+  lu.assertEquals(pm.scores({m}, {m}):shape(), {1, 1})
+  local net = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 16, input_shape = {1, 4, 4}, width = 4,
+    embed = 3}
+  T.assert_error_contains("templates: " .. want .. "a table without either", net.templates, net, {module = "x"})
+  -- a module with batch norm, its blocks checked before they are read
+  local bn = {module = lps.nn.from_arch({{type = "linear", ["in"] = 4, out = 3}, {type = "batchnorm1d", features = 3},
+    {type = "relu"}, {type = "linear", ["in"] = 3, out = 2}})}
+  T.assert_error_contains("probe.outputs: blocks must be a list of {first row - 1, rows} pairs within X's rows",
+    probe.outputs, bn, lps.zeros(2, 4), {{0, 3}}, o)
+  lu.assertEquals(probe.outputs(bn, lps.rand(2, 4), {{0, 2}}, o):shape(), {2, 2})
+  -- a weight list with a `module` that is not one, or holes among its weights
+  T.assert_error_contains("probe.has_batch_norm: " .. want .. "a table without either", probe.has_batch_norm,
+    {lps.zeros(3, 4), lps.zeros(3), module = 3})
+  T.assert_error_contains("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry 3 "
+    .. "is string", templates.function_of, {lps.zeros(3, 4), lps.zeros(3), "W", lps.zeros(2)})
+  T.assert_error_contains("entry 1 is 3", templates.function_of, {lps.zeros(3), lps.zeros(3)})
+  -- buffers that are not a list ("attempt to get length of a number value" from probe.lua)
+  T.assert_error_contains("probe.has_batch_norm: the model's buffers must be a list of tensors, got number",
+    probe.has_batch_norm, {lps.zeros(3, 4), lps.zeros(3), buffers = 2})
+  lu.assertFalse(probe.has_batch_norm({lps.zeros(3, 4), lps.zeros(3), buffers = {}}))
+  -- {x, module = m}: the module's first parameter tells images from vectors, not x ("attempt to call a nil
+  -- value (method 'dim')"), and a module without parameters is named
+  local tnet = lps.similarity.network{families = {"mlp", "cnn"}, input_dim = 16, input_shape = {1, 4, 4}, width = 4,
+    embed = 3, template_pool = 2, noise = 2}
+  lu.assertEquals(tnet:templates({5, module = lps.nn.mlp{16, 3, 2}}):size(1), 2)
+  T.assert_error_contains("templates: the model's module has no parameters", tnet.templates, tnet,
+    {module = lps.nn.sequential{lps.nn.relu()}})
+  local hy = lps.similarity.hybrid.new(tnet, lps.similarity.hybrid_state({tm_pool = 2}, lps.zeros(2, 3), {0.5, 0.1, 0.9}))
+  T.assert_error_contains("hybrid: similarity needs two lists of models, got table and string", hy.similarity, hy, {}, "b")
+  T.assert_error_contains("hybrid: describe needs a list of models, got number", hy.describe, hy, 1)
+end
+
 local code = lu.LuaUnit.run("-o", "tap")
 T.cleanup()
 os.exit(code, true)

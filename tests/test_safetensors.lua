@@ -449,4 +449,18 @@ function TestTorchInterop:test_pytorch_round_trip()
   lu.assertTrue(r.f64_exact, "F64 rounds as PyTorch's .float()")
 end
 
+-- mlp_layers with arguments that are not a state dict and its names:
+-- errors naming it (was arithmetic on a table, indexing a number; the Lua
+-- API fuzzer)
+TestMlpLayersArguments = {}
+
+function TestMlpLayersArguments:test_bad_arguments()
+  local st = lps.safetensors
+  T.assert_error_contains("mlp_layers needs the tensors (a map name -> tensor) and their names (a list), got table and nil",
+    st.mlp_layers, {}, nil)
+  T.assert_error_contains("mlp_layers: tensor name 5 is not a string naming a tensor", st.mlp_layers, {}, {5})
+  T.assert_error_contains("tensor name w.weight is not a string naming a tensor", st.mlp_layers, {["w.weight"] = 1}, {"w.weight"})
+  T.assert_error_contains("the file holds no tensors", st.mlp_layers, {}, {}, {})
+end
+
 os.exit(lu.LuaUnit.run("-o", "tap"), true)

@@ -144,6 +144,86 @@ function TestSimilarityAPI:test_bad_input()
   T.assert_error_contains("embed_set: record 2 (id b2)", self.sim.nearest, self.sim, bs, 1, 2)
 end
 
+-- Something else than a model set where one is expected: errors naming the
+-- operation, at the caller's line (the Lua API fuzzer found "attempt to
+-- call a nil value (method 'meta_json')" from models.lua for a table, and
+-- "attempt to get length of a number value" for a number)
+TestSetArguments = {}
+
+function TestSetArguments:test_sets_are_checked()
+  local sim = lps.similarity.wrap(lps.similarity.network{input_dim = 10, width = 4, embed = 4, classes = 2}, {1, 2})
+  local function err_of(f, ...)
+    local args = table.pack(...)
+    local ok, e = pcall(function() local r = f(table.unpack(args, 1, args.n)); return r end)
+    lu.assertFalse(ok)
+    lu.assertStrContains(tostring(e), "test_similarity_api.lua:") -- raised at the call
+    return tostring(e)
+  end
+  lu.assertStrContains(err_of(sim.embed_set, sim, 3),
+    "embed_set: expected a model set (lps.modelset.open) or its path, got number")
+  lu.assertStrContains(err_of(sim.embed_set, sim, {}), "embed_set: expected a model set (lps.modelset.open) or its path, "
+    .. "got a table that is not one")
+  lu.assertStrContains(err_of(sim.set_models, sim, {}), "set_models: expected an open model set, got a table")
+  lu.assertStrContains(err_of(sim.set_embeddings, sim, 7), "set_embeddings: expected an open model set, got number")
+  lu.assertStrContains(err_of(sim.nearest, sim, {}, 1), "nearest: expected an open model set, got a table that is not one")
+  lu.assertStrContains(err_of(lps.similarity.record, {}, 1), "similarity.record: expected an open model set")
+  lu.assertStrContains(err_of(lps.similarity.train, 5, {1}), "similarity.train: expected a model set")
+  lu.assertStrContains(err_of(lps.similarity.train, "x.lpsm", {1}, "fast"), "similarity.train: opts must be a table")
+  local path = T.tmpname(".lpsm")
+  do
+    local ms <close> = lps.modelset.create(path)
+    ms:append(lps.nn.mlp{10, 3, 2}, {id = "a", task = 1})
+  end
+  lu.assertStrContains(err_of(sim.embed_set, sim, path, {batch = 0}), "embed_set: batch must be a positive integer, got 0")
+  lu.assertEquals(sim:embed_set(path, {batch = 1}):shape(), {1, 4})
+  T.cleanup()
+end
+
+-- wrap, hybrid_state, hybrid.new, a network's embed and a feature head's
+-- forward given the wrong kinds of values: errors naming them (the Lua API
+-- fuzzer found "attempt to index a number value (local 'state')" from
+-- hybrid.lua, "attempt to index a nil value (local 'par')" from
+-- similarity/init.lua, "attempt to get length" from base.lua and head.lua)
+function TestSetArguments:test_wrap_and_networks_check_their_arguments()
+  local S = lps.similarity
+  local net = S.network{input_dim = 10, width = 4, embed = 4, classes = 2}
+  T.assert_error_contains("similarity.wrap: expected a network (lps.similarity.network), got number", S.wrap, 3, {1})
+  T.assert_error_contains("similarity.wrap: classes must be a list, got string", S.wrap, net, "ab")
+  T.assert_error_contains("similarity.wrap: the hybrid state must be a table, got number", S.wrap, net, {1, 2}, 5)
+  T.assert_error_contains("similarity.hybrid_state: expected the hybrid metadata (a table), the prototypes and (w, lo, hi), "
+    .. "got table, a tensor and nil", S.hybrid_state, {}, lps.zeros(2, 4))
+  T.assert_error_contains("hybrid: expected a network", S.hybrid.new, "net", {})
+  T.assert_error_contains("hybrid: state must be a table, got number", S.hybrid.new, net, 1)
+  T.assert_error_contains("hybrid: embed must be a function", S.hybrid.new, net, {}, 3)
+  T.assert_error_contains("hybrid: state.w must be a number", S.hybrid.new, net, {})
+  T.assert_error_contains("similarity: embed needs a list of models, got number", net.embed, net, 3)
+  T.assert_error_contains("similarity: embed's batch must be a positive integer, got 0", net.embed, net, {}, 0)
+  lu.assertEquals(net:embed({}):shape(), {0, 4})
+  local head = S.feature_head{in_dim = 5, embed = 3}
+  T.assert_error_contains("feature head: forward needs a list of feature vectors, got number", head.forward, head, 2)
+  T.assert_error_contains("prior.fit: opts must be a table, got number", S.prior.fit, {}, {}, {}, 3)
+  T.assert_error_contains("prior.fit_zoo: opts must be a table, got string", S.prior.fit_zoo, {}, {}, {}, {}, nil, "x")
+  T.assert_error_contains("prior: not a table", S.prior.check, 3, {})
+end
+
+-- train_network's options of the wrong kinds: errors naming them (the Lua
+-- API fuzzer found a file handle as progress raising "attempt to call a
+-- FILE* value (local 'progress')" from train.lua after a whole epoch)
+function TestSetArguments:test_train_network_checks_its_options()
+  local S = lps.similarity
+  local net = S.network{input_dim = 4, width = 4, embed = 3, classes = 2}
+  local g = lps.generator(1)
+  local models = {T.random_mlp(g, {4, 3, 2}), T.random_mlp(g, {4, 5, 2})}
+  local function bad(want, o) T.assert_error_contains("train_network: " .. want, S.train_network, net, models, {1, 2}, o) end
+  bad("progress must be a boolean, a table of bar options or a function, got userdata", {progress = io.stdout})
+  bad("epochs must be an integer >= 0, got x", {epochs = "x"})
+  bad("batch_size must be an integer >= 1, got 0", {batch_size = 0})
+  bad("per_task must be an integer >= 1, got 1.5", {per_task = 1.5})
+  bad("seed must be an integer, got 2.5", {seed = 2.5})
+  bad("optimizer must be an object with :step(params, grads), got number", {optimizer = 3})
+  lu.assertEquals(#S.train_network(net, models, {1, 2}, {epochs = 1}).epochs, 1)
+end
+
 TestFeatureHead = {}
 
 function TestFeatureHead:test_gradients()

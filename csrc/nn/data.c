@@ -98,7 +98,11 @@ lps_tensor *lps_idx_read_images(const char *path)
         return NULL;
     }
     int64_t row = (int64_t)d[1] * d[2];
-    lps_tensor *t = lps_tensor_new2((int64_t)d[0], row);
+    /* Not zeroed: every element is written before the tensor is returned,
+     * and a header claiming more images than the file holds (31 bytes can
+     * claim 3 GB) then costs no more memory than the bytes it does hold. */
+    int64_t shape[2] = {(int64_t)d[0], row};
+    lps_tensor *t = lps_tensor_empty(2, shape);
     if (!t) {
         gzclose(f);
         return NULL;
@@ -134,7 +138,7 @@ lps_tensor *lps_idx_read_labels(const char *path)
         return NULL;
     }
     int64_t n = d[0];
-    lps_tensor *t = lps_tensor_new(1, &n);
+    lps_tensor *t = lps_tensor_empty(1, &n); /* not zeroed, as the images */
     if (!t) {
         gzclose(f);
         return NULL;

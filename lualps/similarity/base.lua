@@ -133,7 +133,11 @@ end
 
 --- Embeddings of many models, batch by batch, keeping nothing for backward.
 function Base:embed(models, batch)
+  if type(models) ~= "table" then error(("similarity: embed needs a list of models, got %s"):format(type(models)), 2) end
   batch = batch or 64
+  if math.type(batch) ~= "integer" or batch < 1 then
+    error(("similarity: embed's batch must be a positive integer, got %s"):format(tostring(batch)), 2)
+  end
   local n = #models
   local out = core.zeros(n, self.opts.embed)
   for s = 1, n, batch do

@@ -47,6 +47,7 @@ function Head:prepare(x)
 end
 
 function Head:forward(rows)
+  if type(rows) ~= "table" then error(("feature head: forward needs a list of feature vectors, got %s"):format(type(rows)), 2) end
   local F = core.zeros(#rows, self.opts.in_dim)
   for i, x in ipairs(rows) do F[i]:copy(self:prepare(x)) end
   local Y, U = K.embed_forward(F, self.P["proj.weight"], self.P["proj.bias"])

@@ -423,6 +423,13 @@ Hybrid.__index = Hybrid
 -- net:embed; NaN rows for models it does not read). Methods:
 -- similarity(a, b) for two lists of models, describe(models).
 function H.new(net, state, embed)
+  if not (type(net) == "table" and type(net.opts) == "table" and type(net.embed) == "function") then
+    error(("hybrid: expected a network (lps.similarity.network), got %s"):format(type(net)), 2)
+  end
+  if type(state) ~= "table" then error(("hybrid: state must be a table, got %s"):format(type(state)), 2) end
+  if embed ~= nil and type(embed) ~= "function" then
+    error(("hybrid: embed must be a function(models) -> embeddings, got %s"):format(type(embed)), 2)
+  end
   for _, k in ipairs{"w", "lo", "hi", "tm_pool"} do
     if type(state[k]) ~= "number" or state[k] ~= state[k] then
       error(("hybrid: state.%s must be a number, got %s"):format(k, tostring(state[k])), 2)
@@ -444,6 +451,7 @@ end
 -- rows (its TM rows or false), bn}, computed once per model; step, if
 -- given, is called after each new model's rows (a progress display).
 function Hybrid:describe(models, step)
+  if type(models) ~= "table" then error(("hybrid: describe needs a list of models, got %s"):format(type(models)), 2) end
   local st, missing = self.state, {}
   for _, m in ipairs(models) do if not self.memo[m] then missing[#missing + 1] = m end end
   if #missing > 0 then
@@ -465,6 +473,9 @@ end
 -- where the anchor is NaN, or with gate = false where the network gives a
 -- model a NaN embedding; with the gate such a model keeps the anchor's score).
 function Hybrid:similarity(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then
+    error(("hybrid: similarity needs two lists of models, got %s and %s"):format(type(a), type(b)), 2)
+  end
   local da, db = self:describe(a), self:describe(b)
   local rows = {}
   for i, m in ipairs(a) do rows[m] = da[i].rows end

@@ -91,7 +91,8 @@ for k in pairs(M.train_defaults) do train_keys[k] = true end
 -- (lps.util.epoch_progress) on a terminal. Returns a similarity object.
 function M.train(ms, split, opts)
   opts = opts or {}
-  local set, own = sim.as_set(ms)
+  if type(opts) ~= "table" then error(("similarity.train: opts must be a table, got %s"):format(type(opts)), 2) end
+  local set, own = sim.as_set(ms, "similarity.train")
   local label_field = opts.label or "task"
   local net_opts, tr_opts = {}, {}
   for k, v in pairs(opts) do
@@ -132,6 +133,15 @@ end
 -- its similarity and nearest give the hybrid score; with a transferability
 -- prior (lualps.similarity.prior.fit's) its transferability and select use it.
 function M.wrap(net, classes, hybrid_state, prior_state)
+  if not base.is_network(net) then
+    error(("similarity.wrap: expected a network (lps.similarity.network), got %s"):format(type(net)), 2)
+  end
+  if classes ~= nil and type(classes) ~= "table" then
+    error(("similarity.wrap: classes must be a list, got %s"):format(type(classes)), 2)
+  end
+  if hybrid_state ~= nil and type(hybrid_state) ~= "table" then
+    error(("similarity.wrap: the hybrid state must be a table, got %s"):format(type(hybrid_state)), 2)
+  end
   if prior_state ~= nil then prior.check(prior_state, "similarity.wrap: prior") end
   return sim.new{net = net, classes = classes or {}, label = "task", hybrid = hybrid_state, prior = prior_state}
 end
@@ -140,6 +150,11 @@ end
 -- prototypes mu and params par = (w, lo, hi), with the defaults that keep
 -- older files scoring as they were saved.
 function M.hybrid_state(h, mu, par)
+  if type(h) ~= "table" or not (type(par) == "table" or core.is_tensor(par)) then
+    error(("similarity.hybrid_state: expected the hybrid metadata (a table), the prototypes and (w, lo, hi), got %s, "
+      .. "%s and %s"):format(type(h), core.is_tensor(mu) and "a tensor" or type(mu), core.is_tensor(par) and "a tensor"
+      or type(par)), 2)
+  end
   local state = {mu = mu, w = par[1], lo = par[2], hi = par[3], gate = h.gate ~= false,
     tm_pool = h.tm_pool, tm_templates = h.tm_templates or "network", -- older files: the network's
     probe = h.probe or 0, -- and no probe matching

@@ -141,6 +141,10 @@ end
 -- with the `arch` (older records: of their legacy spec) and `family` of its
 -- metadata (what reading a CNN's function needs).
 function M.record(set, i)
+  if not (type(set) == "table" and getmetatable(set) == require("lualps.modelset").ModelSet) then
+    error(("similarity.record: expected an open model set, got %s"):format(type(set) == "table"
+      and "a table that is not one" or type(set)), 2)
+  end
   -- The stored arch is read as text, checked and parsed in C, with the
   -- family beside it: the rest of the metadata is not decoded. Older
   -- records (a legacy spec, or an arch the C parser reads only as a decoded

@@ -178,6 +178,7 @@ end
 -- values a benchmark may use for them without predicting a model the fit
 -- has seen. opts: rho (default P.rho).
 function P.fit(models, y, tasks, opts)
+  if opts ~= nil and type(opts) ~= "table" then error(("prior.fit: opts must be a table, got %s"):format(type(opts)), 2) end
   local rho = opts and opts.rho or P.rho
   check_list(models, "prior.fit: models", 2)
   check_fit(y, tasks, rho, #models, 2)
@@ -198,6 +199,7 @@ function P.fit_zoo(models, ids, tasks, ft, targets, opts)
   check_list(ids, "prior.fit_zoo: ids", 2)
   check_list(tasks, "prior.fit_zoo: tasks", 2)
   if type(ft) ~= "table" then error("prior.fit_zoo: no fine-tuning matrix", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error(("prior.fit_zoo: opts must be a table, got %s"):format(type(opts)), 2) end
   if #ids ~= #models or #tasks ~= #models then
     error(("prior.fit_zoo: %d models, %d ids and %d tasks"):format(#models, #ids, #tasks), 2)
   end
@@ -242,7 +244,7 @@ end
 
 --- Check a prior's fields (a loaded or hand-made one); raises naming `what`.
 function P.check(state, what)
-  what = what or "prior"
+  what = type(what) == "string" and what or "prior"
   if type(state) ~= "table" then error(what .. ": not a table", 3) end
   for _, k in ipairs{"mean", "sd", "center"} do
     if not (core.is_tensor(state[k]) and state[k]:dim() == 1) then

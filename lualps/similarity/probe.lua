@@ -158,6 +158,7 @@ end
 -- pixels in [0, 1]); false when they are not finite. opts: M.defaults.
 function M.dreams(model, opts)
   local o = options(opts, "probe.dreams")
+  templates.check_model(model, "probe.dreams")
   local d = 1
   for _, s in ipairs(o.input_shape) do d = d * s end
   local m, release = templates.function_of(model) -- flags cleared; release gives a user's back
@@ -232,8 +233,13 @@ end
 -- module has running statistics, or the record carries buffers (only batch
 -- norm layers have any).
 function M.has_batch_norm(model)
-  if type(model) ~= "table" then error("probe.has_batch_norm: expected a model, got " .. type(model), 2) end
-  if not model.module then return #(model.buffers or {}) > 0 end
+  templates.check_model(model, "probe.has_batch_norm")
+  if not model.module then
+    if model.buffers ~= nil and type(model.buffers) ~= "table" then
+      error(("probe.has_batch_norm: the model's buffers must be a list of tensors, got %s"):format(type(model.buffers)), 2)
+    end
+    return #(model.buffers or {}) > 0
+  end
   for _, b in ipairs(model.module:named_buffers()) do
     if b.name:match("running_mean$") then return true end
   end
@@ -276,7 +282,24 @@ end
 -- block of rows (blocks: {first row - 1, rows} pairs, one per dreamer) as
 -- its own batch. opts: M.defaults.
 function M.outputs(reader, X, blocks, opts)
-  return outputs(reader, X, options(opts, "probe.outputs"), blocks)
+  templates.check_model(reader, "probe.outputs")
+  if not core.is_tensor(X) or X:dim() ~= 2 then
+    error(("probe.outputs: X must be an n x d tensor of dreams, got %s"):format(core.is_tensor(X)
+      and table.concat(X:shape(), "x") or type(X)), 2)
+  end
+  local o = options(opts, "probe.outputs")
+  if o.adapt_bn and M.has_batch_norm(reader) then
+    local ok = type(blocks) == "table"
+    for _, b in ipairs(ok and blocks or {}) do
+      ok = ok and type(b) == "table" and math.type(b[1]) == "integer" and math.type(b[2]) == "integer" and b[1] >= 0
+        and b[2] >= 0 and b[1] + b[2] <= X:size(1)
+    end
+    if not ok then
+      error("probe.outputs: blocks must be a list of {first row - 1, rows} pairs within X's rows", 2)
+    end
+  end
+  local Y = outputs(reader, X, o, blocks)
+  return Y
 end
 
 -- Model reader's softmax probabilities on the rows of X, averaged over
@@ -309,6 +332,13 @@ function M.matcher(opts)
   self.dreams_of, self.has_dreams = M.dreams_of(o)
   matchers[key] = self
   function self.directed(readers, dreamers)
+    if type(readers) ~= "table" or type(dreamers) ~= "table" then
+      error(("probe matching: readers and dreamers must be lists of models, got %s and %s"):format(type(readers),
+        type(dreamers)), 2)
+    end
+    for _, list in ipairs{readers, dreamers} do
+      for _, m in ipairs(list) do templates.check_model(m, "probe matching") end
+    end
     local out = core.full(#readers, #dreamers, 0 / 0)
     for i, r in ipairs(readers) do
       local known = self.memo[r]

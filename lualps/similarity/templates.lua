@@ -16,6 +16,20 @@ local K = core._lps
 
 local M = {}
 
+-- (internal) Check that model is what these functions read: a weight list {W1, b1,
+-- ...} (its first entry a tensor) or {module = m} (an lps.nn module); else
+-- an error naming operation `what`, raised `level` calls above the caller
+-- (default 1: the caller's caller).
+function M.check_model(model, what, level)
+  local mod = type(model) == "table" and model.module
+  local ok = type(model) == "table" and (mod == nil or (type(mod) == "userdata"
+    and (getmetatable(mod) or {}).__name == "lualps.Module")) and (core.is_tensor(model[1]) or mod ~= nil)
+  if not ok then
+    error(("%s: expected a model (a weight list {W1, b1, ...} or {module = m}, an lps.nn module), got %s")
+      :format(what, type(model) == "table" and "a table without either" or type(model)), (level or 1) + 2)
+  end
+end
+
 -- The arch a module of a weight list is built from: the checked arch's
 -- JSON when similarity.record gave it for this arch (a text parses
 -- faster), else its arch list, or, without one, an MLP of its shapes.
@@ -31,6 +45,10 @@ local function arch_of(model, level)
   local list = {}
   for l = 1, #model // 2 do
     local W = model[2 * l - 1]
+    if not (core.is_tensor(W) and W:dim() == 2) then
+      error(("similarity: a weight list without an arch holds 2-D weights {W1, b1, W2, b2, ...}; entry %d is %s")
+        :format(2 * l - 1, core.is_tensor(W) and table.concat(W:shape(), "x") or type(W)), level + 1)
+    end
     list[#list + 1] = {type = "linear", ["in"] = W:size(2), out = W:size(1)}
     if l < #model // 2 then list[#list + 1] = {type = "relu"} end
   end
@@ -52,6 +70,7 @@ end
 -- runs), and a function that gives it back: a module built here has its
 -- layers' C workspaces freed, a user's module its training state restored.
 function M.function_of(model)
+  M.check_model(model, "function_of")
   local m, own = module_of(model)
   local was_training = m:is_training()
   local was_batch, was_prior = m:uses_batch_stats(), m:stat_prior_weight()
@@ -86,6 +105,7 @@ end
 -- e_c - 1/k sum to zero, and so do their gradients: the last class's is
 -- minus the sum of the others'.
 function M.compute(self, model)
+  M.check_model(model, "templates") -- (net:templates' tail call: its caller's line)
   local o = self.opts
   self.tpool = self.tpool or nn.layer("avgpool2d", {kernel = o.template_pool}) -- q x q block means
   local R, P, d = #o.noise_ranges, o.noise, o.input_dim
@@ -97,7 +117,12 @@ function M.compute(self, model)
         core.rand(P, d, core.generator(1906 + r)):mul_(range[2] - range[1]):add_(range[1]))
     end
   end
-  local first = model[1] or model.module:named_parameters()[1].tensor -- a weight list, or {module = m}
+  local first = core.is_tensor(model[1]) and model[1] -- a weight list, or {module = m}
+  if not first then
+    local p = model.module:named_parameters()[1]
+    if not p then error("templates: the model's module has no parameters", 2) end
+    first = p.tensor
+  end
   local x = self.noise_x
   if first:dim() == 4 then -- images in
     self.noise_img = self.noise_img or x:reshape(R * P, table.unpack(o.input_shape))

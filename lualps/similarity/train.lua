@@ -130,6 +130,19 @@ function M.train_network(net, models, labels, opts)
         net.opts.classes), 2)
     end
   end
+  for _, k in ipairs{"epochs", "batch_size", "per_task"} do
+    if math.type(o[k]) ~= "integer" or o[k] < (k == "epochs" and 0 or 1) then
+      error(("train_network: %s must be an integer >= %d, got %s"):format(k, k == "epochs" and 0 or 1, tostring(o[k])), 2)
+    end
+  end
+  if math.type(o.seed) ~= "integer" then error(("train_network: seed must be an integer, got %s"):format(tostring(o.seed)), 2) end
+  local pt = type(o.progress)
+  if not (pt == "boolean" or pt == "table" or pt == "function") then
+    error(("train_network: progress must be a boolean, a table of bar options or a function, got %s"):format(pt), 2)
+  end
+  if o.optimizer and not (type(o.optimizer) == "table" or type(o.optimizer) == "userdata") then
+    error(("train_network: optimizer must be an object with :step(params, grads), got %s"):format(type(o.optimizer)), 2)
+  end
   -- before any model is prepared
   local aug = check_template_aug(o.template_aug, net, type(opts) == "table" and opts.template_aug ~= nil)
   local t0 = core.now()
