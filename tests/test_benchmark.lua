@@ -190,6 +190,15 @@ function TestBenchmark:test_mixed_zoo_by_hand()
   lu.assertAlmostEquals(r2.mixed_rank1, 4 / 6, 1e-12)
   lu.assertEquals(r2.mixed_resnet_rank1, 0)
   lu.assertNil(r2.mixed_raw_rank1)
+  -- a method that reads no ResNet (-inf wherever one is in the pair): no ResNet figures
+  c.vr.sim = matrix(function(a, b)
+    if a:sub(1, 1) == "r" or b:sub(1, 1) == "r" then return -math.huge end
+    return task[a] == task[b] and 0.5 or 0.1
+  end)
+  local r3 = run(c)
+  lu.assertNil(r3.mixed_resnet_rank1)
+  lu.assertNil(r3.mixed_resnet_map)
+  lu.assertNotNil(r3.mixed_rank1)
   -- pairwise-only methods (k per task) and sets without (g): nothing
   c.k = 1
   lu.assertNil(run(c))

@@ -270,7 +270,9 @@ B.protocols = {
     local function metrics(sim, prefix, r)
       local all = eval.retrieval(sim, y, y, {exclude_self = true, ks = {1}})
       r[prefix .. "rank1"], r[prefix .. "map"] = all.rank1, all.map
-      local hits, ap, n = 0, 0, 0 -- the ResNet queries alone (each has its task's other models)
+      -- the ResNet queries alone (each has its task's other models); none for a method that reads no ResNet
+      if not (sim:rows(1, #s.query):max() > -math.huge) then return r end
+      local hits, ap, n = 0, 0, 0
       for i = 1, #s.query do
         local row, top = sim[i]:totable(), nil
         for j = 1, #row do if j ~= i and (not top or row[j] > row[top]) then top = j end end
