@@ -164,6 +164,8 @@ function TestSetArguments:test_sets_are_checked()
   lu.assertStrContains(err_of(sim.embed_set, sim, {}), "embed_set: expected a model set (lps.modelset.open) or its path, "
     .. "got a table that is not one")
   lu.assertStrContains(err_of(sim.set_models, sim, {}), "set_models: expected an open model set, got a table")
+  -- a second argument is no label of its (the Lua API fuzzer, seed 21: a table there was concatenated)
+  lu.assertStrContains(err_of(sim.set_models, sim, {}, {}), "set_models: expected an open model set, got a table")
   lu.assertStrContains(err_of(sim.set_embeddings, sim, 7), "set_embeddings: expected an open model set, got number")
   lu.assertStrContains(err_of(sim.nearest, sim, {}, 1), "nearest: expected an open model set, got a table that is not one")
   lu.assertStrContains(err_of(lps.similarity.record, {}, 1), "similarity.record: expected an open model set")

@@ -163,15 +163,15 @@ local function progress_of(self, total, label, unit)
 end
 
 -- Every model of a set (weight lists), read once per open set object: a
--- hybrid compares a query with each of them. what: the caller, for the
--- progress display's label.
-function Sim:set_models(ms, what)
-  check_open_set(ms, what or "set_models")
+-- hybrid compares a query with each of them. what: the caller, for errors
+-- and the progress display's label.
+local function set_models(self, ms, what)
+  check_open_set(ms, what, 4)
   self.set_cache = self.set_cache or setmetatable({}, {__mode = "k"})
   local list = self.set_cache[ms]
   if not list or #list ~= #ms then
     list = {}
-    local prog = progress_of(self, #ms, (what or "set_models") .. ": reading the set's records (once)", "models")
+    local prog = progress_of(self, #ms, what .. ": reading the set's records (once)", "models")
     for i = 1, #ms do
       list[i] = models.record(ms, i)
       if prog then prog:update(i) end
@@ -179,6 +179,11 @@ function Sim:set_models(ms, what)
     if prog then prog:finish() end
     self.set_cache[ms] = list
   end
+  return list
+end
+
+function Sim:set_models(ms)
+  local list = set_models(self, ms, "set_models") -- not a tail call: the error level counts this frame
   return list
 end
 
@@ -237,7 +242,7 @@ local function scores_of(self, ms, query, self_index, what)
   local row, rank
   if self.hy then
     if core.is_tensor(query) then error(what .. ": a hybrid model compares models, not embeddings: give a model or a record", 3) end
-    local list = self:set_models(ms, what)
+    local list = set_models(self, ms, what)
     local q = {self_index and list[self_index] or weights_of(query, what, nil, 4)}
     -- a first query's templates and dreams of the whole set: seconds for a large set, done once
     local prog = progress_of(self, self.hy:warm(q, list, nil, true), what .. ": the set's templates and dreams (once)",
