@@ -367,6 +367,9 @@ function TestHybrid:test_group_z_by_hand()
   lu.assertEquals(S:get(1, 1), x(1, 1)) -- the caller's scores are left as they were
   T.assert_error_contains("hybrid.group_z: need one flag per gallery model, 3, got 2", H.group_z, lps.tensor{{1, 2, 3}},
     {q}, {A, B, C}, {true, false})
+  T.assert_error_contains("hybrid.group_z: S must be a 1 x 3 tensor (|a| x |b|), got 2 x 3", H.group_z, lps.zeros(2, 3),
+    {q}, {A, B, C}, {true, false, true})
+  T.assert_error_contains("hybrid.group_z: b must be a list, got number", H.group_z, lps.zeros(1, 3), {q}, 3, {})
 end
 
 -- nearest over a set of MLPs and batch-norm models ranks by score, each

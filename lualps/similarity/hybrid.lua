@@ -502,6 +502,10 @@ end
 -- them), done ahead with step() after each model's part: how many steps
 -- that is comes first (count_only = true returns it without the work).
 function Hybrid:warm(a, b, step, count_only)
+  if type(a) ~= "table" or type(b) ~= "table" then
+    error(("hybrid: warm needs two lists of models, got %s and %s"):format(type(a), type(b)), 2)
+  end
+  if not count_only and type(step) ~= "function" then error(("hybrid: warm needs a step function, got %s"):format(type(step)), 2) end
   local st, new, reads = self.state, 0, false
   for _, d in ipairs(self:describe(a)) do reads = reads or d.bn end
   for _, m in ipairs(b) do if not self.memo[m] then new = new + 1 end end
@@ -531,6 +535,15 @@ end
 -- is z-scored as one group: its order is its scores'. Returns a new tensor
 -- (NaN and -inf stay as they are).
 function H.group_z(S, a, b, bn_b)
+  for k, x in ipairs{a, b, bn_b} do
+    if type(x) ~= "table" then
+      error(("hybrid.group_z: %s must be a list, got %s"):format(({"a", "b", "bn_b"})[k], type(x)), 2)
+    end
+  end
+  if not (core.is_tensor(S) and S:dim() == 2 and S:size(1) == #a and S:size(2) == #b) then
+    error(("hybrid.group_z: S must be a %d x %d tensor (|a| x |b|), got %s"):format(#a, #b,
+      core.is_tensor(S) and table.concat(S:shape(), " x ") or type(S)), 2)
+  end
   if #bn_b ~= #b then error(("hybrid.group_z: need one flag per gallery model, %d, got %d"):format(#b, #bn_b), 2) end
   local out = S:clone()
   for i = 1, #a do

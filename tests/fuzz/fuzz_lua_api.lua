@@ -813,7 +813,7 @@ add_lua_table("similarity.probe", sim.probe)
 add_lua_table("similarity.prior", sim.prior, {"targets", "features", "fit", "fit_zoo", "check", "predict", "combine"})
 add_lua_table("similarity.hybrid", sim.hybrid, {"new"})
 add_lua_table("similarity.hybrid", sim.hybrid, {"anchor", "anchor_bn", "check_probe", "choose_w", "combine",
-  "gate", "holdout", "model_gate", "probe_weights", "prototypes", "quantile", "tm_rows", "typicality",
+  "gate", "group_z", "holdout", "model_gate", "probe_weights", "prototypes", "quantile", "tm_rows", "typicality",
   "typicality_gate"}, true)
 add_lua_table("similarity.templates", require "lualps.similarity.templates", {"function_of"})
 local function add_lua_methods(kind, maker, names)
@@ -826,7 +826,7 @@ add_lua_methods("Net", a_net, {"forward", "backward", "embed", "loss", "template
 add_lua_methods("Head", function() return try(sim.feature_head, {in_dim = 5, embed = 3, classes = 2}) end,
   {"prepare", "forward", "backward", "__tostring"})
 add_lua_methods("Hybrid", function() return try(sim.hybrid.new, S.tnet, hybrid_state(S.tnet)) end,
-  {"describe", "similarity"})
+  {"describe", "similarity", "rank", "warm"})
 for _, k in ipairs{"directed", "scores"} do -- functions of the matcher (not methods)
   add_lua("Matcher." .. k, function(m, ...) return m[k](...) end,
     function() return try(sim.probe.matcher, {input_shape = {4}, steps = 2}) end)
@@ -902,6 +902,9 @@ end
 seeds["Net:load_named"] = function() return {S.mlpnet, S.mlpnet:named_parameters()} end
 seeds["Hybrid:similarity"] = function() return {sim.hybrid.new(S.tnet, hybrid_state(S.tnet)), {wl{{36, 3}, {3, 2}}},
   {sim.weights(cnn6()), wl{{36, 4}, {4, 2}}}} end
+seeds["Hybrid:rank"] = seeds["Hybrid:similarity"]
+seeds["Hybrid:warm"] = function() local s = seeds["Hybrid:similarity"](); s[4] = function() end; return s end
+seeds["similarity.hybrid.group_z"] = function() local x = {} return {X(2, 3), {x, {}}, {{}, x, {}}, {true, false, false}} end
 seeds["Matcher.scores"] = function() return {sim.probe.matcher{input_shape = {4}, steps = 2},
   {wl{{4, 3}, {3, 2}}}, {nn.mlp{4, 5, 2}}} end
 seeds["Method:similarity"] = function() return {methods.template_matching{pool = 2}, {wl{{784, 3}, {3, 2}}},
