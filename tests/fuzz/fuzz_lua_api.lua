@@ -1120,25 +1120,20 @@ collectgarbage(); collectgarbage()
 -- No call may damage a model set: every set made here (closed by now, by
 -- the calls or the collector) verifies.
 local damaged = 0
-for i = 1, ms_counter do
-  local path = ("ms%d.lpsm"):format(i)
+local function check_set(path, what)
   local ok, good, problems = pcall(lps.modelset.verify, path)
   if not ok or not good then
     damaged = damaged + 1
-    io.stderr:write(("fuzz_lua_api: model set %s damaged: %s\n"):format(path,
+    io.stderr:write(("fuzz_lua_api: %s %s damaged: %s\n"):format(what, path,
       ok and describe(problems and problems[1]) or tostring(good)))
   end
 end
+for i = 1, ms_counter do check_set(("ms%d.lpsm"):format(i), "model set") end
 for _, path in ipairs(merge_outs) do
   local f = io.open(path, "rb")
   if f then -- a merge that failed leaves no file
     f:close()
-    local ok, good, problems = pcall(lps.modelset.verify, path)
-    if not ok or not good then
-      damaged = damaged + 1
-      io.stderr:write(("fuzz_lua_api: merged set %s damaged: %s\n"):format(path,
-        ok and describe(problems and problems[1]) or tostring(good)))
-    end
+    check_set(path, "merged set")
   end
 end
 if damaged > 0 then os.exit(3) end
