@@ -182,6 +182,13 @@ function H.anchor(TM, pm, a, b, p, directed)
   return out
 end
 
+-- The anchor's probe weight of a pair whose models have batch norm or not
+-- (x, y): q2 where both have it, q where one has, 0 where neither.
+local function bn_pair_weight(q, q2, x, y)
+  if x and y then return q2 end
+  return (x or y) and q or 0
+end
+
 --- The anchor TM (template matching's scores, or H.anchor's) with the pairs
 -- where a model has batch norm (bn_a, bn_b: Lua lists of booleans, one per
 -- model of a and b) replaced by (1 - q) TM + q P, P the batch-norm
@@ -197,11 +204,7 @@ function H.anchor_bn(TM, pm, a, b, bn_a, bn_b, q, q2)
     error(("hybrid.anchor_bn: need one flag per model, %d and %d, got %s and %s"):format(#a, #b,
       type(bn_a) == "table" and #bn_a or tostring(bn_a), type(bn_b) == "table" and #bn_b or tostring(bn_b)), 2)
   end
-  -- the weight of pair (i, j): q2 where both have batch norm, q where one has
-  local function weight(i, j)
-    if bn_a[i] and bn_b[j] then return q2 end
-    return (bn_a[i] or bn_b[j]) and q or 0
-  end
+  local function weight(i, j) return bn_pair_weight(q, q2, bn_a[i], bn_b[j]) end
   -- who reads whom: a's batch-norm models read the dreams of the b models
   -- they pair with at a positive weight (rows ra, columns ca), and b's read a's
   local ra, ca, rb, cb = {}, {}, {}, {}
@@ -510,12 +513,11 @@ function Hybrid:warm(a, b, step, count_only)
   for _, d in ipairs(self:describe(a)) do reads = reads or d.bn end
   for _, m in ipairs(b) do if not self.memo[m] then new = new + 1 end end
   local dreams = {}
-  if reads then -- a's batch-norm models read b's dreams: anchor_bn's pairs of weight > 0
+  if reads then -- a's batch-norm models read the dreams of b's models they pair with at a positive weight
+    local q = st.probe_bn or 0
+    local q2 = st.probe_bn_both == nil and q or st.probe_bn_both -- as Hybrid:similarity passes them to anchor_bn
     for _, m in ipairs(b) do
-      local bn = bn_of(st, m)
-      if ((bn and (st.probe_bn_both or st.probe_bn or 0) or (st.probe_bn or 0)) > 0) and not self.probes.has_dreams(m) then
-        dreams[#dreams + 1] = m
-      end
+      if bn_pair_weight(q, q2, true, bn_of(st, m)) > 0 and not self.probes.has_dreams(m) then dreams[#dreams + 1] = m end
     end
   end
   if count_only then return new + #dreams end
@@ -547,24 +549,20 @@ function H.group_z(S, a, b, bn_b)
   if #bn_b ~= #b then error(("hybrid.group_z: need one flag per gallery model, %d, got %d"):format(#b, #bn_b), 2) end
   local out = S:clone()
   for i = 1, #a do
-    local row, z = S[i]:totable(), S[i]:totable()
+    local row = S[i]:totable()
+    local z = table.move(row, 1, #row, 1, {})
     for _, kind in ipairs{true, false} do
-      local m, n, ss = 0, 0, 0
+      local group, m, ss = {}, 0, 0 -- the kind's finite scores; the model itself counts in no mean or sd
       for j = 1, #b do
-        local x = row[j]
-        if (bn_b[j] == kind) and a[i] ~= b[j] and x > -math.huge and x < math.huge then n, m = n + 1, m + x end
+        if bn_b[j] == kind and util.finite(row[j]) then group[#group + 1] = j end
       end
+      local n = 0
+      for _, j in ipairs(group) do if a[i] ~= b[j] then n, m = n + 1, m + row[j] end end
       if n > 0 then
         m = m / n
-        for j = 1, #b do
-          local x = row[j]
-          if (bn_b[j] == kind) and a[i] ~= b[j] and x > -math.huge and x < math.huge then ss = ss + (x - m) ^ 2 end
-        end
+        for _, j in ipairs(group) do if a[i] ~= b[j] then ss = ss + (row[j] - m) ^ 2 end end
         local sd = math.sqrt(ss / n)
-        for j = 1, #b do
-          local x = row[j]
-          if (bn_b[j] == kind) and x > -math.huge and x < math.huge then z[j] = sd > 0 and (x - m) / sd or 0 end
-        end
+        for _, j in ipairs(group) do z[j] = sd > 0 and (row[j] - m) / sd or 0 end
       end
     end
     if #b > 0 then out[i]:copy(core.tensor(z)) end
@@ -579,12 +577,13 @@ end
 -- every family): ResNet queries rank-1 0.522 -> 0.644, MLP and CNN queries
 -- 0.737 -> 0.986 (a ResNet had topped 534 of their 1125 lists).
 -- Returns the ranking scores, the hybrid's scores and whether b holds
--- models of both kinds (else the ranking is the scores' own order).
+-- models of both kinds (else the ranking is the scores themselves).
 function Hybrid:rank(a, b)
   local S = self:similarity(a, b)
   local bn, kinds = {}, {}
   for j, d in ipairs(self:describe(b)) do bn[j] = d.bn and true or false; kinds[bn[j]] = true end
-  return H.group_z(S, a, b, bn), S, (kinds[true] and kinds[false]) or false
+  local mixed = (kinds[true] and kinds[false]) or false
+  return mixed and H.group_z(S, a, b, bn) or S, S, mixed
 end
 
 --- Fit the hybrid: train(models, y) trains a network on models with task
