@@ -137,14 +137,24 @@ function M.check_weight_space(model, what)
   end
 end
 
+-- (internal) Whether x is a model set (lps.modelset.open's or create's,
+-- open or closed).
+function M.is_set(x) return type(x) == "table" and getmetatable(x) == require("lualps.modelset").ModelSet end
+
+-- (internal) An error naming operation `what` unless set is a model set,
+-- raised `level` calls above the caller (default 2: the caller's caller).
+function M.check_set(set, what, level)
+  if not M.is_set(set) then
+    error(("%s: expected an open model set, got %s"):format(what, type(set) == "table" and "a table that is not one"
+      or type(set)), (level or 2) + 1)
+  end
+end
+
 --- Record i of an open set as a model for the network: its weight list,
 -- with the `arch` (older records: of their legacy spec) and `family` of its
 -- metadata (what reading a CNN's function needs).
 function M.record(set, i)
-  if not (type(set) == "table" and getmetatable(set) == require("lualps.modelset").ModelSet) then
-    error(("similarity.record: expected an open model set, got %s"):format(type(set) == "table"
-      and "a table that is not one" or type(set)), 2)
-  end
+  M.check_set(set, "similarity.record")
   -- The stored arch is read as text, checked and parsed in C, with the
   -- family beside it: the rest of the metadata is not decoded. Older
   -- records (a legacy spec, or an arch the C parser reads only as a decoded

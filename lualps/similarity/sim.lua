@@ -35,24 +35,12 @@ local function embed_of(self, x, what, which, level)
   return e:reshape(e:size(2))
 end
 
--- Whether x is a model set (lps.modelset.open's or create's, open or closed).
-local function is_set(x) return type(x) == "table" and getmetatable(x) == modelset.ModelSet end
-
--- An error naming `what` unless ms is a model set (raised at `level`,
--- default 3: the caller's caller).
-local function check_open_set(ms, what, level)
-  if not is_set(ms) then
-    error(("%s: expected an open model set, got %s"):format(what, type(ms) == "table" and "a table that is not one"
-      or type(ms)), level or 3)
-  end
-end
-
 -- Open a set given by path; returns it and whether we opened it. Anything
 -- else than a set or a path is an error naming operation `what` (default
 -- "similarity"), raised at `level` (default 2: the caller's caller).
 function M.as_set(ms, what, level)
   if type(ms) == "string" then return modelset.open(ms), true end
-  if not is_set(ms) then
+  if not models.is_set(ms) then
     error(("%s: expected a model set (lps.modelset.open) or its path, got %s"):format(what or "similarity",
       type(ms) == "table" and "a table that is not one" or type(ms)), (level or 2) + 1)
   end
@@ -166,7 +154,7 @@ end
 -- hybrid compares a query with each of them. what: the caller, for errors
 -- and the progress display's label.
 local function set_models(self, ms, what)
-  check_open_set(ms, what, 4)
+  models.check_set(ms, what, 3)
   self.set_cache = self.set_cache or setmetatable({}, {__mode = "k"})
   local list = self.set_cache[ms]
   if not list or #list ~= #ms then
@@ -189,7 +177,7 @@ end
 
 -- Embeddings of a set, computed once per open set object.
 function Sim:set_embeddings(ms)
-  check_open_set(ms, "set_embeddings")
+  models.check_set(ms, "set_embeddings")
   local e = self.cache[ms]
   if not e or e:size(1) ~= #ms then
     e = self:embed_set(ms)
@@ -202,7 +190,7 @@ end
 -- checked; `what` names the caller in errors.
 local function query_index(ms, query, what)
   if type(ms) == "string" then error(what .. ": open the set first (lps.modelset.open)", 3) end
-  check_open_set(ms, what, 4) -- at query_index's caller's caller, as its other errors
+  models.check_set(ms, what, 3) -- at query_index's caller's caller, as its other errors
   if math.type(query) == "float" then
     -- 3.0 is record 3; 2.5 or NaN is no record (nor a model)
     if not math.tointeger(query) then error(("%s: record %s is not an integer"):format(what, tostring(query)), 3) end
